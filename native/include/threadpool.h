@@ -1,0 +1,26 @@
+// A small persistent thread pool for the kernels. Plain C++, no Node-API.
+//
+// The calling thread always takes part (it is thread 0), so `parallel_run`
+// with one thread is a plain function call. Nested calls (a kernel running
+// inside another kernel's parallel region) run serially on the caller.
+#pragma once
+#include <cstdint>
+#include <functional>
+
+namespace sigma {
+
+// Sets the number of threads kernels use (>= 1). Workers are started lazily.
+void set_num_threads(int n);
+// The number of threads kernels use. Default: hardware_concurrency, or the
+// SIGMA_THREADS environment variable when set.
+int num_threads();
+
+// Runs fn(tid, nth) for tid = 0..nth-1 concurrently and returns when all are
+// done. nth = 0 means num_threads(). Must not allocate per call.
+void parallel_run(const std::function<void(int tid, int nth)>& fn, int nth = 0);
+
+// Splits [0, n) into at most num_threads() contiguous chunks of at least
+// `grain` items and runs fn(begin, end) on each.
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);
+
+}  // namespace sigma

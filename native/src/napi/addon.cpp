@@ -1,0 +1,67 @@
+// The addon's entry point: registers every kernel wrapper and the thread and
+// CPU-feature controls. The wrappers themselves live in gemm_napi.cpp and
+// kernels_napi.cpp; they validate and forward, and contain no math.
+#include <napi.h>
+
+#include "cpu.h"
+#include "threadpool.h"
+
+namespace sigma_napi {
+void InitGemm(Napi::Env env, Napi::Object exports);
+void InitKernels(Napi::Env env, Napi::Object exports);
+}  // namespace sigma_napi
+
+namespace {
+
+Napi::Value GetThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), sigma::num_threads());
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  if (info.Length() != 1 || !info[0].IsNumber()) {
+    throw Napi::TypeError::New(info.Env(), "setThreads: expected one number");
+  }
+  double n = info[0].As<Napi::Number>().DoubleValue();
+  if (!(n >= 1) || n != static_cast<int>(n) || n > 1024) {
+    throw Napi::RangeError::New(info.Env(), "setThreads: argument \"n\" must be an integer from 1 to 1024");
+  }
+  sigma::set_num_threads(static_cast<int>(n));
+  return info.Env().Undefined();
+}
+
+// { avx2, fma, avx512f, path } where path is the kernel family in use.
+Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("avx2", sigma::cpu_has_avx2());
+  o.Set("fma", sigma::cpu_has_fma());
+  o.Set("avx512f", sigma::cpu_has_avx512f());
+  o.Set("path", sigma::kernel_path_name());
+  return o;
+}
+
+// Forces the portable path (for tests and benchmarks): setKernelPath("portable" | "auto").
+Napi::Value SetKernelPath(const Napi::CallbackInfo& info) {
+  if (info.Length() != 1 || !info[0].IsString()) {
+    throw Napi::TypeError::New(info.Env(), "setKernelPath: expected \"portable\" or \"auto\"");
+  }
+  std::string p = info[0].As<Napi::String>().Utf8Value();
+  if (p == "portable") sigma::force_portable(true);
+  else if (p == "auto") sigma::force_portable(false);
+  else throw Napi::RangeError::New(info.Env(), "setKernelPath: argument must be \"portable\" or \"auto\", got \"" + p + "\"");
+  return info.Env().Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("getThreads", Napi::Function::New(env, GetThreads, "getThreads"));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
+  exports.Set("cpuFeatures", Napi::Function::New(env, CpuFeatures, "cpuFeatures"));
+  exports.Set("setKernelPath", Napi::Function::New(env, SetKernelPath, "setKernelPath"));
+  sigma_napi::InitGemm(env, exports);
+  sigma_napi::InitKernels(env, exports);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(sigma_native, Init)

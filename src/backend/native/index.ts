@@ -1,0 +1,78 @@
+/**
+ * The only place that loads the native addon (build/Release/sigma_native.node).
+ *
+ * The addon exports one function per kernel, with exactly the name, argument
+ * order and semantics of the `Backend` interface (src/backend/backend.ts), so
+ * this file adds no wrapper: it checks that every kernel is present and hands
+ * the functions out. All calls are synchronous and run on the calling thread
+ * (plus the addon's own worker threads); none returns a promise.
+ *
+ * Errors: every kernel validates its arguments and throws a TypeError or
+ * RangeError naming the kernel and the argument; it never crashes the process.
+ */
+import { createRequire } from "node:module";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { KERNEL_NAMES, type Backend } from "../backend.js";
+
+/** What the addon exports besides the kernels. */
+export interface NativeExtras {
+  /** CPU features detected at run time and the kernel path in use ("avx2-fma" or "portable"). */
+  cpuFeatures(): { avx2: boolean; fma: boolean; avx512f: boolean; path: string };
+  /** "portable" forces the non-intrinsic path (tests, benchmarks); "auto" restores run-time choice. */
+  setKernelPath(path: "portable" | "auto"): void;
+  /** Benchmark helper: runs `iters` rounds of independent FMA chains on `threads` threads; returns seconds. */
+  fmaPeak(iters: number, threads: number): number;
+}
+
+export type NativeBackend = Backend & NativeExtras;
+
+export interface NativeLoad {
+  backend: NativeBackend | null;
+  /** Why the addon could not be used (null when it loaded). */
+  error: string | null;
+  path: string | null;
+}
+
+function packageRoot(): string {
+  // src/backend/native/index.ts or dist/backend/native/index.js → the package root is three levels up.
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "binding.gyp"))) return dir;
+    dir = dirname(dir);
+  }
+  return join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+}
+
+let cached: NativeLoad | undefined;
+
+/** Loads the addon once. Never throws: a failure is reported in `error`. */
+export function loadNative(): NativeLoad {
+  if (cached) return cached;
+  const root = packageRoot();
+  const candidates = [join(root, "build", "Release", "sigma_native.node"), join(root, "build", "Debug", "sigma_native.node")];
+  const path = candidates.find((p) => existsSync(p)) ?? null;
+  if (path === null) {
+    cached = { backend: null, path: null, error: `the native addon is not built (looked for ${candidates[0]}); run \`npm run build:native\`` };
+    return cached;
+  }
+  try {
+    const require = createRequire(import.meta.url);
+    const addon = require(path) as Record<string, unknown>;
+    const missing = [...KERNEL_NAMES, "getThreads", "setThreads", "cpuFeatures", "setKernelPath"].filter(
+      (name) => typeof addon[name] !== "function",
+    );
+    if (missing.length > 0) {
+      cached = { backend: null, path, error: `the native addon at ${path} lacks kernels: ${missing.join(", ")} (rebuild it with \`npm run build:native\`)` };
+      return cached;
+    }
+    // Every name the interface lists was checked above; the addon's functions
+    // take the Backend arguments verbatim, so it is used as the backend itself.
+    const backend = { ...addon, name: "native" } as unknown as NativeBackend;
+    cached = { backend, path, error: null };
+  } catch (e) {
+    cached = { backend: null, path, error: `the native addon at ${path} failed to load: ${(e as Error).message}` };
+  }
+  return cached;
+}
