@@ -1,0 +1,114 @@
+/**
+ * Tape autograd. Every differentiable op, when gradients are enabled and one
+ * of its inputs requires a gradient, appends one node to the tape: its output
+ * and a closure that, given the output's gradient, ADDS into its inputs'
+ * gradients (through `gradOf`). backward() walks the tape in reverse — the
+ * tape is already a topological order, since an op can only use tensors made
+ * before it.
+ *
+ * Gradients accumulate: a leaf's `.grad` keeps growing over several backward()
+ * calls until zeroGrad(); intermediate gradients are dropped after use.
+ */
+import { Tensor } from "../tensor/tensor.js";
+import { shapeStr } from "../tensor/shape.js";
+
+interface Node {
+  output: Tensor;
+  /** Inputs that need gradients (a node is only recorded when there is one). */
+  inputs: Tensor[];
+  /** Adds this op's contribution into the gradients of its inputs; `g` is the output's gradient. */
+  backward(g: Tensor): void;
+}
+
+let tape: Node[] = [];
+let gradEnabled = true;
+/** Tensors that are outputs of recorded nodes (non-leaves); their grads are freed after backward. */
+const nonLeaf = new WeakSet<Tensor>();
+
+export function isGradEnabled(): boolean {
+  return gradEnabled;
+}
+
+/** Runs fn with gradient recording off (inference, optimizer updates). */
+export function noGrad<T>(fn: () => T): T {
+  const prev = gradEnabled;
+  gradEnabled = false;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = prev;
+  }
+}
+
+/** True when an op with these inputs must be recorded. */
+export function needsGrad(...inputs: (Tensor | null | undefined)[]): boolean {
+  if (!gradEnabled) return false;
+  for (const t of inputs) if (t && t.requiresGrad) return true;
+  return false;
+}
+
+/**
+ * Records an op. `inputs` are all tensor inputs (those not requiring grads are
+ * dropped); the output is marked as requiring a gradient.
+ */
+export function record(output: Tensor, inputs: (Tensor | null | undefined)[], backward: (g: Tensor) => void): void {
+  const needed = inputs.filter((t): t is Tensor => !!t && t.requiresGrad);
+  if (!gradEnabled || needed.length === 0) return;
+  output.requiresGrad = true;
+  nonLeaf.add(output);
+  tape.push({ output, inputs: needed, backward });
+}
+
+/**
+ * The gradient buffer of t, created (zeroed, same shape and dtype) on first
+ * use. Backward rules add into it.
+ */
+export function gradOf(t: Tensor): Tensor {
+  if (!t.grad) t.grad = Tensor.zeros(t.shape, t.dtype);
+  return t.grad;
+}
+
+/**
+ * Backpropagates from `loss`. With no `grad`, loss must have one element and
+ * its gradient is 1. Clears the tape: run the forward again before another backward.
+ */
+export function backward(loss: Tensor, grad?: Tensor): void {
+  if (!loss.requiresGrad) {
+    throw new Error(`backward: ${loss} does not require a gradient (no parameter with requiresGrad was used, or it was computed under noGrad)`);
+  }
+  if (grad) {
+    if (grad.size !== loss.size) throw new RangeError(`backward: gradient ${shapeStr(grad.shape)} does not match ${shapeStr(loss.shape)}`);
+    gradOf(loss).data.set(grad.data);
+  } else {
+    if (loss.size !== 1) throw new RangeError(`backward: a loss of shape ${shapeStr(loss.shape)} needs an explicit gradient (or reduce it to one element)`);
+    gradOf(loss).data[0] = 1;
+  }
+  const nodes = tape;
+  tape = [];
+  for (let i = nodes.length - 1; i >= 0; i--) {
+    const node = nodes[i]!;
+    const g = node.output.grad;
+    if (!g) continue; // not on a path to the loss
+    node.backward(g);
+    // The output's gradient is complete now (all its consumers came later on the tape).
+    if (nonLeaf.has(node.output)) node.output.grad = null;
+  }
+}
+
+/** Drops everything recorded (e.g. after a forward whose result is not backpropagated). */
+export function clearTape(): void {
+  tape = [];
+}
+
+/** Number of recorded nodes (for tests and memory diagnostics). */
+export function tapeLength(): number {
+  return tape.length;
+}
+
+/** Sets every tensor's gradient to zero (keeping the buffers), or drops them. */
+export function zeroGrad(params: Iterable<Tensor>, drop = false): void {
+  for (const p of params) {
+    if (drop) p.grad = null;
+    else if (p.grad) p.grad.data.fill(0);
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * The `sigma` command line. Subcommands land with the issues that build them;
+ * today: `sigma info` (backend, CPU features, threads).
+ */
+import { Command } from "commander";
+import { readFileSync } from "node:fs";
+import { getBackend } from "../backend/index.js";
+import { loadNative } from "../backend/native/index.js";
+import { SigmaError } from "../util/errors.js";
+
+const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+
+const program = new Command();
+program.name("sigma").description("Sparse Mixture-of-Experts language models: PanGu-Σ (RRE, ECSS) and Pangu Pro MoE (MoGE)").version(pkg.version);
+
+program
+  .command("info")
+  .description("show the kernel backend in use, the CPU features it detected and the thread count")
+  .option("--json", "print JSON")
+  .action((opts: { json?: boolean }) => {
+    const native = loadNative();
+    const backend = getBackend();
+    const info = {
+      version: pkg.version,
+      node: process.version,
+      backend: backend.name,
+      threads: backend.getThreads(),
+      native: native.backend ? { path: native.path, cpu: native.backend.cpuFeatures() } : { error: native.error },
+    };
+    if (opts.json) {
+      console.log(JSON.stringify(info, null, 2));
+      return;
+    }
+    console.log(`sigma ${info.version} on Node ${info.node}`);
+    console.log(`backend: ${info.backend}, ${info.threads} thread(s)`);
+    if (native.backend) {
+      const cpu = native.backend.cpuFeatures();
+      console.log(`native addon: ${native.path}`);
+      console.log(`kernel path: ${cpu.path} (avx2 ${cpu.avx2}, fma ${cpu.fma}, avx512f ${cpu.avx512f})`);
+    } else {
+      console.log(`native addon unavailable: ${native.error}`);
+    }
+  });
+
+program
+  .command("demo")
+  .description("train a small PanGu-Σ on the embedded default corpus (not built yet)")
+  .action(() => {
+    throw new SigmaError(
+      "`sigma demo` is not built yet: it needs the model, data and training layers (issues 3, 4 and 5).",
+      "for now, `sigma info` shows the kernel layer and `npm run bench -- gemm` measures it",
+    );
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (e instanceof SigmaError) {
+    console.error(`sigma: ${e.message}`);
+    process.exit(1);
+  }
+  throw e;
+}

@@ -1,0 +1,212 @@
+/**
+ * PanGu-Σ (PAPERS.md §1): a pre-LayerNorm decoder with M dense layers shared by
+ * all domains at the bottom and N sparse (MoE) layers on top, learned
+ * positions, PanGu-α's query layer, and tied embeddings with domain slots.
+ *
+ *   h = E_slot(d)[tokens] + P[positions]
+ *   h = DenseBlock^M(h); h = SparseBlock^N(h); h = LayerNorm(h)
+ *   h = QueryLayer(h, queries = Q[positions])
+ *   logits = h · E_slot(d)ᵀ
+ *
+ * The sparse block's FFN is a MoeLayer whose router (RRE, MoGE or top-k)
+ * comes from the config.
+ */
+import * as ops from "../ops/index.js";
+import { Attention, newKVCache, type KVCache } from "../nn/attention.js";
+import { FeedForward, LayerNorm, type InitOptions } from "../nn/layers.js";
+import { Module } from "../nn/module.js";
+import { MoeLayer, type MoeContext } from "../moe/layer.js";
+import type { Routing } from "../moe/routing.js";
+import { Tensor } from "../tensor/tensor.js";
+import type { DType } from "../tensor/storage.js";
+import { Rng } from "../util/rng.js";
+import { SigmaError } from "../util/errors.js";
+import type { ModelConfig } from "./config.js";
+
+/** A batch of B sequences of T tokens, each sequence with its domain index. */
+export interface ModelInput {
+  /** [B·T] token ids. */
+  tokens: Int32Array;
+  /** [B] domain index (into config.domains) of each sequence. */
+  domains: Int32Array;
+  B: number;
+  T: number;
+}
+
+export interface ModelOutput {
+  /** [B·T, V]. */
+  logits: Tensor;
+  /** One routing per sparse layer, bottom to top. */
+  routings: Routing[];
+  /** Sum of the routers' balance and z-losses (already weighted), or null. */
+  auxLoss: Tensor | null;
+}
+
+/** Per-layer KV caches for incremental decoding. */
+export interface ModelCache {
+  layers: KVCache[];
+  query: KVCache;
+  /** Positions already processed. */
+  length: number;
+}
+
+class Block extends Module {
+  readonly ln1: LayerNorm;
+  readonly attn: Attention;
+  readonly ln2: LayerNorm;
+  readonly ffn: FeedForward | null;
+  readonly moe: MoeLayer | null;
+  constructor(c: ModelConfig, layer: number, sparse: boolean, domainGroup: Int32Array, init: InitOptions, outStd: number) {
+    super();
+    this.ln1 = this.child("ln1", new LayerNorm(c.width, c.layerNormEps, init.dtype));
+    this.attn = this.child("attn", new Attention(c.width, c.heads, init, outStd));
+    this.ln2 = this.child("ln2", new LayerNorm(c.width, c.layerNormEps, init.dtype));
+    if (sparse) {
+      const ex = c.experts!;
+      const extra = { vocabSize: c.vocabSize, domainGroup, layer, outStd };
+      this.moe = this.child("moe", new MoeLayer(c.width, ex.width ?? c.ffnWidth, ex.count, ex.router, extra, init));
+      this.ffn = null;
+    } else {
+      this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd));
+      this.moe = null;
+    }
+  }
+
+  /** x: [B, T, C]. */
+  forward(x: Tensor, ctx: MoeContext, cache?: KVCache): { y: Tensor; routing: Routing | null } {
+    const a = this.ln1.forward(x);
+    const h = ops.add(x, this.attn.forward(a, a, cache));
+    const n = this.ln2.forward(h);
+    if (this.ffn) return { y: ops.add(h, this.ffn.forward(n)), routing: null };
+    const [B, T, C] = n.shape as [number, number, number];
+    const { y, routing } = this.moe!.forward(ops.reshape(n, [B * T, C]), ctx);
+    return { y: ops.add(h, ops.reshape(y, [B, T, C])), routing };
+  }
+}
+
+/** PanGu-α's query layer: queries from the position table, keys and values from the hidden states. */
+class QueryLayer extends Module {
+  readonly ln1: LayerNorm;
+  readonly attn: Attention;
+  readonly ln2: LayerNorm;
+  readonly ffn: FeedForward;
+  constructor(c: ModelConfig, init: InitOptions, outStd: number) {
+    super();
+    this.ln1 = this.child("ln1", new LayerNorm(c.width, c.layerNormEps, init.dtype));
+    this.attn = this.child("attn", new Attention(c.width, c.heads, init, outStd));
+    this.ln2 = this.child("ln2", new LayerNorm(c.width, c.layerNormEps, init.dtype));
+    this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd));
+  }
+  forward(x: Tensor, queries: Tensor, cache?: KVCache): Tensor {
+    const h = ops.add(x, this.attn.forward(queries, this.ln1.forward(x), cache));
+    return ops.add(h, this.ffn.forward(this.ln2.forward(h)));
+  }
+}
+
+export class PanguSigma extends Module {
+  /** [slots·V, C]: slot s's embedding occupies rows s·V … s·V + V − 1. */
+  readonly tokenEmbedding: Tensor;
+  readonly positionEmbedding: Tensor;
+  readonly queryEmbedding: Tensor;
+  readonly blocks: Block[] = [];
+  readonly finalNorm: LayerNorm;
+  readonly queryLayer: QueryLayer;
+  /** Slot and expert group of each domain index. */
+  readonly domainSlot: Int32Array;
+  readonly domainGroup: Int32Array;
+
+  constructor(readonly config: ModelConfig, dtype: DType = "float32") {
+    super();
+    const c = config;
+    const rng = new Rng(c.seed);
+    const init: InitOptions = { rng, dtype, std: c.initStd };
+    // GPT-2's scaled init of the projections that write into the residual stream [ours].
+    const outStd = c.initStd / Math.sqrt(2 * (c.denseLayers + c.sparseLayers + 1));
+    this.domainSlot = Int32Array.from(c.domains, (d) => d.slot);
+    this.domainGroup = Int32Array.from(c.domains, (d) => d.group ?? 0);
+    this.tokenEmbedding = this.param("tokenEmbedding", Tensor.randn([c.embeddingSlots * c.vocabSize, c.width], rng, c.initStd, dtype), { decay: false });
+    this.positionEmbedding = this.param("positionEmbedding", Tensor.randn([c.seqLen, c.width], rng, c.initStd, dtype), { decay: false });
+    for (let l = 0; l < c.denseLayers + c.sparseLayers; l++) {
+      this.blocks.push(this.child(`blocks.${l}`, new Block(c, l, l >= c.denseLayers, this.domainGroup, init, outStd)));
+    }
+    this.finalNorm = this.child("finalNorm", new LayerNorm(c.width, c.layerNormEps, dtype));
+    this.queryEmbedding = this.param("queryEmbedding", Tensor.randn([c.seqLen, c.width], rng, c.initStd, dtype), { decay: false });
+    this.queryLayer = this.child("queryLayer", new QueryLayer(c, init, outStd));
+  }
+
+  newCache(B: number, capacity = this.config.seqLen): ModelCache {
+    const C = this.config.width;
+    const dtype = this.tokenEmbedding.dtype;
+    return { layers: this.blocks.map(() => newKVCache(B, capacity, C, dtype)), query: newKVCache(B, capacity, C, dtype), length: 0 };
+  }
+
+  /**
+   * Training forward over all positions, or — with a cache — an incremental
+   * forward over T new positions appended after cache.length (inference only).
+   */
+  forward(input: ModelInput, cache?: ModelCache): ModelOutput {
+    const c = this.config;
+    const { tokens, domains, B, T } = input;
+    const V = c.vocabSize;
+    const start = cache?.length ?? 0;
+    if (tokens.length !== B * T) throw new RangeError(`forward: ${tokens.length} tokens for B = ${B}, T = ${T}`);
+    if (domains.length !== B) throw new RangeError(`forward: ${domains.length} domains for B = ${B} sequences`);
+    if (start + T > c.seqLen) throw new SigmaError(`forward: positions up to ${start + T} exceed the model's seqLen ${c.seqLen}`);
+
+    const R = B * T;
+    const embedIds = new Int32Array(R);
+    const slotOf = new Int32Array(R);
+    const domainOf = new Int32Array(R);
+    const posIds = new Int32Array(R);
+    for (let b = 0; b < B; b++) {
+      const d = domains[b]!;
+      const slot = this.domainSlot[d];
+      if (slot === undefined) throw new SigmaError(`forward: domain index ${d} of sequence ${b} is not one of the ${c.domains.length} configured domains`);
+      for (let t = 0; t < T; t++) {
+        const r = b * T + t;
+        const tok = tokens[r]!;
+        if (tok < 0 || tok >= V) throw new RangeError(`forward: token id ${tok} at position ${r} is outside the vocabulary [0, ${V})`);
+        embedIds[r] = slot * V + tok;
+        slotOf[r] = slot;
+        domainOf[r] = d;
+        posIds[r] = start + t;
+      }
+    }
+    const ctx: MoeContext = { tokenIds: tokens, domainIds: domainOf, vocabSize: V, domainGroup: this.domainGroup };
+
+    let h = ops.add(ops.embedding(this.tokenEmbedding, embedIds, [B, T]), ops.embedding(this.positionEmbedding, posIds, [B, T]));
+    const routings: Routing[] = [];
+    let aux: Tensor | null = null;
+    this.blocks.forEach((block, l) => {
+      const out = block.forward(h, ctx, cache?.layers[l]);
+      h = out.y;
+      if (out.routing) {
+        routings.push(out.routing);
+        for (const extra of [out.routing.auxLoss, out.routing.zLoss]) if (extra) aux = aux ? ops.add(aux, extra) : extra;
+      }
+    });
+    h = this.finalNorm.forward(h);
+    h = this.queryLayer.forward(h, ops.embedding(this.queryEmbedding, posIds, [B, T]), cache?.query);
+    if (cache) cache.length += T;
+    return { logits: this.decode(ops.reshape(h, [R, c.width]), slotOf), routings, auxLoss: aux };
+  }
+
+  /** Tied output: logits[r] = h[r] · E_slot(r)ᵀ, grouping rows by slot when there are several. */
+  private decode(h: Tensor, slotOf: Int32Array): Tensor {
+    const c = this.config;
+    if (c.embeddingSlots === 1) return ops.linear(h, this.tokenEmbedding);
+    const { order, offsets } = ops.permuteByExpert(slotOf, c.embeddingSlots);
+    const inverse = new Int32Array(order.length);
+    order.forEach((r, p) => (inverse[r] = p));
+    const tables = ops.reshape(this.tokenEmbedding, [c.embeddingSlots, c.vocabSize, c.width]);
+    const sorted = ops.groupedMatmul(ops.gatherRows(h, order), tables, offsets, true);
+    return ops.gatherRows(sorted, inverse);
+  }
+
+  /** Cross-entropy of next-token prediction plus the routers' auxiliary losses. */
+  loss(input: ModelInput, targets: Int32Array, ignoreIndex = -1): { loss: Tensor; lm: Tensor; out: ModelOutput } {
+    const out = this.forward(input);
+    const lm = ops.crossEntropy(out.logits, targets, ignoreIndex);
+    return { loss: out.auxLoss ? ops.add(lm, out.auxLoss) : lm, lm, out };
+  }
+}

@@ -1,0 +1,40 @@
+/** Pieces shared by the learned routers (MoGE, top-k): gating probabilities, weight picking, the balance loss. */
+import * as ops from "../../ops/index.js";
+import { Tensor } from "../../tensor/tensor.js";
+
+/**
+ * Picks entries of a [R, N] tensor: out[i] = m[rows[i]·N + cols[i]] given the
+ * flat indices, as a differentiable [n] tensor.
+ */
+export function pick(m: Tensor, flat: Int32Array): Tensor {
+  return ops.reshape(ops.gatherRows(ops.reshape(m, [m.size, 1]), flat), [flat.length]);
+}
+
+/**
+ * Balance loss α·E·Σ_i f_i·P_i (Switch / GShard; Pangu Pro MoE's batch-level
+ * form). f_i = kept assignments of expert i / (R·k), so Σ f = 1 [ours]; P_i is
+ * the mean router probability of expert i over the batch. Equals α when both
+ * are uniform. Only P carries a gradient.
+ */
+export function balanceLoss(probs: Tensor, counts: Int32Array, assignments: number, alpha: number): Tensor | null {
+  if (alpha === 0) return null;
+  const [R, E] = probs.shape as [number, number];
+  const meanRow = Tensor.full([1, R], 1 / R, probs.dtype);
+  const P = ops.matmul(meanRow, probs); // [1, E]
+  const f = Tensor.zeros([1, E], probs.dtype);
+  for (let e = 0; e < E; e++) f.data[e] = counts[e]! / Math.max(assignments, 1);
+  return ops.scale(ops.sum(ops.mul(P, f)), alpha * E);
+}
+
+/** Indices of the k largest of v[from..to), largest first; ties go to the lower index. */
+export function topIndices(v: ArrayLike<number>, from: number, to: number, k: number, out: number[]): void {
+  out.length = 0;
+  for (let i = from; i < to; i++) {
+    let pos = out.length;
+    while (pos > 0 && v[out[pos - 1]!]! < v[i]!) pos--;
+    if (pos < k) {
+      out.splice(pos, 0, i);
+      if (out.length > k) out.pop();
+    }
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * What every router returns, and the load statistics computed from it.
+ *
+ * Assignments are numbered a = r·k + j for token r and its j-th choice.
+ * An assignment whose expert id equals E was dropped (capacity exceeded):
+ * it is not computed and contributes nothing (the residual carries the token).
+ */
+import type { Tensor } from "../tensor/tensor.js";
+
+export interface RouterInput {
+  /** Hidden states [R, C] (R = tokens in the batch). */
+  x: Tensor;
+  /** Token id of each row [R] (RRE routes on it). */
+  tokenIds: Int32Array;
+  /** Domain index of each row [R] (RRE picks the expert group from it). */
+  domainIds: Int32Array;
+}
+
+export interface Routing {
+  /** Assignments per token. */
+  k: number;
+  /** Experts [R·k]; E marks a dropped assignment. */
+  expertIds: Int32Array;
+  /** Combine weights [R·k]; differentiable for learned routers. */
+  weights: Tensor;
+  /** Balance loss, already multiplied by its coefficient (null when the router has none). */
+  auxLoss: Tensor | null;
+  /** Router z-loss, already multiplied by its coefficient. */
+  zLoss: Tensor | null;
+  /** Kept assignments per expert [E]. */
+  counts: Int32Array;
+  /** Assignments dropped by the capacity limit. */
+  dropped: number;
+}
+
+/** Counts kept assignments per expert (ids equal to E are dropped ones). */
+export function countPerExpert(expertIds: Int32Array, E: number): Int32Array {
+  const counts = new Int32Array(E);
+  for (let i = 0; i < expertIds.length; i++) {
+    const e = expertIds[i]!;
+    if (e < E) counts[e]++;
+  }
+  return counts;
+}
+
+/**
+ * Token-expert computations per device when E experts are placed on D devices
+ * in contiguous blocks (device d holds experts d·E/D … (d+1)·E/D − 1).
+ */
+export function deviceLoads(counts: Int32Array, devices: number): number[] {
+  const E = counts.length;
+  if (devices < 1 || E % devices !== 0) throw new RangeError(`${devices} devices do not divide ${E} experts evenly`);
+  const per = E / devices;
+  const loads = new Array<number>(devices).fill(0);
+  for (let e = 0; e < E; e++) loads[Math.floor(e / per)] += counts[e]!;
+  return loads;
+}
+
+/**
+ * Imbalance score of a batch (Pangu Pro MoE): IS = (max_d T_d − min_d T_d) / |X|,
+ * T_d the token-expert computations on device d and |X| the tokens in the batch.
+ */
+export function imbalanceScore(counts: Int32Array, devices: number, tokens: number): number {
+  const loads = deviceLoads(counts, devices);
+  return tokens === 0 ? 0 : (Math.max(...loads) - Math.min(...loads)) / tokens;
+}

@@ -1,0 +1,110 @@
+/** Matrix products: matmul, linear, bmm, groupedMatmul (the MoE expert product). */
+import { gradOf, record } from "../autograd/tape.js";
+import { Tensor } from "../tensor/tensor.js";
+import { shapeStr } from "../tensor/shape.js";
+import { be, empty, expectNdim, expectShape, sameDtype } from "./util.js";
+
+/**
+ * C = op(A)·op(B) for 2-D tensors. op(A) is [M,K] (A is [K,M] when transA);
+ * op(B) is [K,N] (B is [N,K] when transB).
+ */
+export function matmul(a: Tensor, b: Tensor, transA = false, transB = false): Tensor {
+  sameDtype("matmul", a, b);
+  expectNdim("matmul", "a", a, 2);
+  expectNdim("matmul", "b", b, 2);
+  const [M, Ka] = transA ? [a.dim(1), a.dim(0)] : [a.dim(0), a.dim(1)];
+  const [Kb, N] = transB ? [b.dim(1), b.dim(0)] : [b.dim(0), b.dim(1)];
+  if (Ka !== Kb) throw new RangeError(`matmul: inner sizes differ: op(a) is [${M},${Ka}], op(b) is [${Kb},${N}]`);
+  const K = Ka;
+  const c = empty(a, [M, N]);
+  be(a).matmul(c.data, a.data, b.data, M, N, K, transA, transB, false);
+  record(c, [a, b], (g) => {
+    const k = be(a);
+    // d op(A) = dC·op(B)ᵀ and d op(B) = op(A)ᵀ·dC, written for each storage layout.
+    if (a.requiresGrad) {
+      if (!transA) k.matmul(gradOf(a).data, g.data, b.data, M, K, N, false, !transB, true);
+      else k.matmul(gradOf(a).data, b.data, g.data, K, M, N, transB, true, true);
+    }
+    if (b.requiresGrad) {
+      if (!transB) k.matmul(gradOf(b).data, a.data, g.data, K, N, M, !transA, false, true);
+      else k.matmul(gradOf(b).data, g.data, a.data, N, K, M, true, transA, true);
+    }
+  });
+  return c;
+}
+
+/**
+ * y = x·Wᵀ + bias, the layout of every projection in Sigma.
+ * x: [..., K]; w: [N, K] ("[out, in]"); bias: [N] or null; y: [..., N].
+ */
+export function linear(x: Tensor, w: Tensor, bias: Tensor | null = null): Tensor {
+  sameDtype("linear", x, w, bias);
+  expectNdim("linear", "w", w, 2);
+  const [N, K] = [w.dim(0), w.dim(1)];
+  if (x.dim(-1) !== K) throw new RangeError(`linear: x ${shapeStr(x.shape)} does not end in the weight's input size ${K} (w is ${shapeStr(w.shape)})`);
+  if (bias) expectShape("linear", "bias", bias, [N]);
+  const R = x.size / K;
+  const y = empty(x, [...x.shape.slice(0, -1), N]);
+  const k0 = be(x);
+  k0.matmul(y.data, x.data, w.data, R, N, K, false, true, false);
+  if (bias) k0.addBias(y.data, y.data, bias.data, R, N);
+  record(y, [x, w, bias], (g) => {
+    const k = be(x);
+    if (x.requiresGrad) k.matmul(gradOf(x).data, g.data, w.data, R, K, N, false, false, true);
+    if (w.requiresGrad) k.matmul(gradOf(w).data, g.data, x.data, N, K, R, true, false, true);
+    if (bias?.requiresGrad) k.addBiasBackward(gradOf(bias).data, g.data, R, N);
+  });
+  return y;
+}
+
+/** Batched matmul over 3-D tensors: c[i] = op(a[i])·op(b[i]). */
+export function bmm(a: Tensor, b: Tensor, transA = false, transB = false): Tensor {
+  sameDtype("bmm", a, b);
+  expectNdim("bmm", "a", a, 3);
+  expectNdim("bmm", "b", b, 3);
+  const batch = a.dim(0);
+  if (b.dim(0) !== batch) throw new RangeError(`bmm: batch sizes differ: a ${shapeStr(a.shape)}, b ${shapeStr(b.shape)}`);
+  const [M, Ka] = transA ? [a.dim(2), a.dim(1)] : [a.dim(1), a.dim(2)];
+  const [Kb, N] = transB ? [b.dim(2), b.dim(1)] : [b.dim(1), b.dim(2)];
+  if (Ka !== Kb) throw new RangeError(`bmm: inner sizes differ: op(a) is [${M},${Ka}], op(b) is [${Kb},${N}]`);
+  const K = Ka;
+  const c = empty(a, [batch, M, N]);
+  be(a).bmm(c.data, a.data, b.data, batch, M, N, K, transA, transB, false);
+  record(c, [a, b], (g) => {
+    const k = be(a);
+    if (a.requiresGrad) {
+      if (!transA) k.bmm(gradOf(a).data, g.data, b.data, batch, M, K, N, false, !transB, true);
+      else k.bmm(gradOf(a).data, b.data, g.data, batch, K, M, N, transB, true, true);
+    }
+    if (b.requiresGrad) {
+      if (!transB) k.bmm(gradOf(b).data, a.data, g.data, batch, K, N, M, !transA, false, true);
+      else k.bmm(gradOf(b).data, g.data, a.data, batch, N, K, M, true, transA, true);
+    }
+  });
+  return c;
+}
+
+/**
+ * Expert products over stacked weights. x: [R,K] with rows sorted by expert;
+ * offsets: [E+1] row offsets; w: [E,N,K] when transW (y_e = x_e·W[e]ᵀ), else [E,K,N].
+ * Returns y: [R,N].
+ */
+export function groupedMatmul(x: Tensor, w: Tensor, offsets: Int32Array, transW = true): Tensor {
+  sameDtype("groupedMatmul", x, w);
+  expectNdim("groupedMatmul", "x", x, 2);
+  expectNdim("groupedMatmul", "w", w, 3);
+  const E = w.dim(0);
+  const [N, K] = transW ? [w.dim(1), w.dim(2)] : [w.dim(2), w.dim(1)];
+  if (x.dim(1) !== K) throw new RangeError(`groupedMatmul: x ${shapeStr(x.shape)} does not match the experts' input size ${K} (w is ${shapeStr(w.shape)})`);
+  if (offsets.length !== E + 1) throw new RangeError(`groupedMatmul: offsets has ${offsets.length} entries, expected E + 1 = ${E + 1}`);
+  const R = x.dim(0);
+  if (offsets[E] !== R) throw new RangeError(`groupedMatmul: offsets[E] = ${offsets[E]} but x has ${R} rows`);
+  const y = empty(x, [R, N]);
+  be(x).groupedMatmul(y.data, x.data, w.data, offsets, E, N, K, transW, false);
+  record(y, [x, w], (g) => {
+    const k = be(x);
+    if (x.requiresGrad) k.groupedMatmul(gradOf(x).data, g.data, w.data, offsets, E, K, N, !transW, true);
+    if (w.requiresGrad) k.groupedMatmulWeightGrad(gradOf(w).data, g.data, x.data, offsets, E, N, K, transW, true);
+  });
+  return y;
+}

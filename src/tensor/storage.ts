@@ -1,0 +1,24 @@
+/**
+ * Where a tensor's numbers live, separate from what they mean (shape, dtype).
+ * Today every storage is a heap typed array; the expert store will hand out
+ * storages backed by regions of a file-backed buffer, and tensors will not
+ * know the difference.
+ */
+export type DType = "float32" | "float64";
+export type FloatArray = Float32Array | Float64Array;
+
+export class Storage {
+  constructor(readonly data: FloatArray) {}
+
+  get dtype(): DType {
+    return this.data instanceof Float64Array ? "float64" : "float32";
+  }
+
+  get length(): number {
+    return this.data.length;
+  }
+
+  static alloc(n: number, dtype: DType = "float32"): Storage {
+    return new Storage(dtype === "float64" ? new Float64Array(n) : new Float32Array(n));
+  }
+}

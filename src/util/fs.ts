@@ -1,0 +1,41 @@
+/** File helpers: atomic writes (temporary file, fsync, rename, fsync of the folder). */
+import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { SigmaError } from "./errors.js";
+
+/**
+ * Writes `data` to `path` so that a crash leaves either the old file or the
+ * new one, never a torn mix. A full disk or a permission error is reported
+ * with the path, and the old file is kept.
+ */
+export function writeFileAtomic(path: string, data: Uint8Array | string): void {
+  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Date.now()}`);
+  let fd = -1;
+  try {
+    fd = openSync(tmp, "w");
+    const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
+    let off = 0;
+    while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
+    fsyncSync(fd);
+    closeSync(fd);
+    fd = -1;
+    renameSync(tmp, path);
+  } catch (e) {
+    if (fd !== -1) closeSync(fd);
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* the temporary file may not exist */
+    }
+    const err = e as NodeJS.ErrnoException;
+    const hint = err.code === "ENOSPC" ? "the disk is full: free some space and retry; the previous file is untouched" : undefined;
+    throw new SigmaError(`could not write ${path}: ${err.message}`, hint);
+  }
+  try {
+    const dfd = openSync(dirname(path), "r");
+    fsyncSync(dfd);
+    closeSync(dfd);
+  } catch {
+    /* some filesystems do not support fsync on folders */
+  }
+}
