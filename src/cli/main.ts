@@ -7,11 +7,15 @@ import { readFileSync } from "node:fs";
 import { getBackend } from "../backend/index.js";
 import { loadNative } from "../backend/native/index.js";
 import { SigmaError } from "../util/errors.js";
+import { register as registerTokenizer } from "./tokenizer.js";
+import { register as registerData } from "./data.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
 
 const program = new Command();
 program.name("sigma").description("Sparse Mixture-of-Experts language models: PanGu-Σ (RRE, ECSS) and Pangu Pro MoE (MoGE)").version(pkg.version);
+registerTokenizer(program);
+registerData(program);
 
 program
   .command("info")

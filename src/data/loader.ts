@@ -1,0 +1,155 @@
+/**
+ * Batches of packed sequences from a prepared data folder.
+ *
+ * Each domain's shards (of one split) form one token stream in which
+ * documents follow each other, each ending in <|endoftext|>: a window of
+ * T+1 tokens from it is a packed sequence. For every row of a batch the
+ * loader draws a domain with probability proportional to its weight, then a
+ * window start uniformly in that domain's stream (sampling with replacement,
+ * as nanoGPT does), and reads the window with positioned reads — memory is
+ * one batch, whatever the corpus size.
+ *
+ * A batch: x [B, T] input ids, y [B, T] the ids one step later, and
+ * domain [B] the domain id of each row (RRE routes every token of a row on
+ * it). Everything is drawn from one seeded Rng, so the same seed and
+ * options give the same batches; `getState`/`setState` resume a run exactly.
+ */
+import { join } from "node:path";
+import { SigmaError } from "../util/errors.js";
+import { Rng } from "../util/rng.js";
+import { loadTokenizer } from "../tokenizer/hfjson.js";
+import { readManifest, type Manifest } from "./manifest.js";
+import { ShardReader, type Split } from "./shards.js";
+
+export interface LoaderOptions {
+  split: Split;
+  /** Sequence length T. */
+  seqLen: number;
+  /** Rows per batch B. */
+  batchSize: number;
+  seed: number;
+  /**
+   * Sampling weight per domain name (need not sum to 1; missing domains get 0).
+   * Default: each domain's share of the split's tokens.
+   */
+  weights?: Record<string, number>;
+}
+
+export interface Batch {
+  /** [B, T] input token ids. */
+  x: Int32Array;
+  /** [B, T] target ids (x shifted by one). */
+  y: Int32Array;
+  /** [B] domain id of each row. */
+  domain: Int32Array;
+  B: number;
+  T: number;
+}
+
+interface DomainStream {
+  id: number;
+  name: string;
+  shards: ShardReader[];
+  /** starts[i] = first stream position of shard i; starts[n] = total tokens. */
+  starts: number[];
+}
+
+export class Loader {
+  readonly manifest: Manifest;
+  readonly streams: DomainStream[];
+  /** Normalised weights, parallel to `streams`. */
+  readonly probs: number[];
+  private readonly rng: Rng;
+  private readonly window: Int32Array;
+
+  constructor(readonly dataDir: string, readonly opts: LoaderOptions) {
+    const { seqLen: T, batchSize: B } = opts;
+    if (!Number.isInteger(T) || T < 1 || !Number.isInteger(B) || B < 1) throw new SigmaError(`seqLen ${T} and batchSize ${B} must be positive integers`);
+    this.manifest = readManifest(join(dataDir, "manifest.json"));
+    const tokPath = join(dataDir, this.manifest.tokenizer.file);
+    const sha = loadTokenizer(tokPath).sha256;
+    if (sha !== this.manifest.tokenizer.sha256) {
+      throw new SigmaError(`${tokPath} is not the tokenizer the manifest names (sha256 ${sha.slice(0, 12)}… vs ${this.manifest.tokenizer.sha256.slice(0, 12)}…)`, "prepare the data again with `sigma data prepare`");
+    }
+    const names = this.manifest.domains.map((d) => d.name);
+    const weights = opts.weights ?? Object.fromEntries(this.manifest.domains.map((d) => [d.name, d[opts.split].tokens]));
+    for (const [name, w] of Object.entries(weights)) {
+      if (!names.includes(name)) throw new SigmaError(`Unknown domain "${name}" in the mixing weights; known domains: ${names.join(", ")}`, "weights are keyed by the domain names in manifest.json");
+      if (!(w >= 0 && Number.isFinite(w))) throw new SigmaError(`Mixing weight for "${name}" is ${w}; weights must be finite and ≥ 0`);
+    }
+    this.streams = [];
+    const raw: number[] = [];
+    for (const d of this.manifest.domains) {
+      const w = weights[d.name] ?? 0;
+      if (w === 0) continue;
+      const shards = this.manifest.shards
+        .filter((s) => s.domainId === d.id && s.split === opts.split)
+        .map((s) => new ShardReader(join(dataDir, s.file), { tokenizerSha256: this.manifest.tokenizer.sha256, domainId: d.id, split: opts.split }));
+      const starts = [0];
+      for (const s of shards) starts.push(starts[starts.length - 1]! + s.tokens);
+      const total = starts[starts.length - 1]!;
+      if (total < T + 1) {
+        throw new SigmaError(`Domain "${d.name}" has ${total} ${opts.split} tokens, fewer than one sequence of ${T + 1}`, `give it weight 0, use a shorter sequence length, or add text${opts.split === "val" ? " (or raise --val-fraction)" : ""}`);
+      }
+      this.streams.push({ id: d.id, name: d.name, shards, starts });
+      raw.push(w);
+    }
+    const sum = raw.reduce((a, b) => a + b, 0);
+    if (this.streams.length === 0 || sum === 0) throw new SigmaError("Every domain has weight 0: nothing to sample", "give at least one domain a positive weight");
+    this.probs = raw.map((w) => w / sum);
+    this.rng = new Rng(opts.seed);
+    this.window = new Int32Array(T + 1);
+  }
+
+  next(): Batch {
+    const { seqLen: T, batchSize: B } = this.opts;
+    const x = new Int32Array(B * T);
+    const y = new Int32Array(B * T);
+    const domain = new Int32Array(B);
+    for (let b = 0; b < B; b++) {
+      const s = this.streams[this.pickDomain()]!;
+      const total = s.starts[s.starts.length - 1]!;
+      const start = this.rng.int(total - T); // windows [start, start + T + 1) all fit
+      this.read(s, start, this.window);
+      x.set(this.window.subarray(0, T), b * T);
+      y.set(this.window.subarray(1, T + 1), b * T);
+      domain[b] = s.id;
+    }
+    return { x, y, domain, B, T };
+  }
+
+  private pickDomain(): number {
+    let u = this.rng.uniform();
+    for (let i = 0; i < this.probs.length - 1; i++) {
+      u -= this.probs[i]!;
+      if (u < 0) return i;
+    }
+    return this.probs.length - 1;
+  }
+
+  /** Reads stream positions [start, start + out.length), crossing shard boundaries as needed. */
+  private read(s: DomainStream, start: number, out: Int32Array): void {
+    let done = 0;
+    let i = 0;
+    while (s.starts[i + 1]! <= start) i++;
+    while (done < out.length) {
+      const shard = s.shards[i]!;
+      const from = start + done - s.starts[i]!;
+      const n = Math.min(out.length - done, shard.tokens - from);
+      shard.read(from, out.subarray(done, done + n));
+      done += n;
+      i++;
+    }
+  }
+
+  getState(): ReturnType<Rng["getState"]> {
+    return this.rng.getState();
+  }
+  setState(state: ReturnType<Rng["getState"]>): void {
+    this.rng.setState(state);
+  }
+
+  close(): void {
+    for (const s of this.streams) for (const r of s.shards) r.close();
+  }
+}

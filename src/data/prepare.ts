@@ -1,0 +1,171 @@
+/**
+ * `sigma data prepare`: corpus folder → token shards + manifest.
+ *
+ * Each record becomes one document:
+ *   [<|domain:d|>]  text tokens  <|endoftext|>
+ * and a translation pair
+ *   [<|domain:d|>]  <|lang:zh|> zh tokens  <|lang:en|> en tokens  <|endoftext|>
+ * (PanGu-Σ inserts control tokens and an end-of-text token, and prefixes
+ * translation data with language tags). Record text is encoded with special
+ * tokens read as plain text, so a corpus cannot inject control tokens.
+ *
+ * The train/validation split is a hash of (seed, domain, text): deterministic,
+ * independent of file order, and duplicate texts land on the same side.
+ * Memory stays bounded: records stream through, and each (domain, split)
+ * writer holds one 64K-token buffer.
+ */
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { join, relative } from "node:path";
+import { z } from "zod";
+import { SigmaError } from "../util/errors.js";
+import { loadTokenizer } from "../tokenizer/hfjson.js";
+import type { Tokenizer } from "../tokenizer/codec.js";
+import { readCorpus, recordBytes, SkipReport, type CorpusRecord } from "./ingest.js";
+import { MANIFEST_FORMAT, MANIFEST_VERSION, Source, writeManifest, type Counts, type Manifest } from "./manifest.js";
+import { ShardWriter, type Split } from "./shards.js";
+
+export interface PrepareOptions {
+  corpus: string;
+  tokenizer: string;
+  out: string;
+  /** Fraction of documents held out for validation. Default 0.02: enough to measure, little lost to training. */
+  valFraction?: number;
+  seed?: number;
+  /** Start each document with its domain's control token. Default true (PanGu-Σ does). */
+  controlTokens?: boolean;
+  lenient?: boolean;
+  /** Tokens per shard before a new one starts. Default 2^24 (32 MiB at uint16). */
+  shardTokens?: number;
+  onProgress?: (docs: number, bytes: number) => void;
+}
+
+/** A record's tokens as one document, and how many of them are text. */
+export function encodeRecord(tok: Tokenizer, rec: Pick<CorpusRecord, "domain" | "text" | "translation">, controlTokens: boolean): { ids: number[]; textTokens: number } {
+  const ids: number[] = [];
+  if (controlTokens) ids.push(tok.domainTokenId(rec.domain));
+  let textTokens = 0;
+  const add = (s: string): void => {
+    const t = tok.encodeOrdinary(s);
+    textTokens += t.length;
+    for (const id of t) ids.push(id);
+  };
+  if (rec.text !== undefined) add(rec.text);
+  else
+    for (const [tag, s] of rec.translation!) {
+      ids.push(tok.langTokenId(tag));
+      add(s);
+    }
+  ids.push(tok.eotId);
+  return { ids, textTokens };
+}
+
+/** Deterministic split: FNV-1a over (seed, domain, text) mapped to [0, 1). */
+export function splitOf(seed: number, rec: Pick<CorpusRecord, "domain" | "text" | "translation">, valFraction: number): Split {
+  let h = (0x811c9dc5 ^ seed) >>> 0;
+  const mix = (s: string): void => {
+    for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
+    h = Math.imul(h ^ 0xff, 0x01000193) >>> 0; // separator, so ("ab","c") ≠ ("a","bc")
+  };
+  mix(rec.domain);
+  if (rec.text !== undefined) mix(rec.text);
+  else for (const [tag, s] of rec.translation!) (mix(tag), mix(s));
+  // Final avalanche (murmur3 fmix32), kept unsigned.
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) >>> 0;
+  h = (h ^ (h >>> 13)) >>> 0;
+  return h / 4294967296 < valFraction ? "val" : "train";
+}
+
+const zero = (): Counts => ({ tokens: 0, textTokens: 0, docs: 0, bytes: 0 });
+
+export async function prepareData(o: PrepareOptions): Promise<Manifest> {
+  const valFraction = o.valFraction ?? 0.02;
+  const seed = o.seed ?? 1234;
+  const controlTokens = o.controlTokens ?? true;
+  const shardTokens = o.shardTokens ?? 1 << 24;
+  if (!(valFraction >= 0 && valFraction < 1)) throw new SigmaError(`val fraction ${valFraction} must be in [0, 1)`);
+  const { tokenizer: tok, sha256 } = loadTokenizer(o.tokenizer);
+  const sources = readSources(o.corpus);
+
+  const shardDir = join(o.out, "shards");
+  mkdirSync(shardDir, { recursive: true });
+  // Shards from an earlier run would not be in the new manifest: remove them.
+  for (const f of readdirSync(shardDir)) if (f.endsWith(".sgtk") || f.includes(".sgtk.tmp-")) rmSync(join(shardDir, f));
+
+  const counts = new Map<string, Record<Split, Counts>>(tok.domains.map((d) => [d, { train: zero(), val: zero() }]));
+  const writers = new Map<string, ShardWriter>();
+  const shards: Manifest["shards"] = [];
+  const serial = new Map<string, number>();
+  const closeWriter = (key: string): void => {
+    const w = writers.get(key)!;
+    writers.delete(key);
+    const h = w.close();
+    shards.push({ file: relative(o.out, w.path), domain: tok.domains[h.domainId]!, domainId: h.domainId, split: h.split, tokens: h.tokens, docs: h.docs });
+  };
+  const report = new SkipReport();
+  let docs = 0;
+  let bytes = 0;
+  try {
+    for await (const rec of readCorpus(o.corpus, { domains: tok.domains, langs: tok.langs, lenient: o.lenient }, report)) {
+      const split = splitOf(seed, rec, valFraction);
+      const { ids, textTokens } = encodeRecord(tok, rec, controlTokens);
+      const key = `${rec.domain}-${split}`;
+      let w = writers.get(key);
+      if (w === undefined) {
+        const n = serial.get(key) ?? 0;
+        serial.set(key, n + 1);
+        w = new ShardWriter(join(shardDir, `${key}-${String(n).padStart(4, "0")}.sgtk`), { domainId: tok.domainId(rec.domain), split, vocabSize: tok.vocabSize, tokenizerSha256: sha256 });
+        writers.set(key, w);
+      }
+      w.addDoc(ids);
+      const c = counts.get(rec.domain)![split];
+      const nb = recordBytes(rec);
+      c.tokens += ids.length;
+      c.textTokens += textTokens;
+      c.docs++;
+      c.bytes += nb;
+      docs++;
+      bytes += nb;
+      if (w.tokens >= shardTokens) closeWriter(key);
+      if (o.onProgress && docs % 2000 === 0) o.onProgress(docs, bytes);
+    }
+    for (const key of [...writers.keys()].sort()) closeWriter(key);
+  } catch (e) {
+    for (const w of writers.values()) w.abort();
+    throw e;
+  }
+  if (docs === 0) {
+    const why = report.total > 0 ? `; all ${report.total} records were skipped (${Object.entries(report.byReason).map(([r, n]) => `${n} ${r}`).join(", ")})` : "";
+    throw new SigmaError(`Empty corpus: ${o.corpus} has no usable records${why}`, "add text files under <corpus>/<domain>/ or JSONL records; `sigma data prepare` with no --corpus builds the default corpus");
+  }
+  shards.sort((a, b) => a.file.localeCompare(b.file));
+  copyFileSync(o.tokenizer, join(o.out, "tokenizer.json"));
+  const manifest: Manifest = {
+    format: MANIFEST_FORMAT,
+    version: MANIFEST_VERSION,
+    tokenizer: { file: "tokenizer.json", sha256, vocabSize: tok.vocabSize },
+    corpus: o.corpus,
+    split: { valFraction, seed },
+    controlTokens,
+    domains: tok.domains.map((name, id) => ({ id, name, ...counts.get(name)! })),
+    shards,
+    sources,
+    skipped: report.toJSON(),
+  };
+  writeManifest(join(o.out, "manifest.json"), manifest);
+  return manifest;
+}
+
+/** The corpus's sources.json (written by the default-corpus assembly), or none. */
+export function readSources(corpus: string): Source[] {
+  const p = join(corpus, "sources.json");
+  if (!existsSync(p)) return [];
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(p, "utf8"));
+  } catch (e) {
+    throw new SigmaError(`${p}: not valid JSON (${(e as Error).message})`, "delete it, or rebuild the default corpus");
+  }
+  const r = z.array(Source).safeParse(raw);
+  if (!r.success) throw new SigmaError(`${p}: bad sources list at ${r.error.issues[0]!.path.join(".")}: ${r.error.issues[0]!.message}`, "delete it, or rebuild the default corpus");
+  return r.data;
+}

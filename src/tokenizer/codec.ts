@@ -1,0 +1,317 @@
+/**
+ * The byte-level BPE codec: text → token ids → text.
+ *
+ * Vocabulary layout (V ids):
+ *   [0, S)          special tokens (see specials.ts)
+ *   [S, S+256)      the 256 single bytes, in byte order
+ *   [S+256, V)      tokens made by merges, in the order they were learned
+ * A merge is a pair of ids (a, b) whose rank is its position in the merge
+ * list; it produces the token spelled a+b. Two merges may produce the same
+ * spelling ("ab"+"c" and "a"+"bc"); they then share one id, as in HF.
+ *
+ * Encoding applies merges lowest rank first, leftmost first among equals —
+ * the rule of the HF `tokenizers` BPE model, so ids agree with it.
+ *
+ * Lone surrogates: JS strings may hold UTF-16 code units that encode no
+ * character. They have no UTF-8 bytes, so `encode` throws a SigmaError naming
+ * the index of the first one, unless called with `{ invalid: "replace" }`,
+ * which encodes each as U+FFFD (the caller can count them with
+ * `replaceLoneSurrogates`). For every well-formed string,
+ * decode(encode(s)) === s.
+ */
+import { SigmaError } from "../util/errors.js";
+import { BYTE_TO_CHAR, findLoneSurrogate, pretokenize, replaceLoneSurrogates } from "./pretokenize.js";
+import { EOT, PAD, domainToken, langToken, specialTokens, type SpecialSpec } from "./specials.js";
+
+/** What a trained tokenizer is: its specials, non-special token spellings and merges. */
+export interface BpeData extends SpecialSpec {
+  /** Byte-level spellings of ids S…V-1: the 256 bytes first, then merged tokens. */
+  tokens: string[];
+  /** Merges in rank order, as pairs of byte-level spellings. */
+  merges: [string, string][];
+}
+
+export interface EncodeOptions {
+  /** Recognise special-token strings in the text (HF does). Default true. */
+  allowSpecial?: boolean;
+  /** What to do with lone surrogates: throw (default) or encode U+FFFD. */
+  invalid?: "throw" | "replace";
+}
+
+const SHORT_WORD = 48; // below this, rescanning the word per merge beats a heap
+const CACHE_LIMIT = 200_000; // pre-token → ids entries; cleared when full to bound memory
+
+/** Packs a pair of ids (each < 2^21) into one number key. */
+const pairKey = (a: number, b: number): number => a * 2097152 + b;
+
+export class Tokenizer {
+  readonly domains: readonly string[];
+  readonly langs: readonly string[];
+  readonly specials: readonly string[];
+  /** Spelling of every id (specials as their content). */
+  readonly vocab: readonly string[];
+  readonly merges: readonly [string, string][];
+  readonly eotId = 0;
+  readonly padId = 1;
+  private readonly idOf = new Map<string, number>();
+  private readonly specialIds = new Map<string, number>();
+  private readonly bytesOf: Uint8Array[] = [];
+  /** pairKey(a, b) → rank; resultOf[rank] = merged id. */
+  private readonly rank = new Map<number, number>();
+  private readonly resultOf: Int32Array;
+  private readonly leftOf: Int32Array;
+  private readonly rightOf: Int32Array;
+  private readonly cache = new Map<string, number[]>();
+  private readonly utf8 = new TextEncoder();
+
+  constructor(data: BpeData, where = "tokenizer") {
+    this.domains = [...data.domains];
+    this.langs = [...data.langs];
+    this.specials = specialTokens(data);
+    const S = this.specials.length;
+    if (data.tokens.length < 256) throw new SigmaError(`${where}: expected at least 256 byte tokens, got ${data.tokens.length}`);
+    for (let b = 0; b < 256; b++) {
+      if (data.tokens[b] !== BYTE_TO_CHAR[b]) {
+        throw new SigmaError(`${where}: token id ${S + b} should be byte 0x${b.toString(16)} spelled "${BYTE_TO_CHAR[b]}"`, "Sigma's vocabularies list the 256 byte tokens in byte order right after the specials");
+      }
+    }
+    this.vocab = [...this.specials, ...data.tokens];
+    this.specials.forEach((s, i) => this.specialIds.set(s, i));
+    for (let i = 0; i < S; i++) this.bytesOf.push(this.utf8.encode(this.specials[i]!));
+    for (let b = 0; b < 256; b++) this.bytesOf.push(Uint8Array.of(b));
+    this.vocab.forEach((t, id) => {
+      if (id < S) return;
+      if (this.idOf.has(t)) throw new SigmaError(`${where}: token ${JSON.stringify(t)} appears twice in the vocabulary`);
+      this.idOf.set(t, id);
+    });
+    this.merges = data.merges;
+    this.resultOf = new Int32Array(data.merges.length);
+    this.leftOf = new Int32Array(data.merges.length);
+    this.rightOf = new Int32Array(data.merges.length);
+    data.merges.forEach(([l, r], rank) => {
+      const a = this.idOf.get(l);
+      const b = this.idOf.get(r);
+      const c = this.idOf.get(l + r);
+      if (a === undefined || b === undefined || c === undefined) {
+        throw new SigmaError(`${where}: merge ${rank} ("${l}", "${r}") uses or makes a token missing from the vocabulary`);
+      }
+      const k = pairKey(a, b);
+      if (!this.rank.has(k)) this.rank.set(k, rank); // a repeated merge never fires after its first rank
+      this.resultOf[rank] = c;
+      this.leftOf[rank] = a;
+      this.rightOf[rank] = b;
+    });
+    // Bytes of merged tokens, in id order (a merged token's parts always have smaller ids).
+    for (let id = S + 256; id < this.vocab.length; id++) {
+      const t = this.vocab[id]!;
+      const bytes = new Uint8Array(t.length);
+      for (let i = 0; i < t.length; i++) bytes[i] = this.bytesOf[S + CHAR_INDEX.get(t[i]!)!]![0]!;
+      this.bytesOf.push(bytes);
+    }
+    if (this.vocab.length > 2097152) throw new SigmaError(`${where}: vocabulary of ${this.vocab.length} is over the 2^21 limit`);
+  }
+
+  get vocabSize(): number {
+    return this.vocab.length;
+  }
+
+  /** Id of a domain's control token, and the domain id (its index) — throws on an unknown domain. */
+  domainId(name: string): number {
+    const i = this.domains.indexOf(name);
+    if (i < 0) throw new SigmaError(`Unknown domain "${name}"; known domains: ${this.domains.join(", ")}`, "retrain the tokenizer with --domains to add one");
+    return i;
+  }
+  domainTokenId(name: string): number {
+    return this.specialIds.get(domainToken(this.domains[this.domainId(name)]!))!;
+  }
+  langTokenId(tag: string): number {
+    const id = this.specialIds.get(langToken(tag));
+    if (id === undefined) throw new SigmaError(`Unknown language tag "${tag}"; known tags: ${this.langs.join(", ")}`, "retrain the tokenizer with --langs to add one");
+    return id;
+  }
+
+  /** Token ids for `text`. See the file comment for special tokens and lone surrogates. */
+  encode(text: string, opts: EncodeOptions = {}): number[] {
+    const bad = findLoneSurrogate(text);
+    if (bad >= 0) {
+      if (opts.invalid !== "replace") {
+        throw new SigmaError(
+          `Cannot encode a lone surrogate U+${text.charCodeAt(bad).toString(16).toUpperCase()} at UTF-16 index ${bad}: it is not a character and has no UTF-8 bytes`,
+          'pass { invalid: "replace" } to encode it as U+FFFD, or fix the text',
+        );
+      }
+      text = replaceLoneSurrogates(text).text;
+    }
+    const out: number[] = [];
+    if (opts.allowSpecial === false || !text.includes("<|")) {
+      this.encodeSection(text, out);
+      return out;
+    }
+    // Leftmost, longest special-token match, like HF's added-token splitter.
+    let start = 0;
+    let i = text.indexOf("<|");
+    while (i >= 0) {
+      let hit: string | undefined;
+      for (const s of this.specials) if (text.startsWith(s, i) && (hit === undefined || s.length > hit.length)) hit = s;
+      if (hit === undefined) {
+        i = text.indexOf("<|", i + 1);
+        continue;
+      }
+      this.encodeSection(text.slice(start, i), out);
+      out.push(this.specialIds.get(hit)!);
+      start = i + hit.length;
+      i = text.indexOf("<|", start);
+    }
+    this.encodeSection(text.slice(start), out);
+    return out;
+  }
+
+  /** Token ids for `text` with special-token strings treated as plain text. */
+  encodeOrdinary(text: string, opts: Omit<EncodeOptions, "allowSpecial"> = {}): number[] {
+    return this.encode(text, { ...opts, allowSpecial: false });
+  }
+
+  /** The text of `ids`. Bytes that do not form UTF-8 (a sequence cut mid-character) decode to U+FFFD. */
+  decode(ids: ArrayLike<number>): string {
+    return new TextDecoder("utf-8").decode(this.decodeBytes(ids));
+  }
+
+  decodeBytes(ids: ArrayLike<number>): Uint8Array {
+    let n = 0;
+    for (let i = 0; i < ids.length; i++) n += this.bytesFor(ids[i]!).length;
+    const out = new Uint8Array(n);
+    let at = 0;
+    for (let i = 0; i < ids.length; i++) {
+      const b = this.bytesFor(ids[i]!);
+      out.set(b, at);
+      at += b.length;
+    }
+    return out;
+  }
+
+  private bytesFor(id: number): Uint8Array {
+    const b = this.bytesOf[id];
+    if (b === undefined) throw new SigmaError(`Token id ${id} is outside the vocabulary [0, ${this.vocab.length})`);
+    return b;
+  }
+
+  private encodeSection(text: string, out: number[]): void {
+    if (text.length === 0) return;
+    for (const piece of pretokenize(text)) {
+      let ids = this.cache.get(piece);
+      if (ids === undefined) {
+        ids = this.bpe(this.utf8.encode(piece));
+        if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
+        this.cache.set(piece, ids);
+      }
+      for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
+    }
+  }
+
+  /** Applies the merges to one pre-token's bytes. */
+  bpe(bytes: Uint8Array): number[] {
+    const S = this.specials.length;
+    const w: number[] = new Array(bytes.length);
+    for (let i = 0; i < bytes.length; i++) w[i] = S + bytes[i]!;
+    return w.length < SHORT_WORD ? this.bpeShort(w) : this.bpeLong(w);
+  }
+
+  /** Rescan for the lowest-rank pair and merge all its occurrences left to right (equal to one at a time: a new token only takes part in later merges). */
+  bpeShort(w: number[]): number[] {
+    for (;;) {
+      let best = Infinity;
+      for (let i = 0; i + 1 < w.length; i++) {
+        const r = this.rank.get(pairKey(w[i]!, w[i + 1]!));
+        if (r !== undefined && r < best) best = r;
+      }
+      if (best === Infinity) return w;
+      const c = this.resultOf[best]!;
+      const a = this.leftOf[best]!;
+      const b = this.rightOf[best]!;
+      let j = 0;
+      for (let i = 0; i < w.length; i++) {
+        if (i + 1 < w.length && w[i] === a && w[i + 1] === b) {
+          w[j++] = c;
+          i++;
+        } else w[j++] = w[i]!;
+      }
+      w.length = j;
+    }
+  }
+
+  /** The same rule with a linked list and a heap keyed (rank, position): O(n log n) for long pieces. */
+  bpeLong(w: number[]): number[] {
+    const n = w.length;
+    const next = new Int32Array(n);
+    const prev = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      next[i] = i + 1 < n ? i + 1 : -1;
+      prev[i] = i - 1;
+    }
+    const heap = new MinHeap();
+    const push = (i: number): void => {
+      const j = next[i]!;
+      if (j < 0) return;
+      const r = this.rank.get(pairKey(w[i]!, w[j]!));
+      if (r !== undefined) heap.push(r * 4294967296 + i);
+    };
+    for (let i = 0; i + 1 < n; i++) push(i);
+    while (heap.size > 0) {
+      const e = heap.pop();
+      const r = Math.floor(e / 4294967296);
+      const i = e - r * 4294967296;
+      const j = next[i]!;
+      // Stale entry: the node was merged away or its pair changed since it was pushed.
+      if (w[i]! < 0 || j < 0 || this.rank.get(pairKey(w[i]!, w[j]!)) !== r) continue;
+      w[i] = this.resultOf[r]!;
+      w[j] = -1;
+      next[i] = next[j]!;
+      if (next[j]! >= 0) prev[next[j]!] = i;
+      if (prev[i]! >= 0) push(prev[i]!);
+      push(i);
+    }
+    return w.filter((x) => x >= 0);
+  }
+}
+
+const CHAR_INDEX: ReadonlyMap<string, number> = new Map(BYTE_TO_CHAR.map((c, b) => [c, b]));
+
+/** A binary min-heap of numbers. */
+class MinHeap {
+  private a: number[] = [];
+  get size(): number {
+    return this.a.length;
+  }
+  push(x: number): void {
+    const a = this.a;
+    let i = a.length;
+    a.push(x);
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (a[p]! <= x) break;
+      a[i] = a[p]!;
+      i = p;
+    }
+    a[i] = x;
+  }
+  pop(): number {
+    const a = this.a;
+    const top = a[0]!;
+    const last = a.pop()!;
+    if (a.length > 0) {
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        if (l >= a.length) break;
+        const c = l + 1 < a.length && a[l + 1]! < a[l]! ? l + 1 : l;
+        if (a[c]! >= last) break;
+        a[i] = a[c]!;
+        i = c;
+      }
+      a[i] = last;
+    }
+    return top;
+  }
+}
+
+export { EOT, PAD };
