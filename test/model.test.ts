@@ -237,3 +237,13 @@ test("RRE tables and weights survive save/load unchanged (loaded, not re-drawn)"
   writeFileSync(path, bytes.subarray(0, bytes.length - 10));
   assert.throws(() => loadModel(path), (e: Error) => e.message.includes(path) && /truncated|past the end/.test(e.message));
 });
+
+test("imbalance score matches hand computation", async () => {
+  const { routingStats } = await import("../src/moe/routing.js");
+  // 4 experts on 2 devices: device loads 3+1 = 4 and 0+2 = 2 over 3 tokens → IS = 2/3.
+  const counts = Int32Array.from([3, 1, 0, 2]);
+  assert.equal(imbalanceScore(counts, 2, 3), 2 / 3);
+  const [s] = routingStats([{ k: 2, expertIds: new Int32Array(0), weights: Tensor.zeros([0]), auxLoss: null, zLoss: null, counts, dropped: 1 }], 2, 3);
+  assert.deepEqual(s!.perDevice, [4, 2]);
+  assert.equal(s!.dropped, 1);
+});

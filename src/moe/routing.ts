@@ -64,3 +64,26 @@ export function imbalanceScore(counts: Int32Array, devices: number, tokens: numb
   const loads = deviceLoads(counts, devices);
   return tokens === 0 ? 0 : (Math.max(...loads) - Math.min(...loads)) / tokens;
 }
+
+export interface LayerStats {
+  /** Kept assignments per expert. */
+  tokensPerExpert: number[];
+  /** Token-expert computations per device (contiguous placement). */
+  perDevice: number[];
+  /** Imbalance score over the given devices. */
+  imbalance: number;
+  dropped: number;
+}
+
+/**
+ * Routing statistics of one forward, one entry per sparse layer. `devices`
+ * must divide the expert count; `tokens` is the number of tokens routed.
+ */
+export function routingStats(routings: Routing[], devices: number, tokens: number): LayerStats[] {
+  return routings.map((r) => ({
+    tokensPerExpert: Array.from(r.counts),
+    perDevice: deviceLoads(r.counts, devices),
+    imbalance: imbalanceScore(r.counts, devices, tokens),
+    dropped: r.dropped,
+  }));
+}
