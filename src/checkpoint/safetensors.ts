@@ -86,7 +86,8 @@ export function decodeSafetensors(buf: Uint8Array, source: string): { tensors: M
     if (end - b !== n * BYTES[dtype]) fail(`tensor "${name}" spans ${end - b} bytes but shape [${shape}] needs ${n * BYTES[dtype]}`);
     if (b < 0 || end > dataLen) fail(`tensor "${name}" lies past the end of the file (truncated?)`);
     // Copy into an aligned buffer (the data section need not be aligned in memory).
-    const bytes = buf.slice(dataStart + b, dataStart + end);
+    const bytes = new Uint8Array(end - b);
+    bytes.set(buf.subarray(dataStart + b, dataStart + end));
     const data = dtype === "F32" ? new Float32Array(bytes.buffer, 0, n) : dtype === "F64" ? new Float64Array(bytes.buffer, 0, n) : new Int32Array(bytes.buffer, 0, n);
     tensors.set(name, { dtype, shape, data });
   }

@@ -47,8 +47,11 @@ export class TopkRouter extends Module {
     const weights = renormalize ? ops.reshape(ops.softmax(ops.reshape(pick(logits, flat), [R, k])), [R * k]) : pick(probs, flat);
 
     // Capacity: first choices of all tokens are served before second choices (GShard's priority).
+    // It applies in training only [ours]: at inference the set of tokens in a
+    // forward depends on how decoding is chunked, and dropping would make the
+    // output depend on it.
     let dropped = 0;
-    if (capacityFactor !== null) {
+    if (capacityFactor !== null && this.training) {
       const cap = Math.ceil((capacityFactor * R * k) / E);
       const load = new Int32Array(E);
       for (let j = 0; j < k; j++) {

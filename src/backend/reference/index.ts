@@ -1,0 +1,26 @@
+/**
+ * The reference backend: plain TypeScript loops over Float32Array or
+ * Float64Array. It is the readable definition of every kernel in
+ * src/backend/backend.ts, the fallback when the native addon is missing, and
+ * the oracle the native kernels are tested against.
+ */
+import type { Backend } from "../backend.js";
+import { attention, attentionBackward } from "./attention.js";
+import { add, addBias, addBiasBackward, axpy, fastGelu, fastGeluBackward, gelu, geluBackward, mul, scale, sumSquares } from "./elementwise.js";
+import { bmm, groupedMatmul, groupedMatmulWeightGrad, matmul } from "./matmul.js";
+import { adamw, combine, combineBackward, embedding, embeddingBackward, gatherRows, permuteByExpert, scatterAddRows } from "./moe.js";
+import { crossEntropy, crossEntropyBackward, layerNorm, layerNormBackward, softmax, softmaxBackward } from "./norm.js";
+
+export const referenceBackend: Backend = {
+  name: "reference",
+  getThreads: () => 1,
+  setThreads: () => {},
+  matmul, bmm, groupedMatmul, groupedMatmulWeightGrad,
+  addBias, addBiasBackward, add, mul, scale, axpy, sumSquares,
+  gelu, geluBackward, fastGelu, fastGeluBackward,
+  layerNorm, layerNormBackward, softmax, softmaxBackward, crossEntropy, crossEntropyBackward,
+  embedding, embeddingBackward,
+  attention, attentionBackward,
+  permuteByExpert, gatherRows, scatterAddRows, combine, combineBackward,
+  adamw,
+};
