@@ -80,7 +80,11 @@ class Pool {
   void start(int workers) {
     while (static_cast<int>(workers_.size()) < workers) {
       int id = static_cast<int>(workers_.size()) + 1;
-      workers_.emplace_back([this, id] { loop(id); });
+      // The worker must start from the generation current now (before the
+      // caller bumps it for the region that needs this worker), not from
+      // whatever it reads once the OS gets round to starting the thread.
+      uint64_t seen = generation_.load(std::memory_order_acquire);
+      workers_.emplace_back([this, id, seen] { loop(id, seen); });
     }
   }
 
@@ -96,8 +100,7 @@ class Pool {
     quit_ = false;
   }
 
-  void loop(int id) {
-    uint64_t seen = generation_.load(std::memory_order_acquire);
+  void loop(int id, uint64_t seen) {
     in_parallel_region = true;
     for (;;) {
       // Spin a little, then sleep.

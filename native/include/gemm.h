@@ -1,0 +1,42 @@
+// Single-precision matrix multiply, plain C++ (no Node-API types).
+//
+// C[M,N] = op(A)[M,K] · op(B)[K,N]  (or C += … when accumulate), row-major,
+// with leading dimensions: A(i,k) is a[i*lda + k] (a[k*lda + i] when transA),
+// B(k,j) is b[k*ldb + j] (b[j*ldb + k] when transB), C(i,j) is c[i*ldc + j].
+//
+// Blocked GotoBLAS-style: B is packed into KC×NR micro-panels, A into MR×KC
+// micro-panels, and a register-tiled MR×NR micro-kernel (AVX2+FMA when the CPU
+// has it, portable C++ otherwise) does the FMAs. Packing buffers are
+// per-thread and grow once; the kernels allocate nothing per call after that.
+#pragma once
+#include <cstdint>
+
+namespace sigma {
+
+// One product on the calling thread (used inside a parallel region).
+void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+                  const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
+
+// One product, split over the kernel threads.
+void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b,
+           int64_t ldb, float* c, int64_t ldc, bool accumulate);
+
+// `batch` products over contiguous slabs (strides M*K, K*N, M*N).
+void sgemm_batched(bool transA, bool transB, int64_t batch, int64_t M, int64_t N, int64_t K, const float* a,
+                   const float* b, float* c, bool accumulate);
+
+// Grouped product over stacked weights: rows offsets[e]..offsets[e+1] of x [R,K]
+// times W[e] (w [E,N,K] when transW, else [E,K,N]) into y [R,N].
+void grouped_gemm(float* y, const float* x, const float* w, const int32_t* offsets, int64_t E, int64_t N, int64_t K,
+                  bool transW, bool accumulate);
+
+// Its weight gradient: dw[e] (+)= dy_eᵀ·x_e  ([E,N,K], transW) or x_eᵀ·dy_e ([E,K,N]).
+void grouped_gemm_weight_grad(float* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E, int64_t N,
+                              int64_t K, bool transW, bool accumulate);
+
+// Benchmark helper: `iters` rounds of 12 independent 8-wide FMA chains per
+// thread on `threads` threads (192 FLOPs per round per thread). Returns seconds.
+double fma_peak_seconds(int64_t iters, int threads);
+constexpr int kFmaPeakFlopsPerIter = 12 * 8 * 2;
+
+}  // namespace sigma

@@ -1,0 +1,256 @@
+// The GEMM driver: blocking, packing, threading and dispatch.
+//
+// Loop nest (per thread, on its own slice of C):
+//   for jc in N by NC:            B block  [KC × NC] packed into NR-wide panels
+//     for pc in K by KC:
+//       pack B(pc, jc)
+//       for ic in M by MC:        A block  [MC × KC] packed into MR-high panels
+//         pack A(ic, pc)
+//         for jr, ir: micro-kernel on an MR×NR tile of C
+// KC = 512 (measured best of 256/384/512 here) keeps one B micro-panel (32 KiB) in L1/L2;
+// MC × KC (= 192 KiB) sits in L2; NC × KC bounds the B block to 8 MiB of L3.
+//
+// Threads split C into disjoint column (or row) slices; each packs what it
+// needs itself, so a region needs no barrier. Packing is O(MK + KN) per thread
+// against O(MNK / threads) FMAs.
+#include "gemm.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "cpu.h"
+#include "gemm_ukernel.h"
+#include "threadpool.h"
+
+namespace sigma {
+namespace {
+
+constexpr int64_t kKC = 512;
+constexpr int64_t kMC = 96;   // multiple of kMR
+constexpr int64_t kNC = 4096; // multiple of kNR
+
+// Per-thread, 64-byte aligned, grow-once packing buffers.
+struct PackBuffers {
+  float* a = nullptr;
+  float* b = nullptr;
+  size_t a_cap = 0, b_cap = 0;
+  ~PackBuffers() {
+    std::free(a);
+    std::free(b);
+  }
+  static float* grow(float* p, size_t& cap, size_t need) {
+    if (need <= cap) return p;
+    std::free(p);
+    size_t bytes = ((need * sizeof(float) + 63) / 64) * 64;
+    cap = bytes / sizeof(float);
+    return static_cast<float*>(std::aligned_alloc(64, bytes));
+  }
+};
+thread_local PackBuffers tls_pack;
+
+// Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row panels: panel p holds, for each
+// k, the MR values of rows i0+p*MR … (zero past the edge).
+void pack_a(float* dst, const float* a, int64_t lda, bool trans, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
+  for (int64_t p = 0; p < mc; p += kMR) {
+    const int mr = static_cast<int>(std::min<int64_t>(kMR, mc - p));
+    if (!trans) {
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int r = 0; r < mr; ++r) dst[k * kMR + r] = a[(i0 + p + r) * lda + k0 + k];
+        for (int r = mr; r < kMR; ++r) dst[k * kMR + r] = 0.f;
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* src = a + (k0 + k) * lda + i0 + p;
+        for (int r = 0; r < mr; ++r) dst[k * kMR + r] = src[r];
+        for (int r = mr; r < kMR; ++r) dst[k * kMR + r] = 0.f;
+      }
+    }
+    dst += kc * kMR;
+  }
+}
+
+// Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-column panels: panel q holds, for
+// each k, the NR values of columns j0+q*NR … (zero past the edge).
+void pack_b(float* dst, const float* b, int64_t ldb, bool trans, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
+  for (int64_t q = 0; q < nc; q += kNR) {
+    const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - q));
+    if (!trans) {
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* src = b + (k0 + k) * ldb + j0 + q;
+        float* d = dst + k * kNR;
+        if (nr == kNR) std::memcpy(d, src, sizeof(float) * kNR);
+        else {
+          for (int j = 0; j < nr; ++j) d[j] = src[j];
+          for (int j = nr; j < kNR; ++j) d[j] = 0.f;
+        }
+      }
+    } else {
+      // B stored [N,K]: walk each column's contiguous k run.
+      for (int j = 0; j < kNR; ++j) {
+        if (j < nr) {
+          const float* src = b + (j0 + q + j) * ldb + k0;
+          for (int64_t k = 0; k < kc; ++k) dst[k * kNR + j] = src[k];
+        } else {
+          for (int64_t k = 0; k < kc; ++k) dst[k * kNR + j] = 0.f;
+        }
+      }
+    }
+    dst += kc * kNR;
+  }
+}
+
+MicroKernel pick_kernel() { return use_avx2() ? ukernel_avx2 : ukernel_portable; }
+
+}  // namespace
+
+void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+                  const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::memset(c + i * ldc, 0, sizeof(float) * N);
+    return;
+  }
+  const MicroKernel ukr = pick_kernel();
+  PackBuffers& buf = tls_pack;
+  const int64_t nc_max = std::min<int64_t>(kNC, ((N + kNR - 1) / kNR) * kNR);
+  const int64_t mc_max = std::min<int64_t>(kMC, ((M + kMR - 1) / kMR) * kMR);
+  const int64_t kc_max = std::min<int64_t>(kKC, K);
+  buf.b = PackBuffers::grow(buf.b, buf.b_cap, static_cast<size_t>(kc_max * nc_max));
+  buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>(kc_max * mc_max));
+
+  for (int64_t jc = 0; jc < N; jc += kNC) {
+    const int64_t nc = std::min(kNC, N - jc);
+    for (int64_t pc = 0; pc < K; pc += kKC) {
+      const int64_t kc = std::min(kKC, K - pc);
+      const bool acc = accumulate || pc > 0;
+      pack_b(buf.b, b, ldb, transB, pc, kc, jc, nc);
+      for (int64_t ic = 0; ic < M; ic += kMC) {
+        const int64_t mc = std::min(kMC, M - ic);
+        pack_a(buf.a, a, lda, transA, ic, mc, pc, kc);
+        for (int64_t jr = 0; jr < nc; jr += kNR) {
+          const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
+          const float* bp = buf.b + (jr / kNR) * kc * kNR;
+          for (int64_t ir = 0; ir < mc; ir += kMR) {
+            const int mr = static_cast<int>(std::min<int64_t>(kMR, mc - ir));
+            ukr(kc, buf.a + (ir / kMR) * kc * kMR, bp, c + (ic + ir) * ldc + jc + jr, ldc, mr, nr, acc);
+          }
+        }
+      }
+    }
+  }
+}
+
+namespace {
+
+// Splits C into `nt` slices along N (or M when C is tall and narrow) and runs
+// the serial product on slice `t`. Column slices are multiples of NR.
+void gemm_slice(int t, int nt, bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+                const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if (N >= M || N >= 2 * kNR * nt) {
+    const int64_t panels = (N + kNR - 1) / kNR;
+    const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
+    const int64_t j0 = p0 * kNR, j1 = std::min(N, p1 * kNR);
+    if (j0 >= j1) return;
+    const float* bs = transB ? b + j0 * ldb : b + j0;
+    sgemm_serial(transA, transB, M, j1 - j0, K, a, lda, bs, ldb, c + j0, ldc, accumulate);
+  } else {
+    const int64_t panels = (M + kMR - 1) / kMR;
+    const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
+    const int64_t i0 = p0 * kMR, i1 = std::min(M, p1 * kMR);
+    if (i0 >= i1) return;
+    const float* as = transA ? a + i0 : a + i0 * lda;
+    sgemm_serial(transA, transB, i1 - i0, N, K, as, lda, b, ldb, c + i0 * ldc, ldc, accumulate);
+  }
+}
+
+// Threads worth using for a product of this size (below ~1 MFLOP one thread wins).
+int threads_for(int64_t M, int64_t N, int64_t K) {
+  const double flops = 2.0 * static_cast<double>(M) * N * K;
+  if (flops < 1e6) return 1;
+  return num_threads();
+}
+
+}  // namespace
+
+void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b,
+           int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  const int nt = threads_for(M, N, K);
+  if (nt <= 1) {
+    sgemm_serial(transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+    return;
+  }
+  parallel_run([&](int t, int n) { gemm_slice(t, n, transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate); },
+               nt);
+}
+
+void sgemm_batched(bool transA, bool transB, int64_t batch, int64_t M, int64_t N, int64_t K, const float* a,
+                   const float* b, float* c, bool accumulate) {
+  const int64_t lda = transA ? M : K, ldb = transB ? K : N;
+  auto one = [&](int64_t s, int t, int nt) {
+    gemm_slice(t, nt, transA, transB, M, N, K, a + s * M * K, lda, b + s * K * N, ldb, c + s * M * N, N, accumulate);
+  };
+  const int nt = threads_for(batch * M, N, K);
+  if (nt <= 1) {
+    for (int64_t s = 0; s < batch; ++s) one(s, 0, 1);
+    return;
+  }
+  // Many small products: whole products per thread; few large ones: split each.
+  if (batch >= 4 * nt) {
+    parallel_for(batch, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s) one(s, 0, 1);
+    });
+  } else {
+    parallel_run([&](int t, int n) {
+      for (int64_t s = 0; s < batch; ++s) one(s, t, n);
+    }, nt);
+  }
+}
+
+void grouped_gemm(float* y, const float* x, const float* w, const int32_t* offsets, int64_t E, int64_t N, int64_t K,
+                  bool transW, bool accumulate) {
+  const int64_t R = offsets[E];
+  const int nt = threads_for(R, N, K);
+  // One parallel region for all experts: each thread takes its slice of every expert's product.
+  auto run = [&](int t, int n) {
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
+      if (rows == 0) continue;
+      gemm_slice(t, n, false, transW, rows, N, K, x + r0 * K, K, w + e * N * K, transW ? K : N, y + r0 * N, N,
+                 accumulate);
+    }
+  };
+  if (nt <= 1) run(0, 1);
+  else parallel_run(run, nt);
+}
+
+void grouped_gemm_weight_grad(float* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E, int64_t N,
+                              int64_t K, bool transW, bool accumulate) {
+  const int64_t R = offsets[E];
+  const int nt = threads_for(std::max<int64_t>(R, 1), N, K);
+  auto run = [&](int t, int n) {
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
+      float* out = dw + e * N * K;
+      // transW: dW[e] [N,K] = dy_eᵀ [N,rows] · x_e [rows,K];  else dW[e] [K,N] = x_eᵀ · dy_e.
+      if (transW)
+        gemm_slice(t, n, true, false, N, K, rows, dy + r0 * N, N, x + r0 * K, K, out, K, accumulate);
+      else
+        gemm_slice(t, n, true, false, K, N, rows, x + r0 * K, K, dy + r0 * N, N, out, N, accumulate);
+    }
+  };
+  if (nt <= 1) run(0, 1);
+  else parallel_run(run, nt);
+}
+
+double fma_peak_seconds(int64_t iters, int threads) {
+  std::vector<double> secs(std::max(1, threads));
+  parallel_run([&](int t, int) { secs[t] = use_avx2() ? fma_chains_avx2(iters) : fma_chains_portable(iters); },
+               threads);
+  return *std::max_element(secs.begin(), secs.end());
+}
+
+}  // namespace sigma

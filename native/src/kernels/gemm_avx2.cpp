@@ -1,0 +1,127 @@
+// AVX2 + FMA micro-kernel: a 6×16 tile of C in 12 ymm accumulators. Per k it
+// loads two 8-float vectors of the packed B panel, broadcasts six values of
+// the packed A panel, and issues 12 independent FMAs — enough independent
+// chains to cover the FMA latency on two pipes.
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+
+#include <chrono>
+
+#include "gemm_ukernel.h"
+
+namespace sigma {
+
+void ukernel_avx2(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int mr, int nr,
+                  bool accumulate) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+
+#define SIGMA_STEP(off_a, off_b)                                   \
+  {                                                                \
+    __m256 b0 = _mm256_load_ps(Bp + (off_b));                      \
+    __m256 b1 = _mm256_load_ps(Bp + (off_b) + 8);                  \
+    __m256 a;                                                      \
+    a = _mm256_broadcast_ss(Ap + (off_a) + 0);                     \
+    c00 = _mm256_fmadd_ps(a, b0, c00);                             \
+    c01 = _mm256_fmadd_ps(a, b1, c01);                             \
+    a = _mm256_broadcast_ss(Ap + (off_a) + 1);                     \
+    c10 = _mm256_fmadd_ps(a, b0, c10);                             \
+    c11 = _mm256_fmadd_ps(a, b1, c11);                             \
+    a = _mm256_broadcast_ss(Ap + (off_a) + 2);                     \
+    c20 = _mm256_fmadd_ps(a, b0, c20);                             \
+    c21 = _mm256_fmadd_ps(a, b1, c21);                             \
+    a = _mm256_broadcast_ss(Ap + (off_a) + 3);                     \
+    c30 = _mm256_fmadd_ps(a, b0, c30);                             \
+    c31 = _mm256_fmadd_ps(a, b1, c31);                             \
+    a = _mm256_broadcast_ss(Ap + (off_a) + 4);                     \
+    c40 = _mm256_fmadd_ps(a, b0, c40);                             \
+    c41 = _mm256_fmadd_ps(a, b1, c41);                             \
+    a = _mm256_broadcast_ss(Ap + (off_a) + 5);                     \
+    c50 = _mm256_fmadd_ps(a, b0, c50);                             \
+    c51 = _mm256_fmadd_ps(a, b1, c51);                             \
+  }
+
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    _mm_prefetch(reinterpret_cast<const char*>(Bp + 16 * 8), _MM_HINT_T0);
+    SIGMA_STEP(0, 0);
+    SIGMA_STEP(6, 16);
+    SIGMA_STEP(12, 32);
+    SIGMA_STEP(18, 48);
+    Ap += 24;
+    Bp += 64;
+  }
+  for (; k < kc; ++k) {
+    SIGMA_STEP(0, 0);
+    Ap += 6;
+    Bp += 16;
+  }
+#undef SIGMA_STEP
+
+  __m256 acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  if (mr == kMR && nr == kNR) {
+    for (int i = 0; i < kMR; ++i) {
+      float* row = C + i * ldc;
+      if (accumulate) {
+        _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc[i][0]));
+        _mm256_storeu_ps(row + 8, _mm256_add_ps(_mm256_loadu_ps(row + 8), acc[i][1]));
+      } else {
+        _mm256_storeu_ps(row, acc[i][0]);
+        _mm256_storeu_ps(row + 8, acc[i][1]);
+      }
+    }
+    return;
+  }
+  // Edge tile: spill to a local tile and copy the valid corner.
+  alignas(32) float tile[kMR][kNR];
+  for (int i = 0; i < kMR; ++i) {
+    _mm256_store_ps(tile[i], acc[i][0]);
+    _mm256_store_ps(tile[i] + 8, acc[i][1]);
+  }
+  for (int i = 0; i < mr; ++i) {
+    float* row = C + i * ldc;
+    if (accumulate)
+      for (int j = 0; j < nr; ++j) row[j] += tile[i][j];
+    else
+      for (int j = 0; j < nr; ++j) row[j] = tile[i][j];
+  }
+}
+
+double fma_chains_avx2(int64_t iters) {
+  // Twelve named accumulators (an array would live in memory): twelve
+  // independent FMA chains cover the FMA latency on both pipes.
+  __m256 x0 = _mm256_set1_ps(1.0f), x1 = x0, x2 = x0, x3 = x0, x4 = x0, x5 = x0;
+  __m256 x6 = x0, x7 = x0, x8 = x0, x9 = x0, x10 = x0, x11 = x0;
+  const __m256 m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-7f);
+  auto t0 = std::chrono::steady_clock::now();
+  for (int64_t it = 0; it < iters; ++it) {
+    x0 = _mm256_fmadd_ps(x0, m, a);
+    x1 = _mm256_fmadd_ps(x1, m, a);
+    x2 = _mm256_fmadd_ps(x2, m, a);
+    x3 = _mm256_fmadd_ps(x3, m, a);
+    x4 = _mm256_fmadd_ps(x4, m, a);
+    x5 = _mm256_fmadd_ps(x5, m, a);
+    x6 = _mm256_fmadd_ps(x6, m, a);
+    x7 = _mm256_fmadd_ps(x7, m, a);
+    x8 = _mm256_fmadd_ps(x8, m, a);
+    x9 = _mm256_fmadd_ps(x9, m, a);
+    x10 = _mm256_fmadd_ps(x10, m, a);
+    x11 = _mm256_fmadd_ps(x11, m, a);
+    // Keeps the compiler from folding the chains; costs no instruction.
+    __asm__ volatile("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(x3), "+x"(x4), "+x"(x5), "+x"(x6), "+x"(x7), "+x"(x8),
+                     "+x"(x9), "+x"(x10), "+x"(x11));
+  }
+  auto t1 = std::chrono::steady_clock::now();
+  __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)),
+                           _mm256_add_ps(_mm256_add_ps(x4, x5), _mm256_add_ps(x6, x7)));
+  s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(x8, x9), _mm256_add_ps(x10, x11)));
+  volatile float sink = _mm256_cvtss_f32(s);
+  (void)sink;
+  return std::chrono::duration<double>(t1 - t0).count();
+}
+
+}  // namespace sigma
