@@ -76,3 +76,14 @@ export function loadNative(): NativeLoad {
   }
   return cached;
 }
+
+/**
+ * The addon's exports as they are, without the completeness check — for the
+ * kernel tests and benchmarks of one kernel family. Throws when no addon is built.
+ */
+export function loadAddonExports(): Partial<NativeBackend> & Record<string, unknown> {
+  const root = packageRoot();
+  const path = join(root, "build", "Release", "sigma_native.node");
+  if (!existsSync(path)) throw new Error(`the native addon is not built (no ${path}); run \`npm run build:native\``);
+  return createRequire(import.meta.url)(path) as Partial<NativeBackend> & Record<string, unknown>;
+}
