@@ -87,6 +87,8 @@ void pack_b(float* dst, const float* b, int64_t ldb, bool trans, int64_t k0, int
           for (int j = nr; j < kNR; ++j) d[j] = 0.f;
         }
       }
+    } else if (nr == kNR && use_avx2()) {
+      pack_b_trans_avx2(dst, b + (j0 + q) * ldb + k0, ldb, kc);
     } else {
       // B stored [N,K]: walk each column's contiguous k run.
       for (int j = 0; j < kNR; ++j) {
@@ -150,7 +152,9 @@ namespace {
 // the serial product on slice `t`. Column slices are multiples of NR.
 void gemm_slice(int t, int nt, bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
                 const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  if (N >= M || N >= 2 * kNR * nt) {
+  // Split the larger dimension, so that each thread packs the smaller share of the
+  // operand it does not share (row slices pack half of A, column slices half of B).
+  if (N >= M || M < kMR * nt) {
     const int64_t panels = (N + kNR - 1) / kNR;
     const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
     const int64_t j0 = p0 * kNR, j1 = std::min(N, p1 * kNR);
