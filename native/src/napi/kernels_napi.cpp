@@ -1,5 +1,254 @@
-// Placeholder: replaced by the real wrappers.
+// Node-API wrappers of every kernel but the matrix products: check each
+// argument (types, lengths against the sizes given, index ranges), then call
+// the plain C++ kernel in native/src/kernels/ops_*.cpp. No math here.
 #include <napi.h>
+
+#include "args.h"
+#include "ops.h"
+
 namespace sigma_napi {
-void InitKernels(Napi::Env, Napi::Object) {}
+namespace {
+
+using Info = const Napi::CallbackInfo&;
+
+// Every idx[i] (i < n) must lie in [0, hi) unless it equals `allow`.
+void CheckIndices(const Args& g, const char* name, const int32_t* idx, int64_t n, int64_t hi, bool has_allow = false,
+                  int32_t allow = 0) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t v = idx[i];
+    if ((v < 0 || v >= hi) && !(has_allow && v == allow)) {
+      g.range_error(name, "[" + std::to_string(i) + "] = " + std::to_string(v) + " is outside [0, " + std::to_string(hi) + ")");
+    }
+  }
+}
+
+int64_t RowsOf(const Args& g, size_t i, const char* name, int64_t C) {
+  g.f32(i, name, 0);
+  return C == 0 ? 0 : static_cast<int64_t>(g.length(i) / C);
+}
+
+Napi::Value AddBias(Info info) {
+  Args g(info, "addBias", 5);
+  const int64_t R = g.dim(3, "rows"), C = g.dim(4, "cols");
+  sigma::add_bias(g.f32(0, "y", prod(R, C)), g.f32(1, "x", prod(R, C)), g.f32(2, "bias", C), R, C);
+  return info.Env().Undefined();
+}
+Napi::Value AddBiasBackward(Info info) {
+  Args g(info, "addBiasBackward", 4);
+  const int64_t R = g.dim(2, "rows"), C = g.dim(3, "cols");
+  sigma::add_bias_backward(g.f32(0, "dbias", C), g.f32(1, "dy", prod(R, C)), R, C);
+  return info.Env().Undefined();
+}
+
+// out, a, b, n
+template <void (*F)(float*, const float*, const float*, int64_t)>
+Napi::Value Binary(Info info, const char* name, const char* n0, const char* n1, const char* n2) {
+  Args g(info, name, 4);
+  const int64_t n = g.dim(3, "n");
+  F(g.f32(0, n0, n), g.f32(1, n1, n), g.f32(2, n2, n), n);
+  return info.Env().Undefined();
+}
+Napi::Value Add(Info info) { return Binary<sigma::add>(info, "add", "out", "a", "b"); }
+Napi::Value Mul(Info info) { return Binary<sigma::mul>(info, "mul", "out", "a", "b"); }
+Napi::Value Gelu(Info info) {
+  Args g(info, "gelu", 3);
+  const int64_t n = g.dim(2, "n");
+  sigma::gelu(g.f32(0, "y", n), g.f32(1, "x", n), n);
+  return info.Env().Undefined();
+}
+Napi::Value FastGelu(Info info) {
+  Args g(info, "fastGelu", 3);
+  const int64_t n = g.dim(2, "n");
+  sigma::fast_gelu(g.f32(0, "y", n), g.f32(1, "x", n), n);
+  return info.Env().Undefined();
+}
+Napi::Value GeluBackward(Info info) {
+  Args g(info, "geluBackward", 4);
+  const int64_t n = g.dim(3, "n");
+  sigma::gelu_backward(g.f32(0, "dx", n), g.f32(1, "x", n), g.f32(2, "dy", n), n);
+  return info.Env().Undefined();
+}
+Napi::Value FastGeluBackward(Info info) {
+  Args g(info, "fastGeluBackward", 4);
+  const int64_t n = g.dim(3, "n");
+  sigma::fast_gelu_backward(g.f32(0, "dx", n), g.f32(1, "x", n), g.f32(2, "dy", n), n);
+  return info.Env().Undefined();
+}
+Napi::Value Scale(Info info) {
+  Args g(info, "scale", 4);
+  const int64_t n = g.dim(3, "n");
+  sigma::scale(g.f32(0, "out", n), g.f32(1, "x", n), static_cast<float>(g.num(2, "alpha")), n);
+  return info.Env().Undefined();
+}
+Napi::Value Axpy(Info info) {
+  Args g(info, "axpy", 4);
+  const int64_t n = g.dim(3, "n");
+  sigma::axpy(g.f32(0, "y", n), g.f32(1, "x", n), static_cast<float>(g.num(2, "alpha")), n);
+  return info.Env().Undefined();
+}
+Napi::Value SumSquares(Info info) {
+  Args g(info, "sumSquares", 2);
+  const int64_t n = g.dim(1, "n");
+  return Napi::Number::New(info.Env(), sigma::sum_squares(g.f32(0, "x", n), n));
+}
+
+Napi::Value LayerNorm(Info info) {
+  Args g(info, "layerNorm", 9);
+  const int64_t R = g.dim(6, "rows"), C = g.dim(7, "C");
+  sigma::layer_norm(g.f32(0, "y", prod(R, C)), g.f32(1, "mean", R), g.f32(2, "rstd", R), g.f32(3, "x", prod(R, C)),
+                    g.f32(4, "gamma", C), g.f32(5, "beta", C), R, C, static_cast<float>(g.num(8, "eps")));
+  return info.Env().Undefined();
+}
+Napi::Value LayerNormBackward(Info info) {
+  Args g(info, "layerNormBackward", 10);
+  const int64_t R = g.dim(8, "rows"), C = g.dim(9, "C");
+  sigma::layer_norm_backward(g.f32(0, "dx", prod(R, C)), g.f32(1, "dgamma", C), g.f32(2, "dbeta", C),
+                             g.f32(3, "dy", prod(R, C)), g.f32(4, "x", prod(R, C)), g.f32(5, "mean", R),
+                             g.f32(6, "rstd", R), g.f32(7, "gamma", C), R, C);
+  return info.Env().Undefined();
+}
+Napi::Value Softmax(Info info) {
+  Args g(info, "softmax", 4);
+  const int64_t R = g.dim(2, "rows"), C = g.dim(3, "cols");
+  sigma::softmax(g.f32(0, "y", prod(R, C)), g.f32(1, "x", prod(R, C)), R, C);
+  return info.Env().Undefined();
+}
+Napi::Value SoftmaxBackward(Info info) {
+  Args g(info, "softmaxBackward", 5);
+  const int64_t R = g.dim(3, "rows"), C = g.dim(4, "cols");
+  sigma::softmax_backward(g.f32(0, "dx", prod(R, C)), g.f32(1, "y", prod(R, C)), g.f32(2, "dy", prod(R, C)), R, C);
+  return info.Env().Undefined();
+}
+Napi::Value CrossEntropy(Info info) {
+  Args g(info, "crossEntropy", 7);
+  const int64_t R = g.dim(4, "rows"), V = g.dim(5, "V");
+  const int32_t ignore = static_cast<int32_t>(g.integer(6, "ignoreIndex"));
+  const int32_t* t = g.i32(3, "targets", R);
+  CheckIndices(g, "targets", t, R, V, true, ignore);
+  sigma::cross_entropy(g.f32(0, "loss", R), g.f32(1, "lse", R), g.f32(2, "logits", prod(R, V)), t, R, V, ignore);
+  return info.Env().Undefined();
+}
+Napi::Value CrossEntropyBackward(Info info) {
+  Args g(info, "crossEntropyBackward", 8);
+  const int64_t R = g.dim(5, "rows"), V = g.dim(6, "V");
+  const int32_t ignore = static_cast<int32_t>(g.integer(7, "ignoreIndex"));
+  const int32_t* t = g.i32(3, "targets", R);
+  CheckIndices(g, "targets", t, R, V, true, ignore);
+  sigma::cross_entropy_backward(g.f32(0, "dlogits", prod(R, V)), g.f32(1, "logits", prod(R, V)), g.f32(2, "lse", R), t,
+                                g.f32(4, "dloss", R), R, V, ignore);
+  return info.Env().Undefined();
+}
+
+// embedding / gatherRows: out[n,C] = src[idx]
+Napi::Value Gather(Info info, const char* name, const char* src, const char* idxName) {
+  Args g(info, name, 5);
+  const int64_t n = g.dim(3, "n"), C = g.dim(4, "C");
+  const int64_t rows = RowsOf(g, 1, src, C);
+  const int32_t* idx = g.i32(2, idxName, n);
+  CheckIndices(g, idxName, idx, n, rows);
+  sigma::gather_rows(g.f32(0, "out", prod(n, C)), g.f32(1, src, 0), idx, n, C);
+  return info.Env().Undefined();
+}
+// embeddingBackward / scatterAddRows: dst[idx] += src[n,C]
+Napi::Value Scatter(Info info, const char* name, const char* dst, const char* src, const char* idxName) {
+  Args g(info, name, 5);
+  const int64_t n = g.dim(3, "n"), C = g.dim(4, "C");
+  const int64_t rows = RowsOf(g, 0, dst, C);
+  const int32_t* idx = g.i32(2, idxName, n);
+  CheckIndices(g, idxName, idx, n, rows);
+  sigma::scatter_add_rows(g.f32(0, dst, 0), g.f32(1, src, prod(n, C)), idx, n, C);
+  return info.Env().Undefined();
+}
+Napi::Value Embedding(Info info) { return Gather(info, "embedding", "table", "ids"); }
+Napi::Value GatherRows(Info info) { return Gather(info, "gatherRows", "x", "idx"); }
+Napi::Value EmbeddingBackward(Info info) { return Scatter(info, "embeddingBackward", "dtable", "dout", "ids"); }
+Napi::Value ScatterAddRows(Info info) { return Scatter(info, "scatterAddRows", "out", "x", "idx"); }
+
+Napi::Value Combine(Info info) {
+  Args g(info, "combine", 6);
+  const int64_t n = g.dim(4, "n"), C = g.dim(5, "C");
+  const int64_t rows = RowsOf(g, 0, "y", C);
+  const int32_t* idx = g.i32(2, "idx", n);
+  CheckIndices(g, "idx", idx, n, rows);
+  sigma::combine(g.f32(0, "y", 0), g.f32(1, "x", prod(n, C)), idx, g.f32(3, "w", n), n, C);
+  return info.Env().Undefined();
+}
+Napi::Value CombineBackward(Info info) {
+  Args g(info, "combineBackward", 8);
+  const int64_t n = g.dim(6, "n"), C = g.dim(7, "C");
+  const int64_t rows = RowsOf(g, 2, "dy", C);
+  const int32_t* idx = g.i32(4, "idx", n);
+  CheckIndices(g, "idx", idx, n, rows);
+  sigma::combine_backward(g.f32(0, "dx", prod(n, C)), g.f32(1, "dw", n), g.f32(2, "dy", 0), g.f32(3, "x", prod(n, C)),
+                          idx, g.f32(5, "w", n), n, C);
+  return info.Env().Undefined();
+}
+Napi::Value PermuteByExpert(Info info) {
+  Args g(info, "permuteByExpert", 5);
+  const int64_t n = g.dim(3, "n"), E = g.dim(4, "E");
+  const int32_t* ids = g.i32(2, "expertIds", n);
+  CheckIndices(g, "expertIds", ids, n, E);
+  sigma::permute_by_expert(g.i32(0, "order", n), g.i32(1, "offsets", static_cast<uint64_t>(E) + 1), ids, n, E);
+  return info.Env().Undefined();
+}
+
+void CheckAttention(const Args& g, int64_t Tq, int64_t Tk, int64_t cap) {
+  if (Tq > Tk) g.range_error("Tq", "must not exceed Tk (" + std::to_string(Tq) + " > " + std::to_string(Tk) + ")");
+  if (Tk > cap) g.range_error("Tk", "must not exceed kvCap (" + std::to_string(Tk) + " > " + std::to_string(cap) + ")");
+}
+Napi::Value Attention(Info info) {
+  Args g(info, "attention", 12);
+  const int64_t B = g.dim(5, "B"), Tq = g.dim(6, "Tq"), Tk = g.dim(7, "Tk"), H = g.dim(8, "H"), D = g.dim(9, "D"),
+                cap = g.dim(10, "kvCap");
+  CheckAttention(g, Tq, Tk, cap);
+  const uint64_t nq = prod(B, Tq, H, D), nkv = prod(B, cap, H, D);
+  sigma::attention(g.f32(0, "out", nq), g.f32(1, "lse", prod(B, H, Tq)), g.f32(2, "q", nq), g.f32(3, "k", nkv),
+                   g.f32(4, "v", nkv), B, Tq, Tk, H, D, cap, static_cast<float>(g.num(11, "scale")));
+  return info.Env().Undefined();
+}
+Napi::Value AttentionBackward(Info info) {
+  Args g(info, "attentionBackward", 16);
+  const int64_t B = g.dim(9, "B"), Tq = g.dim(10, "Tq"), Tk = g.dim(11, "Tk"), H = g.dim(12, "H"), D = g.dim(13, "D"),
+                cap = g.dim(14, "kvCap");
+  CheckAttention(g, Tq, Tk, cap);
+  const uint64_t nq = prod(B, Tq, H, D), nkv = prod(B, cap, H, D);
+  sigma::attention_backward(g.f32(0, "dq", nq), g.f32(1, "dk", nkv), g.f32(2, "dv", nkv), g.f32(3, "dout", nq),
+                            g.f32(4, "q", nq), g.f32(5, "k", nkv), g.f32(6, "v", nkv), g.f32(7, "out", nq),
+                            g.f32(8, "lse", prod(B, H, Tq)), B, Tq, Tk, H, D, cap,
+                            static_cast<float>(g.num(15, "scale")));
+  return info.Env().Undefined();
+}
+
+Napi::Value AdamW(Info info) {
+  Args g(info, "adamw", 11);
+  const int64_t n = g.dim(4, "n");
+  const int64_t step = g.dim(10, "step");
+  if (step < 1) g.range_error("step", "must be at least 1");
+  sigma::adamw(g.f32(0, "param", n), g.f32(1, "grad", n), g.f32(2, "m", n), g.f32(3, "v", n), n,
+               static_cast<float>(g.num(5, "lr")), static_cast<float>(g.num(6, "beta1")),
+               static_cast<float>(g.num(7, "beta2")), static_cast<float>(g.num(8, "eps")),
+               static_cast<float>(g.num(9, "weightDecay")), step);
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void InitKernels(Napi::Env env, Napi::Object exports) {
+  struct Entry {
+    const char* name;
+    Napi::Value (*fn)(Info);
+  };
+  const Entry entries[] = {
+      {"addBias", AddBias}, {"addBiasBackward", AddBiasBackward}, {"add", Add}, {"mul", Mul}, {"scale", Scale},
+      {"axpy", Axpy}, {"sumSquares", SumSquares}, {"gelu", Gelu}, {"geluBackward", GeluBackward},
+      {"fastGelu", FastGelu}, {"fastGeluBackward", FastGeluBackward}, {"layerNorm", LayerNorm},
+      {"layerNormBackward", LayerNormBackward}, {"softmax", Softmax}, {"softmaxBackward", SoftmaxBackward},
+      {"crossEntropy", CrossEntropy}, {"crossEntropyBackward", CrossEntropyBackward}, {"embedding", Embedding},
+      {"embeddingBackward", EmbeddingBackward}, {"attention", Attention}, {"attentionBackward", AttentionBackward},
+      {"permuteByExpert", PermuteByExpert}, {"gatherRows", GatherRows}, {"scatterAddRows", ScatterAddRows},
+      {"combine", Combine}, {"combineBackward", CombineBackward}, {"adamw", AdamW},
+  };
+  for (const Entry& e : entries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
+}
+
 }  // namespace sigma_napi

@@ -1,0 +1,52 @@
+// Every kernel except the matrix products, plain C++ (no Node-API types).
+// Names, layouts and semantics follow src/backend/backend.ts exactly: outputs
+// first; forward kernels overwrite, backward kernels add into their gradients.
+// Callers (the Node-API wrappers) have checked sizes and index ranges.
+#pragma once
+#include <cstdint>
+
+namespace sigma {
+
+// ---- elementwise (n elements)
+void add_bias(float* y, const float* x, const float* bias, int64_t rows, int64_t cols);
+void add_bias_backward(float* dbias, const float* dy, int64_t rows, int64_t cols);
+void add(float* out, const float* a, const float* b, int64_t n);
+void mul(float* out, const float* a, const float* b, int64_t n);
+void scale(float* out, const float* x, float alpha, int64_t n);
+void axpy(float* y, const float* x, float alpha, int64_t n);
+double sum_squares(const float* x, int64_t n);
+void gelu(float* y, const float* x, int64_t n);
+void gelu_backward(float* dx, const float* x, const float* dy, int64_t n);
+void fast_gelu(float* y, const float* x, int64_t n);
+void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n);
+void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
+           float weight_decay, int64_t step);
+
+// ---- rows: layer norm [rows,C], softmax [rows,cols], cross-entropy [rows,V]
+void layer_norm(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta, int64_t rows,
+                int64_t C, float eps);
+void layer_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const float* mean,
+                         const float* rstd, const float* gamma, int64_t rows, int64_t C);
+void softmax(float* y, const float* x, int64_t rows, int64_t cols);
+void softmax_backward(float* dx, const float* y, const float* dy, int64_t rows, int64_t cols);
+void cross_entropy(float* loss, float* lse, const float* logits, const int32_t* targets, int64_t rows, int64_t V,
+                   int32_t ignore);
+void cross_entropy_backward(float* dlogits, const float* logits, const float* lse, const int32_t* targets,
+                            const float* dloss, int64_t rows, int64_t V, int32_t ignore);
+
+// ---- gathers and scatters: x, out [*, C] rows
+void gather_rows(float* out, const float* x, const int32_t* idx, int64_t n, int64_t C);
+void scatter_add_rows(float* out, const float* x, const int32_t* idx, int64_t n, int64_t C);
+void combine(float* y, const float* x, const int32_t* idx, const float* w, int64_t n, int64_t C);
+void combine_backward(float* dx, float* dw, const float* dy, const float* x, const int32_t* idx, const float* w,
+                      int64_t n, int64_t C);
+void permute_by_expert(int32_t* order, int32_t* offsets, const int32_t* expert_ids, int64_t n, int64_t E);
+
+// ---- attention: q, out [B,Tq,H,D]; k, v [B,kvCap,H,D]; lse [B,H,Tq]
+void attention(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B, int64_t Tq,
+               int64_t Tk, int64_t H, int64_t D, int64_t kv_cap, float scale);
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                        const float* v, const float* out, const float* lse, int64_t B, int64_t Tq, int64_t Tk,
+                        int64_t H, int64_t D, int64_t kv_cap, float scale);
+
+}  // namespace sigma

@@ -1,0 +1,126 @@
+// Elementwise kernels, bias, activations and the fused AdamW step. Large
+// arrays are split over the kernel threads in contiguous chunks.
+#include <cmath>
+#include <vector>
+
+#include "ops.h"
+#include "simd.h"
+#include "threadpool.h"
+
+namespace sigma {
+namespace {
+constexpr int64_t kGrain = 1 << 15;  // below this one thread is faster than waking another
+
+SIGMA_SIMD void add_k(float* o, const float* a, const float* b, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = a[i] + b[i]; }
+SIGMA_SIMD void mul_k(float* o, const float* a, const float* b, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = a[i] * b[i]; }
+SIGMA_SIMD void scale_k(float* o, const float* x, float s, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = s * x[i]; }
+SIGMA_SIMD void axpy_k(float* y, const float* x, float s, int64_t n) { for (int64_t i = 0; i < n; ++i) y[i] += s * x[i]; }
+
+SIGMA_SIMD double sumsq_k(const float* x, int64_t n) {
+  // Eight float partial sums per block of 4096, folded into double: vectorisable and accurate.
+  double total = 0;
+  for (int64_t b = 0; b < n; b += 4096) {
+    const int64_t e = std::min<int64_t>(n, b + 4096);
+    float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = b;
+    for (; i + 8 <= e; i += 8)
+      for (int l = 0; l < 8; ++l) part[l] += x[i + l] * x[i + l];
+    double s = 0;
+    for (int l = 0; l < 8; ++l) s += part[l];
+    for (; i < e; ++i) s += static_cast<double>(x[i]) * x[i];
+    total += s;
+  }
+  return total;
+}
+
+inline float sigmoidf(float z) {
+  // Never overflows: exp of a non-positive number only.
+  if (z >= 0) return 1.f / (1.f + std::exp(-z));
+  const float e = std::exp(z);
+  return e / (1.f + e);
+}
+
+SIGMA_SIMD void fast_gelu_k(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoidf(1.702f * x[i]);
+}
+SIGMA_SIMD void fast_gelu_bwd_k(float* dx, const float* x, const float* dy, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = sigmoidf(1.702f * x[i]);
+    dx[i] += dy[i] * (s + 1.702f * x[i] * s * (1.f - s));
+  }
+}
+void gelu_k(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * 0.70710678118654752f));
+}
+void gelu_bwd_k(float* dx, const float* x, const float* dy, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float d = 0.5f * (1.f + std::erf(v * 0.70710678118654752f)) + v * 0.3989422804014327f * std::exp(-0.5f * v * v);
+    dx[i] += dy[i] * d;
+  }
+}
+
+SIGMA_SIMD void adamw_k(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2,
+                        float eps, float wd, float inv_bc1, float inv_bc2) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = g[i];
+    const float mi = b1 * m[i] + (1.f - b1) * gi;
+    const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] -= lr * ((mi * inv_bc1) / (std::sqrt(vi * inv_bc2) + eps) + wd * p[i]);
+  }
+}
+
+template <typename F>
+void chunked(int64_t n, F f) {
+  parallel_for(n, kGrain, [&](int64_t b, int64_t e) { f(b, e); });
+}
+}  // namespace
+
+void add(float* o, const float* a, const float* b, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { add_k(o + s, a + s, b + s, e - s); }); }
+void mul(float* o, const float* a, const float* b, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { mul_k(o + s, a + s, b + s, e - s); }); }
+void scale(float* o, const float* x, float alpha, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { scale_k(o + s, x + s, alpha, e - s); }); }
+void axpy(float* y, const float* x, float alpha, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { axpy_k(y + s, x + s, alpha, e - s); }); }
+
+double sum_squares(const float* x, int64_t n) {
+  // Fixed chunks (not per-thread ones) so the result does not depend on the thread count.
+  const int64_t chunk = 1 << 16;
+  const int64_t nc = (n + chunk - 1) / chunk;
+  std::vector<double> part(static_cast<size_t>(nc));
+  parallel_for(nc, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) part[c] = sumsq_k(x + c * chunk, std::min(chunk, n - c * chunk));
+  });
+  double s = 0;
+  for (double p : part) s += p;
+  return s;
+}
+
+void gelu(float* y, const float* x, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { gelu_k(y + s, x + s, e - s); }); }
+void gelu_backward(float* dx, const float* x, const float* dy, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { gelu_bwd_k(dx + s, x + s, dy + s, e - s); }); }
+void fast_gelu(float* y, const float* x, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { fast_gelu_k(y + s, x + s, e - s); }); }
+void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { fast_gelu_bwd_k(dx + s, x + s, dy + s, e - s); }); }
+
+void add_bias(float* y, const float* x, const float* bias, int64_t rows, int64_t cols) {
+  parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) add_k(y + r * cols, x + r * cols, bias, cols);
+  });
+}
+
+void add_bias_backward(float* dbias, const float* dy, int64_t rows, int64_t cols) {
+  // Column slices per thread: each column's sum runs over rows in order (deterministic).
+  parallel_for(cols, 64, [&](int64_t c0, int64_t c1) {
+    for (int64_t r = 0; r < rows; ++r) add_k(dbias + c0, dbias + c0, dy + r * cols + c0, c1 - c0);
+  });
+}
+
+void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
+           float weight_decay, int64_t step) {
+  const float inv_bc1 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step))));
+  const float inv_bc2 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step))));
+  chunked(n, [&](int64_t s, int64_t e) {
+    adamw_k(p + s, g + s, m + s, v + s, e - s, lr, beta1, beta2, eps, weight_decay, inv_bc1, inv_bc2);
+  });
+}
+
+}  // namespace sigma

@@ -1,0 +1,72 @@
+// Data movement for embeddings and MoE dispatch. Gathers split rows over
+// threads; scatters split COLUMNS, so that repeated indices never race and
+// every element is summed in row order whatever the thread count.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "ops.h"
+#include "simd.h"
+#include "threadpool.h"
+
+namespace sigma {
+namespace {
+int64_t col_grain(int64_t n) { return std::max<int64_t>(16, 65536 / std::max<int64_t>(n, 1)); }
+
+SIGMA_SIMD void axpy_row(float* y, const float* x, float a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+SIGMA_SIMD float dot_row(const float* a, const float* b, int64_t n) {
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) part[l] += a[i + l] * b[i + l];
+  float s = 0;
+  for (int l = 0; l < 8; ++l) s += part[l];
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+}  // namespace
+
+void gather_rows(float* out, const float* x, const int32_t* idx, int64_t n, int64_t C) {
+  parallel_for(n, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) std::memcpy(out + i * C, x + static_cast<int64_t>(idx[i]) * C, sizeof(float) * C);
+  });
+}
+
+void scatter_add_rows(float* out, const float* x, const int32_t* idx, int64_t n, int64_t C) {
+  parallel_for(C, col_grain(n), [&](int64_t c0, int64_t c1) {
+    for (int64_t i = 0; i < n; ++i) axpy_row(out + static_cast<int64_t>(idx[i]) * C + c0, x + i * C + c0, 1.f, c1 - c0);
+  });
+}
+
+void combine(float* y, const float* x, const int32_t* idx, const float* w, int64_t n, int64_t C) {
+  parallel_for(C, col_grain(n), [&](int64_t c0, int64_t c1) {
+    for (int64_t i = 0; i < n; ++i) axpy_row(y + static_cast<int64_t>(idx[i]) * C + c0, x + i * C + c0, w[i], c1 - c0);
+  });
+}
+
+void combine_backward(float* dx, float* dw, const float* dy, const float* x, const int32_t* idx, const float* w,
+                      int64_t n, int64_t C) {
+  // Each row i owns dx[i] and dw[i]: rows split over threads without races.
+  parallel_for(n, std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float* g = dy + static_cast<int64_t>(idx[i]) * C;
+      axpy_row(dx + i * C, g, w[i], C);
+      dw[i] += dot_row(g, x + i * C, C);
+    }
+  });
+}
+
+void permute_by_expert(int32_t* order, int32_t* offsets, const int32_t* expert_ids, int64_t n, int64_t E) {
+  // Histogram, exclusive prefix sum, stable placement: O(n + E), one thread
+  // (it is memory-bound and n is the number of token-expert assignments).
+  std::fill(offsets, offsets + E + 1, 0);
+  for (int64_t i = 0; i < n; ++i) offsets[expert_ids[i] + 1]++;
+  for (int64_t e = 0; e < E; ++e) offsets[e + 1] += offsets[e];
+  thread_local std::vector<int32_t> next;
+  next.assign(offsets, offsets + E);
+  for (int64_t i = 0; i < n; ++i) order[next[expert_ids[i]]++] = static_cast<int32_t>(i);
+}
+
+}  // namespace sigma

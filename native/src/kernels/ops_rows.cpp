@@ -1,0 +1,159 @@
+// Row kernels: LayerNorm, softmax, fused softmax cross-entropy. Rows are
+// independent, so threads take contiguous row ranges; column reductions
+// (dgamma, dbeta) run column-parallel so their summation order is fixed.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "ops.h"
+#include "simd.h"
+#include "threadpool.h"
+
+namespace sigma {
+namespace {
+
+SIGMA_SIMD float row_sum(const float* x, int64_t n) {
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) part[l] += x[i + l];
+  float s = 0;
+  for (int l = 0; l < 8; ++l) s += part[l];
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+SIGMA_SIMD float row_max(const float* x, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
+// y[i] = exp(x[i] - m); returns Σ y (y may be x).
+SIGMA_SIMD float exp_shift(float* y, const float* x, float m, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i] - m);
+  return row_sum(y, n);
+}
+
+SIGMA_SIMD void ln_row(float* y, const float* x, const float* gamma, const float* beta, int64_t C, float eps,
+                       float* mean_out, float* rstd_out) {
+  double s = 0;
+  for (int64_t c = 0; c < C; ++c) s += x[c];
+  const float m = static_cast<float>(s / C);
+  double v = 0;
+  for (int64_t c = 0; c < C; ++c) v += static_cast<double>(x[c] - m) * (x[c] - m);
+  const float r = static_cast<float>(1.0 / std::sqrt(v / C + eps));
+  for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - m) * r * gamma[c] + beta[c];
+  *mean_out = m;
+  *rstd_out = r;
+}
+
+SIGMA_SIMD void ln_row_backward(float* dx, const float* dy, const float* x, float m, float r, const float* gamma,
+                                int64_t C) {
+  // dx = r·(g − mean(g) − x̂·mean(g·x̂)), g = dy·γ, x̂ = (x − m)·r.
+  float gsum = 0, gxsum = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const float g = dy[c] * gamma[c];
+    gsum += g;
+    gxsum += g * (x[c] - m) * r;
+  }
+  const float gm = gsum / C, gxm = gxsum / C;
+  for (int64_t c = 0; c < C; ++c) dx[c] += r * (dy[c] * gamma[c] - gm - (x[c] - m) * r * gxm);
+}
+
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+
+}  // namespace
+
+void layer_norm(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta, int64_t rows,
+                int64_t C, float eps) {
+  parallel_for(rows, row_grain(C), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) ln_row(y + r * C, x + r * C, gamma, beta, C, eps, mean + r, rstd + r);
+  });
+}
+
+void layer_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const float* mean,
+                         const float* rstd, const float* gamma, int64_t rows, int64_t C) {
+  parallel_for(rows, row_grain(C), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) ln_row_backward(dx + r * C, dy + r * C, x + r * C, mean[r], rstd[r], gamma, C);
+  });
+  parallel_for(C, 16, [&](int64_t c0, int64_t c1) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float m = mean[r], s = rstd[r];
+      const float* xr = x + r * C;
+      const float* dr = dy + r * C;
+      for (int64_t c = c0; c < c1; ++c) {
+        dgamma[c] += dr[c] * (xr[c] - m) * s;
+        dbeta[c] += dr[c];
+      }
+    }
+  });
+}
+
+void softmax(float* y, const float* x, int64_t rows, int64_t cols) {
+  parallel_for(rows, row_grain(cols), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* xr = x + r * cols;
+      float* yr = y + r * cols;
+      const float s = exp_shift(yr, xr, row_max(xr, cols), cols);
+      const float inv = 1.f / s;
+      for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
+    }
+  });
+}
+
+void softmax_backward(float* dx, const float* y, const float* dy, int64_t rows, int64_t cols) {
+  parallel_for(rows, row_grain(cols), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* yr = y + r * cols;
+      const float* gr = dy + r * cols;
+      float dot = 0;
+      for (int64_t c = 0; c < cols; ++c) dot += yr[c] * gr[c];
+      for (int64_t c = 0; c < cols; ++c) dx[r * cols + c] += yr[c] * (gr[c] - dot);
+    }
+  });
+}
+
+namespace {
+// log Σ exp of a row, without writing it (exp computed into a per-thread scratch row).
+SIGMA_SIMD float row_lse(const float* x, int64_t n) {
+  const float m = row_max(x, n);
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) part[l] += std::exp(x[i + l] - m);
+  float s = 0;
+  for (int l = 0; l < 8; ++l) s += part[l];
+  for (; i < n; ++i) s += std::exp(x[i] - m);
+  return m + std::log(s);
+}
+
+SIGMA_SIMD void ce_row_backward(float* d, const float* x, float lse, float g, int64_t V) {
+  for (int64_t v = 0; v < V; ++v) d[v] += g * std::exp(x[v] - lse);
+}
+}  // namespace
+
+void cross_entropy(float* loss, float* lse, const float* logits, const int32_t* targets, int64_t rows, int64_t V,
+                   int32_t ignore) {
+  parallel_for(rows, row_grain(V), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* xr = logits + r * V;
+      const float l = row_lse(xr, V);
+      lse[r] = l;
+      loss[r] = targets[r] == ignore ? 0.f : l - xr[targets[r]];
+    }
+  });
+}
+
+void cross_entropy_backward(float* dlogits, const float* logits, const float* lse, const int32_t* targets,
+                            const float* dloss, int64_t rows, int64_t V, int32_t ignore) {
+  parallel_for(rows, row_grain(V), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      if (targets[r] == ignore) continue;
+      ce_row_backward(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
+      dlogits[r * V + targets[r]] -= dloss[r];
+    }
+  });
+}
+
+}  // namespace sigma
