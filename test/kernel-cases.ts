@@ -1,0 +1,132 @@
+// Random inputs for every kernel of the Backend contract, shared by the
+// conformance suite and the native argument-error tests. Not a test file.
+import type { KernelName } from "../src/backend/backend.js";
+import { referenceBackend as ref } from "../src/backend/reference/index.js";
+import { Rng } from "../src/util/rng.js";
+
+const rng = new Rng(2024);
+const f32 = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (rng.uniform() * 2 - 1) * scale);
+const ints = (n: number, hi: number) => Int32Array.from({ length: n }, () => rng.int(hi));
+export const clone = (x: unknown) => (x instanceof Float32Array || x instanceof Int32Array ? x.slice() : x);
+
+/** One case: arguments (buffers are copied per backend) and which of them are outputs to compare, with tolerance. */
+export interface Case {
+  label: string;
+  args: unknown[];
+  outputs: number[];
+  tol: number;
+  /** Compare the return value too (sumSquares). */
+  result?: boolean;
+}
+
+const ODD = [1, 3, 17, 33, 257];
+const pick = <T,>(xs: T[]) => xs[rng.int(xs.length)]!;
+
+function matmulCases(): Case[] {
+  const cs: Case[] = [];
+  for (const [M, N, K] of [[1, 1, 1], [3, 17, 33], [17, 3, 257], [33, 257, 17], [257, 33, 3], [64, 100, 300]]) {
+    for (const ta of [false, true]) for (const tb of [false, true]) for (const acc of [false, true]) {
+      cs.push({ label: `${M}x${N}x${K} ta=${ta} tb=${tb} acc=${acc}`, args: [f32(M! * N!), f32(M! * K!), f32(K! * N!), M, N, K, ta, tb, acc], outputs: [0], tol: 1e-5 * Math.sqrt(K!) });
+    }
+  }
+  return cs;
+}
+
+/** Expert row counts with an empty expert, one holding everything, and random ones. */
+function offsetsOf(counts: number[]): Int32Array {
+  const o = new Int32Array(counts.length + 1);
+  counts.forEach((c, e) => (o[e + 1] = o[e]! + c));
+  return o;
+}
+const groupings = [[0, 5, 0, 12], [0, 0, 37, 0], [3, 1, 17, 0, 33, 2], [64, 64, 64, 64, 64, 64, 64, 64]];
+
+export const CASES: Record<KernelName, () => Case[]> = {
+  matmul: matmulCases,
+  bmm: () =>
+    [[2, 3, 17, 33], [5, 17, 1, 3], [1, 33, 33, 17]].flatMap(([S, M, N, K]) =>
+      [false, true].flatMap((ta) => [false, true].map((tb) => ({ label: `${S}x${M}x${N}x${K} ${ta} ${tb}`, args: [f32(S! * M! * N!), f32(S! * M! * K!), f32(S! * K! * N!), S, M, N, K, ta, tb, true], outputs: [0], tol: 1e-5 * Math.sqrt(K!) }))),
+    ),
+  groupedMatmul: () =>
+    groupings.flatMap((counts) => {
+      const E = counts.length, R = counts.reduce((a, b) => a + b, 0), [N, K] = [pick(ODD), pick(ODD)];
+      return [true, false].map((tw) => ({ label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [f32(R * N), f32(R * K), f32(E * N * K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: 1e-5 * Math.sqrt(K) }));
+    }),
+  groupedMatmulWeightGrad: () =>
+    groupings.flatMap((counts) => {
+      const E = counts.length, R = counts.reduce((a, b) => a + b, 0), [N, K] = [pick(ODD), pick(ODD)];
+      return [true, false].map((tw) => ({ label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [f32(E * N * K), f32(R * N), f32(R * K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: 1e-5 * Math.sqrt(R + 1) }));
+    }),
+  addBias: () => ODD.map((c) => ({ label: `cols ${c}`, args: [f32(7 * c), f32(7 * c), f32(c), 7, c], outputs: [0], tol: 1e-6 })),
+  addBiasBackward: () => ODD.map((c) => ({ label: `cols ${c}`, args: [f32(c), f32(33 * c), 33, c], outputs: [0], tol: 1e-5 })),
+  add: () => [...ODD, 100003].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n), f32(n), n], outputs: [0], tol: 1e-7 })),
+  mul: () => [...ODD, 100003].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n), f32(n), n], outputs: [0], tol: 1e-7 })),
+  scale: () => [...ODD, 100003].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n), -1.5, n], outputs: [0], tol: 1e-6 })),
+  axpy: () => [...ODD, 100003].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n), 0.75, n], outputs: [0], tol: 1e-6 })),
+  sumSquares: () => [...ODD, 100003].map((n) => ({ label: `n ${n}`, args: [f32(n), n], outputs: [], tol: 1e-5, result: true })),
+  gelu: () => [...ODD, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 6), n], outputs: [0], tol: 1e-6 })),
+  geluBackward: () => [...ODD, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 6), f32(n), n], outputs: [0], tol: 1e-6 })),
+  fastGelu: () => [...ODD, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 60), n], outputs: [0], tol: 1e-5 })),
+  fastGeluBackward: () => [...ODD, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 60), f32(n), n], outputs: [0], tol: 1e-5 })),
+  layerNorm: () => ODD.map((C) => ({ label: `C ${C}`, args: [f32(9 * C), f32(9), f32(9), f32(9 * C, 3), f32(C), f32(C), 9, C, 1e-5], outputs: [0, 1, 2], tol: 1e-4 })),
+  layerNormBackward: () =>
+    ODD.map((C) => {
+      const rows = 9, x = f32(rows * C, 3), mean = new Float32Array(rows), rstd = new Float32Array(rows), gamma = f32(C);
+      ref.layerNorm(new Float32Array(rows * C), mean, rstd, x, gamma, f32(C), rows, C, 1e-5);
+      return { label: `C ${C}`, args: [f32(rows * C), f32(C), f32(C), f32(rows * C), x, mean, rstd, gamma, rows, C], outputs: [0, 1, 2], tol: 1e-4 };
+    }),
+  softmax: () => [...ODD, 8192].map((c) => ({ label: `cols ${c}`, args: [f32(5 * c), f32(5 * c, 10), 5, c], outputs: [0], tol: 1e-6 })),
+  softmaxBackward: () =>
+    [...ODD, 8192].map((c) => {
+      const y = new Float32Array(5 * c);
+      ref.softmax(y, f32(5 * c, 5), 5, c);
+      return { label: `cols ${c}`, args: [f32(5 * c), y, f32(5 * c), 5, c], outputs: [0], tol: 1e-5 };
+    }),
+  crossEntropy: () =>
+    [...ODD, 8192].map((V) => {
+      const t = ints(6, V);
+      t[2] = -100;
+      return { label: `V ${V}`, args: [f32(6), f32(6), f32(6 * V, 8), t, 6, V, -100], outputs: [0, 1], tol: 1e-4 };
+    }),
+  crossEntropyBackward: () =>
+    [...ODD, 8192].map((V) => {
+      const logits = f32(6 * V, 8), t = ints(6, V), lse = new Float32Array(6);
+      t[4] = -1;
+      ref.crossEntropy(new Float32Array(6), lse, logits, t, 6, V, -1);
+      return { label: `V ${V}`, args: [f32(6 * V), logits, lse, t, f32(6), 6, V, -1], outputs: [0], tol: 1e-5 };
+    }),
+  embedding: () => ODD.map((C) => ({ label: `C ${C}`, args: [f32(40 * C), f32(13 * C), ints(40, 13), 40, C], outputs: [0], tol: 0 })),
+  embeddingBackward: () => ODD.map((C) => ({ label: `C ${C}`, args: [f32(13 * C), f32(40 * C), ints(40, 13), 40, C], outputs: [0], tol: 1e-5 })),
+  attention: attentionCases(false),
+  attentionBackward: attentionCases(true),
+  permuteByExpert: () => [[1, 1], [17, 3], [257, 8], [1000, 33]].map(([n, E]) => ({ label: `n ${n} E ${E}`, args: [new Int32Array(n!), new Int32Array(E! + 1), ints(n!, E!), n, E], outputs: [0, 1], tol: 0 })),
+  gatherRows: () => ODD.map((C) => ({ label: `C ${C}`, args: [f32(30 * C), f32(7 * C), ints(30, 7), 30, C], outputs: [0], tol: 0 })),
+  scatterAddRows: () => ODD.map((C) => ({ label: `C ${C}`, args: [f32(7 * C), f32(30 * C), ints(30, 7), 30, C], outputs: [0], tol: 1e-5 })),
+  combine: () => ODD.map((C) => ({ label: `C ${C}`, args: [f32(7 * C), f32(30 * C), ints(30, 7), f32(30), 30, C], outputs: [0], tol: 1e-5 })),
+  combineBackward: () => ODD.map((C) => ({ label: `C ${C}`, args: [f32(30 * C), f32(30), f32(7 * C), f32(30 * C), ints(30, 7), f32(30), 30, C], outputs: [0, 1], tol: 1e-4 })),
+  adamw: () =>
+    [1e-8, 1e-20].flatMap((eps) =>
+      [...ODD, 100003].map((n) => ({ label: `n ${n} eps ${eps}`, args: [f32(n), f32(n, 1e-3), f32(n, 1e-3), Float32Array.from(f32(n, 1e-6), Math.abs), n, 1e-3, 0.8, 0.95, eps, 0.1, 7], outputs: [0, 2, 3], tol: 1e-5 })),
+    ),
+};
+
+function attentionCases(backward: boolean): () => Case[] {
+  return () =>
+    [
+      [2, 17, 17, 2, 1, 17],
+      [1, 33, 33, 3, 3, 33],
+      [2, 5, 5, 4, 17, 5],
+      [1, 64, 64, 2, 64, 64],
+      [2, 3, 20, 2, 17, 32], // decode: Tq < Tk < kvCap
+      [1, 1, 257, 1, 64, 300],
+    ].map(([B, Tq, Tk, H, D, cap]) => {
+      const [b, tq, tk, h, d, kc] = [B!, Tq!, Tk!, H!, D!, cap!];
+      const scale = 1 / Math.sqrt(d);
+      const q = f32(b * tq * h * d, 2), k = f32(b * kc * h * d, 2), v = f32(b * kc * h * d);
+      const label = `B${b} Tq${tq} Tk${tk} H${h} D${d} cap${kc}`;
+      if (!backward) return { label, args: [f32(b * tq * h * d), f32(b * h * tq), q, k, v, b, tq, tk, h, d, kc, scale], outputs: [0, 1], tol: 1e-5 };
+      const out = new Float32Array(b * tq * h * d), lse = new Float32Array(b * h * tq);
+      ref.attention(out, lse, q, k, v, b, tq, tk, h, d, kc, scale);
+      return { label, args: [f32(b * tq * h * d), f32(b * kc * h * d), f32(b * kc * h * d), f32(b * tq * h * d), q, k, v, out, lse, b, tq, tk, h, d, kc, scale], outputs: [0, 1, 2], tol: 1e-4 };
+    });
+}
+

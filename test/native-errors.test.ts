@@ -1,0 +1,78 @@
+// Wrong-size or wrong-type arrays passed to the native layer raise a JS error
+// naming the kernel and the argument — never a crash. Checked for every kernel.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { KERNEL_NAMES, type Backend } from "../src/backend/backend.js";
+import { loadNative } from "../src/backend/native/index.js";
+import { CASES, clone } from "./kernel-cases.js";
+
+const load = loadNative();
+const skip = !load.backend && process.env.SIGMA_ALLOW_NO_NATIVE === "1" ? `native backend unavailable: ${load.error}` : false;
+
+function call(b: Backend, name: string, args: unknown[]): unknown {
+  return (b[name as keyof Backend] as (...a: unknown[]) => unknown)(...args);
+}
+
+for (const name of KERNEL_NAMES) {
+  test(`native ${name}: bad arguments are errors that name the argument`, { skip }, () => {
+    const native = load.backend;
+    assert.ok(native, `native backend unavailable: ${load.error}`);
+    const base = CASES[name]()[0]!.args;
+    const floatAt = base.findIndex((a) => a instanceof Float32Array);
+    // (a) a Float64Array where a Float32Array belongs
+    const a = base.map(clone);
+    if (floatAt >= 0) {
+      a[floatAt] = Float64Array.from(a[floatAt] as Float32Array);
+    } else {
+      const intAt = a.findIndex((x) => x instanceof Int32Array);
+      a[intAt] = Float32Array.from(a[intAt] as Int32Array);
+    }
+    assert.throws(() => call(native, name, a), (e: Error) => e instanceof TypeError && e.message.startsWith(`${name}: argument "`) && /must be a (Float32|Int32)Array/.test(e.message));
+    // (b) every buffer one element too short, one at a time
+    base.forEach((arg, i) => {
+      if (!(arg instanceof Float32Array || arg instanceof Int32Array) || arg.length === 0) return;
+      const b = base.map(clone);
+      b[i] = (arg as Float32Array).subarray(0, arg.length - 1);
+      let threw: Error | null = null;
+      try {
+        call(native, name, b);
+      } catch (e) {
+        threw = e as Error;
+      }
+      // Outputs sized by other arguments (e.g. a scatter target) may legitimately be longer than needed;
+      // when a shorter buffer is accepted, it must be because the sizes do not need its last element.
+      if (threw) assert.match(threw.message, new RegExp(`^${name}: argument "\\w+" (has \\d+ elements but the sizes given need \\d+|\\[\\d+\\] = -?\\d+ is outside|ends at)`));
+    });
+    // (c) a wrong argument count, and a non-integer size
+    assert.throws(() => call(native, name, base.slice(0, -1).map(clone)), (e: Error) => e.message.startsWith(`${name}: expected `));
+    const sizeAt = base.findIndex((x) => typeof x === "number" && Number.isInteger(x) && x > 0);
+    if (sizeAt >= 0) {
+      const c = base.map(clone);
+      c[sizeAt] = 1.5;
+      assert.throws(() => call(native, name, c), (e: Error) => e.message.startsWith(`${name}: argument "`));
+    }
+  });
+}
+
+test("native index kernels reject out-of-range indices, naming the argument and position", { skip }, () => {
+  const native = load.backend!;
+  assert.ok(native);
+  const cases: [string, number, RegExp][] = [
+    ["embedding", 2, /^embedding: argument "ids" \[\d+\] = 1000000 is outside \[0, 13\)/],
+    ["embeddingBackward", 2, /^embeddingBackward: argument "ids"/],
+    ["gatherRows", 2, /^gatherRows: argument "idx"/],
+    ["scatterAddRows", 2, /^scatterAddRows: argument "idx"/],
+    ["combine", 2, /^combine: argument "idx"/],
+    ["combineBackward", 4, /^combineBackward: argument "idx"/],
+    ["permuteByExpert", 2, /^permuteByExpert: argument "expertIds"/],
+    ["crossEntropy", 3, /^crossEntropy: argument "targets"/],
+    ["crossEntropyBackward", 3, /^crossEntropyBackward: argument "targets"/],
+  ];
+  for (const [name, at, re] of cases) {
+    const args = CASES[name as keyof typeof CASES]()[0]!.args.map(clone);
+    (args[at] as Int32Array)[0] = 1000000;
+    assert.throws(() => call(native, name, args), (e: Error) => e instanceof RangeError && re.test(e.message), name);
+  }
+  const off = Int32Array.from([0, 5, 3]);
+  assert.throws(() => native.groupedMatmul(new Float32Array(50), new Float32Array(50), new Float32Array(50), off, 2, 1, 1, true, false), /groupedMatmul: argument "offsets" decreases at expert 1/);
+});
