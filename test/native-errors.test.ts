@@ -27,7 +27,7 @@ for (const name of KERNEL_NAMES) {
       const intAt = a.findIndex((x) => x instanceof Int32Array);
       a[intAt] = Float32Array.from(a[intAt] as Int32Array);
     }
-    assert.throws(() => call(native, name, a), (e: Error) => e instanceof TypeError && e.message.startsWith(`${name}: argument "`) && /must be a (Float32|Int32)Array/.test(e.message));
+    assert.throws(() => call(native, name, a), (e: Error) => e instanceof TypeError && e.message.startsWith(`${name}: argument "`) && /must be an? (Float32|Int32)Array/.test(e.message));
     // (b) every buffer one element too short, one at a time
     base.forEach((arg, i) => {
       if (!(arg instanceof Float32Array || arg instanceof Int32Array) || arg.length === 0) return;
