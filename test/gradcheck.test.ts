@@ -51,6 +51,7 @@ check("groupedMatmul no transW", ([x, w]) => ops.groupedMatmul(x!, w!, offsets, 
 check("gelu", ([x]) => ops.gelu(x!), [r(20)]);
 check("fastGelu", ([x]) => ops.fastGelu(x!), [r(20)]);
 check("softmax", ([x]) => ops.softmax(x!), [r(3, 7)]);
+check("logsumexp", ([x]) => ops.logsumexp(x!), [r(4, 5)]);
 check("layerNorm", ([x, g, b]) => ops.layerNorm(x!, g!, b!), [r(4, 6), r(6), r(6)]);
 {
   const targets = Int32Array.from([2, -1, 0, 4, 4]);

@@ -87,7 +87,11 @@ double sum_squares(const float* x, int64_t n) {
   // Fixed chunks (not per-thread ones) so the result does not depend on the thread count.
   const int64_t chunk = 1 << 16;
   const int64_t nc = (n + chunk - 1) / chunk;
-  std::vector<double> part(static_cast<size_t>(nc));
+  // Grows once, then reused. (A reference: inside the lambda a thread_local name
+  // would denote the worker thread's own instance.)
+  thread_local std::vector<double> part_tls;
+  std::vector<double>& part = part_tls;
+  part.assign(static_cast<size_t>(nc), 0.0);
   parallel_for(nc, 1, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) part[c] = sumsq_k(x + c * chunk, std::min(chunk, n - c * chunk));
   });
