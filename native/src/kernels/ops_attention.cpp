@@ -11,24 +11,10 @@
 #include "ops.h"
 #include "simd.h"
 #include "threadpool.h"
+#include "vec.h"
 
 namespace sigma {
 namespace {
-
-SIGMA_SIMD float dot(const float* a, const float* b, int64_t n) {
-  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) part[l] += a[i + l] * b[i + l];
-  float s = 0;
-  for (int l = 0; l < 8; ++l) s += part[l];
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-SIGMA_SIMD void axpy_d(float* y, const float* x, float a, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
 
 struct Layout {
   int64_t B, Tq, Tk, H, D, cap;
@@ -50,7 +36,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
       const float* qi = q + L.q(b, i, h);
       float m = -std::numeric_limits<float>::infinity();
       for (int64_t j = 0; j <= last; ++j) {
-        s[j] = scale * dot(qi, k + L.kv(b, j, h), D);
+        s[j] = scale * vdot(qi, k + L.kv(b, j, h), D);
         m = std::max(m, s[j]);
       }
       float sum = 0;
@@ -61,7 +47,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
       float* o = out + L.q(b, i, h);
       std::fill(o, o + D, 0.f);
       const float inv = 1.f / sum;
-      for (int64_t j = 0; j <= last; ++j) axpy_d(o, v + L.kv(b, j, h), s[j] * inv, D);
+      for (int64_t j = 0; j <= last; ++j) vaxpy(o, v + L.kv(b, j, h), s[j] * inv, D);
       lse[bh * Tq + i] = m + std::log(sum);
     }
   });
@@ -79,14 +65,14 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         const float* qi = q + qo;
         const float* gi = dout + qo;
         const float l = lse[bh * Tq + i];
-        const float delta = dot(gi, out + qo, D);  // Σ_j p_j·(dout·v_j)
+        const float delta = vdot(gi, out + qo, D);  // Σ_j p_j·(dout·v_j)
         for (int64_t j = 0; j <= Tk - Tq + i; ++j) {
           const int64_t ko = L.kv(b, j, h);
-          const float p = std::exp(scale * dot(qi, k + ko, D) - l);
-          const float ds = p * (dot(gi, v + ko, D) - delta) * scale;
-          axpy_d(dv + ko, gi, p, D);
-          axpy_d(dq + qo, k + ko, ds, D);
-          axpy_d(dk + ko, qi, ds, D);
+          const float p = std::exp(scale * vdot(qi, k + ko, D) - l);
+          const float ds = p * (vdot(gi, v + ko, D) - delta) * scale;
+          vaxpy(dv + ko, gi, p, D);
+          vaxpy(dq + qo, k + ko, ds, D);
+          vaxpy(dk + ko, qi, ds, D);
         }
       }
     }

@@ -8,24 +8,12 @@
 #include "ops.h"
 #include "simd.h"
 #include "threadpool.h"
+#include "vec.h"
 
 namespace sigma {
 namespace {
 int64_t col_grain(int64_t n) { return std::max<int64_t>(16, 65536 / std::max<int64_t>(n, 1)); }
 
-SIGMA_SIMD void axpy_row(float* y, const float* x, float a, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-SIGMA_SIMD float dot_row(const float* a, const float* b, int64_t n) {
-  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) part[l] += a[i + l] * b[i + l];
-  float s = 0;
-  for (int l = 0; l < 8; ++l) s += part[l];
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
 }  // namespace
 
 void gather_rows(float* out, const float* x, const int32_t* idx, int64_t n, int64_t C) {
@@ -36,13 +24,13 @@ void gather_rows(float* out, const float* x, const int32_t* idx, int64_t n, int6
 
 void scatter_add_rows(float* out, const float* x, const int32_t* idx, int64_t n, int64_t C) {
   parallel_for(C, col_grain(n), [&](int64_t c0, int64_t c1) {
-    for (int64_t i = 0; i < n; ++i) axpy_row(out + static_cast<int64_t>(idx[i]) * C + c0, x + i * C + c0, 1.f, c1 - c0);
+    for (int64_t i = 0; i < n; ++i) vaxpy(out + static_cast<int64_t>(idx[i]) * C + c0, x + i * C + c0, 1.f, c1 - c0);
   });
 }
 
 void combine(float* y, const float* x, const int32_t* idx, const float* w, int64_t n, int64_t C) {
   parallel_for(C, col_grain(n), [&](int64_t c0, int64_t c1) {
-    for (int64_t i = 0; i < n; ++i) axpy_row(y + static_cast<int64_t>(idx[i]) * C + c0, x + i * C + c0, w[i], c1 - c0);
+    for (int64_t i = 0; i < n; ++i) vaxpy(y + static_cast<int64_t>(idx[i]) * C + c0, x + i * C + c0, w[i], c1 - c0);
   });
 }
 
@@ -52,8 +40,8 @@ void combine_backward(float* dx, float* dw, const float* dy, const float* x, con
   parallel_for(n, std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const float* g = dy + static_cast<int64_t>(idx[i]) * C;
-      axpy_row(dx + i * C, g, w[i], C);
-      dw[i] += dot_row(g, x + i * C, C);
+      vaxpy(dx + i * C, g, w[i], C);
+      dw[i] += vdot(g, x + i * C, C);
     }
   });
 }
