@@ -63,12 +63,14 @@ export async function run(args: string[]): Promise<void> {
   console.log(`config R: d=${R.width}, ${R.heads} heads, ${R.dense} dense + ${R.sparse} sparse layers, ${R.experts} experts, F=${R.ffn}, V=${R.vocab}, T=${R.T}, B=${R.B}\n`);
   console.log("model    | tokens/s | fwd+bwd ms (median) | GFLOP/token | GFLOP/s | % of peak");
   console.log("---------|----------|---------------------|-------------|---------|----------");
-  const variants: [string, RouterConfig | null][] = [
+  const only = args.find((a) => a.startsWith("--only="))?.slice(7);
+  const all: [string, RouterConfig | null][] = [
     ["dense", null],
     ["rre", { kind: "rre", groups: 4, seed: 1 }],
     ["moge", { kind: "moge", groups: 2, perGroup: 1, auxLossCoef: 0.01, sharedExperts: 0 }],
     ["topk", { kind: "topk", k: 2, renormalize: true, auxLossCoef: 0.01, zLossCoef: 0, capacityFactor: null }],
   ];
+  const variants = only ? all.filter(([n]) => only.split(",").includes(n)) : all;
   const rng = new Rng(1);
   const tokens = Int32Array.from({ length: R.B * R.T }, () => rng.int(R.vocab));
   const targets = Int32Array.from({ length: R.B * R.T }, () => rng.int(R.vocab));

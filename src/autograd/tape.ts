@@ -11,6 +11,7 @@
  */
 import { Tensor } from "../tensor/tensor.js";
 import { shapeStr } from "../tensor/shape.js";
+import { release } from "../tensor/pool.js";
 
 interface Node {
   output: Tensor;
@@ -90,8 +91,12 @@ export function backward(loss: Tensor, grad?: Tensor): void {
     const g = node.output.grad;
     if (!g) continue; // not on a path to the loss
     node.backward(g);
-    // The output's gradient is complete now (all its consumers came later on the tape).
-    if (nonLeaf.has(node.output)) node.output.grad = null;
+    // The output's gradient is complete now (all its consumers came later on
+    // the tape) and was used: its buffer goes back to the pool.
+    if (nonLeaf.has(node.output)) {
+      node.output.grad = null;
+      if (g.offset === 0) release(g.storage.data);
+    }
   }
 }
 

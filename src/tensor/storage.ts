@@ -4,6 +4,8 @@
  * storages backed by regions of a file-backed buffer, and tensors will not
  * know the difference.
  */
+import { acquire } from "./pool.js";
+
 export type DType = "float32" | "float64";
 export type FloatArray = Float32Array | Float64Array;
 
@@ -18,7 +20,8 @@ export class Storage {
     return this.data.length;
   }
 
+  /** A zeroed storage of n elements (large ones may come from the buffer pool). */
   static alloc(n: number, dtype: DType = "float32"): Storage {
-    return new Storage(dtype === "float64" ? new Float64Array(n) : new Float32Array(n));
+    return new Storage(acquire(n, dtype));
   }
 }

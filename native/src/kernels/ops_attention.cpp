@@ -41,7 +41,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
       }
       float sum = 0;
       for (int64_t j = 0; j <= last; ++j) {
-        s[j] = std::exp(s[j] - m);
+        s[j] = fast_expf(s[j] - m);
         sum += s[j];
       }
       float* o = out + L.q(b, i, h);
@@ -68,7 +68,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         const float delta = vdot(gi, out + qo, D);  // Σ_j p_j·(dout·v_j)
         for (int64_t j = 0; j <= Tk - Tq + i; ++j) {
           const int64_t ko = L.kv(b, j, h);
-          const float p = std::exp(scale * vdot(qi, k + ko, D) - l);
+          const float p = fast_expf(scale * vdot(qi, k + ko, D) - l);
           const float ds = p * (vdot(gi, v + ko, D) - delta) * scale;
           vaxpy(dv + ko, gi, p, D);
           vaxpy(dq + qo, k + ko, ds, D);

@@ -35,9 +35,10 @@ SIGMA_SIMD double sumsq_k(const float* x, int64_t n) {
 
 inline float sigmoidf(float z) {
   // Never overflows: exp of a non-positive number only.
-  if (z >= 0) return 1.f / (1.f + std::exp(-z));
-  const float e = std::exp(z);
-  return e / (1.f + e);
+  // Branch-free so that it vectorises: e = exp(−|z|) never overflows.
+  const float e = fast_expf(-std::fabs(z));
+  const float s = 1.f / (1.f + e);
+  return z >= 0 ? s : e * s;
 }
 
 SIGMA_SIMD void fast_gelu_k(float* y, const float* x, int64_t n) {

@@ -31,7 +31,7 @@ SIGMA_SIMD float row_max(const float* x, int64_t n) {
 
 // y[i] = exp(x[i] - m); returns Σ y (y may be x).
 SIGMA_SIMD float exp_shift(float* y, const float* x, float m, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i] - m);
+  for (int64_t i = 0; i < n; ++i) y[i] = fast_expf(x[i] - m);
   return row_sum(y, n);
 }
 
@@ -121,15 +121,15 @@ SIGMA_SIMD float row_lse(const float* x, int64_t n) {
   float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) part[l] += std::exp(x[i + l] - m);
+    for (int l = 0; l < 8; ++l) part[l] += fast_expf(x[i + l] - m);
   float s = 0;
   for (int l = 0; l < 8; ++l) s += part[l];
-  for (; i < n; ++i) s += std::exp(x[i] - m);
+  for (; i < n; ++i) s += fast_expf(x[i] - m);
   return m + std::log(s);
 }
 
 SIGMA_SIMD void ce_row_backward(float* d, const float* x, float lse, float g, int64_t V) {
-  for (int64_t v = 0; v < V; ++v) d[v] += g * std::exp(x[v] - lse);
+  for (int64_t v = 0; v < V; ++v) d[v] += g * fast_expf(x[v] - lse);
 }
 }  // namespace
 
