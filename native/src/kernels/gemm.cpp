@@ -106,6 +106,80 @@ void pack_b(float* dst, const float* b, int64_t ldb, bool trans, int64_t k0, int
 
 MicroKernel pick_kernel() { return use_avx2() ? ukernel_avx2 : ukernel_portable; }
 
+// Small M (all of op(A) fits one row block, as for one expert's rows): every
+// element of B meets few rows, so B's packing is no longer paid for by the
+// FMAs that reuse it, and streaming B from memory is no longer hidden by them.
+//  - B stored [N,K] (y = x·Wᵀ, the expert forward): B is not packed at all.
+//    The roles swap, Cᵀ = B·op(A)ᵀ: op(A)ᵀ is packed as 16-column panels (it
+//    is small), the micro-kernel broadcasts B's rows in place, and each block
+//    of Cᵀ lands in a small scratch tile that is added, transposed, into C
+//    (writing C transposed tile by tile would hit rows ldc apart in one L1 set).
+//  - B stored [K,N]: A is packed once per k block and reused across small B
+//    blocks (KC × 128, 256 KiB in L2); the next block's source is prefetched
+//    while this one computes, so packing reads L2 instead of memory.
+constexpr int64_t kNCSmall = 128;  // columns per B block ([K,N] case)
+constexpr int64_t kNBSmall = 96;   // rows of B per scratch block ([N,K] case), a multiple of kMR
+
+void sgemm_small_m(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+                   const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  PackBuffers& buf = tls_pack;
+  const int64_t kc_max = std::min<int64_t>(kKC, K);
+  // op(A) packed as MR-row panels ([K,N] case) or as NR-column panels of op(A)ᵀ ([N,K] case).
+  const int64_t m_pad = std::max((M + kNR - 1) / kNR * kNR, (M + kMR - 1) / kMR * kMR);
+  buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>(kc_max * m_pad));
+  buf.b = PackBuffers::grow(buf.b, buf.b_cap, static_cast<size_t>(std::max(kc_max * kNCSmall, kNBSmall * kNR)));
+  for (int64_t pc = 0; pc < K; pc += kKC) {
+    const int64_t kc = std::min(kKC, K - pc);
+    const bool acc = accumulate || pc > 0;
+    if (transB) {
+      pack_b(buf.a, a, lda, !transA, pc, kc, 0, M);  // op(A)ᵀ[k, m]: a stored [M,K] is a "transposed B"
+      float* scratch = buf.b;                         // [kNBSmall, 16]: a block of Cᵀ
+      for (int64_t nb0 = 0; nb0 < N; nb0 += kNBSmall) {
+        const int64_t nb = std::min(kNBSmall, N - nb0);
+        for (int64_t m0 = 0; m0 < M; m0 += kNR) {
+          const float* panel = buf.a + (m0 / kNR) * kc * kNR;
+          for (int64_t n0 = 0; n0 < nb; n0 += kMR) {
+            const int mr = static_cast<int>(std::min<int64_t>(kMR, nb - n0));
+            ukernel_avx2_direct(kc, b + (nb0 + n0) * ldb + pc, ldb, 1, panel, kNR, scratch + n0 * kNR, kNR, mr, kNR,
+                                false, false);
+          }
+          const int64_t nr = std::min<int64_t>(kNR, M - m0);
+          for (int64_t j = 0; j < nr; ++j) {
+            float* row = c + (m0 + j) * ldc + nb0;
+            if (acc)
+              for (int64_t i = 0; i < nb; ++i) row[i] += scratch[i * kNR + j];
+            else
+              for (int64_t i = 0; i < nb; ++i) row[i] = scratch[i * kNR + j];
+          }
+        }
+      }
+    } else {
+      pack_a(buf.a, a, lda, transA, 0, M, pc, kc);
+      const int64_t calls = (M + kMR - 1) / kMR * (kNCSmall / kNR);
+      for (int64_t jc = 0; jc < N; jc += kNCSmall) {
+        const int64_t nc = std::min(kNCSmall, N - jc);
+        pack_b(buf.b, b, ldb, false, pc, kc, jc, nc);
+        // Prefetch the next block's rows (kc rows of up to 128 floats), a share per micro-kernel call.
+        const int64_t jn = jc + kNCSmall, nn = std::min(kNCSmall, N - jn);
+        const int64_t lines = nn > 0 ? (nn * 4 + 63) / 64 : 0, total = kc * lines;
+        const int64_t per_call = (total + calls - 1) / calls;
+        int64_t next = 0;
+        for (int64_t jr = 0; jr < nc; jr += kNR) {
+          const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
+          const float* bp = buf.b + (jr / kNR) * kc * kNR;
+          for (int64_t i0 = 0; i0 < M; i0 += kMR) {
+            for (int64_t e = std::min(total, next + per_call); next < e; ++next)
+              __builtin_prefetch(b + (pc + next / lines) * ldb + jn + (next % lines) * 16, 0, 2);
+            const int mr = static_cast<int>(std::min<int64_t>(kMR, M - i0));
+            ukernel_avx2_direct(kc, buf.a + (i0 / kMR) * kc * kMR, 1, kMR, bp, kNR, c + i0 * ldc + jc + jr, ldc, mr,
+                                nr, acc, false);
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
@@ -118,6 +192,10 @@ void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, con
   }
   const MicroKernel ukr = pick_kernel();
   PackBuffers& buf = tls_pack;
+  if (M <= kMC && use_avx2()) {
+    sgemm_small_m(transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+    return;
+  }
   const int64_t nc_max = std::min<int64_t>(kNC, ((N + kNR - 1) / kNR) * kNR);
   const int64_t mc_max = std::min<int64_t>(kMC, ((M + kMR - 1) / kMR) * kMR);
   const int64_t kc_max = std::min<int64_t>(kKC, K);

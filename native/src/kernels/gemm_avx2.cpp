@@ -91,6 +91,72 @@ void ukernel_avx2(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
   }
 }
 
+void ukernel_avx2_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
+                         float* C, int64_t ldc, int mr, int nr, bool accumulate, bool transC) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  // Missing rows re-read row 0; their results are never written.
+  const float* a0 = A;
+  const float* a1 = A + (mr > 1 ? a_rs : 0);
+  const float* a2 = A + (mr > 2 ? 2 * a_rs : 0);
+  const float* a3 = A + (mr > 3 ? 3 * a_rs : 0);
+  const float* a4 = A + (mr > 4 ? 4 * a_rs : 0);
+  const float* a5 = A + (mr > 5 ? 5 * a_rs : 0);
+  int64_t o = 0;
+  for (int64_t k = 0; k < kc; ++k, o += a_ks, B += ldb) {
+    const __m256 b0 = _mm256_loadu_ps(B), b1 = _mm256_loadu_ps(B + 8);
+    __m256 a;
+    a = _mm256_broadcast_ss(a0 + o);
+    c00 = _mm256_fmadd_ps(a, b0, c00);
+    c01 = _mm256_fmadd_ps(a, b1, c01);
+    a = _mm256_broadcast_ss(a1 + o);
+    c10 = _mm256_fmadd_ps(a, b0, c10);
+    c11 = _mm256_fmadd_ps(a, b1, c11);
+    a = _mm256_broadcast_ss(a2 + o);
+    c20 = _mm256_fmadd_ps(a, b0, c20);
+    c21 = _mm256_fmadd_ps(a, b1, c21);
+    a = _mm256_broadcast_ss(a3 + o);
+    c30 = _mm256_fmadd_ps(a, b0, c30);
+    c31 = _mm256_fmadd_ps(a, b1, c31);
+    a = _mm256_broadcast_ss(a4 + o);
+    c40 = _mm256_fmadd_ps(a, b0, c40);
+    c41 = _mm256_fmadd_ps(a, b1, c41);
+    a = _mm256_broadcast_ss(a5 + o);
+    c50 = _mm256_fmadd_ps(a, b0, c50);
+    c51 = _mm256_fmadd_ps(a, b1, c51);
+  }
+  if (!transC && mr == kMR && nr == kNR) {
+    const __m256 acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    for (int i = 0; i < kMR; ++i) {
+      float* row = C + i * ldc;
+      if (accumulate) {
+        _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc[i][0]));
+        _mm256_storeu_ps(row + 8, _mm256_add_ps(_mm256_loadu_ps(row + 8), acc[i][1]));
+      } else {
+        _mm256_storeu_ps(row, acc[i][0]);
+        _mm256_storeu_ps(row + 8, acc[i][1]);
+      }
+    }
+    return;
+  }
+  alignas(32) float tile[kMR][kNR];
+  _mm256_store_ps(tile[0], c00), _mm256_store_ps(tile[0] + 8, c01);
+  _mm256_store_ps(tile[1], c10), _mm256_store_ps(tile[1] + 8, c11);
+  _mm256_store_ps(tile[2], c20), _mm256_store_ps(tile[2] + 8, c21);
+  _mm256_store_ps(tile[3], c30), _mm256_store_ps(tile[3] + 8, c31);
+  _mm256_store_ps(tile[4], c40), _mm256_store_ps(tile[4] + 8, c41);
+  _mm256_store_ps(tile[5], c50), _mm256_store_ps(tile[5] + 8, c51);
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j) {
+      float& dst = transC ? C[j * ldc + i] : C[i * ldc + j];
+      dst = accumulate ? dst + tile[i][j] : tile[i][j];
+    }
+}
+
 namespace {
 // In-register transpose of an 8×8 block held in r[0..7].
 inline void transpose8x8(__m256 r[8]) {
