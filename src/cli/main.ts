@@ -9,6 +9,7 @@ import { loadNative } from "../backend/native/index.js";
 import { SigmaError } from "../util/errors.js";
 import { register as registerTokenizer } from "./tokenizer.js";
 import { register as registerData } from "./data.js";
+import { register as registerBalance } from "./balance.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
 
@@ -16,6 +17,7 @@ const program = new Command();
 program.name("sigma").description("Sparse Mixture-of-Experts language models: PanGu-Σ (RRE, ECSS) and Pangu Pro MoE (MoGE)").version(pkg.version);
 registerTokenizer(program);
 registerData(program);
+registerBalance(program);
 
 program
   .command("info")

@@ -1,0 +1,135 @@
+/**
+ * `sigma balance …` (loads and imbalance of a checkpoint's routers on real
+ * batches) and `sigma simulate …` (expert-parallel step time, from a
+ * checkpoint on data or from the synthetic router).
+ */
+import type { Command } from "commander";
+import { writeFileSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { balanceFromCheckpoint } from "../balance/checkpoint.js";
+import { resolveHardware, HARDWARE_PRESETS } from "../balance/hardware.js";
+import { choosePlacement } from "../balance/placement.js";
+import { formatBalance, summarizeLayer, writeBalancePictures } from "../balance/report.js";
+import { resolveShape, shapeFromConfig, SHAPE_PRESETS } from "../balance/shape.js";
+import { simulateStep, type SimMode } from "../balance/simulator.js";
+import { formatStudy, runStudy, writeStudyPictures } from "../balance/study.js";
+import type { Split } from "../data/shards.js";
+import { SigmaError } from "../util/errors.js";
+import { DEFAULT_DATA } from "./data.js";
+import { parseIntOpt, parseList } from "./tokenizer.js";
+
+export const DEFAULT_BALANCE_OUT = ".sigma/balance";
+
+const parsePositive = (name: string) => (v: string): number => {
+  const n = Number(v);
+  if (!(n > 0 && Number.isFinite(n))) throw new SigmaError(`--${name} must be a positive number, got "${v}"`);
+  return n;
+};
+const parseNonNegative = (name: string) => (v: string): number => {
+  const n = Number(v);
+  if (!(n >= 0 && Number.isFinite(n))) throw new SigmaError(`--${name} must be a number ≥ 0, got "${v}"`);
+  return n;
+};
+const parseSplit = (v: string): Split => {
+  if (v !== "train" && v !== "val") throw new SigmaError(`--split must be train or val, got "${v}"`);
+  return v;
+};
+const parseMode = (v: string): SimMode => {
+  if (v !== "infer" && v !== "train") throw new SigmaError(`--mode must be infer or train, got "${v}"`, "infer: forward only; train: forward and backward");
+  return v;
+};
+const parseTokens = (v: string): number[] =>
+  parseList(v).map((s) => {
+    const n = Number(s);
+    if (!Number.isInteger(n) || n < 1) throw new SigmaError(`--tokens: "${s}" is not a positive integer`, "give batch sizes in tokens, comma-separated: 16,256,4096");
+    return n;
+  });
+
+interface CkptOpts {
+  ckpt: string;
+  data: string;
+  devices?: number;
+  placement?: string;
+  batches: number;
+  batchSize: number;
+  seqLen?: number;
+  capacityFactor?: number;
+  split: Split;
+  seed: number;
+  out: string;
+  json?: boolean;
+}
+
+function checkpointOptions(cmd: Command): Command {
+  return cmd
+    .option("--data <dir>", "prepared data folder", DEFAULT_DATA)
+    .option("--devices <D>", "devices; experts are placed in contiguous blocks unless --placement is given", parseIntOpt("devices"))
+    .option("--placement <file>", 'placement JSON: {"devices": D, "experts": [device of each expert]} or {"devices": D, "groups": [[experts], …]}')
+    .option("--batches <n>", "batches to route", parseIntOpt("batches"), 20)
+    .option("--batch-size <B>", "sequences per batch", parseIntOpt("batch-size"), 8)
+    .option("--seq-len <T>", "tokens per sequence (default: the model's seqLen)", parseIntOpt("seq-len"))
+    .option("--split <split>", "data split: train or val", parseSplit, "val" as Split)
+    .option("--seed <n>", "seed of the batch sampler", parseIntOpt("seed"), 1)
+    .option("--out <dir>", "folder for the pictures", DEFAULT_BALANCE_OUT);
+}
+
+export function register(program: Command): void {
+  checkpointOptions(
+    program
+      .command("balance")
+      .description("route real batches through a checkpoint: per-layer, per-expert and per-device loads, the imbalance score IS per batch, drops under a capacity factor")
+      .requiredOption("--ckpt <path>", "model .safetensors file or checkpoint folder"),
+  )
+    .option("--capacity-factor <c>", "count the assignments a capacity of ceil(c·tokens·k/E) per expert would drop", parsePositive("capacity-factor"), 1.25)
+    .option("--json", "print JSON")
+    .action((o: CkptOpts) => {
+      const rep = balanceFromCheckpoint({ ...o, placementFile: o.placement, capacityFactor: o.capacityFactor ?? null });
+      const sparseBase = rep.model.config.denseLayers;
+      const summaries = rep.layers.map((l, i) => summarizeLayer(l, sparseBase + i));
+      if (o.json) {
+        console.log(JSON.stringify({ router: rep.router, experts: rep.experts, k: rep.k, devices: rep.placement.devices, tokensPerBatch: rep.tokensPerBatch, capacityFactor: rep.capacityFactor, layers: summaries }, null, 2));
+      } else {
+        const head = `${rep.router} router, ${rep.experts} experts, ${rep.k} per token, ${rep.placement.devices} devices, ${o.batches} batches of ${rep.tokensPerBatch} tokens`;
+        console.log(formatBalance(head, summaries, rep.capacityFactor));
+      }
+      const pics = writeBalancePictures(o.out, `${rep.router}`, summaries, rep.layers);
+      console.error(`pictures: ${pics.join(", ")}`);
+    });
+
+  checkpointOptions(
+    program
+      .command("simulate")
+      .description("simulate expert-parallel step time (compute, all-to-all, time lost to imbalance, tokens/s) from a checkpoint on data (--ckpt) or the synthetic router (top-k vs MoGE)")
+      .option("--ckpt <path>", "route with this checkpoint on --data (else: the synthetic router)"),
+  )
+    .option("--hardware <name|file>", `hardware profile: ${Object.keys(HARDWARE_PRESETS).join(", ")}, or a JSON file`, "npu-cluster")
+    .option("--shape <name|file>", `model shape for the synthetic router: ${Object.keys(SHAPE_PRESETS).join(", ")}, or a JSON file`, "pangu-pro-moe")
+    .option("--mode <mode>", "infer (forward) or train (forward + backward)", parseMode, "infer" as SimMode)
+    .option("--k <k>", "synthetic: experts per token", parseIntOpt("k"), 8)
+    .option("--groups <G>", "synthetic: MoGE groups (default: --devices)", parseIntOpt("groups"))
+    .option("--skew <s>", "synthetic: Zipf exponent of expert popularity (0 = uniform)", parseNonNegative("skew"), 0)
+    .option("--tokens <list>", "synthetic: tokens per batch, comma-separated", parseTokens, [16, 64, 256, 1024, 4096])
+    .option("--steps <n>", "synthetic: simulated steps per batch size", parseIntOpt("steps"), 3)
+    .action((o: CkptOpts & { ckpt?: string; hardware: string; shape: string; mode: SimMode; k: number; groups?: number; skew: number; tokens: number[]; steps: number }) => {
+      const hw = resolveHardware(o.hardware);
+      if (o.ckpt !== undefined) {
+        const rep = balanceFromCheckpoint({ ...o, ckpt: o.ckpt, placementFile: o.placement, capacityFactor: null, keepRoutings: true });
+        const shape = shapeFromConfig(rep.model.config);
+        const steps = rep.routings.map((r) => simulateStep(shape, hw, rep.placement, r, o.mode)).sort((a, b) => a.seconds - b.seconds);
+        const mid = steps[Math.floor(steps.length / 2)]!;
+        console.log(`${rep.router} router on ${hw.name} (${o.mode}), ${rep.placement.devices} devices, ${rep.tokensPerBatch} tokens per step (median of ${steps.length} batches):`);
+        console.log(`  step ${(mid.seconds * 1e3).toFixed(4)} ms, lost to imbalance ${(mid.lostToImbalance * 1e3).toFixed(4)} ms (${((100 * mid.lostToImbalance) / mid.seconds).toFixed(1)}%), ${mid.tokensPerSecond.toFixed(0)} tokens/s`);
+        return;
+      }
+      const shape = resolveShape(o.shape);
+      if (o.devices === undefined && o.placement === undefined) throw new SigmaError("simulate needs --devices (or --placement)", "e.g. --devices 8 for Pangu Pro MoE's 8 groups");
+      const placement = choosePlacement(shape.experts, o.devices, o.placement);
+      const rows = runStudy({ shape, hardware: hw, devices: placement.devices, placement, k: o.k, groups: o.groups, skew: o.skew, tokens: o.tokens, batches: o.batches, steps: o.steps, mode: o.mode, seed: o.seed });
+      console.log(`synthetic router, ${shape.name}: ${shape.experts} experts, top-${o.k}, ${placement.devices} devices, skew ${o.skew}, ${hw.name} (${o.mode}), ${o.batches} batches per size`);
+      console.log(formatStudy(rows));
+      const pics = writeStudyPictures(o.out, rows, `${shape.experts} experts, top-${o.k}, ${placement.devices} devices, skew ${o.skew}`);
+      mkdirSync(o.out, { recursive: true });
+      writeFileSync(join(o.out, "study.md"), formatStudy(rows) + "\n");
+      console.error(`pictures: ${pics.join(", ")}`);
+    });
+}
