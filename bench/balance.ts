@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- balance [--skew=S] [--batches=N] [--steps=N] [--hardware=NAME] [--out=DIR]`:
+ * `npm run bench -- balance [--skew=S,S] [--batches=N] [--steps=N] [--hardware=NAME] [--out=DIR] [--png]`:
  * Pangu Pro MoE's finding with the synthetic router. 64 experts, 8 per token,
  * 8 devices, batches of 16 … 4096 tokens: the fraction of batches with IS > 0
  * for global top-8 versus MoGE (top-1 in each of 8 groups) on the same scores,
@@ -10,6 +10,7 @@
  */
 import { contiguousPlacement } from "../src/balance/placement.js";
 import { resolveHardware } from "../src/balance/hardware.js";
+import { svgsToPng } from "../src/balance/png.js";
 import { SHAPE_PRESETS } from "../src/balance/shape.js";
 import { simulateStep } from "../src/balance/simulator.js";
 import { formatStudy, runStudy, writeStudyPictures } from "../src/balance/study.js";
@@ -48,7 +49,8 @@ export async function run(args: string[]): Promise<void> {
     if (bad) throw new Error(`MoGE gave IS ${bad.moge.imbalance.max} at ${bad.tokens} tokens: it must be 0 by construction`);
     console.log(`\n64 experts, top-8 vs MoGE (8 groups × top-1), 8 devices, skew ${skew}, ${shape.name} on ${hardware.name} (inference), ${arg("batches", "200")} batches per size:`);
     console.log(formatStudy(rows));
-    const pics = writeStudyPictures(`${out}/skew-${skew}`, rows, `64 experts, top-8, 8 devices, skew ${skew}`);
+    const svgs = writeStudyPictures(`${out}/skew-${skew}`, rows, `64 experts, top-8, 8 devices, skew ${skew}`);
+    const pics = process.argv.includes("--png") ? [...svgs, ...svgsToPng(svgs)] : svgs;
     console.log(`pictures: ${pics.join(", ")}  (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   }
 }

@@ -185,7 +185,11 @@ test("SVG pictures are well-formed and carry their data", () => {
   assert.equal((svg.match(/<rect [^>]*><title>/g) ?? []).length, 2);
   assert.match(svg, /<\/svg>\n$/);
   // Zeros get their own bin: 2 of 4 samples are 0.
-  assert.match(histogramSvg("IS", "IS", [{ name: "x", values: [0, 0, 0.5, 1] }], 3), /<title>x 0: 0.5<\/title>/);
+  // Positive values split [0.5, 1] into 2 bins.
+  const h = histogramSvg("IS", "IS", [{ name: "x", values: [0, 0, 0.5, 1] }], 3);
+  assert.match(h, /<title>x 0: 0.5<\/title>/);
+  assert.match(h, /<title>x 0.5–0.75: 0.25<\/title>/);
+  assert.match(h, /<title>x 0.75–1: 0.25<\/title>/);
 });
 
 // ---- the checkpoint path: a tiny model of each router, saved with io.ts, on tiny prepared data ----

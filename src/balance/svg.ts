@@ -48,7 +48,7 @@ export function groupedBarsSvg(c: BarChart): string {
       parts.push(`<rect x="${x.toFixed(1)}" y="${y(v).toFixed(1)}" width="${barW.toFixed(1)}" height="${(top + plotH - y(v)).toFixed(1)}" fill="${COLORS[j % COLORS.length]}"><title>${esc(s.name)} ${esc(cat)}: ${num(v)}</title></rect>`);
     });
     // Label every category when they fit, else every n-th.
-    const every = Math.ceil(c.categories.length / 24);
+    const every = Math.ceil(c.categories.length / (c.categories.some((l) => l.length > 6) ? 6 : 24));
     if (i % every === 0) parts.push(`<text x="${(left + (i + 0.5) * groupW).toFixed(1)}" y="${top + plotH + 14}" text-anchor="middle">${esc(cat)}</text>`);
   });
   if (c.reference) {
@@ -70,16 +70,20 @@ export function groupedBarsSvg(c: BarChart): string {
 
 /**
  * Histogram of several samples over common bins: bin 0 holds exact zeros
- * (IS = 0 is the case that matters), the rest split (0, max] evenly.
+ * (IS = 0 is the case that matters); the rest split [smallest positive value,
+ * largest] evenly, so a narrow spread of positive values is still resolved.
  */
 export function histogramSvg(title: string, xLabel: string, samples: BarSeries[], bins = 12): string {
-  const hi = Math.max(1e-12, ...samples.flatMap((s) => s.values));
-  const width = hi / (bins - 1);
-  const categories = ["0", ...Array.from({ length: bins - 1 }, (_, i) => `≤${num((i + 1) * width)}`)];
+  const positive = samples.flatMap((s) => s.values.filter((v) => v > 0));
+  const lo = positive.length ? Math.min(...positive) : 0;
+  const hi = positive.length ? Math.max(...positive) : 1;
+  const n = hi > lo ? bins - 1 : 1;
+  const width = (hi - lo) / n;
+  const categories = ["0", ...Array.from({ length: n }, (_, i) => (n === 1 ? num(lo) : `${num(lo + i * width)}–${num(lo + (i + 1) * width)}`))];
   const series = samples.map((s) => {
-    const counts = new Array<number>(bins).fill(0);
-    for (const v of s.values) counts[v <= 0 ? 0 : Math.min(bins - 1, 1 + Math.floor((v - 1e-12) / width))]++;
-    return { name: s.name, values: counts.map((n) => n / Math.max(1, s.values.length)) };
+    const counts = new Array<number>(n + 1).fill(0);
+    for (const v of s.values) counts[v <= 0 ? 0 : 1 + Math.min(n - 1, width > 0 ? Math.floor((v - lo) / width) : 0)]++;
+    return { name: s.name, values: counts.map((c) => c / Math.max(1, s.values.length)) };
   });
   return groupedBarsSvg({ title, xLabel, yLabel: "fraction of batches", categories, series });
 }

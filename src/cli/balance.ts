@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { balanceFromCheckpoint } from "../balance/checkpoint.js";
 import { resolveHardware, HARDWARE_PRESETS } from "../balance/hardware.js";
 import { choosePlacement } from "../balance/placement.js";
+import { svgsToPng } from "../balance/png.js";
 import { formatBalance, summarizeLayer, writeBalancePictures } from "../balance/report.js";
 import { resolveShape, shapeFromConfig, SHAPE_PRESETS } from "../balance/shape.js";
 import { simulateStep, type SimMode } from "../balance/simulator.js";
@@ -58,6 +59,7 @@ interface CkptOpts {
   seed: number;
   out: string;
   json?: boolean;
+  png?: boolean;
 }
 
 function checkpointOptions(cmd: Command): Command {
@@ -70,7 +72,8 @@ function checkpointOptions(cmd: Command): Command {
     .option("--seq-len <T>", "tokens per sequence (default: the model's seqLen)", parseIntOpt("seq-len"))
     .option("--split <split>", "data split: train or val", parseSplit, "val" as Split)
     .option("--seed <n>", "seed of the batch sampler", parseIntOpt("seed"), 1)
-    .option("--out <dir>", "folder for the pictures", DEFAULT_BALANCE_OUT);
+    .option("--out <dir>", "folder for the pictures", DEFAULT_BALANCE_OUT)
+    .option("--png", "also write PNG copies of the SVG pictures (needs rsvg-convert)");
 }
 
 export function register(program: Command): void {
@@ -87,13 +90,13 @@ export function register(program: Command): void {
       const sparseBase = rep.model.config.denseLayers;
       const summaries = rep.layers.map((l, i) => summarizeLayer(l, sparseBase + i));
       if (o.json) {
-        console.log(JSON.stringify({ router: rep.router, experts: rep.experts, k: rep.k, devices: rep.placement.devices, tokensPerBatch: rep.tokensPerBatch, capacityFactor: rep.capacityFactor, layers: summaries }, null, 2));
+        console.log(JSON.stringify({ router: rep.router, experts: rep.experts, k: rep.k, devices: rep.placement.devices, tokensPerBatch: rep.tokensPerBatch, capacityFactor: rep.capacityFactor, layers: summaries.map((s, i) => ({ ...s, imbalancePerBatch: rep.layers[i]!.imbalance })) }, null, 2));
       } else {
         const head = `${rep.router} router, ${rep.experts} experts, ${rep.k} per token, ${rep.placement.devices} devices, ${o.batches} batches of ${rep.tokensPerBatch} tokens`;
         console.log(formatBalance(head, summaries, rep.capacityFactor));
       }
       const pics = writeBalancePictures(o.out, `${rep.router}`, summaries, rep.layers);
-      console.error(`pictures: ${pics.join(", ")}`);
+      console.error(`pictures: ${[...pics, ...(o.png ? svgsToPng(pics) : [])].join(", ")}`);
     });
 
   checkpointOptions(
@@ -130,6 +133,6 @@ export function register(program: Command): void {
       const pics = writeStudyPictures(o.out, rows, `${shape.experts} experts, top-${o.k}, ${placement.devices} devices, skew ${o.skew}`);
       mkdirSync(o.out, { recursive: true });
       writeFileSync(join(o.out, "study.md"), formatStudy(rows) + "\n");
-      console.error(`pictures: ${pics.join(", ")}`);
+      console.error(`pictures: ${[...pics, ...(o.png ? svgsToPng(pics) : [])].join(", ")}`);
     });
 }
