@@ -2,6 +2,7 @@
 // capacity drops and step times; MoGE's IS = 0; RRE's table balance; the
 // checkpoint path end to end for all three routers; bad input names its field.
 import { after, test } from "node:test";
+import { Command } from "commander";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,6 +17,7 @@ import { simulateStep } from "../src/balance/simulator.js";
 import { runStudy } from "../src/balance/study.js";
 import { mogeRouting, SyntheticRouter, topkRouting } from "../src/balance/synthetic.js";
 import { groupedBarsSvg, histogramSvg } from "../src/balance/svg.js";
+import { register as registerBalance } from "../src/cli/balance.js";
 import { prepareData } from "../src/data/prepare.js";
 import { parseModelConfig, type RouterConfig } from "../src/models/config.js";
 import { saveModel } from "../src/models/io.js";
@@ -279,12 +281,48 @@ test("a checkpoint folder resolves to its model file", () => {
   const dir = join(root, "ckpt");
   mkdirSync(join(dir, "step-00000002"), { recursive: true });
   mkdirSync(join(dir, "step-00000010"), { recursive: true });
+  mkdirSync(join(dir, "step-100000000"), { recursive: true });
+  mkdirSync(join(dir, "step-900000000"), { recursive: true }); // no model file: skipped
   writeFileSync(join(dir, "step-00000002", "model.safetensors"), "");
   writeFileSync(join(dir, "step-00000010", "model.safetensors"), "");
-  assert.equal(resolveModelFile(dir), join(dir, "step-00000010", "model.safetensors"));
+  writeFileSync(join(dir, "step-100000000", "model.safetensors"), "");
+  assert.equal(resolveModelFile(dir), join(dir, "step-100000000", "model.safetensors"));
   assert.equal(resolveModelFile(join(dir, "step-00000002")), join(dir, "step-00000002", "model.safetensors"));
   const empty = join(root, "empty");
   mkdirSync(empty);
   assert.throws(() => resolveModelFile(empty), sigmaError(/no model file in/));
   assert.throws(() => resolveModelFile(join(root, "nope")), sigmaError(/does not exist/));
+});
+
+/** Runs `sigma <args>` in-process with only the balance commands registered; returns what it printed. */
+async function cli(args: string[]): Promise<string> {
+  const program = new Command().exitOverride();
+  registerBalance(program);
+  const lines: string[] = [];
+  const [log, err] = [console.log, console.error];
+  console.log = console.error = (...a: unknown[]) => lines.push(a.join(" "));
+  try {
+    await program.parseAsync(args, { from: "user" });
+  } finally {
+    [console.log, console.error] = [log, err];
+  }
+  return lines.join("\n");
+}
+
+test("the CLI commands run end to end and reject bad input with the field named", async () => {
+  const out = join(root, "cli-out");
+  const bal = await cli(["balance", "--ckpt", join(root, "moge.safetensors"), "--data", dataDir, "--devices", "2", "--batches", "2", "--batch-size", "2", "--seq-len", "8", "--split", "train", "--out", out]);
+  assert.match(bal, /moge router, 4 experts, 2 per token, 2 devices, 2 batches of 16 tokens/);
+  assert.match(bal, /layer 1: IS mean 0.000 .* batches with IS > 0: 0.0%/);
+  assert.match(bal, /device share: 50.0% 50.0%/);
+  assert.match(bal, /device-loads.svg/);
+  const shapeFile = join(root, "shape.json");
+  writeFileSync(shapeFile, JSON.stringify({ experts: 16, width: 32, expertWidth: 16, sparseLayers: 1 }));
+  const sim = await cli(["simulate", "--shape", shapeFile, "--devices", "4", "--k", "4", "--tokens", "8,64", "--batches", "10", "--steps", "1", "--hardware", "cpu", "--out", out]);
+  assert.match(sim, /\| 8 \| \d+\.\d% \| 0\.0% \|/);
+  assert.match(sim, /\| 64 \| 100\.0% \| 0\.0% \|/);
+  await assert.rejects(cli(["simulate", "--shape", shapeFile, "--devices", "3"]), sigmaError(/devices = 3 does not divide the 16 experts/));
+  await assert.rejects(cli(["simulate", "--shape", shapeFile, "--devices", "4", "--k", "6"]), sigmaError(/k = 6 is not a multiple of the 4 MoGE groups/));
+  await assert.rejects(cli(["balance", "--ckpt", join(root, "topk.safetensors"), "--data", dataDir]), sigmaError(/device count is missing/));
+  await assert.rejects(cli(["simulate", "--devices", "8", "--tokens", "16,x"]), sigmaError(/--tokens: "x" is not a positive integer/));
 });

@@ -25,7 +25,10 @@ export function resolveModelFile(path: string): string {
   if (!existsSync(path)) throw new SigmaError(`checkpoint ${path} does not exist`, "pass a model .safetensors file or a checkpoint folder");
   if (statSync(path).isFile()) return path;
   if (existsSync(join(path, MODEL_FILE))) return join(path, MODEL_FILE);
-  const steps = readdirSync(path).filter((n) => /^step-\d+$/.test(n) && existsSync(join(path, n, MODEL_FILE))).sort();
+  const stepOf = (n: string) => Number(n.slice(5));
+  const steps = readdirSync(path)
+    .filter((n) => /^step-\d+$/.test(n) && existsSync(join(path, n, MODEL_FILE)))
+    .sort((a, b) => stepOf(a) - stepOf(b));
   if (steps.length) return join(path, steps[steps.length - 1]!, MODEL_FILE);
   const found = readdirSync(path).filter((n) => n.endsWith(".safetensors"));
   if (found.length === 1) return join(path, found[0]!);
