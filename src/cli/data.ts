@@ -14,7 +14,7 @@ import { DEFAULT_TOKENIZER, parseIntOpt, status } from "./tokenizer.js";
 
 export const DEFAULT_DATA = ".sigma/data/default";
 
-interface PrepareOpts {
+export interface PrepareOpts {
   corpus?: string;
   tokenizer?: string;
   out: string;
@@ -40,36 +40,7 @@ export function register(program: Command): void {
     .option("--lenient", "skip (and count) bad records instead of stopping")
     .option("--vocab <n>", "vocabulary size when a tokenizer has to be trained", parseIntOpt("vocab"), DEFAULT_VOCAB)
     .action(async (o: PrepareOpts) => {
-      const t0 = performance.now();
-      let corpus = o.corpus;
-      let tokPath = o.tokenizer;
-      if (corpus === undefined) {
-        const a = assembleDefaultCorpus();
-        corpus = a.dir;
-        console.error(`default corpus ${a.reused ? "reused" : "assembled"} at ${corpus}`);
-        tokPath ??= DEFAULT_TOKENIZER;
-        if (!existsSync(tokPath)) {
-          const r = await trainOnCorpus(corpus, { vocabSize: o.vocab, onProgress: (s, d, t) => status(s === "count" ? `counting words: ${(d / 1e6).toFixed(1)} MB` : `merges: ${d}/${t}`) });
-          mkdirSync(dirname(tokPath), { recursive: true });
-          saveTokenizer(r.tokenizer, tokPath);
-          status(`trained ${tokPath} (vocab ${r.tokenizer.vocabSize}) in ${(r.countSeconds + r.mergeSeconds).toFixed(1)} s`, true);
-        }
-      }
-      if (tokPath === undefined) throw new SigmaError("`sigma data prepare --corpus` needs --tokenizer", `train one first: sigma tokenizer train --corpus ${corpus} --out ${DEFAULT_TOKENIZER}`);
-      const m = await prepareData({
-        corpus,
-        tokenizer: tokPath,
-        out: o.out,
-        valFraction: o.valFraction,
-        seed: o.seed,
-        controlTokens: o.controlTokens,
-        lenient: o.lenient,
-        onProgress: (docs, bytes) => status(`tokenized ${docs} documents, ${(bytes / 1e6).toFixed(1)} MB`),
-      });
-      const tokens = m.domains.reduce((n, d) => n + d.train.tokens + d.val.tokens, 0);
-      status(`wrote ${m.shards.length} shards, ${tokens} tokens to ${o.out} in ${((performance.now() - t0) / 1000).toFixed(1)} s`, true);
-      reportSkipped(m);
-      console.log(formatStats(m));
+      await prepareCommand(o);
     });
 
   data
@@ -83,6 +54,41 @@ export function register(program: Command): void {
       console.log(formatStats(m));
       reportSkipped(m);
     });
+}
+
+/** `sigma data prepare` with these options (also used by `sigma demo` when the default data is missing). */
+export async function prepareCommand(o: PrepareOpts): Promise<Manifest> {
+  const t0 = performance.now();
+  let corpus = o.corpus;
+  let tokPath = o.tokenizer;
+  if (corpus === undefined) {
+    const a = assembleDefaultCorpus();
+    corpus = a.dir;
+    console.error(`default corpus ${a.reused ? "reused" : "assembled"} at ${corpus}`);
+    tokPath ??= DEFAULT_TOKENIZER;
+    if (!existsSync(tokPath)) {
+      const r = await trainOnCorpus(corpus, { vocabSize: o.vocab, onProgress: (s, d, t) => status(s === "count" ? `counting words: ${(d / 1e6).toFixed(1)} MB` : `merges: ${d}/${t}`) });
+      mkdirSync(dirname(tokPath), { recursive: true });
+      saveTokenizer(r.tokenizer, tokPath);
+      status(`trained ${tokPath} (vocab ${r.tokenizer.vocabSize}) in ${(r.countSeconds + r.mergeSeconds).toFixed(1)} s`, true);
+    }
+  }
+  if (tokPath === undefined) throw new SigmaError("`sigma data prepare --corpus` needs --tokenizer", `train one first: sigma tokenizer train --corpus ${corpus} --out ${DEFAULT_TOKENIZER}`);
+  const m = await prepareData({
+    corpus,
+    tokenizer: tokPath,
+    out: o.out,
+    valFraction: o.valFraction,
+    seed: o.seed,
+    controlTokens: o.controlTokens,
+    lenient: o.lenient,
+    onProgress: (docs, bytes) => status(`tokenized ${docs} documents, ${(bytes / 1e6).toFixed(1)} MB`),
+  });
+  const tokens = m.domains.reduce((n, d) => n + d.train.tokens + d.val.tokens, 0);
+  status(`wrote ${m.shards.length} shards, ${tokens} tokens to ${o.out} in ${((performance.now() - t0) / 1000).toFixed(1)} s`, true);
+  reportSkipped(m);
+  console.log(formatStats(m));
+  return m;
 }
 
 function parseFraction(v: string): number {

@@ -1,6 +1,6 @@
 /**
- * The `sigma` command line. Subcommands land with the issues that build them;
- * today: `sigma info` (backend, CPU features, threads).
+ * The `sigma` command line: demo, train, eval, generate, data, tokenizer,
+ * info (backend, CPU features, threads).
  */
 import { Command } from "commander";
 import { readFileSync } from "node:fs";
@@ -9,6 +9,8 @@ import { loadNative } from "../backend/native/index.js";
 import { SigmaError } from "../util/errors.js";
 import { register as registerTokenizer } from "./tokenizer.js";
 import { register as registerData } from "./data.js";
+import { register as registerTrain } from "./train.js";
+import { register as registerDemo } from "./demo.js";
 import { register as registerBalance } from "./balance.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
@@ -17,6 +19,8 @@ const program = new Command();
 program.name("sigma").description("Sparse Mixture-of-Experts language models: PanGu-Σ (RRE, ECSS) and Pangu Pro MoE (MoGE)").version(pkg.version);
 registerTokenizer(program);
 registerData(program);
+registerTrain(program);
+registerDemo(program);
 registerBalance(program);
 
 program
@@ -46,16 +50,6 @@ program
     } else {
       console.log(`native addon unavailable: ${native.error}`);
     }
-  });
-
-program
-  .command("demo")
-  .description("train a small PanGu-Σ on the embedded default corpus (not built yet)")
-  .action(() => {
-    throw new SigmaError(
-      "`sigma demo` is not built yet: it needs the model, data and training layers (issues 3, 4 and 5).",
-      "for now, `sigma info` shows the kernel layer and `npm run bench -- gemm` measures it",
-    );
   });
 
 try {

@@ -3,24 +3,52 @@
  * safetensors file with the config in its metadata. Loading never re-draws a
  * table: the saved one replaces the one drawn at construction.
  */
-import { readSafetensors, writeSafetensors, type StArray } from "../checkpoint/safetensors.js";
+import { decodeSafetensors, encodeSafetensors, readSafetensors, writeSafetensors, type StArray, type StTensor } from "../checkpoint/safetensors.js";
 import { SigmaError } from "../util/errors.js";
 import { parseModelConfig } from "./config.js";
 import { PanguSigma } from "./pangu-sigma.js";
 
-export function saveModel(model: PanguSigma, path: string): void {
+/** The model's parameters and buffers by name, and the metadata that rebuilds it. */
+function modelTensors(model: PanguSigma): { tensors: Map<string, { shape: number[]; data: StArray }>; metadata: Record<string, string> } {
   const tensors = new Map<string, { shape: number[]; data: StArray }>();
   for (const [name, p] of model.namedParameters()) tensors.set(name, { shape: [...p.tensor.shape], data: p.tensor.data });
   for (const [name, b] of model.namedBuffers()) tensors.set(name, { shape: [b.length], data: b });
-  writeSafetensors(path, tensors, { format: "sigma-model", config: JSON.stringify(model.config) });
+  return { tensors, metadata: { format: "sigma-model", config: JSON.stringify(model.config) } };
+}
+
+export function saveModel(model: PanguSigma, path: string): void {
+  const { tensors, metadata } = modelTensors(model);
+  writeSafetensors(path, tensors, metadata);
+}
+
+/** The model as safetensors bytes (for checkpoints, which write several files together). */
+export function encodeModel(model: PanguSigma): Uint8Array {
+  const { tensors, metadata } = modelTensors(model);
+  return encodeSafetensors(tensors, metadata);
 }
 
 export function loadModel(path: string): PanguSigma {
   const { tensors, metadata } = readSafetensors(path);
+  return modelFromTensors(tensors, metadata, path);
+}
+
+/** Decodes safetensors bytes written by encodeModel; `source` names the file in errors. */
+export function decodeModel(bytes: Uint8Array, source: string): PanguSigma {
+  const { tensors, metadata } = decodeSafetensors(bytes, source);
+  return modelFromTensors(tensors, metadata, source);
+}
+
+function modelFromTensors(tensors: Map<string, StTensor>, metadata: Record<string, string>, path: string): PanguSigma {
   if (metadata.format !== "sigma-model" || !metadata.config) {
     throw new SigmaError(`${path} is not a Sigma model file (no sigma-model metadata)`, "pass a file written by Sigma");
   }
-  const config = parseModelConfig(JSON.parse(metadata.config), `${path} (embedded config)`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(metadata.config);
+  } catch (e) {
+    throw new SigmaError(`${path}: the embedded config is not JSON (${(e as Error).message})`, "the file is damaged; use another copy");
+  }
+  const config = parseModelConfig(raw, `${path} (embedded config)`);
   const model = new PanguSigma(config);
   const expected = new Set<string>();
   for (const [name, p] of model.namedParameters()) {

@@ -15,6 +15,8 @@ import * as ops from "../ops/index.js";
 import { Attention, newKVCache, type KVCache } from "../nn/attention.js";
 import { FeedForward, LayerNorm, type InitOptions } from "../nn/layers.js";
 import { Module } from "../nn/module.js";
+import { recompute } from "../nn/recompute.js";
+import { isGradEnabled } from "../autograd/tape.js";
 import { MoeLayer, type MoeContext } from "../moe/layer.js";
 import type { Routing } from "../moe/routing.js";
 import { Tensor } from "../tensor/tensor.js";
@@ -84,6 +86,22 @@ class Block extends Module {
   }
 }
 
+/** A block whose activations are recomputed in backward; its routing (and aux losses) still reach the loss. */
+function recomputedBlock(block: Block, x: Tensor, ctx: MoeContext): { y: Tensor; routing: Routing | null } {
+  let routing: Routing | null = null;
+  const [y, aux, z] = recompute(
+    (xi) => {
+      const o = block.forward(xi, ctx);
+      routing ??= o.routing; // the first pass's routing is the one reported (the replay's is identical)
+      return [o.y, o.routing?.auxLoss ?? null, o.routing?.zLoss ?? null];
+    },
+    x,
+    block.parameters(),
+  );
+  const r = routing as Routing | null;
+  return { y: y!, routing: r ? { ...r, auxLoss: aux ?? null, zLoss: z ?? null } : null };
+}
+
 /** PanGu-α's query layer: queries from the position table, keys and values from the hidden states. */
 class QueryLayer extends Module {
   readonly ln1: LayerNorm;
@@ -114,6 +132,8 @@ export class PanguSigma extends Module {
   /** Slot and expert group of each domain index. */
   readonly domainSlot: Int32Array;
   readonly domainGroup: Int32Array;
+  /** Recompute each block's activations during backward instead of keeping them (training only). */
+  recompute = false;
 
   constructor(readonly config: ModelConfig, dtype: DType = "float32") {
     super();
@@ -178,7 +198,7 @@ export class PanguSigma extends Module {
     const routings: Routing[] = [];
     let aux: Tensor | null = null;
     this.blocks.forEach((block, l) => {
-      const out = block.forward(h, ctx, cache?.layers[l]);
+      const out = this.recompute && !cache && isGradEnabled() ? recomputedBlock(block, h, ctx) : block.forward(h, ctx, cache?.layers[l]);
       h = out.y;
       if (out.routing) {
         routings.push(out.routing);

@@ -1,0 +1,60 @@
+/**
+ * Choosing the next token from one row of logits: greedy at temperature 0,
+ * else softmax(logits / temperature) restricted to the top-k tokens and to
+ * the smallest set whose probability reaches top-p (nucleus), then one draw
+ * from a seeded Rng — so a seed fixes the text.
+ */
+import { SigmaError } from "../util/errors.js";
+import type { Rng } from "../util/rng.js";
+
+export interface SamplingOptions {
+  /** 0 = greedy (argmax). */
+  temperature: number;
+  /** Keep the k most likely tokens; 0 = all. */
+  topK: number;
+  /** Keep the most likely tokens up to this total probability; 1 = all. */
+  topP: number;
+}
+
+export function checkSampling(o: SamplingOptions): void {
+  if (!(o.temperature >= 0 && Number.isFinite(o.temperature))) throw new SigmaError(`temperature must be ≥ 0, got ${o.temperature}`, "0 is greedy; 0.7–1.0 is typical");
+  if (!(Number.isInteger(o.topK) && o.topK >= 0)) throw new SigmaError(`top-k must be a non-negative integer, got ${o.topK}`, "0 keeps every token");
+  if (!(o.topP > 0 && o.topP <= 1)) throw new SigmaError(`top-p must be in (0, 1], got ${o.topP}`, "1 keeps every token");
+}
+
+export function argmax(logits: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
+  return best;
+}
+
+/** The token to emit after `logits` [V]. */
+export function sampleToken(logits: ArrayLike<number>, o: SamplingOptions, rng: Rng): number {
+  if (o.temperature === 0) return argmax(logits);
+  const V = logits.length;
+  let ids = Array.from({ length: V }, (_, i) => i);
+  // Sorting all V ids costs V log V per token — negligible next to the model's forward.
+  ids.sort((a, b) => logits[b]! - logits[a]! || a - b);
+  if (o.topK > 0 && o.topK < V) ids = ids.slice(0, o.topK);
+  const max = logits[ids[0]!]!;
+  const p = ids.map((i) => Math.exp((logits[i]! - max) / o.temperature));
+  const total = p.reduce((a, b) => a + b, 0);
+  let keep = p.length;
+  if (o.topP < 1) {
+    let acc = 0;
+    for (let j = 0; j < p.length; j++) {
+      acc += p[j]! / total;
+      if (acc >= o.topP) {
+        keep = j + 1;
+        break;
+      }
+    }
+  }
+  const mass = p.slice(0, keep).reduce((a, b) => a + b, 0);
+  let u = rng.uniform() * mass;
+  for (let j = 0; j < keep; j++) {
+    u -= p[j]!;
+    if (u < 0) return ids[j]!;
+  }
+  return ids[keep - 1]!;
+}

@@ -1,0 +1,134 @@
+/**
+ * Training checkpoints: everything a run needs to continue exactly.
+ *
+ *   step-NNNNNNNN/
+ *     model.safetensors      weights and RRE tables, model config in the metadata
+ *     optimizer.safetensors  AdamW moments m.<param>, v.<param>
+ *     tokenizer.json         the tokenizer the data was made with (generation needs it)
+ *     state.json             train config, step, tokens, schedule, loader RNG state,
+ *                            tokenizer hash, RRE table hashes, file sizes and hashes
+ *
+ * Written all-or-nothing by src/checkpoint/folder.ts; loading verifies every
+ * file and refuses a checkpoint whose model config differs from the run's.
+ */
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { decodeSafetensors, encodeSafetensors, type StArray } from "../checkpoint/safetensors.js";
+import { openCheckpointFolder, pruneCheckpoints, saveCheckpointFolder } from "../checkpoint/folder.js";
+import { decodeModel, encodeModel } from "../models/io.js";
+import type { PanguSigma } from "../models/pangu-sigma.js";
+import { SigmaError } from "../util/errors.js";
+import { parseTrainConfig, type TrainConfig } from "./config.js";
+import { learningRate } from "./schedule.js";
+import { Trainer } from "./trainer.js";
+
+export const TRAIN_FORMAT = "sigma-train";
+export const TRAIN_VERSION = 1;
+
+export interface TrainState {
+  format: string;
+  version: number;
+  step: number;
+  tokens: number;
+  seconds: number;
+  config: TrainConfig;
+  schedule: { nextLr: number } & Trainer["schedule"];
+  loaderRng: ReturnType<Trainer["loader"]["getState"]>;
+  tokenizer: { sha256: string; vocabSize: number };
+  /** sha256 of each RRE routing table (they live in model.safetensors); checked on load. */
+  rreTables: Record<string, string>;
+}
+
+const hashOf = (a: Int32Array): string => createHash("sha256").update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)).digest("hex");
+
+function rreTables(model: PanguSigma): Record<string, string> {
+  return Object.fromEntries([...model.namedBuffers()].map(([n, b]) => [n, hashOf(b)]));
+}
+
+/** Saves the trainer's complete state under `dir` (keeping the newest `keep`); returns the folder. */
+export function saveTrainCheckpoint(t: Trainer, dir: string, keep = t.config.checkpoint.keep, onFile?: (name: string) => void): string {
+  const moments = new Map<string, { shape: number[]; data: StArray }>();
+  for (const [name, { m, v }] of t.optimizer.moments()) {
+    moments.set(`m.${name}`, { shape: [...m.shape], data: m.data });
+    moments.set(`v.${name}`, { shape: [...v.shape], data: v.data });
+  }
+  const files = new Map<string, Uint8Array | string>([
+    ["model.safetensors", encodeModel(t.model)],
+    ["optimizer.safetensors", encodeSafetensors(moments, { format: "sigma-adamw", step: String(t.optimizer.step) })],
+    ["tokenizer.json", readFileSync(join(t.config.data.dir, t.loader.manifest.tokenizer.file))],
+  ]);
+  const state: Omit<TrainState, "files"> = {
+    format: TRAIN_FORMAT,
+    version: TRAIN_VERSION,
+    step: t.step,
+    tokens: t.tokens,
+    seconds: t.seconds,
+    config: t.config,
+    schedule: { ...t.schedule, nextLr: learningRate(t.schedule, t.step) },
+    loaderRng: t.loader.getState(),
+    tokenizer: { sha256: t.tokenizerSha256, vocabSize: t.loader.manifest.tokenizer.vocabSize },
+    rreTables: rreTables(t.model),
+  };
+  const path = saveCheckpointFolder(dir, t.step, files, state as unknown as Record<string, unknown>, onFile);
+  pruneCheckpoints(dir, keep);
+  return path;
+}
+
+/** Names the fields where two JSON values differ (for config-mismatch errors). */
+export function diffFields(a: unknown, b: unknown, path = ""): string[] {
+  if (JSON.stringify(a) === JSON.stringify(b)) return [];
+  if (a && b && typeof a === "object" && typeof b === "object" && !Array.isArray(a) === !Array.isArray(b)) {
+    const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+    return [...keys].flatMap((k) => diffFields((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], path ? `${path}.${k}` : k));
+  }
+  return [`${path || "(value)"}: ${JSON.stringify(a)} vs ${JSON.stringify(b)}`];
+}
+
+/**
+ * A trainer restored from a checkpoint. With `config` (the run's config file),
+ * its model section must equal the checkpoint's; the rest (steps, eval,
+ * checkpoint cadence, out) may change — e.g. to train longer.
+ */
+export function resumeTrainer(path: string, config?: TrainConfig): Trainer {
+  const folder = openCheckpointFolder(path);
+  const where = folder.path;
+  const s = folder.state as unknown as TrainState;
+  if (s.format !== TRAIN_FORMAT) throw new SigmaError(`${where}/state.json is not a Sigma training checkpoint (format ${JSON.stringify(s.format)})`, "pass a folder written by `sigma train`");
+  if (s.version !== TRAIN_VERSION) throw new SigmaError(`${where} is a version ${s.version} checkpoint; this Sigma reads version ${TRAIN_VERSION}`);
+  const saved = parseTrainConfig(s.config, `${where}/state.json (config)`);
+  if (config) {
+    const diff = diffFields(saved.model, config.model).map((d) => `model.${d}`);
+    if (diff.length) {
+      throw new SigmaError(`the checkpoint ${where} was trained with a different model config:\n  ${diff.join("\n  ")}`, "resume with the model section the checkpoint was made with, or start a new run (another --out)");
+    }
+  }
+  const cfg = config ?? saved;
+  const model = decodeModel(folder.read("model.safetensors"), join(where, "model.safetensors"));
+  const modelDiff = diffFields(model.config, cfg.model);
+  if (modelDiff.length) throw new SigmaError(`${where}/model.safetensors does not match the config in state.json: ${modelDiff.join("; ")}`, "the checkpoint is damaged; use an earlier one");
+  const tables = rreTables(model);
+  for (const [name, h] of Object.entries(s.rreTables ?? {})) {
+    if (tables[name] !== h) throw new SigmaError(`${where}: the RRE table "${name}" differs from the one recorded in state.json`, "the checkpoint is damaged; use an earlier one");
+  }
+  const t = new Trainer(cfg, model);
+  if (t.tokenizerSha256 !== s.tokenizer.sha256) {
+    t.close();
+    throw new SigmaError(`the checkpoint ${where} was trained on data from another tokenizer (sha256 ${s.tokenizer.sha256.slice(0, 12)}…, data has ${t.tokenizerSha256.slice(0, 12)}…)`, `point data.dir at the data it was trained on`);
+  }
+  const optPath = join(where, "optimizer.safetensors");
+  const { tensors, metadata } = decodeSafetensors(folder.read("optimizer.safetensors"), optPath);
+  for (const [name, { m, v }] of t.optimizer.moments()) {
+    for (const [key, dst] of [[`m.${name}`, m], [`v.${name}`, v]] as const) {
+      const src = tensors.get(key);
+      if (!src || src.data.length !== dst.size || src.dtype !== "F32") throw new SigmaError(`${optPath}: moment "${key}" is missing or has the wrong size`, "the checkpoint does not match its model");
+      dst.data.set(src.data);
+    }
+  }
+  t.optimizer.step = Number(metadata.step);
+  t.loader.setState(s.loaderRng);
+  t.step = s.step;
+  t.tokens = s.tokens;
+  t.seconds = s.seconds;
+  return t;
+}

@@ -1,0 +1,121 @@
+/**
+ * The training config (`sigma train --config run.json`): a strict zod schema
+ * — unknown keys are errors naming the key — whose defaults each say why.
+ * The model section is the model config itself (src/models/config.ts).
+ */
+import { readFileSync } from "node:fs";
+import { z } from "zod";
+import { ModelConfigSchema, type ModelConfig } from "../models/config.js";
+import { SigmaError } from "../util/errors.js";
+
+const int = (min = 0) => z.number().int().min(min);
+
+export const OptimSchema = z
+  .object({
+    /** Peak learning rate, reached at the end of the warm-up. */
+    lr: z.number().positive().default(3e-4),
+    /** Final learning rate after the decay (PanGu-Σ decays to 2e-5). */
+    minLr: z.number().min(0).default(2e-5),
+    /** Linear warm-up steps (PanGu-Σ: 5,000 of 180,000; scale it to the run). */
+    warmupSteps: int(0).default(100),
+    /** Steps over which the rate decays to minLr; null = the whole run (`steps`). */
+    decaySteps: int(1).nullable().default(null),
+    /** Shape of the decay; cosine as in GPT-3 / nanoGPT. */
+    decay: z.enum(["cosine", "linear", "constant"]).default("cosine"),
+    /** PanGu-Σ's hybrid Adam (PAPERS.md §6): β shared, ε per group. */
+    beta1: z.number().min(0).max(1).default(0.8),
+    beta2: z.number().min(0).max(1).default(0.95),
+    denseEps: z.number().positive().default(1e-8),
+    /** Expert gradients are smaller (each expert sees a fraction of the tokens), hence the tiny ε. */
+    expertEps: z.number().positive().default(1e-20),
+    weightDecay: z.number().min(0).default(0.1),
+    /** Global gradient-norm clip; null turns clipping off. 1.0 as in GPT-3. */
+    clip: z.number().positive().nullable().default(1.0),
+  })
+  .strict();
+
+export const TrainConfigSchema = z
+  .object({
+    /** A name for the run (shown in logs and plots). */
+    name: z.string().min(1).default("run"),
+    model: ModelConfigSchema,
+    data: z
+      .object({
+        /** A folder written by `sigma data prepare`. */
+        dir: z.string().min(1).default(".sigma/data/default"),
+        /** Mixing weight per domain name; default: each domain's share of the training tokens. */
+        weights: z.record(z.string(), z.number().min(0)).optional(),
+      })
+      .strict()
+      .default({}),
+    /** Sequences per micro-batch B; the sequence length is model.seqLen. */
+    batchSize: int(1).default(8),
+    /** Micro-batches whose gradients add up to one optimizer step. */
+    accumSteps: int(1).default(1),
+    /** Optimizer steps of the whole run (the schedule is laid out over them). */
+    steps: int(1),
+    /** Stop early (with a checkpoint) after this much wall time; null = no limit. */
+    maxSeconds: z.number().positive().nullable().default(null),
+    optim: OptimSchema.default({}),
+    eval: z
+      .object({
+        /** Evaluate every N steps (and at the end); 0 = only at the end. */
+        every: int(0).default(100),
+        /** Validation batches per domain; the same batches every time, so curves compare. */
+        batches: int(1).default(4),
+      })
+      .strict()
+      .default({}),
+    checkpoint: z
+      .object({
+        /** Save every N steps (and at the end); 0 = only at the end. */
+        every: int(0).default(0),
+        /** Keep the last K checkpoints. */
+        keep: int(1).default(2),
+      })
+      .strict()
+      .default({}),
+    /** Log a training line (metrics.jsonl) every N steps. */
+    logEvery: int(1).default(1),
+    /** Recompute each block's activations in the backward pass instead of keeping them: less memory, ~⅓ more compute. */
+    recompute: z.boolean().default(false),
+    /** Seed of the data order (the model's init seed is model.seed). */
+    seed: z.number().int().default(1),
+    /** Where metrics, plots and checkpoints go. */
+    out: z.string().min(1).default("runs/run"),
+  })
+  .strict();
+
+export type TrainConfig = z.infer<typeof TrainConfigSchema>;
+export type TrainConfigInput = z.input<typeof TrainConfigSchema>;
+
+/** Parses a train config; the error names every bad field and where it came from. */
+export function parseTrainConfig(input: unknown, source = "train config"): TrainConfig & { model: ModelConfig } {
+  const res = TrainConfigSchema.safeParse(input);
+  if (res.success) return res.data;
+  const lines = res.error.issues.map((i) => `  ${i.path.length ? i.path.join(".") : "(top level)"}: ${i.message}`);
+  throw new SigmaError(`${source} is invalid:\n${lines.join("\n")}`, "fix the fields named above; src/train/config.ts lists every field with its default");
+}
+
+/** Reads and parses a JSON train config; bad bytes, bad JSON and bad fields all name the file. */
+export function loadTrainConfig(path: string): TrainConfig {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(path);
+  } catch (e) {
+    throw new SigmaError(`cannot read the train config ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "pass --config with a JSON file (see README: Training)");
+  }
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new SigmaError(`${path} is not UTF-8 text`, "save the config as UTF-8 JSON");
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new SigmaError(`${path} is not valid JSON: ${(e as Error).message}`, "check for trailing commas or comments (JSON allows neither)");
+  }
+  return parseTrainConfig(raw, path);
+}

@@ -1,0 +1,75 @@
+/**
+ * Per-domain validation: the mean next-token loss of each domain's held-out
+ * tokens and its perplexity. Each domain has its own seeded loader over the
+ * validation split, rewound before every evaluation, so every evaluation sees
+ * the same windows and the curves compare step to step.
+ */
+import { join } from "node:path";
+import { noGrad } from "../autograd/tape.js";
+import { readManifest } from "../data/manifest.js";
+import { Loader } from "../data/loader.js";
+import type { PanguSigma } from "../models/pangu-sigma.js";
+import * as ops from "../ops/index.js";
+
+export interface DomainEval {
+  domain: string;
+  /** Mean cross-entropy in nats per token. */
+  loss: number;
+  perplexity: number;
+  tokens: number;
+}
+
+export class Evaluator {
+  private readonly loaders: { name: string; modelIndex: number; loader: Loader; start: ReturnType<Loader["getState"]> }[] = [];
+  /** Domains without enough validation tokens for one sequence (not evaluated). */
+  readonly skipped: string[] = [];
+
+  constructor(dataDir: string, model: PanguSigma, opts: { batchSize: number; seed: number }) {
+    const T = model.config.seqLen;
+    const names = model.config.domains.map((d) => d.name);
+    const manifest = readManifest(join(dataDir, "manifest.json"));
+    for (const d of manifest.domains) {
+      const modelIndex = names.indexOf(d.name);
+      if (modelIndex < 0) continue;
+      if (d.val.tokens < T + 1) {
+        this.skipped.push(d.name);
+        continue;
+      }
+      const loader = new Loader(dataDir, { split: "val", seqLen: T, batchSize: opts.batchSize, seed: opts.seed, weights: { [d.name]: 1 } });
+      this.loaders.push({ name: d.name, modelIndex, loader, start: loader.getState() });
+    }
+  }
+
+  get domains(): string[] {
+    return this.loaders.map((l) => l.name);
+  }
+
+  run(model: PanguSigma, batches: number): DomainEval[] {
+    const wasTraining = model.training;
+    model.eval();
+    try {
+      return this.loaders.map(({ name, modelIndex, loader, start }) => {
+        loader.setState(start);
+        let sum = 0;
+        let tokens = 0;
+        for (let i = 0; i < batches; i++) {
+          const b = loader.next();
+          const loss = noGrad(() => {
+            const out = model.forward({ tokens: b.x, domains: new Int32Array(b.B).fill(modelIndex), B: b.B, T: b.T });
+            return ops.crossEntropy(out.logits, b.y).item();
+          });
+          sum += loss * b.B * b.T;
+          tokens += b.B * b.T;
+        }
+        const loss = sum / tokens;
+        return { domain: name, loss, perplexity: Math.exp(loss), tokens };
+      });
+    } finally {
+      model.train(wasTraining);
+    }
+  }
+
+  close(): void {
+    for (const l of this.loaders) l.loader.close();
+  }
+}

@@ -1,0 +1,176 @@
+// Training: a tiny model overfits one batch for every router; the schedule;
+// the config is strict; recomputation gives the same gradients; a resumed run
+// reproduces the uninterrupted one; metrics and plots are written.
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { backward, zeroGrad } from "../src/autograd/tape.js";
+import { parseModelConfig } from "../src/models/config.js";
+import { PanguSigma } from "../src/models/pangu-sigma.js";
+import { AdamW } from "../src/optim/adamw.js";
+import { loadTrainConfig, parseTrainConfig } from "../src/train/config.js";
+import { learningRate, scheduleOf } from "../src/train/schedule.js";
+import { Trainer } from "../src/train/trainer.js";
+import { resumeTrainer } from "../src/train/checkpoint.js";
+import { runTraining } from "../src/train/run.js";
+import { readMetrics } from "../src/train/metrics.js";
+import { unigramBaselines } from "../src/train/baseline.js";
+import { SigmaError } from "../src/util/errors.js";
+import { Rng } from "../src/util/rng.js";
+import { ROUTERS, cleanup, root, tinyConfig, tinyData } from "./train-fixture.js";
+
+after(cleanup);
+const data = await tinyData();
+const sigmaError = (re: RegExp) => (e: unknown) => e instanceof SigmaError && re.test(e.message);
+
+for (const [name, router] of Object.entries(ROUTERS)) {
+  test(`a tiny ${name} model overfits one batch (loss → near 0)`, () => {
+    const cfg = tinyConfig(data, join(root, `overfit-${name}`), router).model;
+    const model = new PanguSigma(cfg);
+    // Random tokens: nothing to learn but the batch itself.
+    const rng = new Rng(3);
+    const B = 2, T = 16;
+    const tokens = Int32Array.from({ length: B * T }, () => rng.int(cfg.vocabSize));
+    const targets = Int32Array.from({ length: B * T }, () => rng.int(cfg.vocabSize));
+    const input = { tokens, domains: Int32Array.of(0, 3), B, T };
+    const opt = new AdamW(model.namedParameters(), { dense: { weightDecay: 0 }, expert: { weightDecay: 0 } });
+    let first = 0, last = 0;
+    for (let s = 0; s < 150; s++) {
+      zeroGrad(model.parameters());
+      const r = model.loss(input, targets);
+      backward(r.loss);
+      opt.update(1e-2);
+      if (s === 0) first = r.lm.item();
+      last = r.lm.item();
+    }
+    assert.ok(first > 5, `initial loss ${first} should be near ln(320) ≈ 5.8`);
+    assert.ok(last < 0.05, `${name}: loss after 150 steps on one batch is ${last}, expected < 0.05`);
+  });
+}
+
+test("schedule: linear warm-up to the peak, cosine decay to minLr, then flat", () => {
+  const cfg = tinyConfig(data, join(root, "sched"), null, { steps: 100, optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 10 } });
+  const s = scheduleOf(cfg);
+  assert.equal(learningRate(s, 0), 1e-4);
+  assert.ok(Math.abs(learningRate(s, 9) - 1e-3) < 1e-15);
+  assert.ok(Math.abs(learningRate(s, 10) - 1e-3) < 1e-15);
+  assert.ok(Math.abs(learningRate(s, 55) - 5.5e-4) < 1e-12, "half-way through the decay is the mid-point");
+  assert.ok(Math.abs(learningRate(s, 100) - 1e-4) < 1e-15);
+  assert.ok(Math.abs(learningRate(s, 500) - 1e-4) < 1e-15);
+  for (let i = 11; i < 100; i++) assert.ok(learningRate(s, i) < learningRate(s, i - 1));
+});
+
+test("train config: hybrid Adam defaults; unknown keys, bad values, bad bytes and bad JSON name the field or file", () => {
+  const cfg = tinyConfig(data, join(root, "cfg"), ROUTERS.rre!);
+  assert.deepEqual([cfg.optim.beta1, cfg.optim.beta2, cfg.optim.denseEps, cfg.optim.expertEps], [0.8, 0.95, 1e-8, 1e-20]);
+  const raw = JSON.parse(JSON.stringify(cfg));
+  assert.throws(() => parseTrainConfig({ ...raw, learningRate: 1 }, "run.json"), sigmaError(/run\.json[\s\S]*learningRate/));
+  assert.throws(() => parseTrainConfig({ ...raw, optim: { ...raw.optim, warmup: 5 } }), sigmaError(/optim[\s\S]*warmup/));
+  assert.throws(() => parseTrainConfig({ ...raw, batchSize: 0 }), sigmaError(/batchSize/));
+  assert.throws(() => parseTrainConfig({ ...raw, model: { ...raw.model, heads: 5 } }), sigmaError(/model\.heads/));
+  const bad = join(root, "bad.json");
+  writeFileSync(bad, Buffer.from([0x7b, 0xff, 0xfe, 0x7d]));
+  assert.throws(() => loadTrainConfig(bad), sigmaError(/bad\.json is not UTF-8/));
+  writeFileSync(bad, '{"steps": 3,}');
+  assert.throws(() => loadTrainConfig(bad), sigmaError(/bad\.json is not valid JSON/));
+  assert.throws(() => loadTrainConfig(join(root, "missing.json")), sigmaError(/missing\.json/));
+  // A model whose vocabulary differs from the data's is refused before training.
+  assert.throws(() => new Trainer(parseTrainConfig({ ...raw, model: { ...raw.model, vocabSize: 400 } })), sigmaError(/vocabSize is 400[\s\S]*320/));
+});
+
+test("recomputation gives the same loss and gradients as keeping activations (aux losses included)", () => {
+  for (const router of [ROUTERS.topk!, ROUTERS.rre!]) {
+    const cfg = parseModelConfig({ ...tinyConfig(data, join(root, "rc"), router).model, denseLayers: 1, sparseLayers: 2 });
+    const rng = new Rng(9);
+    const B = 2, T = 16;
+    const input = { tokens: Int32Array.from({ length: B * T }, () => rng.int(320)), domains: Int32Array.of(1, 3), B, T };
+    const targets = Int32Array.from({ length: B * T }, () => rng.int(320));
+    const grads = (recompute: boolean) => {
+      const m = new PanguSigma(cfg);
+      m.recompute = recompute;
+      const r = m.loss(input, targets);
+      backward(r.loss);
+      return { loss: r.loss.item(), g: [...m.namedParameters()].map(([n, p]) => [n, Float32Array.from(p.tensor.grad?.data ?? [])] as const) };
+    };
+    const a = grads(false);
+    const b = grads(true);
+    assert.equal(a.loss, b.loss);
+    a.g.forEach(([n, ga], i) => {
+      const gb = b.g[i]![1];
+      assert.equal(gb.length, ga.length, `${n}: gradient missing with recomputation`);
+      let d = 0;
+      for (let j = 0; j < ga.length; j++) d = Math.max(d, Math.abs(ga[j]! - gb[j]!));
+      assert.ok(d <= 1e-6, `${router.kind} ${n}: gradients differ by ${d}`);
+    });
+  }
+});
+
+test("resume is exact: stopped at step 4 and resumed gives the losses of an uninterrupted run", async () => {
+  // top-k (learned router, aux losses) with gradient accumulation: moments, loader RNG and step must all carry over.
+  const extra = { accumSteps: 2, eval: { every: 4, batches: 1 }, checkpoint: { every: 0, keep: 2 } };
+  const losses = async (t: Trainer, stopAtStep?: number, resumed = false) => {
+    const seen: number[] = [];
+    const r = await runTraining(t, { onStep: (s) => seen.push(s.loss) }, { stopAtStep, resumed });
+    return { seen, r };
+  };
+  const full = new Trainer(tinyConfig(data, join(root, "full"), ROUTERS.topk!, extra));
+  const a = await losses(full);
+  full.close();
+  assert.equal(a.seen.length, 8);
+
+  const cfgB = tinyConfig(data, join(root, "stopped"), ROUTERS.topk!, extra);
+  const first = new Trainer(cfgB);
+  const b1 = await losses(first, 4);
+  first.close();
+  assert.equal(b1.r.stopped, "stopAtStep");
+  assert.match(b1.r.checkpoint, /step-00000004$/);
+  const resumed = resumeTrainer(b1.r.checkpoint, cfgB);
+  assert.equal(resumed.step, 4);
+  const b2 = await losses(resumed, undefined, true);
+  resumed.close();
+  assert.deepEqual([...b1.seen, ...b2.seen], a.seen, "losses of the resumed run differ from the uninterrupted one");
+  assert.deepEqual(b2.r.finalEval, a.r.finalEval);
+  // The resumed run's metrics read as one run: one train line per step, no duplicates.
+  const steps = readMetrics(join(root, "stopped", "metrics.jsonl")).filter((m) => m.kind === "train").map((m) => m.step);
+  assert.deepEqual(steps, [1, 2, 3, 4, 5, 6, 7, 8]);
+});
+
+test("a run writes metrics (train, aux losses, routing, eval), keeps the last K checkpoints and draws its plots", async () => {
+  const out = join(root, "metrics-run");
+  const t = new Trainer(tinyConfig(data, out, ROUTERS.moge!, { steps: 6, eval: { every: 3, batches: 1 }, checkpoint: { every: 2, keep: 2 } }));
+  const r = await runTraining(t, {}, { baselines: { zh: 5, en: 5 } });
+  t.close();
+  const ms = readMetrics(r.metrics);
+  const train = ms.filter((m) => m.kind === "train");
+  assert.equal(train.length, 6);
+  for (const m of train) {
+    assert.ok(typeof m.lm === "number" && typeof m.balanceLoss === "number" && (m.balanceLoss as number) > 0, "MoGE's balance loss is logged apart from lm");
+    assert.ok(Math.abs((m.loss as number) - (m.lm as number) - (m.balanceLoss as number) - (m.zLoss as number)) < 1e-5);
+  }
+  const routing = ms.filter((m) => m.kind === "routing") as unknown as { layers: { tokensPerExpert: number[]; imbalance: number }[] }[];
+  assert.equal(routing.length, 6);
+  // MoGE: one expert per group per token, so the two groups (devices) get equal loads: IS = 0.
+  for (const rt of routing) assert.equal(rt.layers[0]!.imbalance, 0);
+  const evals = ms.filter((m) => m.kind === "eval") as unknown as { step: number; domains: Record<string, { loss: number; perplexity: number }> }[];
+  assert.deepEqual(evals.map((e) => e.step), [3, 6]);
+  assert.deepEqual(Object.keys(evals[0]!.domains).sort(), ["code", "en", "zh"]);
+  for (const d of Object.values(evals[1]!.domains)) assert.ok(Math.abs(Math.exp(d.loss) - d.perplexity) < 1e-9 * d.perplexity);
+  const { listCheckpoints } = await import("../src/checkpoint/folder.js");
+  assert.deepEqual(listCheckpoints(join(out, "checkpoints")).map((c) => c.step), [4, 6]);
+  for (const p of r.plots) {
+    const svg = readFileSync(p, "utf8");
+    assert.match(svg, /^<svg[\s\S]*<path d="M/);
+  }
+  assert.match(readFileSync(r.plots[0]!, "utf8"), /unigram zh/);
+  assert.match(readFileSync(r.plots[1]!, "utf8"), /expert 3/);
+});
+
+test("unigram baseline: cross-entropy of validation tokens under smoothed training frequencies", () => {
+  const b = unigramBaselines(data);
+  assert.deepEqual(b.map((x) => x.domain).sort(), ["code", "en", "zh"]);
+  for (const x of b) {
+    assert.ok(x.crossEntropy > 0 && x.crossEntropy < Math.log(320), `${x.domain}: ${x.crossEntropy} should be below the uniform ln V`);
+    assert.ok(x.valTokens > 0 && x.trainTokens > x.valTokens);
+  }
+});
