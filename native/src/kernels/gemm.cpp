@@ -24,6 +24,7 @@
 #include "cpu.h"
 #include "gemm_ukernel.h"
 #include "threadpool.h"
+#include "vec.h"
 
 namespace sigma {
 namespace {
@@ -105,6 +106,29 @@ void pack_b(float* dst, const float* b, int64_t ldb, bool trans, int64_t k0, int
 }
 
 MicroKernel pick_kernel() { return use_avx2() ? ukernel_avx2 : ukernel_portable; }
+
+// One row of A (a decoding step: one token through a layer): a matrix-vector
+// product bound by reading B once, so no packing and no register tile —
+// a dot product per column when B is stored [N,K], a row-by-row axpy when [K,N].
+void sgemv_row(bool transA, bool transB, int64_t N, int64_t K, const float* a, int64_t lda, const float* b,
+               int64_t ldb, float* c, bool accumulate) {
+  thread_local std::vector<float> xs;
+  const float* x = a;
+  if (transA) {  // op(A) = a[k·lda]: gather the strided row once
+    xs.resize(static_cast<size_t>(K));
+    for (int64_t k = 0; k < K; ++k) xs[k] = a[k * lda];
+    x = xs.data();
+  }
+  if (transB) {
+    for (int64_t j = 0; j < N; ++j) {
+      const float d = vdot(x, b + j * ldb, K);
+      c[j] = accumulate ? c[j] + d : d;
+    }
+  } else {
+    if (!accumulate) std::memset(c, 0, sizeof(float) * N);
+    for (int64_t k = 0; k < K; ++k) vaxpy(c, b + k * ldb, x[k], N);
+  }
+}
 
 // Small M (all of op(A) fits one row block, as for one expert's rows): every
 // element of B meets few rows, so B's packing is no longer paid for by the
@@ -192,6 +216,10 @@ void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, con
   }
   const MicroKernel ukr = pick_kernel();
   PackBuffers& buf = tls_pack;
+  if (M == 1) {
+    sgemv_row(transA, transB, N, K, a, lda, b, ldb, c, accumulate);
+    return;
+  }
   if (M <= kMC && use_avx2()) {
     sgemm_small_m(transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
     return;
