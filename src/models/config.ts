@@ -6,6 +6,7 @@
  * shape), sparse (denseLayers = 0), mixed (both) — PAPERS.md §1.
  */
 import { z } from "zod";
+import { ACTIVATIONS } from "../nn/activation.js";
 import { SigmaError } from "../util/errors.js";
 
 const int = (min = 0) => z.number().int().min(min);
@@ -85,6 +86,10 @@ export const ModelConfigSchema = z
       })
       .strict()
       .optional(),
+    /** FFN and expert activation. FastGeLU is PanGu-α's; the others exist so imported models (GPT-2: gelu_tanh) compute their own function. */
+    activation: z.enum(ACTIVATIONS).default("fastgelu"),
+    /** PanGu-α's query layer on top (PAPERS.md §1). Off only for imported models that have none (GPT-2). */
+    queryLayer: z.boolean().default(true),
     /** Dropout on attention and FFN outputs; 0 because small models on small data rarely need it. */
     dropout: z.number().min(0).max(0.99).default(0),
     layerNormEps: z.number().positive().default(1e-5),

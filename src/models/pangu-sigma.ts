@@ -5,7 +5,7 @@
  *
  *   h = E_slot(d)[tokens] + P[positions]
  *   h = DenseBlock^M(h); h = SparseBlock^N(h); h = LayerNorm(h)
- *   h = QueryLayer(h, queries = Q[positions])
+ *   h = QueryLayer(h, queries = Q[positions])     (unless config.queryLayer is false)
  *   logits = h · E_slot(d)ᵀ
  *
  * The sparse block's FFN is a MoeLayer whose router (RRE, MoGE or top-k)
@@ -65,11 +65,11 @@ class Block extends Module {
     this.ln2 = this.child("ln2", new LayerNorm(c.width, c.layerNormEps, init.dtype));
     if (sparse) {
       const ex = c.experts!;
-      const extra = { vocabSize: c.vocabSize, domainGroup, layer, outStd };
+      const extra = { vocabSize: c.vocabSize, domainGroup, layer, outStd, activation: c.activation };
       this.moe = this.child("moe", new MoeLayer(c.width, ex.width ?? c.ffnWidth, ex.count, ex.router, extra, init));
       this.ffn = null;
     } else {
-      this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd));
+      this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd, c.activation));
       this.moe = null;
     }
   }
@@ -113,7 +113,7 @@ class QueryLayer extends Module {
     this.ln1 = this.child("ln1", new LayerNorm(c.width, c.layerNormEps, init.dtype));
     this.attn = this.child("attn", new Attention(c.width, c.heads, init, outStd));
     this.ln2 = this.child("ln2", new LayerNorm(c.width, c.layerNormEps, init.dtype));
-    this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd));
+    this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd, c.activation));
   }
   forward(x: Tensor, queries: Tensor, cache?: KVCache): Tensor {
     const h = ops.add(x, this.attn.forward(queries, this.ln1.forward(x), cache));
@@ -125,10 +125,11 @@ export class PanguSigma extends Module {
   /** [slots·V, C]: slot s's embedding occupies rows s·V … s·V + V − 1. */
   readonly tokenEmbedding: Tensor;
   readonly positionEmbedding: Tensor;
-  readonly queryEmbedding: Tensor;
+  /** Null, like queryLayer, when config.queryLayer is false. */
+  readonly queryEmbedding: Tensor | null;
   readonly blocks: Block[] = [];
   readonly finalNorm: LayerNorm;
-  readonly queryLayer: QueryLayer;
+  readonly queryLayer: QueryLayer | null;
   /** Slot and expert group of each domain index. */
   readonly domainSlot: Int32Array;
   readonly domainGroup: Int32Array;
@@ -150,8 +151,13 @@ export class PanguSigma extends Module {
       this.blocks.push(this.child(`blocks.${l}`, new Block(c, l, l >= c.denseLayers, this.domainGroup, init, outStd)));
     }
     this.finalNorm = this.child("finalNorm", new LayerNorm(c.width, c.layerNormEps, dtype));
-    this.queryEmbedding = this.param("queryEmbedding", Tensor.randn([c.seqLen, c.width], rng, c.initStd, dtype), { decay: false });
-    this.queryLayer = this.child("queryLayer", new QueryLayer(c, init, outStd));
+    if (c.queryLayer) {
+      this.queryEmbedding = this.param("queryEmbedding", Tensor.randn([c.seqLen, c.width], rng, c.initStd, dtype), { decay: false });
+      this.queryLayer = this.child("queryLayer", new QueryLayer(c, init, outStd));
+    } else {
+      this.queryEmbedding = null;
+      this.queryLayer = null;
+    }
   }
 
   newCache(B: number, capacity = this.config.seqLen): ModelCache {
@@ -206,7 +212,7 @@ export class PanguSigma extends Module {
       }
     });
     h = this.finalNorm.forward(h);
-    h = this.queryLayer.forward(h, ops.embedding(this.queryEmbedding, posIds, [B, T]), cache?.query);
+    if (this.queryLayer) h = this.queryLayer.forward(h, ops.embedding(this.queryEmbedding!, posIds, [B, T]), cache?.query);
     if (cache) cache.length += T;
     return { logits: this.decode(ops.reshape(h, [R, c.width]), slotOf), routings, auxLoss: aux };
   }

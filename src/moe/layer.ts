@@ -1,10 +1,12 @@
 /**
  * The sparse FFN: route → permute → grouped matmul → unpermute, over stacked
  * expert weights (w1 [E, F, C], w2 [E, C, F]: "[E, out, in]"), each expert a
- * FastGeLU FFN like the dense one. Optional always-on shared experts (MoGE).
+ * FastGeLU FFN like the dense one (or the model's configured activation).
+ * Optional always-on shared experts (MoGE).
  */
 import { Module } from "../nn/module.js";
 import { FeedForward, type InitOptions } from "../nn/layers.js";
+import { activate, type Activation } from "../nn/activation.js";
 import * as ops from "../ops/index.js";
 import { Tensor } from "../tensor/tensor.js";
 import type { RouterConfig } from "../models/config.js";
@@ -32,19 +34,21 @@ export class MoeLayer extends Module {
   readonly w2: Tensor;
   readonly b2: Tensor;
   readonly shared: FeedForward | null;
+  readonly activation: Activation;
 
   constructor(
     readonly width: number,
     readonly expertWidth: number,
     readonly experts: number,
     routerConfig: RouterConfig,
-    extra: { vocabSize: number; domainGroup: Int32Array; layer: number; outStd: number },
+    extra: { vocabSize: number; domainGroup: Int32Array; layer: number; outStd: number; activation?: Activation },
     init: InitOptions,
   ) {
     super();
     const [C, F, E] = [width, expertWidth, experts];
     const dtype = init.dtype ?? "float32";
     const std = init.std ?? 0.02;
+    this.activation = extra.activation ?? "fastgelu";
     switch (routerConfig.kind) {
       case "rre":
         this.router = this.child("router", new RreRouter(E, routerConfig.groups, extra.vocabSize, extra.domainGroup, routerConfig.seed, extra.layer));
@@ -63,7 +67,7 @@ export class MoeLayer extends Module {
     this.b2 = this.param("b2", Tensor.zeros([E, C], dtype), { ...expert, decay: false });
     const sharedCount = routerConfig.kind === "moge" ? routerConfig.sharedExperts : 0;
     // n shared experts of width F are one FFN of width n·F (the sum of their outputs is the same function).
-    this.shared = sharedCount > 0 ? this.child("shared", new FeedForward(C, sharedCount * F, init, extra.outStd)) : null;
+    this.shared = sharedCount > 0 ? this.child("shared", new FeedForward(C, sharedCount * F, init, extra.outStd, this.activation)) : null;
   }
 
   /** x: [R, C] → [R, C], with the routing used. */
@@ -84,7 +88,7 @@ export class MoeLayer extends Module {
 
     const xs = ops.gatherRows(x, tokenOf); // [kept, C], sorted by expert
     let h = ops.groupedMatmul(xs, this.w1, expertOffsets, true);
-    h = ops.fastGelu(ops.add(h, ops.gatherRows(this.b1, expertOf)));
+    h = activate(ops.add(h, ops.gatherRows(this.b1, expertOf)), this.activation);
     let ys = ops.groupedMatmul(h, this.w2, expertOffsets, true);
     ys = ops.add(ys, ops.gatherRows(this.b2, expertOf));
     const w = ops.reshape(ops.gatherRows(ops.reshape(routing.weights, [R * k, 1]), rows), [kept]);

@@ -1,5 +1,6 @@
 /** The basic layers: Linear, LayerNorm, the FastGeLU FFN. */
 import * as ops from "../ops/index.js";
+import { activate, type Activation } from "./activation.js";
 import { Tensor } from "../tensor/tensor.js";
 import type { DType } from "../tensor/storage.js";
 import type { Rng } from "../util/rng.js";
@@ -40,16 +41,16 @@ export class LayerNorm extends Module {
   }
 }
 
-/** The dense FFN of every PanGu block: fc2(FastGeLU(fc1(x))). */
+/** The dense FFN of every PanGu block: fc2(FastGeLU(fc1(x))); imported models may name another activation. */
 export class FeedForward extends Module {
   readonly fc1: Linear;
   readonly fc2: Linear;
-  constructor(width: number, hidden: number, init: InitOptions, outStd?: number) {
+  constructor(width: number, hidden: number, init: InitOptions, outStd?: number, readonly activation: Activation = "fastgelu") {
     super();
     this.fc1 = this.child("fc1", new Linear(width, hidden, init));
     this.fc2 = this.child("fc2", new Linear(hidden, width, { ...init, std: outStd ?? init.std }));
   }
   forward(x: Tensor): Tensor {
-    return this.fc2.forward(ops.fastGelu(this.fc1.forward(x)));
+    return this.fc2.forward(activate(this.fc1.forward(x), this.activation));
   }
 }
