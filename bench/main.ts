@@ -9,6 +9,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   gemm: () => import("./gemm.js"),
   model: () => import("./model.js"),
   tokenizer: () => import("./tokenizer.js"),
+  train: () => import("./train.js"),
   balance: () => import("./balance.js"),
 };
 

@@ -1,0 +1,105 @@
+// Generation: sampling rules, greedy decoding is deterministic, a saved and
+// reloaded model generates the same text, decoding past seqLen, and the
+// train / eval / generate commands end to end.
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { saveModel } from "../src/models/io.js";
+import { copyFileSync } from "node:fs";
+import { argmax, sampleToken } from "../src/serve/sampling.js";
+import { generateIds } from "../src/serve/generate.js";
+import { encodePrompt, loadForInference } from "../src/serve/load.js";
+import { Trainer } from "../src/train/trainer.js";
+import { runTraining } from "../src/train/run.js";
+import { SigmaError } from "../src/util/errors.js";
+import { Rng } from "../src/util/rng.js";
+import { ROUTERS, cleanup, root, tinyConfig, tinyData } from "./train-fixture.js";
+
+after(cleanup);
+const data = await tinyData();
+const cfg = tinyConfig(data, join(root, "gen-run"), ROUTERS.topk!, { steps: 12, eval: { every: 0, batches: 1 }, checkpoint: { every: 0, keep: 1 } });
+const trainer = new Trainer(cfg);
+const run = await runTraining(trainer);
+trainer.close();
+const model = trainer.model;
+const greedy = { temperature: 0, topK: 0, topP: 1, maxTokens: 12, seed: 1, stopId: null };
+
+test("sampling: temperature 0 and top-k 1 are argmax; top-k and top-p cut the tail; draws follow softmax", () => {
+  const logits = Float32Array.of(0.5, 2.0, -1.0, 1.0);
+  const rng = new Rng(1);
+  assert.equal(argmax(logits), 1);
+  assert.equal(sampleToken(logits, { temperature: 0, topK: 0, topP: 1 }, rng), 1);
+  for (let i = 0; i < 50; i++) {
+    assert.equal(sampleToken(logits, { temperature: 5, topK: 1, topP: 1 }, rng), 1);
+    assert.equal(sampleToken(logits, { temperature: 1, topK: 0, topP: 0.01 }, rng), 1);
+    assert.ok([1, 3].includes(sampleToken(logits, { temperature: 3, topK: 2, topP: 1 }, rng)));
+  }
+  const counts = [0, 0, 0, 0];
+  const N = 20000;
+  for (let i = 0; i < N; i++) counts[sampleToken(logits, { temperature: 1, topK: 0, topP: 1 }, rng)]++;
+  const z = [...logits].reduce((a, l) => a + Math.exp(l), 0);
+  counts.forEach((c, i) => assert.ok(Math.abs(c / N - Math.exp(logits[i]!) / z) < 0.015, `token ${i}: ${c / N}`));
+  assert.throws(() => sampleToken(logits, { temperature: -1, topK: 0, topP: 1 }, rng) && [...generateIds(model, [1], 0, { ...greedy, temperature: -1 })], SigmaError);
+});
+
+test("greedy generation (temperature 0) is deterministic and ignores the seed", () => {
+  const prompt = [5, 17, 42];
+  const a = [...generateIds(model, prompt, 1, greedy)];
+  const b = [...generateIds(model, prompt, 1, { ...greedy, seed: 99 })];
+  assert.equal(a.length, 12);
+  assert.deepEqual(a, b);
+  // The same seed gives the same sample; another seed another one.
+  const s = { ...greedy, temperature: 1, maxTokens: 30 };
+  assert.deepEqual([...generateIds(model, prompt, 1, s)], [...generateIds(model, prompt, 1, s)]);
+  assert.notDeepEqual([...generateIds(model, prompt, 1, s)], [...generateIds(model, prompt, 1, { ...s, seed: 2 })]);
+});
+
+test("decoding runs past seqLen by re-reading the last half of the context", () => {
+  const ids = [...generateIds(model, [3, 4], 0, { ...greedy, temperature: 0.9, maxTokens: 3 * cfg.model.seqLen })];
+  assert.equal(ids.length, 3 * cfg.model.seqLen);
+  for (const id of ids) assert.ok(id >= 0 && id < cfg.model.vocabSize);
+});
+
+test("a model saved and loaded generates the same text (checkpoint folder and bare safetensors)", () => {
+  const loaded = loadForInference(run.checkpoint);
+  assert.equal(loaded.step, 12);
+  const tok = loaded.tokenizer;
+  const prompt = encodePrompt(tok, "en", "The quick");
+  const opts = { ...greedy, temperature: 0.8, topK: 20, topP: 0.9, maxTokens: 20, seed: 7 };
+  const before = [...generateIds(model, prompt, 1, opts)];
+  const after = [...generateIds(loaded.model, prompt, 1, opts)];
+  assert.deepEqual(after, before);
+  assert.equal(tok.decode(after), tok.decode(before));
+  const file = join(root, "bare", "model.safetensors");
+  (() => {
+    spawnSync("mkdir", ["-p", join(root, "bare")]);
+    saveModel(model, file);
+    copyFileSync(join(run.checkpoint, "tokenizer.json"), join(root, "bare", "tokenizer.json"));
+  })();
+  assert.deepEqual([...generateIds(loadForInference(file).model, prompt, 1, opts)], before);
+});
+
+const cli = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", join(import.meta.dirname, "..", "src", "cli", "main.ts"), ...args], { encoding: "utf8" });
+
+test("CLI: generate streams the same greedy text twice; eval prints each domain; a bad config names the field", () => {
+  const g = ["generate", "--ckpt", join(cfg.out, "checkpoints"), "--domain", "en", "--prompt", "The", "--temperature", "0", "--max-tokens", "8"];
+  const a = cli(...g);
+  const b = cli(...g);
+  assert.equal(a.status, 0, a.stderr);
+  assert.ok(a.stdout.startsWith("The"));
+  assert.equal(a.stdout, b.stdout);
+  assert.match(a.stderr, /tokens\/s/);
+  const e = cli("eval", "--ckpt", run.checkpoint, "--batches", "1");
+  assert.equal(e.status, 0, e.stderr);
+  for (const d of ["zh", "en", "code"]) assert.match(e.stdout, new RegExp(`^${d}\\s+\\d+\\.\\d+\\s+\\d`, "m"));
+  const bad = join(root, "bad-run.json");
+  writeFileSync(bad, JSON.stringify({ ...cfg, batchSize: -1, extra: true }));
+  const t = cli("train", "--config", bad);
+  assert.equal(t.status, 1);
+  assert.match(t.stderr, /bad-run\.json is invalid[\s\S]*batchSize[\s\S]*extra/);
+  const u = cli("generate", "--ckpt", run.checkpoint, "--domain", "fr");
+  assert.equal(u.status, 1);
+  assert.match(u.stderr, /Unknown domain "fr"; the model knows zh, en, bi, code/);
+});
