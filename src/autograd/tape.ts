@@ -69,11 +69,24 @@ export function gradOf(t: Tensor): Tensor {
   return t.grad;
 }
 
+export interface BackwardOptions {
+  /**
+   * Return the buffers of the forward pass's intermediate tensors (the
+   * outputs of recorded ops) to the buffer pool as soon as the backward no
+   * longer needs them, so that the next step reuses them instead of
+   * allocating (and page-faulting) hundreds of megabytes again. Only for
+   * callers that read nothing computed in the forward pass after backward()
+   * (a training step): those tensors' numbers are gone. `loss` itself,
+   * parameters and other leaves, and small tensors (scalars) are never freed.
+   */
+  freeActivations?: boolean;
+}
+
 /**
  * Backpropagates from `loss`. With no `grad`, loss must have one element and
  * its gradient is 1. Clears the tape: run the forward again before another backward.
  */
-export function backward(loss: Tensor, grad?: Tensor): void {
+export function backward(loss: Tensor, grad?: Tensor, options: BackwardOptions = {}): void {
   if (!loss.requiresGrad) {
     throw new Error(`backward: ${loss} does not require a gradient (no parameter with requiresGrad was used, or it was computed under noGrad)`);
   }
@@ -86,18 +99,50 @@ export function backward(loss: Tensor, grad?: Tensor): void {
   }
   const nodes = tape;
   tape = [];
+  const uses = options.freeActivations ? activationUses(nodes, loss) : null;
   for (let i = nodes.length - 1; i >= 0; i--) {
     const node = nodes[i]!;
     const g = node.output.grad;
-    if (!g) continue; // not on a path to the loss
-    node.backward(g);
-    // The output's gradient is complete now (all its consumers came later on
-    // the tape) and was used: its buffer goes back to the pool.
-    if (nonLeaf.has(node.output)) {
-      node.output.grad = null;
-      if (g.offset === 0) release(g.storage.data);
+    if (g) {
+      node.backward(g);
+      // The output's gradient is complete now (all its consumers came later on
+      // the tape) and was used: its buffer goes back to the pool.
+      if (nonLeaf.has(node.output)) {
+        node.output.grad = null;
+        if (g.offset === 0) release(g.storage.data);
+      }
+    }
+    // Every consumer of this output ran its backward already (they are later
+    // on the tape); once the earliest node writing into this buffer (views
+    // share it) has run too, nothing reads it any more.
+    if (uses) {
+      const buf = node.output.storage.data.buffer;
+      const left = uses.get(buf);
+      if (left !== undefined) {
+        if (left > 1) uses.set(buf, left - 1);
+        else {
+          uses.delete(buf);
+          release(node.output.storage.data);
+        }
+      }
     }
   }
+}
+
+/**
+ * For freeActivations: how many nodes output into each buffer, leaving out
+ * buffers that must outlive the pass (the loss, and any leaf an op read,
+ * which a view op's output may share).
+ */
+function activationUses(nodes: Node[], loss: Tensor): Map<ArrayBufferLike, number> {
+  const keep = new Set<ArrayBufferLike>([loss.storage.data.buffer]);
+  for (const n of nodes) for (const t of n.inputs) if (!nonLeaf.has(t)) keep.add(t.storage.data.buffer);
+  const uses = new Map<ArrayBufferLike, number>();
+  for (const n of nodes) {
+    const buf = n.output.storage.data.buffer;
+    if (!keep.has(buf)) uses.set(buf, (uses.get(buf) ?? 0) + 1);
+  }
+  return uses;
 }
 
 /** Drops everything recorded (e.g. after a forward whose result is not backpropagated). */

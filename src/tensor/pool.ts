@@ -45,6 +45,13 @@ export function release(buf: FloatArray): void {
   pooledBytes += buf.byteLength;
 }
 
+/** Buffers and bytes the pool holds now (tests, memory diagnostics). */
+export function poolStats(): { buffers: number; bytes: number } {
+  let buffers = 0;
+  for (const list of free.values()) buffers += list.length;
+  return { buffers, bytes: pooledBytes };
+}
+
 /** Drops every pooled buffer (frees the memory to the garbage collector). */
 export function clearPool(): void {
   free.clear();
