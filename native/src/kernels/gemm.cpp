@@ -32,6 +32,7 @@ namespace {
 constexpr int64_t kKC = 512;
 constexpr int64_t kMC = 96;   // multiple of kMR
 constexpr int64_t kNC = 4096; // multiple of kNR
+constexpr int64_t kPackSlack = 8; // floats past a packed A block that pack_a_avx2 may write
 
 // Per-thread, 64-byte aligned, grow-once packing buffers.
 struct PackBuffers {
@@ -57,7 +58,9 @@ thread_local PackBuffers tls_pack;
 void pack_a(float* dst, const float* a, int64_t lda, bool trans, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
   for (int64_t p = 0; p < mc; p += kMR) {
     const int mr = static_cast<int>(std::min<int64_t>(kMR, mc - p));
-    if (!trans) {
+    if (!trans && mr == kMR && use_avx2()) {
+      pack_a_avx2(dst, a + (i0 + p) * lda + k0, lda, kc);
+    } else if (!trans) {
       for (int64_t k = 0; k < kc; ++k) {
         for (int r = 0; r < mr; ++r) dst[k * kMR + r] = a[(i0 + p + r) * lda + k0 + k];
         for (int r = mr; r < kMR; ++r) dst[k * kMR + r] = 0.f;
@@ -150,7 +153,7 @@ void sgemm_small_m(bool transA, bool transB, int64_t M, int64_t N, int64_t K, co
   const int64_t kc_max = std::min<int64_t>(kKC, K);
   // op(A) packed as MR-row panels ([K,N] case) or as NR-column panels of op(A)ᵀ ([N,K] case).
   const int64_t m_pad = std::max((M + kNR - 1) / kNR * kNR, (M + kMR - 1) / kMR * kMR);
-  buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>(kc_max * m_pad));
+  buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>(kc_max * m_pad + kPackSlack));
   buf.b = PackBuffers::grow(buf.b, buf.b_cap, static_cast<size_t>(std::max(kc_max * kNCSmall, kNBSmall * kNR)));
   for (int64_t pc = 0; pc < K; pc += kKC) {
     const int64_t kc = std::min(kKC, K - pc);
@@ -228,7 +231,7 @@ void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, con
   const int64_t mc_max = std::min<int64_t>(kMC, ((M + kMR - 1) / kMR) * kMR);
   const int64_t kc_max = std::min<int64_t>(kKC, K);
   buf.b = PackBuffers::grow(buf.b, buf.b_cap, static_cast<size_t>(kc_max * nc_max));
-  buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>(kc_max * mc_max));
+  buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>(kc_max * mc_max + kPackSlack));
 
   for (int64_t jc = 0; jc < N; jc += kNC) {
     const int64_t nc = std::min(kNC, N - jc);

@@ -193,6 +193,23 @@ void pack_b_trans_avx2(float* dst, const float* b, int64_t ldb, int64_t kc) {
     for (int j = 0; j < kNR; ++j) dst[k * kNR + j] = b[j * ldb + k];
 }
 
+void pack_a_avx2(float* dst, const float* a, int64_t lda, int64_t kc) {
+  int64_t k = 0;
+  const __m256 zero = _mm256_setzero_ps();
+  for (; k + 8 <= kc; k += 8) {
+    __m256 r[8];
+    for (int i = 0; i < kMR; ++i) r[i] = _mm256_loadu_ps(a + i * lda + k);
+    r[6] = zero;
+    r[7] = zero;
+    transpose8x8(r);
+    // Row kk of the transpose holds the six values of k+kk (and two zeros):
+    // eight-float stores, each overwriting the previous one's two extra lanes.
+    for (int kk = 0; kk < 8; ++kk) _mm256_storeu_ps(dst + (k + kk) * kMR, r[kk]);
+  }
+  for (; k < kc; ++k)
+    for (int i = 0; i < kMR; ++i) dst[k * kMR + i] = a[i * lda + k];
+}
+
 double fma_chains_avx2(int64_t iters) {
   // Twelve named accumulators (an array would live in memory): twelve
   // independent FMA chains cover the FMA latency on both pipes.

@@ -28,6 +28,10 @@ double fma_chains_avx2(int64_t iters);
 // Packs a full 16-column panel of a transposed B (16 rows of b, ldb apart,
 // k = 0..kc-1 each) into dst[kc][16] with 8×8 in-register transposes. dst is 32-byte aligned.
 void pack_b_trans_avx2(float* dst, const float* b, int64_t ldb, int64_t kc);
+// Packs one full MR-row panel of a row-major A (rows lda apart, k = 0..kc-1)
+// into dst[kc][6] with in-register transposes. Writes two floats past
+// dst[kc·6 − 1] (zeros), so the buffer needs that slack.
+void pack_a_avx2(float* dst, const float* a, int64_t lda, int64_t kc);
 double fma_chains_portable(int64_t iters);
 
 }  // namespace sigma
