@@ -7,6 +7,7 @@ import { noGrad } from "../src/autograd/tape.js";
 import { parseModelConfig, type ModelConfigInput, type RouterConfig } from "../src/models/config.js";
 import { expertUsage, extractByUsage, extractRre } from "../src/models/extract.js";
 import { PanguSigma, type ModelInput } from "../src/models/pangu-sigma.js";
+import type { TopkRouter } from "../src/moe/router/topk.js";
 import { Rng } from "../src/util/rng.js";
 
 const V = 40;
@@ -76,7 +77,8 @@ test("top-k extraction by usage keeps the most used experts, with their router r
     top.forEach((e, i) => {
       assert.deepEqual(sw.w1.data.subarray(i * n, (i + 1) * n), fw.w1.data.subarray(e * n, (e + 1) * n));
       const r = 16;
-      assert.deepEqual(sw.router.weight.data.subarray(i * r, (i + 1) * r), (fw.router as { weight: { data: Float32Array } }).weight.data.subarray(e * r, (e + 1) * r));
+      const [fr, sr] = [fw.router as TopkRouter, sw.router as TopkRouter];
+      assert.deepEqual(sr.weight.data.subarray(i * r, (i + 1) * r), fr.weight.data.subarray(e * r, (e + 1) * r));
     });
   });
   // Keeping every expert changes nothing.
