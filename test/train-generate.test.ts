@@ -4,7 +4,7 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { saveModel } from "../src/models/io.js";
 import { copyFileSync } from "node:fs";
@@ -102,4 +102,18 @@ test("CLI: generate streams the same greedy text twice; eval prints each domain;
   const u = cli("generate", "--ckpt", run.checkpoint, "--domain", "fr");
   assert.equal(u.status, 1);
   assert.match(u.stderr, /Unknown domain "fr"; the model knows zh, en, bi, code/);
+});
+
+test("CLI: demo (tiny budget) trains, prints per-domain loss against the unigram baseline, samples each domain, writes plots", () => {
+  const out = join(root, "demo-out");
+  const d = cli("demo", "--data", data, "--out", out, "--minutes", "0.2", "--steps", "6", "--width", "32");
+  assert.equal(d.status, 0, d.stderr);
+  for (const dom of ["zh", "en", "code"]) {
+    // domain, val loss, perplexity, baseline, difference
+    assert.match(d.stdout, new RegExp(`^${dom}\\s+\\d+\\.\\d{3}\\s+\\d+\\.\\d\\s+\\d+\\.\\d{3}\\s+-?\\d+\\.\\d{3} nats$`, "m"));
+    assert.match(d.stdout, new RegExp(`^  \\[${dom}\\] .+`, "m"));
+  }
+  assert.match(d.stdout, /unigram baseline/);
+  for (const f of ["metrics.jsonl", "plots/loss.svg", "plots/experts.svg"]) assert.ok(existsSync(join(out, f)), f);
+  assert.match(d.stdout, /checkpoint: .*step-0000000\d/);
 });

@@ -18,7 +18,21 @@ const H = 360;
 const M = { left: 60, right: 150, top: 36, bottom: 44 };
 
 const esc = (s: string): string => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
-const fmt = (v: number): string => (Math.abs(v) >= 1000 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2));
+const fmt = (v: number): string => (Number.isInteger(v) || Math.abs(v) >= 1000 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2));
+
+/** Moving mean over `w` points (centred at the window's end), for per-step series that jitter batch to batch. */
+export function movingMean(points: [number, number][], w: number): [number, number][] {
+  if (w <= 1) return points;
+  let acc = 0;
+  return points.map(([x, y], i) => {
+    acc += y;
+    if (i >= w) acc -= points[i - w]![1];
+    return [x, acc / Math.min(i + 1, w)];
+  });
+}
+
+/** A window of about 2% of the run, so a curve keeps its shape but loses the batch noise. */
+const windowFor = (n: number): number => Math.max(1, Math.round(n / 50));
 
 /** "Nice" tick values covering [lo, hi]. */
 function ticks(lo: number, hi: number, n = 5): number[] {
@@ -83,7 +97,8 @@ export function lossChart(records: MetricRecord[], baselines: Record<string, num
   const train = records.filter((r) => r.kind === "train").map((r) => [r.step, r.lm as number] as [number, number]);
   const evals = records.filter((r) => r.kind === "eval") as (MetricRecord & { domains: Record<string, { loss: number }> })[];
   const domains = [...new Set(evals.flatMap((e) => Object.keys(e.domains)))];
-  const series: Series[] = [{ name: "train (lm)", points: train }];
+  const w = windowFor(train.length);
+  const series: Series[] = [{ name: w > 1 ? `train (mean of ${w})` : "train", points: movingMean(train, w) }];
   const lastStep = Math.max(1, ...records.map((r) => r.step));
   for (const d of domains) series.push({ name: `val ${d}`, points: evals.filter((e) => e.domains[d]).map((e) => [e.step, e.domains[d]!.loss]) });
   for (const d of domains) if (baselines[d] !== undefined) series.push({ name: `unigram ${d}`, points: [[0, baselines[d]!], [lastStep, baselines[d]!]], dashed: true });
@@ -98,17 +113,17 @@ export function expertLoadChart(records: MetricRecord[]): string {
   for (let l = 0; l < layers; l++) {
     const E = routing[0]!.layers[l]!.tokensPerExpert.length;
     const series: Series[] = [];
+    const w = windowFor(routing.length);
     for (let e = 0; e < E; e++) {
-      series.push({
-        name: `expert ${e}`,
-        points: routing.map((r) => {
-          const c = r.layers[l]!.tokensPerExpert;
-          const total = c.reduce((a, b) => a + b, 0);
-          return [r.step, total ? c[e]! / total : 0];
-        }),
+      const share = routing.map((r): [number, number] => {
+        const c = r.layers[l]!.tokensPerExpert;
+        const total = c.reduce((a, b) => a + b, 0);
+        return [r.step, total ? c[e]! / total : 0];
       });
+      series.push({ name: `expert ${e}`, points: movingMean(share, w) });
     }
-    charts.push({ title: `sparse layer ${l}: per-expert load`, xLabel: "step", yLabel: "share of routed tokens", series });
+    const title = `sparse layer ${l}: per-expert load${w > 1 ? ` (mean of ${w} steps)` : ""}`;
+    charts.push({ title, xLabel: "step", yLabel: "share of routed tokens", series });
   }
   return svgCharts(charts.length ? charts : [{ title: "per-expert load (no sparse layers)", xLabel: "step", yLabel: "share", series: [] }]);
 }
