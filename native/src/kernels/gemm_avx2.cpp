@@ -1,6 +1,6 @@
-// AVX2 + FMA micro-kernel: a 6×16 tile of C in 12 ymm accumulators. Per k it
-// loads two 8-float vectors of the packed B panel, broadcasts six values of
-// the packed A panel, and issues 12 independent FMAs — enough independent
+// AVX2 + FMA micro-kernels: a 6×16 tile of C in 12 ymm accumulators. Per k they
+// load two 8-float vectors of B, broadcast six values of A, and issue 12
+// independent FMAs — enough independent
 // chains to cover the FMA latency on two pipes.
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
@@ -10,6 +10,37 @@
 #include "gemm_ukernel.h"
 
 namespace sigma {
+
+namespace {
+// Writes the 6×16 register tile into C, or into Cᵀ (C[j·ldc + i]) when transC,
+// adding when accumulate; edge tiles (mr < 6 or nr < 16) write only their corner.
+inline void store_tile(const __m256 (&acc)[kMR][2], float* C, int64_t ldc, int mr, int nr, bool accumulate,
+                       bool transC) {
+  if (!transC && mr == kMR && nr == kNR) {
+    for (int i = 0; i < kMR; ++i) {
+      float* row = C + i * ldc;
+      if (accumulate) {
+        _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc[i][0]));
+        _mm256_storeu_ps(row + 8, _mm256_add_ps(_mm256_loadu_ps(row + 8), acc[i][1]));
+      } else {
+        _mm256_storeu_ps(row, acc[i][0]);
+        _mm256_storeu_ps(row + 8, acc[i][1]);
+      }
+    }
+    return;
+  }
+  alignas(32) float tile[kMR][kNR];
+  for (int i = 0; i < kMR; ++i) {
+    _mm256_store_ps(tile[i], acc[i][0]);
+    _mm256_store_ps(tile[i] + 8, acc[i][1]);
+  }
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j) {
+      float& dst = transC ? C[j * ldc + i] : C[i * ldc + j];
+      dst = accumulate ? dst + tile[i][j] : tile[i][j];
+    }
+}
+}  // namespace
 
 void ukernel_avx2(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int mr, int nr,
                   bool accumulate) {
@@ -62,33 +93,8 @@ void ukernel_avx2(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
   }
 #undef SIGMA_STEP
 
-  __m256 acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-  if (mr == kMR && nr == kNR) {
-    for (int i = 0; i < kMR; ++i) {
-      float* row = C + i * ldc;
-      if (accumulate) {
-        _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc[i][0]));
-        _mm256_storeu_ps(row + 8, _mm256_add_ps(_mm256_loadu_ps(row + 8), acc[i][1]));
-      } else {
-        _mm256_storeu_ps(row, acc[i][0]);
-        _mm256_storeu_ps(row + 8, acc[i][1]);
-      }
-    }
-    return;
-  }
-  // Edge tile: spill to a local tile and copy the valid corner.
-  alignas(32) float tile[kMR][kNR];
-  for (int i = 0; i < kMR; ++i) {
-    _mm256_store_ps(tile[i], acc[i][0]);
-    _mm256_store_ps(tile[i] + 8, acc[i][1]);
-  }
-  for (int i = 0; i < mr; ++i) {
-    float* row = C + i * ldc;
-    if (accumulate)
-      for (int j = 0; j < nr; ++j) row[j] += tile[i][j];
-    else
-      for (int j = 0; j < nr; ++j) row[j] = tile[i][j];
-  }
+  const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  store_tile(acc, C, ldc, mr, nr, accumulate, false);
 }
 
 void ukernel_avx2_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
@@ -129,32 +135,8 @@ void ukernel_avx2_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks,
     c50 = _mm256_fmadd_ps(a, b0, c50);
     c51 = _mm256_fmadd_ps(a, b1, c51);
   }
-  if (!transC && mr == kMR && nr == kNR) {
-    const __m256 acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-    for (int i = 0; i < kMR; ++i) {
-      float* row = C + i * ldc;
-      if (accumulate) {
-        _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc[i][0]));
-        _mm256_storeu_ps(row + 8, _mm256_add_ps(_mm256_loadu_ps(row + 8), acc[i][1]));
-      } else {
-        _mm256_storeu_ps(row, acc[i][0]);
-        _mm256_storeu_ps(row + 8, acc[i][1]);
-      }
-    }
-    return;
-  }
-  alignas(32) float tile[kMR][kNR];
-  _mm256_store_ps(tile[0], c00), _mm256_store_ps(tile[0] + 8, c01);
-  _mm256_store_ps(tile[1], c10), _mm256_store_ps(tile[1] + 8, c11);
-  _mm256_store_ps(tile[2], c20), _mm256_store_ps(tile[2] + 8, c21);
-  _mm256_store_ps(tile[3], c30), _mm256_store_ps(tile[3] + 8, c31);
-  _mm256_store_ps(tile[4], c40), _mm256_store_ps(tile[4] + 8, c41);
-  _mm256_store_ps(tile[5], c50), _mm256_store_ps(tile[5] + 8, c51);
-  for (int i = 0; i < mr; ++i)
-    for (int j = 0; j < nr; ++j) {
-      float& dst = transC ? C[j * ldc + i] : C[i * ldc + j];
-      dst = accumulate ? dst + tile[i][j] : tile[i][j];
-    }
+  const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  store_tile(acc, C, ldc, mr, nr, accumulate, transC);
 }
 
 namespace {
