@@ -1,7 +1,8 @@
 // AVX2 + FMA micro-kernels: a 6×16 tile of C in 12 ymm accumulators. Per k they
 // load two 8-float vectors of B, broadcast six values of A, and issue 12
-// independent FMAs — enough independent
-// chains to cover the FMA latency on two pipes.
+// independent FMAs — enough independent chains to cover the FMA latency on
+// two pipes. ukernel_avx2 reads packed panels; ukernel_avx2_direct reads A
+// and B in place with strides (the small-M path in gemm.cpp).
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
