@@ -11,6 +11,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   tokenizer: () => import("./tokenizer.js"),
   train: () => import("./train.js"),
   balance: () => import("./balance.js"),
+  upcycle: () => import("./upcycle.js"),
 };
 
 const [name, ...args] = process.argv.slice(2);

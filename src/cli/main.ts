@@ -12,6 +12,9 @@ import { register as registerData } from "./data.js";
 import { register as registerTrain } from "./train.js";
 import { register as registerDemo } from "./demo.js";
 import { register as registerBalance } from "./balance.js";
+import { register as registerUpcycle } from "./upcycle.js";
+import { register as registerExtract } from "./extract.js";
+import { register as registerImport } from "./import.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
 
@@ -22,6 +25,9 @@ registerData(program);
 registerTrain(program);
 registerDemo(program);
 registerBalance(program);
+registerUpcycle(program);
+registerExtract(program);
+registerImport(program);
 
 program
   .command("info")

@@ -17,6 +17,7 @@ import { domainIndex, encodePrompt, loadForInference } from "../serve/load.js";
 import { generateIds } from "../serve/generate.js";
 import { parseIntOpt } from "./tokenizer.js";
 import { TrainProgress } from "./progress.js";
+import { readInitModel } from "./model-folder.js";
 
 const parseNum = (name: string) => (v: string): number => {
   const n = Number(v);
@@ -68,17 +69,19 @@ export function register(program: Command): void {
     .description("train a model from a JSON config (see README: Training)")
     .requiredOption("--config <file>", "train config (JSON; src/train/config.ts lists the fields)")
     .option("--resume [ckpt]", "continue from a checkpoint (default: the newest in <out>/checkpoints)")
+    .option("--init <ckpt>", "start from a model's weights (from sigma upcycle, extract or import; its config must equal the model section)")
     .option("--out <dir>", "override the config's out folder")
     .option("--steps <n>", "override the config's steps", parseIntOpt("steps"))
-    .action(async (o: { config: string; resume?: string | true; out?: string; steps?: number }) => {
+    .action(async (o: { config: string; resume?: string | true; init?: string; out?: string; steps?: number }) => {
       let cfg: TrainConfig = loadTrainConfig(o.config);
       if (o.out !== undefined || o.steps !== undefined) cfg = parseTrainConfig({ ...cfg, ...(o.out !== undefined ? { out: o.out } : {}), ...(o.steps !== undefined ? { steps: o.steps } : {}) }, o.config);
       let t: Trainer;
+      if (o.resume && o.init) throw new SigmaError("--resume and --init exclude each other", "--init starts a new run from a model; --resume continues a run");
       if (o.resume) {
         const from = o.resume === true ? runPaths(cfg.out).checkpoints : o.resume;
         t = resumeTrainer(from, cfg);
         console.error(`resumed from step ${t.step} (${from})`);
-      } else t = new Trainer(cfg);
+      } else t = new Trainer(cfg, o.init ? readInitModel(o.init, cfg.model, cfg.data.dir) : undefined);
       try {
         const mode = cfg.model.sparseLayers === 0 ? "dense" : cfg.model.denseLayers === 0 ? "sparse" : "mixed";
         console.error(`${cfg.name}: ${mode} model, ${(t.model.parameterCount() / 1e6).toFixed(2)}M parameters, router ${cfg.model.experts?.router.kind ?? "none"}, ${cfg.steps} steps of ${cfg.batchSize * cfg.accumSteps}×${cfg.model.seqLen} tokens`);

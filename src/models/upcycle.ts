@@ -52,7 +52,7 @@ function checkShapes(dense: ModelConfig, sparse: ModelConfig, vocab: VocabMap): 
   if (ew !== dense.ffnWidth) bad("experts.width", `is ${ew} but the dense FFN is ${dense.ffnWidth} wide`, "leave experts.width unset (it defaults to ffnWidth): each expert is a copy of the dense FFN");
   if (vocab.oldSize !== dense.vocabSize) bad("the vocabulary map", `starts from ${vocab.oldSize} tokens but the dense model has ${dense.vocabSize}`, "pass the tokenizer the dense model was trained with");
   if (vocab.newSize !== sparse.vocabSize) {
-    bad("vocabSize", `is ${sparse.vocabSize} but the vocabulary map gives ${vocab.newSize} tokens`, vocab.newSize === dense.vocabSize ? "to extend the vocabulary, pass the new tokenizer (and the old one)" : `set vocabSize to ${vocab.newSize}, the new tokenizer's size`);
+    bad("vocabSize", `is ${sparse.vocabSize} but the vocabulary map gives ${vocab.newSize} tokens`, vocab.newSize === dense.vocabSize ? "to extend the vocabulary, pass the new tokenizer (sigma upcycle --tokenizer FILE)" : `set vocabSize to ${vocab.newSize}, the new tokenizer's size`);
   }
 }
 

@@ -1,0 +1,36 @@
+/**
+ * `sigma import gpt2`: a Hugging Face GPT-2-style model (config.json +
+ * model.safetensors) as a dense Sigma checkpoint, ready for `sigma upcycle`.
+ */
+import type { Command } from "commander";
+import { readFileSync } from "node:fs";
+import { importGpt2 } from "../models/import/gpt2.js";
+import { fromHfJson } from "../tokenizer/hfjson.js";
+import { SigmaError } from "../util/errors.js";
+import { millions, writeModelFolder } from "./model-folder.js";
+import { parseList } from "./tokenizer.js";
+
+export function register(program: Command): void {
+  const imp = program.command("import").description("bring a model in from another format (an explicit adapter per format)");
+  imp
+    .command("gpt2")
+    .description("import a GPT-2-style model (HF config.json + model.safetensors, float32) as a dense Sigma checkpoint")
+    .requiredOption("--from <dir>", "folder with config.json and model.safetensors")
+    .requiredOption("--out <dir>", "where the checkpoint goes (<out>/step-00000000/)")
+    .option("--domains <list>", "domain names the model will serve (all share GPT-2's one embedding)", parseList, ["en"])
+    .option("--tokenizer <file>", "a Sigma tokenizer.json of the same vocabulary to carry along (GPT-2's own tokenizer files are not in Sigma's layout)")
+    .action((o: { from: string; out: string; domains: string[]; tokenizer?: string }) => {
+      const model = importGpt2(o.from, { domains: o.domains });
+      let tokenizerText: string | null = null;
+      if (o.tokenizer) {
+        tokenizerText = readFileSync(o.tokenizer, "utf8");
+        const tok = fromHfJson(tokenizerText, o.tokenizer);
+        if (tok.vocabSize !== model.config.vocabSize) throw new SigmaError(`${o.tokenizer} has ${tok.vocabSize} tokens but the model's vocabulary is ${model.config.vocabSize}`, "pass a tokenizer of the model's vocabulary, or none");
+      }
+      const c = model.config;
+      const path = writeModelFolder(o.out, 0, model, tokenizerText, { format: "sigma-import", from: o.from, source: "gpt2" });
+      console.log(`GPT-2: ${c.denseLayers} layers, width ${c.width}, ${c.heads} heads, vocabulary ${c.vocabSize}, ${c.seqLen} positions, activation ${c.activation}: ${millions(model.parameterCount())} parameters`);
+      console.log(`checkpoint: ${path}`);
+      if (!tokenizerText) console.log("no tokenizer carried: `sigma upcycle --from` this checkpoint works as is; eval and generate need a Sigma tokenizer of the same vocabulary");
+    });
+}
