@@ -130,3 +130,13 @@ test("upcycling refuses a target that does not fit, naming the field", () => {
   assert.throws(() => upcycle(dense, { ...ok, experts: { ...ok.experts!, width: 12 } }), /experts.width is 12/);
   assert.throws(() => upcycle(upcycle(dense, ok), ok), /the source model is mixed, not dense/);
 });
+
+test("the upcycled model's RRE tables are saved with it and survive a save/load", async () => {
+  const { decodeModel, encodeModel } = await import("../src/models/io.js");
+  const dense = randomDense(50);
+  const sparse = upcycle(dense, sparseOf(50, { kind: "rre", groups: 2, seed: 4 }));
+  const back = decodeModel(encodeModel(sparse), "upcycled.safetensors");
+  for (const [name, table] of sparse.namedBuffers()) assert.deepEqual(back.namedBuffers().get(name), table);
+  const tokens = Array.from({ length: 16 }, (_, i) => (i * 7) % 50);
+  assert.deepEqual(logits(back, tokens, 1), logits(sparse, tokens, 1));
+});
