@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- upcycle [--pretrain=N] [--steps=N] [--every=N]`: does
+ * `npm run bench -- upcycle [--pretrain=N] [--steps=N] [--every=N] [--equal-compute]`: does
  * inheritance pay? (PanGu-Σ grows from dense PanGu-α, PAPERS.md §7.)
  *
  * On the default corpus: train a small dense model for `pretrain` steps;
@@ -10,6 +10,10 @@
  * the third curve: it says whether the experts, not just the extra training,
  * make the difference. Validation loss (mean over domains, the same fixed
  * batches every time) is plotted against the steps of the compared phase.
+ * The upcycled model has had `pretrain` more steps than the one from scratch;
+ * `--equal-compute` adds the sparse model from scratch trained for
+ * pretrain + steps steps (its own schedule), drawn so that it ends where the
+ * others end, to ask whether upcycling beats spending those steps sparse.
  *
  * It is not a test: the outcome is reported whichever way it goes.
  */
@@ -99,6 +103,7 @@ export async function run(args: string[]): Promise<void> {
   const upcycled = run1(up, sparseCfg, steps, every, "upcycled RRE");
   const scratch = run1(null, sparseCfg, steps, every, "RRE from scratch");
   const continued = run1(dense, trainConfig(denseModel, steps, "dense-continued"), steps, every, "dense continued");
+  const long = args.includes("--equal-compute") ? run1(null, trainConfig(sparseModel, pretrain + steps, "sparse-long"), pretrain + steps, every, "RRE from scratch, equal compute") : null;
 
   const last = (c: [number, number][]) => c[c.length - 1]![1];
   const denseEnd = last(pre.curve);
@@ -107,14 +112,16 @@ export async function run(args: string[]): Promise<void> {
     { name: "RRE from scratch", points: scratch.curve },
     { name: "dense continued", points: continued.curve, dashed: true },
   ];
+  if (long) series.push({ name: `scratch, ${pretrain + steps} steps`, points: long.curve.map(([s, l]) => [s - pretrain, l] as [number, number]).filter(([s]) => s >= 0), dashed: true });
   mkdirSync(OUT, { recursive: true });
   const svg = join(OUT, "loss.svg");
   writeFileAtomic(svg, svgCharts([{ title: `upcycled vs from-scratch RRE (dense pre-trained ${pretrain} steps)`, xLabel: "steps after the start of the compared runs", yLabel: "validation loss (nats/token, mean over domains)", series }]));
-  const result = { pretrain, steps, denseAfterPretrain: denseEnd, upcycled: upcycled.curve, scratch: scratch.curve, denseContinued: continued.curve };
+  const result = { pretrain, steps, denseAfterPretrain: denseEnd, upcycled: upcycled.curve, scratch: scratch.curve, denseContinued: continued.curve, ...(long ? { scratchEqualCompute: long.curve } : {}) };
   writeFileAtomic(join(OUT, "result.json"), JSON.stringify(result, null, 1));
   console.log(`dense after ${pretrain} steps: val ${denseEnd.toFixed(4)}; upcycled at step 0: ${upcycled.curve[0]![1].toFixed(4)} (inheritance keeps the function)`);
   console.log(`after ${steps} steps: upcycled ${last(upcycled.curve).toFixed(4)}, from scratch ${last(scratch.curve).toFixed(4)} (Δ ${(last(upcycled.curve) - last(scratch.curve)).toFixed(4)}), dense continued ${last(continued.curve).toFixed(4)}`);
   const reach = scratch.curve.find(([, l]) => l <= last(upcycled.curve));
   console.log(reach ? `from scratch reaches the upcycled model's final loss at step ${reach[0]}` : `from scratch does not reach the upcycled model's final loss within ${steps} steps`);
+  if (long) console.log(`equal compute (${pretrain + steps} steps each, counting pre-training): upcycled ${last(upcycled.curve).toFixed(4)} vs from scratch ${last(long.curve).toFixed(4)} (Δ ${(last(upcycled.curve) - last(long.curve)).toFixed(4)})`);
   console.log(`plot: ${svg}; numbers: ${join(OUT, "result.json")}`);
 }
