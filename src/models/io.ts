@@ -32,13 +32,17 @@ export function loadModel(path: string): PanguSigma {
   return modelFromTensors(tensors, metadata, path);
 }
 
-/** Decodes safetensors bytes written by encodeModel; `source` names the file in errors. */
-export function decodeModel(bytes: Uint8Array, source: string): PanguSigma {
+/**
+ * Decodes safetensors bytes written by encodeModel; `source` names the file in
+ * errors. `externalExperts`: the file holds a model whose experts live in an
+ * expert store (ECSS checkpoints), so it has no expert tensors.
+ */
+export function decodeModel(bytes: Uint8Array, source: string, opts: { externalExperts?: boolean } = {}): PanguSigma {
   const { tensors, metadata } = decodeSafetensors(bytes, source);
-  return modelFromTensors(tensors, metadata, source);
+  return modelFromTensors(tensors, metadata, source, opts.externalExperts ?? false);
 }
 
-function modelFromTensors(tensors: Map<string, StTensor>, metadata: Record<string, string>, path: string): PanguSigma {
+function modelFromTensors(tensors: Map<string, StTensor>, metadata: Record<string, string>, path: string, externalExperts = false): PanguSigma {
   if (metadata.format !== "sigma-model" || !metadata.config) {
     throw new SigmaError(`${path} is not a Sigma model file (no sigma-model metadata)`, "pass a file written by Sigma");
   }
@@ -49,7 +53,7 @@ function modelFromTensors(tensors: Map<string, StTensor>, metadata: Record<strin
     throw new SigmaError(`${path}: the embedded config is not JSON (${(e as Error).message})`, "the file is damaged; use another copy");
   }
   const config = parseModelConfig(raw, `${path} (embedded config)`);
-  const model = new PanguSigma(config);
+  const model = new PanguSigma(config, "float32", externalExperts ? { externalExperts: {} } : {});
   const expected = new Set<string>();
   for (const [name, p] of model.namedParameters()) {
     expected.add(name);

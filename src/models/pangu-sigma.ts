@@ -17,7 +17,7 @@ import { FeedForward, LayerNorm, type InitOptions } from "../nn/layers.js";
 import { Module } from "../nn/module.js";
 import { recompute } from "../nn/recompute.js";
 import { isGradEnabled } from "../autograd/tape.js";
-import { MoeLayer, type MoeContext } from "../moe/layer.js";
+import { MoeLayer, type ExternalExperts, type MoeContext } from "../moe/layer.js";
 import type { Routing } from "../moe/routing.js";
 import { Tensor } from "../tensor/tensor.js";
 import type { DType } from "../tensor/storage.js";
@@ -58,14 +58,14 @@ class Block extends Module {
   readonly ln2: LayerNorm;
   readonly ffn: FeedForward | null;
   readonly moe: MoeLayer | null;
-  constructor(c: ModelConfig, layer: number, sparse: boolean, domainGroup: Int32Array, init: InitOptions, outStd: number) {
+  constructor(c: ModelConfig, layer: number, sparse: boolean, domainGroup: Int32Array, init: InitOptions, outStd: number, external?: ExternalExperts) {
     super();
     this.ln1 = this.child("ln1", new LayerNorm(c.width, c.layerNormEps, init.dtype));
     this.attn = this.child("attn", new Attention(c.width, c.heads, init, outStd));
     this.ln2 = this.child("ln2", new LayerNorm(c.width, c.layerNormEps, init.dtype));
     if (sparse) {
       const ex = c.experts!;
-      const extra = { vocabSize: c.vocabSize, domainGroup, layer, outStd, activation: c.activation };
+      const extra = { vocabSize: c.vocabSize, domainGroup, layer, outStd, activation: c.activation, external };
       this.moe = this.child("moe", new MoeLayer(c.width, ex.width ?? c.ffnWidth, ex.count, ex.router, extra, init));
       this.ffn = null;
     } else {
@@ -136,7 +136,11 @@ export class PanguSigma extends Module {
   /** Recompute each block's activations during backward instead of keeping them (training only). */
   recompute = false;
 
-  constructor(readonly config: ModelConfig, dtype: DType = "float32") {
+  /**
+   * `opts.externalExperts`: the sparse layers' experts live in an expert store
+   * (ECSS) — they are not parameters of this model; see MoeLayer.
+   */
+  constructor(readonly config: ModelConfig, dtype: DType = "float32", opts: { externalExperts?: ExternalExperts } = {}) {
     super();
     const c = config;
     const rng = new Rng(c.seed);
@@ -148,7 +152,7 @@ export class PanguSigma extends Module {
     this.tokenEmbedding = this.param("tokenEmbedding", Tensor.randn([c.embeddingSlots * c.vocabSize, c.width], rng, c.initStd, dtype), { decay: false });
     this.positionEmbedding = this.param("positionEmbedding", Tensor.randn([c.seqLen, c.width], rng, c.initStd, dtype), { decay: false });
     for (let l = 0; l < c.denseLayers + c.sparseLayers; l++) {
-      this.blocks.push(this.child(`blocks.${l}`, new Block(c, l, l >= c.denseLayers, this.domainGroup, init, outStd)));
+      this.blocks.push(this.child(`blocks.${l}`, new Block(c, l, l >= c.denseLayers, this.domainGroup, init, outStd, opts.externalExperts)));
     }
     this.finalNorm = this.child("finalNorm", new LayerNorm(c.width, c.layerNormEps, dtype));
     if (c.queryLayer) {

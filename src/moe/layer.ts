@@ -3,6 +3,12 @@
  * expert weights (w1 [E, F, C], w2 [E, C, F]: "[E, out, in]"), each expert a
  * FastGeLU FFN like the dense one (or the model's configured activation).
  * Optional always-on shared experts (MoGE).
+ *
+ * With ECSS (src/store, src/train/ecss.ts) the experts are not resident
+ * stacked parameters: an ExpertBank hands the layer, after routing, stacked
+ * weights of only the experts this batch uses ([U, F, C] …), and the layer
+ * computes over them with remapped expert ids. Compute memory then scales
+ * with the experts touched, not with E.
  */
 import { Module } from "../nn/module.js";
 import { FeedForward, type InitOptions } from "../nn/layers.js";
@@ -27,6 +33,26 @@ export interface MoeContext {
   domainGroup: Int32Array;
 }
 
+/**
+ * Where a layer's expert weights come from when they live in an expert store.
+ * `weights` gets the sorted global ids of the experts a batch uses and returns
+ * their stacked weights as fresh leaf tensors (requiresGrad); the bank reads
+ * their gradients back after backward.
+ */
+export interface ExpertBank {
+  weights(layer: number, experts: Int32Array): { w1: Tensor; b1: Tensor; w2: Tensor; b2: Tensor };
+}
+
+/**
+ * Experts kept outside the model (ECSS): the layer registers no expert
+ * parameters and draws their initial values only to keep the random stream
+ * (and so every other parameter's init) identical to a resident model; `onInit`
+ * receives them, expert by expert, e.g. to write a new store.
+ */
+export interface ExternalExperts {
+  onInit?(layer: number, name: "w1" | "w2", expert: number, values: Float32Array): void;
+}
+
 export class MoeLayer extends Module {
   readonly router: Router;
   readonly w1: Tensor;
@@ -35,13 +61,17 @@ export class MoeLayer extends Module {
   readonly b2: Tensor;
   readonly shared: FeedForward | null;
   readonly activation: Activation;
+  /** Sparse layer number in the model (RRE table seed, store records). */
+  readonly layer: number;
+  /** Set by ECSS: the experts come from this bank instead of w1…b2. */
+  bank: ExpertBank | null = null;
 
   constructor(
     readonly width: number,
     readonly expertWidth: number,
     readonly experts: number,
     routerConfig: RouterConfig,
-    extra: { vocabSize: number; domainGroup: Int32Array; layer: number; outStd: number; activation?: Activation },
+    extra: { vocabSize: number; domainGroup: Int32Array; layer: number; outStd: number; activation?: Activation; external?: ExternalExperts },
     init: InitOptions,
   ) {
     super();
@@ -61,10 +91,25 @@ export class MoeLayer extends Module {
         break;
     }
     const expert = { group: "expert" as const };
-    this.w1 = this.param("w1", Tensor.randn([E, F, C], init.rng, std, dtype), expert);
-    this.b1 = this.param("b1", Tensor.zeros([E, F], dtype), { ...expert, decay: false });
-    this.w2 = this.param("w2", Tensor.randn([E, C, F], init.rng, extra.outStd, dtype), expert);
-    this.b2 = this.param("b2", Tensor.zeros([E, C], dtype), { ...expert, decay: false });
+    this.layer = extra.layer;
+    if (extra.external) {
+      // Empty placeholders: the weights live in the store; draws as Tensor.randn would make them.
+      const draw = (name: "w1" | "w2", n: number, s: number) => {
+        const buf = new Float32Array(n);
+        for (let e = 0; e < E; e++) {
+          for (let i = 0; i < n; i++) buf[i] = init.rng.normal() * s;
+          extra.external!.onInit?.(extra.layer, name, e, buf);
+        }
+      };
+      draw("w1", F * C, std);
+      draw("w2", C * F, extra.outStd);
+      [this.w1, this.b1, this.w2, this.b2] = [Tensor.zeros([0, F, C], dtype), Tensor.zeros([0, F], dtype), Tensor.zeros([0, C, F], dtype), Tensor.zeros([0, C], dtype)];
+    } else {
+      this.w1 = this.param("w1", Tensor.randn([E, F, C], init.rng, std, dtype), expert);
+      this.b1 = this.param("b1", Tensor.zeros([E, F], dtype), { ...expert, decay: false });
+      this.w2 = this.param("w2", Tensor.randn([E, C, F], init.rng, extra.outStd, dtype), expert);
+      this.b2 = this.param("b2", Tensor.zeros([E, C], dtype), { ...expert, decay: false });
+    }
     const sharedCount = routerConfig.kind === "moge" ? routerConfig.sharedExperts : 0;
     // n shared experts of width F are one FFN of width n·F (the sum of their outputs is the same function).
     this.shared = sharedCount > 0 ? this.child("shared", new FeedForward(C, sharedCount * F, init, extra.outStd, this.activation)) : null;
@@ -72,12 +117,23 @@ export class MoeLayer extends Module {
 
   /** x: [R, C] → [R, C], with the routing used. */
   forward(x: Tensor, ctx: MoeContext): { y: Tensor; routing: Routing } {
-    const R = x.dim(0);
     const E = this.experts;
     const routing = this.router.route({ x, tokenIds: ctx.tokenIds, domainIds: ctx.domainIds });
+    if (!this.bank) return this.compute(x, routing, routing.expertIds, E, this);
+    // Compact to the U experts in use: global id → position among them (dropped ids E map past the end).
+    const used = Int32Array.from(routing.counts.keys()).filter((e) => routing.counts[e]! > 0);
+    const pos = new Int32Array(E + 1).fill(used.length);
+    used.forEach((e, i) => (pos[e] = i));
+    const compact = routing.expertIds.map((e) => pos[e]!);
+    return this.compute(x, routing, compact, used.length, this.bank.weights(this.layer, used));
+  }
+
+  /** Permute → grouped matmul → unpermute over E stacked experts (E may be a compacted count). */
+  private compute(x: Tensor, routing: Routing, expertIds: Int32Array, E: number, wt: { w1: Tensor; b1: Tensor; w2: Tensor; b2: Tensor }): { y: Tensor; routing: Routing } {
+    const R = x.dim(0);
     const k = routing.k;
     // Dropped assignments (id E) sort into an extra bucket past the last expert and are left out.
-    const { order, offsets } = ops.permuteByExpert(routing.expertIds, E + 1);
+    const { order, offsets } = ops.permuteByExpert(expertIds, E + 1);
     const kept = offsets[E]!;
     const rows = order.subarray(0, kept);
     const expertOffsets = offsets.subarray(0, E + 1);
@@ -87,10 +143,10 @@ export class MoeLayer extends Module {
     for (let i = 0; i < kept; i++) tokenOf[i] = Math.floor(rows[i]! / k);
 
     const xs = ops.gatherRows(x, tokenOf); // [kept, C], sorted by expert
-    let h = ops.groupedMatmul(xs, this.w1, expertOffsets, true);
-    h = activate(ops.add(h, ops.gatherRows(this.b1, expertOf)), this.activation);
-    let ys = ops.groupedMatmul(h, this.w2, expertOffsets, true);
-    ys = ops.add(ys, ops.gatherRows(this.b2, expertOf));
+    let h = ops.groupedMatmul(xs, wt.w1, expertOffsets, true);
+    h = activate(ops.add(h, ops.gatherRows(wt.b1, expertOf)), this.activation);
+    let ys = ops.groupedMatmul(h, wt.w2, expertOffsets, true);
+    ys = ops.add(ys, ops.gatherRows(wt.b2, expertOf));
     const w = ops.reshape(ops.gatherRows(ops.reshape(routing.weights, [R * k, 1]), rows), [kept]);
     let y = ops.combine(ys, tokenOf, w, R);
     if (this.shared) y = ops.add(y, this.shared.forward(x));

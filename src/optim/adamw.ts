@@ -19,7 +19,15 @@ export interface GroupHyper {
 export interface AdamWOptions {
   dense?: Partial<GroupHyper>;
   expert?: Partial<GroupHyper>;
+  /**
+   * ECSS's sparse rule for stacked expert parameters (src/optim/sparse.ts):
+   * update only the experts a step touched, each with its own step count.
+   */
+  sparseExperts?: boolean;
 }
+
+/** Per MoE layer (module path, e.g. "blocks.1.moe"): 1 for each expert the step routed tokens to. */
+export type TouchedExperts = Map<string, Uint8Array>;
 
 /** PanGu-Σ's defaults. Weight decay 0.1 as in GPT-3-style training [ours: the sources do not give it]. */
 export const HYBRID_DEFAULTS: Record<ParamGroup, GroupHyper> = {
@@ -39,6 +47,9 @@ export class AdamW {
   private readonly slots: Slot[];
   /** Steps taken (bias correction uses it). */
   step = 0;
+  readonly sparseExperts: boolean;
+  /** Sparse rule: each expert's own step count, per MoE layer path. */
+  readonly expertSteps = new Map<string, Int32Array>();
 
   constructor(params: Map<string, ParamInfo>, opts: AdamWOptions = {}) {
     this.hyper = {
@@ -51,17 +62,47 @@ export class AdamW {
       m: Tensor.zeros(info.tensor.shape, info.tensor.dtype),
       v: Tensor.zeros(info.tensor.shape, info.tensor.dtype),
     }));
+    this.sparseExperts = opts.sparseExperts ?? false;
+    if (this.sparseExperts) {
+      for (const s of this.slots) if (s.info.group === "expert") this.expertSteps.set(layerPath(s.name), new Int32Array(s.info.tensor.dim(0)));
+    }
   }
 
-  /** Applies one update with learning rate lr to every parameter that has a gradient. */
-  update(lr: number): void {
+  /**
+   * Applies one update with learning rate lr to every parameter that has a
+   * gradient. With sparseExperts, `touched` says which experts of each MoE
+   * layer to update (the others stay frozen, moments and step count included).
+   */
+  update(lr: number, touched?: TouchedExperts): void {
     this.step++;
+    if (this.sparseExperts) {
+      if (!touched) throw new Error("AdamW.update: the sparse expert rule needs the touched experts of the step");
+      for (const [path, steps] of this.expertSteps) {
+        const t = touched.get(path);
+        if (t) for (let e = 0; e < steps.length; e++) if (t[e]) steps[e]++;
+      }
+    }
     for (const s of this.slots) {
       const p = s.info.tensor;
       if (!p.grad) continue;
       const h = this.hyper[s.info.group];
       const wd = s.info.decay ? h.weightDecay : 0;
-      backendFor(p.data).adamw(p.data, p.grad.data, s.m.data, s.v.data, p.size, lr, h.beta1, h.beta2, h.eps, wd, this.step);
+      const be = backendFor(p.data);
+      if (this.sparseExperts && s.info.group === "expert") {
+        const path = layerPath(s.name);
+        const t = touched!.get(path);
+        const steps = this.expertSteps.get(path)!;
+        const E = p.dim(0);
+        const n = p.size / E;
+        if (!t) continue;
+        for (let e = 0; e < E; e++) {
+          if (!t[e]) continue;
+          const [a, b] = [e * n, (e + 1) * n];
+          be.adamw(p.data.subarray(a, b), p.grad.data.subarray(a, b), s.m.data.subarray(a, b), s.v.data.subarray(a, b), n, lr, h.beta1, h.beta2, h.eps, wd, steps[e]!);
+        }
+        continue;
+      }
+      be.adamw(p.data, p.grad.data, s.m.data, s.v.data, p.size, lr, h.beta1, h.beta2, h.eps, wd, this.step);
     }
   }
 
@@ -70,6 +111,9 @@ export class AdamW {
     return new Map(this.slots.map((s) => [s.name, { m: s.m, v: s.v }]));
   }
 }
+
+/** "blocks.1.moe.w1" → "blocks.1.moe": the MoE layer an expert tensor belongs to. */
+export const layerPath = (name: string): string => name.slice(0, name.lastIndexOf("."));
 
 /** Scales all gradients so that their global L2 norm is at most maxNorm; returns the norm before clipping. */
 export function clipGradNorm(params: Tensor[], maxNorm: number): number {

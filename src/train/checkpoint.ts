@@ -7,6 +7,10 @@
  *     tokenizer.json         the tokenizer the data was made with (generation needs it)
  *     state.json             train config, step, tokens, schedule, loader RNG state,
  *                            tokenizer hash, RRE table hashes, file sizes and hashes
+ *     experts.index          with an expert store (ECSS): which record slot, generation
+ *                            and checksum of each expert this checkpoint stands for;
+ *                            model.safetensors and optimizer.safetensors then hold only
+ *                            the dense part (the experts and their moments are in the store)
  *
  * Written all-or-nothing by src/checkpoint/folder.ts; loading verifies every
  * file and refuses a checkpoint whose model config differs from the run's.
@@ -38,6 +42,8 @@ export interface TrainState {
   tokenizer: { sha256: string; vocabSize: number };
   /** sha256 of each RRE routing table (they live in model.safetensors); checked on load. */
   rreTables: Record<string, string>;
+  /** With an expert store: its file and id (experts.index refers to its records). */
+  store?: { path: string; storeId: string };
 }
 
 const hashOf = (a: Int32Array): string => createHash("sha256").update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)).digest("hex");
@@ -53,11 +59,15 @@ export function saveTrainCheckpoint(t: Trainer, dir: string, keep = t.config.che
     moments.set(`m.${name}`, { shape: [...m.shape], data: m.data });
     moments.set(`v.${name}`, { shape: [...v.shape], data: v.data });
   }
+  // The sparse rule's per-expert step counts (exact as float32 below 2^24 steps).
+  for (const [path, steps] of t.optimizer.expertSteps) moments.set(`steps.${path}`, { shape: [steps.length], data: Float32Array.from(steps) });
   const files = new Map<string, Uint8Array | string>([
     ["model.safetensors", encodeModel(t.model)],
     ["optimizer.safetensors", encodeSafetensors(moments, { format: "sigma-adamw", step: String(t.optimizer.step) })],
     ["tokenizer.json", readFileSync(join(t.config.data.dir, t.loader.manifest.tokenizer.file))],
   ]);
+  // ECSS: dirty experts go to the store (never into the slots the previous checkpoint names) and are fsynced first.
+  if (t.ecss) files.set("experts.index", t.ecss.flush());
   const state: Omit<TrainState, "files"> = {
     format: TRAIN_FORMAT,
     version: TRAIN_VERSION,
@@ -66,11 +76,13 @@ export function saveTrainCheckpoint(t: Trainer, dir: string, keep = t.config.che
     seconds: t.seconds,
     config: t.config,
     schedule: { ...t.schedule, nextLr: learningRate(t.schedule, t.step) },
-    loaderRng: t.loader.getState(),
+    loaderRng: t.loaderState(),
     tokenizer: { sha256: t.tokenizerSha256, vocabSize: t.loader.manifest.tokenizer.vocabSize },
     rreTables: rreTables(t.model),
+    ...(t.ecss ? { store: { path: t.ecss.store.path, storeId: t.ecss.store.header.storeId } } : {}),
   };
   const path = saveCheckpointFolder(dir, t.step, files, state as unknown as Record<string, unknown>, onFile);
+  t.ecss?.committed();
   pruneCheckpoints(dir, keep);
   return path;
 }
@@ -104,7 +116,14 @@ export function resumeTrainer(path: string, config?: TrainConfig): Trainer {
     }
   }
   const cfg = config ?? saved;
-  const model = decodeModel(folder.read("model.safetensors"), join(where, "model.safetensors"));
+  const withStore = cfg.store.enabled;
+  if (withStore !== (s.store !== undefined)) {
+    throw new SigmaError(
+      withStore ? `the checkpoint ${where} keeps its experts in RAM, but the config enables the expert store` : `the checkpoint ${where} keeps its experts in the store ${s.store!.path}, but the config does not enable the store`,
+      "convert the checkpoint between layouts with `sigma store convert`, or set store.enabled to match it",
+    );
+  }
+  const model = decodeModel(folder.read("model.safetensors"), join(where, "model.safetensors"), { externalExperts: withStore });
   const modelDiff = diffFields(model.config, cfg.model);
   if (modelDiff.length) throw new SigmaError(`${where}/model.safetensors does not match the config in state.json: ${modelDiff.join("; ")}`, "the checkpoint is damaged; use an earlier one");
   const tables = rreTables(model);
@@ -112,6 +131,14 @@ export function resumeTrainer(path: string, config?: TrainConfig): Trainer {
     if (tables[name] !== h) throw new SigmaError(`${where}: the RRE table "${name}" differs from the one recorded in state.json`, "the checkpoint is damaged; use an earlier one");
   }
   const t = new Trainer(cfg, model);
+  if (t.ecss) {
+    const id = t.ecss.store.header.storeId;
+    if (id !== s.store!.storeId) {
+      t.close();
+      throw new SigmaError(`the checkpoint ${where} was written with the expert store ${s.store!.storeId}, but ${t.ecss.store.path} is store ${id}`, "point store.path at the store this run wrote");
+    }
+    t.ecss.restore(folder.read("experts.index"), join(where, "experts.index"));
+  }
   if (t.tokenizerSha256 !== s.tokenizer.sha256) {
     t.close();
     throw new SigmaError(`the checkpoint ${where} was trained on data from another tokenizer (sha256 ${s.tokenizer.sha256.slice(0, 12)}…, data has ${t.tokenizerSha256.slice(0, 12)}…)`, `point data.dir at the data it was trained on`);
@@ -124,6 +151,11 @@ export function resumeTrainer(path: string, config?: TrainConfig): Trainer {
       if (!src || src.data.length !== dst.size || src.dtype !== "F32") throw new SigmaError(`${optPath}: moment "${key}" is missing or has the wrong size`, "the checkpoint does not match its model");
       dst.data.set(src.data);
     }
+  }
+  for (const [path, steps] of t.optimizer.expertSteps) {
+    const src = tensors.get(`steps.${path}`);
+    if (!src || src.data.length !== steps.length) throw new SigmaError(`${optPath}: the per-expert step counts "steps.${path}" are missing`, "the checkpoint was written without optim.sparseExperts; resume with the same optim settings");
+    steps.set(Array.from(src.data, Number));
   }
   t.optimizer.step = Number(metadata.step);
   t.loader.setState(s.loaderRng);

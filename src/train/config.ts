@@ -31,6 +31,13 @@ export const OptimSchema = z
     weightDecay: z.number().min(0).default(0.1),
     /** Global gradient-norm clip; null turns clipping off. 1.0 as in GPT-3. */
     clip: z.number().positive().nullable().default(1.0),
+    /**
+     * ECSS's sparse expert rule in RAM: update only the experts a step routed
+     * tokens to, each with its own step count (src/optim/sparse.ts). Off by
+     * default: ordinary AdamW moves every expert every step. A run with the
+     * expert store always uses the sparse rule.
+     */
+    sparseExperts: z.boolean().default(false),
   })
   .strict();
 
@@ -77,6 +84,22 @@ export const TrainConfigSchema = z
       .default({}),
     /** Log a training line (metrics.jsonl) every N steps. */
     logEvery: int(1).default(1),
+    /**
+     * ECSS (PAPERS.md §5): keep the experts and their Adam moments in a
+     * file-backed expert store, with only a bounded set resident in RAM.
+     */
+    store: z
+      .object({
+        enabled: z.boolean().default(false),
+        /** The store file; null = <out>/experts.sgxs. */
+        path: z.string().min(1).nullable().default(null),
+        /** Byte budget of resident experts (parameters + moments), e.g. "2GiB". */
+        memory: z.string().default("2GiB"),
+        /** RRE: read the next step's experts in a worker thread while this step computes. */
+        prefetch: z.boolean().default(true),
+      })
+      .strict()
+      .default({}),
     /** Recompute each block's activations in the backward pass instead of keeping them: less memory, ~⅓ more compute. */
     recompute: z.boolean().default(false),
     /** Seed of the data order (the model's init seed is model.seed). */

@@ -6,12 +6,16 @@
  * resumed trainer continues bit for bit.
  */
 import { backward, zeroGrad } from "../autograd/tape.js";
-import { Loader } from "../data/loader.js";
+import { Loader, type Batch } from "../data/loader.js";
 import type { ModelConfig } from "../models/config.js";
 import { PanguSigma } from "../models/pangu-sigma.js";
 import { deviceLoads, imbalanceScore, type LayerStats } from "../moe/routing.js";
 import * as ops from "../ops/index.js";
-import { AdamW, clipGradNorm } from "../optim/adamw.js";
+import { AdamW, clipGradNorm, type TouchedExperts } from "../optim/adamw.js";
+import { ExpertStoreFile } from "../store/file.js";
+import { parseBytes } from "../store/format.js";
+import { join } from "node:path";
+import { Ecss, createModelWithStore, rreNeeds } from "./ecss.js";
 import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
 import { Evaluator, type DomainEval } from "./evaluate.js";
@@ -52,18 +56,41 @@ export class Trainer {
   /** Manifest domain id → index into model.config.domains. */
   private readonly domainIndex: Map<number, number>;
   private evaluator: Evaluator | null = null;
+  /** ECSS: the expert store and its resident set, when config.store.enabled. */
+  readonly ecss: Ecss | null = null;
+  /** With RRE prefetch: the next step's batches, drawn one step early, and the loader state before them. */
+  private ahead: { state: ReturnType<Loader["getState"]>; batches: Batch[] } | null = null;
   step = 0;
   tokens = 0;
   /** Seconds spent in training steps, carried across resumes. */
   seconds = 0;
 
+  /**
+   * With config.store.enabled, a fresh trainer creates the store from the
+   * model's init; a given model (resume) must be one without resident experts
+   * and opens the existing store, whose index the checkpoint then restores.
+   */
   constructor(readonly config: TrainConfig, model?: PanguSigma) {
-    this.model = model ?? new PanguSigma(config.model);
+    if (config.store.enabled) {
+      const path = storePath(config);
+      let store: ExpertStoreFile;
+      if (model) {
+        this.model = model;
+        store = ExpertStoreFile.open(path);
+      } else {
+        ({ model: this.model, store } = createModelWithStore(config.model, path));
+      }
+      const prefetch = config.store.prefetch && config.model.experts?.router.kind === "rre";
+      this.ecss = new Ecss(store, this.model, parseBytes(config.store.memory), prefetch);
+    } else {
+      this.model = model ?? new PanguSigma(config.model);
+    }
     this.model.recompute = config.recompute;
     const o = config.optim;
     this.optimizer = new AdamW(this.model.namedParameters(), {
       dense: { beta1: o.beta1, beta2: o.beta2, eps: o.denseEps, weightDecay: o.weightDecay },
       expert: { beta1: o.beta1, beta2: o.beta2, eps: o.expertEps, weightDecay: o.weightDecay },
+      sparseExperts: o.sparseExperts,
     });
     this.schedule = scheduleOf(config);
     this.loader = new Loader(config.data.dir, { split: "train", seqLen: config.model.seqLen, batchSize: config.batchSize, seed: config.seed, weights: config.data.weights });
@@ -84,6 +111,50 @@ export class Trainer {
     return this.loader.manifest.tokenizer.sha256;
   }
 
+  private drawBatches(): Batch[] {
+    return Array.from({ length: this.config.accumSteps }, () => this.loader.next());
+  }
+
+  private rowDomains(b: Batch): Int32Array {
+    return Int32Array.from(b.domain, (id) => this.domainIndex.get(id)!);
+  }
+
+  /** RRE's experts per sparse layer for a step's batches (the union over its micro-batches). */
+  private needs(batches: Batch[]): Set<number>[] {
+    const sets: Set<number>[] = [];
+    for (const b of batches) {
+      const d = this.rowDomains(b);
+      const perToken = new Int32Array(b.B * b.T);
+      for (let r = 0; r < b.B; r++) perToken.fill(d[r]!, r * b.T, (r + 1) * b.T);
+      rreNeeds(this.model, b.x, perToken)!.forEach((s, l) => {
+        const into = (sets[l] ??= new Set());
+        for (const e of s) into.add(e);
+      });
+    }
+    return sets;
+  }
+
+  /**
+   * This step's batches. With ECSS prefetch (RRE), the next step's batches
+   * are drawn now so that their experts can be read while this step computes.
+   */
+  private stepBatches(): Batch[] {
+    const current = this.ahead?.batches ?? this.drawBatches();
+    this.ahead = null;
+    if (this.ecss?.prefetches) {
+      const state = this.loader.getState();
+      const next = this.drawBatches();
+      this.ahead = { state, batches: next };
+      this.ecss.beginStep(this.needs(current), this.needs(next));
+    }
+    return current;
+  }
+
+  /** The loader state a checkpoint saves: before any batches drawn ahead, so a resume draws them again. */
+  loaderState(): ReturnType<Loader["getState"]> {
+    return this.ahead?.state ?? this.loader.getState();
+  }
+
   /** One optimizer step over accumSteps micro-batches. */
   trainStep(): StepResult {
     const t0 = performance.now();
@@ -94,12 +165,14 @@ export class Trainer {
     const dropped = new Array<number>(c.model.sparseLayers).fill(0);
     let loss = 0, lm = 0, balance = 0, z = 0, tokens = 0;
     zeroGrad(params);
+    const batches = this.stepBatches();
     for (let a = 0; a < c.accumSteps; a++) {
-      const b = this.loader.next();
-      const domains = Int32Array.from(b.domain, (id) => this.domainIndex.get(id)!);
+      const b = batches[a]!;
+      const domains = this.rowDomains(b);
       const r = this.model.loss({ tokens: b.x, domains, B: b.B, T: b.T }, b.y);
       // Gradients add up over micro-batches; scaling each by 1/accum makes the sum their mean.
       backward(c.accumSteps > 1 ? ops.scale(r.loss, 1 / c.accumSteps) : r.loss);
+      this.ecss?.collectGrads();
       loss += r.loss.item();
       lm += r.lm.item();
       r.out.routings.forEach((rt, l) => {
@@ -110,9 +183,10 @@ export class Trainer {
       });
       tokens += b.B * b.T;
     }
-    const gradNorm = clipGradNorm(params, c.optim.clip ?? Infinity);
+    const gradNorm = this.ecss ? this.ecss.clip(params, c.optim.clip ?? Infinity) : clipGradNorm(params, c.optim.clip ?? Infinity);
     const lr = learningRate(this.schedule, this.step);
-    this.optimizer.update(lr);
+    this.optimizer.update(lr, this.optimizer.sparseExperts ? this.touched(counts) : undefined);
+    this.ecss?.update(lr, this.optimizer.hyper.expert);
     this.step++;
     this.tokens += tokens;
     const seconds = (performance.now() - t0) / 1000;
@@ -121,6 +195,12 @@ export class Trainer {
     const D = devicesFor(c.model);
     const routing = counts.map((cs, l) => ({ tokensPerExpert: Array.from(cs), perDevice: deviceLoads(cs, D), imbalance: imbalanceScore(cs, D, tokens), dropped: dropped[l]! }));
     return { step: this.step, loss: loss / n, lm: lm / n, balanceLoss: balance / n, zLoss: z / n, lr, gradNorm, tokens, seconds, routing };
+  }
+
+  /** Experts with routed tokens this step, by MoE layer path (the sparse rule's touched set). */
+  private touched(counts: Int32Array[]): TouchedExperts {
+    const c = this.config.model;
+    return new Map(counts.map((cs, l) => [`blocks.${c.denseLayers + l}.moe`, Uint8Array.from(cs, (n) => (n > 0 ? 1 : 0))]));
   }
 
   /** Per-domain validation loss and perplexity over `batches` fixed batches per domain. */
@@ -132,5 +212,9 @@ export class Trainer {
   close(): void {
     this.loader.close();
     this.evaluator?.close();
+    this.ecss?.close();
   }
 }
+
+/** Where a run keeps its expert store. */
+export const storePath = (c: TrainConfig): string => c.store.path ?? join(c.out, "experts.sgxs");

@@ -1,0 +1,86 @@
+/**
+ * Prefetch: reads of the records the next step needs, done by a worker
+ * thread while the main thread computes the current step (the kernels are
+ * synchronous native calls on the main thread, so the worker's file I/O runs
+ * beside them, never on the event-loop thread). Waiting is synchronous
+ * (Atomics.wait on a shared status word), so a synchronous training step can
+ * collect a prefetched expert without yielding to the event loop.
+ */
+import { Worker } from "node:worker_threads";
+import type { IndexEntry } from "./format.js";
+import type { PrefetchMessage } from "./prefetch-worker.js";
+
+export interface Pending {
+  layer: number;
+  expert: number;
+  buf: Uint8Array;
+  entry: IndexEntry;
+  status: Int32Array;
+  i: number;
+  /** [0] becomes 1 once the worker has loaded. */
+  alive: Int32Array;
+}
+
+/** The worker script next to this file (.ts under tsx, .js once compiled). */
+const underTsx = import.meta.url.endsWith(".ts");
+const workerUrl = new URL(underTsx ? "./prefetch-worker.ts" : "./prefetch-worker.js", import.meta.url);
+
+/**
+ * Under tsx (tests, benches) the loader hooks of the main thread do not reach
+ * workers, so a .ts worker is started by a small script that registers tsx first.
+ */
+function startWorker(alive: Int32Array): Worker {
+  if (!underTsx) return new Worker(workerUrl, { workerData: { alive } });
+  const api = import.meta.resolve("tsx/esm/api");
+  const boot = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(workerUrl.href)}); });`;
+  return new Worker(boot, { eval: true, workerData: { alive } });
+}
+
+export class Prefetcher {
+  private worker: Worker | null;
+  private readonly alive = new Int32Array(new SharedArrayBuffer(4));
+
+  constructor(path: string) {
+    this.worker = startWorker(this.alive);
+    // A worker that fails to load sets nothing; wait() notices and the reads happen on demand instead.
+    this.worker.on("error", () => {});
+    // The worker must not keep a finished run alive.
+    this.worker.unref();
+    this.post({ kind: "open", path });
+  }
+
+  private post(msg: PrefetchMessage): void {
+    this.worker!.postMessage(msg);
+  }
+
+  /** Starts reading each item into its buffer; returns one Pending per item. */
+  request(items: { layer: number; expert: number; offset: number; floats: number; entry: IndexEntry; buf: Uint8Array }[]): Pending[] {
+    if (items.length === 0) return [];
+    const status = new Int32Array(new SharedArrayBuffer(4 * items.length));
+    this.post({ kind: "read", items, status });
+    return items.map((it, i) => ({ layer: it.layer, expert: it.expert, buf: it.buf, entry: it.entry, status, i, alive: this.alive }));
+  }
+
+  /**
+   * Blocks until the item is read; true when it checked out. False also when
+   * the worker never came up (5 s) or a read takes over a minute: the caller
+   * then reads the record itself.
+   */
+  static wait(p: Pending): boolean {
+    const t0 = Date.now();
+    while (Atomics.load(p.status, p.i) === 0) {
+      Atomics.wait(p.status, p.i, 0, 50);
+      const waited = Date.now() - t0;
+      if ((waited > 5000 && Atomics.load(p.alive, 0) === 0) || waited > 60000) return false;
+    }
+    return Atomics.load(p.status, p.i) === 1;
+  }
+
+  async close(): Promise<void> {
+    if (!this.worker) return;
+    const w = this.worker;
+    this.worker = null;
+    w.postMessage({ kind: "close" } satisfies PrefetchMessage);
+    await w.terminate();
+  }
+}
