@@ -13,6 +13,8 @@ import { RECORD_HEADER, parseBytes, payloadFloats, recordOffset, tensorOffsets }
 import { AdamW } from "../src/optim/adamw.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import { SigmaError } from "../src/util/errors.js";
+import { convertCheckpoint } from "../src/train/ecss-convert.js";
+import { parseTrainConfig } from "../src/train/config.js";
 import type { ModelConfig } from "../src/models/config.js";
 import { ROUTERS, cleanup, root, tinyConfig, tinyData } from "./train-fixture.js";
 
@@ -244,4 +246,34 @@ test("byte sizes parse with units", () => {
   assert.equal(parseBytes("64 MB"), 64e6);
   assert.equal(parseBytes("4096"), 4096);
   assert.throws(() => parseBytes("lots"), sigmaError(/not a byte size/));
+});
+
+test("a checkpoint converts between the store and in-RAM layouts, and training continues the same", () => {
+  const { cfg, dir, t } = storeRun("convert");
+  for (let i = 0; i < 3; i++) t.trainStep();
+  const want = { dense: denseParams(t), experts: expertPayloads(t) };
+  t.close();
+  // store → RAM: the in-RAM run continues under the same sparse rule.
+  const ramDir = join(root, "convert-ram", "checkpoints");
+  const ramCkpt = convertCheckpoint(dir, "ram", ramDir);
+  const ramCfg = parseTrainConfig({ ...cfg, out: join(root, "convert-ram"), store: { ...cfg.store, enabled: false }, optim: { ...cfg.optim, sparseExperts: true } });
+  const r = resumeTrainer(ramCkpt, ramCfg);
+  assert.equal(r.ecss, null);
+  for (let i = 0; i < 3; i++) r.trainStep();
+  const gotDense = denseParams(r);
+  const dense = globalRelErr([...want.dense.values()], [...gotDense.values()]);
+  assert.ok(dense <= 1e-6, `dense parameters after store → RAM differ by ${dense}`);
+  const ex = globalRelErr(want.experts, expertPayloads(r));
+  assert.ok(ex <= 1e-6, `experts after store → RAM differ by ${ex}`);
+  r.close();
+  // RAM → store again: the records equal the in-RAM tensors exactly.
+  const backDir = join(root, "convert-back", "checkpoints");
+  const storeCkpt = convertCheckpoint(ramCkpt, "store", backDir, join(root, "convert-back", "experts.sgxs"));
+  const backCfg = parseTrainConfig({ ...cfg, out: join(root, "convert-back"), store: { ...cfg.store, path: join(root, "convert-back", "experts.sgxs") } });
+  const b = resumeTrainer(storeCkpt, backCfg);
+  const fromRam = resumeTrainer(ramCkpt, ramCfg);
+  assert.equal(globalRelErr(expertPayloads(fromRam), expertPayloads(b)), 0);
+  fromRam.close();
+  b.close();
+  assert.throws(() => convertCheckpoint(storeCkpt, "store", backDir, "x.sgxs"), sigmaError(/already keeps its experts in the store/));
 });
