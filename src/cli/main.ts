@@ -15,6 +15,7 @@ import { register as registerBalance } from "./balance.js";
 import { register as registerUpcycle } from "./upcycle.js";
 import { register as registerExtract } from "./extract.js";
 import { register as registerImport } from "./import.js";
+import { register as registerStore } from "./store.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
 
@@ -28,6 +29,7 @@ registerBalance(program);
 registerUpcycle(program);
 registerExtract(program);
 registerImport(program);
+registerStore(program);
 
 program
   .command("info")

@@ -17,6 +17,7 @@ import { domainIndex, encodePrompt, loadForInference } from "../serve/load.js";
 import { generateIds } from "../serve/generate.js";
 import { parseIntOpt } from "./tokenizer.js";
 import { TrainProgress } from "./progress.js";
+import { describeStore, withStoreOptions } from "./store.js";
 import { readInitModel } from "./model-folder.js";
 
 const parseNum = (name: string) => (v: string): number => {
@@ -72,9 +73,12 @@ export function register(program: Command): void {
     .option("--init <ckpt>", "start from a model's weights (from sigma upcycle, extract or import; its config must equal the model section)")
     .option("--out <dir>", "override the config's out folder")
     .option("--steps <n>", "override the config's steps", parseIntOpt("steps"))
-    .action(async (o: { config: string; resume?: string | true; init?: string; out?: string; steps?: number }) => {
+    .option("--store [path]", "ECSS: keep the experts and their Adam moments in an expert store file (default <out>/experts.sgxs)")
+    .option("--expert-memory <size>", "ECSS: RAM budget of the resident experts, e.g. 2GiB (implies --store)")
+    .action(async (o: { config: string; resume?: string | true; init?: string; out?: string; steps?: number; store?: string | true; expertMemory?: string }) => {
       let cfg: TrainConfig = loadTrainConfig(o.config);
       if (o.out !== undefined || o.steps !== undefined) cfg = parseTrainConfig({ ...cfg, ...(o.out !== undefined ? { out: o.out } : {}), ...(o.steps !== undefined ? { steps: o.steps } : {}) }, o.config);
+      cfg = withStoreOptions(cfg, o, o.config);
       let t: Trainer;
       if (o.resume && o.init) throw new SigmaError("--resume and --init exclude each other", "--init starts a new run from a model; --resume continues a run");
       if (o.resume) {
@@ -85,8 +89,10 @@ export function register(program: Command): void {
       try {
         const mode = cfg.model.sparseLayers === 0 ? "dense" : cfg.model.denseLayers === 0 ? "sparse" : "mixed";
         console.error(`${cfg.name}: ${mode} model, ${(t.model.parameterCount() / 1e6).toFixed(2)}M parameters, router ${cfg.model.experts?.router.kind ?? "none"}, ${cfg.steps} steps of ${cfg.batchSize * cfg.accumSteps}×${cfg.model.seqLen} tokens`);
+        if (t.ecss) console.error(describeStore(t.ecss));
         const baselines = baselineMap(cfg.data.dir);
         const r = await trainWithProgress(t, { resumed: !!o.resume, baselines });
+        if (t.ecss) console.error(describeStore(t.ecss));
         console.log(`${r.stopped === "done" ? "finished" : `stopped (${r.stopped})`} at step ${r.steps}`);
         console.log(formatEval(r.finalEval, baselines));
         console.log(`checkpoint: ${r.checkpoint}\nmetrics: ${r.metrics}\nplots: ${r.plots.join(", ")}`);

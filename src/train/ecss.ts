@@ -35,6 +35,10 @@ import { payloadFloats, recordNumber, tensorOffsets, type LayerLayout } from "..
 import { Prefetcher, type Pending } from "../store/prefetch.js";
 import { Tensor } from "../tensor/tensor.js";
 import { SigmaError } from "../util/errors.js";
+import { writeFileAtomic } from "../util/fs.js";
+
+/** Where a store's last run statistics go (for `sigma store inspect`). */
+export const statsPath = (storePath: string): string => `${storePath}.stats.json`;
 
 /** The store layout of a model config: one entry per sparse layer. */
 export function storeLayout(c: ModelConfig): LayerLayout[] {
@@ -308,6 +312,7 @@ export class Ecss implements ExpertBank {
   flush(): Uint8Array {
     for (const r of this.cache.entries()) if (r.dirty) this.writeBack(r);
     this.store.sync();
+    writeFileAtomic(statsPath(this.store.path), JSON.stringify({ writtenAt: new Date().toISOString(), ...this.stats() }, null, 2) + "\n");
     return this.store.currentIndex();
   }
 

@@ -75,6 +75,9 @@ export class Trainer {
       const path = storePath(config);
       let store: ExpertStoreFile;
       if (model) {
+        if ([...model.namedParameters().values()].some((p) => p.group === "expert")) {
+          throw new SigmaError("this model holds its experts in RAM, but the config enables the expert store", "train without the store to a first checkpoint, then `sigma store convert --to store` it and resume");
+        }
         this.model = model;
         store = ExpertStoreFile.open(path);
       } else {
