@@ -95,7 +95,7 @@ export function register(program: Command): void {
     .option("--out <dir>", "where metrics, plots and the checkpoint go", "sigma-demo")
     .option("--data <dir>", "prepared data (made from the default corpus if missing)", DEFAULT_DATA)
     .option("--minutes <m>", "training time budget", (v) => Number(v), 5)
-    .option("--steps <n>", "step cap (the learning-rate schedule spans it)", parseIntOpt("steps"), 600)
+    .option("--steps <n>", "step cap (the schedule spans the steps that fit in the budget, at most this many)", parseIntOpt("steps"), 2000)
     .option("--width <n>", "model width C", parseIntOpt("width"), 128)
     .option("--seed <n>", "seed of the init, the RRE tables and the data order", parseIntOpt("seed"), 1)
     .option("--code-slot", "give code its own embedding slot, as PanGu-Σ does (slower per step)")
