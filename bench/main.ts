@@ -12,6 +12,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   train: () => import("./train.js"),
   balance: () => import("./balance.js"),
   upcycle: () => import("./upcycle.js"),
+  ecss: () => import("./ecss.js"),
 };
 
 const [name, ...args] = process.argv.slice(2);

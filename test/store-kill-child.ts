@@ -9,7 +9,8 @@ const [configPath, checkpoints, mode] = process.argv.slice(2) as [string, string
 const t = resumeTrainer(checkpoints, loadTrainConfig(configPath));
 const die = (): void => void process.kill(process.pid, "SIGKILL");
 if (mode === "step") {
-  t.ecss!.store.onHalfWritten = die;
+  // Evictions are written back by the I/O worker: it kills the process mid-record.
+  t.ecss!.killMidWrite = true;
   for (let i = 0; i < 5; i++) t.trainStep();
 } else {
   t.trainStep();

@@ -19,16 +19,27 @@
 import { backendFor } from "../backend/index.js";
 import type { GroupHyper } from "./adamw.js";
 
+/** An expert's gradient, one view per tensor (w1 [F·C], w2 [C·F], b1 [F], b2 [C]). */
+export interface ExpertGrad {
+  w1: Float32Array;
+  w2: Float32Array;
+  b1: Float32Array;
+  b2: Float32Array;
+}
+
 /**
- * One expert's update over its record payload: params [P] | m [P] | v [P],
- * params laid out as [w1 | w2 | b1 | b2], the first `decayed` elements the
- * matrices (weight decay) and the rest the biases (none). grad: [P], same layout.
+ * One expert's update in place in its record payload: params [P] | m [P] | v
+ * [P], params laid out as [w1 | w2 | b1 | b2] at the offsets `at`; weight
+ * decay on the matrices, none on the biases.
  */
-export function expertAdamW(payload: Float32Array, grad: Float32Array, P: number, decayed: number, lr: number, h: GroupHyper, step: number): void {
+export function expertAdamW(payload: Float32Array, at: { w1: number; w2: number; b1: number; b2: number; P: number }, g: ExpertGrad, lr: number, h: GroupHyper, step: number): void {
   const be = backendFor(payload);
-  const p = payload.subarray(0, P);
-  const m = payload.subarray(P, 2 * P);
-  const v = payload.subarray(2 * P, 3 * P);
-  be.adamw(p.subarray(0, decayed), grad.subarray(0, decayed), m.subarray(0, decayed), v.subarray(0, decayed), decayed, lr, h.beta1, h.beta2, h.eps, h.weightDecay, step);
-  be.adamw(p.subarray(decayed), grad.subarray(decayed, P), m.subarray(decayed), v.subarray(decayed), P - decayed, lr, h.beta1, h.beta2, h.eps, 0, step);
+  const P = at.P;
+  for (const name of ["w1", "w2", "b1", "b2"] as const) {
+    const grad = g[name];
+    const n = grad.length;
+    const o = at[name];
+    const wd = name === "w1" || name === "w2" ? h.weightDecay : 0;
+    be.adamw(payload.subarray(o, o + n), grad, payload.subarray(P + o, P + o + n), payload.subarray(2 * P + o, 2 * P + o + n), n, lr, h.beta1, h.beta2, h.eps, wd, step);
+  }
 }

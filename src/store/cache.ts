@@ -94,22 +94,25 @@ export class ResidentSet {
 
   /**
    * Evicts least recently used unpinned entries until `need` more bytes fit
-   * in the budget; `writeBack` is called for dirty ones before they go.
+   * in the budget; `writeBack` is called for dirty ones before they go and
+   * says whether their buffer is free at once (false: an asynchronous write
+   * still reads it, and its owner releases it later).
    * Returns false when pinned entries alone leave no room.
    */
-  makeRoom(need: number, writeBack: (r: Resident) => void): boolean {
+  makeRoom(need: number, writeBack: (r: Resident) => boolean): boolean {
     if (this.bytes + need <= this.budget) return true;
     for (const r of this.map.values()) {
       if (this.bytes + need <= this.budget) break;
       if (r.pins > 0) continue;
+      let free = true;
       if (r.dirty) {
-        writeBack(r);
+        free = writeBack(r);
         this.stats.writeBacks++;
       }
       this.map.delete(r.key);
       this.bytes -= r.rec.length;
       this.stats.evictions++;
-      this.release(r.rec);
+      if (free) this.release(r.rec);
     }
     return this.bytes + need <= this.budget;
   }

@@ -126,18 +126,34 @@ export class ExpertStoreFile {
 
   /** Writes `rec`'s payload as the next version of (layer, expert), never into the committed slot. */
   write(layer: number, expert: number, rec: Uint8Array, step: number): void {
-    const n = recordNumber(this.header, layer, expert);
-    const slot = 1 - this.committed[n]!.slot;
-    const generation = this.current[n]!.generation + 1;
+    const { offset, generation } = this.beginWrite(layer, expert, step, rec.length);
     const crc = sealRecord(rec, layer, expert, generation, step, payloadFloats(this.layout(layer)));
-    const offset = recordOffset(this.header, layer, expert, slot);
     const half = rec.length >> 1;
     pwriteFull(this.fd, rec.subarray(0, half), offset);
     this.onHalfWritten?.(layer, expert);
     pwriteFull(this.fd, rec.subarray(half), offset + half);
-    this.current[n] = { slot, generation, crc, step };
+    this.completeWrite(layer, expert, generation, crc);
+  }
+
+  /**
+   * Claims the next version of (layer, expert) for a write done elsewhere
+   * (the I/O worker): the slot the committed index does not name, and the
+   * next generation. The record is unreadable until completeWrite().
+   */
+  beginWrite(layer: number, expert: number, step: number, bytes: number): { offset: number; generation: number } {
+    const n = recordNumber(this.header, layer, expert);
+    const slot = 1 - this.committed[n]!.slot;
+    const generation = this.current[n]!.generation + 1;
+    this.current[n] = { slot, generation, crc: 0, step };
     this.io.writes++;
-    this.io.bytesWritten += rec.length;
+    this.io.bytesWritten += bytes;
+    return { offset: recordOffset(this.header, layer, expert, slot), generation };
+  }
+
+  /** The write of `generation` is on disk with this crc. */
+  completeWrite(layer: number, expert: number, generation: number, crc: number): void {
+    const e = this.current[recordNumber(this.header, layer, expert)]!;
+    if (e.generation === generation) e.crc = crc;
   }
 
   sync(): void {

@@ -8,7 +8,7 @@
  */
 import { Worker } from "node:worker_threads";
 import type { IndexEntry } from "./format.js";
-import type { PrefetchMessage } from "./prefetch-worker.js";
+import type { PrefetchMessage, WriteItem } from "./prefetch-worker.js";
 
 export interface Pending {
   layer: number;
@@ -59,6 +59,28 @@ export class Prefetcher {
     const status = new Int32Array(new SharedArrayBuffer(4 * items.length));
     this.post({ kind: "read", items, status });
     return items.map((it, i) => ({ layer: it.layer, expert: it.expert, buf: it.buf, entry: it.entry, status, i, alive: this.alive }));
+  }
+
+  /** Hands a record to the worker to seal and write; wait with Prefetcher.waitWrite(status). */
+  write(item: Omit<WriteItem, "status">): Int32Array {
+    const status = new Int32Array(new SharedArrayBuffer(8));
+    this.post({ kind: "write", item: { ...item, status } });
+    return status;
+  }
+
+  /** Blocks until a write is on disk; returns its crc32, or null when the worker never came up. */
+  waitWrite(status: Int32Array): number | null {
+    const t0 = Date.now();
+    while (Atomics.load(status, 0) === 0) {
+      Atomics.wait(status, 0, 0, 50);
+      if (Date.now() - t0 > 5000 && Atomics.load(this.alive, 0) === 0) return null;
+    }
+    return Atomics.load(status, 1) >>> 0;
+  }
+
+  /** True once a write is done (does not block). */
+  static written(status: Int32Array): boolean {
+    return Atomics.load(status, 0) === 1;
   }
 
   /**

@@ -28,12 +28,13 @@ import { PanguSigma } from "../models/pangu-sigma.js";
 import type { ExpertBank } from "../moe/layer.js";
 import { RreRouter } from "../moe/router/rre.js";
 import type { GroupHyper } from "../optim/adamw.js";
-import { expertAdamW } from "../optim/sparse.js";
+import { expertAdamW, type ExpertGrad } from "../optim/sparse.js";
 import { ResidentSet, type CacheStats, type Resident } from "../store/cache.js";
 import { ExpertStoreFile, StoreBuilder, type IoStats } from "../store/file.js";
 import { payloadFloats, recordNumber, tensorOffsets, type LayerLayout } from "../store/format.js";
 import { Prefetcher, type Pending } from "../store/prefetch.js";
 import { Tensor } from "../tensor/tensor.js";
+import { Storage } from "../tensor/storage.js";
 import { SigmaError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
 
@@ -100,17 +101,40 @@ export class Ecss implements ExpertBank {
   readonly cache: ResidentSet;
   private readonly layout: LayerLayout[];
   private readonly denseLayers: number;
+  /** The I/O worker (reads ahead, writes back); null when disabled. */
   private prefetcher: Prefetcher | null;
+  /** RRE: the next step's experts are read ahead. */
+  private readonly readAhead: boolean;
   private readonly pending = new Map<number, Pending>();
   private pendingBytes = 0;
+  /** Evicted records the worker is still writing: their buffers are not free yet. */
+  private readonly writing = new Map<number, { layer: number; expert: number; generation: number; step: number; buf: Uint8Array; status: Int32Array }>();
+  private writingBytes = 0;
+  /** Test seam: the worker SIGKILLs the process halfway through its next record write. */
+  killMidWrite = false;
   private prefetchRequested = 0;
   private leaves: Leaves[] = [];
-  /** Gradient accumulators of the experts touched this step, by record key. */
-  private readonly grads = new Map<number, { r: Resident; g: Float32Array }>();
+  /**
+   * The gradients of the experts touched this step, by record key: views
+   * into the last micro-batch's leaf gradients, or (when several micro-batches
+   * touch an expert) into an owned accumulator.
+   */
+  private readonly grads = new Map<number, { r: Resident; g: ExpertGrad; owned: Float32Array | null }>();
+  /**
+   * Per sparse layer: storages reused step after step for the stacked
+   * weights and their gradients (growing to the most experts a batch used),
+   * so a step neither allocates nor page-faults them again.
+   */
+  private readonly scratch: { cap: number; w: Storage[]; g: Storage[] }[] = [];
   private readonly gradPool = new Map<number, Float32Array[]>();
   private readonly pinned: Resident[] = [];
 
-  constructor(readonly store: ExpertStoreFile, readonly model: PanguSigma, budget: number, prefetch: boolean) {
+  /**
+   * `readAhead`: the router is RRE and the trainer announces the next step's
+   * experts (beginStep). `worker`: do reads ahead and write-backs in the I/O
+   * worker thread (off: every read and write on the main thread).
+   */
+  constructor(readonly store: ExpertStoreFile, readonly model: PanguSigma, budget: number, readAhead: boolean, worker = true) {
     this.layout = storeLayout(model.config);
     const have = JSON.stringify(store.header.layers);
     if (have !== JSON.stringify(this.layout)) {
@@ -118,23 +142,64 @@ export class Ecss implements ExpertBank {
     }
     this.denseLayers = model.config.denseLayers;
     this.cache = new ResidentSet(budget);
-    this.prefetcher = prefetch ? new Prefetcher(store.path) : null;
+    this.prefetcher = worker ? new Prefetcher(store.path) : null;
+    this.readAhead = readAhead && worker;
     for (const b of model.blocks) if (b.moe) b.moe.bank = this;
   }
 
   /** True when the next step's experts are known before its forward pass (RRE) and read ahead. */
   get prefetches(): boolean {
-    return this.prefetcher !== null;
+    return this.readAhead;
   }
 
   private key(layer: number, expert: number): number {
     return recordNumber(this.store.header, layer, expert);
   }
 
-  private writeBack = (r: Resident): void => {
-    this.store.write(r.layer, r.expert, r.rec, r.step);
+  /** Eviction's write-back: handed to the worker when there is one (returns false: the buffer is still in use). */
+  private writeBack = (r: Resident): boolean => {
     r.dirty = false;
+    if (!this.prefetcher) {
+      this.store.write(r.layer, r.expert, r.rec, r.step);
+      return true;
+    }
+    const { offset, generation } = this.store.beginWrite(r.layer, r.expert, r.step, r.rec.length);
+    const floats = payloadFloats(this.layout[r.layer]!);
+    const status = this.prefetcher.write({ layer: r.layer, expert: r.expert, offset, generation, step: r.step, floats, buf: r.rec, tear: this.killMidWrite });
+    this.writing.set(r.key, { layer: r.layer, expert: r.expert, generation, step: r.step, buf: r.rec, status });
+    this.writingBytes += r.rec.length;
+    return false;
   };
+
+  /** Finishes a worker write (blocking if needed): records its crc; returns the buffer, still holding the record. */
+  private settle(key: number): Uint8Array {
+    const w = this.writing.get(key)!;
+    this.writing.delete(key);
+    this.writingBytes -= w.buf.length;
+    const crc = this.prefetcher!.waitWrite(w.status);
+    if (crc === null) this.store.write(w.layer, w.expert, w.buf, w.step); // the worker never started: write here
+    else this.store.completeWrite(w.layer, w.expert, w.generation, crc);
+    return w.buf;
+  }
+
+  /** Frees the buffers of finished writes (without waiting for unfinished ones). */
+  private settleFinished(): void {
+    for (const [key, w] of this.writing) if (Prefetcher.written(w.status)) this.cache.release(this.settle(key));
+  }
+
+  /**
+   * Room for `bytes` more next to what is being read ahead. Buffers of
+   * write-backs in flight are not counted against the budget (waiting for
+   * them would put the writes back on the step's critical path); they are
+   * counted in peakBytes, which is what the budget is reported against.
+   */
+  private room(bytes: number): boolean {
+    this.settleFinished();
+    const ok = this.cache.makeRoom(bytes + this.pendingBytes, this.writeBack);
+    const st = this.cache.stats;
+    st.peakBytes = Math.max(st.peakBytes, this.cache.bytes + this.pendingBytes + bytes + this.writingBytes);
+    return ok;
+  }
 
   /**
    * The resident record of (layer, expert), read if needed; pinned until
@@ -145,6 +210,11 @@ export class Ecss implements ExpertBank {
     let r = this.cache.touch(key);
     const first = !r || r.pins === 0;
     let prefetched = false;
+    if (!r && this.writing.has(key)) {
+      // Evicted moments ago and still being written: its buffer holds the newest version.
+      const buf = this.settle(key);
+      r = this.cache.insert(key, layer, expert, buf, payloadFloats(this.layout[layer]!), this.store.locate(layer, expert).entry.step);
+    }
     if (!r) {
       const p = this.pending.get(key);
       if (p) {
@@ -160,7 +230,7 @@ export class Ecss implements ExpertBank {
     }
     if (!r) {
       const bytes = this.store.recordBytes(layer);
-      this.cache.makeRoom(bytes + this.pendingBytes, this.writeBack);
+      this.room(bytes);
       const buf = this.cache.buffer(bytes);
       try {
         const entry = this.store.read(layer, expert, buf);
@@ -181,7 +251,23 @@ export class Ecss implements ExpertBank {
     return r;
   }
 
-  /** ExpertBank: stacked copies of the used experts' weights, as leaves when training. */
+  private scratchFor(layer: number, U: number): { w: Storage[]; g: Storage[] } {
+    const lay = this.layout[layer]!;
+    const sizes = [lay.expertWidth * lay.width, lay.expertWidth, lay.width * lay.expertWidth, lay.width];
+    let sc = this.scratch[layer];
+    if (!sc || sc.cap < U) {
+      const cap = Math.max(U, Math.ceil((sc?.cap ?? 0) * 1.5));
+      sc = { cap, w: sizes.map((n) => new Storage(new Float32Array(cap * n))), g: sizes.map((n) => new Storage(new Float32Array(cap * n))) };
+      this.scratch[layer] = sc;
+    }
+    return sc;
+  }
+
+  /**
+   * ExpertBank: stacked copies of the used experts' weights, as leaves with
+   * zeroed gradients when training. They live in per-layer scratch storage,
+   * valid until the layer's next call (the next micro-batch, after collectGrads).
+   */
   weights(block: number, experts: Int32Array): { w1: Tensor; b1: Tensor; w2: Tensor; b2: Tensor } {
     const layer = block - this.denseLayers;
     const lay = this.layout[layer]!;
@@ -189,10 +275,9 @@ export class Ecss implements ExpertBank {
     const o = tensorOffsets(lay);
     const FC = F * C;
     const training = isGradEnabled();
-    const w1 = Tensor.zeros([U, F, C]);
-    const b1 = Tensor.zeros([U, F]);
-    const w2 = Tensor.zeros([U, C, F]);
-    const b2 = Tensor.zeros([U, C]);
+    const sc = this.scratchFor(layer, U);
+    const shapes = [[U, F, C], [U, F], [U, C, F], [U, C]];
+    const [w1, b1, w2, b2] = shapes.map((shape, i) => new Tensor(sc.w[i]!, shape)) as [Tensor, Tensor, Tensor, Tensor];
     experts.forEach((e, i) => {
       const p = this.acquire(layer, e, training).payload;
       w1.data.set(p.subarray(o.w1, o.w1 + FC), i * FC);
@@ -201,7 +286,11 @@ export class Ecss implements ExpertBank {
       b2.data.set(p.subarray(o.b2, o.b2 + C), i * C);
     });
     if (training) {
-      for (const t of [w1, b1, w2, b2]) t.requiresGrad = true;
+      [w1, b1, w2, b2].forEach((t, i) => {
+        t.requiresGrad = true;
+        t.grad = new Tensor(sc.g[i]!, t.shape);
+        t.grad.data.fill(0);
+      });
       this.leaves.push({ layer, experts, w1, b1, w2, b2 });
     }
     return { w1, b1, w2, b2 };
@@ -214,7 +303,7 @@ export class Ecss implements ExpertBank {
    */
   beginStep(current: Set<number>[], next: Set<number>[] | null): void {
     current.forEach((es, l) => es.forEach((e) => this.acquire(l, e, true)));
-    if (next && this.prefetcher) this.prefetch(next);
+    if (next && this.readAhead) this.prefetch(next);
   }
 
   private prefetch(next: Set<number>[]): void {
@@ -225,39 +314,53 @@ export class Ecss implements ExpertBank {
       for (const e of es) {
         const key = this.key(l, e);
         if (this.cache.has(key) || this.pending.has(key)) continue;
+        if (this.writing.has(key)) {
+          // Still in memory: take it back instead of reading what is being written.
+          this.cache.insert(key, l, e, this.settle(key), payloadFloats(this.layout[l]!), this.store.locate(l, e).entry.step);
+          continue;
+        }
         const bytes = this.store.recordBytes(l);
         // No room without evicting what the running step pinned: the rest will be read on demand.
-        if (!this.cache.makeRoom(this.pendingBytes + bytes, this.writeBack)) return;
+        if (!this.room(bytes)) return;
         const { offset, entry } = this.store.locate(l, e);
         items.push({ layer: l, expert: e, offset, floats: payloadFloats(this.layout[l]!), entry: { ...entry }, buf: this.cache.buffer(bytes) });
         this.pendingBytes += bytes;
       }
     });
+    if (items.length === 0) return;
     this.prefetchRequested += items.length;
     for (const p of this.prefetcher!.request(items)) this.pending.set(this.key(p.layer, p.expert), p);
   }
 
-  /** After each backward: adds the leaves' gradients into the touched experts' accumulators. */
-  collectGrads(): void {
+  /**
+   * After each backward: takes the leaves' gradients per touched expert.
+   * `last`: no micro-batch of this step follows, so experts first seen now
+   * keep views into the leaf gradients; otherwise they are copied, as the
+   * next micro-batch reuses the scratch storage.
+   */
+  collectGrads(last = true): void {
     for (const lv of this.leaves) {
       const lay = this.layout[lv.layer]!;
       const o = tensorOffsets(lay);
-      const [F, C] = [lay.expertWidth, lay.width];
-      const FC = F * C;
-      if (!lv.w1.grad && !lv.w2.grad && !lv.b1.grad && !lv.b2.grad) continue; // e.g. a recomputed block's first pass
+      const sizes = { w1: lay.expertWidth * lay.width, w2: lay.expertWidth * lay.width, b1: lay.expertWidth, b2: lay.width };
+      const leafGrad = { w1: lv.w1.grad!.data as Float32Array, w2: lv.w2.grad!.data as Float32Array, b1: lv.b1.grad!.data as Float32Array, b2: lv.b2.grad!.data as Float32Array };
       lv.experts.forEach((e, i) => {
         const key = this.key(lv.layer, e);
-        let acc = this.grads.get(key);
-        if (!acc) {
-          acc = { r: this.cache.peek(key)!, g: this.gradBuffer(o.P) };
-          this.grads.set(key, acc);
+        const view = (n: keyof ExpertGrad) => leafGrad[n].subarray(i * sizes[n], (i + 1) * sizes[n]);
+        const acc = this.grads.get(key);
+        if (!acc && last) {
+          this.grads.set(key, { r: this.cache.peek(key)!, g: { w1: view("w1"), w2: view("w2"), b1: view("b1"), b2: view("b2") }, owned: null });
+          return;
         }
-        const g = acc.g;
-        const be = backendFor(g);
-        if (lv.w1.grad) be.axpy(g.subarray(o.w1, o.w1 + FC), lv.w1.grad.data.subarray(i * FC, (i + 1) * FC), 1, FC);
-        if (lv.w2.grad) be.axpy(g.subarray(o.w2, o.w2 + FC), lv.w2.grad.data.subarray(i * FC, (i + 1) * FC), 1, FC);
-        if (lv.b1.grad) be.axpy(g.subarray(o.b1, o.b1 + F), lv.b1.grad.data.subarray(i * F, (i + 1) * F), 1, F);
-        if (lv.b2.grad) be.axpy(g.subarray(o.b2, o.b2 + C), lv.b2.grad.data.subarray(i * C, (i + 1) * C), 1, C);
+        if (!acc) {
+          const owned = this.gradBuffer(o.P);
+          const g = { w1: owned.subarray(o.w1, o.w1 + sizes.w1), w2: owned.subarray(o.w2, o.w2 + sizes.w2), b1: owned.subarray(o.b1, o.b1 + sizes.b1), b2: owned.subarray(o.b2, o.b2 + sizes.b2) };
+          for (const n of ["w1", "w2", "b1", "b2"] as const) g[n].set(view(n));
+          this.grads.set(key, { r: this.cache.peek(key)!, g, owned });
+          return;
+        }
+        // Only an owned accumulator can be seen again (views are made by the last micro-batch).
+        for (const n of ["w1", "w2", "b1", "b2"] as const) backendFor(acc.g[n]).axpy(acc.g[n], view(n), 1, sizes[n]);
       });
     }
     this.leaves = [];
@@ -280,37 +383,44 @@ export class Ecss implements ExpertBank {
   clip(params: Tensor[], maxNorm: number): number {
     let sq = 0;
     for (const p of params) if (p.grad) sq += backendFor(p.grad.data).sumSquares(p.grad.data, p.grad.size);
-    for (const { g } of this.grads.values()) sq += backendFor(g).sumSquares(g, g.length);
+    for (const { g } of this.grads.values()) for (const x of [g.w1, g.w2, g.b1, g.b2]) sq += backendFor(x).sumSquares(x, x.length);
     const norm = Math.sqrt(sq);
     if (norm > maxNorm && norm > 0) {
       const f = maxNorm / norm;
       for (const p of params) if (p.grad) backendFor(p.grad.data).scale(p.grad.data, p.grad.data, f, p.grad.size);
-      for (const { g } of this.grads.values()) backendFor(g).scale(g, g, f, g.length);
+      for (const { g } of this.grads.values()) for (const x of [g.w1, g.w2, g.b1, g.b2]) backendFor(x).scale(x, x, f, x.length);
     }
     return norm;
   }
 
   /** The sparse step: each touched expert takes one AdamW step with its own count; then the budget is enforced. */
   update(lr: number, h: GroupHyper): void {
-    for (const { r, g } of this.grads.values()) {
-      const o = tensorOffsets(this.layout[r.layer]!);
+    for (const { r, g, owned } of this.grads.values()) {
       r.step++;
-      expertAdamW(r.payload, g, o.P, o.decayed, lr, h, r.step);
+      expertAdamW(r.payload, tensorOffsets(this.layout[r.layer]!), g, lr, h, r.step);
       r.dirty = true;
-      const pool = this.gradPool.get(g.length) ?? [];
-      pool.push(g);
-      this.gradPool.set(g.length, pool);
+      if (owned) {
+        const pool = this.gradPool.get(owned.length) ?? [];
+        pool.push(owned);
+        this.gradPool.set(owned.length, pool);
+      }
     }
     this.grads.clear();
     if (this.cache.bytes > this.cache.budget) this.cache.stats.overBudget++;
     for (const r of this.pinned) r.pins = 0;
     this.pinned.length = 0;
-    this.cache.makeRoom(this.pendingBytes, this.writeBack);
+    this.room(0);
   }
 
   /** Writes every dirty expert back and fsyncs the store; returns the index a checkpoint saves. */
   flush(): Uint8Array {
-    for (const r of this.cache.entries()) if (r.dirty) this.writeBack(r);
+    for (const key of [...this.writing.keys()]) this.cache.release(this.settle(key));
+    // On this thread: a checkpoint waits for these anyway.
+    for (const r of this.cache.entries()) {
+      if (!r.dirty) continue;
+      this.store.write(r.layer, r.expert, r.rec, r.step);
+      r.dirty = false;
+    }
     this.store.sync();
     writeFileAtomic(statsPath(this.store.path), JSON.stringify({ writtenAt: new Date().toISOString(), ...this.stats() }, null, 2) + "\n");
     return this.store.currentIndex();
@@ -323,7 +433,7 @@ export class Ecss implements ExpertBank {
 
   /** Adopts a checkpoint's index (resume): nothing may be resident yet. */
   restore(indexBytes: Uint8Array, source: string): void {
-    if (this.cache.size || this.pending.size) throw new Error("Ecss.restore: experts are already resident");
+    if (this.cache.size || this.pending.size || this.writing.size) throw new Error("Ecss.restore: experts are already resident");
     this.store.restore(indexBytes, source);
   }
 
@@ -348,6 +458,7 @@ export class Ecss implements ExpertBank {
   close(): void {
     for (const p of this.pending.values()) Prefetcher.wait(p);
     this.pending.clear();
+    for (const key of [...this.writing.keys()]) this.settle(key);
     void this.prefetcher?.close();
     this.prefetcher = null;
     this.store.close();

@@ -175,7 +175,7 @@ export class Trainer {
       const r = this.model.loss({ tokens: b.x, domains, B: b.B, T: b.T }, b.y);
       // Gradients add up over micro-batches; scaling each by 1/accum makes the sum their mean.
       backward(c.accumSteps > 1 ? ops.scale(r.loss, 1 / c.accumSteps) : r.loss);
-      this.ecss?.collectGrads();
+      this.ecss?.collectGrads(a === c.accumSteps - 1);
       loss += r.loss.item();
       lm += r.lm.item();
       r.out.routings.forEach((rt, l) => {
