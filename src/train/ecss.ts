@@ -23,61 +23,20 @@
  */
 import { backendFor } from "../backend/index.js";
 import { isGradEnabled } from "../autograd/tape.js";
-import type { ModelConfig } from "../models/config.js";
-import { PanguSigma } from "../models/pangu-sigma.js";
+import type { PanguSigma } from "../models/pangu-sigma.js";
 import type { ExpertBank } from "../moe/layer.js";
-import { RreRouter } from "../moe/router/rre.js";
 import type { GroupHyper } from "../optim/adamw.js";
 import { expertAdamW, type ExpertGrad } from "../optim/sparse.js";
 import { ResidentSet, type CacheStats, type Resident } from "../store/cache.js";
-import { ExpertStoreFile, StoreBuilder, type IoStats } from "../store/file.js";
+import type { ExpertStoreFile, IoStats } from "../store/file.js";
 import { payloadFloats, recordNumber, tensorOffsets, type LayerLayout } from "../store/format.js";
+export { createModelWithStore, rreNeeds, statsPath, storeLayout } from "./ecss-model.js";
 import { Prefetcher, type Pending } from "../store/prefetch.js";
 import { Tensor } from "../tensor/tensor.js";
 import { Storage } from "../tensor/storage.js";
 import { SigmaError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
-
-/** Where a store's last run statistics go (for `sigma store inspect`). */
-export const statsPath = (storePath: string): string => `${storePath}.stats.json`;
-
-/** The store layout of a model config: one entry per sparse layer. */
-export function storeLayout(c: ModelConfig): LayerLayout[] {
-  const ex = c.experts;
-  if (!ex || c.sparseLayers === 0) throw new SigmaError("an expert store needs a model with sparse layers", "set model.sparseLayers > 0 and model.experts, or turn store.enabled off");
-  return Array.from({ length: c.sparseLayers }, () => ({ experts: ex.count, width: c.width, expertWidth: ex.width ?? c.ffnWidth }));
-}
-
-/**
- * A fresh model whose experts go straight into a new store at `path` as the
- * init draws them: the full [E, …] tensors never exist in RAM, and the values
- * equal those of `new PanguSigma(config)` (same random stream).
- */
-export function createModelWithStore(config: ModelConfig, path: string): { model: PanguSigma; store: ExpertStoreFile } {
-  const layout = storeLayout(config);
-  const b = new StoreBuilder(path, layout);
-  const model = new PanguSigma(config, "float32", {
-    externalExperts: {
-      onInit: (block, name, e, values) => {
-        const l = block - config.denseLayers;
-        const o = tensorOffsets(layout[l]!);
-        b.put(l, e, name === "w1" ? o.w1 : o.w2, values);
-      },
-    },
-  });
-  return { model, store: b.finish() };
-}
-
-/** Experts needed per sparse layer by RRE for these rows (token ids with their domain index); null for learned routers. */
-export function rreNeeds(model: PanguSigma, tokens: Int32Array, domainOfRow: Int32Array): Set<number>[] | null {
-  const out: Set<number>[] = [];
-  for (const b of model.blocks) {
-    if (!b.moe) continue;
-    if (!(b.moe.router instanceof RreRouter)) return null;
-    out.push(b.moe.router.expertsNeeded(tokens, domainOfRow));
-  }
-  return out;
-}
+import { statsPath, storeLayout } from "./ecss-model.js";
 
 export interface EcssStats extends CacheStats {
   budget: number;

@@ -1,0 +1,52 @@
+/**
+ * The model side of ECSS: the store layout a model config implies, a fresh
+ * model whose experts are written into a new store as they are drawn, and
+ * the experts RRE will need for a batch (known before the forward pass).
+ */
+import type { ModelConfig } from "../models/config.js";
+import { PanguSigma } from "../models/pangu-sigma.js";
+import { RreRouter } from "../moe/router/rre.js";
+import { ExpertStoreFile, StoreBuilder } from "../store/file.js";
+import { tensorOffsets, type LayerLayout } from "../store/format.js";
+import { SigmaError } from "../util/errors.js";
+
+/** Where a store's last run statistics go (for `sigma store inspect`). */
+export const statsPath = (storePath: string): string => `${storePath}.stats.json`;
+
+/** The store layout of a model config: one entry per sparse layer. */
+export function storeLayout(c: ModelConfig): LayerLayout[] {
+  const ex = c.experts;
+  if (!ex || c.sparseLayers === 0) throw new SigmaError("an expert store needs a model with sparse layers", "set model.sparseLayers > 0 and model.experts, or turn store.enabled off");
+  return Array.from({ length: c.sparseLayers }, () => ({ experts: ex.count, width: c.width, expertWidth: ex.width ?? c.ffnWidth }));
+}
+
+/**
+ * A fresh model whose experts go straight into a new store at `path` as the
+ * init draws them: the full [E, …] tensors never exist in RAM, and the values
+ * equal those of `new PanguSigma(config)` (same random stream).
+ */
+export function createModelWithStore(config: ModelConfig, path: string): { model: PanguSigma; store: ExpertStoreFile } {
+  const layout = storeLayout(config);
+  const b = new StoreBuilder(path, layout);
+  const model = new PanguSigma(config, "float32", {
+    externalExperts: {
+      onInit: (block, name, e, values) => {
+        const l = block - config.denseLayers;
+        const o = tensorOffsets(layout[l]!);
+        b.put(l, e, name === "w1" ? o.w1 : o.w2, values);
+      },
+    },
+  });
+  return { model, store: b.finish() };
+}
+
+/** Experts needed per sparse layer by RRE for these rows (token ids with their domain index); null for learned routers. */
+export function rreNeeds(model: PanguSigma, tokens: Int32Array, domainOfRow: Int32Array): Set<number>[] | null {
+  const out: Set<number>[] = [];
+  for (const b of model.blocks) {
+    if (!b.moe) continue;
+    if (!(b.moe.router instanceof RreRouter)) return null;
+    out.push(b.moe.router.expertsNeeded(tokens, domainOfRow));
+  }
+  return out;
+}
