@@ -28,7 +28,7 @@ export interface WriteItem {
   step: number;
   floats: number;
   buf: Uint8Array;
-  /** [0]: 0 pending, 1 written; [1]: the record's crc32 (as int32). */
+  /** [0]: 0 pending, 1 written, 2 failed; [1]: the record's crc32 (as int32). */
   status: Int32Array;
   /** Test seam: SIGKILL the process with half the record written. */
   tear: boolean;
@@ -44,15 +44,19 @@ parentPort!.on("message", (msg: PrefetchMessage) => {
     fd = openSync(msg.path, "r+");
   } else if (msg.kind === "write") {
     const w = msg.item;
-    const crc = sealRecord(w.buf, w.layer, w.expert, w.generation, w.step, w.floats);
-    const half = w.buf.length >> 1;
-    let off = 0;
-    while (off < w.buf.length) {
-      off += writeSync(fd, w.buf, off, (off < half ? half : w.buf.length) - off, w.offset + off);
-      if (w.tear && off >= half) process.kill(process.pid, "SIGKILL");
+    try {
+      const crc = sealRecord(w.buf, w.layer, w.expert, w.generation, w.step, w.floats);
+      const half = w.buf.length >> 1;
+      let off = 0;
+      while (off < w.buf.length) {
+        off += writeSync(fd, w.buf, off, (off < half ? half : w.buf.length) - off, w.offset + off);
+        if (w.tear && off >= half) process.kill(process.pid, "SIGKILL");
+      }
+      Atomics.store(w.status, 1, crc | 0);
+      Atomics.store(w.status, 0, 1);
+    } catch {
+      Atomics.store(w.status, 0, 2); // the main thread writes it again itself and reports the error
     }
-    Atomics.store(w.status, 1, crc | 0);
-    Atomics.store(w.status, 0, 1);
     Atomics.notify(w.status, 0);
   } else if (msg.kind === "close") {
     if (fd >= 0) closeSync(fd);

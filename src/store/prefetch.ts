@@ -68,19 +68,24 @@ export class Prefetcher {
     return status;
   }
 
-  /** Blocks until a write is on disk; returns its crc32, or null when the worker never came up. */
+  /**
+   * Blocks until a write is on disk; returns its crc32, or null when the
+   * worker failed it, never came up (5 s) or stopped answering (a minute):
+   * the caller then writes the record itself.
+   */
   waitWrite(status: Int32Array): number | null {
     const t0 = Date.now();
     while (Atomics.load(status, 0) === 0) {
       Atomics.wait(status, 0, 0, 50);
-      if (Date.now() - t0 > 5000 && Atomics.load(this.alive, 0) === 0) return null;
+      const waited = Date.now() - t0;
+      if ((waited > 5000 && Atomics.load(this.alive, 0) === 0) || waited > 60000) return null;
     }
-    return Atomics.load(status, 1) >>> 0;
+    return Atomics.load(status, 0) === 1 ? Atomics.load(status, 1) >>> 0 : null;
   }
 
-  /** True once a write is done (does not block). */
+  /** True once a write is finished, well or not (does not block). */
   static written(status: Int32Array): boolean {
-    return Atomics.load(status, 0) === 1;
+    return Atomics.load(status, 0) !== 0;
   }
 
   /**

@@ -136,7 +136,7 @@ export class Ecss implements ExpertBank {
     this.writing.delete(key);
     this.writingBytes -= w.buf.length;
     const crc = this.prefetcher!.waitWrite(w.status);
-    if (crc === null) this.store.write(w.layer, w.expert, w.buf, w.step); // the worker never started: write here
+    if (crc === null) this.store.write(w.layer, w.expert, w.buf, w.step); // the worker failed or is gone: write here (errors surface)
     else this.store.completeWrite(w.layer, w.expert, w.generation, crc);
     return w.buf;
   }
