@@ -174,7 +174,9 @@ export class Trainer {
       const domains = this.rowDomains(b);
       const r = this.model.loss({ tokens: b.x, domains, B: b.B, T: b.T }, b.y);
       // Gradients add up over micro-batches; scaling each by 1/accum makes the sum their mean.
-      backward(c.accumSteps > 1 ? ops.scale(r.loss, 1 / c.accumSteps) : r.loss);
+      // Only scalars (losses) and routing counts are read after backward, so the
+      // forward's buffers can go back to the pool for the next micro-batch.
+      backward(c.accumSteps > 1 ? ops.scale(r.loss, 1 / c.accumSteps) : r.loss, undefined, { freeActivations: true });
       this.ecss?.collectGrads(a === c.accumSteps - 1);
       loss += r.loss.item();
       lm += r.lm.item();
