@@ -15,6 +15,7 @@ import { Tensor } from "../src/tensor/tensor.js";
 import { SigmaError } from "../src/util/errors.js";
 import { convertCheckpoint } from "../src/train/ecss-convert.js";
 import { parseTrainConfig } from "../src/train/config.js";
+import { loadForInference } from "../src/serve/load.js";
 import type { ModelConfig } from "../src/models/config.js";
 import { ROUTERS, cleanup, root, tinyConfig, tinyData } from "./train-fixture.js";
 
@@ -276,4 +277,15 @@ test("a checkpoint converts between the store and in-RAM layouts, and training c
   fromRam.close();
   b.close();
   assert.throws(() => convertCheckpoint(storeCkpt, "store", backDir, "x.sgxs"), sigmaError(/already keeps its experts in the store/));
+});
+
+test("a store checkpoint loads for inference with its experts read from the store", () => {
+  const { dir, t } = storeRun("serve");
+  const want = expertPayloads(t);
+  t.close();
+  const { model } = loadForInference(dir);
+  const E = want.length;
+  const w1 = model.namedParameters().get("blocks.1.moe.w1")!.tensor.data;
+  const n = w1.length / E;
+  for (let e = 0; e < E; e++) assert.deepEqual(w1.subarray(e * n, (e + 1) * n), want[e]!.subarray(0, n), `expert ${e} w1`);
 });

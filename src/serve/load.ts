@@ -11,6 +11,7 @@ import type { PanguSigma } from "../models/pangu-sigma.js";
 import { fromHfJson, loadTokenizer, sha256Hex } from "../tokenizer/hfjson.js";
 import type { Tokenizer } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
+import { modelFromStoreCheckpoint } from "./load-store.js";
 
 export interface LoadedModel {
   model: PanguSigma;
@@ -31,7 +32,8 @@ export function loadForInference(path: string): LoadedModel {
     return { model, tokenizer: checkVocab(loadTokenizer(tokPath).tokenizer, model, tokPath), path, step: null, dataDir: null };
   }
   const f = openCheckpointFolder(path);
-  const model = decodeModel(f.read("model.safetensors"), join(f.path, "model.safetensors"));
+  // ECSS checkpoints keep the experts in their store.
+  const model = (f.state as { store?: unknown }).store ? modelFromStoreCheckpoint(f) : decodeModel(f.read("model.safetensors"), join(f.path, "model.safetensors"));
   const tokBytes = f.read("tokenizer.json");
   const tokPath = join(f.path, "tokenizer.json");
   const state = f.state as { step?: number; tokenizer?: { sha256?: string }; config?: { data?: { dir?: string } } };

@@ -18,14 +18,14 @@
 import { decodeSafetensors, encodeSafetensors, type StArray, type StTensor } from "../checkpoint/safetensors.js";
 import { openCheckpointFolder, saveCheckpointFolder } from "../checkpoint/folder.js";
 import { ExpertStoreFile } from "../store/file.js";
-import { RECORD_HEADER, payloadFloats, tensorOffsets } from "../store/format.js";
+import { tensorOffsets } from "../store/format.js";
+import { EXPERT_TENSORS as NAMES, readStackedLayer } from "../store/stacked.js";
 import { SigmaError } from "../util/errors.js";
 import { parseTrainConfig } from "./config.js";
 import type { TrainState } from "./checkpoint.js";
 import { storeLayout } from "./ecss.js";
 
 type Tensors = Map<string, { shape: number[]; data: StArray }>;
-const NAMES = ["w1", "w2", "b1", "b2"] as const;
 
 function need(t: Map<string, StTensor>, name: string, source: string): StTensor {
   const x = t.get(name);
@@ -86,27 +86,15 @@ export function convertCheckpoint(src: string, to: "store" | "ram", outDir: stri
       store.restore(folder.read("experts.index"), `${folder.path}/experts.index`);
       modelOut = new Map(model.tensors);
       optOut = new Map(opt.tensors);
-      layout.forEach((lay, l) => {
-        const o = tensorOffsets(lay);
-        const E = lay.experts;
-        const [F, C] = [lay.expertWidth, lay.width];
-        const shapes = { w1: [E, F, C], w2: [E, C, F], b1: [E, F], b2: [E, C] };
-        const size = { w1: F * C, w2: F * C, b1: F, b2: C };
-        const full = NAMES.map((n) => [0, 1, 2].map(() => new Float32Array(E * size[n])));
-        const steps = new Float32Array(E);
-        const rec = new Uint8Array(store.recordBytes(l));
-        for (let e = 0; e < E; e++) {
-          steps[e] = store.read(l, e, rec).step;
-          const payload = new Float32Array(rec.buffer, RECORD_HEADER, payloadFloats(lay));
-          NAMES.forEach((n, k) => full[k]!.forEach((dst, part) => dst.set(payload.subarray(part * o.P + o[n], part * o.P + o[n] + size[n]), e * size[n])));
-        }
-        NAMES.forEach((n, k) => {
+      layout.forEach((_, l) => {
+        const st = readStackedLayer(store, l);
+        for (const n of NAMES) {
           const name = `${paths[l]}.${n}`;
-          modelOut.set(name, { shape: shapes[n], data: full[k]![0]! });
-          optOut.set(`m.${name}`, { shape: shapes[n], data: full[k]![1]! });
-          optOut.set(`v.${name}`, { shape: shapes[n], data: full[k]![2]! });
-        });
-        optOut.set(`steps.${paths[l]}`, { shape: [E], data: steps });
+          modelOut.set(name, { shape: st.shapes[n], data: st.params[n] });
+          optOut.set(`m.${name}`, { shape: st.shapes[n], data: st.m[n] });
+          optOut.set(`v.${name}`, { shape: st.shapes[n], data: st.v[n] });
+        }
+        optOut.set(`steps.${paths[l]}`, { shape: [st.steps.length], data: st.steps });
       });
     } finally {
       store.close();
