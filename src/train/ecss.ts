@@ -255,6 +255,16 @@ export class Ecss implements ExpertBank {
     return { w1, b1, w2, b2 };
   }
 
+  /** Reads experts (layer by layer) into the resident set while they fit in the budget: a warm cache. */
+  preload(): void {
+    this.layout.forEach((lay, l) => {
+      for (let e = 0; e < lay.experts; e++) {
+        if (this.cache.bytes + this.store.recordBytes(l) > this.cache.budget) return;
+        this.acquire(l, e, false);
+      }
+    });
+  }
+
   /**
    * Before the step's forward pass (RRE): makes the step's experts resident
    * and pinned — waiting for the prefetched ones — then starts reading the
