@@ -36,7 +36,8 @@ export function describeStats(s: EcssStats): string {
 }
 
 export function describeStore(e: Ecss): string {
-  return `expert store ${e.store.path}:\n  ${describeStats(e.stats()).replaceAll("\n", "\n  ")}`;
+  const params = e.store.header.layers.reduce((s, l) => s + l.experts * paramsPerExpert(l), 0);
+  return `expert store ${e.store.path} (${(params / 1e6).toFixed(2)}M expert parameters, ${formatBytes(12 * params)} with their moments):\n  ${describeStats(e.stats()).replaceAll("\n", "\n  ")}`;
 }
 
 interface Inspection {
