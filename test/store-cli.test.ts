@@ -35,7 +35,7 @@ test("sigma train --store, sigma store inspect and convert", async () => {
   const cfgPath = join(root, "cli.json");
   writeFileSync(cfgPath, JSON.stringify(tinyConfig(data, out, ROUTERS.rre!, { steps: 4, eval: { every: 0, batches: 1 } })));
   const train = await cli(["train", "--config", cfgPath, "--expert-memory", "1MiB"]);
-  assert.match(train, /expert store .*experts\.sgxs:/);
+  assert.match(train, /expert store .*experts\.sgxs \(0\.02M expert parameters, 196\.5 KiB with their moments\):/);
   assert.match(train, /cache hit rate: \d+\.\d% of \d+ expert lookups/);
   const store = join(out, "experts.sgxs");
   const inspect = await cli(["store", "inspect", store, "--ckpt", join(out, "checkpoints"), "--verify"]);
