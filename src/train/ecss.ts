@@ -8,14 +8,16 @@
  *     handed to the prefetch worker now, so their reads overlap this step's
  *     compute; learned routers (MoGE, top-k): layer by layer, after routing;
  *  2. each MoE layer asks this bank for the stacked weights of the experts it
- *     uses (copied out of the resident records into fresh [U, …] leaves);
- *  3. after backward, the leaves' gradients are added into one gradient
- *     buffer per touched expert (micro-batches accumulate);
+ *     uses (copied out of the resident records into [U, …] leaves over
+ *     per-layer scratch storage that is reused step after step);
+ *  3. after backward, each touched expert's gradient is taken from the
+ *     leaves' gradients (in place for the last micro-batch; accumulated in
+ *     a buffer of its own when several micro-batches touch it);
  *  4. clipping counts those gradients with the dense ones;
  *  5. the sparse step updates only the touched experts, each with its own
  *     step count, in place in its record (src/optim/sparse.ts), and marks it
- *     dirty; experts past the memory budget are written back and evicted
- *     (least recently used first).
+ *     dirty; experts past the memory budget are evicted (least recently used
+ *     first) and their records sealed and written back by the I/O worker.
  *
  * A checkpoint flushes every dirty expert, fsyncs the store and saves the
  * store's index with the dense weights; see src/store/file.ts for why a crash
