@@ -5,7 +5,7 @@
  * expert product against one matmul of the same total size.
  */
 import { referenceBackend } from "../src/backend/reference/index.js";
-import { fmaPeak, median, native, randomArray, table, timeMs } from "./util.js";
+import { fmaPeak, measureVsPeak, median, native, randomArray, table } from "./util.js";
 
 function validate(): void {
   const b = native(true);
@@ -52,13 +52,12 @@ export async function run(args: string[]): Promise<void> {
       b.setThreads(t);
       const flops = 2 * s.M * s.N * s.K;
       const reps = flops > 4e9 ? 3 : flops > 1e8 ? 7 : 31;
-      const ms = timeMs(() => b.matmul(c, a, w, s.M, s.N, s.K, false, s.tb, false), reps);
-      const gf = flops / (ms / 1000);
-      cells.push((gf / 1e9).toFixed(1), `${((100 * gf) / peaks.get(t)!).toFixed(0)}%`);
+      const m = measureVsPeak(() => b.matmul(c, a, w, s.M, s.N, s.K, false, s.tb, false), flops, t, reps);
+      cells.push((m.flops / 1e9).toFixed(1), `${(100 * m.ratio).toFixed(0)}%`);
     }
     rows.push(cells);
   }
-  console.log("\nGFLOP/s (median) and fraction of the FMA peak with the same thread count:\n");
+  console.log("\nGFLOP/s and fraction of the FMA peak with the same thread count, probed beside each measurement (medians of 3 rounds):\n");
   console.log(table(["shape", "1 thr GFLOP/s", "1 thr % peak", "2 thr GFLOP/s", "2 thr % peak"], rows));
 
   // Grouped product: 8 experts × 64 rows versus one matmul of the same total size.

@@ -41,6 +41,24 @@ export function fmaPeak(threads: number, runs = 7): number {
   return best;
 }
 
+/**
+ * FLOP/s of fn and its ratio to the FMA peak probed just before it, taken
+ * `rounds` times; medians of both. This machine shares its host: a
+ * neighbour that steals cycles for a while slows the probe beside a
+ * measurement as much as the measurement, so the ratio stays meaningful
+ * where a peak measured once at the start would not.
+ */
+export function measureVsPeak(fn: () => void, flops: number, threads: number, reps: number, rounds = 3): { flops: number; ratio: number } {
+  const fs: number[] = [], rs: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const peak = fmaPeak(threads, 3);
+    const f = flops / (timeMs(fn, reps) / 1000);
+    fs.push(f);
+    rs.push(f / peak);
+  }
+  return { flops: median(fs), ratio: median(rs) };
+}
+
 export function randomArray(n: number, seed = 1): Float32Array {
   const a = new Float32Array(n);
   let s = seed >>> 0;
