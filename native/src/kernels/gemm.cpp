@@ -56,19 +56,33 @@ thread_local PackBuffers tls_pack;
 // Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row panels: panel p holds, for each
 // k, the MR values of rows i0+p*MR … (zero past the edge).
 void pack_a(float* dst, const float* a, int64_t lda, bool trans, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
+  if (trans) {
+    // A stored [K,M]: row k holds the mc values this block needs side by side.
+    // Sixteen rows at a time are dealt out to every panel, rather than each
+    // panel walking down all kc rows: rows lda apart land in the same few
+    // cache sets, so a panel-by-panel walk rereads them from further out.
+    constexpr int64_t kRows = 16;
+    for (int64_t k1 = 0; k1 < kc; k1 += kRows) {
+      const int64_t k2 = std::min(kc, k1 + kRows);
+      for (int64_t p = 0; p < mc; p += kMR) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMR, mc - p));
+        float* d = dst + (p / kMR) * kc * kMR;
+        for (int64_t k = k1; k < k2; ++k) {
+          const float* src = a + (k0 + k) * lda + i0 + p;
+          for (int r = 0; r < mr; ++r) d[k * kMR + r] = src[r];
+          for (int r = mr; r < kMR; ++r) d[k * kMR + r] = 0.f;
+        }
+      }
+    }
+    return;
+  }
   for (int64_t p = 0; p < mc; p += kMR) {
     const int mr = static_cast<int>(std::min<int64_t>(kMR, mc - p));
-    if (!trans && mr == kMR && use_avx2()) {
+    if (mr == kMR && use_avx2()) {
       pack_a_avx2(dst, a + (i0 + p) * lda + k0, lda, kc);
-    } else if (!trans) {
-      for (int64_t k = 0; k < kc; ++k) {
-        for (int r = 0; r < mr; ++r) dst[k * kMR + r] = a[(i0 + p + r) * lda + k0 + k];
-        for (int r = mr; r < kMR; ++r) dst[k * kMR + r] = 0.f;
-      }
     } else {
       for (int64_t k = 0; k < kc; ++k) {
-        const float* src = a + (k0 + k) * lda + i0 + p;
-        for (int r = 0; r < mr; ++r) dst[k * kMR + r] = src[r];
+        for (int r = 0; r < mr; ++r) dst[k * kMR + r] = a[(i0 + p + r) * lda + k0 + k];
         for (int r = mr; r < kMR; ++r) dst[k * kMR + r] = 0.f;
       }
     }
@@ -79,19 +93,31 @@ void pack_a(float* dst, const float* a, int64_t lda, bool trans, int64_t i0, int
 // Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-column panels: panel q holds, for
 // each k, the NR values of columns j0+q*NR … (zero past the edge).
 void pack_b(float* dst, const float* b, int64_t ldb, bool trans, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
-  for (int64_t q = 0; q < nc; q += kNR) {
-    const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - q));
-    if (!trans) {
+  if (!trans) {
+    // B stored [K,N]: eight panels (128 columns, 512 bytes of each row) at a
+    // time, k outer, so each row is read in one contiguous run instead of
+    // once per panel down rows ldb apart.
+    constexpr int64_t kGroup = 8 * kNR;
+    for (int64_t g = 0; g < nc; g += kGroup) {
+      const int64_t gc = std::min(kGroup, nc - g);
       for (int64_t k = 0; k < kc; ++k) {
-        const float* src = b + (k0 + k) * ldb + j0 + q;
-        float* d = dst + k * kNR;
-        if (nr == kNR) std::memcpy(d, src, sizeof(float) * kNR);
-        else {
-          for (int j = 0; j < nr; ++j) d[j] = src[j];
-          for (int j = nr; j < kNR; ++j) d[j] = 0.f;
+        const float* src = b + (k0 + k) * ldb + j0 + g;
+        for (int64_t q = 0; q < gc; q += kNR) {
+          const int nr = static_cast<int>(std::min<int64_t>(kNR, gc - q));
+          float* d = dst + ((g + q) / kNR) * kc * kNR + k * kNR;
+          if (nr == kNR) std::memcpy(d, src + q, sizeof(float) * kNR);
+          else {
+            for (int j = 0; j < nr; ++j) d[j] = src[q + j];
+            for (int j = nr; j < kNR; ++j) d[j] = 0.f;
+          }
         }
       }
-    } else if (nr == kNR && use_avx2()) {
+    }
+    return;
+  }
+  for (int64_t q = 0; q < nc; q += kNR) {
+    const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - q));
+    if (nr == kNR && use_avx2()) {
       pack_b_trans_avx2(dst, b + (j0 + q) * ldb + k0, ldb, kc);
     } else {
       // B stored [N,K]: walk each column's contiguous k run.
