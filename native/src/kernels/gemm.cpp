@@ -93,31 +93,19 @@ void pack_a(float* dst, const float* a, int64_t lda, bool trans, int64_t i0, int
 // Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-column panels: panel q holds, for
 // each k, the NR values of columns j0+q*NR … (zero past the edge).
 void pack_b(float* dst, const float* b, int64_t ldb, bool trans, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
-  if (!trans) {
-    // B stored [K,N]: eight panels (128 columns, 512 bytes of each row) at a
-    // time, k outer, so each row is read in one contiguous run instead of
-    // once per panel down rows ldb apart.
-    constexpr int64_t kGroup = 8 * kNR;
-    for (int64_t g = 0; g < nc; g += kGroup) {
-      const int64_t gc = std::min(kGroup, nc - g);
-      for (int64_t k = 0; k < kc; ++k) {
-        const float* src = b + (k0 + k) * ldb + j0 + g;
-        for (int64_t q = 0; q < gc; q += kNR) {
-          const int nr = static_cast<int>(std::min<int64_t>(kNR, gc - q));
-          float* d = dst + ((g + q) / kNR) * kc * kNR + k * kNR;
-          if (nr == kNR) std::memcpy(d, src + q, sizeof(float) * kNR);
-          else {
-            for (int j = 0; j < nr; ++j) d[j] = src[q + j];
-            for (int j = nr; j < kNR; ++j) d[j] = 0.f;
-          }
-        }
-      }
-    }
-    return;
-  }
   for (int64_t q = 0; q < nc; q += kNR) {
     const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - q));
-    if (nr == kNR && use_avx2()) {
+    if (!trans) {
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* src = b + (k0 + k) * ldb + j0 + q;
+        float* d = dst + k * kNR;
+        if (nr == kNR) std::memcpy(d, src, sizeof(float) * kNR);
+        else {
+          for (int j = 0; j < nr; ++j) d[j] = src[j];
+          for (int j = nr; j < kNR; ++j) d[j] = 0.f;
+        }
+      }
+    } else if (nr == kNR && use_avx2()) {
       pack_b_trans_avx2(dst, b + (j0 + q) * ldb + k0, ldb, kc);
     } else {
       // B stored [N,K]: walk each column's contiguous k run.
