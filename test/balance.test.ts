@@ -2,7 +2,6 @@
 // capacity drops and step times; MoGE's IS = 0; RRE's table balance; the
 // checkpoint path end to end for all three routers; bad input names its field.
 import { after, test } from "node:test";
-import { Command } from "commander";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -26,6 +25,7 @@ import { imbalanceScore as routingImbalance } from "../src/moe/routing.js";
 import { saveTokenizer } from "../src/tokenizer/hfjson.js";
 import { trainBpe, WordCounter } from "../src/tokenizer/trainer.js";
 import { SigmaError } from "../src/util/errors.js";
+import { runCli } from "./cli-harness.js";
 
 const root = mkdtempSync(join(tmpdir(), "sigma-balance-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -294,20 +294,8 @@ test("a checkpoint folder resolves to its model file", () => {
   assert.throws(() => resolveModelFile(join(root, "nope")), sigmaError(/does not exist/));
 });
 
-/** Runs `sigma <args>` in-process with only the balance commands registered; returns what it printed. */
-async function cli(args: string[]): Promise<string> {
-  const program = new Command().exitOverride();
-  registerBalance(program);
-  const lines: string[] = [];
-  const [log, err] = [console.log, console.error];
-  console.log = console.error = (...a: unknown[]) => lines.push(a.join(" "));
-  try {
-    await program.parseAsync(args, { from: "user" });
-  } finally {
-    [console.log, console.error] = [log, err];
-  }
-  return lines.join("\n");
-}
+/** Runs `sigma <args>` in-process; returns what it printed. */
+const cli = (args: string[]) => runCli([registerBalance], args);
 
 test("the CLI commands run end to end and reject bad input with the field named", async () => {
   const out = join(root, "cli-out");

@@ -5,30 +5,18 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Command } from "commander";
 import { register as registerTrain } from "../src/cli/train.js";
 import { register as registerStore } from "../src/cli/store.js";
 import { SigmaError } from "../src/util/errors.js";
 import { ROUTERS, cleanup, root, tinyConfig, tinyData } from "./train-fixture.js";
+import { runCli } from "./cli-harness.js";
 
 after(cleanup);
 const data = await tinyData();
 const sigmaError = (re: RegExp) => (e: unknown) => e instanceof SigmaError && re.test(e.message);
 
-async function cli(args: string[]): Promise<string> {
-  const program = new Command().exitOverride();
-  registerTrain(program);
-  registerStore(program);
-  const lines: string[] = [];
-  const [log, err] = [console.log, console.error];
-  console.log = console.error = (...a: unknown[]) => lines.push(a.join(" "));
-  try {
-    await program.parseAsync(args, { from: "user" });
-  } finally {
-    [console.log, console.error] = [log, err];
-  }
-  return lines.join("\n");
-}
+/** Runs `sigma <args>` in-process; returns what it printed. */
+const cli = (args: string[]) => runCli([registerTrain, registerStore], args);
 
 test("sigma train --store, sigma store inspect and convert", async () => {
   const out = join(root, "cli-run");
