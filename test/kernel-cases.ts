@@ -47,8 +47,13 @@ export const CASES: Record<KernelName, () => Case[]> = {
       [false, true].flatMap((ta) => [false, true].map((tb) => ({ label: `${S}x${M}x${N}x${K} ${ta} ${tb}`, args: [f32(S! * M! * N!), f32(S! * M! * K!), f32(S! * K! * N!), S, M, N, K, ta, tb, true], outputs: [0], tol: 1e-5 * Math.sqrt(K!) }))),
     ),
   groupedMatmul: () =>
-    groupings.flatMap((counts) => {
-      const E = counts.length, R = counts.reduce((a, b) => a + b, 0), [N, K] = [pick(ODD), pick(ODD)];
+    [
+      ...groupings.map((counts) => ({ counts, N: pick(ODD), K: pick(ODD) })),
+      // Large enough to run threaded: whole experts per thread (many small experts), and the sliced fallback (one expert holds most rows).
+      { counts: [64, 64, 64, 64, 17, 3, 64, 64], N: 257, K: 33 },
+      { counts: [90, 1, 2, 1, 0, 1, 1, 1], N: 257, K: 257 },
+    ].flatMap(({ counts, N, K }) => {
+      const E = counts.length, R = counts.reduce((a, b) => a + b, 0);
       return [true, false].map((tw) => ({ label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [f32(R * N), f32(R * K), f32(E * N * K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: 1e-5 * Math.sqrt(K) }));
     }),
   groupedMatmulWeightGrad: () =>

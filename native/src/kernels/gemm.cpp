@@ -341,17 +341,52 @@ void grouped_gemm(float* y, const float* x, const float* w, const int32_t* offse
                   bool transW, bool accumulate) {
   const int64_t R = offsets[E];
   const int nt = threads_for(R, N, K);
-  // One parallel region for all experts: each thread takes its slice of every expert's product.
-  auto run = [&](int t, int n) {
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
-      if (rows == 0) continue;
-      gemm_slice(t, n, false, transW, rows, N, K, x + r0 * K, K, w + e * N * K, transW ? K : N, y + r0 * N, N,
-                 accumulate);
-    }
+  auto one = [&](int64_t e, int t, int n) {
+    const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
+    if (rows == 0) return;
+    gemm_slice(t, n, false, transW, rows, N, K, x + r0 * K, K, w + e * N * K, transW ? K : N, y + r0 * N, N,
+               accumulate);
   };
-  if (nt <= 1) run(0, 1);
-  else parallel_run(run, nt);
+  if (nt <= 1) {
+    for (int64_t e = 0; e < E; ++e) one(e, 0, 1);
+    return;
+  }
+  // Many experts with few rows each: whole experts per thread, so that each
+  // expert's weights are streamed (and its rows packed) by one thread only.
+  // Experts go, largest first, to the least loaded thread; this is used only
+  // while the largest share stays within an eighth of the mean, else (few
+  // experts, or one holding most rows) every thread takes a slice of each.
+  // (Grow-once scratch of the calling thread, as the packing buffers are.)
+  int64_t max_rows = 0;
+  for (int64_t e = 0; e < E; ++e) max_rows = std::max<int64_t>(max_rows, offsets[e + 1] - offsets[e]);
+  if (E >= 2 * nt && max_rows <= kMC) {
+    thread_local std::vector<int> owner;
+    thread_local std::vector<int64_t> order, load;
+    owner.assign(static_cast<size_t>(E), 0);
+    order.resize(static_cast<size_t>(E));
+    load.assign(static_cast<size_t>(nt), 0);
+    for (int64_t e = 0; e < E; ++e) order[e] = e;
+    auto rows_of = [&](int64_t e) { return static_cast<int64_t>(offsets[e + 1] - offsets[e]); };
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rows_of(a) > rows_of(b); });
+    for (int64_t e : order) {
+      const int t = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+      owner[e] = t;
+      load[t] += rows_of(e);
+    }
+    const int64_t most = *std::max_element(load.begin(), load.end());
+    if (most * nt <= R + R / 8) {
+      const int* own = owner.data();  // the caller's thread_local: workers must not name it
+      parallel_run([&](int t, int) {
+        for (int64_t e = 0; e < E; ++e)
+          if (own[e] == t) one(e, 0, 1);
+      }, nt);
+      return;
+    }
+  }
+  // One parallel region for all experts: each thread takes its slice of every expert's product.
+  parallel_run([&](int t, int n) {
+    for (int64_t e = 0; e < E; ++e) one(e, t, n);
+  }, nt);
 }
 
 void grouped_gemm_weight_grad(float* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E, int64_t N,
