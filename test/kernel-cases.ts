@@ -57,8 +57,13 @@ export const CASES: Record<KernelName, () => Case[]> = {
       return [true, false].map((tw) => ({ label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [f32(R * N), f32(R * K), f32(E * N * K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: 1e-5 * Math.sqrt(K) }));
     }),
   groupedMatmulWeightGrad: () =>
-    groupings.flatMap((counts) => {
-      const E = counts.length, R = counts.reduce((a, b) => a + b, 0), [N, K] = [pick(ODD), pick(ODD)];
+    [
+      ...groupings.map((counts) => ({ counts, N: pick(ODD), K: pick(ODD) })),
+      // Threaded: whole experts per thread, and the sliced fallback.
+      { counts: [64, 64, 0, 64, 17, 3, 64, 64], N: 257, K: 33 },
+      { counts: [300, 1, 2, 1, 0, 1, 1, 1], N: 33, K: 257 },
+    ].flatMap(({ counts, N, K }) => {
+      const E = counts.length, R = counts.reduce((a, b) => a + b, 0);
       return [true, false].map((tw) => ({ label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [f32(E * N * K), f32(R * N), f32(R * K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: 1e-5 * Math.sqrt(R + 1) }));
     }),
   addBias: () => ODD.map((c) => ({ label: `cols ${c}`, args: [f32(7 * c), f32(7 * c), f32(c), 7, c], outputs: [0], tol: 1e-6 })),

@@ -337,75 +337,80 @@ void sgemm_batched(bool transA, bool transB, int64_t batch, int64_t M, int64_t N
   }
 }
 
-void grouped_gemm(float* y, const float* x, const float* w, const int32_t* offsets, int64_t E, int64_t N, int64_t K,
-                  bool transW, bool accumulate) {
-  const int64_t R = offsets[E];
-  const int nt = threads_for(R, N, K);
-  auto one = [&](int64_t e, int t, int n) {
-    const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
-    if (rows == 0) return;
-    gemm_slice(t, n, false, transW, rows, N, K, x + r0 * K, K, w + e * N * K, transW ? K : N, y + r0 * N, N,
-               accumulate);
-  };
+namespace {
+
+// Whole experts per thread: each expert's weights are then streamed, and its
+// rows packed, by one thread only, where slicing every expert across threads
+// has each thread pack the same rows again. Experts go, largest first, to the
+// least loaded thread. Returns the owner of each expert (the calling thread's
+// grow-once scratch, read by the workers through this pointer), or null when
+// that would leave the busiest thread more than an eighth over an even share
+// (few experts, or one holding most rows): then every thread takes a slice of each.
+const int* whole_expert_owners(const int32_t* offsets, int64_t E, int nt) {
+  if (E < 2 * nt) return nullptr;
+  thread_local std::vector<int> owner;
+  thread_local std::vector<int64_t> order, load;
+  owner.assign(static_cast<size_t>(E), 0);
+  order.resize(static_cast<size_t>(E));
+  load.assign(static_cast<size_t>(nt), 0);
+  for (int64_t e = 0; e < E; ++e) order[e] = e;
+  auto rows_of = [&](int64_t e) { return static_cast<int64_t>(offsets[e + 1] - offsets[e]); };
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rows_of(a) > rows_of(b); });
+  for (int64_t e : order) {
+    const int t = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[e] = t;
+    load[t] += rows_of(e);
+  }
+  const int64_t R = offsets[E], most = *std::max_element(load.begin(), load.end());
+  return most * nt <= R + R / 8 ? owner.data() : nullptr;
+}
+
+// Runs one(e, t, n) for every expert: whole experts per thread when
+// whole_expert_owners allows it (t = 0, n = 1: the expert's product runs
+// serially on its owner), else every thread on its slice of each expert.
+template <typename F>
+void for_experts(const int32_t* offsets, int64_t E, int nt, const F& one) {
   if (nt <= 1) {
     for (int64_t e = 0; e < E; ++e) one(e, 0, 1);
     return;
   }
-  // Many experts with few rows each: whole experts per thread, so that each
-  // expert's weights are streamed (and its rows packed) by one thread only.
-  // Experts go, largest first, to the least loaded thread; this is used only
-  // while the largest share stays within an eighth of the mean, else (few
-  // experts, or one holding most rows) every thread takes a slice of each.
-  // (Grow-once scratch of the calling thread, as the packing buffers are.)
-  int64_t max_rows = 0;
-  for (int64_t e = 0; e < E; ++e) max_rows = std::max<int64_t>(max_rows, offsets[e + 1] - offsets[e]);
-  if (E >= 2 * nt && max_rows <= kMC) {
-    thread_local std::vector<int> owner;
-    thread_local std::vector<int64_t> order, load;
-    owner.assign(static_cast<size_t>(E), 0);
-    order.resize(static_cast<size_t>(E));
-    load.assign(static_cast<size_t>(nt), 0);
-    for (int64_t e = 0; e < E; ++e) order[e] = e;
-    auto rows_of = [&](int64_t e) { return static_cast<int64_t>(offsets[e + 1] - offsets[e]); };
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rows_of(a) > rows_of(b); });
-    for (int64_t e : order) {
-      const int t = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
-      owner[e] = t;
-      load[t] += rows_of(e);
-    }
-    const int64_t most = *std::max_element(load.begin(), load.end());
-    if (most * nt <= R + R / 8) {
-      const int* own = owner.data();  // the caller's thread_local: workers must not name it
-      parallel_run([&](int t, int) {
-        for (int64_t e = 0; e < E; ++e)
-          if (own[e] == t) one(e, 0, 1);
-      }, nt);
-      return;
-    }
+  if (const int* own = whole_expert_owners(offsets, E, nt)) {
+    parallel_run([&](int t, int) {
+      for (int64_t e = 0; e < E; ++e)
+        if (own[e] == t) one(e, 0, 1);
+    }, nt);
+    return;
   }
-  // One parallel region for all experts: each thread takes its slice of every expert's product.
   parallel_run([&](int t, int n) {
     for (int64_t e = 0; e < E; ++e) one(e, t, n);
   }, nt);
 }
 
+}  // namespace
+
+void grouped_gemm(float* y, const float* x, const float* w, const int32_t* offsets, int64_t E, int64_t N, int64_t K,
+                  bool transW, bool accumulate) {
+  for_experts(offsets, E, threads_for(offsets[E], N, K), [&](int64_t e, int t, int n) {
+    const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
+    if (rows == 0) return;
+    gemm_slice(t, n, false, transW, rows, N, K, x + r0 * K, K, w + e * N * K, transW ? K : N, y + r0 * N, N,
+               accumulate);
+  });
+}
+
 void grouped_gemm_weight_grad(float* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E, int64_t N,
                               int64_t K, bool transW, bool accumulate) {
-  const int64_t R = offsets[E];
-  const int nt = threads_for(std::max<int64_t>(R, 1), N, K);
-  auto run = [&](int t, int n) {
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
-      float* out = dw + e * N * K;
-      // transW: dW[e] [N,K] = dy_eᵀ [N,rows] · x_e [rows,K];  else dW[e] [K,N] = x_eᵀ · dy_e.
-      if (transW)
-        gemm_slice(t, n, true, false, N, K, rows, dy + r0 * N, N, x + r0 * K, K, out, K, accumulate);
-      else
-        gemm_slice(t, n, true, false, K, N, rows, x + r0 * K, K, dy + r0 * N, N, out, N, accumulate);
-    }
-  };
-  if (nt <= 1) run(0, 1);
-  else parallel_run(run, nt);
+  const int nt = threads_for(std::max<int64_t>(offsets[E], 1), N, K);
+  for_experts(offsets, E, nt, [&](int64_t e, int t, int n) {
+    const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
+    float* out = dw + e * N * K;
+    // transW: dW[e] [N,K] = dy_eᵀ [N,rows] · x_e [rows,K];  else dW[e] [K,N] = x_eᵀ · dy_e.
+    // An expert with no rows gets zeros (or keeps its gradient when accumulating).
+    if (transW)
+      gemm_slice(t, n, true, false, N, K, rows, dy + r0 * N, N, x + r0 * K, K, out, K, accumulate);
+    else
+      gemm_slice(t, n, true, false, K, N, rows, x + r0 * K, K, dy + r0 * N, N, out, N, accumulate);
+  });
 }
 
 double fma_peak_seconds(int64_t iters, int threads) {
