@@ -231,8 +231,6 @@ void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, con
       for (int64_t i = 0; i < M; ++i) std::memset(c + i * ldc, 0, sizeof(float) * N);
     return;
   }
-  const MicroKernel ukr = pick_kernel();
-  PackBuffers& buf = tls_pack;
   if (M == 1) {
     sgemv_row(transA, transB, N, K, a, lda, b, ldb, c, accumulate);
     return;
@@ -241,6 +239,8 @@ void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, con
     sgemm_small_m(transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
     return;
   }
+  const MicroKernel ukr = pick_kernel();
+  PackBuffers& buf = tls_pack;
   const int64_t nc_max = std::min<int64_t>(kNC, ((N + kNR - 1) / kNR) * kNR);
   const int64_t mc_max = std::min<int64_t>(kMC, ((M + kMR - 1) / kMR) * kMR);
   const int64_t kc_max = std::min<int64_t>(kKC, K);

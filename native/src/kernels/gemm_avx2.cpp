@@ -43,38 +43,51 @@ inline void store_tile(const __m256 (&acc)[kMR][2], float* C, int64_t ldc, int m
 }
 }  // namespace
 
-void ukernel_avx2(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int mr, int nr,
-                  bool accumulate) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+// The register tile: twelve named accumulators (an array would live in memory).
+#define SIGMA_TILE_ZERO                                                       \
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();                \
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();                \
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();                \
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();                \
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();                \
   __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
 
-#define SIGMA_STEP(off_a, off_b)                                   \
-  {                                                                \
-    __m256 b0 = _mm256_load_ps(Bp + (off_b));                      \
-    __m256 b1 = _mm256_load_ps(Bp + (off_b) + 8);                  \
-    __m256 a;                                                      \
-    a = _mm256_broadcast_ss(Ap + (off_a) + 0);                     \
-    c00 = _mm256_fmadd_ps(a, b0, c00);                             \
-    c01 = _mm256_fmadd_ps(a, b1, c01);                             \
-    a = _mm256_broadcast_ss(Ap + (off_a) + 1);                     \
-    c10 = _mm256_fmadd_ps(a, b0, c10);                             \
-    c11 = _mm256_fmadd_ps(a, b1, c11);                             \
-    a = _mm256_broadcast_ss(Ap + (off_a) + 2);                     \
-    c20 = _mm256_fmadd_ps(a, b0, c20);                             \
-    c21 = _mm256_fmadd_ps(a, b1, c21);                             \
-    a = _mm256_broadcast_ss(Ap + (off_a) + 3);                     \
-    c30 = _mm256_fmadd_ps(a, b0, c30);                             \
-    c31 = _mm256_fmadd_ps(a, b1, c31);                             \
-    a = _mm256_broadcast_ss(Ap + (off_a) + 4);                     \
-    c40 = _mm256_fmadd_ps(a, b0, c40);                             \
-    c41 = _mm256_fmadd_ps(a, b1, c41);                             \
-    a = _mm256_broadcast_ss(Ap + (off_a) + 5);                     \
-    c50 = _mm256_fmadd_ps(a, b0, c50);                             \
-    c51 = _mm256_fmadd_ps(a, b1, c51);                             \
+// One k step of the tile: row i of A (value at pointer Ai) times the 16
+// values of B in b0, b1, for the six rows.
+#define SIGMA_TILE_FMA(A0, A1, A2, A3, A4, A5)                              \
+  {                                                                           \
+    __m256 a;                                                                 \
+    a = _mm256_broadcast_ss(A0);                                              \
+    c00 = _mm256_fmadd_ps(a, b0, c00);                                        \
+    c01 = _mm256_fmadd_ps(a, b1, c01);                                        \
+    a = _mm256_broadcast_ss(A1);                                              \
+    c10 = _mm256_fmadd_ps(a, b0, c10);                                        \
+    c11 = _mm256_fmadd_ps(a, b1, c11);                                        \
+    a = _mm256_broadcast_ss(A2);                                              \
+    c20 = _mm256_fmadd_ps(a, b0, c20);                                        \
+    c21 = _mm256_fmadd_ps(a, b1, c21);                                        \
+    a = _mm256_broadcast_ss(A3);                                              \
+    c30 = _mm256_fmadd_ps(a, b0, c30);                                        \
+    c31 = _mm256_fmadd_ps(a, b1, c31);                                        \
+    a = _mm256_broadcast_ss(A4);                                              \
+    c40 = _mm256_fmadd_ps(a, b0, c40);                                        \
+    c41 = _mm256_fmadd_ps(a, b1, c41);                                        \
+    a = _mm256_broadcast_ss(A5);                                              \
+    c50 = _mm256_fmadd_ps(a, b0, c50);                                        \
+    c51 = _mm256_fmadd_ps(a, b1, c51);                                        \
+  }
+
+#define SIGMA_TILE_ACC {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}}
+
+void ukernel_avx2(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int mr, int nr,
+                  bool accumulate) {
+  SIGMA_TILE_ZERO
+
+#define SIGMA_STEP(off_a, off_b)                                                      \
+  {                                                                                   \
+    const __m256 b0 = _mm256_load_ps(Bp + (off_b)), b1 = _mm256_load_ps(Bp + (off_b) + 8); \
+    SIGMA_TILE_FMA(Ap + (off_a), Ap + (off_a) + 1, Ap + (off_a) + 2, Ap + (off_a) + 3, Ap + (off_a) + 4,   \
+                   Ap + (off_a) + 5)                                                  \
   }
 
   int64_t k = 0;
@@ -94,18 +107,13 @@ void ukernel_avx2(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
   }
 #undef SIGMA_STEP
 
-  const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  const __m256 acc[kMR][2] = SIGMA_TILE_ACC;
   store_tile(acc, C, ldc, mr, nr, accumulate, false);
 }
 
 void ukernel_avx2_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
                          float* C, int64_t ldc, int mr, int nr, bool accumulate, bool transC) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  SIGMA_TILE_ZERO
   // Missing rows re-read row 0; their results are never written.
   const float* a0 = A;
   const float* a1 = A + (mr > 1 ? a_rs : 0);
@@ -116,27 +124,9 @@ void ukernel_avx2_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks,
   int64_t o = 0;
   for (int64_t k = 0; k < kc; ++k, o += a_ks, B += ldb) {
     const __m256 b0 = _mm256_loadu_ps(B), b1 = _mm256_loadu_ps(B + 8);
-    __m256 a;
-    a = _mm256_broadcast_ss(a0 + o);
-    c00 = _mm256_fmadd_ps(a, b0, c00);
-    c01 = _mm256_fmadd_ps(a, b1, c01);
-    a = _mm256_broadcast_ss(a1 + o);
-    c10 = _mm256_fmadd_ps(a, b0, c10);
-    c11 = _mm256_fmadd_ps(a, b1, c11);
-    a = _mm256_broadcast_ss(a2 + o);
-    c20 = _mm256_fmadd_ps(a, b0, c20);
-    c21 = _mm256_fmadd_ps(a, b1, c21);
-    a = _mm256_broadcast_ss(a3 + o);
-    c30 = _mm256_fmadd_ps(a, b0, c30);
-    c31 = _mm256_fmadd_ps(a, b1, c31);
-    a = _mm256_broadcast_ss(a4 + o);
-    c40 = _mm256_fmadd_ps(a, b0, c40);
-    c41 = _mm256_fmadd_ps(a, b1, c41);
-    a = _mm256_broadcast_ss(a5 + o);
-    c50 = _mm256_fmadd_ps(a, b0, c50);
-    c51 = _mm256_fmadd_ps(a, b1, c51);
+    SIGMA_TILE_FMA(a0 + o, a1 + o, a2 + o, a3 + o, a4 + o, a5 + o)
   }
-  const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  const __m256 acc[kMR][2] = SIGMA_TILE_ACC;
   store_tile(acc, C, ldc, mr, nr, accumulate, transC);
 }
 

@@ -32,49 +32,8 @@ struct Layout {
   int64_t kv(int64_t b, int64_t j, int64_t h) const { return ((b * cap + j) * H + h) * D; }
 };
 
-// Row loops of the block path, written with eight independent lanes so that
-// the AVX2 clone vectorises them (exp included: fast_expf is plain arithmetic).
-// x[i] *= s; returns max x.
-SIGMA_SIMD float scale_max(float* x, float s, int64_t n) {
-  float part[8];
-  for (int l = 0; l < 8; ++l) part[l] = -std::numeric_limits<float>::infinity();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) {
-      x[i + l] *= s;
-      part[l] = part[l] > x[i + l] ? part[l] : x[i + l];
-    }
-  float m = part[0];
-  for (int l = 1; l < 8; ++l) m = std::max(m, part[l]);
-  for (; i < n; ++i) {
-    x[i] *= s;
-    m = std::max(m, x[i]);
-  }
-  return m;
-}
-
-// x[i] = exp(x[i] − m); returns Σ x.
-SIGMA_SIMD float exp_sum(float* x, float m, int64_t n) {
-  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) {
-      x[i + l] = fast_expf(x[i + l] - m);
-      part[l] += x[i + l];
-    }
-  float sum = 0;
-  for (int l = 0; l < 8; ++l) sum += part[l];
-  for (; i < n; ++i) {
-    x[i] = fast_expf(x[i] - m);
-    sum += x[i];
-  }
-  return sum;
-}
-
-SIGMA_SIMD void scale_row(float* x, float s, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] *= s;
-}
-
+// The block path's row loop, written so that the AVX2 clone vectorises it
+// (fast_expf is plain arithmetic); the softmax rows use vec.h.
 // From raw scores s and dP = dO·vⱼ: p = exp(scale·s − lse), and in place of
 // dP the score gradient dS = p·(dP − delta)·scale.
 SIGMA_SIMD void probs_and_dscores(float* p, float* d, float scale, float l, float delta, int64_t n) {
@@ -98,9 +57,10 @@ void attention_block(float* out, float* lse, const float* q, const float* k, con
   for (int64_t r = 0; r < mq; ++r) {
     float* row = s + r * n;
     const int64_t valid = n - mq + r + 1;
-    const float m = scale_max(row, scale, valid);
-    const float sum = exp_sum(row, m, valid);
-    scale_row(row, 1.f / sum, valid);
+    vscale(row, scale, valid);
+    const float m = vmax(row, valid);
+    const float sum = vexp_shift(row, row, m, valid);
+    vscale(row, 1.f / sum, valid);
     std::fill(row + valid, row + n, 0.f);
     lse[bh * L.Tq + i0 + r] = m + std::log(sum);
   }

@@ -8,32 +8,10 @@
 #include "ops.h"
 #include "simd.h"
 #include "threadpool.h"
+#include "vec.h"
 
 namespace sigma {
 namespace {
-
-SIGMA_SIMD float row_sum(const float* x, int64_t n) {
-  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) part[l] += x[i + l];
-  float s = 0;
-  for (int l = 0; l < 8; ++l) s += part[l];
-  for (; i < n; ++i) s += x[i];
-  return s;
-}
-
-SIGMA_SIMD float row_max(const float* x, int64_t n) {
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
-  return m;
-}
-
-// y[i] = exp(x[i] - m); returns Σ y (y may be x).
-SIGMA_SIMD float exp_shift(float* y, const float* x, float m, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = fast_expf(x[i] - m);
-  return row_sum(y, n);
-}
 
 SIGMA_SIMD void ln_row(float* y, const float* x, const float* gamma, const float* beta, int64_t C, float eps,
                        float* mean_out, float* rstd_out) {
@@ -95,7 +73,7 @@ void softmax(float* y, const float* x, int64_t rows, int64_t cols) {
     for (int64_t r = b; r < e; ++r) {
       const float* xr = x + r * cols;
       float* yr = y + r * cols;
-      const float s = exp_shift(yr, xr, row_max(xr, cols), cols);
+      const float s = vexp_shift(yr, xr, vmax(xr, cols), cols);
       const float inv = 1.f / s;
       for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
     }
@@ -117,7 +95,7 @@ void softmax_backward(float* dx, const float* y, const float* dy, int64_t rows, 
 namespace {
 // log Σ exp of a row, without writing it (exp computed into a per-thread scratch row).
 SIGMA_SIMD float row_lse(const float* x, int64_t n) {
-  const float m = row_max(x, n);
+  const float m = vmax(x, n);
   float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)

@@ -7,4 +7,12 @@ namespace sigma {
 float vdot(const float* a, const float* b, int64_t n);
 // y[i] += alpha·x[i].
 void vaxpy(float* y, const float* x, float alpha, int64_t n);
+// x[i] *= alpha, in place.
+void vscale(float* x, float alpha, int64_t n);
+// Σ x[i] with eight float partial sums.
+float vsum(const float* x, int64_t n);
+// max x[i] with eight partial maxima (−inf for n = 0).
+float vmax(const float* x, int64_t n);
+// y[i] = exp(x[i] − m) (fast_expf); returns Σ y. y may be x.
+float vexp_shift(float* y, const float* x, float m, int64_t n);
 }  // namespace sigma
