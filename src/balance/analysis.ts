@@ -8,6 +8,7 @@
  * drop in training only (topk.ts), and a balance report should show the
  * imbalance the router creates, not what the capacity limit hides.
  */
+import { countPerExpert, imbalanceOfLoads } from "../moe/routing.js";
 import type { Placement } from "./placement.js";
 
 /** One layer's routing of one batch: k choices per token, expert ids in [0, E) (E marks an assignment already dropped). */
@@ -21,11 +22,7 @@ export interface RoutedBatch {
 export const tokensOf = (rb: RoutedBatch): number => rb.expertIds.length / rb.k;
 
 /** Assignments per expert [E]; ids equal to E (dropped) are not counted. */
-export function expertLoads(rb: RoutedBatch): Int32Array {
-  const counts = new Int32Array(rb.experts);
-  for (const e of rb.expertIds) if (e < rb.experts) counts[e]++;
-  return counts;
-}
+export const expertLoads = (rb: RoutedBatch): Int32Array => countPerExpert(rb.expertIds, rb.experts);
 
 /** T_d: token-expert computations on each device [D]. */
 export function deviceLoads(perExpert: ArrayLike<number>, placement: Placement): number[] {
@@ -34,10 +31,8 @@ export function deviceLoads(perExpert: ArrayLike<number>, placement: Placement):
   return loads;
 }
 
-/** IS(X) = (max_d T_d − min_d T_d) / |X|, |X| the tokens of the batch (0 for an empty batch). */
-export function imbalanceScore(loads: number[], tokens: number): number {
-  return tokens === 0 ? 0 : (Math.max(...loads) - Math.min(...loads)) / tokens;
-}
+/** IS(X) = (max_d T_d − min_d T_d) / |X|, |X| the tokens of the batch (0 for an empty batch): routing.ts's, for any placement. */
+export { imbalanceOfLoads as imbalanceScore } from "../moe/routing.js";
 
 /**
  * Assignments dropped by a capacity of ceil(factor·R·k/E) per expert, first
@@ -81,7 +76,7 @@ export function measureBatch(rb: RoutedBatch, placement: Placement, capacityFact
     tokens,
     perExpert,
     perDevice,
-    imbalance: imbalanceScore(perDevice, tokens),
+    imbalance: imbalanceOfLoads(perDevice, tokens),
     maxOverMean: mean === 0 ? 1 : Math.max(...perDevice) / mean,
     dropped: capacityFactor === null ? 0 : capacityDrops(rb, capacityFactor),
   };

@@ -61,7 +61,11 @@ export function deviceLoads(counts: Int32Array, devices: number): number[] {
  * T_d the token-expert computations on device d and |X| the tokens in the batch.
  */
 export function imbalanceScore(counts: Int32Array, devices: number, tokens: number): number {
-  const loads = deviceLoads(counts, devices);
+  return imbalanceOfLoads(deviceLoads(counts, devices), tokens);
+}
+
+/** IS from device loads T_d already summed (any placement); 0 for an empty batch. */
+export function imbalanceOfLoads(loads: number[], tokens: number): number {
   return tokens === 0 ? 0 : (Math.max(...loads) - Math.min(...loads)) / tokens;
 }
 
