@@ -8,9 +8,10 @@
  *   {"name": "...", "flops": 3.12e14, "memoryBandwidth": 2.0e12,
  *    "linkBandwidth": 3.0e11, "linkLatency": 3e-6}
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
+import { parseWithSchema, readJsonFile } from "../util/json.js";
 
 export const HardwareSchema = z
   .object({
@@ -50,23 +51,12 @@ export const HARDWARE_PRESETS: Record<string, Hardware> = {
 const HINT_FILE = `use a preset (${Object.keys(HARDWARE_PRESETS).join(", ")}) or a JSON file with fields name, flops, memoryBandwidth, linkBandwidth, linkLatency (src/balance/hardware.ts)`;
 
 /** Validates a parsed profile; errors name the field. */
-export function parseHardware(json: unknown, source = "hardware profile"): Hardware {
-  const res = HardwareSchema.safeParse(json);
-  if (res.success) return res.data;
-  const lines = res.error.issues.map((i) => `  ${i.path.length ? i.path.join(".") : "(top level)"}: ${i.message}`);
-  throw new SigmaError(`${source} is invalid:\n${lines.join("\n")}`, HINT_FILE);
-}
+export const parseHardware = (json: unknown, source = "hardware profile"): Hardware => parseWithSchema(HardwareSchema, json, source, HINT_FILE);
 
 /** A preset name, or the path of a JSON profile. */
 export function resolveHardware(nameOrPath: string): Hardware {
   const preset = HARDWARE_PRESETS[nameOrPath];
   if (preset) return preset;
   if (!existsSync(nameOrPath)) throw new SigmaError(`unknown hardware "${nameOrPath}": not a preset and not a file`, HINT_FILE);
-  let json: unknown;
-  try {
-    json = JSON.parse(readFileSync(nameOrPath, "utf8"));
-  } catch (e) {
-    throw new SigmaError(`cannot read hardware profile ${nameOrPath}: ${(e as Error).message}`, HINT_FILE);
-  }
-  return parseHardware(json, nameOrPath);
+  return parseHardware(readJsonFile(nameOrPath, "hardware profile", HINT_FILE), nameOrPath);
 }

@@ -8,9 +8,9 @@
  * [[experts of device 0], [experts of device 1], …]}`; every expert must be
  * placed exactly once.
  */
-import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
+import { readJsonFile } from "../util/json.js";
 
 export interface Placement {
   devices: number;
@@ -71,15 +71,7 @@ export function parsePlacement(json: unknown, experts: number, source = "placeme
   return { devices, deviceOf };
 }
 
-export function readPlacement(path: string, experts: number): Placement {
-  let json: unknown;
-  try {
-    json = JSON.parse(readFileSync(path, "utf8"));
-  } catch (e) {
-    throw new SigmaError(`cannot read placement file ${path}: ${(e as Error).message}`, HINT_FORMAT);
-  }
-  return parsePlacement(json, experts, path);
-}
+export const readPlacement = (path: string, experts: number): Placement => parsePlacement(readJsonFile(path, "placement file", HINT_FORMAT), experts, path);
 
 /** The placement to use: the file if given (it must agree with `devices` when both are set), else contiguous. */
 export function choosePlacement(experts: number, devices: number | undefined, file: string | undefined): Placement {

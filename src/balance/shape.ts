@@ -2,10 +2,11 @@
  * The model shape the simulator needs: only the sizes that set FLOPs and
  * bytes, not the weights. From a Sigma config, a named preset, or JSON.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { z } from "zod";
 import type { ModelConfig } from "../models/config.js";
 import { SigmaError } from "../util/errors.js";
+import { parseWithSchema, readJsonFile } from "../util/json.js";
 
 const int = (min = 0) => z.number().int().min(min);
 
@@ -75,23 +76,12 @@ export function shapeFromConfig(c: ModelConfig): SimShape {
 
 const HINT = `use a preset (${Object.keys(SHAPE_PRESETS).join(", ")}) or a JSON file with the fields of SimShapeSchema (src/balance/shape.ts)`;
 
-export function parseShape(json: unknown, source = "model shape"): SimShape {
-  const res = SimShapeSchema.safeParse(json);
-  if (res.success) return res.data;
-  const lines = res.error.issues.map((i) => `  ${i.path.length ? i.path.join(".") : "(top level)"}: ${i.message}`);
-  throw new SigmaError(`${source} is invalid:\n${lines.join("\n")}`, HINT);
-}
+export const parseShape = (json: unknown, source = "model shape"): SimShape => parseWithSchema(SimShapeSchema, json, source, HINT);
 
 /** A preset name or a JSON file. */
 export function resolveShape(nameOrPath: string): SimShape {
   const preset = SHAPE_PRESETS[nameOrPath];
   if (preset) return preset;
   if (!existsSync(nameOrPath)) throw new SigmaError(`unknown model shape "${nameOrPath}": not a preset and not a file`, HINT);
-  let json: unknown;
-  try {
-    json = JSON.parse(readFileSync(nameOrPath, "utf8"));
-  } catch (e) {
-    throw new SigmaError(`cannot read model shape ${nameOrPath}: ${(e as Error).message}`, HINT);
-  }
-  return parseShape(json, nameOrPath);
+  return parseShape(readJsonFile(nameOrPath, "model shape", HINT), nameOrPath);
 }

@@ -7,7 +7,7 @@
  */
 import { z } from "zod";
 import { ACTIVATIONS } from "../nn/activation.js";
-import { SigmaError } from "../util/errors.js";
+import { parseWithSchema } from "../util/json.js";
 
 const int = (min = 0) => z.number().int().min(min);
 
@@ -134,13 +134,7 @@ export type RouterConfig = z.infer<typeof RouterSchema>;
 
 /** Parses a config; errors name every bad field. `source` (a file name) prefixes the message. */
 export function parseModelConfig(input: unknown, source = "model config"): ModelConfig {
-  const res = ModelConfigSchema.safeParse(input);
-  if (res.success) return res.data;
-  const lines = res.error.issues.map((i) => {
-    const field = i.path.length ? i.path.join(".") : "(top level)";
-    return `  ${field}: ${i.message}`;
-  });
-  throw new SigmaError(`${source} is invalid:\n${lines.join("\n")}`, "fix the fields named above; see src/models/config.ts for every field and its default");
+  return parseWithSchema(ModelConfigSchema, input, source, "fix the fields named above; see src/models/config.ts for every field and its default");
 }
 
 /** "dense", "sparse" or "mixed". */

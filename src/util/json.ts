@@ -1,0 +1,24 @@
+/**
+ * JSON input checked with zod: reading a JSON file, and validating a parsed
+ * value with errors that name every bad field.
+ */
+import { readFileSync } from "node:fs";
+import type { z } from "zod";
+import { SigmaError } from "./errors.js";
+
+/** The parsed JSON of a file; an unreadable or malformed file is "cannot read <what> <path>: …". */
+export function readJsonFile(path: string, what: string, hint: string): unknown {
+  try {
+    return JSON.parse(readFileSync(path, "utf8"));
+  } catch (e) {
+    throw new SigmaError(`cannot read ${what} ${path}: ${(e as Error).message}`, hint);
+  }
+}
+
+/** `json` validated by `schema`; otherwise "<source> is invalid:" and one "  field: message" line per issue. */
+export function parseWithSchema<S extends z.ZodTypeAny>(schema: S, json: unknown, source: string, hint: string): z.output<S> {
+  const res = schema.safeParse(json);
+  if (res.success) return res.data as z.output<S>;
+  const lines = res.error.issues.map((i) => `  ${i.path.length ? i.path.join(".") : "(top level)"}: ${i.message}`);
+  throw new SigmaError(`${source} is invalid:\n${lines.join("\n")}`, hint);
+}
