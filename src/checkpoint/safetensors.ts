@@ -57,21 +57,26 @@ export function writeSafetensors(path: string, tensors: Map<string, { shape: num
   writeFileAtomic(path, encodeSafetensors(tensors, metadata));
 }
 
+const invalid = (source: string, what: string): never => {
+  throw new SigmaError(`${source} is not a valid safetensors file: ${what}`, "the file may be truncated or corrupted; use another checkpoint");
+};
+
+/** The JSON header of a safetensors buffer, read without decoding any tensor, and where the data section starts. */
+export function safetensorsHeader(buf: Uint8Array, source: string): { header: Record<string, unknown>; dataStart: number } {
+  if (buf.length < 8) invalid(source, `only ${buf.length} bytes`);
+  const hlen = Number(new DataView(buf.buffer, buf.byteOffset, buf.byteLength).getBigUint64(0, true));
+  if (hlen > buf.length - 8) invalid(source, `its header claims ${hlen} bytes but the file has ${buf.length}`);
+  try {
+    return { header: JSON.parse(Buffer.from(buf.buffer, buf.byteOffset + 8, hlen).toString("utf8")) as Record<string, unknown>, dataStart: 8 + hlen };
+  } catch (e) {
+    return invalid(source, `its header is not JSON (${(e as Error).message})`);
+  }
+}
+
 /** Parses a safetensors buffer; every problem is reported with `source` (the file name). */
 export function decodeSafetensors(buf: Uint8Array, source: string): { tensors: Map<string, StTensor>; metadata: Record<string, string> } {
-  const fail = (what: string): never => {
-    throw new SigmaError(`${source} is not a valid safetensors file: ${what}`, "the file may be truncated or corrupted; use another checkpoint");
-  };
-  if (buf.length < 8) fail(`only ${buf.length} bytes`);
-  const hlen = Number(new DataView(buf.buffer, buf.byteOffset, buf.byteLength).getBigUint64(0, true));
-  if (hlen > buf.length - 8) fail(`its header claims ${hlen} bytes but the file has ${buf.length}`);
-  let header: Record<string, unknown>;
-  try {
-    header = JSON.parse(Buffer.from(buf.buffer, buf.byteOffset + 8, hlen).toString("utf8")) as Record<string, unknown>;
-  } catch (e) {
-    return fail(`its header is not JSON (${(e as Error).message})`);
-  }
-  const dataStart = 8 + hlen;
+  const fail = (what: string): never => invalid(source, what);
+  const { header, dataStart } = safetensorsHeader(buf, source);
   const dataLen = buf.length - dataStart;
   const tensors = new Map<string, StTensor>();
   const metadata = (header.__metadata__ ?? {}) as Record<string, string>;

@@ -22,7 +22,7 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { decodeSafetensors, type StTensor } from "../../checkpoint/safetensors.js";
+import { decodeSafetensors, safetensorsHeader, type StTensor } from "../../checkpoint/safetensors.js";
 import type { Activation } from "../../nn/activation.js";
 import { SigmaError } from "../../util/errors.js";
 import { parseModelConfig, type ModelConfig } from "../config.js";
@@ -175,17 +175,10 @@ export function gpt2Model(config: ModelConfig, raw: Map<string, StTensor>, sourc
 
 /** dtypes in a safetensors header, read before decoding so that half precision gets a clear error. */
 function checkDtypes(buf: Uint8Array, source: string): void {
-  if (buf.length < 8) return; // decodeSafetensors reports it
-  const n = Number(new DataView(buf.buffer, buf.byteOffset, 8).getBigUint64(0, true));
-  let header: Record<string, { dtype?: string }>;
-  try {
-    header = JSON.parse(Buffer.from(buf.buffer, buf.byteOffset + 8, Math.min(n, buf.length - 8)).toString("utf8")) as Record<string, { dtype?: string }>;
-  } catch {
-    return; // decodeSafetensors reports it
-  }
-  for (const [name, e] of Object.entries(header)) {
-    if (name !== "__metadata__" && (e.dtype === "F16" || e.dtype === "BF16")) {
-      throw new SigmaError(`${source}: tensor "${name}" is ${e.dtype}; the importer reads F32 and F64`, "save the model in float32 first (in transformers: model.float().save_pretrained(dir))");
+  for (const [name, e] of Object.entries(safetensorsHeader(buf, source).header)) {
+    const dtype = (e as { dtype?: string } | null)?.dtype;
+    if (name !== "__metadata__" && (dtype === "F16" || dtype === "BF16")) {
+      throw new SigmaError(`${source}: tensor "${name}" is ${dtype}; the importer reads F32 and F64`, "save the model in float32 first (in transformers: model.float().save_pretrained(dir))");
     }
   }
 }
