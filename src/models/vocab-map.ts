@@ -56,7 +56,15 @@ export function newIdsOfOld(map: VocabMap): Int32Array {
  * Works on one embedding slot at a time.
  */
 export function extendRows(map: VocabMap, src: ArrayLike<number>, dst: Float32Array | Float64Array, C: number): void {
-  const mean = new Float64Array(C);
+  const sum = new Float64Array(C);
+  const meanOf = (ids: number[], out: Float64Array): Float64Array => {
+    sum.fill(0);
+    for (const i of ids) for (let c = 0; c < C; c++) sum[c]! += src[i * C + c]!;
+    for (let c = 0; c < C; c++) out[c] = sum[c]! / ids.length;
+    return out;
+  };
+  let allRows: Float64Array | null = null; // the mean of every old row, computed once for all new specials
+  const row = new Float64Array(C);
   for (let n = 0; n < map.newSize; n++) {
     const o = map.oldId[n]!;
     if (o >= 0) {
@@ -64,9 +72,7 @@ export function extendRows(map: VocabMap, src: ArrayLike<number>, dst: Float32Ar
       continue;
     }
     const ids = map.pieces.get(n) ?? [];
-    const from = ids.length ? ids : Array.from({ length: map.oldSize }, (_, i) => i);
-    mean.fill(0);
-    for (const i of from) for (let c = 0; c < C; c++) mean[c]! += src[i * C + c]!;
-    for (let c = 0; c < C; c++) dst[n * C + c] = mean[c]! / from.length;
+    const mean = ids.length ? meanOf(ids, row) : (allRows ??= meanOf(Array.from({ length: map.oldSize }, (_, i) => i), new Float64Array(C)));
+    dst.set(mean, n * C);
   }
 }
