@@ -9,7 +9,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { noGrad } from "../autograd/tape.js";
 import { Loader } from "../data/loader.js";
-import { expertUsage, extractByUsage, extractRre } from "../models/extract.js";
+import { expertUsage, extractByUsage, extractRre, keptByUsage } from "../models/extract.js";
 import type { ModelInput, PanguSigma } from "../models/pangu-sigma.js";
 import * as ops from "../ops/index.js";
 import { Rng } from "../util/rng.js";
@@ -90,9 +90,11 @@ export function register(program: Command): void {
         const lossFull = meanLoss(full, domainBatches(dataDir, "val", o.domain, d, T, o.batchSize, o.batches));
         const lossSub = meanLoss(sub, domainBatches(dataDir, "val", o.domain, 0, T, o.batchSize, o.batches));
         console.log(`validation loss on ${o.domain}: full ${lossFull.toFixed(4)}, sub-model ${lossSub.toFixed(4)} (${lossSub >= lossFull ? "+" : ""}${(lossSub - lossFull).toFixed(4)} nats/token)`);
+        const kept = keptByUsage(full, usage, o.experts);
         usage.forEach((u, l) => {
           const total = u.reduce((a, b) => a + b, 0);
-          console.log(`  sparse layer ${l}: kept experts carried ${((100 * keptShare(u, o.experts!, router === "moge" ? c.experts!.router : null)) / Math.max(total, 1)).toFixed(1)}% of the domain's assignments`);
+          const carried = kept[l]!.reduce((a, e) => a + u[e]!, 0);
+          console.log(`  sparse layer ${l}: kept experts carried ${((100 * carried) / Math.max(total, 1)).toFixed(1)}% of the domain's assignments`);
         });
         Object.assign(state, { experts: o.experts, dataDir, valLoss: { full: lossFull, sub: lossSub } });
       }
@@ -104,13 +106,3 @@ export function register(program: Command): void {
     });
 }
 
-/** Assignments that went to the experts extraction keeps (same rule as extractByUsage). */
-function keptShare(u: Float64Array, n: number, moge: { kind: string; groups?: number } | null): number {
-  const top = (xs: number[], k: number) => xs.map((e) => u[e]!).sort((a, b) => b - a).slice(0, k).reduce((a, b) => a + b, 0);
-  const all = Array.from(u.keys());
-  if (!moge || !moge.groups) return top(all, n);
-  const per = u.length / moge.groups;
-  let s = 0;
-  for (let g = 0; g < moge.groups; g++) s += top(all.slice(g * per, (g + 1) * per), n / moge.groups);
-  return s;
-}

@@ -114,15 +114,14 @@ function mostUsed(use: Float64Array, ids: number[], n: number): number[] {
 }
 
 /**
- * A domain's sub-model keeping, in every sparse layer, the `experts` most
- * used according to `usage` (from expertUsage on the domain's data). MoGE
- * keeps the same number from each group (experts must be a multiple of the
- * groups), so its balance by construction survives.
+ * The experts a domain's sub-model keeps in each sparse layer (old ids,
+ * ascending): the `experts` most used according to `usage` (from expertUsage
+ * on the domain's data). MoGE keeps the same number from each group (experts
+ * must be a multiple of the groups), so its balance by construction survives.
  */
-export function extractByUsage(model: PanguSigma, domain: string, usage: Float64Array[], experts: number): PanguSigma {
+export function keptByUsage(model: PanguSigma, usage: Float64Array[], experts: number): number[][] {
   const ex = sparseConfig(model);
   const r = ex.router;
-  const d = domainOf(model, domain);
   const E = ex.count;
   if (usage.length !== model.config.sparseLayers || usage.some((u) => u.length !== E)) throw new RangeError(`extractByUsage: usage must be ${model.config.sparseLayers} arrays of ${E} counts`);
   if (!Number.isInteger(experts) || experts < 1 || experts > E) throw new SigmaError(`cannot keep ${experts} experts of ${E}`, `pass --experts between 1 and ${E}`);
@@ -132,15 +131,21 @@ export function extractByUsage(model: PanguSigma, domain: string, usage: Float64
       throw new SigmaError("the model routes with rre: its domain sub-model is exact, no budget needed", "use extractRre (`sigma extract` without --experts)");
     case "topk": {
       if (r.k > experts) throw new SigmaError(`cannot keep ${experts} experts: the router picks k = ${r.k} per token`, `pass --experts ${r.k} or more`);
-      return subModel(model, d, usage.map((u) => mostUsed(u, all, experts)), r);
+      return usage.map((u) => mostUsed(u, all, experts));
     }
     case "moge": {
       const per = E / r.groups;
       if (experts % r.groups !== 0) throw new SigmaError(`cannot keep ${experts} experts: MoGE keeps the same number from each of its ${r.groups} groups`, `pass a multiple of ${r.groups}`);
       const keep = experts / r.groups;
       if (keep < r.perGroup) throw new SigmaError(`cannot keep ${keep} experts per group: the router picks ${r.perGroup} per group`, `pass --experts ${r.perGroup * r.groups} or more`);
-      const kept = usage.map((u) => Array.from({ length: r.groups }, (_, g) => mostUsed(u, all.slice(g * per, (g + 1) * per), keep)).flat());
-      return subModel(model, d, kept, r);
+      return usage.map((u) => Array.from({ length: r.groups }, (_, g) => mostUsed(u, all.slice(g * per, (g + 1) * per), keep)).flat());
     }
   }
+}
+
+/** A domain's sub-model keeping, in every sparse layer, the experts keptByUsage chooses. */
+export function extractByUsage(model: PanguSigma, domain: string, usage: Float64Array[], experts: number): PanguSigma {
+  const r = sparseConfig(model).router;
+  const d = domainOf(model, domain);
+  return subModel(model, d, keptByUsage(model, usage, experts), r);
 }
