@@ -6,7 +6,7 @@
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { distribution, type Distribution, deviceLoads, expertLoads, imbalanceScore, type RoutedBatch } from "./analysis.js";
+import { distribution, type Distribution, measureBatch, type RoutedBatch } from "./analysis.js";
 import type { Hardware } from "./hardware.js";
 import { contiguousPlacement, type Placement } from "./placement.js";
 import type { SimShape } from "./shape.js";
@@ -72,10 +72,10 @@ export function runStudy(o: StudyOptions): StudyRow[] {
     for (let b = 0; b < o.batches; b++) {
       const scores = router.scores(N);
       for (const name of ["topk", "moge"] as const) {
-        const loads = deviceLoads(expertLoads(routers[name](scores)), placement);
-        is[name].push(imbalanceScore(loads, N));
-        const mean = loads.reduce((a, c) => a + c, 0) / loads.length;
-        [...loads].sort((a, c) => c - a).forEach((v, d) => (sorted[name][d] += v / mean / o.batches));
+        const b = measureBatch(routers[name](scores), placement, null);
+        is[name].push(b.imbalance);
+        const mean = b.perDevice.reduce((a, c) => a + c, 0) / b.perDevice.length;
+        [...b.perDevice].sort((a, c) => c - a).forEach((v, d) => (sorted[name][d] += v / mean / o.batches));
       }
     }
     const sims = { topk: [] as ReturnType<typeof simulateStep>[], moge: [] as ReturnType<typeof simulateStep>[] };
