@@ -69,9 +69,10 @@ export function slotSources(dense: ModelConfig, sparse: ModelConfig): number[] {
   });
 }
 
-function stdOf(a: ArrayLike<number>, from: number, n: number): number {
+function stdOf(a: ArrayLike<number>): number {
+  const n = a.length;
   let s = 0, s2 = 0;
-  for (let i = from; i < from + n; i++) {
+  for (let i = 0; i < n; i++) {
     s += a[i]!;
     s2 += a[i]! * a[i]!;
   }
@@ -113,7 +114,7 @@ export function upcycle(dense: PanguSigma, sparse: ModelConfig, opts: UpcycleOpt
     // Stacked [E, …]: expert e is a copy of the dense tensor (plus noise).
     const n = s.size;
     const E = p.tensor.dim(0);
-    const sigma = noise > 0 ? noise * stdOf(s.data, 0, n) : 0;
+    const sigma = noise > 0 ? noise * stdOf(s.data) : 0;
     for (let e = 0; e < E; e++) {
       dst.set(s.data, e * n);
       if (sigma > 0) for (let i = 0; i < n; i++) dst[e * n + i]! += sigma * rng.normal();
