@@ -7,8 +7,15 @@ import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { ModelConfigSchema, type ModelConfig } from "../models/config.js";
 import { SigmaError } from "../util/errors.js";
+import { parseWithSchema } from "../util/json.js";
 
 const int = (min = 0) => z.number().int().min(min);
+
+/** A section of the config whose fields all have defaults: strict, and left out = `{}`. */
+const section = <S extends z.ZodRawShape>(shape: S) => z.object(shape).strict().default({} as z.input<z.ZodObject<S>>);
+
+/** A periodic action: `every` N steps (and always at the end; 0 = only at the end), plus its own fields. */
+const periodic = <S extends z.ZodRawShape>(every: number, shape: S) => section({ every: int(0).default(every), ...shape });
 
 export const OptimSchema = z
   .object({
@@ -46,15 +53,12 @@ export const TrainConfigSchema = z
     /** A name for the run (shown in logs and plots). */
     name: z.string().min(1).default("run"),
     model: ModelConfigSchema,
-    data: z
-      .object({
-        /** A folder written by `sigma data prepare`. */
-        dir: z.string().min(1).default(".sigma/data/default"),
-        /** Mixing weight per domain name; default: each domain's share of the training tokens. */
-        weights: z.record(z.string(), z.number().min(0)).optional(),
-      })
-      .strict()
-      .default({}),
+    data: section({
+      /** A folder written by `sigma data prepare`. */
+      dir: z.string().min(1).default(".sigma/data/default"),
+      /** Mixing weight per domain name; default: each domain's share of the training tokens. */
+      weights: z.record(z.string(), z.number().min(0)).optional(),
+    }),
     /** Sequences per micro-batch B; the sequence length is model.seqLen. */
     batchSize: int(1).default(8),
     /** Micro-batches whose gradients add up to one optimizer step. */
@@ -64,42 +68,31 @@ export const TrainConfigSchema = z
     /** Stop early (with a checkpoint) after this much wall time; null = no limit. */
     maxSeconds: z.number().positive().nullable().default(null),
     optim: OptimSchema.default({}),
-    eval: z
-      .object({
-        /** Evaluate every N steps (and at the end); 0 = only at the end. */
-        every: int(0).default(100),
-        /** Validation batches per domain; the same batches every time, so curves compare. */
-        batches: int(1).default(4),
-      })
-      .strict()
-      .default({}),
-    checkpoint: z
-      .object({
-        /** Save every N steps (and at the end); 0 = only at the end. */
-        every: int(0).default(0),
-        /** Keep the last K checkpoints. */
-        keep: int(1).default(2),
-      })
-      .strict()
-      .default({}),
+    /** Evaluate every 100 steps (and at the end). */
+    eval: periodic(100, {
+      /** Validation batches per domain; the same batches every time, so curves compare. */
+      batches: int(1).default(4),
+    }),
+    /** Save only at the end unless `every` is set. */
+    checkpoint: periodic(0, {
+      /** Keep the last K checkpoints. */
+      keep: int(1).default(2),
+    }),
     /** Log a training line (metrics.jsonl) every N steps. */
     logEvery: int(1).default(1),
     /**
      * ECSS (PAPERS.md §5): keep the experts and their Adam moments in a
      * file-backed expert store, with only a bounded set resident in RAM.
      */
-    store: z
-      .object({
-        enabled: z.boolean().default(false),
-        /** The store file; null = <out>/experts.sgxs. */
-        path: z.string().min(1).nullable().default(null),
-        /** Byte budget of resident experts (parameters + moments), e.g. "2GiB". */
-        memory: z.string().default("2GiB"),
-        /** RRE: read the next step's experts in a worker thread while this step computes. */
-        prefetch: z.boolean().default(true),
-      })
-      .strict()
-      .default({}),
+    store: section({
+      enabled: z.boolean().default(false),
+      /** The store file; null = <out>/experts.sgxs. */
+      path: z.string().min(1).nullable().default(null),
+      /** Byte budget of resident experts (parameters + moments), e.g. "2GiB". */
+      memory: z.string().default("2GiB"),
+      /** RRE: read the next step's experts in a worker thread while this step computes. */
+      prefetch: z.boolean().default(true),
+    }),
     /** Recompute each block's activations in the backward pass instead of keeping them: less memory, ~⅓ more compute. */
     recompute: z.boolean().default(false),
     /** Seed of the data order (the model's init seed is model.seed). */
@@ -114,10 +107,7 @@ export type TrainConfigInput = z.input<typeof TrainConfigSchema>;
 
 /** Parses a train config; the error names every bad field and where it came from. */
 export function parseTrainConfig(input: unknown, source = "train config"): TrainConfig & { model: ModelConfig } {
-  const res = TrainConfigSchema.safeParse(input);
-  if (res.success) return res.data;
-  const lines = res.error.issues.map((i) => `  ${i.path.length ? i.path.join(".") : "(top level)"}: ${i.message}`);
-  throw new SigmaError(`${source} is invalid:\n${lines.join("\n")}`, "fix the fields named above; src/train/config.ts lists every field with its default");
+  return parseWithSchema(TrainConfigSchema, input, source, "fix the fields named above; src/train/config.ts lists every field with its default");
 }
 
 /** Reads and parses a JSON train config; bad bytes, bad JSON and bad fields all name the file. */
