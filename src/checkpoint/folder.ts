@@ -13,9 +13,10 @@
  * with the file's name instead of surfacing as a confusing load error.
  */
 import { createHash } from "node:crypto";
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { SigmaError } from "../util/errors.js";
+import { fsyncDir, writeFileSynced } from "../util/fs.js";
 
 export const STATE_FILE = "state.json";
 const STEP_DIR = /^step-(\d{8,})$/;
@@ -34,27 +35,6 @@ export interface CheckpointState {
 export const stepDirName = (step: number): string => `step-${String(step).padStart(8, "0")}`;
 
 const sha256 = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
-
-function writeSynced(path: string, data: Uint8Array): void {
-  const fd = openSync(path, "w");
-  try {
-    let off = 0;
-    while (off < data.length) off += writeSync(fd, data, off, data.length - off);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function fsyncDir(dir: string): void {
-  try {
-    const fd = openSync(dir, "r");
-    fsyncSync(fd);
-    closeSync(fd);
-  } catch {
-    /* some filesystems cannot fsync a folder */
-  }
-}
 
 /**
  * Writes a checkpoint for `step` under `dir` and returns its folder. `files`
@@ -77,11 +57,11 @@ export function saveCheckpointFolder(
     for (const [name, content] of files) {
       if (name === STATE_FILE || basename(name) !== name) throw new Error(`bad checkpoint file name "${name}"`);
       const bytes = typeof content === "string" ? Buffer.from(content, "utf8") : content;
-      writeSynced(join(tmp, name), bytes);
+      writeFileSynced(join(tmp, name), bytes);
       records[name] = { bytes: bytes.length, sha256: sha256(bytes) };
       onFile?.(name);
     }
-    writeSynced(join(tmp, STATE_FILE), Buffer.from(JSON.stringify({ ...state, files: records }, null, 1), "utf8"));
+    writeFileSynced(join(tmp, STATE_FILE), JSON.stringify({ ...state, files: records }, null, 1));
     fsyncDir(tmp);
     // Re-saving the same step replaces the old folder; the window between the
     // two renames only ever loses this step, never an older checkpoint.

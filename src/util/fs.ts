@@ -3,6 +3,30 @@ import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } fro
 import { basename, dirname, join } from "node:path";
 import { SigmaError } from "./errors.js";
 
+/** Writes `data` to `path` (created or truncated) and fsyncs it before returning. */
+export function writeFileSynced(path: string, data: Uint8Array | string): void {
+  const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
+  const fd = openSync(path, "w");
+  try {
+    let off = 0;
+    while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Fsyncs a folder, so that renames and new entries in it survive a crash. */
+export function fsyncDir(dir: string): void {
+  try {
+    const fd = openSync(dir, "r");
+    fsyncSync(fd);
+    closeSync(fd);
+  } catch {
+    /* some filesystems do not support fsync on folders */
+  }
+}
+
 /**
  * Writes `data` to `path` so that a crash leaves either the old file or the
  * new one, never a torn mix. A full disk or a permission error is reported
@@ -10,18 +34,10 @@ import { SigmaError } from "./errors.js";
  */
 export function writeFileAtomic(path: string, data: Uint8Array | string): void {
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Date.now()}`);
-  let fd = -1;
   try {
-    fd = openSync(tmp, "w");
-    const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
-    let off = 0;
-    while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
-    fsyncSync(fd);
-    closeSync(fd);
-    fd = -1;
+    writeFileSynced(tmp, data);
     renameSync(tmp, path);
   } catch (e) {
-    if (fd !== -1) closeSync(fd);
     try {
       unlinkSync(tmp);
     } catch {
@@ -31,11 +47,5 @@ export function writeFileAtomic(path: string, data: Uint8Array | string): void {
     const hint = err.code === "ENOSPC" ? "the disk is full: free some space and retry; the previous file is untouched" : undefined;
     throw new SigmaError(`could not write ${path}: ${err.message}`, hint);
   }
-  try {
-    const dfd = openSync(dirname(path), "r");
-    fsyncSync(dfd);
-    closeSync(dfd);
-  } catch {
-    /* some filesystems do not support fsync on folders */
-  }
+  fsyncDir(dirname(path));
 }
