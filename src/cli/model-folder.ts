@@ -18,6 +18,7 @@ import { diffFields } from "../train/checkpoint.js";
 import { fromHfJson, sha256Hex } from "../tokenizer/hfjson.js";
 import type { Tokenizer } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
+import { checkVocab } from "../serve/load.js";
 
 export interface ModelSource {
   model: PanguSigma;
@@ -32,9 +33,7 @@ export interface ModelSource {
 }
 
 function parseTokenizer(text: string, where: string, model: PanguSigma): { text: string; tokenizer: Tokenizer } {
-  const tokenizer = fromHfJson(text, where);
-  if (tokenizer.vocabSize !== model.config.vocabSize) throw new SigmaError(`${where} has ${tokenizer.vocabSize} tokens but the model's vocabulary is ${model.config.vocabSize}`, "use the tokenizer the model was trained with");
-  return { text, tokenizer };
+  return { text, tokenizer: checkVocab(fromHfJson(text, where), model, where) };
 }
 
 export function readModelSource(path: string): ModelSource {

@@ -44,7 +44,8 @@ export function loadForInference(path: string): LoadedModel {
   return { model, tokenizer, path: f.path, step: state.step ?? null, dataDir: state.config?.data?.dir ?? null };
 }
 
-function checkVocab(tok: Tokenizer, model: PanguSigma, where: string): Tokenizer {
+/** `tok`, checked to have the model's vocabulary size (`where` names the tokenizer file). */
+export function checkVocab(tok: Tokenizer, model: PanguSigma, where: string): Tokenizer {
   if (tok.vocabSize !== model.config.vocabSize) throw new SigmaError(`${where} has ${tok.vocabSize} tokens but the model's vocabulary is ${model.config.vocabSize}`, "use the tokenizer the model was trained with");
   return tok;
 }
