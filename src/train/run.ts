@@ -62,6 +62,7 @@ export async function runTraining(t: Trainer, hooks: RunHooks = {}, opts: RunOpt
   let lastEval: DomainEval[] | null = null;
   let lastEvalStep = -1;
   let lastCkpt = "";
+  let lastCkptStep = -1;
   const evaluate = (): DomainEval[] => {
     const ev = t.evaluate();
     log.append(evalRecord(t.step, ev));
@@ -71,6 +72,7 @@ export async function runTraining(t: Trainer, hooks: RunHooks = {}, opts: RunOpt
   };
   const checkpoint = (): void => {
     lastCkpt = saveTrainCheckpoint(t, paths.checkpoints);
+    lastCkptStep = t.step;
     log.append({ kind: "checkpoint", step: t.step, path: lastCkpt });
     hooks.onCheckpoint?.(lastCkpt);
   };
@@ -101,7 +103,7 @@ export async function runTraining(t: Trainer, hooks: RunHooks = {}, opts: RunOpt
     await new Promise((res) => setImmediate(res));
   }
   const finalEval = lastEvalStep === t.step && lastEval ? lastEval : evaluate();
-  if (!lastCkpt.endsWith(String(t.step).padStart(8, "0"))) checkpoint();
+  if (lastCkptStep !== t.step) checkpoint();
   log.append({ kind: "end", step: t.step, stopped, seconds: t.seconds - startSeconds });
   const plots = writePlots(c.out, c.name, opts.baselines);
   return { stopped, steps: t.step, finalEval, checkpoint: lastCkpt, metrics: paths.metrics, plots };
