@@ -68,7 +68,7 @@ export function saveTrainCheckpoint(t: Trainer, dir: string, keep = t.config.che
   ]);
   // ECSS: dirty experts go to the store (never into the slots the previous checkpoint names) and are fsynced first.
   if (t.ecss) files.set("experts.index", t.ecss.flush());
-  const state: Omit<TrainState, "files"> = {
+  const state: TrainState = {
     format: TRAIN_FORMAT,
     version: TRAIN_VERSION,
     step: t.step,
