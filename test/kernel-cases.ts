@@ -24,7 +24,9 @@ const pick = <T,>(xs: T[]) => xs[rng.int(xs.length)]!;
 
 function matmulCases(): Case[] {
   const cs: Case[] = [];
-  for (const [M, N, K] of [[1, 1, 1], [1, 257, 33], [1, 33, 257], [3, 17, 33], [17, 3, 257], [33, 257, 17], [257, 33, 3], [64, 100, 300]]) {
+  for (const [M, N, K] of [[1, 1, 1], [1, 257, 33], [1, 33, 257], [3, 17, 33], [17, 3, 257], [33, 257, 17], [257, 33, 3], [64, 100, 300],
+    // the blocked path: several row blocks (MC 96), column blocks (NC 1024) and k blocks (KC 512), each with an edge
+    [131, 1041, 530]]) {
     for (const ta of [false, true]) for (const tb of [false, true]) for (const acc of [false, true]) {
       cs.push({ label: `${M}x${N}x${K} ta=${ta} tb=${tb} acc=${acc}`, args: [f32(M! * N!), f32(M! * K!), f32(K! * N!), M, N, K, ta, tb, acc], outputs: [0], tol: 1e-5 * Math.sqrt(K!) });
     }
