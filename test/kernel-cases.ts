@@ -130,6 +130,7 @@ function attentionCases(backward: boolean): () => Case[] {
       [1, 64, 64, 2, 64, 64],
       [2, 3, 20, 2, 17, 32], // decode: Tq < Tk < kvCap
       [1, 1, 257, 1, 64, 300],
+      [2, 8, 600, 2, 64, 640], // decode with a long cache: enough work per query row for two threads
       [1, 100, 100, 2, 33, 100], // blocks: several query blocks, a partial last one
       [2, 40, 70, 3, 17, 80], // blocks with a cache prefix: Tq < Tk < kvCap
       [1, 257, 257, 1, 64, 257],

@@ -114,7 +114,7 @@ void add_bias(float* y, const float* x, const float* bias, int64_t rows, int64_t
 
 void add_bias_backward(float* dbias, const float* dy, int64_t rows, int64_t cols) {
   // Column slices per thread: each column's sum runs over rows in order (deterministic).
-  parallel_for(cols, 64, [&](int64_t c0, int64_t c1) {
+  parallel_for(cols, std::max<int64_t>(64, kGrain / std::max<int64_t>(rows, 1)), [&](int64_t c0, int64_t c1) {
     for (int64_t r = 0; r < rows; ++r) add_k(dbias + c0, dbias + c0, dy + r * cols + c0, c1 - c0);
   });
 }

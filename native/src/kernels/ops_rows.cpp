@@ -55,7 +55,7 @@ void layer_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy
   parallel_for(rows, row_grain(C), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) ln_row_backward(dx + r * C, dy + r * C, x + r * C, mean[r], rstd[r], gamma, C);
   });
-  parallel_for(C, 16, [&](int64_t c0, int64_t c1) {
+  parallel_for(C, std::max<int64_t>(16, 16384 / std::max<int64_t>(rows, 1)), [&](int64_t c0, int64_t c1) {
     for (int64_t r = 0; r < rows; ++r) {
       const float m = mean[r], s = rstd[r];
       const float* xr = x + r * C;
