@@ -21,6 +21,7 @@ function check(name: string, f: (xs: Tensor[]) => Tensor, inputs: Tensor[], opts
 check("reshape", ([x]) => ops.reshape(x!, [3, -1]), [r(2, 3, 2)]);
 check("add", ([a, b]) => ops.add(a!, b!), [r(3, 4), r(3, 4)]);
 check("add (same tensor twice)", ([a]) => ops.add(a!, a!), [r(5)]);
+check("dropout (a fixed mask: the seed)", ([x]) => ops.dropout(x!, 0.3, 7), [r(4, 9)]);
 check("mul", ([a, b]) => ops.mul(a!, b!), [r(3, 5), r(3, 5)]);
 check("scale", ([a]) => ops.scale(a!, -1.7), [r(7)]);
 check("addBias", ([x, b]) => ops.addBias(x!, b!), [r(4, 3), r(3)]);

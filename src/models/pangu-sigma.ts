@@ -33,6 +33,25 @@ export interface ModelInput {
   domains: Int32Array;
   B: number;
   T: number;
+  /**
+   * Seed of this forward's dropout masks (config.dropout > 0, training mode,
+   * no cache). The trainer passes one per micro-batch so that a resumed run
+   * draws the same masks; without it the model counts its own forwards.
+   */
+  dropoutSeed?: number;
+}
+
+/** Dropout of one forward: rate and seed; each site mixes in its layer and place. */
+interface DropoutSpec {
+  p: number;
+  seed: number;
+}
+
+/** The residual branch's output after dropout at (layer, site), or as is when dropout is off. */
+function drop(t: Tensor, d: DropoutSpec | null, layer: number, site: number): Tensor {
+  if (!d) return t;
+  const seed = (Math.imul(d.seed, 0x9e3779b1) ^ Math.imul(layer + 1, 0x85ebca6b) ^ Math.imul(site + 1, 0xc2b2ae35)) >>> 0;
+  return ops.dropout(t, d.p, seed);
 }
 
 export interface ModelOutput {
@@ -58,8 +77,10 @@ class Block extends Module {
   readonly ln2: LayerNorm;
   readonly ffn: FeedForward | null;
   readonly moe: MoeLayer | null;
+  readonly layer: number;
   constructor(c: ModelConfig, layer: number, sparse: boolean, domainGroup: Int32Array, init: InitOptions, outStd: number, external?: ExternalExperts) {
     super();
+    this.layer = layer;
     this.ln1 = this.child("ln1", new LayerNorm(c.width, c.layerNormEps, init.dtype));
     this.attn = this.child("attn", new Attention(c.width, c.heads, init, outStd));
     this.ln2 = this.child("ln2", new LayerNorm(c.width, c.layerNormEps, init.dtype));
@@ -74,24 +95,25 @@ class Block extends Module {
     }
   }
 
-  /** x: [B, T, C]. */
-  forward(x: Tensor, ctx: MoeContext, cache?: KVCache): { y: Tensor; routing: Routing | null } {
+  /** x: [B, T, C]. Dropout (when on) applies to the attention and FFN outputs before each residual add. */
+  forward(x: Tensor, ctx: MoeContext, cache?: KVCache, dropout: DropoutSpec | null = null): { y: Tensor; routing: Routing | null } {
     const a = this.ln1.forward(x);
-    const h = ops.add(x, this.attn.forward(a, a, cache));
+    const h = ops.add(x, drop(this.attn.forward(a, a, cache), dropout, this.layer, 0));
     const n = this.ln2.forward(h);
-    if (this.ffn) return { y: ops.add(h, this.ffn.forward(n)), routing: null };
+    if (this.ffn) return { y: ops.add(h, drop(this.ffn.forward(n), dropout, this.layer, 1)), routing: null };
     const [B, T, C] = n.shape as [number, number, number];
     const { y, routing } = this.moe!.forward(ops.reshape(n, [B * T, C]), ctx);
-    return { y: ops.add(h, ops.reshape(y, [B, T, C])), routing };
+    return { y: ops.add(h, drop(ops.reshape(y, [B, T, C]), dropout, this.layer, 1)), routing };
   }
 }
 
 /** A block whose activations are recomputed in backward; its routing (and aux losses) still reach the loss. */
-function recomputedBlock(block: Block, x: Tensor, ctx: MoeContext): { y: Tensor; routing: Routing | null } {
+function recomputedBlock(block: Block, x: Tensor, ctx: MoeContext, dropout: DropoutSpec | null): { y: Tensor; routing: Routing | null } {
   let routing: Routing | null = null;
   const [y, aux, z] = recompute(
     (xi) => {
-      const o = block.forward(xi, ctx);
+      // The replay draws the same dropout masks: they depend on the seed, layer and site only.
+      const o = block.forward(xi, ctx, undefined, dropout);
       routing ??= o.routing; // the first pass's routing is the one reported (the replay's is identical)
       return [o.y, o.routing?.auxLoss ?? null, o.routing?.zLoss ?? null];
     },
@@ -115,9 +137,9 @@ class QueryLayer extends Module {
     this.ln2 = this.child("ln2", new LayerNorm(c.width, c.layerNormEps, init.dtype));
     this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd, c.activation));
   }
-  forward(x: Tensor, queries: Tensor, cache?: KVCache): Tensor {
-    const h = ops.add(x, this.attn.forward(queries, this.ln1.forward(x), cache));
-    return ops.add(h, this.ffn.forward(this.ln2.forward(h)));
+  forward(x: Tensor, queries: Tensor, cache?: KVCache, dropout: DropoutSpec | null = null, layer = 0): Tensor {
+    const h = ops.add(x, drop(this.attn.forward(queries, this.ln1.forward(x), cache), dropout, layer, 0));
+    return ops.add(h, drop(this.ffn.forward(this.ln2.forward(h)), dropout, layer, 1));
   }
 }
 
@@ -133,6 +155,8 @@ export class PanguSigma extends Module {
   /** Slot and expert group of each domain index. */
   readonly domainSlot: Int32Array;
   readonly domainGroup: Int32Array;
+  /** Forwards run in training mode with dropout on: the default dropout seed. */
+  private forwards = 0;
   /** Recompute each block's activations during backward instead of keeping them (training only). */
   recompute = false;
 
@@ -203,12 +227,14 @@ export class PanguSigma extends Module {
       }
     }
     const ctx: MoeContext = { tokenIds: tokens, domainIds: domainOf, vocabSize: V, domainGroup: this.domainGroup };
+    // Dropout in training mode only (evaluation, extraction and generation call eval(); decoding has a cache).
+    const dropout: DropoutSpec | null = this.training && c.dropout > 0 && !cache ? { p: c.dropout, seed: input.dropoutSeed ?? this.forwards++ } : null;
 
     let h = ops.add(ops.embedding(this.tokenEmbedding, embedIds, [B, T]), ops.embedding(this.positionEmbedding, posIds, [B, T]));
     const routings: Routing[] = [];
     let aux: Tensor | null = null;
     this.blocks.forEach((block, l) => {
-      const out = this.recompute && !cache && isGradEnabled() ? recomputedBlock(block, h, ctx) : block.forward(h, ctx, cache?.layers[l]);
+      const out = this.recompute && !cache && isGradEnabled() ? recomputedBlock(block, h, ctx, dropout) : block.forward(h, ctx, cache?.layers[l], dropout);
       h = out.y;
       if (out.routing) {
         routings.push(out.routing);
@@ -216,7 +242,7 @@ export class PanguSigma extends Module {
       }
     });
     h = this.finalNorm.forward(h);
-    if (this.queryLayer) h = this.queryLayer.forward(h, ops.embedding(this.queryEmbedding!, posIds, [B, T]), cache?.query);
+    if (this.queryLayer) h = this.queryLayer.forward(h, ops.embedding(this.queryEmbedding!, posIds, [B, T]), cache?.query, dropout, this.blocks.length);
     if (cache) cache.length += T;
     return { logits: this.decode(ops.reshape(h, [R, c.width]), slotOf), routings, auxLoss: aux };
   }

@@ -2,6 +2,8 @@
 import { gradOf, record } from "../autograd/tape.js";
 import { Tensor } from "../tensor/tensor.js";
 import { shapeStr } from "../tensor/shape.js";
+import { Rng } from "../util/rng.js";
+import { mul } from "./basic.js";
 import { be, empty, expectShape, rowsOf, sameDtype } from "./util.js";
 
 /** GeLU(x) = x·Φ(x), exact. */
@@ -117,4 +119,21 @@ export function logsumexp(x: Tensor): Tensor {
     }
   });
   return y;
+}
+
+/**
+ * Inverted dropout: each element is zeroed with probability p and the others
+ * are scaled by 1/(1 − p), so the expected value is unchanged. The mask is a
+ * function of `seed` alone, so a recomputed forward (or a resumed run) draws
+ * the same mask. The gradient is the product rule's: dy ⊙ mask.
+ */
+export function dropout(x: Tensor, p: number, seed: number): Tensor {
+  if (!(p >= 0 && p < 1)) throw new RangeError(`dropout: p = ${p} is outside [0, 1)`);
+  if (p === 0) return x;
+  const mask = empty(x, x.shape);
+  const m = mask.data;
+  const rng = new Rng(seed);
+  const cut = p * 2 ** 32, keep = 1 / (1 - p);
+  for (let i = 0; i < m.length; i++) m[i] = rng.nextU32() < cut ? 0 : keep;
+  return mul(x, mask);
 }

@@ -172,7 +172,9 @@ export class Trainer {
     for (let a = 0; a < c.accumSteps; a++) {
       const b = batches[a]!;
       const domains = this.rowDomains(b);
-      const r = this.model.loss({ tokens: b.x, domains, B: b.B, T: b.T }, b.y);
+      // Dropout masks from (seed, step, micro-batch): a resumed run draws the same ones.
+      const dropoutSeed = (Math.imul(this.step + 1, 0x9e3779b1) ^ Math.imul(a + 1, 0x85ebca6b) ^ c.seed) >>> 0;
+      const r = this.model.loss({ tokens: b.x, domains, B: b.B, T: b.T, dropoutSeed }, b.y);
       // Gradients add up over micro-batches; scaling each by 1/accum makes the sum their mean.
       // Only scalars (losses) and routing counts are read after backward, so the
       // forward's buffers can go back to the pool for the next micro-batch.
