@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { backward, zeroGrad } from "../src/autograd/tape.js";
 import { parseModelConfig } from "../src/models/config.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
-import { AdamW } from "../src/optim/adamw.js";
+import { AdamW, clipScale, gradSquares } from "../src/optim/adamw.js";
 import { loadTrainConfig, parseTrainConfig } from "../src/train/config.js";
 import { learningRate, scheduleOf } from "../src/train/schedule.js";
 import { Trainer } from "../src/train/trainer.js";
@@ -48,6 +48,51 @@ for (const [name, router] of Object.entries(ROUTERS)) {
     assert.ok(last < 0.05, `${name}: loss after 150 steps on one batch is ${last}, expected < 0.05`);
   });
 }
+
+test("clipping: clipScale caps the global norm, and the optimizer's gradScale equals rescaling the gradients first", () => {
+  assert.equal(clipScale(10, 1), 0.1);
+  assert.equal(clipScale(0.5, 1), 1);
+  assert.equal(clipScale(0, 1), 1);
+  assert.equal(clipScale(3, Infinity), 1);
+  const cfg = tinyConfig(data, join(root, "clip"), ROUTERS.topk!).model;
+  const rng = new Rng(5);
+  const B = 2, T = 8;
+  const input = { tokens: Int32Array.from({ length: B * T }, () => rng.int(cfg.vocabSize)), domains: Int32Array.of(0, 2), B, T };
+  const targets = Int32Array.from({ length: B * T }, () => rng.int(cfg.vocabSize));
+  // Two steps each, so that the second step's moments carry the first's scaled gradients (Adam's first step hardly sees a scale).
+  const run = (folded: boolean) => {
+    const model = new PanguSigma(cfg);
+    const opt = new AdamW(model.namedParameters(), { dense: { eps: 1e-3 }, expert: { eps: 1e-3 } });
+    for (let s = 0; s < 2; s++) {
+      zeroGrad(model.parameters());
+      backward(model.loss(input, targets).loss);
+      const params = model.parameters();
+      const f = clipScale(Math.sqrt(gradSquares(params)), 0.05 * (s + 1));
+      assert.ok(f < 1, "the test needs the clip to bite");
+      if (folded) opt.update(1e-2, undefined, f);
+      else {
+        for (const p of params) if (p.grad) p.grad.data.forEach((g, i, a) => (a[i] = Math.fround(g * f)));
+        opt.update(1e-2);
+      }
+    }
+    return model.parameters().map((p) => Array.from(p.data));
+  };
+  const [a, b] = [run(true), run(false)];
+  let worst = 0;
+  a.forEach((xs, i) => xs.forEach((x, j) => (worst = Math.max(worst, Math.abs(x - b[i]![j]!)))));
+  assert.ok(worst < 1e-6, `folded clipping differs from rescaled gradients by ${worst}`);
+  // And the scale matters: without it the parameters move elsewhere.
+  const model = new PanguSigma(cfg);
+  const opt = new AdamW(model.namedParameters(), { dense: { eps: 1e-3 }, expert: { eps: 1e-3 } });
+  for (let s = 0; s < 2; s++) {
+    zeroGrad(model.parameters());
+    backward(model.loss(input, targets).loss);
+    opt.update(1e-2);
+  }
+  let moved = 0;
+  model.parameters().forEach((p, i) => p.data.forEach((x, j) => (moved = Math.max(moved, Math.abs(x - a[i]![j]!)))));
+  assert.ok(moved > 1e-5, `unclipped and clipped runs agree to ${moved}: the check cannot see the scale`);
+});
 
 test("schedule: linear warm-up to the peak, cosine decay to minLr, then flat", () => {
   const cfg = tinyConfig(data, join(root, "sched"), null, { steps: 100, optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 10 } });

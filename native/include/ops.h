@@ -19,8 +19,9 @@ void gelu(float* y, const float* x, int64_t n);
 void gelu_backward(float* dx, const float* x, const float* dy, int64_t n);
 void fast_gelu(float* y, const float* x, int64_t n);
 void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n);
+// grad_scale multiplies every gradient first (gradient clipping folded into the step).
 void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
-           float weight_decay, int64_t step);
+           float weight_decay, int64_t step, float grad_scale);
 
 // ---- rows: layer norm [rows,C], softmax [rows,cols], cross-entropy [rows,V]
 void layer_norm(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta, int64_t rows,

@@ -170,13 +170,16 @@ export interface Backend {
   // ---------------------------------------------------------------- optimizer
 
   /**
-   * One fused AdamW step over n parameters, in place (decoupled weight decay):
+   * One fused AdamW step over n parameters, in place (decoupled weight decay),
+   * on the gradient scaled by gradScale (global-norm clipping folded in: no
+   * separate pass over the gradients):
+   *   g = gradScale·grad
    *   m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²
    *   m̂ = m / (1−β1^step);  v̂ = v / (1−β2^step)
    *   p = p − lr·(m̂ / (sqrt(v̂) + eps) + weightDecay·p)
    * step counts from 1.
    */
-  adamw(param: Buf, grad: Buf, m: Buf, v: Buf, n: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number): void;
+  adamw(param: Buf, grad: Buf, m: Buf, v: Buf, n: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number, gradScale: number): void;
 }
 
 /** The kernel names, in the order above. The native loader checks the addon exports each one. */

@@ -72,8 +72,9 @@ export class AdamW {
    * Applies one update with learning rate lr to every parameter that has a
    * gradient. With sparseExperts, `touched` says which experts of each MoE
    * layer to update (the others stay frozen, moments and step count included).
+   * gradScale multiplies every gradient (gradient clipping: clipScale).
    */
-  update(lr: number, touched?: TouchedExperts): void {
+  update(lr: number, touched?: TouchedExperts, gradScale = 1): void {
     this.step++;
     if (this.sparseExperts) {
       if (!touched) throw new Error("AdamW.update: the sparse expert rule needs the touched experts of the step");
@@ -98,11 +99,11 @@ export class AdamW {
         for (let e = 0; e < E; e++) {
           if (!t[e]) continue;
           const [a, b] = [e * n, (e + 1) * n];
-          be.adamw(p.data.subarray(a, b), p.grad.data.subarray(a, b), s.m.data.subarray(a, b), s.v.data.subarray(a, b), n, lr, h.beta1, h.beta2, h.eps, wd, steps[e]!);
+          be.adamw(p.data.subarray(a, b), p.grad.data.subarray(a, b), s.m.data.subarray(a, b), s.v.data.subarray(a, b), n, lr, h.beta1, h.beta2, h.eps, wd, steps[e]!, gradScale);
         }
         continue;
       }
-      be.adamw(p.data, p.grad.data, s.m.data, s.v.data, p.size, lr, h.beta1, h.beta2, h.eps, wd, this.step);
+      be.adamw(p.data, p.grad.data, s.m.data, s.v.data, p.size, lr, h.beta1, h.beta2, h.eps, wd, this.step, gradScale);
     }
   }
 
@@ -115,14 +116,16 @@ export class AdamW {
 /** "blocks.1.moe.w1" → "blocks.1.moe": the MoE layer an expert tensor belongs to. */
 export const layerPath = (name: string): string => name.slice(0, name.lastIndexOf("."));
 
-/** Scales all gradients so that their global L2 norm is at most maxNorm; returns the norm before clipping. */
-export function clipGradNorm(params: Tensor[], maxNorm: number): number {
+/** Σ g² over the parameters' gradients (the square of their global L2 norm). */
+export function gradSquares(params: Tensor[]): number {
   let sq = 0;
   for (const p of params) if (p.grad) sq += backendFor(p.grad.data).sumSquares(p.grad.data, p.grad.size);
-  const norm = Math.sqrt(sq);
-  if (norm > maxNorm && norm > 0) {
-    const f = maxNorm / norm;
-    for (const p of params) if (p.grad) backendFor(p.grad.data).scale(p.grad.data, p.grad.data, f, p.grad.size);
-  }
-  return norm;
+  return sq;
 }
+
+/**
+ * Global-norm clipping as a factor: the gradients times clipScale(norm, maxNorm)
+ * have norm at most maxNorm. The optimizer applies it inside its fused step
+ * (update's gradScale), so the gradients are not rewritten in a pass of their own.
+ */
+export const clipScale = (norm: number, maxNorm: number): number => (norm > maxNorm && norm > 0 ? maxNorm / norm : 1);

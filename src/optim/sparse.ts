@@ -32,7 +32,7 @@ export interface ExpertGrad {
  * [P], params laid out as [w1 | w2 | b1 | b2] at the offsets `at`; weight
  * decay on the matrices, none on the biases.
  */
-export function expertAdamW(payload: Float32Array, at: { w1: number; w2: number; b1: number; b2: number; P: number }, g: ExpertGrad, lr: number, h: GroupHyper, step: number): void {
+export function expertAdamW(payload: Float32Array, at: { w1: number; w2: number; b1: number; b2: number; P: number }, g: ExpertGrad, lr: number, h: GroupHyper, step: number, gradScale = 1): void {
   const be = backendFor(payload);
   const P = at.P;
   for (const name of ["w1", "w2", "b1", "b2"] as const) {
@@ -40,6 +40,6 @@ export function expertAdamW(payload: Float32Array, at: { w1: number; w2: number;
     const n = grad.length;
     const o = at[name];
     const wd = name === "w1" || name === "w2" ? h.weightDecay : 0;
-    be.adamw(payload.subarray(o, o + n), grad, payload.subarray(P + o, P + o + n), payload.subarray(2 * P + o, 2 * P + o + n), n, lr, h.beta1, h.beta2, h.eps, wd, step);
+    be.adamw(payload.subarray(o, o + n), grad, payload.subarray(P + o, P + o + n), payload.subarray(2 * P + o, 2 * P + o + n), n, lr, h.beta1, h.beta2, h.eps, wd, step, gradScale);
   }
 }

@@ -347,28 +347,23 @@ export class Ecss implements ExpertBank {
   }
 
   /**
-   * Global gradient-norm clipping over the dense parameters and the touched
-   * experts' gradients (untouched experts' gradients are zero); returns the
-   * norm before clipping.
+   * Σ g² over the touched experts' gradients, for global-norm clipping with
+   * the dense parameters' (untouched experts' gradients are zero).
    */
-  clip(params: Tensor[], maxNorm: number): number {
+  gradSquares(): number {
     let sq = 0;
-    for (const p of params) if (p.grad) sq += backendFor(p.grad.data).sumSquares(p.grad.data, p.grad.size);
     for (const { g } of this.grads.values()) for (const x of [g.w1, g.w2, g.b1, g.b2]) sq += backendFor(x).sumSquares(x, x.length);
-    const norm = Math.sqrt(sq);
-    if (norm > maxNorm && norm > 0) {
-      const f = maxNorm / norm;
-      for (const p of params) if (p.grad) backendFor(p.grad.data).scale(p.grad.data, p.grad.data, f, p.grad.size);
-      for (const { g } of this.grads.values()) for (const x of [g.w1, g.w2, g.b1, g.b2]) backendFor(x).scale(x, x, f, x.length);
-    }
-    return norm;
+    return sq;
   }
 
-  /** The sparse step: each touched expert takes one AdamW step with its own count; then the budget is enforced. */
-  update(lr: number, h: GroupHyper): void {
+  /**
+   * The sparse step: each touched expert takes one AdamW step with its own
+   * count, on its gradient times gradScale (clipping); then the budget is enforced.
+   */
+  update(lr: number, h: GroupHyper, gradScale = 1): void {
     for (const { r, g, owned } of this.grads.values()) {
       r.step++;
-      expertAdamW(r.payload, tensorOffsets(this.layout[r.layer]!), g, lr, h, r.step);
+      expertAdamW(r.payload, tensorOffsets(this.layout[r.layer]!), g, lr, h, r.step, gradScale);
       r.dirty = true;
       if (owned) {
         const pool = this.gradPool.get(owned.length) ?? [];

@@ -11,7 +11,7 @@ import type { ModelConfig } from "../models/config.js";
 import { PanguSigma } from "../models/pangu-sigma.js";
 import { deviceLoads, imbalanceScore, type LayerStats } from "../moe/routing.js";
 import * as ops from "../ops/index.js";
-import { AdamW, clipGradNorm, type TouchedExperts } from "../optim/adamw.js";
+import { AdamW, clipScale, gradSquares, type TouchedExperts } from "../optim/adamw.js";
 import { ExpertStoreFile } from "../store/file.js";
 import { parseBytes } from "../store/format.js";
 import { join } from "node:path";
@@ -190,10 +190,13 @@ export class Trainer {
       });
       tokens += b.B * b.T;
     }
-    const gradNorm = this.ecss ? this.ecss.clip(params, c.optim.clip ?? Infinity) : clipGradNorm(params, c.optim.clip ?? Infinity);
+    // Global-norm clipping over every gradient (with ECSS, the store's experts' too),
+    // applied as a factor inside the optimizer's fused steps.
+    const gradNorm = Math.sqrt(gradSquares(params) + (this.ecss?.gradSquares() ?? 0));
+    const gradScale = clipScale(gradNorm, c.optim.clip ?? Infinity);
     const lr = learningRate(this.schedule, this.step);
-    this.optimizer.update(lr, this.optimizer.sparseExperts ? this.touched(counts) : undefined);
-    this.ecss?.update(lr, this.optimizer.hyper.expert);
+    this.optimizer.update(lr, this.optimizer.sparseExperts ? this.touched(counts) : undefined, gradScale);
+    this.ecss?.update(lr, this.optimizer.hyper.expert, gradScale);
     this.step++;
     this.tokens += tokens;
     const seconds = (performance.now() - t0) / 1000;

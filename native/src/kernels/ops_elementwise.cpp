@@ -62,9 +62,9 @@ void gelu_bwd_k(float* dx, const float* x, const float* dy, int64_t n) {
 }
 
 SIGMA_SIMD void adamw_k(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2,
-                        float eps, float wd, float inv_bc1, float inv_bc2) {
+                        float eps, float wd, float inv_bc1, float inv_bc2, float gs) {
   for (int64_t i = 0; i < n; ++i) {
-    const float gi = g[i];
+    const float gi = g[i] * gs;
     const float mi = b1 * m[i] + (1.f - b1) * gi;
     const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
     m[i] = mi;
@@ -120,11 +120,11 @@ void add_bias_backward(float* dbias, const float* dy, int64_t rows, int64_t cols
 }
 
 void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
-           float weight_decay, int64_t step) {
+           float weight_decay, int64_t step, float grad_scale) {
   const float inv_bc1 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step))));
   const float inv_bc2 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step))));
   chunked(n, [&](int64_t s, int64_t e) {
-    adamw_k(p + s, g + s, m + s, v + s, e - s, lr, beta1, beta2, eps, weight_decay, inv_bc1, inv_bc2);
+    adamw_k(p + s, g + s, m + s, v + s, e - s, lr, beta1, beta2, eps, weight_decay, inv_bc1, inv_bc2, grad_scale);
   });
 }
 

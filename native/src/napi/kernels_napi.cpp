@@ -220,14 +220,14 @@ Napi::Value AttentionBackward(Info info) {
 }
 
 Napi::Value AdamW(Info info) {
-  Args g(info, "adamw", 11);
+  Args g(info, "adamw", 12);
   const int64_t n = g.dim(4, "n");
   const int64_t step = g.dim(10, "step");
   if (step < 1) g.range_error("step", "must be at least 1");
   sigma::adamw(g.f32(0, "param", n), g.f32(1, "grad", n), g.f32(2, "m", n), g.f32(3, "v", n), n,
                static_cast<float>(g.num(5, "lr")), static_cast<float>(g.num(6, "beta1")),
                static_cast<float>(g.num(7, "beta2")), static_cast<float>(g.num(8, "eps")),
-               static_cast<float>(g.num(9, "weightDecay")), step);
+               static_cast<float>(g.num(9, "weightDecay")), step, static_cast<float>(g.num(11, "gradScale")));
   return info.Env().Undefined();
 }
 

@@ -69,7 +69,7 @@ export function combineBackward(dx: Buf, dw: Buf, dy: Buf, x: Buf, idx: Idx, w: 
   }
 }
 
-export function adamw(param: Buf, grad: Buf, m: Buf, v: Buf, n: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number): void {
+export function adamw(param: Buf, grad: Buf, m: Buf, v: Buf, n: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number, gradScale: number): void {
   need("adamw", "param", param, n);
   need("adamw", "grad", grad, n);
   need("adamw", "m", m, n);
@@ -78,7 +78,7 @@ export function adamw(param: Buf, grad: Buf, m: Buf, v: Buf, n: number, lr: numb
   const bc1 = 1 - beta1 ** step;
   const bc2 = 1 - beta2 ** step;
   for (let i = 0; i < n; i++) {
-    const g = grad[i]!;
+    const g = grad[i]! * gradScale;
     m[i] = beta1 * m[i]! + (1 - beta1) * g;
     v[i] = beta2 * v[i]! + (1 - beta2) * g * g;
     const mh = m[i]! / bc1;
