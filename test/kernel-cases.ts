@@ -7,7 +7,10 @@ import { Rng } from "../src/util/rng.js";
 const rng = new Rng(2024);
 const f32 = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (rng.uniform() * 2 - 1) * scale);
 const ints = (n: number, hi: number) => Int32Array.from({ length: n }, () => rng.int(hi));
-export const clone = (x: unknown) => (x instanceof Float32Array || x instanceof Int32Array ? x.slice() : x);
+export const clone = (x: unknown): unknown => (x instanceof Float32Array || x instanceof Int32Array ? x.slice() : Array.isArray(x) ? x.map(clone) : x);
+
+/** A stacked [E, n] buffer as E separate buffers (experts that live apart, e.g. store records). */
+const parts = (stacked: Float32Array, E: number): Float32Array[] => Array.from({ length: E }, (_, e) => stacked.slice((e * stacked.length) / E, ((e + 1) * stacked.length) / E));
 
 /** One case: arguments (buffers are copied per backend) and which of them are outputs to compare, with tolerance. */
 export interface Case {
@@ -56,7 +59,11 @@ export const CASES: Record<KernelName, () => Case[]> = {
       { counts: [90, 1, 2, 1, 0, 1, 1, 1], N: 257, K: 257 },
     ].flatMap(({ counts, N, K }) => {
       const E = counts.length, R = counts.reduce((a, b) => a + b, 0);
-      return [true, false].map((tw) => ({ label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [f32(R * N), f32(R * K), f32(E * N * K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: 1e-5 * Math.sqrt(K) }));
+      return [true, false].flatMap((tw) => {
+        const c = { label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [f32(R * N), f32(R * K), f32(E * N * K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: 1e-5 * Math.sqrt(K) };
+        // The same product with each expert's matrix in its own buffer.
+        return [c, { ...c, label: `${c.label} (w in parts)`, args: c.args.map((a, i) => (i === 2 ? parts(a as Float32Array, E) : a)) }];
+      });
     }),
   groupedMatmulWeightGrad: () =>
     [
@@ -66,7 +73,10 @@ export const CASES: Record<KernelName, () => Case[]> = {
       { counts: [300, 1, 2, 1, 0, 1, 1, 1], N: 33, K: 257 },
     ].flatMap(({ counts, N, K }) => {
       const E = counts.length, R = counts.reduce((a, b) => a + b, 0);
-      return [true, false].map((tw) => ({ label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [f32(E * N * K), f32(R * N), f32(R * K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: 1e-5 * Math.sqrt(R + 1) }));
+      return [true, false].flatMap((tw) => {
+        const c = { label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [f32(E * N * K), f32(R * N), f32(R * K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: 1e-5 * Math.sqrt(R + 1) };
+        return [c, { ...c, label: `${c.label} (dw in parts)`, args: c.args.map((a, i) => (i === 0 ? parts(a as Float32Array, E) : a)) }];
+      });
     }),
   addBias: () => ODD.map((c) => ({ label: `cols ${c}`, args: [f32(7 * c), f32(7 * c), f32(c), 7, c], outputs: [0], tol: 1e-6 })),
   addBiasBackward: () => ODD.map((c) => ({ label: `cols ${c}`, args: [f32(c), f32(33 * c), 33, c], outputs: [0], tol: 1e-5 })),

@@ -76,3 +76,21 @@ test("native index kernels reject out-of-range indices, naming the argument and 
   const off = Int32Array.from([0, 5, 3]);
   assert.throws(() => native.groupedMatmul(new Float32Array(50), new Float32Array(50), new Float32Array(50), off, 2, 1, 1, true, false), /groupedMatmul: argument "offsets" decreases at expert 1/);
 });
+
+test("native grouped products with per-expert parts reject a wrong count, a wrong type and a short part, naming it", { skip }, () => {
+  const native = load.backend!;
+  assert.ok(native);
+  const [E, N, K] = [3, 4, 5];
+  const off = Int32Array.from([0, 2, 2, 6]);
+  const x = new Float32Array(6 * K), y = new Float32Array(6 * N);
+  const good = () => Array.from({ length: E }, () => new Float32Array(N * K));
+  native.groupedMatmul(y, x, good(), off, E, N, K, true, false); // accepted
+  assert.throws(() => native.groupedMatmul(y, x, good().slice(0, 2), off, E, N, K, true, false), /RangeError: groupedMatmul: argument "w" has 2 parts but E = 3/);
+  const short = good();
+  short[1] = new Float32Array(N * K - 1);
+  assert.throws(() => native.groupedMatmul(y, x, short, off, E, N, K, true, false), (e: Error) => e instanceof RangeError && /^groupedMatmul: argument "w" part 1 has 19 elements but N·K = 20/.test(e.message));
+  const wrong = good() as unknown[];
+  wrong[2] = new Float64Array(N * K);
+  assert.throws(() => native.groupedMatmul(y, x, wrong as Float32Array[], off, E, N, K, true, false), (e: Error) => e instanceof TypeError && /argument "w" part 2 must be a Float32Array/.test(e.message));
+  assert.throws(() => native.groupedMatmulWeightGrad(good().slice(0, 1), y, x, off, E, N, K, true, false), /RangeError: groupedMatmulWeightGrad: argument "dw" has 1 parts but E = 3/);
+});

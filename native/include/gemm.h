@@ -34,6 +34,13 @@ void grouped_gemm(float* y, const float* x, const float* w, const int32_t* offse
 void grouped_gemm_weight_grad(float* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E, int64_t N,
                               int64_t K, bool transW, bool accumulate);
 
+// The same two with each expert's matrix (and gradient) at its own address
+// (w[e], dw[e]: N·K floats each), e.g. records of an expert store, not stacked.
+void grouped_gemm_parts(float* y, const float* x, const float* const* w, const int32_t* offsets, int64_t E, int64_t N,
+                        int64_t K, bool transW, bool accumulate);
+void grouped_gemm_weight_grad_parts(float* const* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E,
+                                    int64_t N, int64_t K, bool transW, bool accumulate);
+
 // Benchmark helper: `iters` rounds of 12 independent 8-wide FMA chains per
 // thread on `threads` threads (192 FLOPs per round per thread). Returns seconds.
 double fma_peak_seconds(int64_t iters, int threads);

@@ -62,15 +62,18 @@ export interface Backend {
    * transW: w is [E,N,K] ("[E, out, in]") and y_e = x_e · W[e]ᵀ;  otherwise w is [E,K,N] and y_e = x_e · W[e].
    * accumulate: y += … instead of y = ….
    * (The backward of y = x·Wᵀ with respect to x is this kernel with transW = false on the same w.)
+   * w may also be E separate buffers of N·K each (W[e] = w[e]): experts that
+   * live apart, e.g. in an expert store's records, need no stacking copy.
    */
-  groupedMatmul(y: Buf, x: Buf, w: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void;
+  groupedMatmul(y: Buf, x: Buf, w: Buf | readonly Buf[], offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void;
 
   /**
    * Weight gradient of groupedMatmul. dy: [R,N], x: [R,K].
    * transW: dw is [E,N,K] and dw[e] (+)= dy_eᵀ · x_e;  otherwise dw is [E,K,N] and dw[e] (+)= x_eᵀ · dy_e.
    * An expert with no rows gets 0 (or keeps its value when accumulate).
+   * dw may also be E separate buffers of N·K each, as w in groupedMatmul.
    */
-  groupedMatmulWeightGrad(dw: Buf, dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void;
+  groupedMatmulWeightGrad(dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void;
 
   // ---------------------------------------------------------------- elementwise
 

@@ -403,24 +403,24 @@ void for_experts(const int32_t* offsets, int64_t E, int nt, const F& one) {
   }, nt);
 }
 
-}  // namespace
-
-void grouped_gemm(float* y, const float* x, const float* w, const int32_t* offsets, int64_t E, int64_t N, int64_t K,
-                  bool transW, bool accumulate) {
+// WOf(e): expert e's matrix (or its gradient).
+template <typename WOf>
+void grouped_gemm_impl(float* y, const float* x, const WOf& w_of, const int32_t* offsets, int64_t E, int64_t N,
+                       int64_t K, bool transW, bool accumulate) {
   for_experts(offsets, E, threads_for(offsets[E], N, K), [&](int64_t e, int t, int n) {
     const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
     if (rows == 0) return;
-    gemm_slice(t, n, false, transW, rows, N, K, x + r0 * K, K, w + e * N * K, transW ? K : N, y + r0 * N, N,
-               accumulate);
+    gemm_slice(t, n, false, transW, rows, N, K, x + r0 * K, K, w_of(e), transW ? K : N, y + r0 * N, N, accumulate);
   });
 }
 
-void grouped_gemm_weight_grad(float* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E, int64_t N,
-                              int64_t K, bool transW, bool accumulate) {
+template <typename DWOf>
+void grouped_gemm_weight_grad_impl(const DWOf& dw_of, const float* dy, const float* x, const int32_t* offsets, int64_t E,
+                                   int64_t N, int64_t K, bool transW, bool accumulate) {
   const int nt = threads_for(std::max<int64_t>(offsets[E], 1), N, K);
   for_experts(offsets, E, nt, [&](int64_t e, int t, int n) {
     const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
-    float* out = dw + e * N * K;
+    float* out = dw_of(e);
     // transW: dW[e] [N,K] = dy_eᵀ [N,rows] · x_e [rows,K];  else dW[e] [K,N] = x_eᵀ · dy_e.
     // An expert with no rows gets zeros (or keeps its gradient when accumulating).
     if (transW)
@@ -428,6 +428,28 @@ void grouped_gemm_weight_grad(float* dw, const float* dy, const float* x, const 
     else
       gemm_slice(t, n, true, false, K, N, rows, x + r0 * K, K, dy + r0 * N, N, out, N, accumulate);
   });
+}
+
+}  // namespace
+
+void grouped_gemm(float* y, const float* x, const float* w, const int32_t* offsets, int64_t E, int64_t N, int64_t K,
+                  bool transW, bool accumulate) {
+  grouped_gemm_impl(y, x, [&](int64_t e) { return w + e * N * K; }, offsets, E, N, K, transW, accumulate);
+}
+
+void grouped_gemm_parts(float* y, const float* x, const float* const* w, const int32_t* offsets, int64_t E, int64_t N,
+                        int64_t K, bool transW, bool accumulate) {
+  grouped_gemm_impl(y, x, [&](int64_t e) { return w[e]; }, offsets, E, N, K, transW, accumulate);
+}
+
+void grouped_gemm_weight_grad(float* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E, int64_t N,
+                              int64_t K, bool transW, bool accumulate) {
+  grouped_gemm_weight_grad_impl([&](int64_t e) { return dw + e * N * K; }, dy, x, offsets, E, N, K, transW, accumulate);
+}
+
+void grouped_gemm_weight_grad_parts(float* const* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E,
+                                    int64_t N, int64_t K, bool transW, bool accumulate) {
+  grouped_gemm_weight_grad_impl([&](int64_t e) { return dw[e]; }, dy, x, offsets, E, N, K, transW, accumulate);
 }
 
 double fma_peak_seconds(int64_t iters, int threads) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace sigma_napi {
 
@@ -40,6 +41,30 @@ struct Args {
                             std::to_string(need));
     }
     return a.Data();
+  }
+
+  // An array of `count` Float32Arrays with at least `need` elements each (per-expert
+  // matrices at their own addresses); the pointers go into `out`.
+  void f32_parts(size_t i, const char* name, uint64_t count, uint64_t need, std::vector<float*>& out) const {
+    Napi::Value v = info[i];
+    if (!v.IsArray()) type_error(name, "must be a Float32Array or an array of Float32Arrays, one per expert");
+    Napi::Array arr = v.As<Napi::Array>();
+    if (arr.Length() != count) {
+      range_error(name, "has " + std::to_string(arr.Length()) + " parts but E = " + std::to_string(count));
+    }
+    out.resize(count);
+    for (uint32_t e = 0; e < count; ++e) {
+      Napi::Value p = arr.Get(e);
+      if (!p.IsTypedArray() || p.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+        type_error(name, "part " + std::to_string(e) + " must be a Float32Array");
+      }
+      Napi::Float32Array a = p.As<Napi::Float32Array>();
+      if (a.ElementLength() < need) {
+        range_error(name, "part " + std::to_string(e) + " has " + std::to_string(a.ElementLength()) +
+                              " elements but N·K = " + std::to_string(need));
+      }
+      out[e] = a.Data();
+    }
   }
 
   // Number of elements of a Float32Array argument (after f32() has checked it).

@@ -61,8 +61,13 @@ Napi::Value GroupedMatmul(const Napi::CallbackInfo& info) {
   const uint64_t R = static_cast<uint64_t>(off[E]);
   float* y = g.f32(0, "y", prod(R, N));
   const float* x = g.f32(1, "x", prod(R, K));
-  const float* w = g.f32(2, "w", prod(E, N, K));
-  sigma::grouped_gemm(y, x, w, off, E, N, K, tw, acc);
+  if (info[2].IsArray()) {
+    std::vector<float*> parts;
+    g.f32_parts(2, "w", E, prod(N, K), parts);
+    sigma::grouped_gemm_parts(y, x, parts.data(), off, E, N, K, tw, acc);
+  } else {
+    sigma::grouped_gemm(y, x, g.f32(2, "w", prod(E, N, K)), off, E, N, K, tw, acc);
+  }
   return info.Env().Undefined();
 }
 
@@ -75,10 +80,15 @@ Napi::Value GroupedMatmulWeightGrad(const Napi::CallbackInfo& info) {
   const uint64_t xrows = K == 0 ? UINT64_MAX : g.length(2) / K;
   const int32_t* off = CheckOffsets(g, 3, E, xrows);
   const uint64_t R = static_cast<uint64_t>(off[E]);
-  float* dw = g.f32(0, "dw", prod(E, N, K));
   const float* dy = g.f32(1, "dy", prod(R, N));
   const float* x = g.f32(2, "x", prod(R, K));
-  sigma::grouped_gemm_weight_grad(dw, dy, x, off, E, N, K, tw, acc);
+  if (info[0].IsArray()) {
+    std::vector<float*> parts;
+    g.f32_parts(0, "dw", E, prod(N, K), parts);
+    sigma::grouped_gemm_weight_grad_parts(parts.data(), dy, x, off, E, N, K, tw, acc);
+  } else {
+    sigma::grouped_gemm_weight_grad(g.f32(0, "dw", prod(E, N, K)), dy, x, off, E, N, K, tw, acc);
+  }
   return info.Env().Undefined();
 }
 

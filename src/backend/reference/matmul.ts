@@ -42,30 +42,44 @@ export function bmm(c: Buf, a: Buf, b: Buf, batch: number, M: number, N: number,
   for (let s = 0; s < batch; s++) gemm(c, s * M * N, a, s * M * K, b, s * K * N, M, N, K, transA, transB, accumulate);
 }
 
-export function groupedMatmul(y: Buf, x: Buf, w: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void {
+/** Expert e's matrix as (buffer, offset): stacked [E, N·K], or E parts of N·K each. */
+function expertsOf(kernel: string, name: string, w: Buf | readonly Buf[], E: number, NK: number): (e: number) => [Buf, number] {
+  if (!Array.isArray(w)) {
+    need(kernel, name, w as Buf, E * NK);
+    return (e) => [w as Buf, e * NK];
+  }
+  const parts = w as readonly Buf[];
+  if (parts.length !== E) throw new RangeError(`${kernel}: argument "${name}" has ${parts.length} parts but E = ${E}`);
+  parts.forEach((p, e) => need(kernel, `${name}[${e}]`, p, NK));
+  return (e) => [parts[e]!, 0];
+}
+
+export function groupedMatmul(y: Buf, x: Buf, w: Buf | readonly Buf[], offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void {
   checkOffsets("groupedMatmul", offsets, E, Math.floor(x.length / Math.max(K, 1)));
   const R = offsets[E]!;
   need("groupedMatmul", "y", y, R * N);
   need("groupedMatmul", "x", x, R * K);
-  need("groupedMatmul", "w", w, E * N * K);
+  const wOf = expertsOf("groupedMatmul", "w", w, E, N * K);
   for (let e = 0; e < E; e++) {
     const r0 = offsets[e]!;
     const rows = offsets[e + 1]! - r0;
-    if (rows > 0) gemm(y, r0 * N, x, r0 * K, w, e * N * K, rows, N, K, false, transW, accumulate);
+    const [we, wo] = wOf(e);
+    if (rows > 0) gemm(y, r0 * N, x, r0 * K, we, wo, rows, N, K, false, transW, accumulate);
   }
 }
 
-export function groupedMatmulWeightGrad(dw: Buf, dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void {
+export function groupedMatmulWeightGrad(dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void {
   checkOffsets("groupedMatmulWeightGrad", offsets, E, Math.floor(x.length / Math.max(K, 1)));
   const R = offsets[E]!;
-  need("groupedMatmulWeightGrad", "dw", dw, E * N * K);
+  const dwOf = expertsOf("groupedMatmulWeightGrad", "dw", dw, E, N * K);
   need("groupedMatmulWeightGrad", "dy", dy, R * N);
   need("groupedMatmulWeightGrad", "x", x, R * K);
   for (let e = 0; e < E; e++) {
     const r0 = offsets[e]!;
     const rows = offsets[e + 1]! - r0;
+    const [de, dOff] = dwOf(e);
     // transW: dW[e] [N,K] = dy_eᵀ·x_e; else dW[e] [K,N] = x_eᵀ·dy_e. An empty expert gets 0 (or keeps its value).
-    if (transW) gemm(dw, e * N * K, dy, r0 * N, x, r0 * K, N, K, rows, true, false, accumulate);
-    else gemm(dw, e * N * K, x, r0 * K, dy, r0 * N, K, N, rows, true, false, accumulate);
+    if (transW) gemm(de, dOff, dy, r0 * N, x, r0 * K, N, K, rows, true, false, accumulate);
+    else gemm(de, dOff, x, r0 * K, dy, r0 * N, K, N, rows, true, false, accumulate);
   }
 }
