@@ -5,10 +5,11 @@
  * Optional always-on shared experts (MoGE).
  *
  * With ECSS (src/store, src/train/ecss.ts) the experts are not resident
- * stacked parameters: an ExpertBank hands the layer, after routing, stacked
- * weights of only the experts this batch uses ([U, F, C] …), and the layer
- * computes over them with remapped expert ids. Compute memory then scales
- * with the experts touched, not with E.
+ * stacked parameters: an ExpertBank hands the layer, after routing, the
+ * weights of only the experts this batch uses — the matrices as views of
+ * their store records (no copy; their gradients go to the bank's buffers),
+ * the biases stacked — and the layer computes over them with remapped
+ * expert ids. Compute memory then scales with the experts touched, not with E.
  */
 import { Module } from "../nn/module.js";
 import { FeedForward, type InitOptions } from "../nn/layers.js";
@@ -33,14 +34,22 @@ export interface MoeContext {
   domainGroup: Int32Array;
 }
 
+/** An expert layer's weights: stacked tensors [E, …], or (matrices) per-expert parts. */
+export interface ExpertWeights {
+  w1: Tensor | ops.ExpertParts;
+  b1: Tensor;
+  w2: Tensor | ops.ExpertParts;
+  b2: Tensor;
+}
+
 /**
  * Where a layer's expert weights come from when they live in an expert store.
  * `weights` gets the sorted global ids of the experts a batch uses and returns
- * their stacked weights as fresh leaf tensors (requiresGrad); the bank reads
- * their gradients back after backward.
+ * their weights (matrices as parts, biases as stacked leaf tensors); the bank
+ * reads their gradients back after backward.
  */
 export interface ExpertBank {
-  weights(layer: number, experts: Int32Array): { w1: Tensor; b1: Tensor; w2: Tensor; b2: Tensor };
+  weights(layer: number, experts: Int32Array): ExpertWeights;
 }
 
 /**
@@ -129,7 +138,7 @@ export class MoeLayer extends Module {
   }
 
   /** Permute → grouped matmul → unpermute over E stacked experts (E may be a compacted count). */
-  private compute(x: Tensor, routing: Routing, expertIds: Int32Array, E: number, wt: { w1: Tensor; b1: Tensor; w2: Tensor; b2: Tensor }): { y: Tensor; routing: Routing } {
+  private compute(x: Tensor, routing: Routing, expertIds: Int32Array, E: number, wt: ExpertWeights): { y: Tensor; routing: Routing } {
     const R = x.dim(0);
     const k = routing.k;
     // Dropped assignments (id E) sort into an extra bucket past the last expert and are left out.
@@ -142,10 +151,13 @@ export class MoeLayer extends Module {
     for (let e = 0; e < E; e++) expertOf.fill(e, offsets[e]!, offsets[e + 1]!);
     for (let i = 0; i < kept; i++) tokenOf[i] = Math.floor(rows[i]! / k);
 
+    const [C, F] = [this.width, this.expertWidth];
+    const product = (a: Tensor, w: Tensor | ops.ExpertParts, N: number, K: number) =>
+      w instanceof Tensor ? ops.groupedMatmul(a, w, expertOffsets, true) : ops.groupedMatmulParts(a, w, expertOffsets, N, K, true);
     const xs = ops.gatherRows(x, tokenOf); // [kept, C], sorted by expert
-    let h = ops.groupedMatmul(xs, wt.w1, expertOffsets, true);
+    let h = product(xs, wt.w1, F, C);
     h = activate(ops.add(h, ops.gatherRows(wt.b1, expertOf)), this.activation);
-    let ys = ops.groupedMatmul(h, wt.w2, expertOffsets, true);
+    let ys = product(h, wt.w2, C, F);
     ys = ops.add(ys, ops.gatherRows(wt.b2, expertOf));
     const w = ops.reshape(ops.gatherRows(ops.reshape(routing.weights, [R * k, 1]), rows), [kept]);
     let y = ops.combine(ys, tokenOf, w, R);

@@ -108,3 +108,36 @@ export function groupedMatmul(x: Tensor, w: Tensor, offsets: Int32Array, transW 
   });
   return y;
 }
+
+/**
+ * Experts whose matrices live apart (ECSS: views into the expert store's
+ * resident records) rather than as one stacked tensor: data[e] is expert e's
+ * [N,K] matrix (transW) or [K,N]; grads[e], when training, is where its weight
+ * gradient accumulates. They are not tensors on the tape: their gradients go
+ * straight to `grads`, which the owner (the expert bank) reads after backward
+ * (the product is on the tape when x needs a gradient, as a trained model's
+ * hidden states always do).
+ */
+export interface ExpertParts {
+  data: Float32Array[];
+  grads: Float32Array[] | null;
+}
+
+/** groupedMatmul over expert parts: y_e = x_e·W[e]ᵀ (transW) or x_e·W[e], with no stacking copy. */
+export function groupedMatmulParts(x: Tensor, w: ExpertParts, offsets: Int32Array, N: number, K: number, transW = true): Tensor {
+  expectNdim("groupedMatmulParts", "x", x, 2);
+  const E = w.data.length;
+  if (x.dim(1) !== K) throw new RangeError(`groupedMatmulParts: x ${shapeStr(x.shape)} does not match the experts' input size ${K}`);
+  if (offsets.length !== E + 1) throw new RangeError(`groupedMatmulParts: offsets has ${offsets.length} entries, expected E + 1 = ${E + 1}`);
+  if (w.grads && w.grads.length !== E) throw new RangeError(`groupedMatmulParts: ${w.grads.length} gradient parts for ${E} experts`);
+  const R = x.dim(0);
+  if (offsets[E] !== R) throw new RangeError(`groupedMatmulParts: offsets[E] = ${offsets[E]} but x has ${R} rows`);
+  const y = empty(x, [R, N]);
+  be(x).groupedMatmul(y.data, x.data, w.data, offsets, E, N, K, transW, false);
+  record(y, [x], (g) => {
+    const k = be(x);
+    if (x.requiresGrad) k.groupedMatmul(gradOf(x).data, g.data, w.data, offsets, E, K, N, !transW, true);
+    if (w.grads) k.groupedMatmulWeightGrad(w.grads, g.data, x.data, offsets, E, N, K, transW, true);
+  });
+  return y;
+}

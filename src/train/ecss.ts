@@ -7,12 +7,13 @@
  *     step's batches before the forward pass, and the NEXT step's experts are
  *     handed to the prefetch worker now, so their reads overlap this step's
  *     compute; learned routers (MoGE, top-k): layer by layer, after routing;
- *  2. each MoE layer asks this bank for the stacked weights of the experts it
- *     uses (copied out of the resident records into [U, …] leaves over
- *     per-layer scratch storage that is reused step after step);
- *  3. after backward, each touched expert's gradient is taken from the
- *     leaves' gradients (in place for the last micro-batch; accumulated in
- *     a buffer of its own when several micro-batches touch it);
+ *  2. each MoE layer asks this bank for the weights of the experts it uses:
+ *     when training, the matrices are views of the resident (pinned) records,
+ *     computed on in place, and their gradients accumulate straight into one
+ *     buffer per touched expert for the step; the biases (small) are copied
+ *     into stacked [U, …] leaves. Without gradients (evaluation) everything
+ *     is copied out, so that no view outlives an unpinned record;
+ *  3. after backward, the bias leaves' gradients are added to those buffers;
  *  4. clipping counts those gradients with the dense ones;
  *  5. the sparse step updates only the touched experts, each with its own
  *     step count, in place in its record (src/optim/sparse.ts), and marks it
@@ -26,7 +27,7 @@
 import { backendFor } from "../backend/index.js";
 import { isGradEnabled } from "../autograd/tape.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
-import type { ExpertBank } from "../moe/layer.js";
+import type { ExpertBank, ExpertWeights } from "../moe/layer.js";
 import type { GroupHyper } from "../optim/adamw.js";
 import { expertAdamW, type ExpertGrad } from "../optim/sparse.js";
 import { ResidentSet, type CacheStats, type Resident } from "../store/cache.js";
@@ -49,12 +50,11 @@ export interface EcssStats extends CacheStats {
   io: IoStats;
 }
 
+/** A layer's stacked bias leaves of one forward (their gradients go to the experts' buffers after backward). */
 interface Leaves {
   layer: number;
   experts: Int32Array;
-  w1: Tensor;
   b1: Tensor;
-  w2: Tensor;
   b2: Tensor;
 }
 
@@ -76,17 +76,17 @@ export class Ecss implements ExpertBank {
   private prefetchRequested = 0;
   private leaves: Leaves[] = [];
   /**
-   * The gradients of the experts touched this step, by record key: views
-   * into the last micro-batch's leaf gradients, or (when several micro-batches
-   * touch an expert) into an owned accumulator.
+   * The gradients of the experts touched this step, by record key: views of
+   * one owned buffer per expert ([w1 | w2 | b1 | b2], as in its record),
+   * zeroed when the step first touches it and accumulated over micro-batches.
    */
-  private readonly grads = new Map<number, { r: Resident; g: ExpertGrad; owned: Float32Array | null }>();
+  private readonly grads = new Map<number, { r: Resident; g: ExpertGrad; owned: Float32Array }>();
   /**
    * Per sparse layer: storages reused step after step for the stacked
    * weights and their gradients (growing to the most experts a batch used),
    * so a step neither allocates nor page-faults them again.
    */
-  private readonly scratch: { cap: number; w: Storage[]; g: Storage[] }[] = [];
+  private readonly scratch: { cap: number; b: [Storage, Storage]; g: [Storage, Storage]; w: [Storage, Storage] | null; wCap: number }[] = [];
   private readonly gradPool = new Map<number, Float32Array[]>();
   private readonly pinned: Resident[] = [];
 
@@ -212,49 +212,91 @@ export class Ecss implements ExpertBank {
     return r;
   }
 
-  private scratchFor(layer: number, U: number): { w: Storage[]; g: Storage[] } {
+  /**
+   * The layer's scratch for U experts: stacked biases b1, b2 and their
+   * gradients; with `matrices`, stacked w1, w2 too (copies, for evaluation).
+   */
+  private scratchFor(layer: number, U: number, matrices: boolean): { b: [Storage, Storage]; g: [Storage, Storage]; w: [Storage, Storage] | null } {
     const lay = this.layout[layer]!;
-    const sizes = [lay.expertWidth * lay.width, lay.expertWidth, lay.width * lay.expertWidth, lay.width];
+    const [F, C] = [lay.expertWidth, lay.width];
+    const grow = (have: number) => Math.max(U, Math.ceil(have * 1.5));
     let sc = this.scratch[layer];
     if (!sc || sc.cap < U) {
-      const cap = Math.max(U, Math.ceil((sc?.cap ?? 0) * 1.5));
-      sc = { cap, w: sizes.map((n) => new Storage(new Float32Array(cap * n))), g: sizes.map((n) => new Storage(new Float32Array(cap * n))) };
+      const cap = grow(sc?.cap ?? 0);
+      const f = (n: number) => new Storage(new Float32Array(cap * n));
+      sc = { cap, b: [f(F), f(C)], g: [f(F), f(C)], w: null, wCap: 0 };
       this.scratch[layer] = sc;
     }
-    return sc;
+    if (matrices && sc.wCap < U) {
+      sc.wCap = grow(sc.wCap);
+      sc.w = [new Storage(new Float32Array(sc.wCap * F * C)), new Storage(new Float32Array(sc.wCap * F * C))];
+    }
+    return { b: sc.b, g: sc.g, w: matrices ? sc.w : null };
   }
 
   /**
-   * ExpertBank: stacked copies of the used experts' weights, as leaves with
-   * zeroed gradients when training. They live in per-layer scratch storage,
-   * valid until the layer's next call (the next micro-batch, after collectGrads).
+   * ExpertBank: the used experts' weights. Training: the matrices are views
+   * of their pinned records with gradients into the step's per-expert
+   * buffers, the biases stacked copies as leaves with zeroed gradients.
+   * Otherwise: stacked copies of everything. Copies live in per-layer scratch
+   * storage, valid until the layer's next call (after collectGrads).
    */
-  weights(block: number, experts: Int32Array): { w1: Tensor; b1: Tensor; w2: Tensor; b2: Tensor } {
+  weights(block: number, experts: Int32Array): ExpertWeights {
     const layer = block - this.denseLayers;
     const lay = this.layout[layer]!;
     const [F, C, U] = [lay.expertWidth, lay.width, experts.length];
     const o = tensorOffsets(lay);
     const FC = F * C;
     const training = isGradEnabled();
-    const sc = this.scratchFor(layer, U);
-    const shapes = [[U, F, C], [U, F], [U, C, F], [U, C]];
-    const [w1, b1, w2, b2] = shapes.map((shape, i) => new Tensor(sc.w[i]!, shape)) as [Tensor, Tensor, Tensor, Tensor];
+    const sc = this.scratchFor(layer, U, !training);
+    const [b1, b2] = [new Tensor(sc.b[0], [U, F]), new Tensor(sc.b[1], [U, C])];
+    if (!training) {
+      const [w1, w2] = [new Tensor(sc.w![0], [U, F, C]), new Tensor(sc.w![1], [U, C, F])];
+      experts.forEach((e, i) => {
+        const p = this.acquire(layer, e, false).payload;
+        w1.data.set(p.subarray(o.w1, o.w1 + FC), i * FC);
+        w2.data.set(p.subarray(o.w2, o.w2 + FC), i * FC);
+        b1.data.set(p.subarray(o.b1, o.b1 + F), i * F);
+        b2.data.set(p.subarray(o.b2, o.b2 + C), i * C);
+      });
+      return { w1, b1, w2, b2 };
+    }
+    const w1: ExpertWeights["w1"] = { data: [], grads: [] };
+    const w2: ExpertWeights["w2"] = { data: [], grads: [] };
     experts.forEach((e, i) => {
-      const p = this.acquire(layer, e, training).payload;
-      w1.data.set(p.subarray(o.w1, o.w1 + FC), i * FC);
-      w2.data.set(p.subarray(o.w2, o.w2 + FC), i * FC);
+      // Pinned until the step's update: the views below stay valid through backward.
+      const r = this.acquire(layer, e, true);
+      const p = r.payload;
+      w1.data.push(p.subarray(o.w1, o.w1 + FC));
+      w2.data.push(p.subarray(o.w2, o.w2 + FC));
       b1.data.set(p.subarray(o.b1, o.b1 + F), i * F);
       b2.data.set(p.subarray(o.b2, o.b2 + C), i * C);
+      const g = this.gradsOf(layer, e, r).g;
+      w1.grads!.push(g.w1);
+      w2.grads!.push(g.w2);
     });
-    if (training) {
-      [w1, b1, w2, b2].forEach((t, i) => {
-        t.requiresGrad = true;
-        t.grad = new Tensor(sc.g[i]!, t.shape);
-        t.grad.data.fill(0);
-      });
-      this.leaves.push({ layer, experts, w1, b1, w2, b2 });
-    }
+    [b1, b2].forEach((t, i) => {
+      t.requiresGrad = true;
+      t.grad = new Tensor(sc.g[i]!, t.shape);
+      t.grad.data.fill(0, 0, t.size);
+    });
+    this.leaves.push({ layer, experts, b1, b2 });
     return { w1, b1, w2, b2 };
+  }
+
+  /** The step's gradient buffer of an expert: zeroed when the step first touches it. */
+  private gradsOf(layer: number, expert: number, r: Resident): { g: ExpertGrad; owned: Float32Array } {
+    const key = this.key(layer, expert);
+    const have = this.grads.get(key);
+    if (have) return have;
+    const lay = this.layout[layer]!;
+    const o = tensorOffsets(lay);
+    const FC = lay.expertWidth * lay.width;
+    const owned = this.gradBuffer(o.P);
+    const g = { w1: owned.subarray(o.w1, o.w1 + FC), w2: owned.subarray(o.w2, o.w2 + FC), b1: owned.subarray(o.b1, o.b1 + lay.expertWidth), b2: owned.subarray(o.b2, o.b2 + lay.width) };
+    const entry = { r, g, owned };
+    this.grads.set(key, entry);
+    return entry;
   }
 
   /** Reads experts (layer by layer) into the resident set while they fit in the budget: a warm cache. */
@@ -304,34 +346,18 @@ export class Ecss implements ExpertBank {
   }
 
   /**
-   * After each backward: takes the leaves' gradients per touched expert.
-   * `last`: no micro-batch of this step follows, so experts first seen now
-   * keep views into the leaf gradients; otherwise they are copied, as the
-   * next micro-batch reuses the scratch storage.
+   * After each backward: adds the bias leaves' gradients to the experts'
+   * buffers (the matrices' gradients went there directly).
    */
-  collectGrads(last = true): void {
+  collectGrads(): void {
     for (const lv of this.leaves) {
       const lay = this.layout[lv.layer]!;
-      const o = tensorOffsets(lay);
-      const sizes = { w1: lay.expertWidth * lay.width, w2: lay.expertWidth * lay.width, b1: lay.expertWidth, b2: lay.width };
-      const leafGrad = { w1: lv.w1.grad!.data as Float32Array, w2: lv.w2.grad!.data as Float32Array, b1: lv.b1.grad!.data as Float32Array, b2: lv.b2.grad!.data as Float32Array };
+      const [F, C] = [lay.expertWidth, lay.width];
+      const [gb1, gb2] = [lv.b1.grad!.data as Float32Array, lv.b2.grad!.data as Float32Array];
       lv.experts.forEach((e, i) => {
-        const key = this.key(lv.layer, e);
-        const view = (n: keyof ExpertGrad) => leafGrad[n].subarray(i * sizes[n], (i + 1) * sizes[n]);
-        const acc = this.grads.get(key);
-        if (!acc && last) {
-          this.grads.set(key, { r: this.cache.peek(key)!, g: { w1: view("w1"), w2: view("w2"), b1: view("b1"), b2: view("b2") }, owned: null });
-          return;
-        }
-        if (!acc) {
-          const owned = this.gradBuffer(o.P);
-          const g = { w1: owned.subarray(o.w1, o.w1 + sizes.w1), w2: owned.subarray(o.w2, o.w2 + sizes.w2), b1: owned.subarray(o.b1, o.b1 + sizes.b1), b2: owned.subarray(o.b2, o.b2 + sizes.b2) };
-          for (const n of ["w1", "w2", "b1", "b2"] as const) g[n].set(view(n));
-          this.grads.set(key, { r: this.cache.peek(key)!, g, owned });
-          return;
-        }
-        // Only an owned accumulator can be seen again (views are made by the last micro-batch).
-        for (const n of ["w1", "w2", "b1", "b2"] as const) backendFor(acc.g[n]).axpy(acc.g[n], view(n), 1, sizes[n]);
+        const { g } = this.grads.get(this.key(lv.layer, e))!;
+        backendFor(g.b1).axpy(g.b1, gb1.subarray(i * F, (i + 1) * F), 1, F);
+        backendFor(g.b2).axpy(g.b2, gb2.subarray(i * C, (i + 1) * C), 1, C);
       });
     }
     this.leaves = [];
@@ -365,11 +391,9 @@ export class Ecss implements ExpertBank {
       r.step++;
       expertAdamW(r.payload, tensorOffsets(this.layout[r.layer]!), g, lr, h, r.step, gradScale);
       r.dirty = true;
-      if (owned) {
-        const pool = this.gradPool.get(owned.length) ?? [];
-        pool.push(owned);
-        this.gradPool.set(owned.length, pool);
-      }
+      const pool = this.gradPool.get(owned.length) ?? [];
+      pool.push(owned);
+      this.gradPool.set(owned.length, pool);
     }
     this.grads.clear();
     if (this.cache.bytes > this.cache.budget) this.cache.stats.overBudget++;

@@ -179,7 +179,7 @@ export class Trainer {
       // Only scalars (losses) and routing counts are read after backward, so the
       // forward's buffers can go back to the pool for the next micro-batch.
       backward(c.accumSteps > 1 ? ops.scale(r.loss, 1 / c.accumSteps) : r.loss, undefined, { freeActivations: true });
-      this.ecss?.collectGrads(a === c.accumSteps - 1);
+      this.ecss?.collectGrads();
       loss += r.loss.item();
       lm += r.lm.item();
       r.out.routings.forEach((rt, l) => {
