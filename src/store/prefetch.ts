@@ -8,6 +8,7 @@
  */
 import { Worker } from "node:worker_threads";
 import type { IndexEntry } from "./format.js";
+import { CANCELLED, DONE, FAILED, PENDING } from "./io-status.js";
 import type { PrefetchMessage, WriteItem } from "./prefetch-worker.js";
 
 export interface Pending {
@@ -17,8 +18,31 @@ export interface Pending {
   entry: IndexEntry;
   status: Int32Array;
   i: number;
-  /** [0] becomes 1 once the worker has loaded. */
+  /** [0] becomes 1 once the worker has loaded, −1 if it failed. */
   alive: Int32Array;
+}
+
+/**
+ * Waits for item `i` of `status` to finish; true when it did (DONE or
+ * FAILED), false when the worker is out of the picture and the item was
+ * cancelled, so that its buffer is the caller's again: the worker never came
+ * up (5 s), failed, or has not started the item within a minute. An item the
+ * worker has claimed is always waited for, since the worker is using its
+ * buffer (an I/O call cannot hang forever without the process hanging too).
+ */
+function finish(status: Int32Array, i: number, alive: Int32Array): boolean {
+  const t0 = Date.now();
+  for (;;) {
+    const s = Atomics.load(status, i);
+    if (s === DONE || s === FAILED) return true;
+    if (s === PENDING) {
+      const waited = Date.now() - t0;
+      const gone = Atomics.load(alive, 0) === -1 || (waited > 5000 && Atomics.load(alive, 0) === 0) || waited > 60000;
+      // Cancelled only if the worker has not claimed it in between.
+      if (gone && Atomics.compareExchange(status, i, PENDING, CANCELLED) === PENDING) return false;
+    }
+    Atomics.wait(status, i, s, 50);
+  }
 }
 
 /** The worker script next to this file (.ts under tsx, .js once compiled). */
@@ -70,37 +94,27 @@ export class Prefetcher {
 
   /**
    * Blocks until a write is on disk; returns its crc32, or null when the
-   * worker failed it, never came up (5 s) or stopped answering (a minute):
-   * the caller then writes the record itself.
+   * worker failed it or was cancelled out of it (see finish): the caller then
+   * writes the record itself, and the worker will not touch the buffer again.
    */
   waitWrite(status: Int32Array): number | null {
-    const t0 = Date.now();
-    while (Atomics.load(status, 0) === 0) {
-      Atomics.wait(status, 0, 0, 50);
-      const waited = Date.now() - t0;
-      if ((waited > 5000 && Atomics.load(this.alive, 0) === 0) || waited > 60000) return null;
-    }
-    return Atomics.load(status, 0) === 1 ? Atomics.load(status, 1) >>> 0 : null;
+    if (!finish(status, 0, this.alive)) return null;
+    return Atomics.load(status, 0) === DONE ? Atomics.load(status, 1) >>> 0 : null;
   }
 
   /** True once a write is finished, well or not (does not block). */
   static written(status: Int32Array): boolean {
-    return Atomics.load(status, 0) !== 0;
+    const s = Atomics.load(status, 0);
+    return s === DONE || s === FAILED;
   }
 
   /**
-   * Blocks until the item is read; true when it checked out. False also when
-   * the worker never came up (5 s) or a read takes over a minute: the caller
-   * then reads the record itself.
+   * Blocks until the item is read; true when it checked out. False when the
+   * read failed or was cancelled (see finish): the caller then reads the
+   * record itself, and the worker will not touch the buffer again.
    */
   static wait(p: Pending): boolean {
-    const t0 = Date.now();
-    while (Atomics.load(p.status, p.i) === 0) {
-      Atomics.wait(p.status, p.i, 0, 50);
-      const waited = Date.now() - t0;
-      if ((waited > 5000 && Atomics.load(p.alive, 0) === 0) || waited > 60000) return false;
-    }
-    return Atomics.load(p.status, p.i) === 1;
+    return finish(p.status, p.i, p.alive) && Atomics.load(p.status, p.i) === DONE;
   }
 
   async close(): Promise<void> {
