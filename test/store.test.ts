@@ -277,6 +277,12 @@ test("a checkpoint converts between the store and in-RAM layouts, and training c
   fromRam.close();
   b.close();
   assert.throws(() => convertCheckpoint(storeCkpt, "store", backDir, "x.sgxs"), sigmaError(/already keeps its experts in the store/));
+  // Neither a conversion nor a fresh run replaces an existing store (its checkpoints would lose their experts).
+  const storeFile = join(root, "convert-back", "experts.sgxs");
+  const before = readFileSync(storeFile);
+  assert.throws(() => convertCheckpoint(ramCkpt, "store", join(root, "convert-again"), storeFile), sigmaError(/expert store .*experts\.sgxs already exists/));
+  assert.throws(() => new Trainer(backCfg), sigmaError(/expert store .*experts\.sgxs already exists/));
+  assert.deepEqual(readFileSync(storeFile), before, "the existing store was changed");
 });
 
 test("a store checkpoint loads for inference with its experts read from the store", () => {

@@ -119,7 +119,7 @@ export class ExpertStoreFile {
     if (why) {
       throw new SigmaError(
         `the expert store ${this.path}: record of layer ${layer} expert ${expert} (slot ${entry.slot}, generation ${entry.generation}) is unusable: ${why}`,
-        "the store was damaged or does not match this checkpoint; resume from the newest checkpoint written with this store, or rebuild the store from an in-RAM checkpoint (`sigma store convert`)",
+        "the store was damaged or does not match this checkpoint. A store holds two versions of each expert, so only the newest checkpoint of a store-backed run is sure to resume (an older one may name versions written over since): resume from the newest, or rebuild the store from an in-RAM checkpoint (`sigma store convert`)",
       );
     }
   }

@@ -15,6 +15,7 @@
  * AdamW), so each gets the global step. A store converted back to RAM sets
  * optim.sparseExperts, so training continues under the same rule.
  */
+import { existsSync } from "node:fs";
 import { decodeSafetensors, encodeSafetensors, type StArray, type StTensor } from "../checkpoint/safetensors.js";
 import { openCheckpointFolder, saveCheckpointFolder } from "../checkpoint/folder.js";
 import { ExpertStoreFile } from "../store/file.js";
@@ -53,6 +54,7 @@ export function convertCheckpoint(src: string, to: "store" | "ram", outDir: stri
   if (to === "store") {
     if (s.store) throw new SigmaError(`${folder.path} already keeps its experts in the store ${s.store.path}`, "convert it --to ram instead");
     if (!storePath) throw new SigmaError("converting to the store layout needs the store file to write", "pass --store PATH");
+    if (existsSync(storePath)) throw new SigmaError(`the expert store ${storePath} already exists`, "pass a new --store PATH (converting writes a new store; it never replaces one)");
     const globalStep = Number(opt.metadata.step ?? 0);
     const store = ExpertStoreFile.create(
       storePath,

@@ -16,6 +16,7 @@ import { ExpertStoreFile } from "../store/file.js";
 import { parseBytes } from "../store/format.js";
 import { join } from "node:path";
 import { Ecss, createModelWithStore, rreNeeds } from "./ecss.js";
+import { existsSync } from "node:fs";
 import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
 import { Evaluator, type DomainEval } from "./evaluate.js";
@@ -81,6 +82,8 @@ export class Trainer {
         this.model = model;
         store = ExpertStoreFile.open(path);
       } else {
+        // A fresh run would replace the store, and with it what every checkpoint of the run that wrote it needs.
+        if (existsSync(path)) throw new SigmaError(`the expert store ${path} already exists`, "resume the run that owns it (--resume), or give this run another out or store.path");
         ({ model: this.model, store } = createModelWithStore(config.model, path));
       }
       const prefetch = config.store.prefetch && config.model.experts?.router.kind === "rre";
