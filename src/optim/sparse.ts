@@ -19,27 +19,16 @@
 import { backendFor } from "../backend/index.js";
 import type { GroupHyper } from "./adamw.js";
 
-/** An expert's gradient, one view per tensor (w1 [F·C], w2 [C·F], b1 [F], b2 [C]). */
-export interface ExpertGrad {
-  w1: Float32Array;
-  w2: Float32Array;
-  b1: Float32Array;
-  b2: Float32Array;
-}
-
 /**
  * One expert's update in place in its record payload: params [P] | m [P] | v
- * [P], params laid out as [w1 | w2 | b1 | b2] at the offsets `at`; weight
- * decay on the matrices, none on the biases.
+ * [P], params laid out as [w1 | w2 | b1 | b2]; `grad` [P] in the same layout.
+ * Weight decay on the matrices (the first `at.decayed` values), none on the
+ * biases: two fused calls.
  */
-export function expertAdamW(payload: Float32Array, at: { w1: number; w2: number; b1: number; b2: number; P: number }, g: ExpertGrad, lr: number, h: GroupHyper, step: number, gradScale = 1): void {
+export function expertAdamW(payload: Float32Array, at: { decayed: number; P: number }, grad: Float32Array, lr: number, h: GroupHyper, step: number, gradScale = 1): void {
   const be = backendFor(payload);
   const P = at.P;
-  for (const name of ["w1", "w2", "b1", "b2"] as const) {
-    const grad = g[name];
-    const n = grad.length;
-    const o = at[name];
-    const wd = name === "w1" || name === "w2" ? h.weightDecay : 0;
-    be.adamw(payload.subarray(o, o + n), grad, payload.subarray(P + o, P + o + n), payload.subarray(2 * P + o, 2 * P + o + n), n, lr, h.beta1, h.beta2, h.eps, wd, step, gradScale);
+  for (const [o, n, wd] of [[0, at.decayed, h.weightDecay], [at.decayed, P - at.decayed, 0]] as const) {
+    be.adamw(payload.subarray(o, o + n), grad.subarray(o, o + n), payload.subarray(P + o, P + o + n), payload.subarray(2 * P + o, 2 * P + o + n), n, lr, h.beta1, h.beta2, h.eps, wd, step, gradScale);
   }
 }

@@ -29,7 +29,7 @@ import { isGradEnabled } from "../autograd/tape.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import type { ExpertBank, ExpertWeights } from "../moe/layer.js";
 import type { GroupHyper } from "../optim/adamw.js";
-import { expertAdamW, type ExpertGrad } from "../optim/sparse.js";
+import { expertAdamW } from "../optim/sparse.js";
 import { ResidentSet, type CacheStats, type Resident } from "../store/cache.js";
 import type { ExpertStoreFile, IoStats } from "../store/file.js";
 import { payloadFloats, recordNumber, tensorOffsets, type LayerLayout } from "../store/format.js";
@@ -76,11 +76,11 @@ export class Ecss implements ExpertBank {
   private prefetchRequested = 0;
   private leaves: Leaves[] = [];
   /**
-   * The gradients of the experts touched this step, by record key: views of
-   * one owned buffer per expert ([w1 | w2 | b1 | b2], as in its record),
-   * zeroed when the step first touches it and accumulated over micro-batches.
+   * The gradients of the experts touched this step, by record key: one
+   * buffer per expert ([w1 | w2 | b1 | b2], as in its record), zeroed when the
+   * step first touches it and accumulated over micro-batches.
    */
-  private readonly grads = new Map<number, { r: Resident; g: ExpertGrad; owned: Float32Array }>();
+  private readonly grads = new Map<number, { r: Resident; g: Float32Array }>();
   /**
    * Per sparse layer: storages reused step after step for the stacked
    * weights and their gradients (growing to the most experts a batch used),
@@ -271,9 +271,9 @@ export class Ecss implements ExpertBank {
       w2.data.push(p.subarray(o.w2, o.w2 + FC));
       b1.data.set(p.subarray(o.b1, o.b1 + F), i * F);
       b2.data.set(p.subarray(o.b2, o.b2 + C), i * C);
-      const g = this.gradsOf(layer, e, r).g;
-      w1.grads!.push(g.w1);
-      w2.grads!.push(g.w2);
+      const g = this.gradOf(layer, e, r);
+      w1.grads!.push(g.subarray(o.w1, o.w1 + FC));
+      w2.grads!.push(g.subarray(o.w2, o.w2 + FC));
     });
     [b1, b2].forEach((t, i) => {
       t.requiresGrad = true;
@@ -285,18 +285,13 @@ export class Ecss implements ExpertBank {
   }
 
   /** The step's gradient buffer of an expert: zeroed when the step first touches it. */
-  private gradsOf(layer: number, expert: number, r: Resident): { g: ExpertGrad; owned: Float32Array } {
+  private gradOf(layer: number, expert: number, r: Resident): Float32Array {
     const key = this.key(layer, expert);
     const have = this.grads.get(key);
-    if (have) return have;
-    const lay = this.layout[layer]!;
-    const o = tensorOffsets(lay);
-    const FC = lay.expertWidth * lay.width;
-    const owned = this.gradBuffer(o.P);
-    const g = { w1: owned.subarray(o.w1, o.w1 + FC), w2: owned.subarray(o.w2, o.w2 + FC), b1: owned.subarray(o.b1, o.b1 + lay.expertWidth), b2: owned.subarray(o.b2, o.b2 + lay.width) };
-    const entry = { r, g, owned };
-    this.grads.set(key, entry);
-    return entry;
+    if (have) return have.g;
+    const g = this.gradBuffer(tensorOffsets(this.layout[layer]!).P);
+    this.grads.set(key, { r, g });
+    return g;
   }
 
   /** Reads experts (layer by layer) into the resident set while they fit in the budget: a warm cache. */
@@ -352,12 +347,14 @@ export class Ecss implements ExpertBank {
   collectGrads(): void {
     for (const lv of this.leaves) {
       const lay = this.layout[lv.layer]!;
+      const o = tensorOffsets(lay);
       const [F, C] = [lay.expertWidth, lay.width];
       const [gb1, gb2] = [lv.b1.grad!.data as Float32Array, lv.b2.grad!.data as Float32Array];
       lv.experts.forEach((e, i) => {
         const { g } = this.grads.get(this.key(lv.layer, e))!;
-        backendFor(g.b1).axpy(g.b1, gb1.subarray(i * F, (i + 1) * F), 1, F);
-        backendFor(g.b2).axpy(g.b2, gb2.subarray(i * C, (i + 1) * C), 1, C);
+        const be = backendFor(g);
+        be.axpy(g.subarray(o.b1, o.b1 + F), gb1.subarray(i * F, (i + 1) * F), 1, F);
+        be.axpy(g.subarray(o.b2, o.b2 + C), gb2.subarray(i * C, (i + 1) * C), 1, C);
       });
     }
     this.leaves = [];
@@ -378,7 +375,7 @@ export class Ecss implements ExpertBank {
    */
   gradSquares(): number {
     let sq = 0;
-    for (const { g } of this.grads.values()) for (const x of [g.w1, g.w2, g.b1, g.b2]) sq += backendFor(x).sumSquares(x, x.length);
+    for (const { g } of this.grads.values()) sq += backendFor(g).sumSquares(g, g.length);
     return sq;
   }
 
@@ -387,13 +384,13 @@ export class Ecss implements ExpertBank {
    * count, on its gradient times gradScale (clipping); then the budget is enforced.
    */
   update(lr: number, h: GroupHyper, gradScale = 1): void {
-    for (const { r, g, owned } of this.grads.values()) {
+    for (const { r, g } of this.grads.values()) {
       r.step++;
       expertAdamW(r.payload, tensorOffsets(this.layout[r.layer]!), g, lr, h, r.step, gradScale);
       r.dirty = true;
-      const pool = this.gradPool.get(owned.length) ?? [];
-      pool.push(owned);
-      this.gradPool.set(owned.length, pool);
+      const pool = this.gradPool.get(g.length) ?? [];
+      pool.push(g);
+      this.gradPool.set(g.length, pool);
     }
     this.grads.clear();
     if (this.cache.bytes > this.cache.budget) this.cache.stats.overBudget++;
