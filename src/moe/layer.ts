@@ -151,13 +151,10 @@ export class MoeLayer extends Module {
     for (let e = 0; e < E; e++) expertOf.fill(e, offsets[e]!, offsets[e + 1]!);
     for (let i = 0; i < kept; i++) tokenOf[i] = Math.floor(rows[i]! / k);
 
-    const [C, F] = [this.width, this.expertWidth];
-    const product = (a: Tensor, w: Tensor | ops.ExpertParts, N: number, K: number) =>
-      w instanceof Tensor ? ops.groupedMatmul(a, w, expertOffsets, true) : ops.groupedMatmulParts(a, w, expertOffsets, N, K, true);
     const xs = ops.gatherRows(x, tokenOf); // [kept, C], sorted by expert
-    let h = product(xs, wt.w1, F, C);
+    let h = ops.groupedMatmul(xs, wt.w1, expertOffsets, true);
     h = activate(ops.add(h, ops.gatherRows(wt.b1, expertOf)), this.activation);
-    let ys = product(h, wt.w2, C, F);
+    let ys = ops.groupedMatmul(h, wt.w2, expertOffsets, true);
     ys = ops.add(ys, ops.gatherRows(wt.b2, expertOf));
     const w = ops.reshape(ops.gatherRows(ops.reshape(routing.weights, [R * k, 1]), rows), [kept]);
     let y = ops.combine(ys, tokenOf, w, R);

@@ -85,59 +85,50 @@ export function bmm(a: Tensor, b: Tensor, transA = false, transB = false): Tenso
 }
 
 /**
- * Expert products over stacked weights. x: [R,K] with rows sorted by expert;
- * offsets: [E+1] row offsets; w: [E,N,K] when transW (y_e = x_e·W[e]ᵀ), else [E,K,N].
- * Returns y: [R,N].
- */
-export function groupedMatmul(x: Tensor, w: Tensor, offsets: Int32Array, transW = true): Tensor {
-  sameDtype("groupedMatmul", x, w);
-  expectNdim("groupedMatmul", "x", x, 2);
-  expectNdim("groupedMatmul", "w", w, 3);
-  const E = w.dim(0);
-  const [N, K] = transW ? [w.dim(1), w.dim(2)] : [w.dim(2), w.dim(1)];
-  if (x.dim(1) !== K) throw new RangeError(`groupedMatmul: x ${shapeStr(x.shape)} does not match the experts' input size ${K} (w is ${shapeStr(w.shape)})`);
-  if (offsets.length !== E + 1) throw new RangeError(`groupedMatmul: offsets has ${offsets.length} entries, expected E + 1 = ${E + 1}`);
-  const R = x.dim(0);
-  if (offsets[E] !== R) throw new RangeError(`groupedMatmul: offsets[E] = ${offsets[E]} but x has ${R} rows`);
-  const y = empty(x, [R, N]);
-  be(x).groupedMatmul(y.data, x.data, w.data, offsets, E, N, K, transW, false);
-  record(y, [x, w], (g) => {
-    const k = be(x);
-    if (x.requiresGrad) k.groupedMatmul(gradOf(x).data, g.data, w.data, offsets, E, K, N, !transW, true);
-    if (w.requiresGrad) k.groupedMatmulWeightGrad(gradOf(w).data, g.data, x.data, offsets, E, N, K, transW, true);
-  });
-  return y;
-}
-
-/**
  * Experts whose matrices live apart (ECSS: views into the expert store's
  * resident records) rather than as one stacked tensor: data[e] is expert e's
- * [N,K] matrix (transW) or [K,N]; grads[e], when training, is where its weight
- * gradient accumulates. They are not tensors on the tape: their gradients go
- * straight to `grads`, which the owner (the expert bank) reads after backward
- * (the product is on the tape when x needs a gradient, as a trained model's
- * hidden states always do).
+ * matrix, `shape` as stored ([N,K] when transW, else [K,N]); grads[e], when
+ * training, is where its weight gradient accumulates. They are not tensors on
+ * the tape: their gradients go straight to `grads`, which the owner (the
+ * expert bank) reads after backward (the product is on the tape when x needs
+ * a gradient, as a trained model's hidden states always do).
  */
 export interface ExpertParts {
   data: Float32Array[];
   grads: Float32Array[] | null;
+  shape: readonly [number, number];
 }
 
-/** groupedMatmul over expert parts: y_e = x_e·W[e]ᵀ (transW) or x_e·W[e], with no stacking copy. */
-export function groupedMatmulParts(x: Tensor, w: ExpertParts, offsets: Int32Array, N: number, K: number, transW = true): Tensor {
-  expectNdim("groupedMatmulParts", "x", x, 2);
-  const E = w.data.length;
-  if (x.dim(1) !== K) throw new RangeError(`groupedMatmulParts: x ${shapeStr(x.shape)} does not match the experts' input size ${K}`);
-  if (offsets.length !== E + 1) throw new RangeError(`groupedMatmulParts: offsets has ${offsets.length} entries, expected E + 1 = ${E + 1}`);
-  if (w.grads && w.grads.length !== E) throw new RangeError(`groupedMatmulParts: ${w.grads.length} gradient parts for ${E} experts`);
+/**
+ * Expert products. x: [R,K] with rows sorted by expert; offsets: [E+1] row
+ * offsets; w: stacked [E,N,K] when transW (y_e = x_e·W[e]ᵀ), else [E,K,N] —
+ * or the E matrices as ExpertParts (no stacking copy). Returns y: [R,N].
+ */
+export function groupedMatmul(x: Tensor, w: Tensor | ExpertParts, offsets: Int32Array, transW = true): Tensor {
+  expectNdim("groupedMatmul", "x", x, 2);
+  const stacked = w instanceof Tensor ? w : null;
+  if (stacked) {
+    sameDtype("groupedMatmul", x, stacked);
+    expectNdim("groupedMatmul", "w", stacked, 3);
+  }
+  const parts = w instanceof Tensor ? null : w;
+  const E = stacked ? stacked.dim(0) : parts!.data.length;
+  const [rows, cols] = stacked ? [stacked.dim(1), stacked.dim(2)] : parts!.shape;
+  const [N, K] = transW ? [rows, cols] : [cols, rows];
+  const wShape = stacked ? shapeStr(stacked.shape) : `${E} parts of [${rows},${cols}]`;
+  if (x.dim(1) !== K) throw new RangeError(`groupedMatmul: x ${shapeStr(x.shape)} does not match the experts' input size ${K} (w is ${wShape})`);
+  if (offsets.length !== E + 1) throw new RangeError(`groupedMatmul: offsets has ${offsets.length} entries, expected E + 1 = ${E + 1}`);
+  if (parts?.grads && parts.grads.length !== E) throw new RangeError(`groupedMatmul: ${parts.grads.length} gradient parts for ${E} experts`);
   const R = x.dim(0);
-  if (offsets[E] !== R) throw new RangeError(`groupedMatmulParts: offsets[E] = ${offsets[E]} but x has ${R} rows`);
+  if (offsets[E] !== R) throw new RangeError(`groupedMatmul: offsets[E] = ${offsets[E]} but x has ${R} rows`);
+  const wData = stacked ? stacked.data : parts!.data;
   const y = empty(x, [R, N]);
-  be(x).groupedMatmul(y.data, x.data, w.data, offsets, E, N, K, transW, false);
-  record(y, [x], (g) => {
+  be(x).groupedMatmul(y.data, x.data, wData, offsets, E, N, K, transW, false);
+  record(y, stacked ? [x, stacked] : [x], (g) => {
     const k = be(x);
-    if (x.requiresGrad) k.groupedMatmul(gradOf(x).data, g.data, w.data, offsets, E, K, N, !transW, true);
-    if (w.grads) k.groupedMatmulWeightGrad(w.grads, g.data, x.data, offsets, E, N, K, transW, true);
+    if (x.requiresGrad) k.groupedMatmul(gradOf(x).data, g.data, wData, offsets, E, K, N, !transW, true);
+    const dw = stacked ? (stacked.requiresGrad ? gradOf(stacked).data : null) : parts!.grads;
+    if (dw) k.groupedMatmulWeightGrad(dw, g.data, x.data, offsets, E, N, K, transW, true);
   });
   return y;
 }

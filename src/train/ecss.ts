@@ -261,8 +261,8 @@ export class Ecss implements ExpertBank {
       });
       return { w1, b1, w2, b2 };
     }
-    const w1: ExpertWeights["w1"] = { data: [], grads: [] };
-    const w2: ExpertWeights["w2"] = { data: [], grads: [] };
+    const w1: ExpertWeights["w1"] = { data: [], grads: [], shape: [F, C] };
+    const w2: ExpertWeights["w2"] = { data: [], grads: [], shape: [C, F] };
     experts.forEach((e, i) => {
       // Pinned until the step's update: the views below stay valid through backward.
       const r = this.acquire(layer, e, true);
