@@ -23,4 +23,12 @@ void parallel_run(const std::function<void(int tid, int nth)>& fn, int nth = 0);
 // `grain` items and runs fn(begin, end) on each.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);
 
+// A grain for parallel_for: enough items that each chunk holds at least
+// `min_work` units of work (and at least `min_items` items). Below that,
+// waking another thread costs more than it saves (short sequences, few rows).
+inline int64_t grain_for(int64_t work_per_item, int64_t min_work, int64_t min_items = 1) {
+  const int64_t g = min_work / (work_per_item > 1 ? work_per_item : 1);
+  return g > min_items ? g : min_items;
+}
+
 }  // namespace sigma

@@ -45,9 +45,8 @@ SIGMA_SIMD void probs_and_dscores(float* p, float* d, float scale, float l, floa
 
 constexpr int64_t kBQ = 48;        // queries per block
 constexpr int64_t kBlockMin = 16;  // fewer queries than this take the row path
-// Items per thread so that each thread gets at least ~64k multiply-adds: below
-// that, waking a second thread costs more than it saves (short sequences).
-int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(work_per_item, 1)); }
+// Each thread gets at least ~64k multiply-adds (short sequences stay on one thread).
+constexpr int64_t kMinWork = int64_t{1} << 16;
 
 // Keys visible to the last query of a block starting at query i0 with mq rows.
 inline int64_t visible(const Layout& L, int64_t i0, int64_t mq) { return L.Tk - L.Tq + i0 + mq; }
@@ -103,7 +102,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
   const Layout L{B, Tq, Tk, H, D, kv_cap};
   if (Tq >= kBlockMin) {
     const int64_t nb = (Tq + kBQ - 1) / kBQ;
-    parallel_for(B * H * nb, grain_for(std::min(kBQ, Tq) * Tk * D), [&](int64_t t0, int64_t t1) {
+    parallel_for(B * H * nb, grain_for(std::min(kBQ, Tq) * Tk * D, kMinWork), [&](int64_t t0, int64_t t1) {
       thread_local std::vector<float> s;
       s.resize(static_cast<size_t>(kBQ * Tk));
       for (int64_t t = t0; t < t1; ++t) {
@@ -113,7 +112,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
     });
     return;
   }
-  parallel_for(B * H * Tq, std::max<int64_t>(16, grain_for(Tk * D)), [&](int64_t t0, int64_t t1) {
+  parallel_for(B * H * Tq, grain_for(Tk * D, kMinWork, 16), [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> s;
     s.resize(static_cast<size_t>(Tk));
     for (int64_t t = t0; t < t1; ++t) {
@@ -144,7 +143,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         int64_t H, int64_t D, int64_t kv_cap, float scale) {
   const Layout L{B, Tq, Tk, H, D, kv_cap};
   if (Tq >= kBlockMin) {
-    parallel_for(B * H, grain_for(Tq * Tk * D), [&](int64_t p0, int64_t p1) {
+    parallel_for(B * H, grain_for(Tq * Tk * D, kMinWork), [&](int64_t p0, int64_t p1) {
       thread_local std::vector<float> scratch;
       scratch.resize(static_cast<size_t>(2 * kBQ * Tk));
       for (int64_t bh = p0; bh < p1; ++bh)
@@ -156,7 +155,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     });
     return;
   }
-  parallel_for(B * H, grain_for(Tq * Tk * D), [&](int64_t p0, int64_t p1) {
+  parallel_for(B * H, grain_for(Tq * Tk * D, kMinWork), [&](int64_t p0, int64_t p1) {
     for (int64_t bh = p0; bh < p1; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       for (int64_t i = 0; i < Tq; ++i) {

@@ -107,14 +107,14 @@ void fast_gelu(float* y, const float* x, int64_t n) { chunked(n, [&](int64_t s, 
 void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { fast_gelu_bwd_k(dx + s, x + s, dy + s, e - s); }); }
 
 void add_bias(float* y, const float* x, const float* bias, int64_t rows, int64_t cols) {
-  parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
+  parallel_for(rows, grain_for(cols, kGrain), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) add_k(y + r * cols, x + r * cols, bias, cols);
   });
 }
 
 void add_bias_backward(float* dbias, const float* dy, int64_t rows, int64_t cols) {
   // Column slices per thread: each column's sum runs over rows in order (deterministic).
-  parallel_for(cols, std::max<int64_t>(64, kGrain / std::max<int64_t>(rows, 1)), [&](int64_t c0, int64_t c1) {
+  parallel_for(cols, grain_for(rows, kGrain, 64), [&](int64_t c0, int64_t c1) {
     for (int64_t r = 0; r < rows; ++r) add_k(dbias + c0, dbias + c0, dy + r * cols + c0, c1 - c0);
   });
 }

@@ -12,12 +12,12 @@
 
 namespace sigma {
 namespace {
-int64_t col_grain(int64_t n) { return std::max<int64_t>(16, 65536 / std::max<int64_t>(n, 1)); }
+int64_t col_grain(int64_t n) { return grain_for(n, 65536, 16); }
 
 }  // namespace
 
 void gather_rows(float* out, const float* x, const int32_t* idx, int64_t n, int64_t C) {
-  parallel_for(n, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+  parallel_for(n, grain_for(C, 16384), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) std::memcpy(out + i * C, x + static_cast<int64_t>(idx[i]) * C, sizeof(float) * C);
   });
 }
@@ -37,7 +37,7 @@ void combine(float* y, const float* x, const int32_t* idx, const float* w, int64
 void combine_backward(float* dx, float* dw, const float* dy, const float* x, const int32_t* idx, const float* w,
                       int64_t n, int64_t C) {
   // Each row i owns dx[i] and dw[i]: rows split over threads without races.
-  parallel_for(n, std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+  parallel_for(n, grain_for(C, 8192), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const float* g = dy + static_cast<int64_t>(idx[i]) * C;
       vaxpy(dx + i * C, g, w[i], C);

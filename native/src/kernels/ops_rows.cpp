@@ -39,7 +39,7 @@ SIGMA_SIMD void ln_row_backward(float* dx, const float* dy, const float* x, floa
   for (int64_t c = 0; c < C; ++c) dx[c] += r * (dy[c] * gamma[c] - gm - (x[c] - m) * r * gxm);
 }
 
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+int64_t row_grain(int64_t cols) { return grain_for(cols, 16384); }
 
 }  // namespace
 
@@ -55,7 +55,7 @@ void layer_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy
   parallel_for(rows, row_grain(C), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) ln_row_backward(dx + r * C, dy + r * C, x + r * C, mean[r], rstd[r], gamma, C);
   });
-  parallel_for(C, std::max<int64_t>(16, 16384 / std::max<int64_t>(rows, 1)), [&](int64_t c0, int64_t c1) {
+  parallel_for(C, grain_for(rows, 16384, 16), [&](int64_t c0, int64_t c1) {
     for (int64_t r = 0; r < rows; ++r) {
       const float m = mean[r], s = rstd[r];
       const float* xr = x + r * C;
