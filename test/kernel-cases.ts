@@ -12,6 +12,21 @@ export const clone = (x: unknown): unknown => (x instanceof Float32Array || x in
 /** A stacked [E, n] buffer as E separate buffers (experts that live apart, e.g. store records). */
 const parts = (stacked: Float32Array, E: number): Float32Array[] => Array.from({ length: E }, (_, e) => stacked.slice((e * stacked.length) / E, ((e + 1) * stacked.length) / E));
 
+/**
+ * Cases of a grouped kernel (groupedMatmul, groupedMatmulWeightGrad) for each
+ * expert grouping and both layouts, each also with its expert matrices (the
+ * argument at `w`) as separate buffers.
+ */
+function groupedCases(shapes: { counts: number[]; N: number; K: number }[], w: number, args: (R: number, E: number, N: number, K: number) => Float32Array[], tol: (R: number, K: number) => number): Case[] {
+  return shapes.flatMap(({ counts, N, K }) => {
+    const E = counts.length, R = counts.reduce((a, b) => a + b, 0);
+    return [true, false].flatMap((tw) => {
+      const c: Case = { label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [...args(R, E, N, K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: tol(R, K) };
+      return [c, { ...c, label: `${c.label} (in parts)`, args: c.args.map((a, i) => (i === w ? parts(a as Float32Array, E) : a)) }];
+    });
+  });
+}
+
 /** One case: arguments (buffers are copied per backend) and which of them are outputs to compare, with tolerance. */
 export interface Case {
   label: string;
@@ -52,32 +67,29 @@ export const CASES: Record<KernelName, () => Case[]> = {
       [false, true].flatMap((ta) => [false, true].map((tb) => ({ label: `${S}x${M}x${N}x${K} ${ta} ${tb}`, args: [f32(S! * M! * N!), f32(S! * M! * K!), f32(S! * K! * N!), S, M, N, K, ta, tb, true], outputs: [0], tol: 1e-5 * Math.sqrt(K!) }))),
     ),
   groupedMatmul: () =>
-    [
-      ...groupings.map((counts) => ({ counts, N: pick(ODD), K: pick(ODD) })),
-      // Large enough to run threaded: whole experts per thread (many small experts), and the sliced fallback (one expert holds most rows).
-      { counts: [64, 64, 64, 64, 17, 3, 64, 64], N: 257, K: 33 },
-      { counts: [90, 1, 2, 1, 0, 1, 1, 1], N: 257, K: 257 },
-    ].flatMap(({ counts, N, K }) => {
-      const E = counts.length, R = counts.reduce((a, b) => a + b, 0);
-      return [true, false].flatMap((tw) => {
-        const c = { label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [f32(R * N), f32(R * K), f32(E * N * K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: 1e-5 * Math.sqrt(K) };
-        // The same product with each expert's matrix in its own buffer.
-        return [c, { ...c, label: `${c.label} (w in parts)`, args: c.args.map((a, i) => (i === 2 ? parts(a as Float32Array, E) : a)) }];
-      });
-    }),
+    groupedCases(
+      [
+        ...groupings.map((counts) => ({ counts, N: pick(ODD), K: pick(ODD) })),
+        // Large enough to run threaded: whole experts per thread (many small experts), and the sliced fallback (one expert holds most rows).
+        { counts: [64, 64, 64, 64, 17, 3, 64, 64], N: 257, K: 33 },
+        { counts: [90, 1, 2, 1, 0, 1, 1, 1], N: 257, K: 257 },
+      ],
+      2, // y, x, w
+      (R, E, N, K) => [f32(R * N), f32(R * K), f32(E * N * K)],
+      (_R, K) => 1e-5 * Math.sqrt(K),
+    ),
   groupedMatmulWeightGrad: () =>
-    [
-      ...groupings.map((counts) => ({ counts, N: pick(ODD), K: pick(ODD) })),
-      // Threaded: whole experts per thread, and the sliced fallback.
-      { counts: [64, 64, 0, 64, 17, 3, 64, 64], N: 257, K: 33 },
-      { counts: [300, 1, 2, 1, 0, 1, 1, 1], N: 33, K: 257 },
-    ].flatMap(({ counts, N, K }) => {
-      const E = counts.length, R = counts.reduce((a, b) => a + b, 0);
-      return [true, false].flatMap((tw) => {
-        const c = { label: `counts ${counts} N=${N} K=${K} transW=${tw}`, args: [f32(E * N * K), f32(R * N), f32(R * K), offsetsOf(counts), E, N, K, tw, rng.uniform() < 0.5], outputs: [0], tol: 1e-5 * Math.sqrt(R + 1) };
-        return [c, { ...c, label: `${c.label} (dw in parts)`, args: c.args.map((a, i) => (i === 0 ? parts(a as Float32Array, E) : a)) }];
-      });
-    }),
+    groupedCases(
+      [
+        ...groupings.map((counts) => ({ counts, N: pick(ODD), K: pick(ODD) })),
+        // Threaded: whole experts per thread, and the sliced fallback.
+        { counts: [64, 64, 0, 64, 17, 3, 64, 64], N: 257, K: 33 },
+        { counts: [300, 1, 2, 1, 0, 1, 1, 1], N: 33, K: 257 },
+      ],
+      0, // dw, dy, x
+      (R, E, N, K) => [f32(E * N * K), f32(R * N), f32(R * K)],
+      (R) => 1e-5 * Math.sqrt(R + 1),
+    ),
   addBias: () => ODD.map((c) => ({ label: `cols ${c}`, args: [f32(7 * c), f32(7 * c), f32(c), 7, c], outputs: [0], tol: 1e-6 })),
   addBiasBackward: () => ODD.map((c) => ({ label: `cols ${c}`, args: [f32(c), f32(33 * c), 33, c], outputs: [0], tol: 1e-5 })),
   add: () => [...ODD, 100003].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n), f32(n), n], outputs: [0], tol: 1e-7 })),
