@@ -7,7 +7,7 @@
  */
 import { backward, zeroGrad } from "../src/autograd/tape.js";
 import { getBackend } from "../src/backend/index.js";
-import { fmaPeak } from "./util.js";
+import { PEAK_LEGEND, fmaPeak } from "./util.js";
 import { loadNative } from "../src/backend/native/index.js";
 import { parseModelConfig, type ModelConfig, type ModelConfigInput, type RouterConfig } from "../src/models/config.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
@@ -60,8 +60,7 @@ export async function run(args: string[]): Promise<void> {
   // FMA peak with the same thread count, measured now (and probed again beside every step for the ratios).
   const peak = fmaPeak(threads);
   console.log(`FMA peak (${threads} threads): ${(peak / 1e9).toFixed(1)} GFLOP/s`);
-  console.log(`"% of local peak": median over steps of each step's ratio to a peak probed just before it (a neighbour that slows both cancels out);`);
-  console.log(`"% of run peak": median GFLOP/s over the best peak probed in the whole run (never flattered by a probe a neighbour slowed)`);
+  console.log(PEAK_LEGEND);
   console.log(`config R: d=${R.width}, ${R.heads} heads, ${R.dense} dense + ${R.sparse} sparse layers, ${R.experts} experts, F=${R.ffn}, V=${R.vocab}, T=${R.T}, B=${R.B}\n`);
   console.log("model    | tokens/s | fwd+bwd ms (median) | GFLOP/token | GFLOP/s | % of local peak | % of run peak");
   console.log("---------|----------|---------------------|-------------|---------|-----------------|--------------");

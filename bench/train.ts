@@ -17,7 +17,7 @@ import type { RouterConfig } from "../src/models/config.js";
 import { parseTrainConfig, type TrainConfig } from "../src/train/config.js";
 import { Trainer } from "../src/train/trainer.js";
 import { forwardFlopsPerToken } from "./model.js";
-import { fmaPeak, median, table } from "./util.js";
+import { PEAK_LEGEND, fmaPeak, median, table } from "./util.js";
 
 const DATA = ".sigma/data/default";
 const R = { width: 512, heads: 8, dense: 2, sparse: 2, experts: 8, k: 2, ffn: 2048, vocab: 8192, T: 256, B: 8 };
@@ -98,8 +98,7 @@ export async function run(args: string[]): Promise<void> {
   const threads = getBackend().getThreads();
   const peak = fmaPeak(threads);
   console.log(`FMA peak (${threads} threads): ${(peak / 1e9).toFixed(1)} GFLOP/s`);
-  console.log(`"% of local peak": median over steps of each step's ratio to a peak probed just before it (a neighbour that slows both cancels out);`);
-  console.log(`"% of run peak": median GFLOP/s over the best peak probed in the whole run (never flattered by a probe a neighbour slowed)`);
+  console.log(PEAK_LEGEND);
   let runPeak = peak;
   const results: ChildResult[] = [];
   console.log(`config R: d=${R.width}, ${R.heads} heads, ${R.dense} dense + ${R.sparse} sparse layers, ${R.experts} experts, F=${R.ffn}, V=${R.vocab}, T=${R.T}, B=${R.B}; median of ${steps} optimizer steps after a warm-up step\n`);

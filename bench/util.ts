@@ -59,6 +59,12 @@ export function measureVsPeak(fn: () => void, flops: number, threads: number, re
   return { flops: median(fs), ratio: median(rs) };
 }
 
+/** What the two ratios of the model and training benchmarks mean. */
+export const PEAK_LEGEND = [
+  `"% of local peak": median over steps of each step's ratio to a peak probed just before it (a neighbour that slows both cancels out);`,
+  `"% of run peak": median GFLOP/s over the best peak probed in the whole run (never flattered by a probe a neighbour slowed)`,
+].join("\n");
+
 export function randomArray(n: number, seed = 1): Float32Array {
   const a = new Float32Array(n);
   let s = seed >>> 0;
