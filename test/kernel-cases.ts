@@ -44,7 +44,9 @@ function matmulCases(): Case[] {
   const cs: Case[] = [];
   for (const [M, N, K] of [[1, 1, 1], [1, 257, 33], [1, 33, 257], [3, 17, 33], [17, 3, 257], [33, 257, 17], [257, 33, 3], [64, 100, 300],
     // the blocked path: several row blocks (MC 96), column blocks (NC 1024) and k blocks (KC 512), each with an edge
-    [131, 1041, 530]]) {
+    [131, 1041, 530],
+    // thin products (2–4 rows; an inner dimension of at most 8), with vector tails in N and K
+    [2, 35, 19], [4, 7, 64], [3, 1, 9], [2, 1030, 3], [70, 21, 8], [5, 600, 2], [9, 13, 1]]) {
     for (const ta of [false, true]) for (const tb of [false, true]) for (const acc of [false, true]) {
       cs.push({ label: `${M}x${N}x${K} ta=${ta} tb=${tb} acc=${acc}`, args: [f32(M! * N!), f32(M! * K!), f32(K! * N!), M, N, K, ta, tb, acc], outputs: [0], tol: 1e-5 * Math.sqrt(K!) });
     }
@@ -58,7 +60,9 @@ function offsetsOf(counts: number[]): Int32Array {
   counts.forEach((c, e) => (o[e + 1] = o[e]! + c));
   return o;
 }
-const groupings = [[0, 5, 0, 12], [0, 0, 37, 0], [3, 1, 17, 0, 33, 2], [64, 64, 64, 64, 64, 64, 64, 64]];
+const groupings = [[0, 5, 0, 12], [0, 0, 37, 0], [3, 1, 17, 0, 33, 2], [64, 64, 64, 64, 64, 64, 64, 64],
+  // an expert step of few tokens each (the thin kernels)
+  [1, 2, 4, 1, 0, 3, 2]];
 
 export const CASES: Record<KernelName, () => Case[]> = {
   matmul: matmulCases,

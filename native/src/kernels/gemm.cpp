@@ -33,6 +33,8 @@ namespace {
 constexpr int64_t kKC = 512;
 constexpr int64_t kMC = 96;   // multiple of kMR
 constexpr int64_t kNC = 1024; // multiple of kNR
+constexpr int64_t kThinRows = 4; // up to this many rows of A (but not one: sgemv_row streams B best) …
+constexpr int64_t kThinK = 8;    // … or this short an inner dimension: the thin kernels, 1.4–3× the tiled path here
 constexpr int64_t kPackSlack = 8; // floats past a packed A block that pack_a_avx2 may write
 
 // Per-thread, 64-byte aligned, grow-once packing buffers.
@@ -238,6 +240,18 @@ void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, con
     if (!accumulate)
       for (int64_t i = 0; i < M; ++i) std::memset(c + i * ldc, 0, sizeof(float) * N);
     return;
+  }
+  // Thin products (an expert with a few tokens, its rank-few weight gradient):
+  // read in place; the tiled path would pack B for a few FMAs per element.
+  if (use_avx2() && M > 1) {
+    if (!transB && (M <= kThinRows || K <= kThinK)) {
+      gemm_thin_axpy_avx2(M, N, K, a, transA ? 1 : lda, transA ? lda : 1, b, ldb, c, ldc, accumulate);
+      return;
+    }
+    if (transB && !transA && M <= kThinRows) {
+      gemm_thin_rows_bt_avx2(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+      return;
+    }
   }
   if (M == 1) {
     sgemv_row(transA, transB, N, K, a, lda, b, ldb, c, accumulate);

@@ -34,4 +34,13 @@ void pack_b_trans_avx2(float* dst, const float* b, int64_t ldb, int64_t kc);
 void pack_a_avx2(float* dst, const float* a, int64_t lda, int64_t kc);
 double fma_chains_portable(int64_t iters);
 
+// Thin products (gemm_thin_avx2.cpp), read in place, no packing:
+// C[M,N] (+)= A[M,K]·B[N,K]ᵀ with A's rows lda apart — for few rows of A.
+void gemm_thin_rows_bt_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb,
+                            float* c, int64_t ldc, bool accumulate);
+// C[M,N] (+)= A·B[K,N] with A[i,k] = a[i·a_rs + k·a_ks], eight k at a time:
+// each row of C is a sum of rows of B — for few rows of A or a short K.
+void gemm_thin_axpy_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_ks, const float* b,
+                         int64_t ldb, float* c, int64_t ldc, bool accumulate);
+
 }  // namespace sigma

@@ -1,0 +1,153 @@
+// AVX2 + FMA kernels for thin products, where the 6×16 register tile would
+// mostly compute padding and packing would copy the big operand for a few
+// FMAs per element: few rows of A (an expert that got one or two tokens, a
+// decoding step) or a short inner dimension (that expert's weight gradient, a
+// rank-1 or rank-2 update). Both read the big operand once, in place, in
+// contiguous streams, so they run at the speed of its memory traffic.
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "gemm_ukernel.h"
+
+namespace sigma {
+namespace {
+
+// Lanes 0..n-1 set (n in 0..8).
+inline __m256i tail_mask(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// [Σ s0, Σ s1, Σ s2, Σ s3] over each vector's eight lanes.
+inline __m128 hsum4(__m256 s0, __m256 s1, __m256 s2, __m256 s3) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+// C[M,N] (+)= A[M,K]·B[N,K]ᵀ for M rows (template, ≤ 4): four rows of B at a
+// time, each read once and dotted with every row of A (A's rows stay in L1).
+template <int M>
+void dot_rows(int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+              bool accumulate) {
+  const int64_t k8 = K & ~int64_t{7};
+  const __m256i km = tail_mask(K - k8);
+  for (int64_t n = 0; n < N; n += 4) {
+    const int nb = static_cast<int>(std::min<int64_t>(4, N - n));
+    // Past N's edge the last row is dotted again; those sums are not stored.
+    const float* r0 = b + n * ldb;
+    const float* r1 = b + (n + std::min(1, nb - 1)) * ldb;
+    const float* r2 = b + (n + std::min(2, nb - 1)) * ldb;
+    const float* r3 = b + (n + std::min(3, nb - 1)) * ldb;
+    __m256 s[M][4];
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < 4; ++j) s[m][j] = _mm256_setzero_ps();
+    // The next four rows are fetched while these are summed: four interleaved
+    // streams a row apart are more than the hardware prefetcher follows.
+    const float* nx = n + 4 < N ? b + (n + 4) * ldb : nullptr;
+    const int nnext = nx ? static_cast<int>(std::min<int64_t>(4, N - n - 4)) : 0;
+    for (int64_t k = 0; k < k8; k += 8) {
+      if ((k & 15) == 0)
+        for (int j = 0; j < nnext; ++j) _mm_prefetch(reinterpret_cast<const char*>(nx + j * ldb + k), _MM_HINT_T0);
+      const __m256 b0 = _mm256_loadu_ps(r0 + k), b1 = _mm256_loadu_ps(r1 + k);
+      const __m256 b2 = _mm256_loadu_ps(r2 + k), b3 = _mm256_loadu_ps(r3 + k);
+      for (int m = 0; m < M; ++m) {
+        const __m256 x = _mm256_loadu_ps(a + m * lda + k);
+        s[m][0] = _mm256_fmadd_ps(x, b0, s[m][0]);
+        s[m][1] = _mm256_fmadd_ps(x, b1, s[m][1]);
+        s[m][2] = _mm256_fmadd_ps(x, b2, s[m][2]);
+        s[m][3] = _mm256_fmadd_ps(x, b3, s[m][3]);
+      }
+    }
+    if (k8 < K) {
+      const __m256 b0 = _mm256_maskload_ps(r0 + k8, km), b1 = _mm256_maskload_ps(r1 + k8, km);
+      const __m256 b2 = _mm256_maskload_ps(r2 + k8, km), b3 = _mm256_maskload_ps(r3 + k8, km);
+      for (int m = 0; m < M; ++m) {
+        const __m256 x = _mm256_maskload_ps(a + m * lda + k8, km);
+        s[m][0] = _mm256_fmadd_ps(x, b0, s[m][0]);
+        s[m][1] = _mm256_fmadd_ps(x, b1, s[m][1]);
+        s[m][2] = _mm256_fmadd_ps(x, b2, s[m][2]);
+        s[m][3] = _mm256_fmadd_ps(x, b3, s[m][3]);
+      }
+    }
+    for (int m = 0; m < M; ++m) {
+      __m128 r = hsum4(s[m][0], s[m][1], s[m][2], s[m][3]);
+      float* dst = c + m * ldc + n;
+      if (nb == 4) {
+        if (accumulate) r = _mm_add_ps(r, _mm_loadu_ps(dst));
+        _mm_storeu_ps(dst, r);
+      } else {
+        alignas(16) float t[4];
+        _mm_store_ps(t, r);
+        for (int j = 0; j < nb; ++j) dst[j] = accumulate ? dst[j] + t[j] : t[j];
+      }
+    }
+  }
+}
+
+// One row of C over columns [n0, n1): C[n] (+)= Σ_{kk < KB} w[kk]·B[kk][n].
+template <int KB>
+inline void axpy_row(float* ci, const float* bk, int64_t ldb, int64_t n0, int64_t n1, const __m256 (&w)[8], bool add) {
+  int64_t n = n0;
+  for (; n + 8 <= n1; n += 8) {
+    __m256 v = add ? _mm256_loadu_ps(ci + n) : _mm256_setzero_ps();
+    for (int kk = 0; kk < KB; ++kk) v = _mm256_fmadd_ps(w[kk], _mm256_loadu_ps(bk + kk * ldb + n), v);
+    _mm256_storeu_ps(ci + n, v);
+  }
+  if (n < n1) {
+    const __m256i m = tail_mask(n1 - n);
+    __m256 v = add ? _mm256_maskload_ps(ci + n, m) : _mm256_setzero_ps();
+    for (int kk = 0; kk < KB; ++kk) v = _mm256_fmadd_ps(w[kk], _mm256_maskload_ps(bk + kk * ldb + n, m), v);
+    _mm256_maskstore_ps(ci + n, m, v);
+  }
+}
+
+}  // namespace
+
+void gemm_thin_rows_bt_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb,
+                            float* c, int64_t ldc, bool accumulate) {
+  for (int64_t m = 0; m < M; m += 4) {
+    const float* am = a + m * lda;
+    float* cm = c + m * ldc;
+    switch (std::min<int64_t>(4, M - m)) {
+      case 1: dot_rows<1>(N, K, am, lda, b, ldb, cm, ldc, accumulate); break;
+      case 2: dot_rows<2>(N, K, am, lda, b, ldb, cm, ldc, accumulate); break;
+      case 3: dot_rows<3>(N, K, am, lda, b, ldb, cm, ldc, accumulate); break;
+      default: dot_rows<4>(N, K, am, lda, b, ldb, cm, ldc, accumulate); break;
+    }
+  }
+}
+
+void gemm_thin_axpy_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_ks, const float* b,
+                         int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  // 512 columns of 8 rows of B (16 KiB) stay in L1 while every row of C takes them.
+  constexpr int64_t kChunk = 512;
+  for (int64_t k0 = 0; k0 < K; k0 += 8) {
+    const int kb = static_cast<int>(std::min<int64_t>(8, K - k0));
+    const bool add = accumulate || k0 > 0;
+    const float* bk = b + k0 * ldb;
+    for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
+      const int64_t n1 = std::min(N, n0 + kChunk);
+      // Fetch the rows two k blocks ahead (the hardware prefetcher does not follow eight rows at once).
+      for (int64_t kk = k0 + 16; kk < std::min(K, k0 + 24); ++kk)
+        for (int64_t n = n0; n < n1; n += 16) _mm_prefetch(reinterpret_cast<const char*>(b + kk * ldb + n), _MM_HINT_T0);
+      for (int64_t i = 0; i < M; ++i) {
+        __m256 w[8];
+        for (int kk = 0; kk < kb; ++kk) w[kk] = _mm256_broadcast_ss(a + i * a_rs + (k0 + kk) * a_ks);
+        float* ci = c + i * ldc;
+        switch (kb) {
+          case 1: axpy_row<1>(ci, bk, ldb, n0, n1, w, add); break;
+          case 2: axpy_row<2>(ci, bk, ldb, n0, n1, w, add); break;
+          case 3: axpy_row<3>(ci, bk, ldb, n0, n1, w, add); break;
+          case 4: axpy_row<4>(ci, bk, ldb, n0, n1, w, add); break;
+          case 5: axpy_row<5>(ci, bk, ldb, n0, n1, w, add); break;
+          case 6: axpy_row<6>(ci, bk, ldb, n0, n1, w, add); break;
+          case 7: axpy_row<7>(ci, bk, ldb, n0, n1, w, add); break;
+          default: axpy_row<8>(ci, bk, ldb, n0, n1, w, add); break;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace sigma
