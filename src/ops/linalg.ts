@@ -97,6 +97,12 @@ export interface ExpertParts {
   data: Float32Array[];
   grads: Float32Array[] | null;
   shape: readonly [number, number];
+  /**
+   * grads hold nothing yet, not even zeros: the backward writes them instead
+   * of adding to them, and clears this flag (so the owner can tell whether
+   * the backward reached them). Saves a zeroing pass and a read per step.
+   */
+  fresh?: boolean;
 }
 
 /**
@@ -128,7 +134,8 @@ export function groupedMatmul(x: Tensor, w: Tensor | ExpertParts, offsets: Int32
     const k = be(x);
     if (x.requiresGrad) k.groupedMatmul(gradOf(x).data, g.data, wData, offsets, E, K, N, !transW, true);
     const dw = stacked ? (stacked.requiresGrad ? gradOf(stacked).data : null) : parts!.grads;
-    if (dw) k.groupedMatmulWeightGrad(dw, g.data, x.data, offsets, E, N, K, transW, true);
+    if (dw) k.groupedMatmulWeightGrad(dw, g.data, x.data, offsets, E, N, K, transW, !parts?.fresh);
+    if (parts) parts.fresh = false;
   });
   return y;
 }

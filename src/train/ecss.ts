@@ -28,6 +28,7 @@ import { backendFor } from "../backend/index.js";
 import { isGradEnabled } from "../autograd/tape.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import type { ExpertBank, ExpertWeights } from "../moe/layer.js";
+import type { ExpertParts } from "../ops/index.js";
 import type { GroupHyper } from "../optim/adamw.js";
 import { expertAdamW } from "../optim/sparse.js";
 import { ResidentSet, type CacheStats, type Resident } from "../store/cache.js";
@@ -56,6 +57,8 @@ interface Leaves {
   experts: Int32Array;
   b1: Tensor;
   b2: Tensor;
+  /** The matrices' gradient parts (fresh until the backward writes them). */
+  parts: [ExpertParts, ExpertParts];
 }
 
 export class Ecss implements ExpertBank {
@@ -261,8 +264,9 @@ export class Ecss implements ExpertBank {
       });
       return { w1, b1, w2, b2 };
     }
-    const w1: ExpertWeights["w1"] = { data: [], grads: [], shape: [F, C] };
-    const w2: ExpertWeights["w2"] = { data: [], grads: [], shape: [C, F] };
+    const w1: ExpertParts = { data: [], grads: [], shape: [F, C] };
+    const w2: ExpertParts = { data: [], grads: [], shape: [C, F] };
+    const fresh: Float32Array[] = [];
     experts.forEach((e, i) => {
       // Pinned until the step's update: the views below stay valid through backward.
       const r = this.acquire(layer, e, true);
@@ -271,27 +275,39 @@ export class Ecss implements ExpertBank {
       w2.data.push(p.subarray(o.w2, o.w2 + FC));
       b1.data.set(p.subarray(o.b1, o.b1 + F), i * F);
       b2.data.set(p.subarray(o.b2, o.b2 + C), i * C);
-      const g = this.gradOf(layer, e, r);
+      const { g, isNew } = this.gradOf(layer, e, r);
+      if (isNew) fresh.push(g);
       w1.grads!.push(g.subarray(o.w1, o.w1 + FC));
       w2.grads!.push(g.subarray(o.w2, o.w2 + FC));
     });
+    // The step's first touch of every expert here (one micro-batch): the backward
+    // writes the matrices' gradients outright. Otherwise the new buffers start at
+    // zero and every gradient is added.
+    w1.fresh = w2.fresh = fresh.length === U;
+    if (!w1.fresh) for (const g of fresh) g.fill(0, 0, 2 * FC);
     [b1, b2].forEach((t, i) => {
       t.requiresGrad = true;
       t.grad = new Tensor(sc.g[i]!, t.shape);
       t.grad.data.fill(0, 0, t.size);
     });
-    this.leaves.push({ layer, experts, b1, b2 });
+    this.leaves.push({ layer, experts, b1, b2, parts: [w1, w2] });
     return { w1, b1, w2, b2 };
   }
 
-  /** The step's gradient buffer of an expert: zeroed when the step first touches it. */
-  private gradOf(layer: number, expert: number, r: Resident): Float32Array {
+  /**
+   * The step's gradient buffer of an expert. isNew: the step's first touch —
+   * its biases' part is zeroed, its matrices' part ([w1 | w2], first) is not:
+   * the caller writes or zeroes it.
+   */
+  private gradOf(layer: number, expert: number, r: Resident): { g: Float32Array; isNew: boolean } {
     const key = this.key(layer, expert);
     const have = this.grads.get(key);
-    if (have) return have.g;
-    const g = this.gradBuffer(tensorOffsets(this.layout[layer]!).P);
+    if (have) return { g: have.g, isNew: false };
+    const o = tensorOffsets(this.layout[layer]!);
+    const g = this.gradPool.get(o.P)?.pop() ?? new Float32Array(o.P);
+    g.fill(0, Math.min(o.b1, o.b2));
     this.grads.set(key, { r, g });
-    return g;
+    return { g, isNew: true };
   }
 
   /** Reads experts (layer by layer) into the resident set while they fit in the budget: a warm cache. */
@@ -350,6 +366,10 @@ export class Ecss implements ExpertBank {
       const o = tensorOffsets(lay);
       const [F, C] = [lay.expertWidth, lay.width];
       const [gb1, gb2] = [lv.b1.grad!.data as Float32Array, lv.b2.grad!.data as Float32Array];
+      // A backward that did not reach the matrices left fresh buffers unwritten: they are zero.
+      const [p1, p2] = lv.parts;
+      for (const p of [p1, p2]) if (p.fresh) for (const g of p.grads!) g.fill(0);
+      p1.fresh = p2.fresh = false;
       lv.experts.forEach((e, i) => {
         const { g } = this.grads.get(this.key(lv.layer, e))!;
         const be = backendFor(g);
@@ -358,15 +378,6 @@ export class Ecss implements ExpertBank {
       });
     }
     this.leaves = [];
-  }
-
-  private gradBuffer(n: number): Float32Array {
-    const g = this.gradPool.get(n)?.pop();
-    if (g) {
-      g.fill(0);
-      return g;
-    }
-    return new Float32Array(n);
   }
 
   /**
