@@ -8,9 +8,11 @@
  * and then calls markCommitted(); a crash at any point therefore leaves the
  * newest complete checkpoint's records untouched (see format.ts).
  */
-import { mkdirSync, closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, writeSync, unlinkSync, existsSync } from "node:fs";
+import { mkdirSync, closeSync, fstatSync, fsyncSync, openSync, readdirSync, readSync, renameSync, writeSync, unlinkSync, existsSync } from "node:fs";
 import { dirname, basename, join } from "node:path";
 import { SigmaError } from "../util/errors.js";
+import { fsyncDir } from "../util/fs.js";
+import { processAlive } from "./lock.js";
 import {
   PAGE, RECORD_HEADER, checkRecord, decodeHeader, decodeIndex, encodeHeader, encodeIndex, payloadFloats, planLayout,
   recordNumber, recordOffset, sealRecord, totalExperts, type IndexEntry, type LayerLayout, type StoreHeader,
@@ -129,10 +131,32 @@ export class ExpertStoreFile {
     const { offset, generation } = this.beginWrite(layer, expert, step, rec.length);
     const crc = sealRecord(rec, layer, expert, generation, step, payloadFloats(this.layout(layer)));
     const half = rec.length >> 1;
-    pwriteFull(this.fd, rec.subarray(0, half), offset);
-    this.onHalfWritten?.(layer, expert);
-    pwriteFull(this.fd, rec.subarray(half), offset + half);
+    this.guard(`writing layer ${layer} expert ${expert}`, () => {
+      pwriteFull(this.fd, rec.subarray(0, half), offset);
+      this.onHalfWritten?.(layer, expert);
+      pwriteFull(this.fd, rec.subarray(half), offset + half);
+    });
     this.completeWrite(layer, expert, generation, crc);
+  }
+
+  /**
+   * Runs a write or fsync, turning an I/O error (a full disk most often: the
+   * file is sparse, so a write-back can be the first to need its blocks)
+   * into a SigmaError. No checkpoint is hurt: writes go to slots that the
+   * newest checkpoint's index does not name.
+   */
+  private guard(what: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (!code) throw e;
+      const full = code === "ENOSPC" || code === "EDQUOT";
+      throw new SigmaError(
+        `the expert store ${this.path}: ${what} failed: ${(e as Error).message}`,
+        `${full ? "the disk is full: free space" : "check the disk"}, then resume the run from its newest checkpoint (--resume), which this error leaves intact`,
+      );
+    }
   }
 
   /**
@@ -157,7 +181,7 @@ export class ExpertStoreFile {
   }
 
   sync(): void {
-    fsyncSync(this.fd);
+    this.guard("fsync", () => fsyncSync(this.fd));
   }
 
   /** The current index as bytes (what a checkpoint saves after flushing and sync()). */
@@ -185,7 +209,7 @@ export class ExpertStoreFile {
   /** Writes the current index into the file itself (after sync), so the file alone opens at this state. */
   writeOwnIndex(): void {
     this.sync();
-    pwriteFull(this.fd, this.currentIndex(), this.header.indexStart);
+    this.guard("writing its index", () => pwriteFull(this.fd, this.currentIndex(), this.header.indexStart));
     this.sync();
   }
 
@@ -208,9 +232,15 @@ export class StoreBuilder {
 
   constructor(readonly path: string, layers: LayerLayout[]) {
     this.header = planLayout(layers);
-    this.tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
+    const prefix = `.${basename(path)}.tmp-`;
+    this.tmp = join(dirname(path), `${prefix}${process.pid}`);
     this.fd = this.guard(() => {
       mkdirSync(dirname(path), { recursive: true });
+      // Half-built stores of builders that died (killed mid-init) before their rename.
+      for (const f of readdirSync(dirname(path))) {
+        const pid = f.startsWith(prefix) ? Number(f.slice(prefix.length)) : NaN;
+        if (Number.isInteger(pid) && pid !== process.pid && !processAlive(pid)) unlinkSync(join(dirname(path), f));
+      }
       return openSync(this.tmp, "w+");
     });
     this.guard(() => {
@@ -260,6 +290,7 @@ export class StoreBuilder {
       closeSync(this.fd);
       this.fd = -1;
       renameSync(this.tmp, this.path);
+      fsyncDir(dirname(this.path));
     });
     return ExpertStoreFile.open(this.path);
   }

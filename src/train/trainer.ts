@@ -13,6 +13,7 @@ import { deviceLoads, imbalanceScore, type LayerStats } from "../moe/routing.js"
 import * as ops from "../ops/index.js";
 import { AdamW, clipScale, gradSquares, type TouchedExperts } from "../optim/adamw.js";
 import { ExpertStoreFile } from "../store/file.js";
+import { lockStore } from "../store/lock.js";
 import { parseBytes } from "../store/format.js";
 import { join } from "node:path";
 import { Ecss, createModelWithStore, rreNeeds } from "./ecss.js";
@@ -61,6 +62,8 @@ export class Trainer {
   readonly ecss: Ecss | null = null;
   /** With RRE prefetch: the next step's batches, drawn one step early, and the loader state before them. */
   private ahead: { state: ReturnType<Loader["getState"]>; batches: Batch[] } | null = null;
+  /** Gives the store's lock back (src/store/lock.ts); a no-op without the store. */
+  private releaseStore: () => void = () => {};
   step = 0;
   tokens = 0;
   /** Seconds spent in training steps, carried across resumes. */
@@ -74,42 +77,55 @@ export class Trainer {
   constructor(readonly config: TrainConfig, model?: PanguSigma) {
     if (config.store.enabled) {
       const path = storePath(config);
-      let store: ExpertStoreFile;
-      if (model) {
-        if ([...model.namedParameters().values()].some((p) => p.group === "expert")) {
-          throw new SigmaError("this model holds its experts in RAM, but the config enables the expert store", "train without the store to a first checkpoint, then `sigma store convert --to store` it and resume");
+      this.releaseStore = lockStore(path);
+      try {
+        let store: ExpertStoreFile;
+        if (model) {
+          if ([...model.namedParameters().values()].some((p) => p.group === "expert")) {
+            throw new SigmaError("this model holds its experts in RAM, but the config enables the expert store", "train without the store to a first checkpoint, then `sigma store convert --to store` it and resume");
+          }
+          this.model = model;
+          store = ExpertStoreFile.open(path);
+        } else {
+          // A fresh run would replace the store, and with it what every checkpoint of the run that wrote it needs.
+          if (existsSync(path)) throw new SigmaError(`the expert store ${path} already exists`, "resume the run that owns it (--resume), or give this run another out or store.path");
+          ({ model: this.model, store } = createModelWithStore(config.model, path));
         }
-        this.model = model;
-        store = ExpertStoreFile.open(path);
-      } else {
-        // A fresh run would replace the store, and with it what every checkpoint of the run that wrote it needs.
-        if (existsSync(path)) throw new SigmaError(`the expert store ${path} already exists`, "resume the run that owns it (--resume), or give this run another out or store.path");
-        ({ model: this.model, store } = createModelWithStore(config.model, path));
+        const prefetch = config.store.prefetch && config.model.experts?.router.kind === "rre";
+        this.ecss = new Ecss(store, this.model, parseBytes(config.store.memory), prefetch);
+      } catch (e) {
+        this.releaseStore();
+        throw e;
       }
-      const prefetch = config.store.prefetch && config.model.experts?.router.kind === "rre";
-      this.ecss = new Ecss(store, this.model, parseBytes(config.store.memory), prefetch);
     } else {
       this.model = model ?? new PanguSigma(config.model);
     }
-    this.model.recompute = config.recompute;
-    const o = config.optim;
-    this.optimizer = new AdamW(this.model.namedParameters(), {
-      dense: { beta1: o.beta1, beta2: o.beta2, eps: o.denseEps, weightDecay: o.weightDecay },
-      expert: { beta1: o.beta1, beta2: o.beta2, eps: o.expertEps, weightDecay: o.weightDecay },
-      sparseExperts: o.sparseExperts,
-    });
-    this.schedule = scheduleOf(config);
-    this.loader = new Loader(config.data.dir, { split: "train", seqLen: config.model.seqLen, batchSize: config.batchSize, seed: config.seed, weights: config.data.weights });
-    const m = this.loader.manifest;
-    if (m.tokenizer.vocabSize !== config.model.vocabSize) {
-      throw new SigmaError(`model.vocabSize is ${config.model.vocabSize} but the data in ${config.data.dir} was tokenized with a vocabulary of ${m.tokenizer.vocabSize}`, `set model.vocabSize to ${m.tokenizer.vocabSize}`);
-    }
-    const names = config.model.domains.map((d) => d.name);
-    this.domainIndex = new Map();
-    for (const s of this.loader.streams) {
-      const i = names.indexOf(s.name);
-      if (i < 0) throw new SigmaError(`the data samples domain "${s.name}" but model.domains has only ${names.join(", ")}`, `add "${s.name}" to model.domains, or give it weight 0 in data.weights`);
-      this.domainIndex.set(s.id, i);
+    try {
+      this.model.recompute = config.recompute;
+      const o = config.optim;
+      this.optimizer = new AdamW(this.model.namedParameters(), {
+        dense: { beta1: o.beta1, beta2: o.beta2, eps: o.denseEps, weightDecay: o.weightDecay },
+        expert: { beta1: o.beta1, beta2: o.beta2, eps: o.expertEps, weightDecay: o.weightDecay },
+        sparseExperts: o.sparseExperts,
+      });
+      this.schedule = scheduleOf(config);
+      this.loader = new Loader(config.data.dir, { split: "train", seqLen: config.model.seqLen, batchSize: config.batchSize, seed: config.seed, weights: config.data.weights });
+      const m = this.loader.manifest;
+      if (m.tokenizer.vocabSize !== config.model.vocabSize) {
+        throw new SigmaError(`model.vocabSize is ${config.model.vocabSize} but the data in ${config.data.dir} was tokenized with a vocabulary of ${m.tokenizer.vocabSize}`, `set model.vocabSize to ${m.tokenizer.vocabSize}`);
+      }
+      const names = config.model.domains.map((d) => d.name);
+      this.domainIndex = new Map();
+      for (const s of this.loader.streams) {
+        const i = names.indexOf(s.name);
+        if (i < 0) throw new SigmaError(`the data samples domain "${s.name}" but model.domains has only ${names.join(", ")}`, `add "${s.name}" to model.domains, or give it weight 0 in data.weights`);
+        this.domainIndex.set(s.id, i);
+      }
+    } catch (e) {
+      // The store stays closed and unlocked for the next try.
+      this.ecss?.close();
+      this.releaseStore();
+      throw e;
     }
   }
 
@@ -226,6 +242,7 @@ export class Trainer {
     this.loader.close();
     this.evaluator?.close();
     this.ecss?.close();
+    this.releaseStore();
   }
 }
 
