@@ -33,6 +33,10 @@ test("sigma train --store, sigma store inspect and convert", async () => {
   assert.match(inspect, /verify: all 4 live records intact/);
   assert.match(inspect, /last run .*\n\s+resident: \d\/4 experts/);
   assert.match(inspect, /cache hit rate/);
+  // Without --ckpt the store's own index is read: it follows the newest checkpoint.
+  const own = await cli(["store", "inspect", store, "--verify"]);
+  assert.match(own, /per-expert steps: min \d+, max 4/);
+  assert.match(own, /verify: all 4 live records intact/);
   const conv = await cli(["store", "convert", "--from", join(out, "checkpoints"), "--to", "ram", "--out", join(root, "cli-ram")]);
   assert.match(conv, /wrote .*cli-ram\/step-00000004/);
   await assert.rejects(cli(["store", "convert", "--from", join(out, "checkpoints"), "--to", "disk", "--out", join(root, "x")]), sigmaError(/--to must be ram or store/));

@@ -126,7 +126,7 @@ export function register(program: Command): void {
   store
     .command("inspect <store>")
     .description("size, layout, per-expert step counts, and the last run's residency and hit rates")
-    .option("--ckpt <path>", "read the index of this checkpoint (default: the store's own)")
+    .option("--ckpt <path>", "read the index of this checkpoint (default: the store's own, which follows the newest checkpoint)")
     .option("--verify", "read and check every live record")
     .option("--json", "print JSON")
     .action((path: string, o: { ckpt?: string; verify?: boolean; json?: boolean }) => {

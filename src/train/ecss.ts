@@ -424,9 +424,15 @@ export class Ecss implements ExpertBank {
     return this.store.currentIndex();
   }
 
-  /** The checkpoint holding flush()'s index is durable. */
+  /**
+   * The checkpoint holding flush()'s index is durable. The store's own index
+   * then follows it, so the file alone (`sigma store inspect` without --ckpt)
+   * reads as of the newest checkpoint. A crash while it is written can leave
+   * it torn, which hurts nothing: resuming reads the checkpoint's copy.
+   */
   committed(): void {
     this.store.markCommitted();
+    this.store.writeOwnIndex();
   }
 
   /** Adopts a checkpoint's index (resume): nothing may be resident yet. */
