@@ -1,11 +1,12 @@
 /**
  * `npm run bench -- gemm`: our matmul as a fraction of this machine's FMA peak.
  * Validates against the reference backend first, measures the peak with 1 and
- * 2 threads, then times square products and the MoE shapes, and the grouped
- * expert product against one matmul of the same total size.
+ * 2 threads, then times square products and the MoE shapes, the grouped
+ * expert product against one matmul of the same total size, and the thin
+ * products (an expert's few tokens) against the memory read bandwidth.
  */
 import { referenceBackend } from "../src/backend/reference/index.js";
-import { fmaPeak, measureVsPeak, median, native, randomArray, table } from "./util.js";
+import { fmaPeak, measureVsPeak, median, native, randomArray, table, timeMs } from "./util.js";
 
 function validate(): void {
   const b = native(true);
@@ -91,5 +92,44 @@ export async function run(args: string[]): Promise<void> {
     }
   }
   console.log(table(["product", "threads", "grouped ms (median)", "single ms (median)", "grouped slower by"], grows));
+  thin(b);
   b.setThreads(2);
+}
+
+/**
+ * Thin products: an expert that got a few tokens (ECSS steps, small batches)
+ * and its weight gradient, a rank-few update. They are bound by streaming the
+ * weights (or writing the gradient), so the ceiling is this machine's memory
+ * read bandwidth, probed in the same run (sumSquares over 256 MiB). The
+ * weights rotate over 48 distinct 1 MiB matrices, so they come from memory,
+ * not from the last-level cache, as an expert's do. One thread (the grouped
+ * product gives each expert to one thread).
+ */
+function thin(b: ReturnType<typeof native>): void {
+  b.setThreads(1);
+  const big = randomArray(64 << 20, 9);
+  const bw = (big.byteLength / timeMs(() => b.sumSquares(big, big.length), 5)) / 1e6;
+  console.log(`\nThin products (1 thread), against this machine's memory read bandwidth: ${bw.toFixed(1)} GB/s (sumSquares over 256 MiB):\n`);
+  const F = 4096, C = 64, NW = 48;
+  const ws = Array.from({ length: NW }, (_, i) => randomArray(F * C, 20 + i));
+  const rows: (string | number)[][] = [];
+  const run = (label: string, bytes: number, one: (w: Float32Array) => void) => {
+    let i = 0;
+    const ms = timeMs(() => {
+      for (let r = 0; r < NW; r++) one(ws[i++ % NW]!);
+    }, 5) / NW;
+    rows.push([label, (ms * 1000).toFixed(1), (bytes / ms / 1e6).toFixed(1), `${((100 * bytes) / ms / 1e6 / bw).toFixed(0)}%`]);
+  };
+  for (const M of [1, 2, 4]) {
+    const x = randomArray(M * F, 3), y = new Float32Array(M * F);
+    run(`x[${M},${C}] · Wᵀ (W ${F}x${C})`, 4 * F * C, (w) => b.matmul(y, x, w, M, F, C, false, true, false));
+    run(`x[${M},${F}] · Wᵀ (W ${C}x${F})`, 4 * F * C, (w) => b.matmul(y, x, w, M, C, F, false, true, false));
+    run(`x[${M},${C}] · W (W ${C}x${F})`, 4 * F * C, (w) => b.matmul(y, x, w, M, F, C, false, false, false));
+  }
+  for (const R of [1, 2, 8]) {
+    const dy = randomArray(R * F, 4), x = randomArray(R * C, 5);
+    // dW [F,C] = dyᵀ·x, written (the step's first touch) — bytes are the gradient written.
+    run(`dW[${F},${C}] = dyᵀ·x over ${R} row(s)`, 4 * F * C, (dw) => b.matmul(dw, dy, x, F, C, R, true, false, false));
+  }
+  console.log(table(["product", "µs (median)", "GB/s of weights", "% of read bandwidth"], rows));
 }
