@@ -42,7 +42,8 @@ export function decodeModel(bytes: Uint8Array, source: string, opts: { externalE
   return modelFromTensors(tensors, metadata, source, opts.externalExperts ?? false);
 }
 
-function modelFromTensors(tensors: Map<string, StTensor>, metadata: Record<string, string>, path: string, externalExperts = false): PanguSigma {
+/** A model from decoded safetensors (tensors and metadata of a Sigma model file; `path` names it in errors). */
+export function modelFromTensors(tensors: Map<string, StTensor>, metadata: Record<string, string>, path: string, externalExperts = false): PanguSigma {
   if (metadata.format !== "sigma-model" || !metadata.config) {
     throw new SigmaError(`${path} is not a Sigma model file (no sigma-model metadata)`, "pass a file written by Sigma");
   }

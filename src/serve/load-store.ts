@@ -6,9 +6,9 @@
  */
 import { join } from "node:path";
 import type { LoadedFolder } from "../checkpoint/folder.js";
-import { decodeSafetensors, encodeSafetensors, type StArray } from "../checkpoint/safetensors.js";
+import { decodeSafetensors, type StTensor } from "../checkpoint/safetensors.js";
 import { parseModelConfig } from "../models/config.js";
-import { decodeModel } from "../models/io.js";
+import { modelFromTensors } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { ExpertStoreFile } from "../store/file.js";
 import { EXPERT_TENSORS, readStackedLayer } from "../store/stacked.js";
@@ -20,16 +20,16 @@ export function modelFromStoreCheckpoint(f: LoadedFolder): PanguSigma {
   const { tensors, metadata } = decodeSafetensors(f.read("model.safetensors"), source);
   const config = parseModelConfig(JSON.parse(metadata.config ?? "null"), `${source} (embedded config)`);
   const store = ExpertStoreFile.open(ref.path);
-  const all = new Map<string, { shape: number[]; data: StArray }>(tensors);
+  const all = new Map<string, StTensor>(tensors);
   try {
     if (store.header.storeId !== ref.storeId) throw new SigmaError(`${ref.path} is store ${store.header.storeId}, but ${f.path} was written with store ${ref.storeId}`, "run from the folder the run was started in, or convert the checkpoint with `sigma store convert --to ram --store PATH`");
     store.restore(f.read("experts.index"), join(f.path, "experts.index"));
     for (let l = 0; l < config.sparseLayers; l++) {
       const st = readStackedLayer(store, l, false);
-      for (const n of EXPERT_TENSORS) all.set(`blocks.${config.denseLayers + l}.moe.${n}`, { shape: st.shapes[n], data: st.params[n] });
+      for (const n of EXPERT_TENSORS) all.set(`blocks.${config.denseLayers + l}.moe.${n}`, { dtype: "F32", shape: st.shapes[n], data: st.params[n] });
     }
   } finally {
     store.close();
   }
-  return decodeModel(encodeSafetensors(all, metadata), source);
+  return modelFromTensors(all, metadata, source);
 }
