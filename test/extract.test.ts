@@ -9,6 +9,7 @@ import { expertUsage, extractByUsage, extractRre } from "../src/models/extract.j
 import { PanguSigma, type ModelInput } from "../src/models/pangu-sigma.js";
 import type { TopkRouter } from "../src/moe/router/topk.js";
 import { Rng } from "../src/util/rng.js";
+import { maxDiff } from "./compare.js";
 
 const V = 40;
 const DOMAINS = [
@@ -25,12 +26,6 @@ const model = (router: RouterConfig, extra: Partial<ModelConfigInput> = {}): Pan
 };
 const batch = (rng: Rng, d: number, B = 3, T = 8): ModelInput => ({ tokens: Int32Array.from({ length: B * T }, () => rng.int(V)), domains: new Int32Array(B).fill(d), B, T });
 const run = (m: PanguSigma, b: ModelInput) => noGrad(() => m.forward(b));
-const maxDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-};
-
 for (const [mode, extra] of [["sparse", { denseLayers: 0, sparseLayers: 3 }], ["mixed", {}]] as const) {
   test(`RRE sub-model of every domain gives the full model's logits on it (${mode})`, () => {
     const full = model({ kind: "rre", groups: 3, seed: 2 }, extra);

@@ -13,6 +13,7 @@ import { FeedForward } from "../src/nn/layers.js";
 import * as ops from "../src/ops/index.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import { Rng } from "../src/util/rng.js";
+import { maxDiff } from "./compare.js";
 
 const routers: Record<string, RouterConfig> = {
   rre: { kind: "rre", groups: 2, seed: 3 },
@@ -20,12 +21,6 @@ const routers: Record<string, RouterConfig> = {
   topk: { kind: "topk", k: 2, renormalize: true, auxLossCoef: 0.01, zLossCoef: 0.001, capacityFactor: null },
   "topk-capacity": { kind: "topk", k: 2, renormalize: false, auxLossCoef: 0.01, zLossCoef: 0, capacityFactor: 0.75 },
 };
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 const ctxFor = (R: number, V: number, rng: Rng, domains = 2) => ({
   tokenIds: Int32Array.from({ length: R }, () => rng.int(V)),

@@ -10,6 +10,7 @@ import { upcycle } from "../src/models/upcycle.js";
 import { newIdsOfOld, vocabMapping } from "../src/models/vocab-map.js";
 import { trainBpe, WordCounter } from "../src/tokenizer/trainer.js";
 import { Rng } from "../src/util/rng.js";
+import { maxDiff } from "./compare.js";
 
 const DOMAINS = [{ name: "en", slot: 0, group: 0 }, { name: "code", slot: 1, group: 1 }];
 const base = (V: number): ModelConfigInput => ({ vocabSize: V, width: 16, heads: 2, denseLayers: 3, sparseLayers: 0, seqLen: 8, ffnWidth: 24, domains: DOMAINS, embeddingSlots: 2, seed: 7 });
@@ -27,12 +28,6 @@ function randomDense(V: number, extra: Partial<ModelConfigInput> = {}): PanguSig
 function logits(m: PanguSigma, tokens: number[], domain: number): Float32Array {
   return noGrad(() => m.eval().forward({ tokens: Int32Array.from(tokens), domains: Int32Array.of(domain, domain), B: 2, T: tokens.length / 2 }).logits.data) as Float32Array;
 }
-
-const maxDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-};
 
 for (const [name, router] of Object.entries({
   rre: { kind: "rre", groups: 2, seed: 4 },
