@@ -132,8 +132,6 @@ void pack_b(float* dst, const float* b, int64_t ldb, bool trans, int64_t k0, int
   }
 }
 
-MicroKernel pick_kernel() { return use_avx2() ? ukernel_avx2 : ukernel_portable; }
-
 // One row of A (a decoding step: one token through a layer): a matrix-vector
 // product bound by reading B once, so no packing and no register tile —
 // a dot product per column when B is stored [N,K], a row-by-row axpy when [K,N].
@@ -261,7 +259,7 @@ void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, con
     sgemm_small_m(transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
     return;
   }
-  const MicroKernel ukr = pick_kernel();
+  const bool avx2 = use_avx2();
   PackBuffers& buf = tls_pack;
   const int64_t nc_max = std::min<int64_t>(kNC, ((N + kNR - 1) / kNR) * kNR);
   const int64_t mc_max = std::min<int64_t>(kMC, ((M + kMR - 1) / kMR) * kMR);
@@ -281,18 +279,21 @@ void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, con
         // rows in place (six contiguous streams; the block stays in L2).
         // Transposed A is packed: read in place its six values per k would be
         // one cache line per k, lda apart.
-        const bool direct = !transA && use_avx2();
-        if (!direct) pack_a(buf.a, a, lda, transA, ic, mc, pc, kc);
+        const bool in_place = !transA && avx2;
+        if (!in_place) pack_a(buf.a, a, lda, transA, ic, mc, pc, kc);
         for (int64_t jr = 0; jr < nc; jr += kNR) {
           const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
           const float* bp = buf.b + (jr / kNR) * kc * kNR;
           for (int64_t ir = 0; ir < mc; ir += kMR) {
             const int mr = static_cast<int>(std::min<int64_t>(kMR, mc - ir));
-            if (direct)
-              ukernel_avx2_direct(kc, a + (ic + ir) * lda + pc, lda, 1, bp, kNR, c + (ic + ir) * ldc + jc + jr, ldc, mr, nr,
-                                  acc, false);
+            float* ct = c + (ic + ir) * ldc + jc + jr;
+            const float* ap = buf.a + (ir / kMR) * kc * kMR;  // packed: MR values per k
+            if (in_place)
+              ukernel_avx2_direct(kc, a + (ic + ir) * lda + pc, lda, 1, bp, kNR, ct, ldc, mr, nr, acc, false);
+            else if (avx2)
+              ukernel_avx2_direct(kc, ap, 1, kMR, bp, kNR, ct, ldc, mr, nr, acc, false);
             else
-              ukr(kc, buf.a + (ir / kMR) * kc * kMR, bp, c + (ic + ir) * ldc + jc + jr, ldc, mr, nr, acc);
+              ukernel_portable(kc, ap, bp, ct, ldc, mr, nr, acc);
           }
         }
       }

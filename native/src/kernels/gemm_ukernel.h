@@ -10,14 +10,11 @@ constexpr int kNR = 16;  // columns of the register tile (two 8-float vectors)
 // C[kMR,kNR] (+)= Ap[kc,kMR]ᵀ · Bp[kc,kNR] where Ap holds kMR values per k and
 // Bp kNR values per k (packed, zero-padded). Writes only the top-left mr×nr
 // corner of C (edge tiles). accumulate: add into C instead of overwriting.
-using MicroKernel = void (*)(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int mr, int nr,
-                             bool accumulate);
-
+// The portable tile (any CPU); on AVX2 machines ukernel_avx2_direct takes
+// packed panels too.
 void ukernel_portable(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int mr, int nr,
                       bool accumulate);
-void ukernel_avx2(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int mr, int nr,
-                  bool accumulate);
-// The same 6×16 tile without packing either operand into panels:
+// The AVX2 tile, its operands read with strides, packed or in place:
 // A[i,k] = A[i·a_rs + k·a_ks] (so a packed A panel is a_rs = 1, a_ks = kMR, and
 // rows of a row-major matrix are a_rs = lda, a_ks = 1); B[k, 0..15] =
 // B[k·ldb + 0..15], all 16 columns readable. Rows i >= mr of A are not read.
