@@ -93,17 +93,14 @@ function child(v: Variant): ChildResult {
   t.ecss?.resetStats();
   const times: number[] = [];
   let touched = 0;
-  const t0 = performance.now();
   for (let s = 0; s < v.steps; s++) {
     const r = t.trainStep();
     times.push(r.seconds * 1000);
     touched += r.routing.reduce((a, l) => a + l.tokensPerExpert.filter((n) => n > 0).length, 0) / r.routing.length;
   }
-  const wall = (performance.now() - t0) / 1000;
   const stats = t.ecss?.stats() ?? null;
   t.close();
   rmSync(out, { recursive: true, force: true });
-  void wall;
   return { tokensPerSec: (W.B * W.T) / (median(times) / 1000), stepMs: median(times), maxRssMiB: process.resourceUsage().maxRSS / 1024, stats, touchedPerLayer: touched / v.steps };
 }
 
@@ -112,14 +109,10 @@ function child(v: Variant): ChildResult {
  * each one's median-throughput run: a noisy neighbour on the host then slows
  * every variant alike instead of the one that happened to run during it.
  */
-function interleaved(vs: (Variant | null)[], rounds: number): (ChildResult | null)[] {
+function interleaved(vs: Variant[], rounds: number): ChildResult[] {
   const runs: ChildResult[][] = vs.map(() => []);
-  for (let r = 0; r < rounds; r++) vs.forEach((v, i) => v && runs[i]!.push(spawnChild(v)));
-  return runs.map((rs) => {
-    if (rs.length === 0) return null;
-    const sorted = [...rs].sort((a, b) => a.tokensPerSec - b.tokensPerSec);
-    return sorted[Math.floor(sorted.length / 2)]!;
-  });
+  for (let r = 0; r < rounds; r++) vs.forEach((v, i) => runs[i]!.push(spawnChild(v)));
+  return runs.map((rs) => [...rs].sort((a, b) => a.tokensPerSec - b.tokensPerSec)[rs.length >> 1]!);
 }
 
 function spawnChild(v: Variant): ChildResult {
@@ -152,18 +145,17 @@ export async function run(args: string[]): Promise<void> {
     for (const E of [8, 32, 128]) {
       const base: Variant = { E, F, router: "rre", mode: "ordinary", steps };
       const state = expertState(base);
-      const [ordR, sram, allR, half] = interleaved([
+      const [ord, sram, all, half] = interleaved([
         base,
         { ...base, mode: "sparse-ram" },
         // Room for every expert, preloaded: no store I/O until a checkpoint.
         { ...base, mode: "store", budget: Math.ceil(state * 1.1) },
         // Half the expert state resident: steps read ahead and write back experts (LRU churn).
         { ...base, mode: "store", budget: Math.floor(state / 2) },
-      ], rounds);
-      const [ord, all] = [ordR!, allR!];
-      const x = (r: ChildResult | null) => (r ? `${(r.tokensPerSec / ord.tokensPerSec).toFixed(2)}×` : "-");
+      ], rounds) as [ChildResult, ChildResult, ChildResult, ChildResult];
+      const x = (r: ChildResult) => `${(r.tokensPerSec / ord.tokensPerSec).toFixed(2)}×`;
       if (E === 128) best = all.tokensPerSec / ord.tokensPerSec;
-      const reads = half ? ((half.stats!.prefetchRequested + half.stats!.io.reads) / steps).toFixed(1) : "-";
+      const reads = ((half.stats!.prefetchRequested + half.stats!.io.reads) / steps).toFixed(1);
       rows.push([E, formatBytes(state), ord.touchedPerLayer.toFixed(1), ord.tokensPerSec.toFixed(0), x(sram), x(all), x(half), reads]);
     }
     console.log(table(["E/layer", "expert state", "touched/layer", "ordinary tok/s", "sparse in RAM", "ECSS, all resident (preloaded)", "ECSS, half resident", "reads/step (half)"], rows));
@@ -179,8 +171,7 @@ export async function run(args: string[]): Promise<void> {
     const state = expertState(base);
     const budget = Math.floor(state / 4.5);
     console.log(`2. a model whose experts + Adam moments (${formatBytes(state)}) are ${(state / budget).toFixed(1)}× the expert-memory budget (${formatBytes(budget)}): E=256 per layer, F=256`);
-    const [ramR, stR] = interleaved([base, { ...base, mode: "store", budget }], rounds);
-    const [ram, st] = [ramR!, stR!];
+    const [ram, st] = interleaved([base, { ...base, mode: "store", budget }], rounds) as [ChildResult, ChildResult];
     const s = st.stats!;
     console.log(table(
       ["variant", "tokens/s", "step ms (median)", "peak RSS MiB", "touched/layer"],

@@ -16,7 +16,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { SigmaError } from "../util/errors.js";
-import { fsyncDir, writeFileSynced } from "../util/fs.js";
+import { diskFull, fsyncDir, writeFileSynced } from "../util/fs.js";
 
 export const STATE_FILE = "state.json";
 const STEP_DIR = /^step-(\d{8,})$/;
@@ -72,7 +72,7 @@ export function saveCheckpointFolder(
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
     const err = e as NodeJS.ErrnoException;
-    throw new SigmaError(`could not write checkpoint ${final}: ${err.message}`, err.code === "ENOSPC" ? "the disk is full: free space and retry; older checkpoints are untouched" : undefined);
+    throw new SigmaError(`could not write checkpoint ${final}: ${err.message}`, diskFull(err) ? "the disk is full: free space and retry; older checkpoints are untouched" : undefined);
   }
   return final;
 }

@@ -11,7 +11,7 @@
 import { mkdirSync, closeSync, fstatSync, fsyncSync, openSync, readdirSync, readSync, renameSync, writeSync, unlinkSync, existsSync } from "node:fs";
 import { dirname, basename, join } from "node:path";
 import { SigmaError } from "../util/errors.js";
-import { fsyncDir } from "../util/fs.js";
+import { diskFull, fsyncDir } from "../util/fs.js";
 import { processAlive } from "./lock.js";
 import {
   PAGE, RECORD_HEADER, checkRecord, decodeHeader, decodeIndex, encodeHeader, encodeIndex, payloadFloats, planLayout,
@@ -149,12 +149,10 @@ export class ExpertStoreFile {
     try {
       fn();
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (!code) throw e;
-      const full = code === "ENOSPC" || code === "EDQUOT";
+      if (!(e as NodeJS.ErrnoException).code) throw e;
       throw new SigmaError(
         `the expert store ${this.path}: ${what} failed: ${(e as Error).message}`,
-        `${full ? "the disk is full: free space" : "check the disk"}, then resume the run from its newest checkpoint (--resume), which this error leaves intact`,
+        `${diskFull(e) ? "the disk is full: free space" : "check the disk"}, then resume the run from its newest checkpoint (--resume), which this error leaves intact`,
       );
     }
   }
@@ -257,8 +255,7 @@ export class StoreBuilder {
       if (this.fd !== undefined && this.fd >= 0) closeSync(this.fd);
       this.fd = -1;
       if (existsSync(this.tmp)) unlinkSync(this.tmp);
-      const code = (e as NodeJS.ErrnoException).code;
-      throw new SigmaError(`could not create the expert store ${this.path}: ${(e as Error).message}`, code === "ENOSPC" ? "the disk is full: free space or put the store elsewhere (store.path)" : "check that the folder exists and is writable");
+      throw new SigmaError(`could not create the expert store ${this.path}: ${(e as Error).message}`, diskFull(e) ? "the disk is full: free space or put the store elsewhere (store.path)" : "check that the folder exists and is writable");
     }
   }
 

@@ -80,8 +80,8 @@ export class Ecss implements ExpertBank {
   private leaves: Leaves[] = [];
   /**
    * The gradients of the experts touched this step, by record key: one
-   * buffer per expert ([w1 | w2 | b1 | b2], as in its record), zeroed when the
-   * step first touches it and accumulated over micro-batches.
+   * buffer per expert ([w1 | w2 | b1 | b2], as in its record), written on the
+   * step's first touch (see gradOf) and accumulated over later micro-batches.
    */
   private readonly grads = new Map<number, { r: Resident; g: Float32Array }>();
   /**
@@ -284,7 +284,7 @@ export class Ecss implements ExpertBank {
     // writes the matrices' gradients outright. Otherwise the new buffers start at
     // zero and every gradient is added.
     w1.fresh = w2.fresh = fresh.length === U;
-    if (!w1.fresh) for (const g of fresh) g.fill(0, 0, 2 * FC);
+    if (!w1.fresh) for (const g of fresh) g.fill(0, 0, o.decayed);
     [b1, b2].forEach((t, i) => {
       t.requiresGrad = true;
       t.grad = new Tensor(sc.g[i]!, t.shape);
@@ -296,8 +296,8 @@ export class Ecss implements ExpertBank {
 
   /**
    * The step's gradient buffer of an expert. isNew: the step's first touch —
-   * its biases' part is zeroed, its matrices' part ([w1 | w2], first) is not:
-   * the caller writes or zeroes it.
+   * its biases' part is zeroed, its matrices' part (the first o.decayed
+   * values, [w1 | w2]) is not: the caller writes or zeroes it.
    */
   private gradOf(layer: number, expert: number, r: Resident): { g: Float32Array; isNew: boolean } {
     const key = this.key(layer, expert);
@@ -305,7 +305,7 @@ export class Ecss implements ExpertBank {
     if (have) return { g: have.g, isNew: false };
     const o = tensorOffsets(this.layout[layer]!);
     const g = this.gradPool.get(o.P)?.pop() ?? new Float32Array(o.P);
-    g.fill(0, Math.min(o.b1, o.b2));
+    g.fill(0, o.decayed);
     this.grads.set(key, { r, g });
     return { g, isNew: true };
   }

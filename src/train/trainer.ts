@@ -75,10 +75,10 @@ export class Trainer {
    * and opens the existing store, whose index the checkpoint then restores.
    */
   constructor(readonly config: TrainConfig, model?: PanguSigma) {
-    if (config.store.enabled) {
-      const path = storePath(config);
-      this.releaseStore = lockStore(path);
-      try {
+    try {
+      if (config.store.enabled) {
+        const path = storePath(config);
+        this.releaseStore = lockStore(path);
         let store: ExpertStoreFile;
         if (model) {
           if ([...model.namedParameters().values()].some((p) => p.group === "expert")) {
@@ -93,14 +93,9 @@ export class Trainer {
         }
         const prefetch = config.store.prefetch && config.model.experts?.router.kind === "rre";
         this.ecss = new Ecss(store, this.model, parseBytes(config.store.memory), prefetch);
-      } catch (e) {
-        this.releaseStore();
-        throw e;
+      } else {
+        this.model = model ?? new PanguSigma(config.model);
       }
-    } else {
-      this.model = model ?? new PanguSigma(config.model);
-    }
-    try {
       this.model.recompute = config.recompute;
       const o = config.optim;
       this.optimizer = new AdamW(this.model.namedParameters(), {

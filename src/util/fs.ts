@@ -3,6 +3,9 @@ import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } fro
 import { basename, dirname, join } from "node:path";
 import { SigmaError } from "./errors.js";
 
+/** Whether an I/O error means the disk (or the user's quota) is full. */
+export const diskFull = (e: unknown): boolean => ["ENOSPC", "EDQUOT"].includes((e as NodeJS.ErrnoException).code ?? "");
+
 /** Writes `data` to `path` (created or truncated) and fsyncs it before returning. */
 export function writeFileSynced(path: string, data: Uint8Array | string): void {
   const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
@@ -44,7 +47,7 @@ export function writeFileAtomic(path: string, data: Uint8Array | string): void {
       /* the temporary file may not exist */
     }
     const err = e as NodeJS.ErrnoException;
-    const hint = err.code === "ENOSPC" ? "the disk is full: free some space and retry; the previous file is untouched" : undefined;
+    const hint = diskFull(err) ? "the disk is full: free some space and retry; the previous file is untouched" : undefined;
     throw new SigmaError(`could not write ${path}: ${err.message}`, hint);
   }
   fsyncDir(dirname(path));
