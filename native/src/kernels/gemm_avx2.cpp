@@ -7,6 +7,7 @@
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "gemm_ukernel.h"
@@ -128,6 +129,26 @@ inline void transpose8x8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 }  // namespace
+
+void add_transposed_avx2(float* c, int64_t ldc, const float* t, int64_t rows, int64_t cols, bool accumulate) {
+  int64_t i0 = 0;
+  for (; i0 + 8 <= rows; i0 += 8)
+    for (int64_t j0 = 0; j0 < cols; j0 += 8) {
+      __m256 r[8];
+      for (int u = 0; u < 8; ++u) r[u] = _mm256_loadu_ps(t + (i0 + u) * kNR + j0);
+      transpose8x8(r);
+      const int64_t n = std::min<int64_t>(8, cols - j0);
+      for (int64_t u = 0; u < n; ++u) {
+        float* dst = c + (j0 + u) * ldc + i0;
+        _mm256_storeu_ps(dst, accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), r[u]) : r[u]);
+      }
+    }
+  for (int64_t j = 0; j < cols; ++j)
+    for (int64_t i = i0; i < rows; ++i) {
+      float& dst = c[j * ldc + i];
+      dst = accumulate ? dst + t[i * kNR + j] : t[i * kNR + j];
+    }
+}
 
 void pack_b_trans_avx2(float* dst, const float* b, int64_t ldb, int64_t kc) {
   int64_t k = 0;

@@ -25,6 +25,9 @@ double fma_chains_avx2(int64_t iters);
 // Packs a full 16-column panel of a transposed B (16 rows of b, ldb apart,
 // k = 0..kc-1 each) into dst[kc][16] with 8×8 in-register transposes. dst is 32-byte aligned.
 void pack_b_trans_avx2(float* dst, const float* b, int64_t ldb, int64_t kc);
+// C[j·ldc + i] (+)= t[i·16 + j] for i < rows, j < cols ≤ 16: a block of Cᵀ
+// computed into a [rows][16] scratch, added into C, 8×8 blocks at a time.
+void add_transposed_avx2(float* c, int64_t ldc, const float* t, int64_t rows, int64_t cols, bool accumulate);
 // Packs one full MR-row panel of a row-major A (rows lda apart, k = 0..kc-1)
 // into dst[kc][6] with in-register transposes. Writes two floats past
 // dst[kc·6 − 1] (zeros), so the buffer needs that slack.
