@@ -275,7 +275,7 @@ export class Ecss implements ExpertBank {
       w2.data.push(p.subarray(o.w2, o.w2 + FC));
       b1.data.set(p.subarray(o.b1, o.b1 + F), i * F);
       b2.data.set(p.subarray(o.b2, o.b2 + C), i * C);
-      const { g, isNew } = this.gradOf(layer, e, r);
+      const { g, isNew } = this.gradOf(layer, e, r, o);
       if (isNew) fresh.push(g);
       w1.grads!.push(g.subarray(o.w1, o.w1 + FC));
       w2.grads!.push(g.subarray(o.w2, o.w2 + FC));
@@ -299,11 +299,10 @@ export class Ecss implements ExpertBank {
    * its biases' part is zeroed, its matrices' part (the first o.decayed
    * values, [w1 | w2]) is not: the caller writes or zeroes it.
    */
-  private gradOf(layer: number, expert: number, r: Resident): { g: Float32Array; isNew: boolean } {
+  private gradOf(layer: number, expert: number, r: Resident, o: { decayed: number; P: number }): { g: Float32Array; isNew: boolean } {
     const key = this.key(layer, expert);
     const have = this.grads.get(key);
     if (have) return { g: have.g, isNew: false };
-    const o = tensorOffsets(this.layout[layer]!);
     const g = this.gradPool.get(o.P)?.pop() ?? new Float32Array(o.P);
     g.fill(0, o.decayed);
     this.grads.set(key, { r, g });

@@ -192,7 +192,7 @@ void sgemm_small_m(bool transA, bool transB, int64_t M, int64_t N, int64_t K, co
           for (int64_t n0 = 0; n0 < nb; n0 += kMR) {
             const int mr = static_cast<int>(std::min<int64_t>(kMR, nb - n0));
             ukernel_avx2_direct(kc, b + (nb0 + n0) * ldb + pc, ldb, 1, panel, kNR, scratch + n0 * kNR, kNR, mr, kNR,
-                                false, false);
+                                false);
           }
           add_transposed_avx2(c + m0 * ldc + nb0, ldc, scratch, nb, std::min<int64_t>(kNR, M - m0), acc);
         }
@@ -216,7 +216,7 @@ void sgemm_small_m(bool transA, bool transB, int64_t M, int64_t N, int64_t K, co
               __builtin_prefetch(b + (pc + next / lines) * ldb + jn + (next % lines) * 16, 0, 2);
             const int mr = static_cast<int>(std::min<int64_t>(kMR, M - i0));
             ukernel_avx2_direct(kc, buf.a + (i0 / kMR) * kc * kMR, 1, kMR, bp, kNR, c + i0 * ldc + jc + jr, ldc, mr,
-                                nr, acc, false);
+                                nr, acc);
           }
         }
       }
@@ -284,9 +284,9 @@ void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, con
             float* ct = c + (ic + ir) * ldc + jc + jr;
             const float* ap = buf.a + (ir / kMR) * kc * kMR;  // packed: MR values per k
             if (in_place)
-              ukernel_avx2_direct(kc, a + (ic + ir) * lda + pc, lda, 1, bp, kNR, ct, ldc, mr, nr, acc, false);
+              ukernel_avx2_direct(kc, a + (ic + ir) * lda + pc, lda, 1, bp, kNR, ct, ldc, mr, nr, acc);
             else if (avx2)
-              ukernel_avx2_direct(kc, ap, 1, kMR, bp, kNR, ct, ldc, mr, nr, acc, false);
+              ukernel_avx2_direct(kc, ap, 1, kMR, bp, kNR, ct, ldc, mr, nr, acc);
             else
               ukernel_portable(kc, ap, bp, ct, ldc, mr, nr, acc);
           }

@@ -18,9 +18,8 @@ void ukernel_portable(int64_t kc, const float* Ap, const float* Bp, float* C, in
 // A[i,k] = A[i·a_rs + k·a_ks] (so a packed A panel is a_rs = 1, a_ks = kMR, and
 // rows of a row-major matrix are a_rs = lda, a_ks = 1); B[k, 0..15] =
 // B[k·ldb + 0..15], all 16 columns readable. Rows i >= mr of A are not read.
-// transC: the tile is written transposed, C[j·ldc + i] (+)= tile[i][j].
 void ukernel_avx2_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
-                         float* C, int64_t ldc, int mr, int nr, bool accumulate, bool transC);
+                         float* C, int64_t ldc, int mr, int nr, bool accumulate);
 double fma_chains_avx2(int64_t iters);
 // Packs a full 16-column panel of a transposed B (16 rows of b, ldb apart,
 // k = 0..kc-1 each) into dst[kc][16] with 8×8 in-register transposes. dst is 32-byte aligned.
