@@ -167,7 +167,10 @@ void sgemv_row(bool transA, bool transB, int64_t N, int64_t K, const float* a, i
 //    8 experts × 64 rows, 1 and 2 threads (interleaved A/B).
 //  - B stored [K,N]: A is packed once per k block and reused across small B
 //    blocks (KC × 128, 256 KiB in L2); the next block's source is prefetched
-//    while this one computes, so packing reads L2 instead of memory.
+//    while this one computes. Measured in place (rdtsc around the packing, 8
+//    experts × 64 rows): about 13 cycles per 64-byte line packed this way,
+//    29 without the prefetch, 5.5 when the block is packed a second time
+//    (all of it in L2), against 64 cycles of FMAs per line at full rate.
 constexpr int64_t kNCSmall = 128;  // columns per B block ([K,N] case)
 constexpr int64_t kNBSmall = 96;   // rows of B per scratch block ([N,K] case), a multiple of kMR
 
@@ -207,13 +210,18 @@ void sgemm_small_m(bool transA, bool transB, int64_t M, int64_t N, int64_t K, co
         const int64_t jn = jc + kNCSmall, nn = std::min(kNCSmall, N - jn);
         const int64_t lines = nn > 0 ? (nn * 4 + 63) / 64 : 0, total = kc * lines;
         const int64_t per_call = (total + calls - 1) / calls;
-        int64_t next = 0;
+        // The cursor walks the next block row by row (no division per line:
+        // the divide-per-prefetch form took 6% of the grouped x·W[e] profile).
+        int64_t next = 0, line = 0;
+        const float* row = b + pc * ldb + jn;
         for (int64_t jr = 0; jr < nc; jr += kNR) {
           const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
           const float* bp = buf.b + (jr / kNR) * kc * kNR;
           for (int64_t i0 = 0; i0 < M; i0 += kMR) {
-            for (int64_t e = std::min(total, next + per_call); next < e; ++next)
-              __builtin_prefetch(b + (pc + next / lines) * ldb + jn + (next % lines) * 16, 0, 2);
+            for (int64_t e = std::min(total, next + per_call); next < e; ++next) {
+              __builtin_prefetch(row + line * 16, 0, 2);
+              if (++line == lines) line = 0, row += ldb;
+            }
             const int mr = static_cast<int>(std::min<int64_t>(kMR, M - i0));
             ukernel_avx2_direct(kc, buf.a + (i0 / kMR) * kc * kMR, 1, kMR, bp, kNR, c + i0 * ldc + jc + jr, ldc, mr,
                                 nr, acc);
