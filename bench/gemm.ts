@@ -78,21 +78,18 @@ export async function run(args: string[]): Promise<void> {
       for (const t of threadsList) {
         b.setThreads(t);
         const gs: number[] = [], ms: number[] = [];
-        b.groupedMatmul(y, x, w, offsets, E, N, K, tw, false);
-        b.matmul(y, x, single, R, N, K, false, tw, false);
-        const grouped = () => {
+        const grouped = () => b.groupedMatmul(y, x, w, offsets, E, N, K, tw, false);
+        const one = () => b.matmul(y, x, single, R, N, K, false, tw, false);
+        const timed = (f: () => void, into: number[]) => {
           const t0 = performance.now();
-          b.groupedMatmul(y, x, w, offsets, E, N, K, tw, false);
-          gs.push(performance.now() - t0);
+          f();
+          into.push(performance.now() - t0);
         };
-        const one = () => {
-          const t0 = performance.now();
-          b.matmul(y, x, single, R, N, K, false, tw, false);
-          ms.push(performance.now() - t0);
-        };
+        grouped();
+        one();
         for (let r = 0; r < 31; r++) {
-          if (r % 2) (one(), grouped());
-          else (grouped(), one());
+          if (r % 2) timed(one, ms), timed(grouped, gs);
+          else timed(grouped, gs), timed(one, ms);
         }
         const ratio = median(gs.map((g, r) => g / ms[r]!));
         const label = tw ? `x[${R},${K}] · W[e]ᵀ (${N}x${K})` : `x[${R},${K}] · W[e] (${K}x${N})`;
