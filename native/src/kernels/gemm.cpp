@@ -132,6 +132,32 @@ void pack_b(float* dst, const float* b, int64_t ldb, bool trans, int64_t k0, int
   }
 }
 
+// Packs op(A)[0:M, 0:K] in groups of six k for gemm_small_m_kn_avx2:
+// dst[g][m][i] = op(A)[m, 6g + i], zero past K.
+void pack_a_kgroups(float* dst, const float* a, int64_t lda, bool trans, int64_t M, int64_t K) {
+  const int64_t full = K / 6, rest = K - full * 6, groups = (K + 5) / 6;
+  if (!trans) {
+    // Row by row: A's rows are read in order, each group's six values land M·6 floats apart.
+    for (int64_t m = 0; m < M; ++m) {
+      const float* src = a + m * lda;
+      for (int64_t g = 0; g < full; ++g) std::memcpy(dst + (g * M + m) * 6, src + g * 6, 6 * sizeof(float));
+      if (rest) {
+        float* d = dst + (full * M + m) * 6;
+        for (int i = 0; i < 6; ++i) d[i] = i < rest ? src[full * 6 + i] : 0.f;
+      }
+    }
+    return;
+  }
+  // A stored [K,M]: row k holds op(A)[·, k] for every m.
+  for (int64_t k = 0; k < groups * 6; ++k) {
+    float* d = dst + (k / 6) * M * 6 + k % 6;
+    if (k < K)
+      for (int64_t m = 0; m < M; ++m) d[m * 6] = a[k * lda + m];
+    else
+      for (int64_t m = 0; m < M; ++m) d[m * 6] = 0.f;
+  }
+}
+
 // One row of A (a decoding step: one token through a layer): a matrix-vector
 // product bound by reading B once, so no packing and no register tile —
 // a dot product per column when B is stored [N,K], a row-by-row axpy when [K,N].
@@ -165,68 +191,46 @@ void sgemv_row(bool transA, bool transB, int64_t N, int64_t K, const float* a, i
 //    (writing C transposed tile by tile would hit rows ldc apart in one L1 set),
 //    in 8×8 register transposes: 2–5% less time than element by element on
 //    8 experts × 64 rows, 1 and 2 threads (interleaved A/B).
-//  - B stored [K,N]: A is packed once per k block and reused across small B
-//    blocks (KC × 128, 256 KiB in L2); the next block's source is prefetched
-//    while this one computes. Measured in place (rdtsc around the packing, 8
-//    experts × 64 rows): about 13 cycles per 64-byte line packed this way,
-//    29 without the prefetch, 5.5 when the block is packed a second time
-//    (all of it in L2), against 64 cycles of FMAs per line at full rate.
-constexpr int64_t kNCSmall = 128;  // columns per B block ([K,N] case)
+//  - B stored [K,N] (dx = dy·W[e], the expert backward): B is not packed
+//    either. gemm_small_m_kn_avx2 keeps six rows × 16 columns of B in
+//    registers while every row of C takes them; op(A) is packed in groups of
+//    six k. Packing B instead cost about 13 cycles per 64-byte line in place
+//    (rdtsc), against 64 cycles of FMAs per line for 64 rows; with 8 experts
+//    × 64 rows this path takes 8–15 points off the grouped product's time
+//    relative to one 512-row matmul, and 25–45% off single products of 5–33
+//    rows (interleaved A/B of the two builds).
 constexpr int64_t kNBSmall = 96;   // rows of B per scratch block ([N,K] case), a multiple of kMR
 
 void sgemm_small_m(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
                    const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
   PackBuffers& buf = tls_pack;
+  if (!transB) {
+    buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>((K + 5) / 6 * 6 * M));
+    buf.b = PackBuffers::grow(buf.b, buf.b_cap, static_cast<size_t>(M * 16));
+    pack_a_kgroups(buf.a, a, lda, transA, M, K);
+    gemm_small_m_kn_avx2(M, N, K, buf.a, b, ldb, c, ldc, accumulate, buf.b);
+    return;
+  }
   const int64_t kc_max = std::min<int64_t>(kKC, K);
-  // op(A) packed as MR-row panels ([K,N] case) or as NR-column panels of op(A)ᵀ ([N,K] case).
-  const int64_t m_pad = std::max((M + kNR - 1) / kNR * kNR, (M + kMR - 1) / kMR * kMR);
-  buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>(kc_max * m_pad + kPackSlack));
-  buf.b = PackBuffers::grow(buf.b, buf.b_cap, static_cast<size_t>(std::max(kc_max * kNCSmall, kNBSmall * kNR)));
+  // op(A)ᵀ packed as NR-column panels.
+  const int64_t m_pad = (M + kNR - 1) / kNR * kNR;
+  buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>(kc_max * m_pad));
+  buf.b = PackBuffers::grow(buf.b, buf.b_cap, static_cast<size_t>(kNBSmall * kNR));
   for (int64_t pc = 0; pc < K; pc += kKC) {
     const int64_t kc = std::min(kKC, K - pc);
     const bool acc = accumulate || pc > 0;
-    if (transB) {
-      pack_b(buf.a, a, lda, !transA, pc, kc, 0, M);  // op(A)ᵀ[k, m]: a stored [M,K] is a "transposed B"
-      float* scratch = buf.b;                         // [kNBSmall, 16]: a block of Cᵀ
-      for (int64_t nb0 = 0; nb0 < N; nb0 += kNBSmall) {
-        const int64_t nb = std::min(kNBSmall, N - nb0);
-        for (int64_t m0 = 0; m0 < M; m0 += kNR) {
-          const float* panel = buf.a + (m0 / kNR) * kc * kNR;
-          for (int64_t n0 = 0; n0 < nb; n0 += kMR) {
-            const int mr = static_cast<int>(std::min<int64_t>(kMR, nb - n0));
-            ukernel_avx2_direct(kc, b + (nb0 + n0) * ldb + pc, ldb, 1, panel, kNR, scratch + n0 * kNR, kNR, mr, kNR,
-                                false);
-          }
-          add_transposed_avx2(c + m0 * ldc + nb0, ldc, scratch, nb, std::min<int64_t>(kNR, M - m0), acc);
+    pack_b(buf.a, a, lda, !transA, pc, kc, 0, M);  // op(A)ᵀ[k, m]: a stored [M,K] is a "transposed B"
+    float* scratch = buf.b;                         // [kNBSmall, 16]: a block of Cᵀ
+    for (int64_t nb0 = 0; nb0 < N; nb0 += kNBSmall) {
+      const int64_t nb = std::min(kNBSmall, N - nb0);
+      for (int64_t m0 = 0; m0 < M; m0 += kNR) {
+        const float* panel = buf.a + (m0 / kNR) * kc * kNR;
+        for (int64_t n0 = 0; n0 < nb; n0 += kMR) {
+          const int mr = static_cast<int>(std::min<int64_t>(kMR, nb - n0));
+          ukernel_avx2_direct(kc, b + (nb0 + n0) * ldb + pc, ldb, 1, panel, kNR, scratch + n0 * kNR, kNR, mr, kNR,
+                              false);
         }
-      }
-    } else {
-      pack_a(buf.a, a, lda, transA, 0, M, pc, kc);
-      const int64_t calls = (M + kMR - 1) / kMR * (kNCSmall / kNR);
-      for (int64_t jc = 0; jc < N; jc += kNCSmall) {
-        const int64_t nc = std::min(kNCSmall, N - jc);
-        pack_b(buf.b, b, ldb, false, pc, kc, jc, nc);
-        // Prefetch the next block's rows (kc rows of up to 128 floats), a share per micro-kernel call.
-        const int64_t jn = jc + kNCSmall, nn = std::min(kNCSmall, N - jn);
-        const int64_t lines = nn > 0 ? (nn * 4 + 63) / 64 : 0, total = kc * lines;
-        const int64_t per_call = (total + calls - 1) / calls;
-        // The cursor walks the next block row by row (no division per line:
-        // the divide-per-prefetch form took 6% of the grouped x·W[e] profile).
-        int64_t next = 0, line = 0;
-        const float* row = b + pc * ldb + jn;
-        for (int64_t jr = 0; jr < nc; jr += kNR) {
-          const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
-          const float* bp = buf.b + (jr / kNR) * kc * kNR;
-          for (int64_t i0 = 0; i0 < M; i0 += kMR) {
-            for (int64_t e = std::min(total, next + per_call); next < e; ++next) {
-              __builtin_prefetch(row + line * 16, 0, 2);
-              if (++line == lines) line = 0, row += ldb;
-            }
-            const int mr = static_cast<int>(std::min<int64_t>(kMR, M - i0));
-            ukernel_avx2_direct(kc, buf.a + (i0 / kMR) * kc * kMR, 1, kMR, bp, kNR, c + i0 * ldc + jc + jr, ldc, mr,
-                                nr, acc);
-          }
-        }
+        add_transposed_avx2(c + m0 * ldc + nb0, ldc, scratch, nb, std::min<int64_t>(kNR, M - m0), acc);
       }
     }
   }

@@ -42,4 +42,10 @@ void gemm_thin_rows_bt_avx2(int64_t M, int64_t N, int64_t K, const float* a, int
 void gemm_thin_axpy_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_ks, const float* b,
                          int64_t ldb, float* c, int64_t ldc, bool accumulate);
 
+// C[M,N] (+)= op(A)·B[K,N] for few rows of op(A) (gemm_small_m_avx2.cpp): B is
+// read once, in place. ap holds op(A) in groups of six k: ap[g][m][i] =
+// op(A)[m, 6g + i], zero past K. t is scratch for M×16 floats, 32-byte aligned.
+void gemm_small_m_kn_avx2(int64_t M, int64_t N, int64_t K, const float* ap, const float* b, int64_t ldb, float* c,
+                          int64_t ldc, bool accumulate, float* t);
+
 }  // namespace sigma
