@@ -19,20 +19,12 @@
 #include <cstdint>
 
 #include "gemm_ukernel.h"
+#include "lanes_avx2.h"
 
 namespace sigma {
 namespace {
 
 constexpr int kGroup = 6;  // rows of B per register block (12 ymm)
-
-// Lanes [from, to) of an 8-lane vector set (bounds clamped to 0..8).
-inline __m256i lanes(int64_t from, int64_t to) {
-  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i f = _mm256_set1_epi32(static_cast<int>(std::clamp<int64_t>(from, 0, 8)));
-  const __m256i t = _mm256_set1_epi32(static_cast<int>(std::clamp<int64_t>(to, 0, 8)));
-  // from <= idx < to
-  return _mm256_andnot_si256(_mm256_cmpgt_epi32(f, idx), _mm256_cmpgt_epi32(t, idx));
-}
 
 // A strip of up to 16 columns of C (and B): lane j is column lo + j for
 // j < split and column hi + j for split <= j < 16. Three kinds:
@@ -40,11 +32,12 @@ inline __m256i lanes(int64_t from, int64_t to) {
 //  - split: lanes below split from lo = 0, the rest from hi = N − 16 (both
 //    ranges inside the row, so both halves load unmasked and are blended);
 //  - narrow: the last width < 16 columns of a row (masked loads and stores).
+enum StripKind { kPlain, kSplit, kNarrow };
+
 struct Strip {
   int64_t lo, hi;
   int split, width;
-  bool plain() const { return split == 16 && width == 16; }
-  bool narrow() const { return width < 16; }
+  StripKind kind() const { return width < 16 ? kNarrow : split < 16 ? kSplit : kPlain; }
 };
 
 // Per 8-lane half: lanes taken from hi (split strips), lanes that exist (narrow strips).
@@ -59,8 +52,6 @@ struct StripMasks {
   }
 };
 
-enum StripKind { kPlain, kSplit, kNarrow };
-
 template <StripKind Kind>
 inline __m256 load_half(const float* row, const Strip& s, const StripMasks& mk, int h) {
   if (Kind == kPlain) return _mm256_loadu_ps(row + s.lo + 8 * h);
@@ -68,12 +59,13 @@ inline __m256 load_half(const float* row, const Strip& s, const StripMasks& mk, 
   return _mm256_blendv_ps(_mm256_loadu_ps(row + s.lo + 8 * h), _mm256_loadu_ps(row + s.hi + 8 * h), mk.from_hi[h]);
 }
 
+template <StripKind Kind>
 inline void store_half(float* row, const Strip& s, const StripMasks& mk, int h, __m256 v, bool accumulate) {
   float* p = row + s.lo + 8 * h;
-  if (s.plain()) {
+  if (Kind == kPlain) {
     if (accumulate) v = _mm256_add_ps(v, _mm256_loadu_ps(p));
     _mm256_storeu_ps(p, v);
-  } else if (s.narrow()) {
+  } else if (Kind == kNarrow) {
     if (accumulate) v = _mm256_add_ps(v, _mm256_maskload_ps(p, mk.valid[h]));
     _mm256_maskstore_ps(p, mk.valid[h], v);
   } else {
@@ -101,7 +93,7 @@ inline void prefetch_rows(const float* b, int64_t ldb, int64_t K, int64_t r, con
     const float* r0 = b + row * ldb;
     _mm_prefetch(reinterpret_cast<const char*>(r0 + st->lo), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(r0 + st->lo + st->width - 1), _MM_HINT_T0);
-    if (!st->plain() && !st->narrow()) {
+    if (st->kind() == kSplit) {
       _mm_prefetch(reinterpret_cast<const char*>(r0 + st->hi), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(r0 + st->hi + 15), _MM_HINT_T0);
     }
@@ -142,8 +134,8 @@ void strip_product(int64_t M, int64_t K, const float* ap, const float* b, int64_
     }
   }
   for (int64_t m = 0; m < M; ++m) {
-    store_half(c + m * ldc, s, mk, 0, _mm256_load_ps(t + m * 16), accumulate);
-    store_half(c + m * ldc, s, mk, 1, _mm256_load_ps(t + m * 16 + 8), accumulate);
+    store_half<Kind>(c + m * ldc, s, mk, 0, _mm256_load_ps(t + m * 16), accumulate);
+    store_half<Kind>(c + m * ldc, s, mk, 1, _mm256_load_ps(t + m * 16 + 8), accumulate);
   }
 }
 
@@ -169,9 +161,11 @@ void gemm_small_m_kn_avx2(int64_t M, int64_t N, int64_t K, const float* ap, cons
     const Strip s = strip_at(i);
     const Strip nx = i + 1 < strips ? strip_at(i + 1) : s;
     const Strip* next = i + 1 < strips ? &nx : nullptr;
-    if (s.plain()) strip_product<kPlain>(M, K, ap, b, ldb, c, ldc, s, next, t, accumulate);
-    else if (s.narrow()) strip_product<kNarrow>(M, K, ap, b, ldb, c, ldc, s, next, t, accumulate);
-    else strip_product<kSplit>(M, K, ap, b, ldb, c, ldc, s, next, t, accumulate);
+    switch (s.kind()) {
+      case kPlain: strip_product<kPlain>(M, K, ap, b, ldb, c, ldc, s, next, t, accumulate); break;
+      case kSplit: strip_product<kSplit>(M, K, ap, b, ldb, c, ldc, s, next, t, accumulate); break;
+      case kNarrow: strip_product<kNarrow>(M, K, ap, b, ldb, c, ldc, s, next, t, accumulate); break;
+    }
   }
 }
 

@@ -10,14 +10,10 @@
 #include <algorithm>
 
 #include "gemm_ukernel.h"
+#include "lanes_avx2.h"
 
 namespace sigma {
 namespace {
-
-// Lanes 0..n-1 set (n in 0..8).
-inline __m256i tail_mask(int64_t n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 // [Σ s0, Σ s1, Σ s2, Σ s3] over each vector's eight lanes.
 inline __m128 hsum4(__m256 s0, __m256 s1, __m256 s2, __m256 s3) {
@@ -31,7 +27,7 @@ template <int M>
 void dot_rows(int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
               bool accumulate) {
   const int64_t k8 = K & ~int64_t{7};
-  const __m256i km = tail_mask(K - k8);
+  const __m256i km = lanes(0, K - k8);
   for (int64_t n = 0; n < N; n += 4) {
     const int nb = static_cast<int>(std::min<int64_t>(4, N - n));
     // Past N's edge the last row is dotted again; those sums are not stored.
@@ -95,7 +91,7 @@ inline void axpy_row(float* ci, const float* bk, int64_t ldb, int64_t n0, int64_
     _mm256_storeu_ps(ci + n, v);
   }
   if (n < n1) {
-    const __m256i m = tail_mask(n1 - n);
+    const __m256i m = lanes(0, n1 - n);
     __m256 v = add ? _mm256_maskload_ps(ci + n, m) : _mm256_setzero_ps();
     for (int kk = 0; kk < KB; ++kk) v = _mm256_fmadd_ps(w[kk], _mm256_maskload_ps(bk + kk * ldb + n, m), v);
     _mm256_maskstore_ps(ci + n, m, v);
