@@ -45,6 +45,8 @@ function matmulCases(): Case[] {
   for (const [M, N, K] of [[1, 1, 1], [1, 257, 33], [1, 33, 257], [3, 17, 33], [17, 3, 257], [33, 257, 17], [257, 33, 3], [64, 100, 300],
     // the blocked path: several row blocks (MC 96), column blocks (NC 1024) and k blocks (KC 512), each with an edge
     [131, 1041, 530],
+    // few rows, a deep inner dimension: B·Aᵀ passes of up to 2048 k, blocks of B rows fewer as k grows (edges in both)
+    [29, 203, 2100], [50, 130, 1100],
     // thin products (2–4 rows; an inner dimension of at most 8), with vector tails in N and K
     [2, 35, 19], [4, 7, 64], [3, 1, 9], [2, 1030, 3], [70, 21, 8], [5, 600, 2], [9, 13, 1]]) {
     for (const ta of [false, true]) for (const tb of [false, true]) for (const acc of [false, true]) {
