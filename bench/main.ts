@@ -13,6 +13,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   balance: () => import("./balance.js"),
   upcycle: () => import("./upcycle.js"),
   ecss: () => import("./ecss.js"),
+  blas: () => import("./blas.js"),
 };
 
 const [name, ...args] = process.argv.slice(2);

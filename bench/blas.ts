@@ -1,0 +1,80 @@
+/**
+ * `npm run bench -- blas [--rounds=N]`: our GEMM beside OpenBLAS's sgemm on
+ * this machine, when the system has OpenBLAS (Debian: `apt install
+ * libopenblas-dev`). Not needed by Sigma; a yardstick for the FMA-peak ratios
+ * of `bench gemm`.
+ *
+ * bench/native/blas_compare.cpp is compiled with the addon's kernel sources
+ * (same flags as binding.gyp) and linked to -lopenblas in a temporary
+ * directory. Every round probes the FMA peak, runs our product, then
+ * OpenBLAS's (results checked against each other first); the table gives
+ * medians of both as fractions of the peak and the median per-round speed
+ * ratio. OpenBLAS's idle workers busy-wait after a call and, on a 2-core
+ * machine, take a core from the next product; OPENBLAS_THREAD_TIMEOUT=4 (its
+ * shortest wait) keeps that from slowing our half of each round.
+ */
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { table } from "./util.js";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+
+export async function run(args: string[]): Promise<void> {
+  const roundsArg = args.find((a) => a.startsWith("--rounds="));
+  const rounds = roundsArg ? Number(roundsArg.slice("--rounds=".length)) : 7;
+  if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a positive integer, got "${roundsArg}"`);
+
+  const dir = mkdtempSync(join(tmpdir(), "sigma-blas-"));
+  try {
+    const kernels = join(root, "native/src/kernels");
+    const sources = readdirSync(kernels).filter((f) => f.endsWith(".cpp")).map((f) => join(kernels, f));
+    const exe = join(dir, "blas_compare");
+    const cxx = process.env.CXX ?? "g++";
+    const build = spawnSync(cxx, ["-O3", "-std=c++17", "-fno-math-errno", "-fno-trapping-math", "-pthread",
+      `-I${join(root, "native/include")}`, `-I${kernels}`, join(root, "bench/native/blas_compare.cpp"), ...sources,
+      "-o", exe, "-lopenblas"], { encoding: "utf8" });
+    if (build.error || build.status !== 0) {
+      const why = build.error ? build.error.message : build.stderr.trim().split("\n").slice(-3).join("\n");
+      console.log(`skipped: could not build against OpenBLAS with ${cxx} (install libopenblas-dev, or set CXX):\n${why}`);
+      return;
+    }
+
+    const shapes: { label: string; spec: string }[] = [];
+    for (const n of [512, 1024, 2048]) {
+      shapes.push({ label: `square ${n}`, spec: `${n}:${n}:${n}:0` });
+      shapes.push({ label: `square ${n} ·Bᵀ`, spec: `${n}:${n}:${n}:1` });
+    }
+    for (const rows of [64, 1024]) {
+      shapes.push({ label: `x[${rows},512]·Wᵀ (W 2048x512)`, spec: `${rows}:2048:512:1` });
+      shapes.push({ label: `x[${rows},2048]·W (W 2048x512)`, spec: `${rows}:512:2048:0` });
+    }
+    const results = new Map<string, { ours: number; openblas: number; speed: number }>();
+    for (const threads of [1, 2]) {
+      const r = spawnSync(exe, [String(rounds), String(threads), ...shapes.map((s) => s.spec)], {
+        encoding: "utf8",
+        env: { ...process.env, OPENBLAS_THREAD_TIMEOUT: "4" },
+      });
+      if (r.status !== 0) throw new Error(`blas_compare failed (${r.status ?? r.signal}): ${r.stderr.trim()}`);
+      for (const line of r.stdout.trim().split("\n")) {
+        const o = JSON.parse(line) as { M: number; N: number; K: number; tb: number; threads: number; ours: number; openblas: number; speed: number };
+        results.set(`${o.M}:${o.N}:${o.K}:${o.tb}/${o.threads}`, o);
+      }
+    }
+    const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
+    const rows = shapes.map((s) => {
+      const cells: (string | number)[] = [s.label];
+      for (const t of [1, 2]) {
+        const o = results.get(`${s.spec}/${t}`)!;
+        cells.push(pct(o.ours), pct(o.openblas), `${o.speed.toFixed(2)}×`);
+      }
+      return cells;
+    });
+    console.log(`\nFraction of the FMA peak (probed each round), medians of ${rounds} interleaved rounds; "speed": OpenBLAS's time over ours (above 1: ours faster):\n`);
+    console.log(table(["shape", "1 thr ours", "1 thr OpenBLAS", "1 thr speed", "2 thr ours", "2 thr OpenBLAS", "2 thr speed"], rows));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
