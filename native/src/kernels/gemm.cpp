@@ -197,8 +197,8 @@ void sgemv_row(bool transA, bool transB, int64_t N, int64_t K, const float* a, i
 //    floats (2 KiB) the next block is prefetched, spread over the current
 //    block's tiles: each 2 KiB row is a fresh stream that the hardware
 //    prefetcher has to pick up again, and with B in DRAM (eight experts'
-//    weights, 32 MiB) 8 × 64 rows took 10–17% longer than one 512-row matmul.
-//    Both changes together: 95–106% (interleaved A/B, K 512 and 2048, 1 and 2
+//    weights, 32 MiB) 8 × 64 rows took 3–17% longer than one 512-row matmul.
+//    Both changes together: 95–110% (interleaved A/B, K 512 and 2048, 1 and 2
 //    threads). The prefetch is left out with longer rows (it cost 4–8 points
 //    there) and with one panel of op(A)ᵀ (M ≤ 16: each tile is then short, and
 //    a single product with B warm in L3 took 8–15% longer).
