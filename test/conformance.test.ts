@@ -21,19 +21,27 @@ function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return worst;
 }
 
-function runCase(native: Backend, name: KernelName, c: Case): void {
+type Call = (b: Backend, args: unknown[]) => unknown;
+const callOf = (name: KernelName): Call => (b, args) => (b[name] as (...a: unknown[]) => unknown)(...args);
+// An output in parts (per-expert buffers) is compared part by part.
+const flat = (x: unknown): number[] => (Array.isArray(x) ? x.flatMap((p: Buf) => Array.from(p)) : Array.from(x as Buf));
+
+/** The reference's result and outputs for a case, computed once and compared against every native run. */
+function referenceRun(name: KernelName, c: Case): { result: unknown; outputs: number[][] } {
+  const args = c.args.map(clone);
+  const result = callOf(name)(ref, args);
+  return { result, outputs: c.outputs.map((i) => flat(args[i])) };
+}
+
+function runCase(native: Backend, name: KernelName, c: Case, expected: ReturnType<typeof referenceRun>, where: string): void {
   const nArgs = c.args.map(clone);
-  const rArgs = c.args.map(clone);
-  const call = (b: Backend, args: unknown[]) => (b[name] as (...a: unknown[]) => unknown)(...args);
-  const nr = call(native, nArgs);
-  const rr = call(ref, rArgs);
-  if (c.result) assert.ok(Math.abs((nr as number) - (rr as number)) <= c.tol * Math.max(1, Math.abs(rr as number)), `${name} ${c.label}: returned ${nr}, reference ${rr}`);
-  for (const i of c.outputs) {
-    // An output in parts (per-expert buffers) is compared part by part.
-    const flat = (x: unknown): number[] => (Array.isArray(x) ? x.flatMap((p: Buf) => Array.from(p)) : Array.from(x as Buf));
-    const d = maxRelDiff(flat(nArgs[i]), flat(rArgs[i]));
-    assert.ok(d <= c.tol, `${name} ${c.label}: output argument ${i} differs from the reference by ${d.toExponential(2)} (tolerance ${c.tol})`);
-  }
+  const nr = callOf(name)(native, nArgs);
+  const rr = expected.result;
+  if (c.result) assert.ok(Math.abs((nr as number) - (rr as number)) <= c.tol * Math.max(1, Math.abs(rr as number)), `${name} ${c.label} (${where}): returned ${nr}, reference ${rr}`);
+  c.outputs.forEach((i, j) => {
+    const d = maxRelDiff(flat(nArgs[i]), expected.outputs[j]!);
+    assert.ok(d <= c.tol, `${name} ${c.label} (${where}): output argument ${i} differs from the reference by ${d.toExponential(2)} (tolerance ${c.tol})`);
+  });
 }
 
 test("the conformance table covers every kernel of the contract", () => {
@@ -44,14 +52,33 @@ test("the native backend is available", { skip }, () => {
   assert.ok(load.backend, `native backend unavailable: ${load.error} (set SIGMA_ALLOW_NO_NATIVE=1 where that is expected)`);
 });
 
+// Every kernel path this CPU can run: the run-time choice, then each one below
+// it held as the ceiling (on a CPU without AVX-512 the first two coincide).
+const PATHS = ["auto", "avx2-fma", "portable"] as const;
+
+/** Runs body once per kernel path and thread count, restoring the run-time choice after. */
+function eachPath(native: NonNullable<typeof load.backend>, body: (where: string) => void): void {
+  try {
+    for (const path of PATHS) {
+      native.setKernelPath(path);
+      for (const threads of [1, 2]) {
+        native.setThreads(threads);
+        body(`${native.cpuFeatures().path} path, ${threads} thread${threads > 1 ? "s" : ""}`);
+      }
+    }
+  } finally {
+    native.setKernelPath("auto");
+  }
+}
+
 for (const name of KERNEL_NAMES) {
-  test(`conformance: ${name} (native vs reference, 1 and 2 threads)`, { skip }, () => {
+  test(`conformance: ${name} (native vs reference, each kernel path, 1 and 2 threads)`, { skip }, () => {
     const native = load.backend!;
     assert.ok(native, `native backend unavailable: ${load.error}`);
-    for (const threads of [1, 2]) {
-      native.setThreads(threads);
-      for (const c of CASES[name]()) runCase(native, name, c);
-    }
+    const cases = CASES[name]().map((c) => ({ c, expected: referenceRun(name, c) }));
+    eachPath(native, (where) => {
+      for (const { c, expected } of cases) runCase(native, name, c, expected, where);
+    });
   });
 }
 
@@ -59,13 +86,12 @@ for (const name of KERNEL_NAMES) {
 // 64-byte boundaries when N is a multiple of 16, and gathers the columns
 // before the first boundary and after the last into one split strip. Views of
 // one buffer at float offsets 0–15 put B at every position in a cache line.
-test("conformance: matmul with B at each float offset of a 64-byte line (native vs reference, 1 and 2 threads)", { skip }, () => {
+test("conformance: matmul with B at each float offset of a 64-byte line (native vs reference, each kernel path, 1 and 2 threads)", { skip }, () => {
   const native = load.backend!;
   const rng = new Rng(77);
   const f32 = (n: number) => Float32Array.from({ length: n }, () => rng.uniform() * 2 - 1);
-  for (const threads of [1, 2]) {
-    native.setThreads(threads);
-    for (const [M, N, K] of [[64, 48, 33], [5, 32, 13], [96, 160, 20], [17, 64, 9]]) {
+  eachPath(native, (where) => {
+    for (const [M, N, K] of [[64, 48, 33], [5, 32, 13], [96, 160, 20], [17, 64, 9], [33, 80, 7], [8, 16, 40]]) {
       const big = f32(K! * N! + 16), a = f32(M! * K!);
       for (let off = 0; off < 16; off++) {
         const b = big.subarray(off, off + K! * N!);
@@ -74,9 +100,9 @@ test("conformance: matmul with B at each float offset of a 64-byte line (native 
           native.matmul(cn, a, b, M!, N!, K!, false, false, acc);
           ref.matmul(cr, a, b, M!, N!, K!, false, false, acc);
           const d = maxRelDiff(cn, cr);
-          assert.ok(d <= 1e-5 * Math.sqrt(K!), `${M}x${N}x${K} B at float offset ${off} acc=${acc} (${threads} threads): differs from the reference by ${d.toExponential(2)}`);
+          assert.ok(d <= 1e-5 * Math.sqrt(K!), `${M}x${N}x${K} B at float offset ${off} acc=${acc} (${where}): differs from the reference by ${d.toExponential(2)}`);
         }
       }
     }
-  }
+  });
 });

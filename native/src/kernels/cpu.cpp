@@ -1,5 +1,6 @@
 #include "cpu.h"
 
+#include <algorithm>
 #include <atomic>
 
 namespace sigma {
@@ -15,15 +16,27 @@ bool cpu_has_avx512f() { return false; }
 #endif
 
 namespace {
-std::atomic<bool> forced_portable{false};
-bool detect() { return cpu_has_avx2() && cpu_has_fma(); }
+// The best path this CPU runs, and the ceiling set by set_kernel_path.
+KernelPath detect() {
+  if (!cpu_has_avx2() || !cpu_has_fma()) return KernelPath::kPortable;
+  return cpu_has_avx512f() ? KernelPath::kAvx512 : KernelPath::kAvx2;
+}
+std::atomic<int> ceiling{static_cast<int>(KernelPath::kAvx512)};
+int level() {
+  static const int best = static_cast<int>(detect());
+  return std::min(best, ceiling.load(std::memory_order_relaxed));
+}
 }  // namespace
 
-bool use_avx2() {
-  static const bool has = detect();
-  return has && !forced_portable.load(std::memory_order_relaxed);
+bool use_avx2() { return level() >= static_cast<int>(KernelPath::kAvx2); }
+bool use_avx512() { return level() >= static_cast<int>(KernelPath::kAvx512); }
+void set_kernel_path(KernelPath most) { ceiling.store(static_cast<int>(most), std::memory_order_relaxed); }
+const char* kernel_path_name() {
+  switch (static_cast<KernelPath>(level())) {
+    case KernelPath::kAvx512: return "avx512";
+    case KernelPath::kAvx2: return "avx2-fma";
+    default: return "portable";
+  }
 }
-void force_portable(bool on) { forced_portable.store(on, std::memory_order_relaxed); }
-const char* kernel_path_name() { return use_avx2() ? "avx2-fma" : "portable"; }
 
 }  // namespace sigma

@@ -204,7 +204,8 @@ void sgemv_row(bool transA, bool transB, int64_t N, int64_t K, const float* a, i
 //    a single product with B warm in L3 took 8–15% longer).
 //  - B stored [K,N] (dx = dy·W[e], the expert backward): B is not packed
 //    either. gemm_small_m_kn_avx2 keeps six rows × 16 columns of B in
-//    registers while every row of C takes them; op(A) is packed in groups of
+//    registers while every row of C takes them (gemm_small_m_kn_avx512: × 32
+//    columns, where the CPU has AVX-512); op(A) is packed in groups of
 //    six k. Packing B instead cost about 13 cycles per 64-byte line in place
 //    (rdtsc), against 64 cycles of FMAs per line for 64 rows; with 8 experts
 //    × 64 rows this path takes 8–15 points off the grouped product's time
@@ -217,10 +218,14 @@ void sgemm_small_m(bool transA, bool transB, int64_t M, int64_t N, int64_t K, co
                    const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
   PackBuffers& buf = tls_pack;
   if (!transB) {
+    const bool avx512 = use_avx512();
     buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>((K + 5) / 6 * 6 * M));
-    buf.b = PackBuffers::grow(buf.b, buf.b_cap, static_cast<size_t>(M * 16));
+    buf.b = PackBuffers::grow(buf.b, buf.b_cap, static_cast<size_t>(M * (avx512 ? 32 : 16)));
     pack_a_kgroups(buf.a, a, lda, transA, M, K);
-    gemm_small_m_kn_avx2(M, N, K, buf.a, b, ldb, c, ldc, accumulate, buf.b);
+    if (avx512)
+      gemm_small_m_kn_avx512(M, N, K, buf.a, b, ldb, c, ldc, accumulate, buf.b);
+    else
+      gemm_small_m_kn_avx2(M, N, K, buf.a, b, ldb, c, ldc, accumulate, buf.b);
     return;
   }
   const int64_t kc_max = std::min<int64_t>(kKCSmall, K);

@@ -47,5 +47,9 @@ void gemm_thin_axpy_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_
 // op(A)[m, 6g + i], zero past K. t is scratch for M×16 floats, 32-byte aligned.
 void gemm_small_m_kn_avx2(int64_t M, int64_t N, int64_t K, const float* ap, const float* b, int64_t ldb, float* c,
                           int64_t ldc, bool accumulate, float* t);
+// The same with AVX-512 (gemm_small_m_avx512.cpp): 32-column strips, t holds
+// M×32 floats, 64-byte aligned.
+void gemm_small_m_kn_avx512(int64_t M, int64_t N, int64_t K, const float* ap, const float* b, int64_t ldb, float* c,
+                            int64_t ldc, bool accumulate, float* t);
 
 }  // namespace sigma

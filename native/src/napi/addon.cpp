@@ -46,15 +46,19 @@ Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// Forces the portable path (for tests and benchmarks): setKernelPath("portable" | "auto").
+// Holds the kernels at or below a path (for tests and benchmarks):
+// setKernelPath("portable" | "avx2-fma" | "auto"); "auto" restores the run-time choice.
 Napi::Value SetKernelPath(const Napi::CallbackInfo& info) {
   if (info.Length() != 1 || !info[0].IsString()) {
-    throw Napi::TypeError::New(info.Env(), "setKernelPath: expected \"portable\" or \"auto\"");
+    throw Napi::TypeError::New(info.Env(), "setKernelPath: expected \"portable\", \"avx2-fma\" or \"auto\"");
   }
   std::string p = info[0].As<Napi::String>().Utf8Value();
-  if (p == "portable") sigma::force_portable(true);
-  else if (p == "auto") sigma::force_portable(false);
-  else throw Napi::RangeError::New(info.Env(), "setKernelPath: argument must be \"portable\" or \"auto\", got \"" + p + "\"");
+  if (p == "portable") sigma::set_kernel_path(sigma::KernelPath::kPortable);
+  else if (p == "avx2-fma") sigma::set_kernel_path(sigma::KernelPath::kAvx2);
+  else if (p == "auto") sigma::set_kernel_path(sigma::KernelPath::kAvx512);
+  else
+    throw Napi::RangeError::New(info.Env(),
+                                "setKernelPath: argument must be \"portable\", \"avx2-fma\" or \"auto\", got \"" + p + "\"");
   return info.Env().Undefined();
 }
 

@@ -18,10 +18,13 @@ import { KERNEL_NAMES, type Backend } from "../backend.js";
 
 /** What the addon exports besides the kernels. */
 export interface NativeExtras {
-  /** CPU features detected at run time and the kernel path in use ("avx2-fma" or "portable"). */
+  /** CPU features detected at run time and the kernel path in use ("avx512", "avx2-fma" or "portable"). */
   cpuFeatures(): { avx2: boolean; fma: boolean; avx512f: boolean; path: string };
-  /** "portable" forces the non-intrinsic path (tests, benchmarks); "auto" restores run-time choice. */
-  setKernelPath(path: "portable" | "auto"): void;
+  /**
+   * Holds the kernels at or below a path (tests, benchmarks): "portable" (no
+   * intrinsics), "avx2-fma" (no AVX-512 kernels); "auto" restores the run-time choice.
+   */
+  setKernelPath(path: "portable" | "avx2-fma" | "auto"): void;
   /** Benchmark helper: runs `iters` rounds of independent FMA chains on `threads` threads; returns seconds. */
   fmaPeak(iters: number, threads: number): number;
 }
