@@ -21,6 +21,11 @@ void ukernel_portable(int64_t kc, const float* Ap, const float* Bp, float* C, in
 void ukernel_avx2_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
                          float* C, int64_t ldc, int mr, int nr, bool accumulate);
 double fma_chains_avx2(int64_t iters);
+// The same tile on AVX-512 (gemm_avx512.cpp): same arguments, same panels.
+void ukernel_avx512_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
+                           float* C, int64_t ldc, int mr, int nr, bool accumulate);
+// FMA chains for the peak probe: the FLOPs of fma_chains_avx2(iters), in zmm.
+double fma_chains_avx512(int64_t iters);
 // Packs a full 16-column panel of a transposed B (16 rows of b, ldb apart,
 // k = 0..kc-1 each) into dst[kc][16] with 8×8 in-register transposes. dst is 32-byte aligned.
 void pack_b_trans_avx2(float* dst, const float* b, int64_t ldb, int64_t kc);
