@@ -31,10 +31,17 @@ namespace {
 
 constexpr int kGroup = 6;  // rows of B per register block (12 zmm)
 
+// Lane j of a unit is column col + j where mask has bit j, else (a split
+// unit) column col2 + j where mask2 has it.
 struct Unit {
-  int64_t col = 0;      // first column
-  __mmask16 mask = 0;   // lanes inside [0, N)
+  int64_t col = 0, col2 = 0;
+  __mmask16 mask = 0, mask2 = 0;
 };
+
+inline __m512 load_unit(const float* row, const Unit& u) {
+  const __m512 v = _mm512_maskz_loadu_ps(u.mask, row + u.col);
+  return u.mask2 ? _mm512_mask_loadu_ps(v, u.mask2, row + u.col2) : v;
+}
 
 struct Strip {
   Unit u[2];
@@ -68,8 +75,8 @@ void strip_product(int64_t M, int64_t K, const float* ap, const float* b, int64_
           w[i][0] = _mm512_loadu_ps(row + u0.col);
           w[i][1] = _mm512_loadu_ps(row + u1.col);
         } else {
-          w[i][0] = _mm512_maskz_loadu_ps(u0.mask, row + u0.col);
-          w[i][1] = _mm512_maskz_loadu_ps(u1.mask, row + u1.col);
+          w[i][0] = load_unit(row, u0);
+          w[i][1] = load_unit(row, u1);
         }
       } else {
         w[i][0] = w[i][1] = _mm512_setzero_ps();
@@ -96,8 +103,9 @@ void strip_product(int64_t M, int64_t K, const float* ap, const float* b, int64_
       const Unit& u = s.u[h];
       if (!u.mask) continue;
       __m512 v = _mm512_load_ps(t + m * 32 + 16 * h);
-      if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(u.mask, row + u.col));
+      if (accumulate) v = _mm512_add_ps(v, load_unit(row, u));
       _mm512_mask_storeu_ps(row + u.col, u.mask, v);
+      if (u.mask2) _mm512_mask_storeu_ps(row + u.col2, u.mask2, v);
     }
   }
 }
@@ -109,8 +117,18 @@ void gemm_small_m_kn_avx512(int64_t M, int64_t N, int64_t K, const float* ap, co
   // Columns before B's first 64-byte boundary, when every row shares it.
   const uintptr_t addr = reinterpret_cast<uintptr_t>(b);
   const int64_t head = ldb % 16 == 0 && addr % 4 == 0 ? static_cast<int64_t>((64 - addr % 64) % 64 / 4) : 0;
+  // With N a multiple of 16, the columns before the first boundary and those
+  // after the last make up one split unit (unit 0): lanes below head from
+  // column 0, the rest from the row's last 16 columns.
+  const bool split = head > 0 && N % 16 == 0 && N >= 32;
   auto unit_at = [&](int64_t j) {  // unit j: columns [lo, hi) ∩ [0, N)
     Unit u;
+    if (split) {
+      if (j == 0) u.col = 0, u.mask = static_cast<__mmask16>((1u << head) - 1), u.col2 = N - 16,
+                  u.mask2 = static_cast<__mmask16>(~u.mask);
+      else if (j < N / 16) u.col = head + 16 * (j - 1), u.mask = 0xFFFF;
+      return u;
+    }
     const int64_t lo = head ? (j == 0 ? 0 : head + 16 * (j - 1)) : 16 * j;
     const int64_t hi = head ? (j == 0 ? head : lo + 16) : lo + 16;
     const int64_t n = std::max<int64_t>(0, std::min(hi, N) - lo);
@@ -118,7 +136,7 @@ void gemm_small_m_kn_avx512(int64_t M, int64_t N, int64_t K, const float* ap, co
     u.mask = static_cast<__mmask16>((1u << n) - 1);
     return u;
   };
-  const int64_t units = head ? 1 + (N - std::min(N, head) + 15) / 16 : (N + 15) / 16;
+  const int64_t units = split ? N / 16 : head ? 1 + (N - std::min(N, head) + 15) / 16 : (N + 15) / 16;
   const int64_t strips = (units + 1) / 2;
   auto strip_at = [&](int64_t i) { return Strip{{unit_at(2 * i), unit_at(2 * i + 1)}}; };
   for (int64_t i = 0; i < strips; ++i) {
