@@ -7,17 +7,20 @@
 //
 // A strip is two units of 16 columns, each one 64-byte line of a row of B
 // when the rows share an alignment (ldb a multiple of 16): unit 0 holds the
-// columns before B's first line boundary, the others start on boundaries.
-// Edge strips load and store under each unit's lane mask (columns inside
-// [0, N)); full strips use plain loads.
+// columns before B's first line boundary (with N a multiple of 16, also those
+// after the last one: a split unit), the others start on boundaries. Edge
+// strips load and store under each unit's lane masks; full strips use plain
+// loads.
 //
 // On this Zen 4 (512-bit FMAs issued as two 256-bit halves, so the same FMA
 // peak as AVX2) it does the same FLOPs in half the instructions. Interleaved
 // against the AVX2 kernel (setKernelPath per call): single products of 5–96
 // rows 62–99% of its time; 8 experts × 64 rows x·W[e] went from 2–11% slower
 // than one 512-row matmul (the AVX2 tiled path) to 11–16% faster. Its
-// prefetch is two groups ahead, two lines per row: four prefetches per row
-// (one per unit edge) cost 10–15 points, and leads of 4–24 groups were slower.
+// prefetch is two groups ahead, three per row (the strip's two lines, and the
+// second unit's end when rows are unaligned): a first version looping over
+// units with four per row cost 10–15 points, and leads of 4–24 groups were
+// slower.
 #pragma GCC target("avx512f,avx2,fma")
 #include <immintrin.h>
 
