@@ -43,9 +43,6 @@ inline void store_tile(const __m256 (&acc)[kMR][2], float* C, int64_t ldc, int m
     }
 }
 
-// Row i of an A tile with mr valid rows: missing rows re-read row 0 (their
-// results are never written).
-inline const float* tile_row(const float* A, int64_t a_rs, int mr, int i) { return A + (mr > i ? i * a_rs : 0); }
 
 // C's tile is read (or written) only after the k loop: fetch its rows first,
 // so that the loop hides the miss (C rarely stays cached between k blocks).

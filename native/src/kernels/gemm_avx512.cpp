@@ -15,9 +15,6 @@ namespace sigma {
 
 namespace {
 
-// Row i of an A tile with mr valid rows: missing rows re-read row 0 (their
-// results are never written).
-inline const float* tile_row(const float* A, int64_t a_rs, int mr, int i) { return A + (mr > i ? i * a_rs : 0); }
 
 inline void store_row(float* row, __m512 v, __mmask16 cols, bool accumulate) {
   if (cols == 0xFFFF) {
@@ -100,7 +97,7 @@ double fma_chains_avx512(int64_t iters) {
   const __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(x0, x1), _mm512_add_ps(x2, x3)),
                                  _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(x4, x5), _mm512_add_ps(x6, x7)),
                                                _mm512_add_ps(_mm512_add_ps(x8, x9), _mm512_add_ps(x10, x11))));
-  volatile float sink = _mm512_reduce_add_ps(s);
+  volatile float sink = _mm512_cvtss_f32(s);
   (void)sink;
   return std::chrono::duration<double>(t1 - t0).count();
 }

@@ -20,6 +20,9 @@ void ukernel_portable(int64_t kc, const float* Ap, const float* Bp, float* C, in
 // B[k·ldb + 0..15], all 16 columns readable. Rows i >= mr of A are not read.
 void ukernel_avx2_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
                          float* C, int64_t ldc, int mr, int nr, bool accumulate);
+// Row i of an A tile with mr valid rows, for the tiles above: missing rows
+// re-read row 0 (their results are never written).
+inline const float* tile_row(const float* A, int64_t a_rs, int mr, int i) { return A + (mr > i ? i * a_rs : 0); }
 double fma_chains_avx2(int64_t iters);
 // The same tile on AVX-512 (gemm_avx512.cpp): same arguments, same panels.
 void ukernel_avx512_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
