@@ -2,6 +2,8 @@
 // naming the kernel and the argument — never a crash. Checked for every kernel.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { KERNEL_NAMES, type Backend } from "../src/backend/backend.js";
 import { loadNative } from "../src/backend/native/index.js";
 import { CASES, clone } from "./kernel-cases.js";
@@ -93,4 +95,23 @@ test("native grouped products with per-expert parts reject a wrong count, a wron
   wrong[2] = new Float64Array(N * K);
   assert.throws(() => native.groupedMatmul(y, x, wrong as Float32Array[], off, E, N, K, true, false), (e: Error) => e instanceof TypeError && /argument "w" part 2 must be a Float32Array/.test(e.message));
   assert.throws(() => native.groupedMatmulWeightGrad(good().slice(0, 1), y, x, off, E, N, K, true, false), /RangeError: groupedMatmulWeightGrad: argument "dw" has 1 parts but E = 3/);
+});
+
+// SIGMA_KERNEL_PATH caps the kernels' instruction set for the whole process;
+// any other value is an error that names the variable (not a silent fallback).
+test("SIGMA_KERNEL_PATH: caps the kernel path; a bad value is an error naming the variable", { skip }, () => {
+  const run = (value: string) =>
+    spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e",
+      'const b = await import("./src/backend/index.ts"); const n = await import("./src/backend/native/index.ts"); b.getBackend(); console.log(n.loadNative().backend.cpuFeatures().path);'],
+    { cwd: fileURLToPath(new URL("..", import.meta.url)), env: { ...process.env, SIGMA_KERNEL_PATH: value }, encoding: "utf8" });
+  const best = load.backend!.cpuFeatures();
+  const ok = run("portable");
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.equal(ok.stdout.trim(), "portable");
+  const avx2 = run("avx2-fma");
+  assert.equal(avx2.status, 0, avx2.stderr);
+  assert.equal(avx2.stdout.trim(), best.path === "portable" ? "portable" : "avx2-fma");
+  const bad = run("avx9");
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /SIGMA_KERNEL_PATH="avx9" is not a kernel path: use auto, avx2-fma, portable/);
 });

@@ -2,10 +2,11 @@
  * Which backend runs the kernels. The native addon when it loads (float32),
  * the reference backend otherwise — with one clear warning per process — and
  * always the reference backend for float64 buffers (gradient checks).
- * SIGMA_BACKEND=reference|native overrides the choice.
+ * SIGMA_BACKEND=reference|native overrides the choice; SIGMA_KERNEL_PATH
+ * (auto|avx2-fma|portable) caps the native kernels' instruction set.
  */
 import type { Backend, Buf } from "./backend.js";
-import { loadNative } from "./native/index.js";
+import { kernelPathSetting, loadNative } from "./native/index.js";
 import { referenceBackend } from "./reference/index.js";
 import { SigmaError } from "../util/errors.js";
 
@@ -14,6 +15,8 @@ let current: Backend | null = null;
 function choose(): Backend {
   const want = process.env.SIGMA_BACKEND;
   if (want === "reference") return referenceBackend;
+  const setting = kernelPathSetting();
+  if (setting.error) throw new SigmaError(setting.error);
   const native = loadNative();
   if (want === "native") {
     if (!native.backend) throw new SigmaError(`SIGMA_BACKEND=native but ${native.error}`, "build the addon with `npm run build:native`, or unset SIGMA_BACKEND");

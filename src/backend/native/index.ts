@@ -50,6 +50,20 @@ function packageRoot(): string {
 
 let cached: NativeLoad | undefined;
 
+const KERNEL_PATHS = ["auto", "avx2-fma", "portable"] as const;
+
+/**
+ * SIGMA_KERNEL_PATH: the most the native kernels may use ("auto", the
+ * default: the best the CPU has; "avx2-fma": no AVX-512 kernels;
+ * "portable": no intrinsics). Returns an error message for any other value.
+ */
+export function kernelPathSetting(): { path: (typeof KERNEL_PATHS)[number]; error: string | null } {
+  const v = process.env.SIGMA_KERNEL_PATH;
+  if (v === undefined || v === "") return { path: "auto", error: null };
+  if ((KERNEL_PATHS as readonly string[]).includes(v)) return { path: v as (typeof KERNEL_PATHS)[number], error: null };
+  return { path: "auto", error: `SIGMA_KERNEL_PATH="${v}" is not a kernel path: use ${KERNEL_PATHS.join(", ")} (or leave it unset)` };
+}
+
 /** Loads the addon once. Never throws: a failure is reported in `error`. */
 export function loadNative(): NativeLoad {
   if (cached) return cached;
@@ -73,6 +87,12 @@ export function loadNative(): NativeLoad {
     // Every name the interface lists was checked above; the addon's functions
     // take the Backend arguments verbatim, so it is used as the backend itself.
     const backend = { ...addon, name: "native" } as unknown as NativeBackend;
+    const setting = kernelPathSetting();
+    if (setting.error) {
+      cached = { backend: null, path, error: setting.error };
+      return cached;
+    }
+    backend.setKernelPath(setting.path);
     cached = { backend, path, error: null };
   } catch (e) {
     cached = { backend: null, path, error: `the native addon at ${path} failed to load: ${(e as Error).message}` };
