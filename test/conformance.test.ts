@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { KERNEL_NAMES, type Backend, type Buf, type KernelName } from "../src/backend/backend.js";
-import { loadNative } from "../src/backend/native/index.js";
+import { kernelPathSetting, loadNative } from "../src/backend/native/index.js";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 import { CASES, clone, type Case } from "./kernel-cases.js";
 import { Rng } from "../src/util/rng.js";
@@ -53,10 +53,12 @@ test("the native backend is available", { skip }, () => {
 });
 
 // Every kernel path this CPU can run: the run-time choice, then each one below
-// it held as the ceiling (on a CPU without AVX-512 the first two coincide).
-const PATHS = ["auto", "avx2-fma", "portable"] as const;
+// it held as the ceiling (on a CPU without AVX-512 the first two coincide);
+// none above a cap set with SIGMA_KERNEL_PATH.
+const ALL_PATHS = ["auto", "avx2-fma", "portable"] as const;
+const PATHS = ALL_PATHS.slice(ALL_PATHS.indexOf(kernelPathSetting().path));
 
-/** Runs body once per kernel path and thread count, restoring the run-time choice after. */
+/** Runs body once per kernel path and thread count, restoring the process's setting after. */
 function eachPath(native: NonNullable<typeof load.backend>, body: (where: string) => void): void {
   try {
     for (const path of PATHS) {
@@ -67,7 +69,7 @@ function eachPath(native: NonNullable<typeof load.backend>, body: (where: string
       }
     }
   } finally {
-    native.setKernelPath("auto");
+    native.setKernelPath(kernelPathSetting().path);
   }
 }
 
