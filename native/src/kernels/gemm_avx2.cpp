@@ -8,8 +8,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <chrono>
 
+#include "fma_probe.h"
 #include "gemm_ukernel.h"
 
 namespace sigma {
@@ -194,37 +194,14 @@ void pack_a_avx2(float* dst, const float* a, int64_t lda, int64_t kc) {
     for (int i = 0; i < kMR; ++i) dst[k * kMR + i] = a[i * lda + k];
 }
 
+namespace {
+// The probe's FMA (an intrinsic's own address is not to be taken).
+inline __m256 fma_ymm(__m256 x, __m256 m, __m256 a) { return _mm256_fmadd_ps(x, m, a); }
+}  // namespace
+
 double fma_chains_avx2(int64_t iters) {
-  // Twelve named accumulators (an array would live in memory): twelve
-  // independent FMA chains cover the FMA latency on both pipes.
-  __m256 x0 = _mm256_set1_ps(1.0f), x1 = x0, x2 = x0, x3 = x0, x4 = x0, x5 = x0;
-  __m256 x6 = x0, x7 = x0, x8 = x0, x9 = x0, x10 = x0, x11 = x0;
-  const __m256 m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-7f);
-  auto t0 = std::chrono::steady_clock::now();
-  for (int64_t it = 0; it < iters; ++it) {
-    x0 = _mm256_fmadd_ps(x0, m, a);
-    x1 = _mm256_fmadd_ps(x1, m, a);
-    x2 = _mm256_fmadd_ps(x2, m, a);
-    x3 = _mm256_fmadd_ps(x3, m, a);
-    x4 = _mm256_fmadd_ps(x4, m, a);
-    x5 = _mm256_fmadd_ps(x5, m, a);
-    x6 = _mm256_fmadd_ps(x6, m, a);
-    x7 = _mm256_fmadd_ps(x7, m, a);
-    x8 = _mm256_fmadd_ps(x8, m, a);
-    x9 = _mm256_fmadd_ps(x9, m, a);
-    x10 = _mm256_fmadd_ps(x10, m, a);
-    x11 = _mm256_fmadd_ps(x11, m, a);
-    // Keeps the compiler from folding the chains; costs no instruction.
-    __asm__ volatile("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(x3), "+x"(x4), "+x"(x5), "+x"(x6), "+x"(x7), "+x"(x8),
-                     "+x"(x9), "+x"(x10), "+x"(x11));
-  }
-  auto t1 = std::chrono::steady_clock::now();
-  __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)),
-                           _mm256_add_ps(_mm256_add_ps(x4, x5), _mm256_add_ps(x6, x7)));
-  s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(x8, x9), _mm256_add_ps(x10, x11)));
-  volatile float sink = _mm256_cvtss_f32(s);
-  (void)sink;
-  return std::chrono::duration<double>(t1 - t0).count();
+  return time_fma_chains<__m256, fma_ymm>(iters, _mm256_set1_ps(1.0f), _mm256_set1_ps(0.999999f),
+                                          _mm256_set1_ps(1e-7f));
 }
 
 }  // namespace sigma

@@ -7,8 +7,8 @@
 #pragma GCC target("avx512f,avx2,fma")
 #include <immintrin.h>
 
-#include <chrono>
 
+#include "fma_probe.h"
 #include "gemm_ukernel.h"
 
 namespace sigma {
@@ -69,37 +69,15 @@ void ukernel_avx512_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_k
     tile_rows<6>(kc, A, a_rs, a_ks, B, ldb, C, ldc, mr, nr, accumulate);
 }
 
+namespace {
+// The probe's FMA (an intrinsic's own address is not to be taken).
+inline __m512 fma_zmm(__m512 x, __m512 m, __m512 a) { return _mm512_fmadd_ps(x, m, a); }
+}  // namespace
+
 double fma_chains_avx512(int64_t iters) {
-  // Twelve zmm chains (enough for two 512-bit FMA pipes), iters / 2 times:
-  // the same FLOPs as fma_chains_avx2(iters).
-  __m512 x0 = _mm512_set1_ps(1.0f), x1 = x0, x2 = x0, x3 = x0, x4 = x0, x5 = x0;
-  __m512 x6 = x0, x7 = x0, x8 = x0, x9 = x0, x10 = x0, x11 = x0;
-  const __m512 m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-7f);
-  auto t0 = std::chrono::steady_clock::now();
-  for (int64_t it = 0; it < iters / 2; ++it) {
-    x0 = _mm512_fmadd_ps(x0, m, a);
-    x1 = _mm512_fmadd_ps(x1, m, a);
-    x2 = _mm512_fmadd_ps(x2, m, a);
-    x3 = _mm512_fmadd_ps(x3, m, a);
-    x4 = _mm512_fmadd_ps(x4, m, a);
-    x5 = _mm512_fmadd_ps(x5, m, a);
-    x6 = _mm512_fmadd_ps(x6, m, a);
-    x7 = _mm512_fmadd_ps(x7, m, a);
-    x8 = _mm512_fmadd_ps(x8, m, a);
-    x9 = _mm512_fmadd_ps(x9, m, a);
-    x10 = _mm512_fmadd_ps(x10, m, a);
-    x11 = _mm512_fmadd_ps(x11, m, a);
-    // Keeps the compiler from folding the chains; costs no instruction.
-    __asm__ volatile("" : "+v"(x0), "+v"(x1), "+v"(x2), "+v"(x3), "+v"(x4), "+v"(x5), "+v"(x6), "+v"(x7), "+v"(x8),
-                     "+v"(x9), "+v"(x10), "+v"(x11));
-  }
-  auto t1 = std::chrono::steady_clock::now();
-  const __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(x0, x1), _mm512_add_ps(x2, x3)),
-                                 _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(x4, x5), _mm512_add_ps(x6, x7)),
-                                               _mm512_add_ps(_mm512_add_ps(x8, x9), _mm512_add_ps(x10, x11))));
-  volatile float sink = _mm512_cvtss_f32(s);
-  (void)sink;
-  return std::chrono::duration<double>(t1 - t0).count();
+  // iters / 2 rounds of zmm: the FLOPs of fma_chains_avx2(iters).
+  return time_fma_chains<__m512, fma_zmm>(iters / 2, _mm512_set1_ps(1.0f), _mm512_set1_ps(0.999999f),
+                                          _mm512_set1_ps(1e-7f));
 }
 
 }  // namespace sigma
