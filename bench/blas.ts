@@ -5,7 +5,7 @@
  * of `bench gemm`.
  *
  * bench/native/blas_compare.cpp is compiled with the addon's kernel sources
- * (same flags as binding.gyp) and linked to -lopenblas in a temporary
+ * (with binding.gyp's flags) and linked to -lopenblas in a temporary
  * directory. Every round probes the FMA peak, runs our product, then
  * OpenBLAS's (results checked against each other first); the table gives
  * medians of both as fractions of the peak and the median per-round speed
@@ -14,7 +14,7 @@
  * shortest wait) keeps that from slowing our half of each round.
  */
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -33,7 +33,9 @@ export async function run(args: string[]): Promise<void> {
     const sources = readdirSync(kernels).filter((f) => f.endsWith(".cpp")).map((f) => join(kernels, f));
     const exe = join(dir, "blas_compare");
     const cxx = process.env.CXX ?? "g++";
-    const build = spawnSync(cxx, ["-O3", "-std=c++17", "-fno-math-errno", "-fno-trapping-math", "-pthread",
+    // The addon's own C++ flags, so that the kernels compile here as they do there.
+    const gyp = JSON.parse(readFileSync(join(root, "binding.gyp"), "utf8")) as { targets: { cflags_cc: string[] }[] };
+    const build = spawnSync(cxx, [...gyp.targets[0]!.cflags_cc,
       `-I${join(root, "native/include")}`, `-I${kernels}`, join(root, "bench/native/blas_compare.cpp"), ...sources,
       "-o", exe, "-lopenblas"], { encoding: "utf8" });
     if (build.error || build.status !== 0) {
