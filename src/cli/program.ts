@@ -1,0 +1,111 @@
+/**
+ * The `sigma` command line as a function: `runCli(argv)` builds the program
+ * (demo, train, eval, generate, data, tokenizer, balance, upcycle, extract,
+ * import, store, info), runs it and returns the exit code. Every error ends
+ * as one `sigma: …` line on stderr:
+ *
+ *   0   success
+ *   1   a user's mistake or bad input (SigmaError, a bad flag, a file the
+ *       system refused: permissions, a full disk, a missing folder)
+ *   70  an internal error (a bug in Sigma: the message says so; SIGMA_DEBUG=1
+ *       prints the stack trace)
+ */
+import { Command, CommanderError } from "commander";
+import { readFileSync } from "node:fs";
+import { getBackend } from "../backend/index.js";
+import { loadNative } from "../backend/native/index.js";
+import { SigmaError } from "../util/errors.js";
+import { register as registerTokenizer } from "./tokenizer.js";
+import { register as registerData } from "./data.js";
+import { register as registerTrain } from "./train.js";
+import { register as registerDemo } from "./demo.js";
+import { register as registerBalance } from "./balance.js";
+import { register as registerUpcycle } from "./upcycle.js";
+import { register as registerExtract } from "./extract.js";
+import { register as registerImport } from "./import.js";
+import { register as registerStore } from "./store.js";
+
+const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+
+/** Exit code of an internal error (BSD's EX_SOFTWARE): a bug, not the user's input. */
+export const EXIT_INTERNAL = 70;
+
+/** System error codes that come from the user's files, flags or machine, not from a bug. */
+const USER_ERRNO = new Set(["ENOENT", "EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "EIO", "EISDIR", "ENOTDIR", "EEXIST", "ENOTEMPTY", "ELOOP", "ENAMETOOLONG", "EMFILE", "ENFILE", "EFBIG", "EBUSY", "ETXTBSY", "EXDEV", "EINVAL"]);
+
+/** The program with every command registered; errors are thrown, never exit the process. */
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name("sigma")
+    .description("Sparse Mixture-of-Experts language models: PanGu-Σ (RRE, ECSS) and Pangu Pro MoE (MoGE)")
+    .version(pkg.version)
+    .exitOverride()
+    .configureOutput({ outputError: (str, write) => write(`sigma: ${str.replace(/^error: /, "")}`) });
+  registerTokenizer(program);
+  registerData(program);
+  registerTrain(program);
+  registerDemo(program);
+  registerBalance(program);
+  registerUpcycle(program);
+  registerExtract(program);
+  registerImport(program);
+  registerStore(program);
+  program
+    .command("info")
+    .description("show the kernel backend in use, the CPU features it detected and the thread count")
+    .option("--json", "print JSON")
+    .action((opts: { json?: boolean }) => {
+      const native = loadNative();
+      const backend = getBackend();
+      const info = {
+        version: pkg.version,
+        node: process.version,
+        backend: backend.name,
+        threads: backend.getThreads(),
+        native: native.backend ? { path: native.path, cpu: native.backend.cpuFeatures() } : { error: native.error },
+      };
+      if (opts.json) {
+        console.log(JSON.stringify(info, null, 2));
+        return;
+      }
+      console.log(`sigma ${info.version} on Node ${info.node}`);
+      console.log(`backend: ${info.backend}, ${info.threads} thread(s)`);
+      if (native.backend) {
+        const cpu = native.backend.cpuFeatures();
+        console.log(`native addon: ${native.path}`);
+        console.log(`kernel path: ${cpu.path} (avx2 ${cpu.avx2}, fma ${cpu.fma}, avx512f ${cpu.avx512f})`);
+      } else {
+        console.log(`native addon unavailable: ${native.error}`);
+      }
+    });
+  return program;
+}
+
+/** The one line (plus hint) an error prints, and the exit code it gives. */
+export function describeError(e: unknown): { text: string; code: number } {
+  if (e instanceof SigmaError) return { text: `sigma: ${e.message}`, code: 1 };
+  const errno = (e as NodeJS.ErrnoException | null)?.code;
+  if (typeof errno === "string" && USER_ERRNO.has(errno) && e instanceof Error) return { text: `sigma: ${e.message}`, code: 1 };
+  if (e instanceof Error && /Array buffer allocation failed|Invalid typed array length|Invalid array length/.test(e.message)) {
+    return { text: `sigma: out of memory: ${e.message}\n  hint: use a smaller model or batch (the config's model and batchSize fields)`, code: 1 };
+  }
+  const msg = e instanceof Error ? e.message : String(e);
+  const stack = process.env.SIGMA_DEBUG && e instanceof Error && e.stack ? `\n${e.stack}` : "";
+  return { text: `sigma: internal error: ${msg}\n  hint: this is a bug in Sigma; please report it with the command you ran (SIGMA_DEBUG=1 prints the stack trace)${stack}`, code: EXIT_INTERNAL };
+}
+
+/** Runs `sigma <argv>` (argv without node and the script) and returns the exit code. */
+export async function runCli(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  } catch (e) {
+    // Commander has printed its own message (help, version, a bad flag).
+    if (e instanceof CommanderError) return e.exitCode;
+    const { text, code } = describeError(e);
+    console.error(text);
+    return code;
+  }
+}
