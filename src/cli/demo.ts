@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { readManifest } from "../data/manifest.js";
 import { parseTrainConfig, type TrainConfigInput } from "../train/config.js";
 import { Trainer } from "../train/trainer.js";
+import { prepareRunFolder } from "../train/run.js";
 import { encodePrompt } from "../serve/load.js";
 import { loadTokenizer } from "../tokenizer/hfjson.js";
 import { generateIds } from "../serve/generate.js";
@@ -37,6 +38,7 @@ interface DemoOpts {
   width: number;
   seed: number;
   codeSlot?: boolean;
+  overwrite?: boolean;
 }
 
 /**
@@ -99,6 +101,7 @@ export function register(program: Command): void {
     .option("--width <n>", "model width C", parseIntOpt("width"), 128)
     .option("--seed <n>", "seed of the init, the RRE tables and the data order", parseIntOpt("seed"), 1)
     .option("--code-slot", "give code its own embedding slot, as PanGu-Σ does (slower per step)")
+    .option("--overwrite", "replace the demo run that --out already holds")
     .action(async (o: DemoOpts) => {
       if (!(o.minutes > 0)) throw new SigmaError(`--minutes must be a positive number, got ${o.minutes}`);
       const t0 = performance.now();
@@ -111,6 +114,7 @@ export function register(program: Command): void {
       let cfg = parseTrainConfig(demoConfig(m.tokenizer.vocabSize, m.domains.map((d) => d.name), o), "demo config");
       // Lay the schedule out over the steps this machine can do in the budget,
       // so the rate has decayed when time runs out (the budget still stops the run).
+      prepareRunFolder(cfg, null, { overwrite: !!o.overwrite, flag: "--out", log: (l) => console.error(l) });
       const secondsPerStep = measureStep(cfg);
       const fit = Math.floor((0.9 * o.minutes * 60) / secondsPerStep);
       if (fit < cfg.steps) cfg = parseTrainConfig({ ...cfg, steps: Math.max(cfg.optim.warmupSteps + 1, fit) }, "demo config");

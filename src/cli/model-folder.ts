@@ -9,7 +9,7 @@
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { openCheckpointFolder, saveCheckpointFolder } from "../checkpoint/folder.js";
+import { openCheckpointFolder, readProvenance, saveCheckpointFolder } from "../checkpoint/folder.js";
 import { decodeModel, encodeModel, loadModel } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import type { ModelConfig } from "../models/config.js";
@@ -46,8 +46,8 @@ export function readModelSource(path: string): ModelSource {
   const f = openCheckpointFolder(path);
   const model = decodeModel(f.read("model.safetensors"), join(f.path, "model.safetensors"));
   const tokenizer = f.state.files["tokenizer.json"] ? parseTokenizer(f.read("tokenizer.json").toString("utf8"), join(f.path, "tokenizer.json"), model) : null;
-  const state = f.state as { step?: number; config?: { data?: { dir?: string } }; dataDir?: string };
-  return { model, tokenizer, path: f.path, step: state.step ?? 0, dataDir: state.config?.data?.dir ?? state.dataDir ?? null };
+  const state = readProvenance(f);
+  return { model, tokenizer, path: f.path, step: state.step, dataDir: state.dataDir };
 }
 
 /** Writes `<out>/step-NNNNNNNN/` and returns it. `state` records the provenance. */

@@ -98,6 +98,10 @@ export function describeError(e: unknown): { text: string; code: number } {
 /** Runs `sigma <argv>` (argv without node and the script) and returns the exit code. */
 export async function runCli(argv: string[]): Promise<number> {
   const program = buildProgram();
+  // A command may set process.exitCode (e.g. `store inspect --verify` finding bad records);
+  // read it for this run only, leaving the caller's own exit code as it was.
+  const callers = process.exitCode;
+  process.exitCode = undefined;
   try {
     await program.parseAsync(argv, { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : 0;
@@ -107,5 +111,7 @@ export async function runCli(argv: string[]): Promise<number> {
     const { text, code } = describeError(e);
     console.error(text);
     return code;
+  } finally {
+    process.exitCode = callers;
   }
 }

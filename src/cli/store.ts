@@ -10,7 +10,7 @@ import { openCheckpointFolder } from "../checkpoint/folder.js";
 import { ExpertStoreFile } from "../store/file.js";
 import { RECORD_HEADER, formatBytes, paramsPerExpert, parseBytes, totalExperts, type IndexEntry } from "../store/format.js";
 import { parseTrainConfig, type TrainConfig } from "../train/config.js";
-import type { TrainState } from "../train/checkpoint.js";
+import { readTrainState } from "../train/checkpoint.js";
 import { statsPath, type Ecss, type EcssStats } from "../train/ecss.js";
 import { convertCheckpoint } from "../train/ecss-convert.js";
 import { SigmaError } from "../util/errors.js";
@@ -62,7 +62,7 @@ export function inspectStore(path: string, opts: { ckpt?: string; verify?: boole
     let index = "the store's own index (as created or converted)";
     if (opts.ckpt) {
       const f = openCheckpointFolder(opts.ckpt);
-      const s = f.state as unknown as TrainState;
+      const s = readTrainState(f);
       if (s.store?.storeId !== h.storeId) throw new SigmaError(`${f.path} was not written with the store ${path}`, "pass the checkpoint of the run that uses this store");
       store.restore(f.read("experts.index"), join(f.path, "experts.index"));
       index = `${f.path}/experts.index`;

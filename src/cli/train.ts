@@ -10,8 +10,8 @@ import { loadTrainConfig, parseTrainConfig, type TrainConfig } from "../train/co
 import { resumeTrainer } from "../train/checkpoint.js";
 import { Evaluator, type DomainEval } from "../train/evaluate.js";
 import { unigramBaselines } from "../train/baseline.js";
-import { runPaths, runTraining, type RunResult } from "../train/run.js";
-import { Trainer } from "../train/trainer.js";
+import { prepareRunFolder, runPaths, runTraining, type RunResult } from "../train/run.js";
+import { Trainer, storePath } from "../train/trainer.js";
 import { readManifest } from "../data/manifest.js";
 import { domainIndex, encodePrompt, loadForInference } from "../serve/load.js";
 import { generateIds } from "../serve/generate.js";
@@ -72,15 +72,18 @@ export function register(program: Command): void {
     .option("--resume [ckpt]", "continue from a checkpoint (default: the newest in <out>/checkpoints)")
     .option("--init <ckpt>", "start from a model's weights (from sigma upcycle, extract or import; its config must equal the model section)")
     .option("--out <dir>", "override the config's out folder")
+    .option("--overwrite", "replace the run that --out already holds (its checkpoints, metrics, plots and the expert store it created)")
     .option("--steps <n>", "override the config's steps", parseIntOpt("steps"))
     .option("--store [path]", "ECSS: keep the experts and their Adam moments in an expert store file (default <out>/experts.sgxs)")
     .option("--expert-memory <size>", "ECSS: RAM budget of the resident experts, e.g. 2GiB (implies --store)")
-    .action(async (o: { config: string; resume?: string | true; init?: string; out?: string; steps?: number; store?: string | true; expertMemory?: string }) => {
+    .action(async (o: { config: string; resume?: string | true; init?: string; out?: string; overwrite?: boolean; steps?: number; store?: string | true; expertMemory?: string }) => {
       let cfg: TrainConfig = loadTrainConfig(o.config);
       if (o.out !== undefined || o.steps !== undefined) cfg = parseTrainConfig({ ...cfg, ...(o.out !== undefined ? { out: o.out } : {}), ...(o.steps !== undefined ? { steps: o.steps } : {}) }, o.config);
       cfg = withStoreOptions(cfg, o, o.config);
       let t: Trainer;
       if (o.resume && o.init) throw new SigmaError("--resume and --init exclude each other", "--init starts a new run from a model; --resume continues a run");
+      if (o.resume && o.overwrite) throw new SigmaError("--resume and --overwrite exclude each other", "--resume continues the run in --out; --overwrite replaces it with a new one");
+      prepareRunFolder(cfg, cfg.store.enabled ? storePath(cfg) : null, { resume: !!o.resume, overwrite: !!o.overwrite, flag: o.out !== undefined ? "--out" : `out in ${o.config}`, log: (l) => console.error(l) });
       if (o.resume) {
         const from = o.resume === true ? runPaths(cfg.out).checkpoints : o.resume;
         t = resumeTrainer(from, cfg);

@@ -14,8 +14,7 @@ import { ExpertStoreFile } from "../store/file.js";
 import { EXPERT_TENSORS, readStackedLayer } from "../store/stacked.js";
 import { SigmaError } from "../util/errors.js";
 
-export function modelFromStoreCheckpoint(f: LoadedFolder): PanguSigma {
-  const ref = (f.state as { store?: { path: string; storeId: string } }).store!;
+export function modelFromStoreCheckpoint(f: LoadedFolder, ref: { path: string; storeId: string }): PanguSigma {
   const source = join(f.path, "model.safetensors");
   const { tensors, metadata } = decodeSafetensors(f.read("model.safetensors"), source);
   const config = parseModelConfig(JSON.parse(metadata.config ?? "null"), `${source} (embedded config)`);

@@ -5,7 +5,7 @@
  */
 import { existsSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { openCheckpointFolder } from "../checkpoint/folder.js";
+import { openCheckpointFolder, readProvenance } from "../checkpoint/folder.js";
 import { decodeModel, loadModel } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { fromHfJson, loadTokenizer, sha256Hex } from "../tokenizer/hfjson.js";
@@ -32,16 +32,16 @@ export function loadForInference(path: string): LoadedModel {
     return { model, tokenizer: checkVocab(loadTokenizer(tokPath).tokenizer, model, tokPath), path, step: null, dataDir: null };
   }
   const f = openCheckpointFolder(path);
+  const state = readProvenance(f);
   // ECSS checkpoints keep the experts in their store.
-  const model = (f.state as { store?: unknown }).store ? modelFromStoreCheckpoint(f) : decodeModel(f.read("model.safetensors"), join(f.path, "model.safetensors"));
+  const model = state.store ? modelFromStoreCheckpoint(f, state.store) : decodeModel(f.read("model.safetensors"), join(f.path, "model.safetensors"));
   const tokBytes = f.read("tokenizer.json");
   const tokPath = join(f.path, "tokenizer.json");
-  const state = f.state as { step?: number; tokenizer?: { sha256?: string }; config?: { data?: { dir?: string } } };
-  if (state.tokenizer?.sha256 && sha256Hex(tokBytes) !== state.tokenizer.sha256) {
+  if (state.tokenizerSha256 && sha256Hex(tokBytes) !== state.tokenizerSha256) {
     throw new SigmaError(`${tokPath} is not the tokenizer the model was trained with`, "the checkpoint is damaged; use an earlier one");
   }
   const tokenizer = checkVocab(fromHfJson(tokBytes.toString("utf8"), tokPath), model, tokPath);
-  return { model, tokenizer, path: f.path, step: state.step ?? null, dataDir: state.config?.data?.dir ?? null };
+  return { model, tokenizer, path: f.path, step: state.step, dataDir: state.dataDir };
 }
 
 /** `tok`, checked to have the model's vocabulary size (`where` names the tokenizer file). */

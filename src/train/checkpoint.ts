@@ -19,10 +19,12 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { decodeSafetensors, encodeSafetensors, type StArray } from "../checkpoint/safetensors.js";
-import { openCheckpointFolder, pruneCheckpoints, saveCheckpointFolder } from "../checkpoint/folder.js";
+import { z } from "zod";
+import { FilesSchema, MAX_STEP, StepSchema, openCheckpointFolder, pruneCheckpoints, saveCheckpointFolder, type LoadedFolder } from "../checkpoint/folder.js";
 import { decodeModel, encodeModel } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { SigmaError } from "../util/errors.js";
+import { parseWithSchema } from "../util/json.js";
 import { parseTrainConfig, type TrainConfig } from "./config.js";
 import { learningRate } from "./schedule.js";
 import { Trainer } from "./trainer.js";
@@ -30,20 +32,61 @@ import { Trainer } from "./trainer.js";
 export const TRAIN_FORMAT = "sigma-train";
 export const TRAIN_VERSION = 1;
 
-export interface TrainState {
-  format: string;
-  version: number;
-  step: number;
-  tokens: number;
-  seconds: number;
-  config: TrainConfig;
-  schedule: { nextLr: number } & Trainer["schedule"];
-  loaderRng: ReturnType<Trainer["loader"]["getState"]>;
-  tokenizer: { sha256: string; vocabSize: number };
+const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, "must be 64 lowercase hex digits");
+const Count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+
+/** The loader's RNG state (xoshiro128**: four 32-bit words, not all zero, and the spare normal draw). */
+const RngStateSchema = z
+  .object({
+    s: z.array(z.number().int().min(0).max(0xffffffff)).length(4).refine((s) => s.some((w) => w !== 0), "an all-zero state never leaves zero"),
+    spare: z.number().finite().nullable(),
+  })
+  .strict();
+
+/**
+ * state.json of a training checkpoint, parsed strictly: every number read
+ * back steers the run (the step names the next checkpoint's folder), so each
+ * is an integer or finite number in range; the config is parsed by the train
+ * config's own schema afterwards (resumeTrainer) so its errors name its fields.
+ */
+export const TrainStateSchema = z.object({
+  files: FilesSchema,
+  format: z.literal("sigma-train"),
+  version: z.literal(1),
+  step: StepSchema,
+  tokens: Count,
+  seconds: z.number().finite().min(0),
+  config: z.unknown(),
+  schedule: z.object({ nextLr: z.number().finite() }).passthrough(),
+  loaderRng: RngStateSchema,
+  tokenizer: z.object({ sha256: Sha256, vocabSize: z.number().int().min(1).max(2 ** 31 - 1) }).strict(),
   /** sha256 of each RRE routing table (they live in model.safetensors); checked on load. */
-  rreTables: Record<string, string>;
+  rreTables: z.record(z.string().max(256), Sha256),
   /** With an expert store: its file and id (experts.index refers to its records). */
-  store?: { path: string; storeId: string };
+  store: z.object({ path: z.string().min(1).max(4096), storeId: z.string().min(1).max(128) }).strict().optional(),
+});
+
+export type TrainState = Omit<z.infer<typeof TrainStateSchema>, "config"> & { config: TrainConfig };
+
+/**
+ * A training checkpoint's state.json, validated (format, version, every
+ * number, the config). `folder` is an opened checkpoint folder.
+ */
+export function readTrainState(folder: LoadedFolder): TrainState {
+  const where = folder.path;
+  const raw = folder.state as Record<string, unknown>;
+  if (raw.format !== TRAIN_FORMAT) throw new SigmaError(`${where}/state.json is not a Sigma training checkpoint (format ${JSON.stringify(raw.format) ?? "missing"})`, "pass a folder written by `sigma train`");
+  if (raw.version !== TRAIN_VERSION) throw new SigmaError(`${where} is a version ${JSON.stringify(raw.version)} checkpoint; this Sigma reads version ${TRAIN_VERSION}`);
+  const s = parseWithSchema(TrainStateSchema, raw, `${where}/state.json`, `the checkpoint is damaged or was edited; use an earlier one`);
+  return { ...s, config: parseTrainConfig(s.config, `${where}/state.json (config)`) };
+}
+
+/** The optimizer's step from optimizer.safetensors' metadata: a decimal integer in [0, MAX_STEP]. */
+export function optimizerStep(metadata: Record<string, string>, source: string): number {
+  const text = metadata.step;
+  const n = typeof text === "string" && /^\d{1,13}$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n > MAX_STEP) throw new SigmaError(`${source}: the metadata field "step" is ${JSON.stringify(text) ?? "missing"}, not an integer in [0, ${MAX_STEP}]`, "the checkpoint is damaged or was edited; use an earlier one");
+  return n;
 }
 
 const hashOf = (a: Int32Array): string => createHash("sha256").update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)).digest("hex");
@@ -68,7 +111,7 @@ export function saveTrainCheckpoint(t: Trainer, dir: string, keep = t.config.che
   ]);
   // ECSS: dirty experts go to the store (never into the slots the previous checkpoint names) and are fsynced first.
   if (t.ecss) files.set("experts.index", t.ecss.flush());
-  const state: TrainState = {
+  const state: Omit<TrainState, "files"> = {
     format: TRAIN_FORMAT,
     version: TRAIN_VERSION,
     step: t.step,
@@ -105,10 +148,8 @@ export function diffFields(a: unknown, b: unknown, path = ""): string[] {
 export function resumeTrainer(path: string, config?: TrainConfig): Trainer {
   const folder = openCheckpointFolder(path);
   const where = folder.path;
-  const s = folder.state as unknown as TrainState;
-  if (s.format !== TRAIN_FORMAT) throw new SigmaError(`${where}/state.json is not a Sigma training checkpoint (format ${JSON.stringify(s.format)})`, "pass a folder written by `sigma train`");
-  if (s.version !== TRAIN_VERSION) throw new SigmaError(`${where} is a version ${s.version} checkpoint; this Sigma reads version ${TRAIN_VERSION}`);
-  const saved = parseTrainConfig(s.config, `${where}/state.json (config)`);
+  const s = readTrainState(folder);
+  const saved = s.config;
   if (config) {
     const diff = diffFields(saved.model, config.model).map((d) => `model.${d}`);
     if (diff.length) {
@@ -157,7 +198,7 @@ export function resumeTrainer(path: string, config?: TrainConfig): Trainer {
     if (!src || src.data.length !== steps.length) throw new SigmaError(`${optPath}: the per-expert step counts "steps.${path}" are missing`, "the checkpoint was written without optim.sparseExperts; resume with the same optim settings");
     steps.set(Array.from(src.data, Number));
   }
-  t.optimizer.step = Number(metadata.step);
+  t.optimizer.step = optimizerStep(metadata, optPath);
   t.loader.setState(s.loaderRng);
   t.step = s.step;
   t.tokens = s.tokens;

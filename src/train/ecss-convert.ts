@@ -22,8 +22,7 @@ import { ExpertStoreFile } from "../store/file.js";
 import { tensorOffsets } from "../store/format.js";
 import { EXPERT_TENSORS as NAMES, readStackedLayer } from "../store/stacked.js";
 import { SigmaError } from "../util/errors.js";
-import { parseTrainConfig } from "./config.js";
-import type { TrainState } from "./checkpoint.js";
+import { optimizerStep, readTrainState } from "./checkpoint.js";
 import { storeLayout } from "./ecss.js";
 
 type Tensors = Map<string, { shape: number[]; data: StArray }>;
@@ -37,8 +36,8 @@ function need(t: Map<string, StTensor>, name: string, source: string): StTensor 
 /** Writes a converted checkpoint into `outDir` (a checkpoints folder); returns its path. */
 export function convertCheckpoint(src: string, to: "store" | "ram", outDir: string, storePath?: string): string {
   const folder = openCheckpointFolder(src);
-  const s = folder.state as unknown as TrainState;
-  const cfg = parseTrainConfig(s.config, `${folder.path}/state.json (config)`);
+  const s = readTrainState(folder);
+  const cfg = s.config;
   const c = cfg.model;
   const layout = storeLayout(c);
   const model = decodeSafetensors(folder.read("model.safetensors"), `${folder.path}/model.safetensors`);
@@ -55,7 +54,7 @@ export function convertCheckpoint(src: string, to: "store" | "ram", outDir: stri
     if (s.store) throw new SigmaError(`${folder.path} already keeps its experts in the store ${s.store.path}`, "convert it --to ram instead");
     if (!storePath) throw new SigmaError("converting to the store layout needs the store file to write", "pass --store PATH");
     if (existsSync(storePath)) throw new SigmaError(`the expert store ${storePath} already exists`, "pass a new --store PATH (converting writes a new store; it never replaces one)");
-    const globalStep = Number(opt.metadata.step ?? 0);
+    const globalStep = opt.metadata.step === undefined ? 0 : optimizerStep(opt.metadata, `${folder.path}/optimizer.safetensors`);
     const store = ExpertStoreFile.create(
       storePath,
       layout,

@@ -7,7 +7,7 @@
  */
 import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { writeFileAtomic } from "../util/fs.js";
+import { writeError, writeFileAtomic } from "../util/fs.js";
 
 export interface MetricRecord {
   kind: string;
@@ -15,15 +15,28 @@ export interface MetricRecord {
   [key: string]: unknown;
 }
 
+/**
+ * The run's metrics.jsonl. A write the system refuses (a full disk, an I/O
+ * error) throws a WriteError naming the file and what the errno means; the
+ * lines written before it stay (a line cut short is skipped on reading).
+ */
 export class MetricsLog {
   constructor(readonly path: string, resumeStep: number | null = null) {
-    mkdirSync(dirname(path), { recursive: true });
-    if (resumeStep === null || !existsSync(path)) writeFileSync(path, "");
-    else writeFileAtomic(path, readMetrics(path).filter((r) => r.step <= resumeStep).map((r) => JSON.stringify(r) + "\n").join(""));
+    try {
+      mkdirSync(dirname(path), { recursive: true });
+      if (resumeStep === null || !existsSync(path)) writeFileSync(path, "");
+      else writeFileAtomic(path, readMetrics(path).filter((r) => r.step <= resumeStep).map((r) => JSON.stringify(r) + "\n").join(""));
+    } catch (e) {
+      throw writeError(path, e, "create");
+    }
   }
 
   append(record: MetricRecord): void {
-    appendFileSync(this.path, JSON.stringify(record) + "\n");
+    try {
+      appendFileSync(this.path, JSON.stringify(record) + "\n");
+    } catch (e) {
+      throw writeError(this.path, e, "append to", "the lines before this one are intact");
+    }
   }
 }
 

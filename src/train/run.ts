@@ -7,9 +7,14 @@
  *   <out>/checkpoints/step-NNNNNNNN/
  *   <out>/plots/loss.svg, <out>/plots/experts.svg
  */
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { writeFileAtomic } from "../util/fs.js";
+import { existsSync, lstatSync, mkdirSync, readFileSync, rmSync, statSync, unlinkSync } from "node:fs";
+import { statsPath } from "./ecss-model.js";
+import { join, resolve } from "node:path";
+import { z } from "zod";
+import { listCheckpoints, openCheckpointFolder, refuseSymlink } from "../checkpoint/folder.js";
+import { SigmaError } from "../util/errors.js";
+import { WriteError, writeError, writeFileAtomic } from "../util/fs.js";
+import type { TrainConfig } from "./config.js";
 import type { DomainEval } from "./evaluate.js";
 import { MetricsLog, readMetrics } from "./metrics.js";
 import { expertLoadChart, lossChart } from "./plots.js";
@@ -43,15 +48,133 @@ export interface RunResult {
 }
 
 export const runPaths = (out: string) => ({
+  /** Written when a fresh run starts: who runs here and which expert store it creates. */
+  marker: join(out, "run.json"),
   metrics: join(out, "metrics.jsonl"),
   checkpoints: join(out, "checkpoints"),
   lossPlot: join(out, "plots", "loss.svg"),
   expertPlot: join(out, "plots", "experts.svg"),
 });
 
+const RunMarkerSchema = z.object({
+  format: z.literal("sigma-run"),
+  pid: z.number().int().min(0).max(2 ** 31),
+  startedAt: z.string().max(64),
+  /** The expert store this run created (it did not exist when the run started), or null. */
+  store: z.string().min(1).max(4096).nullable(),
+});
+
+/** How a run may treat an --out folder that already holds something. */
+export interface RunFolderOptions {
+  /** Continuing from a checkpoint: the folder's run is the one being continued. */
+  resume?: boolean;
+  /** Replace the run that the folder holds (its checkpoints, metrics, plots and the store it created). */
+  overwrite?: boolean;
+  /** Where the folder was named, for error messages: "--out" (the default) or e.g. "out in run.json". */
+  flag?: string;
+  /** Told what was replaced. */
+  log?: (line: string) => void;
+}
+
+function processAlive(pid: number): boolean {
+  if (pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+function readMarker(path: string): z.infer<typeof RunMarkerSchema> | null {
+  if (!existsSync(path)) return null;
+  try {
+    const m = RunMarkerSchema.safeParse(JSON.parse(readFileSync(path, "utf8")));
+    return m.success ? m.data : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Makes `config.out` ready for a run, before anything is written or
+ * allocated, and never changes an earlier run's files unless asked:
+ *
+ *   - links at the paths a run writes (checkpoints/, metrics.jsonl, plots/,
+ *     run.json) are refused: a run never writes through a link;
+ *   - a fresh run into a folder that holds another run's checkpoints is
+ *     refused, naming --resume and --overwrite; with `overwrite` that run's
+ *     checkpoints, metrics, plots and the expert store it created go;
+ *   - a run that was killed before its first checkpoint left nothing to
+ *     resume: starting it again replaces what it left (its metrics and the
+ *     store it created, as recorded in run.json);
+ *   - a fresh run records itself in run.json, with the store it is about to
+ *     create (only a store that does not exist yet is recorded, so a store
+ *     that belongs to someone else is never removed).
+ */
+export function prepareRunFolder(config: TrainConfig, storePath: string | null, opts: RunFolderOptions = {}): void {
+  const flag = opts.flag ?? "--out";
+  const out = config.out;
+  const p = runPaths(out);
+  if (existsSync(out) && !statSync(out).isDirectory()) throw new SigmaError(`${out} (${flag}) is a file, not a folder`, `pass a folder as ${flag.split(" ")[0]}`);
+  for (const path of [p.marker, p.metrics, p.checkpoints, join(out, "plots"), p.lossPlot, p.expertPlot]) refuseSymlink(path);
+  if (opts.resume) return;
+  const ckpts = listCheckpoints(p.checkpoints);
+  const marker = readMarker(p.marker);
+  if (marker && !opts.overwrite && processAlive(marker.pid)) throw new SigmaError(`another run (process ${marker.pid}) is writing to ${out} (${flag})`, `wait for it to finish or stop it; or choose another ${flag.split(" ")[0]}, or --overwrite`);
+  const holdsRun = ckpts.length > 0 || (!marker && existsSync(p.metrics));
+  if (holdsRun && !opts.overwrite) {
+    const what = ckpts.length ? `checkpoints up to step ${ckpts[ckpts.length - 1]!.step}` : "metrics.jsonl";
+    throw new SigmaError(`${out} (${flag}) already holds a run (${what})`, `pass --resume to continue it, --overwrite to replace it, or choose another ${flag.split(" ")[0]}`);
+  }
+  if (holdsRun || marker) {
+    // Replace the earlier run's files by name only (whatever else the folder holds stays). Its
+    // store goes only when this run's own store path names it (run.json alone never steers a delete)
+    // and it was created by that run (or is the default store inside the folder, with --overwrite).
+    const ours = storePath !== null && ((marker?.store ?? null) === resolve(storePath) || (opts.overwrite && resolve(storePath) === resolve(out, "experts.sgxs")));
+    for (const path of [p.checkpoints, p.metrics, join(out, "plots")]) rmSync(path, { recursive: true, force: true });
+    if (ours) for (const f of [storePath, statsPath(storePath)]) if (lstatSync(f, { throwIfNoEntry: false })?.isFile()) unlinkSync(f);
+    rmSync(p.marker, { force: true });
+    opts.log?.(holdsRun ? `replacing the run in ${out} (--overwrite)` : `the earlier run in ${out} stopped before its first checkpoint: starting it again`);
+  }
+  mkdirSync(out, { recursive: true });
+  writeFileAtomic(p.marker, JSON.stringify({ format: "sigma-run", pid: process.pid, startedAt: new Date().toISOString(), store: storePath !== null && !existsSync(storePath) ? resolve(storePath) : null }, null, 1) + "\n");
+}
+
 const evalRecord = (step: number, evals: DomainEval[]) => ({ kind: "eval", step, domains: Object.fromEntries(evals.map((e) => [e.domain, { loss: e.loss, perplexity: e.perplexity }])) });
 
 export async function runTraining(t: Trainer, hooks: RunHooks = {}, opts: RunOptions = {}): Promise<RunResult> {
+  try {
+    return await trainLoop(t, hooks, opts);
+  } catch (e) {
+    throw stoppedByOutputError(e, t);
+  }
+}
+
+/**
+ * A write of metrics.jsonl or a plot that the system refused (a full disk,
+ * an I/O error) stops the run with one error naming the file, the errno and
+ * the step, and says which checkpoint is complete to resume from: checkpoints
+ * are written all-or-nothing, and nothing more is written after the failure.
+ */
+function stoppedByOutputError(e: unknown, t: Trainer): unknown {
+  const p = runPaths(t.config.out);
+  if (!(e instanceof WriteError) || !(e.path === p.metrics || e.path.startsWith(join(t.config.out, "plots")))) return e;
+  const fix = e.code === "ENOSPC" || e.code === "EDQUOT" ? "free some space" : e.code === "EIO" ? "check the disk" : "fix the folder";
+  const newest = listCheckpoints(p.checkpoints).at(-1);
+  let ckpt = `no checkpoint was written: ${fix}, then start the run again`;
+  if (newest) {
+    try {
+      openCheckpointFolder(newest.path);
+      ckpt = `the newest checkpoint, ${newest.path} (step ${newest.step}), is complete: ${fix}, then continue with --resume`;
+    } catch (err) {
+      ckpt = `the newest checkpoint, ${newest.path}, could not be read back either (${(err as Error).message.split("\n")[0]})`;
+    }
+  }
+  return new SigmaError(`training stopped at step ${t.step}: ${e.detail}`, ckpt);
+}
+
+async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise<RunResult> {
   const c = t.config;
   const paths = runPaths(c.out);
   mkdirSync(c.out, { recursive: true });
@@ -113,7 +236,11 @@ export async function runTraining(t: Trainer, hooks: RunHooks = {}, opts: RunOpt
 export function writePlots(out: string, name: string, baselines: Record<string, number> = {}): string[] {
   const p = runPaths(out);
   const records = readMetrics(p.metrics);
-  mkdirSync(join(out, "plots"), { recursive: true });
+  try {
+    mkdirSync(join(out, "plots"), { recursive: true });
+  } catch (e) {
+    throw writeError(join(out, "plots"), e, "create");
+  }
   writeFileAtomic(p.lossPlot, lossChart(records, baselines, `${name}: training and per-domain validation loss`));
   writeFileAtomic(p.expertPlot, expertLoadChart(records));
   return [p.lossPlot, p.expertPlot];
