@@ -2,10 +2,15 @@
  * The safetensors format: an 8-byte little-endian header length, a JSON
  * header {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {…}},
  * then the raw little-endian bytes. Sigma writes F32, F64 and I32 tensors.
+ *
+ * Reading is strict (safetensorsHeader lists the rules): a damaged or hostile
+ * file is a SigmaError naming the file and what is wrong, never a crash, a
+ * huge allocation or tensors read from the wrong bytes.
  */
 import { readFileSync } from "node:fs";
 import { SigmaError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
+import { parseJsonStrict } from "../util/strict-json.js";
 
 export type StDtype = "F32" | "F64" | "I32";
 export type StArray = Float32Array | Float64Array | Int32Array;
@@ -61,42 +66,151 @@ const invalid = (source: string, what: string): never => {
   throw new SigmaError(`${source} is not a valid safetensors file: ${what}`, "the file may be truncated or corrupted; use another checkpoint");
 };
 
-/** The JSON header of a safetensors buffer, read without decoding any tensor, and where the data section starts. */
-export function safetensorsHeader(buf: Uint8Array, source: string): { header: Record<string, unknown>; dataStart: number } {
-  if (buf.length < 8) invalid(source, `only ${buf.length} bytes`);
-  const hlen = Number(new DataView(buf.buffer, buf.byteOffset, buf.byteLength).getBigUint64(0, true));
-  if (hlen > buf.length - 8) invalid(source, `its header claims ${hlen} bytes but the file has ${buf.length}`);
+/**
+ * Bytes per element of every dtype the safetensors format defines. The
+ * header check knows them all (so that a file of half-precision tensors is
+ * described as such); decodeSafetensors reads only Sigma's three.
+ */
+export const DTYPE_BYTES: Readonly<Record<string, number>> = {
+  BOOL: 1, U8: 1, I8: 1, F8_E4M3: 1, F8_E5M2: 1, I16: 2, U16: 2, F16: 2, BF16: 2, I32: 4, U32: 4, F32: 4, I64: 8, U64: 8, F64: 8,
+};
+
+/** The largest header read: the safetensors reference implementation's limit (100 MB). */
+export const MAX_HEADER_BYTES = 100_000_000;
+/** Longest tensor name (UTF-16 units) and most dimensions accepted. */
+const MAX_NAME = 1024;
+const MAX_DIMS = 64;
+
+/** One tensor's entry in a header, checked. */
+export interface StEntry {
+  name: string;
+  dtype: string;
+  shape: number[];
+  /** Byte range inside the data section. */
+  begin: number;
+  end: number;
+}
+
+/**
+ * The checked header of a safetensors buffer (no tensor decoded). Rules, each
+ * an error naming `source` and the tensor:
+ * - an 8-byte little-endian header length of at most MAX_HEADER_BYTES that
+ *   fits in the file; the header is UTF-8 JSON, an object, no key repeated;
+ * - `__metadata__`, when present, maps strings to strings;
+ * - every other key is a tensor name (1–1024 characters, no control
+ *   characters) whose value has exactly dtype (one of DTYPE_BYTES), shape
+ *   (at most 64 non-negative safe integers) and data_offsets [begin, end]
+ *   (safe integers, begin ≤ end), with end − begin = product(shape) × dtype size;
+ * - the tensors tile the data section exactly: sorted by offset, each starts
+ *   where the previous ended, the first at 0 and the last at the end of the
+ *   file — no overlap, no gap, no trailing bytes (the reference implementation's rule too).
+ * `header` is the parsed JSON, for callers that look at it themselves.
+ */
+export function safetensorsHeader(
+  buf: Uint8Array,
+  source: string,
+): { header: Record<string, unknown>; dataStart: number; entries: StEntry[]; metadata: Record<string, string> } {
+  const fail = (what: string): never => invalid(source, what);
+  if (buf.length < 8) fail(`only ${buf.length} bytes, shorter than the 8-byte header length`);
+  const hlen64 = new DataView(buf.buffer, buf.byteOffset, buf.byteLength).getBigUint64(0, true);
+  if (hlen64 > BigInt(MAX_HEADER_BYTES)) fail(`its header length is ${hlen64} bytes, over the ${MAX_HEADER_BYTES}-byte limit`);
+  const hlen = Number(hlen64);
+  if (hlen > buf.length - 8) fail(`its header claims ${hlen} bytes but the file has only ${buf.length - 8} after the length (truncated?)`);
+  let header: unknown;
   try {
-    return { header: JSON.parse(Buffer.from(buf.buffer, buf.byteOffset + 8, hlen).toString("utf8")) as Record<string, unknown>, dataStart: 8 + hlen };
+    const text = new TextDecoder("utf-8", { fatal: true }).decode(buf.subarray(8, 8 + hlen));
+    header = parseJsonStrict(text);
   } catch (e) {
-    return invalid(source, `its header is not JSON (${(e as Error).message})`);
+    return fail(`its header is not UTF-8 JSON (${(e as Error).message})`);
   }
+  if (typeof header !== "object" || header === null || Array.isArray(header)) return fail("its header is not a JSON object");
+  const dataStart = 8 + hlen;
+  const dataLen = buf.length - dataStart;
+  const metadata: Record<string, string> = {};
+  const entries: StEntry[] = [];
+  const safeInt = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
+  for (const [name, v] of Object.entries(header)) {
+    if (name === "__metadata__") {
+      if (typeof v !== "object" || v === null || Array.isArray(v)) fail("__metadata__ is not an object of strings");
+      for (const [k, s] of Object.entries(v as object)) {
+        if (typeof s !== "string") fail(`__metadata__ key ${JSON.stringify(k)} is ${s === null ? "null" : typeof s}, not a string`);
+        if (k === "__proto__") fail('__metadata__ has the key "__proto__"');
+        metadata[k] = s as string;
+      }
+      continue;
+    }
+    const tn = JSON.stringify(name.length > 80 ? `${name.slice(0, 80)}…` : name);
+    if (name.length === 0 || name.length > MAX_NAME || /[\u0000-\u001f\u007f]/.test(name)) fail(`tensor name ${tn} is empty, longer than ${MAX_NAME} characters, or has control characters`);
+    if (typeof v !== "object" || v === null || Array.isArray(v)) return fail(`tensor ${tn} is not an object`);
+    const e = v as Record<string, unknown>;
+    const extra = Object.keys(e).filter((k) => k !== "dtype" && k !== "shape" && k !== "data_offsets");
+    if (extra.length) fail(`tensor ${tn} has unknown field ${JSON.stringify(extra[0])} (allowed: dtype, shape, data_offsets)`);
+    const dtype = e.dtype;
+    if (typeof dtype !== "string" || !Object.hasOwn(DTYPE_BYTES, dtype)) fail(`tensor ${tn} has dtype ${JSON.stringify(dtype)}, not a safetensors dtype`);
+    const shape = e.shape;
+    if (!Array.isArray(shape) || shape.length > MAX_DIMS || !shape.every(safeInt)) fail(`tensor ${tn} has shape ${JSON.stringify(shape)}; a shape is an array of at most ${MAX_DIMS} non-negative integers`);
+    const offs = e.data_offsets;
+    if (!Array.isArray(offs) || offs.length !== 2 || !safeInt(offs[0]) || !safeInt(offs[1]) || offs[0] > offs[1]) {
+      fail(`tensor ${tn} has data_offsets ${JSON.stringify(offs)}; expected [begin, end], integers with 0 ≤ begin ≤ end`);
+    }
+    const [begin, end] = offs as [number, number];
+    if (end > dataLen) fail(`tensor ${tn} spans bytes [${begin}, ${end}) of a ${dataLen}-byte data section (truncated?)`);
+    // The element count; once past the range's size it only grows, so stop there (no overflow, no long loop).
+    const size = DTYPE_BYTES[dtype as string]!;
+    const bytes = end - begin;
+    let n = (shape as number[]).includes(0) ? 0 : 1;
+    for (const d of shape as number[]) {
+      if (n === 0 || n * size > bytes) break;
+      n *= d;
+    }
+    if (n * size !== bytes) fail(`tensor ${tn} spans ${bytes} bytes but ${dtype} [${(shape as number[]).join(", ")}] needs ${n * size > bytes ? "more" : n * size}`);
+    entries.push({ name, dtype: dtype as string, shape: shape as number[], begin, end });
+  }
+  const sorted = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let at = 0;
+  for (const t of sorted) {
+    if (t.begin < at) fail(`tensor ${JSON.stringify(t.name)} (bytes [${t.begin}, ${t.end})) overlaps the tensor before it (which ends at ${at})`);
+    if (t.begin > at) fail(`bytes [${at}, ${t.begin}) of the data section belong to no tensor (the next is ${JSON.stringify(t.name)})`);
+    at = t.end;
+  }
+  if (at !== dataLen) fail(`the data section has ${dataLen - at} bytes after the last tensor (which ends at ${at} of ${dataLen})`);
+  return { header: header as Record<string, unknown>, dataStart, entries, metadata };
 }
 
 /** Parses a safetensors buffer; every problem is reported with `source` (the file name). */
 export function decodeSafetensors(buf: Uint8Array, source: string): { tensors: Map<string, StTensor>; metadata: Record<string, string> } {
-  const fail = (what: string): never => invalid(source, what);
-  const { header, dataStart } = safetensorsHeader(buf, source);
-  const dataLen = buf.length - dataStart;
+  const { dataStart, entries, metadata } = safetensorsHeader(buf, source);
   const tensors = new Map<string, StTensor>();
-  const metadata = (header.__metadata__ ?? {}) as Record<string, string>;
-  for (const [name, v] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    const e = v as { dtype?: string; shape?: number[]; data_offsets?: [number, number] };
-    if (!e.dtype || !(e.dtype in BYTES)) fail(`tensor "${name}" has unsupported dtype ${e.dtype} (Sigma reads F32, F64, I32)`);
-    const dtype = e.dtype as StDtype;
-    const shape = e.shape ?? fail(`tensor "${name}" has no shape`);
-    const [b, end] = e.data_offsets ?? fail(`tensor "${name}" has no data_offsets`);
-    const n = shape.reduce((p, d) => p * d, 1);
-    if (end - b !== n * BYTES[dtype]) fail(`tensor "${name}" spans ${end - b} bytes but shape [${shape}] needs ${n * BYTES[dtype]}`);
-    if (b < 0 || end > dataLen) fail(`tensor "${name}" lies past the end of the file (truncated?)`);
+  for (const { name, dtype, shape, begin, end } of entries) {
+    if (!Object.hasOwn(BYTES, dtype)) invalid(source, `tensor ${JSON.stringify(name)} has dtype ${dtype}; Sigma reads F32, F64 and I32`);
+    const n = (end - begin) / BYTES[dtype as StDtype];
     // Copy into an aligned buffer (the data section need not be aligned in memory).
-    const bytes = new Uint8Array(end - b);
-    bytes.set(buf.subarray(dataStart + b, dataStart + end));
+    const bytes = new Uint8Array(end - begin);
+    bytes.set(buf.subarray(dataStart + begin, dataStart + end));
     const data = dtype === "F32" ? new Float32Array(bytes.buffer, 0, n) : dtype === "F64" ? new Float64Array(bytes.buffer, 0, n) : new Int32Array(bytes.buffer, 0, n);
-    tensors.set(name, { dtype, shape, data });
+    tensors.set(name, { dtype: dtype as StDtype, shape, data });
   }
   return { tensors, metadata };
+}
+
+/**
+ * An integer stored as a metadata string (e.g. the optimizer's `step`):
+ * decimal digits with an optional leading "-", within [min, max] (default
+ * [0, 2^53 − 1]). Missing (own keys only), or anything else, is a SigmaError
+ * naming `source` and the key.
+ */
+export function metadataInt(metadata: Record<string, string>, key: string, source: string, range: { min?: number; max?: number } = {}): number {
+  const min = range.min ?? 0;
+  const max = range.max ?? Number.MAX_SAFE_INTEGER;
+  const raw = Object.hasOwn(metadata, key) ? metadata[key] : undefined;
+  const value = raw !== undefined && /^-?[0-9]{1,16}$/.test(raw) ? Number(raw) : NaN;
+  if (!(Number.isSafeInteger(value) && value >= min && value <= max)) {
+    throw new SigmaError(
+      `${source}: metadata "${key}" is ${raw === undefined ? "missing" : JSON.stringify(raw.length > 40 ? `${raw.slice(0, 40)}…` : raw)}; expected an integer in [${min}, ${max}]`,
+      "the file is damaged or was not written by Sigma; use another checkpoint",
+    );
+  }
+  return value;
 }
 
 export function readSafetensors(path: string): { tensors: Map<string, StTensor>; metadata: Record<string, string> } {

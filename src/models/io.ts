@@ -5,7 +5,8 @@
  */
 import { decodeSafetensors, encodeSafetensors, readSafetensors, writeSafetensors, type StArray, type StTensor } from "../checkpoint/safetensors.js";
 import { SigmaError } from "../util/errors.js";
-import { parseModelConfig } from "./config.js";
+import { parseJsonStrict } from "../util/strict-json.js";
+import { parseModelConfig, type ModelConfig } from "./config.js";
 import { PanguSigma } from "./pangu-sigma.js";
 
 /** The model's parameters and buffers by name, and the metadata that rebuilds it. */
@@ -42,33 +43,87 @@ export function decodeModel(bytes: Uint8Array, source: string, opts: { externalE
   return modelFromTensors(tensors, metadata, source, opts.externalExperts ?? false);
 }
 
-/** A model from decoded safetensors (tensors and metadata of a Sigma model file; `path` names it in errors). */
-export function modelFromTensors(tensors: Map<string, StTensor>, metadata: Record<string, string>, path: string, externalExperts = false): PanguSigma {
-  if (metadata.format !== "sigma-model" || !metadata.config) {
+/** The model config in a Sigma model file's metadata, validated by ModelConfigSchema; errors name `path`. */
+export function embeddedConfig(metadata: Record<string, string>, path: string): ModelConfig {
+  if (metadata.format !== "sigma-model" || typeof metadata.config !== "string") {
     throw new SigmaError(`${path} is not a Sigma model file (no sigma-model metadata)`, "pass a file written by Sigma");
   }
   let raw: unknown;
   try {
-    raw = JSON.parse(metadata.config);
+    raw = parseJsonStrict(metadata.config);
   } catch (e) {
     throw new SigmaError(`${path}: the embedded config is not JSON (${(e as Error).message})`, "the file is damaged; use another copy");
   }
-  const config = parseModelConfig(raw, `${path} (embedded config)`);
+  return parseModelConfig(raw, `${path} (embedded config)`);
+}
+
+/**
+ * A lower bound on the values (parameters and state buffers) a model of this
+ * config holds: embeddings, attention and FFN matrices, experts. The terms
+ * left out (biases, norms, routers, the query layer) add at most a small
+ * multiple, so a file that holds fewer values than this cannot belong to the
+ * config — and a config with absurd sizes is refused before any allocation.
+ */
+function minModelValues(c: ModelConfig, externalExperts: boolean): number {
+  const C = c.width;
+  const layers = c.denseLayers + c.sparseLayers;
+  const experts = externalExperts || !c.experts ? 0 : c.sparseLayers * c.experts.count * 2 * C * (c.experts.width ?? c.ffnWidth);
+  return c.embeddingSlots * c.vocabSize * C + c.seqLen * C + layers * 4 * C * C + c.denseLayers * 2 * C * c.ffnWidth + experts;
+}
+
+/** An RRE table sends every token of group g to an expert of that group: g·E/G … (g+1)·E/G − 1. */
+function checkRreTable(table: Int32Array, c: ModelConfig, what: string): void {
+  const r = c.experts?.router;
+  if (r?.kind !== "rre") return;
+  const per = c.experts!.count / r.groups;
+  const V = table.length / r.groups;
+  for (let i = 0; i < table.length; i++) {
+    const g = Math.floor(i / V);
+    const e = table[i]!;
+    if (!(e >= g * per && e < (g + 1) * per)) {
+      throw new SigmaError(`${what} sends token ${i - g * V} of expert group ${g} to expert ${e}, outside the group (experts ${g * per}…${(g + 1) * per - 1})`, "the file is damaged; use another copy");
+    }
+  }
+}
+
+const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((d, i) => d === b[i]);
+
+/**
+ * A model from decoded safetensors (tensors and metadata of a Sigma model
+ * file; `path` names it in errors). The embedded config is checked with
+ * ModelConfigSchema; every tensor the config implies must be there with
+ * exactly its dtype and shape, and nothing else may be.
+ */
+export function modelFromTensors(tensors: Map<string, StTensor>, metadata: Record<string, string>, path: string, externalExperts = false): PanguSigma {
+  const config = embeddedConfig(metadata, path);
+  let held = 0;
+  for (const t of tensors.values()) held += t.data.length;
+  const need = minModelValues(config, externalExperts);
+  if (need > held || config.denseLayers + config.sparseLayers > tensors.size) {
+    throw new SigmaError(
+      `${path}: its embedded config describes a model of at least ${need.toExponential(2)} values in ${config.denseLayers + config.sparseLayers} layers, but the file holds ${held} values in ${tensors.size} tensors`,
+      "the file is damaged or its config was edited; use another copy",
+    );
+  }
   const model = new PanguSigma(config, "float32", externalExperts ? { externalExperts: {} } : {});
   const expected = new Set<string>();
   for (const [name, p] of model.namedParameters()) {
     expected.add(name);
     const t = tensors.get(name);
     if (!t) throw new SigmaError(`${path}: tensor "${name}" is missing`, "the file does not match its config; it may come from another version");
-    if (t.dtype !== "F32" || t.data.length !== p.tensor.size) {
-      throw new SigmaError(`${path}: tensor "${name}" is ${t.dtype} [${t.shape}], expected F32 [${p.tensor.shape}]`);
+    if (t.dtype !== "F32" || !sameShape(t.shape, p.tensor.shape)) {
+      throw new SigmaError(`${path}: tensor "${name}" is ${t.dtype} [${t.shape.join(", ")}], its config needs F32 [${p.tensor.shape.join(", ")}]`, "the file does not match its config");
     }
     p.tensor.data.set(t.data);
   }
   for (const [name, b] of model.namedBuffers()) {
     expected.add(name);
     const t = tensors.get(name);
-    if (!t || t.dtype !== "I32" || t.data.length !== b.length) throw new SigmaError(`${path}: state buffer "${name}" is missing or has the wrong size`);
+    if (!t) throw new SigmaError(`${path}: state buffer "${name}" is missing`, "the file does not match its config");
+    if (t.dtype !== "I32" || !sameShape(t.shape, [b.length])) {
+      throw new SigmaError(`${path}: state buffer "${name}" is ${t.dtype} [${t.shape.join(", ")}], its config needs I32 [${b.length}]`, "the file does not match its config");
+    }
+    if (name.endsWith(".router.table")) checkRreTable(t.data as Int32Array, config, `${path}: state buffer "${name}"`);
     b.set(t.data);
   }
   const extra = [...tensors.keys()].filter((n) => !expected.has(n));

@@ -7,8 +7,7 @@
 import { join } from "node:path";
 import type { LoadedFolder } from "../checkpoint/folder.js";
 import { decodeSafetensors, type StTensor } from "../checkpoint/safetensors.js";
-import { parseModelConfig } from "../models/config.js";
-import { modelFromTensors } from "../models/io.js";
+import { embeddedConfig, modelFromTensors } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { ExpertStoreFile } from "../store/file.js";
 import { EXPERT_TENSORS, readStackedLayer } from "../store/stacked.js";
@@ -17,8 +16,8 @@ import { SigmaError } from "../util/errors.js";
 export function modelFromStoreCheckpoint(f: LoadedFolder, ref: { path: string; storeId: string }): PanguSigma {
   const source = join(f.path, "model.safetensors");
   const { tensors, metadata } = decodeSafetensors(f.read("model.safetensors"), source);
-  const config = parseModelConfig(JSON.parse(metadata.config ?? "null"), `${source} (embedded config)`);
-  const store = ExpertStoreFile.open(ref.path);
+  const config = embeddedConfig(metadata, source);
+  const store = ExpertStoreFile.open(ref.path, { readOnly: true });
   const all = new Map<string, StTensor>(tensors);
   try {
     if (store.header.storeId !== ref.storeId) throw new SigmaError(`${ref.path} is store ${store.header.storeId}, but ${f.path} was written with store ${ref.storeId}`, "run from the folder the run was started in, or convert the checkpoint with `sigma store convert --to ram --store PATH`");
