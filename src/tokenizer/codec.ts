@@ -75,6 +75,14 @@ export class Tokenizer {
         throw new SigmaError(`${where}: token id ${S + b} should be byte 0x${b.toString(16)} spelled "${BYTE_TO_CHAR[b]}"`, "Sigma's vocabularies list the 256 byte tokens in byte order right after the specials");
       }
     }
+    if (S + data.tokens.length > 2097152) throw new SigmaError(`${where}: vocabulary of ${S + data.tokens.length} is over the 2^21 limit`);
+    for (let i = 256; i < data.tokens.length; i++) {
+      const t = data.tokens[i];
+      if (typeof t !== "string" || t.length < 2) throw new SigmaError(`${where}: token id ${S + i} is ${JSON.stringify(t)}; a merged token is at least two byte characters`);
+      for (const ch of t) {
+        if (!CHAR_INDEX.has(ch)) throw new SigmaError(`${where}: token id ${S + i} (${JSON.stringify(t.length > 40 ? `${t.slice(0, 40)}…` : t)}) has the character ${JSON.stringify(ch)}, which spells no byte`, "byte-level BPE spells every token with the 256 byte characters (GPT-2's byte-to-unicode table)");
+      }
+    }
     this.vocab = [...this.specials, ...data.tokens];
     this.specials.forEach((s, i) => this.specialIds.set(s, i));
     for (let i = 0; i < S; i++) this.bytesOf.push(this.utf8.encode(this.specials[i]!));
@@ -108,7 +116,6 @@ export class Tokenizer {
       for (let i = 0; i < t.length; i++) bytes[i] = this.bytesOf[S + CHAR_INDEX.get(t[i]!)!]![0]!;
       this.bytesOf.push(bytes);
     }
-    if (this.vocab.length > 2097152) throw new SigmaError(`${where}: vocabulary of ${this.vocab.length} is over the 2^21 limit`);
   }
 
   get vocabSize(): number {

@@ -16,6 +16,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { SigmaError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
+import { parseJsonStrict } from "../util/strict-json.js";
 import { SPLIT_PATTERN } from "./pretokenize.js";
 import { parseSpecials } from "./specials.js";
 import { Tokenizer } from "./codec.js";
@@ -69,47 +70,75 @@ export function toHfJson(tok: Tokenizer): string {
   return JSON.stringify(json, null, 1) + "\n";
 }
 
-interface HfAddedToken {
-  id: number;
-  content: string;
-}
+/** Flags an added token must have: HF matches such a token exactly, as Sigma does. */
+const ADDED_FLAGS = { single_word: false, lstrip: false, rstrip: false, normalized: false, special: true } as const;
 
-/** Parses tokenizer.json text written by `toHfJson`; `where` names the file in errors. */
+const isObject = (x: unknown): x is Record<string, unknown> => typeof x === "object" && x !== null && !Array.isArray(x);
+const show = (x: unknown): string => {
+  const s = JSON.stringify(x) ?? String(x);
+  return s.length > 60 ? `${s.slice(0, 60)}…` : s;
+};
+
+/**
+ * Parses tokenizer.json text written by `toHfJson`; `where` names the file in
+ * errors. Strict, so that Sigma never encodes differently from HF with the
+ * same file: no key twice; added_tokens are Sigma's specials with ids 0…S−1
+ * and the exact-match flags; vocab maps each token to a distinct id, the
+ * non-special ids covering S…V−1 with no hole (specials may be listed with
+ * their own ids); every token is spelled in byte-level characters; every
+ * merge is a pair of vocab tokens whose concatenation is in the vocab.
+ * Linear in the file's size.
+ */
 export function fromHfJson(text: string, where: string): Tokenizer {
-  let j: any;
+  let j: unknown;
   try {
-    j = JSON.parse(text);
+    j = parseJsonStrict(text);
   } catch (e) {
     throw new SigmaError(`${where}: not valid JSON (${(e as Error).message})`, "was the file truncated? retrain with `sigma tokenizer train`");
   }
   const fail = (what: string): never => {
     throw new SigmaError(`${where}: unsupported tokenizer.json: ${what}`, "Sigma loads the byte-level BPE tokenizers that `sigma tokenizer train` writes");
   };
-  const m = j?.model;
-  if (m?.type !== "BPE") fail(`model type ${JSON.stringify(m?.type)}, expected "BPE"`);
-  if (m.byte_fallback || m.continuing_subword_prefix || m.end_of_word_suffix || m.ignore_merges) fail("BPE options other than plain byte-level");
+  if (!isObject(j)) return fail("the file is not a JSON object");
+  const m = j.model;
+  if (!isObject(m) || m.type !== "BPE") return fail(`model type ${show(isObject(m) ? m.type : m)}, expected "BPE"`);
+  if (m.byte_fallback || m.continuing_subword_prefix || m.end_of_word_suffix || m.ignore_merges || m.dropout || m.unk_token != null || m.fuse_unk) fail("BPE options other than plain byte-level");
   if (j.normalizer != null) fail("a normalizer");
+  if (j.post_processor != null) fail("a post_processor");
+  if (j.truncation != null || j.padding != null) fail("truncation or padding settings");
   if (JSON.stringify(j.pre_tokenizer) !== JSON.stringify(PRE_TOKENIZER)) fail("a pre_tokenizer other than Sigma's Split + ByteLevel");
-  const added: HfAddedToken[] = Array.isArray(j.added_tokens) ? j.added_tokens : fail("no added_tokens");
-  added.forEach((t, i) => {
-    if (t.id !== i) fail(`added token ${JSON.stringify(t.content)} has id ${t.id}, expected ${i}`);
+  if (JSON.stringify(j.decoder) !== JSON.stringify(DECODER)) fail("a decoder other than ByteLevel");
+  const added = Array.isArray(j.added_tokens) ? j.added_tokens : fail("no added_tokens list");
+  const contents = added.map((t: unknown, i: number): string => {
+    if (!isObject(t) || typeof t.content !== "string") return fail(`added_tokens[${i}] is not an object with a string "content"`);
+    if (t.id !== i) fail(`added token ${show(t.content)} has id ${show(t.id)}, expected ${i}`);
+    for (const [k, v] of Object.entries(ADDED_FLAGS)) if (t[k] !== v) fail(`added token ${show(t.content)} has ${k}: ${show(t[k])}, expected ${v}`);
+    return t.content;
   });
-  const spec = parseSpecials(added.map((t) => t.content), where);
+  const spec = parseSpecials(contents, where);
   const S = added.length;
-  const vocab: Record<string, number> = m.vocab ?? fail("no vocab");
-  const tokens: string[] = [];
-  for (const [t, id] of Object.entries(vocab)) {
-    if (Number.isInteger(id) && id < S && added[id]!.content === t) continue; // specials are listed in the vocab too, as in GPT-2
-    if (!Number.isInteger(id) || id < S) fail(`vocab entry ${JSON.stringify(t)} has id ${id} (ids below ${S} are specials)`);
-    if (tokens[id - S] !== undefined) fail(`vocab id ${id} is used twice`);
-    tokens[id - S] = t;
+  if (!isObject(m.vocab)) return fail("model.vocab is not an object of token → id");
+  const entries = Object.entries(m.vocab);
+  // Ids S…S+n−1 of the n non-special entries: any id outside that range leaves a hole or repeats one.
+  const n = entries.filter(([t, id]) => !(typeof id === "number" && id < S && contents[id] === t)).length;
+  const tokens: string[] = new Array<string>(n);
+  for (const [t, id] of entries) {
+    if (typeof id === "number" && id < S && contents[id] === t) continue; // specials are listed in the vocab too, as in GPT-2
+    if (!Number.isInteger(id)) fail(`vocab entry ${show(t)} has id ${show(id)}, not an integer`);
+    const k = (id as number) - S;
+    if (k < 0) fail(`vocab entry ${show(t)} has id ${id} (ids below ${S} are the specials ${contents.join(" ")})`);
+    if (k >= n) fail(`vocab entry ${show(t)} has id ${id}, but the ${n} non-special tokens must have ids ${S}…${S + n - 1}`);
+    if (tokens[k] !== undefined) fail(`vocab id ${id} is used twice (${show(tokens[k])} and ${show(t)})`);
+    tokens[k] = t;
   }
-  for (let i = 0; i < tokens.length; i++) if (tokens[i] === undefined) fail(`vocab has no token with id ${i + S}`);
-  const raw: unknown[] = Array.isArray(m.merges) ? m.merges : fail("no merges");
+  const raw = Array.isArray(m.merges) ? (m.merges as unknown[]) : fail("model.merges is not a list");
   const merges = raw.map((x, i): [string, string] => {
-    if (Array.isArray(x) && x.length === 2) return [String(x[0]), String(x[1])];
-    if (typeof x === "string" && x.split(" ").length === 2) return x.split(" ") as [string, string];
-    return fail(`merge ${i} is neither ["a", "b"] nor "a b"`);
+    if (Array.isArray(x) && x.length === 2 && typeof x[0] === "string" && typeof x[1] === "string" && x[0] && x[1]) return [x[0], x[1]];
+    if (typeof x === "string") {
+      const parts = x.split(" ");
+      if (parts.length === 2 && parts[0] && parts[1]) return parts as [string, string];
+    }
+    return fail(`merge ${i} (${show(x)}) is neither ["a", "b"] nor "a b" with non-empty a and b`);
   });
   return new Tokenizer({ ...spec, tokens, merges }, where);
 }
