@@ -19,7 +19,7 @@ import { SigmaError } from "../util/errors.js";
 import { Rng } from "../util/rng.js";
 import { loadTokenizer } from "../tokenizer/hfjson.js";
 import { readManifest, type Manifest } from "./manifest.js";
-import { ShardReader, type Split } from "./shards.js";
+import { openShard, type ShardReader, type Split } from "./shards.js";
 
 export interface LoaderOptions {
   split: Split;
@@ -67,9 +67,17 @@ export class Loader {
     if (!Number.isInteger(T) || T < 1 || !Number.isInteger(B) || B < 1) throw new SigmaError(`seqLen ${T} and batchSize ${B} must be positive integers`);
     this.manifest = readManifest(join(dataDir, "manifest.json"));
     const tokPath = join(dataDir, this.manifest.tokenizer.file);
-    const sha = loadTokenizer(tokPath).sha256;
+    const { tokenizer: tok, sha256: sha } = loadTokenizer(tokPath);
     if (sha !== this.manifest.tokenizer.sha256) {
       throw new SigmaError(`${tokPath} is not the tokenizer the manifest names (sha256 ${sha.slice(0, 12)}… vs ${this.manifest.tokenizer.sha256.slice(0, 12)}…)`, "prepare the data again with `sigma data prepare`");
+    }
+    const manifestPath = join(dataDir, "manifest.json");
+    if (tok.vocabSize !== this.manifest.tokenizer.vocabSize) {
+      throw new SigmaError(`${manifestPath} says the vocabulary has ${this.manifest.tokenizer.vocabSize} tokens, but its tokenizer ${tokPath} has ${tok.vocabSize}`, "prepare the data again with `sigma data prepare`");
+    }
+    const tokDomains = tok.domains.join(", ");
+    if (this.manifest.domains.map((d) => d.name).join(", ") !== tokDomains) {
+      throw new SigmaError(`${manifestPath} lists the domains ${this.manifest.domains.map((d) => d.name).join(", ")}, but its tokenizer ${tokPath} has ${tokDomains}`, "prepare the data again with `sigma data prepare`");
     }
     const names = this.manifest.domains.map((d) => d.name);
     const weights = opts.weights ?? Object.fromEntries(this.manifest.domains.map((d) => [d.name, d[opts.split].tokens]));
@@ -79,23 +87,33 @@ export class Loader {
     }
     this.streams = [];
     const raw: number[] = [];
-    for (const d of this.manifest.domains) {
-      const w = weights[d.name] ?? 0;
-      if (w === 0) continue;
-      const shards = this.manifest.shards
-        .filter((s) => s.domainId === d.id && s.split === opts.split)
-        .map((s) => new ShardReader(join(dataDir, s.file), { tokenizerSha256: this.manifest.tokenizer.sha256, domainId: d.id, split: opts.split }));
-      const starts = [0];
-      for (const s of shards) starts.push(starts[starts.length - 1]! + s.tokens);
-      const total = starts[starts.length - 1]!;
-      if (total < T + 1) {
-        throw new SigmaError(`Domain "${d.name}" has ${total} ${opts.split} tokens, fewer than one sequence of ${T + 1}`, `give it weight 0, use a shorter sequence length, or add text${opts.split === "val" ? " (or raise --val-fraction)" : ""}`);
+    const opened: ShardReader[] = [];
+    try {
+      for (const d of this.manifest.domains) {
+        const w = weights[d.name] ?? 0;
+        if (w === 0) continue;
+        const shards: ShardReader[] = [];
+        for (const s of this.manifest.shards) {
+          if (s.domainId !== d.id || s.split !== opts.split) continue;
+          const r = openShard(dataDir, this.manifest, s);
+          opened.push(r);
+          shards.push(r);
+        }
+        const starts = [0];
+        for (const s of shards) starts.push(starts[starts.length - 1]! + s.tokens);
+        const total = starts[starts.length - 1]!;
+        if (total < T + 1) {
+          throw new SigmaError(`Domain "${d.name}" has ${total} ${opts.split} tokens, fewer than one sequence of ${T + 1}`, `give it weight 0, use a shorter sequence length, or add text${opts.split === "val" ? " (or raise --val-fraction)" : ""}`);
+        }
+        this.streams.push({ id: d.id, name: d.name, shards, starts });
+        raw.push(w);
       }
-      this.streams.push({ id: d.id, name: d.name, shards, starts });
-      raw.push(w);
+      if (this.streams.length === 0 || raw.reduce((a, b) => a + b, 0) === 0) throw new SigmaError("Every domain has weight 0: nothing to sample", "give at least one domain a positive weight");
+    } catch (e) {
+      for (const r of opened) r.close();
+      throw e;
     }
     const sum = raw.reduce((a, b) => a + b, 0);
-    if (this.streams.length === 0 || sum === 0) throw new SigmaError("Every domain has weight 0: nothing to sample", "give at least one domain a positive weight");
     this.probs = raw.map((w) => w / sum);
     this.rng = new Rng(opts.seed);
     this.window = new Int32Array(T + 1);

@@ -14,11 +14,12 @@
  * Memory stays bounded: records stream through, and each (domain, split)
  * writer holds one 64K-token buffer.
  */
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join, relative } from "node:path";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
-import { loadTokenizer } from "../tokenizer/hfjson.js";
+import { loadTokenizer, sha256Hex } from "../tokenizer/hfjson.js";
+import { writeFileAtomic } from "../util/fs.js";
 import type { Tokenizer } from "../tokenizer/codec.js";
 import { readCorpus, recordBytes, SkipReport, type CorpusRecord } from "./ingest.js";
 import { MANIFEST_FORMAT, MANIFEST_VERSION, Source, writeManifest, type Counts, type Manifest } from "./manifest.js";
@@ -88,17 +89,22 @@ export async function prepareData(o: PrepareOptions): Promise<Manifest> {
 
   const shardDir = join(o.out, "shards");
   mkdirSync(shardDir, { recursive: true });
+  // The old manifest goes first: from here until the new one is written, the folder is plainly not prepared.
+  rmSync(join(o.out, "manifest.json"), { force: true });
   // Shards from an earlier run would not be in the new manifest: remove them.
   for (const f of readdirSync(shardDir)) if (f.endsWith(".sgtk") || f.includes(".sgtk.tmp-")) rmSync(join(shardDir, f));
 
   const counts = new Map<string, Record<Split, Counts>>(tok.domains.map((d) => [d, { train: zero(), val: zero() }]));
   const writers = new Map<string, ShardWriter>();
   const shards: Manifest["shards"] = [];
+  /** Shards published by this run: removed again if the run fails, since no manifest will list them. */
+  const published: string[] = [];
   const serial = new Map<string, number>();
   const closeWriter = (key: string): void => {
     const w = writers.get(key)!;
     writers.delete(key);
-    const h = w.close();
+    const h = w.close(); // on failure it removes its own temp file
+    published.push(w.path);
     shards.push({ file: relative(o.out, w.path), domain: tok.domains[h.domainId]!, domainId: h.domainId, split: h.split, tokens: h.tokens, docs: h.docs });
   };
   const report = new SkipReport();
@@ -129,30 +135,40 @@ export async function prepareData(o: PrepareOptions): Promise<Manifest> {
       if (o.onProgress && docs % 2000 === 0) o.onProgress(docs, bytes);
     }
     for (const key of [...writers.keys()].sort()) closeWriter(key);
+    if (docs === 0) {
+      const why = report.total > 0 ? `; all ${report.total} records were skipped (${Object.entries(report.byReason).map(([r, n]) => `${n} ${r}`).join(", ")})` : "";
+      throw new SigmaError(`Empty corpus: ${o.corpus} has no usable records${why}`, "add text files under <corpus>/<domain>/ or JSONL records; `sigma data prepare` with no --corpus builds the default corpus");
+    }
+    shards.sort((a, b) => a.file.localeCompare(b.file));
+    // The tokenizer's copy: the very bytes whose sha256 the shards record.
+    const tokBytes = readFileSync(o.tokenizer);
+    if (sha256Hex(tokBytes) !== sha256) throw new SigmaError(`${o.tokenizer} changed while the data was being prepared`, "run `sigma data prepare` again");
+    writeFileAtomic(join(o.out, "tokenizer.json"), tokBytes);
+    const manifest: Manifest = {
+      format: MANIFEST_FORMAT,
+      version: MANIFEST_VERSION,
+      tokenizer: { file: "tokenizer.json", sha256, vocabSize: tok.vocabSize },
+      corpus: o.corpus,
+      split: { valFraction, seed },
+      controlTokens,
+      domains: tok.domains.map((name, id) => ({ id, name, ...counts.get(name)! })),
+      shards,
+      sources,
+      skipped: report.toJSON(),
+    };
+    writeManifest(join(o.out, "manifest.json"), manifest);
+    return manifest;
   } catch (e) {
     for (const w of writers.values()) w.abort();
+    for (const p of published) {
+      try {
+        rmSync(p, { force: true });
+      } catch {
+        /* the error being reported matters more; the next prepare removes leftovers */
+      }
+    }
     throw e;
   }
-  if (docs === 0) {
-    const why = report.total > 0 ? `; all ${report.total} records were skipped (${Object.entries(report.byReason).map(([r, n]) => `${n} ${r}`).join(", ")})` : "";
-    throw new SigmaError(`Empty corpus: ${o.corpus} has no usable records${why}`, "add text files under <corpus>/<domain>/ or JSONL records; `sigma data prepare` with no --corpus builds the default corpus");
-  }
-  shards.sort((a, b) => a.file.localeCompare(b.file));
-  copyFileSync(o.tokenizer, join(o.out, "tokenizer.json"));
-  const manifest: Manifest = {
-    format: MANIFEST_FORMAT,
-    version: MANIFEST_VERSION,
-    tokenizer: { file: "tokenizer.json", sha256, vocabSize: tok.vocabSize },
-    corpus: o.corpus,
-    split: { valFraction, seed },
-    controlTokens,
-    domains: tok.domains.map((name, id) => ({ id, name, ...counts.get(name)! })),
-    shards,
-    sources,
-    skipped: report.toJSON(),
-  };
-  writeManifest(join(o.out, "manifest.json"), manifest);
-  return manifest;
 }
 
 /** The corpus's sources.json (written by the default-corpus assembly), or none. */

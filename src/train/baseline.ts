@@ -7,7 +7,7 @@
  */
 import { join } from "node:path";
 import { readManifest } from "../data/manifest.js";
-import { ShardReader } from "../data/shards.js";
+import { openShard } from "../data/shards.js";
 
 export interface UnigramBaseline {
   domain: string;
@@ -24,7 +24,7 @@ export function unigramBaselines(dataDir: string): UnigramBaseline[] {
     m.shards
       .filter((s) => s.domainId === domainId && s.split === split)
       .map((s) => {
-        const r = new ShardReader(join(dataDir, s.file), { tokenizerSha256: m.tokenizer.sha256, domainId, split });
+        const r = openShard(dataDir, m, s); // checks every id against the vocabulary, so counts[id] below is in range
         try {
           return r.readAll();
         } finally {
