@@ -56,7 +56,7 @@ interface Inspection {
 }
 
 export function inspectStore(path: string, opts: { ckpt?: string; verify?: boolean } = {}): Inspection {
-  const store = ExpertStoreFile.open(path);
+  const store = ExpertStoreFile.open(path, { readOnly: true }); // inspect only reads: a read-only store file opens
   try {
     const h = store.header;
     let index = "the store's own index (as created or converted)";

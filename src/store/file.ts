@@ -8,13 +8,13 @@
  * and then calls markCommitted(); a crash at any point therefore leaves the
  * newest complete checkpoint's records untouched (see format.ts).
  */
-import { mkdirSync, closeSync, fstatSync, fsyncSync, openSync, readdirSync, readSync, renameSync, writeSync, unlinkSync, existsSync } from "node:fs";
+import { mkdirSync, closeSync, fstatSync, fsyncSync, openSync, readdirSync, readSync, renameSync, statSync, writeSync, unlinkSync, existsSync } from "node:fs";
 import { dirname, basename, join } from "node:path";
 import { SigmaError } from "../util/errors.js";
 import { diskFull, fsyncDir } from "../util/fs.js";
 import { processAlive } from "./lock.js";
 import {
-  PAGE, RECORD_HEADER, checkRecord, decodeHeader, decodeIndex, encodeHeader, encodeIndex, payloadFloats, planLayout,
+  INDEX_ENTRY, PAGE, RECORD_HEADER, checkRecord, decodeHeader, decodeIndex, encodeHeader, encodeIndex, payloadFloats, planLayout,
   recordNumber, recordOffset, sealRecord, totalExperts, type IndexEntry, type LayerLayout, type StoreHeader,
 } from "./format.js";
 
@@ -50,26 +50,60 @@ export class ExpertStoreFile {
    */
   onHalfWritten: ((layer: number, expert: number) => void) | null = null;
 
-  private constructor(readonly path: string, private fd: number, readonly header: StoreHeader, index: IndexEntry[]) {
+  private constructor(readonly path: string, private fd: number, readonly header: StoreHeader, index: IndexEntry[], readOnly = false) {
+    this.readOnly = readOnly;
     this.current = index.map((e) => ({ ...e }));
     this.committed = index.map((e) => ({ ...e }));
   }
 
-  /** Opens an existing store; its own index (written at creation or conversion) is the starting point. */
-  static open(path: string): ExpertStoreFile {
-    if (!existsSync(path)) throw new SigmaError(`the expert store ${path} does not exist`, "start a fresh run (it creates the store), or convert a checkpoint into a store with `sigma store convert`");
-    const fd = openSync(path, "r+");
+  /** Whether the file was opened read-only (then every write throws: a bug in the caller). */
+  readonly readOnly: boolean;
+
+  /**
+   * Opens an existing store; its own index (written at creation or
+   * conversion) is the starting point. `readOnly` opens it O_RDONLY, for
+   * commands that only read (`sigma store inspect`, inference), so a store
+   * on a read-only disk or without write permission still opens.
+   * `layers`: the layer shapes the caller's model needs; a store of other
+   * shapes is an error naming the file.
+   */
+  static open(path: string, opts: { readOnly?: boolean; layers?: LayerLayout[] } = {}): ExpertStoreFile {
+    const missing = "start a fresh run (it creates the store), or convert a checkpoint into a store with `sigma store convert`";
+    let st;
+    try {
+      st = statSync(path);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") throw new SigmaError(`the expert store ${path} does not exist`, missing);
+      throw new SigmaError(`cannot open the expert store ${path}: ${(e as Error).message}`, "check the path and its permissions");
+    }
+    if (st.isDirectory()) throw new SigmaError(`the expert store ${path} is a directory, not a store file`, "pass the store file itself (a run keeps it as <out>/experts.sgxs unless store.path says otherwise)");
+    if (!st.isFile()) throw new SigmaError(`the expert store ${path} is not a regular file`, "pass the store file itself");
+    let fd: number;
+    try {
+      fd = openSync(path, opts.readOnly ? "r" : "r+");
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const ro = code === "EACCES" || code === "EPERM" || code === "EROFS";
+      throw new SigmaError(
+        `cannot open the expert store ${path} for ${opts.readOnly ? "reading" : "reading and writing"}: ${(e as Error).message}`,
+        ro && !opts.readOnly ? "training writes to the store: make the file writable (or copy it to a writable disk); `sigma store inspect` and inference only read it" : "check the file's permissions",
+      );
+    }
     try {
       const size = fstatSync(fd).size;
       const page = new Uint8Array(PAGE);
       preadFull(fd, page, 0);
       const h = decodeHeader(page, path, size);
-      const idx = new Uint8Array(totalExperts(h) * 16);
-      preadFull(fd, idx, h.indexStart);
-      return new ExpertStoreFile(path, fd, h, decodeIndex(idx, totalExperts(h), `${path} (index)`));
+      if (opts.layers && JSON.stringify(opts.layers.map((l) => ({ experts: l.experts, width: l.width, expertWidth: l.expertWidth }))) !== JSON.stringify(h.layers)) {
+        throw new SigmaError(`the expert store ${path} holds layers ${JSON.stringify(h.layers)}, the model needs ${JSON.stringify(opts.layers)}`, "point store.path at the store made for this model");
+      }
+      const idx = new Uint8Array(totalExperts(h) * INDEX_ENTRY);
+      if (preadFull(fd, idx, h.indexStart) !== idx.length) throw new SigmaError(`${path} ended inside its expert index`, "the file is truncated; restore it");
+      return new ExpertStoreFile(path, fd, h, decodeIndex(idx, totalExperts(h), `${path} (index)`), opts.readOnly ?? false);
     } catch (e) {
       closeSync(fd);
-      throw e;
+      if (e instanceof SigmaError || !(e as NodeJS.ErrnoException).code) throw e;
+      throw new SigmaError(`cannot read the expert store ${path}: ${(e as Error).message}`, "check the disk");
     }
   }
 
@@ -92,11 +126,18 @@ export class ExpertStoreFile {
   }
 
   layout(layer: number): LayerLayout {
-    return this.header.layers[layer]!;
+    return this.header.layers[this.layerIndex(layer)]!;
   }
 
   recordBytes(layer: number): number {
-    return this.header.recordBytes[layer]!;
+    return this.header.recordBytes[this.layerIndex(layer)]!;
+  }
+
+  /** `layer`, checked: a model with more sparse layers than the store is an error naming the store, not a crash. */
+  private layerIndex(layer: number): number {
+    const n = this.header.layers.length;
+    if (!(Number.isInteger(layer) && layer >= 0 && layer < n)) throw new SigmaError(`the expert store ${this.path} has ${n} sparse layer${n === 1 ? "" : "s"}; sparse layer ${layer} is not in it`, "point store.path at the store made for this model");
+    return layer;
   }
 
   /** Where the live version of (layer, expert) is, and what it must contain. */
@@ -146,6 +187,8 @@ export class ExpertStoreFile {
    * newest checkpoint's index does not name.
    */
   private guard(what: string, fn: () => void): void {
+    // A programming error, not bad input: a plain Error, which the CLI reports as an internal error.
+    if (this.readOnly) throw new Error(`the expert store ${this.path} was opened read-only: ${what} is not allowed`);
     try {
       fn();
     } catch (e) {
@@ -163,6 +206,7 @@ export class ExpertStoreFile {
    * next generation. The record is unreadable until completeWrite().
    */
   beginWrite(layer: number, expert: number, step: number, bytes: number): { offset: number; generation: number } {
+    if (this.readOnly) throw new Error(`the expert store ${this.path} was opened read-only: writing layer ${layer} expert ${expert} is not allowed`);
     const n = recordNumber(this.header, layer, expert);
     const slot = 1 - this.committed[n]!.slot;
     const generation = this.current[n]!.generation + 1;
@@ -179,6 +223,7 @@ export class ExpertStoreFile {
   }
 
   sync(): void {
+    if (this.readOnly) return; // nothing written
     this.guard("fsync", () => fsyncSync(this.fd));
   }
 

@@ -25,7 +25,9 @@
  */
 import zlib from "node:zlib";
 import { randomUUID } from "node:crypto";
+import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
+import { parseJsonStrict } from "../util/strict-json.js";
 
 export const STORE_MAGIC = "SGXS";
 export const STORE_VERSION = 1;
@@ -127,9 +129,38 @@ export function encodeHeader(h: StoreHeader): Uint8Array {
   return page;
 }
 
-/** Reads and checks page 0; `path` names the file in errors. */
+/** Limits on a layer's sizes: far above any model Sigma trains, low enough that every offset stays an exact integer. */
+const MAX_EXPERTS = 1 << 20;
+const MAX_WIDTH = 1 << 20;
+const MAX_LAYERS = 4096;
+
+const dim = (max: number) => z.number().int().min(1).max(max);
+const offset = () => z.number().int().nonnegative().safe();
+
+const HeaderSchema = z
+  .object({
+    storeId: z.string().min(1).max(128),
+    dtype: z.literal("float32"),
+    layers: z.array(z.object({ experts: dim(MAX_EXPERTS), width: dim(MAX_WIDTH), expertWidth: dim(MAX_WIDTH) }).strict()).min(1).max(MAX_LAYERS),
+    recordBytes: z.array(offset()),
+    layerStart: z.array(offset()),
+    indexStart: offset(),
+    fileBytes: offset(),
+  })
+  .strict();
+
+/**
+ * Reads and checks page 0; `path` names the file in errors. Every field is
+ * checked: the magic, the version, the JSON's length and crc32, its schema
+ * (strict: no unknown or repeated key; positive layer sizes within limits),
+ * and every derived number — record bytes, where each layer starts, where
+ * the index starts, the file size — must be exactly what the layer shapes
+ * give (planLayout), so no offset read from the file can point outside it or
+ * at the wrong record. The file must be exactly as long as the header says.
+ */
 export function decodeHeader(page: Uint8Array, path: string, fileBytes: number): StoreHeader {
   const hint = "the file is not an intact Sigma expert store; restore it from a checkpoint, or convert a checkpoint into a new store (`sigma store convert`)";
+  if (fileBytes < PAGE) throw new SigmaError(`${path} is not a Sigma expert store: ${fileBytes} bytes, shorter than its ${PAGE}-byte header page`, hint);
   if (page.length < 16 || new TextDecoder().decode(page.subarray(0, 4)) !== STORE_MAGIC) {
     throw new SigmaError(`${path} is not a Sigma expert store (no "${STORE_MAGIC}" magic)`, hint);
   }
@@ -140,8 +171,26 @@ export function decodeHeader(page: Uint8Array, path: string, fileBytes: number):
   if (16 + len > page.length) throw new SigmaError(`${path}: the store header is corrupted (length ${len})`, hint);
   const json = page.subarray(16, 16 + len);
   if (crc32(json) !== dv.getUint32(12, true)) throw new SigmaError(`${path}: the store header is corrupted (checksum mismatch)`, hint);
-  const h = JSON.parse(new TextDecoder().decode(json)) as StoreHeader;
+  let raw: unknown;
+  try {
+    raw = parseJsonStrict(new TextDecoder("utf-8", { fatal: true }).decode(json));
+  } catch (e) {
+    throw new SigmaError(`${path}: the store header is not UTF-8 JSON (${(e as Error).message})`, hint);
+  }
+  const r = HeaderSchema.safeParse(raw);
+  if (!r.success) {
+    const issues = r.error.issues.slice(0, 3).map((i) => `${i.path.join(".") || "(top level)"}: ${i.message}`);
+    throw new SigmaError(`${path}: the store header is invalid: ${issues.join("; ")}`, hint);
+  }
+  const h = r.data as StoreHeader;
+  const plan = planLayout(h.layers, h.storeId as ReturnType<typeof randomUUID>);
+  for (const field of ["recordBytes", "layerStart", "indexStart", "fileBytes"] as const) {
+    if (JSON.stringify(h[field]) !== JSON.stringify(plan[field])) {
+      throw new SigmaError(`${path}: the store header's ${field} is ${JSON.stringify(h[field])}, but its layer shapes give ${JSON.stringify(plan[field])}`, hint);
+    }
+  }
   if (fileBytes < h.fileBytes) throw new SigmaError(`${path} is truncated: ${fileBytes} bytes, the header says ${h.fileBytes}`, hint);
+  if (fileBytes > h.fileBytes) throw new SigmaError(`${path} is longer than its header says: ${fileBytes} bytes, the header says ${h.fileBytes}`, hint);
   return h;
 }
 
@@ -158,15 +207,27 @@ export function encodeIndex(entries: IndexEntry[]): Uint8Array {
   return out;
 }
 
+/**
+ * The index entries of `count` experts from `bytes`, which must be exactly
+ * count × 16 bytes (the store's own index, or a checkpoint's experts.index).
+ * Each entry: slot 0 or 1, zero padding, a generation of at least 1 (records
+ * are sealed with generation 1 at creation); `source` names the file.
+ */
 export function decodeIndex(bytes: Uint8Array, count: number, source: string): IndexEntry[] {
-  if (bytes.length < count * INDEX_ENTRY) throw new SigmaError(`${source}: the expert index has ${Math.floor(bytes.length / INDEX_ENTRY)} entries, the store has ${count} experts`, "the index does not belong to this store");
+  const hint = "the index is corrupted or does not belong to this store";
+  if (bytes.length !== count * INDEX_ENTRY) {
+    throw new SigmaError(`${source}: the expert index is ${bytes.length} bytes (${bytes.length / INDEX_ENTRY} entries), the store has ${count} experts (${count * INDEX_ENTRY} bytes)`, hint);
+  }
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out: IndexEntry[] = [];
   for (let i = 0; i < count; i++) {
     const o = i * INDEX_ENTRY;
     const slot = dv.getUint8(o);
-    if (slot > 1) throw new SigmaError(`${source}: expert index entry ${i} names slot ${slot}`, "the index is corrupted");
-    out.push({ slot, generation: dv.getUint32(o + 4, true), crc: dv.getUint32(o + 8, true), step: dv.getUint32(o + 12, true) });
+    if (slot > 1) throw new SigmaError(`${source}: expert index entry ${i} names slot ${slot} (a store has slots 0 and 1)`, hint);
+    if (dv.getUint8(o + 1) | dv.getUint8(o + 2) | dv.getUint8(o + 3)) throw new SigmaError(`${source}: expert index entry ${i} has non-zero padding`, hint);
+    const generation = dv.getUint32(o + 4, true);
+    if (generation === 0) throw new SigmaError(`${source}: expert index entry ${i} has generation 0 (every record is written at least once)`, hint);
+    out.push({ slot, generation, crc: dv.getUint32(o + 8, true), step: dv.getUint32(o + 12, true) });
   }
   return out;
 }
