@@ -256,3 +256,37 @@ test("keep: 1 with a kill between the two renames of a re-save still leaves one 
   pruneCheckpoints(dir, 1);
   assert.deepEqual(readdirSync(dir), ["step-00000002"]);
 });
+
+test("the optimizer's step and per-expert step counts are whole numbers in range", async () => {
+  const { decodeSafetensors, encodeSafetensors } = await import("../src/checkpoint/safetensors.js");
+  const { path, cfg } = configFile("optsteps", { optim: { lr: 3e-3, warmupSteps: 2, sparseExperts: true } });
+  assert.equal((await sigma("train", "--config", path)).code, 0);
+  const ckpt = join(cfg.out, "checkpoints", "step-00000003");
+  const file = join(ckpt, "optimizer.safetensors");
+  const original = readFileSync(file);
+  /** Rewrites optimizer.safetensors (and its record in state.json, so the real reader sees it). */
+  const rewrite = (edit: (t: ReturnType<typeof decodeSafetensors>) => void): void => {
+    const st = decodeSafetensors(original, file);
+    edit(st);
+    const bytes = encodeSafetensors(new Map([...st.tensors].map(([n, t]) => [n, { shape: t.shape, data: t.data }])), st.metadata);
+    writeFileSync(file, bytes);
+    editState(ckpt, (s) => ((s.files as Record<string, unknown>)["optimizer.safetensors"] = { bytes: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex") }));
+  };
+  for (const step of ["../3", "-1", "1e3", "3.5", ""]) {
+    rewrite((st) => (st.metadata.step = step));
+    const r = await sigma("train", "--config", path, "--resume", "--steps", "4");
+    assert.equal(r.code, 1, r.out);
+    assert.match(r.out, /optimizer\.safetensors: the metadata field "step"/);
+  }
+  for (const bad of [1.5, -2, Number.NaN]) {
+    rewrite((st) => {
+      const name = [...st.tensors.keys()].find((n) => n.startsWith("steps."))!;
+      st.tensors.get(name)!.data[0] = bad;
+    });
+    const r = await sigma("train", "--config", path, "--resume", "--steps", "4");
+    assert.equal(r.code, 1, r.out);
+    assert.match(r.out, /per-expert step counts .* are not whole numbers of steps \(expert 0/);
+  }
+  rewrite(() => {});
+  assert.equal((await sigma("train", "--config", path, "--resume", "--steps", "4")).code, 0);
+});

@@ -196,6 +196,8 @@ export function resumeTrainer(path: string, config?: TrainConfig): Trainer {
   for (const [path, steps] of t.optimizer.expertSteps) {
     const src = tensors.get(`steps.${path}`);
     if (!src || src.data.length !== steps.length) throw new SigmaError(`${optPath}: the per-expert step counts "steps.${path}" are missing`, "the checkpoint was written without optim.sparseExperts; resume with the same optim settings");
+    const bad = Array.from(src.data, Number).findIndex((n) => !Number.isInteger(n) || n < 0 || n > MAX_STEP);
+    if (src.dtype !== "F32" || bad >= 0) throw new SigmaError(`${optPath}: the per-expert step counts "steps.${path}" are not whole numbers of steps${bad >= 0 ? ` (expert ${bad}: ${src.data[bad]})` : ` (dtype ${src.dtype})`}`, "the checkpoint is damaged or was edited; use an earlier one");
     steps.set(Array.from(src.data, Number));
   }
   t.optimizer.step = optimizerStep(metadata, optPath);

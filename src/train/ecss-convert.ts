@@ -81,7 +81,8 @@ export function convertCheckpoint(src: string, to: "store" | "ram", outDir: stri
     state.config = { ...cfg, store: { ...cfg.store, enabled: true, path: store.path } };
   } else {
     if (!s.store) throw new SigmaError(`${folder.path} already keeps its experts in RAM`, "convert it --to store instead");
-    const store = ExpertStoreFile.open(storePath ?? s.store.path);
+    // Only read: the path may come from state.json, and nothing read from a file steers a write.
+    const store = ExpertStoreFile.open(storePath ?? s.store.path, { readOnly: true, layers: layout });
     try {
       if (store.header.storeId !== s.store.storeId) throw new SigmaError(`${store.path} is store ${store.header.storeId}, the checkpoint was written with ${s.store.storeId}`, "pass the store this run wrote (--store PATH)");
       store.restore(folder.read("experts.index"), `${folder.path}/experts.index`);
