@@ -18,6 +18,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
 import { parseWithSchema } from "../util/json.js";
+import { jsonErrorText, jsonTooBig, parseJsonStrict } from "../util/strict-json.js";
 import { diskFull, fsyncDir, writeFileSynced } from "../util/fs.js";
 
 export const STATE_FILE = "state.json";
@@ -340,11 +341,13 @@ export function openCheckpointFolder(path: string): LoadedFolder {
   let raw: unknown;
   try {
     const text = new TextDecoder("utf-8", { fatal: true }).decode(readRegularFile(statePath, null, MAX_STATE_BYTES, hint));
-    raw = JSON.parse(text);
+    raw = parseJsonStrict(text);
   } catch (e) {
     if (e instanceof SigmaError) throw e;
-    throw new SigmaError(`${statePath} is not readable JSON (${(e as Error).message})`, hint);
+    throw new SigmaError(`${statePath} is not readable JSON (${jsonErrorText(e)})`, hint);
   }
+  const big = jsonTooBig(raw);
+  if (big) throw new SigmaError(`${statePath} is invalid: ${big}`, hint);
   const state = parseWithSchema(CheckpointStateSchema, raw, statePath, hint);
   return {
     path: dir,

@@ -10,7 +10,7 @@
 import { readFileSync } from "node:fs";
 import { SigmaError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
-import { parseJsonStrict } from "../util/strict-json.js";
+import { jsonErrorText, parseJsonStrict, showJson } from "../util/strict-json.js";
 
 export type StDtype = "F32" | "F64" | "I32";
 export type StArray = Float32Array | Float64Array | Int32Array;
@@ -121,7 +121,7 @@ export function safetensorsHeader(
     const text = new TextDecoder("utf-8", { fatal: true }).decode(buf.subarray(8, 8 + hlen));
     header = parseJsonStrict(text);
   } catch (e) {
-    return fail(`its header is not UTF-8 JSON (${(e as Error).message})`);
+    return fail(`its header is not UTF-8 JSON (${jsonErrorText(e)})`);
   }
   if (typeof header !== "object" || header === null || Array.isArray(header)) return fail("its header is not a JSON object");
   const dataStart = 8 + hlen;
@@ -148,10 +148,10 @@ export function safetensorsHeader(
     const dtype = e.dtype;
     if (typeof dtype !== "string" || !Object.hasOwn(DTYPE_BYTES, dtype)) fail(`tensor ${tn} has dtype ${JSON.stringify(dtype)}, not a safetensors dtype`);
     const shape = e.shape;
-    if (!Array.isArray(shape) || shape.length > MAX_DIMS || !shape.every(safeInt)) fail(`tensor ${tn} has shape ${JSON.stringify(shape)}; a shape is an array of at most ${MAX_DIMS} non-negative integers`);
+    if (!Array.isArray(shape) || shape.length > MAX_DIMS || !shape.every(safeInt)) fail(`tensor ${tn} has shape ${showJson(shape)}; a shape is an array of at most ${MAX_DIMS} non-negative integers`);
     const offs = e.data_offsets;
     if (!Array.isArray(offs) || offs.length !== 2 || !safeInt(offs[0]) || !safeInt(offs[1]) || offs[0] > offs[1]) {
-      fail(`tensor ${tn} has data_offsets ${JSON.stringify(offs)}; expected [begin, end], integers with 0 ≤ begin ≤ end`);
+      fail(`tensor ${tn} has data_offsets ${showJson(offs)}; expected [begin, end], integers with 0 ≤ begin ≤ end`);
     }
     const [begin, end] = offs as [number, number];
     if (end > dataLen) fail(`tensor ${tn} spans bytes [${begin}, ${end}) of a ${dataLen}-byte data section (truncated?)`);

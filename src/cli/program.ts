@@ -15,6 +15,7 @@ import { readFileSync } from "node:fs";
 import { getBackend } from "../backend/index.js";
 import { loadNative } from "../backend/native/index.js";
 import { SigmaError } from "../util/errors.js";
+import { oneLine } from "../util/strict-json.js";
 import { register as registerTokenizer } from "./tokenizer.js";
 import { register as registerData } from "./data.js";
 import { register as registerTrain } from "./train.js";
@@ -95,6 +96,21 @@ export function describeError(e: unknown): { text: string; code: number } {
   return { text: `sigma: internal error: ${msg}\n  hint: this is a bug in Sigma; please report it with the command you ran (SIGMA_DEBUG=1 prints the stack trace)${stack}`, code: EXIT_INTERNAL };
 }
 
+/**
+ * An error's text as it reaches the terminal: control characters from file
+ * contents escaped (no terminal escape sequences, no stray line breaks), and
+ * every line after the first indented under the `sigma:` line.
+ */
+function printable(text: string): string {
+  return text
+    .split("\n")
+    .map((l, i) => {
+      const line = oneLine(l, 4000);
+      return i === 0 || /^\s/.test(line) ? line : `  ${line}`;
+    })
+    .join("\n");
+}
+
 /** Runs `sigma <argv>` (argv without node and the script) and returns the exit code. */
 export async function runCli(argv: string[]): Promise<number> {
   const program = buildProgram();
@@ -109,7 +125,7 @@ export async function runCli(argv: string[]): Promise<number> {
     // Commander has printed its own message (help, version, a bad flag).
     if (e instanceof CommanderError) return e.exitCode;
     const { text, code } = describeError(e);
-    console.error(text);
+    console.error(printable(text));
     return code;
   } finally {
     process.exitCode = callers;

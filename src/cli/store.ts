@@ -6,6 +6,7 @@
 import type { Command } from "commander";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { z } from "zod";
 import { openCheckpointFolder } from "../checkpoint/folder.js";
 import { ExpertStoreFile } from "../store/file.js";
 import { RECORD_HEADER, formatBytes, paramsPerExpert, parseBytes, totalExperts, type IndexEntry } from "../store/format.js";
@@ -55,6 +56,28 @@ interface Inspection {
   lastRun: (EcssStats & { writtenAt: string }) | null;
 }
 
+const num = z.number().finite();
+/** The statistics a run writes beside its store at each checkpoint (shown by inspect; informative only). */
+const StatsSchema = z
+  .object({
+    writtenAt: z.string().max(64),
+    hits: num, misses: num, prefetchHits: num, prefetchRequested: num, evictions: num, writeBacks: num,
+    residentExperts: num, totalExperts: num, residentBytes: num, budget: num, peakBytes: num, overBudget: num,
+    io: z.object({ reads: num, writes: num, bytesRead: num, bytesWritten: num }).passthrough(),
+  })
+  .passthrough();
+
+/** The last run's statistics, or null when there are none or the file is damaged (they are not needed for anything). */
+function readLastRun(path: string): (EcssStats & { writtenAt: string }) | null {
+  if (!existsSync(path)) return null;
+  try {
+    const r = StatsSchema.safeParse(JSON.parse(readFileSync(path, "utf8")));
+    return r.success ? (r.data as unknown as EcssStats & { writtenAt: string }) : null;
+  } catch {
+    return null;
+  }
+}
+
 export function inspectStore(path: string, opts: { ckpt?: string; verify?: boolean } = {}): Inspection {
   const store = ExpertStoreFile.open(path, { readOnly: true }); // inspect only reads: a read-only store file opens
   try {
@@ -100,7 +123,7 @@ export function inspectStore(path: string, opts: { ckpt?: string; verify?: boole
       index,
       steps: { min: Math.min(...steps), max: Math.max(...steps), neverUpdated: steps.filter((s) => s === 0).length },
       verified,
-      lastRun: existsSync(sp) ? (JSON.parse(readFileSync(sp, "utf8")) as EcssStats & { writtenAt: string }) : null,
+      lastRun: readLastRun(sp),
     };
   } finally {
     store.close();
@@ -132,7 +155,8 @@ export function register(program: Command): void {
     .action((path: string, o: { ckpt?: string; verify?: boolean; json?: boolean }) => {
       const r = inspectStore(path, o);
       console.log(o.json ? JSON.stringify(r, null, 2) : formatInspection(r));
-      if (r.verified?.bad.length) process.exitCode = 1;
+      const bad = r.verified?.bad.length ?? 0;
+      if (bad) throw new SigmaError(`${bad} of ${bad + r.verified!.ok} live records of ${path} are unusable (listed above)`, "resume from a checkpoint whose records are intact (--ckpt names one to check), or restore the store from a backup");
     });
   store
     .command("convert")

@@ -14,7 +14,7 @@ import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
-import { parseJsonStrict } from "../util/strict-json.js";
+import { jsonErrorText, jsonTooBig, parseJsonStrict } from "../util/strict-json.js";
 
 export const MANIFEST_FORMAT = "sigma-data";
 export const MANIFEST_VERSION = 1;
@@ -158,8 +158,10 @@ export function readManifest(path: string): Manifest {
   try {
     raw = parseJsonStrict(text);
   } catch (e) {
-    throw new SigmaError(`${path}: not valid JSON (${(e as Error).message})`, "run `sigma data prepare` again");
+    throw new SigmaError(`${path}: not valid JSON (${jsonErrorText(e)})`, "run `sigma data prepare` again");
   }
+  const big = jsonTooBig(raw, { maxItems: 100_000 });
+  if (big) throw new SigmaError(`${path}: bad manifest: ${big}`, "manifests are written by `sigma data prepare`; prepare the data again");
   const r = Manifest.safeParse(raw);
   if (!r.success) {
     const issues = r.error.issues.slice(0, 5).map((issue) => {

@@ -16,7 +16,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { SigmaError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
-import { parseJsonStrict } from "../util/strict-json.js";
+import { jsonErrorText, parseJsonStrict, sameJson, showJson } from "../util/strict-json.js";
 import { SPLIT_PATTERN } from "./pretokenize.js";
 import { parseSpecials } from "./specials.js";
 import { Tokenizer } from "./codec.js";
@@ -74,10 +74,7 @@ export function toHfJson(tok: Tokenizer): string {
 const ADDED_FLAGS = { single_word: false, lstrip: false, rstrip: false, normalized: false, special: true } as const;
 
 const isObject = (x: unknown): x is Record<string, unknown> => typeof x === "object" && x !== null && !Array.isArray(x);
-const show = (x: unknown): string => {
-  const s = JSON.stringify(x) ?? String(x);
-  return s.length > 60 ? `${s.slice(0, 60)}…` : s;
-};
+const show = (x: unknown): string => showJson(x, 60);
 
 /**
  * Parses tokenizer.json text written by `toHfJson`; `where` names the file in
@@ -94,7 +91,7 @@ export function fromHfJson(text: string, where: string): Tokenizer {
   try {
     j = parseJsonStrict(text);
   } catch (e) {
-    throw new SigmaError(`${where}: not valid JSON (${(e as Error).message})`, "was the file truncated? retrain with `sigma tokenizer train`");
+    throw new SigmaError(`${where}: not valid JSON (${jsonErrorText(e)})`, "was the file truncated? retrain with `sigma tokenizer train`");
   }
   const fail = (what: string): never => {
     throw new SigmaError(`${where}: unsupported tokenizer.json: ${what}`, "Sigma loads the byte-level BPE tokenizers that `sigma tokenizer train` writes");
@@ -106,8 +103,8 @@ export function fromHfJson(text: string, where: string): Tokenizer {
   if (j.normalizer != null) fail("a normalizer");
   if (j.post_processor != null) fail("a post_processor");
   if (j.truncation != null || j.padding != null) fail("truncation or padding settings");
-  if (JSON.stringify(j.pre_tokenizer) !== JSON.stringify(PRE_TOKENIZER)) fail("a pre_tokenizer other than Sigma's Split + ByteLevel");
-  if (JSON.stringify(j.decoder) !== JSON.stringify(DECODER)) fail("a decoder other than ByteLevel");
+  if (!sameJson(j.pre_tokenizer, PRE_TOKENIZER)) fail("a pre_tokenizer other than Sigma's Split + ByteLevel");
+  if (!sameJson(j.decoder, DECODER)) fail("a decoder other than ByteLevel");
   const added = Array.isArray(j.added_tokens) ? j.added_tokens : fail("no added_tokens list");
   const contents = added.map((t: unknown, i: number): string => {
     if (!isObject(t) || typeof t.content !== "string") return fail(`added_tokens[${i}] is not an object with a string "content"`);

@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { ModelConfigSchema, type ModelConfig } from "../models/config.js";
 import { SigmaError } from "../util/errors.js";
+import { jsonErrorText, jsonTooBig, parseJsonStrict } from "../util/strict-json.js";
 import { parseWithSchema } from "../util/json.js";
 
 const int = (min = 0) => z.number().int().min(min);
@@ -126,9 +127,11 @@ export function loadTrainConfig(path: string): TrainConfig {
   }
   let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    raw = parseJsonStrict(text);
   } catch (e) {
-    throw new SigmaError(`${path} is not valid JSON: ${(e as Error).message}`, "check for trailing commas or comments (JSON allows neither)");
+    throw new SigmaError(`${path} is not valid JSON: ${jsonErrorText(e)}`, "check for trailing commas or comments (JSON allows neither)");
   }
+  const big = jsonTooBig(raw, { maxItems: 10_000 });
+  if (big) throw new SigmaError(`${path} is invalid: ${big}`, "fix the field named above; src/train/config.ts lists every field with its default");
   return parseTrainConfig(raw, path);
 }

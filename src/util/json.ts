@@ -5,13 +5,14 @@
 import { readFileSync } from "node:fs";
 import type { z } from "zod";
 import { SigmaError } from "./errors.js";
+import { jsonErrorText, parseJsonStrict } from "./strict-json.js";
 
 /** The parsed JSON of a file; an unreadable or malformed file is "cannot read <what> <path>: …". */
 export function readJsonFile(path: string, what: string, hint: string): unknown {
   try {
-    return JSON.parse(readFileSync(path, "utf8"));
+    return parseJsonStrict(readFileSync(path, "utf8"));
   } catch (e) {
-    throw new SigmaError(`cannot read ${what} ${path}: ${(e as Error).message}`, hint);
+    throw new SigmaError(`cannot read ${what} ${path}: ${jsonErrorText(e)}`, hint);
   }
 }
 

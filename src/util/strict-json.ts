@@ -67,3 +67,77 @@ export function parseJsonStrict(text: string): unknown {
   if (dup) throw new SyntaxError(`the key ${JSON.stringify(dup.key)} appears twice in ${dup.at ? `"${dup.at}"` : "the top-level object"}`);
   return value;
 }
+
+/**
+ * A value read from a file, shown in an error message: at most `max`
+ * characters, nesting cut at three levels (so a 100,000-deep array prints as
+ * `[[[…]]]` instead of overflowing the stack), control characters escaped.
+ * Never throws.
+ */
+export function showJson(x: unknown, max = 80): string {
+  const render = (v: unknown, depth: number): string => {
+    if (v === null || typeof v !== "object") {
+      if (typeof v === "string") return JSON.stringify(v.length > max ? `${v.slice(0, max)}…` : v);
+      if (typeof v === "number" || typeof v === "boolean") return String(v);
+      return v === undefined ? "undefined" : typeof v;
+    }
+    if (depth >= 3) return Array.isArray(v) ? "[…]" : "{…}";
+    const parts: string[] = [];
+    let len = 0;
+    const entries = Array.isArray(v) ? v.map((e, i) => [String(i), e] as const) : Object.entries(v);
+    for (const [k, e] of entries) {
+      const s = Array.isArray(v) ? render(e, depth + 1) : `${JSON.stringify(k.slice(0, 40))}:${render(e, depth + 1)}`;
+      parts.push(s);
+      len += s.length + 1;
+      if (len > max) {
+        parts.push("…");
+        break;
+      }
+    }
+    return Array.isArray(v) ? `[${parts.join(",")}]` : `{${parts.join(",")}}`;
+  };
+  const s = render(x, 0);
+  return oneLine(s.length > max ? `${s.slice(0, max)}…` : s);
+}
+
+/** `text` as one printable line: newlines and other control characters escaped, at most `max` characters. */
+export function oneLine(text: string, max = 240): string {
+  // eslint-disable-next-line no-control-regex
+  const s = text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, (c) => (c === "\n" ? "\\n" : c === "\t" ? "\\t" : `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`));
+  return s.length > max ? `${s.slice(0, max)}…` : s;
+}
+
+/** Whether two parsed JSON values are the same (false, never a stack overflow, for absurdly deep input). */
+export function sameJson(a: unknown, b: unknown): boolean {
+  try {
+    return JSON.stringify(a) === JSON.stringify(b);
+  } catch {
+    return false;
+  }
+}
+
+/** A JSON.parse error as one printable line (V8's message quotes the file's bytes, newlines included). */
+export const jsonErrorText = (e: unknown): string => oneLine(e instanceof Error ? e.message : String(e), 200);
+
+/**
+ * Checks the size of parsed JSON before a schema sees it: a schema reports one
+ * issue per bad element, so a million-element array of the wrong type would
+ * take seconds to refuse. Returns what is too big (a path and a count), or null.
+ */
+export function jsonTooBig(value: unknown, limits: { maxItems?: number; maxDepth?: number } = {}): string | null {
+  const maxItems = limits.maxItems ?? 100_000;
+  const maxDepth = limits.maxDepth ?? 32;
+  const walk = (v: unknown, path: string, depth: number): string | null => {
+    if (v === null || typeof v !== "object") return null;
+    if (depth > maxDepth) return `${path || "(top level)"} is nested more than ${maxDepth} levels deep`;
+    const entries = Array.isArray(v) ? v : Object.values(v);
+    if (entries.length > maxItems) return `${path || "(top level)"} has ${entries.length} ${Array.isArray(v) ? "elements" : "keys"} (at most ${maxItems})`;
+    const keys = Array.isArray(v) ? null : Object.keys(v);
+    for (let i = 0; i < entries.length; i++) {
+      const r = walk(entries[i], path ? `${path}.${keys ? keys[i]!.slice(0, 40) : i}` : keys ? keys[i]!.slice(0, 40) : String(i), depth + 1);
+      if (r) return r;
+    }
+    return null;
+  };
+  return walk(value, "", 0);
+}
