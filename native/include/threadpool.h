@@ -3,6 +3,9 @@
 // The calling thread always takes part (it is thread 0), so `parallel_run`
 // with one thread is a plain function call. Nested calls (a kernel running
 // inside another kernel's parallel region) run serially on the caller.
+// Thread-safe: several JS threads (worker_threads) may call kernels and
+// set_num_threads at once; regions run one at a time and set_num_threads
+// waits for the running one.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -10,13 +13,18 @@
 namespace sigma {
 
 // Sets the number of threads kernels use (>= 1). Workers are started lazily.
-void set_num_threads(int n);
+// Waits for a region running on another thread; returns false (and changes
+// nothing) when called from inside a region, where it would wait for itself.
+bool set_num_threads(int n);
 // The number of threads kernels use. Default: hardware_concurrency, or the
 // SIGMA_THREADS environment variable when set.
 int num_threads();
 
 // Runs fn(tid, nth) for tid = 0..nth-1 concurrently and returns when all are
-// done. nth = 0 means num_threads(). Must not allocate per call.
+// done; each tid runs exactly once even if the thread count dropped below nth
+// meanwhile (a thread then runs several). nth = 0 means num_threads(). Must
+// not allocate per call. An exception thrown by fn is rethrown on the caller
+// after every thread has finished.
 void parallel_run(const std::function<void(int tid, int nth)>& fn, int nth = 0);
 
 // Splits [0, n) into at most num_threads() contiguous chunks of at least

@@ -26,6 +26,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "cpu.h"
@@ -52,12 +53,17 @@ struct PackBuffers {
     std::free(a);
     std::free(b);
   }
+  // Throws std::bad_alloc (leaving the old buffer in place) when the memory
+  // is not there: the caller's region rethrows it, and the Node-API layer
+  // turns it into a JS error.
   static float* grow(float* p, size_t& cap, size_t need) {
     if (need <= cap) return p;
-    std::free(p);
     size_t bytes = ((need * sizeof(float) + 63) / 64) * 64;
+    float* q = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (q == nullptr) throw std::bad_alloc();
+    std::free(p);
     cap = bytes / sizeof(float);
-    return static_cast<float*>(std::aligned_alloc(64, bytes));
+    return q;
   }
 };
 thread_local PackBuffers tls_pack;
@@ -517,7 +523,10 @@ void grouped_gemm_weight_grad_parts(float* const* dw, const float* dy, const flo
 }
 
 double fma_peak_seconds(int64_t iters, int threads) {
-  std::vector<double> secs(std::max(1, threads));
+  // At most the pool's threads, each running one chain set (more would queue
+  // on the threads there are and time one set each).
+  threads = std::max(1, std::min(threads, num_threads()));
+  std::vector<double> secs(threads);
   parallel_run(
       [&](int t, int) {
         secs[t] = use_avx512() ? fma_chains_avx512(iters) : use_avx2() ? fma_chains_avx2(iters) : fma_chains_portable(iters);

@@ -3,12 +3,22 @@
 // Workers spin briefly on a generation counter before sleeping on a condition
 // variable: back-to-back kernels (the usual case in a training step) then
 // start without a futex round trip, while an idle process does not burn CPU.
+//
+// One pool serves the whole process, and the addon may be loaded by several
+// JS threads at once (worker_threads). A region holds `run_mutex_` from start
+// to end, and so does set_threads: a second JS thread that wants the pool
+// waits for the running region (a region never waits for anything a JS thread
+// holds, so this cannot deadlock), and set_threads waits for it too instead of
+// stopping workers under it. An exception thrown by a region's function (out
+// of memory for a scratch buffer) is caught on whichever thread ran it and
+// rethrown on the caller once every worker has finished the region.
 #include "threadpool.h"
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -17,6 +27,13 @@ namespace sigma {
 namespace {
 
 thread_local bool in_parallel_region = false;
+
+// Sets in_parallel_region for a scope, restoring it even when fn throws.
+struct RegionFlag {
+  bool saved;
+  RegionFlag() : saved(in_parallel_region) { in_parallel_region = true; }
+  ~RegionFlag() { in_parallel_region = saved; }
+};
 
 int default_threads() {
   if (const char* env = std::getenv("SIGMA_THREADS")) {
@@ -32,32 +49,48 @@ class Pool {
   Pool() : threads_(default_threads()) {}
   ~Pool() { stop(); }
 
-  int threads() const { return threads_; }
-  void set_threads(int n) {
+  int threads() const { return threads_.load(std::memory_order_relaxed); }
+
+  bool set_threads(int n) {
     n = std::max(1, n);
-    if (n == threads_) return;
+    // Called inside a region (not reachable from JS: no JS runs there) it
+    // would wait for itself.
+    if (in_parallel_region) return false;
+    std::lock_guard<std::mutex> run_lock(run_mutex_);  // waits for a running region
+    if (n == threads_.load(std::memory_order_relaxed)) return true;
     stop();
-    threads_ = n;
+    threads_.store(n, std::memory_order_relaxed);
+    return true;
   }
 
+  // fn(t, nth) runs exactly once for every t in [0, nth), whatever the
+  // thread count is now: with fewer threads than nth (set_threads from
+  // another JS thread since the caller chose nth), a thread runs several t.
   void run(const std::function<void(int, int)>& fn, int nth) {
-    if (nth <= 0 || nth > threads_) nth = threads_;
-    if (nth == 1 || in_parallel_region) {
-      // Serial: one thread, or nested inside another region.
-      if (in_parallel_region) {
-        for (int t = 0; t < nth; ++t) fn(t, nth);
-      } else {
-        in_parallel_region = true;
-        fn(0, 1);
-        in_parallel_region = false;
-      }
+    if (nth <= 0) nth = threads();
+    if (in_parallel_region) {
+      // Nested inside another region: serial on this thread.
+      for (int t = 0; t < nth; ++t) fn(t, nth);
       return;
     }
-    std::lock_guard<std::mutex> run_lock(run_mutex_);  // one region at a time
-    start(nth - 1);
+    if (nth == 1 || threads() == 1) {
+      RegionFlag flag;
+      for (int t = 0; t < nth; ++t) fn(t, nth);
+      return;
+    }
+    std::lock_guard<std::mutex> run_lock(run_mutex_);  // one region at a time, in the whole process
+    const int physical = std::min(nth, threads_.load(std::memory_order_relaxed));
+    if (physical <= 1) {
+      RegionFlag flag;
+      for (int t = 0; t < nth; ++t) fn(t, nth);
+      return;
+    }
+    start(physical - 1);
     job_ = &fn;
-    job_threads_ = nth;
-    // Every started worker acknowledges every region (those with id >= nth
+    job_tasks_ = nth;
+    job_threads_ = physical;
+    error_ = nullptr;
+    // Every started worker acknowledges every region (those with id >= physical
     // just decrement), so no worker can lag behind into the next region.
     pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
     {
@@ -65,18 +98,34 @@ class Pool {
       generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
-    in_parallel_region = true;
-    fn(0, nth);
-    in_parallel_region = false;
+    {
+      RegionFlag flag;
+      run_tasks(fn, 0, physical, nth);
+    }
     // Wait for the workers that take part in this region.
     int spins = 0;
     while (pending_.load(std::memory_order_acquire) != 0) {
       if (++spins > 4000) std::this_thread::yield();
     }
     job_ = nullptr;
+    if (error_) {
+      std::exception_ptr e = error_;
+      error_ = nullptr;
+      std::rethrow_exception(e);
+    }
   }
 
  private:
+  // Tasks id, id + physical, … of a region; an exception is kept for the caller.
+  void run_tasks(const std::function<void(int, int)>& fn, int id, int physical, int tasks) {
+    try {
+      for (int t = id; t < tasks; t += physical) fn(t, tasks);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(error_mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+
   void start(int workers) {
     while (static_cast<int>(workers_.size()) < workers) {
       int id = static_cast<int>(workers_.size()) + 1;
@@ -88,6 +137,7 @@ class Pool {
     }
   }
 
+  // Only with run_mutex_ held (or from the destructor): no region is running.
   void stop() {
     {
       std::lock_guard<std::mutex> lk(mutex_);
@@ -113,23 +163,25 @@ class Pool {
       seen = generation_.load(std::memory_order_acquire);
       if (quit_) return;
       const std::function<void(int, int)>* job = job_;
-      int nth = job_threads_;
-      if (job != nullptr && id < nth) (*job)(id, nth);
+      const int physical = job_threads_, tasks = job_tasks_;
+      if (job != nullptr && id < physical) run_tasks(*job, id, physical, tasks);
       pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 
-  int threads_;
+  std::atomic<int> threads_;
   std::vector<std::thread> workers_;
-  std::mutex mutex_, run_mutex_;
+  std::mutex mutex_, run_mutex_, error_mutex_;
   std::condition_variable cv_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
-  // Written by the caller before the release on generation_, read by workers
-  // after the acquire: no further synchronisation needed.
+  // Written by the caller (holding run_mutex_) before the release on
+  // generation_, read by workers after the acquire: no further
+  // synchronisation needed. quit_ likewise (written under mutex_ before the bump).
   const std::function<void(int, int)>* job_ = nullptr;
-  int job_threads_ = 1;
+  int job_tasks_ = 1, job_threads_ = 1;
   bool quit_ = false;
+  std::exception_ptr error_;
 };
 
 Pool& pool() {
@@ -139,7 +191,7 @@ Pool& pool() {
 
 }  // namespace
 
-void set_num_threads(int n) { pool().set_threads(n); }
+bool set_num_threads(int n) { return pool().set_threads(n); }
 int num_threads() { return pool().threads(); }
 
 void parallel_run(const std::function<void(int, int)>& fn, int nth) { pool().run(fn, nth); }
