@@ -9,6 +9,7 @@
 #include <malloc.h>
 #endif
 
+#include "args.h"
 #include "cpu.h"
 #include "threadpool.h"
 
@@ -31,7 +32,11 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   if (!(n >= 1) || n != static_cast<int>(n) || n > 1024) {
     throw Napi::RangeError::New(info.Env(), "setThreads: argument \"n\" must be an integer from 1 to 1024");
   }
-  sigma::set_num_threads(static_cast<int>(n));
+  // Process-wide: from any JS thread, it waits for a kernel running on the
+  // pool (another worker_thread's) to finish, then restarts the workers.
+  if (!sigma::set_num_threads(static_cast<int>(n))) {
+    throw Napi::Error::New(info.Env(), "setThreads: cannot change the thread count from inside a kernel");
+  }
   return info.Env().Undefined();
 }
 
@@ -81,10 +86,10 @@ void TuneAllocator() {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   TuneAllocator();
-  exports.Set("getThreads", Napi::Function::New(env, GetThreads, "getThreads"));
-  exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
-  exports.Set("cpuFeatures", Napi::Function::New(env, CpuFeatures, "cpuFeatures"));
-  exports.Set("setKernelPath", Napi::Function::New(env, SetKernelPath, "setKernelPath"));
+  sigma_napi::Export(env, exports, "getThreads", GetThreads);
+  sigma_napi::Export(env, exports, "setThreads", SetThreads);
+  sigma_napi::Export(env, exports, "cpuFeatures", CpuFeatures);
+  sigma_napi::Export(env, exports, "setKernelPath", SetKernelPath);
   sigma_napi::InitGemm(env, exports);
   sigma_napi::InitKernels(env, exports);
   return exports;

@@ -1,5 +1,6 @@
 // Node-API wrappers of the matrix products: validate every argument, then
 // forward to the plain C++ kernels in native/src/kernels/gemm.cpp. No math here.
+// The rules the checks follow are at the top of args.h.
 #include <napi.h>
 
 #include "args.h"
@@ -17,6 +18,8 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   float* c = g.f32(0, "c", prod(M, N));
   const float* a = g.f32(1, "a", prod(M, K));
   const float* b = g.f32(2, "b", prod(K, N));
+  // Leading dimensions follow from the sizes (none is an argument): every
+  // access stays inside the M·K, K·N and M·N elements checked above.
   sigma::sgemm(ta, tb, M, N, K, a, ta ? M : K, b, tb ? K : N, c, N, acc);
   return info.Env().Undefined();
 }
@@ -26,16 +29,21 @@ Napi::Value Bmm(const Napi::CallbackInfo& info) {
   Args g(info, "bmm", 10);
   const int64_t S = g.dim(3, "batch"), M = g.dim(4, "M"), N = g.dim(5, "N"), K = g.dim(6, "K");
   const bool ta = g.flag(7, "transA"), tb = g.flag(8, "transB"), acc = g.flag(9, "accumulate");
-  float* c = g.f32(0, "c", prod(S, M, N));
+  const Need nc = prod(S, M, N);
+  float* c = g.f32(0, "c", nc);
   const float* a = g.f32(1, "a", prod(S, M, K));
   const float* b = g.f32(2, "b", prod(S, K, N));
+  // No element of c: nothing to write (and batch or M, unbounded by any
+  // array when N = 0, would only count empty products).
+  if (nc.n == 0) return info.Env().Undefined();
   sigma::sgemm_batched(ta, tb, S, M, N, K, a, b, c, acc);
   return info.Env().Undefined();
 }
 
-// Checks offsets [E+1]: starts at 0, never decreases, ends within `rows`.
+// Copies offsets [E+1] and checks the copy: starts at 0, never decreases,
+// ends within `rows`. The kernel reads the copy.
 const int32_t* CheckOffsets(const Args& g, size_t i, int64_t E, uint64_t rows) {
-  const int32_t* off = g.i32(i, "offsets", static_cast<uint64_t>(E) + 1);
+  const int32_t* off = g.i32_copy(i, "offsets", static_cast<uint64_t>(E) + 1);
   if (off[0] != 0) g.range_error("offsets", "must start at 0, got " + std::to_string(off[0]));
   for (int64_t e = 0; e < E; ++e) {
     if (off[e + 1] < off[e]) {
@@ -55,15 +63,21 @@ Napi::Value GroupedMatmul(const Napi::CallbackInfo& info) {
   Args g(info, "groupedMatmul", 9);
   const int64_t E = g.dim(4, "E"), N = g.dim(5, "N"), K = g.dim(6, "K");
   const bool tw = g.flag(7, "transW"), acc = g.flag(8, "accumulate");
-  g.f32(1, "x", 0);
-  const uint64_t xrows = K == 0 ? UINT64_MAX : g.length(1) / K;
+  // Parts first: reading them may run JS (getters), which must not run once
+  // any pointer is taken or any index checked.
+  const bool in_parts = info[2].IsArray();
+  std::vector<napi_value> w_parts;
+  if (in_parts) w_parts = g.elements(2, "w", E);
+  size_t xlen = 0;
+  g.f32(1, "x", 0, &xlen);
+  const uint64_t xrows = K == 0 ? UINT64_MAX : xlen / K;
   const int32_t* off = CheckOffsets(g, 3, E, xrows);
   const uint64_t R = static_cast<uint64_t>(off[E]);
   float* y = g.f32(0, "y", prod(R, N));
   const float* x = g.f32(1, "x", prod(R, K));
-  if (info[2].IsArray()) {
+  if (in_parts) {
     std::vector<float*> parts;
-    g.f32_parts(2, "w", E, prod(N, K), parts);
+    g.f32_parts(w_parts, "w", prod(N, K), parts);
     sigma::grouped_gemm_parts(y, x, parts.data(), off, E, N, K, tw, acc);
   } else {
     sigma::grouped_gemm(y, x, g.f32(2, "w", prod(E, N, K)), off, E, N, K, tw, acc);
@@ -76,15 +90,19 @@ Napi::Value GroupedMatmulWeightGrad(const Napi::CallbackInfo& info) {
   Args g(info, "groupedMatmulWeightGrad", 9);
   const int64_t E = g.dim(4, "E"), N = g.dim(5, "N"), K = g.dim(6, "K");
   const bool tw = g.flag(7, "transW"), acc = g.flag(8, "accumulate");
-  g.f32(2, "x", 0);
-  const uint64_t xrows = K == 0 ? UINT64_MAX : g.length(2) / K;
+  const bool in_parts = info[0].IsArray();
+  std::vector<napi_value> dw_parts;
+  if (in_parts) dw_parts = g.elements(0, "dw", E);  // first: may run JS (see GroupedMatmul)
+  size_t xlen = 0;
+  g.f32(2, "x", 0, &xlen);
+  const uint64_t xrows = K == 0 ? UINT64_MAX : xlen / K;
   const int32_t* off = CheckOffsets(g, 3, E, xrows);
   const uint64_t R = static_cast<uint64_t>(off[E]);
   const float* dy = g.f32(1, "dy", prod(R, N));
   const float* x = g.f32(2, "x", prod(R, K));
-  if (info[0].IsArray()) {
+  if (in_parts) {
     std::vector<float*> parts;
-    g.f32_parts(0, "dw", E, prod(N, K), parts);
+    g.f32_parts(dw_parts, "dw", prod(N, K), parts);
     sigma::grouped_gemm_weight_grad_parts(parts.data(), dy, x, off, E, N, K, tw, acc);
   } else {
     sigma::grouped_gemm_weight_grad(g.f32(0, "dw", prod(E, N, K)), dy, x, off, E, N, K, tw, acc);
@@ -92,23 +110,26 @@ Napi::Value GroupedMatmulWeightGrad(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// The most threads fmaPeak takes (as setThreads): it keeps one result per thread.
+constexpr int64_t kMaxThreads = 1024;
+
 // fmaPeak(iters, threads) -> seconds of the slowest thread; kFmaPeakFlopsPerIter FLOPs per iter per thread.
 Napi::Value FmaPeak(const Napi::CallbackInfo& info) {
   Args g(info, "fmaPeak", 2);
   const int64_t iters = g.dim(0, "iters");
   const int64_t threads = g.dim(1, "threads");
-  if (threads < 1) g.range_error("threads", "must be at least 1");
+  if (threads < 1 || threads > kMaxThreads) g.range_error("threads", "must be an integer from 1 to 1024");
   return Napi::Number::New(info.Env(), sigma::fma_peak_seconds(iters, static_cast<int>(threads)));
 }
 
 }  // namespace
 
 void InitGemm(Napi::Env env, Napi::Object exports) {
-  exports.Set("matmul", Napi::Function::New(env, Matmul, "matmul"));
-  exports.Set("bmm", Napi::Function::New(env, Bmm, "bmm"));
-  exports.Set("groupedMatmul", Napi::Function::New(env, GroupedMatmul, "groupedMatmul"));
-  exports.Set("groupedMatmulWeightGrad", Napi::Function::New(env, GroupedMatmulWeightGrad, "groupedMatmulWeightGrad"));
-  exports.Set("fmaPeak", Napi::Function::New(env, FmaPeak, "fmaPeak"));
+  Export(env, exports, "matmul", Matmul);
+  Export(env, exports, "bmm", Bmm);
+  Export(env, exports, "groupedMatmul", GroupedMatmul);
+  Export(env, exports, "groupedMatmulWeightGrad", GroupedMatmulWeightGrad);
+  Export(env, exports, "fmaPeak", FmaPeak);
   exports.Set("fmaPeakFlopsPerIter", Napi::Number::New(env, sigma::kFmaPeakFlopsPerIter));
 }
 

@@ -1,6 +1,7 @@
 // Node-API wrappers of every kernel but the matrix products: check each
 // argument (types, lengths against the sizes given, index ranges), then call
 // the plain C++ kernel in native/src/kernels/ops_*.cpp. No math here.
+// The rules the checks follow are at the top of args.h.
 #include <napi.h>
 
 #include "args.h"
@@ -23,14 +24,20 @@ void CheckIndices(const Args& g, const char* name, const int32_t* idx, int64_t n
 }
 
 int64_t RowsOf(const Args& g, size_t i, const char* name, int64_t C) {
-  g.f32(i, name, 0);
-  return C == 0 ? 0 : static_cast<int64_t>(g.length(i) / C);
+  size_t len = 0;
+  g.f32(i, name, 0, &len);
+  return C == 0 ? 0 : static_cast<int64_t>(len / C);
 }
 
 Napi::Value AddBias(Info info) {
   Args g(info, "addBias", 5);
   const int64_t R = g.dim(3, "rows"), C = g.dim(4, "cols");
-  sigma::add_bias(g.f32(0, "y", prod(R, C)), g.f32(1, "x", prod(R, C)), g.f32(2, "bias", C), R, C);
+  float* y = g.f32(0, "y", prod(R, C));
+  const float* x = g.f32(1, "x", prod(R, C));
+  const float* bias = g.f32(2, "bias", C);
+  // No element to write (rows, unbounded by any array when cols = 0, would only count empty rows).
+  if (R * C == 0) return info.Env().Undefined();
+  sigma::add_bias(y, x, bias, R, C);
   return info.Env().Undefined();
 }
 Napi::Value AddBiasBackward(Info info) {
@@ -110,20 +117,27 @@ Napi::Value LayerNormBackward(Info info) {
 Napi::Value Softmax(Info info) {
   Args g(info, "softmax", 4);
   const int64_t R = g.dim(2, "rows"), C = g.dim(3, "cols");
-  sigma::softmax(g.f32(0, "y", prod(R, C)), g.f32(1, "x", prod(R, C)), R, C);
+  float* y = g.f32(0, "y", prod(R, C));
+  const float* x = g.f32(1, "x", prod(R, C));
+  if (R * C == 0) return info.Env().Undefined();  // nothing to write (see AddBias)
+  sigma::softmax(y, x, R, C);
   return info.Env().Undefined();
 }
 Napi::Value SoftmaxBackward(Info info) {
   Args g(info, "softmaxBackward", 5);
   const int64_t R = g.dim(3, "rows"), C = g.dim(4, "cols");
-  sigma::softmax_backward(g.f32(0, "dx", prod(R, C)), g.f32(1, "y", prod(R, C)), g.f32(2, "dy", prod(R, C)), R, C);
+  float* dx = g.f32(0, "dx", prod(R, C));
+  const float* y = g.f32(1, "y", prod(R, C));
+  const float* dy = g.f32(2, "dy", prod(R, C));
+  if (R * C == 0) return info.Env().Undefined();  // nothing to write (see AddBias)
+  sigma::softmax_backward(dx, y, dy, R, C);
   return info.Env().Undefined();
 }
 Napi::Value CrossEntropy(Info info) {
   Args g(info, "crossEntropy", 7);
   const int64_t R = g.dim(4, "rows"), V = g.dim(5, "V");
   const int32_t ignore = static_cast<int32_t>(g.integer(6, "ignoreIndex"));
-  const int32_t* t = g.i32(3, "targets", R);
+  const int32_t* t = g.i32_copy(3, "targets", R);
   CheckIndices(g, "targets", t, R, V, true, ignore);
   sigma::cross_entropy(g.f32(0, "loss", R), g.f32(1, "lse", R), g.f32(2, "logits", prod(R, V)), t, R, V, ignore);
   return info.Env().Undefined();
@@ -132,7 +146,7 @@ Napi::Value CrossEntropyBackward(Info info) {
   Args g(info, "crossEntropyBackward", 8);
   const int64_t R = g.dim(5, "rows"), V = g.dim(6, "V");
   const int32_t ignore = static_cast<int32_t>(g.integer(7, "ignoreIndex"));
-  const int32_t* t = g.i32(3, "targets", R);
+  const int32_t* t = g.i32_copy(3, "targets", R);
   CheckIndices(g, "targets", t, R, V, true, ignore);
   sigma::cross_entropy_backward(g.f32(0, "dlogits", prod(R, V)), g.f32(1, "logits", prod(R, V)), g.f32(2, "lse", R), t,
                                 g.f32(4, "dloss", R), R, V, ignore);
@@ -144,7 +158,7 @@ Napi::Value Gather(Info info, const char* name, const char* src, const char* idx
   Args g(info, name, 5);
   const int64_t n = g.dim(3, "n"), C = g.dim(4, "C");
   const int64_t rows = RowsOf(g, 1, src, C);
-  const int32_t* idx = g.i32(2, idxName, n);
+  const int32_t* idx = g.i32_copy(2, idxName, n);
   CheckIndices(g, idxName, idx, n, rows);
   sigma::gather_rows(g.f32(0, "out", prod(n, C)), g.f32(1, src, 0), idx, n, C);
   return info.Env().Undefined();
@@ -154,7 +168,7 @@ Napi::Value Scatter(Info info, const char* name, const char* dst, const char* sr
   Args g(info, name, 5);
   const int64_t n = g.dim(3, "n"), C = g.dim(4, "C");
   const int64_t rows = RowsOf(g, 0, dst, C);
-  const int32_t* idx = g.i32(2, idxName, n);
+  const int32_t* idx = g.i32_copy(2, idxName, n);
   CheckIndices(g, idxName, idx, n, rows);
   sigma::scatter_add_rows(g.f32(0, dst, 0), g.f32(1, src, prod(n, C)), idx, n, C);
   return info.Env().Undefined();
@@ -168,7 +182,7 @@ Napi::Value Combine(Info info) {
   Args g(info, "combine", 6);
   const int64_t n = g.dim(4, "n"), C = g.dim(5, "C");
   const int64_t rows = RowsOf(g, 0, "y", C);
-  const int32_t* idx = g.i32(2, "idx", n);
+  const int32_t* idx = g.i32_copy(2, "idx", n);
   CheckIndices(g, "idx", idx, n, rows);
   sigma::combine(g.f32(0, "y", 0), g.f32(1, "x", prod(n, C)), idx, g.f32(3, "w", n), n, C);
   return info.Env().Undefined();
@@ -177,7 +191,7 @@ Napi::Value CombineBackward(Info info) {
   Args g(info, "combineBackward", 8);
   const int64_t n = g.dim(6, "n"), C = g.dim(7, "C");
   const int64_t rows = RowsOf(g, 2, "dy", C);
-  const int32_t* idx = g.i32(4, "idx", n);
+  const int32_t* idx = g.i32_copy(4, "idx", n);
   CheckIndices(g, "idx", idx, n, rows);
   sigma::combine_backward(g.f32(0, "dx", prod(n, C)), g.f32(1, "dw", n), g.f32(2, "dy", 0), g.f32(3, "x", prod(n, C)),
                           idx, g.f32(5, "w", n), n, C);
@@ -186,36 +200,57 @@ Napi::Value CombineBackward(Info info) {
 Napi::Value PermuteByExpert(Info info) {
   Args g(info, "permuteByExpert", 5);
   const int64_t n = g.dim(3, "n"), E = g.dim(4, "E");
-  const int32_t* ids = g.i32(2, "expertIds", n);
+  const int32_t* ids = g.i32_copy(2, "expertIds", n);
   CheckIndices(g, "expertIds", ids, n, E);
-  sigma::permute_by_expert(g.i32(0, "order", n), g.i32(1, "offsets", static_cast<uint64_t>(E) + 1), ids, n, E);
+  // order and offsets may share memory with each other: the kernel's
+  // indices come from the copy of expertIds and from counts it keeps itself.
+  sigma::permute_by_expert(g.i32_out(0, "order", n), g.i32_out(1, "offsets", static_cast<uint64_t>(E) + 1), ids, n, E);
   return info.Env().Undefined();
 }
 
-void CheckAttention(const Args& g, int64_t Tq, int64_t Tk, int64_t cap) {
+// Tq <= Tk <= kvCap, and D >= 1: with D = 0 no array would bound kvCap, and
+// the kernels keep Tk floats of scratch per thread (48·Tk forward, 96·Tk backward).
+void CheckAttention(const Args& g, int64_t Tq, int64_t Tk, int64_t cap, int64_t D) {
   if (Tq > Tk) g.range_error("Tq", "must not exceed Tk (" + std::to_string(Tq) + " > " + std::to_string(Tk) + ")");
   if (Tk > cap) g.range_error("Tk", "must not exceed kvCap (" + std::to_string(Tk) + " > " + std::to_string(cap) + ")");
+  if (D < 1) g.range_error("D", "must be at least 1");
 }
 Napi::Value Attention(Info info) {
   Args g(info, "attention", 12);
   const int64_t B = g.dim(5, "B"), Tq = g.dim(6, "Tq"), Tk = g.dim(7, "Tk"), H = g.dim(8, "H"), D = g.dim(9, "D"),
                 cap = g.dim(10, "kvCap");
-  CheckAttention(g, Tq, Tk, cap);
-  const uint64_t nq = prod(B, Tq, H, D), nkv = prod(B, cap, H, D);
-  sigma::attention(g.f32(0, "out", nq), g.f32(1, "lse", prod(B, H, Tq)), g.f32(2, "q", nq), g.f32(3, "k", nkv),
-                   g.f32(4, "v", nkv), B, Tq, Tk, H, D, cap, static_cast<float>(g.num(11, "scale")));
+  CheckAttention(g, Tq, Tk, cap, D);
+  const Need nq = prod(B, Tq, H, D), nkv = prod(B, cap, H, D), nl = prod(B, H, Tq);
+  float* out = g.f32(0, "out", nq);
+  float* lse = g.f32(1, "lse", nl);
+  const float* q = g.f32(2, "q", nq);
+  const float* k = g.f32(3, "k", nkv);
+  const float* v = g.f32(4, "v", nkv);
+  const float scale = static_cast<float>(g.num(11, "scale"));
+  // No query: nothing to write (and B·H, unbounded by any array when Tq = 0, would only count empty pairs).
+  if (nl.n == 0) return info.Env().Undefined();
+  sigma::attention(out, lse, q, k, v, B, Tq, Tk, H, D, cap, scale);
   return info.Env().Undefined();
 }
 Napi::Value AttentionBackward(Info info) {
   Args g(info, "attentionBackward", 16);
   const int64_t B = g.dim(9, "B"), Tq = g.dim(10, "Tq"), Tk = g.dim(11, "Tk"), H = g.dim(12, "H"), D = g.dim(13, "D"),
                 cap = g.dim(14, "kvCap");
-  CheckAttention(g, Tq, Tk, cap);
-  const uint64_t nq = prod(B, Tq, H, D), nkv = prod(B, cap, H, D);
-  sigma::attention_backward(g.f32(0, "dq", nq), g.f32(1, "dk", nkv), g.f32(2, "dv", nkv), g.f32(3, "dout", nq),
-                            g.f32(4, "q", nq), g.f32(5, "k", nkv), g.f32(6, "v", nkv), g.f32(7, "out", nq),
-                            g.f32(8, "lse", prod(B, H, Tq)), B, Tq, Tk, H, D, cap,
-                            static_cast<float>(g.num(15, "scale")));
+  CheckAttention(g, Tq, Tk, cap, D);
+  const Need nq = prod(B, Tq, H, D), nkv = prod(B, cap, H, D), nl = prod(B, H, Tq);
+  float* dq = g.f32(0, "dq", nq);
+  float* dk = g.f32(1, "dk", nkv);
+  float* dv = g.f32(2, "dv", nkv);
+  const float* dout = g.f32(3, "dout", nq);
+  const float* q = g.f32(4, "q", nq);
+  const float* k = g.f32(5, "k", nkv);
+  const float* v = g.f32(6, "v", nkv);
+  const float* out = g.f32(7, "out", nq);
+  const float* lse = g.f32(8, "lse", nl);
+  const float scale = static_cast<float>(g.num(15, "scale"));
+  // No query: no gradient to add (the backward loops over B·H pairs, unbounded when Tq = 0).
+  if (nl.n == 0) return info.Env().Undefined();
+  sigma::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, B, Tq, Tk, H, D, cap, scale);
   return info.Env().Undefined();
 }
 
@@ -248,7 +283,7 @@ void InitKernels(Napi::Env env, Napi::Object exports) {
       {"permuteByExpert", PermuteByExpert}, {"gatherRows", GatherRows}, {"scatterAddRows", ScatterAddRows},
       {"combine", Combine}, {"combineBackward", CombineBackward}, {"adamw", AdamW},
   };
-  for (const Entry& e : entries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
+  for (const Entry& e : entries) Export(env, exports, e.name, e.fn);
 }
 
 }  // namespace sigma_napi

@@ -8,7 +8,14 @@
  * (plus the addon's own worker threads); none returns a promise.
  *
  * Errors: every kernel validates its arguments and throws a TypeError or
- * RangeError naming the kernel and the argument; it never crashes the process.
+ * RangeError naming the kernel and the argument; it never crashes the process
+ * (sizes whose products overflow, detached or resized buffers, index arrays
+ * rewritten during a call, out of memory for scratch: native/src/napi/args.h
+ * lists the rules; test/addon-fuzz-child.ts fuzzes every export).
+ *
+ * Threads: the addon may be loaded by several JS threads (worker_threads) at
+ * once. They share one kernel thread pool: a threaded kernel waits for
+ * another thread's to finish, and setThreads (process-wide) waits too.
  */
 import { createRequire } from "node:module";
 import { existsSync } from "node:fs";
