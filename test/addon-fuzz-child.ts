@@ -344,6 +344,12 @@ export function fuzz(o: Options): Summary {
     }
     if (c === 4) return [new Proxy(parts, { get: (t, k) => { detachSomething(); return Reflect.get(t, k); } }), "Proxy(parts)"];
     if (c === 5) return [{ length: E, 0: parts[0] }, "array-like"];
+    if (c === 11 && p(0.5)) {
+      // Cheap to make, and as long as E says: only the offsets' length bounds E before the parts are read.
+      const holes = pick([2 ** 31 - 1, 2 ** 28, 2 ** 20]);
+      args[E_AT] = holes;
+      return [new Array(holes), `sparse parts(${holes}) and E = ${holes}`];
+    }
     if (c >= 6 && E > 0) {
       // A getter at part j doing something hostile when the addon reads it.
       // Own parts (not the shared pool) so that a detach cannot hit the pool.

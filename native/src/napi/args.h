@@ -137,6 +137,16 @@ struct Args {
     return static_cast<int32_t*>(data);
   }
 
+  // Checks that argument i is an Int32Array of at least `need` elements,
+  // without keeping anything: to bound a count before reading an array of
+  // parts (which runs JS, so the array is checked again afterwards).
+  void i32_precheck(size_t i, const char* name, const Need& need) const {
+    void* data = nullptr;
+    size_t n = 0;
+    if (!typed(info[i], napi_int32_array, name, "", &data, &n)) type_error(name, "must be an Int32Array");
+    check_length(name, "", n, need);
+  }
+
   // An Int32Array of indices the kernel reads: its first `need` elements,
   // copied into this thread's private buffer (see the rules above). The copy
   // stays valid until the next i32_copy on this thread (one per call).

@@ -64,10 +64,14 @@ Napi::Value GroupedMatmul(const Napi::CallbackInfo& info) {
   const int64_t E = g.dim(4, "E"), N = g.dim(5, "N"), K = g.dim(6, "K");
   const bool tw = g.flag(7, "transW"), acc = g.flag(8, "accumulate");
   // Parts first: reading them may run JS (getters), which must not run once
-  // any pointer is taken or any index checked.
+  // any pointer is taken or any index checked. E is bounded by the offsets'
+  // length before that (a sparse array of 2^31 − 1 holes is cheap to make).
   const bool in_parts = info[2].IsArray();
   std::vector<napi_value> w_parts;
-  if (in_parts) w_parts = g.elements(2, "w", E);
+  if (in_parts) {
+    g.i32_precheck(3, "offsets", static_cast<uint64_t>(E) + 1);
+    w_parts = g.elements(2, "w", E);
+  }
   size_t xlen = 0;
   g.f32(1, "x", 0, &xlen);
   const uint64_t xrows = K == 0 ? UINT64_MAX : xlen / K;
@@ -92,7 +96,10 @@ Napi::Value GroupedMatmulWeightGrad(const Napi::CallbackInfo& info) {
   const bool tw = g.flag(7, "transW"), acc = g.flag(8, "accumulate");
   const bool in_parts = info[0].IsArray();
   std::vector<napi_value> dw_parts;
-  if (in_parts) dw_parts = g.elements(0, "dw", E);  // first: may run JS (see GroupedMatmul)
+  if (in_parts) {  // first: may run JS (see GroupedMatmul)
+    g.i32_precheck(3, "offsets", static_cast<uint64_t>(E) + 1);
+    dw_parts = g.elements(0, "dw", E);
+  }
   size_t xlen = 0;
   g.f32(2, "x", 0, &xlen);
   const uint64_t xrows = K == 0 ? UINT64_MAX : xlen / K;
