@@ -1,8 +1,9 @@
 // Fuzzing as tests (issue 19): every parsed format — state.json, the train
 // config, safetensors, tokenizer.json, the data manifest and shards, the
-// expert store header, the optimizer's metadata — is mutated (bit flips,
-// truncations, type swaps, huge numbers, path strings…) and loaded by the
-// `sigma` commands that read it. Every outcome must be a success or one
+// expert store (header, index, stats), the optimizer's metadata, a run
+// folder's run.json and metrics.jsonl — is mutated (bit flips, truncations,
+// type swaps, huge numbers, path strings…) and loaded by the `sigma`
+// commands that read it. Every outcome must be a success or one
 // `sigma: …` line with exit code 1, within a time bound, and nothing outside
 // the job's folder may change. The harness is in test/fuzz/ (README there);
 // `npm run fuzz -- --count 10000` is the long run, and each failure below

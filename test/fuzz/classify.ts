@@ -24,6 +24,8 @@ export interface Classified {
   detail: string;
   /** The job's output, trimmed (first lines). */
   output: string;
+  /** The job's whole output (up to 20,000 characters), for reproducing one mutant. */
+  full: string;
   code: number | null;
   ms: number;
   /** Refused with "out of memory" (a clean error, but a sign of a missing bound). */
@@ -39,18 +41,18 @@ export function head(s: string, lines = 8, chars = 1200): string {
 }
 
 export function classify(r: JobResult): Classified {
-  const base = { code: null as number | null, ms: 0, oom: false, leaked: [] as string[] };
-  if (r.kind === "hang") return { ...base, outcome: "hang", detail: `no answer in ${(r.ms / 1000).toFixed(1)} s (worker killed)`, output: head(r.stderr), ms: r.ms };
-  if (r.kind === "crash") return { ...base, outcome: "crash", detail: `worker died: ${r.signal ?? `exit code ${r.exitCode}`}`, output: head(r.stderr.split("\n").slice(-12).join("\n"), 12) };
+  const base = { code: null as number | null, ms: 0, oom: false, leaked: [] as string[], full: "" };
+  if (r.kind === "hang") return { ...base, outcome: "hang", detail: `no answer in ${(r.ms / 1000).toFixed(1)} s (worker killed)`, output: head(r.stderr), full: r.stderr, ms: r.ms };
+  if (r.kind === "crash") return { ...base, outcome: "crash", detail: `worker died: ${r.signal ?? `exit code ${r.exitCode}`}`, output: head(r.stderr.split("\n").slice(-12).join("\n"), 12), full: r.stderr };
   if (r.kind === "escaped") {
     const printed = r.out.map((o) => o.t).join("");
-    return { ...base, outcome: "crash", detail: `${r.how} escaped the command: ${r.message.split("\n")[0]}`, output: head(`${printed}${r.stack}`, 10) };
+    return { ...base, outcome: "crash", detail: `${r.how} escaped the command: ${r.message.split("\n")[0]}`, output: head(`${printed}${r.stack}`, 10), full: `${printed}${r.stack}`.slice(0, 20_000) };
   }
   const all = r.out.map((o) => o.t).join("");
   const err = r.out.filter((o) => o.s === "e").map((o) => o.t).join("");
   const lines = err.split("\n");
   const sigma = lines.map((l, i) => [l, i] as const).filter(([l]) => l.startsWith("sigma:"));
-  const out = { ...base, code: r.code, ms: r.ms, leaked: r.leaked, output: head(all) };
+  const out = { ...base, code: r.code, ms: r.ms, leaked: r.leaked, output: head(all), full: all.slice(0, 20_000) };
   const first = sigma[0]?.[0] ?? "";
   if (r.code === 70 || lines.some((l) => l.startsWith("sigma: internal error"))) return { ...out, outcome: "internal", detail: lines.find((l) => l.startsWith("sigma: internal error")) ?? `exit code 70: ${first}` };
   if (STACK.test(all)) return { ...out, outcome: "bad-output", detail: `stack trace in the output (exit ${r.code}): ${first || all.split("\n")[0]}` };
@@ -73,7 +75,7 @@ export function signature(c: Classified): string {
   if (c.outcome === "hang") d = "timeout";
   d = d
     // JSON.parse's messages quote the bad spot of the file: the same cause whatever the spot.
-    .replace(/(Unexpected (token|end|non-whitespace)|Expected|Bad (control|escaped)|Unterminated|Exponent part|No number)[^]*$/, "<JSON.parse message>")
+    .replace(/(Unexpected (token|end|non-whitespace|number|string)|Expected|Bad (control|escaped)|Unterminated|Exponent part|No number)[^]*$/, "<JSON.parse message>")
     .replace(/"(?:[^"\\]|\\.)*"/g, '"…"')
     .replace(/'[^']*'/g, "'…'")
     .replace(/(?:\.{0,2}\/)?(?:[\w.@-]+\/)+[\w.@-]*/g, "<path>")

@@ -45,6 +45,8 @@ export class Seeds {
 type Mutator = (r: FuzzRng, bytes: Uint8Array, ctx: PathContext, what: string[]) => Uint8Array;
 
 interface Variant {
+  /** Relative frequency among the format's variants (default 1). */
+  weight?: number;
   target: string | ((r: FuzzRng) => string);
   uses: string[];
   mutate: Mutator;
@@ -228,6 +230,50 @@ const storeMutator: Mutator = (r, b, ctx, what) => {
   return m.bytes;
 };
 
+/** experts.index: 16-byte entries (u8 slot + 3 pad, u32 generation, u32 crc32, u32 step), or raw bytes. */
+const indexMutator: Mutator = (r, b, _ctx, what) => {
+  if (r.chance(0.6) && b.length >= 16) {
+    const e = r.int(b.length >> 4);
+    const [name, off] = r.pick([["slot", 0], ["generation", 4], ["crc32", 8], ["step", 12]] as const);
+    const m = mutateField(r, b, { name: `entry ${e} ${name}`, offset: 16 * e + off, width: 4 });
+    what.push(m.what);
+    return m.bytes;
+  }
+  const m = mutateBytes(r, b);
+  what.push(m.what);
+  return m.bytes;
+};
+
+/** metrics.jsonl: one line's JSON mutated, a line replaced by odd JSON, lines repeated, or raw bytes. */
+const metricsMutator: Mutator = (r, b, ctx, what) => {
+  const lines = text(b).split("\n");
+  const i = r.int(Math.max(1, lines.length - 1));
+  const op = r.weighted<string>([[5, "json"], [2, "odd"], [1, "repeat"], [2, "bytes"]]);
+  if (op === "json") {
+    const m = mutateJsonText(r, lines[i]!, ctx);
+    if (m) {
+      lines[i] = m.text.replaceAll("\n", " ");
+      what.push(...m.what.map((w) => `line ${i + 1} ${w}`));
+      return bytes(lines.join("\n"));
+    }
+  }
+  if (op === "odd") {
+    const odd = r.pick(["null", "[]", "1", '"x"', "{}", '{"kind":"train"}', '{"kind":"eval","step":2}', '{"kind":"eval","step":1,"domains":null}', '{"step":"x"}', '{"kind":"train","step":1e308,"loss":"NaN"}', '{"kind":"routing","step":1,"layers":[{}]}', "{".repeat(50_000)]);
+    lines.splice(i, r.chance(0.5) ? 1 : 0, odd);
+    what.push(`line ${i + 1} set or inserted: ${odd.slice(0, 60)}`);
+    return bytes(lines.join("\n"));
+  }
+  if (op === "repeat") {
+    const n = r.pick([1000, 100_000]);
+    lines.splice(i, 0, ...Array<string>(n).fill(lines[i]!));
+    what.push(`line ${i + 1} repeated ${n} times`);
+    return bytes(lines.join("\n"));
+  }
+  const m = mutateBytes(r, b);
+  what.push(m.what);
+  return m.bytes;
+};
+
 /** Token shard: its 96-byte header's fields, or raw bytes biased into the header. */
 const shardMutator: Mutator = (r, b, _ctx, what) => {
   if (r.chance(0.5)) {
@@ -266,6 +312,7 @@ const GENERATE = (ckpt: string): string[] => ["generate", "--ckpt", ckpt, "--max
 const TRAIN1 = (cfg: string): string[] => ["train", "--config", cfg, "--steps", "1", "--out", "out"];
 const INIT = (model: string): string[] => ["train", "--config", "train.json", "--init", model, "--steps", "1", "--out", "out"];
 const EXTRACT = (ckpt: string): string[] => ["extract", "--ckpt", ckpt, "--domain", "en", "--out", "ext"];
+const TRAIN_INTO = (cfg: string): string[] => ["train", "--config", cfg, "--steps", "1", "--out", "killed"];
 const TO_RAM = ["store", "convert", "--from", SRUN_CKPT, "--to", "ram", "--out", "conv"];
 const RAM = [CKPT, "data", "train.json"];
 const STATE_PATHS = (): JsonPath[] => [["config", "data", "dir"], ["config", "out"], ["config", "store", "path"], ["store", "path"]];
@@ -330,8 +377,25 @@ export const FORMATS: Format[] = [
   },
   {
     name: "store-header",
-    description: "the expert store file (page-0 header: JSON with its crc32, fixed up 90% of the time)",
-    variants: [{ target: STORE_FILE, uses: STORE, mutate: storeMutator, commands: [["store", "inspect", STORE_FILE], ["store", "inspect", STORE_FILE, "--verify", "--ckpt", SRUN_CKPT], EVAL(SRUN_CKPT), RESUME("store.json", SRUN_CKPT, false), TO_RAM] }],
+    description: "the expert store: its page-0 header (JSON with its crc32, fixed up 90% of the time), a checkpoint's experts.index (re-hashed), the store's stats file",
+    variants: [
+      { weight: 4, target: STORE_FILE, uses: STORE, mutate: storeMutator, commands: [["store", "inspect", STORE_FILE], ["store", "inspect", STORE_FILE, "--verify", "--ckpt", SRUN_CKPT], EVAL(SRUN_CKPT), RESUME("store.json", SRUN_CKPT, false), TO_RAM] },
+      { target: `${SRUN_CKPT}/experts.index`, uses: STORE, inCheckpoint: SRUN_CKPT, mutate: indexMutator, commands: [["store", "inspect", STORE_FILE, "--verify", "--ckpt", SRUN_CKPT], EVAL(SRUN_CKPT), RESUME("store.json", SRUN_CKPT, false), TO_RAM] },
+      { target: `${STORE_FILE}.stats.json`, uses: STORE, mutate: jsonMutator(), commands: [["store", "inspect", STORE_FILE], ["store", "inspect", STORE_FILE, "--json"]] },
+    ],
+  },
+  {
+    name: "run-folder",
+    description: "a run folder's run.json (the marker of a run killed before its first checkpoint) and metrics.jsonl (read back on resume)",
+    variants: [
+      {
+        target: "killed/run.json",
+        uses: ["killed", "data", "train.json", "store.json"],
+        mutate: jsonMutator({ pathFields: () => [["store"]] }),
+        commands: [TRAIN_INTO("train.json"), TRAIN_INTO("store.json"), [...TRAIN_INTO("store.json"), "--overwrite"]],
+      },
+      { target: "srun/metrics.jsonl", uses: STORE, mutate: metricsMutator, commands: [RESUME("store.json", SRUN_CKPT, false)] },
+    ],
   },
   {
     name: "optimizer",
@@ -348,7 +412,7 @@ export const formatNames = FORMATS.map((f) => f.name);
 /** Mutant `index` of `format` under run seed `seed`. */
 export function makeMutant(seeds: Seeds, seed: number, format: Format, index: number, ctx: PathContext): Mutant {
   const r = FuzzRng.for(seed, format.name, index);
-  const v = r.pick(format.variants);
+  const v = r.weighted(format.variants.map((x) => [x.weight ?? 1, x] as const));
   const target = typeof v.target === "string" ? v.target : v.target(r);
   const argv = r.pick(v.commands);
   const what: string[] = [];

@@ -31,6 +31,7 @@ function parseArgs(argv: string[]): Record<string, string | true> {
 }
 
 const a = parseArgs(process.argv.slice(2));
+for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => process.exit(130));
 const num = (k: string, d: number): number => {
   const v = a[k];
   if (v === undefined) return d;
@@ -59,7 +60,7 @@ const summary = await runFuzz({
   onJob: (m, c) => {
     done++;
     if (single) {
-      console.log(`${m.format} #${m.index}: ${m.target}\n  ${m.what.join("\n  ")}\nsigma ${m.argv.join(" ")}\n→ ${c.outcome}${c.code !== null ? ` (exit ${c.code})` : ""}: ${c.detail}\n${c.output}`);
+      console.log(`${m.format} #${m.index}: ${m.target}\n  ${m.what.join("\n  ")}\nsigma ${m.argv.join(" ")}\n→ ${c.outcome}${c.code !== null ? ` (exit ${c.code})` : ""}: ${c.detail}\n${c.full}`);
     } else if (a.verbose) {
       console.error(`  ${c.outcome.padEnd(7)} ${m.format} #${m.index} [${m.argv.slice(0, 2).join(" ")}] ${m.what.join("; ").slice(0, 140)}\n          → ${c.detail.slice(0, 200)}`);
     } else if (FAILURES.has(c.outcome)) {
@@ -86,7 +87,8 @@ let addonFailed = false;
 const addonChild = fileURLToPath(new URL("../addon-fuzz-child.ts", import.meta.url));
 if (!single && !formats && existsSync(addonChild)) {
   console.error("\naddon fuzz: test/addon-fuzz-child.ts");
-  const r = spawnSync(process.execPath, ["--import", "tsx", addonChild, "--seed", String(seed), "--count", String(num("count", 10_000))], { stdio: "inherit" });
+  // Its count is of addon calls (a few microseconds each): 20 per mutant of ours.
+  const r = spawnSync(process.execPath, ["--expose-gc", "--import", "tsx", addonChild, "--seed", String(seed), "--count", String(20 * num("count", 10_000))], { stdio: "inherit" });
   addonFailed = r.status !== 0;
 }
 process.exit(summary.total.failures > 0 || addonFailed ? 1 : 0);

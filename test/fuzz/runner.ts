@@ -237,6 +237,12 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
   const root = mkdtempSync(join(o.tmp ?? defaultTmp(), "sigma-fuzz-"));
   if (existsSync(GLOBAL_PROBE)) rmSync(GLOBAL_PROBE, { recursive: true, force: true });
   const slots = Array.from({ length: o.workers }, () => new WorkerSlot({ memoryKiB: o.memoryKiB, env: o.env }));
+  // Interrupted (npm run fuzz stopped with Ctrl-C; main.ts exits on SIGINT/SIGTERM): leave nothing behind.
+  const cleanupOnExit = (): void => {
+    for (const s of slots) s.close();
+    if (!o.keep) rmSync(root, { recursive: true, force: true });
+  };
+  process.on("exit", cleanupOnExit);
   const stats: Record<string, FormatStats> = Object.fromEntries(formats.map((f) => [f.name, emptyStats()]));
   const failures: Failure[] = [];
   const slowest: FuzzSummary["slowest"] = [];
@@ -312,8 +318,8 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
     );
   } finally {
     harness.workerStarts = slots.reduce((n, s) => n + s.starts, 0);
-    for (const s of slots) s.close();
-    if (!o.keep) rmSync(root, { recursive: true, force: true });
+    process.off("exit", cleanupOnExit);
+    cleanupOnExit();
   }
 
   const groups = new Map<string, Failure[]>();

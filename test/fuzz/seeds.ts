@@ -5,7 +5,8 @@
  *   train.json       a tiny mixed RRE run over data/ (relative paths), 2 steps
  *   store.json       the same run with the expert store (ECSS) on, 1 MiB expert memory
  *   ckpt/            train.json's checkpoint at step 2 (model, optimizer, tokenizer, state.json)
- *   srun/            store.json's run: experts.sgxs and checkpoints/step-00000002 (with experts.index)
+ *   srun/            store.json's run: experts.sgxs, its .stats.json, metrics.jsonl, checkpoints/step-00000002 (with experts.index)
+ *   killed/          a run killed before its first checkpoint: run.json (a dead pid) and metrics.jsonl
  *   bare/            model.safetensors + tokenizer.json (what `sigma generate --ckpt file` reads)
  *   tok.json         a copy of the tokenizer
  *   corpus/          the fixture's small corpus (zh, en, code JSONL)
@@ -78,7 +79,27 @@ export async function buildSeeds(dir: string, run: RunCli): Promise<void> {
   renameSync(join(dir, "run", "checkpoints", `step-0000000${SEED_STEP}`), join(dir, CKPT));
   rmSync(join(dir, "run"), { recursive: true, force: true });
   // Only what loading needs.
-  for (const name of readdirSync(join(dir, "srun"))) if (name !== "experts.sgxs" && name !== "checkpoints") rmSync(join(dir, "srun", name), { recursive: true, force: true });
+  for (const name of readdirSync(join(dir, "srun"))) if (!["experts.sgxs", "experts.sgxs.stats.json", "metrics.jsonl", "checkpoints"].includes(name)) rmSync(join(dir, "srun", name), { recursive: true, force: true });
+  // Timings out of the metrics, so the seed is the same on every run.
+  const metricsFile = join(dir, "srun", "metrics.jsonl");
+  const metrics = readFileSync(metricsFile, "utf8")
+    .split("\n")
+    .filter((l) => l.trim())
+    .map((l) => {
+      const r = JSON.parse(l) as Record<string, unknown>;
+      for (const k of ["seconds", "elapsed"]) if (typeof r[k] === "number") r[k] = 0.5;
+      if (typeof r.tokensPerSec === "number") r.tokensPerSec = 128;
+      if (typeof r.path === "string") r.path = relative(dir, r.path);
+      return JSON.stringify(r) + "\n";
+    })
+    .join("");
+  writeFileSync(metricsFile, metrics);
+  // A run killed before its first checkpoint: its marker (a dead process) and metrics, no checkpoints.
+  mkdirSync(join(dir, "killed"));
+  writeFileSync(join(dir, "killed", "run.json"), JSON.stringify({ format: "sigma-run", pid: 2 ** 31 - 2, startedAt: "2025-01-01T00:00:00.000Z", store: null }, null, 1) + "\n");
+  writeFileSync(join(dir, "killed", "metrics.jsonl"), metrics);
+  const statsFile = join(dir, `${STORE_FILE}.stats.json`);
+  writeFileSync(statsFile, JSON.stringify({ ...JSON.parse(readFileSync(statsFile, "utf8")), writtenAt: "2025-01-01T00:00:00.000Z" }, null, 2) + "\n");
 
   editState(join(dir, CKPT), (s) => (s.seconds = 1));
   fixStoreId(join(dir, STORE_FILE));
@@ -92,6 +113,7 @@ export async function buildSeeds(dir: string, run: RunCli): Promise<void> {
   cpSync(join(dir, CKPT, "tokenizer.json"), join(dir, "tok.json"));
 
   // The seeds must load: a failing seed would make every mutant an error. (What these write is removed.)
+  cpSync(join(dir, "killed"), join(dir, "seed-check", "killed"), { recursive: true });
   const init = ["--config", "train.json", "--steps", "1", "--out", "seed-check/out"];
   for (const argv of [
     ["eval", "--ckpt", CKPT, "--data", "data", "--batches", "1", "--batch-size", "2"],
@@ -104,6 +126,7 @@ export async function buildSeeds(dir: string, run: RunCli): Promise<void> {
     ["train", "--config", "train.json", "--resume", CKPT, "--steps", String(SEED_STEP + 1), "--out", "seed-check/resume"],
     ["data", "prepare", "--corpus", "corpus", "--tokenizer", "tok.json", "--out", "seed-check/prepared"],
     ["data", "stats", "--data", "data"],
+    ["train", "--config", "train.json", "--steps", "1", "--out", "seed-check/killed"],
   ]) {
     const r = await run(dir, argv);
     if (r.code !== 0) throw new Error(`fuzz seeds: sigma ${argv.join(" ")} failed on the seeds (${r.code}):\n${r.text}`);
