@@ -110,7 +110,7 @@ function seedBytes(rel: string, json: Uint8Array): Uint8Array {
 }
 
 test(`${COUNT} mutants per format (seed ${SEED}): every outcome is a success or one sigma: line with exit 1, in bounded time, with no write outside the job`, async () => {
-  const summary = await runFuzz({ seed: SEED, count: COUNT, workers: Math.max(2, Math.min(availableParallelism(), 4)), timeoutMs: 20_000, memoryKiB: 3 << 20 });
+  const summary = await runFuzz({ seed: SEED, count: COUNT, workers: Math.max(2, Math.min(availableParallelism(), 4)), timeoutMs: 30_000, memoryKiB: 3 << 20 });
   console.log(`${formatTable(summary)}\nseed ${SEED}, seeds ${summary.seedsFingerprint}, ${summary.wallSeconds.toFixed(1)} s`);
   for (const f of FORMATS) assert.ok(summary.formats[f.name]!.mutants >= COUNT, `${f.name}: ${summary.formats[f.name]!.mutants} mutants`);
   assert.equal(summary.total.failures, 0, `${summary.total.failures} failing mutants:\n${formatTable(summary)}\n\n${formatCauses(summary, 2)}`);

@@ -75,6 +75,8 @@ if (!single) {
   console.log(`\nseed ${summary.seed}, seeds ${summary.seedsFingerprint}, ${summary.workers} workers (${h.workerStarts} started), ${summary.wallSeconds.toFixed(1)} s; summed over workers: jobs ${(h.runMs / 1000).toFixed(1)} s, job folders ${(h.prepareMs / 1000).toFixed(1)} s, checks ${(h.checkMs / 1000).toFixed(1)} s\n`);
   console.log(formatCauses(summary));
   if (summary.unconfirmed.length) console.log(`\ncrashes / hangs that did not recur in a fresh worker (counted as the second outcome):\n${summary.unconfirmed.map((u) => `  ${u.format} #${u.index}: ${u.first.slice(0, 120)} → ${u.again.slice(0, 120)}`).join("\n")}`);
+  const leaked = Object.entries(summary.formats).filter(([, f]) => f.leaked > 0);
+  if (leaked.length) console.log(`\njobs that left handles open in the in-process worker (not a failure: the real sigma exits): ${leaked.map(([n, f]) => `${n} ${f.leaked}`).join(", ")}`);
   console.log(`\nslowest jobs:\n${summary.slowest.map((j) => `  ${j.ms} ms ${j.outcome} ${j.format} #${j.index}: ${j.what.join("; ").slice(0, 160)}`).join("\n")}`);
   const json = JSON.stringify({ ...summary, causes: summary.causes.map((c) => ({ ...c, repro: c.examples.map((e) => reproCommand(summary.seed, e)) })) }, null, 2);
   if (typeof a.json === "string") writeFileSync(a.json, json + "\n");
