@@ -77,3 +77,19 @@ test("store inspect --verify with an unusable record ends in one sigma: line, ex
   assertRefused(r, store, /live records of .* are unusable/);
   assert.match(r.out, /unusable records/);
 });
+
+test("step counts read from files stay within the optimizer's 32-bit count", async () => {
+  const { decodeIndex, MAX_EXPERT_STEP } = await import("../src/store/format.js");
+  const { optimizerStep } = await import("../src/train/checkpoint.js");
+  const entry = (step: number): Uint8Array => {
+    const b = new Uint8Array(16);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(4, 1, true);
+    dv.setUint32(12, step >>> 0, true);
+    return b;
+  };
+  assert.equal(decodeIndex(entry(MAX_EXPERT_STEP), 1, "x.index")[0]!.step, MAX_EXPERT_STEP);
+  assert.throws(() => decodeIndex(entry(2 ** 32 - 1), 1, "x.index"), /x\.index: expert index entry 0 has taken 4294967295 steps/);
+  assert.equal(optimizerStep({ step: "2000000000" }, "o"), 2_000_000_000);
+  assert.throws(() => optimizerStep({ step: "2147483647" }, "o"), /not an integer in \[0, 2000000000\]/);
+});

@@ -25,8 +25,8 @@ export const STATE_FILE = "state.json";
 const STEP_DIR = /^step-(\d{8,13})$/;
 /** A temporary folder of a save in progress (or of one that died): `.tmp-step-N-<pid>`, `.old` while replacing step N. */
 const TMP_DIR = /^\.tmp-step-(\d{8,13})-(\d{1,10})(\.old)?$/;
-/** The largest step a checkpoint may carry (far beyond any run; keeps folder names and arithmetic exact). */
-export const MAX_STEP = 1e12;
+/** The largest step a checkpoint may carry: far beyond any run, and the optimizer's 32-bit step count (step + 1) still fits. */
+export const MAX_STEP = 2_000_000_000;
 /** File names a checkpoint may hold: one plain name, no folders, no dot files. */
 export const CHECKPOINT_FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 /** Largest file a checkpoint records (2^48 bytes: 256 TiB). */

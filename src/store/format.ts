@@ -36,6 +36,8 @@ export const PAGE = 4096;
 /** Bytes before a record's payload. */
 export const RECORD_HEADER = 64;
 /** Bytes per index entry: u8 slot, 3 pad, u32 generation, u32 crc32, u32 step. */
+/** The most steps an expert may have taken (the optimizer counts steps in 32-bit integers). */
+export const MAX_EXPERT_STEP = 2_000_000_000;
 export const INDEX_ENTRY = 16;
 
 export interface LayerLayout {
@@ -227,7 +229,10 @@ export function decodeIndex(bytes: Uint8Array, count: number, source: string): I
     if (dv.getUint8(o + 1) | dv.getUint8(o + 2) | dv.getUint8(o + 3)) throw new SigmaError(`${source}: expert index entry ${i} has non-zero padding`, hint);
     const generation = dv.getUint32(o + 4, true);
     if (generation === 0) throw new SigmaError(`${source}: expert index entry ${i} has generation 0 (every record is written at least once)`, hint);
-    out.push({ slot, generation, crc: dv.getUint32(o + 8, true), step: dv.getUint32(o + 12, true) });
+    const step = dv.getUint32(o + 12, true);
+    // The optimizer takes step + 1 as a 32-bit count (as does a training run's step: src/checkpoint/folder.ts MAX_STEP).
+    if (step > MAX_EXPERT_STEP) throw new SigmaError(`${source}: expert index entry ${i} has taken ${step} steps (at most ${MAX_EXPERT_STEP})`, hint);
+    out.push({ slot, generation, crc: dv.getUint32(o + 8, true), step });
   }
   return out;
 }
