@@ -29,7 +29,18 @@ export interface Mutant {
   argv: string[];
   /** What was done, in order. */
   what: string[];
+  /** Instead of other bytes, the target becomes another kind of file (made by the harness when it writes the job). */
+  special?: Special;
+  /** A shorter bound for this job (a FIFO: a reader that does not check blocks forever). */
+  timeoutMs?: number;
 }
+
+/**
+ * Another kind of file at the target's path: a symbolic link (to the watched victim's keep.txt, to a valid
+ * copy beside it, to nothing), a directory, or a FIFO with no writer (only for files Sigma finds inside a
+ * folder: a FIFO named on the command line is the user's own pipe).
+ */
+export type Special = { kind: "link"; to: string } | { kind: "dir" } | { kind: "fifo" };
 
 /** The seed files, read once. */
 export class Seeds {
@@ -52,6 +63,8 @@ interface Variant {
   mutate: Mutator;
   /** The checkpoint folder holding `target`, whose state.json records its size and hash. */
   inCheckpoint?: string;
+  /** The target is a path given on the command line (no FIFO mutants: a FIFO there is the user's pipe). */
+  named?: boolean;
   /** Also fix state.json's tokenizer.sha256 (the tokenizer of a checkpoint). */
   tokenizerHash?: boolean;
   commands: string[][];
@@ -334,15 +347,15 @@ export const FORMATS: Format[] = [
     name: "train-config",
     description: "the train config (sigma train --config); out and store.path are where the user asks to write, so no traversal strings go there",
     variants: [
-      { target: "train.json", uses: ["data"], mutate: jsonMutator({ avoid: (p) => p[0] === "out" || (p[0] === "store" && p[1] === "path"), pathFields: CONFIG_PATHS }), commands: [TRAIN1("train.json")] },
-      { target: "store.json", uses: ["data"], mutate: jsonMutator({ avoid: (p) => p[0] === "out" || (p[0] === "store" && p[1] === "path"), pathFields: CONFIG_PATHS }), commands: [TRAIN1("store.json")] },
+      { target: "train.json", named: true, uses: ["data"], mutate: jsonMutator({ avoid: (p) => p[0] === "out" || (p[0] === "store" && p[1] === "path"), pathFields: CONFIG_PATHS }), commands: [TRAIN1("train.json")] },
+      { target: "store.json", named: true, uses: ["data"], mutate: jsonMutator({ avoid: (p) => p[0] === "out" || (p[0] === "store" && p[1] === "path"), pathFields: CONFIG_PATHS }), commands: [TRAIN1("store.json")] },
     ],
   },
   {
     name: "safetensors",
     description: "model.safetensors: a bare model file, a checkpoint's (re-hashed), an expert-store checkpoint's dense part",
     variants: [
-      { target: "bare/model.safetensors", uses: ["bare", "data", "train.json"], mutate: safetensorsMutator("model"), commands: [GENERATE("bare/model.safetensors"), EXTRACT("bare/model.safetensors"), INIT("bare/model.safetensors")] },
+      { target: "bare/model.safetensors", named: true, uses: ["bare", "data", "train.json"], mutate: safetensorsMutator("model"), commands: [GENERATE("bare/model.safetensors"), EXTRACT("bare/model.safetensors"), INIT("bare/model.safetensors")] },
       { target: `${CKPT}/model.safetensors`, uses: RAM, inCheckpoint: CKPT, mutate: safetensorsMutator("model"), commands: [EVAL(CKPT, "data"), GENERATE(CKPT), RESUME("train.json", CKPT)] },
       { target: `${SRUN_CKPT}/model.safetensors`, uses: STORE, inCheckpoint: SRUN_CKPT, mutate: safetensorsMutator("model"), commands: [EVAL(SRUN_CKPT), RESUME("store.json", SRUN_CKPT, false)] },
     ],
@@ -353,6 +366,7 @@ export const FORMATS: Format[] = [
     variants: [
       {
         target: "tok.json",
+        named: true,
         uses: ["corpus"],
         mutate: jsonMutator(),
         commands: [
@@ -416,6 +430,21 @@ export function makeMutant(seeds: Seeds, seed: number, format: Format, index: nu
   const target = typeof v.target === "string" ? v.target : v.target(r);
   const argv = r.pick(v.commands);
   const what: string[] = [];
+  if (r.chance(0.04)) {
+    // The file's kind instead of its bytes.
+    const base = target.slice(target.lastIndexOf("/") + 1);
+    const kinds: (() => Mutant)[] = [
+      () => special({ kind: "link", to: `${ctx.victimAbs}/keep.txt` }, "a symbolic link to the victim's keep.txt"),
+      () => special({ kind: "link", to: `${base}.orig` }, `a symbolic link to ${base}.orig, a valid copy`, new Map([[`${target}.orig`, seeds.get(target)]])),
+      () => special({ kind: "link", to: "missing" }, "a dangling symbolic link"),
+      () => special({ kind: "dir" }, "a directory"),
+    ];
+    if (!v.named) kinds.push(() => ({ ...special({ kind: "fifo" }, "a FIFO with no writer"), timeoutMs: 5000 }));
+    return r.pick(kinds)();
+  }
+  function special(sp: Special, desc: string, files = new Map<string, Uint8Array>()): Mutant {
+    return { format: format.name, index, target, uses: [...new Set([...v.uses, ...(v.inCheckpoint ? [v.inCheckpoint] : [])])], files, argv, what: [`${target} replaced by ${desc}`], special: sp };
+  }
   const mutated = v.mutate(r, seeds.get(target), ctx, what);
   const files = new Map<string, Uint8Array>([[target, mutated]]);
   if (v.inCheckpoint) {

@@ -14,7 +14,8 @@
  * the job is an "escape", whatever its exit code.
  */
 import { createHash } from "node:crypto";
-import { accessSync, constants, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { accessSync, constants, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import { classify, FAILURES, head, OUTCOMES, signature, type Classified, type Outcome } from "./classify.js";
@@ -191,6 +192,13 @@ export class Lane {
       mkdirSync(dirname(join(this.job, rel)), { recursive: true });
       writeFileSync(join(this.job, rel), b);
     }
+    if (m.special) {
+      const p = join(this.job, m.target);
+      rmSync(p, { force: true });
+      if (m.special.kind === "link") symlinkSync(m.special.to, p);
+      else if (m.special.kind === "dir") mkdirSync(join(p, "inside"), { recursive: true });
+      else execFileSync("mkfifo", [p]);
+    }
   }
 
   /** Before a job: what to watch for the path strings a mutant injected that point outside the run's folder. */
@@ -280,7 +288,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
           const outside = lane.watch(ctx.injected);
           harness.prepareMs += performance.now() - t;
           t = performance.now();
-          let c = classify(await lane.slot.run(lane.job, m.argv, o.timeoutMs));
+          let c = classify(await lane.slot.run(lane.job, m.argv, m.timeoutMs ?? o.timeoutMs));
           harness.runMs += performance.now() - t;
           t = performance.now();
           let escaped = lane.escapes(outside);
@@ -288,7 +296,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
             // The mutant, or what earlier jobs left in the worker (memory, a lost timer)? Once more, in a fresh worker.
             lane.slot.kill();
             lane.prepare(seedDir, m);
-            const again = classify(await lane.slot.run(lane.job, m.argv, o.timeoutMs));
+            const again = classify(await lane.slot.run(lane.job, m.argv, m.timeoutMs ?? o.timeoutMs));
             if (!FAILURES.has(again.outcome)) unconfirmed.push({ format: f.name, index: i, first: `${c.outcome}: ${c.detail}`, again: `${again.outcome}: ${again.detail}` });
             c = again;
           }
