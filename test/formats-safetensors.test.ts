@@ -164,10 +164,14 @@ test("model files: the embedded config is validated, and one that implies a huge
   assert.throws(() => loadModel(p2), sigmaError(p2, /embedded config is not JSON/));
   const p3 = bad(`{"vocabSize":280,"vocabSize":9,${JSON.stringify(dense).slice(1)}`);
   assert.throws(() => loadModel(p3), sigmaError(p3, /embedded config is not JSON .*"vocabSize" appears twice/));
-  const p4 = bad({ ...dense, vocabSize: 2 ** 31 });
+  // Sizes within the config bounds (src/models/config.ts MODEL_LIMITS) but far past what the file holds.
+  const p4 = bad({ ...dense, vocabSize: 2 ** 21 });
   assert.throws(() => loadModel(p4), sigmaError(p4, /describes a model of at least .* values .* but the file holds \d+ values/));
-  const p5 = bad({ ...dense, denseLayers: 100000, width: 1, heads: 1 });
-  assert.throws(() => loadModel(p5), sigmaError(p5, /in 100000 layers, but the file holds/));
+  const p5 = bad({ ...dense, denseLayers: 4096, width: 1, heads: 1 });
+  assert.throws(() => loadModel(p5), sigmaError(p5, /in 4096 layers, but the file holds/));
+  // Past the bounds, the config itself is refused, naming the field.
+  const p6 = bad({ ...dense, vocabSize: 2 ** 31 });
+  assert.throws(() => loadModel(p6), sigmaError(p6, /embedded config\) is invalid:\n {2}vocabSize: must be at most 2097152/));
 });
 
 test("model files: an RRE table that sends a token outside its expert group is refused", () => {

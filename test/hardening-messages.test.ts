@@ -5,6 +5,7 @@
 // `sigma:` line when records are unusable.
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { cpSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Trainer } from "../src/train/trainer.js";
@@ -92,4 +93,14 @@ test("step counts read from files stay within the optimizer's 32-bit count", asy
   assert.throws(() => decodeIndex(entry(2 ** 32 - 1), 1, "x.index"), /x\.index: expert index entry 0 has taken 4294967295 steps/);
   assert.equal(optimizerStep({ step: "2000000000" }, "o"), 2_000_000_000);
   assert.throws(() => optimizerStep({ step: "2147483647" }, "o"), /not an integer in \[0, 2000000000\]/);
+});
+
+test("a FIFO, or a folder, where Sigma expects a file inside a folder is an error naming it, never a hang", () => {
+  // In a child with a time limit: a regression blocks the thread in a read, where no in-process timeout fires.
+  const dir = join(root, "fifodata");
+  cpSync(data, dir, { recursive: true });
+  const child = spawnSync(process.execPath, ["--import", "tsx", join(import.meta.dirname, "fifo-child.ts"), dir], { encoding: "utf8", timeout: 60_000 });
+  assert.equal(child.signal, null, `the child hung (killed by ${child.signal}): ${child.stdout}${child.stderr}`);
+  assert.equal(child.status, 0, child.stdout + child.stderr);
+  assert.match(child.stdout, /checked 3 files/);
 });

@@ -17,18 +17,25 @@ import { formatStudy, runStudy, writeStudyPictures } from "../balance/study.js";
 import type { Split } from "../data/shards.js";
 import { SigmaError } from "../util/errors.js";
 import { DEFAULT_DATA } from "./data.js";
-import { parseIntOpt, parseList } from "./tokenizer.js";
+import { FLAG_LIMITS, parseIntOpt, parseList } from "./tokenizer.js";
+import { MODEL_LIMITS } from "../models/config.js";
+import { ensureWritableDir } from "../util/fs.js";
+
+/** Tokens in one synthetic batch: past this the study's score matrices reach gigabytes. */
+const MAX_SYNTHETIC_TOKENS = 2 ** 20;
+/** Simulated steps per batch size. */
+const MAX_SIM_STEPS = 1e4;
 
 export const DEFAULT_BALANCE_OUT = ".sigma/balance";
 
-const parsePositive = (name: string) => (v: string): number => {
-  const n = Number(v);
-  if (!(n > 0 && Number.isFinite(n))) throw new SigmaError(`--${name} must be a positive number, got "${v}"`);
+const parsePositive = (name: string, max: number) => (v: string): number => {
+  const n = v.trim() === "" ? NaN : Number(v);
+  if (!(n > 0 && n <= max)) throw new SigmaError(`--${name} must be a positive number up to ${max}, got "${v}"`);
   return n;
 };
-const parseNonNegative = (name: string) => (v: string): number => {
-  const n = Number(v);
-  if (!(n >= 0 && Number.isFinite(n))) throw new SigmaError(`--${name} must be a number ≥ 0, got "${v}"`);
+const parseNonNegative = (name: string, max: number) => (v: string): number => {
+  const n = v.trim() === "" ? NaN : Number(v);
+  if (!(n >= 0 && n <= max)) throw new SigmaError(`--${name} must be a number from 0 to ${max}, got "${v}"`);
   return n;
 };
 const parseSplit = (v: string): Split => {
@@ -42,7 +49,7 @@ const parseMode = (v: string): SimMode => {
 const parseTokens = (v: string): number[] =>
   parseList(v).map((s) => {
     const n = Number(s);
-    if (!Number.isInteger(n) || n < 1) throw new SigmaError(`--tokens: "${s}" is not a positive integer`, "give batch sizes in tokens, comma-separated: 16,256,4096");
+    if (!Number.isInteger(n) || n < 1 || n > MAX_SYNTHETIC_TOKENS) throw new SigmaError(`--tokens: "${s}" is not a positive integer of at most ${MAX_SYNTHETIC_TOKENS}`, "give batch sizes in tokens, comma-separated: 16,256,4096");
     return n;
   });
 
@@ -65,13 +72,13 @@ interface CkptOpts {
 function checkpointOptions(cmd: Command): Command {
   return cmd
     .option("--data <dir>", "prepared data folder", DEFAULT_DATA)
-    .option("--devices <D>", "devices; experts are placed in contiguous blocks unless --placement is given", parseIntOpt("devices"))
+    .option("--devices <D>", "devices; experts are placed in contiguous blocks unless --placement is given", parseIntOpt("devices", 1, FLAG_LIMITS.experts))
     .option("--placement <file>", 'placement JSON: {"devices": D, "experts": [device of each expert]} or {"devices": D, "groups": [[experts], …]}')
-    .option("--batches <n>", "batches to route", parseIntOpt("batches"), 20)
-    .option("--batch-size <B>", "sequences per batch", parseIntOpt("batch-size"), 8)
-    .option("--seq-len <T>", "tokens per sequence (default: the model's seqLen)", parseIntOpt("seq-len"))
+    .option("--batches <n>", "batches to route", parseIntOpt("batches", 1, FLAG_LIMITS.batches), 20)
+    .option("--batch-size <B>", "sequences per batch", parseIntOpt("batch-size", 1, FLAG_LIMITS.batchSize), 8)
+    .option("--seq-len <T>", "tokens per sequence (default: the model's seqLen)", parseIntOpt("seq-len", 1, MODEL_LIMITS.seqLen))
     .option("--split <split>", "data split: train or val", parseSplit, "val" as Split)
-    .option("--seed <n>", "seed of the batch sampler", parseIntOpt("seed"), 1)
+    .option("--seed <n>", "seed of the batch sampler", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
     .option("--out <dir>", "folder for the pictures", DEFAULT_BALANCE_OUT)
     .option("--png", "also write PNG copies of the SVG pictures (needs rsvg-convert)");
 }
@@ -83,9 +90,10 @@ export function register(program: Command): void {
       .description("route real batches through a checkpoint: per-layer, per-expert and per-device loads, the imbalance score IS per batch, drops under a capacity factor")
       .requiredOption("--ckpt <path>", "model .safetensors file or checkpoint folder"),
   )
-    .option("--capacity-factor <c>", "count the assignments a capacity of ceil(c·tokens·k/E) per expert would drop", parsePositive("capacity-factor"), 1.25)
+    .option("--capacity-factor <c>", "count the assignments a capacity of ceil(c·tokens·k/E) per expert would drop", parsePositive("capacity-factor", MODEL_LIMITS.experts), 1.25)
     .option("--json", "print JSON")
     .action((o: CkptOpts) => {
+      ensureWritableDir(o.out, "--out");
       const rep = balanceFromCheckpoint({ ...o, placementFile: o.placement, capacityFactor: o.capacityFactor ?? null });
       const sparseBase = rep.model.config.denseLayers;
       const summaries = rep.layers.map((l, i) => summarizeLayer(l, sparseBase + i));
@@ -108,12 +116,13 @@ export function register(program: Command): void {
     .option("--hardware <name|file>", `hardware profile: ${Object.keys(HARDWARE_PRESETS).join(", ")}, or a JSON file`, "npu-cluster")
     .option("--shape <name|file>", `model shape for the synthetic router: ${Object.keys(SHAPE_PRESETS).join(", ")}, or a JSON file`, "pangu-pro-moe")
     .option("--mode <mode>", "infer (forward) or train (forward + backward)", parseMode, "infer" as SimMode)
-    .option("--k <k>", "synthetic: experts per token", parseIntOpt("k"), 8)
-    .option("--groups <G>", "synthetic: MoGE groups (default: --devices)", parseIntOpt("groups"))
-    .option("--skew <s>", "synthetic: Zipf exponent of expert popularity (0 = uniform)", parseNonNegative("skew"), 0)
+    .option("--k <k>", "synthetic: experts per token", parseIntOpt("k", 1, FLAG_LIMITS.experts), 8)
+    .option("--groups <G>", "synthetic: MoGE groups (default: --devices)", parseIntOpt("groups", 1, FLAG_LIMITS.experts))
+    .option("--skew <s>", "synthetic: Zipf exponent of expert popularity (0 = uniform)", parseNonNegative("skew", 100), 0)
     .option("--tokens <list>", "synthetic: tokens per batch, comma-separated", parseTokens, [16, 64, 256, 1024, 4096])
-    .option("--steps <n>", "synthetic: simulated steps per batch size", parseIntOpt("steps"), 3)
+    .option("--steps <n>", "synthetic: simulated steps per batch size", parseIntOpt("steps", 1, MAX_SIM_STEPS), 3)
     .action((o: CkptOpts & { ckpt?: string; hardware: string; shape: string; mode: SimMode; k: number; groups?: number; skew: number; tokens: number[]; steps: number }) => {
+      ensureWritableDir(o.out, "--out");
       const hw = resolveHardware(o.hardware);
       if (o.ckpt !== undefined) {
         const rep = balanceFromCheckpoint({ ...o, ckpt: o.ckpt, placementFile: o.placement, capacityFactor: null, keepRoutings: true });

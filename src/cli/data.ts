@@ -11,6 +11,8 @@ import { readManifest, type Manifest } from "../data/manifest.js";
 import { prepareData } from "../data/prepare.js";
 import { DEFAULT_VOCAB, trainOnCorpus } from "../data/vocab.js";
 import { DEFAULT_TOKENIZER, parseIntOpt, status } from "./tokenizer.js";
+import { MODEL_LIMITS } from "../models/config.js";
+import { ensureWritableDir, ensureWritableFile } from "../util/fs.js";
 
 export const DEFAULT_DATA = ".sigma/data/default";
 
@@ -38,7 +40,7 @@ export function register(program: Command): void {
     .option("--seed <n>", "seed of the train/validation split", parseIntOpt("seed"), 1234)
     .option("--no-control-tokens", "do not start documents with their domain's control token")
     .option("--lenient", "skip (and count) bad records instead of stopping")
-    .option("--vocab <n>", "vocabulary size when a tokenizer has to be trained", parseIntOpt("vocab"), DEFAULT_VOCAB)
+    .option("--vocab <n>", "vocabulary size when a tokenizer has to be trained", parseIntOpt("vocab", 1, MODEL_LIMITS.vocabSize), DEFAULT_VOCAB)
     .action(async (o: PrepareOpts) => {
       await prepareCommand(o);
     });
@@ -57,8 +59,9 @@ export function register(program: Command): void {
 }
 
 /** `sigma data prepare` with these options (also used by `sigma demo` when the default data is missing). */
-export async function prepareCommand(o: PrepareOpts): Promise<Manifest> {
+export async function prepareCommand(o: PrepareOpts, outFlag = "--out"): Promise<Manifest> {
   const t0 = performance.now();
+  ensureWritableDir(o.out, outFlag);
   let corpus = o.corpus;
   let tokPath = o.tokenizer;
   if (corpus === undefined) {
@@ -67,6 +70,7 @@ export async function prepareCommand(o: PrepareOpts): Promise<Manifest> {
     console.error(`default corpus ${a.reused ? "reused" : "assembled"} at ${corpus}`);
     tokPath ??= DEFAULT_TOKENIZER;
     if (!existsSync(tokPath)) {
+      ensureWritableFile(tokPath, o.tokenizer === undefined ? "the default tokenizer" : "--tokenizer");
       const r = await trainOnCorpus(corpus, { vocabSize: o.vocab, onProgress: (s, d, t) => status(s === "count" ? `counting words: ${(d / 1e6).toFixed(1)} MB` : `merges: ${d}/${t}`) });
       mkdirSync(dirname(tokPath), { recursive: true });
       saveTokenizer(r.tokenizer, tokPath);
@@ -92,7 +96,7 @@ export async function prepareCommand(o: PrepareOpts): Promise<Manifest> {
 }
 
 function parseFraction(v: string): number {
-  const f = Number(v);
+  const f = v.trim() === "" ? NaN : Number(v);
   if (!(f >= 0 && f < 1)) throw new SigmaError(`--val-fraction must be in [0, 1), got "${v}"`);
   return f;
 }

@@ -20,7 +20,17 @@ import { SigmaError } from "../util/errors.js";
 import { DEFAULT_DATA, prepareCommand } from "./data.js";
 import { DEFAULT_VOCAB } from "../data/vocab.js";
 import { baselineMap, formatEval, trainWithProgress } from "./train.js";
-import { parseIntOpt } from "./tokenizer.js";
+import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
+import { TRAIN_LIMITS } from "../train/config.js";
+import { checkRunFits } from "../train/memory.js";
+import { ensureWritableDir } from "../util/fs.js";
+
+/** The demo's widths: its 4 heads divide them; past 4096 a step takes minutes on a CPU. */
+const parseWidth = (v: string): number => {
+  const n = parseIntOpt("width", 4, 4096)(v);
+  if (n % 4 !== 0) throw new SigmaError(`--width must be a multiple of 4 (the demo model has 4 heads), got "${v}"`);
+  return n;
+};
 
 /** A prompt per default domain, in the shape of that domain's documents. */
 const PROMPTS: Record<string, string> = {
@@ -96,22 +106,24 @@ export function register(program: Command): void {
     .description("train a small PanGu-Σ (mixed mode, RRE) on the default corpus for a few minutes, then evaluate and sample")
     .option("--out <dir>", "where metrics, plots and the checkpoint go", "sigma-demo")
     .option("--data <dir>", "prepared data (made from the default corpus if missing)", DEFAULT_DATA)
-    .option("--minutes <m>", "training time budget", (v) => Number(v), 5)
-    .option("--steps <n>", "step cap (the schedule spans the steps that fit in the budget, at most this many)", parseIntOpt("steps"), 2000)
-    .option("--width <n>", "model width C", parseIntOpt("width"), 128)
-    .option("--seed <n>", "seed of the init, the RRE tables and the data order", parseIntOpt("seed"), 1)
+    .option("--minutes <m>", "training time budget", parseNumOpt("minutes", 0, 1e7, { above: true }), 5)
+    .option("--steps <n>", "step cap (the schedule spans the steps that fit in the budget, at most this many)", parseIntOpt("steps", 1, TRAIN_LIMITS.steps), 2000)
+    .option("--width <n>", "model width C", parseWidth, 128)
+    .option("--seed <n>", "seed of the init, the RRE tables and the data order", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
     .option("--code-slot", "give code its own embedding slot, as PanGu-Σ does (slower per step)")
     .option("--overwrite", "replace the demo run that --out already holds")
     .action(async (o: DemoOpts) => {
-      if (!(o.minutes > 0)) throw new SigmaError(`--minutes must be a positive number, got ${o.minutes}`);
       const t0 = performance.now();
+      ensureWritableDir(o.out, "--out");
       if (!existsSync(join(o.data, "manifest.json"))) {
         if (o.data !== DEFAULT_DATA) throw new SigmaError(`${o.data} holds no prepared data (no manifest.json)`, "run `sigma data prepare --out <dir>` first, or leave out --data");
         console.error("preparing the default corpus and tokenizer (once)…");
-        await prepareCommand({ out: o.data, valFraction: 0.02, seed: 1234, controlTokens: true, vocab: DEFAULT_VOCAB });
+        await prepareCommand({ out: o.data, valFraction: 0.02, seed: 1234, controlTokens: true, vocab: DEFAULT_VOCAB }, "--data");
       }
       const m = readManifest(join(o.data, "manifest.json"));
       let cfg = parseTrainConfig(demoConfig(m.tokenizer.vocabSize, m.domains.map((d) => d.name), o), "demo config");
+      const fits = checkRunFits(cfg, "the demo run (--width)");
+      if (fits.warning) console.error(`warning: ${fits.warning}`);
       // Lay the schedule out over the steps this machine can do in the budget,
       // so the rate has decayed when time runs out (the budget still stops the run).
       prepareRunFolder(cfg, null, { overwrite: !!o.overwrite, flag: "--out", log: (l) => console.error(l) });

@@ -15,7 +15,9 @@ import * as ops from "../ops/index.js";
 import { Rng } from "../util/rng.js";
 import { SigmaError } from "../util/errors.js";
 import { millions, readModelSource, writeModelFolder } from "./model-folder.js";
-import { parseIntOpt } from "./tokenizer.js";
+import { FLAG_LIMITS, parseIntOpt } from "./tokenizer.js";
+import { checkBatchFits } from "../train/memory.js";
+import { ensureWritableDir } from "../util/fs.js";
 
 /** `count` batches of one domain's tokens from a split, with the model's domain index. */
 function* domainBatches(dataDir: string, split: "train" | "val", domain: string, d: number, T: number, B: number, count: number): Generator<ModelInput & { targets: Int32Array }> {
@@ -59,11 +61,12 @@ export function register(program: Command): void {
     .requiredOption("--ckpt <path>", "checkpoint folder (a run's checkpoints/ gives its newest) or a model .safetensors")
     .requiredOption("--domain <name>", "the domain to keep")
     .requiredOption("--out <dir>", "where the sub-model's checkpoint goes")
-    .option("--experts <n>", "MoGE / top-k: experts kept per sparse layer (the most used on the domain's training data)", parseIntOpt("experts"))
+    .option("--experts <n>", "MoGE / top-k: experts kept per sparse layer (the most used on the domain's training data)", parseIntOpt("experts", 1, FLAG_LIMITS.experts))
     .option("--data <dir>", "MoGE / top-k: prepared data to measure usage and validation loss on (default: the data the checkpoint was trained on)")
-    .option("--batches <n>", "MoGE / top-k: batches for usage and for validation loss", parseIntOpt("batches"), 8)
-    .option("--batch-size <n>", "sequences per batch", parseIntOpt("batch-size"), 8)
+    .option("--batches <n>", "MoGE / top-k: batches for usage and for validation loss", parseIntOpt("batches", 1, FLAG_LIMITS.batches), 8)
+    .option("--batch-size <n>", "sequences per batch", parseIntOpt("batch-size", 1, FLAG_LIMITS.batchSize), 8)
     .action((o: { ckpt: string; domain: string; out: string; experts?: number; data?: string; batches: number; batchSize: number }) => {
+      ensureWritableDir(o.out, "--out");
       const src = readModelSource(o.ckpt);
       const full = src.model;
       const c = full.config;
@@ -85,6 +88,7 @@ export function register(program: Command): void {
         const dataDir = o.data ?? src.dataDir;
         if (!dataDir || !existsSync(join(dataDir, "manifest.json"))) throw new SigmaError(`no prepared data to measure expert usage on (${dataDir ?? "the checkpoint names none"})`, "pass --data <dir> (a folder written by `sigma data prepare`)");
         const T = c.seqLen;
+        checkBatchFits(full, o.batchSize, "--batch-size");
         const usage = expertUsage(full, domainBatches(dataDir, "train", o.domain, d, T, o.batchSize, o.batches));
         sub = extractByUsage(full, o.domain, usage, o.experts);
         const lossFull = meanLoss(full, domainBatches(dataDir, "val", o.domain, d, T, o.batchSize, o.batches));

@@ -9,6 +9,7 @@ import { fromHfJson } from "../tokenizer/hfjson.js";
 import { SigmaError } from "../util/errors.js";
 import { millions, writeModelFolder } from "./model-folder.js";
 import { parseList } from "./tokenizer.js";
+import { ensureWritableDir } from "../util/fs.js";
 
 export function register(program: Command): void {
   const imp = program.command("import").description("bring a model in from another format (an explicit adapter per format)");
@@ -20,6 +21,7 @@ export function register(program: Command): void {
     .option("--domains <list>", "domain names the model will serve (all share GPT-2's one embedding)", parseList, ["en"])
     .option("--tokenizer <file>", "a Sigma tokenizer.json of the same vocabulary to carry along (GPT-2's own tokenizer files are not in Sigma's layout)")
     .action((o: { from: string; out: string; domains: string[]; tokenizer?: string }) => {
+      ensureWritableDir(o.out, "--out");
       const model = importGpt2(o.from, { domains: o.domains });
       let tokenizerText: string | null = null;
       if (o.tokenizer) {

@@ -18,6 +18,7 @@ import { diffFields } from "../train/checkpoint.js";
 import { fromHfJson, sha256Hex } from "../tokenizer/hfjson.js";
 import type { Tokenizer } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
+import { readRegularFile } from "../util/read.js";
 import { checkVocab } from "../serve/load.js";
 
 export interface ModelSource {
@@ -40,7 +41,7 @@ export function readModelSource(path: string): ModelSource {
   if (existsSync(path) && statSync(path).isFile()) {
     const model = loadModel(path);
     const tokPath = join(dirname(path), "tokenizer.json");
-    const tokenizer = existsSync(tokPath) ? parseTokenizer(readFileSync(tokPath, "utf8"), tokPath, model) : null;
+    const tokenizer = existsSync(tokPath) ? parseTokenizer(readRegularFile(tokPath, "tokenizer", "put the model's tokenizer.json beside it, or remove what is there", 512 * 2 ** 20).toString("utf8"), tokPath, model) : null;
     return { model, tokenizer, path, step: 0, dataDir: null };
   }
   const f = openCheckpointFolder(path);

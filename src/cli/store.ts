@@ -15,6 +15,7 @@ import { readTrainState } from "../train/checkpoint.js";
 import { statsPath, type Ecss, type EcssStats } from "../train/ecss.js";
 import { convertCheckpoint } from "../train/ecss-convert.js";
 import { SigmaError } from "../util/errors.js";
+import { readRegularFile } from "../util/read.js";
 
 /** Applies `--store [path]` and `--expert-memory` to a train config. */
 export function withStoreOptions(cfg: TrainConfig, o: { store?: string | true; expertMemory?: string }, source: string): TrainConfig {
@@ -71,7 +72,7 @@ const StatsSchema = z
 function readLastRun(path: string): (EcssStats & { writtenAt: string }) | null {
   if (!existsSync(path)) return null;
   try {
-    const r = StatsSchema.safeParse(JSON.parse(readFileSync(path, "utf8")));
+    const r = StatsSchema.safeParse(JSON.parse(readRegularFile(path, "store statistics", "", 2 ** 20).toString("utf8")));
     return r.success ? (r.data as unknown as EcssStats & { writtenAt: string }) : null;
   } catch {
     return null;

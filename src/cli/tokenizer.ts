@@ -6,6 +6,8 @@ import type { Command } from "commander";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { SigmaError } from "../util/errors.js";
+import { ensureWritableFile } from "../util/fs.js";
+import { MODEL_LIMITS } from "../models/config.js";
 import { loadTokenizer, saveTokenizer } from "../tokenizer/hfjson.js";
 import { DEFAULT_LANGS } from "../tokenizer/specials.js";
 import { assembleDefaultCorpus } from "../data/defaultCorpus.js";
@@ -13,10 +15,38 @@ import { DEFAULT_VOCAB, trainOnCorpus } from "../data/vocab.js";
 
 export const DEFAULT_TOKENIZER = ".sigma/tokenizer.json";
 
-export function parseIntOpt(name: string) {
+/** Upper bounds of counts on the command line (generous, but no typo can ask for a hang or a giant allocation). */
+export const FLAG_LIMITS = {
+  /** Batches to evaluate, route or measure. */
+  batches: 1e6,
+  /** Sequences per batch. */
+  batchSize: 2 ** 16,
+  /** Tokens to generate in one call. */
+  maxTokens: 1e6,
+  /** Experts, devices, groups, k. */
+  experts: MODEL_LIMITS.experts,
+  seed: Number.MAX_SAFE_INTEGER,
+} as const;
+
+const numberOf = (v: string): number => (v.trim() === "" ? NaN : Number(v));
+
+/**
+ * An integer flag from `min` to `max`; anything else (a fraction, NaN, an
+ * empty string, out of range) is an error naming the flag and the range.
+ */
+export function parseIntOpt(name: string, min = 0, max: number = Number.MAX_SAFE_INTEGER) {
   return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 0) throw new SigmaError(`--${name} must be a non-negative integer, got "${v}"`);
+    const n = numberOf(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new SigmaError(`--${name} must be an integer from ${min} to ${max}, got "${v}"`);
+    return n;
+  };
+}
+
+/** A finite number flag from `min` (excluded with `above`) to `max`. */
+export function parseNumOpt(name: string, min: number, max: number, opts: { above?: boolean } = {}) {
+  return (v: string): number => {
+    const n = numberOf(v);
+    if (!(Number.isFinite(n) && (opts.above ? n > min : n >= min) && n <= max)) throw new SigmaError(`--${name} must be a number ${opts.above ? "above" : "from"} ${min}${opts.above ? " and at most" : " to"} ${max}, got "${v}"`);
     return n;
   };
 }
@@ -36,12 +66,13 @@ export function register(program: Command): void {
     .description("train a byte-level BPE tokenizer on a corpus folder (default: the embedded default corpus)")
     .option("--corpus <dir>", "corpus folder: <dir>/<domain>/files or JSONL records (default: assemble the default corpus)")
     .option("--out <file>", "where to write tokenizer.json", DEFAULT_TOKENIZER)
-    .option("--vocab <n>", "vocabulary size, specials and bytes included", parseIntOpt("vocab"), DEFAULT_VOCAB)
+    .option("--vocab <n>", "vocabulary size, specials and bytes included", parseIntOpt("vocab", 1, MODEL_LIMITS.vocabSize), DEFAULT_VOCAB)
     .option("--domains <list>", "domain names in domain-id order (default: zh,en,bi,code)", parseList)
     .option("--langs <list>", "language tags for translation pairs", parseList, [...DEFAULT_LANGS])
-    .option("--max-bytes <n>", "train on at most this many bytes of each domain", parseIntOpt("max-bytes"))
+    .option("--max-bytes <n>", "train on at most this many bytes of each domain", parseIntOpt("max-bytes", 1))
     .option("--lenient", "skip (and count) bad records instead of stopping")
     .action(async (o: { corpus?: string; out: string; vocab: number; domains?: string[]; langs: string[]; maxBytes?: number; lenient?: boolean }) => {
+      ensureWritableFile(o.out, "--out");
       let corpus = o.corpus;
       if (corpus === undefined) {
         const a = assembleDefaultCorpus();
@@ -83,6 +114,6 @@ export function register(program: Command): void {
     .option("--tokenizer <file>", "tokenizer.json", DEFAULT_TOKENIZER)
     .action((ids: string[], o: { tokenizer: string }) => {
       const { tokenizer } = loadTokenizer(o.tokenizer);
-      process.stdout.write(tokenizer.decode(ids.map(parseIntOpt("ids"))) + "\n");
+      process.stdout.write(tokenizer.decode(ids.map(parseIntOpt("ids", 0, MODEL_LIMITS.vocabSize))) + "\n");
     });
 }

@@ -15,16 +15,13 @@ import { Trainer, storePath } from "../train/trainer.js";
 import { readManifest } from "../data/manifest.js";
 import { domainIndex, encodePrompt, loadForInference } from "../serve/load.js";
 import { generateIds } from "../serve/generate.js";
-import { parseIntOpt } from "./tokenizer.js";
+import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
+import { TRAIN_LIMITS } from "../train/config.js";
+import { checkBatchFits, checkRunFits } from "../train/memory.js";
+import { ensureWritableDir, ensureWritableFile } from "../util/fs.js";
 import { TrainProgress } from "./progress.js";
 import { describeStore, withStoreOptions } from "./store.js";
 import { readInitModel } from "./model-folder.js";
-
-const parseNum = (name: string) => (v: string): number => {
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new SigmaError(`--${name} must be a number, got "${v}"`);
-  return n;
-};
 
 /** Trains with a progress bar, evaluation lines, Ctrl-C → checkpoint and stop. */
 export async function trainWithProgress(t: Trainer, opts: { resumed: boolean; baselines?: Record<string, number> }): Promise<RunResult> {
@@ -73,7 +70,7 @@ export function register(program: Command): void {
     .option("--init <ckpt>", "start from a model's weights (from sigma upcycle, extract or import; its config must equal the model section)")
     .option("--out <dir>", "override the config's out folder")
     .option("--overwrite", "replace the run that --out already holds (its checkpoints, metrics, plots and the expert store it created)")
-    .option("--steps <n>", "override the config's steps", parseIntOpt("steps"))
+    .option("--steps <n>", "override the config's steps", parseIntOpt("steps", 1, TRAIN_LIMITS.steps))
     .option("--store [path]", "ECSS: keep the experts and their Adam moments in an expert store file (default <out>/experts.sgxs)")
     .option("--expert-memory <size>", "ECSS: RAM budget of the resident experts, e.g. 2GiB (implies --store)")
     .action(async (o: { config: string; resume?: string | true; init?: string; out?: string; overwrite?: boolean; steps?: number; store?: string | true; expertMemory?: string }) => {
@@ -83,7 +80,13 @@ export function register(program: Command): void {
       let t: Trainer;
       if (o.resume && o.init) throw new SigmaError("--resume and --init exclude each other", "--init starts a new run from a model; --resume continues a run");
       if (o.resume && o.overwrite) throw new SigmaError("--resume and --overwrite exclude each other", "--resume continues the run in --out; --overwrite replaces it with a new one");
-      prepareRunFolder(cfg, cfg.store.enabled ? storePath(cfg) : null, { resume: !!o.resume, overwrite: !!o.overwrite, flag: o.out !== undefined ? "--out" : `out in ${o.config}`, log: (l) => console.error(l) });
+      const outFlag = o.out !== undefined ? "--out" : `out in ${o.config}`;
+      // Before anything is written or allocated: a folder we can write, a store path that is a file, and memory for the run.
+      ensureWritableDir(cfg.out, outFlag);
+      if (cfg.store.enabled) ensureWritableFile(storePath(cfg), typeof o.store === "string" ? "--store" : cfg.store.path !== null ? `store.path in ${o.config}` : `the store path (${outFlag}/experts.sgxs)`);
+      const fit = checkRunFits(cfg, o.config);
+      if (fit.warning) console.error(`warning: ${fit.warning}`);
+      prepareRunFolder(cfg, cfg.store.enabled ? storePath(cfg) : null, { resume: !!o.resume, overwrite: !!o.overwrite, flag: outFlag, log: (l) => console.error(l) });
       if (o.resume) {
         const from = o.resume === true ? runPaths(cfg.out).checkpoints : o.resume;
         t = resumeTrainer(from, cfg);
@@ -109,11 +112,12 @@ export function register(program: Command): void {
     .description("per-domain validation loss and perplexity of a checkpoint, against the unigram baseline")
     .requiredOption("--ckpt <path>", "checkpoint folder (or a run's checkpoints/ folder: its newest)")
     .option("--data <dir>", "prepared data folder (default: the one the checkpoint was trained on)")
-    .option("--batches <n>", "validation batches per domain", parseIntOpt("batches"), 8)
-    .option("--batch-size <n>", "sequences per batch", parseIntOpt("batch-size"), 8)
+    .option("--batches <n>", "validation batches per domain", parseIntOpt("batches", 1, FLAG_LIMITS.batches), 8)
+    .option("--batch-size <n>", "sequences per batch", parseIntOpt("batch-size", 1, FLAG_LIMITS.batchSize), 8)
     .option("--json", "print JSON")
     .action((o: { ckpt: string; data?: string; batches: number; batchSize: number; json?: boolean }) => {
       const loaded = loadForInference(o.ckpt);
+      checkBatchFits(loaded.model, o.batchSize, "--batch-size");
       const dataDir = o.data ?? loaded.dataDir;
       if (!dataDir || !existsSync(join(dataDir, "manifest.json"))) throw new SigmaError(`no prepared data to evaluate on (${dataDir ?? "the checkpoint names none"})`, "pass --data <dir> (a folder written by `sigma data prepare`)");
       const m = readManifest(join(dataDir, "manifest.json"));
@@ -136,11 +140,11 @@ export function register(program: Command): void {
     .requiredOption("--ckpt <path>", "checkpoint folder, a run's checkpoints/ folder, or a model .safetensors with tokenizer.json beside it")
     .option("--domain <name>", "domain whose embedding slot and experts to use (default: the model's first)")
     .option("--prompt <text>", "text to continue (special tokens such as <|lang:en|> are recognised)", "")
-    .option("--max-tokens <n>", "tokens to generate at most", parseIntOpt("max-tokens"), 100)
-    .option("--temperature <t>", "0 = greedy", parseNum("temperature"), 0.8)
-    .option("--top-k <k>", "sample among the k most likely tokens (0 = all)", parseIntOpt("top-k"), 40)
-    .option("--top-p <p>", "nucleus: the most likely tokens up to this probability (1 = all)", parseNum("top-p"), 0.95)
-    .option("--seed <n>", "sampling seed", parseIntOpt("seed"), 1)
+    .option("--max-tokens <n>", "tokens to generate at most", parseIntOpt("max-tokens", 1, FLAG_LIMITS.maxTokens), 100)
+    .option("--temperature <t>", "0 = greedy", parseNumOpt("temperature", 0, 1e6), 0.8)
+    .option("--top-k <k>", "sample among the k most likely tokens (0 = all)", parseIntOpt("top-k", 0, Number.MAX_SAFE_INTEGER), 40)
+    .option("--top-p <p>", "nucleus: the most likely tokens up to this probability (1 = all)", parseNumOpt("top-p", 0, 1, { above: true }), 0.95)
+    .option("--seed <n>", "sampling seed", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
     .action((o: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number }) => {
       const { model, tokenizer } = loadForInference(o.ckpt);
       const domain = o.domain ?? model.config.domains[0]!.name;

@@ -15,10 +15,17 @@ import { loadTokenizer } from "../tokenizer/hfjson.js";
 import { Rng } from "../util/rng.js";
 import { SigmaError } from "../util/errors.js";
 import { millions, readModelSource, writeModelFolder } from "./model-folder.js";
-import { parseIntOpt } from "./tokenizer.js";
+import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
+import { ensureWritableDir } from "../util/fs.js";
+import { checkModelFits } from "../train/memory.js";
 
 /** The sparse model config from a JSON file: a model config, or a train config (its "model" section). */
 export function readSparseConfig(path: string): ModelConfig {
+  return readSparseConfigFrom(path).config;
+}
+
+/** The config and how errors name it ("run.json (model section)" for a train config). */
+function readSparseConfigFrom(path: string): { config: ModelConfig; source: string } {
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(path, "utf8"));
@@ -26,7 +33,8 @@ export function readSparseConfig(path: string): ModelConfig {
     throw new SigmaError(`cannot read the config ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "pass --config with a JSON model config (or a train config: its model section is used)");
   }
   const isTrain = typeof raw === "object" && raw !== null && "model" in raw;
-  return parseModelConfig(isTrain ? (raw as { model: unknown }).model : raw, isTrain ? `${path} (model section)` : path);
+  const source = isTrain ? `${path} (model section)` : path;
+  return { config: parseModelConfig(isTrain ? (raw as { model: unknown }).model : raw, source), source };
 }
 
 /**
@@ -60,11 +68,14 @@ export function register(program: Command): void {
     .requiredOption("--out <dir>", "where the upcycled checkpoint goes (<out>/step-00000000/)")
     .option("--tokenizer <file>", "a larger tokenizer.json to extend the vocabulary to (rows matched by token string)")
     .option("--old-tokenizer <file>", "the dense model's tokenizer, when its checkpoint does not carry one")
-    .option("--noise <f>", "Gaussian noise on each expert copy, as a fraction of the weight's std (0 = exact copies)", (v) => Number(v), 0)
-    .option("--seed <n>", "seed of the noise", parseIntOpt("seed"), 1)
+    .option("--noise <f>", "Gaussian noise on each expert copy, as a fraction of the weight's std (0 = exact copies)", parseNumOpt("noise", 0, 1e3), 0)
+    .option("--seed <n>", "seed of the noise", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
     .action((o: { from: string; config: string; out: string; tokenizer?: string; oldTokenizer?: string; noise: number; seed: number }) => {
+      ensureWritableDir(o.out, "--out");
+      // The sparse model is built from its config alone: refuse one the machine cannot hold before reading anything.
+      const { config: target, source } = readSparseConfigFrom(o.config);
+      checkModelFits(target, source);
       const src = readModelSource(o.from);
-      const target = readSparseConfig(o.config);
       let vocab = identityVocab(src.model.config.vocabSize);
       let tokenizerText = src.tokenizer?.text ?? null;
       if (o.tokenizer) {
@@ -74,7 +85,6 @@ export function register(program: Command): void {
         vocab = vocabMapping(oldTok, loadTokenizer(o.tokenizer).tokenizer);
         tokenizerText = readFileSync(o.tokenizer, "utf8");
       }
-      if (!(o.noise >= 0)) throw new SigmaError(`--noise must be 0 or more, got ${o.noise}`);
       const sparse = upcycle(src.model, target, { vocab, noise: o.noise, noiseSeed: o.seed });
       const kept = vocab.oldId.reduce((n, id) => n + (id >= 0 ? 1 : 0), 0);
       const gap = upcycleGap(src.model, sparse, vocab);

@@ -13,6 +13,7 @@
 import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
+import { readRegularFile } from "../util/read.js";
 import { writeFileAtomic } from "../util/fs.js";
 import { jsonErrorText, jsonTooBig, parseJsonStrict } from "../util/strict-json.js";
 
@@ -150,7 +151,7 @@ export function writeManifest(path: string, m: Manifest): void {
 export function readManifest(path: string): Manifest {
   let text: string;
   try {
-    text = readFileSync(path, "utf8");
+    text = readRegularFile(path, "manifest", "run `sigma data prepare` to make a data folder", 256 * 2 ** 20).toString("utf8");
   } catch (e) {
     throw new SigmaError(`Cannot read manifest ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "run `sigma data prepare` to make a data folder");
   }

@@ -32,6 +32,7 @@
 import { closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { SigmaError } from "../util/errors.js";
+import { openRegularFile } from "../util/read.js";
 import { diskFull } from "../util/fs.js";
 import type { Manifest } from "./manifest.js";
 
@@ -195,8 +196,9 @@ export class ShardReader {
 
   constructor(readonly path: string, expect: ShardExpect = {}) {
     try {
-      this.fd = openSync(path, "r");
+      this.fd = openRegularFile(path, "shard", "run `sigma data prepare` again");
     } catch (e) {
+      if (e instanceof SigmaError) throw e;
       throw new SigmaError(`Cannot open shard ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "run `sigma data prepare` again");
     }
     try {

@@ -15,6 +15,7 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { SigmaError } from "../util/errors.js";
+import { readRegularFile } from "../util/read.js";
 import { writeFileAtomic } from "../util/fs.js";
 import { jsonErrorText, parseJsonStrict, sameJson, showJson } from "../util/strict-json.js";
 import { SPLIT_PATTERN } from "./pretokenize.js";
@@ -160,8 +161,9 @@ export interface LoadedTokenizer {
 export function loadTokenizer(path: string): LoadedTokenizer {
   let bytes: Buffer;
   try {
-    bytes = readFileSync(path);
+    bytes = readRegularFile(path, "tokenizer", "train one with `sigma tokenizer train`", 512 * 2 ** 20);
   } catch (e) {
+    if (e instanceof SigmaError) throw e;
     throw new SigmaError(`Cannot read tokenizer ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "train one with `sigma tokenizer train`");
   }
   return { tokenizer: fromHfJson(bytes.toString("utf8"), path), sha256: sha256Hex(bytes), path };

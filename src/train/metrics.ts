@@ -5,9 +5,13 @@
  * first drops the lines past the step it resumes from, so the file reads as
  * one uninterrupted run.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, closeSync, constants, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
+import { z } from "zod";
+import { SigmaError } from "../util/errors.js";
 import { writeError, writeFileAtomic } from "../util/fs.js";
+
+const notRegular = (path: string): SigmaError => new SigmaError(`${path} is not a regular file (a link, FIFO or device)`, "Sigma writes metrics.jsonl itself: move that away, then run again");
 
 export interface MetricRecord {
   kind: string;
@@ -22,6 +26,9 @@ export interface MetricRecord {
  */
 export class MetricsLog {
   constructor(readonly path: string, resumeStep: number | null = null) {
+    // A FIFO or device there would block the open; a link would steer the writes elsewhere.
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (st && !st.isFile()) throw notRegular(path);
     try {
       mkdirSync(dirname(path), { recursive: true });
       if (resumeStep === null || !existsSync(path)) writeFileSync(path, "");
@@ -40,16 +47,70 @@ export class MetricsLog {
   }
 }
 
-/** Reads a metrics file; a torn last line (a crash mid-append) is skipped. */
+/** A loss or rate: JSON writes NaN and ±Infinity as null. */
+const value = z.number().nullable();
+const Base = z.object({ kind: z.string().max(64), step: z.number().int().min(0).max(1e12) }).passthrough();
+/** What the plots read of each kind; other kinds need only a kind and a step. */
+const KINDS: Record<string, z.ZodTypeAny> = {
+  train: Base.extend({ lm: value.optional() }),
+  eval: Base.extend({ domains: z.record(z.string().max(256), z.object({ loss: value }).passthrough()) }),
+  routing: Base.extend({ layers: z.array(z.object({ tokensPerExpert: z.array(z.number().finite().min(0)).max(2 ** 16) }).passthrough()).max(2 ** 12) }),
+};
+
+/** Longest line kept (a routing line of 65,536 experts is well under 1 MiB); longer ones are damaged. */
+const MAX_LINE = 16 * 2 ** 20;
+
+/**
+ * Reads a metrics file line by line (it may be larger than one string can
+ * hold); a line that is not a record Sigma writes — torn by a crash
+ * mid-append, or damaged — is skipped.
+ */
 export function readMetrics(path: string): MetricRecord[] {
   const out: MetricRecord[] = [];
-  for (const line of readFileSync(path, "utf8").split("\n")) {
-    if (!line.trim()) continue;
+  const take = (bytes: Buffer): void => {
+    if (bytes.length === 0 || bytes.length > MAX_LINE) return;
+    let raw: unknown;
     try {
-      out.push(JSON.parse(line) as MetricRecord);
+      raw = JSON.parse(bytes.toString("utf8"));
     } catch {
-      /* a line cut by a crash */
+      return; // a line cut by a crash
     }
+    const base = Base.safeParse(raw);
+    if (!base.success) return;
+    const schema = KINDS[base.data.kind];
+    if (!schema || schema.safeParse(raw).success) out.push(base.data as MetricRecord);
+  };
+  // Non-blocking, not through a link: a FIFO at the path must not hang the run.
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ELOOP") throw notRegular(path);
+    throw e;
+  }
+  try {
+    if (!fstatSync(fd).isFile()) throw notRegular(path);
+    const chunk = Buffer.alloc(2 ** 20);
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    for (;;) {
+      const n = readSync(fd, chunk, 0, chunk.length, null);
+      if (n === 0) break;
+      let start = 0;
+      for (let i = chunk.indexOf(10, 0); i >= 0 && i < n; i = chunk.indexOf(10, i + 1)) {
+        if (pendingBytes + i - start <= MAX_LINE) take(Buffer.concat([...pending, chunk.subarray(start, i)]));
+        pending = [];
+        pendingBytes = 0;
+        start = i + 1;
+      }
+      // Keep the unfinished line (only its length once it is too long to be a record).
+      if (pendingBytes + n - start <= MAX_LINE) pending.push(Buffer.from(chunk.subarray(start, n)));
+      else pending = [];
+      pendingBytes += n - start;
+    }
+    if (pendingBytes <= MAX_LINE) take(Buffer.concat(pending));
+  } finally {
+    closeSync(fd);
   }
   return out;
 }

@@ -45,13 +45,35 @@ function ticks(lo: number, hi: number, n = 5): number[] {
   return out;
 }
 
+/** Most points drawn per series: a chart is 510 px wide, so more only makes the file larger. */
+const MAX_DRAWN = 2000;
+
+/** Every k-th point (and the last), so that at most MAX_DRAWN remain. */
+function thin(points: [number, number][]): [number, number][] {
+  if (points.length <= MAX_DRAWN) return points;
+  const k = Math.ceil(points.length / MAX_DRAWN);
+  const out = points.filter((_, i) => i % k === 0);
+  if ((points.length - 1) % k !== 0) out.push(points[points.length - 1]!);
+  return out;
+}
+
+/** [min, max] of a long list (no spread: a run may log more points than a call takes arguments). */
+function extent(values: Iterable<number>): [number, number] | null {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const v of values) {
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  return lo <= hi ? [lo, hi] : null;
+}
+
 /** One chart as an SVG group of size W×H (no <svg> wrapper). */
-function chartGroup(title: string, xLabel: string, yLabel: string, series: Series[]): string {
-  const pts = series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
-  const xs = pts.map((p) => p[0]);
-  const ys = pts.map((p) => p[1]);
-  const [x0, x1] = xs.length ? [Math.min(...xs), Math.max(...xs)] : [0, 1];
-  let [y0, y1] = ys.length ? [Math.min(...ys), Math.max(...ys)] : [0, 1];
+function chartGroup(title: string, xLabel: string, yLabel: string, all: Series[]): string {
+  const series = all.map((s) => ({ ...s, points: thin(s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y))) }));
+  const pts = series.flatMap((s) => s.points);
+  const [x0, x1] = extent(pts.map((p) => p[0])) ?? [0, 1];
+  let [y0, y1] = extent(pts.map((p) => p[1])) ?? [0, 1];
   const pad = (y1 - y0) * 0.05 || 0.5;
   y0 -= pad;
   y1 += pad;
@@ -74,7 +96,7 @@ function chartGroup(title: string, xLabel: string, yLabel: string, series: Serie
   el.push(`<text transform="translate(14 ${M.top + ph / 2}) rotate(-90)" text-anchor="middle" font-size="12">${esc(yLabel)}</text>`);
   series.forEach((s, i) => {
     const color = COLORS[i % COLORS.length]!;
-    const good = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+    const good = s.points;
     if (good.length === 0) return;
     const d = good.map(([x, y], j) => `${j ? "L" : "M"}${sx(x).toFixed(1)} ${sy(y).toFixed(1)}`).join("");
     el.push(`<path d="${d}" fill="none" stroke="${color}" stroke-width="1.6"${s.dashed ? ' stroke-dasharray="6 4"' : ""}/>`);
@@ -94,12 +116,12 @@ export function svgCharts(charts: { title: string; xLabel: string; yLabel: strin
 
 /** Training loss, per-domain validation loss and (dashed) each domain's unigram baseline. */
 export function lossChart(records: MetricRecord[], baselines: Record<string, number> = {}, title = "loss"): string {
-  const train = records.filter((r) => r.kind === "train").map((r) => [r.step, r.lm as number] as [number, number]);
+  const train = records.filter((r) => r.kind === "train").map((r) => [r.step, r.lm as number] as [number, number]).filter(([, y]) => Number.isFinite(y));
   const evals = records.filter((r) => r.kind === "eval") as (MetricRecord & { domains: Record<string, { loss: number }> })[];
   const domains = [...new Set(evals.flatMap((e) => Object.keys(e.domains)))];
   const w = windowFor(train.length);
   const series: Series[] = [{ name: w > 1 ? `train (mean of ${w})` : "train", points: movingMean(train, w) }];
-  const lastStep = Math.max(1, ...records.map((r) => r.step));
+  const lastStep = Math.max(1, extent(records.map((r) => r.step))?.[1] ?? 1);
   for (const d of domains) series.push({ name: `val ${d}`, points: evals.filter((e) => e.domains[d]).map((e) => [e.step, e.domains[d]!.loss]) });
   for (const d of domains) if (baselines[d] !== undefined) series.push({ name: `unigram ${d}`, points: [[0, baselines[d]!], [lastStep, baselines[d]!]], dashed: true });
   return svgCharts([{ title, xLabel: "step", yLabel: "nats / token", series }]);
@@ -107,7 +129,10 @@ export function lossChart(records: MetricRecord[], baselines: Record<string, num
 
 /** Per sparse layer: each expert's share of the routed assignments, step by step. */
 export function expertLoadChart(records: MetricRecord[]): string {
-  const routing = records.filter((r) => r.kind === "routing") as (MetricRecord & { layers: { tokensPerExpert: number[] }[] })[];
+  const all = records.filter((r) => r.kind === "routing") as (MetricRecord & { layers: { tokensPerExpert: number[] }[] })[];
+  // The layout of the first record; a record of another layout (a damaged line) is left out.
+  const shape = (r: (typeof all)[number]): string => r.layers.map((l) => l.tokensPerExpert.length).join(",");
+  const routing = all.filter((r) => shape(r) === shape(all[0]!));
   const layers = routing[0]?.layers.length ?? 0;
   const charts = [];
   for (let l = 0; l < layers; l++) {

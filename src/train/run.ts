@@ -13,6 +13,7 @@ import { join, resolve } from "node:path";
 import { z } from "zod";
 import { listCheckpoints, openCheckpointFolder, refuseSymlink } from "../checkpoint/folder.js";
 import { SigmaError } from "../util/errors.js";
+import { readRegularFile } from "../util/read.js";
 import { WriteError, writeError, writeFileAtomic } from "../util/fs.js";
 import type { TrainConfig } from "./config.js";
 import type { DomainEval } from "./evaluate.js";
@@ -89,7 +90,7 @@ function processAlive(pid: number): boolean {
 function readMarker(path: string): z.infer<typeof RunMarkerSchema> | null {
   if (!existsSync(path)) return null;
   try {
-    const m = RunMarkerSchema.safeParse(JSON.parse(readFileSync(path, "utf8")));
+    const m = RunMarkerSchema.safeParse(JSON.parse(readRegularFile(path, "run marker", "remove it (Sigma writes it when a run starts)", 2 ** 20).toString("utf8")));
     return m.success ? m.data : null;
   } catch {
     return null;

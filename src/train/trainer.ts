@@ -22,6 +22,7 @@ import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
 import { Evaluator, type DomainEval } from "./evaluate.js";
 import { learningRate, scheduleOf, type Schedule } from "./schedule.js";
+import { checkRunFits } from "./memory.js";
 
 export interface StepResult {
   /** Optimizer steps done after this one. */
@@ -75,6 +76,8 @@ export class Trainer {
    * and opens the existing store, whose index the checkpoint then restores.
    */
   constructor(readonly config: TrainConfig, model?: PanguSigma) {
+    // A run the machine cannot hold is refused before anything is allocated (src/train/memory.ts).
+    checkRunFits(config);
     try {
       if (config.store.enabled) {
         const path = storePath(config);
