@@ -16,6 +16,7 @@ import { statsPath, type Ecss, type EcssStats } from "../train/ecss.js";
 import { convertCheckpoint } from "../train/ecss-convert.js";
 import { SigmaError } from "../util/errors.js";
 import { readRegularFile } from "../util/read.js";
+import { ensureWritableDir, ensureWritableFile } from "../util/fs.js";
 
 /** Applies `--store [path]` and `--expert-memory` to a train config. */
 export function withStoreOptions(cfg: TrainConfig, o: { store?: string | true; expertMemory?: string }, source: string): TrainConfig {
@@ -168,6 +169,8 @@ export function register(program: Command): void {
     .option("--store <path>", "the store file: to write (--to store), or to read instead of the one the checkpoint names (--to ram)")
     .action((o: { from: string; to: string; out: string; store?: string }) => {
       if (o.to !== "ram" && o.to !== "store") throw new SigmaError(`--to must be ram or store, got "${o.to}"`);
+      ensureWritableDir(o.out, "--out");
+      if (o.to === "store" && o.store !== undefined) ensureWritableFile(o.store, "--store");
       const path = convertCheckpoint(o.from, o.to, o.out, o.store);
       console.log(`wrote ${path}`);
       console.log(o.to === "store" ? "resume it with store.enabled (and store.path) set, e.g. `sigma train --config run.json --store PATH --resume " + path + "`" : "resume it with store.enabled off and optim.sparseExperts on (the sparse rule it was trained with)");
