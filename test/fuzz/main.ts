@@ -7,14 +7,15 @@
  * re-runs each example, and a JSON summary; exits 1 on any failure.
  * `--format F --index I` re-runs one mutant and prints its full output
  * (`--keep` keeps its job folder; `--debug` sets SIGMA_DEBUG=1, so an internal
- * error prints its stack trace). When the native addon's own fuzz exists
+ * error prints its stack trace). `--list [REGEX]` prints the mutants (of --count,
+ * from --start) whose description or command matches, without running them. When the native addon's own fuzz exists
  * (test/addon-fuzz-child.ts) it runs after this one, with the same seed.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
-import { formatCauses, formatTable, reproCommand, runFuzz } from "./runner.js";
+import { formatCauses, formatTable, listMutants, reproCommand, runFuzz } from "./runner.js";
 import { FAILURES } from "./classify.js";
 
 function parseArgs(argv: string[]): Record<string, string | true> {
@@ -43,6 +44,14 @@ const seed = num("seed", Date.now() % 1_000_000);
 const index = a.index === undefined ? undefined : num("index", 0);
 const formats = typeof a.format === "string" ? a.format.split(",") : undefined;
 const single = index !== undefined;
+if (a.list !== undefined) {
+  // --list [REGEX]: the mutants (seed, formats, count, start) whose description or command matches, not run.
+  const match = typeof a.list === "string" ? new RegExp(a.list, "i") : undefined;
+  const found = await listMutants({ seed, count: num("count", 1000), start: num("start", 0), formats, match, memoryKiB: num("memory", 3072) * 1024 });
+  for (const m of found) console.log(`${m.format} #${m.index}: ${m.target}: ${m.what.join("; ").slice(0, 200)} | sigma ${m.argv.join(" ")}`);
+  console.error(`${found.length} mutants; re-run one with: npm run fuzz -- --seed ${seed} --format F --index I`);
+  process.exit(0);
+}
 console.error(`fuzz: seed ${seed}${formats ? `, formats ${formats.join(",")}` : ""}${single ? `, mutant ${index}` : `, ${num("count", 10_000)} mutants per format`}`);
 let done = 0;
 const t0 = performance.now();

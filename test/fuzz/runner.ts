@@ -237,6 +237,42 @@ function emptyStats(): FormatStats {
   return { mutants: 0, outcomes: Object.fromEntries(OUTCOMES.map((o) => [o, 0])) as Record<Outcome, number>, oom: 0, leaked: 0, ms: 0, maxMs: 0 };
 }
 
+/** Builds the seeds in `dir` with a worker of `slot`. */
+async function seedsWith(slot: WorkerSlot, dir: string): Promise<void> {
+  await buildSeeds(dir, async (cwd, argv) => {
+    const r = await slot.run(cwd, argv, 120_000);
+    const c = classify(r);
+    return { code: c.code ?? -1, text: r.kind === "done" ? r.out.map((x) => x.t).join("") : `${c.detail}\n${c.output}` };
+  });
+}
+
+/**
+ * The mutants without running them (format, index, target, command, what was done), those whose
+ * description or command matches `match`: to find a mutant of a given kind to reproduce.
+ */
+export async function listMutants(o: { seed: number; count: number; start?: number; formats?: string[]; match?: RegExp; memoryKiB: number }): Promise<{ format: string; index: number; target: string; argv: string[]; what: string[] }[]> {
+  const formats = o.formats?.length ? FORMATS.filter((f) => o.formats!.includes(f.name)) : FORMATS;
+  const root = mkdtempSync(join(defaultTmp(), "sigma-fuzz-list-"));
+  const slot = new WorkerSlot({ memoryKiB: o.memoryKiB });
+  try {
+    await seedsWith(slot, join(root, "seeds"));
+    const seeds = new Seeds(join(root, "seeds"));
+    const lane = { victimAbs: join(root, "w0", "victim"), escapeAbs: join(root, "w0", "escape-target") };
+    const out = [];
+    for (let i = o.start ?? 0; i < (o.start ?? 0) + o.count; i++) {
+      for (const f of formats) {
+        const m = makeMutant(seeds, o.seed, f, i, { ...lane, injected: [] });
+        const line = `${m.target}: ${m.what.join("; ")} | sigma ${m.argv.join(" ")}`;
+        if (!o.match || o.match.test(line)) out.push({ format: m.format, index: m.index, target: m.target, argv: m.argv, what: m.what });
+      }
+    }
+    return out;
+  } finally {
+    slot.close();
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
 /** Runs the fuzz campaign; never throws for a mutant's outcome (only for a broken harness or seeds). */
 export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
   const t0 = performance.now();
@@ -259,11 +295,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
   let seedsFingerprint = "";
   try {
     const seedDir = join(root, "seeds");
-    await buildSeeds(seedDir, async (cwd, argv) => {
-      const r = await slots[0]!.run(cwd, argv, 120_000);
-      const c = classify(r);
-      return { code: c.code ?? -1, text: r.kind === "done" ? r.out.map((x) => x.t).join("") : `${c.detail}\n${c.output}` };
-    });
+    await seedsWith(slots[0]!, seedDir);
     seedsFingerprint = fingerprint(seedDir);
     const seeds = new Seeds(seedDir);
     const seedState = tree(seedDir, { content: false });
