@@ -16,3 +16,21 @@ export async function runCli(registers: ((program: Command) => void)[], args: st
   }
   return lines.join("\n");
 }
+
+/**
+ * Runs the whole `sigma <args>` (src/cli/program.ts) in-process; returns the
+ * exit code and everything printed to the console and stderr, in order.
+ */
+export async function sigma(...args: string[]): Promise<{ code: number; out: string }> {
+  const { runCli: run } = await import("../src/cli/program.js");
+  const lines: string[] = [];
+  const [log, err, write] = [console.log, console.error, process.stderr.write];
+  console.log = console.error = (...a: unknown[]) => void lines.push(a.join(" "));
+  process.stderr.write = ((chunk: string | Uint8Array) => (lines.push(String(chunk)), true)) as typeof process.stderr.write;
+  try {
+    const code = await run(args);
+    return { code, out: lines.join("\n") };
+  } finally {
+    [console.log, console.error, process.stderr.write] = [log, err, write];
+  }
+}

@@ -8,29 +8,17 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { runCli } from "../src/cli/program.js";
 import { parameterCounts, parseModelConfig, type ModelConfigInput } from "../src/models/config.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { parseTrainConfig, type TrainConfigInput } from "../src/train/config.js";
 import { checkBatchFits, checkModelFits, checkRunFits, estimateRunMemory } from "../src/train/memory.js";
 import { Trainer } from "../src/train/trainer.js";
 import { SigmaError } from "../src/util/errors.js";
+import { sigma } from "./cli-harness.js";
 import { ROUTERS, cleanup, root, tinyConfig, tinyData } from "./train-fixture.js";
 
 after(cleanup);
 const data = await tinyData();
-
-async function sigma(...args: string[]): Promise<{ code: number; out: string }> {
-  const lines: string[] = [];
-  const [log, err, write] = [console.log, console.error, process.stderr.write];
-  console.log = console.error = (...a: unknown[]) => void lines.push(a.join(" "));
-  process.stderr.write = ((chunk: string | Uint8Array) => (lines.push(String(chunk)), true)) as typeof process.stderr.write;
-  try {
-    return { code: await runCli(args), out: lines.join("\n") };
-  } finally {
-    [console.log, console.error, process.stderr.write] = [log, err, write];
-  }
-}
 
 const sigmaError = (re: RegExp) => (e: unknown) => e instanceof SigmaError && re.test(e.message);
 

@@ -12,30 +12,16 @@ import fs, { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } f
 import { syncBuiltinESMExports } from "node:module";
 import { join, sep } from "node:path";
 import { openCheckpointFolder } from "../src/checkpoint/folder.js";
-import { runCli } from "../src/cli/program.js";
 import { resumeTrainer } from "../src/train/checkpoint.js";
 import { MetricsLog, readMetrics } from "../src/train/metrics.js";
 import { writePlots } from "../src/train/run.js";
 import { ensureWritableDir, ensureWritableFile } from "../src/util/fs.js";
 import { SigmaError } from "../src/util/errors.js";
+import { sigma } from "./cli-harness.js";
 import { ROUTERS, cleanup, root, tinyConfig, tinyData } from "./train-fixture.js";
 
 after(cleanup);
 const data = await tinyData();
-
-/** Runs `sigma <args>` in-process; returns the exit code and everything printed. */
-async function sigma(...args: string[]): Promise<{ code: number; out: string }> {
-  const lines: string[] = [];
-  const [log, err, write] = [console.log, console.error, process.stderr.write];
-  console.log = console.error = (...a: unknown[]) => void lines.push(a.join(" "));
-  process.stderr.write = ((chunk: string | Uint8Array) => (lines.push(String(chunk)), true)) as typeof process.stderr.write;
-  try {
-    const code = await runCli(args);
-    return { code, out: lines.join("\n") };
-  } finally {
-    [console.log, console.error, process.stderr.write] = [log, err, write];
-  }
-}
 
 /** Exit 1 with one `sigma:` line (plus a hint) that matches `re`: no internal error, no stack trace. */
 async function refused(args: string[], re: RegExp): Promise<string> {

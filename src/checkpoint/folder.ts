@@ -13,11 +13,13 @@
  * with the file's name instead of surfacing as a confusing load error.
  */
 import { createHash } from "node:crypto";
-import { closeSync, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, unlinkSync, type Stats } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, type Stats } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
 import { parseWithSchema } from "../util/json.js";
+import { otherProcessAlive as isAlive } from "../util/process.js";
+import { readRegularFile } from "../util/read.js";
 import { jsonErrorText, jsonTooBig, parseJsonStrict } from "../util/strict-json.js";
 import { diskFull, fsyncDir, writeFileSynced } from "../util/fs.js";
 
@@ -261,15 +263,6 @@ export function pruneCheckpoints(dir: string, keep: number): void {
   fsyncDir(dir);
 }
 
-function isAlive(pid: number): boolean {
-  if (pid === process.pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /**
  * Resolves a path to one checkpoint folder: a folder with state.json is
@@ -297,40 +290,13 @@ export interface LoadedFolder {
 const MAX_STATE_BYTES = 64 * 2 ** 20;
 
 /**
- * Reads a regular file of exactly `bytes` bytes (when given) without
- * following a link and without reading more than it can hold: a FIFO, a
- * device or a link in a checkpoint folder is an error, never a hang.
+ * Reads a file of a checkpoint folder: a regular file, not a link (Sigma
+ * never reads, writes or deletes through a link inside a checkpoint), of the
+ * size state.json records when given.
  */
-function readRegularFile(file: string, bytes: number | null, max: number, hint: string): Buffer {
-  let fd: number;
-  try {
-    const st = lstatSync(file);
-    if (st.isSymbolicLink()) throw new SigmaError(`${file} is a symbolic link`, "a checkpoint holds regular files only: copy the real file in");
-    if (!st.isFile()) throw new SigmaError(`${file} is not a regular file`, hint);
-    fd = openSync(file, "r");
-  } catch (e) {
-    if (e instanceof SigmaError) throw e;
-    throw new SigmaError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, hint);
-  }
-  try {
-    const size = fstatSync(fd).size;
-    if (bytes !== null && size !== bytes) throw new SigmaError(`${file} is truncated or altered: ${size} bytes, state.json records ${bytes}`, hint);
-    if (size > max) throw new SigmaError(`${file} is ${size} bytes, more than the ${max} this reader accepts`, hint);
-    const buf = Buffer.allocUnsafe(size);
-    let off = 0;
-    while (off < size) {
-      const n = readSync(fd, buf, off, size - off, off);
-      if (n === 0) break;
-      off += n;
-    }
-    if (off !== size) throw new SigmaError(`${file} shrank while being read (${off} of ${size} bytes)`, hint);
-    return buf;
-  } catch (e) {
-    if (e instanceof SigmaError) throw e;
-    throw new SigmaError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, hint);
-  } finally {
-    closeSync(fd);
-  }
+function readCheckpointFile(file: string, bytes: number | null, max: number, hint: string): Buffer {
+  if (lstatOrNull(file)?.isSymbolicLink()) throw new SigmaError(`${file} is a symbolic link`, "a checkpoint holds regular files only: copy the real file in");
+  return readRegularFile(file, "checkpoint file", hint, max, bytes === null ? undefined : { bytes, by: "state.json" });
 }
 
 /** Opens a checkpoint folder and checks that state.json is sound; files are verified as they are read. */
@@ -340,7 +306,7 @@ export function openCheckpointFolder(path: string): LoadedFolder {
   const hint = `the checkpoint is damaged; use an earlier one${siblings(dir)}`;
   let raw: unknown;
   try {
-    const text = new TextDecoder("utf-8", { fatal: true }).decode(readRegularFile(statePath, null, MAX_STATE_BYTES, hint));
+    const text = new TextDecoder("utf-8", { fatal: true }).decode(readCheckpointFile(statePath, null, MAX_STATE_BYTES, hint));
     raw = parseJsonStrict(text);
   } catch (e) {
     if (e instanceof SigmaError) throw e;
@@ -356,7 +322,7 @@ export function openCheckpointFolder(path: string): LoadedFolder {
       const rec = Object.hasOwn(state.files, name) ? state.files[name] : undefined;
       if (!rec) throw new SigmaError(`${statePath} does not list ${name}`, "the checkpoint was written by another tool or version");
       const file = childPath(dir, name);
-      const buf = readRegularFile(file, rec.bytes, Number.MAX_SAFE_INTEGER, hint);
+      const buf = readCheckpointFile(file, rec.bytes, Number.MAX_SAFE_INTEGER, hint);
       if (sha256(buf) !== rec.sha256) throw new SigmaError(`${file} is corrupted: its sha256 does not match the one in state.json`, hint);
       return buf;
     },

@@ -12,6 +12,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } f
 import { hostname } from "node:os";
 import { dirname } from "node:path";
 import { SigmaError } from "../util/errors.js";
+import { processAlive } from "../util/process.js";
 
 interface LockInfo {
   pid: number;
@@ -22,15 +23,7 @@ interface LockInfo {
 const lockPath = (store: string): string => `${store}.lock`;
 
 /** Whether a process with this pid exists on this host. */
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    // EPERM: the process exists but belongs to someone else.
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
+export { processAlive };
 
 function readLock(path: string): LockInfo | null {
   try {

@@ -13,6 +13,7 @@ import { join, resolve } from "node:path";
 import { z } from "zod";
 import { listCheckpoints, openCheckpointFolder, refuseSymlink } from "../checkpoint/folder.js";
 import { SigmaError } from "../util/errors.js";
+import { otherProcessAlive as processAlive } from "../util/process.js";
 import { readRegularFile } from "../util/read.js";
 import { WriteError, writeError, writeFileAtomic } from "../util/fs.js";
 import type { TrainConfig } from "./config.js";
@@ -77,15 +78,6 @@ export interface RunFolderOptions {
   log?: (line: string) => void;
 }
 
-function processAlive(pid: number): boolean {
-  if (pid === process.pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 function readMarker(path: string): z.infer<typeof RunMarkerSchema> | null {
   if (!existsSync(path)) return null;

@@ -28,11 +28,15 @@ export function openRegularFile(path: string, what: string, hint: string): numbe
   return fd;
 }
 
-/** The bytes of a regular file of at most `maxBytes` (default 1 GiB). */
-export function readRegularFile(path: string, what: string, hint: string, maxBytes = 2 ** 30): Buffer {
+/**
+ * The bytes of a regular file of at most `maxBytes` (default 1 GiB); with
+ * `expect`, exactly `expect.bytes` as recorded by `expect.by` (e.g. state.json).
+ */
+export function readRegularFile(path: string, what: string, hint: string, maxBytes = 2 ** 30, expect?: { bytes: number; by: string }): Buffer {
   const fd = openRegularFile(path, what, hint);
   try {
     const size = fstatSync(fd).size;
+    if (expect && size !== expect.bytes) throw new SigmaError(`${path} is truncated or altered: ${size} bytes, ${expect.by} records ${expect.bytes}`, hint);
     if (size > maxBytes) throw new SigmaError(`${what} ${path} is ${size} bytes, more than the ${maxBytes} it may be`, hint);
     const buf = Buffer.allocUnsafe(size);
     let off = 0;
