@@ -271,3 +271,59 @@ test("the optimizer's step and per-expert step counts are whole numbers in range
   rewrite(() => {});
   assert.equal((await sigma("train", "--config", path, "--resume", "--steps", "4")).code, 0);
 });
+
+test("--overwrite never replaces a live run, and removes only the run's own files", async () => {
+  const { spawn } = await import("node:child_process");
+  const { path, cfg } = configFile("overwrite-live");
+  assert.equal((await sigma("train", "--config", path)).code, 0);
+  // Files the user put among the run's: they stay.
+  const ckdir = join(cfg.out, "checkpoints");
+  fs.cpSync(join(ckdir, "step-00000003"), join(ckdir, "my-best"), { recursive: true });
+  writeFileSync(join(cfg.out, "plots", "my-notes.txt"), "mine");
+  // Another process (alive) is the run's writer: neither --overwrite nor --resume may touch it.
+  const live = spawn("sleep", ["30"]);
+  try {
+    const marker = join(cfg.out, "run.json");
+    const saved = readFileSync(marker, "utf8");
+    writeFileSync(marker, JSON.stringify({ ...JSON.parse(saved), pid: live.pid }));
+    const before = tree(cfg.out);
+    for (const extra of [["--overwrite"], ["--resume", "--steps", "4"]]) {
+      const r = await sigma("train", "--config", path, ...extra);
+      assert.equal(r.code, 1, r.out);
+      assert.match(r.out, new RegExp(`another run \\(process ${live.pid}\\) is writing to`));
+      assert.doesNotMatch(r.out, /hint: .*--overwrite/);
+    }
+    assert.deepEqual(tree(cfg.out), before);
+    writeFileSync(marker, saved);
+    // A complete checkpoint left in a save's temporary folder by a live pid still counts as the run's.
+    fs.renameSync(join(ckdir, "step-00000003"), join(ckdir, `.tmp-step-00000003-${live.pid}`));
+    const r = await sigma("train", "--config", path);
+    assert.equal(r.code, 1, r.out);
+    assert.match(r.out, /already holds a run \(a complete checkpoint in .*\.tmp-step-00000003-/);
+    fs.renameSync(join(ckdir, `.tmp-step-00000003-${live.pid}`), join(ckdir, "step-00000003"));
+  } finally {
+    live.kill();
+  }
+  const over = await sigma("train", "--config", path, "--overwrite", "--steps", "2");
+  assert.equal(over.code, 0, over.out);
+  assert.ok(existsSync(join(ckdir, "my-best", "state.json")), "the user's folder among the checkpoints was removed");
+  assert.equal(readFileSync(join(cfg.out, "plots", "my-notes.txt"), "utf8"), "mine");
+  assert.deepEqual(listCheckpoints(ckdir).map((c) => c.step), [2]);
+});
+
+test("a save's state.json appears whole or not at all; pid 0 is no live process", async () => {
+  const { processAlive } = await import("../src/util/process.js");
+  assert.equal(processAlive(0), false);
+  assert.equal(processAlive(-1), false);
+  const { path, cfg } = configFile("torn-state");
+  assert.equal((await sigma("train", "--config", path)).code, 0);
+  const ckdir = join(cfg.out, "checkpoints");
+  // What a kill while writing state.json leaves: a folder with a torn state.json.tmp and no state.json.
+  const torn = join(ckdir, ".tmp-step-00000009-0");
+  fs.cpSync(join(ckdir, "step-00000003"), torn, { recursive: true });
+  fs.renameSync(join(torn, "state.json"), join(torn, "state.json.tmp"));
+  fs.truncateSync(join(torn, "state.json.tmp"), 10);
+  assert.deepEqual(listCheckpoints(ckdir).map((c) => c.step), [3]);
+  pruneCheckpoints(ckdir, 2);
+  assert.ok(!existsSync(torn), "a dead save's incomplete folder is cleaned");
+});

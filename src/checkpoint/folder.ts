@@ -13,7 +13,7 @@
  * with the file's name instead of surfacing as a confusing load error.
  */
 import { createHash } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, type Stats } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync, type Stats } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
@@ -167,7 +167,9 @@ export function saveCheckpointFolder(
       records[file] = { bytes: bytes.length, sha256: sha256(bytes) };
       onFile?.(file);
     }
-    writeFileSynced(join(tmp, STATE_FILE), JSON.stringify({ ...state, step, files: records }, null, 1), "wx");
+    // state.json marks the folder complete, so it appears whole or not at all (a torn one would list as complete).
+    writeFileSynced(join(tmp, `${STATE_FILE}.tmp`), JSON.stringify({ ...state, step, files: records }, null, 1), "wx");
+    renameSync(join(tmp, `${STATE_FILE}.tmp`), join(tmp, STATE_FILE));
     fsyncDir(tmp);
     // Re-saving the same step replaces the old folder. A crash between the two
     // renames leaves both complete folders under temporary names; the next
@@ -244,6 +246,45 @@ export function recoverCheckpoints(dir: string): void {
   }
   const present = new Set(names.map((n) => STEP_DIR.exec(n)).filter((m) => m !== null).map((m) => Number(m[1])));
   for (const c of recoverable(dir, names, present)) renameSync(c.path, childPath(dir, stepDirName(c.step)));
+}
+
+/**
+ * Temporary folders of saves under `dir` that hold a state.json, whatever
+ * their process: a run's complete checkpoint may sit in one (a save killed
+ * between its two renames whose pid was reused since).
+ */
+export function completeLeftovers(dir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  return names.filter((n) => TMP_DIR.test(n) && lstatOrNull(join(dir, n))?.isDirectory() && lstatOrNull(join(dir, n, STATE_FILE))?.isFile()).map((n) => join(dir, n));
+}
+
+/**
+ * Removes a run's checkpoints from `dir` by name: the step folders and the
+ * temporary folders of its saves (not those of a live process), state.json
+ * first; anything else in the folder stays, and the folder goes only if empty.
+ */
+export function removeRunCheckpoints(dir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const tmp = TMP_DIR.exec(name);
+    if (STEP_DIR.test(name) || (tmp && !isAlive(Number(tmp[2])))) removeCheckpointDir(join(dir, name));
+  }
+  fsyncDir(dir);
+  try {
+    rmdirSync(dir);
+  } catch {
+    /* not empty: what the user put there stays */
+  }
 }
 
 /**

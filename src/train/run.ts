@@ -7,11 +7,11 @@
  *   <out>/checkpoints/step-NNNNNNNN/
  *   <out>/plots/loss.svg, <out>/plots/experts.svg
  */
-import { existsSync, lstatSync, mkdirSync, readFileSync, rmSync, statSync, unlinkSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readFileSync, rmdirSync, rmSync, statSync, unlinkSync } from "node:fs";
 import { statsPath } from "./ecss-model.js";
 import { join, resolve } from "node:path";
 import { z } from "zod";
-import { listCheckpoints, openCheckpointFolder, refuseSymlink } from "../checkpoint/folder.js";
+import { completeLeftovers, listCheckpoints, openCheckpointFolder, refuseSymlink, removeRunCheckpoints } from "../checkpoint/folder.js";
 import { SigmaError } from "../util/errors.js";
 import { otherProcessAlive as processAlive } from "../util/process.js";
 import { readRegularFile } from "../util/read.js";
@@ -111,27 +111,41 @@ export function prepareRunFolder(config: TrainConfig, storePath: string | null, 
   const p = runPaths(out);
   if (existsSync(out) && !statSync(out).isDirectory()) throw new SigmaError(`${out} (${flag}) is a file, not a folder`, `pass a folder as ${flag.split(" ")[0]}`);
   for (const path of [p.marker, p.metrics, p.checkpoints, join(out, "plots"), p.lossPlot, p.expertPlot]) refuseSymlink(path);
-  if (opts.resume) return;
-  const ckpts = listCheckpoints(p.checkpoints);
   const marker = readMarker(p.marker);
-  if (marker && !opts.overwrite && processAlive(marker.pid)) throw new SigmaError(`another run (process ${marker.pid}) is writing to ${out} (${flag})`, `wait for it to finish or stop it; or choose another ${flag.split(" ")[0]}, or --overwrite`);
-  const holdsRun = ckpts.length > 0 || (!marker && existsSync(p.metrics));
+  // A live run is never joined or replaced, --overwrite or not.
+  if (marker && processAlive(marker.pid)) throw new SigmaError(`another run (process ${marker.pid}) is writing to ${out} (${flag})`, `wait for it to finish or stop it, or choose another ${flag.split(" ")[0]}`);
+  const writeMarker = (store: string | null): void => {
+    mkdirSync(out, { recursive: true });
+    writeFileAtomic(p.marker, JSON.stringify({ format: "sigma-run", pid: process.pid, startedAt: new Date().toISOString(), store }, null, 1) + "\n");
+  };
+  if (opts.resume) {
+    if (existsSync(out)) writeMarker(marker?.store ?? null);
+    return;
+  }
+  const ckpts = listCheckpoints(p.checkpoints);
+  const leftovers = completeLeftovers(p.checkpoints);
+  const holdsRun = ckpts.length > 0 || leftovers.length > 0 || (!marker && existsSync(p.metrics));
   if (holdsRun && !opts.overwrite) {
-    const what = ckpts.length ? `checkpoints up to step ${ckpts[ckpts.length - 1]!.step}` : "metrics.jsonl";
+    const what = ckpts.length ? `checkpoints up to step ${ckpts[ckpts.length - 1]!.step}` : leftovers.length ? `a complete checkpoint in ${leftovers[0]}` : "metrics.jsonl";
     throw new SigmaError(`${out} (${flag}) already holds a run (${what})`, `pass --resume to continue it, --overwrite to replace it, or choose another ${flag.split(" ")[0]}`);
   }
   if (holdsRun || marker) {
-    // Replace the earlier run's files by name only (whatever else the folder holds stays). Its
-    // store goes only when this run's own store path names it (run.json alone never steers a delete)
-    // and it was created by that run (or is the default store inside the folder, with --overwrite).
+    // Replace the earlier run's files by name only: its checkpoint folders, metrics.jsonl, its two
+    // plots and run.json; whatever else the folder holds stays. Its store goes only when this run's
+    // own store path names it (run.json alone never steers a delete) and that run created it (or it
+    // is the default store inside the folder, with --overwrite).
     const ours = storePath !== null && ((marker?.store ?? null) === resolve(storePath) || (opts.overwrite && resolve(storePath) === resolve(out, "experts.sgxs")));
-    for (const path of [p.checkpoints, p.metrics, join(out, "plots")]) rmSync(path, { recursive: true, force: true });
-    if (ours) for (const f of [storePath, statsPath(storePath)]) if (lstatSync(f, { throwIfNoEntry: false })?.isFile()) unlinkSync(f);
+    removeRunCheckpoints(p.checkpoints);
+    for (const f of [p.metrics, p.lossPlot, p.expertPlot, ...(ours ? [storePath, statsPath(storePath)] : [])]) if (lstatSync(f, { throwIfNoEntry: false })?.isFile()) unlinkSync(f);
+    try {
+      rmdirSync(join(out, "plots"));
+    } catch {
+      /* not empty, or not there */
+    }
     rmSync(p.marker, { force: true });
     opts.log?.(holdsRun ? `replacing the run in ${out} (--overwrite)` : `the earlier run in ${out} stopped before its first checkpoint: starting it again`);
   }
-  mkdirSync(out, { recursive: true });
-  writeFileAtomic(p.marker, JSON.stringify({ format: "sigma-run", pid: process.pid, startedAt: new Date().toISOString(), store: storePath !== null && !existsSync(storePath) ? resolve(storePath) : null }, null, 1) + "\n");
+  writeMarker(storePath !== null && !existsSync(storePath) ? resolve(storePath) : null);
 }
 
 const evalRecord = (step: number, evals: DomainEval[]) => ({ kind: "eval", step, domains: Object.fromEntries(evals.map((e) => [e.domain, { loss: e.loss, perplexity: e.perplexity }])) });

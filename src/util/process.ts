@@ -1,5 +1,7 @@
 /** Whether a process with this id exists (EPERM: it does, but belongs to someone else). */
 export function processAlive(pid: number): boolean {
+  // kill(0) and kill(-n) address process groups, not a process.
+  if (!Number.isInteger(pid) || pid <= 0) return false;
   try {
     process.kill(pid, 0);
     return true;
