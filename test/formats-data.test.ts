@@ -153,18 +153,21 @@ async function withFullDisk<T>(failAt: number, fn: () => Promise<T>): Promise<T>
   );
 }
 
-test("prepare: a full disk while writing shards is a clear error and leaves no shard, temporary or published, and no stale manifest", async () => {
+test("prepare: a full disk while writing shards is a clear error, leaves no new shard behind, and the data prepared before stays whole", async () => {
   const out = join(root, `prep-${n++}`);
   await prepareData({ corpus, tokenizer, out, valFraction: 0.25, seed: 1 });
   assert.ok(existsSync(join(out, "manifest.json")));
+  const before = { manifest: readFileSync(join(out, "manifest.json")), shards: filesUnder(join(out, "shards")) };
   // Small shards, so that several are published before the one that fails.
   for (const failAt of [1, 7]) {
     await assert.rejects(
       withFullDisk(failAt, () => prepareData({ corpus, tokenizer, out, valFraction: 0.25, seed: 1, shardTokens: 50 })),
-      (e: unknown) => e instanceof SigmaError && /could not write shard .*shards\/[\w.-]+\.sgtk: ENOSPC/.test(e.message) && /the disk is full/.test(e.message),
+      (e: unknown) => e instanceof SigmaError && /could not write shard .*\/[\w.-]+\.sgtk: ENOSPC/.test(e.message) && /the disk is full/.test(e.message),
     );
-    assert.deepEqual(filesUnder(join(out, "shards")), [], `failAt ${failAt}`);
-    assert.ok(!existsSync(join(out, "manifest.json")), "the old manifest (whose shards are gone) is not left behind");
+    assert.deepEqual(filesUnder(join(out, "shards")), before.shards, `failAt ${failAt}`);
+    assert.deepEqual(readFileSync(join(out, "manifest.json")), before.manifest, "the earlier data's manifest is kept");
+    assert.deepEqual(readdirSync(out).filter((f) => f.startsWith(".shards-new-")), [], "no staging folder is left");
+    readManifest(join(out, "manifest.json"));
   }
   // The same folder prepares again once there is space.
   await prepareData({ corpus, tokenizer, out, valFraction: 0.25, seed: 1, shardTokens: 50 });
@@ -178,12 +181,18 @@ test("prepare: an error that is not I/O (a bad record after shards were publishe
   const out = join(root, `prep-${n++}`);
   await assert.rejects(prepareData({ corpus: c, tokenizer, out, shardTokens: 50 }), (e: unknown) => e instanceof SigmaError && /zz-bad\.jsonl/.test(e.message));
   assert.deepEqual(filesUnder(join(out, "shards")), []);
+  // Into a folder prepared before, the failed run changes nothing: its data stays usable.
+  const good = join(root, `prep-${n++}`);
+  await prepareData({ corpus, tokenizer, out: good, valFraction: 0.25, seed: 1 });
+  const before = filesUnder(good).map((f) => [f, readFileSync(join(good, f)).toString("base64")]);
+  await assert.rejects(prepareData({ corpus: c, tokenizer, out: good, shardTokens: 50 }), (e: unknown) => e instanceof SigmaError && /zz-bad\.jsonl/.test(e.message));
+  assert.deepEqual(filesUnder(good).map((f) => [f, readFileSync(join(good, f)).toString("base64")]), before);
 });
 
 test("CLI: sigma data prepare on a full disk exits 1 with one line naming the shard, and leaves nothing behind", async () => {
   const out = join(root, `prep-${n++}`);
   const r = await withFullDisk(1, () => cli(["data", "prepare", "--corpus", corpus, "--tokenizer", tokenizer, "--out", out]));
-  assertRefused(r, join(out, "shards"), /could not write shard .*\.sgtk: ENOSPC[^\n]*\n {2}hint: the disk is full/);
-  assert.deepEqual(filesUnder(join(out, "shards")), []);
+  assertRefused(r, out, /could not write shard .*\.sgtk: ENOSPC[^\n]*\n {2}hint: the disk is full/);
+  assert.deepEqual(filesUnder(out).filter((f) => f.endsWith(".sgtk") || f.includes(".sgtk.tmp-")), []);
   assert.ok(!existsSync(join(out, "manifest.json")));
 });

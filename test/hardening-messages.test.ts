@@ -104,3 +104,14 @@ test("a FIFO, or a folder, where Sigma expects a file inside a folder is an erro
   assert.equal(child.status, 0, child.stdout + child.stderr);
   assert.match(child.stdout, /checked 3 files/);
 });
+
+test("a config named on the command line is read with a size cap: /dev/zero is an error, not a hang", async () => {
+  const t0 = performance.now();
+  const r = await cli(["train", "--config", "/dev/zero"]);
+  assertRefused(r, "/dev/zero", /the train config \/dev\/zero is more than 16777216 bytes/);
+  assert.ok(performance.now() - t0 < 10_000);
+  const missing = await cli(["data", "stats", "--data", join(root, "no-data")]);
+  assertRefused(missing, "manifest.json", /manifest .*manifest\.json: it does not exist/);
+  assert.equal(missing.code, 1);
+  assert.equal(missing.err.split("\n").filter((l) => l.includes("hint:")).length, 1, missing.err);
+});

@@ -153,6 +153,7 @@ export function readManifest(path: string): Manifest {
   try {
     text = readRegularFile(path, "manifest", "run `sigma data prepare` to make a data folder", 256 * 2 ** 20).toString("utf8");
   } catch (e) {
+    if (e instanceof SigmaError) throw e;
     throw new SigmaError(`Cannot read manifest ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "run `sigma data prepare` to make a data folder");
   }
   let raw: unknown;

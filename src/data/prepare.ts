@@ -14,12 +14,13 @@
  * Memory stays bounded: records stream through, and each (domain, split)
  * writer holds one 64K-token buffer.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { join, relative } from "node:path";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { basename, join } from "node:path";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
 import { loadTokenizer, sha256Hex } from "../tokenizer/hfjson.js";
-import { writeFileAtomic } from "../util/fs.js";
+import { fsyncDir, writeFileAtomic } from "../util/fs.js";
+import { otherProcessAlive } from "../util/process.js";
 import type { Tokenizer } from "../tokenizer/codec.js";
 import { readCorpus, recordBytes, SkipReport, type CorpusRecord } from "./ingest.js";
 import { MANIFEST_FORMAT, MANIFEST_VERSION, Source, writeManifest, type Counts, type Manifest } from "./manifest.js";
@@ -88,11 +89,16 @@ export async function prepareData(o: PrepareOptions): Promise<Manifest> {
   const sources = readSources(o.corpus);
 
   const shardDir = join(o.out, "shards");
-  mkdirSync(shardDir, { recursive: true });
-  // The old manifest goes first: from here until the new one is written, the folder is plainly not prepared.
-  rmSync(join(o.out, "manifest.json"), { force: true });
-  // Shards from an earlier run would not be in the new manifest: remove them.
-  for (const f of readdirSync(shardDir)) if (f.endsWith(".sgtk") || f.includes(".sgtk.tmp-")) rmSync(join(shardDir, f));
+  // New shards are written aside: data prepared earlier in this folder stays whole (and usable) until
+  // the corpus has been read and encoded without error, and is replaced only then.
+  const stage = join(o.out, `.shards-new-${process.pid}`);
+  mkdirSync(o.out, { recursive: true });
+  // This run's and dead runs' staging folders go (a live prepare into the same folder keeps its own).
+  for (const f of readdirSync(o.out)) {
+    const m = /^\.shards-new-(\d+)$/.exec(f);
+    if (m && !otherProcessAlive(Number(m[1]))) rmSync(join(o.out, f), { recursive: true, force: true });
+  }
+  mkdirSync(stage, { recursive: true });
 
   const counts = new Map<string, Record<Split, Counts>>(tok.domains.map((d) => [d, { train: zero(), val: zero() }]));
   const writers = new Map<string, ShardWriter>();
@@ -105,7 +111,7 @@ export async function prepareData(o: PrepareOptions): Promise<Manifest> {
     writers.delete(key);
     const h = w.close(); // on failure it removes its own temp file
     published.push(w.path);
-    shards.push({ file: relative(o.out, w.path), domain: tok.domains[h.domainId]!, domainId: h.domainId, split: h.split, tokens: h.tokens, docs: h.docs });
+    shards.push({ file: `shards/${basename(w.path)}`, domain: tok.domains[h.domainId]!, domainId: h.domainId, split: h.split, tokens: h.tokens, docs: h.docs });
   };
   const report = new SkipReport();
   let docs = 0;
@@ -119,7 +125,7 @@ export async function prepareData(o: PrepareOptions): Promise<Manifest> {
       if (w === undefined) {
         const n = serial.get(key) ?? 0;
         serial.set(key, n + 1);
-        w = new ShardWriter(join(shardDir, `${key}-${String(n).padStart(4, "0")}.sgtk`), { domainId: tok.domainId(rec.domain), split, vocabSize: tok.vocabSize, tokenizerSha256: sha256 });
+        w = new ShardWriter(join(stage, `${key}-${String(n).padStart(4, "0")}.sgtk`), { domainId: tok.domainId(rec.domain), split, vocabSize: tok.vocabSize, tokenizerSha256: sha256 });
         writers.set(key, w);
       }
       w.addDoc(ids);
@@ -143,7 +149,16 @@ export async function prepareData(o: PrepareOptions): Promise<Manifest> {
     // The tokenizer's copy: the very bytes whose sha256 the shards record.
     const tokBytes = readFileSync(o.tokenizer);
     if (sha256Hex(tokBytes) !== sha256) throw new SigmaError(`${o.tokenizer} changed while the data was being prepared`, "run `sigma data prepare` again");
+    // Replace the earlier data: from removing its manifest until the new one is written, the folder
+    // is plainly not prepared (a crash there leaves no manifest, never one that lists wrong shards).
+    rmSync(join(o.out, "manifest.json"), { force: true });
     writeFileAtomic(join(o.out, "tokenizer.json"), tokBytes);
+    mkdirSync(shardDir, { recursive: true });
+    for (const f of readdirSync(shardDir)) if (f.endsWith(".sgtk") || f.includes(".sgtk.tmp-")) rmSync(join(shardDir, f));
+    for (const f of published) renameSync(f, join(shardDir, basename(f)));
+    published.length = 0;
+    rmSync(stage, { recursive: true, force: true });
+    fsyncDir(shardDir);
     const manifest: Manifest = {
       format: MANIFEST_FORMAT,
       version: MANIFEST_VERSION,
@@ -160,9 +175,9 @@ export async function prepareData(o: PrepareOptions): Promise<Manifest> {
     return manifest;
   } catch (e) {
     for (const w of writers.values()) w.abort();
-    for (const p of published) {
+    for (const p of [...published, stage]) {
       try {
-        rmSync(p, { force: true });
+        rmSync(p, { recursive: true, force: true });
       } catch {
         /* the error being reported matters more; the next prepare removes leftovers */
       }

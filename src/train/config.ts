@@ -3,10 +3,10 @@
  * — unknown keys are errors naming the key — whose defaults each say why.
  * The model section is the model config itself (src/models/config.ts).
  */
-import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { MAX_TENSOR_ELEMENTS, ModelConfigSchema, type ModelConfig } from "../models/config.js";
 import { SigmaError } from "../util/errors.js";
+import { readCapped } from "../util/read.js";
 import { jsonErrorText, jsonTooBig, parseJsonStrict } from "../util/strict-json.js";
 import { parseWithSchema } from "../util/json.js";
 
@@ -149,8 +149,9 @@ export function parseTrainConfig(input: unknown, source = "train config"): Train
 export function loadTrainConfig(path: string): TrainConfig {
   let bytes: Buffer;
   try {
-    bytes = readFileSync(path);
+    bytes = readCapped(path, "the train config", "pass --config with a JSON file (see README: Training)", 16 * 2 ** 20);
   } catch (e) {
+    if (e instanceof SigmaError) throw e;
     throw new SigmaError(`cannot read the train config ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "pass --config with a JSON file (see README: Training)");
   }
   let text: string;

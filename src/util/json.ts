@@ -2,16 +2,17 @@
  * JSON input checked with zod: reading a JSON file, and validating a parsed
  * value with errors that name every bad field.
  */
-import { readFileSync } from "node:fs";
 import type { z } from "zod";
 import { SigmaError } from "./errors.js";
 import { jsonErrorText, parseJsonStrict } from "./strict-json.js";
+import { readCapped } from "./read.js";
 
 /** The parsed JSON of a file; an unreadable or malformed file is "cannot read <what> <path>: …". */
 export function readJsonFile(path: string, what: string, hint: string): unknown {
   try {
-    return parseJsonStrict(readFileSync(path, "utf8"));
+    return parseJsonStrict(readCapped(path, what, hint, 64 * 2 ** 20).toString("utf8"));
   } catch (e) {
+    if (e instanceof SigmaError) throw e;
     throw new SigmaError(`cannot read ${what} ${path}: ${jsonErrorText(e)}`, hint);
   }
 }

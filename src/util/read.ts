@@ -54,3 +54,37 @@ export function readRegularFile(path: string, what: string, hint: string, maxByt
     closeSync(fd);
   }
 }
+
+/**
+ * A file the user named (a config, a tokenizer): a pipe or process
+ * substitution is fine, but the read stops with an error past `maxBytes`
+ * (`/dev/zero` or a runaway pipe never fills memory or hangs).
+ */
+export function readCapped(path: string, what: string, hint: string, maxBytes: number): Buffer {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new SigmaError(`cannot read ${what} ${path}: ${code === "ENOENT" ? "it does not exist" : (code ?? (e as Error).message)}`, hint);
+  }
+  try {
+    if (fstatSync(fd).isDirectory()) throw new SigmaError(`${what} ${path} is a folder, not a file`, hint);
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const buf = Buffer.allocUnsafe(1 << 16);
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      total += n;
+      if (total > maxBytes) throw new SigmaError(`${what} ${path} is more than ${maxBytes} bytes`, hint);
+      chunks.push(buf.subarray(0, n));
+    }
+    return Buffer.concat(chunks, total);
+  } catch (e) {
+    if (e instanceof SigmaError) throw e;
+    throw new SigmaError(`cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, hint);
+  } finally {
+    closeSync(fd);
+  }
+}
