@@ -327,3 +327,24 @@ test("a save's state.json appears whole or not at all; pid 0 is no live process"
   pruneCheckpoints(ckdir, 2);
   assert.ok(!existsSync(torn), "a dead save's incomplete folder is cleaned");
 });
+
+test("a diverged run stops with an error and no NaN checkpoint; missing --resume/--init paths and bad --expert-memory name the flag", async () => {
+  const { path, cfg } = configFile("diverge", { optim: { lr: 1e308, warmupSteps: 1 }, checkpoint: { every: 1, keep: 5 } });
+  const r = await sigma("train", "--config", path);
+  assert.equal(r.code, 1, r.out);
+  assert.match(r.out, /^sigma: training diverged at step \d+: the loss is (NaN|Infinity|-Infinity)/m);
+  for (const c of listCheckpoints(join(cfg.out, "checkpoints"))) {
+    const st = JSON.parse(readFileSync(join(c.path, "state.json"), "utf8")) as { step: number };
+    assert.ok(st.step < 3, "no checkpoint of the diverged step");
+  }
+  const ok = configFile("flags-named");
+  for (const [args, re] of [
+    [["--resume", join(root, "nope")], /^sigma: --resume .*nope does not exist/m],
+    [["--init", join(root, "nope")], /^sigma: --init .*nope does not exist/m],
+    [["--expert-memory", "-5GiB"], /^sigma: --expert-memory: /m],
+  ] as const) {
+    const out = await sigma("train", "--config", ok.path, ...args);
+    assert.equal(out.code, 1, out.out);
+    assert.match(out.out, re);
+  }
+});

@@ -21,7 +21,14 @@ import { ensureWritableDir, ensureWritableFile } from "../util/fs.js";
 /** Applies `--store [path]` and `--expert-memory` to a train config. */
 export function withStoreOptions(cfg: TrainConfig, o: { store?: string | true; expertMemory?: string }, source: string): TrainConfig {
   if (o.store === undefined && o.expertMemory === undefined) return cfg;
-  if (o.expertMemory !== undefined) parseBytes(o.expertMemory);
+  if (o.expertMemory !== undefined) {
+    try {
+      parseBytes(o.expertMemory);
+    } catch (e) {
+      if (e instanceof SigmaError) throw new SigmaError(`--expert-memory: ${e.message}`);
+      throw e;
+    }
+  }
   const store = { ...cfg.store, enabled: true, ...(typeof o.store === "string" ? { path: o.store } : {}), ...(o.expertMemory !== undefined ? { memory: o.expertMemory } : {}) };
   return parseTrainConfig({ ...cfg, store }, source);
 }

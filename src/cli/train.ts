@@ -87,6 +87,9 @@ export function register(program: Command): void {
       const fit = checkRunFits(cfg, o.config);
       if (fit.warning) console.error(`warning: ${fit.warning}`);
       prepareRunFolder(cfg, cfg.store.enabled ? storePath(cfg) : null, { resume: !!o.resume, overwrite: !!o.overwrite, flag: outFlag, log: (l) => console.error(l) });
+      for (const [flag, path] of [["--resume", typeof o.resume === "string" ? o.resume : undefined], ["--init", o.init]] as const) {
+        if (path !== undefined && !existsSync(path)) throw new SigmaError(`${flag} ${path} does not exist`, `pass a checkpoint folder (a run's checkpoints/ gives its newest)${flag === "--init" ? " or a model .safetensors" : ""}`);
+      }
       if (o.resume) {
         const from = o.resume === true ? runPaths(cfg.out).checkpoints : o.resume;
         t = resumeTrainer(from, cfg);

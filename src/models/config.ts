@@ -139,7 +139,7 @@ export const ModelConfigSchema = z
     c.domains.forEach((d, i) => {
       if (names.has(d.name)) bad(["domains", i, "name"], `duplicate domain "${d.name}"`);
       names.add(d.name);
-      if (d.slot >= c.embeddingSlots) bad(["domains", i, "slot"], `${d.slot} is not an embedding slot (allowed: 0..${c.embeddingSlots - 1}, or raise embeddingSlots)`);
+      if (c.embeddingSlots >= 1 && d.slot >= c.embeddingSlots) bad(["domains", i, "slot"], `${d.slot} is not an embedding slot (allowed: 0..${c.embeddingSlots - 1}, or raise embeddingSlots)`);
     });
     if (c.sparseLayers > 0 && !c.experts) bad(["experts"], "sparseLayers > 0 needs an experts section ({count, router})");
     if (!c.experts) return;

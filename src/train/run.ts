@@ -221,6 +221,14 @@ async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise
       break;
     }
     const r = t.trainStep();
+    // A diverged run stops before anything of it is logged or saved: the newest checkpoint stays the last good one.
+    if (!Number.isFinite(r.loss)) {
+      const newest = listCheckpoints(paths.checkpoints).at(-1);
+      throw new SigmaError(
+        `training diverged at step ${r.step}: the loss is ${r.loss} (learning rate ${r.lr.toPrecision(3)}, gradient norm ${r.gradNorm})`,
+        `lower optim.lr or raise optim.warmupSteps, then ${newest ? `--resume from ${newest.path} (step ${newest.step}), or start again` : "start again"}`,
+      );
+    }
     if (r.step % c.logEvery === 0 || r.step === c.steps) {
       const { routing, ...scalars } = r;
       log.append({ kind: "train", ...scalars, tokensSeen: t.tokens, tokensPerSec: r.tokens / r.seconds, elapsed: t.seconds });
