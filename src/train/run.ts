@@ -130,6 +130,7 @@ export function prepareRunFolder(config: TrainConfig, storePath: string | null, 
     throw new SigmaError(`${out} (${flag}) already holds a run (${what})`, `pass --resume to continue it, --overwrite to replace it, or choose another ${flag.split(" ")[0]}`);
   }
   if (holdsRun || marker) {
+    const leftBehind = holdsRun || existsSync(p.metrics) || (marker?.store != null && existsSync(marker.store));
     // Replace the earlier run's files by name only: its checkpoint folders, metrics.jsonl, its two
     // plots and run.json; whatever else the folder holds stays. Its store goes only when this run's
     // own store path names it (run.json alone never steers a delete) and that run created it (or it
@@ -143,7 +144,7 @@ export function prepareRunFolder(config: TrainConfig, storePath: string | null, 
       /* not empty, or not there */
     }
     rmSync(p.marker, { force: true });
-    opts.log?.(holdsRun ? `replacing the run in ${out} (--overwrite)` : `the earlier run in ${out} stopped before its first checkpoint: starting it again`);
+    if (leftBehind) opts.log?.(holdsRun ? `replacing the run in ${out} (--overwrite)` : `the earlier run in ${out} stopped before its first checkpoint: starting it again`);
   }
   writeMarker(storePath !== null && !existsSync(storePath) ? resolve(storePath) : null);
 }
