@@ -68,11 +68,13 @@ export function classify(r: JobResult): Classified {
 
 /**
  * A failure's cause, for grouping: its kind and the first line with the
- * specifics (numbers, quoted values, paths, hex) taken out.
+ * specifics (numbers, quoted values, paths, hex) taken out. A hang says
+ * nothing about its cause, so it is grouped by the format and the mutant's
+ * first change instead (`what`).
  */
-export function signature(c: Classified): string {
+export function signature(c: Pick<Classified, "outcome" | "detail">, what: string[] = []): string {
   let d = c.detail;
-  if (c.outcome === "hang") d = "timeout";
+  if (c.outcome === "hang") d = `timeout, ${(what[0] ?? "").replace(/\$[^:]*:/, (p) => p.replace(/\[\d+\]/g, "[i]"))}`;
   d = d
     // JSON.parse's messages quote the bad spot of the file: the same cause whatever the spot.
     .replace(/(Unexpected (token|end|non-whitespace|number|string)|Expected|Bad (control|escaped)|Unterminated|Exponent part|No number)[^]*$/, "<JSON.parse message>")

@@ -364,7 +364,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
 
   const groups = new Map<string, Failure[]>();
   for (const f of failures) {
-    const sig = signature({ outcome: f.outcome, detail: f.detail } as Classified);
+    const sig = `${f.outcome === "hang" ? `${f.format} ` : ""}${signature(f, f.what)}`;
     groups.set(sig, [...(groups.get(sig) ?? []), f]);
   }
   const total = { mutants: 0, failures: failures.length, outcomes: emptyStats().outcomes };
