@@ -52,7 +52,8 @@ export class WorkerSlot {
 
   private start(): Promise<void> {
     const node = JSON.stringify(process.execPath);
-    const limit = this.opts.memoryKiB > 0 ? `ulimit -d ${this.opts.memoryKiB} && ` : "";
+    // No core files (a crashing mutant would leave one per crash), and a capped data segment.
+    const limit = `ulimit -c 0 && ${this.opts.memoryKiB > 0 ? `ulimit -d ${this.opts.memoryKiB} && ` : ""}`;
     const child = spawn("/bin/sh", ["-c", `${limit}exec ${node} --import tsx ${JSON.stringify(WORKER)}`], {
       cwd: REPO,
       stdio: ["ignore", "pipe", "pipe", "ipc"],
