@@ -21,7 +21,6 @@
 import { createHash } from "node:crypto";
 import { cpSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
-import { ROUTERS, cleanup, tinyConfig, tinyData } from "../train-fixture.js";
 import { crc32 } from "./crc32.js";
 
 export const SEED_STEP = 2;
@@ -59,6 +58,8 @@ function fixStoreId(path: string): void {
 
 export async function buildSeeds(dir: string, run: RunCli): Promise<void> {
   mkdirSync(dir, { recursive: true });
+  // Imported here: the fixture makes its temporary folder when it is loaded.
+  const { ROUTERS, cleanup, tinyConfig, tinyData } = await import("../train-fixture.js");
   const data = await tinyData();
   cpSync(data, join(dir, "data"), { recursive: true });
   // The fixture's corpus (three domains of JSONL), for `sigma data prepare` with a mutated tokenizer.
