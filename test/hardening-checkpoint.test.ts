@@ -348,3 +348,25 @@ test("a diverged run stops with an error and no NaN checkpoint; missing --resume
     assert.match(out.out, re);
   }
 });
+
+test("an evaluation larger than the validation split, a huge accumSteps, and a run.json that is a folder are refused by name", async () => {
+  const big = configFile("evalbig", { eval: { every: 0, batches: 65535 } });
+  const r1 = await sigma("train", "--config", big.path);
+  assert.equal(r1.code, 1, r1.out);
+  assert.match(r1.out, /^sigma: eval\.batches 65535 would evaluate .* validation tokens/m);
+  const ok = configFile("evalok");
+  assert.equal((await sigma("train", "--config", ok.path)).code, 0);
+  const r2 = await sigma("eval", "--ckpt", join(ok.cfg.out, "checkpoints"), "--batches", "100000");
+  assert.equal(r2.code, 1, r2.out);
+  assert.match(r2.out, /^sigma: --batches 100000 would evaluate/m);
+  const accumPath = join(root, "accumbig.json");
+  writeFileSync(accumPath, JSON.stringify({ ...ok.cfg, out: join(root, "accumbig"), accumSteps: 65536 }));
+  const r3 = await sigma("train", "--config", accumPath);
+  assert.equal(r3.code, 1, r3.out);
+  assert.match(r3.out, /accumSteps: must be at most 4096/);
+  const dirMarker = configFile("markerdir");
+  mkdirSync(join(dirMarker.cfg.out, "run.json"), { recursive: true });
+  const r4 = await sigma("train", "--config", dirMarker.path);
+  assert.equal(r4.code, 1, r4.out);
+  assert.match(r4.out, /^sigma: .*run\.json is not a file/m);
+});

@@ -32,7 +32,7 @@ const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.ur
 export const EXIT_INTERNAL = 70;
 
 /** System error codes that come from the user's files, flags or machine, not from a bug. */
-const USER_ERRNO = new Set(["ENOENT", "EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "EIO", "EISDIR", "ENOTDIR", "EEXIST", "ENOTEMPTY", "ELOOP", "ENAMETOOLONG", "EMFILE", "ENFILE", "EFBIG", "EBUSY", "ETXTBSY", "EXDEV", "EINVAL"]);
+const USER_ERRNO = new Set(["ERR_FS_EISDIR", "ENOENT", "EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "EIO", "EISDIR", "ENOTDIR", "EEXIST", "ENOTEMPTY", "ELOOP", "ENAMETOOLONG", "EMFILE", "ENFILE", "EFBIG", "EBUSY", "ETXTBSY", "EXDEV", "EINVAL"]);
 
 /** The program with every command registered; errors are thrown, never exit the process. */
 export function buildProgram(): Command {

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { SigmaError } from "../util/errors.js";
 import { loadTrainConfig, parseTrainConfig, type TrainConfig } from "../train/config.js";
 import { resumeTrainer } from "../train/checkpoint.js";
-import { Evaluator, type DomainEval } from "../train/evaluate.js";
+import { Evaluator, checkEvalBatches, type DomainEval } from "../train/evaluate.js";
 import { unigramBaselines } from "../train/baseline.js";
 import { prepareRunFolder, runPaths, runTraining, type RunResult } from "../train/run.js";
 import { Trainer, storePath } from "../train/trainer.js";
@@ -125,6 +125,7 @@ export function register(program: Command): void {
       if (!dataDir || !existsSync(join(dataDir, "manifest.json"))) throw new SigmaError(`no prepared data to evaluate on (${dataDir ?? "the checkpoint names none"})`, "pass --data <dir> (a folder written by `sigma data prepare`)");
       const m = readManifest(join(dataDir, "manifest.json"));
       if (m.tokenizer.vocabSize !== loaded.model.config.vocabSize) throw new SigmaError(`${dataDir} was tokenized with a vocabulary of ${m.tokenizer.vocabSize}; the model has ${loaded.model.config.vocabSize}`, "evaluate on the data the model was trained on");
+      checkEvalBatches(m, loaded.model.config.domains.map((d) => d.name), o.batchSize, loaded.model.config.seqLen, o.batches, "--batches");
       const ev = new Evaluator(dataDir, loaded.model, { batchSize: o.batchSize, seed: 1 });
       try {
         const res = ev.run(loaded.model, o.batches);

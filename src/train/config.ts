@@ -18,7 +18,8 @@ import { parseWithSchema } from "../util/json.js";
  */
 export const TRAIN_LIMITS = {
   batchSize: 2 ** 16,
-  accumSteps: 2 ** 16,
+  /** Micro-batches per optimizer step: 4,096 × a micro-batch is a very large batch already; more is one step that never ends. */
+  accumSteps: 2 ** 12,
   /** Steps, step intervals (eval, checkpoint, log) and schedule lengths. */
   steps: 1e9,
   evalBatches: 1e6,

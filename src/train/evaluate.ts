@@ -10,6 +10,8 @@ import { readManifest } from "../data/manifest.js";
 import { Loader } from "../data/loader.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import * as ops from "../ops/index.js";
+import type { Manifest } from "../data/manifest.js";
+import { SigmaError } from "../util/errors.js";
 
 export interface DomainEval {
   domain: string;
@@ -17,6 +19,29 @@ export interface DomainEval {
   loss: number;
   perplexity: number;
   tokens: number;
+}
+
+/** How many times over an evaluation may sample a domain's validation split (windows are drawn at random). */
+const EVAL_OVERSAMPLING = 16;
+
+/**
+ * Checks that `batches` evaluation batches of `batchSize` × seqLen tokens
+ * do not ask for more than EVAL_OVERSAMPLING times the validation tokens of
+ * the smallest evaluated domain: more only repeats the same windows (and can
+ * turn one evaluation into hours). `what` names the field or flag.
+ */
+export function checkEvalBatches(manifest: Manifest, domains: string[], batchSize: number, seqLen: number, batches: number, what: string): void {
+  const perBatch = batchSize * seqLen;
+  for (const d of manifest.domains) {
+    if (!domains.includes(d.name) || d.val.tokens < seqLen + 1) continue;
+    const limit = Math.max(1, EVAL_OVERSAMPLING * Math.ceil(d.val.tokens / perBatch));
+    if (batches > limit) {
+      throw new SigmaError(
+        `${what} ${batches} would evaluate ${(batches * perBatch).toLocaleString("en-US")} tokens per domain, but domain "${d.name}" has ${d.val.tokens.toLocaleString("en-US")} validation tokens`,
+        `use at most ${limit} batches of ${batchSize}×${seqLen} tokens (${EVAL_OVERSAMPLING}× its validation split); more only repeats the same windows`,
+      );
+    }
+  }
 }
 
 export class Evaluator {

@@ -111,6 +111,10 @@ export function prepareRunFolder(config: TrainConfig, storePath: string | null, 
   const p = runPaths(out);
   if (existsSync(out) && !statSync(out).isDirectory()) throw new SigmaError(`${out} (${flag}) is a file, not a folder`, `pass a folder as ${flag.split(" ")[0]}`);
   for (const path of [p.marker, p.metrics, p.checkpoints, join(out, "plots"), p.lossPlot, p.expertPlot]) refuseSymlink(path);
+  for (const path of [p.marker, p.metrics]) {
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (st && !st.isFile()) throw new SigmaError(`${path} is not a file (a run writes it)`, `remove it, or choose another ${flag.split(" ")[0]}`);
+  }
   const marker = readMarker(p.marker);
   // A live run is never joined or replaced, --overwrite or not.
   if (marker && processAlive(marker.pid)) throw new SigmaError(`another run (process ${marker.pid}) is writing to ${out} (${flag})`, `wait for it to finish or stop it, or choose another ${flag.split(" ")[0]}`);

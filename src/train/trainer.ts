@@ -20,7 +20,7 @@ import { Ecss, createModelWithStore, rreNeeds } from "./ecss.js";
 import { existsSync } from "node:fs";
 import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
-import { Evaluator, type DomainEval } from "./evaluate.js";
+import { Evaluator, type DomainEval, checkEvalBatches } from "./evaluate.js";
 import { learningRate, scheduleOf, type Schedule } from "./schedule.js";
 import { checkRunFits } from "./memory.js";
 
@@ -113,6 +113,7 @@ export class Trainer {
         throw new SigmaError(`model.vocabSize is ${config.model.vocabSize} but the data in ${config.data.dir} was tokenized with a vocabulary of ${m.tokenizer.vocabSize}`, `set model.vocabSize to ${m.tokenizer.vocabSize}`);
       }
       const names = config.model.domains.map((d) => d.name);
+      checkEvalBatches(m, names, config.batchSize, config.model.seqLen, config.eval.batches, "eval.batches");
       this.domainIndex = new Map();
       for (const s of this.loader.streams) {
         const i = names.indexOf(s.name);
