@@ -95,6 +95,15 @@ export function stepDirName(step: number): string {
 
 const sha256 = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
 
+/** The names in a folder; none when it is missing or unreadable. */
+const entries = (dir: string): string[] => {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+};
+
 const lstatOrNull = (path: string): Stats | null => {
   try {
     return lstatSync(path);
@@ -220,12 +229,7 @@ function recoverable(dir: string, names: string[], present: Set<number>): Found[
  * complete leftovers of a save that died while replacing its step.
  */
 export function listCheckpoints(dir: string): Found[] {
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return [];
-  }
+  const names = entries(dir);
   const out: Found[] = [];
   for (const name of names) {
     const m = STEP_DIR.exec(name);
@@ -238,12 +242,7 @@ export function listCheckpoints(dir: string): Found[] {
 
 /** Renames the complete leftovers of saves that died mid-replacement back to their step folders. */
 export function recoverCheckpoints(dir: string): void {
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return;
-  }
+  const names = entries(dir);
   const present = new Set(names.map((n) => STEP_DIR.exec(n)).filter((m) => m !== null).map((m) => Number(m[1])));
   for (const c of recoverable(dir, names, present)) renameSync(c.path, childPath(dir, stepDirName(c.step)));
 }
@@ -254,12 +253,7 @@ export function recoverCheckpoints(dir: string): void {
  * between its two renames whose pid was reused since).
  */
 export function completeLeftovers(dir: string): string[] {
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return [];
-  }
+  const names = entries(dir);
   return names.filter((n) => TMP_DIR.test(n) && lstatOrNull(join(dir, n))?.isDirectory() && lstatOrNull(join(dir, n, STATE_FILE))?.isFile()).map((n) => join(dir, n));
 }
 
@@ -269,12 +263,7 @@ export function completeLeftovers(dir: string): string[] {
  * first; anything else in the folder stays, and the folder goes only if empty.
  */
 export function removeRunCheckpoints(dir: string): void {
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return;
-  }
+  const names = entries(dir);
   for (const name of names) {
     const tmp = TMP_DIR.exec(name);
     if (STEP_DIR.test(name) || (tmp && !isAlive(Number(tmp[2])))) removeCheckpointDir(join(dir, name));
