@@ -116,4 +116,9 @@ test("CLI: demo (tiny budget) trains, prints per-domain loss against the unigram
   assert.match(d.stdout, /unigram baseline/);
   for (const f of ["metrics.jsonl", "plots/loss.svg", "plots/experts.svg"]) assert.ok(existsSync(join(out, f)), f);
   assert.match(d.stdout, /checkpoint: .*step-0000000\d/);
+  // Again into the same folder: refused (the demo cannot resume, so the hint names only --overwrite).
+  const again = cli("demo", "--data", data, "--out", out, "--minutes", "0.2", "--steps", "6", "--width", "32");
+  assert.equal(again.status, 1, again.stderr);
+  assert.match(again.stderr, /^sigma: .*demo-out \(--out\) already holds a run/m);
+  assert.match(again.stderr, /hint: pass --overwrite to replace it, or choose another --out/);
 });

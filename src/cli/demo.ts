@@ -126,7 +126,7 @@ export function register(program: Command): void {
       if (fits.warning) console.error(`warning: ${fits.warning}`);
       // Lay the schedule out over the steps this machine can do in the budget,
       // so the rate has decayed when time runs out (the budget still stops the run).
-      prepareRunFolder(cfg, null, { overwrite: !!o.overwrite, flag: "--out", log: (l) => console.error(l) });
+      prepareRunFolder(cfg, null, { overwrite: !!o.overwrite, flag: "--out", canResume: false, log: (l) => console.error(l) });
       const secondsPerStep = measureStep(cfg);
       const fit = Math.floor((0.9 * o.minutes * 60) / secondsPerStep);
       if (fit < cfg.steps) cfg = parseTrainConfig({ ...cfg, steps: Math.max(cfg.optim.warmupSteps + 1, fit) }, "demo config");

@@ -76,6 +76,8 @@ export interface RunFolderOptions {
   flag?: string;
   /** Told what was replaced. */
   log?: (line: string) => void;
+  /** Whether the command can continue a run (sigma train --resume; sigma demo cannot): shapes the hint. */
+  canResume?: boolean;
 }
 
 
@@ -131,7 +133,7 @@ export function prepareRunFolder(config: TrainConfig, storePath: string | null, 
   const holdsRun = ckpts.length > 0 || leftovers.length > 0 || (!marker && existsSync(p.metrics));
   if (holdsRun && !opts.overwrite) {
     const what = ckpts.length ? `checkpoints up to step ${ckpts[ckpts.length - 1]!.step}` : leftovers.length ? `a complete checkpoint in ${leftovers[0]}` : "metrics.jsonl";
-    throw new SigmaError(`${out} (${flag}) already holds a run (${what})`, `pass --resume to continue it, --overwrite to replace it, or choose another ${flag.split(" ")[0]}`);
+    throw new SigmaError(`${out} (${flag}) already holds a run (${what})`, `${opts.canResume === false ? "pass" : "pass --resume to continue it,"} --overwrite to replace it, or choose another ${flag.split(" ")[0]}`);
   }
   if (holdsRun || marker) {
     const leftBehind = holdsRun || existsSync(p.metrics) || (marker?.store != null && existsSync(marker.store));
