@@ -8,7 +8,7 @@ import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { saveModel } from "../src/models/io.js";
 import { copyFileSync } from "node:fs";
-import { argmax, sampleToken } from "../src/serve/sampling.js";
+import { argmax, checkSampling, sampleToken } from "../src/serve/sampling.js";
 import { generateIds } from "../src/serve/generate.js";
 import { encodePrompt, loadForInference } from "../src/serve/load.js";
 import { Trainer } from "../src/train/trainer.js";
@@ -41,7 +41,12 @@ test("sampling: temperature 0 and top-k 1 are argmax; top-k and top-p cut the ta
   for (let i = 0; i < N; i++) counts[sampleToken(logits, { temperature: 1, topK: 0, topP: 1 }, rng)]++;
   const z = [...logits].reduce((a, l) => a + Math.exp(l), 0);
   counts.forEach((c, i) => assert.ok(Math.abs(c / N - Math.exp(logits[i]!) / z) < 0.015, `token ${i}: ${c / N}`));
-  assert.throws(() => sampleToken(logits, { temperature: -1, topK: 0, topP: 1 }, rng) && [...generateIds(model, [1], 0, { ...greedy, temperature: -1 })], SigmaError);
+  // Bad options are refused where they enter (checkSampling, called by generateIds), each on its own: sampleToken
+  // is the per-token path and does not check them (the earlier `sampleToken(…) && generateIds(…)` tested neither alone).
+  for (const bad of [{ temperature: -1 }, { temperature: Number.NaN }, { topK: 1.5 }, { topP: 0 }]) {
+    assert.throws(() => checkSampling({ temperature: 1, topK: 0, topP: 1, ...bad }), SigmaError, JSON.stringify(bad));
+    assert.throws(() => [...generateIds(model, [1], 0, { ...greedy, ...bad })], SigmaError, JSON.stringify(bad));
+  }
 });
 
 test("greedy generation (temperature 0) is deterministic and ignores the seed", () => {
