@@ -20,7 +20,7 @@ import { SigmaError } from "../util/errors.js";
 import { parseWithSchema } from "../util/json.js";
 import { otherProcessAlive as isAlive } from "../util/process.js";
 import { readRegularFile } from "../util/read.js";
-import { jsonErrorText, jsonTooBig, parseJsonStrict } from "../util/strict-json.js";
+import { jsonErrorText, parseJsonStrict } from "../util/strict-json.js";
 import { diskFull, fsyncDir, writeFileSynced } from "../util/fs.js";
 
 export const STATE_FILE = "state.json";
@@ -342,8 +342,6 @@ export function openCheckpointFolder(path: string): LoadedFolder {
     if (e instanceof SigmaError) throw e;
     throw new SigmaError(`${statePath} is not readable JSON (${jsonErrorText(e)})`, hint);
   }
-  const big = jsonTooBig(raw);
-  if (big) throw new SigmaError(`${statePath} is invalid: ${big}`, hint);
   const state = parseWithSchema(CheckpointStateSchema, raw, statePath, hint);
   return {
     path: dir,

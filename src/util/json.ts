@@ -4,7 +4,7 @@
  */
 import type { z } from "zod";
 import { SigmaError } from "./errors.js";
-import { jsonErrorText, parseJsonStrict } from "./strict-json.js";
+import { jsonErrorText, jsonTooBig, parseJsonStrict } from "./strict-json.js";
 import { readCapped } from "./read.js";
 
 /** The parsed JSON of a file; an unreadable or malformed file is "cannot read <what> <path>: …". */
@@ -19,6 +19,9 @@ export function readJsonFile(path: string, what: string, hint: string): unknown 
 
 /** `json` validated by `schema`; otherwise "<source> is invalid:" and one "  field: message" line per issue. */
 export function parseWithSchema<S extends z.ZodTypeAny>(schema: S, json: unknown, source: string, hint: string): z.output<S> {
+  // A schema reports one issue per bad element: size the value up first, so a million-element array is refused at once.
+  const big = jsonTooBig(json);
+  if (big) throw new SigmaError(`${source} is invalid:\n  ${big}`, hint);
   const res = schema.safeParse(json);
   if (res.success) return res.data as z.output<S>;
   const lines = res.error.issues.map((i) => `  ${i.path.length ? i.path.join(".") : "(top level)"}: ${i.message}`);
