@@ -34,10 +34,13 @@ export const CHECKPOINT_FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 /** Largest file a checkpoint records (2^48 bytes: 256 TiB). */
 const MAX_FILE_BYTES = 2 ** 48;
 
+/** A sha256 as the hex Sigma writes. */
+export const Sha256Schema = z.string().regex(/^[0-9a-f]{64}$/, "must be 64 lowercase hex digits");
+
 export const FileRecordSchema = z
   .object({
     bytes: z.number().int().min(0).max(MAX_FILE_BYTES),
-    sha256: z.string().regex(/^[0-9a-f]{64}$/, "must be 64 lowercase hex digits"),
+    sha256: Sha256Schema,
   })
   .strict();
 export type FileRecord = z.infer<typeof FileRecordSchema>;
@@ -57,7 +60,6 @@ export const FilesSchema = z.record(
 export const CheckpointStateSchema = z.object({ files: FilesSchema, step: StepSchema.optional() }).passthrough();
 export type CheckpointState = z.infer<typeof CheckpointStateSchema>;
 
-const Sha256Schema = z.string().regex(/^[0-9a-f]{64}$/, "must be 64 lowercase hex digits");
 
 /** What readers of any checkpoint (training, extracted, upcycled, imported) use from state.json besides the files. */
 const ProvenanceSchema = z

@@ -20,7 +20,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { decodeSafetensors, encodeSafetensors, type StArray } from "../checkpoint/safetensors.js";
 import { z } from "zod";
-import { FilesSchema, MAX_STEP, StepSchema, openCheckpointFolder, pruneCheckpoints, saveCheckpointFolder, type LoadedFolder } from "../checkpoint/folder.js";
+import { FilesSchema, MAX_STEP, Sha256Schema as Sha256, StepSchema, openCheckpointFolder, pruneCheckpoints, saveCheckpointFolder, type LoadedFolder } from "../checkpoint/folder.js";
 import { decodeModel, encodeModel } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { SigmaError } from "../util/errors.js";
@@ -32,7 +32,6 @@ import { Trainer } from "./trainer.js";
 export const TRAIN_FORMAT = "sigma-train";
 export const TRAIN_VERSION = 1;
 
-const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, "must be 64 lowercase hex digits");
 const Count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
 
 /** The loader's RNG state (xoshiro128**: four 32-bit words, not all zero, and the spare normal draw). */
