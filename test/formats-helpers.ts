@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import { syncBuiltinESMExports } from "node:module";
 import { runCli } from "../src/cli/program.js";
+import { withStreamOut } from "../src/cli/output.js";
 import { SigmaError } from "../src/util/errors.js";
 
 /** Runs `sigma <argv>` through runCli; returns the exit code and what it printed (stdout and stderr apart). */
@@ -13,11 +14,12 @@ export async function cli(argv: string[]): Promise<{ code: number; out: string; 
   const err: string[] = [];
   const [log, error] = [console.log, console.error];
   const saved = process.exitCode;
-  // Only console is captured: process.stdout also carries the test runner's own reports.
   console.log = (...a: unknown[]) => void out.push(a.join(" "));
   console.error = (...a: unknown[]) => void err.push(a.join(" "));
+  // Streamed text (sigma generate) too, through the CLI's own sink: process.stdout carries the
+  // test runner's reports (written while a test awaits), and stray bytes there break its protocol.
   try {
-    const code = await runCli(argv);
+    const code = await withStreamOut((t) => void out.push(t), () => runCli(argv));
     return { code, out: out.join("\n"), err: err.join("\n") };
   } finally {
     [console.log, console.error] = [log, error];

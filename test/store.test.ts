@@ -15,7 +15,7 @@ import { Tensor } from "../src/tensor/tensor.js";
 import { SigmaError } from "../src/util/errors.js";
 import { convertCheckpoint } from "../src/train/ecss-convert.js";
 import { parseTrainConfig } from "../src/train/config.js";
-import { loadForInference } from "../src/serve/load.js";
+import { openModelSource } from "../src/serve/open.js";
 import type { ModelConfig } from "../src/models/config.js";
 import { ROUTERS, cleanup, root, tinyConfig, tinyData } from "./train-fixture.js";
 
@@ -289,7 +289,7 @@ test("a store checkpoint loads for inference with its experts read from the stor
   const { dir, t } = storeRun("serve");
   const want = expertPayloads(t);
   t.close();
-  const { model } = loadForInference(dir);
+  const { model } = openModelSource(dir);
   const E = want.length;
   const w1 = model.namedParameters().get("blocks.1.moe.w1")!.tensor.data;
   const n = w1.length / E;

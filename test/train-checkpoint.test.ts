@@ -10,7 +10,7 @@ import { listCheckpoints, openCheckpointFolder } from "../src/checkpoint/folder.
 import { parseTrainConfig } from "../src/train/config.js";
 import { resumeTrainer, saveTrainCheckpoint } from "../src/train/checkpoint.js";
 import { Trainer } from "../src/train/trainer.js";
-import { loadForInference } from "../src/serve/load.js";
+import { openModelSource } from "../src/serve/open.js";
 import { SigmaError } from "../src/util/errors.js";
 import { ROUTERS, cleanup, root, tinyConfig, tinyData } from "./train-fixture.js";
 
@@ -74,7 +74,7 @@ test("truncated, corrupted or unreadable checkpoint files are errors naming the 
   bytes[bytes.length - 5] ^= 0x40;
   writeFileSync(p, bytes);
   assert.throws(() => resumeTrainer(flipped, cfg), sigmaError(/model\.safetensors is corrupted/));
-  assert.throws(() => loadForInference(flipped), sigmaError(/model\.safetensors is corrupted/));
+  assert.throws(() => openModelSource(flipped), sigmaError(/model\.safetensors is corrupted/));
 
   const badState = copy("state");
   writeFileSync(join(badState, "state.json"), '{"step": 3, "fil');

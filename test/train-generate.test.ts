@@ -10,7 +10,8 @@ import { saveModel } from "../src/models/io.js";
 import { copyFileSync } from "node:fs";
 import { argmax, checkSampling, sampleToken } from "../src/serve/sampling.js";
 import { generateIds } from "../src/serve/generate.js";
-import { encodePrompt, loadForInference } from "../src/serve/load.js";
+import { encodePrompt } from "../src/serve/prompt.js";
+import { openModelSource } from "../src/serve/open.js";
 import { Trainer } from "../src/train/trainer.js";
 import { runTraining } from "../src/train/run.js";
 import { SigmaError } from "../src/util/errors.js";
@@ -68,9 +69,9 @@ test("decoding runs past seqLen by re-reading the last half of the context", () 
 });
 
 test("a model saved and loaded generates the same text (checkpoint folder and bare safetensors)", () => {
-  const loaded = loadForInference(run.checkpoint);
+  const loaded = openModelSource(run.checkpoint);
   assert.equal(loaded.step, 12);
-  const tok = loaded.tokenizer;
+  const tok = loaded.tokenizer!.tokenizer;
   const prompt = encodePrompt(tok, "en", "The quick");
   const opts = { ...greedy, temperature: 0.8, topK: 20, topP: 0.9, maxTokens: 20, seed: 7 };
   const before = [...generateIds(model, prompt, 1, opts)];
@@ -83,7 +84,7 @@ test("a model saved and loaded generates the same text (checkpoint folder and ba
     saveModel(model, file);
     copyFileSync(join(run.checkpoint, "tokenizer.json"), join(root, "bare", "tokenizer.json"));
   })();
-  assert.deepEqual([...generateIds(loadForInference(file).model, prompt, 1, opts)], before);
+  assert.deepEqual([...generateIds(openModelSource(file).model, prompt, 1, opts)], before);
 });
 
 const cli = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", join(import.meta.dirname, "..", "src", "cli", "main.ts"), ...args], { encoding: "utf8" });

@@ -13,13 +13,11 @@ import { readManifest } from "../data/manifest.js";
 import { parseTrainConfig, type TrainConfigInput } from "../train/config.js";
 import { Trainer } from "../train/trainer.js";
 import { prepareRunFolder } from "../train/run.js";
-import { encodePrompt } from "../serve/load.js";
-import { loadTokenizer } from "../tokenizer/hfjson.js";
-import { generateIds } from "../serve/generate.js";
+import { openModel } from "../api/model.js";
 import { SigmaError } from "../util/errors.js";
 import { DEFAULT_DATA, prepareCommand } from "./data.js";
 import { DEFAULT_VOCAB } from "../data/vocab.js";
-import { baselineMap, formatEval, trainWithProgress } from "./train.js";
+import { formatEval, trainWithProgress } from "./train.js";
 import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
 import { TRAIN_LIMITS } from "../train/config.js";
 import { checkRunFits } from "../train/memory.js";
@@ -131,28 +129,19 @@ export function register(program: Command): void {
       const fit = Math.floor((0.9 * o.minutes * 60) / secondsPerStep);
       if (fit < cfg.steps) cfg = parseTrainConfig({ ...cfg, steps: Math.max(cfg.optim.warmupSteps + 1, fit) }, "demo config");
       console.error(`${secondsPerStep.toFixed(2)} s per step here: ${cfg.steps} steps fit in ${o.minutes} min`);
-      const baselines = baselineMap(o.data);
-      const t = new Trainer(cfg);
-      let result;
-      try {
-        console.error(`training a mixed-mode PanGu-Σ: ${(t.model.parameterCount() / 1e6).toFixed(2)}M parameters, RRE over ${cfg.model.experts!.count} experts in ${m.domains.length} domain groups, for up to ${o.minutes} min / ${cfg.steps} steps`);
-        result = await trainWithProgress(t, { resumed: false, baselines });
-      } finally {
-        t.close();
-      }
-      const trainedTokens = t.tokens;
-      console.log(`\ntrained ${result.steps} steps (${(trainedTokens / 1e6).toFixed(2)}M tokens) in ${t.seconds.toFixed(0)} s${result.stopped === "time" ? " (time budget reached)" : ""}`);
+      console.error(`training a mixed-mode PanGu-Σ: RRE over ${cfg.model.experts!.count} experts in ${m.domains.length} domain groups, for up to ${o.minutes} min / ${cfg.steps} steps`);
+      const result = await trainWithProgress(cfg, { names: { config: "demo config", out: "--out" } });
+      const model = await openModel(result.checkpoint);
+      console.log(`\ntrained ${result.steps} steps (${(result.tokens / 1e6).toFixed(2)}M tokens) in ${result.seconds.toFixed(0)} s${result.stopped === "time" ? " (time budget reached)" : ""}`);
       console.log("\nper-domain validation loss (nats/token) against the unigram baseline (entropy of the validation tokens under training-split frequencies):");
-      console.log(formatEval(result.finalEval, baselines));
+      console.log(formatEval(result.finalEval, result.baselines, result.all));
 
       console.log("\nsamples (temperature 0.8, top-k 40, seed 1):");
-      const tok = loadTokenizer(join(o.data, m.tokenizer.file)).tokenizer;
-      cfg.model.domains.forEach((d, i) => {
-        const prompt = PROMPTS[d.name] ?? "";
-        const ids = [...generateIds(t.model, encodePrompt(tok, d.name, prompt), i, { temperature: 0.8, topK: 40, topP: 1, maxTokens: 48, seed: 1, stopId: tok.eotId })];
-        const text = (prompt + tok.decode(ids)).replace(/\s+/g, " ").trim();
-        console.log(`  [${d.name}] ${text}`);
-      });
+      for (const d of model.domains) {
+        const prompt = PROMPTS[d] ?? "";
+        const text = (prompt + (await model.complete(prompt, { domain: d, temperature: 0.8, topK: 40, topP: 1, maxTokens: 48, seed: 1 }))).replace(/\s+/g, " ").trim();
+        console.log(`  [${d}] ${text}`);
+      }
       console.log(`\ncheckpoint: ${result.checkpoint}\nmetrics:    ${result.metrics}\nplots:      ${result.plots.join(", ")}`);
       console.log(`demo finished in ${((performance.now() - t0) / 1000).toFixed(0)} s; try: npx sigma generate --ckpt ${join(o.out, "checkpoints")} --domain en --prompt "The "`);
     });

@@ -7,7 +7,8 @@ import { readFileSync } from "node:fs";
 import { importGpt2 } from "../models/import/gpt2.js";
 import { fromHfJson } from "../tokenizer/hfjson.js";
 import { SigmaError } from "../util/errors.js";
-import { millions, writeModelFolder } from "./model-folder.js";
+import { writeModelFolder } from "../api/model.js";
+import { millions } from "./format.js";
 import { parseList } from "./tokenizer.js";
 import { ensureWritableDir } from "../util/fs.js";
 

@@ -12,7 +12,8 @@ import { ExpertStoreFile } from "../store/file.js";
 import { RECORD_HEADER, formatBytes, paramsPerExpert, parseBytes, totalExperts, type IndexEntry } from "../store/format.js";
 import { parseTrainConfig, type TrainConfig } from "../train/config.js";
 import { readTrainState } from "../train/checkpoint.js";
-import { statsPath, type Ecss, type EcssStats } from "../train/ecss.js";
+import { statsPath, type EcssStats } from "../train/ecss.js";
+import type { StoreSummary } from "../api/train.js";
 import { convertCheckpoint } from "../train/ecss-convert.js";
 import { SigmaError } from "../util/errors.js";
 import { readRegularFile } from "../util/read.js";
@@ -45,9 +46,9 @@ export function describeStats(s: EcssStats): string {
   ].join("\n");
 }
 
-export function describeStore(e: Ecss): string {
-  const params = e.store.header.layers.reduce((s, l) => s + l.experts * paramsPerExpert(l), 0);
-  return `expert store ${e.store.path} (${(params / 1e6).toFixed(2)}M expert parameters, ${formatBytes(12 * params)} with their moments):\n  ${describeStats(e.stats()).replaceAll("\n", "\n  ")}`;
+export function describeStore(s: StoreSummary): string {
+  const params = s.expertParameters;
+  return `expert store ${s.path} (${(params / 1e6).toFixed(2)}M expert parameters, ${formatBytes(12 * params)} with their moments):\n  ${describeStats(s.stats).replaceAll("\n", "\n  ")}`;
 }
 
 interface Inspection {

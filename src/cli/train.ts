@@ -1,65 +1,78 @@
 /**
- * `sigma train`, `sigma eval` and `sigma generate`: run a training config,
- * measure a checkpoint per domain, and sample from one.
+ * `sigma train`, `sigma eval` and `sigma generate`: the command-line faces
+ * of the library's train, evaluate and Model.generate (src/api/).
  */
 import type { Command } from "commander";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
-import { SigmaError } from "../util/errors.js";
-import { loadTrainConfig, parseTrainConfig, type TrainConfig } from "../train/config.js";
-import { resumeTrainer } from "../train/checkpoint.js";
-import { Evaluator, checkEvalBatches, type DomainEval } from "../train/evaluate.js";
-import { unigramBaselines } from "../train/baseline.js";
-import { prepareRunFolder, runPaths, runTraining, type RunResult } from "../train/run.js";
-import { Trainer, storePath } from "../train/trainer.js";
-import { readManifest } from "../data/manifest.js";
-import { domainIndex, encodePrompt, loadForInference } from "../serve/load.js";
-import { generateIds } from "../serve/generate.js";
+import { train, type TrainResult } from "../api/train.js";
+import { evaluate } from "../api/evaluate.js";
+import { openModel } from "../api/model.js";
+import { loadTrainConfig, parseTrainConfig, type TrainConfig, type TrainConfigInput } from "../train/config.js";
+import type { DomainEval } from "../train/evaluate.js";
 import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
 import { TRAIN_LIMITS } from "../train/config.js";
-import { checkBatchFits, checkRunFits } from "../train/memory.js";
-import { ensureWritableDir, ensureWritableFile } from "../util/fs.js";
 import { TrainProgress } from "./progress.js";
 import { describeStore, withStoreOptions } from "./store.js";
-import { readInitModel } from "./model-folder.js";
+import { millions } from "./format.js";
+import { streamOut } from "./output.js";
 
-/** Trains with a progress bar, evaluation lines, Ctrl-C → checkpoint and stop. */
-export async function trainWithProgress(t: Trainer, opts: { resumed: boolean; baselines?: Record<string, number> }): Promise<RunResult> {
-  const bar = new TrainProgress(t.config.steps, t.step, t.config.name);
-  let stop = false;
+/**
+ * Runs `train` with a progress bar, evaluation lines, and Ctrl-C → a
+ * checkpoint and stop (Ctrl-C twice quits at once).
+ */
+export async function trainWithProgress(config: TrainConfigInput | TrainConfig, opts: Omit<Parameters<typeof train>[1] & object, "signal" | "onProgress">): Promise<TrainResult> {
+  const stop = new AbortController();
+  let bar: TrainProgress | null = null;
+  const say = (line: string): void => (bar ? bar.log(line) : console.error(line));
   const onSigint = (): void => {
-    if (stop) process.exit(130);
-    stop = true;
-    bar.log("stopping after this step (a checkpoint is written); Ctrl-C again to quit at once");
+    if (stop.signal.aborted) process.exit(130);
+    stop.abort();
+    say("stopping after this step (a checkpoint is written); Ctrl-C again to quit at once");
   };
   process.on("SIGINT", onSigint);
   try {
-    return await runTraining(
-      t,
-      {
-        onStep: (r) => bar.update(r),
-        onEval: (step, ev) => bar.log(`step ${step}: val ${ev.map((e) => `${e.domain} ${e.loss.toFixed(3)}`).join(", ")}`),
-        shouldStop: () => stop,
+    return await train(config, {
+      ...opts,
+      log: say,
+      signal: stop.signal,
+      onProgress: (e) => {
+        if (e.kind === "start") {
+          const c = parseTrainConfig(config);
+          const mode = c.model.sparseLayers === 0 ? "dense" : c.model.denseLayers === 0 ? "sparse" : "mixed";
+          if (e.resumedFrom) say(`resumed from step ${e.step} (${e.resumedFrom})`);
+          say(`${c.name}: ${mode} model, ${millions(e.parameters.total)} parameters (${millions(e.parameters.active)} active per token), router ${e.router ?? "none"}, ${c.steps} steps of ${c.batchSize * c.accumSteps}×${c.model.seqLen} tokens`);
+          if (e.store) say(describeStore(e.store));
+          bar = new TrainProgress(e.steps, e.step, c.name);
+        } else if (e.kind === "step") bar?.update(e);
+        else if (e.kind === "eval") say(`step ${e.step}: val ${e.domains.map((d) => `${d.domain} ${d.loss.toFixed(3)}`).join(", ")}${e.all && e.domains.length > 1 ? `, all ${e.all.loss.toFixed(3)}` : ""}`);
       },
-      opts,
-    );
+    });
   } finally {
-    bar.stop();
+    (bar as TrainProgress | null)?.stop();
     process.off("SIGINT", onSigint);
   }
 }
 
-export function formatEval(evals: DomainEval[], baselines: Record<string, number>): string {
+/** The evaluation table: per domain, and all domains together, against the unigram baselines. */
+export function formatEval(evals: DomainEval[], baselines: Record<string, number>, all: DomainEval | null = null): string {
   const rows = [["domain", "val loss", "perplexity", "unigram baseline", "below baseline"]];
-  for (const e of evals) {
-    const b = baselines[e.domain];
-    rows.push([e.domain, e.loss.toFixed(3), e.perplexity.toFixed(1), b === undefined ? "-" : b.toFixed(3), b === undefined ? "-" : `${(b - e.loss).toFixed(3)} nats`]);
+  const row = (e: DomainEval, b: number | undefined) => [e.domain, e.loss.toFixed(3), e.perplexity.toFixed(1), b === undefined ? "-" : b.toFixed(3), b === undefined ? "-" : `${(b - e.loss).toFixed(3)} nats`];
+  for (const e of evals) rows.push(row(e, baselines[e.domain]));
+  if (all && evals.length > 1) {
+    // The baseline of all domains together, weighted as the losses are.
+    const known = evals.every((e) => baselines[e.domain] !== undefined);
+    rows.push(row(all, known ? evals.reduce((s, e) => s + baselines[e.domain]! * e.tokens, 0) / all.tokens : undefined));
   }
   const w = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
   return rows.map((r) => r.map((x, c) => (c === 0 ? x.padEnd(w[c]!) : x.padStart(w[c]!))).join("  ")).join("\n");
 }
 
-export const baselineMap = (dataDir: string): Record<string, number> => Object.fromEntries(unigramBaselines(dataDir).map((b) => [b.domain, b.crossEntropy]));
+/** What every training command prints when the run ends. */
+export function printTrainResult(r: TrainResult): void {
+  if (r.store) console.error(describeStore(r.store));
+  console.log(`${r.stopped === "done" ? "finished" : `stopped (${r.stopped === "aborted" ? "requested" : r.stopped})`} at step ${r.steps}`);
+  console.log(formatEval(r.finalEval, r.baselines, r.all));
+  console.log(`checkpoint: ${r.checkpoint}\nmetrics: ${r.metrics}\nplots: ${r.plots.join(", ")}`);
+}
 
 export function register(program: Command): void {
   program
@@ -77,71 +90,45 @@ export function register(program: Command): void {
       let cfg: TrainConfig = loadTrainConfig(o.config);
       if (o.out !== undefined || o.steps !== undefined) cfg = parseTrainConfig({ ...cfg, ...(o.out !== undefined ? { out: o.out } : {}), ...(o.steps !== undefined ? { steps: o.steps } : {}) }, o.config);
       cfg = withStoreOptions(cfg, o, o.config);
-      let t: Trainer;
-      if (o.resume && o.init) throw new SigmaError("--resume and --init exclude each other", "--init starts a new run from a model; --resume continues a run");
-      if (o.resume && o.overwrite) throw new SigmaError("--resume and --overwrite exclude each other", "--resume continues the run in --out; --overwrite replaces it with a new one");
       const outFlag = o.out !== undefined ? "--out" : `out in ${o.config}`;
-      // Before anything is written or allocated: a folder we can write, a store path that is a file, and memory for the run.
-      ensureWritableDir(cfg.out, outFlag);
-      if (cfg.store.enabled) ensureWritableFile(storePath(cfg), typeof o.store === "string" ? "--store" : cfg.store.path !== null ? `store.path in ${o.config}` : `the store path (${outFlag}/experts.sgxs)`);
-      const fit = checkRunFits(cfg, o.config);
-      if (fit.warning) console.error(`warning: ${fit.warning}`);
-      prepareRunFolder(cfg, cfg.store.enabled ? storePath(cfg) : null, { resume: !!o.resume, overwrite: !!o.overwrite, flag: outFlag, log: (l) => console.error(l) });
-      for (const [flag, path] of [["--resume", typeof o.resume === "string" ? o.resume : undefined], ["--init", o.init]] as const) {
-        if (path !== undefined && !existsSync(path)) throw new SigmaError(`${flag} ${path} does not exist`, `pass a checkpoint folder (a run's checkpoints/ gives its newest)${flag === "--init" ? " or a model .safetensors" : ""}`);
-      }
-      if (o.resume) {
-        const from = o.resume === true ? runPaths(cfg.out).checkpoints : o.resume;
-        t = resumeTrainer(from, cfg);
-        console.error(`resumed from step ${t.step} (${from})`);
-      } else t = new Trainer(cfg, o.init ? readInitModel(o.init, cfg.model, cfg.data.dir) : undefined);
-      try {
-        const mode = cfg.model.sparseLayers === 0 ? "dense" : cfg.model.denseLayers === 0 ? "sparse" : "mixed";
-        console.error(`${cfg.name}: ${mode} model, ${(t.model.parameterCount() / 1e6).toFixed(2)}M parameters, router ${cfg.model.experts?.router.kind ?? "none"}, ${cfg.steps} steps of ${cfg.batchSize * cfg.accumSteps}×${cfg.model.seqLen} tokens`);
-        if (t.ecss) console.error(describeStore(t.ecss));
-        const baselines = baselineMap(cfg.data.dir);
-        const r = await trainWithProgress(t, { resumed: !!o.resume, baselines });
-        if (t.ecss) console.error(describeStore(t.ecss));
-        console.log(`${r.stopped === "done" ? "finished" : `stopped (${r.stopped})`} at step ${r.steps}`);
-        console.log(formatEval(r.finalEval, baselines));
-        console.log(`checkpoint: ${r.checkpoint}\nmetrics: ${r.metrics}\nplots: ${r.plots.join(", ")}`);
-      } finally {
-        t.close();
-      }
+      const storeFlag = typeof o.store === "string" ? "--store" : cfg.store.path !== null ? `store.path in ${o.config}` : `the store path (${outFlag}/experts.sgxs)`;
+      const r = await trainWithProgress(cfg, {
+        ...(o.resume !== undefined ? { resume: o.resume } : {}),
+        ...(o.init !== undefined ? { init: o.init } : {}),
+        overwrite: !!o.overwrite,
+        names: { config: o.config, out: outFlag, store: storeFlag },
+      });
+      printTrainResult(r);
     });
 
   program
     .command("eval")
-    .description("per-domain validation loss and perplexity of a checkpoint, against the unigram baseline")
-    .requiredOption("--ckpt <path>", "checkpoint folder (or a run's checkpoints/ folder: its newest)")
+    .description("per-domain validation loss and perplexity of a checkpoint, against the unigram baseline (the run's own evaluation settings by default)")
+    .requiredOption("--ckpt <path>", "checkpoint folder (or a run folder: its newest checkpoint)")
     .option("--data <dir>", "prepared data folder (default: the one the checkpoint was trained on)")
-    .option("--batches <n>", "validation batches per domain", parseIntOpt("batches", 1, FLAG_LIMITS.batches), 8)
-    .option("--batch-size <n>", "sequences per batch", parseIntOpt("batch-size", 1, FLAG_LIMITS.batchSize), 8)
+    .option("--batches <n>", "validation batches per domain (default: the run's eval.batches, else 8)", parseIntOpt("batches", 1, FLAG_LIMITS.batches))
+    .option("--batch-size <n>", "sequences per batch (default: the run's batchSize, else 8)", parseIntOpt("batch-size", 1, FLAG_LIMITS.batchSize))
+    .option("--seed <n>", "seed of the validation windows (default: the run's, else 1)", parseIntOpt("seed", 0, FLAG_LIMITS.seed))
     .option("--json", "print JSON")
-    .action((o: { ckpt: string; data?: string; batches: number; batchSize: number; json?: boolean }) => {
-      const loaded = loadForInference(o.ckpt);
-      checkBatchFits(loaded.model, o.batchSize, "--batch-size");
-      const dataDir = o.data ?? loaded.dataDir;
-      if (!dataDir || !existsSync(join(dataDir, "manifest.json"))) throw new SigmaError(`no prepared data to evaluate on (${dataDir ?? "the checkpoint names none"})`, "pass --data <dir> (a folder written by `sigma data prepare`)");
-      const m = readManifest(join(dataDir, "manifest.json"));
-      if (m.tokenizer.vocabSize !== loaded.model.config.vocabSize) throw new SigmaError(`${dataDir} was tokenized with a vocabulary of ${m.tokenizer.vocabSize}; the model has ${loaded.model.config.vocabSize}`, "evaluate on the data the model was trained on");
-      checkEvalBatches(m, loaded.model.config.domains.map((d) => d.name), o.batchSize, loaded.model.config.seqLen, o.batches, "--batches");
-      const ev = new Evaluator(dataDir, loaded.model, { batchSize: o.batchSize, seed: 1 });
-      try {
-        const res = ev.run(loaded.model, o.batches);
-        const baselines = baselineMap(dataDir);
-        if (o.json) return console.log(JSON.stringify({ checkpoint: loaded.path, step: loaded.step, domains: res, baselines }, null, 2));
-        console.log(`${loaded.path}${loaded.step !== null ? ` (step ${loaded.step})` : ""} on ${dataDir}:`);
-        console.log(formatEval(res, baselines));
-      } finally {
-        ev.close();
-      }
+    .action(async (o: { ckpt: string; data?: string; batches?: number; batchSize?: number; seed?: number; json?: boolean }) => {
+      const model = await openModel(o.ckpt);
+      const res = await evaluate(model, {
+        ...(o.data !== undefined ? { data: o.data } : {}),
+        ...(o.batches !== undefined ? { batches: o.batches } : {}),
+        ...(o.batchSize !== undefined ? { batchSize: o.batchSize } : {}),
+        ...(o.seed !== undefined ? { seed: o.seed } : {}),
+        names: { data: "--data", batches: "--batches", batchSize: "--batch-size" },
+      });
+      if (o.json) return console.log(JSON.stringify({ checkpoint: model.path, step: model.step, data: res.data, settings: res.settings, domains: res.domains, all: res.all, skipped: res.skipped, baselines: res.baselines }, null, 2));
+      console.log(`${model.path} (step ${model.step}) on ${res.data}, ${res.settings.batches} batches of ${res.settings.batchSize} per domain:`);
+      console.log(formatEval(res.domains, res.baselines, res.all));
+      if (res.skipped.length) console.error(`not evaluated (fewer validation tokens than one sequence): ${res.skipped.join(", ")}`);
     });
 
   program
     .command("generate")
     .description("sample text from a checkpoint, streaming to stdout (KV-cache decoding)")
-    .requiredOption("--ckpt <path>", "checkpoint folder, a run's checkpoints/ folder, or a model .safetensors with tokenizer.json beside it")
+    .requiredOption("--ckpt <path>", "checkpoint folder, a run folder, or a model .safetensors with tokenizer.json beside it")
     .option("--domain <name>", "domain whose embedding slot and experts to use (default: the model's first)")
     .option("--prompt <text>", "text to continue (special tokens such as <|lang:en|> are recognised)", "")
     .option("--max-tokens <n>", "tokens to generate at most", parseIntOpt("max-tokens", 1, FLAG_LIMITS.maxTokens), 100)
@@ -149,20 +136,19 @@ export function register(program: Command): void {
     .option("--top-k <k>", "sample among the k most likely tokens (0 = all)", parseIntOpt("top-k", 0, Number.MAX_SAFE_INTEGER), 40)
     .option("--top-p <p>", "nucleus: the most likely tokens up to this probability (1 = all)", parseNumOpt("top-p", 0, 1, { above: true }), 0.95)
     .option("--seed <n>", "sampling seed", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
-    .action((o: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number }) => {
-      const { model, tokenizer } = loadForInference(o.ckpt);
-      const domain = o.domain ?? model.config.domains[0]!.name;
-      const prompt = encodePrompt(tokenizer, domain, o.prompt);
-      process.stdout.write(o.prompt);
-      const dec = new TextDecoder("utf-8");
+    .option("--stop <text>", "stop before this text (repeat for several; the text is not printed)", (v: string, all: string[] = []) => [...all, v])
+    .option("--show-special", "print special tokens such as <|endoftext|> (hidden by default)")
+    .action(async (o: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; stop?: string[]; showSpecial?: boolean }) => {
+      const model = await openModel(o.ckpt);
+      streamOut(o.prompt);
       const t0 = performance.now();
       let n = 0;
-      for (const id of generateIds(model, prompt, domainIndex(model, domain), { ...o, stopId: tokenizer.eotId })) {
-        process.stdout.write(dec.decode(tokenizer.decodeBytes([id]), { stream: true }));
-        n++;
+      for await (const piece of model.generate(o.prompt, { ...o, ...(o.domain !== undefined ? { domain: o.domain } : {}), stop: o.stop ?? [], showSpecial: !!o.showSpecial })) {
+        streamOut(piece.text);
+        if (piece.id >= 0) n++;
       }
-      process.stdout.write(dec.decode() + "\n");
+      streamOut("\n");
       const s = (performance.now() - t0) / 1000;
-      console.error(`${n} tokens in ${s.toFixed(2)} s (${(n / s).toFixed(1)} tokens/s, prompt ${prompt.length} tokens)`);
+      console.error(`${n} tokens in ${s.toFixed(2)} s (${(n / s).toFixed(1)} tokens/s)`);
     });
 }

@@ -243,6 +243,18 @@ export function parameterCounts(c: ModelConfig): ParameterCounts {
   return { embedding, positions, layers, experts, total: embedding + positions + layers + experts, buffers, stackedExperts };
 }
 
+/**
+ * Parameters one token uses: the dense part, and in each sparse layer only the
+ * k routed experts it reaches (k = the router's choices per token).
+ */
+export function activeParameters(c: ModelConfig): number {
+  const n = parameterCounts(c);
+  if (!c.experts || c.sparseLayers === 0) return n.total;
+  const r = c.experts.router;
+  const k = r.kind === "rre" ? 1 : r.kind === "moge" ? r.groups * r.perGroup : r.k;
+  return n.total - n.experts + (n.experts / c.experts.count) * Math.min(k, c.experts.count);
+}
+
 /** The parts of a parameter count, largest first, each with the fields to lower to shrink it. */
 export function largestParts(n: ParameterCounts): { what: string; count: number; fields: string[] }[] {
   return [

@@ -12,6 +12,9 @@ import type { PanguSigma } from "../models/pangu-sigma.js";
 import * as ops from "../ops/index.js";
 import type { Manifest } from "../data/manifest.js";
 import { SigmaError } from "../util/errors.js";
+import { existsSync } from "node:fs";
+import { checkBatchFits } from "./memory.js";
+import type { EvalSettings } from "../serve/open.js";
 
 export interface DomainEval {
   domain: string;
@@ -96,5 +99,50 @@ export class Evaluator {
 
   close(): void {
     for (const l of this.loaders) l.loader.close();
+  }
+}
+
+/** The mean over all evaluated domains, weighted by their tokens (null when none was evaluated). */
+export function allDomains(evals: DomainEval[]): DomainEval | null {
+  const tokens = evals.reduce((n, e) => n + e.tokens, 0);
+  if (tokens === 0) return null;
+  const loss = evals.reduce((s, e) => s + e.loss * e.tokens, 0) / tokens;
+  return { domain: "all", loss, perplexity: Math.exp(loss), tokens };
+}
+
+
+export interface EvalReport {
+  /** One entry per evaluated domain, in the data's domain order. */
+  domains: DomainEval[];
+  /** Every evaluated domain together (token-weighted mean), or null. */
+  all: DomainEval | null;
+  /** Model domains the data has too few validation tokens for (one sequence): not evaluated. */
+  skipped: string[];
+}
+
+/**
+ * Evaluates `model` on the validation split of a prepared data folder: the
+ * function `sigma eval` and the library's `evaluate` use, with the same
+ * Evaluator the trainer runs every eval.every steps — so, given the run's
+ * settings (batches, batch size, seed), it prints the numbers the run logged.
+ * `flags` names the settings in errors.
+ */
+export function evaluateOnData(model: PanguSigma, dataDir: string, s: EvalSettings, flags = { batches: "batches", batchSize: "batchSize", data: "data" }): EvalReport {
+  const manifestPath = join(dataDir, "manifest.json");
+  if (!existsSync(manifestPath)) throw new SigmaError(`${dataDir} holds no prepared data (no manifest.json)`, `pass ${flags.data} a folder written by \`sigma data prepare\``);
+  const m = readManifest(manifestPath);
+  if (m.tokenizer.vocabSize !== model.config.vocabSize) throw new SigmaError(`${dataDir} was tokenized with a vocabulary of ${m.tokenizer.vocabSize}; the model has ${model.config.vocabSize}`, "evaluate on the data the model was trained on");
+  checkBatchFits(model, s.batchSize, flags.batchSize);
+  checkEvalBatches(m, model.config.domains.map((d) => d.name), s.batchSize, model.config.seqLen, s.batches, flags.batches);
+  const ev = new Evaluator(dataDir, model, { batchSize: s.batchSize, seed: s.seed });
+  try {
+    const domains = ev.run(model, s.batches);
+    if (domains.length === 0) {
+      const known = model.config.domains.map((d) => d.name).join(", ");
+      throw new SigmaError(`${dataDir} has no validation data for any of the model's domains (${known})`, ev.skipped.length ? `too few validation tokens in ${ev.skipped.join(", ")}: prepare more text or a larger validation share` : "evaluate on data prepared for this model's domains");
+    }
+    return { domains, all: allDomains(domains), skipped: [...ev.skipped] };
+  } finally {
+    ev.close();
   }
 }

@@ -1,0 +1,155 @@
+/**
+ * A saved model as a library user holds it: `openModel(path)` gives a
+ * `Model` with its config, tokenizer and parameter counts; `generate` streams
+ * text as an async iterator, `complete` returns it whole, `save` writes a
+ * checkpoint folder that every command reads back.
+ */
+import { setImmediate as yieldToEventLoop } from "node:timers/promises";
+import { saveCheckpointFolder } from "../checkpoint/folder.js";
+import { activeParameters, parameterCounts, type ModelConfig } from "../models/config.js";
+import { encodeModel } from "../models/io.js";
+import type { PanguSigma } from "../models/pangu-sigma.js";
+import { generateIds } from "../serve/generate.js";
+import { domainIndexOf, encodePrompt } from "../serve/prompt.js";
+import { openModelSource, type EvalSettings, type ModelSource } from "../serve/open.js";
+import { StopMatcher } from "../serve/stop.js";
+import type { Tokenizer } from "../tokenizer/codec.js";
+import { sha256Hex, toHfJson } from "../tokenizer/hfjson.js";
+import { SigmaError } from "../util/errors.js";
+
+export interface GenerateOptions {
+  /** Domain whose embedding slot and experts are used (default: the model's first). */
+  domain?: string;
+  /** Tokens to generate at most (default 100). */
+  maxTokens?: number;
+  /** 0 = greedy (default 0.8). */
+  temperature?: number;
+  /** Sample among the k most likely tokens; 0 = all (default 40). */
+  topK?: number;
+  /** Nucleus: the most likely tokens up to this probability; 1 = all (default 0.95). */
+  topP?: number;
+  /** Sampling seed: a seed fixes the text (default 1). */
+  seed?: number;
+  /** Stop before any of these strings; the text never contains them. */
+  stop?: string[];
+  /** Show special tokens such as <|endoftext|> in the text (default false: hidden). */
+  showSpecial?: boolean;
+  /** Stops generation after the current token. */
+  signal?: AbortSignal;
+}
+
+/** One generated token and the text it adds (may be "" while a character or a possible stop string is incomplete). */
+export interface GeneratedPiece {
+  id: number;
+  text: string;
+}
+
+export interface ParameterSummary {
+  /** Every parameter of the model (all experts). */
+  total: number;
+  /** Parameters one token uses: everything but the experts it is not routed to. */
+  active: number;
+}
+
+export class Model {
+  /** @internal Use openModel(path). */
+  constructor(
+    /** The network itself (forward, parameters); for advanced use. */
+    readonly network: PanguSigma,
+    readonly tokenizer: Tokenizer | null,
+    /** Where it was opened from (the resolved checkpoint folder or file), or null for a model made in memory. */
+    readonly path: string | null,
+    /** Training step of the checkpoint (0 when unknown). */
+    readonly step: number,
+    /** The data folder it was trained on, when recorded. */
+    readonly dataDir: string | null,
+    /** @internal How its training run evaluated, when known. */
+    readonly evalSettings: EvalSettings | null = null,
+    /** @internal tokenizer.json's text, kept to save it byte for byte. */
+    readonly tokenizerText: string | null = null,
+  ) {}
+
+  /** @internal */
+  static fromSource(s: ModelSource): Model {
+    return new Model(s.model, s.tokenizer?.tokenizer ?? null, s.path, s.step, s.dataDir, s.evalSettings, s.tokenizer?.text ?? null);
+  }
+
+  get config(): ModelConfig {
+    return this.network.config;
+  }
+
+  /** The names of the model's domains, in index order. */
+  get domains(): string[] {
+    return this.network.config.domains.map((d) => d.name);
+  }
+
+  get parameters(): ParameterSummary {
+    return { total: parameterCounts(this.config).total, active: activeParameters(this.config) };
+  }
+
+  private requireTokenizer(): Tokenizer {
+    if (this.tokenizer) return this.tokenizer;
+    throw new SigmaError(`${this.path ?? "this model"} has no tokenizer, so it cannot read or write text`, "open a checkpoint that carries its tokenizer.json, or put one beside the model file");
+  }
+
+  /**
+   * Streams the continuation of `prompt`, one piece per token. The prompt may
+   * contain special tokens such as <|lang:en|>; the domain's control token is
+   * put first, as in training. Generation ends at <|endoftext|>, at a stop
+   * string, after maxTokens, or when `signal` aborts.
+   */
+  async *generate(prompt: string, o: GenerateOptions = {}): AsyncGenerator<GeneratedPiece> {
+    const tok = this.requireTokenizer();
+    const domain = o.domain ?? this.domains[0]!;
+    const d = domainIndexOf(this.network, domain);
+    const ids = encodePrompt(tok, domain, prompt);
+    const stop = new StopMatcher(o.stop ?? []);
+    const special = tok.specials.length;
+    const dec = new TextDecoder("utf-8");
+    const sampling = { temperature: o.temperature ?? 0.8, topK: o.topK ?? 40, topP: o.topP ?? 0.95, seed: o.seed ?? 1, maxTokens: o.maxTokens ?? 100, stopId: tok.eotId };
+    for (const id of generateIds(this.network, ids, d, sampling)) {
+      if (o.signal?.aborted) break;
+      const raw = id < special && !o.showSpecial ? "" : dec.decode(tok.decodeBytes([id]), { stream: true });
+      const { text, stopped } = stop.push(raw);
+      yield { id, text };
+      if (stopped) return;
+      // Let timers, I/O and other requests run between tokens.
+      await yieldToEventLoop();
+    }
+    const rest = stop.push(dec.decode()).text + stop.flush();
+    if (rest) yield { id: -1, text: rest };
+  }
+
+  /** The whole continuation of `prompt` (see generate). */
+  async complete(prompt: string, o: GenerateOptions = {}): Promise<string> {
+    let text = "";
+    for await (const p of this.generate(prompt, o)) text += p.text;
+    return text;
+  }
+
+  /**
+   * Writes the model as a checkpoint folder `<dir>/step-NNNNNNNN/` (weights,
+   * tokenizer, state.json with every file's sha256), all or nothing, and
+   * returns its path. `state` adds provenance fields.
+   */
+  save(dir: string, state: Record<string, unknown> = {}): string {
+    return writeModelFolder(dir, this.step, this.network, this.tokenizerText ?? (this.tokenizer ? toHfJson(this.tokenizer) : null), { format: "sigma-model", ...(this.path ? { from: this.path } : {}), ...(this.dataDir ? { dataDir: this.dataDir } : {}), ...state });
+  }
+}
+
+/** Writes `<out>/step-NNNNNNNN/` and returns it. `state` records the provenance. */
+export function writeModelFolder(out: string, step: number, model: PanguSigma, tokenizerText: string | null, state: Record<string, unknown>): string {
+  const files = new Map<string, Uint8Array | string>([["model.safetensors", encodeModel(model)]]);
+  if (tokenizerText !== null) files.set("tokenizer.json", tokenizerText);
+  const tok = tokenizerText !== null ? { tokenizer: { sha256: sha256Hex(tokenizerText), vocabSize: model.config.vocabSize } } : {};
+  return saveCheckpointFolder(out, step, files, { ...state, step, ...tok });
+}
+
+/**
+ * Opens a saved model: a run folder (its newest checkpoint), a checkpoint
+ * folder, an ECSS checkpoint (experts read from its store), an upcycled or
+ * extracted model, or a model .safetensors with tokenizer.json beside it.
+ */
+export async function openModel(path: string): Promise<Model> {
+  return Model.fromSource(openModelSource(path));
+}

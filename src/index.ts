@@ -1,0 +1,20 @@
+/**
+ * sigma-moe as a library. Everything here is public and documented in the
+ * README ("Library"); anything else under src/ is internal and may change.
+ *
+ *   import { openModel, train, evaluate, upcycle, extract } from "sigma-moe";
+ *
+ * The `sigma` command line is a thin layer over these functions.
+ */
+export { openModel, Model, type GenerateOptions, type GeneratedPiece, type ParameterSummary } from "./api/model.js";
+export { train, type TrainOptions, type TrainResult, type TrainEvent } from "./api/train.js";
+export { evaluate, type EvaluateOptions, type EvaluateResult } from "./api/evaluate.js";
+export { upcycle, type UpcycleOptions, type UpcycleResult } from "./api/upcycle.js";
+export { extract, type ExtractOptions, type ExtractResult } from "./api/extract.js";
+export { prepareData, type PrepareOptions } from "./data/prepare.js";
+export { Tokenizer } from "./tokenizer/codec.js";
+export { fromHfJson as parseTokenizer, loadTokenizer, toHfJson as tokenizerToJson } from "./tokenizer/hfjson.js";
+export { TrainConfigSchema, parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./train/config.js";
+export { ModelConfigSchema, RouterSchema, parseModelConfig, type ModelConfig, type ModelConfigInput, type RouterConfig } from "./models/config.js";
+export type { DomainEval } from "./train/evaluate.js";
+export { SigmaError } from "./util/errors.js";

@@ -1,0 +1,123 @@
+/**
+ * The one way to open a saved model. Every command and the library's
+ * `openModel` come through here, so a new checkpoint layout changes one file.
+ *
+ * A path may be:
+ *   - a checkpoint folder `step-NNNNNNNN/` (state.json lists every file with
+ *     its sha256; each is verified as it is read) — written by `sigma train`,
+ *     `upcycle`, `extract`, `import` or the library's `model.save`;
+ *   - a folder of checkpoints, or a run folder with `checkpoints/`: its newest
+ *     complete checkpoint;
+ *   - an ECSS checkpoint: the dense weights in the folder, the experts read
+ *     from the expert store it names (docs/store.md);
+ *   - a bare model `.safetensors` (the config is in its metadata), with the
+ *     `tokenizer.json` beside it when there is one; or a folder holding just
+ *     such a file (no state.json).
+ */
+import { existsSync, readdirSync, statSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { z } from "zod";
+import { openCheckpointFolder, readProvenance, STATE_FILE } from "../checkpoint/folder.js";
+import { decodeModel, loadModel } from "../models/io.js";
+import type { PanguSigma } from "../models/pangu-sigma.js";
+import { fromHfJson, sha256Hex } from "../tokenizer/hfjson.js";
+import type { Tokenizer } from "../tokenizer/codec.js";
+import { SigmaError } from "../util/errors.js";
+import { readRegularFile } from "../util/read.js";
+import { modelFromStoreCheckpoint } from "./load-store.js";
+
+const MODEL_FILE = "model.safetensors";
+const TOKENIZER_FILE = "tokenizer.json";
+const MAX_TOKENIZER_BYTES = 512 * 2 ** 20;
+
+/** How a training run evaluated (read from a train checkpoint's config), so that `sigma eval` measures the same way. */
+export interface EvalSettings {
+  /** Batches per domain. */
+  batches: number;
+  /** Sequences per batch. */
+  batchSize: number;
+  /** Seed of the validation windows. */
+  seed: number;
+}
+
+export interface ModelSource {
+  model: PanguSigma;
+  /** tokenizer.json's text and the tokenizer, or null when the source has none. */
+  tokenizer: { text: string; tokenizer: Tokenizer } | null;
+  /** The resolved checkpoint folder, or the model file. */
+  path: string;
+  /** Training step of a checkpoint (0 for a bare file). */
+  step: number;
+  /** The data folder it was trained on, when recorded. */
+  dataDir: string | null;
+  /** The training run's evaluation settings, when the checkpoint is a train checkpoint. */
+  evalSettings: EvalSettings | null;
+}
+
+/** The part of a train checkpoint's config that says how it evaluated (validated: it is read from a file). */
+const EvalConfigSchema = z
+  .object({
+    batchSize: z.number().int().min(1).max(1e6),
+    seed: z.number().int().safe(),
+    eval: z.object({ batches: z.number().int().min(1).max(1e6) }).passthrough(),
+  })
+  .passthrough();
+
+/** `tok`, checked to have the model's vocabulary size (`where` names the tokenizer file). */
+export function checkVocab(tok: Tokenizer, model: PanguSigma, where: string): Tokenizer {
+  if (tok.vocabSize !== model.config.vocabSize) throw new SigmaError(`${where} has ${tok.vocabSize} tokens but the model's vocabulary is ${model.config.vocabSize}`, "use the tokenizer the model was trained with");
+  return tok;
+}
+
+function parseTokenizer(text: string, where: string, model: PanguSigma): { text: string; tokenizer: Tokenizer } {
+  return { text, tokenizer: checkVocab(fromHfJson(text, where), model, where) };
+}
+
+/** A bare model file: the path itself, or a folder without state.json that holds one model file. */
+function bareModelFile(path: string): string | null {
+  if (statSync(path).isFile()) return path;
+  if (existsSync(join(path, STATE_FILE)) || existsSync(join(path, "checkpoints"))) return null;
+  if (readdirSync(path).some((n) => /^step-\d+$/.test(n))) return null;
+  if (existsSync(join(path, MODEL_FILE))) return join(path, MODEL_FILE);
+  const found = readdirSync(path).filter((n) => n.endsWith(".safetensors"));
+  if (found.length === 1) return join(path, found[0]!);
+  if (found.length > 1) throw new SigmaError(`${path} holds several .safetensors files (${found.join(", ")}) and no state.json`, "pass the model's file itself");
+  return null;
+}
+
+/** Opens whatever `path` names (see the file comment). */
+export function openModelSource(path: string): ModelSource {
+  if (!existsSync(path)) throw new SigmaError(`${path} does not exist`, "pass a checkpoint folder (a run folder gives its newest checkpoint) or a model .safetensors file");
+  const file = bareModelFile(path);
+  if (file !== null) {
+    const model = loadModel(file);
+    const tokPath = join(dirname(file), TOKENIZER_FILE);
+    const tokenizer = existsSync(tokPath) ? parseTokenizer(readRegularFile(tokPath, "tokenizer", "put the model's tokenizer.json beside it, or remove what is there", MAX_TOKENIZER_BYTES).toString("utf8"), tokPath, model) : null;
+    return { model, tokenizer, path: file, step: 0, dataDir: null, evalSettings: null };
+  }
+  const f = openCheckpointFolder(path);
+  const state = readProvenance(f);
+  // ECSS checkpoints keep the experts in their store.
+  const model = state.store ? modelFromStoreCheckpoint(f, state.store) : decodeModel(f.read(MODEL_FILE), join(f.path, MODEL_FILE));
+  let tokenizer: ModelSource["tokenizer"] = null;
+  if (Object.hasOwn(f.state.files, TOKENIZER_FILE)) {
+    const bytes = f.read(TOKENIZER_FILE);
+    const tokPath = join(f.path, TOKENIZER_FILE);
+    if (state.tokenizerSha256 && sha256Hex(bytes) !== state.tokenizerSha256) {
+      throw new SigmaError(`${tokPath} is not the tokenizer the model was trained with`, "the checkpoint is damaged; use an earlier one");
+    }
+    tokenizer = parseTokenizer(bytes.toString("utf8"), tokPath, model);
+  }
+  const ev = EvalConfigSchema.safeParse((f.state as { config?: unknown }).config);
+  const evalSettings = ev.success ? { batches: ev.data.eval.batches, batchSize: ev.data.batchSize, seed: ev.data.seed + 1 } : null;
+  return { model, tokenizer, path: f.path, step: state.step, dataDir: state.dataDir, evalSettings };
+}
+
+/** A source with its tokenizer, for commands that read or write text (generate, evaluate on text). */
+export function requireTokenizer(src: ModelSource): Tokenizer {
+  if (src.tokenizer) return src.tokenizer.tokenizer;
+  throw new SigmaError(
+    `${src.path} has no tokenizer`,
+    src.path.endsWith(".safetensors") ? `put the model's tokenizer.json beside ${basename(src.path)}` : "pass a checkpoint that carries its tokenizer.json",
+  );
+}
