@@ -8,7 +8,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { capacityDrops, deviceLoads, distribution, expertLoads, imbalanceScore, LayerBalance, measureBatch, type RoutedBatch } from "../src/balance/analysis.js";
 import { balanceFromCheckpoint } from "../src/balance/checkpoint.js";
-import { resolveModelFile } from "../src/balance/from-model.js";
 import { parseHardware, resolveHardware } from "../src/balance/hardware.js";
 import { choosePlacement, contiguousPlacement, parsePlacement } from "../src/balance/placement.js";
 import { parseShape, shapeFromConfig, type SimShape } from "../src/balance/shape.js";
@@ -275,23 +274,6 @@ test("RRE's per-expert load on uniform token ids stays within the table's balanc
   // 2 layers × 1 pass per domain; group g = domain g holds experts 2g, 2g+1.
   for (const c of l.perExpert) assert.ok(c === 2 * Math.floor(V / 2) || c === 2 * Math.ceil(V / 2), `RRE expert load ${c} for V = ${V}`);
   assert.equal(l.perExpert.reduce((a, b) => a + b, 0), 2 * 2 * V);
-});
-
-test("a checkpoint folder resolves to its model file", () => {
-  const dir = join(root, "ckpt");
-  mkdirSync(join(dir, "step-00000002"), { recursive: true });
-  mkdirSync(join(dir, "step-00000010"), { recursive: true });
-  mkdirSync(join(dir, "step-100000000"), { recursive: true });
-  mkdirSync(join(dir, "step-900000000"), { recursive: true }); // no model file: skipped
-  writeFileSync(join(dir, "step-00000002", "model.safetensors"), "");
-  writeFileSync(join(dir, "step-00000010", "model.safetensors"), "");
-  writeFileSync(join(dir, "step-100000000", "model.safetensors"), "");
-  assert.equal(resolveModelFile(dir), join(dir, "step-100000000", "model.safetensors"));
-  assert.equal(resolveModelFile(join(dir, "step-00000002")), join(dir, "step-00000002", "model.safetensors"));
-  const empty = join(root, "empty");
-  mkdirSync(empty);
-  assert.throws(() => resolveModelFile(empty), sigmaError(/no model file in/));
-  assert.throws(() => resolveModelFile(join(root, "nope")), sigmaError(/does not exist/));
 });
 
 /** Runs `sigma <args>` in-process; returns what it printed. */

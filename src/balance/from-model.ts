@@ -3,44 +3,17 @@
  * onto the model's, run the forward without gradients and keep each sparse
  * layer's routing.
  */
-import { existsSync, readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
 import { noGrad } from "../autograd/tape.js";
 import type { Batch } from "../data/loader.js";
 import type { Manifest } from "../data/manifest.js";
-import { loadModel } from "../models/io.js";
+import { openModelSource } from "../serve/open.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { SigmaError } from "../util/errors.js";
 import type { RoutedBatch } from "./analysis.js";
 
-const MODEL_FILE = "model.safetensors";
-
-/**
- * The model file of `path`: the file itself; or, for a folder, its
- * model.safetensors, or that of its newest `step-NNNNNNNN` checkpoint folder
- * (the layout src/checkpoint/folder.ts writes). Kept in one place so that a
- * new checkpoint layout changes only this function.
- */
-export function resolveModelFile(path: string): string {
-  if (!existsSync(path)) throw new SigmaError(`checkpoint ${path} does not exist`, "pass a model .safetensors file or a checkpoint folder");
-  if (statSync(path).isFile()) return path;
-  if (existsSync(join(path, MODEL_FILE))) return join(path, MODEL_FILE);
-  const stepOf = (n: string) => Number(n.slice(5));
-  const steps = readdirSync(path)
-    .filter((n) => /^step-\d+$/.test(n) && existsSync(join(path, n, MODEL_FILE)))
-    .sort((a, b) => stepOf(a) - stepOf(b));
-  if (steps.length) return join(path, steps[steps.length - 1]!, MODEL_FILE);
-  const found = readdirSync(path).filter((n) => n.endsWith(".safetensors"));
-  if (found.length === 1) return join(path, found[0]!);
-  throw new SigmaError(
-    `no model file in ${path} (looked for ${MODEL_FILE}, step-*/${MODEL_FILE}, or a single *.safetensors)`,
-    found.length ? `several .safetensors files are there (${found.join(", ")}): pass the model's file itself` : "pass the model file itself with --ckpt",
-  );
-}
-
 /** The model of a checkpoint, in inference mode (the routers drop nothing there). */
 export function loadForBalance(path: string): PanguSigma {
-  const model = loadModel(resolveModelFile(path)).eval();
+  const model = openModelSource(path).model.eval();
   if (model.config.sparseLayers === 0 || !model.config.experts) {
     throw new SigmaError(`${path} is a dense model: it has no router to analyse`, "pass a sparse or mixed model");
   }
