@@ -66,7 +66,16 @@ const ProvenanceSchema = z
   .object({
     step: StepSchema.optional(),
     tokenizer: z.object({ sha256: Sha256Schema }).passthrough().optional(),
-    config: z.object({ data: z.object({ dir: z.string().min(1).max(4096) }).passthrough().optional() }).passthrough().optional(),
+    // A training checkpoint's config: where its data is, and how the run evaluated (sigma eval repeats it).
+    config: z
+      .object({
+        data: z.object({ dir: z.string().min(1).max(4096) }).passthrough().optional(),
+        batchSize: z.number().int().min(1).max(1e6).optional(),
+        seed: z.number().int().safe().optional(),
+        eval: z.object({ batches: z.number().int().min(1).max(1e6) }).passthrough().optional(),
+      })
+      .passthrough()
+      .optional(),
     dataDir: z.string().min(1).max(4096).optional(),
     store: z.object({ path: z.string().min(1).max(4096), storeId: z.string().min(1).max(128) }).strict().optional(),
   })
@@ -81,12 +90,17 @@ export interface Provenance {
   dataDir: string | null;
   /** With an expert store: its file and id. */
   store: { path: string; storeId: string } | null;
+  /** How the training run evaluated (batches per domain, sequences per batch, seed of the windows), when recorded. */
+  evalSettings: { batches: number; batchSize: number; seed: number } | null;
 }
 
 /** The validated provenance fields of an opened checkpoint's state.json. */
 export function readProvenance(f: LoadedFolder): Provenance {
   const p = parseWithSchema(ProvenanceSchema, f.state, join(f.path, STATE_FILE), "the checkpoint is damaged or was edited; use an earlier one");
-  return { step: p.step ?? 0, tokenizerSha256: p.tokenizer?.sha256 ?? null, dataDir: p.config?.data?.dir ?? p.dataDir ?? null, store: p.store ?? null };
+  const c = p.config;
+  // The trainer evaluates with seed + 1 (src/train/trainer.ts).
+  const evalSettings = c?.eval && c.batchSize !== undefined && c.seed !== undefined ? { batches: c.eval.batches, batchSize: c.batchSize, seed: c.seed + 1 } : null;
+  return { step: p.step ?? 0, tokenizerSha256: p.tokenizer?.sha256 ?? null, dataDir: c?.data?.dir ?? p.dataDir ?? null, store: p.store ?? null, evalSettings };
 }
 
 /** The folder name of a step; the step must be a validated integer (never a string from a file). */

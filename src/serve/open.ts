@@ -16,8 +16,7 @@
  */
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { z } from "zod";
-import { openCheckpointFolder, readProvenance, STATE_FILE } from "../checkpoint/folder.js";
+import { openCheckpointFolder, readProvenance, STATE_FILE, type Provenance } from "../checkpoint/folder.js";
 import { decodeModel, loadModel } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { fromHfJson, sha256Hex } from "../tokenizer/hfjson.js";
@@ -31,14 +30,7 @@ const TOKENIZER_FILE = "tokenizer.json";
 const MAX_TOKENIZER_BYTES = 512 * 2 ** 20;
 
 /** How a training run evaluated (read from a train checkpoint's config), so that `sigma eval` measures the same way. */
-export interface EvalSettings {
-  /** Batches per domain. */
-  batches: number;
-  /** Sequences per batch. */
-  batchSize: number;
-  /** Seed of the validation windows. */
-  seed: number;
-}
+export type EvalSettings = NonNullable<Provenance["evalSettings"]>;
 
 export interface ModelSource {
   model: PanguSigma;
@@ -53,15 +45,6 @@ export interface ModelSource {
   /** The training run's evaluation settings, when the checkpoint is a train checkpoint. */
   evalSettings: EvalSettings | null;
 }
-
-/** The part of a train checkpoint's config that says how it evaluated (validated: it is read from a file). */
-const EvalConfigSchema = z
-  .object({
-    batchSize: z.number().int().min(1).max(1e6),
-    seed: z.number().int().safe(),
-    eval: z.object({ batches: z.number().int().min(1).max(1e6) }).passthrough(),
-  })
-  .passthrough();
 
 /** `tok`, checked to have the model's vocabulary size (`where` names the tokenizer file). */
 export function checkVocab(tok: Tokenizer, model: PanguSigma, where: string): Tokenizer {
@@ -108,9 +91,7 @@ export function openModelSource(path: string): ModelSource {
     }
     tokenizer = parseTokenizer(bytes.toString("utf8"), tokPath, model);
   }
-  const ev = EvalConfigSchema.safeParse((f.state as { config?: unknown }).config);
-  const evalSettings = ev.success ? { batches: ev.data.eval.batches, batchSize: ev.data.batchSize, seed: ev.data.seed + 1 } : null;
-  return { model, tokenizer, path: f.path, step: state.step, dataDir: state.dataDir, evalSettings };
+  return { model, tokenizer, path: f.path, step: state.step, dataDir: state.dataDir, evalSettings: state.evalSettings };
 }
 
 /** A source with its tokenizer, for commands that read or write text (generate, evaluate on text). */
