@@ -10,7 +10,7 @@ const t = resumeTrainer(checkpoints, loadTrainConfig(configPath));
 const die = (): void => void process.kill(process.pid, "SIGKILL");
 if (mode === "step") {
   // Evictions are written back by the I/O worker: it kills the process mid-record.
-  t.ecss!.killMidWrite = true;
+  t.ecss!.tier.killMidWrite = true;
   for (let i = 0; i < 5; i++) t.trainStep();
 } else {
   t.trainStep();

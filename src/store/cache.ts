@@ -1,5 +1,6 @@
 /**
- * The compute tier: a bounded set of resident experts in RAM.
+ * The resident set: the expert records held in RAM, the memory side of the
+ * expert tier (tier.ts), which fills it and empties it.
  *
  * Each resident expert is one record buffer (header + params + m + v, exactly
  * the bytes of its store record) in a SharedArrayBuffer, so the prefetch

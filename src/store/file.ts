@@ -1,5 +1,7 @@
 /**
- * The storage tier: one expert store file opened for positioned I/O.
+ * The expert store file, opened for positioned I/O. A training run reaches
+ * it through the expert tier (tier.ts), which decides what is read and
+ * written when; inspection, conversion and inference open it directly.
  *
  * It tracks two indexes. `committed` is what the last checkpoint (or the
  * store's creation) recorded; its slots are never written. `current` is the

@@ -10,8 +10,7 @@ import { ExpertStoreFile, StoreBuilder } from "../store/file.js";
 import { tensorOffsets, type LayerLayout } from "../store/format.js";
 import { SigmaError } from "../util/errors.js";
 
-/** Where a store's last run statistics go (for `sigma store inspect`). */
-export const statsPath = (storePath: string): string => `${storePath}.stats.json`;
+export { statsPath } from "../store/tier.js";
 
 /** The store layout of a model config: one entry per sparse layer. */
 export function storeLayout(c: ModelConfig): LayerLayout[] {
