@@ -1,6 +1,6 @@
 /**
  * sigma-moe as a library. Everything here is public and documented in the
- * README ("Library"); anything else under src/ is internal and may change.
+ * README ("Use it as a library"); anything else under src/ is internal and may change.
  *
  *   import { openModel, train, evaluate, upcycle, extract } from "sigma-moe";
  *
