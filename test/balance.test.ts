@@ -155,6 +155,7 @@ test("the study reproduces the finding: top-k IS > 0 on nearly every batch, MoGE
     assert.equal(r.moge.imbalance.max, 0);
     assert.ok(r.topk.imbalance.fractionPositive >= 0.95);
     assert.ok(r.topk.sortedLoad[0]! > 1.1);
+    assert.equal(r.moge.sortedLoad.length, 8);
     assert.ok(r.moge.sortedLoad.every((v) => Math.abs(v - 1) < 1e-12));
   }
   assert.ok(rows[1]!.moge.tokensPerSecond > rows[1]!.topk.tokensPerSecond);

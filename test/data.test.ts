@@ -208,6 +208,7 @@ test("loader: domain mixing follows the weights; each row keeps its domain id", 
   const l = new Loader(dataDir, { split: "train", seqLen: 8, batchSize: 50, seed: 9, weights });
   const tok = trainedTokenizer();
   const n = [0, 0, 0, 0];
+  let controls = 0;
   for (let i = 0; i < 80; i++) {
     const batch = l.next();
     for (let r = 0; r < batch.B; r++) {
@@ -216,10 +217,14 @@ test("loader: domain mixing follows the weights; each row keeps its domain id", 
       // A domain control token inside a row must be the row's own domain.
       for (let t = 0; t < batch.T; t++) {
         const id = batch.x[r * batch.T + t]!;
-        if (id >= 2 && id < 2 + SPEC.domains.length) assert.equal(id, tok.domainTokenId(SPEC.domains[d]!));
+        if (id >= 2 && id < 2 + SPEC.domains.length) {
+          assert.equal(id, tok.domainTokenId(SPEC.domains[d]!));
+          controls++;
+        }
       }
     }
   }
+  assert.ok(controls > 50, `only ${controls} domain control tokens in 4,000 rows: the check above hardly ran`);
   const total = n.reduce((a, b) => a + b, 0);
   assert.ok(Math.abs(n[0]! / total - 0.75) < 0.03, `zh share ${n[0]! / total}`);
   assert.ok(Math.abs(n[1]! / total - 0.25) < 0.03, `en share ${n[1]! / total}`);

@@ -136,6 +136,7 @@ test("an imported GPT-2 upcycles to a sparse model with the same logits", () => 
   const input = { tokens: Int32Array.from(SEQS.flat()), domains: Int32Array.of(0, 0), B: 2, T: NPOS };
   const a = noGrad(() => dense.forward(input).logits.data);
   const b = noGrad(() => sparse.forward(input).logits.data);
+  assert.equal(a.length, b.length);
   assert.ok(a.every((v, i) => Math.abs(v - b[i]!) <= 1e-5));
 });
 

@@ -10,6 +10,7 @@ import { saveModel } from "../src/models/io.js";
 import { copyFileSync } from "node:fs";
 import { argmax, checkSampling, sampleToken } from "../src/serve/sampling.js";
 import { generateIds } from "../src/serve/generate.js";
+import { noGrad } from "../src/autograd/tape.js";
 import { encodePrompt } from "../src/serve/prompt.js";
 import { openModelSource } from "../src/serve/open.js";
 import { Trainer } from "../src/train/trainer.js";
@@ -63,9 +64,35 @@ test("greedy generation (temperature 0) is deterministic and ignores the seed", 
 });
 
 test("decoding runs past seqLen by re-reading the last half of the context", () => {
-  const ids = [...generateIds(model, [3, 4], 0, { ...greedy, temperature: 0.9, maxTokens: 3 * cfg.model.seqLen })];
-  assert.equal(ids.length, 3 * cfg.model.seqLen);
-  for (const id of ids) assert.ok(id >= 0 && id < cfg.model.vocabSize);
+  const [T, V] = [cfg.model.seqLen, cfg.model.vocabSize];
+  const opts = { ...greedy, temperature: 0.9, maxTokens: 3 * T };
+  const ids = [...generateIds(model, [3, 4], 0, opts)];
+  assert.equal(ids.length, 3 * T);
+  // The same decoding without a KV cache: each token is drawn (same seed, same draws) from a full forward over
+  // the window the cache should hold — the whole context until seqLen positions are filled, then only the last
+  // seqLen/2 tokens (the newest included), growing again from there.
+  const context = [3, 4];
+  let start = 0;
+  const rng = new Rng(opts.seed);
+  const want: number[] = [];
+  let refills = 0;
+  const wasTraining = model.training;
+  model.eval();
+  for (let i = 0; i < opts.maxTokens; i++) {
+    const window = context.slice(start);
+    const logits = noGrad(() => model.forward({ tokens: Int32Array.from(window), domains: Int32Array.of(0), B: 1, T: window.length })).logits.data;
+    const id = sampleToken(logits.subarray((window.length - 1) * V, window.length * V), opts, rng);
+    want.push(id);
+    context.push(id);
+    if (window.length === T) {
+      start = context.length - T / 2;
+      refills++;
+    }
+  }
+  model.train(wasTraining);
+  assert.ok(refills >= 4, `the run re-read the context only ${refills} times`);
+  assert.ok(new Set(want).size > 3, "the sampled tokens should vary (else any window gives the same text)");
+  assert.deepEqual(ids, want);
 });
 
 test("a model saved and loaded generates the same text (checkpoint folder and bare safetensors)", () => {

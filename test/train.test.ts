@@ -189,9 +189,10 @@ test("a run writes metrics (train, aux losses, routing, eval), keeps the last K 
   const ms = readMetrics(r.metrics);
   const train = ms.filter((m) => m.kind === "train");
   assert.equal(train.length, 6);
+  // Each line is the step's result as trainStep returned it (what the numbers mean: the test below).
   for (const m of train) {
-    assert.ok(typeof m.lm === "number" && typeof m.balanceLoss === "number" && (m.balanceLoss as number) > 0, "MoGE's balance loss is logged apart from lm");
-    assert.ok(Math.abs((m.loss as number) - (m.lm as number) - (m.balanceLoss as number) - (m.zLoss as number)) < 1e-5);
+    assert.ok((m.balanceLoss as number) > 0 && m.zLoss === 0, `step ${m.step}: MoGE has a balance loss and no z-loss`);
+    assert.ok(Math.abs((m.loss as number) - (m.lm as number) - (m.balanceLoss as number)) < 1e-5, `step ${m.step}: loss is not lm + balance`);
   }
   const routing = ms.filter((m) => m.kind === "routing") as unknown as { layers: { tokensPerExpert: number[]; imbalance: number }[] }[];
   assert.equal(routing.length, 6);
@@ -209,6 +210,28 @@ test("a run writes metrics (train, aux losses, routing, eval), keeps the last K 
   }
   assert.match(readFileSync(r.plots[0]!, "utf8"), /unigram zh/);
   assert.match(readFileSync(r.plots[1]!, "utf8"), /expert 3/);
+});
+
+test("the logged balance loss is MoGE's weighted one, apart from lm: lm does not depend on its coefficient, the balance loss is proportional to it, loss = lm + balance", () => {
+  // The first step sees the same weights and batch whatever the coefficient: only the balance term may change.
+  const first = (coef: number) => {
+    const t = new Trainer(tinyConfig(data, join(root, `balance-${coef}`), { ...ROUTERS.moge!, auxLossCoef: coef } as typeof ROUTERS.moge));
+    const r = t.trainStep();
+    t.close();
+    return r;
+  };
+  const [none, one, three] = [first(0), first(0.01), first(0.03)];
+  for (const r of [none, one, three]) {
+    assert.equal(r.lm, none.lm, "lm (the next-token cross-entropy) changed with the balance coefficient");
+    assert.equal(r.zLoss, 0);
+    assert.ok(Math.abs(r.loss - r.lm - r.balanceLoss) <= 1e-6 * r.loss, `loss ${r.loss} is not lm ${r.lm} + balance ${r.balanceLoss}`);
+  }
+  assert.equal(none.balanceLoss, 0);
+  assert.equal(none.loss, none.lm);
+  assert.ok(one.balanceLoss > 0);
+  assert.ok(Math.abs(three.balanceLoss / one.balanceLoss - 3) < 1e-5, `balance ${three.balanceLoss} at coefficient 0.03, ${one.balanceLoss} at 0.01`);
+  // α·E·Σ f·P with Σ f = 1: at init the router's probabilities are nearly uniform (P ≈ 1/E), so it is about α.
+  assert.ok(Math.abs(one.balanceLoss - 0.01) < 1e-3, `balance loss ${one.balanceLoss} at coefficient 0.01, expected about 0.01`);
 });
 
 test("unigram baseline: cross-entropy of validation tokens under smoothed training frequencies", () => {

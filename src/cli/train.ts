@@ -77,7 +77,7 @@ export function printTrainResult(r: TrainResult): void {
 export function register(program: Command): void {
   program
     .command("train")
-    .description("train a model from a JSON config (see docs/training.md, "The run config")")
+    .description("train a model from a JSON config (see docs/training.md, section The run config)")
     .requiredOption("--config <file>", "train config (JSON; src/train/config.ts lists the fields)")
     .option("--resume [ckpt]", "continue from a checkpoint (default: the newest in <out>/checkpoints)")
     .option("--init <ckpt>", "start from a model's weights (from sigma upcycle, extract or import; its config must equal the model section)")

@@ -150,10 +150,10 @@ export function parseTrainConfig(input: unknown, source = "train config"): Train
 export function loadTrainConfig(path: string): TrainConfig {
   let bytes: Buffer;
   try {
-    bytes = readCapped(path, "the train config", "pass --config with a JSON file (see docs/training.md, "The run config")", 16 * 2 ** 20);
+    bytes = readCapped(path, "the train config", "pass --config with a JSON file (see docs/training.md, section The run config)", 16 * 2 ** 20);
   } catch (e) {
     if (e instanceof SigmaError) throw e;
-    throw new SigmaError(`cannot read the train config ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "pass --config with a JSON file (see docs/training.md, "The run config")");
+    throw new SigmaError(`cannot read the train config ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "pass --config with a JSON file (see docs/training.md, section The run config)");
   }
   let text: string;
   try {
