@@ -7,8 +7,8 @@ import { gradcheck } from "../src/autograd/gradcheck.js";
 import { parseModelConfig, type ModelConfigInput, type RouterConfig } from "../src/models/config.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { MoeLayer } from "../src/moe/layer.js";
-import { imbalanceScore } from "../src/moe/routing.js";
-import { buildRreTable } from "../src/moe/router/rre.js";
+import { contiguousDeviceLoads, imbalanceScore } from "../src/moe/routing.js";
+import { buildRreTable } from "../src/moe/routers/rre.js";
 import { FeedForward } from "../src/nn/layers.js";
 import * as ops from "../src/ops/index.js";
 import { Tensor } from "../src/tensor/tensor.js";
@@ -142,8 +142,8 @@ test("MoGE: exactly K' experts per group per token, IS = 0; top-k at the same K 
         for (let j = 0; j < m.k; j++) perGroup[Math.floor(m.expertIds[r * m.k + j]! / (E / G))]++;
         assert.deepEqual(perGroup, new Array<number>(G).fill(Kp));
       }
-      assert.equal(imbalanceScore(m.counts, G, R), 0);
-      if (imbalanceScore(topk.router.route({ x, ...ctx }).counts, G, R) > 0) topkImbalanced++;
+      assert.equal(imbalanceScore(contiguousDeviceLoads(m.counts, G), R), 0);
+      if (imbalanceScore(contiguousDeviceLoads(topk.router.route({ x, ...ctx }).counts, G), R) > 0) topkImbalanced++;
     }
   });
   assert.ok(topkImbalanced > batches / 2, `top-k was imbalanced on only ${topkImbalanced}/${batches} batches`);
@@ -239,7 +239,7 @@ test("imbalance score matches hand computation", async () => {
   const { routingStats } = await import("../src/moe/routing.js");
   // 4 experts on 2 devices: device loads 3+1 = 4 and 0+2 = 2 over 3 tokens → IS = 2/3.
   const counts = Int32Array.from([3, 1, 0, 2]);
-  assert.equal(imbalanceScore(counts, 2, 3), 2 / 3);
+  assert.equal(imbalanceScore(contiguousDeviceLoads(counts, 2), 3), 2 / 3);
   const [s] = routingStats([{ k: 2, expertIds: new Int32Array(0), weights: Tensor.zeros([0]), auxLoss: null, zLoss: null, counts, dropped: 1 }], 2, 3);
   assert.deepEqual(s!.perDevice, [4, 2]);
   assert.equal(s!.dropped, 1);

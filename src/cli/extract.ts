@@ -9,7 +9,8 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { noGrad } from "../autograd/tape.js";
 import { Loader } from "../data/loader.js";
-import { expertUsage, extractByUsage, extractRre, keptByUsage } from "../models/extract.js";
+import { modelRouter } from "../models/config.js";
+import { expertUsage, extractByDomain, extractByUsage, keptByUsage } from "../models/extract.js";
 import type { ModelInput, PanguSigma } from "../models/pangu-sigma.js";
 import * as ops from "../ops/index.js";
 import { Rng } from "../util/rng.js";
@@ -77,9 +78,9 @@ export function register(program: Command): void {
       const before = full.parameterCount();
       let sub: PanguSigma;
       const state: Record<string, unknown> = { format: "sigma-extract", from: src.path, fromStep: src.step, domain: o.domain, router };
-      if (router === "rre") {
-        if (o.experts !== undefined) throw new SigmaError("--experts is for MoGE and top-k models; an RRE sub-model keeps its domain's expert group whole", "leave out --experts");
-        sub = extractRre(full, o.domain);
+      if (modelRouter(c)!.spec.extraction.exact) {
+        if (o.experts !== undefined) throw new SigmaError(`--experts is for routers without domain structure (MoGE, top-k); a ${router} sub-model keeps its domain's experts whole`, "leave out --experts");
+        sub = extractByDomain(full, o.domain);
         const gap = extractionGap(full, sub, d);
         console.log(`check: max |Δlogit| vs the full model on ${o.domain} = ${gap.toExponential(2)} (loss-free extraction: expected 0)`);
         state.maxLogitGap = gap;

@@ -13,7 +13,7 @@ import { unigramBaselines } from "../train/baseline.js";
 import { prepareRunFolder, runPaths, runTraining, type RunResult } from "../train/run.js";
 import { Trainer, storePath } from "../train/trainer.js";
 import { readManifest } from "../data/manifest.js";
-import { domainIndex, encodePrompt, loadForInference } from "../serve/load.js";
+import { domainIndexOf, encodePrompt, loadForInference } from "../serve/load.js";
 import { generateIds } from "../serve/generate.js";
 import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
 import { TRAIN_LIMITS } from "../train/config.js";
@@ -157,7 +157,7 @@ export function register(program: Command): void {
       const dec = new TextDecoder("utf-8");
       const t0 = performance.now();
       let n = 0;
-      for (const id of generateIds(model, prompt, domainIndex(model, domain), { ...o, stopId: tokenizer.eotId })) {
+      for (const id of generateIds(model, prompt, domainIndexOf(model, domain), { ...o, stopId: tokenizer.eotId })) {
         process.stdout.write(dec.decode(tokenizer.decodeBytes([id]), { stream: true }));
         n++;
       }

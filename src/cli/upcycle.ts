@@ -7,7 +7,7 @@
 import type { Command } from "commander";
 import { readFileSync } from "node:fs";
 import { noGrad } from "../autograd/tape.js";
-import { parseModelConfig, type ModelConfig } from "../models/config.js";
+import { modelRouter, parseModelConfig, type ModelConfig } from "../models/config.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { upcycle } from "../models/upcycle.js";
 import { identityVocab, newIdsOfOld, vocabMapping, type VocabMap } from "../models/vocab-map.js";
@@ -99,9 +99,10 @@ export function register(program: Command): void {
       });
       console.log(`dense ${millions(src.model.parameterCount())} parameters → ${target.denseLayers} dense + ${target.sparseLayers} sparse layers of ${target.experts!.count} experts (${router.kind}): ${millions(sparse.parameterCount())} parameters`);
       console.log(`vocabulary ${vocab.oldSize} → ${vocab.newSize}: ${kept} rows kept, ${vocab.newSize - kept} new (mean of their old byte pieces)`);
-      const exact = (router.kind === "rre" || (router.kind === "topk" && router.renormalize)) && o.noise === 0;
+      const { spec } = modelRouter(target)!;
+      const exact = spec.weightsSumToOne && o.noise === 0;
       console.log(`check: max |Δlogit| vs the dense model on old-vocabulary tokens = ${gap.toExponential(2)}${exact ? (gap <= 1e-4 ? " (function preserved)" : " (EXPECTED ~0: please report)") : " (not expected to be 0 with this router/noise)"}`);
-      if (router.kind === "rre") console.log(`RRE tables drawn from seed ${router.seed} and saved with the model`);
+      if (spec.drawn) console.log(spec.drawn);
       console.log(`checkpoint: ${path}`);
     });
 }

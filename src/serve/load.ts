@@ -51,7 +51,7 @@ export function checkVocab(tok: Tokenizer, model: PanguSigma, where: string): To
 }
 
 /** Index of a domain name in the model's domains, with a hint listing the known ones. */
-export function domainIndex(model: PanguSigma, name: string): number {
+export function domainIndexOf(model: PanguSigma, name: string): number {
   const names = model.config.domains.map((d) => d.name);
   const i = names.indexOf(name);
   if (i < 0) throw new SigmaError(`Unknown domain "${name}"; the model knows ${names.join(", ")}`, "pass one of them with --domain");

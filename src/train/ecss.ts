@@ -34,7 +34,7 @@ import { expertAdamW } from "../optim/sparse.js";
 import { ResidentSet, type CacheStats, type Resident } from "../store/cache.js";
 import type { ExpertStoreFile, IoStats } from "../store/file.js";
 import { payloadFloats, recordNumber, tensorOffsets, type LayerLayout } from "../store/format.js";
-export { createModelWithStore, rreNeeds, statsPath, storeLayout } from "./ecss-model.js";
+export { createModelWithStore, expertsNeededAhead, knowsExpertsAhead, statsPath, storeLayout } from "./ecss-model.js";
 import { Prefetcher, type Pending } from "../store/prefetch.js";
 import { Tensor } from "../tensor/tensor.js";
 import { Storage } from "../tensor/storage.js";

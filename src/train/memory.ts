@@ -20,7 +20,7 @@
  * add to it), so a run it refuses could never have fit.
  */
 import { freemem, totalmem } from "node:os";
-import { largestParts, parameterCounts, type ModelConfig, type ParameterCounts } from "../models/config.js";
+import { expertsPerToken, largestParts, modelRouter, parameterCounts, type ModelConfig, type ParameterCounts } from "../models/config.js";
 import { formatBytes, parseBytes } from "../store/format.js";
 import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
@@ -52,13 +52,6 @@ export interface RunMemory {
   parts: MemoryPart[];
 }
 
-/** Experts chosen per token: RRE 1, MoGE groups·K', top-k k; 0 without sparse layers. */
-function expertsPerToken(m: ModelConfig): number {
-  const r = m.experts?.router;
-  if (!r || m.sparseLayers === 0) return 0;
-  return r.kind === "rre" ? 1 : r.kind === "moge" ? r.groups * r.perGroup : r.k;
-}
-
 /** Float values one micro-batch keeps for backward, and the working set of one block. */
 export function activationValues(m: ModelConfig, batchSize: number, recompute: boolean): number {
   const R = batchSize * m.seqLen;
@@ -71,9 +64,10 @@ export function activationValues(m: ModelConfig, batchSize: number, recompute: b
   if (m.sparseLayers > 0 && m.experts) {
     const k = expertsPerToken(m);
     const Fe = m.experts.width ?? m.ffnWidth;
-    const r = m.experts.router;
-    const router = r.kind === "rre" ? 0 : 2 * R * m.experts.count;
-    const shared = r.kind === "moge" && r.sharedExperts > 0 ? 2 * R * r.sharedExperts * Fe + 2 * R * C : 0;
+    const { spec } = modelRouter(m)!;
+    // A learned router keeps its logits and probabilities [R, E].
+    const router = spec.learned ? 2 * R * m.experts.count : 0;
+    const shared = spec.sharedExperts > 0 ? 2 * R * spec.sharedExperts * Fe + 2 * R * C : 0;
     // Gathered rows, the two expert matmuls with bias and activation, the combine, the residual.
     sparse = attention + router + 3 * R * k * C + 3 * R * k * Fe + 2 * R * C + shared;
   }
@@ -190,8 +184,8 @@ function inferenceValues(m: ModelConfig, batchSize: number): number {
 export function checkBatchFits(model: { config: ModelConfig; parameterCount(): number }, batchSize: number, flag: string, available?: number): void {
   const m = model.config;
   const R = batchSize * m.seqLen;
-  const r = m.experts?.router;
-  const widest = Math.max(m.vocabSize, m.ffnWidth, expertsPerToken(m) * (m.experts?.width ?? m.ffnWidth), r?.kind === "moge" ? r.sharedExperts * (m.experts?.width ?? m.ffnWidth) : 0);
+  const Fe = m.experts?.width ?? m.ffnWidth;
+  const widest = Math.max(m.vocabSize, m.ffnWidth, expertsPerToken(m) * Fe, (modelRouter(m)?.spec.sharedExperts ?? 0) * Fe);
   if (R * widest > 2 ** 31 - 1) {
     throw new SigmaError(
       `${flag} ${batchSize}: a batch of ${batchSize} × ${m.seqLen} tokens would make a ${R.toLocaleString("en-US")} × ${widest.toLocaleString("en-US")} activation, more than one tensor may hold (2^31 − 1)`,

@@ -2,26 +2,66 @@
  * The learned top-k baseline (GShard / Switch / Mixtral, PAPERS.md §4):
  * softmax router, top-k, optional renormalisation, Switch balance loss,
  * optional z-loss, optional capacity factor with dropping (else dropless).
+ *
+ * No domain structure: a domain's sub-model keeps the experts its data used
+ * most (at least k of them).
  */
+import { z } from "zod";
 import { Module } from "../../nn/module.js";
 import type { InitOptions } from "../../nn/layers.js";
 import * as ops from "../../ops/index.js";
 import { Tensor } from "../../tensor/tensor.js";
+import { SigmaError } from "../../util/errors.js";
+import { finiteField, intField } from "../../util/json.js";
 import { countPerExpert, type RouterInput, type Routing } from "../routing.js";
-import { balanceLoss, pick, topIndices } from "./learned.js";
+import { balanceLoss, copyRows, mostUsed, pick, routerMatrix, topIndices } from "./learned.js";
+import { MAX_EXPERTS, type RouterKind, type RouterModule } from "./router.js";
 
-export interface TopkOptions {
-  k: number;
-  renormalize: boolean;
-  auxLossCoef: number;
-  zLossCoef: number;
-  capacityFactor: number | null;
-}
+export const TopkSchema = z
+  .object({
+    kind: z.literal("topk"),
+    k: intField(1, MAX_EXPERTS).default(2),
+    /** Renormalise the chosen weights to sum to 1 (Mixtral); off keeps raw softmax weights (GShard). */
+    renormalize: z.boolean().default(true),
+    auxLossCoef: finiteField().min(0).default(0.01),
+    /** Router z-loss coefficient (ST-MoE); 0 turns it off. */
+    zLossCoef: finiteField().min(0).default(0),
+    /** Tokens per expert = ceil(factor·tokens·k/E), the rest dropped; null = dropless. A factor of E/k already drops nothing. */
+    capacityFactor: finiteField().positive().max(MAX_EXPERTS).nullable().default(null),
+  })
+  .strict();
 
-export class TopkRouter extends Module {
+export type TopkConfig = z.infer<typeof TopkSchema>;
+
+export const topk: RouterKind<typeof TopkSchema> = {
+  schema: TopkSchema,
+  spec: (c) => ({
+    k: c.k,
+    sharedExperts: 0,
+    learned: true,
+    // One device per expert [ours]: top-k has no groups to place.
+    devices: (experts) => experts,
+    check(model, bad) {
+      if (c.k > model.experts) bad(["experts", "router", "k"], `k = ${c.k} is larger than experts.count = ${model.experts}`);
+    },
+    tensors: (model) => [routerMatrix(model)],
+    build: (l) => new TopkRouter(l.width, l.experts, c, l.init),
+    extraction: {
+      exact: false,
+      keep(usage, budget) {
+        if (c.k > budget) throw new SigmaError(`cannot keep ${budget} experts: the router picks k = ${c.k} per token`, `pass --experts ${c.k} or more`);
+        return mostUsed(usage, Array.from({ length: usage.length }, (_, e) => e), budget);
+      },
+    },
+    weightsSumToOne: c.renormalize,
+    drawn: null,
+  }),
+};
+
+export class TopkRouter extends Module implements RouterModule {
   readonly weight: Tensor;
 
-  constructor(readonly width: number, readonly experts: number, readonly opts: TopkOptions, init: InitOptions) {
+  constructor(readonly width: number, readonly experts: number, readonly opts: Omit<TopkConfig, "kind">, init: InitOptions) {
     super();
     this.weight = this.param("weight", Tensor.randn([experts, width], init.rng, init.std ?? 0.02, init.dtype ?? "float32"));
   }
@@ -72,5 +112,10 @@ export class TopkRouter extends Module {
       zLoss = ops.scale(ops.mean(ops.mul(lse, lse)), zLossCoef);
     }
     return { k, expertIds, weights, auxLoss: balanceLoss(probs, counts, R * k, auxLossCoef), zLoss, counts, dropped };
+  }
+
+  copyKept(from: RouterModule, kept: readonly number[]): void {
+    if (!(from instanceof TopkRouter)) throw new TypeError("TopkRouter.copyKept: the full model's router is not a top-k router");
+    copyRows(this.weight, from.weight, kept);
   }
 }
