@@ -13,6 +13,7 @@ import { FeedForward } from "../src/nn/layers.js";
 import * as ops from "../src/ops/index.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import { Rng } from "../src/util/rng.js";
+import { SigmaError } from "../src/util/errors.js";
 import { maxDiff } from "./compare.js";
 
 const routers: Record<string, RouterConfig> = {
@@ -212,6 +213,29 @@ test("bad configs name the field", () => {
   bad({ domains: [{ name: "zh", slot: 5, group: 0 }] }, /domains\.0\.slot: 5 is not an embedding slot/);
   bad({ ...{ colour: "red" } } as Partial<ModelConfigInput>, /Unrecognized key.*colour/);
   bad({ experts: undefined }, /experts: sparseLayers > 0 needs an experts section/);
+});
+
+test("learned top-k with k = 1 and renormalize is refused: its one weight is always 1, so the router would learn nothing from the LM loss", () => {
+  const withRouter = (router: Record<string, unknown>) => tinyConfig(router as RouterConfig);
+  const refused = /^ {2}experts\.router\.renormalize: with k = 1 the renormalised weight is always 1, so the router gets no gradient from the language-model loss: set renormalize to false, or k to 2 or more$/m;
+  assert.throws(() => parseModelConfig(withRouter({ kind: "topk", k: 1, renormalize: true }), "m.json"), (e: unknown) => e instanceof SigmaError && refused.test(e.message) && e.message.startsWith("m.json is invalid"));
+  // renormalize defaults to true: k = 1 alone is the same combination.
+  assert.throws(() => parseModelConfig(withRouter({ kind: "topk", k: 1 })), refused);
+  // Either fix parses.
+  parseModelConfig(withRouter({ kind: "topk", k: 2, renormalize: true }));
+  parseModelConfig(withRouter({ kind: "topk", k: 1, renormalize: false }));
+  // Why: built past the check, the layer's output gives the router's weight no gradient at all; without renormalisation it does.
+  const routerGrad = (renormalize: boolean) => {
+    const rng = new Rng(6);
+    const moe = new MoeLayer(6, 10, 4, { kind: "topk", k: 1, renormalize, auxLossCoef: 0, zLossCoef: 0, capacityFactor: null }, { vocabSize: 20, domainGroup: new Int32Array(1), layer: 0, outStd: 0.3 }, { rng, dtype: "float64", std: 0.3 });
+    const x = Tensor.randn([7, 6], rng, 1, "float64");
+    const { y } = moe.forward(x, ctxFor(7, 20, rng, 1));
+    backward(y, Tensor.randn([7, 6], rng, 1, "float64"));
+    const w = (moe.router as unknown as { weight: Tensor }).weight;
+    return Math.max(...Array.from(w.grad?.data ?? [0], Math.abs));
+  };
+  assert.equal(routerGrad(true), 0);
+  assert.ok(routerGrad(false) > 0);
 });
 
 test("RRE tables and weights survive save/load unchanged (loaded, not re-drawn)", async () => {

@@ -43,6 +43,10 @@ export const topk: RouterKind<typeof TopkSchema> = {
     devices: (experts) => experts,
     check(model, bad) {
       if (c.k > model.experts) bad(["experts", "router", "k"], `k = ${c.k} is larger than experts.count = ${model.experts}`);
+      // Renormalised, a single choice always has weight 1: the weights, the router's only path to the LM loss, would carry no gradient.
+      if (c.k === 1 && c.renormalize) {
+        bad(["experts", "router", "renormalize"], "with k = 1 the renormalised weight is always 1, so the router gets no gradient from the language-model loss: set renormalize to false, or k to 2 or more");
+      }
     },
     tensors: (model) => [routerMatrix(model)],
     build: (l) => new TopkRouter(l.width, l.experts, c, l.init),
