@@ -116,7 +116,7 @@ export const ModelConfigSchema = z
       const Fe = c.experts.width ?? c.ffnWidth;
       const { spec, view } = modelRouter(c)!;
       tensor(c.experts.width ? ["experts", "width"] : ["ffnWidth"], "an expert's matrix [expert width, width]", Fe * C, "lower the expert width or width");
-      for (const t of spec.tensors(view)) tensor(t.field, t.what, t.elements, t.fix);
+      for (const t of spec.tensors(view)) tensor(t.fields[0]!, t.what, t.elements, t.fix);
       tensor(["experts", "router", "sharedExperts"], "the shared experts' matrix [sharedExperts·expert width, width]", spec.sharedExperts * Fe * C, "lower sharedExperts");
     }
     const n = parameterCounts(c);

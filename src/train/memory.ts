@@ -8,7 +8,7 @@
  *   - parameters, their gradients and both Adam moments: 16 bytes a
  *     parameter; with the expert store (ECSS) the experts count only up to
  *     store.memory (parameters and moments resident), plus their gradients;
- *   - the RRE tables (int32);
+ *   - the routers' state buffers (int32: RRE tables);
  *   - activations of one micro-batch of batchSize × seqLen tokens: what each
  *     block keeps for backward, the logits and their gradient, and one
  *     block's gradients while backward runs; with recompute only the block
@@ -114,7 +114,12 @@ export function estimateRunMemory(cfg: TrainConfig): RunMemory {
     const held = Math.min(budget, 12 * n.experts);
     parts.push({ what: `resident experts (store.memory, with their gradients)`, bytes: held + held / 3, fields: ["store.memory"] });
   }
-  if (n.buffers > 0) parts.push({ what: "the RRE tables", bytes: 4 * n.buffers, fields: ["model.experts.router.groups", "model.vocabSize"] });
+  if (n.buffers > 0) {
+    const { spec, view } = modelRouter(m)!;
+    const buffers = spec.tensors(view).filter((t) => t.buffer);
+    const what = `${buffers.map((t) => t.what).join(", ")} of ${m.sparseLayers} sparse layer${m.sparseLayers === 1 ? "" : "s"}`;
+    parts.push({ what, bytes: 4 * n.buffers, fields: [...new Set(buffers.flatMap((t) => t.fields.map((f) => `model.${f.join(".")}`)))] });
+  }
   const act = F32 * activationValues(m, cfg.batchSize, cfg.recompute);
   parts.push({
     what: `activations of a micro-batch of ${cfg.batchSize} × ${m.seqLen} tokens${cfg.recompute ? " (recomputed)" : ""}`,

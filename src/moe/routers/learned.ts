@@ -46,7 +46,7 @@ export function topIndices(v: ArrayLike<number>, from: number, to: number, k: nu
 
 /** The learned router's matrix W [E, C], saved as router.weight. */
 export function routerMatrix(model: ModelView): RouterTensor {
-  return { name: "weight", elements: model.experts * model.width, buffer: false, what: "the router [experts.count, width]", field: ["experts", "count"], fix: "lower experts.count or width" };
+  return { name: "weight", elements: model.experts * model.width, buffer: false, what: "the router [experts.count, width]", fields: [["experts", "count"], ["width"]], fix: "lower experts.count or width" };
 }
 
 /** Extraction: rows `kept` of `from` [E, …] into `to` [kept.length, …], in order. */

@@ -53,7 +53,7 @@ export const moge: RouterKind<typeof MogeSchema> = {
     },
     tensors: (model) => [
       routerMatrix(model),
-      { name: "scale", elements: model.experts, buffer: false, what: "the router scale [experts.count]", field: ["experts", "count"], fix: "lower experts.count" },
+      { name: "scale", elements: model.experts, buffer: false, what: "the router scale [experts.count]", fields: [["experts", "count"]], fix: "lower experts.count" },
     ],
     build: (l) => new MogeRouter(l.width, l.experts, c.groups, c.perGroup, c.auxLossCoef, l.init),
     extraction: {

@@ -40,9 +40,11 @@ export interface RouterTensor {
   elements: number;
   /** An int32 state buffer (drawn, saved, never trained) rather than a float parameter. */
   buffer: boolean;
-  /** For the per-tensor size limit: what it is, the config field that sizes it, and what to lower. */
+  /** What it is, for messages ("the RRE table [groups·vocabSize]"). */
   what: string;
-  field: (string | number)[];
+  /** The config fields that size it (paths from the model config's root), the one a size-limit error names first. */
+  fields: (string | number)[][];
+  /** What to lower when it is too large. */
   fix: string;
 }
 

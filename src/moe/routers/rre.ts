@@ -49,7 +49,7 @@ export const rre: RouterKind<typeof RreSchema> = {
       });
     },
     tensors: (model) => [
-      { name: "table", elements: c.groups * model.vocabSize, buffer: true, what: "the RRE table [groups·vocabSize]", field: ["experts", "router", "groups"], fix: "lower the groups or vocabSize" },
+      { name: "table", elements: c.groups * model.vocabSize, buffer: true, what: "the RRE table [groups·vocabSize]", fields: [["experts", "router", "groups"], ["vocabSize"]], fix: "lower the groups or vocabSize" },
     ],
     checkBuffer: (model, name, table) => (name === "table" ? tableError(table, model.experts, c.groups) : null),
     build: (l) => new RreRouter(l.experts, c.groups, l.vocabSize, l.domainGroup, c.seed, l.layer),
