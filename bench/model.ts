@@ -9,7 +9,7 @@ import { backward, zeroGrad } from "../src/autograd/tape.js";
 import { getBackend } from "../src/backend/index.js";
 import { PEAK_LEGEND, fmaPeak } from "./util.js";
 import { loadNative } from "../src/backend/native/index.js";
-import { parseModelConfig, type ModelConfig, type ModelConfigInput, type RouterConfig } from "../src/models/config.js";
+import { modelRouter, parseModelConfig, type ModelConfig, type ModelConfigInput, type RouterConfig } from "../src/models/config.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { Rng } from "../src/util/rng.js";
 
@@ -37,10 +37,8 @@ export function forwardFlopsPerToken(c: ModelConfig): number {
   for (let l = 0; l < c.denseLayers; l++) total += attn + ffn(F);
   for (let l = 0; l < c.sparseLayers; l++) {
     const ex = c.experts!;
-    const r = ex.router;
-    const k = r.kind === "rre" ? 1 : r.kind === "moge" ? r.groups * r.perGroup : r.k;
-    const shared = r.kind === "moge" ? r.sharedExperts : 0;
-    total += attn + (k + shared) * ffn(ex.width ?? F) + (r.kind === "rre" ? 0 : 2 * C * ex.count);
+    const { spec } = modelRouter(c)!;
+    total += attn + (spec.k + spec.sharedExperts) * ffn(ex.width ?? F) + (spec.learned ? 2 * C * ex.count : 0);
   }
   total += attn + ffn(F); // query layer
   total += 2 * C * V; // tied logits

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { capacityDrops, deviceLoads, distribution, expertLoads, imbalanceScore, LayerBalance, measureBatch, type RoutedBatch } from "../src/balance/analysis.js";
+import { capacityDrops, deviceLoads, distribution, expertLoads, LayerBalance, measureBatch, type RoutedBatch } from "../src/balance/analysis.js";
 import { balanceFromCheckpoint } from "../src/balance/checkpoint.js";
 import { parseHardware, resolveHardware } from "../src/balance/hardware.js";
 import { choosePlacement, contiguousPlacement, parsePlacement } from "../src/balance/placement.js";
@@ -20,7 +20,7 @@ import { prepareData } from "../src/data/prepare.js";
 import { parseModelConfig, type RouterConfig } from "../src/models/config.js";
 import { saveModel } from "../src/models/io.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
-import { imbalanceScore as routingImbalance } from "../src/moe/routing.js";
+import { contiguousDeviceLoads, imbalanceScore } from "../src/moe/routing.js";
 import { saveTokenizer } from "../src/tokenizer/hfjson.js";
 import { trainBpe, WordCounter } from "../src/tokenizer/trainer.js";
 import { SigmaError } from "../src/util/errors.js";
@@ -42,8 +42,9 @@ test("IS of hand-made routings matches hand computation", () => {
   const b = measureBatch(r, two, null);
   assert.equal(b.imbalance, 2 / 3);
   assert.equal(b.maxOverMean, 4 / 3);
-  // The routing module's contiguous IS agrees.
-  assert.equal(routingImbalance(expertLoads(r), 2, 3), 2 / 3);
+  // The routing module's contiguous loads agree.
+  assert.deepEqual(contiguousDeviceLoads(expertLoads(r), 2), [4, 2]);
+  assert.equal(imbalanceScore(contiguousDeviceLoads(expertLoads(r), 2), 3), 2 / 3);
   // Expert 0 alone on device 0, the rest on device 1: T = [3, 3], IS = 0.
   const p = parsePlacement({ devices: 2, experts: [0, 1, 1, 1] }, 4);
   assert.equal(measureBatch(r, p, null).imbalance, 0);

@@ -5,9 +5,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { noGrad } from "../src/autograd/tape.js";
 import { parseModelConfig, type ModelConfigInput, type RouterConfig } from "../src/models/config.js";
-import { expertUsage, extractByUsage, extractRre } from "../src/models/extract.js";
+import { expertUsage, extractByDomain, extractByUsage } from "../src/models/extract.js";
 import { PanguSigma, type ModelInput } from "../src/models/pangu-sigma.js";
-import type { TopkRouter } from "../src/moe/router/topk.js";
+import type { TopkRouter } from "../src/moe/routers/topk.js";
 import { Rng } from "../src/util/rng.js";
 import { maxDiff } from "./compare.js";
 
@@ -31,7 +31,7 @@ for (const [mode, extra] of [["sparse", { denseLayers: 0, sparseLayers: 3 }], ["
     const full = model({ kind: "rre", groups: 3, seed: 2 }, extra);
     const rng = new Rng(1);
     DOMAINS.forEach((dom, d) => {
-      const sub = extractRre(full, dom.name);
+      const sub = extractByDomain(full, dom.name);
       assert.equal(sub.config.experts!.count, 2);
       assert.equal(sub.config.embeddingSlots, 1);
       assert.ok(sub.parameterCount() < full.parameterCount());
@@ -49,9 +49,9 @@ for (const [mode, extra] of [["sparse", { denseLayers: 0, sparseLayers: 3 }], ["
 
 test("RRE extraction: unknown domain and dense model are refused with a hint", () => {
   const full = model({ kind: "rre", groups: 3, seed: 2 });
-  assert.throws(() => extractRre(full, "fr"), /Unknown domain "fr"; the model knows zh, en, code/);
+  assert.throws(() => extractByDomain(full, "fr"), /Unknown domain "fr"; the model knows zh, en, code/);
   const dense = new PanguSigma(parseModelConfig({ vocabSize: V, width: 8, heads: 2, denseLayers: 1, sparseLayers: 0, seqLen: 4, ffnWidth: 8, domains: [{ name: "en" }] }));
-  assert.throws(() => extractRre(dense, "en"), /dense: it has no experts/);
+  assert.throws(() => extractByDomain(dense, "en"), /dense: it has no experts/);
 });
 
 test("top-k extraction by usage keeps the most used experts, with their router rows", () => {

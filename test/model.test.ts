@@ -7,12 +7,13 @@ import { gradcheck } from "../src/autograd/gradcheck.js";
 import { parseModelConfig, type ModelConfigInput, type RouterConfig } from "../src/models/config.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { MoeLayer } from "../src/moe/layer.js";
-import { imbalanceScore } from "../src/moe/routing.js";
-import { buildRreTable } from "../src/moe/router/rre.js";
+import { contiguousDeviceLoads, imbalanceScore } from "../src/moe/routing.js";
+import { buildRreTable } from "../src/moe/routers/rre.js";
 import { FeedForward } from "../src/nn/layers.js";
 import * as ops from "../src/ops/index.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import { Rng } from "../src/util/rng.js";
+import { SigmaError } from "../src/util/errors.js";
 import { maxDiff } from "./compare.js";
 
 const routers: Record<string, RouterConfig> = {
@@ -142,8 +143,8 @@ test("MoGE: exactly K' experts per group per token, IS = 0; top-k at the same K 
         for (let j = 0; j < m.k; j++) perGroup[Math.floor(m.expertIds[r * m.k + j]! / (E / G))]++;
         assert.deepEqual(perGroup, new Array<number>(G).fill(Kp));
       }
-      assert.equal(imbalanceScore(m.counts, G, R), 0);
-      if (imbalanceScore(topk.router.route({ x, ...ctx }).counts, G, R) > 0) topkImbalanced++;
+      assert.equal(imbalanceScore(contiguousDeviceLoads(m.counts, G), R), 0);
+      if (imbalanceScore(contiguousDeviceLoads(topk.router.route({ x, ...ctx }).counts, G), R) > 0) topkImbalanced++;
     }
   });
   assert.ok(topkImbalanced > batches / 2, `top-k was imbalanced on only ${topkImbalanced}/${batches} batches`);
@@ -214,6 +215,29 @@ test("bad configs name the field", () => {
   bad({ experts: undefined }, /experts: sparseLayers > 0 needs an experts section/);
 });
 
+test("learned top-k with k = 1 and renormalize is refused: its one weight is always 1, so the router would learn nothing from the LM loss", () => {
+  const withRouter = (router: Record<string, unknown>) => tinyConfig(router as RouterConfig);
+  const refused = /^ {2}experts\.router\.renormalize: with k = 1 the renormalised weight is always 1, so the router gets no gradient from the language-model loss: set renormalize to false, or k to 2 or more$/m;
+  assert.throws(() => parseModelConfig(withRouter({ kind: "topk", k: 1, renormalize: true }), "m.json"), (e: unknown) => e instanceof SigmaError && refused.test(e.message) && e.message.startsWith("m.json is invalid"));
+  // renormalize defaults to true: k = 1 alone is the same combination.
+  assert.throws(() => parseModelConfig(withRouter({ kind: "topk", k: 1 })), refused);
+  // Either fix parses.
+  parseModelConfig(withRouter({ kind: "topk", k: 2, renormalize: true }));
+  parseModelConfig(withRouter({ kind: "topk", k: 1, renormalize: false }));
+  // Why: built past the check, the layer's output gives the router's weight no gradient at all; without renormalisation it does.
+  const routerGrad = (renormalize: boolean) => {
+    const rng = new Rng(6);
+    const moe = new MoeLayer(6, 10, 4, { kind: "topk", k: 1, renormalize, auxLossCoef: 0, zLossCoef: 0, capacityFactor: null }, { vocabSize: 20, domainGroup: new Int32Array(1), layer: 0, outStd: 0.3 }, { rng, dtype: "float64", std: 0.3 });
+    const x = Tensor.randn([7, 6], rng, 1, "float64");
+    const { y } = moe.forward(x, ctxFor(7, 20, rng, 1));
+    backward(y, Tensor.randn([7, 6], rng, 1, "float64"));
+    const w = (moe.router as unknown as { weight: Tensor }).weight;
+    return Math.max(...Array.from(w.grad?.data ?? [0], Math.abs));
+  };
+  assert.equal(routerGrad(true), 0);
+  assert.ok(routerGrad(false) > 0);
+});
+
 test("RRE tables and weights survive save/load unchanged (loaded, not re-drawn)", async () => {
   const { mkdtempSync, writeFileSync, readFileSync } = await import("node:fs");
   const { tmpdir } = await import("node:os");
@@ -239,7 +263,7 @@ test("imbalance score matches hand computation", async () => {
   const { routingStats } = await import("../src/moe/routing.js");
   // 4 experts on 2 devices: device loads 3+1 = 4 and 0+2 = 2 over 3 tokens → IS = 2/3.
   const counts = Int32Array.from([3, 1, 0, 2]);
-  assert.equal(imbalanceScore(counts, 2, 3), 2 / 3);
+  assert.equal(imbalanceScore(contiguousDeviceLoads(counts, 2), 3), 2 / 3);
   const [s] = routingStats([{ k: 2, expertIds: new Int32Array(0), weights: Tensor.zeros([0]), auxLoss: null, zLoss: null, counts, dropped: 1 }], 2, 3);
   assert.deepEqual(s!.perDevice, [4, 2]);
   assert.equal(s!.dropped, 1);

@@ -9,7 +9,8 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { noGrad } from "../autograd/tape.js";
 import { Loader } from "../data/loader.js";
-import { expertUsage, extractByUsage, extractRre, keptByUsage } from "../models/extract.js";
+import { modelRouter } from "../models/config.js";
+import { expertUsage, extractByDomain, extractByUsage, keptByUsage } from "../models/extract.js";
 import type { ModelInput, PanguSigma } from "../models/pangu-sigma.js";
 import * as ops from "../ops/index.js";
 import { checkBatchFits } from "../train/memory.js";
@@ -37,7 +38,7 @@ export interface ExtractResult {
   /** The router kind of the full model. */
   router: string;
   parameters: { before: number; after: number };
-  /** Exact extraction (RRE): largest |Δlogit| against the full model on the domain (expected 0). */
+  /** Exact extraction (a router with domain structure, RRE): largest |Δlogit| against the full model on the domain (expected 0). */
   maxLogitGap: number | null;
   /** By usage: validation loss of the full and the sub-model on the domain. */
   valLoss: { full: number; sub: number } | null;
@@ -94,9 +95,9 @@ export function extract(model: Model, o: ExtractOptions): ExtractResult {
   const before = full.parameterCount();
   const result = { router, maxLogitGap: null, valLoss: null, carried: null, data: null } as Omit<ExtractResult, "model" | "parameters">;
   let sub: PanguSigma;
-  if (router === "rre") {
-    if (o.experts !== undefined) throw new SigmaError(`${names.experts} is for MoGE and top-k models; an RRE sub-model keeps its domain's expert group whole`, `leave out ${names.experts}`);
-    sub = extractRre(full, o.domain);
+  if (modelRouter(c)!.spec.extraction.exact) {
+    if (o.experts !== undefined) throw new SigmaError(`${names.experts} is for routers without domain structure (MoGE, top-k); a ${router} sub-model keeps its domain's experts whole`, `leave out ${names.experts}`);
+    sub = extractByDomain(full, o.domain);
     result.maxLogitGap = extractionGap(full, sub, d);
   } else {
     if (o.experts === undefined) throw new SigmaError(`a ${router} model has no domain structure: say how many experts per layer to keep`, `pass ${names.experts} N (of ${c.experts!.count}); the domain's most used experts are kept`);

@@ -5,7 +5,7 @@
  * the spot against the dense model's logits on the old vocabulary.
  */
 import { noGrad } from "../autograd/tape.js";
-import { parseModelConfig, type ModelConfig, type ModelConfigInput } from "../models/config.js";
+import { modelRouter, parseModelConfig, type ModelConfig, type ModelConfigInput } from "../models/config.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { upcycle as growSparse } from "../models/upcycle.js";
 import { identityVocab, newIdsOfOld, vocabMapping, type VocabMap } from "../models/vocab-map.js";
@@ -32,6 +32,8 @@ export interface UpcycleResult {
   gap: number;
   /** Whether this router and noise preserve the dense function exactly (then gap ≈ 0). */
   exact: boolean;
+  /** What the router drew that is now part of the model (e.g. RRE's tables and their seed), or null. */
+  drawn: string | null;
   vocabulary: { old: number; new: number; kept: number };
 }
 
@@ -57,10 +59,9 @@ export function upcycleGap(dense: PanguSigma, sparse: PanguSigma, map: VocabMap,
   return gap;
 }
 
-/** Whether upcycling with this router preserves the dense model's function (see src/models/upcycle.ts). */
+/** Whether upcycling with this router preserves the dense model's function: its weights sum to 1 and no noise (src/models/upcycle.ts). */
 function preservesFunction(c: ModelConfig, noise: number): boolean {
-  const r = c.experts?.router;
-  return !!r && (r.kind === "rre" || (r.kind === "topk" && r.renormalize)) && noise === 0;
+  return (modelRouter(c)?.spec.weightsSumToOne ?? false) && noise === 0;
 }
 
 export function upcycle(dense: Model, sparseConfig: ModelConfigInput | ModelConfig, o: UpcycleOptions = {}): UpcycleResult {
@@ -82,5 +83,5 @@ export function upcycle(dense: Model, sparseConfig: ModelConfigInput | ModelConf
   const kept = vocab.oldId.reduce((n, id) => n + (id >= 0 ? 1 : 0), 0);
   const gap = upcycleGap(dense.network, sparse, vocab);
   const model = new Model(sparse, tokenizer, null, 0, dense.dataDir, null, tokenizerText);
-  return { model, gap, exact: preservesFunction(target, noise), vocabulary: { old: vocab.oldSize, new: vocab.newSize, kept } };
+  return { model, gap, exact: preservesFunction(target, noise), drawn: modelRouter(target)?.spec.drawn ?? null, vocabulary: { old: vocab.oldSize, new: vocab.newSize, kept } };
 }

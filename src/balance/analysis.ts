@@ -8,7 +8,7 @@
  * drop in training only (topk.ts), and a balance report should show the
  * imbalance the router creates, not what the capacity limit hides.
  */
-import { countPerExpert, imbalanceOfLoads } from "../moe/routing.js";
+import { countPerExpert, imbalanceScore } from "../moe/routing.js";
 import type { Placement } from "./placement.js";
 
 /** One layer's routing of one batch: k choices per token, expert ids in [0, E) (E marks an assignment already dropped). */
@@ -24,15 +24,12 @@ export const tokensOf = (rb: RoutedBatch): number => rb.expertIds.length / rb.k;
 /** Assignments per expert [E]; ids equal to E (dropped) are not counted. */
 export const expertLoads = (rb: RoutedBatch): Int32Array => countPerExpert(rb.expertIds, rb.experts);
 
-/** T_d: token-expert computations on each device [D]. */
+/** T_d: token-expert computations on each device [D] under any placement (their IS: imbalanceScore, src/moe/routing.ts). */
 export function deviceLoads(perExpert: ArrayLike<number>, placement: Placement): number[] {
   const loads = new Array<number>(placement.devices).fill(0);
   for (let e = 0; e < perExpert.length; e++) loads[placement.deviceOf[e]!] += perExpert[e]!;
   return loads;
 }
-
-/** IS(X) = (max_d T_d − min_d T_d) / |X|, |X| the tokens of the batch (0 for an empty batch): routing.ts's, for any placement. */
-export { imbalanceOfLoads as imbalanceScore } from "../moe/routing.js";
 
 /**
  * Assignments dropped by a capacity of ceil(factor·R·k/E) per expert, first
@@ -76,7 +73,7 @@ export function measureBatch(rb: RoutedBatch, placement: Placement, capacityFact
     tokens,
     perExpert,
     perDevice,
-    imbalance: imbalanceOfLoads(perDevice, tokens),
+    imbalance: imbalanceScore(perDevice, tokens),
     maxOverMean: mean === 0 ? 1 : Math.max(...perDevice) / mean,
     dropped: capacityFactor === null ? 0 : capacityDrops(rb, capacityFactor),
   };

@@ -8,8 +8,9 @@ import { readManifest } from "../data/manifest.js";
 import type { Split } from "../data/shards.js";
 import { SigmaError } from "../util/errors.js";
 import { LayerBalance, type RoutedBatch } from "./analysis.js";
-import { choicesPerToken, domainIndex, loadForBalance, routeBatch } from "./from-model.js";
+import { loadForBalance, manifestDomainIndices, routeBatch } from "./from-model.js";
 import { choosePlacement, type Placement } from "./placement.js";
+import { expertsPerToken } from "../models/config.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 
 export interface CheckpointBalanceOptions {
@@ -64,7 +65,7 @@ export function balanceFromCheckpoint(o: CheckpointBalanceOptions): BalanceRepor
     );
   }
   const loader = new Loader(o.data, { split: o.split, seqLen: T, batchSize: o.batchSize, seed: o.seed, weights });
-  const domainOf = domainIndex(model, loader.manifest);
+  const domainOf = manifestDomainIndices(model, loader.manifest);
   const layers = Array.from({ length: c.sparseLayers }, () => new LayerBalance(E, placement, o.capacityFactor));
   const routings: RoutedBatch[][] = [];
   for (let i = 0; i < o.batches; i++) {
@@ -75,7 +76,7 @@ export function balanceFromCheckpoint(o: CheckpointBalanceOptions): BalanceRepor
   return {
     router: c.experts!.router.kind,
     experts: E,
-    k: choicesPerToken(model),
+    k: expertsPerToken(c),
     placement,
     capacityFactor: o.capacityFactor,
     tokensPerBatch: o.batchSize * T,

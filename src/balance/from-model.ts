@@ -21,18 +21,12 @@ export function loadForBalance(path: string): PanguSigma {
 }
 
 /** Model domain index of each data domain id, matched by name (−1: not in the model). */
-export function domainIndex(model: PanguSigma, manifest: Manifest): Int32Array {
+export function manifestDomainIndices(model: PanguSigma, manifest: Manifest): Int32Array {
   const byName = new Map(model.config.domains.map((d, i) => [d.name, i]));
   const maxId = Math.max(...manifest.domains.map((d) => d.id));
   const map = new Int32Array(maxId + 1).fill(-1);
   for (const d of manifest.domains) map[d.id] = byName.get(d.name) ?? -1;
   return map;
-}
-
-/** Experts per token of the model's router. */
-export function choicesPerToken(model: PanguSigma): number {
-  const r = model.config.experts!.router;
-  return r.kind === "rre" ? 1 : r.kind === "moge" ? r.groups * r.perGroup : r.k;
 }
 
 /** One RoutedBatch per sparse layer for a loader batch. */

@@ -4,7 +4,7 @@
  */
 import { existsSync } from "node:fs";
 import { z } from "zod";
-import type { ModelConfig } from "../models/config.js";
+import { modelRouter, type ModelConfig } from "../models/config.js";
 import { SigmaError } from "../util/errors.js";
 import { parseWithSchema, readJsonFile } from "../util/json.js";
 
@@ -56,7 +56,7 @@ export const SHAPE_PRESETS: Record<string, SimShape> = {
 /** The shape of a Sigma model: its query layer counts as one more dense layer; Sigma computes in fp32. */
 export function shapeFromConfig(c: ModelConfig): SimShape {
   if (!c.experts || c.sparseLayers === 0) throw new SigmaError("the model has no sparse layers: there is nothing to balance", "use a checkpoint of a sparse or mixed model");
-  const r = c.experts.router;
+  const { spec } = modelRouter(c)!;
   return {
     name: "checkpoint",
     experts: c.experts.count,
@@ -66,10 +66,10 @@ export function shapeFromConfig(c: ModelConfig): SimShape {
     sparseLayers: c.sparseLayers,
     denseLayers: c.denseLayers + 1,
     ffnWidth: c.ffnWidth,
-    sharedExperts: r.kind === "moge" ? r.sharedExperts : 0,
+    sharedExperts: spec.sharedExperts,
     context: c.seqLen / 2,
     vocabSize: c.vocabSize,
-    learnedRouter: r.kind !== "rre",
+    learnedRouter: spec.learned,
     bytesPerValue: 4,
   };
 }

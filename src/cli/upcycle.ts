@@ -57,7 +57,7 @@ export function register(program: Command): void {
       console.log(`dense ${millions(dense.parameters.total)} parameters → ${target.denseLayers} dense + ${target.sparseLayers} sparse layers of ${target.experts!.count} experts (${router.kind}): ${millions(r.model.parameters.total)} parameters (${millions(r.model.parameters.active)} active per token)`);
       console.log(`vocabulary ${v.old} → ${v.new}: ${v.kept} rows kept, ${v.new - v.kept} new (mean of their old byte pieces)`);
       console.log(`check: max |Δlogit| vs the dense model on old-vocabulary tokens = ${gap.toExponential(2)}${r.exact ? (gap <= 1e-4 ? " (function preserved)" : " (EXPECTED ~0: please report)") : " (not expected to be 0 with this router/noise)"}`);
-      if (router.kind === "rre") console.log(`RRE tables drawn from seed ${router.seed} and saved with the model`);
+      if (r.drawn) console.log(r.drawn);
       console.log(`checkpoint: ${path}`);
     });
 }

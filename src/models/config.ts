@@ -7,7 +7,9 @@
  */
 import { z } from "zod";
 import { ACTIVATIONS } from "../nn/activation.js";
-import { parseWithSchema } from "../util/json.js";
+import { routerSpec, RouterSchema, type RouterConfig } from "../moe/routers/index.js";
+import { MAX_EXPERTS, type ModelView, type RouterSpec } from "../moe/routers/router.js";
+import { finiteField, intField, parseWithSchema, seedField } from "../util/json.js";
 
 /**
  * The most elements one tensor may have: 2^31 − 1, the reach of the
@@ -32,88 +34,42 @@ export const MODEL_LIMITS = {
   layers: 2 ** 12,
   seqLen: 2 ** 20,
   ffnWidth: 2 ** 20,
-  experts: 2 ** 16,
-  sharedExperts: 2 ** 8,
+  experts: MAX_EXPERTS,
   domains: 2 ** 12,
   embeddingSlots: 2 ** 12,
 } as const;
-
-const int = (min = 0, max = Number.MAX_SAFE_INTEGER) => z.number().int().min(min).max(max, { message: `must be at most ${max}` });
-/** A finite number (JSON's 1e999 parses to Infinity). */
-const num = () => z.number().finite();
-const seed = () => z.number().int().safe();
-
-export const RreRouterSchema = z
-  .object({
-    kind: z.literal("rre"),
-    /** Expert groups G; each domain owns one (domains[].group). E must be a multiple of G. */
-    groups: int(1, MODEL_LIMITS.experts),
-    /** Seed of the frozen token → expert tables (drawn once; saved with the model). */
-    seed: seed().default(1),
-  })
-  .strict();
-
-export const MogeRouterSchema = z
-  .object({
-    kind: z.literal("moge"),
-    /** Expert groups M (one per device in deployment). E must be a multiple of it. */
-    groups: int(1, MODEL_LIMITS.experts),
-    /** K': experts chosen inside each group (Pangu Pro MoE: 1). */
-    perGroup: int(1, MODEL_LIMITS.experts).default(1),
-    /** α of the batch-level balance loss α·E·Σ f_i·P_i. Small, as in Switch/GShard. */
-    auxLossCoef: num().min(0).default(0.01),
-    /** Always-on shared experts, each of the expert width (Pangu Pro MoE: 4). */
-    sharedExperts: int(0, MODEL_LIMITS.sharedExperts).default(0),
-  })
-  .strict();
-
-export const TopkRouterSchema = z
-  .object({
-    kind: z.literal("topk"),
-    k: int(1, MODEL_LIMITS.experts).default(2),
-    /** Renormalise the chosen weights to sum to 1 (Mixtral); off keeps raw softmax weights (GShard). */
-    renormalize: z.boolean().default(true),
-    auxLossCoef: num().min(0).default(0.01),
-    /** Router z-loss coefficient (ST-MoE); 0 turns it off. */
-    zLossCoef: num().min(0).default(0),
-    /** Tokens per expert = ceil(factor·tokens·k/E), the rest dropped; null = dropless. A factor of E/k already drops nothing. */
-    capacityFactor: num().positive().max(MODEL_LIMITS.experts).nullable().default(null),
-  })
-  .strict();
-
-export const RouterSchema = z.discriminatedUnion("kind", [RreRouterSchema, MogeRouterSchema, TopkRouterSchema]);
 
 export const DomainSchema = z
   .object({
     name: z.string().min(1).max(256),
     /** Embedding slot used to embed and decode this domain's tokens. */
-    slot: int(0, MODEL_LIMITS.embeddingSlots).default(0),
-    /** RRE expert group of this domain (required with the rre router). */
-    group: int(0, MODEL_LIMITS.experts).optional(),
+    slot: intField(0, MODEL_LIMITS.embeddingSlots).default(0),
+    /** Expert group of this domain, for routers that route by domain (RRE requires it). */
+    group: intField(0, MODEL_LIMITS.experts).optional(),
   })
   .strict();
 
 export const ModelConfigSchema = z
   .object({
-    vocabSize: int(2, MODEL_LIMITS.vocabSize),
-    width: int(1, MODEL_LIMITS.width),
-    heads: int(1, MODEL_LIMITS.heads),
+    vocabSize: intField(2, MODEL_LIMITS.vocabSize),
+    width: intField(1, MODEL_LIMITS.width),
+    heads: intField(1, MODEL_LIMITS.heads),
     /** M: dense layers at the bottom, shared by all domains. */
-    denseLayers: int(0, MODEL_LIMITS.layers),
+    denseLayers: intField(0, MODEL_LIMITS.layers),
     /** N: sparse (MoE) layers on top of them. */
-    sparseLayers: int(0, MODEL_LIMITS.layers),
+    sparseLayers: intField(0, MODEL_LIMITS.layers),
     /** T: the longest sequence (size of the position tables). */
-    seqLen: int(1, MODEL_LIMITS.seqLen),
+    seqLen: intField(1, MODEL_LIMITS.seqLen),
     /** F: hidden width of the dense FFNs. */
-    ffnWidth: int(1, MODEL_LIMITS.ffnWidth),
+    ffnWidth: intField(1, MODEL_LIMITS.ffnWidth),
     domains: z.array(DomainSchema).min(1).max(MODEL_LIMITS.domains),
     /** Embedding slots (PanGu-Σ gives code its own). 1 = one shared embedding. */
-    embeddingSlots: int(1, MODEL_LIMITS.embeddingSlots).default(1),
+    embeddingSlots: intField(1, MODEL_LIMITS.embeddingSlots).default(1),
     experts: z
       .object({
-        count: int(1, MODEL_LIMITS.experts),
+        count: intField(1, MODEL_LIMITS.experts),
         /** Hidden width of each expert; defaults to ffnWidth, which makes upcycling a copy. */
-        width: int(1, MODEL_LIMITS.ffnWidth).optional(),
+        width: intField(1, MODEL_LIMITS.ffnWidth).optional(),
         router: RouterSchema,
       })
       .strict()
@@ -123,12 +79,12 @@ export const ModelConfigSchema = z
     /** PanGu-α's query layer on top (PAPERS.md §1). Off only for imported models that have none (GPT-2). */
     queryLayer: z.boolean().default(true),
     /** Dropout on attention and FFN outputs; 0 because small models on small data rarely need it. */
-    dropout: num().min(0).max(0.99).default(0),
-    layerNormEps: num().positive().max(1).default(1e-5),
+    dropout: finiteField().min(0).max(0.99).default(0),
+    layerNormEps: finiteField().positive().max(1).default(1e-5),
     /** Std of the normal init (GPT-2 / PanGu-α); output projections get std/sqrt(2·layers). */
-    initStd: num().positive().max(1e3).default(0.02),
+    initStd: finiteField().positive().max(1e3).default(0.02),
     /** Seed of the parameter init. */
-    seed: seed().default(1234),
+    seed: seedField().default(1234),
   })
   .strict()
   .superRefine((c, ctx) => {
@@ -143,21 +99,8 @@ export const ModelConfigSchema = z
     });
     if (c.sparseLayers > 0 && !c.experts) bad(["experts"], "sparseLayers > 0 needs an experts section ({count, router})");
     if (!c.experts) return;
-    const E = c.experts.count;
-    const r = c.experts.router;
-    if (r.kind === "rre" || r.kind === "moge") {
-      if (E % r.groups !== 0) bad(["experts", "router", "groups"], `${r.groups} groups do not divide ${E} experts (allowed: a divisor of experts.count)`);
-    }
-    if (r.kind === "rre") {
-      c.domains.forEach((d, i) => {
-        if (d.group === undefined) bad(["domains", i, "group"], `domain "${d.name}" has no expert group (the rre router needs one: 0..${r.groups - 1})`);
-        else if (d.group >= r.groups) bad(["domains", i, "group"], `${d.group} is not an expert group (allowed: 0..${r.groups - 1})`);
-      });
-    }
-    if (r.kind === "moge" && E % r.groups === 0 && r.perGroup > E / r.groups) {
-      bad(["experts", "router", "perGroup"], `K' = ${r.perGroup} is larger than a group (${E / r.groups} experts)`);
-    }
-    if (r.kind === "topk" && r.k > E) bad(["experts", "router", "k"], `k = ${r.k} is larger than experts.count = ${E}`);
+    const { spec, view } = modelRouter(c)!;
+    spec.check(view, bad);
   })
   .superRefine((c, ctx) => {
     // Each tensor's element count, and the whole model, within bounds (named by the field that sizes it most).
@@ -171,11 +114,10 @@ export const ModelConfigSchema = z
     tensor(["ffnWidth"], "a dense FFN matrix [ffnWidth, width]", c.ffnWidth * C, "lower ffnWidth or width");
     if (c.experts) {
       const Fe = c.experts.width ?? c.ffnWidth;
-      const r = c.experts.router;
+      const { spec, view } = modelRouter(c)!;
       tensor(c.experts.width ? ["experts", "width"] : ["ffnWidth"], "an expert's matrix [expert width, width]", Fe * C, "lower the expert width or width");
-      if (r.kind !== "rre") tensor(["experts", "count"], "the router [experts.count, width]", c.experts.count * C, "lower experts.count or width");
-      if (r.kind === "rre") tensor(["experts", "router", "groups"], "the RRE table [groups·vocabSize]", r.groups * c.vocabSize, "lower the groups or vocabSize");
-      if (r.kind === "moge") tensor(["experts", "router", "sharedExperts"], "the shared experts' matrix [sharedExperts·expert width, width]", r.sharedExperts * Fe * C, "lower sharedExperts");
+      for (const t of spec.tensors(view)) tensor(t.fields[0]!, t.what, t.elements, t.fix);
+      tensor(["experts", "router", "sharedExperts"], "the shared experts' matrix [sharedExperts·expert width, width]", spec.sharedExperts * Fe * C, "lower sharedExperts");
     }
     const n = parameterCounts(c);
     if (n.total > MAX_PARAMETERS) {
@@ -186,11 +128,23 @@ export const ModelConfigSchema = z
 
 export type ModelConfig = z.infer<typeof ModelConfigSchema>;
 export type ModelConfigInput = z.input<typeof ModelConfigSchema>;
-export type RouterConfig = z.infer<typeof RouterSchema>;
+export type { RouterConfig };
 
 /** Parses a config; errors name every bad field. `source` (a file name) prefixes the message. */
 export function parseModelConfig(input: unknown, source = "model config"): ModelConfig {
   return parseWithSchema(ModelConfigSchema, input, source, "fix the fields named above; see src/models/config.ts for every field and its default");
+}
+
+/** The router of a config's sparse layers and what it sees of the model; null without an experts section. */
+export function modelRouter(c: ModelConfig): { spec: RouterSpec<RouterConfig>; view: ModelView } | null {
+  if (!c.experts) return null;
+  const view = { vocabSize: c.vocabSize, width: c.width, experts: c.experts.count, expertWidth: c.experts.width ?? c.ffnWidth, domains: c.domains };
+  return { spec: routerSpec(c.experts.router), view };
+}
+
+/** Experts each token is routed to in a sparse layer: the router's k; 0 without sparse layers. */
+export function expertsPerToken(c: ModelConfig): number {
+  return c.sparseLayers === 0 ? 0 : (modelRouter(c)?.spec.k ?? 0);
 }
 
 /** "dense", "sparse" or "mixed". */
@@ -210,7 +164,7 @@ export interface ParameterCounts {
   /** Routed experts' FFNs over all sparse layers (what an expert store holds). */
   experts: number;
   total: number;
-  /** Int32 state values (RRE tables), not parameters. */
+  /** Int32 state values (routers' buffers, such as RRE tables), not parameters. */
   buffers: number;
   /** Elements of one sparse layer's stacked expert matrix [E, expert width, width] when the experts are in RAM. */
   stackedExperts: number;
@@ -229,12 +183,13 @@ export function parameterCounts(c: ModelConfig): ParameterCounts {
   if (c.sparseLayers > 0 && c.experts) {
     const E = c.experts.count;
     const Fe = c.experts.width ?? F;
-    const r = c.experts.router;
-    const router = r.kind === "moge" ? E * C + E : r.kind === "topk" ? E * C : 0;
-    const shared = r.kind === "moge" && r.sharedExperts > 0 ? ffn(r.sharedExperts * Fe) : 0;
+    const { spec, view } = modelRouter(c)!;
+    const state = spec.tensors(view);
+    const router = state.reduce((n, t) => n + (t.buffer ? 0 : t.elements), 0);
+    const shared = spec.sharedExperts > 0 ? ffn(spec.sharedExperts * Fe) : 0;
     layers += c.sparseLayers * (attention + router + shared);
     experts = c.sparseLayers * E * ffn(Fe);
-    if (r.kind === "rre") buffers = c.sparseLayers * r.groups * c.vocabSize;
+    buffers = c.sparseLayers * state.reduce((n, t) => n + (t.buffer ? t.elements : 0), 0);
     stackedExperts = E * Fe * C;
   }
   if (c.queryLayer) layers += attention + ffn(F);
@@ -250,9 +205,7 @@ export function parameterCounts(c: ModelConfig): ParameterCounts {
 export function activeParameters(c: ModelConfig): number {
   const n = parameterCounts(c);
   if (!c.experts || c.sparseLayers === 0) return n.total;
-  const r = c.experts.router;
-  const k = r.kind === "rre" ? 1 : r.kind === "moge" ? r.groups * r.perGroup : r.k;
-  return n.total - n.experts + (n.experts / c.experts.count) * Math.min(k, c.experts.count);
+  return n.total - n.experts + (n.experts / c.experts.count) * Math.min(expertsPerToken(c), c.experts.count);
 }
 
 /** The parts of a parameter count, largest first, each with the fields to lower to shrink it. */

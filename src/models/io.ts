@@ -1,12 +1,13 @@
 /**
- * Saving and loading a model's weights and state buffers (RRE tables) as one
- * safetensors file with the config in its metadata. Loading never re-draws a
- * table: the saved one replaces the one drawn at construction.
+ * Saving and loading a model's weights and state buffers (such as RRE tables)
+ * as one safetensors file with the config in its metadata. Loading never
+ * re-draws a buffer: the saved one, checked by its router, replaces the one
+ * drawn at construction.
  */
 import { decodeSafetensors, encodeSafetensors, readSafetensors, writeSafetensors, type StArray, type StTensor } from "../checkpoint/safetensors.js";
 import { SigmaError } from "../util/errors.js";
 import { parseJsonStrict } from "../util/strict-json.js";
-import { parseModelConfig, type ModelConfig } from "./config.js";
+import { modelRouter, parseModelConfig, type ModelConfig } from "./config.js";
 import { PanguSigma } from "./pangu-sigma.js";
 
 /** The model's parameters and buffers by name, and the metadata that rebuilds it. */
@@ -71,20 +72,8 @@ function minModelValues(c: ModelConfig, externalExperts: boolean): number {
   return c.embeddingSlots * c.vocabSize * C + c.seqLen * C + layers * 4 * C * C + c.denseLayers * 2 * C * c.ffnWidth + experts;
 }
 
-/** An RRE table sends every token of group g to an expert of that group: g·E/G … (g+1)·E/G − 1. */
-function checkRreTable(table: Int32Array, c: ModelConfig, what: string): void {
-  const r = c.experts?.router;
-  if (r?.kind !== "rre") return;
-  const per = c.experts!.count / r.groups;
-  const V = table.length / r.groups;
-  for (let i = 0; i < table.length; i++) {
-    const g = Math.floor(i / V);
-    const e = table[i]!;
-    if (!(e >= g * per && e < (g + 1) * per)) {
-      throw new SigmaError(`${what} sends token ${i - g * V} of expert group ${g} to expert ${e}, outside the group (experts ${g * per}…${(g + 1) * per - 1})`, "the file is damaged; use another copy");
-    }
-  }
-}
+/** A router's own state buffer: blocks.N.moe.router.<name>, checked by the router (RRE: its table stays inside each group). */
+const ROUTER_STATE = /^blocks\.\d+\.moe\.router\.(\w+)$/;
 
 const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((d, i) => d === b[i]);
 
@@ -106,6 +95,7 @@ export function modelFromTensors(tensors: Map<string, StTensor>, metadata: Recor
     );
   }
   const model = new PanguSigma(config, "float32", externalExperts ? { externalExperts: {} } : {});
+  const router = modelRouter(config);
   const expected = new Set<string>();
   for (const [name, p] of model.namedParameters()) {
     expected.add(name);
@@ -123,7 +113,9 @@ export function modelFromTensors(tensors: Map<string, StTensor>, metadata: Recor
     if (t.dtype !== "I32" || !sameShape(t.shape, [b.length])) {
       throw new SigmaError(`${path}: state buffer "${name}" is ${t.dtype} [${t.shape.join(", ")}], its config needs I32 [${b.length}]`, "the file does not match its config");
     }
-    if (name.endsWith(".router.table")) checkRreTable(t.data as Int32Array, config, `${path}: state buffer "${name}"`);
+    const own = ROUTER_STATE.exec(name);
+    const wrong = own && router?.spec.checkBuffer?.(router.view, own[1]!, t.data as Int32Array);
+    if (wrong) throw new SigmaError(`${path}: state buffer "${name}" ${wrong}`, "the file is damaged; use another copy");
     b.set(t.data);
   }
   const extra = [...tensors.keys()].filter((n) => !expected.has(n));

@@ -20,7 +20,7 @@ import { isGradEnabled } from "../autograd/tape.js";
 import { MoeLayer, type ExternalExperts, type MoeContext } from "../moe/layer.js";
 import type { Routing } from "../moe/routing.js";
 import { Tensor } from "../tensor/tensor.js";
-import type { DType } from "../tensor/storage.js";
+import type { DType } from "../tensor/dtype.js";
 import { Rng } from "../util/rng.js";
 import { SigmaError } from "../util/errors.js";
 import type { ModelConfig } from "./config.js";

@@ -2,7 +2,8 @@
  * The sparse FFN: route → permute → grouped matmul → unpermute, over stacked
  * expert weights (w1 [E, F, C], w2 [E, C, F]: "[E, out, in]"), each expert a
  * FastGeLU FFN like the dense one (or the model's configured activation).
- * Optional always-on shared experts (MoGE).
+ * The router comes from the config (src/moe/routers); so may always-on
+ * shared experts (MoGE).
  *
  * With ECSS (src/store, src/train/ecss.ts) the experts are not resident
  * stacked parameters: an ExpertBank hands the layer, after routing, the
@@ -16,13 +17,9 @@ import { FeedForward, type InitOptions } from "../nn/layers.js";
 import { activate, type Activation } from "../nn/activation.js";
 import * as ops from "../ops/index.js";
 import { Tensor } from "../tensor/tensor.js";
-import type { RouterConfig } from "../models/config.js";
 import type { Routing } from "./routing.js";
-import { RreRouter } from "./router/rre.js";
-import { MogeRouter } from "./router/moge.js";
-import { TopkRouter } from "./router/topk.js";
-
-export type Router = RreRouter | MogeRouter | TopkRouter;
+import { routerSpec, type RouterConfig } from "./routers/index.js";
+import type { RouterModule } from "./routers/router.js";
 
 export interface MoeContext {
   /** Token id of each row [R]. */
@@ -63,7 +60,7 @@ export interface ExternalExperts {
 }
 
 export class MoeLayer extends Module {
-  readonly router: Router;
+  readonly router: RouterModule;
   readonly w1: Tensor;
   readonly b1: Tensor;
   readonly w2: Tensor;
@@ -88,17 +85,8 @@ export class MoeLayer extends Module {
     const dtype = init.dtype ?? "float32";
     const std = init.std ?? 0.02;
     this.activation = extra.activation ?? "fastgelu";
-    switch (routerConfig.kind) {
-      case "rre":
-        this.router = this.child("router", new RreRouter(E, routerConfig.groups, extra.vocabSize, extra.domainGroup, routerConfig.seed, extra.layer));
-        break;
-      case "moge":
-        this.router = this.child("router", new MogeRouter(C, E, routerConfig.groups, routerConfig.perGroup, routerConfig.auxLossCoef, init));
-        break;
-      case "topk":
-        this.router = this.child("router", new TopkRouter(C, E, routerConfig, init));
-        break;
-    }
+    const spec = routerSpec(routerConfig);
+    this.router = this.child("router", spec.build({ width: C, experts: E, vocabSize: extra.vocabSize, domainGroup: extra.domainGroup, layer: extra.layer, init }));
     const expert = { group: "expert" as const };
     this.layer = extra.layer;
     if (extra.external) {
@@ -119,7 +107,7 @@ export class MoeLayer extends Module {
       this.w2 = this.param("w2", Tensor.randn([E, C, F], init.rng, extra.outStd, dtype), expert);
       this.b2 = this.param("b2", Tensor.zeros([E, C], dtype), { ...expert, decay: false });
     }
-    const sharedCount = routerConfig.kind === "moge" ? routerConfig.sharedExperts : 0;
+    const sharedCount = spec.sharedExperts;
     // n shared experts of width F are one FFN of width n·F (the sum of their outputs is the same function).
     this.shared = sharedCount > 0 ? this.child("shared", new FeedForward(C, sharedCount * F, init, extra.outStd, this.activation)) : null;
   }

@@ -45,9 +45,10 @@ export function countPerExpert(expertIds: Int32Array, E: number): Int32Array {
 
 /**
  * Token-expert computations per device when E experts are placed on D devices
- * in contiguous blocks (device d holds experts d·E/D … (d+1)·E/D − 1).
+ * in contiguous blocks (device d holds experts d·E/D … (d+1)·E/D − 1); the
+ * balance tools' deviceLoads takes any placement.
  */
-export function deviceLoads(counts: Int32Array, devices: number): number[] {
+export function contiguousDeviceLoads(counts: Int32Array, devices: number): number[] {
   const E = counts.length;
   if (devices < 1 || E % devices !== 0) throw new RangeError(`${devices} devices do not divide ${E} experts evenly`);
   const per = E / devices;
@@ -58,14 +59,10 @@ export function deviceLoads(counts: Int32Array, devices: number): number[] {
 
 /**
  * Imbalance score of a batch (Pangu Pro MoE): IS = (max_d T_d − min_d T_d) / |X|,
- * T_d the token-expert computations on device d and |X| the tokens in the batch.
+ * T_d the token-expert computations on device d (any placement) and |X| the
+ * tokens in the batch; 0 for an empty batch.
  */
-export function imbalanceScore(counts: Int32Array, devices: number, tokens: number): number {
-  return imbalanceOfLoads(deviceLoads(counts, devices), tokens);
-}
-
-/** IS from device loads T_d already summed (any placement); 0 for an empty batch. */
-export function imbalanceOfLoads(loads: number[], tokens: number): number {
+export function imbalanceScore(loads: number[], tokens: number): number {
   return tokens === 0 ? 0 : (Math.max(...loads) - Math.min(...loads)) / tokens;
 }
 
@@ -79,15 +76,16 @@ export interface LayerStats {
   dropped: number;
 }
 
+/** One layer's statistics from its kept assignments per expert, over `devices` contiguous devices (they must divide E). */
+export function layerStats(counts: Int32Array, devices: number, tokens: number, dropped: number): LayerStats {
+  const perDevice = contiguousDeviceLoads(counts, devices);
+  return { tokensPerExpert: Array.from(counts), perDevice, imbalance: imbalanceScore(perDevice, tokens), dropped };
+}
+
 /**
  * Routing statistics of one forward, one entry per sparse layer. `devices`
  * must divide the expert count; `tokens` is the number of tokens routed.
  */
 export function routingStats(routings: Routing[], devices: number, tokens: number): LayerStats[] {
-  return routings.map((r) => ({
-    tokensPerExpert: Array.from(r.counts),
-    perDevice: deviceLoads(r.counts, devices),
-    imbalance: imbalanceScore(r.counts, devices, tokens),
-    dropped: r.dropped,
-  }));
+  return routings.map((r) => layerStats(r.counts, devices, tokens, r.dropped));
 }

@@ -2,7 +2,7 @@
 import * as ops from "../ops/index.js";
 import { activate, type Activation } from "./activation.js";
 import { Tensor } from "../tensor/tensor.js";
-import type { DType } from "../tensor/storage.js";
+import type { DType } from "../tensor/dtype.js";
 import type { Rng } from "../util/rng.js";
 import { Module } from "./module.js";
 

@@ -5,7 +5,7 @@
  * with them (autograd's intermediate gradients) come back here and are handed
  * out again, zeroed, to the next allocation of the same length and type.
  */
-import type { DType, FloatArray } from "./storage.js";
+import type { DType, FloatArray } from "./dtype.js";
 
 /** Buffers smaller than this are not worth pooling (the allocator handles them well). */
 const MIN_ELEMENTS = 1 << 14;

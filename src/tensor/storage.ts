@@ -4,10 +4,8 @@
  * storages backed by regions of a file-backed buffer, and tensors will not
  * know the difference.
  */
+import type { DType, FloatArray } from "./dtype.js";
 import { acquire } from "./pool.js";
-
-export type DType = "float32" | "float64";
-export type FloatArray = Float32Array | Float64Array;
 
 export class Storage {
   constructor(readonly data: FloatArray) {}

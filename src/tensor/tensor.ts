@@ -7,7 +7,8 @@
  */
 import { Rng } from "../util/rng.js";
 import { type Shape, checkShape, numel, shapeStr } from "./shape.js";
-import { type DType, type FloatArray, Storage } from "./storage.js";
+import type { DType, FloatArray } from "./dtype.js";
+import { Storage } from "./storage.js";
 
 export class Tensor {
   readonly shape: Shape;

@@ -4,11 +4,11 @@
  * The model section is the model config itself (src/models/config.ts).
  */
 import { z } from "zod";
-import { MAX_TENSOR_ELEMENTS, ModelConfigSchema, type ModelConfig } from "../models/config.js";
+import { expertsPerToken, MAX_TENSOR_ELEMENTS, modelRouter, ModelConfigSchema, type ModelConfig } from "../models/config.js";
 import { SigmaError } from "../util/errors.js";
 import { readCapped } from "../util/read.js";
 import { jsonErrorText, parseJsonStrict } from "../util/strict-json.js";
-import { parseWithSchema } from "../util/json.js";
+import { finiteField, intField, parseWithSchema, seedField } from "../util/json.js";
 
 /**
  * Upper bounds of the run's counts: generous but finite, so that a typo
@@ -28,37 +28,33 @@ export const TRAIN_LIMITS = {
   seconds: 1e9,
 } as const;
 
-const int = (min = 0, max = Number.MAX_SAFE_INTEGER) => z.number().int().min(min).max(max, { message: `must be at most ${max}` });
-/** A finite number (JSON's 1e999 parses to Infinity). */
-const num = () => z.number().finite();
-
 /** A section of the config whose fields all have defaults: strict, and left out = `{}`. */
 const section = <S extends z.ZodRawShape>(shape: S) => z.object(shape).strict().default({} as z.input<z.ZodObject<S>>);
 
 /** A periodic action: `every` N steps (and always at the end; 0 = only at the end), plus its own fields. */
-const periodic = <S extends z.ZodRawShape>(every: number, shape: S) => section({ every: int(0, TRAIN_LIMITS.steps).default(every), ...shape });
+const periodic = <S extends z.ZodRawShape>(every: number, shape: S) => section({ every: intField(0, TRAIN_LIMITS.steps).default(every), ...shape });
 
 export const OptimSchema = z
   .object({
     /** Peak learning rate, reached at the end of the warm-up. */
-    lr: num().positive().default(3e-4),
+    lr: finiteField().positive().default(3e-4),
     /** Final learning rate after the decay (PanGu-Σ decays to 2e-5). */
-    minLr: num().min(0).default(2e-5),
+    minLr: finiteField().min(0).default(2e-5),
     /** Linear warm-up steps (PanGu-Σ: 5,000 of 180,000; scale it to the run). */
-    warmupSteps: int(0, TRAIN_LIMITS.steps).default(100),
+    warmupSteps: intField(0, TRAIN_LIMITS.steps).default(100),
     /** Steps over which the rate decays to minLr; null = the whole run (`steps`). */
-    decaySteps: int(1, TRAIN_LIMITS.steps).nullable().default(null),
+    decaySteps: intField(1, TRAIN_LIMITS.steps).nullable().default(null),
     /** Shape of the decay; cosine as in GPT-3 / nanoGPT. */
     decay: z.enum(["cosine", "linear", "constant"]).default("cosine"),
     /** PanGu-Σ's hybrid Adam (PAPERS.md §6): β shared, ε per group. */
-    beta1: num().min(0).max(1).default(0.8),
-    beta2: num().min(0).max(1).default(0.95),
-    denseEps: num().positive().default(1e-8),
+    beta1: finiteField().min(0).max(1).default(0.8),
+    beta2: finiteField().min(0).max(1).default(0.95),
+    denseEps: finiteField().positive().default(1e-8),
     /** Expert gradients are smaller (each expert sees a fraction of the tokens), hence the tiny ε. */
-    expertEps: num().positive().default(1e-20),
-    weightDecay: num().min(0).default(0.1),
+    expertEps: finiteField().positive().default(1e-20),
+    weightDecay: finiteField().min(0).default(0.1),
     /** Global gradient-norm clip; null turns clipping off. 1.0 as in GPT-3. */
-    clip: num().positive().nullable().default(1.0),
+    clip: finiteField().positive().nullable().default(1.0),
     /**
      * ECSS's sparse expert rule in RAM: update only the experts a step routed
      * tokens to, each with its own step count (src/optim/sparse.ts). Off by
@@ -78,29 +74,29 @@ export const TrainConfigSchema = z
       /** A folder written by `sigma data prepare`. */
       dir: z.string().min(1).max(4096).default(".sigma/data/default"),
       /** Mixing weight per domain name; default: each domain's share of the training tokens. */
-      weights: z.record(z.string(), num().min(0)).optional(),
+      weights: z.record(z.string(), finiteField().min(0)).optional(),
     }),
     /** Sequences per micro-batch B; the sequence length is model.seqLen. */
-    batchSize: int(1, TRAIN_LIMITS.batchSize).default(8),
+    batchSize: intField(1, TRAIN_LIMITS.batchSize).default(8),
     /** Micro-batches whose gradients add up to one optimizer step. */
-    accumSteps: int(1, TRAIN_LIMITS.accumSteps).default(1),
+    accumSteps: intField(1, TRAIN_LIMITS.accumSteps).default(1),
     /** Optimizer steps of the whole run (the schedule is laid out over them). */
-    steps: int(1, TRAIN_LIMITS.steps),
+    steps: intField(1, TRAIN_LIMITS.steps),
     /** Stop early (with a checkpoint) after this much wall time; null = no limit. */
-    maxSeconds: num().positive().max(TRAIN_LIMITS.seconds).nullable().default(null),
+    maxSeconds: finiteField().positive().max(TRAIN_LIMITS.seconds).nullable().default(null),
     optim: OptimSchema.default({}),
     /** Evaluate every 100 steps (and at the end). */
     eval: periodic(100, {
       /** Validation batches per domain; the same batches every time, so curves compare. */
-      batches: int(1, TRAIN_LIMITS.evalBatches).default(4),
+      batches: intField(1, TRAIN_LIMITS.evalBatches).default(4),
     }),
     /** Save only at the end unless `every` is set. */
     checkpoint: periodic(0, {
       /** Keep the last K checkpoints. */
-      keep: int(1, TRAIN_LIMITS.keep).default(2),
+      keep: intField(1, TRAIN_LIMITS.keep).default(2),
     }),
     /** Log a training line (metrics.jsonl) every N steps. */
-    logEvery: int(1, TRAIN_LIMITS.steps).default(1),
+    logEvery: intField(1, TRAIN_LIMITS.steps).default(1),
     /**
      * ECSS (PAPERS.md §5): keep the experts and their Adam moments in a
      * file-backed expert store, with only a bounded set resident in RAM.
@@ -117,7 +113,7 @@ export const TrainConfigSchema = z
     /** Recompute each block's activations in the backward pass instead of keeping them: less memory, ~⅓ more compute. */
     recompute: z.boolean().default(false),
     /** Seed of the data order (the model's init seed is model.seed). */
-    seed: z.number().int().safe().default(1),
+    seed: seedField().default(1),
     /** Where metrics, plots and checkpoints go. */
     out: z.string().min(1).max(4096).default("runs/run"),
   })
@@ -127,10 +123,9 @@ export const TrainConfigSchema = z
     // A micro-batch's largest tensor (elements), named by batchSize: the logits, or an FFN's or the experts' hidden rows.
     const m = c.model;
     const rows = c.batchSize * m.seqLen;
-    const r = m.experts?.router;
-    const k = !r || m.sparseLayers === 0 ? 0 : r.kind === "rre" ? 1 : r.kind === "moge" ? r.groups * r.perGroup : r.k;
+    const k = expertsPerToken(m);
     const Fe = m.experts?.width ?? m.ffnWidth;
-    const widest = Math.max(m.vocabSize, m.ffnWidth, k * Fe, k * m.width, r?.kind === "moge" ? r.sharedExperts * Fe : 0);
+    const widest = Math.max(m.vocabSize, m.ffnWidth, k * Fe, k * m.width, (modelRouter(m)?.spec.sharedExperts ?? 0) * Fe);
     if (rows * widest > MAX_TENSOR_ELEMENTS) {
       bad(["batchSize"], `a micro-batch of ${c.batchSize} × model.seqLen ${m.seqLen} rows would make a ${rows.toLocaleString("en-US")} × ${widest.toLocaleString("en-US")} activation (${(rows * widest).toLocaleString("en-US")} elements), more than one tensor may hold (2^31 − 1): lower batchSize (use accumSteps for larger batches) or model.seqLen`);
     }

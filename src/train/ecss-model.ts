@@ -5,7 +5,6 @@
  */
 import type { ModelConfig } from "../models/config.js";
 import { PanguSigma } from "../models/pangu-sigma.js";
-import { RreRouter } from "../moe/router/rre.js";
 import { ExpertStoreFile, StoreBuilder } from "../store/file.js";
 import { tensorOffsets, type LayerLayout } from "../store/format.js";
 import { SigmaError } from "../util/errors.js";
@@ -39,13 +38,20 @@ export function createModelWithStore(config: ModelConfig, path: string): { model
   return { model, store: b.finish() };
 }
 
-/** Experts needed per sparse layer by RRE for these rows (token ids with their domain index); null for learned routers. */
-export function rreNeeds(model: PanguSigma, tokens: Int32Array, domainOfRow: Int32Array): Set<number>[] | null {
+/** Whether every sparse layer's router knows the experts a batch needs before the forward pass (RRE): the store can read them ahead. */
+export function knowsExpertsAhead(model: PanguSigma): boolean {
+  const routers = model.blocks.flatMap((b) => (b.moe ? [b.moe.router] : []));
+  return routers.length > 0 && routers.every((r) => r.expertsNeeded !== undefined);
+}
+
+/** Experts needed per sparse layer for these rows (token ids with their domain index), known before the forward; null for routers that cannot tell (learned ones). */
+export function expertsNeededAhead(model: PanguSigma, tokens: Int32Array, domainOfRow: Int32Array): Set<number>[] | null {
   const out: Set<number>[] = [];
   for (const b of model.blocks) {
     if (!b.moe) continue;
-    if (!(b.moe.router instanceof RreRouter)) return null;
-    out.push(b.moe.router.expertsNeeded(tokens, domainOfRow));
+    const need = b.moe.router.expertsNeeded?.(tokens, domainOfRow);
+    if (!need) return null;
+    out.push(need);
   }
   return out;
 }

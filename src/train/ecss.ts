@@ -43,7 +43,7 @@ import { Tensor } from "../tensor/tensor.js";
 import { Storage } from "../tensor/storage.js";
 import { SigmaError } from "../util/errors.js";
 import { storeLayout } from "./ecss-model.js";
-export { createModelWithStore, rreNeeds, statsPath, storeLayout } from "./ecss-model.js";
+export { createModelWithStore, expertsNeededAhead, knowsExpertsAhead, statsPath, storeLayout } from "./ecss-model.js";
 
 /** A training run's store statistics (those of its expert tier). */
 export type EcssStats = TierStats;

@@ -8,7 +8,7 @@
  *   - parameters, their gradients and both Adam moments: 16 bytes a
  *     parameter; with the expert store (ECSS) the experts count only up to
  *     store.memory (parameters and moments resident), plus their gradients;
- *   - the RRE tables (int32);
+ *   - the routers' state buffers (int32: RRE tables);
  *   - activations of one micro-batch of batchSize × seqLen tokens: what each
  *     block keeps for backward, the logits and their gradient, and one
  *     block's gradients while backward runs; with recompute only the block
@@ -20,7 +20,7 @@
  * add to it), so a run it refuses could never have fit.
  */
 import { freemem, totalmem } from "node:os";
-import { largestParts, parameterCounts, type ModelConfig, type ParameterCounts } from "../models/config.js";
+import { expertsPerToken, largestParts, modelRouter, parameterCounts, type ModelConfig, type ParameterCounts } from "../models/config.js";
 import { formatBytes, parseBytes } from "../store/format.js";
 import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
@@ -52,13 +52,6 @@ export interface RunMemory {
   parts: MemoryPart[];
 }
 
-/** Experts chosen per token: RRE 1, MoGE groups·K', top-k k; 0 without sparse layers. */
-function expertsPerToken(m: ModelConfig): number {
-  const r = m.experts?.router;
-  if (!r || m.sparseLayers === 0) return 0;
-  return r.kind === "rre" ? 1 : r.kind === "moge" ? r.groups * r.perGroup : r.k;
-}
-
 /** Float values one micro-batch keeps for backward, and the working set of one block. */
 export function activationValues(m: ModelConfig, batchSize: number, recompute: boolean): number {
   const R = batchSize * m.seqLen;
@@ -71,9 +64,10 @@ export function activationValues(m: ModelConfig, batchSize: number, recompute: b
   if (m.sparseLayers > 0 && m.experts) {
     const k = expertsPerToken(m);
     const Fe = m.experts.width ?? m.ffnWidth;
-    const r = m.experts.router;
-    const router = r.kind === "rre" ? 0 : 2 * R * m.experts.count;
-    const shared = r.kind === "moge" && r.sharedExperts > 0 ? 2 * R * r.sharedExperts * Fe + 2 * R * C : 0;
+    const { spec } = modelRouter(m)!;
+    // A learned router keeps its logits and probabilities [R, E].
+    const router = spec.learned ? 2 * R * m.experts.count : 0;
+    const shared = spec.sharedExperts > 0 ? 2 * R * spec.sharedExperts * Fe + 2 * R * C : 0;
     // Gathered rows, the two expert matmuls with bias and activation, the combine, the residual.
     sparse = attention + router + 3 * R * k * C + 3 * R * k * Fe + 2 * R * C + shared;
   }
@@ -120,7 +114,12 @@ export function estimateRunMemory(cfg: TrainConfig): RunMemory {
     const held = Math.min(budget, 12 * n.experts);
     parts.push({ what: `resident experts (store.memory, with their gradients)`, bytes: held + held / 3, fields: ["store.memory"] });
   }
-  if (n.buffers > 0) parts.push({ what: "the RRE tables", bytes: 4 * n.buffers, fields: ["model.experts.router.groups", "model.vocabSize"] });
+  if (n.buffers > 0) {
+    const { spec, view } = modelRouter(m)!;
+    const buffers = spec.tensors(view).filter((t) => t.buffer);
+    const what = `${buffers.map((t) => t.what).join(", ")} of ${m.sparseLayers} sparse layer${m.sparseLayers === 1 ? "" : "s"}`;
+    parts.push({ what, bytes: 4 * n.buffers, fields: [...new Set(buffers.flatMap((t) => t.fields.map((f) => `model.${f.join(".")}`)))] });
+  }
   const act = F32 * activationValues(m, cfg.batchSize, cfg.recompute);
   parts.push({
     what: `activations of a micro-batch of ${cfg.batchSize} × ${m.seqLen} tokens${cfg.recompute ? " (recomputed)" : ""}`,
@@ -190,8 +189,8 @@ function inferenceValues(m: ModelConfig, batchSize: number): number {
 export function checkBatchFits(model: { config: ModelConfig; parameterCount(): number }, batchSize: number, flag: string, available?: number): void {
   const m = model.config;
   const R = batchSize * m.seqLen;
-  const r = m.experts?.router;
-  const widest = Math.max(m.vocabSize, m.ffnWidth, expertsPerToken(m) * (m.experts?.width ?? m.ffnWidth), r?.kind === "moge" ? r.sharedExperts * (m.experts?.width ?? m.ffnWidth) : 0);
+  const Fe = m.experts?.width ?? m.ffnWidth;
+  const widest = Math.max(m.vocabSize, m.ffnWidth, expertsPerToken(m) * Fe, (modelRouter(m)?.spec.sharedExperts ?? 0) * Fe);
   if (R * widest > 2 ** 31 - 1) {
     throw new SigmaError(
       `${flag} ${batchSize}: a batch of ${batchSize} × ${m.seqLen} tokens would make a ${R.toLocaleString("en-US")} × ${widest.toLocaleString("en-US")} activation, more than one tensor may hold (2^31 − 1)`,

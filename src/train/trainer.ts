@@ -7,16 +7,16 @@
  */
 import { backward, zeroGrad } from "../autograd/tape.js";
 import { Loader, type Batch } from "../data/loader.js";
-import type { ModelConfig } from "../models/config.js";
+import { modelRouter, type ModelConfig } from "../models/config.js";
 import { PanguSigma } from "../models/pangu-sigma.js";
-import { deviceLoads, imbalanceScore, type LayerStats } from "../moe/routing.js";
+import { layerStats, type LayerStats } from "../moe/routing.js";
 import * as ops from "../ops/index.js";
 import { AdamW, clipScale, gradSquares, type TouchedExperts } from "../optim/adamw.js";
 import { ExpertStoreFile } from "../store/file.js";
 import { lockStore } from "../store/lock.js";
 import { parseBytes } from "../store/format.js";
 import { join } from "node:path";
-import { Ecss, createModelWithStore, rreNeeds } from "./ecss.js";
+import { Ecss, createModelWithStore, expertsNeededAhead, knowsExpertsAhead } from "./ecss.js";
 import { existsSync } from "node:fs";
 import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
@@ -44,11 +44,10 @@ export interface StepResult {
   routing: LayerStats[];
 }
 
-/** How many "devices" the imbalance score spreads experts over: the router's groups, or one per expert for top-k [ours]. */
+/** How many "devices" the imbalance score spreads experts over: the router's (its groups; one per expert for top-k [ours]). */
 export function devicesFor(c: ModelConfig): number {
-  const r = c.experts?.router;
-  if (!r) return 1;
-  return r.kind === "topk" ? c.experts!.count : r.groups;
+  const r = modelRouter(c);
+  return r ? r.spec.devices(r.view.experts) : 1;
 }
 
 export class Trainer {
@@ -94,7 +93,7 @@ export class Trainer {
           if (existsSync(path)) throw new SigmaError(`the expert store ${path} already exists`, "resume the run that owns it (--resume), or give this run another out or store.path");
           ({ model: this.model, store } = createModelWithStore(config.model, path));
         }
-        const prefetch = config.store.prefetch && config.model.experts?.router.kind === "rre";
+        const prefetch = config.store.prefetch && knowsExpertsAhead(this.model);
         this.ecss = new Ecss(store, this.model, parseBytes(config.store.memory), prefetch);
       } else {
         this.model = model ?? new PanguSigma(config.model);
@@ -140,14 +139,14 @@ export class Trainer {
     return Int32Array.from(b.domain, (id) => this.domainIndex.get(id)!);
   }
 
-  /** RRE's experts per sparse layer for a step's batches (the union over its micro-batches). */
+  /** The experts per sparse layer a step's batches need (the union over its micro-batches), for a router that knows them ahead (RRE). */
   private needs(batches: Batch[]): Set<number>[] {
     const sets: Set<number>[] = [];
     for (const b of batches) {
       const d = this.rowDomains(b);
       const perToken = new Int32Array(b.B * b.T);
       for (let r = 0; r < b.B; r++) perToken.fill(d[r]!, r * b.T, (r + 1) * b.T);
-      rreNeeds(this.model, b.x, perToken)!.forEach((s, l) => {
+      expertsNeededAhead(this.model, b.x, perToken)!.forEach((s, l) => {
         const into = (sets[l] ??= new Set());
         for (const e of s) into.add(e);
       });
@@ -221,7 +220,7 @@ export class Trainer {
     this.seconds += seconds;
     const n = c.accumSteps;
     const D = devicesFor(c.model);
-    const routing = counts.map((cs, l) => ({ tokensPerExpert: Array.from(cs), perDevice: deviceLoads(cs, D), imbalance: imbalanceScore(cs, D, tokens), dropped: dropped[l]! }));
+    const routing = counts.map((cs, l) => layerStats(cs, D, tokens, dropped[l]!));
     return { step: this.step, loss: loss / n, lm: lm / n, balanceLoss: balance / n, zLoss: z / n, lr, gradNorm, tokens, seconds, routing };
   }
 

@@ -1,8 +1,9 @@
 /**
- * JSON input checked with zod: reading a JSON file, and validating a parsed
- * value with errors that name every bad field.
+ * JSON input checked with zod: reading a JSON file, validating a parsed value
+ * with errors that name every bad field, and the number fields config schemas
+ * share.
  */
-import type { z } from "zod";
+import { z } from "zod";
 import { SigmaError } from "./errors.js";
 import { jsonErrorText, jsonTooBig, parseJsonStrict } from "./strict-json.js";
 import { readCapped } from "./read.js";
@@ -27,3 +28,12 @@ export function parseWithSchema<S extends z.ZodTypeAny>(schema: S, json: unknown
   const lines = res.error.issues.map((i) => `  ${i.path.length ? i.path.join(".") : "(top level)"}: ${i.message}`);
   throw new SigmaError(`${source} is invalid:\n${lines.join("\n")}`, hint);
 }
+
+/** An integer field in [min, max]; past max the message names the bound. */
+export const intField = (min = 0, max = Number.MAX_SAFE_INTEGER) => z.number().int().min(min).max(max, { message: `must be at most ${max}` });
+
+/** A finite number field (JSON's 1e999 parses to Infinity). */
+export const finiteField = () => z.number().finite();
+
+/** A seed field: any integer a double holds exactly. */
+export const seedField = () => z.number().int().safe();

@@ -1,6 +1,11 @@
-/** Pieces shared by the learned routers (MoGE, top-k): gating probabilities, weight picking, the balance loss. */
+/**
+ * Pieces shared by the learned routers (MoGE, top-k): weight picking, the
+ * balance loss, top-k selection, the router matrix, and the extraction
+ * helpers.
+ */
 import * as ops from "../../ops/index.js";
 import { Tensor } from "../../tensor/tensor.js";
+import type { ModelView, RouterTensor } from "./router.js";
 
 /**
  * Picks entries of a [R, N] tensor: out[i] = m[rows[i]·N + cols[i]] given the
@@ -37,4 +42,20 @@ export function topIndices(v: ArrayLike<number>, from: number, to: number, k: nu
       if (out.length > k) out.pop();
     }
   }
+}
+
+/** The learned router's matrix W [E, C], saved as router.weight. */
+export function routerMatrix(model: ModelView): RouterTensor {
+  return { name: "weight", elements: model.experts * model.width, buffer: false, what: "the router [experts.count, width]", fields: [["experts", "count"], ["width"]], fix: "lower experts.count or width" };
+}
+
+/** Extraction: rows `kept` of `from` [E, …] into `to` [kept.length, …], in order. */
+export function copyRows(to: Tensor, from: Tensor, kept: readonly number[]): void {
+  const n = from.size / from.dim(0);
+  kept.forEach((e, i) => to.data.set(from.data.subarray(e * n, (e + 1) * n), i * n));
+}
+
+/** Extraction by usage: the `n` most used of `ids` (ties to the lower id), ascending. */
+export function mostUsed(usage: Float64Array, ids: number[], n: number): number[] {
+  return [...ids].sort((a, b) => usage[b]! - usage[a]! || a - b).slice(0, n).sort((a, b) => a - b);
 }

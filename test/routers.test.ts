@@ -1,0 +1,58 @@
+// The router plug-ins (src/moe/routers): for every registered kind, what its
+// spec says (k, its tensors, shared experts, the experts known ahead, the
+// devices) is what the module it builds does.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { noGrad } from "../src/autograd/tape.js";
+import { modelRouter, parseModelConfig, type RouterConfig } from "../src/models/config.js";
+import { PanguSigma } from "../src/models/pangu-sigma.js";
+import { ROUTER_KINDS } from "../src/moe/routers/index.js";
+import { Rng } from "../src/util/rng.js";
+
+/** A config of each registered kind; a new router adds one here (the first test says so). */
+const SAMPLES: Record<string, RouterConfig> = {
+  rre: { kind: "rre", groups: 2, seed: 4 },
+  moge: { kind: "moge", groups: 2, perGroup: 2, auxLossCoef: 0.01, sharedExperts: 2 },
+  topk: { kind: "topk", k: 3, renormalize: true, auxLossCoef: 0.01, zLossCoef: 0, capacityFactor: null },
+};
+
+const E = 8;
+const build = (router: RouterConfig) =>
+  new PanguSigma(
+    parseModelConfig({ vocabSize: 23, width: 8, heads: 2, denseLayers: 1, sparseLayers: 2, seqLen: 6, ffnWidth: 12, domains: [{ name: "a", group: 0 }, { name: "b", group: 1 }], experts: { count: E, width: 5, router } }),
+  ).eval();
+
+test("every registered router kind has a sample here", () => {
+  assert.deepEqual([...ROUTER_KINDS].sort(), Object.keys(SAMPLES).sort());
+});
+
+for (const [name, router] of Object.entries(SAMPLES)) {
+  test(`${name}: the spec describes the module it builds`, () => {
+    const model = build(router);
+    const { spec, view } = modelRouter(model.config)!;
+    const block = model.blocks[1]!;
+    const moe = block.moe!;
+    // Its tensors: the names, sizes and kinds the module registers under router.
+    const declared = spec.tensors(view).map((t) => [t.name, t.elements, t.buffer]).sort();
+    const params = [...moe.router.namedParameters()].map(([n, p]) => [n, p.tensor.size, false]);
+    const buffers = [...moe.router.namedBuffers()].map(([n, b]) => [n, b.length, true]);
+    assert.deepEqual([...params, ...buffers].sort(), declared);
+    assert.equal(spec.learned, params.length > 0, "a learned router has parameters");
+    // The layer builds the shared experts the spec asks for: one FFN of width sharedExperts · expert width.
+    assert.equal(moe.shared?.fc1.weight.dim(0) ?? 0, spec.sharedExperts * 5);
+    // k, and the experts known before the forward.
+    const rng = new Rng(3);
+    const tokens = Int32Array.from({ length: 12 }, () => rng.int(23));
+    const domains = Int32Array.of(0, 1);
+    const out = noGrad(() => model.forward({ tokens, domains, B: 2, T: 6 }));
+    for (const r of out.routings) {
+      assert.equal(r.k, spec.k);
+      assert.equal(r.expertIds.length, 12 * spec.k);
+    }
+    if (moe.router.expertsNeeded) {
+      const rowDomains = Int32Array.from({ length: 12 }, (_, i) => domains[Math.floor(i / 6)]!);
+      assert.deepEqual([...moe.router.expertsNeeded(tokens, rowDomains)].sort(), [...new Set(out.routings[0]!.expertIds)].sort());
+    }
+    assert.equal(E % spec.devices(E), 0, "the devices divide the experts");
+  });
+}
