@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- ecss [--steps=N] [--rounds=N] [--expert-width=F] [--only=sparse,budget,hits]`: ECSS
- * (PAPERS.md §5), each figure a ratio measured in this run, each variant in
+ * (docs/design.md §8), each figure a ratio measured in this run, each variant in
  * its own process (so its peak RSS is its own), whole optimizer steps
  * (loader, forward, backward, clipping, optimizer, store I/O) on the default
  * corpus with RRE over its 4 domains.

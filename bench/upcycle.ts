@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- upcycle [--pretrain=N] [--steps=N] [--every=N] [--equal-compute]`: does
- * inheritance pay? (PanGu-Σ grows from dense PanGu-α, PAPERS.md §7.)
+ * inheritance pay? (PanGu-Σ grows from dense PanGu-α, docs/design.md §9.)
  *
  * On the default corpus: train a small dense model for `pretrain` steps;
  * upcycle it to an RRE model (1 dense + 1 sparse layer, 8 experts in 4 domain

@@ -1,5 +1,5 @@
 /**
- * `extract(model, options)`: a domain's sub-model (docs/design.md). An RRE
+ * `extract(model, options)`: a domain's sub-model (docs/design.md §10). An RRE
  * model gives the exact, loss-free sub-model (its domain's expert group),
  * checked on the spot against the full model's logits; MoGE and top-k models
  * keep the experts the domain's training data uses most, up to `experts` per

@@ -1,6 +1,6 @@
 /**
  * `upcycle(dense, sparseConfig, options)`: inheritance from a dense model
- * (docs/design.md) — a sparse model whose experts start as the dense FFNs,
+ * (docs/design.md §9) — a sparse model whose experts start as the dense FFNs,
  * with the vocabulary extended when a larger tokenizer is given, checked on
  * the spot against the dense model's logits on the old vocabulary.
  */

@@ -1,6 +1,6 @@
 /**
  * Load-balance analysis of routings: per-expert and per-device token loads,
- * the imbalance score IS of Pangu Pro MoE (PAPERS.md §3), max/mean device
+ * the imbalance score IS of Pangu Pro MoE (docs/design.md §6.1), max/mean device
  * load, and the assignments a capacity factor would drop.
  *
  * Loads and IS are those of the router's choices. The capacity factor is

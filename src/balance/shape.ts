@@ -42,7 +42,7 @@ export const SimShapeSchema = z
 export type SimShape = z.infer<typeof SimShapeSchema>;
 
 export const SHAPE_PRESETS: Record<string, SimShape> = {
-  // Pangu Pro MoE (PAPERS.md §3): 48 layers, 64 routed experts in 8 groups, K' = 1,
+  // Pangu Pro MoE (docs/design.md §4.1): 48 layers, 64 routed experts in 8 groups, K' = 1,
   // 4 shared experts of width 1344, vocabulary 153,376 [paper / model card].
   // SwiGLU experts (3 matrices) and width 5120 are [secondary]: 5120 is the width
   // that makes the parameter count come out at 72B total, 16B active. Every layer is

@@ -3,7 +3,7 @@
  * that each say why, and cross-field checks that name the field at fault.
  *
  * Modes follow from the layer counts: dense (sparseLayers = 0, the PanGu-α
- * shape), sparse (denseLayers = 0), mixed (both) — PAPERS.md §1.
+ * shape), sparse (denseLayers = 0), mixed (both) — docs/design.md §1.1.
  */
 import { z } from "zod";
 import { ACTIVATIONS } from "../nn/activation.js";
@@ -76,7 +76,7 @@ export const ModelConfigSchema = z
       .optional(),
     /** FFN and expert activation. FastGeLU is PanGu-α's; the others exist so imported models (GPT-2: gelu_tanh) compute their own function. */
     activation: z.enum(ACTIVATIONS).default("fastgelu"),
-    /** PanGu-α's query layer on top (PAPERS.md §1). Off only for imported models that have none (GPT-2). */
+    /** PanGu-α's query layer on top (docs/design.md §1.4). Off only for imported models that have none (GPT-2). */
     queryLayer: z.boolean().default(true),
     /** Dropout on attention and FFN outputs; 0 because small models on small data rarely need it. */
     dropout: finiteField().min(0).max(0.99).default(0),

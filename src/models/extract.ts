@@ -1,5 +1,5 @@
 /**
- * Domain sub-models cut out of a sparse model (PAPERS.md §2, §7). How is the
+ * Domain sub-models cut out of a sparse model (docs/design.md §10). How is the
  * router's to say (src/moe/routers, `extraction`):
  *
  * Exact (`extractByDomain`; RRE): a domain's tokens only ever reach its own

@@ -1,5 +1,5 @@
 /**
- * PanGu-Σ (PAPERS.md §1): a pre-LayerNorm decoder with M dense layers shared by
+ * PanGu-Σ (docs/design.md §1): a pre-LayerNorm decoder with M dense layers shared by
  * all domains at the bottom and N sparse (MoE) layers on top, learned
  * positions, PanGu-α's query layer, and tied embeddings with domain slots.
  *

@@ -1,5 +1,5 @@
 /**
- * Inheritance learning (PanGu-Σ from PanGu-α, PAPERS.md §7): a sparse model
+ * Inheritance learning (PanGu-Σ from PanGu-α, docs/design.md §9): a sparse model
  * grown from a trained dense one.
  *
  *  - attention, norms, position and query tables and the query layer are copied;

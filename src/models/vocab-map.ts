@@ -1,6 +1,6 @@
 /**
  * How a larger vocabulary inherits a smaller one's embedding rows
- * (inheritance learning, PAPERS.md §7: PanGu-α's vocabulary was extended and
+ * (inheritance learning, docs/design.md §9.3: PanGu-α's vocabulary was extended and
  * old tokens kept their rows). The rule [ours]:
  *
  *  - a token present in both vocabularies keeps its row, matched by its

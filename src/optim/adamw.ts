@@ -1,5 +1,5 @@
 /**
- * AdamW with PanGu-Σ's hybrid hyper-parameters (PAPERS.md §6): two parameter
+ * AdamW with PanGu-Σ's hybrid hyper-parameters (docs/design.md §7.1): two parameter
  * groups, dense and expert, sharing β = (0.8, 0.95) but with ε = 1e-8 for dense
  * parameters and ε = 1e-20 for expert parameters (their gradients are
  * smaller). Moments stay in float32 (float64 for float64 parameters). One fused

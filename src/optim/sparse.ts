@@ -1,5 +1,5 @@
 /**
- * The sparse expert step of ECSS (PAPERS.md §5): only the experts a step
+ * The sparse expert step of ECSS (docs/design.md §7.4): only the experts a step
  * touched are updated, and each keeps its own step count for Adam's bias
  * correction.
  *

@@ -46,7 +46,7 @@ export const OptimSchema = z
     decaySteps: intField(1, TRAIN_LIMITS.steps).nullable().default(null),
     /** Shape of the decay; cosine as in GPT-3 / nanoGPT. */
     decay: z.enum(["cosine", "linear", "constant"]).default("cosine"),
-    /** PanGu-Σ's hybrid Adam (PAPERS.md §6): β shared, ε per group. */
+    /** PanGu-Σ's hybrid Adam (docs/design.md §7.1): β shared, ε per group. */
     beta1: finiteField().min(0).max(1).default(0.8),
     beta2: finiteField().min(0).max(1).default(0.95),
     denseEps: finiteField().positive().default(1e-8),
@@ -98,7 +98,7 @@ export const TrainConfigSchema = z
     /** Log a training line (metrics.jsonl) every N steps. */
     logEvery: intField(1, TRAIN_LIMITS.steps).default(1),
     /**
-     * ECSS (PAPERS.md §5): keep the experts and their Adam moments in a
+     * ECSS (docs/design.md §8): keep the experts and their Adam moments in a
      * file-backed expert store, with only a bounded set resident in RAM.
      */
     store: section({

@@ -1,5 +1,5 @@
 /**
- * ECSS in a training run (PAPERS.md §5), the training side: the expert bank
+ * ECSS in a training run (docs/design.md §8.3), the training side: the expert bank
  * the model's MoE layers compute with, and the sparse optimizer step of the
  * experts a step touched. Where the experts live (the store file, the
  * resident records within the memory budget, reads ahead and write-backs)

@@ -1,7 +1,7 @@
 /**
  * The learning-rate schedule: linear warm-up to the peak, then a decay to the
  * final rate (PanGu-Σ: warm-up 5,000 steps, decay over 180,000 to 2e-5 —
- * PAPERS.md §6), then flat. A pure function of the step, so a resumed run
+ * docs/design.md §7.2), then flat. A pure function of the step, so a resumed run
  * needs nothing but the step count to continue the schedule exactly.
  */
 import type { TrainConfig } from "./config.js";

@@ -1,5 +1,5 @@
 /**
- * MoGE: Mixture of Grouped Experts (Pangu Pro MoE, PAPERS.md §3).
+ * MoGE: Mixture of Grouped Experts (Pangu Pro MoE, docs/design.md §4).
  * S = softmax(W·h) over all E experts (bias-free router); inside each of the G
  * equal groups take the top-K' of S; K = G·K' experts per token; weights are
  * S[e]·routerScale[e] with NO renormalisation. Every group, hence every device,

@@ -1,5 +1,5 @@
 /**
- * RRE: Random Routed Experts (PanGu-Σ, PAPERS.md §2). Two levels, nothing learned:
+ * RRE: Random Routed Experts (PanGu-Σ, docs/design.md §3). Two levels, nothing learned:
  *  1. domain → expert group (from the config);
  *  2. token id → expert inside the group, by a frozen random table per layer.
  * Top-1, weight 1, no auxiliary loss.

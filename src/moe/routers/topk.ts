@@ -1,5 +1,5 @@
 /**
- * The learned top-k baseline (GShard / Switch / Mixtral, PAPERS.md §4):
+ * The learned top-k baseline (GShard / Switch / Mixtral, docs/design.md §5):
  * softmax router, top-k, optional renormalisation, Switch balance loss,
  * optional z-loss, optional capacity factor with dropping (else dropless).
  *
