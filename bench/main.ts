@@ -19,10 +19,10 @@ const BENCHES: Record<string, Entry> = {
   gemm: { load: () => import("./gemm.js"), about: "our matmul as a fraction of the FMA peak; thin products against memory bandwidth", takes: "2–4 min" },
   model: { load: () => import("./model.js"), about: "forward+backward tokens/s of reference config R, each router and the dense twin", takes: "1–3 min" },
   tokenizer: { load: () => import("./tokenizer.js"), about: "tokenizer training time and encode MB/s on the default corpus", takes: "1–3 min" },
-  train: { load: () => import("./train.js"), about: "end-to-end training tokens/s and peak RSS of config R, each router", takes: "2–5 min" },
+  train: { load: () => import("./train.js"), about: "end-to-end training tokens/s and peak RSS of config R, each router (prepares the default data if missing)", takes: "2–5 min" },
   balance: { load: () => import("./balance.js"), about: "Pangu Pro MoE's finding: IS > 0 for top-8 vs MoGE, simulated tokens/s", takes: "1–2 min" },
-  upcycle: { load: () => import("./upcycle.js"), about: "validation loss of upcycled RRE vs RRE from scratch vs dense continued", takes: "10–20 min" },
-  ecss: { load: () => import("./ecss.js"), about: "ECSS: sparse step vs ordinary MoE, a model over its expert budget, hit rates", takes: "5–15 min" },
+  upcycle: { load: () => import("./upcycle.js"), about: "validation loss of upcycled RRE vs RRE from scratch vs dense continued (prepares the default data if missing)", takes: "10–20 min" },
+  ecss: { load: () => import("./ecss.js"), about: "ECSS: sparse step vs ordinary MoE, a model over its expert budget, hit rates (prepares the default data if missing)", takes: "5–15 min" },
   blas: { load: () => import("./blas.js"), about: "our GEMM beside OpenBLAS's sgemm (needs libopenblas-dev; skips without it)", takes: "1–3 min" },
 };
 

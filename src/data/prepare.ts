@@ -15,7 +15,7 @@
  * writer holds one 64K-token buffer.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
-import { basename, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
 import { loadTokenizer, sha256Hex } from "../tokenizer/hfjson.js";
@@ -23,8 +23,8 @@ import { fsyncDir, writeFileAtomic } from "../util/fs.js";
 import { otherProcessAlive } from "../util/process.js";
 import type { Tokenizer } from "../tokenizer/codec.js";
 import { readCorpus, recordBytes, SkipReport, type CorpusRecord } from "./ingest.js";
-import { MANIFEST_FORMAT, MANIFEST_VERSION, Source, writeManifest, type Counts, type Manifest } from "./manifest.js";
-import { ShardWriter, type Split } from "./shards.js";
+import { MANIFEST_FORMAT, MANIFEST_VERSION, readManifest, Source, writeManifest, type Counts, type Manifest } from "./manifest.js";
+import { openShard, ShardWriter, type Split } from "./shards.js";
 
 export interface PrepareOptions {
   corpus: string;
@@ -183,6 +183,69 @@ export async function prepareData(o: PrepareOptions): Promise<Manifest> {
       }
     }
     throw e;
+  }
+}
+
+/**
+ * Whether `dir` holds whole prepared data: its manifest reads, its
+ * tokenizer.json has the sha256 the manifest records, and every shard it
+ * lists opens with the header, size and documents the manifest says.
+ * Returns the manifest, or why the folder is not usable.
+ */
+export function checkPrepared(dir: string): { manifest: Manifest } | { problem: string } {
+  if (!existsSync(join(dir, "manifest.json"))) return { problem: `${dir} has no manifest.json` };
+  try {
+    const manifest = readManifest(join(dir, "manifest.json"));
+    const tok = loadTokenizer(join(dir, manifest.tokenizer.file));
+    if (tok.sha256 !== manifest.tokenizer.sha256) return { problem: `${join(dir, manifest.tokenizer.file)} is not the tokenizer the manifest records` };
+    for (const s of manifest.shards) openShard(dir, manifest, s).close();
+    return { manifest };
+  } catch (e) {
+    if (e instanceof SigmaError) return { problem: e.message };
+    throw e;
+  }
+}
+
+/** What a folder of prepared data may hold; anything else there is not ours to replace. */
+const PREPARED_ENTRIES = /^(manifest\.json|tokenizer\.json|shards|\.shards-new-\d+)$/;
+
+/**
+ * Prepared data in `o.out`, made only when the folder does not already hold
+ * whole prepared data (checkPrepared): then it is prepared in a sibling
+ * folder and renamed into place, so `o.out` is at every moment either what
+ * it was or the new data, never half of it. A folder that holds anything but
+ * prepared data is refused rather than replaced.
+ */
+export async function ensurePrepared(o: PrepareOptions): Promise<{ manifest: Manifest; reused: boolean }> {
+  const before = checkPrepared(o.out);
+  if ("manifest" in before) return { manifest: before.manifest, reused: true };
+  const foreign = existsSync(o.out) ? readdirSync(o.out).filter((f) => !PREPARED_ENTRIES.test(f)) : [];
+  if (foreign.length > 0) {
+    throw new SigmaError(`${o.out} is not usable prepared data (${before.problem}) and holds other files (${foreign.slice(0, 3).join(", ")}${foreign.length > 3 ? ", …" : ""}), so it is not replaced`, "move those files away, or prepare the data into another folder");
+  }
+  const parent = dirname(o.out);
+  const name = basename(o.out);
+  mkdirSync(parent, { recursive: true });
+  // Leftovers of runs that died mid-way.
+  for (const f of readdirSync(parent)) {
+    const m = f.startsWith(name) ? /^\.(?:tmp|old)-(\d+)$/.exec(f.slice(name.length)) : null;
+    if (m && !otherProcessAlive(Number(m[1]))) rmSync(join(parent, f), { recursive: true, force: true });
+  }
+  const tmp = join(parent, `${name}.tmp-${process.pid}`);
+  const old = join(parent, `${name}.old-${process.pid}`);
+  rmSync(tmp, { recursive: true, force: true });
+  try {
+    const manifest = await prepareData({ ...o, out: tmp });
+    // Another process may have prepared it meanwhile: keep theirs.
+    const now = checkPrepared(o.out);
+    if ("manifest" in now) return { manifest: now.manifest, reused: true };
+    if (existsSync(o.out)) renameSync(o.out, old);
+    renameSync(tmp, o.out);
+    fsyncDir(parent);
+    rmSync(old, { recursive: true, force: true });
+    return { manifest, reused: false };
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
   }
 }
 
