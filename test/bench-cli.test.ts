@@ -2,14 +2,17 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const bench = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", "bench/main.ts", ...args], { cwd: root, encoding: "utf8", timeout: 60_000 });
 
-/** Every benchmark module beside main.ts (util.ts is the shared helpers). */
-const modules = readdirSync(new URL("../bench/", import.meta.url)).filter((f) => f.endsWith(".ts") && f !== "main.ts" && f !== "util.ts").map((f) => f.slice(0, -3));
+/** Every benchmark module: the files of bench/ that export a run() (the others are shared helpers). */
+const dir = new URL("../bench/", import.meta.url);
+const modules = readdirSync(dir).filter((f) => f.endsWith(".ts") && /^export async function run\(/m.test(readFileSync(new URL(f, dir), "utf8"))).map((f) => f.slice(0, -3));
+
+test("the listing finds the benchmark modules", () => assert.ok(modules.length >= 8 && modules.includes("train"), modules.join()));
 
 test("bench with no name lists every benchmark with a description and a duration, runs none, exits 0", () => {
   const p = bench();
