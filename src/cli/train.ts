@@ -6,7 +6,7 @@ import type { Command } from "commander";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { SigmaError } from "../util/errors.js";
-import { loadTrainConfig, parseTrainConfig, type TrainConfig } from "../train/config.js";
+import { configWarnings, loadTrainConfig, parseTrainConfig, type TrainConfig } from "../train/config.js";
 import { resumeTrainer } from "../train/checkpoint.js";
 import { Evaluator, checkEvalBatches, type DomainEval } from "../train/evaluate.js";
 import { unigramBaselines } from "../train/baseline.js";
@@ -77,6 +77,7 @@ export function register(program: Command): void {
       let cfg: TrainConfig = loadTrainConfig(o.config);
       if (o.out !== undefined || o.steps !== undefined) cfg = parseTrainConfig({ ...cfg, ...(o.out !== undefined ? { out: o.out } : {}), ...(o.steps !== undefined ? { steps: o.steps } : {}) }, o.config);
       cfg = withStoreOptions(cfg, o, o.config);
+      for (const w of configWarnings(cfg)) console.error(`warning: ${w}`);
       let t: Trainer;
       if (o.resume && o.init) throw new SigmaError("--resume and --init exclude each other", "--init starts a new run from a model; --resume continues a run");
       if (o.resume && o.overwrite) throw new SigmaError("--resume and --overwrite exclude each other", "--resume continues the run in --out; --overwrite replaces it with a new one");
