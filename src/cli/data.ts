@@ -67,7 +67,7 @@ export async function prepareCommand(o: PrepareOpts, outFlag = "--out"): Promise
   if (corpus === undefined) {
     const a = assembleDefaultCorpus();
     corpus = a.dir;
-    console.error(`default corpus ${a.reused ? "reused" : "assembled"} at ${corpus}`);
+    console.error(`default corpus ${a.reused ? "reused" : "assembled"} at ${corpus}: ${(a.bytes / 1e6).toFixed(2)} MB, sha256 ${a.sha256}`);
     tokPath ??= DEFAULT_TOKENIZER;
     if (!existsSync(tokPath)) {
       ensureWritableFile(tokPath, o.tokenizer === undefined ? "the default tokenizer" : "--tokenizer");
