@@ -12,7 +12,7 @@ import { Evaluator, checkEvalBatches, type DomainEval } from "../train/evaluate.
 import { unigramBaselines } from "../train/baseline.js";
 import { prepareRunFolder, runPaths, runTraining, type RunResult } from "../train/run.js";
 import { Trainer, storePath } from "../train/trainer.js";
-import { readManifest } from "../data/manifest.js";
+import { readManifest, readManifestIfPresent } from "../data/manifest.js";
 import { domainIndex, encodePrompt, loadForInference } from "../serve/load.js";
 import { generateIds } from "../serve/generate.js";
 import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
@@ -77,7 +77,7 @@ export function register(program: Command): void {
       let cfg: TrainConfig = loadTrainConfig(o.config);
       if (o.out !== undefined || o.steps !== undefined) cfg = parseTrainConfig({ ...cfg, ...(o.out !== undefined ? { out: o.out } : {}), ...(o.steps !== undefined ? { steps: o.steps } : {}) }, o.config);
       cfg = withStoreOptions(cfg, o, o.config);
-      for (const w of configWarnings(cfg)) console.error(`warning: ${w}`);
+      for (const w of configWarnings(cfg, readManifestIfPresent(cfg.data.dir))) console.error(`warning: ${w}`);
       let t: Trainer;
       if (o.resume && o.init) throw new SigmaError("--resume and --init exclude each other", "--init starts a new run from a model; --resume continues a run");
       if (o.resume && o.overwrite) throw new SigmaError("--resume and --overwrite exclude each other", "--resume continues the run in --out; --overwrite replaces it with a new one");

@@ -9,6 +9,7 @@ import { SigmaError } from "../util/errors.js";
 import { readCapped } from "../util/read.js";
 import { jsonErrorText, parseJsonStrict } from "../util/strict-json.js";
 import { parseWithSchema } from "../util/json.js";
+import { windowTokens, type Manifest } from "../data/manifest.js";
 
 /**
  * Upper bounds of the run's counts: generous but finite, so that a typo
@@ -149,9 +150,11 @@ export function parseTrainConfig(input: unknown, source = "train config"): Train
 /**
  * What a valid config does that its author probably did not mean, in words
  * for a person: each names the fields, says what the run will do, and what
- * to change. `sigma train` prints them before it starts; none stops a run.
+ * to change. With the manifest of its data, also the model's domains whose
+ * validation split is too small to evaluate (evaluation leaves them out).
+ * `sigma train` prints them before it starts; none stops a run.
  */
-export function configWarnings(c: TrainConfig): string[] {
+export function configWarnings(c: TrainConfig, manifest?: Manifest | null): string[] {
   const out: string[] = [];
   const o = c.optim;
   const sig = (v: number): string => String(Number(v.toPrecision(3)));
@@ -168,6 +171,18 @@ export function configWarnings(c: TrainConfig): string[] {
   }
   if (o.decay !== "constant" && o.minLr > o.lr) {
     out.push(`optim.minLr (${sig(o.minLr)}) is above optim.lr (${sig(o.lr)}): the rate cannot decay to it, so it stays at optim.lr after the warm-up; lower optim.minLr, or set optim.decay to "constant" if a flat rate is meant`);
+  }
+  const need = windowTokens(c.model.seqLen);
+  for (const d of manifest?.domains ?? []) {
+    if (!c.model.domains.some((md) => md.name === d.name) || d.val.tokens >= need) continue;
+    if (d.train.docs + d.val.docs === 0) {
+      out.push(`domain "${d.name}" has no documents in ${c.data.dir}: it is neither trained nor evaluated; add text for it and prepare the data again, or leave it out of model.domains`);
+      continue;
+    }
+    out.push(
+      `domain "${d.name}" has ${d.val.tokens.toLocaleString("en-US")} validation tokens in ${c.data.dir}, fewer than one sequence of model.seqLen ${c.model.seqLen} + 1: it will not be evaluated (no validation loss for it); ` +
+        `prepare the data again with more text for "${d.name}" or a larger --val-fraction (now ${manifest!.split.valFraction}), or use a shorter model.seqLen`,
+    );
   }
   return out;
 }
