@@ -22,7 +22,7 @@
  * from the OS page cache when the file fits in it, as it does here.
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { readManifest } from "../src/data/manifest.js";
@@ -31,8 +31,9 @@ import { formatBytes, paramsPerExpert } from "../src/store/format.js";
 import { parseTrainConfig, type TrainConfig } from "../src/train/config.js";
 import { Trainer } from "../src/train/trainer.js";
 import { median, table } from "./util.js";
+import { benchData, BENCH_DATA } from "./data.js";
 
-const DATA = ".sigma/data/default";
+const DATA = BENCH_DATA;
 const OUT = "/tmp/sigma-bench-ecss";
 
 interface Variant {
@@ -129,7 +130,7 @@ export async function run(args: string[]): Promise<void> {
   const rounds = Number(args.find((a) => a.startsWith("--rounds="))?.slice(9) ?? 3);
   const only = args.find((a) => a.startsWith("--only="))?.slice(7)?.split(",");
   const want = (p: string) => !only || only.includes(p);
-  if (!existsSync(join(DATA, "manifest.json"))) throw new Error(`bench ecss needs the default data: run \`npx sigma data prepare\` first (looked for ${DATA}/manifest.json)`);
+  await benchData(DATA);
   console.log(`model: C=${W.width}, ${W.dense} dense + ${W.sparse} RRE layers (4 groups = the corpus's 4 domains), dense FFN ${W.ffn}; one sequence of ${W.T} tokens per step (one domain)`);
   console.log(`each figure: median of ${steps} optimizer steps after ${WARMUP} warm-up steps, each variant in its own process;`);
   console.log(`the variants of a row run interleaved, ${rounds} rounds (--rounds=N), and each keeps its median round\n`);

@@ -1,27 +1,54 @@
 /**
- * `npm run bench -- <name> [args]`: runs one benchmark, or all with no name.
- * Each benchmark validates its kernels before it times them and reports
- * ratios to ceilings measured in the same run.
+ * `npm run bench -- <name> [args]`: runs one benchmark; `all` runs every one
+ * in turn. With no name it lists them (name, what it measures, roughly how
+ * long it takes) and runs nothing: all of them together take well over ten
+ * minutes. Each benchmark validates its kernels before it times them and
+ * reports ratios to ceilings measured in the same run.
  */
 type Bench = { run(args: string[]): Promise<void> };
 
-const BENCHES: Record<string, () => Promise<Bench>> = {
-  gemm: () => import("./gemm.js"),
-  model: () => import("./model.js"),
-  tokenizer: () => import("./tokenizer.js"),
-  train: () => import("./train.js"),
-  balance: () => import("./balance.js"),
-  upcycle: () => import("./upcycle.js"),
-  ecss: () => import("./ecss.js"),
-  blas: () => import("./blas.js"),
+interface Entry {
+  load: () => Promise<Bench>;
+  about: string;
+  /** Rough wall time on a 2-core machine with the defaults. */
+  takes: string;
+}
+
+/** In the order `all` runs them. */
+const BENCHES: Record<string, Entry> = {
+  gemm: { load: () => import("./gemm.js"), about: "our matmul as a fraction of the FMA peak; thin products against memory bandwidth", takes: "2–4 min" },
+  model: { load: () => import("./model.js"), about: "forward+backward tokens/s of reference config R, each router and the dense twin", takes: "1–3 min" },
+  tokenizer: { load: () => import("./tokenizer.js"), about: "tokenizer training time and encode MB/s on the default corpus", takes: "1–3 min" },
+  train: { load: () => import("./train.js"), about: "end-to-end training tokens/s and peak RSS of config R, each router (prepares the default data if missing)", takes: "2–5 min" },
+  balance: { load: () => import("./balance.js"), about: "Pangu Pro MoE's finding: IS > 0 for top-8 vs MoGE, simulated tokens/s", takes: "1–2 min" },
+  upcycle: { load: () => import("./upcycle.js"), about: "validation loss of upcycled RRE vs RRE from scratch vs dense continued (prepares the default data if missing)", takes: "10–20 min" },
+  ecss: { load: () => import("./ecss.js"), about: "ECSS: sparse step vs ordinary MoE, a model over its expert budget, hit rates (prepares the default data if missing)", takes: "5–15 min" },
+  blas: { load: () => import("./blas.js"), about: "our GEMM beside OpenBLAS's sgemm (needs libopenblas-dev; skips without it)", takes: "1–3 min" },
 };
 
-const [name, ...args] = process.argv.slice(2);
-if (name !== undefined && !(name in BENCHES)) {
-  console.error(`unknown benchmark "${name}"; known: ${Object.keys(BENCHES).join(", ")}`);
-  process.exit(2);
+/** The listing printed when no benchmark is named. */
+function listing(): string {
+  const w = Math.max(...Object.keys(BENCHES).map((n) => n.length), 3);
+  const lines = ["usage: npm run bench -- <name> [args]   (npm run bench -- all: every benchmark in turn, 30–60 min)", ""];
+  for (const [name, b] of Object.entries(BENCHES)) lines.push(`  ${name.padEnd(w)}  ${b.about} [rough: ${b.takes}]`);
+  return lines.join("\n");
 }
-for (const n of name ? [name] : Object.keys(BENCHES)) {
-  console.log(`\n=== bench ${n} ===`);
-  await (await BENCHES[n]!()).run(args);
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...args] = argv;
+  if (name === undefined) {
+    console.log(listing());
+    return 0;
+  }
+  if (name !== "all" && !(name in BENCHES)) {
+    console.error(`unknown benchmark "${name}"; known: ${Object.keys(BENCHES).join(", ")}, or all`);
+    return 2;
+  }
+  for (const n of name === "all" ? Object.keys(BENCHES) : [name]) {
+    console.log(`\n=== bench ${n} ===`);
+    await (await BENCHES[n]!.load()).run(args);
+  }
+  return 0;
 }
+
+process.exitCode = await main(process.argv.slice(2));

@@ -28,7 +28,7 @@ export async function run(args: string[]): Promise<void> {
   let t = performance.now();
   const corpus = assembleDefaultCorpus();
   const assembleS = (performance.now() - t) / 1000;
-  console.log(`default corpus ${corpus.reused ? "reused" : `assembled in ${assembleS.toFixed(2)} s`} at ${corpus.dir}`);
+  console.log(`default corpus ${corpus.reused ? "reused" : `assembled in ${assembleS.toFixed(2)} s`} at ${corpus.dir} (sha256 ${corpus.sha256})`);
 
   const r = await trainOnCorpus(corpus.dir, { vocabSize: vocab });
   console.log(`train: ${(r.bytes / 1e6).toFixed(2)} MB, ${r.words} distinct pre-tokens, vocab ${r.tokenizer.vocabSize}: count ${r.countSeconds.toFixed(2)} s + merges ${r.mergeSeconds.toFixed(2)} s = ${(r.countSeconds + r.mergeSeconds).toFixed(2)} s`);

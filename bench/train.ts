@@ -8,7 +8,6 @@
  * measured in this run with the same thread count.
  */
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { getBackend } from "../src/backend/index.js";
@@ -18,8 +17,9 @@ import { parseTrainConfig, type TrainConfig } from "../src/train/config.js";
 import { Trainer } from "../src/train/trainer.js";
 import { forwardFlopsPerToken } from "./model.js";
 import { PEAK_LEGEND, fmaPeak, median, table } from "./util.js";
+import { benchData, BENCH_DATA } from "./data.js";
 
-const DATA = ".sigma/data/default";
+const DATA = BENCH_DATA;
 const R = { width: 512, heads: 8, dense: 2, sparse: 2, experts: 8, k: 2, ffn: 2048, vocab: 8192, T: 256, B: 8 };
 const VARIANTS: Record<string, RouterConfig | null> = {
   dense: null,
@@ -94,7 +94,7 @@ function child(variant: string, steps: number): ChildResult {
 export async function run(args: string[]): Promise<void> {
   const steps = Number(args.find((a) => a.startsWith("--steps="))?.slice(8) ?? 3);
   const only = args.find((a) => a.startsWith("--only="))?.slice(7)?.split(",");
-  if (!existsSync(join(DATA, "manifest.json"))) throw new Error(`bench train needs the default data: run \`npx sigma data prepare\` first (looked for ${DATA}/manifest.json)`);
+  await benchData(DATA);
   const threads = getBackend().getThreads();
   const peak = fmaPeak(threads);
   console.log(`FMA peak (${threads} threads): ${(peak / 1e9).toFixed(1)} GFLOP/s`);

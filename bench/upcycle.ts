@@ -17,7 +17,7 @@
  *
  * It is not a test: the outcome is reported whichever way it goes.
  */
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { readManifest } from "../src/data/manifest.js";
 import type { ModelConfigInput } from "../src/models/config.js";
@@ -27,8 +27,9 @@ import { parseTrainConfig, type TrainConfig } from "../src/train/config.js";
 import { svgCharts, type Series } from "../src/train/plots.js";
 import { Trainer } from "../src/train/trainer.js";
 import { writeFileAtomic } from "../src/util/fs.js";
+import { benchData, BENCH_DATA } from "./data.js";
 
-const DATA = ".sigma/data/default";
+const DATA = BENCH_DATA;
 const OUT = ".sigma/bench/upcycle";
 /** Small enough for a few minutes on two cores: C=128, 2 layers, T=64, B=16 [ours]. */
 const SHAPE = { width: 128, heads: 4, layers: 2, seqLen: 64, batch: 16, experts: 8 };
@@ -82,7 +83,7 @@ export async function run(args: string[]): Promise<void> {
   const pretrain = arg("pretrain", 300);
   const steps = arg("steps", 300);
   const every = arg("every", 20);
-  if (!existsSync(join(DATA, "manifest.json"))) throw new Error(`bench upcycle needs the default data: run \`npx sigma data prepare\` first (looked for ${DATA}/manifest.json)`);
+  await benchData(DATA);
   const m = readManifest(join(DATA, "manifest.json"));
   const domains = m.domains.map((d) => d.name);
   const base = { vocabSize: m.tokenizer.vocabSize, width: SHAPE.width, heads: SHAPE.heads, seqLen: SHAPE.seqLen, ffnWidth: 4 * SHAPE.width, seed: 3 };

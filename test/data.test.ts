@@ -50,7 +50,7 @@ const tokPath = join(tokDir, "tokenizer.json");
 }
 const corpus = makeCorpus();
 const dataDir = fresh("data");
-const manifest = await prepareData({ corpus, tokenizer: tokPath, out: dataDir, valFraction: 0.25, seed: 1 });
+const { manifest } = await prepareData({ corpus, tokenizer: tokPath, out: dataDir, valFraction: 0.25, seed: 1 });
 
 async function rejects(p: Promise<unknown>, re: RegExp): Promise<void> {
   await assert.rejects(p, (e: unknown) => e instanceof SigmaError && re.test(e.message));
@@ -123,7 +123,7 @@ function trainedTokenizer() {
 
 test("prepare is deterministic: same seed, same manifest and shard bytes", async () => {
   const again = fresh("data");
-  const m2 = await prepareData({ corpus, tokenizer: tokPath, out: again, valFraction: 0.25, seed: 1 });
+  const { manifest: m2 } = await prepareData({ corpus, tokenizer: tokPath, out: again, valFraction: 0.25, seed: 1 });
   assert.deepEqual(m2, { ...manifest });
   for (const s of manifest.shards) assert.deepEqual(readFileSync(join(again, s.file)), readFileSync(join(dataDir, s.file)));
 });
@@ -167,7 +167,7 @@ test("skipped records are counted and reported, never silently dropped", async (
   ];
   writeFileSync(join(c, "r.jsonl"), lines.join("\n"));
   await rejects(prepareData({ corpus: c, tokenizer: tokPath, out: fresh("o") }), /r.jsonl line 4: not a JSON record/);
-  const m = await prepareData({ corpus: c, tokenizer: tokPath, out: fresh("o"), lenient: true, valFraction: 0 });
+  const { manifest: m } = await prepareData({ corpus: c, tokenizer: tokPath, out: fresh("o"), lenient: true, valFraction: 0 });
   assert.equal(m.skipped.total, 4);
   assert.deepEqual(m.skipped.byReason, { "empty text": 1, "lone surrogate": 1, "not JSON": 1, "unknown domain": 1 });
   assert.match(m.skipped.examples.join("\n"), /r.jsonl line 3: lone surrogate U\+D800/);

@@ -31,11 +31,12 @@ export async function cli(argv: string[]): Promise<{ code: number; out: string; 
  * Asserts that a CLI run failed as bad input should: exit 1 and one
  * `sigma: ` line that names `file` and matches `re`; any further lines are
  * indented (a hint, or one line per bad field) — no stack trace, no
- * "internal error".
+ * "internal error". Warnings printed before the run began (`warning: …`)
+ * are not part of the refusal.
  */
 export function assertRefused(r: { code: number; err: string }, file: string, re: RegExp): void {
   assert.equal(r.code, 1, `exit code 1 expected, got ${r.code}: ${r.err}`);
-  const lines = r.err.split("\n").filter((l) => l.length > 0);
+  const lines = r.err.split("\n").filter((l) => l.length > 0 && !l.startsWith("warning: "));
   const top = lines.filter((l) => !l.startsWith("  "));
   assert.equal(top.length, 1, `one unindented line expected:\n${r.err}`);
   assert.ok(top[0]!.startsWith("sigma: "), r.err);

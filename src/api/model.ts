@@ -104,19 +104,19 @@ export class Model {
     const d = domainIndexOf(this.network, domain);
     const ids = encodePrompt(tok, domain, prompt);
     const stop = new StopMatcher(o.stop ?? []);
-    const special = tok.specials.length;
-    const dec = new TextDecoder("utf-8");
+    // Text as it completes: a character cut across tokens is held back until its last byte arrives.
+    const text = tok.streamDecoder({ skipSpecial: !o.showSpecial });
     const sampling = { temperature: o.temperature ?? 0.8, topK: o.topK ?? 40, topP: o.topP ?? 0.95, seed: o.seed ?? 1, maxTokens: o.maxTokens ?? 100, stopId: tok.eotId };
     for (const id of generateIds(this.network, ids, d, sampling)) {
       if (o.signal?.aborted) break;
-      const raw = id < special && !o.showSpecial ? "" : dec.decode(tok.decodeBytes([id]), { stream: true });
-      const { text, stopped } = stop.push(raw);
-      yield { id, text };
-      if (stopped) return;
+      const r = stop.push(text.push(id));
+      yield { id, text: r.text };
+      if (r.stopped) return;
       // Let timers, I/O and other requests run between tokens.
       await yieldToEventLoop();
     }
-    const rest = stop.push(dec.decode()).text + stop.flush();
+    const r = stop.push(text.end());
+    const rest = r.text + (r.stopped ? "" : stop.end());
     if (rest) yield { id: -1, text: rest };
   }
 

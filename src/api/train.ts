@@ -11,13 +11,13 @@
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { readManifest } from "../data/manifest.js";
+import { readManifest, readManifestIfPresent } from "../data/manifest.js";
 import { activeParameters, parameterCounts } from "../models/config.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { openModelSource } from "../serve/open.js";
 import { sha256Hex } from "../tokenizer/hfjson.js";
 import { diffFields, resumeTrainer } from "../train/checkpoint.js";
-import { parseTrainConfig, type TrainConfig, type TrainConfigInput } from "../train/config.js";
+import { configWarnings, parseTrainConfig, type TrainConfig, type TrainConfigInput } from "../train/config.js";
 import type { DomainEval } from "../train/evaluate.js";
 import { allDomains } from "../train/evaluate.js";
 import { unigramBaselines } from "../train/baseline.js";
@@ -54,7 +54,7 @@ export interface TrainOptions {
   overwrite?: boolean;
   /** Start from these weights (a path any command reads, or an opened Model); its config must equal config.model. */
   init?: string | Model;
-  /** Human-readable notes (a memory warning, a replaced run). Default: none. */
+  /** Human-readable notes (warnings about the config, memory or data; a replaced run). Default: none. */
   log?: (line: string) => void;
   /** How errors name the config and its out folder / store path (the CLI passes its flags). */
   names?: { config?: string; out?: string; store?: string };
@@ -114,6 +114,7 @@ export async function train(config: TrainConfigInput | TrainConfig, o: TrainOpti
   if (cfg.store.enabled) ensureWritableFile(storePath(cfg), names.store);
   const fit = checkRunFits(cfg, names.config);
   if (fit.warning) log(`warning: ${fit.warning}`);
+  for (const w of configWarnings(cfg, readManifestIfPresent(cfg.data.dir))) log(`warning: ${w}`);
   for (const [flag, path] of [["--resume", typeof o.resume === "string" ? o.resume : undefined], ["--init", typeof o.init === "string" ? o.init : undefined]] as const) {
     if (path !== undefined && !existsSync(path)) throw new SigmaError(`${flag} ${path} does not exist`, `pass a checkpoint folder (a run's checkpoints/ gives its newest)${flag === "--init" ? " or a model .safetensors" : ""}`);
   }

@@ -8,7 +8,7 @@ import { SigmaError } from "../util/errors.js";
 import { saveTokenizer } from "../tokenizer/hfjson.js";
 import { assembleDefaultCorpus } from "../data/defaultCorpus.js";
 import { readManifest, type Manifest } from "../data/manifest.js";
-import { prepareData } from "../data/prepare.js";
+import { DEFAULT_SEQ_LEN, prepareData } from "../data/prepare.js";
 import { DEFAULT_VOCAB, trainOnCorpus } from "../data/vocab.js";
 import { DEFAULT_TOKENIZER, parseIntOpt, status } from "./tokenizer.js";
 import { MODEL_LIMITS } from "../models/config.js";
@@ -25,6 +25,8 @@ export interface PrepareOpts {
   controlTokens: boolean;
   lenient?: boolean;
   vocab: number;
+  /** The sequence length the data is for; splits too small for it are warned about. */
+  seqLen?: number;
 }
 
 export function register(program: Command): void {
@@ -41,6 +43,7 @@ export function register(program: Command): void {
     .option("--no-control-tokens", "do not start documents with their domain's control token")
     .option("--lenient", "skip (and count) bad records instead of stopping")
     .option("--vocab <n>", "vocabulary size when a tokenizer has to be trained", parseIntOpt("vocab", 1, MODEL_LIMITS.vocabSize), DEFAULT_VOCAB)
+    .option("--seq-len <n>", "the model.seqLen you will train with: warns about domains whose splits hold less than one sequence", parseIntOpt("seq-len", 1, MODEL_LIMITS.seqLen), DEFAULT_SEQ_LEN)
     .action(async (o: PrepareOpts) => {
       await prepareCommand(o);
     });
@@ -67,7 +70,7 @@ export async function prepareCommand(o: PrepareOpts, outFlag = "--out"): Promise
   if (corpus === undefined) {
     const a = assembleDefaultCorpus();
     corpus = a.dir;
-    console.error(`default corpus ${a.reused ? "reused" : "assembled"} at ${corpus}`);
+    console.error(`default corpus ${a.reused ? "reused" : "assembled"} at ${corpus}: ${(a.bytes / 1e6).toFixed(2)} MB, sha256 ${a.sha256}`);
     tokPath ??= DEFAULT_TOKENIZER;
     if (!existsSync(tokPath)) {
       ensureWritableFile(tokPath, o.tokenizer === undefined ? "the default tokenizer" : "--tokenizer");
@@ -78,7 +81,7 @@ export async function prepareCommand(o: PrepareOpts, outFlag = "--out"): Promise
     }
   }
   if (tokPath === undefined) throw new SigmaError("`sigma data prepare --corpus` needs --tokenizer", `train one first: sigma tokenizer train --corpus ${corpus} --out ${DEFAULT_TOKENIZER}`);
-  const m = await prepareData({
+  const { manifest: m, warnings } = await prepareData({
     corpus,
     tokenizer: tokPath,
     out: o.out,
@@ -86,12 +89,14 @@ export async function prepareCommand(o: PrepareOpts, outFlag = "--out"): Promise
     seed: o.seed,
     controlTokens: o.controlTokens,
     lenient: o.lenient,
+    seqLen: o.seqLen,
     onProgress: (docs, bytes) => status(`tokenized ${docs} documents, ${(bytes / 1e6).toFixed(1)} MB`),
   });
   const tokens = m.domains.reduce((n, d) => n + d.train.tokens + d.val.tokens, 0);
   status(`wrote ${m.shards.length} shards, ${tokens} tokens to ${o.out} in ${((performance.now() - t0) / 1000).toFixed(1)} s`, true);
   reportSkipped(m);
   console.log(formatStats(m));
+  for (const w of warnings) console.error(`warning: ${w}`);
   return m;
 }
 

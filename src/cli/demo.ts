@@ -78,7 +78,8 @@ export function demoConfig(vocabSize: number, domains: string[], o: DemoOpts): T
     batchSize: 16,
     steps: o.steps,
     maxSeconds: o.minutes * 60,
-    optim: { lr: 3e-3, minLr: 1e-4, warmupSteps: 20 },
+    // 20 warm-up steps, or a tenth of a shorter run (a warm-up as long as the run never reaches the peak rate).
+    optim: { lr: 3e-3, minLr: 1e-4, warmupSteps: Math.min(20, Math.floor(o.steps / 10)) },
     eval: { every: 50, batches: 2 },
     checkpoint: { every: 0, keep: 1 },
     seed: o.seed,

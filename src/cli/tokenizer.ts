@@ -77,7 +77,7 @@ export function register(program: Command): void {
       if (corpus === undefined) {
         const a = assembleDefaultCorpus();
         corpus = a.dir;
-        console.error(`default corpus ${a.reused ? "reused" : "assembled"} at ${corpus}`);
+        console.error(`default corpus ${a.reused ? "reused" : "assembled"} at ${corpus}: ${(a.bytes / 1e6).toFixed(2)} MB, sha256 ${a.sha256}`);
       }
       const r = await trainOnCorpus(corpus, {
         vocabSize: o.vocab,

@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { SigmaError } from "../util/errors.js";
 import { Rng } from "../util/rng.js";
 import { loadTokenizer } from "../tokenizer/hfjson.js";
-import { readManifest, type Manifest } from "./manifest.js";
+import { readManifest, windowTokens, type Manifest } from "./manifest.js";
 import { openShard, type ShardReader, type Split } from "./shards.js";
 
 export interface LoaderOptions {
@@ -102,8 +102,8 @@ export class Loader {
         const starts = [0];
         for (const s of shards) starts.push(starts[starts.length - 1]! + s.tokens);
         const total = starts[starts.length - 1]!;
-        if (total < T + 1) {
-          throw new SigmaError(`Domain "${d.name}" has ${total} ${opts.split} tokens, fewer than one sequence of ${T + 1}`, `give it weight 0, use a shorter sequence length, or add text${opts.split === "val" ? " (or raise --val-fraction)" : ""}`);
+        if (total < windowTokens(T)) {
+          throw new SigmaError(`Domain "${d.name}" has ${total} ${opts.split} tokens, fewer than one sequence of ${windowTokens(T)}`, `give it weight 0, use a shorter sequence length, or add text${opts.split === "val" ? " (or raise --val-fraction)" : ""}`);
         }
         this.streams.push({ id: d.id, name: d.name, shards, starts });
         raw.push(w);

@@ -11,6 +11,7 @@
  * is only ever written by `sigma data prepare`.
  */
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
 import { readRegularFile } from "../util/read.js";
@@ -148,6 +149,23 @@ export function writeManifest(path: string, m: Manifest): void {
  * are errors) and no key twice. Every problem is one SigmaError naming the
  * file and each bad field.
  */
+/** Tokens a split of a domain needs for one window of a sequence of `seqLen`: its inputs and the token after the last. */
+export const windowTokens = (seqLen: number): number => seqLen + 1;
+
+/**
+ * The manifest of data folder `dir`, or null when there is none or it cannot
+ * be read — for warnings given before a run, whose own reading of the data
+ * reports any problem with it in full.
+ */
+export function readManifestIfPresent(dir: string): Manifest | null {
+  try {
+    return readManifest(join(dir, "manifest.json"));
+  } catch (e) {
+    if (e instanceof SigmaError) return null;
+    throw e;
+  }
+}
+
 export function readManifest(path: string): Manifest {
   let text: string;
   try {

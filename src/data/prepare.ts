@@ -15,7 +15,7 @@
  * writer holds one 64K-token buffer.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
-import { basename, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { z } from "zod";
 import { SigmaError } from "../util/errors.js";
 import { loadTokenizer, sha256Hex } from "../tokenizer/hfjson.js";
@@ -23,8 +23,8 @@ import { fsyncDir, writeFileAtomic } from "../util/fs.js";
 import { otherProcessAlive } from "../util/process.js";
 import type { Tokenizer } from "../tokenizer/codec.js";
 import { readCorpus, recordBytes, SkipReport, type CorpusRecord } from "./ingest.js";
-import { MANIFEST_FORMAT, MANIFEST_VERSION, Source, writeManifest, type Counts, type Manifest } from "./manifest.js";
-import { ShardWriter, type Split } from "./shards.js";
+import { MANIFEST_FORMAT, MANIFEST_VERSION, readManifest, Source, windowTokens, writeManifest, type Counts, type Manifest } from "./manifest.js";
+import { openShard, ShardWriter, type Split } from "./shards.js";
 
 export interface PrepareOptions {
   corpus: string;
@@ -38,6 +38,12 @@ export interface PrepareOptions {
   lenient?: boolean;
   /** Tokens per shard before a new one starts. Default 2^24 (32 MiB at uint16). */
   shardTokens?: number;
+  /**
+   * The sequence length the data is for (model.seqLen): each domain's splits
+   * are checked to hold one window of it, and warned about when they do not.
+   * Default DEFAULT_SEQ_LEN.
+   */
+  seqLen?: number;
   onProgress?: (docs: number, bytes: number) => void;
 }
 
@@ -79,7 +85,51 @@ export function splitOf(seed: number, rec: Pick<CorpusRecord, "domain" | "text" 
 
 const zero = (): Counts => ({ tokens: 0, textTokens: 0, docs: 0, bytes: 0 });
 
-export async function prepareData(o: PrepareOptions): Promise<Manifest> {
+/** The sequence length splits are checked against when none is given: the demo model's. */
+export const DEFAULT_SEQ_LEN = 128;
+
+export interface PrepareResult {
+  manifest: Manifest;
+  /** What a model trained on this data would silently lose: domains without documents, or too small a split. */
+  warnings: string[];
+}
+
+/**
+ * Warnings for the domains of prepared data that a model of sequence length
+ * `seqLen` could not train on or evaluate: a domain with no documents, a
+ * training split under one window, and — the quiet case — a validation
+ * split under one window, which evaluation leaves out without a word.
+ */
+export function splitWarnings(m: Manifest, seqLen: number): string[] {
+  const need = windowTokens(seqLen);
+  const n = (x: number): string => x.toLocaleString("en-US");
+  const f = m.split.valFraction;
+  const out: string[] = [];
+  if (f === 0) out.push(`no validation split (val fraction 0): no domain can be evaluated; prepare again with --val-fraction 0.02 (the default) to measure validation loss`);
+  for (const d of m.domains) {
+    const total = d.train.tokens + d.val.tokens;
+    const docs = d.train.docs + d.val.docs;
+    if (docs === 0) {
+      out.push(`domain "${d.name}" has no documents: a model trained on this data neither trains on nor evaluates it; add text under <corpus>/${d.name}/, or leave it out of the model's domains`);
+      continue;
+    }
+    if (d.train.tokens < need) {
+      out.push(`domain "${d.name}" has ${n(d.train.tokens)} training tokens, fewer than one sequence of ${seqLen} + 1 = ${n(need)}: training on it stops with an error; add text to "${d.name}", give it mixing weight 0, or train with a shorter model.seqLen (--seq-len here)`);
+    }
+    if (f > 0 && d.val.tokens < need) {
+      // The split is by document, so the validation share of a domain is only about the val fraction.
+      const frac = (1.5 * need) / total;
+      const raise = frac <= 0.5 ? `, raise --val-fraction (to about ${Number(frac.toPrecision(2)) > f ? Number(frac.toPrecision(2)) : f * 2})` : "";
+      out.push(
+        `domain "${d.name}" has ${n(total)} tokens in ${n(docs)} documents, and its validation split got ${n(d.val.tokens)} (val fraction ${f}); ` +
+          `evaluating it needs ${n(need)} (one sequence of ${seqLen} + 1), so it will be left out of evaluation without a word: add text to "${d.name}"${raise}, or train with a shorter model.seqLen (--seq-len here)`,
+      );
+    }
+  }
+  return out;
+}
+
+export async function prepareData(o: PrepareOptions): Promise<PrepareResult> {
   const valFraction = o.valFraction ?? 0.02;
   const seed = o.seed ?? 1234;
   const controlTokens = o.controlTokens ?? true;
@@ -172,7 +222,7 @@ export async function prepareData(o: PrepareOptions): Promise<Manifest> {
       skipped: report.toJSON(),
     };
     writeManifest(join(o.out, "manifest.json"), manifest);
-    return manifest;
+    return { manifest, warnings: splitWarnings(manifest, o.seqLen ?? DEFAULT_SEQ_LEN) };
   } catch (e) {
     for (const w of writers.values()) w.abort();
     for (const p of [...published, stage]) {
@@ -183,6 +233,70 @@ export async function prepareData(o: PrepareOptions): Promise<Manifest> {
       }
     }
     throw e;
+  }
+}
+
+/**
+ * Whether `dir` holds whole prepared data: its manifest reads, its
+ * tokenizer.json has the sha256 the manifest records, and every shard it
+ * lists opens with the header, size and documents the manifest says.
+ * Returns the manifest, or why the folder is not usable.
+ */
+export function checkPrepared(dir: string): { manifest: Manifest } | { problem: string } {
+  if (!existsSync(join(dir, "manifest.json"))) return { problem: `${dir} has no manifest.json` };
+  try {
+    const manifest = readManifest(join(dir, "manifest.json"));
+    const tok = loadTokenizer(join(dir, manifest.tokenizer.file));
+    if (tok.sha256 !== manifest.tokenizer.sha256) return { problem: `${join(dir, manifest.tokenizer.file)} is not the tokenizer the manifest records` };
+    for (const s of manifest.shards) openShard(dir, manifest, s).close();
+    return { manifest };
+  } catch (e) {
+    if (e instanceof SigmaError) return { problem: e.message };
+    throw e;
+  }
+}
+
+/** What a folder of prepared data may hold; anything else there is not ours to replace. */
+const PREPARED_ENTRIES = /^(manifest\.json|tokenizer\.json|shards|\.shards-new-\d+)$/;
+
+/**
+ * Prepared data in `o.out`, made only when the folder does not already hold
+ * whole prepared data (checkPrepared): then it is prepared in a sibling
+ * folder and renamed into place, so `o.out` is at every moment either what
+ * it was or the new data, never half of it. A folder that holds anything but
+ * prepared data is refused rather than replaced.
+ */
+export async function ensurePrepared(o: PrepareOptions): Promise<PrepareResult & { reused: boolean }> {
+  const before = checkPrepared(o.out);
+  const warn = (m: Manifest): string[] => splitWarnings(m, o.seqLen ?? DEFAULT_SEQ_LEN);
+  if ("manifest" in before) return { manifest: before.manifest, warnings: warn(before.manifest), reused: true };
+  const foreign = existsSync(o.out) ? readdirSync(o.out).filter((f) => !PREPARED_ENTRIES.test(f)) : [];
+  if (foreign.length > 0) {
+    throw new SigmaError(`${o.out} is not usable prepared data (${before.problem}) and holds other files (${foreign.slice(0, 3).join(", ")}${foreign.length > 3 ? ", …" : ""}), so it is not replaced`, "move those files away, or prepare the data into another folder");
+  }
+  const parent = dirname(o.out);
+  const name = basename(o.out);
+  mkdirSync(parent, { recursive: true });
+  // Leftovers of runs that died mid-way.
+  for (const f of readdirSync(parent)) {
+    const m = f.startsWith(name) ? /^\.(?:tmp|old)-(\d+)$/.exec(f.slice(name.length)) : null;
+    if (m && !otherProcessAlive(Number(m[1]))) rmSync(join(parent, f), { recursive: true, force: true });
+  }
+  const tmp = join(parent, `${name}.tmp-${process.pid}`);
+  const old = join(parent, `${name}.old-${process.pid}`);
+  rmSync(tmp, { recursive: true, force: true });
+  try {
+    const { manifest, warnings } = await prepareData({ ...o, out: tmp });
+    // Another process may have prepared it meanwhile: keep theirs.
+    const now = checkPrepared(o.out);
+    if ("manifest" in now) return { manifest: now.manifest, warnings: warn(now.manifest), reused: true };
+    if (existsSync(o.out)) renameSync(o.out, old);
+    renameSync(tmp, o.out);
+    fsyncDir(parent);
+    rmSync(old, { recursive: true, force: true });
+    return { manifest, warnings, reused: false };
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
   }
 }
 

@@ -31,6 +31,11 @@ export interface BpeData extends SpecialSpec {
   merges: [string, string][];
 }
 
+export interface DecodeOptions {
+  /** Leave special tokens (<|endoftext|>, <|domain:…|>, <|lang:…|>, <|pad|>) out of the text. Default false. */
+  skipSpecial?: boolean;
+}
+
 export interface EncodeOptions {
   /** Recognise special-token strings in the text (HF does). Default true. */
   allowSpecial?: boolean;
@@ -178,22 +183,48 @@ export class Tokenizer {
     return this.encode(text, { ...opts, allowSpecial: false });
   }
 
-  /** The text of `ids`. Bytes that do not form UTF-8 (a sequence cut mid-character) decode to U+FFFD. */
-  decode(ids: ArrayLike<number>): string {
-    return new TextDecoder("utf-8").decode(this.decodeBytes(ids));
+  /** Whether `id` is a special token (end of text, padding, a domain or language tag). */
+  isSpecial(id: number): boolean {
+    return Number.isInteger(id) && id >= 0 && id < this.specials.length;
   }
 
-  decodeBytes(ids: ArrayLike<number>): Uint8Array {
+  /**
+   * The text of `ids`. Bytes that do not form UTF-8 (a sequence cut
+   * mid-character) decode to U+FFFD. Special tokens decode to their text
+   * (`<|endoftext|>`) unless `skipSpecial` leaves them out.
+   */
+  decode(ids: ArrayLike<number>, opts: DecodeOptions = {}): string {
+    return new TextDecoder("utf-8").decode(this.decodeBytes(ids, opts));
+  }
+
+  decodeBytes(ids: ArrayLike<number>, opts: DecodeOptions = {}): Uint8Array {
+    const parts: Uint8Array[] = [];
     let n = 0;
-    for (let i = 0; i < ids.length; i++) n += this.bytesFor(ids[i]!).length;
-    const out = new Uint8Array(n);
-    let at = 0;
     for (let i = 0; i < ids.length; i++) {
       const b = this.bytesFor(ids[i]!);
+      if (opts.skipSpecial && ids[i]! < this.specials.length) continue;
+      parts.push(b);
+      n += b.length;
+    }
+    const out = new Uint8Array(n);
+    let at = 0;
+    for (const b of parts) {
       out.set(b, at);
       at += b.length;
     }
     return out;
+  }
+
+  /**
+   * Decodes ids as they arrive (generation): push(id) returns the text that
+   * is complete so far. A token may end in the middle of a character (a
+   * byte-level token is any run of bytes): its first bytes are held back
+   * until the rest arrive, so no broken character is ever returned; end()
+   * returns what is still held (U+FFFD for a character that never completed).
+   * The pieces joined equal decode(ids, opts).
+   */
+  streamDecoder(opts: DecodeOptions = {}): TokenStreamDecoder {
+    return new TokenStreamDecoder(this, opts);
   }
 
   private bytesFor(id: number): Uint8Array {
@@ -278,6 +309,24 @@ export class Tokenizer {
       push(i);
     }
     return w.filter((x) => x >= 0);
+  }
+}
+
+/** See Tokenizer.streamDecoder. */
+export class TokenStreamDecoder {
+  /** A UTF-8 decoder in streaming mode keeps the bytes of an unfinished character for the next call. */
+  private readonly utf8 = new TextDecoder("utf-8");
+
+  constructor(private readonly tok: Tokenizer, private readonly opts: DecodeOptions = {}) {}
+
+  /** The text that the token `id` completes (often all of it; empty while a character is unfinished). */
+  push(id: number): string {
+    return this.utf8.decode(this.tok.decodeBytes([id], this.opts), { stream: true });
+  }
+
+  /** What is still held: "" when every character completed, else U+FFFD for the unfinished one. */
+  end(): string {
+    return this.utf8.decode();
   }
 }
 

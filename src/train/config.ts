@@ -9,6 +9,7 @@ import { SigmaError } from "../util/errors.js";
 import { readCapped } from "../util/read.js";
 import { jsonErrorText, parseJsonStrict } from "../util/strict-json.js";
 import { finiteField, intField, parseWithSchema, seedField } from "../util/json.js";
+import { windowTokens, type Manifest } from "../data/manifest.js";
 
 /**
  * Upper bounds of the run's counts: generous but finite, so that a typo
@@ -139,6 +140,46 @@ export type TrainConfigInput = z.input<typeof TrainConfigSchema>;
 /** Parses a train config; the error names every bad field and where it came from. */
 export function parseTrainConfig(input: unknown, source = "train config"): TrainConfig & { model: ModelConfig } {
   return parseWithSchema(TrainConfigSchema, input, source, "fix the fields named above; src/train/config.ts lists every field with its default");
+}
+
+/**
+ * What a valid config does that its author probably did not mean, in words
+ * for a person: each names the fields, says what the run will do, and what
+ * to change. With the manifest of its data, also the model's domains whose
+ * validation split is too small to evaluate (evaluation leaves them out).
+ * `sigma train` prints them before it starts; none stops a run.
+ */
+export function configWarnings(c: TrainConfig, manifest?: Manifest | null): string[] {
+  const out: string[] = [];
+  const o = c.optim;
+  const sig = (v: number): string => String(Number(v.toPrecision(3)));
+  if (o.warmupSteps >= c.steps) {
+    // learningRate(): step s (0-based) of the warm-up runs at lr·(s+1)/warmupSteps; the last step is steps − 1.
+    const reached = o.lr * Math.min(1, c.steps / o.warmupSteps);
+    out.push(
+      `optim.warmupSteps (${o.warmupSteps}) is not below steps (${c.steps}): the whole run is warm-up — the learning rate ` +
+        (o.warmupSteps > c.steps ? `only climbs to ${sig(reached)} (${Math.round((100 * c.steps) / o.warmupSteps)}% of optim.lr ${sig(o.lr)})` : `reaches optim.lr ${sig(o.lr)} on the last step only`) +
+        `${o.decay === "constant" ? "" : " and never decays"}; set optim.warmupSteps below steps (a tenth of it, ${Math.floor(c.steps / 10)}, is usual) or raise steps`,
+    );
+  } else if (o.decay !== "constant" && o.decaySteps !== null && o.decaySteps <= o.warmupSteps) {
+    out.push(`optim.decaySteps (${o.decaySteps}) is not above optim.warmupSteps (${o.warmupSteps}): right after the warm-up the learning rate drops from optim.lr ${sig(o.lr)} to optim.minLr ${sig(o.minLr)} in one step; set optim.decaySteps above optim.warmupSteps, or null to decay over the whole run`);
+  }
+  if (o.decay !== "constant" && o.minLr > o.lr) {
+    out.push(`optim.minLr (${sig(o.minLr)}) is above optim.lr (${sig(o.lr)}): the rate cannot decay to it, so it stays at optim.lr after the warm-up; lower optim.minLr, or set optim.decay to "constant" if a flat rate is meant`);
+  }
+  const need = windowTokens(c.model.seqLen);
+  for (const d of manifest?.domains ?? []) {
+    if (!c.model.domains.some((md) => md.name === d.name) || d.val.tokens >= need) continue;
+    if (d.train.docs + d.val.docs === 0) {
+      out.push(`domain "${d.name}" has no documents in ${c.data.dir}: it is neither trained nor evaluated; add text for it and prepare the data again, or leave it out of model.domains`);
+      continue;
+    }
+    out.push(
+      `domain "${d.name}" has ${d.val.tokens.toLocaleString("en-US")} validation tokens in ${c.data.dir}, fewer than one sequence of model.seqLen ${c.model.seqLen} + 1: it will not be evaluated (no validation loss for it); ` +
+        `prepare the data again with more text for "${d.name}" or a larger --val-fraction (now ${manifest!.split.valFraction}), or use a shorter model.seqLen`,
+    );
+  }
+  return out;
 }
 
 /** Reads and parses a JSON train config; bad bytes, bad JSON and bad fields all name the file. */

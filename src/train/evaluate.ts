@@ -6,7 +6,7 @@
  */
 import { join } from "node:path";
 import { noGrad } from "../autograd/tape.js";
-import { readManifest } from "../data/manifest.js";
+import { readManifest, windowTokens } from "../data/manifest.js";
 import { Loader } from "../data/loader.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import * as ops from "../ops/index.js";
@@ -36,7 +36,7 @@ const EVAL_OVERSAMPLING = 16;
 export function checkEvalBatches(manifest: Manifest, domains: string[], batchSize: number, seqLen: number, batches: number, what: string): void {
   const perBatch = batchSize * seqLen;
   for (const d of manifest.domains) {
-    if (!domains.includes(d.name) || d.val.tokens < seqLen + 1) continue;
+    if (!domains.includes(d.name) || d.val.tokens < windowTokens(seqLen)) continue;
     const limit = Math.max(1, EVAL_OVERSAMPLING * Math.ceil(d.val.tokens / perBatch));
     if (batches > limit) {
       throw new SigmaError(
@@ -59,7 +59,7 @@ export class Evaluator {
     for (const d of manifest.domains) {
       const modelIndex = names.indexOf(d.name);
       if (modelIndex < 0) continue;
-      if (d.val.tokens < T + 1) {
+      if (d.val.tokens < windowTokens(T)) {
         this.skipped.push(d.name);
         continue;
       }

@@ -1,0 +1,30 @@
+// `npm run bench` with no name lists the benchmarks and runs none (all of them take most of an hour).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const bench = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", "bench/main.ts", ...args], { cwd: root, encoding: "utf8", timeout: 60_000 });
+
+/** Every benchmark module: the files of bench/ that export a run() (the others are shared helpers). */
+const dir = new URL("../bench/", import.meta.url);
+const modules = readdirSync(dir).filter((f) => f.endsWith(".ts") && /^export async function run\(/m.test(readFileSync(new URL(f, dir), "utf8"))).map((f) => f.slice(0, -3));
+
+test("the listing finds the benchmark modules", () => assert.ok(modules.length >= 8 && modules.includes("train"), modules.join()));
+
+test("bench with no name lists every benchmark with a description and a duration, runs none, exits 0", () => {
+  const p = bench();
+  assert.equal(p.status, 0, p.stderr);
+  assert.doesNotMatch(p.stdout, /=== bench/, "nothing may run");
+  assert.match(p.stdout, /npm run bench -- all/, "the listing says how to run them all");
+  for (const name of modules) assert.match(p.stdout, new RegExp(`^  ${name} +\\S.* \\[rough: \\d+–\\d+ min\\]$`, "m"), `a line for ${name}`);
+});
+
+test("bench with an unknown name exits 2 and names the known ones, all included", () => {
+  const p = bench("nope");
+  assert.equal(p.status, 2);
+  assert.match(p.stderr, /unknown benchmark "nope"; known: gemm, .*, or all/);
+  assert.doesNotMatch(p.stdout, /=== bench/);
+});
