@@ -30,7 +30,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Rng } from "../src/util/rng.js";
 
-type Kind = "f32" | "idx" | "offsets" | "i32out" | "parts" | "dim" | "num" | "int" | "bool" | "path" | "iters" | "threads";
+type Kind = "f32" | "idx" | "offsets" | "i32out" | "parts" | "dim" | "num" | "int" | "bool" | "path" | "iters" | "threads" | "tile" | "block";
 
 const f = "f32" as const, d = "dim" as const, n = "num" as const, b = "bool" as const, i = "idx" as const;
 /** The argument kinds of every export this fuzz knows. An export missing here is still called (with random arguments) and reported in unknownExports. */
@@ -71,6 +71,10 @@ export const SIGNATURES: Record<string, Kind[]> = {
   getThreads: [],
   cpuFeatures: [],
   setKernelPath: ["path"],
+  cpuInfo: [],
+  gemmTiles: [],
+  gemmConfig: [],
+  setGemmConfig: ["tile", "block", "block", "block", b],
 };
 /** Where the grouped kernels take E (parts and offsets are sized from it). */
 const E_AT = 4;
@@ -201,6 +205,12 @@ export function fuzz(o: Options): Summary {
         return [r(1000), "iters"];
       case "threads":
         return [1 + r(4), "threads"];
+      case "tile":
+        return [pick(["auto", "avx512-12x32", "avx512-6x16", "avx2-6x16", "portable-6x16"] as const), "tile"];
+      case "block": {
+        const v = pick([0, 0, 1, 5, 13, 64, 512]);
+        return [v, String(v)];
+      }
     }
   }
 
@@ -429,6 +439,10 @@ export function fuzz(o: Options): Summary {
         return ((v) => [v, describe(v)])(pick<unknown>([-1, NaN, 1.5, 2 ** 31, 2 ** 53, Infinity, "10", null, {}, 0]));
       case "threads":
         return ((v) => [v, describe(v)])(pick<unknown>([0, -1, 1025, 2 ** 31 - 1, 2 ** 31, 1.5, NaN, Infinity, "2", null, undefined, {}, { valueOf: () => 2 }]));
+      case "tile":
+        return ((v) => [v, describe(v)])(pick<unknown>(["AVX512-6x16", "avx512-12x32\0", "x".repeat(1000), "6x16", 1, null, undefined, {}, new String("auto")]));
+      case "block":
+        return ((v) => [v, describe(v)])(pick<unknown>([-1, 65537, 2 ** 31, 65536, 1.5, NaN, Infinity, "64", null, {}]));
     }
   }
 
@@ -501,6 +515,7 @@ export function fuzz(o: Options): Summary {
   }
   // Leave the process as it started for whatever runs after (the fuzz changes both).
   (addon.setKernelPath as Fn | undefined)?.("auto");
+  (addon.setGemmConfig as Fn | undefined)?.("auto", 0, 0, 0, false);
   const seconds = Math.round((performance.now() - t0) / 10) / 100;
   return { seed: o.seed, ...total, seconds, byExport, unknownExports, values, badCalls };
 }

@@ -1,7 +1,26 @@
 // Run-time CPU feature detection and the choice of kernel path.
 #pragma once
+#include <cstdint>
+#include <string>
 
 namespace sigma {
+
+// What cpuid (or, failing it, the OS) says about this CPU (cpu_info.cpp).
+// A size is 0 when nothing reported it; `cache_source` names where the
+// sizes came from ("cpuid leaf 4", "cpuid 0x8000001D", "cpuid 0x80000005/6",
+// "sysconf", or "none (sizes unknown)").
+struct CpuInfo {
+  std::string vendor;  // "GenuineIntel", "AuthenticAMD", … ("" off x86)
+  std::string brand;   // the brand string, e.g. "AMD EPYC 9R14 96-Core Processor"
+  int family = 0, model = 0, stepping = 0;  // display family and model (base + extended)
+  int64_t l1d = 0, l2 = 0, l3 = 0;          // bytes, per cache instance
+  int line = 0;                             // L1d line size in bytes
+  int l2_shared_by = 0, l3_shared_by = 0;   // logical processors per cache instance (0: unknown)
+  int logical_cores = 0, physical_cores = 0, threads_per_core = 0;
+  std::string cache_source;
+};
+// Detected once, on first call; the same object after that.
+const CpuInfo& cpu_info();
 
 bool cpu_has_avx2();
 bool cpu_has_fma();

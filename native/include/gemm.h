@@ -10,6 +10,10 @@
 // per-thread and grow once; the kernels allocate nothing per call after that.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cpu.h"
 
 namespace sigma {
 
@@ -40,6 +44,42 @@ void grouped_gemm_parts(float* y, const float* x, const float* const* w, const i
                         int64_t K, bool transW, bool accumulate);
 void grouped_gemm_weight_grad_parts(float* const* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E,
                                     int64_t N, int64_t K, bool transW, bool accumulate);
+
+// ---- Tiles and cache blocking (gemm_config.cpp) ----
+
+// The blocked path's loop sizes: rows of A per block (MC), depth per block
+// (KC), columns of B per block (NC). 0 in an override means "from the rule".
+struct GemmBlocking {
+  int64_t mc = 0, kc = 0, nc = 0;
+};
+// Blocking derived from cache sizes for an MR×NR tile, by the rule stated in
+// gemm_config.cpp (sizes of 0 take that rule's defaults).
+GemmBlocking gemm_blocking_rule(const CpuInfo& cpu, int mr, int nr);
+
+// A registered tile, as the addon lists it.
+struct GemmTileDesc {
+  std::string name;
+  int mr, nr;
+  std::string isa;  // the kernel path it needs: "avx512", "avx2-fma" or "portable"
+  bool runnable;    // this CPU has that ISA
+};
+std::vector<GemmTileDesc> gemm_tiles();
+
+// What the blocked path uses now, and whether each part is an override.
+struct GemmSettings {
+  std::string tile;
+  int mr = 0, nr = 0;
+  GemmBlocking blocking;
+  bool tile_override = false, blocking_override = false, blocked_only = false;
+};
+GemmSettings gemm_settings();
+
+// Overrides for tests and tuning: tile "" (or "auto") for the default one,
+// blocking fields of 0 for the rule's, blocked_only to send every product
+// through the blocked path. Returns false with a message for a tile that is
+// unknown or that this CPU cannot run. Process-wide; a product already
+// running keeps the settings it started with.
+bool set_gemm_override(const std::string& tile, GemmBlocking blocking, bool blocked_only, std::string* error);
 
 // Benchmark helper: `iters` rounds of 12 independent 8-wide FMA chains per
 // thread on `threads` threads (192 FLOPs per round per thread). Returns seconds.

@@ -64,7 +64,9 @@ export function buildProgram(): Command {
         node: process.version,
         backend: backend.name,
         threads: backend.getThreads(),
-        native: native.backend ? { path: native.path, cpu: native.backend.cpuFeatures() } : { error: native.error },
+        native: native.backend
+          ? { path: native.path, cpu: native.backend.cpuFeatures(), cpuInfo: native.backend.cpuInfo(), gemm: native.backend.gemmConfig() }
+          : { error: native.error },
       };
       if (opts.json) {
         console.log(JSON.stringify(info, null, 2));
@@ -76,6 +78,9 @@ export function buildProgram(): Command {
         const cpu = native.backend.cpuFeatures();
         console.log(`native addon: ${native.path}`);
         console.log(`kernel path: ${cpu.path} (avx2 ${cpu.avx2}, fma ${cpu.fma}, avx512f ${cpu.avx512f})`);
+        const ci = native.backend.cpuInfo(), g = native.backend.gemmConfig(), kib = (b: number) => (b ? `${b / 1024} KiB` : "?");
+        console.log(`cpu: ${ci.brand || ci.vendor} (family ${ci.family} model ${ci.model}), ${ci.physicalCores} core(s), ${ci.logicalCores} thread(s); L1d ${kib(ci.l1d)}, L2 ${kib(ci.l2)}, L3 ${kib(ci.l3)} (${ci.cacheSource})`);
+        console.log(`gemm: tile ${g.tile} (${g.mr}×${g.nr}), blocking MC ${g.mc} KC ${g.kc} NC ${g.nc}`);
       } else {
         console.log(`native addon unavailable: ${native.error}`);
       }

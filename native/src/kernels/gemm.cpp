@@ -7,15 +7,18 @@
 //       for ic in M by MC:        A block  [MC × KC] packed into MR-high panels
 //         pack A(ic, pc)          (only when A is transposed; else read in place)
 //         for jr, ir: micro-kernel on an MR×NR tile of C
-// KC = 512 (measured best of 256/384/512 here) keeps one B micro-panel (32 KiB) in L1/L2;
-// MC × KC (= 192 KiB) sits in L2; NC × KC bounds the B block to 2 MiB (1024 was 6–10%
-// faster than 4096 on the logits' N = 8192 and no slower elsewhere, in interleaved runs).
+// The register tile (MR×NR) and MC, KC, NC are data: gemm_plan() (gemm_config.cpp)
+// gives the tile chosen for this CPU and kernel path and the blocking derived
+// from its cache sizes, or the overrides a test or tuner set. Nothing below
+// assumes a particular MR, NR or blocking: packing pads every edge panel with
+// zeros, and a block of any size ends in edge tiles the kernel writes partly.
+// (On Zen 4 the rule gives KC 512, MC 96, NC 1024 for the 6×16 tile: one B
+// micro-panel of 32 KiB per L1d, a 192 KiB A block in L2, a 2 MiB B block.)
 //
-// The micro-kernel is the 6×16 AVX2 tile, or the same tile in zmm registers
-// where the CPU has AVX-512 (same panels, same blocking): on this Zen 4, whose
-// 512-bit FMAs have the AVX2 peak, it runs the same FLOPs in 13 instructions
-// per k instead of 20, and squares 512–2048 took 8–29% less time, 1 and 2
-// threads (interleaved in a C++ harness, the path switched per call).
+// The 6×16 tile comes as AVX2 and as AVX-512 (same panels): on Zen 4, whose
+// 512-bit FMAs have the AVX2 peak, the zmm one runs the same FLOPs in 13
+// instructions per k instead of 20, and squares 512–2048 took 8–29% less
+// time, 1 and 2 threads (interleaved in a C++ harness, the path switched per call).
 //
 // Threads split C into disjoint column (or row) slices; each packs what it
 // needs itself, so a region needs no barrier. Packing is O(MK + KN) per thread
@@ -37,9 +40,7 @@
 namespace sigma {
 namespace {
 
-constexpr int64_t kKC = 512;
-constexpr int64_t kMC = 96;   // multiple of kMR
-constexpr int64_t kNC = 1024; // multiple of kNR
+constexpr int64_t kSmallM = 96;  // up to this many rows of op(A): the small-M path (below), not the blocked one
 constexpr int64_t kThinRows = 4; // up to this many rows of A (but not one: sgemv_row streams B best) …
 constexpr int64_t kThinK = 8;    // … or this short an inner dimension: the thin kernels, 1.4–3× the tiled path here
 constexpr int64_t kPackSlack = 8; // floats past a packed A block that pack_a_avx2 may write
@@ -70,7 +71,8 @@ thread_local PackBuffers tls_pack;
 
 // Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row panels: panel p holds, for each
 // k, the MR values of rows i0+p*MR … (zero past the edge).
-void pack_a(float* dst, const float* a, int64_t lda, bool trans, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
+void pack_a(float* dst, const float* a, int64_t lda, bool trans, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+            int MR) {
   if (trans) {
     // A stored [K,M]: row k holds the mc values this block needs side by side.
     // Sixteen rows at a time are dealt out to every panel, rather than each
@@ -79,68 +81,74 @@ void pack_a(float* dst, const float* a, int64_t lda, bool trans, int64_t i0, int
     constexpr int64_t kRows = 16;
     for (int64_t k1 = 0; k1 < kc; k1 += kRows) {
       const int64_t k2 = std::min(kc, k1 + kRows);
-      for (int64_t p = 0; p < mc; p += kMR) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMR, mc - p));
-        float* d = dst + (p / kMR) * kc * kMR;
+      for (int64_t p = 0; p < mc; p += MR) {
+        const int mr = static_cast<int>(std::min<int64_t>(MR, mc - p));
+        float* d = dst + (p / MR) * kc * MR;
         for (int64_t k = k1; k < k2; ++k) {
           const float* src = a + (k0 + k) * lda + i0 + p;
-          if (mr == kMR && k + 1 < kc) {
+          if (MR == 6 && mr == MR && k + 1 < kc) {
             // One 8-float copy instead of six: the two extra floats come from
             // this row (or the start of the next, which exists: k + 1 < kc) and
             // land where row k + 1 of this panel is written next.
-            std::memcpy(d + k * kMR, src, 8 * sizeof(float));
+            std::memcpy(d + k * MR, src, 8 * sizeof(float));
             continue;
           }
-          for (int r = 0; r < mr; ++r) d[k * kMR + r] = src[r];
-          for (int r = mr; r < kMR; ++r) d[k * kMR + r] = 0.f;
+          if (mr == MR) {
+            std::memcpy(d + k * MR, src, MR * sizeof(float));
+            continue;
+          }
+          for (int r = 0; r < mr; ++r) d[k * MR + r] = src[r];
+          for (int r = mr; r < MR; ++r) d[k * MR + r] = 0.f;
         }
       }
     }
     return;
   }
-  for (int64_t p = 0; p < mc; p += kMR) {
-    const int mr = static_cast<int>(std::min<int64_t>(kMR, mc - p));
-    if (mr == kMR && use_avx2()) {
+  for (int64_t p = 0; p < mc; p += MR) {
+    const int mr = static_cast<int>(std::min<int64_t>(MR, mc - p));
+    if (MR == 6 && mr == MR && use_avx2()) {
       pack_a_avx2(dst, a + (i0 + p) * lda + k0, lda, kc);
     } else {
       for (int64_t k = 0; k < kc; ++k) {
-        for (int r = 0; r < mr; ++r) dst[k * kMR + r] = a[(i0 + p + r) * lda + k0 + k];
-        for (int r = mr; r < kMR; ++r) dst[k * kMR + r] = 0.f;
+        for (int r = 0; r < mr; ++r) dst[k * MR + r] = a[(i0 + p + r) * lda + k0 + k];
+        for (int r = mr; r < MR; ++r) dst[k * MR + r] = 0.f;
       }
     }
-    dst += kc * kMR;
+    dst += kc * MR;
   }
 }
 
 // Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-column panels: panel q holds, for
 // each k, the NR values of columns j0+q*NR … (zero past the edge).
-void pack_b(float* dst, const float* b, int64_t ldb, bool trans, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
-  for (int64_t q = 0; q < nc; q += kNR) {
-    const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - q));
+void pack_b(float* dst, const float* b, int64_t ldb, bool trans, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+            int NR) {
+  for (int64_t q = 0; q < nc; q += NR) {
+    const int nr = static_cast<int>(std::min<int64_t>(NR, nc - q));
     if (!trans) {
       for (int64_t k = 0; k < kc; ++k) {
         const float* src = b + (k0 + k) * ldb + j0 + q;
-        float* d = dst + k * kNR;
-        if (nr == kNR) std::memcpy(d, src, sizeof(float) * kNR);
+        float* d = dst + k * NR;
+        if (nr == NR) std::memcpy(d, src, sizeof(float) * NR);
         else {
           for (int j = 0; j < nr; ++j) d[j] = src[j];
-          for (int j = nr; j < kNR; ++j) d[j] = 0.f;
+          for (int j = nr; j < NR; ++j) d[j] = 0.f;
         }
       }
-    } else if (nr == kNR && use_avx2()) {
-      pack_b_trans_avx2(dst, b + (j0 + q) * ldb + k0, ldb, kc);
+    } else if (nr == NR && NR % 16 == 0 && use_avx2()) {
+      // Sixteen columns at a time, each group into its place in the panel's rows.
+      for (int j = 0; j < NR; j += 16) pack_b_trans_avx2(dst + j, NR, b + (j0 + q + j) * ldb + k0, ldb, kc);
     } else {
       // B stored [N,K]: walk each column's contiguous k run.
-      for (int j = 0; j < kNR; ++j) {
+      for (int j = 0; j < NR; ++j) {
         if (j < nr) {
           const float* src = b + (j0 + q + j) * ldb + k0;
-          for (int64_t k = 0; k < kc; ++k) dst[k * kNR + j] = src[k];
+          for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = src[k];
         } else {
-          for (int64_t k = 0; k < kc; ++k) dst[k * kNR + j] = 0.f;
+          for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = 0.f;
         }
       }
     }
-    dst += kc * kNR;
+    dst += kc * NR;
   }
 }
 
@@ -223,8 +231,9 @@ void sgemv_row(bool transA, bool transB, int64_t N, int64_t K, const float* a, i
 //    × 64 rows this path takes 8–15 points off the grouped product's time
 //    relative to one 512-row matmul, and 25–45% off single products of 5–33
 //    rows (interleaved A/B of the two builds).
-constexpr int64_t kNBSmall = 96;   // rows of B per scratch block ([N,K] case, kc ≤ kKC), a multiple of kMR
+constexpr int64_t kNBSmall = 96;   // rows of B per scratch block ([N,K] case, kc ≤ kKCShort), a multiple of kMR
 constexpr int64_t kKCSmall = 2048; // depth of a pass ([N,K] case)
+constexpr int64_t kKCShort = 512;  // rows of B up to this long: blocks of kNBSmall rows, and prefetched
 
 void sgemm_small_m(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
                    const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
@@ -243,7 +252,8 @@ void sgemm_small_m(bool transA, bool transB, int64_t M, int64_t N, int64_t K, co
   const auto ukernel = use_avx512() ? ukernel_avx512_direct : ukernel_avx2_direct;
   const int64_t kc_max = std::min<int64_t>(kKCSmall, K);
   // Rows of B per block: about 192 KiB of B whatever the depth.
-  const int64_t nb_max = kc_max <= kKC ? kNBSmall : std::max<int64_t>(kMR, kNBSmall * kKC / kc_max / kMR * kMR);
+  const int64_t nb_max =
+      kc_max <= kKCShort ? kNBSmall : std::max<int64_t>(kMR, kNBSmall * kKCShort / kc_max / kMR * kMR);
   // op(A)ᵀ packed as NR-column panels.
   const int64_t m_pad = (M + kNR - 1) / kNR * kNR;
   buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>(kc_max * m_pad));
@@ -254,9 +264,9 @@ void sgemm_small_m(bool transA, bool transB, int64_t M, int64_t N, int64_t K, co
     const bool acc = accumulate || pc > 0;
     // Short rows of B and more than one panel of op(A)ᵀ: the next block of B
     // is prefetched into L2, a share of its lines before each tile.
-    const bool prefetch = kc <= kKC && M > kNR;
+    const bool prefetch = kc <= kKCShort && M > kNR;
     const int64_t lines_per_row = (kc + 15) / 16;
-    pack_b(buf.a, a, lda, !transA, pc, kc, 0, M);  // op(A)ᵀ[k, m]: a stored [M,K] is a "transposed B"
+    pack_b(buf.a, a, lda, !transA, pc, kc, 0, M, kNR);  // op(A)ᵀ[k, m]: a stored [M,K] is a "transposed B"
     float* scratch = buf.b;                         // [nb_max, 16]: a block of Cᵀ
     for (int64_t nb0 = 0; nb0 < N; nb0 += nb_max) {
       const int64_t nb = std::min(nb_max, N - nb0);
@@ -283,72 +293,44 @@ void sgemm_small_m(bool transA, bool transB, int64_t M, int64_t N, int64_t K, co
   }
 }
 
-}  // namespace
-
-void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
-                  const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
-    if (!accumulate)
-      for (int64_t i = 0; i < M; ++i) std::memset(c + i * ldc, 0, sizeof(float) * N);
-    return;
-  }
-  // Thin products (an expert with a few tokens, its rank-few weight gradient):
-  // read in place; the tiled path would pack B for a few FMAs per element.
-  if (use_avx2() && M > 1) {
-    if (!transB && (M <= kThinRows || K <= kThinK)) {
-      gemm_thin_axpy_avx2(M, N, K, a, transA ? 1 : lda, transA ? lda : 1, b, ldb, c, ldc, accumulate);
-      return;
-    }
-    if (transB && !transA && M <= kThinRows) {
-      gemm_thin_rows_bt_avx2(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
-      return;
-    }
-  }
-  if (M == 1) {
-    sgemv_row(transA, transB, N, K, a, lda, b, ldb, c, accumulate);
-    return;
-  }
-  if (M <= kMC && use_avx2()) {
-    sgemm_small_m(transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
-    return;
-  }
-  const bool avx2 = use_avx2();
-  const auto ukernel = use_avx512() ? ukernel_avx512_direct : ukernel_avx2_direct;
+// The blocked product with the plan's tile and blocking.
+void sgemm_blocked(const GemmPlan& plan, bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a,
+                   int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  const MicroKernel& tile = *plan.tile;
+  const int MR = tile.mr, NR = tile.nr;
+  const int64_t MC = plan.mc, KC = plan.kc, NC = plan.nc;
   PackBuffers& buf = tls_pack;
-  const int64_t nc_max = std::min<int64_t>(kNC, ((N + kNR - 1) / kNR) * kNR);
-  const int64_t mc_max = std::min<int64_t>(kMC, ((M + kMR - 1) / kMR) * kMR);
-  const int64_t kc_max = std::min<int64_t>(kKC, K);
+  // Packed blocks hold whole panels: a block's size rounded up to the tile.
+  const int64_t nc_max = (std::min(NC, N) + NR - 1) / NR * NR;
+  const int64_t mc_max = (std::min(MC, M) + MR - 1) / MR * MR;
+  const int64_t kc_max = std::min(KC, K);
   buf.b = PackBuffers::grow(buf.b, buf.b_cap, static_cast<size_t>(kc_max * nc_max));
   buf.a = PackBuffers::grow(buf.a, buf.a_cap, static_cast<size_t>(kc_max * mc_max + kPackSlack));
+  // A stored [M,K] is not packed when the tile reads A's rows in place: it
+  // broadcasts from them (MR contiguous streams; the block stays in L2).
+  // Transposed A is always packed: read in place its MR values per k would be
+  // one cache line per k, lda apart.
+  const bool in_place = !transA && tile.in_place_a;
 
-  for (int64_t jc = 0; jc < N; jc += kNC) {
-    const int64_t nc = std::min(kNC, N - jc);
-    for (int64_t pc = 0; pc < K; pc += kKC) {
-      const int64_t kc = std::min(kKC, K - pc);
+  for (int64_t jc = 0; jc < N; jc += NC) {
+    const int64_t nc = std::min(NC, N - jc);
+    for (int64_t pc = 0; pc < K; pc += KC) {
+      const int64_t kc = std::min(KC, K - pc);
       const bool acc = accumulate || pc > 0;
-      pack_b(buf.b, b, ldb, transB, pc, kc, jc, nc);
-      for (int64_t ic = 0; ic < M; ic += kMC) {
-        const int64_t mc = std::min(kMC, M - ic);
-        // A stored [M,K] is not packed: the micro-kernel broadcasts from its
-        // rows in place (six contiguous streams; the block stays in L2).
-        // Transposed A is packed: read in place its six values per k would be
-        // one cache line per k, lda apart.
-        const bool in_place = !transA && avx2;
-        if (!in_place) pack_a(buf.a, a, lda, transA, ic, mc, pc, kc);
-        for (int64_t jr = 0; jr < nc; jr += kNR) {
-          const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
-          const float* bp = buf.b + (jr / kNR) * kc * kNR;
-          for (int64_t ir = 0; ir < mc; ir += kMR) {
-            const int mr = static_cast<int>(std::min<int64_t>(kMR, mc - ir));
+      pack_b(buf.b, b, ldb, transB, pc, kc, jc, nc, NR);
+      for (int64_t ic = 0; ic < M; ic += MC) {
+        const int64_t mc = std::min(MC, M - ic);
+        if (!in_place) pack_a(buf.a, a, lda, transA, ic, mc, pc, kc, MR);
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+          const float* bp = buf.b + (jr / NR) * kc * NR;
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
             float* ct = c + (ic + ir) * ldc + jc + jr;
-            const float* ap = buf.a + (ir / kMR) * kc * kMR;  // packed: MR values per k
             if (in_place)
-              ukernel(kc, a + (ic + ir) * lda + pc, lda, 1, bp, kNR, ct, ldc, mr, nr, acc);
-            else if (avx2)
-              ukernel(kc, ap, 1, kMR, bp, kNR, ct, ldc, mr, nr, acc);
+              tile.run(kc, a + (ic + ir) * lda + pc, lda, 1, bp, NR, ct, ldc, mr, nr, acc);
             else
-              ukernel_portable(kc, ap, bp, ct, ldc, mr, nr, acc);
+              tile.run(kc, buf.a + (ir / MR) * kc * MR, 1, MR, bp, NR, ct, ldc, mr, nr, acc);
           }
         }
       }
@@ -356,28 +338,71 @@ void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, con
   }
 }
 
+void sgemm_serial_plan(const GemmPlan& plan, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                       const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                       bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::memset(c + i * ldc, 0, sizeof(float) * N);
+    return;
+  }
+  if (!plan.blocked_only) {
+    // Thin products (an expert with a few tokens, its rank-few weight gradient):
+    // read in place; the tiled path would pack B for a few FMAs per element.
+    if (use_avx2() && M > 1) {
+      if (!transB && (M <= kThinRows || K <= kThinK)) {
+        gemm_thin_axpy_avx2(M, N, K, a, transA ? 1 : lda, transA ? lda : 1, b, ldb, c, ldc, accumulate);
+        return;
+      }
+      if (transB && !transA && M <= kThinRows) {
+        gemm_thin_rows_bt_avx2(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+        return;
+      }
+    }
+    if (M == 1) {
+      sgemv_row(transA, transB, N, K, a, lda, b, ldb, c, accumulate);
+      return;
+    }
+    if (M <= kSmallM && use_avx2()) {
+      sgemm_small_m(transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+      return;
+    }
+  }
+  sgemm_blocked(plan, transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+}
+
+}  // namespace
+
+void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+                  const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  sgemm_serial_plan(gemm_plan(), transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+}
+
 namespace {
 
 // Splits C into `nt` slices along N (or M when C is tall and narrow) and runs
-// the serial product on slice `t`. Column slices are multiples of NR.
-void gemm_slice(int t, int nt, bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+// the serial product on slice `t`, all slices with the caller's plan. Column
+// slices are multiples of the tile's NR, row slices of its MR.
+void gemm_slice(const GemmPlan& plan, int t, int nt, bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
                 const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
   // Split the larger dimension, so that each thread packs the smaller share of the
   // operand it does not share (row slices pack half of A, column slices half of B).
-  if (N >= M || M < kMR * nt) {
-    const int64_t panels = (N + kNR - 1) / kNR;
+  const int64_t MR = plan.tile->mr, NR = plan.tile->nr;
+  if (N >= M || M < MR * nt) {
+    const int64_t panels = (N + NR - 1) / NR;
     const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
-    const int64_t j0 = p0 * kNR, j1 = std::min(N, p1 * kNR);
+    const int64_t j0 = p0 * NR, j1 = std::min(N, p1 * NR);
     if (j0 >= j1) return;
     const float* bs = transB ? b + j0 * ldb : b + j0;
-    sgemm_serial(transA, transB, M, j1 - j0, K, a, lda, bs, ldb, c + j0, ldc, accumulate);
+    sgemm_serial_plan(plan, transA, transB, M, j1 - j0, K, a, lda, bs, ldb, c + j0, ldc, accumulate);
   } else {
-    const int64_t panels = (M + kMR - 1) / kMR;
+    const int64_t panels = (M + MR - 1) / MR;
     const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
-    const int64_t i0 = p0 * kMR, i1 = std::min(M, p1 * kMR);
+    const int64_t i0 = p0 * MR, i1 = std::min(M, p1 * MR);
     if (i0 >= i1) return;
     const float* as = transA ? a + i0 : a + i0 * lda;
-    sgemm_serial(transA, transB, i1 - i0, N, K, as, lda, b, ldb, c + i0 * ldc, ldc, accumulate);
+    sgemm_serial_plan(plan, transA, transB, i1 - i0, N, K, as, lda, b, ldb, c + i0 * ldc, ldc, accumulate);
   }
 }
 
@@ -392,20 +417,22 @@ int threads_for(int64_t M, int64_t N, int64_t K) {
 
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b,
            int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  const GemmPlan plan = gemm_plan();
   const int nt = threads_for(M, N, K);
   if (nt <= 1) {
-    sgemm_serial(transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+    sgemm_serial_plan(plan, transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
     return;
   }
-  parallel_run([&](int t, int n) { gemm_slice(t, n, transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate); },
+  parallel_run([&](int t, int n) { gemm_slice(plan, t, n, transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate); },
                nt);
 }
 
 void sgemm_batched(bool transA, bool transB, int64_t batch, int64_t M, int64_t N, int64_t K, const float* a,
                    const float* b, float* c, bool accumulate) {
   const int64_t lda = transA ? M : K, ldb = transB ? K : N;
+  const GemmPlan plan = gemm_plan();
   auto one = [&](int64_t s, int t, int nt) {
-    gemm_slice(t, nt, transA, transB, M, N, K, a + s * M * K, lda, b + s * K * N, ldb, c + s * M * N, N, accumulate);
+    gemm_slice(plan, t, nt, transA, transB, M, N, K, a + s * M * K, lda, b + s * K * N, ldb, c + s * M * N, N, accumulate);
   };
   const int nt = threads_for(batch * M, N, K);
   if (nt <= 1) {
@@ -477,10 +504,11 @@ void for_experts(const int32_t* offsets, int64_t E, int nt, const F& one) {
 template <typename WOf>
 void grouped_gemm_impl(float* y, const float* x, const WOf& w_of, const int32_t* offsets, int64_t E, int64_t N,
                        int64_t K, bool transW, bool accumulate) {
+  const GemmPlan plan = gemm_plan();
   for_experts(offsets, E, threads_for(offsets[E], N, K), [&](int64_t e, int t, int n) {
     const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
     if (rows == 0) return;
-    gemm_slice(t, n, false, transW, rows, N, K, x + r0 * K, K, w_of(e), transW ? K : N, y + r0 * N, N, accumulate);
+    gemm_slice(plan, t, n, false, transW, rows, N, K, x + r0 * K, K, w_of(e), transW ? K : N, y + r0 * N, N, accumulate);
   });
 }
 
@@ -488,15 +516,16 @@ template <typename DWOf>
 void grouped_gemm_weight_grad_impl(const DWOf& dw_of, const float* dy, const float* x, const int32_t* offsets, int64_t E,
                                    int64_t N, int64_t K, bool transW, bool accumulate) {
   const int nt = threads_for(std::max<int64_t>(offsets[E], 1), N, K);
+  const GemmPlan plan = gemm_plan();
   for_experts(offsets, E, nt, [&](int64_t e, int t, int n) {
     const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
     float* out = dw_of(e);
     // transW: dW[e] [N,K] = dy_eᵀ [N,rows] · x_e [rows,K];  else dW[e] [K,N] = x_eᵀ · dy_e.
     // An expert with no rows gets zeros (or keeps its gradient when accumulating).
     if (transW)
-      gemm_slice(t, n, true, false, N, K, rows, dy + r0 * N, N, x + r0 * K, K, out, K, accumulate);
+      gemm_slice(plan, t, n, true, false, N, K, rows, dy + r0 * N, N, x + r0 * K, K, out, K, accumulate);
     else
-      gemm_slice(t, n, true, false, K, N, rows, x + r0 * K, K, dy + r0 * N, N, out, N, accumulate);
+      gemm_slice(plan, t, n, true, false, K, N, rows, x + r0 * K, K, dy + r0 * N, N, out, N, accumulate);
   });
 }
 

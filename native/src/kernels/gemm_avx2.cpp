@@ -163,18 +163,18 @@ void add_transposed_avx2(float* c, int64_t ldc, const float* t, int64_t rows, in
     }
 }
 
-void pack_b_trans_avx2(float* dst, const float* b, int64_t ldb, int64_t kc) {
+void pack_b_trans_avx2(float* dst, int64_t ldd, const float* b, int64_t ldb, int64_t kc) {
   int64_t k = 0;
   for (; k + 8 <= kc; k += 8) {
     for (int half = 0; half < 2; ++half) {
       __m256 r[8];
       for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(b + (half * 8 + j) * ldb + k);
       transpose8x8(r);
-      for (int kk = 0; kk < 8; ++kk) _mm256_store_ps(dst + (k + kk) * kNR + half * 8, r[kk]);
+      for (int kk = 0; kk < 8; ++kk) _mm256_store_ps(dst + (k + kk) * ldd + half * 8, r[kk]);
     }
   }
   for (; k < kc; ++k)
-    for (int j = 0; j < kNR; ++j) dst[k * kNR + j] = b[j * ldb + k];
+    for (int j = 0; j < 16; ++j) dst[k * ldd + j] = b[j * ldb + k];
 }
 
 void pack_a_avx2(float* dst, const float* a, int64_t lda, int64_t kc) {

@@ -1,19 +1,23 @@
 // Portable micro-kernel: the same 6×16 tile as the AVX2 one in plain C++,
 // which compilers vectorise with the baseline ISA (SSE2 on x86-64, NEON on arm64).
+// Operands with strides, as every tile takes them (gemm_ukernel.h).
 #include <chrono>
 
 #include "gemm_ukernel.h"
 
 namespace sigma {
 
-void ukernel_portable(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int mr, int nr,
-                      bool accumulate) {
+void ukernel_portable(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb, float* C,
+                      int64_t ldc, int mr, int nr, bool accumulate) {
+  // All kMR rows every k (a loop of constant length keeps acc in registers);
+  // rows past mr re-read row 0 and are never written.
+  const float* rows[kMR];
+  for (int i = 0; i < kMR; ++i) rows[i] = tile_row(A, a_rs, mr, i);
   float acc[kMR][kNR] = {};
   for (int64_t k = 0; k < kc; ++k) {
-    const float* a = Ap + k * kMR;
-    const float* b = Bp + k * kNR;
+    const float* b = B + k * ldb;
     for (int i = 0; i < kMR; ++i) {
-      const float ai = a[i];
+      const float ai = rows[i][k * a_ks];
       for (int j = 0; j < kNR; ++j) acc[i][j] += ai * b[j];
     }
   }

@@ -1,23 +1,47 @@
-// The micro-kernel interface shared by gemm.cpp and the per-ISA kernel files.
+// The micro-kernel interface shared by gemm.cpp, gemm_config.cpp and the
+// per-ISA kernel files.
+//
+// Every register tile has one signature (MicroKernelFn): C[mr,nr] (+)= A·B over
+// kc steps of k, where
+//   A[i,k] = A[i·a_rs + k·a_ks]  (a packed MR-row panel is a_rs = 1, a_ks = MR;
+//                                 rows of a row-major matrix read in place are
+//                                 a_rs = lda, a_ks = 1),
+//   B[k,j] = B[k·ldb + j]        (a packed NR-column panel, ldb = NR, all NR
+//                                 columns readable, zero past the edge),
+// and only the top-left mr×nr corner of C is written (edge tiles); rows
+// i >= mr of A are not used. accumulate: add into C instead of overwriting.
+// The tiles themselves, their sizes and which ISA each needs are listed once,
+// in gemm_config.cpp's table.
 #pragma once
 #include <cstdint>
 
+#include "cpu.h"
+
 namespace sigma {
 
-constexpr int kMR = 6;   // rows of the register tile
-constexpr int kNR = 16;  // columns of the register tile (two 8-float vectors)
+// The 6×16 tile's sizes: the small-M path (gemm.cpp) and the packing helpers
+// below are written for it, whichever tile the blocked path uses.
+constexpr int kMR = 6;   // rows of the 6×16 tile
+constexpr int kNR = 16;  // its columns (two 8-float vectors, or one zmm)
 
-// C[kMR,kNR] (+)= Ap[kc,kMR]ᵀ · Bp[kc,kNR] where Ap holds kMR values per k and
-// Bp kNR values per k (packed, zero-padded). Writes only the top-left mr×nr
-// corner of C (edge tiles). accumulate: add into C instead of overwriting.
-// The portable tile (any CPU); on AVX2 machines ukernel_avx2_direct takes
-// packed panels too.
-void ukernel_portable(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int mr, int nr,
-                      bool accumulate);
-// The AVX2 tile, its operands read with strides, packed or in place:
-// A[i,k] = A[i·a_rs + k·a_ks] (so a packed A panel is a_rs = 1, a_ks = kMR, and
-// rows of a row-major matrix are a_rs = lda, a_ks = 1); B[k, 0..15] =
-// B[k·ldb + 0..15], all 16 columns readable. Rows i >= mr of A are not read.
+using MicroKernelFn = void (*)(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
+                               float* C, int64_t ldc, int mr, int nr, bool accumulate);
+
+// One registered tile: its name ("avx512-12x32"), MR×NR, the kernel path it
+// needs, whether it reads A's rows in place (else the driver packs A into
+// MR-row panels first), and the kernel.
+struct MicroKernel {
+  const char* name;
+  int mr, nr;
+  KernelPath isa;
+  bool in_place_a;
+  MicroKernelFn run;
+};
+
+// The 6×16 tile in plain C++ (any CPU); packed or strided operands alike.
+void ukernel_portable(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb, float* C,
+                      int64_t ldc, int mr, int nr, bool accumulate);
+// The 6×16 AVX2 tile (gemm_avx2.cpp).
 void ukernel_avx2_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
                          float* C, int64_t ldc, int mr, int nr, bool accumulate);
 // Row i of an A tile with mr valid rows, for the tiles above: missing rows
@@ -27,11 +51,17 @@ double fma_chains_avx2(int64_t iters);
 // The same tile on AVX-512 (gemm_avx512.cpp): same arguments, same panels.
 void ukernel_avx512_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
                            float* C, int64_t ldc, int mr, int nr, bool accumulate);
+// The wide AVX-512 tile (gemm_avx512_wide.cpp): 12×32 in 24 zmm accumulators.
+// Fastest on a packed A panel (a_rs = 1, a_ks = 12); any strides work.
+void ukernel_avx512_12x32(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
+                          float* C, int64_t ldc, int mr, int nr, bool accumulate);
 // FMA chains for the peak probe: the FLOPs of fma_chains_avx2(iters), in zmm.
 double fma_chains_avx512(int64_t iters);
-// Packs a full 16-column panel of a transposed B (16 rows of b, ldb apart,
-// k = 0..kc-1 each) into dst[kc][16] with 8×8 in-register transposes. dst is 32-byte aligned.
-void pack_b_trans_avx2(float* dst, const float* b, int64_t ldb, int64_t kc);
+// Packs 16 columns of a transposed B (16 rows of b, ldb apart, k = 0..kc-1
+// each) into dst[k·ldd + 0..15] with 8×8 in-register transposes (ldd = 16 for
+// a 16-column panel, 32 for either half of a 32-column one). dst and ldd
+// keep every row 32-byte aligned.
+void pack_b_trans_avx2(float* dst, int64_t ldd, const float* b, int64_t ldb, int64_t kc);
 // C[j·ldc + i] (+)= t[i·16 + j] for i < rows, j < cols ≤ 16: a block of Cᵀ
 // computed into a [rows][16] scratch, added into C, 8×8 blocks at a time.
 void add_transposed_avx2(float* c, int64_t ldc, const float* t, int64_t rows, int64_t cols, bool accumulate);
@@ -40,6 +70,16 @@ void add_transposed_avx2(float* c, int64_t ldc, const float* t, int64_t rows, in
 // dst[kc·6 − 1] (zeros), so the buffer needs that slack.
 void pack_a_avx2(float* dst, const float* a, int64_t lda, int64_t kc);
 double fma_chains_portable(int64_t iters);
+
+// The tile and blocking the blocked GEMM uses now (gemm_config.cpp): the
+// override if one is set (and its tile runs on the current kernel path), else
+// the default tile for this CPU and path with blocking from the cache sizes.
+struct GemmPlan {
+  const MicroKernel* tile;
+  int64_t mc, kc, nc;
+  bool blocked_only;  // tests: every product takes the blocked path (no thin, small-M or row-vector path)
+};
+GemmPlan gemm_plan();
 
 // Thin products (gemm_thin_avx2.cpp), read in place, no packing:
 // C[M,N] (+)= A[M,K]·B[N,K]ᵀ with A's rows lda apart — for few rows of A.

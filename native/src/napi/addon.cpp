@@ -51,6 +51,32 @@ Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// What cpuid says about the CPU (native/src/kernels/cpu_info.cpp): vendor,
+// brand, family/model/stepping, cache sizes in bytes (0: not reported), the
+// L1d line size, how many logical processors share L2 and L3, core counts,
+// and where the cache sizes came from.
+Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const sigma::CpuInfo& c = sigma::cpu_info();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("vendor", c.vendor);
+  o.Set("brand", c.brand);
+  o.Set("family", c.family);
+  o.Set("model", c.model);
+  o.Set("stepping", c.stepping);
+  o.Set("l1d", static_cast<double>(c.l1d));
+  o.Set("l2", static_cast<double>(c.l2));
+  o.Set("l3", static_cast<double>(c.l3));
+  o.Set("line", c.line);
+  o.Set("l2SharedBy", c.l2_shared_by);
+  o.Set("l3SharedBy", c.l3_shared_by);
+  o.Set("logicalCores", c.logical_cores);
+  o.Set("physicalCores", c.physical_cores);
+  o.Set("threadsPerCore", c.threads_per_core);
+  o.Set("cacheSource", c.cache_source);
+  return o;
+}
+
 // Holds the kernels at or below a path (for tests and benchmarks):
 // setKernelPath("portable" | "avx2-fma" | "auto"); "auto" restores the run-time choice.
 Napi::Value SetKernelPath(const Napi::CallbackInfo& info) {
@@ -90,6 +116,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   sigma_napi::Export(env, exports, "setThreads", SetThreads);
   sigma_napi::Export(env, exports, "cpuFeatures", CpuFeatures);
   sigma_napi::Export(env, exports, "setKernelPath", SetKernelPath);
+  sigma_napi::Export(env, exports, "cpuInfo", CpuInfo);
   sigma_napi::InitGemm(env, exports);
   sigma_napi::InitKernels(env, exports);
   return exports;

@@ -3,6 +3,9 @@
 // The rules the checks follow are at the top of args.h.
 #include <napi.h>
 
+#include <algorithm>
+#include <string>
+
 #include "args.h"
 #include "gemm.h"
 #include "threadpool.h"
@@ -129,6 +132,71 @@ Napi::Value FmaPeak(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), sigma::fma_peak_seconds(iters, static_cast<int>(threads)));
 }
 
+// gemmTiles() -> [{ name, mr, nr, isa, runnable }]: every registered tile.
+Napi::Value GemmTiles(const Napi::CallbackInfo& info) {
+  Args g(info, "gemmTiles", 0);
+  Napi::Env env = info.Env();
+  const auto tiles = sigma::gemm_tiles();
+  Napi::Array out = Napi::Array::New(env, tiles.size());
+  for (size_t i = 0; i < tiles.size(); ++i) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", tiles[i].name);
+    o.Set("mr", tiles[i].mr);
+    o.Set("nr", tiles[i].nr);
+    o.Set("isa", tiles[i].isa);
+    o.Set("runnable", tiles[i].runnable);
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  return out;
+}
+
+// gemmConfig() -> { tile, mr, nr, mc, kc, nc, tileOverride, blockingOverride, blockedOnly }:
+// what the blocked product uses now on the current kernel path.
+Napi::Value GemmConfig(const Napi::CallbackInfo& info) {
+  Args g(info, "gemmConfig", 0);
+  Napi::Env env = info.Env();
+  const sigma::GemmSettings s = sigma::gemm_settings();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("tile", s.tile);
+  o.Set("mr", s.mr);
+  o.Set("nr", s.nr);
+  o.Set("mc", static_cast<double>(s.blocking.mc));
+  o.Set("kc", static_cast<double>(s.blocking.kc));
+  o.Set("nc", static_cast<double>(s.blocking.nc));
+  o.Set("tileOverride", s.tile_override);
+  o.Set("blockingOverride", s.blocking_override);
+  o.Set("blockedOnly", s.blocked_only);
+  return o;
+}
+
+// The largest block an override may ask for: each of MC, KC, NC at most 2^16,
+// and a packed block (KC × MC or KC × NC floats) at most 2^26 floats (256 MiB).
+constexpr int64_t kMaxBlock = 1 << 16;
+constexpr int64_t kMaxBlockFloats = int64_t{1} << 26;
+
+// setGemmConfig(tile, mc, kc, nc, blockedOnly): tile "auto" for the default,
+// 0 for a blocking size from the rule; blockedOnly sends every product through
+// the blocked path (tests). setGemmConfig("auto", 0, 0, 0, false) restores all.
+Napi::Value SetGemmConfig(const Napi::CallbackInfo& info) {
+  Args g(info, "setGemmConfig", 5);
+  if (!info[0].IsString()) g.type_error("tile", "must be a tile name or \"auto\"");
+  const std::string tile = info[0].As<Napi::String>().Utf8Value();
+  sigma::GemmBlocking b;
+  b.mc = g.dim(1, "mc");
+  b.kc = g.dim(2, "kc");
+  b.nc = g.dim(3, "nc");
+  const bool blocked_only = g.flag(4, "blockedOnly");
+  if (b.mc > kMaxBlock) g.range_error("mc", "must be at most 65536 (0: from the cache sizes)");
+  if (b.kc > kMaxBlock) g.range_error("kc", "must be at most 65536 (0: from the cache sizes)");
+  if (b.nc > kMaxBlock) g.range_error("nc", "must be at most 65536 (0: from the cache sizes)");
+  // A size left to the rule is at most 8192 (and KC at most 1024).
+  const int64_t kc = b.kc > 0 ? b.kc : 1024, mn = std::max<int64_t>(b.mc > 0 ? b.mc : 8192, b.nc > 0 ? b.nc : 8192);
+  if (kc * mn > kMaxBlockFloats) g.range_error("kc", "times mc or nc must be at most 2^26 floats (a 256 MiB block)");
+  std::string error;
+  if (!sigma::set_gemm_override(tile, b, blocked_only, &error)) g.range_error("tile", error);
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitGemm(Napi::Env env, Napi::Object exports) {
@@ -137,6 +205,9 @@ void InitGemm(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "groupedMatmul", GroupedMatmul);
   Export(env, exports, "groupedMatmulWeightGrad", GroupedMatmulWeightGrad);
   Export(env, exports, "fmaPeak", FmaPeak);
+  Export(env, exports, "gemmTiles", GemmTiles);
+  Export(env, exports, "gemmConfig", GemmConfig);
+  Export(env, exports, "setGemmConfig", SetGemmConfig);
   exports.Set("fmaPeakFlopsPerIter", Napi::Number::New(env, sigma::kFmaPeakFlopsPerIter));
 }
 

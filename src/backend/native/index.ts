@@ -27,13 +27,56 @@ import { KERNEL_NAMES, type Backend } from "../backend.js";
 export interface NativeExtras {
   /** CPU features detected at run time and the kernel path in use ("avx512", "avx2-fma" or "portable"). */
   cpuFeatures(): { avx2: boolean; fma: boolean; avx512f: boolean; path: string };
+  /** What cpuid says about the CPU: cache sizes in bytes (0 when not reported), cores, vendor and model. */
+  cpuInfo(): CpuInfo;
   /**
    * Holds the kernels at or below a path (tests, benchmarks): "portable" (no
    * intrinsics), "avx2-fma" (no AVX-512 kernels); "auto" restores the run-time choice.
    */
   setKernelPath(path: "portable" | "avx2-fma" | "auto"): void;
+  /** Every registered GEMM register tile, and whether this CPU runs it. */
+  gemmTiles(): { name: string; mr: number; nr: number; isa: string; runnable: boolean }[];
+  /** The tile and cache blocking the blocked GEMM uses now (native/src/kernels/gemm_config.cpp states the rule). */
+  gemmConfig(): GemmConfig;
+  /**
+   * Overrides for tests and tuning: a tile by name ("auto": the default), MC, KC, NC (0: from the cache sizes),
+   * blockedOnly (every product through the blocked path). setGemmConfig("auto", 0, 0, 0, false) restores all.
+   */
+  setGemmConfig(tile: string, mc: number, kc: number, nc: number, blockedOnly: boolean): void;
   /** Benchmark helper: runs `iters` rounds of independent FMA chains on `threads` threads; returns seconds. */
   fmaPeak(iters: number, threads: number): number;
+}
+
+/** The addon's cpuInfo() (native/src/kernels/cpu_info.cpp says where each number comes from). */
+export interface CpuInfo {
+  vendor: string;
+  brand: string;
+  family: number;
+  model: number;
+  stepping: number;
+  l1d: number;
+  l2: number;
+  l3: number;
+  line: number;
+  l2SharedBy: number;
+  l3SharedBy: number;
+  logicalCores: number;
+  physicalCores: number;
+  threadsPerCore: number;
+  cacheSource: string;
+}
+
+/** The addon's gemmConfig(). */
+export interface GemmConfig {
+  tile: string;
+  mr: number;
+  nr: number;
+  mc: number;
+  kc: number;
+  nc: number;
+  tileOverride: boolean;
+  blockingOverride: boolean;
+  blockedOnly: boolean;
 }
 
 export type NativeBackend = Backend & NativeExtras;
@@ -84,7 +127,7 @@ export function loadNative(): NativeLoad {
   try {
     const require = createRequire(import.meta.url);
     const addon = require(path) as Record<string, unknown>;
-    const missing = [...KERNEL_NAMES, "getThreads", "setThreads", "cpuFeatures", "setKernelPath"].filter(
+    const missing = [...KERNEL_NAMES, "getThreads", "setThreads", "cpuFeatures", "cpuInfo", "setKernelPath"].filter(
       (name) => typeof addon[name] !== "function",
     );
     if (missing.length > 0) {
