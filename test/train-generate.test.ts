@@ -124,6 +124,13 @@ test("CLI: generate streams the same greedy text twice; eval prints each domain;
   assert.ok(a.stdout.startsWith("The"));
   assert.equal(a.stdout, b.stdout);
   assert.match(a.stderr, /tokens\/s/);
+  // A refused option prints its one error line and nothing on stdout (not even the prompt).
+  for (const [flag, value, re] of [["--stop", "", /stop string 1 is empty/], ["--domain", "nope", /Unknown domain "nope"/]] as const) {
+    const r = cli(...g.filter((x, i) => x !== "--domain" && g[i - 1] !== "--domain"), flag, value);
+    assert.equal(r.status, 1, r.stderr);
+    assert.equal(r.stdout, "");
+    assert.match(r.stderr, re);
+  }
   const e = cli("eval", "--ckpt", run.checkpoint, "--batches", "1");
   assert.equal(e.status, 0, e.stderr);
   for (const d of ["zh", "en", "code"]) assert.match(e.stdout, new RegExp(`^${d}\\s+\\d+\\.\\d+\\s+\\d`, "m"));

@@ -5,8 +5,7 @@
  * checkpoint records them, so it reproduces the numbers the run logged.
  */
 import { unigramBaselines } from "../train/baseline.js";
-import { evaluateOnData, type EvalReport } from "../train/evaluate.js";
-import type { EvalSettings } from "../serve/open.js";
+import { evaluateOnData, runEvalSettings, type EvalReport, type EvalSettings } from "../train/evaluate.js";
 import { SigmaError } from "../util/errors.js";
 import { Model, openModel } from "./model.js";
 
@@ -39,7 +38,7 @@ export async function evaluate(model: Model | string, o: EvaluateOptions = {}): 
   const names = o.names ?? { data: "data", batches: "batches", batchSize: "batchSize" };
   const data = o.data ?? m.dataDir;
   if (!data) throw new SigmaError(`no prepared data to evaluate on: ${m.path ?? "the model"} names none`, `pass ${names.data} <dir> (a folder written by \`sigma data prepare\`)`);
-  const base = m.evalSettings ?? DEFAULTS;
+  const base = m.run ? runEvalSettings(m.run) : DEFAULTS;
   const settings = { batches: o.batches ?? base.batches, batchSize: o.batchSize ?? base.batchSize, seed: o.seed ?? base.seed };
   const report = evaluateOnData(m.network, data, settings, names);
   const baselines = Object.fromEntries(unigramBaselines(data).map((b) => [b.domain, b.crossEntropy]));

@@ -14,6 +14,7 @@ import { expertUsage, extractByDomain, extractByUsage, keptByUsage } from "../mo
 import type { ModelInput, PanguSigma } from "../models/pangu-sigma.js";
 import * as ops from "../ops/index.js";
 import { checkBatchFits } from "../train/memory.js";
+import { domainIndexOf } from "../serve/prompt.js";
 import { Rng } from "../util/rng.js";
 import { SigmaError } from "../util/errors.js";
 import { Model } from "./model.js";
@@ -90,8 +91,7 @@ export function extract(model: Model, o: ExtractOptions): ExtractResult {
   const where = model.path ?? "the model";
   const router = c.experts?.router.kind;
   if (!router || c.sparseLayers === 0) throw new SigmaError(`${where} is a dense model: it has no experts to extract`, "extract from a sparse or mixed model");
-  const d = c.domains.findIndex((x) => x.name === o.domain);
-  if (d < 0) throw new SigmaError(`Unknown domain "${o.domain}"; the model knows ${c.domains.map((x) => x.name).join(", ")}`, "pass one of them with --domain");
+  const d = domainIndexOf(full, o.domain);
   const before = full.parameterCount();
   const result = { router, maxLogitGap: null, valLoss: null, carried: null, data: null } as Omit<ExtractResult, "model" | "parameters">;
   let sub: PanguSigma;

@@ -11,7 +11,7 @@ import { encodeModel } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { generateIds } from "../serve/generate.js";
 import { domainIndexOf, encodePrompt } from "../serve/prompt.js";
-import { openModelSource, type EvalSettings, type ModelSource } from "../serve/open.js";
+import { openModelSource, type ModelSource, type RunSettings } from "../serve/open.js";
 import { StopMatcher } from "../serve/stop.js";
 import type { Tokenizer } from "../tokenizer/codec.js";
 import { sha256Hex, toHfJson } from "../tokenizer/hfjson.js";
@@ -63,15 +63,15 @@ export class Model {
     readonly step: number,
     /** The data folder it was trained on, when recorded. */
     readonly dataDir: string | null,
-    /** @internal How its training run evaluated, when known. */
-    readonly evalSettings: EvalSettings | null = null,
+    /** @internal Its training run's batch size, seed and evaluation batches, when known. */
+    readonly run: RunSettings | null = null,
     /** @internal tokenizer.json's text, kept to save it byte for byte. */
     readonly tokenizerText: string | null = null,
   ) {}
 
   /** @internal */
   static fromSource(s: ModelSource): Model {
-    return new Model(s.model, s.tokenizer?.tokenizer ?? null, s.path, s.step, s.dataDir, s.evalSettings, s.tokenizer?.text ?? null);
+    return new Model(s.model, s.tokenizer?.tokenizer ?? null, s.path, s.step, s.dataDir, s.run, s.tokenizer?.text ?? null);
   }
 
   get config(): ModelConfig {

@@ -90,17 +90,16 @@ export interface Provenance {
   dataDir: string | null;
   /** With an expert store: its file and id. */
   store: { path: string; storeId: string } | null;
-  /** How the training run evaluated (batches per domain, sequences per batch, seed of the windows), when recorded. */
-  evalSettings: { batches: number; batchSize: number; seed: number } | null;
+  /** The training run's batch size, seed and evaluation batches, when recorded (train/evaluate.ts derives how it evaluated). */
+  run: { batchSize: number; seed: number; evalBatches: number } | null;
 }
 
 /** The validated provenance fields of an opened checkpoint's state.json. */
 export function readProvenance(f: LoadedFolder): Provenance {
   const p = parseWithSchema(ProvenanceSchema, f.state, join(f.path, STATE_FILE), "the checkpoint is damaged or was edited; use an earlier one");
   const c = p.config;
-  // The trainer evaluates with seed + 1 (src/train/trainer.ts).
-  const evalSettings = c?.eval && c.batchSize !== undefined && c.seed !== undefined ? { batches: c.eval.batches, batchSize: c.batchSize, seed: c.seed + 1 } : null;
-  return { step: p.step ?? 0, tokenizerSha256: p.tokenizer?.sha256 ?? null, dataDir: c?.data?.dir ?? p.dataDir ?? null, store: p.store ?? null, evalSettings };
+  const run = c?.eval && c.batchSize !== undefined && c.seed !== undefined ? { batchSize: c.batchSize, seed: c.seed, evalBatches: c.eval.batches } : null;
+  return { step: p.step ?? 0, tokenizerSha256: p.tokenizer?.sha256 ?? null, dataDir: c?.data?.dir ?? p.dataDir ?? null, store: p.store ?? null, run };
 }
 
 /** The folder name of a step; the step must be a validated integer (never a string from a file). */

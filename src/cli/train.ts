@@ -20,6 +20,7 @@ import { streamOut } from "./output.js";
  * checkpoint and stop (Ctrl-C twice quits at once).
  */
 export async function trainWithProgress(config: TrainConfigInput | TrainConfig, opts: Omit<Parameters<typeof train>[1] & object, "signal" | "onProgress">): Promise<TrainResult> {
+  const c = parseTrainConfig(config, opts.names?.config);
   const stop = new AbortController();
   let bar: TrainProgress | null = null;
   const say = (line: string): void => (bar ? bar.log(line) : console.error(line));
@@ -30,13 +31,12 @@ export async function trainWithProgress(config: TrainConfigInput | TrainConfig, 
   };
   process.on("SIGINT", onSigint);
   try {
-    return await train(config, {
+    return await train(c, {
       ...opts,
       log: say,
       signal: stop.signal,
       onProgress: (e) => {
         if (e.kind === "start") {
-          const c = parseTrainConfig(config);
           const mode = c.model.sparseLayers === 0 ? "dense" : c.model.denseLayers === 0 ? "sparse" : "mixed";
           if (e.resumedFrom) say(`resumed from step ${e.step} (${e.resumedFrom})`);
           say(`${c.name}: ${mode} model, ${millions(e.parameters.total)} parameters (${millions(e.parameters.active)} active per token), router ${e.router ?? "none"}, ${c.steps} steps of ${c.batchSize * c.accumSteps}×${c.model.seqLen} tokens`);
@@ -140,14 +140,17 @@ export function register(program: Command): void {
     .option("--show-special", "print special tokens such as <|endoftext|> (hidden by default)")
     .action(async (o: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; stop?: string[]; showSpecial?: boolean }) => {
       const model = await openModel(o.ckpt);
-      streamOut(o.prompt);
       const t0 = performance.now();
       let n = 0;
+      // The prompt is echoed once the first piece arrives: a refused option (a bad domain or stop string) prints nothing else.
+      let echoed = false;
       for await (const piece of model.generate(o.prompt, { ...o, ...(o.domain !== undefined ? { domain: o.domain } : {}), stop: o.stop ?? [], showSpecial: !!o.showSpecial })) {
+        if (!echoed) streamOut(o.prompt);
+        echoed = true;
         streamOut(piece.text);
         if (piece.id >= 0) n++;
       }
-      streamOut("\n");
+      streamOut(`${echoed ? "" : o.prompt}\n`);
       const s = (performance.now() - t0) / 1000;
       console.error(`${n} tokens in ${s.toFixed(2)} s (${(n / s).toFixed(1)} tokens/s)`);
     });

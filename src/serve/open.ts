@@ -29,8 +29,8 @@ const MODEL_FILE = "model.safetensors";
 const TOKENIZER_FILE = "tokenizer.json";
 const MAX_TOKENIZER_BYTES = 512 * 2 ** 20;
 
-/** How a training run evaluated (read from a train checkpoint's config), so that `sigma eval` measures the same way. */
-export type EvalSettings = NonNullable<Provenance["evalSettings"]>;
+/** A training run's batch size, seed and evaluation batches (from a train checkpoint's config), so that `sigma eval` can measure as the run did. */
+export type RunSettings = NonNullable<Provenance["run"]>;
 
 export interface ModelSource {
   model: PanguSigma;
@@ -42,8 +42,8 @@ export interface ModelSource {
   step: number;
   /** The data folder it was trained on, when recorded. */
   dataDir: string | null;
-  /** The training run's evaluation settings, when the checkpoint is a train checkpoint. */
-  evalSettings: EvalSettings | null;
+  /** The training run's settings, when the checkpoint is a train checkpoint. */
+  run: RunSettings | null;
 }
 
 /** `tok`, checked to have the model's vocabulary size (`where` names the tokenizer file). */
@@ -76,7 +76,7 @@ export function openModelSource(path: string): ModelSource {
     const model = loadModel(file);
     const tokPath = join(dirname(file), TOKENIZER_FILE);
     const tokenizer = existsSync(tokPath) ? parseTokenizer(readRegularFile(tokPath, "tokenizer", "put the model's tokenizer.json beside it, or remove what is there", MAX_TOKENIZER_BYTES).toString("utf8"), tokPath, model) : null;
-    return { model, tokenizer, path: file, step: 0, dataDir: null, evalSettings: null };
+    return { model, tokenizer, path: file, step: 0, dataDir: null, run: null };
   }
   const f = openCheckpointFolder(path);
   const state = readProvenance(f);
@@ -91,7 +91,7 @@ export function openModelSource(path: string): ModelSource {
     }
     tokenizer = parseTokenizer(bytes.toString("utf8"), tokPath, model);
   }
-  return { model, tokenizer, path: f.path, step: state.step, dataDir: state.dataDir, evalSettings: state.evalSettings };
+  return { model, tokenizer, path: f.path, step: state.step, dataDir: state.dataDir, run: state.run };
 }
 
 /** A source with its tokenizer, for commands that read or write text (generate, evaluate on text). */

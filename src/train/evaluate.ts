@@ -14,7 +14,6 @@ import type { Manifest } from "../data/manifest.js";
 import { SigmaError } from "../util/errors.js";
 import { existsSync } from "node:fs";
 import { checkBatchFits } from "./memory.js";
-import type { EvalSettings } from "../serve/open.js";
 
 export interface DomainEval {
   domain: string;
@@ -22,6 +21,20 @@ export interface DomainEval {
   loss: number;
   perplexity: number;
   tokens: number;
+}
+
+export interface EvalSettings {
+  /** Batches per domain. */
+  batches: number;
+  /** Sequences per batch. */
+  batchSize: number;
+  /** Seed of the validation windows. */
+  seed: number;
+}
+
+/** How a training run evaluates: eval.batches of its batch size, windows drawn from seed + 1 (not the training order's seed). */
+export function runEvalSettings(run: { batchSize: number; seed: number; evalBatches: number }): EvalSettings {
+  return { batches: run.evalBatches, batchSize: run.batchSize, seed: run.seed + 1 };
 }
 
 /** How many times over an evaluation may sample a domain's validation split (windows are drawn at random). */

@@ -20,7 +20,7 @@ import { Ecss, createModelWithStore, expertsNeededAhead, knowsExpertsAhead } fro
 import { existsSync } from "node:fs";
 import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
-import { Evaluator, type DomainEval, checkEvalBatches } from "./evaluate.js";
+import { Evaluator, runEvalSettings, type DomainEval, checkEvalBatches } from "./evaluate.js";
 import { learningRate, scheduleOf, type Schedule } from "./schedule.js";
 import { checkRunFits } from "./memory.js";
 
@@ -231,9 +231,11 @@ export class Trainer {
   }
 
   /** Per-domain validation loss and perplexity over `batches` fixed batches per domain. */
-  evaluate(batches = this.config.eval.batches): DomainEval[] {
-    this.evaluator ??= new Evaluator(this.config.data.dir, this.model, { batchSize: this.config.batchSize, seed: this.config.seed + 1 });
-    return this.evaluator.run(this.model, batches);
+  evaluate(batches?: number): DomainEval[] {
+    const c = this.config;
+    const s = runEvalSettings({ batchSize: c.batchSize, seed: c.seed, evalBatches: c.eval.batches });
+    this.evaluator ??= new Evaluator(c.data.dir, this.model, s);
+    return this.evaluator.run(this.model, batches ?? s.batches);
   }
 
   close(): void {
