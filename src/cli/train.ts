@@ -57,7 +57,7 @@ export async function trainWithProgress(config: TrainConfigInput | TrainConfig, 
 export function describePrecision(precision: "f32" | "bf16", path: string | null): string {
   if (precision === "f32") return "f32";
   const how =
-    path === "avx512-bf16" ? "AVX512_BF16: vdpbf16ps on bf16 pairs" : path === "converted-f32" ? "converted f32: inputs rounded to bf16, then the f32 GEMM (no AVX512_BF16 on this CPU or kernel path)" : "the TypeScript reference kernels";
+    path === "avx512-bf16" ? "AVX512_BF16: vdpbf16ps on bf16 pairs" : path === "converted-f32" ? "converted f32, as this CPU or kernel path lacks AVX512_BF16: inputs rounded to bf16, then the f32 GEMM" : "the TypeScript reference kernels";
   return `bf16 (linear and expert matrix products with bf16 inputs and f32 sums; ${how}); weights, optimizer and checkpoints f32`;
 }
 
