@@ -30,7 +30,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Rng } from "../src/util/rng.js";
 
-type Kind = "f32" | "idx" | "offsets" | "i32out" | "parts" | "dim" | "num" | "int" | "bool" | "path" | "iters" | "threads" | "tile" | "block";
+type Kind = "f32" | "idx" | "offsets" | "i32out" | "parts" | "dim" | "num" | "int" | "bool" | "path" | "iters" | "threads" | "tile" | "block" | "bf16path";
 
 const f = "f32" as const, d = "dim" as const, n = "num" as const, b = "bool" as const, i = "idx" as const;
 /** The argument kinds of every export this fuzz knows. An export missing here is still called (with random arguments) and reported in unknownExports. */
@@ -39,6 +39,9 @@ export const SIGNATURES: Record<string, Kind[]> = {
   bmm: [f, f, f, d, d, d, d, b, b, b],
   groupedMatmul: [f, f, "parts", "offsets", d, d, d, b, b],
   groupedMatmulWeightGrad: ["parts", f, f, "offsets", d, d, d, b, b],
+  matmulBf16: [f, f, f, d, d, d, b, b, b],
+  groupedMatmulBf16: [f, f, "parts", "offsets", d, d, d, b, b],
+  groupedMatmulWeightGradBf16: ["parts", f, f, "offsets", d, d, d, b, b],
   addBias: [f, f, f, d, d],
   addBiasBackward: [f, f, d, d],
   add: [f, f, f, d],
@@ -75,6 +78,8 @@ export const SIGNATURES: Record<string, Kind[]> = {
   gemmTiles: [],
   gemmConfig: [],
   setGemmConfig: ["tile", "block", "block", "block", b],
+  bf16Path: [],
+  setBf16Path: ["bf16path"],
 };
 /** Where the grouped kernels take E (parts and offsets are sized from it). */
 const E_AT = 4;
@@ -207,6 +212,8 @@ export function fuzz(o: Options): Summary {
         return [1 + r(4), "threads"];
       case "tile":
         return [pick(["auto", "avx512-12x32", "avx512-6x16", "avx2-6x16", "portable-6x16"] as const), "tile"];
+      case "bf16path":
+        return [pick(["auto", "converted-f32"] as const), "bf16path"];
       case "block": {
         const v = pick([0, 0, 1, 5, 13, 64, 512]);
         return [v, String(v)];
@@ -443,6 +450,8 @@ export function fuzz(o: Options): Summary {
         return ((v) => [v, describe(v)])(pick<unknown>(["AVX512-6x16", "avx512-12x32\0", "x".repeat(1000), "6x16", 1, null, undefined, {}, new String("auto")]));
       case "block":
         return ((v) => [v, describe(v)])(pick<unknown>([-1, 65537, 2 ** 31, 65536, 1.5, NaN, Infinity, "64", null, {}]));
+      case "bf16path":
+        return ((v) => [v, describe(v)])(pick<unknown>(["", "converted", "AUTO", "auto\0", "x".repeat(1000), 1, null, undefined, {}, new String("auto")]));
     }
   }
 

@@ -56,6 +56,22 @@ function matmulCases(): Case[] {
   return cs;
 }
 
+/**
+ * The bf16-input products (inputs rounded to bf16, f32 sums) against their
+ * reference twin: odd shapes, every transpose, accumulate on and off, and
+ * shapes past the bf16 driver's blocks (KC 512 k, MC 192 rows, NC 2048
+ * columns on Zen 4) with edges. test/bf16.test.ts checks more, per path.
+ */
+function matmulBf16Cases(): Case[] {
+  const cs: Case[] = [];
+  for (const [M, N, K] of [[1, 1, 1], [3, 17, 33], [17, 3, 257], [33, 257, 17], [257, 33, 3], [2, 9, 1], [13, 2100, 40], [200, 40, 530]]) {
+    for (const ta of [false, true]) for (const tb of [false, true]) for (const acc of [false, true]) {
+      cs.push({ label: `${M}x${N}x${K} ta=${ta} tb=${tb} acc=${acc}`, args: [f32(M! * N!), f32(M! * K!), f32(K! * N!), M, N, K, ta, tb, acc], outputs: [0], tol: 1e-5 * Math.sqrt(K!) });
+    }
+  }
+  return cs;
+}
+
 /** Expert row counts with an empty expert, one holding everything, and random ones. */
 function offsetsOf(counts: number[]): Int32Array {
   const o = new Int32Array(counts.length + 1);
@@ -93,6 +109,21 @@ export const CASES: Record<KernelName, () => Case[]> = {
         { counts: [300, 1, 2, 1, 0, 1, 1, 1], N: 33, K: 257 },
       ],
       0, // dw, dy, x
+      (R, E, N, K) => [f32(E * N * K), f32(R * N), f32(R * K)],
+      (R) => 1e-5 * Math.sqrt(R + 1),
+    ),
+  matmulBf16: matmulBf16Cases,
+  groupedMatmulBf16: () =>
+    groupedCases(
+      [...groupings.map((counts) => ({ counts, N: pick(ODD), K: pick(ODD) })), { counts: [64, 64, 64, 64, 17, 3, 64, 64], N: 257, K: 33 }, { counts: [90, 1, 2, 1, 0, 1, 1, 1], N: 257, K: 257 }],
+      2,
+      (R, E, N, K) => [f32(R * N), f32(R * K), f32(E * N * K)],
+      (_R, K) => 1e-5 * Math.sqrt(K),
+    ),
+  groupedMatmulWeightGradBf16: () =>
+    groupedCases(
+      [...groupings.map((counts) => ({ counts, N: pick(ODD), K: pick(ODD) })), { counts: [64, 64, 0, 64, 17, 3, 64, 64], N: 257, K: 33 }, { counts: [300, 1, 2, 1, 0, 1, 1, 1], N: 33, K: 257 }],
+      0,
       (R, E, N, K) => [f32(E * N * K), f32(R * N), f32(R * K)],
       (R) => 1e-5 * Math.sqrt(R + 1),
     ),

@@ -10,6 +10,7 @@
 // per-thread and grow once; the kernels allocate nothing per call after that.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,13 @@ void grouped_gemm_parts(float* y, const float* x, const float* const* w, const i
                         int64_t K, bool transW, bool accumulate);
 void grouped_gemm_weight_grad_parts(float* const* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E,
                                     int64_t N, int64_t K, bool transW, bool accumulate);
+
+// The grouped products' schedule of experts over nt threads: whole experts
+// per thread (largest first, to the least loaded) when that balances, else
+// every thread on its slice of each expert. Runs one(e, t, n): t of n is the
+// slice of expert e to compute (0 of 1 for a whole expert). Shared with the
+// bf16 products (gemm_bf16.cpp).
+void for_each_expert(const int32_t* offsets, int64_t E, int nt, const std::function<void(int64_t, int, int)>& one);
 
 // ---- Tiles and cache blocking (gemm_config.cpp) ----
 

@@ -11,6 +11,9 @@
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import type { Precision } from "../backend/backend.js";
+import { bf16Path } from "../backend/index.js";
+import type { Bf16Path } from "../backend/native/index.js";
 import { readManifest, readManifestIfPresent } from "../data/manifest.js";
 import { activeParameters, parameterCounts } from "../models/config.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
@@ -39,7 +42,18 @@ export interface StoreSummary {
 
 /** What `onProgress` hears. */
 export type TrainEvent =
-  | { kind: "start"; step: number; steps: number; resumedFrom: string | null; parameters: ParameterSummary; router: string | null; store: StoreSummary | null }
+  | {
+      kind: "start";
+      step: number;
+      steps: number;
+      resumedFrom: string | null;
+      parameters: ParameterSummary;
+      router: string | null;
+      store: StoreSummary | null;
+      /** The run's precision, and for bf16 the path its products take (src/backend/index.ts bf16Path). */
+      precision: Precision;
+      bf16Path: Bf16Path | "reference" | null;
+    }
   | ({ kind: "step"; steps: number } & StepResult)
   | { kind: "eval"; step: number; domains: DomainEval[]; all: DomainEval | null }
   | { kind: "checkpoint"; step: number; path: string };
@@ -125,7 +139,11 @@ export async function train(config: TrainConfigInput | TrainConfig, o: TrainOpti
   try {
     const parameters = { total: parameterCounts(cfg.model).total, active: activeParameters(cfg.model) };
     const emit = o.onProgress ?? (() => {});
-    emit({ kind: "start", step: t.step, steps: cfg.steps, resumedFrom, parameters, router: cfg.model.experts?.router.kind ?? null, store: storeSummary(t) });
+    if (t.resumedPrecision !== null && t.resumedPrecision !== cfg.precision) {
+      log(`note: the checkpoint was trained with precision ${t.resumedPrecision}; this run continues in ${cfg.precision} (weights and optimizer state are f32 either way)`);
+    }
+    const path = cfg.precision === "bf16" ? bf16Path() : null;
+    emit({ kind: "start", step: t.step, steps: cfg.steps, resumedFrom, parameters, router: cfg.model.experts?.router.kind ?? null, store: storeSummary(t), precision: cfg.precision, bf16Path: path });
     const baselines = Object.fromEntries(unigramBaselines(cfg.data.dir).map((b) => [b.domain, b.crossEntropy]));
     const r = await runTraining(
       t,

@@ -33,6 +33,15 @@ export type Buf = Float32Array | Float64Array;
 /** An index buffer. */
 export type Idx = Int32Array;
 
+/**
+ * The precision of a matrix product's inputs: "f32", or "bf16" — each input
+ * element rounded to bfloat16 (round to nearest even), the products summed in
+ * f32, the result f32 (the *Bf16 kernels below). Training in bf16 uses it for
+ * the linear layers' and experts' products; everything else stays f32.
+ */
+export type Precision = "f32" | "bf16";
+export const PRECISIONS = ["f32", "bf16"] as const satisfies readonly Precision[];
+
 export interface Backend {
   /** "reference" or "native". */
   readonly name: string;
@@ -74,6 +83,21 @@ export interface Backend {
    * dw may also be E separate buffers of N·K each, as w in groupedMatmul.
    */
   groupedMatmulWeightGrad(dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void;
+
+  // ---------------------------------------------------------------- bf16-input matrix multiply
+
+  /**
+   * matmul with every element of a and b first rounded to bf16 (nearest, ties
+   * to even; NaN stays NaN; f32 subnormals become zero), the exact products of
+   * the rounded values summed in f32. Same arguments and layouts as matmul;
+   * a, b and c stay float32 in memory. The reference backend
+   * (src/backend/reference/matmul-bf16.ts) is the definition.
+   */
+  matmulBf16(c: Buf, a: Buf, b: Buf, M: number, N: number, K: number, transA: boolean, transB: boolean, accumulate: boolean): void;
+  /** groupedMatmul with bf16-rounded inputs (as matmulBf16). */
+  groupedMatmulBf16(y: Buf, x: Buf, w: Buf | readonly Buf[], offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void;
+  /** groupedMatmulWeightGrad with bf16-rounded inputs (dy and x; as matmulBf16). */
+  groupedMatmulWeightGradBf16(dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void;
 
   // ---------------------------------------------------------------- elementwise
 
@@ -188,6 +212,7 @@ export interface Backend {
 /** The kernel names, in the order above. The native loader checks the addon exports each one. */
 export const KERNEL_NAMES = [
   "matmul", "bmm", "groupedMatmul", "groupedMatmulWeightGrad",
+  "matmulBf16", "groupedMatmulBf16", "groupedMatmulWeightGradBf16",
   "addBias", "addBiasBackward", "add", "mul", "scale", "axpy", "sumSquares",
   "gelu", "geluBackward", "fastGelu", "fastGeluBackward",
   "layerNorm", "layerNormBackward", "softmax", "softmaxBackward", "crossEntropy", "crossEntropyBackward",

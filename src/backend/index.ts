@@ -6,7 +6,7 @@
  * (auto|avx2-fma|portable) caps the native kernels' instruction set.
  */
 import type { Backend, Buf } from "./backend.js";
-import { kernelPathSetting, loadNative } from "./native/index.js";
+import { kernelPathSetting, loadNative, type Bf16Path, type NativeBackend } from "./native/index.js";
 import { referenceBackend } from "./reference/index.js";
 import { SigmaError } from "../util/errors.js";
 
@@ -53,6 +53,16 @@ export function useBackend(name: "native" | "reference"): Backend {
 /** The backend for a buffer: float64 always runs on the reference backend (native is float32-only). */
 export function backendFor(data: Buf): Backend {
   return data instanceof Float64Array ? referenceBackend : getBackend();
+}
+
+/**
+ * The path bf16 products take on the backend in use: the addon's
+ * "avx512-bf16" (vdpbf16ps) or "converted-f32" (inputs rounded to bf16, then
+ * the f32 GEMM), or "reference" (the TypeScript kernels).
+ */
+export function bf16Path(): Bf16Path | "reference" {
+  const b = getBackend() as Backend & Partial<Pick<NativeBackend, "bf16Path">>;
+  return typeof b.bf16Path === "function" ? b.bf16Path() : "reference";
 }
 
 export { referenceBackend };

@@ -40,6 +40,7 @@ export async function trainWithProgress(config: TrainConfigInput | TrainConfig, 
           const mode = c.model.sparseLayers === 0 ? "dense" : c.model.denseLayers === 0 ? "sparse" : "mixed";
           if (e.resumedFrom) say(`resumed from step ${e.step} (${e.resumedFrom})`);
           say(`${c.name}: ${mode} model, ${millions(e.parameters.total)} parameters (${millions(e.parameters.active)} active per token), router ${e.router ?? "none"}, ${c.steps} steps of ${c.batchSize * c.accumSteps}×${c.model.seqLen} tokens`);
+          say(`precision: ${describePrecision(e.precision, e.bf16Path)}`);
           if (e.store) say(describeStore(e.store));
           bar = new TrainProgress(e.steps, e.step, c.name);
         } else if (e.kind === "step") bar?.update(e);
@@ -50,6 +51,14 @@ export async function trainWithProgress(config: TrainConfigInput | TrainConfig, 
     (bar as TrainProgress | null)?.stop();
     process.off("SIGINT", onSigint);
   }
+}
+
+/** The run's precision in words: for bf16, which path its matrix products take. */
+export function describePrecision(precision: "f32" | "bf16", path: string | null): string {
+  if (precision === "f32") return "f32";
+  const how =
+    path === "avx512-bf16" ? "AVX512_BF16: vdpbf16ps on bf16 pairs" : path === "converted-f32" ? "converted f32, as this CPU or kernel path lacks AVX512_BF16: inputs rounded to bf16, then the f32 GEMM" : "the TypeScript reference kernels";
+  return `bf16 (linear and expert matrix products with bf16 inputs and f32 sums; ${how}); weights, optimizer and checkpoints f32`;
 }
 
 /** The evaluation table: per domain, and all domains together, against the unigram baselines. */

@@ -250,12 +250,12 @@ export class PanguSigma extends Module {
   /** Tied output: logits[r] = h[r] · E_slot(r)ᵀ, grouping rows by slot when there are several. */
   private decode(h: Tensor, slotOf: Int32Array): Tensor {
     const c = this.config;
-    if (c.embeddingSlots === 1) return ops.linear(h, this.tokenEmbedding);
+    if (c.embeddingSlots === 1) return ops.linear(h, this.tokenEmbedding, null, this.precision);
     const { order, offsets } = ops.permuteByExpert(slotOf, c.embeddingSlots);
     const inverse = new Int32Array(order.length);
     order.forEach((r, p) => (inverse[r] = p));
     const tables = ops.reshape(this.tokenEmbedding, [c.embeddingSlots, c.vocabSize, c.width]);
-    const sorted = ops.groupedMatmul(ops.gatherRows(h, order), tables, offsets, true);
+    const sorted = ops.groupedMatmul(ops.gatherRows(h, order), tables, offsets, true, this.precision);
     return ops.gatherRows(sorted, inverse);
   }
 

@@ -140,9 +140,9 @@ export class MoeLayer extends Module {
     for (let i = 0; i < kept; i++) tokenOf[i] = Math.floor(rows[i]! / k);
 
     const xs = ops.gatherRows(x, tokenOf); // [kept, C], sorted by expert
-    let h = ops.groupedMatmul(xs, wt.w1, expertOffsets, true);
+    let h = ops.groupedMatmul(xs, wt.w1, expertOffsets, true, this.precision);
     h = activate(ops.add(h, ops.gatherRows(wt.b1, expertOf)), this.activation);
-    let ys = ops.groupedMatmul(h, wt.w2, expertOffsets, true);
+    let ys = ops.groupedMatmul(h, wt.w2, expertOffsets, true, this.precision);
     ys = ops.add(ys, ops.gatherRows(wt.b2, expertOf));
     const w = ops.reshape(ops.gatherRows(ops.reshape(routing.weights, [R * k, 1]), rows), [kept]);
     let y = ops.combine(ys, tokenOf, w, R);

@@ -24,7 +24,7 @@ export class Linear extends Module {
     this.bias = bias ? this.param("bias", Tensor.zeros([outFeatures], dtype)) : null;
   }
   forward(x: Tensor): Tensor {
-    return ops.linear(x, this.weight, this.bias);
+    return ops.linear(x, this.weight, this.bias, this.precision);
   }
 }
 

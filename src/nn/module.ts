@@ -3,6 +3,7 @@
  * explicitly (no reflection), so the names in checkpoints are exactly the
  * names written here.
  */
+import type { Precision } from "../backend/backend.js";
 import { Tensor } from "../tensor/tensor.js";
 
 /** Which optimizer group a parameter belongs to (PanGu-Σ's hybrid Adam treats experts apart). */
@@ -21,6 +22,13 @@ export abstract class Module {
   private readonly buffers = new Map<string, Int32Array>();
   /** Training mode (dropout on); eval() turns it off. */
   training = true;
+  /**
+   * The input precision of this module's own matrix products (its weights ×
+   * its inputs): "f32", or "bf16" for mixed-precision training. Set for a
+   * whole tree with setPrecision; modules that must stay f32 (routers) do not
+   * read it. Parameters, gradients and outputs are f32 either way.
+   */
+  precision: Precision = "f32";
 
   protected param(name: string, tensor: Tensor, opts: { group?: ParamGroup; decay?: boolean } = {}): Tensor {
     if (this.params.has(name) || this.children.has(name)) throw new Error(`duplicate parameter name "${name}"`);
@@ -78,5 +86,12 @@ export abstract class Module {
 
   eval(): this {
     return this.train(false);
+  }
+
+  /** Sets the matrix-product precision of this module and everything under it. */
+  setPrecision(p: Precision): this {
+    this.precision = p;
+    for (const c of this.children.values()) c.setPrecision(p);
+    return this;
   }
 }

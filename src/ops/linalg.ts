@@ -1,14 +1,34 @@
-/** Matrix products: matmul, linear, bmm, groupedMatmul (the MoE expert product). */
+/**
+ * Matrix products: matmul, linear, bmm, groupedMatmul (the MoE expert product).
+ *
+ * matmul, linear and groupedMatmul take a precision: "f32" (the default), or
+ * "bf16" — the inputs of every product rounded to bfloat16, summed in f32
+ * (Backend.matmulBf16 and its grouped twins), in the forward pass and in both
+ * gradient products of the backward pass. Outputs and gradients stay f32.
+ */
 import { gradOf, record } from "../autograd/tape.js";
+import type { Backend, Precision } from "../backend/backend.js";
 import { Tensor } from "../tensor/tensor.js";
 import { shapeStr } from "../tensor/shape.js";
 import { be, empty, expectNdim, expectShape, sameDtype } from "./util.js";
+
+/** The backend's matmul, or its bf16-input twin. */
+function mm(k: Backend, precision: Precision): Backend["matmul"] {
+  return precision === "bf16" ? (...args) => k.matmulBf16(...args) : (...args) => k.matmul(...args);
+}
+
+/** The backend's grouped product and its weight gradient, or their bf16-input twins. */
+function grouped(k: Backend, precision: Precision): [Backend["groupedMatmul"], Backend["groupedMatmulWeightGrad"]] {
+  return precision === "bf16"
+    ? [(...args) => k.groupedMatmulBf16(...args), (...args) => k.groupedMatmulWeightGradBf16(...args)]
+    : [(...args) => k.groupedMatmul(...args), (...args) => k.groupedMatmulWeightGrad(...args)];
+}
 
 /**
  * C = op(A)·op(B) for 2-D tensors. op(A) is [M,K] (A is [K,M] when transA);
  * op(B) is [K,N] (B is [N,K] when transB).
  */
-export function matmul(a: Tensor, b: Tensor, transA = false, transB = false): Tensor {
+export function matmul(a: Tensor, b: Tensor, transA = false, transB = false, precision: Precision = "f32"): Tensor {
   sameDtype("matmul", a, b);
   expectNdim("matmul", "a", a, 2);
   expectNdim("matmul", "b", b, 2);
@@ -17,17 +37,17 @@ export function matmul(a: Tensor, b: Tensor, transA = false, transB = false): Te
   if (Ka !== Kb) throw new RangeError(`matmul: inner sizes differ: op(a) is [${M},${Ka}], op(b) is [${Kb},${N}]`);
   const K = Ka;
   const c = empty(a, [M, N]);
-  be(a).matmul(c.data, a.data, b.data, M, N, K, transA, transB, false);
+  mm(be(a), precision)(c.data, a.data, b.data, M, N, K, transA, transB, false);
   record(c, [a, b], (g) => {
-    const k = be(a);
+    const matmul = mm(be(a), precision);
     // d op(A) = dC·op(B)ᵀ and d op(B) = op(A)ᵀ·dC, written for each storage layout.
     if (a.requiresGrad) {
-      if (!transA) k.matmul(gradOf(a).data, g.data, b.data, M, K, N, false, !transB, true);
-      else k.matmul(gradOf(a).data, b.data, g.data, K, M, N, transB, true, true);
+      if (!transA) matmul(gradOf(a).data, g.data, b.data, M, K, N, false, !transB, true);
+      else matmul(gradOf(a).data, b.data, g.data, K, M, N, transB, true, true);
     }
     if (b.requiresGrad) {
-      if (!transB) k.matmul(gradOf(b).data, a.data, g.data, K, N, M, !transA, false, true);
-      else k.matmul(gradOf(b).data, g.data, a.data, N, K, M, true, transA, true);
+      if (!transB) matmul(gradOf(b).data, a.data, g.data, K, N, M, !transA, false, true);
+      else matmul(gradOf(b).data, g.data, a.data, N, K, M, true, transA, true);
     }
   });
   return c;
@@ -37,7 +57,7 @@ export function matmul(a: Tensor, b: Tensor, transA = false, transB = false): Te
  * y = x·Wᵀ + bias, the layout of every projection in Sigma.
  * x: [..., K]; w: [N, K] ("[out, in]"); bias: [N] or null; y: [..., N].
  */
-export function linear(x: Tensor, w: Tensor, bias: Tensor | null = null): Tensor {
+export function linear(x: Tensor, w: Tensor, bias: Tensor | null = null, precision: Precision = "f32"): Tensor {
   sameDtype("linear", x, w, bias);
   expectNdim("linear", "w", w, 2);
   const [N, K] = [w.dim(0), w.dim(1)];
@@ -46,12 +66,13 @@ export function linear(x: Tensor, w: Tensor, bias: Tensor | null = null): Tensor
   const R = x.size / K;
   const y = empty(x, [...x.shape.slice(0, -1), N]);
   const k0 = be(x);
-  k0.matmul(y.data, x.data, w.data, R, N, K, false, true, false);
+  mm(k0, precision)(y.data, x.data, w.data, R, N, K, false, true, false);
   if (bias) k0.addBias(y.data, y.data, bias.data, R, N);
   record(y, [x, w, bias], (g) => {
     const k = be(x);
-    if (x.requiresGrad) k.matmul(gradOf(x).data, g.data, w.data, R, K, N, false, false, true);
-    if (w.requiresGrad) k.matmul(gradOf(w).data, g.data, x.data, N, K, R, true, false, true);
+    const matmul = mm(k, precision);
+    if (x.requiresGrad) matmul(gradOf(x).data, g.data, w.data, R, K, N, false, false, true);
+    if (w.requiresGrad) matmul(gradOf(w).data, g.data, x.data, N, K, R, true, false, true);
     if (bias?.requiresGrad) k.addBiasBackward(gradOf(bias).data, g.data, R, N);
   });
   return y;
@@ -110,7 +131,7 @@ export interface ExpertParts {
  * offsets; w: stacked [E,N,K] when transW (y_e = x_e·W[e]ᵀ), else [E,K,N] —
  * or the E matrices as ExpertParts (no stacking copy). Returns y: [R,N].
  */
-export function groupedMatmul(x: Tensor, w: Tensor | ExpertParts, offsets: Int32Array, transW = true): Tensor {
+export function groupedMatmul(x: Tensor, w: Tensor | ExpertParts, offsets: Int32Array, transW = true, precision: Precision = "f32"): Tensor {
   expectNdim("groupedMatmul", "x", x, 2);
   const stacked = w instanceof Tensor ? w : null;
   if (stacked) {
@@ -129,12 +150,12 @@ export function groupedMatmul(x: Tensor, w: Tensor | ExpertParts, offsets: Int32
   if (offsets[E] !== R) throw new RangeError(`groupedMatmul: offsets[E] = ${offsets[E]} but x has ${R} rows`);
   const wData = stacked ? stacked.data : parts!.data;
   const y = empty(x, [R, N]);
-  be(x).groupedMatmul(y.data, x.data, wData, offsets, E, N, K, transW, false);
+  grouped(be(x), precision)[0](y.data, x.data, wData, offsets, E, N, K, transW, false);
   record(y, stacked ? [x, stacked] : [x], (g) => {
-    const k = be(x);
-    if (x.requiresGrad) k.groupedMatmul(gradOf(x).data, g.data, wData, offsets, E, K, N, !transW, true);
+    const [product, weightGrad] = grouped(be(x), precision);
+    if (x.requiresGrad) product(gradOf(x).data, g.data, wData, offsets, E, K, N, !transW, true);
     const dw = stacked ? (stacked.requiresGrad ? gradOf(stacked).data : null) : parts!.grads;
-    if (dw) k.groupedMatmulWeightGrad(dw, g.data, x.data, offsets, E, N, K, transW, !parts?.fresh);
+    if (dw) weightGrad(dw, g.data, x.data, offsets, E, N, K, transW, !parts?.fresh);
     if (parts) parts.fresh = false;
   });
   return y;

@@ -171,6 +171,7 @@ export function resumeTrainer(path: string, config?: TrainConfig): Trainer {
     if (tables[name] !== h) throw new SigmaError(`${where}: the RRE table "${name}" differs from the one recorded in state.json`, "the checkpoint is damaged; use an earlier one");
   }
   const t = new Trainer(cfg, model);
+  t.resumedPrecision = saved.precision;
   if (t.ecss) {
     const id = t.ecss.store.header.storeId;
     if (id !== s.store!.storeId) {

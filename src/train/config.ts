@@ -10,6 +10,7 @@ import { readCapped } from "../util/read.js";
 import { jsonErrorText, parseJsonStrict } from "../util/strict-json.js";
 import { finiteField, intField, parseWithSchema, seedField } from "../util/json.js";
 import { windowTokens, type Manifest } from "../data/manifest.js";
+import { PRECISIONS } from "../backend/backend.js";
 
 /**
  * Upper bounds of the run's counts: generous but finite, so that a typo
@@ -113,6 +114,14 @@ export const TrainConfigSchema = z
     }),
     /** Recompute each block's activations in the backward pass instead of keeping them: less memory, ~⅓ more compute. */
     recompute: z.boolean().default(false),
+    /**
+     * "bf16": mixed precision — the linear layers' and experts' matrix products
+     * (forward and backward) take bf16-rounded inputs and sum in f32, with
+     * AVX512_BF16 where the CPU has it; weights, gradients, optimizer state,
+     * attention, norms, softmax and the loss stay f32, and so do checkpoints
+     * (docs/training.md, section Precision). "f32": everything in f32.
+     */
+    precision: z.enum(PRECISIONS, { errorMap: () => ({ message: `must be one of ${PRECISIONS.map((p) => `"${p}"`).join(", ")}` }) }).default("f32"),
     /** Seed of the data order (the model's init seed is model.seed). */
     seed: seedField().default(1),
     /** Where metrics, plots and checkpoints go. */

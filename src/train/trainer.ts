@@ -20,6 +20,7 @@ import { Ecss, createModelWithStore, expertsNeededAhead, knowsExpertsAhead } fro
 import { existsSync } from "node:fs";
 import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
+import type { Precision } from "../backend/backend.js";
 import { Evaluator, runEvalSettings, type DomainEval, checkEvalBatches } from "./evaluate.js";
 import { learningRate, scheduleOf, type Schedule } from "./schedule.js";
 import { checkRunFits } from "./memory.js";
@@ -68,6 +69,12 @@ export class Trainer {
   tokens = 0;
   /** Seconds spent in training steps, carried across resumes. */
   seconds = 0;
+  /**
+   * The precision the checkpoint this trainer resumed from was trained in
+   * (null for a fresh run). It may differ from config.precision: weights and
+   * optimizer state are f32 in both, so a run may switch at a resume.
+   */
+  resumedPrecision: Precision | null = null;
 
   /**
    * With config.store.enabled, a fresh trainer creates the store from the
@@ -99,6 +106,7 @@ export class Trainer {
         this.model = model ?? new PanguSigma(config.model);
       }
       this.model.recompute = config.recompute;
+      this.model.setPrecision(config.precision);
       const o = config.optim;
       this.optimizer = new AdamW(this.model.namedParameters(), {
         dense: { beta1: o.beta1, beta2: o.beta2, eps: o.denseEps, weightDecay: o.weightDecay },
@@ -230,12 +238,22 @@ export class Trainer {
     return new Map(counts.map((cs, l) => [`blocks.${c.denseLayers + l}.moe`, Uint8Array.from(cs, (n) => (n > 0 ? 1 : 0))]));
   }
 
-  /** Per-domain validation loss and perplexity over `batches` fixed batches per domain. */
+  /**
+   * Per-domain validation loss and perplexity over `batches` fixed batches per
+   * domain. Always in f32, whatever the training precision: the f32 weights
+   * are what a checkpoint saves, so the run's validation losses are the ones
+   * `sigma eval` gives for its checkpoints.
+   */
   evaluate(batches?: number): DomainEval[] {
     const c = this.config;
     const s = runEvalSettings({ batchSize: c.batchSize, seed: c.seed, evalBatches: c.eval.batches });
     this.evaluator ??= new Evaluator(c.data.dir, this.model, s);
-    return this.evaluator.run(this.model, batches ?? s.batches);
+    this.model.setPrecision("f32");
+    try {
+      return this.evaluator.run(this.model, batches ?? s.batches);
+    } finally {
+      this.model.setPrecision(c.precision);
+    }
   }
 
   close(): void {

@@ -500,6 +500,14 @@ void for_experts(const int32_t* offsets, int64_t E, int nt, const F& one) {
   }, nt);
 }
 
+}  // namespace
+
+void for_each_expert(const int32_t* offsets, int64_t E, int nt, const std::function<void(int64_t, int, int)>& one) {
+  for_experts(offsets, E, nt, one);
+}
+
+namespace {
+
 // WOf(e): expert e's matrix (or its gradient).
 template <typename WOf>
 void grouped_gemm_impl(float* y, const float* x, const WOf& w_of, const int32_t* offsets, int64_t E, int64_t N,

@@ -8,14 +8,39 @@
 
 #include "args.h"
 #include "gemm.h"
+#include "gemm_bf16.h"
 #include "threadpool.h"
 
 namespace sigma_napi {
 namespace {
 
+// The f32 products and their bf16-input twins (gemm_bf16.h) take the same
+// arguments: each wrapper below is written once, for the kernels of F32 or Bf16.
+struct F32 {
+  static constexpr const char* kMatmul = "matmul";
+  static constexpr const char* kGrouped = "groupedMatmul";
+  static constexpr const char* kWeightGrad = "groupedMatmulWeightGrad";
+  static constexpr auto gemm = sigma::sgemm;
+  static constexpr auto grouped = sigma::grouped_gemm;
+  static constexpr auto grouped_parts = sigma::grouped_gemm_parts;
+  static constexpr auto weight_grad = sigma::grouped_gemm_weight_grad;
+  static constexpr auto weight_grad_parts = sigma::grouped_gemm_weight_grad_parts;
+};
+struct Bf16 {
+  static constexpr const char* kMatmul = "matmulBf16";
+  static constexpr const char* kGrouped = "groupedMatmulBf16";
+  static constexpr const char* kWeightGrad = "groupedMatmulWeightGradBf16";
+  static constexpr auto gemm = sigma::bf16_gemm;
+  static constexpr auto grouped = sigma::bf16_grouped_gemm;
+  static constexpr auto grouped_parts = sigma::bf16_grouped_gemm_parts;
+  static constexpr auto weight_grad = sigma::bf16_grouped_gemm_weight_grad;
+  static constexpr auto weight_grad_parts = sigma::bf16_grouped_gemm_weight_grad_parts;
+};
+
 // matmul(c, a, b, M, N, K, transA, transB, accumulate)
+template <class P>
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
-  Args g(info, "matmul", 9);
+  Args g(info, P::kMatmul, 9);
   const int64_t M = g.dim(3, "M"), N = g.dim(4, "N"), K = g.dim(5, "K");
   const bool ta = g.flag(6, "transA"), tb = g.flag(7, "transB"), acc = g.flag(8, "accumulate");
   float* c = g.f32(0, "c", prod(M, N));
@@ -23,7 +48,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   const float* b = g.f32(2, "b", prod(K, N));
   // Leading dimensions follow from the sizes (none is an argument): every
   // access stays inside the M·K, K·N and M·N elements checked above.
-  sigma::sgemm(ta, tb, M, N, K, a, ta ? M : K, b, tb ? K : N, c, N, acc);
+  P::gemm(ta, tb, M, N, K, a, ta ? M : K, b, tb ? K : N, c, N, acc);
   return info.Env().Undefined();
 }
 
@@ -62,8 +87,9 @@ const int32_t* CheckOffsets(const Args& g, size_t i, int64_t E, uint64_t rows) {
 }
 
 // groupedMatmul(y, x, w, offsets, E, N, K, transW, accumulate)
+template <class P>
 Napi::Value GroupedMatmul(const Napi::CallbackInfo& info) {
-  Args g(info, "groupedMatmul", 9);
+  Args g(info, P::kGrouped, 9);
   const int64_t E = g.dim(4, "E"), N = g.dim(5, "N"), K = g.dim(6, "K");
   const bool tw = g.flag(7, "transW"), acc = g.flag(8, "accumulate");
   // Parts first: reading them may run JS (getters), which must not run once
@@ -85,16 +111,17 @@ Napi::Value GroupedMatmul(const Napi::CallbackInfo& info) {
   if (in_parts) {
     std::vector<float*> parts;
     g.f32_parts(w_parts, "w", prod(N, K), parts);
-    sigma::grouped_gemm_parts(y, x, parts.data(), off, E, N, K, tw, acc);
+    P::grouped_parts(y, x, parts.data(), off, E, N, K, tw, acc);
   } else {
-    sigma::grouped_gemm(y, x, g.f32(2, "w", prod(E, N, K)), off, E, N, K, tw, acc);
+    P::grouped(y, x, g.f32(2, "w", prod(E, N, K)), off, E, N, K, tw, acc);
   }
   return info.Env().Undefined();
 }
 
 // groupedMatmulWeightGrad(dw, dy, x, offsets, E, N, K, transW, accumulate)
+template <class P>
 Napi::Value GroupedMatmulWeightGrad(const Napi::CallbackInfo& info) {
-  Args g(info, "groupedMatmulWeightGrad", 9);
+  Args g(info, P::kWeightGrad, 9);
   const int64_t E = g.dim(4, "E"), N = g.dim(5, "N"), K = g.dim(6, "K");
   const bool tw = g.flag(7, "transW"), acc = g.flag(8, "accumulate");
   const bool in_parts = info[0].IsArray();
@@ -113,9 +140,9 @@ Napi::Value GroupedMatmulWeightGrad(const Napi::CallbackInfo& info) {
   if (in_parts) {
     std::vector<float*> parts;
     g.f32_parts(dw_parts, "dw", prod(N, K), parts);
-    sigma::grouped_gemm_weight_grad_parts(parts.data(), dy, x, off, E, N, K, tw, acc);
+    P::weight_grad_parts(parts.data(), dy, x, off, E, N, K, tw, acc);
   } else {
-    sigma::grouped_gemm_weight_grad(g.f32(0, "dw", prod(E, N, K)), dy, x, off, E, N, K, tw, acc);
+    P::weight_grad(g.f32(0, "dw", prod(E, N, K)), dy, x, off, E, N, K, tw, acc);
   }
   return info.Env().Undefined();
 }
@@ -197,13 +224,35 @@ Napi::Value SetGemmConfig(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// bf16Path() -> "avx512-bf16" | "converted-f32": the path the bf16 products take now.
+Napi::Value Bf16Path(const Napi::CallbackInfo& info) {
+  Args g(info, "bf16Path", 0);
+  return Napi::String::New(info.Env(), sigma::bf16_path_name());
+}
+
+// setBf16Path("auto" | "converted-f32"): "converted-f32" forces the rounded
+// copies and the f32 GEMM even where the CPU has AVX512_BF16 (tests, benchmarks).
+Napi::Value SetBf16Path(const Napi::CallbackInfo& info) {
+  Args g(info, "setBf16Path", 1);
+  if (!info[0].IsString()) g.type_error("path", "must be \"auto\" or \"converted-f32\"");
+  const std::string p = info[0].As<Napi::String>().Utf8Value();
+  if (p != "auto" && p != "converted-f32") g.range_error("path", "must be \"auto\" or \"converted-f32\", got \"" + p + "\"");
+  sigma::set_bf16_force_converted(p == "converted-f32");
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitGemm(Napi::Env env, Napi::Object exports) {
-  Export(env, exports, "matmul", Matmul);
+  Export(env, exports, "matmul", Matmul<F32>);
   Export(env, exports, "bmm", Bmm);
-  Export(env, exports, "groupedMatmul", GroupedMatmul);
-  Export(env, exports, "groupedMatmulWeightGrad", GroupedMatmulWeightGrad);
+  Export(env, exports, "groupedMatmul", GroupedMatmul<F32>);
+  Export(env, exports, "groupedMatmulWeightGrad", GroupedMatmulWeightGrad<F32>);
+  Export(env, exports, "matmulBf16", Matmul<Bf16>);
+  Export(env, exports, "groupedMatmulBf16", GroupedMatmul<Bf16>);
+  Export(env, exports, "groupedMatmulWeightGradBf16", GroupedMatmulWeightGrad<Bf16>);
+  Export(env, exports, "bf16Path", Bf16Path);
+  Export(env, exports, "setBf16Path", SetBf16Path);
   Export(env, exports, "fmaPeak", FmaPeak);
   Export(env, exports, "gemmTiles", GemmTiles);
   Export(env, exports, "gemmConfig", GemmConfig);

@@ -45,7 +45,18 @@ export interface NativeExtras {
   setGemmConfig(tile: string, mc: number, kc: number, nc: number, blockedOnly: boolean): void;
   /** Benchmark helper: runs `iters` rounds of independent FMA chains on `threads` threads; returns seconds. */
   fmaPeak(iters: number, threads: number): number;
+  /**
+   * The path the bf16 products (matmulBf16, …) take now: "avx512-bf16" (the
+   * vdpbf16ps tile: the CPU has AVX512_BF16 and the kernel path is avx512) or
+   * "converted-f32" (inputs rounded to bf16 in f32 copies, then the f32 GEMM).
+   */
+  bf16Path(): Bf16Path;
+  /** "converted-f32" forces that path even where AVX512_BF16 exists (tests, benchmarks); "auto" restores the choice. */
+  setBf16Path(path: "auto" | "converted-f32"): void;
 }
+
+/** The two paths of the bf16 products (native/include/gemm_bf16.h). */
+export type Bf16Path = "avx512-bf16" | "converted-f32";
 
 /** The addon's cpuInfo() (native/src/kernels/cpu_info.cpp says where each number comes from). */
 export interface CpuInfo {

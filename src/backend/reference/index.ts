@@ -8,6 +8,7 @@ import type { Backend } from "../backend.js";
 import { attention, attentionBackward } from "./attention.js";
 import { add, addBias, addBiasBackward, axpy, fastGelu, fastGeluBackward, gelu, geluBackward, mul, scale, sumSquares } from "./elementwise.js";
 import { bmm, groupedMatmul, groupedMatmulWeightGrad, matmul } from "./matmul.js";
+import { groupedMatmulBf16, groupedMatmulWeightGradBf16, matmulBf16 } from "./matmul-bf16.js";
 import { adamw, combine, combineBackward, embedding, embeddingBackward, gatherRows, permuteByExpert, scatterAddRows } from "./moe.js";
 import { crossEntropy, crossEntropyBackward, layerNorm, layerNormBackward, softmax, softmaxBackward } from "./norm.js";
 
@@ -16,6 +17,7 @@ export const referenceBackend: Backend = {
   getThreads: () => 1,
   setThreads: () => {},
   matmul, bmm, groupedMatmul, groupedMatmulWeightGrad,
+  matmulBf16, groupedMatmulBf16, groupedMatmulWeightGradBf16,
   addBias, addBiasBackward, add, mul, scale, axpy, sumSquares,
   gelu, geluBackward, fastGelu, fastGeluBackward,
   layerNorm, layerNormBackward, softmax, softmaxBackward, crossEntropy, crossEntropyBackward,
