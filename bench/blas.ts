@@ -12,13 +12,22 @@
  * ratio. OpenBLAS's idle workers busy-wait after a call and, on a 2-core
  * machine, take a core from the next product; OPENBLAS_THREAD_TIMEOUT=4 (its
  * shortest wait) keeps that from slowing our half of each round.
+ *
+ * With --json, stdout is one JSON object (human text goes to stderr):
+ *   { blas: { ratioMedian: {"1": x, "2": y},   // ours/OpenBLAS GFLOP/s, median over the shapes
+ *             ratioMin: {"1": …, "2": …},       // the worst shape per thread count
+ *             shapes: [{ label, M, N, K, transB, threads, ratio, oursPeak, openblasPeak }],
+ *             rounds, cpu: { brand, vendor, family, model, kernelPath }, gemmConfig } }
+ * "ratio" is the median over rounds of OpenBLAS's time over ours (the same
+ * as ours/OpenBLAS in GFLOP/s); oursPeak/openblasPeak: fractions of the FMA
+ * peak probed each round. Skipped (no OpenBLAS): { blas: { skipped: why } }.
  */
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { table } from "./util.js";
+import { median, native, table } from "./util.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 
@@ -26,6 +35,14 @@ export async function run(args: string[]): Promise<void> {
   const roundsArg = args.find((a) => a.startsWith("--rounds="));
   const rounds = roundsArg ? Number(roundsArg.slice("--rounds=".length)) : 7;
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a positive integer, got "${roundsArg}"`);
+  const json = args.includes("--json");
+  // With --json only the JSON object goes to stdout.
+  const say = json ? (s: string) => console.error(s) : (s: string) => console.log(s);
+  // The addon's tile and blocking, handed to the comparison program so that it times what the addon runs.
+  const addon = native(true);
+  const cfg = addon.gemmConfig();
+  const info = addon.cpuInfo();
+  const cpu = { brand: info.brand, vendor: info.vendor, family: info.family, model: info.model, kernelPath: addon.cpuFeatures().path };
 
   const dir = mkdtempSync(join(tmpdir(), "sigma-blas-"));
   try {
@@ -40,7 +57,9 @@ export async function run(args: string[]): Promise<void> {
       "-o", exe, "-lopenblas"], { encoding: "utf8" });
     if (build.error || build.status !== 0) {
       const why = build.error ? build.error.message : build.stderr.trim().split("\n").slice(-3).join("\n");
-      console.log(`skipped: could not build against OpenBLAS with ${cxx} (install libopenblas-dev, or set CXX):\n${why}`);
+      const skipped = `could not build against OpenBLAS with ${cxx} (install libopenblas-dev, or set CXX): ${why}`;
+      if (json) console.log(JSON.stringify({ blas: { skipped, cpu } }));
+      else console.log(`skipped: ${skipped}`);
       return;
     }
 
@@ -54,14 +73,20 @@ export async function run(args: string[]): Promise<void> {
       shapes.push({ label: `x[${rows},2048]·W (W 2048x512)`, spec: `${rows}:512:2048:0` });
     }
     const results = new Map<string, { ours: number; openblas: number; speed: number }>();
+    let used: Record<string, unknown> | null = null;
     for (const threads of [1, 2]) {
-      const r = spawnSync(exe, [String(rounds), String(threads), ...shapes.map((s) => s.spec)], {
+      const r = spawnSync(exe, [String(rounds), String(threads), `--config=${cfg.tile}:${cfg.mc}:${cfg.kc}:${cfg.nc}`, ...shapes.map((s) => s.spec)], {
         encoding: "utf8",
         env: { ...process.env, OPENBLAS_THREAD_TIMEOUT: "4" },
       });
       if (r.status !== 0) throw new Error(`blas_compare failed (${r.status ?? r.signal}): ${r.stderr.trim()}`);
       for (const line of r.stdout.trim().split("\n")) {
-        const o = JSON.parse(line) as { M: number; N: number; K: number; tb: number; threads: number; ours: number; openblas: number; speed: number };
+        const head = JSON.parse(line) as { config?: Record<string, unknown> };
+        if (head.config) {
+          used = head.config;
+          continue;
+        }
+        const o = head as unknown as { M: number; N: number; K: number; tb: number; threads: number; ours: number; openblas: number; speed: number };
         results.set(`${o.M}:${o.N}:${o.K}:${o.tb}/${o.threads}`, o);
       }
     }
@@ -74,8 +99,20 @@ export async function run(args: string[]): Promise<void> {
       }
       return cells;
     });
-    console.log(`\nFraction of the FMA peak (probed each round), medians of ${rounds} interleaved rounds; "speed": OpenBLAS's time over ours (above 1: ours faster):\n`);
-    console.log(table(["shape", "1 thr ours", "1 thr OpenBLAS", "1 thr speed", "2 thr ours", "2 thr OpenBLAS", "2 thr speed"], rows));
+    say(`CPU: ${cpu.brand} (${cpu.kernelPath} path); GEMM tile ${cfg.tile} (${cfg.mr}x${cfg.nr}), MC ${cfg.mc}, KC ${cfg.kc}, NC ${cfg.nc}`);
+    say(`\nFraction of the FMA peak (probed each round), medians of ${rounds} interleaved rounds; "speed": OpenBLAS's time over ours (above 1: ours faster):\n`);
+    say(table(["shape", "1 thr ours", "1 thr OpenBLAS", "1 thr speed", "2 thr ours", "2 thr OpenBLAS", "2 thr speed"], rows));
+    const perShape = [1, 2].flatMap((t) =>
+      shapes.map((s) => {
+        const o = results.get(`${s.spec}/${t}`)!;
+        const [M, N, K, tb] = s.spec.split(":").map(Number) as [number, number, number, number];
+        return { label: s.label, M, N, K, transB: tb === 1, threads: t, ratio: o.speed, oursPeak: o.ours, openblasPeak: o.openblas };
+      }),
+    );
+    const byThreads = (f: (xs: number[]) => number) => Object.fromEntries([1, 2].map((t) => [String(t), f(perShape.filter((x) => x.threads === t).map((x) => x.ratio))]));
+    const ratioMedian = byThreads(median), ratioMin = byThreads((xs) => Math.min(...xs));
+    say(`\nours/OpenBLAS, median over the shapes: 1 thread ${ratioMedian["1"]!.toFixed(2)}, 2 threads ${ratioMedian["2"]!.toFixed(2)}; worst shape ${ratioMin["1"]!.toFixed(2)} / ${ratioMin["2"]!.toFixed(2)}`);
+    if (json) console.log(JSON.stringify({ blas: { ratioMedian, ratioMin, shapes: perShape, rounds, cpu, gemmConfig: used ?? cfg } }));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

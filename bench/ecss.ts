@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- ecss [--steps=N] [--rounds=N] [--expert-width=F] [--only=sparse,budget,hits]`: ECSS
+ * `npm run bench -- ecss [--steps=N] [--rounds=N] [--expert-width=F] [--experts=8,32,128] [--only=sparse,budget,hits] [--json]`: ECSS
  * (docs/design.md §8), each figure a ratio measured in this run, each variant in
  * its own process (so its peak RSS is its own), whole optimizer steps
  * (loader, forward, backward, clipping, optimizer, store I/O) on the default
@@ -20,6 +20,19 @@
  * and a small model width, so the optimizer and memory traffic of the
  * experts, not the FLOPs, dominate the ordinary step. The store's reads come
  * from the OS page cache when the file fits in it, as it does here.
+ *
+ * The timed steps run under the profiler (src/backend/profile.ts): the
+ * ordinary and the all-resident ECSS step at the largest E get a breakdown
+ * of where their time goes (bench/breakdown.ts).
+ *
+ * With --json, stdout is one JSON object (tables go to stderr):
+ *   { ecss: { ratio128,            // ECSS all resident (preloaded) over the ordinary MoE, tokens/s, E = 128
+ *             ceiling128,          // the bench's ceiling estimate for that ratio (see ceilingOf)
+ *             expertWidth, steps, rounds,
+ *             sparse: [{ E, ordinaryTokensPerSec, touchedPerLayer, ratioSparseRam, ratioAllResident, ratioHalfResident, ceiling, readsPerStepHalf }],
+ *             breakdownMs: { ordinary, allResident },  // E = 128, ms per step by category
+ *             budget: { ratio, ramTokensPerSec, storeTokensPerSec, ramRssMiB, storeRssMiB, resident peak, overBudget },
+ *             hits: { rrePrefetch, topkCache } } }
  */
 import { spawnSync } from "node:child_process";
 import { mkdirSync, rmSync } from "node:fs";
@@ -31,6 +44,8 @@ import { formatBytes, paramsPerExpert } from "../src/store/format.js";
 import { parseTrainConfig, type TrainConfig } from "../src/train/config.js";
 import { Trainer } from "../src/train/trainer.js";
 import { median, table } from "./util.js";
+import { startProfile, stopProfile } from "../src/backend/profile.js";
+import { breakdownOf, breakdownTable } from "./breakdown.js";
 import { benchData, BENCH_DATA } from "./data.js";
 
 const DATA = BENCH_DATA;
@@ -79,6 +94,8 @@ interface ChildResult {
   maxRssMiB: number;
   stats: ReturnType<NonNullable<Trainer["ecss"]>["stats"]> | null;
   touchedPerLayer: number;
+  /** Milliseconds per timed step by category (bench/breakdown.ts). */
+  breakdownMs: Record<string, number>;
 }
 
 function child(v: Variant): ChildResult {
@@ -94,15 +111,18 @@ function child(v: Variant): ChildResult {
   t.ecss?.resetStats();
   const times: number[] = [];
   let touched = 0;
+  const profile = startProfile();
   for (let s = 0; s < v.steps; s++) {
     const r = t.trainStep();
     times.push(r.seconds * 1000);
     touched += r.routing.reduce((a, l) => a + l.tokensPerExpert.filter((n) => n > 0).length, 0) / r.routing.length;
   }
+  stopProfile();
+  const { breakdownMs } = breakdownOf(profile, times.reduce((a, b) => a + b, 0), v.steps);
   const stats = t.ecss?.stats() ?? null;
   t.close();
   rmSync(out, { recursive: true, force: true });
-  return { tokensPerSec: (W.B * W.T) / (median(times) / 1000), stepMs: median(times), maxRssMiB: process.resourceUsage().maxRSS / 1024, stats, touchedPerLayer: touched / v.steps };
+  return { tokensPerSec: (W.B * W.T) / (median(times) / 1000), stepMs: median(times), maxRssMiB: process.resourceUsage().maxRSS / 1024, stats, touchedPerLayer: touched / v.steps, breakdownMs };
 }
 
 /**
@@ -125,25 +145,42 @@ function spawnChild(v: Variant): ChildResult {
 
 const pct = (a: number, b: number): string => (b === 0 ? "-" : `${((100 * a) / b).toFixed(1)}%`);
 
+/**
+ * The bench's ceiling for ECSS (all resident) over the ordinary step at E
+ * experts per layer with `touched` of them used per step: the expert part of
+ * the ordinary step moves ~36 bytes per parameter for every expert, ECSS's
+ * ~44 per touched one, and both are memory-bound; the dense part, the same
+ * in both, is left out, so a real ratio stays below it.
+ */
+const CEILING_FACTOR = 36 / 44;
+export const ceilingOf = (E: number, touched: number): number => (CEILING_FACTOR * E) / touched;
+
 export async function run(args: string[]): Promise<void> {
   const steps = Number(args.find((a) => a.startsWith("--steps="))?.slice(8) ?? 30);
   const rounds = Number(args.find((a) => a.startsWith("--rounds="))?.slice(9) ?? 3);
   const only = args.find((a) => a.startsWith("--only="))?.slice(7)?.split(",");
   const want = (p: string) => !only || only.includes(p);
-  await benchData(DATA);
-  console.log(`model: C=${W.width}, ${W.dense} dense + ${W.sparse} RRE layers (4 groups = the corpus's 4 domains), dense FFN ${W.ffn}; one sequence of ${W.T} tokens per step (one domain)`);
-  console.log(`each figure: median of ${steps} optimizer steps after ${WARMUP} warm-up steps, each variant in its own process;`);
-  console.log(`the variants of a row run interleaved, ${rounds} rounds (--rounds=N), and each keeps its median round\n`);
+  const json = args.includes("--json");
+  // With --json only the JSON object goes to stdout.
+  const say = json ? (x: string) => console.error(x) : (x: string) => say(x);
+  const Es = (args.find((a) => a.startsWith("--experts="))?.slice(10) ?? "8,32,128").split(",").map(Number);
+  if (Es.some((e) => !Number.isInteger(e) || e < 4)) throw new Error("--experts must list expert counts of at least 4, e.g. --experts=128");
+  const out: Record<string, unknown> = { steps, rounds };
+  await benchData(DATA, { log: say });
+  say(`model: C=${W.width}, ${W.dense} dense + ${W.sparse} RRE layers (4 groups = the corpus's 4 domains), dense FFN ${W.ffn}; one sequence of ${W.T} tokens per step (one domain)`);
+  say(`each figure: median of ${steps} optimizer steps after ${WARMUP} warm-up steps, each variant in its own process;`);
+  say(`the variants of a row run interleaved, ${rounds} rounds (--rounds=N), and each keeps its median round\n`);
 
   if (want("sparse")) {
     // Experts of width 4096 on a width-64 model: the experts hold 98% of the parameters, as in
     // PanGu-Σ, so the step is theirs and not the dense part's. --expert-width=1024 shows a model
     // whose dense part (embeddings, attention, loader) weighs more.
     const F = Number(args.find((a) => a.startsWith("--expert-width="))?.slice(15) ?? 4096);
-    console.log(`1. sparse update (ECSS, store-backed) vs ordinary MoE (in RAM, dense AdamW over every expert every step), expert width F=${F} (--expert-width=N)`);
+    say(`1. sparse update (ECSS, store-backed) vs ordinary MoE (in RAM, dense AdamW over every expert every step), expert width F=${F} (--expert-width=N)`);
     const rows: (string | number)[][] = [];
+    const sparse: Record<string, number>[] = [];
     let best = 0;
-    for (const E of [8, 32, 128]) {
+    for (const E of Es) {
       const base: Variant = { E, F, router: "rre", mode: "ordinary", steps };
       const state = expertState(base);
       const [ord, sram, all, half] = interleaved([
@@ -155,38 +192,56 @@ export async function run(args: string[]): Promise<void> {
         { ...base, mode: "store", budget: Math.floor(state / 2) },
       ], rounds) as [ChildResult, ChildResult, ChildResult, ChildResult];
       const x = (r: ChildResult) => `${(r.tokensPerSec / ord.tokensPerSec).toFixed(2)}×`;
-      if (E === 128) best = all.tokensPerSec / ord.tokensPerSec;
-      const reads = ((half.stats!.prefetchRequested + half.stats!.io.reads) / steps).toFixed(1);
-      rows.push([E, formatBytes(state), ord.touchedPerLayer.toFixed(1), ord.tokensPerSec.toFixed(0), x(sram), x(all), x(half), reads]);
+      const ratio = (r: ChildResult) => r.tokensPerSec / ord.tokensPerSec;
+      const reads = (half.stats!.prefetchRequested + half.stats!.io.reads) / steps;
+      const ceiling = ceilingOf(E, ord.touchedPerLayer);
+      if (E === 128) {
+        best = ratio(all);
+        out.ratio128 = best;
+        out.ceiling128 = ceiling;
+        out.breakdownMs = { ordinary: ord.breakdownMs, allResident: all.breakdownMs };
+      }
+      sparse.push({ E, ordinaryTokensPerSec: ord.tokensPerSec, touchedPerLayer: ord.touchedPerLayer, ratioSparseRam: ratio(sram), ratioAllResident: ratio(all), ratioHalfResident: ratio(half), ceiling, readsPerStepHalf: reads });
+      rows.push([E, formatBytes(state), ord.touchedPerLayer.toFixed(1), ord.tokensPerSec.toFixed(0), x(sram), x(all), x(half), `${ceiling.toFixed(1)}×`, reads.toFixed(1)]);
+      if (E === Es[Es.length - 1]) {
+        say(`where the step's time goes at E=${E} (ms per step; bench/breakdown.ts):`);
+        say(breakdownTable([{ column: "ordinary MoE", breakdownMs: ord.breakdownMs }, { column: "ECSS, all resident", breakdownMs: all.breakdownMs }]) + "\n");
+      }
     }
-    console.log(table(["E/layer", "expert state", "touched/layer", "ordinary tok/s", "sparse in RAM", "ECSS, all resident (preloaded)", "ECSS, half resident", "reads/step (half)"], rows));
-    console.log(`(ratios: tokens/s over the ordinary MoE's; medians of per-step times. Target ≥ 6.3× at 128 experts: ECSS all resident gives ${best.toFixed(2)}×.`);
-    console.log(" Both steps are bound by memory traffic, not FLOPs. The ordinary step moves ~36 bytes per expert parameter (zeroing, norm,");
-    console.log(" fused AdamW) for all E experts; ECSS ~44 per touched parameter (two products read it, its gradient is written once, the");
-    console.log(" norm, AdamW), plus the dense part, which both pay: the ceiling is about 0.8 × E / touched. With half");
-    console.log(" resident, the I/O worker's checksums and copies run beside the step, on cores the kernels also use.)\n");
+    out.expertWidth = F;
+    out.sparse = sparse;
+    say(table(["E/layer", "expert state", "touched/layer", "ordinary tok/s", "sparse in RAM", "ECSS, all resident (preloaded)", "ECSS, half resident", "ceiling (all resident)", "reads/step (half)"], rows));
+    say(`(ratios: tokens/s over the ordinary MoE's; medians of per-step times. Target ≥ 6.3× at 128 experts: ${Es.includes(128) ? `ECSS all resident gives ${best.toFixed(2)}×` : "not run (--experts)"}.`);
+    say(" Both steps are bound by memory traffic, not FLOPs. The ordinary step moves ~36 bytes per expert parameter (zeroing, norm,");
+    say(" fused AdamW) for all E experts; ECSS ~44 per touched parameter (two products read it, its gradient is written once, the");
+    say(` norm, AdamW), plus the dense part, which both pay: the ceiling is about ${CEILING_FACTOR.toFixed(2)} × E / touched (the dense part left out). With half`);
+    say(" resident, the I/O worker's checksums and copies run beside the step, on cores the kernels also use.)\n");
   }
 
   if (want("budget") || want("hits")) {
     const base: Variant = { E: 256, F: 256, router: "rre", mode: "sparse-ram", steps };
     const state = expertState(base);
     const budget = Math.floor(state / 4.5);
-    console.log(`2. a model whose experts + Adam moments (${formatBytes(state)}) are ${(state / budget).toFixed(1)}× the expert-memory budget (${formatBytes(budget)}): E=256 per layer, F=256`);
+    say(`2. a model whose experts + Adam moments (${formatBytes(state)}) are ${(state / budget).toFixed(1)}× the expert-memory budget (${formatBytes(budget)}): E=256 per layer, F=256`);
     const [ram, st] = interleaved([base, { ...base, mode: "store", budget }], rounds) as [ChildResult, ChildResult];
     const s = st.stats!;
-    console.log(table(
+    out.budget = { ratio: st.tokensPerSec / ram.tokensPerSec, ramTokensPerSec: ram.tokensPerSec, storeTokensPerSec: st.tokensPerSec, ramRssMiB: ram.maxRssMiB, storeRssMiB: st.maxRssMiB, residentPeakBytes: s.peakBytes, overBudget: s.overBudget };
+    out.hits = { rrePrefetch: s.hits + s.misses > 0 ? s.hits / (s.hits + s.misses) : null };
+    say(table(
       ["variant", "tokens/s", "step ms (median)", "peak RSS MiB", "touched/layer"],
       [
         ["fully in RAM (sparse rule)", ram.tokensPerSec.toFixed(0), ram.stepMs.toFixed(1), ram.maxRssMiB.toFixed(0), ram.touchedPerLayer.toFixed(1)],
         [`store, budget ${formatBytes(budget)}`, st.tokensPerSec.toFixed(0), st.stepMs.toFixed(1), st.maxRssMiB.toFixed(0), st.touchedPerLayer.toFixed(1)],
       ],
     ));
-    console.log(`store / in RAM tokens/s: ${(100 * st.tokensPerSec / ram.tokensPerSec).toFixed(1)}% (target ≥ 50%); resident peak ${formatBytes(s.peakBytes)}, ${s.overBudget} steps over budget`);
-    console.log(`3a. RRE prefetch hit rate (after warm-up): ${pct(s.hits, s.hits + s.misses)} of ${s.hits + s.misses} expert lookups resident or read ahead (${s.prefetchHits} arrived by prefetch; ${s.misses} demand reads; target 100%)`);
+    say(`store / in RAM tokens/s: ${(100 * st.tokensPerSec / ram.tokensPerSec).toFixed(1)}% (target ≥ 50%); resident peak ${formatBytes(s.peakBytes)}, ${s.overBudget} steps over budget`);
+    say(`3a. RRE prefetch hit rate (after warm-up): ${pct(s.hits, s.hits + s.misses)} of ${s.hits + s.misses} expert lookups resident or read ahead (${s.prefetchHits} arrived by prefetch; ${s.misses} demand reads; target 100%)`);
     const tk = spawnChild({ ...base, router: "topk", mode: "store", budget: Math.floor(state / 2) });
     const k = tk.stats!;
-    console.log(`3b. top-k (k=2) cache hit rate, budget half the expert state: ${pct(k.hits, k.hits + k.misses)} of ${k.hits + k.misses} lookups (fetched after routing, layer by layer; LRU), ${tk.tokensPerSec.toFixed(0)} tokens/s, ${tk.touchedPerLayer.toFixed(1)} experts touched per layer per step`);
+    out.hits = { ...(out.hits as object), topkCache: k.hits + k.misses > 0 ? k.hits / (k.hits + k.misses) : null };
+    say(`3b. top-k (k=2) cache hit rate, budget half the expert state: ${pct(k.hits, k.hits + k.misses)} of ${k.hits + k.misses} lookups (fetched after routing, layer by layer; LRU), ${tk.tokensPerSec.toFixed(0)} tokens/s, ${tk.touchedPerLayer.toFixed(1)} experts touched per layer per step`);
   }
+  if (json) console.log(JSON.stringify({ ecss: out }));
 }
 
 if (process.argv[2] === "--child") console.log(JSON.stringify(child(JSON.parse(process.argv[3]!) as Variant)));

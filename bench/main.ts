@@ -3,7 +3,8 @@
  * in turn. With no name it lists them (name, what it measures, roughly how
  * long it takes) and runs nothing: all of them together take well over ten
  * minutes. Each benchmark validates its kernels before it times them and
- * reports ratios to ceilings measured in the same run.
+ * reports ratios to ceilings measured in the same run. With --json, blas,
+ * train and ecss print one JSON object on stdout and their tables on stderr.
  */
 type Bench = { run(args: string[]): Promise<void> };
 
@@ -23,6 +24,7 @@ const BENCHES: Record<string, Entry> = {
   balance: { load: () => import("./balance.js"), about: "Pangu Pro MoE's finding: IS > 0 for top-8 vs MoGE, simulated tokens/s", takes: "1–2 min" },
   upcycle: { load: () => import("./upcycle.js"), about: "validation loss of upcycled RRE vs RRE from scratch vs dense continued (prepares the default data if missing)", takes: "10–20 min" },
   ecss: { load: () => import("./ecss.js"), about: "ECSS: sparse step vs ordinary MoE, a model over its expert budget, hit rates (prepares the default data if missing)", takes: "5–15 min" },
+  ops: { load: () => import("./ops.js"), about: "the non-GEMM kernels of a training step at config R's shapes, AVX2 beside AVX-512 where the CPU has it", takes: "0–1 min" },
   blas: { load: () => import("./blas.js"), about: "our GEMM beside OpenBLAS's sgemm (needs libopenblas-dev; skips without it)", takes: "1–3 min" },
 };
 
@@ -45,7 +47,8 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   for (const n of name === "all" ? Object.keys(BENCHES) : [name]) {
-    console.log(`\n=== bench ${n} ===`);
+    // With --json a benchmark's stdout is its one JSON object: the banner goes to stderr.
+    (args.includes("--json") ? console.error : console.log)(`\n=== bench ${n} ===`);
     await (await BENCHES[n]!.load()).run(args);
   }
   return 0;

@@ -1,22 +1,42 @@
 /**
- * `npm run bench -- train [--steps=N]`: end-to-end training tokens/s of the
- * reference config R (d=512, 8 heads, 2 dense + 2 sparse layers, 8 experts,
- * top-2, F=2048, V=8192, T=256, B=8) for RRE, MoGE, top-k and the dense twin:
- * whole optimizer steps — loader, forward, backward, clipping, hybrid AdamW —
- * on the default corpus. Each variant runs in its own process so that its
- * peak RSS is its own. FLOP/s are reported as a fraction of the FMA peak
- * measured in this run with the same thread count.
+ * `npm run bench -- train [--steps=N] [--only=dense,rre,…] [--json]`: end-to-end
+ * training tokens/s of the reference config R (d=512, 8 heads, 2 dense + 2
+ * sparse layers, 8 experts, top-2, F=2048, V=8192, T=256, B=8) for RRE, MoGE,
+ * top-k and the dense twin: whole optimizer steps — loader, forward,
+ * backward, clipping, hybrid AdamW — on the default corpus. Each variant runs
+ * in its own process so that its peak RSS is its own. FLOP/s are reported as a
+ * fraction of the FMA peak measured in this run with the same thread count.
+ *
+ * Where the step's time goes: the timed steps run under the profiler
+ * (src/backend/profile.ts), which times every backend call by kernel and the
+ * trainer's sections (loader, gradient zeroing, the clipping norm, the
+ * optimizer); the breakdown groups them into categories (BREAKDOWN below) as
+ * fractions of the step, "other" being what no kernel or section accounts
+ * for (autograd bookkeeping, buffer pools, routing in TypeScript).
+ *
+ * With --json, stdout is one JSON object (tables go to stderr):
+ *   { train: { threads, steps, fmaPeak, configR: { <router>: {
+ *       peakFraction,        // median over steps of FLOP/s over the FMA peak probed beside the step
+ *       peakFractionRunPeak, // median FLOP/s over the best peak probed in the whole run
+ *       tokensPerSec, stepMs, flopsPerToken, params, maxRssMiB,
+ *       breakdown: { <category>: fraction of the step },  // sums to 1
+ *       gemmFraction,        // breakdown.gemm
+ *       kernels: { <kernel or section>: { calls, msPerStep } },
+ *       [bf16Speedup]        // bf16 tokens/s over f32, when a bf16 run exists (RUNS below)
+ *   } } } }
  */
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { getBackend } from "../src/backend/index.js";
+import { startProfile, stopProfile } from "../src/backend/profile.js";
 import { readManifest } from "../src/data/manifest.js";
 import type { RouterConfig } from "../src/models/config.js";
 import { parseTrainConfig, type TrainConfig } from "../src/train/config.js";
 import { Trainer } from "../src/train/trainer.js";
 import { forwardFlopsPerToken } from "./model.js";
 import { PEAK_LEGEND, fmaPeak, median, table } from "./util.js";
+import { BREAKDOWN_NAMES, breakdownOf, breakdownTable } from "./breakdown.js";
 import { benchData, BENCH_DATA } from "./data.js";
 
 const DATA = BENCH_DATA;
@@ -28,7 +48,15 @@ const VARIANTS: Record<string, RouterConfig | null> = {
   topk: { kind: "topk", k: 2, renormalize: true, auxLossCoef: 0.01, zLossCoef: 0, capacityFactor: null },
 };
 
-function configR(router: RouterConfig | null, domains: string[]): TrainConfig {
+/**
+ * The runs per variant: each a child process with these fields added to the
+ * train config. The first is the baseline; a run with `precision: "bf16"`
+ * (once the train config has that field) adds `bf16Speedup` to its variant:
+ * add `{ label: "bf16", extra: { precision: "bf16" } }` here.
+ */
+const RUNS: { label: string; extra: Record<string, unknown> }[] = [{ label: "f32", extra: {} }];
+
+function configR(router: RouterConfig | null, domains: string[], extra: Record<string, unknown>): TrainConfig {
   return parseTrainConfig({
     name: "bench",
     model: {
@@ -43,11 +71,13 @@ function configR(router: RouterConfig | null, domains: string[]): TrainConfig {
     batchSize: R.B,
     steps: 1000,
     out: "/tmp/sigma-bench-train",
+    ...extra,
   });
 }
 
 interface ChildResult {
   variant: string;
+  run: string;
   stepMs: number;
   /** Median over steps of each step's FLOP/s over the FMA peak probed just before it. */
   peakRatio: number;
@@ -57,65 +87,105 @@ interface ChildResult {
   flopsPerToken: number;
   maxRssMiB: number;
   params: number;
+  /** Milliseconds per step by category (BREAKDOWN, plus "other"). */
+  breakdownMs: Record<string, number>;
+  /** Per kernel and section: calls and milliseconds per step. */
+  kernels: Record<string, { calls: number; msPerStep: number }>;
 }
 
-/** One variant, in this process: `steps` timed optimizer steps after one warm-up step. */
-function child(variant: string, steps: number): ChildResult {
+/** One variant, in this process: `steps` timed (and profiled) optimizer steps after one warm-up step. */
+function child(variant: string, run: string, steps: number): ChildResult {
   const m = readManifest(join(DATA, "manifest.json"));
-  const cfg = configR(VARIANTS[variant]!, m.domains.map((d) => d.name));
+  const cfg = configR(VARIANTS[variant]!, m.domains.map((d) => d.name), RUNS.find((r) => r.label === run)!.extra);
   const t = new Trainer(cfg);
   const flopsPerToken = 3 * forwardFlopsPerToken(cfg.model); // backward ≈ 2× forward; the optimizer's O(params) work is not counted
   const threads = getBackend().getThreads();
   const times: number[] = [], ratios: number[] = [];
   let bestPeak = 0;
-  for (let s = 0; s <= steps; s++) {
-    // The peak probed beside each step: a noisy neighbour on the host slows both alike.
-    const localPeak = s > 0 ? fmaPeak(threads, 3) : 0;
+  t.trainStep(); // warm-up: allocates gradients and moments, faults pages in
+  const profile = startProfile();
+  let profiledMs = 0;
+  for (let s = 0; s < steps; s++) {
+    // The peak probed beside each step (outside the profile): a noisy neighbour on the host slows both alike.
+    const localPeak = fmaPeak(threads, 3);
     bestPeak = Math.max(bestPeak, localPeak);
     const r = t.trainStep();
-    if (s === 0) continue;
+    profiledMs += r.seconds * 1000;
     times.push(r.seconds * 1000);
     ratios.push((flopsPerToken * R.B * R.T) / r.seconds / localPeak);
   }
+  stopProfile();
   t.close();
+  const { breakdownMs, kernels } = breakdownOf(profile, profiledMs, steps);
   const stepMs = median(times);
   return {
-    variant,
-    stepMs,
+    variant, run, stepMs,
     peakRatio: median(ratios),
     bestPeak,
     tokensPerSec: (R.B * R.T) / (stepMs / 1000),
     flopsPerToken,
     maxRssMiB: process.resourceUsage().maxRSS / 1024,
     params: t.model.parameterCount(),
+    breakdownMs,
+    kernels,
   };
 }
 
+const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+
 export async function run(args: string[]): Promise<void> {
   const steps = Number(args.find((a) => a.startsWith("--steps="))?.slice(8) ?? 3);
+  if (!Number.isInteger(steps) || steps < 1) throw new Error(`--steps must be a positive integer`);
   const only = args.find((a) => a.startsWith("--only="))?.slice(7)?.split(",");
-  await benchData(DATA);
+  const json = args.includes("--json");
+  const say = json ? (s: string) => console.error(s) : (s: string) => console.log(s);
+  await benchData(DATA, { log: say });
   const threads = getBackend().getThreads();
   const peak = fmaPeak(threads);
-  console.log(`FMA peak (${threads} threads): ${(peak / 1e9).toFixed(1)} GFLOP/s`);
-  console.log(PEAK_LEGEND);
+  say(`FMA peak (${threads} threads): ${(peak / 1e9).toFixed(1)} GFLOP/s`);
+  say(PEAK_LEGEND);
   let runPeak = peak;
   const results: ChildResult[] = [];
-  console.log(`config R: d=${R.width}, ${R.heads} heads, ${R.dense} dense + ${R.sparse} sparse layers, ${R.experts} experts, F=${R.ffn}, V=${R.vocab}, T=${R.T}, B=${R.B}; median of ${steps} optimizer steps after a warm-up step\n`);
-  const rows: (string | number)[][] = [];
-  for (const variant of Object.keys(VARIANTS).filter((v) => !only || only.includes(v))) {
-    const self = fileURLToPath(import.meta.url);
-    const p = spawnSync(process.execPath, ["--import", "tsx", self, "--child", variant, String(steps)], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
-    if (p.status !== 0) throw new Error(`bench train: the ${variant} run failed (status ${p.status})`);
-    const r = JSON.parse(p.stdout.trim().split("\n").pop()!) as ChildResult;
-    runPeak = Math.max(runPeak, r.bestPeak);
-    results.push(r);
+  say(`config R: d=${R.width}, ${R.heads} heads, ${R.dense} dense + ${R.sparse} sparse layers, ${R.experts} experts, F=${R.ffn}, V=${R.vocab}, T=${R.T}, B=${R.B}; median of ${steps} optimizer steps after a warm-up step\n`);
+  const variants = Object.keys(VARIANTS).filter((v) => !only || only.includes(v));
+  for (const variant of variants) {
+    for (const r of RUNS) {
+      const self = fileURLToPath(import.meta.url);
+      const p = spawnSync(process.execPath, ["--import", "tsx", self, "--child", variant, r.label, String(steps)], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
+      if (p.status !== 0) throw new Error(`bench train: the ${variant} (${r.label}) run failed (status ${p.status})`);
+      const res = JSON.parse(p.stdout.trim().split("\n").pop()!) as ChildResult;
+      runPeak = Math.max(runPeak, res.bestPeak);
+      results.push(res);
+    }
   }
-  for (const r of results) {
+  const base = results.filter((r) => r.run === RUNS[0]!.label);
+  const rows = results.map((r) => {
     const achieved = r.flopsPerToken * r.tokensPerSec;
-    rows.push([r.variant, (r.params / 1e6).toFixed(1), r.tokensPerSec.toFixed(0), r.stepMs.toFixed(0), (r.flopsPerToken / 1e9).toFixed(3), (achieved / 1e9).toFixed(1), `${(100 * r.peakRatio).toFixed(1)}%`, `${((100 * achieved) / runPeak).toFixed(1)}%`, r.maxRssMiB.toFixed(0)]);
+    return [r.run === RUNS[0]!.label ? r.variant : `${r.variant} ${r.run}`, (r.params / 1e6).toFixed(1), r.tokensPerSec.toFixed(0), r.stepMs.toFixed(0), (r.flopsPerToken / 1e9).toFixed(3), (achieved / 1e9).toFixed(1), pct(r.peakRatio), pct(achieved / runPeak), r.maxRssMiB.toFixed(0)];
+  });
+  say(table(["model", "params M", "tokens/s", "step ms", "GFLOP/token", "GFLOP/s", "% of local peak", "% of run peak", "peak RSS MiB"], rows));
+
+  say(`\nWhere the step's time goes (fraction of the profiled steps; ms per step in brackets):\n`);
+  say(breakdownTable(base.map((r) => ({ column: r.variant, breakdownMs: r.breakdownMs }))));
+
+  if (!json) return;
+  const configR: Record<string, unknown> = {};
+  for (const r of base) {
+    const achieved = r.flopsPerToken * r.tokensPerSec;
+    const total = BREAKDOWN_NAMES.reduce((a, n) => a + r.breakdownMs[n]!, 0);
+    const breakdown = Object.fromEntries(BREAKDOWN_NAMES.map((n) => [n, r.breakdownMs[n]! / total]));
+    const entry: Record<string, unknown> = {
+      peakFraction: r.peakRatio, peakFractionRunPeak: achieved / runPeak,
+      tokensPerSec: r.tokensPerSec, stepMs: r.stepMs, flopsPerToken: r.flopsPerToken, params: r.params, maxRssMiB: r.maxRssMiB,
+      breakdown, gemmFraction: breakdown.gemm, breakdownMs: r.breakdownMs, kernels: r.kernels,
+    };
+    for (const other of results.filter((x) => x.variant === r.variant && x !== r)) {
+      entry[other.run] = { tokensPerSec: other.tokensPerSec, stepMs: other.stepMs, peakFraction: other.peakRatio, breakdownMs: other.breakdownMs };
+      if (other.run === "bf16") entry.bf16Speedup = other.tokensPerSec / r.tokensPerSec;
+    }
+    configR[r.variant] = entry;
   }
-  console.log(table(["model", "params M", "tokens/s", "step ms", "GFLOP/token", "GFLOP/s", "% of local peak", "% of run peak", "peak RSS MiB"], rows));
+  console.log(JSON.stringify({ train: { threads, steps, fmaPeak: runPeak, configR } }));
 }
 
-if (process.argv[2] === "--child") console.log(JSON.stringify(child(process.argv[3]!, Number(process.argv[4]))));
+if (process.argv[2] === "--child") console.log(JSON.stringify(child(process.argv[3]!, process.argv[4]!, Number(process.argv[5]))));

@@ -38,6 +38,8 @@ export interface Case {
 }
 
 const ODD = [1, 3, 17, 33, 257];
+/** Sizes at the edges of 8- and 16-lane vectors and of the AVX-512 loops' 32- and 64-float steps (masked tails). */
+const LANES = [15, 16, 31, 48, 63, 65, 100];
 const pick = <T,>(xs: T[]) => xs[rng.int(xs.length)]!;
 
 function matmulCases(): Case[] {
@@ -136,30 +138,36 @@ export const CASES: Record<KernelName, () => Case[]> = {
   sumSquares: () => [...ODD, 100003].map((n) => ({ label: `n ${n}`, args: [f32(n), n], outputs: [], tol: 1e-5, result: true })),
   gelu: () => [...ODD, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 6), n], outputs: [0], tol: 1e-6 })),
   geluBackward: () => [...ODD, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 6), f32(n), n], outputs: [0], tol: 1e-6 })),
-  fastGelu: () => [...ODD, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 60), n], outputs: [0], tol: 1e-5 })),
-  fastGeluBackward: () => [...ODD, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 60), f32(n), n], outputs: [0], tol: 1e-5 })),
-  layerNorm: () => ODD.map((C) => ({ label: `C ${C}`, args: [f32(9 * C), f32(9), f32(9), f32(9 * C, 3), f32(C), f32(C), 9, C, 1e-5], outputs: [0, 1, 2], tol: 1e-4 })),
-  layerNormBackward: () =>
-    ODD.map((C) => {
-      const rows = 9, x = f32(rows * C, 3), mean = new Float32Array(rows), rstd = new Float32Array(rows), gamma = f32(C);
-      ref.layerNorm(new Float32Array(rows * C), mean, rstd, x, gamma, f32(C), rows, C, 1e-5);
-      return { label: `C ${C}`, args: [f32(rows * C), f32(C), f32(C), f32(rows * C), x, mean, rstd, gamma, rows, C], outputs: [0, 1, 2], tol: 1e-4 };
+  fastGelu: () => [...ODD, ...LANES, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 60), n], outputs: [0], tol: 1e-5 })),
+  fastGeluBackward: () => [...ODD, ...LANES, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 60), f32(n), n], outputs: [0], tol: 1e-5 })),
+  layerNorm: () =>
+    [...ODD, ...LANES, 512].map((C) => {
+      // A large common offset (the two-pass variance keeps its precision).
+      const x = f32(9 * C, 3).map((v, i) => (i < C ? v + 1000 : v));
+      return { label: `C ${C}`, args: [f32(9 * C), f32(9), f32(9), x, f32(C), f32(C), 9, C, 1e-5], outputs: [0, 1, 2], tol: 1e-4 };
     }),
-  softmax: () => [...ODD, 8192].map((c) => ({ label: `cols ${c}`, args: [f32(5 * c), f32(5 * c, 10), 5, c], outputs: [0], tol: 1e-6 })),
+  layerNormBackward: () =>
+    // [70, 1000]: the column sums (dgamma, dbeta) split over threads in slices that do not start on a vector boundary.
+    [...ODD.map((C) => [9, C]), ...LANES.map((C) => [9, C]), [70, 1000]].map(([rows, C]) => {
+      const x = f32(rows! * C!, 3), mean = new Float32Array(rows!), rstd = new Float32Array(rows!), gamma = f32(C!);
+      ref.layerNorm(new Float32Array(rows! * C!), mean, rstd, x, gamma, f32(C!), rows!, C!, 1e-5);
+      return { label: `rows ${rows} C ${C}`, args: [f32(rows! * C!), f32(C!), f32(C!), f32(rows! * C!), x, mean, rstd, gamma, rows, C], outputs: [0, 1, 2], tol: 1e-4 };
+    }),
+  softmax: () => [...ODD, ...LANES, 8192].map((c) => ({ label: `cols ${c}`, args: [f32(5 * c), f32(5 * c, 10), 5, c], outputs: [0], tol: 1e-6 })),
   softmaxBackward: () =>
-    [...ODD, 8192].map((c) => {
+    [...ODD, ...LANES, 8192].map((c) => {
       const y = new Float32Array(5 * c);
       ref.softmax(y, f32(5 * c, 5), 5, c);
       return { label: `cols ${c}`, args: [f32(5 * c), y, f32(5 * c), 5, c], outputs: [0], tol: 1e-5 };
     }),
   crossEntropy: () =>
-    [...ODD, 8192].map((V) => {
+    [...ODD, ...LANES, 8192].map((V) => {
       const t = ints(6, V);
       t[2] = -100;
       return { label: `V ${V}`, args: [f32(6), f32(6), f32(6 * V, 8), t, 6, V, -100], outputs: [0, 1], tol: 1e-4 };
     }),
   crossEntropyBackward: () =>
-    [...ODD, 8192].map((V) => {
+    [...ODD, ...LANES, 8192].map((V) => {
       const logits = f32(6 * V, 8), t = ints(6, V), lse = new Float32Array(6);
       t[4] = -1;
       ref.crossEntropy(new Float32Array(6), lse, logits, t, 6, V, -1);

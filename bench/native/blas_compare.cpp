@@ -9,13 +9,17 @@
 // slowing the host slows both. Each result is checked against the other
 // before any timing. Prints one JSON object per line.
 //
-// usage: blas_compare ROUNDS THREADS M:N:K:TB ...
+// usage: blas_compare ROUNDS THREADS [--config=TILE:MC:KC:NC] M:N:K:TB ...
+// --config holds the GEMM at that tile and blocking (the addon's, so that this
+// program times what the addon runs); the first line printed is the GEMM
+// configuration in use, {"config": {...}}.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gemm.h"
@@ -56,9 +60,27 @@ int main(int argc, char** argv) {
   const int rounds = std::atoi(argv[1]), threads = std::atoi(argv[2]);
   sigma::set_num_threads(threads);
   openblas_set_num_threads(threads);
+  int first = 3;
+  if (argc > 3 && std::string(argv[3]).rfind("--config=", 0) == 0) {
+    char tile[64];
+    long long mc, kc, nc;
+    if (std::sscanf(argv[3] + 9, "%63[^:]:%lld:%lld:%lld", tile, &mc, &kc, &nc) != 4) {
+      std::fprintf(stderr, "bad %s (want --config=TILE:MC:KC:NC)\n", argv[3]);
+      return 2;
+    }
+    std::string error;
+    if (!sigma::set_gemm_override(tile, sigma::GemmBlocking{mc, kc, nc}, false, &error)) {
+      std::fprintf(stderr, "%s\n", error.c_str());
+      return 2;
+    }
+    first = 4;
+  }
+  const sigma::GemmSettings g = sigma::gemm_settings();
+  std::printf("{\"config\":{\"tile\":\"%s\",\"mr\":%d,\"nr\":%d,\"mc\":%lld,\"kc\":%lld,\"nc\":%lld}}\n", g.tile.c_str(), g.mr,
+              g.nr, (long long)g.blocking.mc, (long long)g.blocking.kc, (long long)g.blocking.nc);
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
-  for (int s = 3; s < argc; ++s) {
+  for (int s = first; s < argc; ++s) {
     long long M, N, K;
     int tb;
     if (std::sscanf(argv[s], "%lld:%lld:%lld:%d", &M, &N, &K, &tb) != 4) {

@@ -6,6 +6,7 @@
  * resumed trainer continues bit for bit.
  */
 import { backward, zeroGrad } from "../autograd/tape.js";
+import { section } from "../backend/profile.js";
 import { Loader, type Batch } from "../data/loader.js";
 import { modelRouter, type ModelConfig } from "../models/config.js";
 import { PanguSigma } from "../models/pangu-sigma.js";
@@ -192,8 +193,9 @@ export class Trainer {
     const counts = Array.from({ length: c.model.sparseLayers }, () => new Int32Array(E));
     const dropped = new Array<number>(c.model.sparseLayers).fill(0);
     let loss = 0, lm = 0, balance = 0, z = 0, tokens = 0;
-    zeroGrad(params);
-    const batches = this.stepBatches();
+    // Sections: where the step's time goes outside the kernels, when a profile runs (src/backend/profile.ts).
+    section("zeroGrad", () => zeroGrad(params));
+    const batches = section("loader", () => this.stepBatches());
     for (let a = 0; a < c.accumSteps; a++) {
       const b = batches[a]!;
       const domains = this.rowDomains(b);
@@ -217,11 +219,13 @@ export class Trainer {
     }
     // Global-norm clipping over every gradient (with ECSS, the store's experts' too),
     // applied as a factor inside the optimizer's fused steps.
-    const gradNorm = Math.sqrt(gradSquares(params) + (this.ecss?.gradSquares() ?? 0));
+    const gradNorm = section("gradNorm", () => Math.sqrt(gradSquares(params) + (this.ecss?.gradSquares() ?? 0)));
     const gradScale = clipScale(gradNorm, c.optim.clip ?? Infinity);
     const lr = learningRate(this.schedule, this.step);
-    this.optimizer.update(lr, this.optimizer.sparseExperts ? this.touched(counts) : undefined, gradScale);
-    this.ecss?.update(lr, this.optimizer.hyper.expert, gradScale);
+    section("optimizer", () => {
+      this.optimizer.update(lr, this.optimizer.sparseExperts ? this.touched(counts) : undefined, gradScale);
+      this.ecss?.update(lr, this.optimizer.hyper.expert, gradScale);
+    });
     this.step++;
     this.tokens += tokens;
     const seconds = (performance.now() - t0) / 1000;

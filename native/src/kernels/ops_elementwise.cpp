@@ -3,7 +3,9 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu.h"
 #include "ops.h"
+#include "ops_avx512.h"
 #include "simd.h"
 #include "threadpool.h"
 
@@ -103,8 +105,20 @@ double sum_squares(const float* x, int64_t n) {
 
 void gelu(float* y, const float* x, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { gelu_k(y + s, x + s, e - s); }); }
 void gelu_backward(float* dx, const float* x, const float* dy, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { gelu_bwd_k(dx + s, x + s, dy + s, e - s); }); }
-void fast_gelu(float* y, const float* x, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { fast_gelu_k(y + s, x + s, e - s); }); }
-void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { fast_gelu_bwd_k(dx + s, x + s, dy + s, e - s); }); }
+void fast_gelu(float* y, const float* x, int64_t n) {
+  const bool wide = use_avx512();
+  chunked(n, [&](int64_t s, int64_t e) {
+    if (wide) avx512::fast_gelu(y + s, x + s, e - s);
+    else fast_gelu_k(y + s, x + s, e - s);
+  });
+}
+void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n) {
+  const bool wide = use_avx512();
+  chunked(n, [&](int64_t s, int64_t e) {
+    if (wide) avx512::fast_gelu_backward(dx + s, x + s, dy + s, e - s);
+    else fast_gelu_bwd_k(dx + s, x + s, dy + s, e - s);
+  });
+}
 
 void add_bias(float* y, const float* x, const float* bias, int64_t rows, int64_t cols) {
   parallel_for(rows, grain_for(cols, kGrain), [&](int64_t b, int64_t e) {

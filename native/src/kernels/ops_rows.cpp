@@ -5,7 +5,9 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu.h"
 #include "ops.h"
+#include "ops_avx512.h"
 #include "simd.h"
 #include "threadpool.h"
 #include "vec.h"
@@ -13,15 +15,26 @@
 namespace sigma {
 namespace {
 
+// Sums in eight float lanes (so that the loops vectorise), the lanes added
+// in double; the variance is the two-pass Σ(x − mean)².
 SIGMA_SIMD void ln_row(float* y, const float* x, const float* gamma, const float* beta, int64_t C, float eps,
                        float* mean_out, float* rstd_out) {
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8)
+    for (int l = 0; l < 8; ++l) part[l] += x[c + l];
   double s = 0;
-  for (int64_t c = 0; c < C; ++c) s += x[c];
+  for (int l = 0; l < 8; ++l) s += part[l];
+  for (; c < C; ++c) s += x[c];
   const float m = static_cast<float>(s / C);
+  float vpart[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (c = 0; c + 8 <= C; c += 8)
+    for (int l = 0; l < 8; ++l) vpart[l] += (x[c + l] - m) * (x[c + l] - m);
   double v = 0;
-  for (int64_t c = 0; c < C; ++c) v += static_cast<double>(x[c] - m) * (x[c] - m);
+  for (int l = 0; l < 8; ++l) v += vpart[l];
+  for (; c < C; ++c) v += static_cast<double>(x[c] - m) * (x[c] - m);
   const float r = static_cast<float>(1.0 / std::sqrt(v / C + eps));
-  for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - m) * r * gamma[c] + beta[c];
+  for (c = 0; c < C; ++c) y[c] = (x[c] - m) * r * gamma[c] + beta[c];
   *mean_out = m;
   *rstd_out = r;
 }
@@ -39,55 +52,79 @@ SIGMA_SIMD void ln_row_backward(float* dx, const float* dy, const float* x, floa
   for (int64_t c = 0; c < C; ++c) dx[c] += r * (dy[c] * gamma[c] - gm - (x[c] - m) * r * gxm);
 }
 
+// dgamma[c0..c1) += Σ_r dy·x̂, dbeta[c0..c1) += Σ_r dy: each column's sum over the rows in order.
+SIGMA_SIMD void ln_columns_backward(float* dgamma, float* dbeta, const float* dy, const float* x, const float* mean,
+                                    const float* rstd, int64_t rows, int64_t C, int64_t c0, int64_t c1) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float m = mean[r], s = rstd[r];
+    const float* xr = x + r * C;
+    const float* dr = dy + r * C;
+    for (int64_t c = c0; c < c1; ++c) {
+      dgamma[c] += dr[c] * (xr[c] - m) * s;
+      dbeta[c] += dr[c];
+    }
+  }
+}
+
+SIGMA_SIMD void scale_row(float* y, float s, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) y[c] *= s;
+}
+
+SIGMA_SIMD void softmax_row_backward(float* dx, const float* y, const float* dy, int64_t n) {
+  float dot = 0;
+  for (int64_t c = 0; c < n; ++c) dot += y[c] * dy[c];
+  for (int64_t c = 0; c < n; ++c) dx[c] += y[c] * (dy[c] - dot);
+}
+
 int64_t row_grain(int64_t cols) { return grain_for(cols, 16384); }
 
 }  // namespace
 
 void layer_norm(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta, int64_t rows,
                 int64_t C, float eps) {
+  const bool wide = use_avx512();
   parallel_for(rows, row_grain(C), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) ln_row(y + r * C, x + r * C, gamma, beta, C, eps, mean + r, rstd + r);
+    for (int64_t r = b; r < e; ++r) {
+      if (wide) avx512::ln_row(y + r * C, x + r * C, gamma, beta, C, eps, mean + r, rstd + r);
+      else ln_row(y + r * C, x + r * C, gamma, beta, C, eps, mean + r, rstd + r);
+    }
   });
 }
 
 void layer_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const float* mean,
                          const float* rstd, const float* gamma, int64_t rows, int64_t C) {
+  const bool wide = use_avx512();
   parallel_for(rows, row_grain(C), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) ln_row_backward(dx + r * C, dy + r * C, x + r * C, mean[r], rstd[r], gamma, C);
+    for (int64_t r = b; r < e; ++r) {
+      if (wide) avx512::ln_row_backward(dx + r * C, dy + r * C, x + r * C, mean[r], rstd[r], gamma, C);
+      else ln_row_backward(dx + r * C, dy + r * C, x + r * C, mean[r], rstd[r], gamma, C);
+    }
   });
   parallel_for(C, grain_for(rows, 16384, 16), [&](int64_t c0, int64_t c1) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const float m = mean[r], s = rstd[r];
-      const float* xr = x + r * C;
-      const float* dr = dy + r * C;
-      for (int64_t c = c0; c < c1; ++c) {
-        dgamma[c] += dr[c] * (xr[c] - m) * s;
-        dbeta[c] += dr[c];
-      }
-    }
+    if (wide) avx512::ln_columns_backward(dgamma, dbeta, dy, x, mean, rstd, rows, C, c0, c1);
+    else ln_columns_backward(dgamma, dbeta, dy, x, mean, rstd, rows, C, c0, c1);
   });
 }
 
 void softmax(float* y, const float* x, int64_t rows, int64_t cols) {
+  const bool wide = use_avx512();
   parallel_for(rows, row_grain(cols), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const float* xr = x + r * cols;
       float* yr = y + r * cols;
       const float s = vexp_shift(yr, xr, vmax(xr, cols), cols);
-      const float inv = 1.f / s;
-      for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
+      if (wide) avx512::scale_row(yr, 1.f / s, cols);
+      else scale_row(yr, 1.f / s, cols);
     }
   });
 }
 
 void softmax_backward(float* dx, const float* y, const float* dy, int64_t rows, int64_t cols) {
+  const bool wide = use_avx512();
   parallel_for(rows, row_grain(cols), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      const float* yr = y + r * cols;
-      const float* gr = dy + r * cols;
-      float dot = 0;
-      for (int64_t c = 0; c < cols; ++c) dot += yr[c] * gr[c];
-      for (int64_t c = 0; c < cols; ++c) dx[r * cols + c] += yr[c] * (gr[c] - dot);
+      if (wide) avx512::softmax_row_backward(dx + r * cols, y + r * cols, dy + r * cols, cols);
+      else softmax_row_backward(dx + r * cols, y + r * cols, dy + r * cols, cols);
     }
   });
 }
@@ -113,10 +150,11 @@ SIGMA_SIMD void ce_row_backward(float* d, const float* x, float lse, float g, in
 
 void cross_entropy(float* loss, float* lse, const float* logits, const int32_t* targets, int64_t rows, int64_t V,
                    int32_t ignore) {
+  const bool wide = use_avx512();
   parallel_for(rows, row_grain(V), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const float* xr = logits + r * V;
-      const float l = row_lse(xr, V);
+      const float l = wide ? avx512::row_lse(xr, V) : row_lse(xr, V);
       lse[r] = l;
       loss[r] = targets[r] == ignore ? 0.f : l - xr[targets[r]];
     }
@@ -125,10 +163,12 @@ void cross_entropy(float* loss, float* lse, const float* logits, const int32_t* 
 
 void cross_entropy_backward(float* dlogits, const float* logits, const float* lse, const int32_t* targets,
                             const float* dloss, int64_t rows, int64_t V, int32_t ignore) {
+  const bool wide = use_avx512();
   parallel_for(rows, row_grain(V), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       if (targets[r] == ignore) continue;
-      ce_row_backward(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
+      if (wide) avx512::ce_row_backward(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
+      else ce_row_backward(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
       dlogits[r * V + targets[r]] -= dloss[r];
     }
   });

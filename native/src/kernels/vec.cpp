@@ -1,6 +1,8 @@
 #include "vec.h"
 
 #include "simd.h"
+#include "cpu.h"
+#include "ops_avx512.h"
 
 #include <algorithm>
 #include <limits>
@@ -38,6 +40,7 @@ SIGMA_SIMD float vsum(const float* x, int64_t n) {
 }
 
 SIGMA_SIMD float vmax(const float* x, int64_t n) {
+  if (use_avx512()) return avx512::vmax(x, n);
   float part[8];
   for (int l = 0; l < 8; ++l) part[l] = -std::numeric_limits<float>::infinity();
   int64_t i = 0;
@@ -50,6 +53,7 @@ SIGMA_SIMD float vmax(const float* x, int64_t n) {
 }
 
 SIGMA_SIMD float vexp_shift(float* y, const float* x, float m, int64_t n) {
+  if (use_avx512()) return avx512::vexp_shift(y, x, m, n);
   for (int64_t i = 0; i < n; ++i) y[i] = fast_expf(x[i] - m);
   return vsum(y, n);
 }
