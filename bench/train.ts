@@ -28,7 +28,7 @@
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { getBackend } from "../src/backend/index.js";
+import { bf16Path, getBackend } from "../src/backend/index.js";
 import { startProfile, stopProfile } from "../src/backend/profile.js";
 import { readManifest } from "../src/data/manifest.js";
 import type { RouterConfig } from "../src/models/config.js";
@@ -50,11 +50,13 @@ const VARIANTS: Record<string, RouterConfig | null> = {
 
 /**
  * The runs per variant: each a child process with these fields added to the
- * train config. The first is the baseline; a run with `precision: "bf16"`
- * (once the train config has that field) adds `bf16Speedup` to its variant:
- * add `{ label: "bf16", extra: { precision: "bf16" } }` here.
+ * train config. The first is the baseline; the bf16 run (mixed precision:
+ * bf16 GEMM inputs, f32 sums and master weights) adds `bf16Speedup` to its
+ * variant. On a CPU without AVX512_BF16 the bf16 run takes the converted-f32
+ * path, which is not meant to be faster: `--precision=f32` skips it.
  */
-const RUNS: { label: string; extra: Record<string, unknown> }[] = [{ label: "f32", extra: {} }];
+const ALL_RUNS: { label: string; extra: Record<string, unknown> }[] = [{ label: "f32", extra: {} }, { label: "bf16", extra: { precision: "bf16" } }];
+let RUNS = ALL_RUNS;
 
 function configR(router: RouterConfig | null, domains: string[], extra: Record<string, unknown>): TrainConfig {
   return parseTrainConfig({
@@ -96,7 +98,7 @@ interface ChildResult {
 /** One variant, in this process: `steps` timed (and profiled) optimizer steps after one warm-up step. */
 function child(variant: string, run: string, steps: number): ChildResult {
   const m = readManifest(join(DATA, "manifest.json"));
-  const cfg = configR(VARIANTS[variant]!, m.domains.map((d) => d.name), RUNS.find((r) => r.label === run)!.extra);
+  const cfg = configR(VARIANTS[variant]!, m.domains.map((d) => d.name), ALL_RUNS.find((r) => r.label === run)!.extra);
   const t = new Trainer(cfg);
   const flopsPerToken = 3 * forwardFlopsPerToken(cfg.model); // backward ≈ 2× forward; the optimizer's O(params) work is not counted
   const threads = getBackend().getThreads();
@@ -138,6 +140,11 @@ export async function run(args: string[]): Promise<void> {
   if (!Number.isInteger(steps) || steps < 1) throw new Error(`--steps must be a positive integer`);
   const only = args.find((a) => a.startsWith("--only="))?.slice(7)?.split(",");
   const json = args.includes("--json");
+  const precision = args.find((a) => a.startsWith("--precision="))?.slice(12);
+  if (precision !== undefined) {
+    RUNS = ALL_RUNS.filter((r) => precision.split(",").includes(r.label));
+    if (RUNS[0]?.label !== "f32") throw new Error(`--precision takes f32 or f32,bf16 (the f32 run is the baseline), got "${precision}"`);
+  }
   const say = json ? (s: string) => console.error(s) : (s: string) => console.log(s);
   await benchData(DATA, { log: say });
   const threads = getBackend().getThreads();
@@ -185,7 +192,8 @@ export async function run(args: string[]): Promise<void> {
     }
     configR[r.variant] = entry;
   }
-  console.log(JSON.stringify({ train: { threads, steps, fmaPeak: runPeak, configR } }));
+  const path16 = RUNS.some((r) => r.label === "bf16") ? bf16Path() : null;
+  console.log(JSON.stringify({ train: { threads, steps, fmaPeak: runPeak, bf16Path: path16, configR } }));
 }
 
 if (process.argv[2] === "--child") console.log(JSON.stringify(child(process.argv[3]!, process.argv[4]!, Number(process.argv[5]))));
