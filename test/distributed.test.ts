@@ -353,3 +353,86 @@ test("backward's onLeafReady reports each parameter once, after its last gradien
   assert.deepEqual(seen.map(([t]) => t).sort((p, q) => p.size - q.size), [w1, w2]);
   for (const [t, g] of seen) assert.deepEqual(g, Array.from(t.grad!.data), "the gradient seen is the final one");
 });
+
+// ---- The cluster examples (docs/distributed.md, On a cluster) ----
+
+const EXAMPLES = join(REPO, "examples");
+const sigmaTrain = /\bnpx sigma train --config \S+/;
+
+test("examples/slurm.sbatch is a bash script whose #SBATCH lines parse and whose srun starts one sigma train per task", () => {
+  const path = join(EXAMPLES, "slurm.sbatch");
+  assert.equal(spawnSync("bash", ["-n", path]).status, 0, "bash -n");
+  const text = readFileSync(path, "utf8");
+  const opts = new Map([...text.matchAll(/^#SBATCH --([a-z-]+)=(\S+)$/gm)].map((m) => [m[1]!, m[2]!]));
+  for (const k of ["nodes", "ntasks-per-node", "cpus-per-task"]) assert.match(opts.get(k) ?? "", /^\d+$/, `#SBATCH --${k}`);
+  const srun = text.split("\n").find((l) => l.startsWith("srun "));
+  assert.ok(srun && sigmaTrain.test(srun) && /--mpi=pmix/.test(srun), `srun line: ${srun}`);
+  assert.match(text, /SIGMA_THREADS="\$\{SLURM_CPUS_PER_TASK\}"/);
+});
+
+test("examples/hostfile lists hosts with slots, and examples/mpirun-hostfile.sh launches as many ranks over TCP", () => {
+  const hosts = readFileSync(join(EXAMPLES, "hostfile"), "utf8").split("\n").filter((l) => l.trim() && !l.startsWith("#"));
+  assert.ok(hosts.length >= 2);
+  let slots = 0;
+  for (const h of hosts) {
+    const m = /^([A-Za-z0-9.-]+) slots=(\d+)$/.exec(h);
+    assert.ok(m, `hostfile line: ${h}`);
+    slots += Number(m[2]);
+  }
+  const script = join(EXAMPLES, "mpirun-hostfile.sh");
+  assert.equal(spawnSync("bash", ["-n", script]).status, 0, "bash -n");
+  const text = readFileSync(script, "utf8").replace(/\\\n\s*/g, "");
+  const line = text.split("\n").find((l) => l.startsWith("mpirun "))!;
+  assert.match(line, /--hostfile "\$here\/hostfile"/);
+  assert.equal(Number(/-np (\d+)/.exec(line)?.[1]), slots, "-np is the hostfile's slots");
+  assert.match(line, /--mca btl tcp,self/);
+  assert.ok(sigmaTrain.test(line), line);
+});
+
+/** A YAML subset (block maps and lists, flow lists as JSON, plain scalars): enough for the example manifest. */
+function parseYaml(text: string): unknown {
+  const lines = text.split("\n").map((l) => l.replace(/\s+#.*$|^#.*$/, "")).filter((l) => l.trim());
+  let i = 0;
+  const indent = (l: string) => l.length - l.trimStart().length;
+  const scalar = (v: string): unknown => (/^[[{"]/.test(v) ? JSON.parse(v) : /^-?\d+(\.\d+)?$/.test(v) ? Number(v) : v === "true" ? true : v === "false" ? false : v);
+  function block(at: number): unknown {
+    if (lines[i]!.trimStart().startsWith("- ")) {
+      const list: unknown[] = [];
+      while (i < lines.length && indent(lines[i]!) === at && lines[i]!.trimStart().startsWith("- ")) {
+        // "- key: value" opens a map whose keys sit two columns further in.
+        lines[i] = " ".repeat(at + 2) + lines[i]!.trimStart().slice(2);
+        list.push(block(at + 2));
+      }
+      return list;
+    }
+    const map: Record<string, unknown> = {};
+    while (i < lines.length && indent(lines[i]!) === at) {
+      const m = /^\s*([A-Za-z0-9_.-]+):(?: (.*))?$/.exec(lines[i]!);
+      assert.ok(m, `YAML line ${lines[i]}`);
+      i++;
+      if (m[2] !== undefined && m[2] !== "") map[m[1]!] = scalar(m[2]);
+      else map[m[1]!] = block(indent(lines[i]!));
+    }
+    return map;
+  }
+  const doc = block(0);
+  assert.equal(i, lines.length, `YAML parsed to line ${i} of ${lines.length}`);
+  return doc;
+}
+
+test("examples/kubeflow-mpijob.yaml is an MPIJob whose launcher starts one sigma train rank per worker slot", () => {
+  const job = parseYaml(readFileSync(join(EXAMPLES, "kubeflow-mpijob.yaml"), "utf8")) as {
+    apiVersion: string;
+    kind: string;
+    spec: { slotsPerWorker: number; mpiReplicaSpecs: Record<string, { replicas: number; template: { spec: { containers: { image: string; command?: string[] }[] } } }> };
+  };
+  assert.equal(job.kind, "MPIJob");
+  assert.match(job.apiVersion, /^kubeflow\.org\/v2/);
+  const { Launcher, Worker } = job.spec.mpiReplicaSpecs;
+  assert.equal(Launcher!.replicas, 1);
+  const cmd = Launcher!.template.spec.containers[0]!.command!;
+  assert.equal(cmd[0], "mpirun");
+  assert.equal(Number(cmd[cmd.indexOf("-np") + 1]), Worker!.replicas * job.spec.slotsPerWorker, "-np = workers × slots");
+  assert.ok(sigmaTrain.test(cmd.join(" ")), cmd.join(" "));
+  assert.equal(Worker!.template.spec.containers[0]!.image, Launcher!.template.spec.containers[0]!.image);
+});
