@@ -27,6 +27,8 @@ const RANK: Record<string, number> = {
   checkpoint: 1,
   backend: 2,
   data: 2,
+  // The MPI binding's wrapper (communicators, bucketed allreduce): low, so that moe can exchange tokens over it.
+  comm: 2,
   autograd: 3,
   ops: 4,
   nn: 5,

@@ -30,6 +30,8 @@ import { Trainer, storePath, type StepResult } from "../train/trainer.js";
 import type { EcssStats } from "../train/ecss.js";
 import { paramsPerExpert } from "../store/format.js";
 import { SigmaError } from "../util/errors.js";
+import { soloComm, type Communicator } from "../comm/comm.js";
+import { parallelPlan } from "../train/data-parallel.js";
 import { ensureWritableDir, ensureWritableFile } from "../util/fs.js";
 import { Model, type ParameterSummary } from "./model.js";
 
@@ -72,6 +74,13 @@ export interface TrainOptions {
   log?: (line: string) => void;
   /** How errors name the config and its out folder / store path (the CLI passes its flags). */
   names?: { config?: string; out?: string; store?: string };
+  /**
+   * The ranks to train on (data parallel, docs/distributed.md): `joinWorld().comm`
+   * in a process an MPI launcher started. Every rank calls train with the same
+   * config and options; rank 0 alone writes the run folder and hears
+   * onProgress and log. Default: one process.
+   */
+  comm?: Communicator;
   /** @internal Stop once this step is reached (tests of interrupted runs). */
   stopAtStep?: number;
 }
@@ -120,31 +129,37 @@ function storeSummary(t: Trainer): StoreSummary | null {
 export async function train(config: TrainConfigInput | TrainConfig, o: TrainOptions = {}): Promise<TrainResult> {
   const names = { config: o.names?.config ?? "train config", out: o.names?.out ?? "out", store: o.names?.store ?? "store.path" };
   const cfg = parseTrainConfig(config, names.config);
-  const log = o.log ?? (() => {});
+  const comm = o.comm ?? soloComm;
+  const lead = comm.rank === 0;
+  const log = lead && o.log ? o.log : () => {};
+  // Several ranks: parallel.* must fit the ranks launched (checked on every rank before anything else).
+  parallelPlan(cfg, comm.size, names.config);
   if (o.resume && o.init) throw new SigmaError("--resume and --init exclude each other", "--init starts a new run from a model; --resume continues a run");
   if (o.resume && o.overwrite) throw new SigmaError("--resume and --overwrite exclude each other", "--resume continues the run in --out; --overwrite replaces it with a new one");
   // Before anything is written or allocated: a folder we can write, a store path that is a file, and memory for the run.
-  ensureWritableDir(cfg.out, names.out);
-  if (cfg.store.enabled) ensureWritableFile(storePath(cfg), names.store);
+  if (lead) ensureWritableDir(cfg.out, names.out);
+  if (lead && cfg.store.enabled) ensureWritableFile(storePath(cfg), names.store);
   const fit = checkRunFits(cfg, names.config);
   if (fit.warning) log(`warning: ${fit.warning}`);
   for (const w of configWarnings(cfg, readManifestIfPresent(cfg.data.dir))) log(`warning: ${w}`);
   for (const [flag, path] of [["--resume", typeof o.resume === "string" ? o.resume : undefined], ["--init", typeof o.init === "string" ? o.init : undefined]] as const) {
     if (path !== undefined && !existsSync(path)) throw new SigmaError(`${flag} ${path} does not exist`, `pass a checkpoint folder (a run's checkpoints/ gives its newest)${flag === "--init" ? " or a model .safetensors" : ""}`);
   }
-  prepareRunFolder(cfg, cfg.store.enabled ? storePath(cfg) : null, { resume: !!o.resume, overwrite: !!o.overwrite, flag: names.out, log });
+  if (lead) prepareRunFolder(cfg, cfg.store.enabled ? storePath(cfg) : null, { resume: !!o.resume, overwrite: !!o.overwrite, flag: names.out, log });
 
   const resumedFrom = o.resume ? (o.resume === true ? runPaths(cfg.out).checkpoints : o.resume) : null;
-  const t = resumedFrom !== null ? resumeTrainer(resumedFrom, cfg) : new Trainer(cfg, o.init ? initModel(o.init, cfg) : undefined);
+  const t = resumedFrom !== null ? resumeTrainer(resumedFrom, cfg, comm) : new Trainer(cfg, o.init ? initModel(o.init, cfg) : undefined, comm);
   try {
+    // Every rank starts from the same state (the same checkpoint, config and data order), or none starts.
+    t.assertRanksInSync(resumedFrom !== null ? `resuming from ${resumedFrom}` : "starting the run");
     const parameters = { total: parameterCounts(cfg.model).total, active: activeParameters(cfg.model) };
-    const emit = o.onProgress ?? (() => {});
-    if (t.resumedPrecision !== null && t.resumedPrecision !== cfg.precision) {
+    const emit = lead && o.onProgress ? o.onProgress : () => {};
+    if (lead && t.resumedPrecision !== null && t.resumedPrecision !== cfg.precision) {
       log(`note: the checkpoint was trained with precision ${t.resumedPrecision}; this run continues in ${cfg.precision} (weights and optimizer state are f32 either way)`);
     }
     const path = cfg.precision === "bf16" ? bf16Path() : null;
     emit({ kind: "start", step: t.step, steps: cfg.steps, resumedFrom, parameters, router: cfg.model.experts?.router.kind ?? null, store: storeSummary(t), precision: cfg.precision, bf16Path: path });
-    const baselines = Object.fromEntries(unigramBaselines(cfg.data.dir).map((b) => [b.domain, b.crossEntropy]));
+    const baselines = lead ? Object.fromEntries(unigramBaselines(cfg.data.dir).map((b) => [b.domain, b.crossEntropy])) : {};
     const r = await runTraining(
       t,
       {

@@ -80,6 +80,14 @@ export interface BackwardOptions {
    * parameters and other leaves, and small tensors (scalars) are never freed.
    */
   freeActivations?: boolean;
+  /**
+   * Called once for each leaf (a parameter) as soon as its gradient is
+   * final for this pass: right after the earliest node on the tape that
+   * reads it has run its backward, since no node left can add to it. Data
+   * parallel training starts reducing a gradient across ranks here, while
+   * backward goes on with the earlier layers (src/comm/buckets.ts).
+   */
+  onLeafReady?: (leaf: Tensor) => void;
 }
 
 /**
@@ -100,6 +108,7 @@ export function backward(loss: Tensor, grad?: Tensor, options: BackwardOptions =
   const nodes = tape;
   tape = [];
   const uses = options.freeActivations ? activationUses(nodes, loss) : null;
+  const leavesDoneAt = options.onLeafReady ? leafFinalNodes(nodes) : null;
   for (let i = nodes.length - 1; i >= 0; i--) {
     const node = nodes[i]!;
     const g = node.output.grad;
@@ -126,7 +135,24 @@ export function backward(loss: Tensor, grad?: Tensor, options: BackwardOptions =
         }
       }
     }
+    const done = leavesDoneAt?.get(i);
+    if (done) for (const leaf of done) options.onLeafReady!(leaf);
   }
+}
+
+/** For onLeafReady: node index → the leaves whose earliest reader on the tape is that node. */
+function leafFinalNodes(nodes: Node[]): Map<number, Tensor[]> {
+  const first = new Map<Tensor, number>();
+  nodes.forEach((n, i) => {
+    for (const t of n.inputs) if (!nonLeaf.has(t) && !first.has(t)) first.set(t, i);
+  });
+  const at = new Map<number, Tensor[]>();
+  for (const [t, i] of first) {
+    const list = at.get(i);
+    if (list) list.push(t);
+    else at.set(i, [t]);
+  }
+  return at;
 }
 
 /**

@@ -15,6 +15,7 @@ import { readFileSync } from "node:fs";
 import { getBackend } from "../backend/index.js";
 import { loadNative } from "../backend/native/index.js";
 import { SigmaError } from "../util/errors.js";
+import { activeWorld } from "../comm/comm.js";
 import { oneLine } from "../util/strict-json.js";
 import { register as registerTokenizer } from "./tokenizer.js";
 import { register as registerData } from "./data.js";
@@ -130,6 +131,12 @@ export async function runCli(argv: string[]): Promise<number> {
     // Commander has printed its own message (help, version, a bad flag).
     if (e instanceof CommanderError) return e.exitCode;
     const { text, code } = describeError(e);
+    const world = activeWorld();
+    if (world && world.comm.size > 1) {
+      // One rank of a distributed run: say which, then stop every rank (the others may wait in a collective for this one).
+      console.error(printable(text.replace(/^sigma: /, `sigma: rank ${world.comm.rank} of ${world.comm.size}: `)));
+      world.comm.abort(code);
+    }
     console.error(printable(text));
     return code;
   } finally {

@@ -14,6 +14,7 @@ import { TrainProgress } from "./progress.js";
 import { describeStore, withStoreOptions } from "./store.js";
 import { millions } from "./format.js";
 import { streamOut } from "./output.js";
+import { joinWorld } from "../comm/comm.js";
 
 /**
  * Runs `train` with a progress bar, evaluation lines, and Ctrl-C → a
@@ -21,13 +22,14 @@ import { streamOut } from "./output.js";
  */
 export async function trainWithProgress(config: TrainConfigInput | TrainConfig, opts: Omit<Parameters<typeof train>[1] & object, "signal" | "onProgress">): Promise<TrainResult> {
   const c = parseTrainConfig(config, opts.names?.config);
+  const lead = (opts.comm?.rank ?? 0) === 0;
   const stop = new AbortController();
   let bar: TrainProgress | null = null;
   const say = (line: string): void => (bar ? bar.log(line) : console.error(line));
   const onSigint = (): void => {
     if (stop.signal.aborted) process.exit(130);
     stop.abort();
-    say("stopping after this step (a checkpoint is written); Ctrl-C again to quit at once");
+    if (lead) say("stopping after this step (a checkpoint is written); Ctrl-C again to quit at once");
   };
   process.on("SIGINT", onSigint);
   try {
@@ -96,6 +98,8 @@ export function register(program: Command): void {
     .option("--store [path]", "ECSS: keep the experts and their Adam moments in an expert store file (default <out>/experts.sgxs)")
     .option("--expert-memory <size>", "ECSS: RAM budget of the resident experts, e.g. 2GiB (implies --store)")
     .action(async (o: { config: string; resume?: string | true; init?: string; out?: string; overwrite?: boolean; steps?: number; store?: string | true; expertMemory?: string }) => {
+      // Under mpirun / srun: this process is one rank of a data-parallel run (docs/distributed.md).
+      const world = joinWorld();
       let cfg: TrainConfig = loadTrainConfig(o.config);
       if (o.out !== undefined || o.steps !== undefined) cfg = parseTrainConfig({ ...cfg, ...(o.out !== undefined ? { out: o.out } : {}), ...(o.steps !== undefined ? { steps: o.steps } : {}) }, o.config);
       cfg = withStoreOptions(cfg, o, o.config);
@@ -106,8 +110,10 @@ export function register(program: Command): void {
         ...(o.init !== undefined ? { init: o.init } : {}),
         overwrite: !!o.overwrite,
         names: { config: o.config, out: outFlag, store: storeFlag },
+        comm: world.comm,
       });
-      printTrainResult(r);
+      if (world.comm.rank === 0) printTrainResult(r);
+      world.finalize();
     });
 
   program

@@ -33,6 +33,13 @@ export interface LoaderOptions {
    * Default: each domain's share of the split's tokens.
    */
   weights?: Record<string, number>;
+  /**
+   * Data parallel: this rank's rows of every batch, `count` rows from row
+   * `first`. The loader still draws every row's domain and window (so that
+   * every rank's generator stays in step with a one-process run's), but
+   * reads only its own rows' tokens: the batch it returns has `count` rows.
+   */
+  slice?: { first: number; count: number };
 }
 
 export interface Batch {
@@ -65,6 +72,8 @@ export class Loader {
   constructor(readonly dataDir: string, readonly opts: LoaderOptions) {
     const { seqLen: T, batchSize: B } = opts;
     if (!Number.isInteger(T) || T < 1 || !Number.isInteger(B) || B < 1) throw new SigmaError(`seqLen ${T} and batchSize ${B} must be positive integers`);
+    const sl = opts.slice;
+    if (sl && !(Number.isInteger(sl.first) && Number.isInteger(sl.count) && sl.first >= 0 && sl.count >= 1 && sl.first + sl.count <= B)) throw new RangeError(`Loader: rows ${sl.first} + ${sl.count} are not a slice of a batch of ${B}`);
     this.manifest = readManifest(join(dataDir, "manifest.json"));
     const tokPath = join(dataDir, this.manifest.tokenizer.file);
     const { tokenizer: tok, sha256: sha } = loadTokenizer(tokPath);
@@ -120,14 +129,18 @@ export class Loader {
   }
 
   next(): Batch {
-    const { seqLen: T, batchSize: B } = this.opts;
+    const { seqLen: T, batchSize } = this.opts;
+    const first = this.opts.slice?.first ?? 0;
+    const B = this.opts.slice?.count ?? batchSize;
     const x = new Int32Array(B * T);
     const y = new Int32Array(B * T);
     const domain = new Int32Array(B);
-    for (let b = 0; b < B; b++) {
+    for (let row = 0; row < batchSize; row++) {
       const s = this.streams[this.pickDomain()]!;
       const total = s.starts[s.starts.length - 1]!;
       const start = this.rng.int(total - T); // windows [start, start + T + 1) all fit
+      const b = row - first;
+      if (b < 0 || b >= B) continue;
       this.read(s, start, this.window);
       x.set(this.window.subarray(0, T), b * T);
       y.set(this.window.subarray(1, T + 1), b * T);

@@ -17,6 +17,7 @@ import { FeedForward, LayerNorm, type InitOptions } from "../nn/layers.js";
 import { Module } from "../nn/module.js";
 import { recompute } from "../nn/recompute.js";
 import { isGradEnabled } from "../autograd/tape.js";
+import type { Communicator } from "../comm/comm.js";
 import { MoeLayer, type ExternalExperts, type MoeContext } from "../moe/layer.js";
 import type { Routing } from "../moe/routing.js";
 import { Tensor } from "../tensor/tensor.js";
@@ -39,19 +40,30 @@ export interface ModelInput {
    * draws the same masks; without it the model counts its own forwards.
    */
   dropoutSeed?: number;
+  /**
+   * Data parallel (docs/distributed.md): these B sequences are rows
+   * first … first + B − 1 of a batch of `sequences` rows split between the
+   * ranks of `comm`. The losses returned are then this rank's share of the
+   * whole batch's losses (over the ranks they sum to them), and dropout
+   * draws this slice of the masks the whole batch would draw.
+   */
+  slice?: { comm: Communicator; sequences: number; first: number };
 }
 
 /** Dropout of one forward: rate and seed; each site mixes in its layer and place. */
 interface DropoutSpec {
   p: number;
   seed: number;
+  /** Data parallel: this rank's rows start `skipRows` token rows into the batch, of `rows` here. */
+  skipRows: number;
+  rows: number;
 }
 
 /** The residual branch's output after dropout at (layer, site), or as is when dropout is off. */
 function drop(t: Tensor, d: DropoutSpec | null, layer: number, site: number): Tensor {
   if (!d) return t;
   const seed = (Math.imul(d.seed, 0x9e3779b1) ^ Math.imul(layer + 1, 0x85ebca6b) ^ Math.imul(site + 1, 0xc2b2ae35)) >>> 0;
-  return ops.dropout(t, d.p, seed);
+  return ops.dropout(t, d.p, seed, d.skipRows * (t.size / d.rows));
 }
 
 export interface ModelOutput {
@@ -226,9 +238,10 @@ export class PanguSigma extends Module {
         posIds[r] = start + t;
       }
     }
-    const ctx: MoeContext = { tokenIds: tokens, domainIds: domainOf, vocabSize: V, domainGroup: this.domainGroup };
+    const slice = input.slice && !cache ? { comm: input.slice.comm, rows: input.slice.sequences * T, offset: input.slice.first * T } : undefined;
+    const ctx: MoeContext = { tokenIds: tokens, domainIds: domainOf, vocabSize: V, domainGroup: this.domainGroup, ...(slice ? { slice } : {}) };
     // Dropout in training mode only (evaluation, extraction and generation call eval(); decoding has a cache).
-    const dropout: DropoutSpec | null = this.training && c.dropout > 0 && !cache ? { p: c.dropout, seed: input.dropoutSeed ?? this.forwards++ } : null;
+    const dropout: DropoutSpec | null = this.training && c.dropout > 0 && !cache ? { p: c.dropout, seed: input.dropoutSeed ?? this.forwards++, skipRows: slice?.offset ?? 0, rows: R } : null;
 
     let h = ops.add(ops.embedding(this.tokenEmbedding, embedIds, [B, T]), ops.embedding(this.positionEmbedding, posIds, [B, T]));
     const routings: Routing[] = [];
@@ -262,7 +275,15 @@ export class PanguSigma extends Module {
   /** Cross-entropy of next-token prediction plus the routers' auxiliary losses. */
   loss(input: ModelInput, targets: Int32Array, ignoreIndex = -1): { loss: Tensor; lm: Tensor; out: ModelOutput } {
     const out = this.forward(input);
-    const lm = ops.crossEntropy(out.logits, targets, ignoreIndex);
+    let lm = ops.crossEntropy(out.logits, targets, ignoreIndex);
+    if (input.slice) {
+      // The mean over this rank's targets, weighted by its share of the whole batch's targets.
+      let mine = 0;
+      for (let i = 0; i < targets.length; i++) if (targets[i] !== ignoreIndex) mine++;
+      const counts = Float64Array.of(mine);
+      input.slice.comm.allreduce(counts);
+      lm = ops.scale(lm, counts[0]! > 0 ? mine / counts[0]! : 0);
+    }
     return { loss: out.auxLoss ? ops.add(lm, out.auxLoss) : lm, lm, out };
   }
 }

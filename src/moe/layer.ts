@@ -17,7 +17,7 @@ import { FeedForward, type InitOptions } from "../nn/layers.js";
 import { activate, type Activation } from "../nn/activation.js";
 import * as ops from "../ops/index.js";
 import { Tensor } from "../tensor/tensor.js";
-import type { Routing } from "./routing.js";
+import type { BatchSlice, Routing } from "./routing.js";
 import { routerSpec, type RouterConfig } from "./routers/index.js";
 import type { RouterModule } from "./routers/router.js";
 
@@ -29,6 +29,8 @@ export interface MoeContext {
   vocabSize: number;
   /** Group of each domain index (RRE). */
   domainGroup: Int32Array;
+  /** Data parallel: the rows are this rank's slice of a shared batch. */
+  slice?: BatchSlice;
 }
 
 /** An expert layer's weights: stacked tensors [E, …], or (matrices) per-expert parts. */
@@ -115,7 +117,7 @@ export class MoeLayer extends Module {
   /** x: [R, C] → [R, C], with the routing used. */
   forward(x: Tensor, ctx: MoeContext): { y: Tensor; routing: Routing } {
     const E = this.experts;
-    const routing = this.router.route({ x, tokenIds: ctx.tokenIds, domainIds: ctx.domainIds });
+    const routing = this.router.route({ x, tokenIds: ctx.tokenIds, domainIds: ctx.domainIds, ...(ctx.slice ? { slice: ctx.slice } : {}) });
     if (!this.bank) return this.compute(x, routing, routing.expertIds, E, this);
     // Compact to the U experts in use: global id → position among them (dropped ids E map past the end).
     const used = Int32Array.from(routing.counts.keys()).filter((e) => routing.counts[e]! > 0);

@@ -5,7 +5,23 @@
  * An assignment whose expert id equals E was dropped (capacity exceeded):
  * it is not computed and contributes nothing (the residual carries the token).
  */
+import type { Communicator } from "../comm/comm.js";
 import type { Tensor } from "../tensor/tensor.js";
+
+/**
+ * Data parallel (docs/distributed.md): this rank's rows are one slice of a
+ * batch that the ranks of `comm` share, rank after rank. A router computes
+ * every batch-level quantity — the balance loss's f and P, the z-loss mean,
+ * capacity and drop order — over the whole batch, so that each rank's loss
+ * is its exact share of the one-process loss and the shares sum to it.
+ */
+export interface BatchSlice {
+  comm: Communicator;
+  /** Token rows of the whole batch (every rank's). */
+  rows: number;
+  /** Index in the whole batch of this rank's first row. */
+  offset: number;
+}
 
 export interface RouterInput {
   /** Hidden states [R, C] (R = tokens in the batch). */
@@ -14,6 +30,8 @@ export interface RouterInput {
   tokenIds: Int32Array;
   /** Domain index of each row [R] (RRE picks the expert group from it). */
   domainIds: Int32Array;
+  /** Set when the batch is split over several ranks: the losses returned are then this rank's share. */
+  slice?: BatchSlice;
 }
 
 export interface Routing {
@@ -27,7 +45,7 @@ export interface Routing {
   auxLoss: Tensor | null;
   /** Router z-loss, already multiplied by its coefficient. */
   zLoss: Tensor | null;
-  /** Kept assignments per expert [E]. */
+  /** Kept assignments per expert [E] (this rank's rows only, under a BatchSlice). */
   counts: Int32Array;
   /** Assignments dropped by the capacity limit. */
   dropped: number;

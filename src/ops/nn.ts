@@ -126,13 +126,18 @@ export function logsumexp(x: Tensor): Tensor {
  * are scaled by 1/(1 − p), so the expected value is unchanged. The mask is a
  * function of `seed` alone, so a recomputed forward (or a resumed run) draws
  * the same mask. The gradient is the product rule's: dy ⊙ mask.
+ *
+ * `skip`: x is a slice of a larger tensor that starts `skip` elements in (a
+ * data-parallel rank's rows of a batch): the mask is that slice of the larger
+ * tensor's mask, so every split of a batch drops the same elements.
  */
-export function dropout(x: Tensor, p: number, seed: number): Tensor {
+export function dropout(x: Tensor, p: number, seed: number, skip = 0): Tensor {
   if (!(p >= 0 && p < 1)) throw new RangeError(`dropout: p = ${p} is outside [0, 1)`);
   if (p === 0) return x;
   const mask = empty(x, x.shape);
   const m = mask.data;
   const rng = new Rng(seed);
+  for (let i = 0; i < skip; i++) rng.nextU32();
   const cut = p * 2 ** 32, keep = 1 / (1 - p);
   for (let i = 0; i < m.length; i++) m[i] = rng.nextU32() < cut ? 0 : keep;
   return mul(x, mask);

@@ -15,6 +15,7 @@
  * Written all-or-nothing by src/checkpoint/folder.ts; loading verifies every
  * file and refuses a checkpoint whose model config differs from the run's.
  */
+import type { Communicator } from "../comm/comm.js";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -144,7 +145,7 @@ export function diffFields(a: unknown, b: unknown, path = ""): string[] {
  * its model section must equal the checkpoint's; the rest (steps, eval,
  * checkpoint cadence, out) may change — e.g. to train longer.
  */
-export function resumeTrainer(path: string, config?: TrainConfig): Trainer {
+export function resumeTrainer(path: string, config?: TrainConfig, comm?: Communicator): Trainer {
   const folder = openCheckpointFolder(path);
   const where = folder.path;
   const s = readTrainState(folder);
@@ -170,7 +171,7 @@ export function resumeTrainer(path: string, config?: TrainConfig): Trainer {
   for (const [name, h] of Object.entries(s.rreTables ?? {})) {
     if (tables[name] !== h) throw new SigmaError(`${where}: the RRE table "${name}" differs from the one recorded in state.json`, "the checkpoint is damaged; use an earlier one");
   }
-  const t = new Trainer(cfg, model);
+  const t = new Trainer(cfg, model, comm);
   t.resumedPrecision = saved.precision;
   if (t.ecss) {
     const id = t.ecss.store.header.storeId;

@@ -112,6 +112,16 @@ export const TrainConfigSchema = z
       /** RRE: read the next step's experts in a worker thread while this step computes. */
       prefetch: z.boolean().default(true),
     }),
+    /**
+     * How the ranks of an MPI launch share the work (docs/distributed.md):
+     * `data` ranks each take a slice of every batch, `expert` ranks split each
+     * sparse layer's experts; data · expert must equal the ranks launched.
+     * data null = all ranks over expert. Ignored by a one-process run.
+     */
+    parallel: section({
+      data: intField(1, 2 ** 20).nullable().default(null),
+      expert: intField(1, 2 ** 20).default(1),
+    }),
     /** Recompute each block's activations in the backward pass instead of keeping them: less memory, ~⅓ more compute. */
     recompute: z.boolean().default(false),
     /**

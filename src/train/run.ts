@@ -191,8 +191,10 @@ function stoppedByOutputError(e: unknown, t: Trainer): unknown {
 async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise<RunResult> {
   const c = t.config;
   const paths = runPaths(c.out);
-  mkdirSync(c.out, { recursive: true });
-  const log = new MetricsLog(paths.metrics, opts.resumed ? t.step : null);
+  // Several ranks (docs/distributed.md): all train, rank 0 alone evaluates and writes; the others write nothing.
+  const lead = t.comm.rank === 0;
+  if (lead) mkdirSync(c.out, { recursive: true });
+  const log = lead ? new MetricsLog(paths.metrics, opts.resumed ? t.step : null) : null;
   const startSeconds = t.seconds;
   const wallStart = performance.now();
   let stopped: RunResult["stopped"] = "done";
@@ -201,6 +203,7 @@ async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise
   let lastCkpt = "";
   let lastCkptStep = -1;
   const evaluate = (): DomainEval[] => {
+    if (!log) return (lastEval = []);
     const ev = t.evaluate();
     log.append(evalRecord(t.step, ev));
     hooks.onEval?.(t.step, ev);
@@ -208,23 +211,33 @@ async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise
     return (lastEval = ev);
   };
   const checkpoint = (): void => {
-    lastCkpt = saveTrainCheckpoint(t, paths.checkpoints);
+    // What rank 0 saves stands for every rank: check that they all hold it.
+    t.assertRanksInSync(`checkpoint at step ${t.step}`);
     lastCkptStep = t.step;
+    if (!log) return;
+    lastCkpt = saveTrainCheckpoint(t, paths.checkpoints);
     log.append({ kind: "checkpoint", step: t.step, path: lastCkpt });
     hooks.onCheckpoint?.(lastCkpt);
   };
+  /** Why to stop before the next step; on several ranks, agreed (any rank's reason stops all, at the same step). */
+  const stopReason = (): RunResult["stopped"] | null => {
+    const codes: RunResult["stopped"][] = ["done", "stopAtStep", "time", "requested"];
+    let code = 0;
+    if (opts.stopAtStep !== undefined && t.step >= opts.stopAtStep) code = 1;
+    else if (c.maxSeconds !== null && (performance.now() - wallStart) / 1000 >= c.maxSeconds) code = 2;
+    else if (hooks.shouldStop?.()) code = 3;
+    if (t.comm.size > 1) {
+      const v = Int32Array.of(code);
+      t.comm.allreduce(v, "max");
+      code = v[0]!;
+    }
+    return code ? codes[code]! : null;
+  };
 
   while (t.step < c.steps) {
-    if (opts.stopAtStep !== undefined && t.step >= opts.stopAtStep) {
-      stopped = "stopAtStep";
-      break;
-    }
-    if (c.maxSeconds !== null && (performance.now() - wallStart) / 1000 >= c.maxSeconds) {
-      stopped = "time";
-      break;
-    }
-    if (hooks.shouldStop?.()) {
-      stopped = "requested";
+    const why = stopReason();
+    if (why) {
+      stopped = why;
       break;
     }
     const r = t.trainStep();
@@ -236,7 +249,7 @@ async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise
         `lower optim.lr or raise optim.warmupSteps, then ${newest ? `--resume from ${newest.path} (step ${newest.step}), or start again` : "start again"}`,
       );
     }
-    if (r.step % c.logEvery === 0 || r.step === c.steps) {
+    if (log && (r.step % c.logEvery === 0 || r.step === c.steps)) {
       const { routing, ...scalars } = r;
       log.append({ kind: "train", ...scalars, tokensSeen: t.tokens, tokensPerSec: r.tokens / r.seconds, elapsed: t.seconds });
       if (routing.length) log.append({ kind: "routing", step: r.step, layers: routing });
@@ -249,6 +262,7 @@ async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise
   }
   const finalEval = lastEvalStep === t.step && lastEval ? lastEval : evaluate();
   if (lastCkptStep !== t.step) checkpoint();
+  if (!log) return { stopped, steps: t.step, finalEval, checkpoint: lastCkpt, metrics: paths.metrics, plots: [] };
   log.append({ kind: "end", step: t.step, stopped, seconds: t.seconds - startSeconds });
   const plots = writePlots(c.out, c.name, opts.baselines);
   return { stopped, steps: t.step, finalEval, checkpoint: lastCkpt, metrics: paths.metrics, plots };

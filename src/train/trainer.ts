@@ -5,8 +5,9 @@
  * (parameters, moments, loader RNG, step) is what a checkpoint saves, so a
  * resumed trainer continues bit for bit.
  */
-import { backward, zeroGrad } from "../autograd/tape.js";
+import { backward, gradOf, zeroGrad } from "../autograd/tape.js";
 import { section } from "../backend/profile.js";
+import { soloComm, type Communicator } from "../comm/comm.js";
 import { Loader, type Batch } from "../data/loader.js";
 import { modelRouter, type ModelConfig } from "../models/config.js";
 import { PanguSigma } from "../models/pangu-sigma.js";
@@ -25,6 +26,7 @@ import type { Precision } from "../backend/backend.js";
 import { Evaluator, runEvalSettings, type DomainEval, checkEvalBatches } from "./evaluate.js";
 import { learningRate, scheduleOf, type Schedule } from "./schedule.js";
 import { checkRunFits } from "./memory.js";
+import { DataParallel, assertInSync, parallelPlan, sliceRows } from "./data-parallel.js";
 
 export interface StepResult {
   /** Optimizer steps done after this one. */
@@ -42,6 +44,8 @@ export interface StepResult {
   gradNorm: number;
   tokens: number;
   seconds: number;
+  /** Seconds this rank spent in gradient and statistics communication (0 on one process). */
+  commSeconds: number;
   /** Per sparse layer: tokens per expert, per-device load and imbalance score over the step. */
   routing: LayerStats[];
 }
@@ -76,15 +80,21 @@ export class Trainer {
    * optimizer state are f32 in both, so a run may switch at a resume.
    */
   resumedPrecision: Precision | null = null;
+  /** The ranks this run trains on (soloComm: one process). */
+  readonly comm: Communicator;
+  /** With several ranks: this rank's rows of every micro-batch and the gradient sum (src/train/data-parallel.ts). */
+  private readonly dp: { rows: { first: number; count: number }; sync: DataParallel } | null = null;
 
   /**
    * With config.store.enabled, a fresh trainer creates the store from the
    * model's init; a given model (resume) must be one without resident experts
    * and opens the existing store, whose index the checkpoint then restores.
    */
-  constructor(readonly config: TrainConfig, model?: PanguSigma) {
+  constructor(readonly config: TrainConfig, model?: PanguSigma, comm: Communicator = soloComm) {
     // A run the machine cannot hold is refused before anything is allocated (src/train/memory.ts).
     checkRunFits(config);
+    this.comm = comm;
+    parallelPlan(config, comm.size);
     try {
       if (config.store.enabled) {
         const path = storePath(config);
@@ -115,7 +125,12 @@ export class Trainer {
         sparseExperts: o.sparseExperts,
       });
       this.schedule = scheduleOf(config);
-      this.loader = new Loader(config.data.dir, { split: "train", seqLen: config.model.seqLen, batchSize: config.batchSize, seed: config.seed, weights: config.data.weights });
+      if (comm.size > 1) {
+        // Gradients travel on a communicator of their own, so that their non-blocking sums, started
+        // during backward, never interleave with the routers' batch statistics on the world one.
+        this.dp = { rows: sliceRows(comm.rank, comm.size, config.batchSize), sync: new DataParallel(comm, comm.split(0, comm.rank)!) };
+      }
+      this.loader = new Loader(config.data.dir, { split: "train", seqLen: config.model.seqLen, batchSize: config.batchSize, seed: config.seed, weights: config.data.weights, ...(this.dp ? { slice: this.dp.rows } : {}) });
       const m = this.loader.manifest;
       if (m.tokenizer.vocabSize !== config.model.vocabSize) {
         throw new SigmaError(`model.vocabSize is ${config.model.vocabSize} but the data in ${config.data.dir} was tokenized with a vocabulary of ${m.tokenizer.vocabSize}`, `set model.vocabSize to ${m.tokenizer.vocabSize}`);
@@ -196,16 +211,21 @@ export class Trainer {
     // Sections: where the step's time goes outside the kernels, when a profile runs (src/backend/profile.ts).
     section("zeroGrad", () => zeroGrad(params));
     const batches = section("loader", () => this.stepBatches());
+    const dp = this.dp;
     for (let a = 0; a < c.accumSteps; a++) {
       const b = batches[a]!;
       const domains = this.rowDomains(b);
       // Dropout masks from (seed, step, micro-batch): a resumed run draws the same ones.
       const dropoutSeed = (Math.imul(this.step + 1, 0x9e3779b1) ^ Math.imul(a + 1, 0x85ebca6b) ^ c.seed) >>> 0;
-      const r = this.model.loss({ tokens: b.x, domains, B: b.B, T: b.T, dropoutSeed }, b.y);
+      // Data parallel: b holds this rank's rows of the micro-batch, and the losses are its share of the whole one's.
+      const slice = dp ? { slice: { comm: this.comm, sequences: c.batchSize, first: dp.rows.first } } : {};
+      const r = this.model.loss({ tokens: b.x, domains, B: b.B, T: b.T, dropoutSeed, ...slice }, b.y);
       // Gradients add up over micro-batches; scaling each by 1/accum makes the sum their mean.
       // Only scalars (losses) and routing counts are read after backward, so the
       // forward's buffers can go back to the pool for the next micro-batch.
-      backward(c.accumSteps > 1 ? ops.scale(r.loss, 1 / c.accumSteps) : r.loss, undefined, { freeActivations: true });
+      // Data parallel: the last micro-batch's backward hands each finished gradient to the sum over ranks.
+      const onLeafReady = dp && a === c.accumSteps - 1 ? dp.sync.beginBackward(params, gradOf) : undefined;
+      backward(c.accumSteps > 1 ? ops.scale(r.loss, 1 / c.accumSteps) : r.loss, undefined, { freeActivations: true, ...(onLeafReady ? { onLeafReady } : {}) });
       this.ecss?.collectGrads();
       loss += r.loss.item();
       lm += r.lm.item();
@@ -216,6 +236,23 @@ export class Trainer {
         dropped[l] += rt.dropped;
       });
       tokens += b.B * b.T;
+    }
+    if (dp) {
+      dp.sync.endBackward();
+      // The step's statistics over the whole batch: losses (each rank holds its share), tokens, routing counts.
+      const L = c.model.sparseLayers;
+      const v = new Float64Array(5 + L * (E + 1));
+      v.set([loss, lm, balance, z, tokens]);
+      for (let l = 0; l < L; l++) {
+        v[5 + l * (E + 1)] = dropped[l]!;
+        for (let e = 0; e < E; e++) v[6 + l * (E + 1) + e] = counts[l]![e]!;
+      }
+      dp.sync.sumStats(v);
+      [loss, lm, balance, z, tokens] = [v[0]!, v[1]!, v[2]!, v[3]!, v[4]!];
+      for (let l = 0; l < L; l++) {
+        dropped[l] = v[5 + l * (E + 1)]!;
+        for (let e = 0; e < E; e++) counts[l]![e] = v[6 + l * (E + 1) + e]!;
+      }
     }
     // Global-norm clipping over every gradient (with ECSS, the store's experts' too),
     // applied as a factor inside the optimizer's fused steps.
@@ -233,7 +270,7 @@ export class Trainer {
     const n = c.accumSteps;
     const D = devicesFor(c.model);
     const routing = counts.map((cs, l) => layerStats(cs, D, tokens, dropped[l]!));
-    return { step: this.step, loss: loss / n, lm: lm / n, balanceLoss: balance / n, zLoss: z / n, lr, gradNorm, tokens, seconds, routing };
+    return { step: this.step, loss: loss / n, lm: lm / n, balanceLoss: balance / n, zLoss: z / n, lr, gradNorm, tokens, seconds, commSeconds: dp?.sync.commSeconds ?? 0, routing };
   }
 
   /** Experts with routed tokens this step, by MoE layer path (the sparse rule's touched set). */
@@ -258,6 +295,11 @@ export class Trainer {
     } finally {
       this.model.setPrecision(c.precision);
     }
+  }
+
+  /** Throws the same SigmaError on every rank unless all ranks hold the same run (src/train/data-parallel.ts). */
+  assertRanksInSync(what: string): void {
+    assertInSync(this.comm, what, { step: this.step, config: { ...this.config, out: null, parallel: null }, loader: this.loaderState(), params: this.model.parameters() });
   }
 
   close(): void {

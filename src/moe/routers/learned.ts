@@ -5,6 +5,7 @@
  */
 import * as ops from "../../ops/index.js";
 import { Tensor } from "../../tensor/tensor.js";
+import type { BatchSlice } from "../routing.js";
 import type { ModelView, RouterTensor } from "./router.js";
 
 /**
@@ -20,14 +21,27 @@ export function pick(m: Tensor, flat: Int32Array): Tensor {
  * form). f_i = kept assignments of expert i / (R·k), so Σ f = 1 [ours]; P_i is
  * the mean router probability of expert i over the batch. Equals α when both
  * are uniform. Only P carries a gradient.
+ *
+ * Over a batch split between ranks (`slice`), f comes from every rank's
+ * counts (summed across them) and R is the whole batch's rows; this rank's P
+ * sums only its own rows' probabilities, over the whole batch's R. The
+ * result is this rank's share: the shares sum to the one-process loss, and
+ * each one's gradient is exactly the part that flows into this rank's rows.
  */
-export function balanceLoss(probs: Tensor, counts: Int32Array, assignments: number, alpha: number): Tensor | null {
+export function balanceLoss(probs: Tensor, counts: Int32Array, k: number, alpha: number, slice?: BatchSlice): Tensor | null {
   if (alpha === 0) return null;
   const [R, E] = probs.shape as [number, number];
-  const meanRow = Tensor.full([1, R], 1 / R, probs.dtype);
+  let total: ArrayLike<number> = counts;
+  let rows = R;
+  if (slice) {
+    total = Float64Array.from(counts);
+    slice.comm.allreduce(total as Float64Array);
+    rows = slice.rows;
+  }
+  const meanRow = Tensor.full([1, R], 1 / rows, probs.dtype);
   const P = ops.matmul(meanRow, probs); // [1, E]
   const f = Tensor.zeros([1, E], probs.dtype);
-  for (let e = 0; e < E; e++) f.data[e] = counts[e]! / Math.max(assignments, 1);
+  for (let e = 0; e < E; e++) f.data[e] = total[e]! / Math.max(rows * k, 1);
   return ops.scale(ops.sum(ops.mul(P, f)), alpha * E);
 }
 

@@ -107,7 +107,7 @@ export class MogeRouter extends Module implements RouterModule {
     }
     const weights = ops.mul(pick(probs, flat), ops.reshape(ops.gatherRows(ops.reshape(this.scale, [E, 1]), expertIds), [R * k]));
     const counts = countPerExpert(expertIds, E);
-    return { k, expertIds, weights, auxLoss: balanceLoss(probs, counts, R * k, this.auxLossCoef), zLoss: null, counts, dropped: 0 };
+    return { k, expertIds, weights, auxLoss: balanceLoss(probs, counts, k, this.auxLossCoef, input.slice), zLoss: null, counts, dropped: 0 };
   }
 
   copyKept(from: RouterModule, kept: readonly number[]): void {

@@ -13,6 +13,7 @@ import * as ops from "../../ops/index.js";
 import { Tensor } from "../../tensor/tensor.js";
 import { SigmaError } from "../../util/errors.js";
 import { finiteField, intField } from "../../util/json.js";
+import type { Communicator } from "../../comm/comm.js";
 import { countPerExpert, type RouterInput, type Routing } from "../routing.js";
 import { balanceLoss, copyRows, mostUsed, pick, routerMatrix, topIndices } from "./learned.js";
 import { MAX_EXPERTS, type RouterKind, type RouterModule } from "./router.js";
@@ -62,6 +63,36 @@ export const topk: RouterKind<typeof TopkSchema> = {
   }),
 };
 
+/**
+ * Capacity over a batch split between ranks, rank after rank: the loads each
+ * expert has already reached when this rank's rows are served, for each
+ * choice level j (first choices of all tokens, then second choices, …), as
+ * [k·E]. The one-process rule serves level j of rows in order, an expert
+ * taking assignments until it holds `cap`; so before this rank's level-j
+ * rows, expert e holds min(cap, L + Σ of earlier ranks' level-j choices of
+ * e), where L is its load after level j − 1 over the whole batch (itself
+ * min(cap, L' + every rank's level-(j−1) choices)). One allgather of every
+ * rank's choice counts per level gives all of it.
+ */
+function sliceLoads(comm: Communicator, expertIds: Int32Array, R: number, k: number, E: number, cap: number): Int32Array {
+  const mine = new Int32Array(k * E);
+  for (let r = 0; r < R; r++) for (let j = 0; j < k; j++) mine[j * E + expertIds[r * k + j]!]++;
+  const all = comm.allgather(mine); // [ranks, k, E]
+  const start = new Int32Array(k * E);
+  const level = new Float64Array(E); // whole-batch load after the previous level
+  for (let j = 0; j < k; j++) {
+    for (let e = 0; e < E; e++) {
+      let before = level[e]!;
+      for (let q = 0; q < comm.size; q++) {
+        if (q === comm.rank) start[j * E + e] = Math.min(cap, before);
+        before += all[(q * k + j) * E + e]!;
+      }
+      level[e] = Math.min(cap, before);
+    }
+  }
+  return start;
+}
+
 export class TopkRouter extends Module implements RouterModule {
   readonly weight: Tensor;
 
@@ -96,9 +127,11 @@ export class TopkRouter extends Module implements RouterModule {
     // output depend on it.
     let dropped = 0;
     if (capacityFactor !== null && this.training) {
-      const cap = Math.ceil((capacityFactor * R * k) / E);
+      const cap = Math.ceil((capacityFactor * (input.slice?.rows ?? R) * k) / E);
+      const start = input.slice ? sliceLoads(input.slice.comm, expertIds, R, k, E, cap) : null;
       const load = new Int32Array(E);
       for (let j = 0; j < k; j++) {
+        if (start) load.set(start.subarray(j * E, (j + 1) * E));
         for (let r = 0; r < R; r++) {
           const a = r * k + j;
           const e = expertIds[a]!;
@@ -113,9 +146,10 @@ export class TopkRouter extends Module implements RouterModule {
     let zLoss: Tensor | null = null;
     if (zLossCoef > 0) {
       const lse = ops.logsumexp(logits);
-      zLoss = ops.scale(ops.mean(ops.mul(lse, lse)), zLossCoef);
+      // Split over ranks, the mean is over the whole batch: this rank's share.
+      zLoss = input.slice ? ops.scale(ops.sum(ops.mul(lse, lse)), zLossCoef / input.slice.rows) : ops.scale(ops.mean(ops.mul(lse, lse)), zLossCoef);
     }
-    return { k, expertIds, weights, auxLoss: balanceLoss(probs, counts, R * k, auxLossCoef), zLoss, counts, dropped };
+    return { k, expertIds, weights, auxLoss: balanceLoss(probs, counts, k, auxLossCoef, input.slice), zLoss, counts, dropped };
   }
 
   copyKept(from: RouterModule, kept: readonly number[]): void {
