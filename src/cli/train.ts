@@ -14,6 +14,7 @@ import { TrainProgress } from "./progress.js";
 import { describeStore, withStoreOptions } from "./store.js";
 import { millions } from "./format.js";
 import { streamOut } from "./output.js";
+import { tuneFirst } from "./tune.js";
 
 /**
  * Runs `train` with a progress bar, evaluation lines, and Ctrl-C → a
@@ -92,6 +93,7 @@ export function register(program: Command): void {
       cfg = withStoreOptions(cfg, o, o.config);
       const outFlag = o.out !== undefined ? "--out" : `out in ${o.config}`;
       const storeFlag = typeof o.store === "string" ? "--store" : cfg.store.path !== null ? `store.path in ${o.config}` : `the store path (${outFlag}/experts.sgxs)`;
+      await tuneFirst();
       const r = await trainWithProgress(cfg, {
         ...(o.resume !== undefined ? { resume: o.resume } : {}),
         ...(o.init !== undefined ? { init: o.init } : {}),
