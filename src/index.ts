@@ -19,3 +19,5 @@ export { ModelConfigSchema, parseModelConfig, type ModelConfig, type ModelConfig
 export { RouterSchema, ROUTER_KINDS, type RouterConfig } from "./moe/routers/index.js";
 export type { DomainEval } from "./train/evaluate.js";
 export { SigmaError } from "./util/errors.js";
+export { tune, ensureTuned, type TuneOptions, type TuneResult } from "./backend/native/tune.js";
+export { tuneFilePath, type GemmTuning, type TuneMeasurement } from "./backend/native/tune-cache.js";

@@ -30,7 +30,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Rng } from "../src/util/rng.js";
 
-type Kind = "f32" | "idx" | "offsets" | "i32out" | "parts" | "dim" | "num" | "int" | "bool" | "path" | "iters" | "threads" | "tile" | "block" | "bf16path";
+type Kind = "f32" | "idx" | "offsets" | "i32out" | "parts" | "dim" | "num" | "int" | "bool" | "path" | "iters" | "threads" | "tile" | "block" | "bf16path" | "tuning";
 
 const f = "f32" as const, d = "dim" as const, n = "num" as const, b = "bool" as const, i = "idx" as const;
 /** The argument kinds of every export this fuzz knows. An export missing here is still called (with random arguments) and reported in unknownExports. */
@@ -80,6 +80,8 @@ export const SIGNATURES: Record<string, Kind[]> = {
   setGemmConfig: ["tile", "block", "block", "block", b],
   bf16Path: [],
   setBf16Path: ["bf16path"],
+  setGemmTuning: ["tuning"],
+  gemmTuning: [],
 };
 /** Where the grouped kernels take E (parts and offsets are sized from it). */
 const E_AT = 4;
@@ -217,6 +219,13 @@ export function fuzz(o: Options): Summary {
       case "block": {
         const v = pick([0, 0, 1, 5, 13, 64, 512]);
         return [v, String(v)];
+      }
+      case "tuning": {
+        if (p(0.3)) return [null, "null"];
+        const tile = () => pick(["avx512-12x32", "avx512-8x32", "avx512-6x16", "avx2-6x16", "avx2-4x24", "portable-6x16"] as const);
+        const choice = () => ({ tile: tile(), mc: 1 + r(200), kc: 1 + r(600), nc: 1 + r(600) });
+        const bucket = () => ({ large: choice(), shortK: choice(), smallMRowsNT: r(97), smallMRowsNN: r(97) });
+        return [{ path: pick(["avx512", "avx2-fma", "portable"] as const), one: bucket(), many: bucket() }, "tuning"];
       }
     }
   }
@@ -452,6 +461,19 @@ export function fuzz(o: Options): Summary {
         return ((v) => [v, describe(v)])(pick<unknown>([-1, 65537, 2 ** 31, 65536, 1.5, NaN, Infinity, "64", null, {}]));
       case "bf16path":
         return ((v) => [v, describe(v)])(pick<unknown>(["", "converted", "AUTO", "auto\0", "x".repeat(1000), 1, null, undefined, {}, new String("auto")]));
+      case "tuning": {
+        // A plausible tuning with one field made hostile (or gone), or no object at all.
+        const [ok] = plausible("tuning", args);
+        if (ok === null || p(0.2)) return ((v) => [v, describe(v)])(pick<unknown>([undefined, 1, "tuning", [], [{}], () => ({}), Symbol("t")]));
+        const t = ok as { one: Record<string, unknown> & { large: Record<string, unknown> } };
+        const bad = pick<unknown>([-1, 0, 65537, 97, 2 ** 31, 1.5, NaN, Infinity, "64", null, undefined, {}, { valueOf: () => { detachSomething(); return 3; } }]);
+        const at = r(4);
+        if (at === 0) t.one.large[pick(["tile", "mc", "kc", "nc"] as const)] = bad;
+        else if (at === 1) t.one[pick(["smallMRowsNT", "smallMRowsNN"] as const)] = bad;
+        else if (at === 2) (t as unknown as Record<string, unknown>)[pick(["path", "one", "many"] as const)] = bad;
+        else Object.defineProperty(t.one, "large", { get: () => { detachSomething(); return bad; } });
+        return [t, `tuning(hostile ${describe(bad)})`];
+      }
     }
   }
 
@@ -525,6 +547,7 @@ export function fuzz(o: Options): Summary {
   // Leave the process as it started for whatever runs after (the fuzz changes both).
   (addon.setKernelPath as Fn | undefined)?.("auto");
   (addon.setGemmConfig as Fn | undefined)?.("auto", 0, 0, 0, false);
+  (addon.setGemmTuning as Fn | undefined)?.(null);
   const seconds = Math.round((performance.now() - t0) / 10) / 100;
   return { seed: o.seed, ...total, seconds, byExport, unknownExports, values, badCalls };
 }

@@ -2,6 +2,11 @@
 // their types) with only the given command groups registered. Not a test file.
 import { Command } from "commander";
 
+// Tests run the heavy commands (sigma train, demo) many times: no first-use
+// GEMM tuning there, and no tuning file from the developer's cache
+// (test/tune.test.ts tests both on its own files).
+process.env.SIGMA_TUNE ??= "off";
+
 /** Runs `sigma <args>` with the commands that `registers` add; returns everything printed. */
 export async function runCli(registers: ((program: Command) => void)[], args: string[]): Promise<string> {
   const program = new Command().exitOverride();

@@ -8,6 +8,9 @@ import { runCli } from "../src/cli/program.js";
 import { withStreamOut } from "../src/cli/output.js";
 import { SigmaError } from "../src/util/errors.js";
 
+// No first-use GEMM tuning in the commands these tests run, and no tuning file from the developer's cache.
+process.env.SIGMA_TUNE ??= "off";
+
 /** Runs `sigma <argv>` through runCli; returns the exit code and what it printed (stdout and stderr apart). */
 export async function cli(argv: string[]): Promise<{ code: number; out: string; err: string }> {
   const out: string[] = [];

@@ -13,14 +13,16 @@ import { kernelPathSetting, loadNative, type NativeBackend } from "../src/backen
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 import { Rng } from "../src/util/rng.js";
 
+// The rule's blocking is checked below: a tuning file in the developer's cache must not apply here.
+process.env.SIGMA_TUNE = "off";
 const load = loadNative();
 const skip = !load.backend && process.env.SIGMA_ALLOW_NO_NATIVE === "1" ? `native backend unavailable: ${load.error}` : false;
 
 interface Tile { name: string; mr: number; nr: number; isa: string; runnable: boolean }
-interface GemmConfig { tile: string; mr: number; nr: number; mc: number; kc: number; nc: number; tileOverride: boolean; blockingOverride: boolean; blockedOnly: boolean }
+interface GemmConfig { tile: string; mr: number; nr: number; mc: number; kc: number; nc: number; tileOverride: boolean; blockingOverride: boolean; blockedOnly: boolean; tuned: boolean; smallMRowsNT: number; smallMRowsNN: number }
 type Gemm = NativeBackend & {
   gemmTiles(): Tile[];
-  gemmConfig(): GemmConfig;
+  gemmConfig(K?: number, threads?: number): GemmConfig;
   setGemmConfig(tile: string, mc: number, kc: number, nc: number, blockedOnly: boolean): void;
 };
 const native = () => {
@@ -140,8 +142,11 @@ function maxRelDiff(a: Float32Array, b: Float32Array): number {
 // blocking too (M > MC, K > KC).
 const SHAPES: [number, number, number][] = [[1, 1, 1], [1, 3, 17], [3, 17, 1], [17, 257, 3], [257, 17, 33], [13, 35, 70], [29, 33, 257], [200, 75, 530]];
 // Blockings as [mc, kc, nc] (0: the rule's): the rule's, and tiny ones that
-// are not multiples of the tile, so blocks end mid-tile in every direction.
+// are not multiples of the tile, so blocks end mid-tile in every direction;
+// then per tile the extremes the tuner may choose (tune.ts, neighbour():
+// KC 32–2048, MC a multiple of MR, NC of NR, at least one tile each).
 const BLOCKINGS: [number, number, number][] = [[0, 0, 0], [5, 7, 9], [13, 16, 35], [25, 64, 50]];
+const tunerBlockings = (t: Tile): [number, number, number][] => [[t.mr, 32, t.nr], [t.mr * 2, 48, t.nr * 3], [t.mr * 40, 2048, t.nr * 256]];
 const ALL_PATHS = ["auto", "avx2-fma", "portable"] as const;
 const RANK: Record<string, number> = { portable: 0, "avx2-fma": 1, avx512: 2 };
 
@@ -160,7 +165,7 @@ test("every tile × blocking × transpose × odd shape agrees with the reference
       n.setKernelPath(path);
       const level = n.cpuFeatures().path;
       for (const tile of n.gemmTiles().filter((t) => t.runnable && RANK[t.isa]! <= RANK[level]!)) {
-        for (const [mc, kc, nc] of BLOCKINGS) {
+        for (const [mc, kc, nc] of [...BLOCKINGS, ...tunerBlockings(tile)]) {
           n.setGemmConfig(tile.name, mc, kc, nc, true);
           assert.equal(n.gemmConfig().tile, tile.name, `${tile.name} is the tile in use on the ${level} path`);
           for (const threads of [1, 2]) {
@@ -212,5 +217,87 @@ test("each tile in ordinary dispatch: matmul, bmm and groupedMatmul agree with t
     }
   } finally {
     n.setGemmConfig("auto", 0, 0, 0, false);
+  }
+});
+
+// The tuner's choice as the addon applies it: a tile and blocking per shape
+// class (K > 256, K ≤ 256) and thread bucket, and the small-M thresholds.
+const tuningWith = (path: string, large: string, shortK: string, smallM: number, many?: { large: string; shortK: string; smallM: number }) => {
+  const bucket = (l: string, s: string, rows: number) => ({
+    large: { tile: l, mc: 37, kc: 96, nc: 70 },
+    shortK: { tile: s, mc: 25, kc: 40, nc: 33 },
+    smallMRowsNT: rows,
+    smallMRowsNN: rows,
+  });
+  return { path, one: bucket(large, shortK, smallM), many: many ? bucket(many.large, many.shortK, many.smallM) : bucket(large, shortK, smallM) };
+};
+
+test("setGemmTuning: each class and thread count takes its tuned tile and blocking, agreeing with the reference; overrides and other paths set it aside", { skip }, () => {
+  const n = native() as Gemm & { setGemmTuning(t: unknown): void; gemmTuning(): unknown };
+  const path = n.cpuFeatures().path;
+  const tiles = n.gemmTiles().filter((t) => t.runnable && RANK[t.isa]! <= RANK[path]!);
+  // Shapes in both classes (K 530 and 200), and rows that the small-M path takes unless the tuning says 0.
+  const shapes: [number, number, number][] = [[200, 75, 530], [61, 257, 530], [91, 70, 200], [7, 33, 300]];
+  try {
+    for (let i = 0; i < tiles.length; i++) {
+      const large = tiles[i]!.name, shortK = tiles[(i + 1) % tiles.length]!.name;
+      const t = tuningWith(path, large, shortK, 0, { large: shortK, shortK: large, smallM: 96 });
+      n.setGemmTuning(t);
+      assert.deepEqual(n.gemmTuning(), t);
+      for (const threads of [1, 2]) {
+        n.setThreads(threads);
+        const g = n.gemmConfig();
+        const want = threads > 1 ? t.many : t.one;
+        assert.equal(g.tuned, true);
+        assert.deepEqual([g.tile, g.mc, g.kc, g.nc], [want.large.tile, 37, 96, 70], `gemmConfig at ${threads} thread(s)`);
+        for (const [K, c] of [[257, want.large], [256, want.shortK], [1, want.shortK]] as const) {
+          const p = n.gemmConfig(K, threads);
+          assert.deepEqual([p.tile, p.mc, p.kc, p.nc, p.smallMRowsNT], [c.tile, c.mc, c.kc, c.nc, want.smallMRowsNT], `the plan for K ${K} on ${threads} thread(s)`);
+        }
+        for (const [M, N, K] of shapes) {
+          for (const [ta, tb] of [[false, false], [false, true], [true, false], [true, true]] as const) {
+            const a = f32(M * K), b = f32(K * N), got = f32(M * N), want2 = got.slice();
+            n.matmul(got, a, b, M, N, K, ta, tb, true);
+            ref.matmul(want2, a, b, M, N, K, ta, tb, true);
+            const d = maxRelDiff(got, want2);
+            assert.ok(d <= 1e-5 * Math.sqrt(K), `tuned ${large}/${shortK} ${threads}t ${M}x${N}x${K} ta=${ta} tb=${tb}: ${d}`);
+          }
+        }
+      }
+    }
+    // An override sets the tuned tile and blocking aside; clearing it brings them back.
+    const t = tuningWith(path, tiles[0]!.name, tiles[0]!.name, 32);
+    n.setThreads(1);
+    n.setGemmTuning(t);
+    n.setGemmConfig("auto", 0, 64, 0, false);
+    assert.equal(n.gemmConfig().tuned, false);
+    assert.equal(n.gemmConfig().kc, 64);
+    n.setGemmConfig("auto", 0, 0, 0, false);
+    assert.deepEqual([n.gemmConfig().tuned, n.gemmConfig().smallMRowsNT], [true, 32]);
+    // Another kernel path: the rule (the tuning was measured on `path`).
+    if (path !== "portable") {
+      n.setKernelPath("portable");
+      assert.deepEqual([n.gemmConfig().tuned, n.gemmConfig().tile, n.gemmConfig().smallMRowsNT], [false, "portable-6x16", 96]);
+      n.setKernelPath("auto");
+      assert.equal(n.gemmConfig().tuned, true);
+    }
+    // Bad tunings are errors naming the field; the tuning set before stays.
+    const bad: [unknown, RegExp][] = [
+      [{ ...t, path: "sse" }, /no kernel path "sse"/],
+      [{ ...t, one: { ...t.one, large: { ...t.one.large, tile: "nope" } } }, /no tile "nope"/],
+      [{ ...t, many: { ...t.many, shortK: { ...t.many.shortK, kc: 0 } } }, /many\.shortK\.kc must be an integer from 1 to 65536/],
+      [{ ...t, one: { ...t.one, smallMRowsNN: 97 } }, /one\.smallMRowsNN must be an integer from 0 to 96/],
+      [{ path, one: t.one }, /lacks many/],
+      [[t], /must be an object or null/],
+    ];
+    for (const [v, re] of bad) assert.throws(() => n.setGemmTuning(v), (e: Error) => /^setGemmTuning: argument "tuning"/.test(e.message) && re.test(e.message), String(re));
+    assert.deepEqual(n.gemmTuning(), t);
+    n.setGemmTuning(null);
+    assert.equal(n.gemmTuning(), null);
+    assert.equal(n.gemmConfig().tuned, false);
+  } finally {
+    n.setGemmTuning(null);
+    n.setGemmConfig("auto", 0, 0, 0, false);
+    n.setKernelPath(kernelPathSetting().path);
   }
 });

@@ -9,6 +9,11 @@ import { prepareData } from "../src/data/prepare.js";
 import { parseTrainConfig, type TrainConfig } from "../src/train/config.js";
 import type { RouterConfig } from "../src/models/config.js";
 
+// Tests run the heavy commands (sigma train, demo) many times: no first-use
+// GEMM tuning there, and no tuning file from the developer's cache
+// (test/tune.test.ts tests both on its own files).
+process.env.SIGMA_TUNE ??= "off";
+
 const ZH = ["学而时习之，不亦说乎？", "有朋自远方来，不亦乐乎？", "人不知而不愠，不亦君子乎？", "温故而知新，可以为师矣。", "三人行，必有我师焉。"];
 const EN = ["The quick brown fox jumps over the lazy dog.", "It was the best of times, it was the worst of times.", "Call me Ishmael.", "All happy families are alike."];
 const CODE = ["export const add = (a: number, b: number) => a + b;\n", "function f(x) {\n  return x * 2;\n}\n", "for (let i = 0; i < n; i++) sum += a[i];\n"];

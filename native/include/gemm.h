@@ -73,14 +73,17 @@ struct GemmTileDesc {
 };
 std::vector<GemmTileDesc> gemm_tiles();
 
-// What the blocked path uses now, and whether each part is an override.
+// What the blocked path uses now for products of depth K on `threads`
+// threads, and whether each part is an override or tuned.
 struct GemmSettings {
   std::string tile;
   int mr = 0, nr = 0;
   GemmBlocking blocking;
   bool tile_override = false, blocking_override = false, blocked_only = false;
+  bool tuned = false;  // the tile and blocking are the tuner's (no override, tuning for this path)
+  int64_t small_m_nt = 0, small_m_nn = 0;
 };
-GemmSettings gemm_settings();
+GemmSettings gemm_settings(int64_t K, int threads);
 
 // Overrides for tests and tuning: tile "" (or "auto") for the default one,
 // blocking fields of 0 for the rule's, blocked_only to send every product
@@ -88,6 +91,33 @@ GemmSettings gemm_settings();
 // unknown or that this CPU cannot run. Process-wide; a product already
 // running keeps the settings it started with.
 bool set_gemm_override(const std::string& tile, GemmBlocking blocking, bool blocked_only, std::string* error);
+
+// The tuner's choice (set from its cache file when the addon loads; see
+// gemm_config.cpp): for products on one thread and on several, a tile and
+// blocking per shape class, and how many rows still take the small-M paths.
+// Applied only while the kernel path is the one it was tuned on, and below
+// any override.
+struct GemmChoice {
+  std::string tile;
+  GemmBlocking blocking;
+};
+struct GemmTunedThreads {
+  GemmChoice large;     // blocked products with K > kGemmShortK
+  GemmChoice short_k;   // blocked products with K ≤ kGemmShortK (an expert's weight gradient)
+  int64_t small_m_nt = 0;  // op(A)·Bᵀ with at most this many rows: the small-M path (else blocked)
+  int64_t small_m_nn = 0;  // op(A)·B likewise
+};
+struct GemmTuning {
+  std::string path;  // the kernel path it was measured on ("avx512", "avx2-fma", "portable")
+  GemmTunedThreads one, many;  // products on one thread, on several
+};
+constexpr int64_t kGemmShortK = 256;
+constexpr int64_t kGemmSmallMMax = 96;  // the small-M paths' limit (and the rule's threshold)
+// Sets the tuning (nullptr clears it). Returns false with a message for a
+// tile that is unknown or that this CPU cannot run, or an unknown path.
+bool set_gemm_tuning(const GemmTuning* tuning, std::string* error);
+// The tuning set now (false when none).
+bool gemm_tuning(GemmTuning* out);
 
 // Benchmark helper: `iters` rounds of 12 independent 8-wide FMA chains per
 // thread on `threads` threads (192 FLOPs per round per thread). Returns seconds.

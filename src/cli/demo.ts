@@ -18,6 +18,7 @@ import { SigmaError } from "../util/errors.js";
 import { DEFAULT_DATA, prepareCommand } from "./data.js";
 import { DEFAULT_VOCAB } from "../data/vocab.js";
 import { formatEval, trainWithProgress } from "./train.js";
+import { tuneFirst } from "./tune.js";
 import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
 import { TRAIN_LIMITS } from "../train/config.js";
 import { checkRunFits } from "../train/memory.js";
@@ -126,6 +127,7 @@ export function register(program: Command): void {
       // Lay the schedule out over the steps this machine can do in the budget,
       // so the rate has decayed when time runs out (the budget still stops the run).
       prepareRunFolder(cfg, null, { overwrite: !!o.overwrite, flag: "--out", canResume: false, log: (l) => console.error(l) });
+      await tuneFirst();
       const secondsPerStep = measureStep(cfg);
       const fit = Math.floor((0.9 * o.minutes * 60) / secondsPerStep);
       if (fit < cfg.steps) cfg = parseTrainConfig({ ...cfg, steps: Math.max(cfg.optim.warmupSteps + 1, fit) }, "demo config");

@@ -1,7 +1,7 @@
 /**
  * The `sigma` command line as a function: `runCli(argv)` builds the program
  * (demo, train, eval, generate, data, tokenizer, balance, upcycle, extract,
- * import, store, info), runs it and returns the exit code. Every error ends
+ * import, store, tune, info), runs it and returns the exit code. Every error ends
  * as one `sigma: …` line on stderr:
  *
  *   0   success
@@ -26,6 +26,8 @@ import { register as registerUpcycle } from "./upcycle.js";
 import { register as registerExtract } from "./extract.js";
 import { register as registerImport } from "./import.js";
 import { register as registerStore } from "./store.js";
+import { register as registerTune } from "./tune.js";
+import { tuneStatus, type TuneStatus } from "../backend/native/tune-cache.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
 
@@ -53,6 +55,7 @@ export function buildProgram(): Command {
   registerExtract(program);
   registerImport(program);
   registerStore(program);
+  registerTune(program);
   program
     .command("info")
     .description("show the kernel backend in use, the CPU features it detected and the thread count")
@@ -66,7 +69,14 @@ export function buildProgram(): Command {
         backend: backend.name,
         threads: backend.getThreads(),
         native: native.backend
-          ? { path: native.path, cpu: native.backend.cpuFeatures(), cpuInfo: native.backend.cpuInfo(), gemm: native.backend.gemmConfig() }
+          ? {
+              path: native.path,
+              cpu: native.backend.cpuFeatures(),
+              cpuInfo: native.backend.cpuInfo(),
+              gemm: native.backend.gemmConfig(),
+              gemmTuning: native.backend.gemmTuning(),
+              tuneCache: tuneCacheSummary(tuneStatus()),
+            }
           : { error: native.error },
       };
       if (opts.json) {
@@ -81,12 +91,45 @@ export function buildProgram(): Command {
         console.log(`kernel path: ${cpu.path} (avx2 ${cpu.avx2}, fma ${cpu.fma}, avx512f ${cpu.avx512f})`);
         const ci = native.backend.cpuInfo(), g = native.backend.gemmConfig(), kib = (b: number) => (b ? `${b / 1024} KiB` : "?");
         console.log(`cpu: ${ci.brand || ci.vendor} (family ${ci.family} model ${ci.model}), ${ci.physicalCores} core(s), ${ci.logicalCores} thread(s); L1d ${kib(ci.l1d)}, L2 ${kib(ci.l2)}, L3 ${kib(ci.l3)} (${ci.cacheSource})`);
-        console.log(`gemm: tile ${g.tile} (${g.mr}×${g.nr}), blocking MC ${g.mc} KC ${g.kc} NC ${g.nc}`);
+        const from = g.tuned ? "tuned" : g.tileOverride || g.blockingOverride ? "override" : "the cache-size rule";
+        console.log(`gemm: tile ${g.tile} (${g.mr}×${g.nr}), blocking MC ${g.mc} KC ${g.kc} NC ${g.nc} (${from}), small-M path up to ${g.smallMRowsNT} rows (x·Wᵀ), ${g.smallMRowsNN} (x·W)`);
+        const t = native.backend.gemmTuning();
+        const pick = (c: { tile: string; mc: number; kc: number; nc: number }) => `${c.tile} MC ${c.mc} KC ${c.kc} NC ${c.nc}`;
+        if (t && g.tuned) {
+          console.log(`gemm tuning (${t.path}): one thread: large ${pick(t.one.large)}, short K ${pick(t.one.shortK)}; several: large ${pick(t.many.large)}, short K ${pick(t.many.shortK)}`);
+        }
+        console.log(`gemm tuning file: ${describeTuneStatus(tuneStatus())}`);
       } else {
         console.log(`native addon unavailable: ${native.error}`);
       }
     });
   return program;
+}
+
+/** The tuning cache's state for `sigma info --json` (the entry's key and date, not its table). */
+function tuneCacheSummary(s: TuneStatus | null): Record<string, unknown> | null {
+  if (!s) return null;
+  if (s.state !== "applied") return s;
+  return { state: s.state, file: s.file, key: s.entry.key, tunedAt: s.entry.tunedAt };
+}
+
+/** Where the GEMM's choice came from, in words. */
+function describeTuneStatus(s: TuneStatus | null): string {
+  if (!s) return "not read";
+  switch (s.state) {
+    case "off":
+      return `not read (SIGMA_TUNE=off); ${s.file}`;
+    case "missing":
+      return `${s.file} (none yet: \`sigma tune\`, or the first \`sigma train\` or \`sigma demo\`, makes it)`;
+    case "corrupt":
+      return `${s.file}, ignored: ${s.reason}`;
+    case "foreign":
+      return `${s.file}, ignored: it holds tunings for other CPUs or builds only`;
+    case "untuned":
+      return `${s.file}, no tuning for this thread count or kernel path (tuned for ${s.threads.join(", ")} thread(s)); \`sigma tune\` adds one`;
+    case "applied":
+      return `${s.file} (tuned ${s.entry.tunedAt}, applied)`;
+  }
 }
 
 /** The one line (plus hint) an error prints, and the exit code it gives. */

@@ -15,6 +15,7 @@ import { describeStore, withStoreOptions } from "./store.js";
 import { millions } from "./format.js";
 import { streamOut } from "./output.js";
 import { joinWorld } from "../comm/comm.js";
+import { tuneFirst } from "./tune.js";
 
 /**
  * Runs `train` with a progress bar, evaluation lines, and Ctrl-C → a
@@ -105,6 +106,7 @@ export function register(program: Command): void {
       cfg = withStoreOptions(cfg, o, o.config);
       const outFlag = o.out !== undefined ? "--out" : `out in ${o.config}`;
       const storeFlag = typeof o.store === "string" ? "--store" : cfg.store.path !== null ? `store.path in ${o.config}` : `the store path (${outFlag}/experts.sgxs)`;
+      await tuneFirst();
       const r = await trainWithProgress(cfg, {
         ...(o.resume !== undefined ? { resume: o.resume } : {}),
         ...(o.init !== undefined ? { init: o.init } : {}),

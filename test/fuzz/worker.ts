@@ -49,6 +49,8 @@ const send = (m: WorkerMessage): void => {
 };
 
 const home = process.cwd();
+// Fuzzed train and demo commands must not stop to tune the GEMM (issue 21's first-use tuning).
+process.env.SIGMA_TUNE ??= "off";
 const selftesting = process.env.SIGMA_FUZZ_SELFTEST === "1";
 
 /** The command line and the kernel backend, loaded once (the self-test alone does without: it starts faster). */

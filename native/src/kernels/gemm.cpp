@@ -7,9 +7,10 @@
 //       for ic in M by MC:        A block  [MC × KC] packed into MR-high panels
 //         pack A(ic, pc)          (only when A is transposed; else read in place)
 //         for jr, ir: micro-kernel on an MR×NR tile of C
-// The register tile (MR×NR) and MC, KC, NC are data: gemm_plan() (gemm_config.cpp)
-// gives the tile chosen for this CPU and kernel path and the blocking derived
-// from its cache sizes, or the overrides a test or tuner set. Nothing below
+// The register tile (MR×NR) and MC, KC, NC are data: gemm_plan(K, threads)
+// (gemm_config.cpp) gives the tile and blocking for this CPU, kernel path,
+// shape class and thread count — the tuner's, or derived from the cache
+// sizes — or the overrides a test or the tuner set. Nothing below
 // assumes a particular MR, NR or blocking: packing pads every edge panel with
 // zeros, and a block of any size ends in edge tiles the kernel writes partly.
 // (On Zen 4 the rule gives KC 512, MC 96, NC 1024 for the 6×16 tile: one B
@@ -40,7 +41,8 @@
 namespace sigma {
 namespace {
 
-constexpr int64_t kSmallM = 96;  // up to this many rows of op(A): the small-M path (below), not the blocked one
+// Up to kGemmSmallMMax rows of op(A) (gemm.h; the tuner may lower it per
+// direction, plan.small_m_nt / small_m_nn): the small-M path (below), not the blocked one.
 constexpr int64_t kThinRows = 4; // up to this many rows of A (but not one: sgemv_row streams B best) …
 constexpr int64_t kThinK = 8;    // … or this short an inner dimension: the thin kernels, 1.4–3× the tiled path here
 constexpr int64_t kPackSlack = 8; // floats past a packed A block that pack_a_avx2 may write
@@ -108,6 +110,8 @@ void pack_a(float* dst, const float* a, int64_t lda, bool trans, int64_t i0, int
     const int mr = static_cast<int>(std::min<int64_t>(MR, mc - p));
     if (MR == 6 && mr == MR && use_avx2()) {
       pack_a_avx2(dst, a + (i0 + p) * lda + k0, lda, kc);
+    } else if (use_avx2()) {
+      pack_a_rows_avx2(dst, MR, mr, a + (i0 + p) * lda + k0, lda, kc);
     } else {
       for (int64_t k = 0; k < kc; ++k) {
         for (int r = 0; r < mr; ++r) dst[k * MR + r] = a[(i0 + p + r) * lda + k0 + k];
@@ -134,9 +138,12 @@ void pack_b(float* dst, const float* b, int64_t ldb, bool trans, int64_t k0, int
           for (int j = nr; j < NR; ++j) d[j] = 0.f;
         }
       }
-    } else if (nr == NR && NR % 16 == 0 && use_avx2()) {
-      // Sixteen columns at a time, each group into its place in the panel's rows.
-      for (int j = 0; j < NR; j += 16) pack_b_trans_avx2(dst + j, NR, b + (j0 + q + j) * ldb + k0, ldb, kc);
+    } else if (nr == NR && NR % 8 == 0 && use_avx2()) {
+      // Sixteen columns at a time (eight for the rest of a 24-column panel),
+      // each group into its place in the panel's rows.
+      int j = 0;
+      for (; j + 16 <= NR; j += 16) pack_b_trans_avx2(dst + j, NR, b + (j0 + q + j) * ldb + k0, ldb, kc);
+      for (; j < NR; j += 8) pack_b_trans8_avx2(dst + j, NR, b + (j0 + q + j) * ldb + k0, ldb, kc);
     } else {
       // B stored [N,K]: walk each column's contiguous k run.
       for (int j = 0; j < NR; ++j) {
@@ -364,7 +371,7 @@ void sgemm_serial_plan(const GemmPlan& plan, bool transA, bool transB, int64_t M
       sgemv_row(transA, transB, N, K, a, lda, b, ldb, c, accumulate);
       return;
     }
-    if (M <= kSmallM && use_avx2()) {
+    if (M <= (transB ? plan.small_m_nt : plan.small_m_nn) && use_avx2()) {
       sgemm_small_m(transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
       return;
     }
@@ -376,7 +383,8 @@ void sgemm_serial_plan(const GemmPlan& plan, bool transA, bool transB, int64_t M
 
 void sgemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
                   const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  sgemm_serial_plan(gemm_plan(), transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+  // Called inside a parallel region: the plan for products on busy cores.
+  sgemm_serial_plan(gemm_plan(K, num_threads()), transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
 }
 
 namespace {
@@ -417,8 +425,8 @@ int threads_for(int64_t M, int64_t N, int64_t K) {
 
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b,
            int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  const GemmPlan plan = gemm_plan();
   const int nt = threads_for(M, N, K);
+  const GemmPlan plan = gemm_plan(K, nt);
   if (nt <= 1) {
     sgemm_serial_plan(plan, transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
     return;
@@ -430,11 +438,11 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const floa
 void sgemm_batched(bool transA, bool transB, int64_t batch, int64_t M, int64_t N, int64_t K, const float* a,
                    const float* b, float* c, bool accumulate) {
   const int64_t lda = transA ? M : K, ldb = transB ? K : N;
-  const GemmPlan plan = gemm_plan();
+  const int nt = threads_for(batch * M, N, K);
+  const GemmPlan plan = gemm_plan(K, nt);
   auto one = [&](int64_t s, int t, int nt) {
     gemm_slice(plan, t, nt, transA, transB, M, N, K, a + s * M * K, lda, b + s * K * N, ldb, c + s * M * N, N, accumulate);
   };
-  const int nt = threads_for(batch * M, N, K);
   if (nt <= 1) {
     for (int64_t s = 0; s < batch; ++s) one(s, 0, 1);
     return;
@@ -512,8 +520,9 @@ namespace {
 template <typename WOf>
 void grouped_gemm_impl(float* y, const float* x, const WOf& w_of, const int32_t* offsets, int64_t E, int64_t N,
                        int64_t K, bool transW, bool accumulate) {
-  const GemmPlan plan = gemm_plan();
-  for_experts(offsets, E, threads_for(offsets[E], N, K), [&](int64_t e, int t, int n) {
+  const int nt = threads_for(offsets[E], N, K);
+  const GemmPlan plan = gemm_plan(K, nt);
+  for_experts(offsets, E, nt, [&](int64_t e, int t, int n) {
     const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
     if (rows == 0) return;
     gemm_slice(plan, t, n, false, transW, rows, N, K, x + r0 * K, K, w_of(e), transW ? K : N, y + r0 * N, N, accumulate);
@@ -524,7 +533,8 @@ template <typename DWOf>
 void grouped_gemm_weight_grad_impl(const DWOf& dw_of, const float* dy, const float* x, const int32_t* offsets, int64_t E,
                                    int64_t N, int64_t K, bool transW, bool accumulate) {
   const int nt = threads_for(std::max<int64_t>(offsets[E], 1), N, K);
-  const GemmPlan plan = gemm_plan();
+  // The products' depth is an expert's rows: the plan for the average expert.
+  const GemmPlan plan = gemm_plan(std::max<int64_t>(1, offsets[E] / std::max<int64_t>(E, 1)), nt);
   for_experts(offsets, E, nt, [&](int64_t e, int t, int n) {
     const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
     float* out = dw_of(e);

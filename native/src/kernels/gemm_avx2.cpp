@@ -194,6 +194,43 @@ void pack_a_avx2(float* dst, const float* a, int64_t lda, int64_t kc) {
     for (int i = 0; i < kMR; ++i) dst[k * kMR + i] = a[i * lda + k];
 }
 
+void pack_a_rows_avx2(float* dst, int MR, int mr, const float* a, int64_t lda, int64_t kc) {
+  const __m256 zero = _mm256_setzero_ps();
+  // Eight rows of the panel at a time: 8×8 blocks transposed in registers,
+  // each k's eight values stored at once (fewer lanes for the panel's last
+  // group when MR is not a multiple of eight: a masked store).
+  for (int g0 = 0; g0 < MR; g0 += 8) {
+    const int w = std::min(8, MR - g0), valid = std::max(0, std::min(8, mr - g0));
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lanes);
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+      __m256 r[8];
+      for (int u = 0; u < 8; ++u) r[u] = u < valid ? _mm256_loadu_ps(a + (g0 + u) * lda + k) : zero;
+      transpose8x8(r);
+      float* d = dst + k * MR + g0;
+      if (w == 8)
+        for (int kk = 0; kk < 8; ++kk) _mm256_storeu_ps(d + kk * MR, r[kk]);
+      else
+        for (int kk = 0; kk < 8; ++kk) _mm256_maskstore_ps(d + kk * MR, mask, r[kk]);
+    }
+    for (; k < kc; ++k)
+      for (int u = 0; u < w; ++u) dst[k * MR + g0 + u] = u < valid ? a[(g0 + u) * lda + k] : 0.f;
+  }
+}
+
+void pack_b_trans8_avx2(float* dst, int64_t ldd, const float* b, int64_t ldb, int64_t kc) {
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    __m256 r[8];
+    for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(b + j * ldb + k);
+    transpose8x8(r);
+    for (int kk = 0; kk < 8; ++kk) _mm256_storeu_ps(dst + (k + kk) * ldd, r[kk]);
+  }
+  for (; k < kc; ++k)
+    for (int j = 0; j < 8; ++j) dst[k * ldd + j] = b[j * ldb + k];
+}
+
 namespace {
 // The probe's FMA (an intrinsic's own address is not to be taken).
 inline __m256 fma_ymm(__m256 x, __m256 m, __m256 a) { return _mm256_fmadd_ps(x, m, a); }

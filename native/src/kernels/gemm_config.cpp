@@ -4,8 +4,8 @@
 // and the kernel path it needs. The driver (gemm.cpp) packs and walks edges
 // for whatever MR×NR the chosen entry has, so a new tile is one more row here.
 //
-// The default tile, per CPU and kernel path (a later autotuner will choose by
-// timing instead; this is the rule until then):
+// The default tile, per CPU and kernel path, until the tuner has measured
+// this CPU (below):
 //  - AVX-512 on AMD family 0x19 (Zen 4, whose 512-bit FMAs run as two 256-bit
 //    halves: one zmm FMA per cycle): the 6×16 tile, measured there at
 //    1.05–1.12× OpenBLAS.
@@ -32,11 +32,21 @@
 // On this project's Zen 4 (32 KiB, 1 MiB, 32 MiB) the 6×16 tile gets
 // MC 96, KC 512, NC 1024: the constants the driver had before this file.
 //
-// Overrides (tests, tuning): a tile by name and any positive MC, KC, NC (not
-// multiples of anything: the driver handles every edge), plus blocked_only,
-// which sends every product through the blocked path so that a test reaches
-// the tile with any shape. They are kept under a mutex with a version
-// number; each thread caches the plan it derived and rebuilds it when the
+// The tuning (src/backend/native/tune.ts measures it, its cache file sets it
+// when the addon loads): per "one thread" and "several threads", a tile and
+// blocking for large products and one for short ones (K ≤ kGemmShortK, e.g.
+// an expert's weight gradient over its 64 rows), and the row counts up to
+// which x·Wᵀ and x·W keep the small-M paths (gemm.cpp) instead of the
+// blocked one. It applies while the kernel path is the one it was measured
+// on; another path (SIGMA_KERNEL_PATH, setKernelPath) gets the rule.
+//
+// Overrides (tests, the tuner's timings): a tile by name and any positive MC,
+// KC, NC (not multiples of anything: the driver handles every edge), plus
+// blocked_only, which sends every product through the blocked path so that a
+// test reaches the tile with any shape. An override of the tile or of any
+// blocking size sets aside the tuned tile and blocking (sizes not given come
+// from the rule). Overrides and tuning are kept under a mutex with a version
+// number; each thread caches the plans it derived and rebuilds them when the
 // version or the kernel path changed, so a product costs one atomic load.
 #include <algorithm>
 #include <atomic>
@@ -44,14 +54,18 @@
 
 #include "gemm.h"
 #include "gemm_ukernel.h"
+#include "threadpool.h"
 
 namespace sigma {
 namespace {
 
 const MicroKernel kTiles[] = {
     {"avx512-12x32", 12, 32, KernelPath::kAvx512, false, ukernel_avx512_12x32},
+    {"avx512-14x32", 14, 32, KernelPath::kAvx512, false, ukernel_avx512_14x32},
+    {"avx512-8x32", 8, 32, KernelPath::kAvx512, false, ukernel_avx512_8x32},
     {"avx512-6x16", 6, 16, KernelPath::kAvx512, true, ukernel_avx512_direct},
     {"avx2-6x16", 6, 16, KernelPath::kAvx2, true, ukernel_avx2_direct},
+    {"avx2-4x24", 4, 24, KernelPath::kAvx2, true, ukernel_avx2_4x24},
     {"portable-6x16", 6, 16, KernelPath::kPortable, false, ukernel_portable},
 };
 constexpr int kTileCount = static_cast<int>(sizeof(kTiles) / sizeof(kTiles[0]));
@@ -89,33 +103,70 @@ int default_tile(KernelPath path, const CpuInfo& cpu) {
   return find_tile(path == KernelPath::kAvx2 ? "avx2-6x16" : "portable-6x16");
 }
 
-struct Override {
+int path_of(const std::string& name) {
+  for (KernelPath p : {KernelPath::kPortable, KernelPath::kAvx2, KernelPath::kAvx512})
+    if (name == path_name(p)) return static_cast<int>(p);
+  return -1;
+}
+
+// A tuned choice with its tile resolved to the table.
+struct Tuned {
+  int tile = -1;
+  GemmBlocking blocking;
+};
+struct TunedThreads {
+  Tuned by_class[2];  // [0] large, [1] short K
+  int64_t small_m_nt = kGemmSmallMMax, small_m_nn = kGemmSmallMMax;
+};
+
+struct Settings {
+  // Overrides.
   int tile = -1;  // -1: the default
   GemmBlocking blocking;
   bool blocked_only = false;
+  // Tuning.
+  bool tuned = false;
+  KernelPath tuned_path = KernelPath::kPortable;
+  TunedThreads threads[2];  // [0] one thread, [1] several
+  GemmTuning tuning;        // as it was set (reported back by gemm_tuning)
 };
-std::mutex override_mutex;
-Override override_state;               // guarded by override_mutex
-std::atomic<uint64_t> override_version{1};
+std::mutex settings_mutex;
+Settings settings_state;               // guarded by settings_mutex
+std::atomic<uint64_t> settings_version{1};
 
-Override read_override() {
-  std::lock_guard<std::mutex> lock(override_mutex);
-  return override_state;
+Settings read_settings() {
+  std::lock_guard<std::mutex> lock(settings_mutex);
+  return settings_state;
+}
+void bump_version() { settings_version.fetch_add(1, std::memory_order_acq_rel); }
+
+bool overrides_tile_or_blocking(const Settings& s) {
+  return s.tile >= 0 || s.blocking.mc > 0 || s.blocking.kc > 0 || s.blocking.nc > 0;
 }
 
-// The plan for the current path and override.
-GemmPlan build_plan(const Override& o, KernelPath path) {
+// The plan for one thread bucket (0: one thread, 1: several) and shape class
+// (0: large, 1: short K) on the current path: override, else tuning, else rule.
+GemmPlan build_plan(const Settings& s, KernelPath path, int bucket, int cls) {
   const CpuInfo& cpu = cpu_info();
-  int t = o.tile;
+  const bool tuned = s.tuned && s.tuned_path == path;
+  const bool use_tuned = tuned && !overrides_tile_or_blocking(s);
+  int t = s.tile;
+  GemmBlocking want = s.blocking;
+  if (use_tuned) {
+    t = s.threads[bucket].by_class[cls].tile;
+    want = s.threads[bucket].by_class[cls].blocking;
+  }
   if (t < 0 || static_cast<int>(kTiles[t].isa) > static_cast<int>(path)) t = default_tile(path, cpu);
   const MicroKernel* tile = &kTiles[t];
   const GemmBlocking rule = gemm_blocking_rule(cpu, tile->mr, tile->nr);
   GemmPlan p;
   p.tile = tile;
-  p.mc = o.blocking.mc > 0 ? o.blocking.mc : rule.mc;
-  p.kc = o.blocking.kc > 0 ? o.blocking.kc : rule.kc;
-  p.nc = o.blocking.nc > 0 ? o.blocking.nc : rule.nc;
-  p.blocked_only = o.blocked_only;
+  p.mc = want.mc > 0 ? want.mc : rule.mc;
+  p.kc = want.kc > 0 ? want.kc : rule.kc;
+  p.nc = want.nc > 0 ? want.nc : rule.nc;
+  p.blocked_only = s.blocked_only;
+  p.small_m_nt = tuned ? s.threads[bucket].small_m_nt : kGemmSmallMMax;
+  p.small_m_nn = tuned ? s.threads[bucket].small_m_nn : kGemmSmallMMax;
   return p;
 }
 
@@ -138,21 +189,23 @@ GemmBlocking gemm_blocking_rule(const CpuInfo& cpu, int mr, int nr) {
   return b;
 }
 
-GemmPlan gemm_plan() {
+GemmPlan gemm_plan(int64_t K, int threads) {
   struct Cached {
     uint64_t version = 0;
     KernelPath path = KernelPath::kPortable;
-    GemmPlan plan{};
+    GemmPlan plan[2][2]{};  // [bucket][class]
   };
   thread_local Cached cached;
-  const uint64_t v = override_version.load(std::memory_order_acquire);
+  const uint64_t v = settings_version.load(std::memory_order_acquire);
   const KernelPath path = current_path();
   if (cached.version != v || cached.path != path) {
-    cached.plan = build_plan(read_override(), path);
+    const Settings s = read_settings();
+    for (int b = 0; b < 2; ++b)
+      for (int c = 0; c < 2; ++c) cached.plan[b][c] = build_plan(s, path, b, c);
     cached.version = v;
     cached.path = path;
   }
-  return cached.plan;
+  return cached.plan[threads > 1 ? 1 : 0][K <= kGemmShortK ? 1 : 0];
 }
 
 std::vector<GemmTileDesc> gemm_tiles() {
@@ -163,9 +216,10 @@ std::vector<GemmTileDesc> gemm_tiles() {
   return out;
 }
 
-GemmSettings gemm_settings() {
-  const Override o = read_override();
-  const GemmPlan p = build_plan(o, current_path());
+GemmSettings gemm_settings(int64_t K, int threads) {
+  const Settings o = read_settings();
+  const KernelPath path = current_path();
+  const GemmPlan p = build_plan(o, path, threads > 1 ? 1 : 0, K <= kGemmShortK ? 1 : 0);
   GemmSettings s;
   s.tile = p.tile->name;
   s.mr = p.tile->mr;
@@ -174,32 +228,90 @@ GemmSettings gemm_settings() {
   s.tile_override = o.tile >= 0 && p.tile == &kTiles[o.tile];
   s.blocking_override = o.blocking.mc > 0 || o.blocking.kc > 0 || o.blocking.nc > 0;
   s.blocked_only = o.blocked_only;
+  s.tuned = o.tuned && o.tuned_path == path && !overrides_tile_or_blocking(o);
+  s.small_m_nt = p.small_m_nt;
+  s.small_m_nn = p.small_m_nn;
   return s;
 }
 
+namespace {
+// A tile name to its index in the table (-1 for "" or "auto"); false with a
+// message when it is unknown or needs an ISA this CPU lacks.
+bool resolve_tile(const std::string& tile, int* out, std::string* error) {
+  *out = -1;
+  if (tile.empty() || tile == "auto") return true;
+  const int t = find_tile(tile.c_str());
+  if (t < 0) {
+    if (error) {
+      *error = "no tile \"" + tile + "\"; the tiles are";
+      for (const MicroKernel& k : kTiles) *error += std::string(" ") + k.name;
+    }
+    return false;
+  }
+  if (static_cast<int>(kTiles[t].isa) > static_cast<int>(cpu_path())) {
+    if (error) *error = "tile \"" + tile + "\" needs " + path_name(kTiles[t].isa) + ", which this CPU lacks";
+    return false;
+  }
+  *out = t;
+  return true;
+}
+}  // namespace
+
 bool set_gemm_override(const std::string& tile, GemmBlocking blocking, bool blocked_only, std::string* error) {
   int t = -1;
-  if (!tile.empty() && tile != "auto") {
-    t = find_tile(tile.c_str());
-    if (t < 0) {
-      if (error) {
-        *error = "no tile \"" + tile + "\"; the tiles are";
-        for (const MicroKernel& k : kTiles) *error += std::string(" ") + k.name;
-      }
-      return false;
+  if (!resolve_tile(tile, &t, error)) return false;
+  {
+    std::lock_guard<std::mutex> lock(settings_mutex);
+    settings_state.tile = t;
+    settings_state.blocking = blocking;
+    settings_state.blocked_only = blocked_only;
+  }
+  bump_version();
+  return true;
+}
+
+bool set_gemm_tuning(const GemmTuning* tuning, std::string* error) {
+  if (tuning == nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(settings_mutex);
+      settings_state.tuned = false;
+      settings_state.tuning = GemmTuning{};
     }
-    if (static_cast<int>(kTiles[t].isa) > static_cast<int>(cpu_path())) {
-      if (error) *error = "tile \"" + tile + "\" needs " + path_name(kTiles[t].isa) + ", which this CPU lacks";
-      return false;
+    bump_version();
+    return true;
+  }
+  const int path = path_of(tuning->path);
+  if (path < 0) {
+    if (error) *error = "no kernel path \"" + tuning->path + "\" (avx512, avx2-fma or portable)";
+    return false;
+  }
+  TunedThreads threads[2];
+  const GemmTunedThreads* from[2] = {&tuning->one, &tuning->many};
+  for (int b = 0; b < 2; ++b) {
+    const GemmChoice* choices[2] = {&from[b]->large, &from[b]->short_k};
+    for (int c = 0; c < 2; ++c) {
+      if (!resolve_tile(choices[c]->tile, &threads[b].by_class[c].tile, error)) return false;
+      threads[b].by_class[c].blocking = choices[c]->blocking;
     }
+    threads[b].small_m_nt = from[b]->small_m_nt;
+    threads[b].small_m_nn = from[b]->small_m_nn;
   }
   {
-    std::lock_guard<std::mutex> lock(override_mutex);
-    override_state.tile = t;
-    override_state.blocking = blocking;
-    override_state.blocked_only = blocked_only;
+    std::lock_guard<std::mutex> lock(settings_mutex);
+    settings_state.tuned = true;
+    settings_state.tuned_path = static_cast<KernelPath>(path);
+    settings_state.threads[0] = threads[0];
+    settings_state.threads[1] = threads[1];
+    settings_state.tuning = *tuning;
   }
-  override_version.fetch_add(1, std::memory_order_acq_rel);
+  bump_version();
+  return true;
+}
+
+bool gemm_tuning(GemmTuning* out) {
+  const Settings s = read_settings();
+  if (!s.tuned) return false;
+  *out = s.tuning;
   return true;
 }
 

@@ -51,10 +51,19 @@ double fma_chains_avx2(int64_t iters);
 // The same tile on AVX-512 (gemm_avx512.cpp): same arguments, same panels.
 void ukernel_avx512_direct(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
                            float* C, int64_t ldc, int mr, int nr, bool accumulate);
-// The wide AVX-512 tile (gemm_avx512_wide.cpp): 12×32 in 24 zmm accumulators.
-// Fastest on a packed A panel (a_rs = 1, a_ks = 12); any strides work.
+// The wide AVX-512 tiles (gemm_avx512_wide.cpp): MR×32 in 2·MR zmm
+// accumulators, MR = 8, 12, 14. Fastest on a packed A panel (a_rs = 1,
+// a_ks = MR); any strides work.
+void ukernel_avx512_8x32(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb, float* C,
+                         int64_t ldc, int mr, int nr, bool accumulate);
+void ukernel_avx512_14x32(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
+                          float* C, int64_t ldc, int mr, int nr, bool accumulate);
 void ukernel_avx512_12x32(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
                           float* C, int64_t ldc, int mr, int nr, bool accumulate);
+// The 4×24 AVX2 tile (gemm_avx2_4x24.cpp): 12 ymm accumulators, three
+// vectors of B and four broadcasts per k; strided A like the 6×16 tile.
+void ukernel_avx2_4x24(int64_t kc, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb, float* C,
+                       int64_t ldc, int mr, int nr, bool accumulate);
 // FMA chains for the peak probe: the FLOPs of fma_chains_avx2(iters), in zmm.
 double fma_chains_avx512(int64_t iters);
 // Packs 16 columns of a transposed B (16 rows of b, ldb apart, k = 0..kc-1
@@ -69,6 +78,12 @@ void add_transposed_avx2(float* c, int64_t ldc, const float* t, int64_t rows, in
 // into dst[kc][6] with in-register transposes. Writes two floats past
 // dst[kc·6 − 1] (zeros), so the buffer needs that slack.
 void pack_a_avx2(float* dst, const float* a, int64_t lda, int64_t kc);
+// Packs an MR-row panel of a row-major A (mr ≤ MR rows lda apart, k =
+// 0..kc-1) into dst[kc][MR], zero in rows mr..MR-1, with 8×8 in-register
+// transposes: any MR (the 6-row panel has pack_a_avx2 above).
+void pack_a_rows_avx2(float* dst, int MR, int mr, const float* a, int64_t lda, int64_t kc);
+// pack_b_trans_avx2 for 8 columns (the last third of a 24-column panel).
+void pack_b_trans8_avx2(float* dst, int64_t ldd, const float* b, int64_t ldb, int64_t kc);
 double fma_chains_portable(int64_t iters);
 
 // The tile and blocking the blocked GEMM uses now (gemm_config.cpp): the
@@ -78,8 +93,11 @@ struct GemmPlan {
   const MicroKernel* tile;
   int64_t mc, kc, nc;
   bool blocked_only;  // tests: every product takes the blocked path (no thin, small-M or row-vector path)
+  int64_t small_m_nt, small_m_nn;  // rows up to which op(A)·Bᵀ / op(A)·B take the small-M path
 };
-GemmPlan gemm_plan();
+// The plan for a product of depth K run on `threads` threads (the tuning
+// differs by shape class and by one thread or several).
+GemmPlan gemm_plan(int64_t K, int threads);
 
 // Thin products (gemm_thin_avx2.cpp), read in place, no packing:
 // C[M,N] (+)= A[M,K]·B[N,K]ᵀ with A's rows lda apart — for few rows of A.

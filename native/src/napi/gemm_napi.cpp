@@ -177,12 +177,18 @@ Napi::Value GemmTiles(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// gemmConfig() -> { tile, mr, nr, mc, kc, nc, tileOverride, blockingOverride, blockedOnly }:
-// what the blocked product uses now on the current kernel path.
+// gemmConfig([K, threads]) -> { tile, mr, nr, mc, kc, nc, tileOverride, blockingOverride, blockedOnly,
+// tuned, smallMRowsNT, smallMRowsNN }: what the blocked product uses now on the current kernel path,
+// for large products on the pool's threads, or for a product of depth K on `threads` threads.
 Napi::Value GemmConfig(const Napi::CallbackInfo& info) {
-  Args g(info, "gemmConfig", 0);
+  Args g(info, "gemmConfig", info.Length() == 2 ? 2 : 0);
   Napi::Env env = info.Env();
-  const sigma::GemmSettings s = sigma::gemm_settings();
+  int64_t K = sigma::kGemmShortK + 1, threads = sigma::num_threads();
+  if (info.Length() == 2) {
+    K = g.dim(0, "K");
+    threads = g.dim(1, "threads");
+  }
+  const sigma::GemmSettings s = sigma::gemm_settings(K, static_cast<int>(std::min<int64_t>(threads, kMaxThreads)));
   Napi::Object o = Napi::Object::New(env);
   o.Set("tile", s.tile);
   o.Set("mr", s.mr);
@@ -193,6 +199,9 @@ Napi::Value GemmConfig(const Napi::CallbackInfo& info) {
   o.Set("tileOverride", s.tile_override);
   o.Set("blockingOverride", s.blocking_override);
   o.Set("blockedOnly", s.blocked_only);
+  o.Set("tuned", s.tuned);
+  o.Set("smallMRowsNT", static_cast<double>(s.small_m_nt));
+  o.Set("smallMRowsNN", static_cast<double>(s.small_m_nn));
   return o;
 }
 
@@ -241,6 +250,105 @@ Napi::Value SetBf16Path(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// ---- The tuner's choice: setGemmTuning(tuning | null), gemmTuning() ----
+//
+// tuning = { path, one: T, many: T }, T = { large: C, shortK: C, smallMRowsNT,
+// smallMRowsNN }, C = { tile, mc, kc, nc } (src/backend/native/index.ts types
+// it). Every field is checked here and named by its path in a RangeError or
+// TypeError; reading the object may run getters, which is harmless: no
+// pointer is held meanwhile.
+
+Napi::Value Field(const Args& g, const Napi::Object& o, const std::string& at, const char* key) {
+  const Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) g.type_error("tuning", "lacks " + at + key);
+  return v;
+}
+Napi::Object ObjectField(const Args& g, const Napi::Object& o, const std::string& at, const char* key) {
+  const Napi::Value v = Field(g, o, at, key);
+  if (!v.IsObject() || v.IsArray()) g.type_error("tuning", at + key + " must be an object");
+  return v.As<Napi::Object>();
+}
+int64_t IntField(const Args& g, const Napi::Object& o, const std::string& at, const char* key, int64_t lo, int64_t hi) {
+  const Napi::Value v = Field(g, o, at, key);
+  if (!v.IsNumber()) g.type_error("tuning", at + key + " must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= static_cast<double>(lo) && d <= static_cast<double>(hi)) || d != static_cast<double>(static_cast<int64_t>(d)))
+    g.range_error("tuning", at + key + " must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi));
+  return static_cast<int64_t>(d);
+}
+std::string StringField(const Args& g, const Napi::Object& o, const std::string& at, const char* key) {
+  const Napi::Value v = Field(g, o, at, key);
+  if (!v.IsString()) g.type_error("tuning", at + key + " must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+sigma::GemmChoice ReadChoice(const Args& g, const Napi::Object& o, const std::string& at) {
+  sigma::GemmChoice c;
+  c.tile = StringField(g, o, at, "tile");
+  c.blocking.mc = IntField(g, o, at, "mc", 1, kMaxBlock);
+  c.blocking.kc = IntField(g, o, at, "kc", 1, kMaxBlock);
+  c.blocking.nc = IntField(g, o, at, "nc", 1, kMaxBlock);
+  if (c.blocking.kc * std::max(c.blocking.mc, c.blocking.nc) > kMaxBlockFloats)
+    g.range_error("tuning", at + "kc times mc or nc must be at most 2^26 floats (a 256 MiB block)");
+  return c;
+}
+
+sigma::GemmTunedThreads ReadThreads(const Args& g, const Napi::Object& o, const std::string& at) {
+  sigma::GemmTunedThreads t;
+  t.large = ReadChoice(g, ObjectField(g, o, at, "large"), at + "large.");
+  t.short_k = ReadChoice(g, ObjectField(g, o, at, "shortK"), at + "shortK.");
+  t.small_m_nt = IntField(g, o, at, "smallMRowsNT", 0, sigma::kGemmSmallMMax);
+  t.small_m_nn = IntField(g, o, at, "smallMRowsNN", 0, sigma::kGemmSmallMMax);
+  return t;
+}
+
+Napi::Value SetGemmTuning(const Napi::CallbackInfo& info) {
+  Args g(info, "setGemmTuning", 1);
+  std::string error;
+  if (info[0].IsNull()) {
+    sigma::set_gemm_tuning(nullptr, &error);
+    return info.Env().Undefined();
+  }
+  if (!info[0].IsObject() || info[0].IsArray()) g.type_error("tuning", "must be an object or null");
+  const Napi::Object o = info[0].As<Napi::Object>();
+  sigma::GemmTuning t;
+  t.path = StringField(g, o, "", "path");
+  t.one = ReadThreads(g, ObjectField(g, o, "", "one"), "one.");
+  t.many = ReadThreads(g, ObjectField(g, o, "", "many"), "many.");
+  if (!sigma::set_gemm_tuning(&t, &error)) g.range_error("tuning", error);
+  return info.Env().Undefined();
+}
+
+Napi::Object ChoiceObject(Napi::Env env, const sigma::GemmChoice& c) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("tile", c.tile);
+  o.Set("mc", static_cast<double>(c.blocking.mc));
+  o.Set("kc", static_cast<double>(c.blocking.kc));
+  o.Set("nc", static_cast<double>(c.blocking.nc));
+  return o;
+}
+Napi::Object ThreadsObject(Napi::Env env, const sigma::GemmTunedThreads& t) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("large", ChoiceObject(env, t.large));
+  o.Set("shortK", ChoiceObject(env, t.short_k));
+  o.Set("smallMRowsNT", static_cast<double>(t.small_m_nt));
+  o.Set("smallMRowsNN", static_cast<double>(t.small_m_nn));
+  return o;
+}
+
+// gemmTuning() -> the tuning as set, or null.
+Napi::Value GemmTuning(const Napi::CallbackInfo& info) {
+  Args g(info, "gemmTuning", 0);
+  Napi::Env env = info.Env();
+  sigma::GemmTuning t;
+  if (!sigma::gemm_tuning(&t)) return env.Null();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("path", t.path);
+  o.Set("one", ThreadsObject(env, t.one));
+  o.Set("many", ThreadsObject(env, t.many));
+  return o;
+}
+
 }  // namespace
 
 void InitGemm(Napi::Env env, Napi::Object exports) {
@@ -257,6 +365,8 @@ void InitGemm(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "gemmTiles", GemmTiles);
   Export(env, exports, "gemmConfig", GemmConfig);
   Export(env, exports, "setGemmConfig", SetGemmConfig);
+  Export(env, exports, "setGemmTuning", SetGemmTuning);
+  Export(env, exports, "gemmTuning", GemmTuning);
   exports.Set("fmaPeakFlopsPerIter", Napi::Number::New(env, sigma::kFmaPeakFlopsPerIter));
 }
 

@@ -22,6 +22,9 @@ import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KERNEL_NAMES, type Backend } from "../backend.js";
+import { applyCachedTuning, type GemmTuning } from "./tune-cache.js";
+
+export type { GemmChoice, GemmTunedThreads, GemmTuning } from "./tune-cache.js";
 
 /** What the addon exports besides the kernels. */
 export interface NativeExtras {
@@ -36,13 +39,24 @@ export interface NativeExtras {
   setKernelPath(path: "portable" | "avx2-fma" | "auto"): void;
   /** Every registered GEMM register tile, and whether this CPU runs it. */
   gemmTiles(): { name: string; mr: number; nr: number; isa: string; runnable: boolean }[];
-  /** The tile and cache blocking the blocked GEMM uses now (native/src/kernels/gemm_config.cpp states the rule). */
+  /**
+   * The tile and cache blocking the blocked GEMM uses now (native/src/kernels/gemm_config.cpp states the rule):
+   * for large products on the pool's threads, or for a product of depth K on `threads` threads.
+   */
   gemmConfig(): GemmConfig;
+  gemmConfig(K: number, threads: number): GemmConfig;
   /**
    * Overrides for tests and tuning: a tile by name ("auto": the default), MC, KC, NC (0: from the cache sizes),
    * blockedOnly (every product through the blocked path). setGemmConfig("auto", 0, 0, 0, false) restores all.
    */
   setGemmConfig(tile: string, mc: number, kc: number, nc: number, blockedOnly: boolean): void;
+  /**
+   * The tuner's choice (./tune.ts measures it; ./tune-cache.ts sets it from the cache file when the addon loads):
+   * applied while the kernel path is `tuning.path` and no override is set. null clears it.
+   */
+  setGemmTuning(tuning: GemmTuning | null): void;
+  /** The tuning set now, or null. */
+  gemmTuning(): GemmTuning | null;
   /** Benchmark helper: runs `iters` rounds of independent FMA chains on `threads` threads; returns seconds. */
   fmaPeak(iters: number, threads: number): number;
   /**
@@ -88,6 +102,11 @@ export interface GemmConfig {
   tileOverride: boolean;
   blockingOverride: boolean;
   blockedOnly: boolean;
+  /** The tile and blocking are the tuner's (a tuning for this kernel path is set, and no override). */
+  tuned: boolean;
+  /** Rows up to which x·Wᵀ (NT) and x·W (NN) products take the small-M paths instead of the blocked one. */
+  smallMRowsNT: number;
+  smallMRowsNN: number;
 }
 
 export type NativeBackend = Backend & NativeExtras;
@@ -154,6 +173,8 @@ export function loadNative(): NativeLoad {
       return cached;
     }
     backend.setKernelPath(setting.path);
+    // The tuner's choice for this CPU, build, thread count and path, when its cache file has one.
+    applyCachedTuning(backend, path);
     cached = { backend, path, error: null };
   } catch (e) {
     cached = { backend: null, path, error: `the native addon at ${path} failed to load: ${(e as Error).message}` };
