@@ -171,6 +171,9 @@ test("CLI: sigma tune --json on a tiny budget writes the file that SIGMA_TUNE_FI
     const info = await sigma("info");
     assert.match(info.out, /^gemm: tile \S+ .*\(tuned\)/m);
     assert.ok(info.out.includes(`gemm tuning file: ${file} (tuned `), info.out);
+    // The bf16 path the products take, and whether distributed runs can start.
+    assert.match(info.out, native().n.bf16Path() === "avx512-bf16" ? /^bf16 products .*: AVX512_BF16/m : /^bf16 products .*: converted to f32/m);
+    assert.match(info.out, /^mpi: (\/\S+sigma_mpi\.node|unavailable \(.*apt-get install openmpi-bin libopenmpi-dev)/m);
     const bad = await sigma("tune", "--budget", "0");
     assert.equal(bad.code, 1);
     assert.match(bad.out, /--budget must be a number above 0/);

@@ -16,6 +16,7 @@ import { getBackend } from "../backend/index.js";
 import { loadNative } from "../backend/native/index.js";
 import { SigmaError } from "../util/errors.js";
 import { activeWorld } from "../comm/comm.js";
+import { loadMpi } from "../comm/mpi.js";
 import { oneLine } from "../util/strict-json.js";
 import { register as registerTokenizer } from "./tokenizer.js";
 import { register as registerData } from "./data.js";
@@ -76,8 +77,10 @@ export function buildProgram(): Command {
               gemm: native.backend.gemmConfig(),
               gemmTuning: native.backend.gemmTuning(),
               tuneCache: tuneCacheSummary(tuneStatus()),
+              bf16Path: native.backend.bf16Path(),
             }
           : { error: native.error },
+        mpi: ((m) => (m.addon ? { path: m.path } : { error: m.error }))(loadMpi()),
       };
       if (opts.json) {
         console.log(JSON.stringify(info, null, 2));
@@ -99,9 +102,13 @@ export function buildProgram(): Command {
           console.log(`gemm tuning (${t.path}): one thread: large ${pick(t.one.large)}, short K ${pick(t.one.shortK)}; several: large ${pick(t.many.large)}, short K ${pick(t.many.shortK)}`);
         }
         console.log(`gemm tuning file: ${describeTuneStatus(tuneStatus())}`);
+        const b16 = native.backend.bf16Path();
+        console.log(`bf16 products ("precision": "bf16"): ${b16 === "avx512-bf16" ? "AVX512_BF16 (vdpbf16ps, f32 sums)" : "converted to f32 (this CPU path has no AVX512_BF16)"}`);
       } else {
         console.log(`native addon unavailable: ${native.error}`);
       }
+      const mpi = loadMpi();
+      console.log(mpi.addon ? `mpi: ${mpi.path} (distributed training: docs/distributed.md)` : `mpi: unavailable (${mpi.error}); distributed runs need Open MPI: apt-get install openmpi-bin libopenmpi-dev, then npm rebuild`);
     });
   return program;
 }
