@@ -38,9 +38,14 @@ export async function run(args: string[]): Promise<void> {
   const json = args.includes("--json");
   // With --json only the JSON object goes to stdout.
   const say = json ? (s: string) => console.error(s) : (s: string) => console.log(s);
-  // The addon's tile and blocking, handed to the comparison program so that it times what the addon runs.
+  // The addon's tuning (from the tuner's file, when there is one for this CPU and build), handed to the
+  // comparison program so that it times what the addon runs; without one both use the cache-size rule.
   const addon = native(true);
   const cfg = addon.gemmConfig();
+  const tuning = cfg.tuned ? addon.gemmTuning() : null;
+  const flat = (t: NonNullable<typeof tuning>["one"]) =>
+    [t.large, t.shortK].map((c) => `${c.tile}:${c.mc}:${c.kc}:${c.nc}`).concat([String(t.smallMRowsNT), String(t.smallMRowsNN)]).join(",");
+  const tuningArg = tuning ? [`--tuning=${tuning.path}|${flat(tuning.one)}|${flat(tuning.many)}`] : [];
   const info = addon.cpuInfo();
   const cpu = { brand: info.brand, vendor: info.vendor, family: info.family, model: info.model, kernelPath: addon.cpuFeatures().path };
 
@@ -73,9 +78,9 @@ export async function run(args: string[]): Promise<void> {
       shapes.push({ label: `x[${rows},2048]·W (W 2048x512)`, spec: `${rows}:512:2048:0` });
     }
     const results = new Map<string, { ours: number; openblas: number; speed: number }>();
-    let used: Record<string, unknown> | null = null;
+    const used: Record<string, unknown>[] = [];
     for (const threads of [1, 2]) {
-      const r = spawnSync(exe, [String(rounds), String(threads), `--config=${cfg.tile}:${cfg.mc}:${cfg.kc}:${cfg.nc}`, ...shapes.map((s) => s.spec)], {
+      const r = spawnSync(exe, [String(rounds), String(threads), ...tuningArg, ...shapes.map((s) => s.spec)], {
         encoding: "utf8",
         env: { ...process.env, OPENBLAS_THREAD_TIMEOUT: "4" },
       });
@@ -83,7 +88,7 @@ export async function run(args: string[]): Promise<void> {
       for (const line of r.stdout.trim().split("\n")) {
         const head = JSON.parse(line) as { config?: Record<string, unknown> };
         if (head.config) {
-          used = head.config;
+          if (!used.some((u) => u.threads === threads && u.K === head.config!.K)) used.push({ threads, ...head.config });
           continue;
         }
         const o = head as unknown as { M: number; N: number; K: number; tb: number; threads: number; ours: number; openblas: number; speed: number };
@@ -112,7 +117,7 @@ export async function run(args: string[]): Promise<void> {
     const byThreads = (f: (xs: number[]) => number) => Object.fromEntries([1, 2].map((t) => [String(t), f(perShape.filter((x) => x.threads === t).map((x) => x.ratio))]));
     const ratioMedian = byThreads(median), ratioMin = byThreads((xs) => Math.min(...xs));
     say(`\nours/OpenBLAS, median over the shapes: 1 thread ${ratioMedian["1"]!.toFixed(2)}, 2 threads ${ratioMedian["2"]!.toFixed(2)}; worst shape ${ratioMin["1"]!.toFixed(2)} / ${ratioMin["2"]!.toFixed(2)}`);
-    if (json) console.log(JSON.stringify({ blas: { ratioMedian, ratioMin, shapes: perShape, rounds, cpu, gemmConfig: used ?? cfg } }));
+    if (json) console.log(JSON.stringify({ blas: { ratioMedian, ratioMin, shapes: perShape, rounds, cpu, gemmConfig: { tuned: cfg.tuned, plans: used } } }));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

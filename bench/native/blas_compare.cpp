@@ -9,10 +9,14 @@
 // slowing the host slows both. Each result is checked against the other
 // before any timing. Prints one JSON object per line.
 //
-// usage: blas_compare ROUNDS THREADS [--config=TILE:MC:KC:NC] M:N:K:TB ...
-// --config holds the GEMM at that tile and blocking (the addon's, so that this
-// program times what the addon runs); the first line printed is the GEMM
-// configuration in use, {"config": {...}}.
+// usage: blas_compare ROUNDS THREADS [--tuning=T] M:N:K:TB ...
+// --tuning sets the addon's tuned choice here too, so that this program times
+// what the addon runs (without it, the cache-size rule: the addon's choice
+// when it has no tuning). T is the tuning flattened by bench/blas.ts:
+//   PATH|ONE|MANY, each of ONE and MANY being LARGE,SHORTK,NT,NN with
+//   LARGE and SHORTK as TILE:MC:KC:NC.
+// The first line printed is the GEMM configuration in use for each printed
+// shape's K, {"config": {...}}.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -61,23 +65,40 @@ int main(int argc, char** argv) {
   sigma::set_num_threads(threads);
   openblas_set_num_threads(threads);
   int first = 3;
-  if (argc > 3 && std::string(argv[3]).rfind("--config=", 0) == 0) {
-    char tile[64];
-    long long mc, kc, nc;
-    if (std::sscanf(argv[3] + 9, "%63[^:]:%lld:%lld:%lld", tile, &mc, &kc, &nc) != 4) {
-      std::fprintf(stderr, "bad %s (want --config=TILE:MC:KC:NC)\n", argv[3]);
+  if (argc > 3 && std::string(argv[3]).rfind("--tuning=", 0) == 0) {
+    char path[32], t[8][64];
+    long long b[8][3], rows[4];
+    const int n = std::sscanf(argv[3] + 9,
+                              "%31[^|]|%63[^:]:%lld:%lld:%lld,%63[^:]:%lld:%lld:%lld,%lld,%lld|"
+                              "%63[^:]:%lld:%lld:%lld,%63[^:]:%lld:%lld:%lld,%lld,%lld",
+                              path, t[0], &b[0][0], &b[0][1], &b[0][2], t[1], &b[1][0], &b[1][1], &b[1][2], &rows[0],
+                              &rows[1], t[2], &b[2][0], &b[2][1], &b[2][2], t[3], &b[3][0], &b[3][1], &b[3][2], &rows[2],
+                              &rows[3]);
+    if (n != 21) {
+      std::fprintf(stderr, "bad %s (want --tuning=PATH|LARGE,SHORTK,NT,NN|LARGE,SHORTK,NT,NN)\n", argv[3]);
       return 2;
     }
+    auto choice = [&](int i) { return sigma::GemmChoice{t[i], sigma::GemmBlocking{b[i][0], b[i][1], b[i][2]}}; };
+    sigma::GemmTuning tuning;
+    tuning.path = path;
+    tuning.one = sigma::GemmTunedThreads{choice(0), choice(1), rows[0], rows[1]};
+    tuning.many = sigma::GemmTunedThreads{choice(2), choice(3), rows[2], rows[3]};
     std::string error;
-    if (!sigma::set_gemm_override(tile, sigma::GemmBlocking{mc, kc, nc}, false, &error)) {
+    if (!sigma::set_gemm_tuning(&tuning, &error)) {
       std::fprintf(stderr, "%s\n", error.c_str());
       return 2;
     }
     first = 4;
   }
-  const sigma::GemmSettings g = sigma::gemm_settings();
-  std::printf("{\"config\":{\"tile\":\"%s\",\"mr\":%d,\"nr\":%d,\"mc\":%lld,\"kc\":%lld,\"nc\":%lld}}\n", g.tile.c_str(), g.mr,
-              g.nr, (long long)g.blocking.mc, (long long)g.blocking.kc, (long long)g.blocking.nc);
+  for (int s = first; s < argc; ++s) {
+    long long M, N, K;
+    int tb;
+    if (std::sscanf(argv[s], "%lld:%lld:%lld:%d", &M, &N, &K, &tb) != 4) continue;  // reported below
+    const sigma::GemmSettings g = sigma::gemm_settings(K, threads);
+    std::printf("{\"config\":{\"K\":%lld,\"tile\":\"%s\",\"mr\":%d,\"nr\":%d,\"mc\":%lld,\"kc\":%lld,\"nc\":%lld,\"tuned\":%s}}\n",
+                K, g.tile.c_str(), g.mr, g.nr, (long long)g.blocking.mc, (long long)g.blocking.kc, (long long)g.blocking.nc,
+                g.tuned ? "true" : "false");
+  }
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   for (int s = first; s < argc; ++s) {
