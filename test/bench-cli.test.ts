@@ -3,6 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -27,4 +28,15 @@ test("bench with an unknown name exits 2 and names the known ones, all included"
   assert.equal(p.status, 2);
   assert.match(p.stderr, /unknown benchmark "nope"; known: gemm, .*, or all/);
   assert.doesNotMatch(p.stdout, /=== bench/);
+});
+
+// bench/native/*.cpp are built only when a benchmark runs (blas needs OpenBLAS, which CI lacks), so a
+// change to the kernels' headers could break them unseen: each must at least compile against them.
+test("the benchmarks' native programs compile against the kernels' current headers", () => {
+  const gyp = JSON.parse(readFileSync(join(root, "binding.gyp"), "utf8")) as { targets: { cflags_cc: string[] }[] };
+  const src = join(root, "bench/native");
+  for (const f of readdirSync(src).filter((n) => n.endsWith(".cpp"))) {
+    const r = spawnSync(process.env.CXX ?? "g++", [...gyp.targets[0]!.cflags_cc, "-fsyntax-only", `-I${join(root, "native/include")}`, `-I${join(root, "native/src/kernels")}`, join(src, f)], { encoding: "utf8" });
+    assert.equal(r.status, 0, `${f}: ${r.stderr}`);
+  }
 });
