@@ -161,6 +161,40 @@ mpiTest("data parallel on 2 and 4 ranks logs the one-process losses, gradient no
   }
 });
 
+/** The learned and table routers under expert parallelism: RRE, MoGE (with a shared expert, and recomputation), top-k with capacity drops and an uneven split with accumulation. */
+function epCases(data: string): Record<string, (out: string, steps: number, parallel: Record<string, number>) => TrainConfig> {
+  const base = { optim: { lr: 3e-3, warmupSteps: 2, decay: "constant" }, eval: { every: 0, batches: 1 }, checkpoint: { every: 0, keep: 2 } };
+  const make = (router: keyof typeof ROUTERS, extra: Record<string, unknown>, model: Record<string, unknown> = {}) => (out: string, steps: number, parallel: Record<string, number>): TrainConfig => {
+    const c = tinyConfig(data, out, ROUTERS[router]!, { ...base, ...extra, steps, parallel });
+    return parseTrainConfig({ ...c, model: { ...c.model, ...model } });
+  };
+  return {
+    rre: make("rre", {}),
+    moge: make("moge", { recompute: true }),
+    // 6 rows over 4 ranks: 1, 2, 1, 2; capacity 1.0 drops assignments.
+    topk: make("topk", { batchSize: 6, accumSteps: 2 }, { experts: { count: 4, router: { ...ROUTERS.topk!, capacityFactor: 1.0 } } }),
+  };
+}
+
+mpiTest("expert parallel ({data 1, expert 2} on 2 ranks; {2, 2} and {1, 4} on 4) logs the one-process losses, gradient norms and routing for RRE, MoGE and top-k with capacity drops", async () => {
+  const data = await tinyData();
+  const dir = join(root, "ep");
+  mkdirSync(dir, { recursive: true });
+  const C = epCases(data);
+  const names = Object.keys(C);
+  for (const n of names) await train(C[n]!(join(dir, `ref-${n}`), 3, {}));
+  assert.ok([...routingLines(join(dir, "ref-topk")).values()].some((ls) => ls[0]!.dropped > 0), "the top-k case drops assignments (capacity is exercised)");
+  const layouts: [number, Record<string, number>][] = [[2, { expert: 2 }], [4, { data: 2, expert: 2 }], [4, { data: 1, expert: 4 }]];
+  const tag = (p: Record<string, number>) => `d${p.data ?? 1}e${p.expert}`;
+  for (const np of [2, 4]) {
+    const jobs = join(dir, `jobs${np}.json`);
+    writeFileSync(jobs, JSON.stringify(layouts.filter(([n]) => n === np).flatMap(([, p]) => names.map((n) => ({ config: C[n]!(join(dir, `${tag(p)}-${n}`), 3, p) })))));
+    const r = await mpirun(["-np", String(np), ...node(CHILD, jobs)], 240_000);
+    assert.equal(r.code, 0, r.out);
+  }
+  for (const [np, p] of layouts) for (const n of names) assertSameSteps(join(dir, `${tag(p)}-${n}`), join(dir, `ref-${n}`), [1, 2, 3], `${n} on ${np} ranks, parallel ${JSON.stringify(p)}`);
+});
+
 /** The pid of `rank` among mpirun's children (from each child's OMPI_COMM_WORLD_RANK). */
 function rankPid(mpirunPid: number, rank: number): number | null {
   for (const name of readdirSync("/proc")) {
@@ -234,15 +268,19 @@ mpiTest("a rank whose data shard is missing aborts the whole job with its messag
 
 // ---- Without MPI ----
 
-test("parallel.* must fit the ranks launched; expert parallelism, a batch smaller than the ranks and the store are refused by name", async () => {
+test("parallel.* must fit the ranks launched; an expert split that does not fit the model, a batch smaller than the ranks and the store are refused by name", async () => {
   const data = await tinyData();
   const c = (extra: Record<string, unknown>) => parseTrainConfig({ ...tinyConfig(data, join(root, "p"), ROUTERS.rre!), ...extra });
   assert.deepEqual(parallelPlan(c({}), 4), { data: 4, expert: 1 });
   assert.deepEqual(parallelPlan(c({ parallel: { data: 2 } }), 2), { data: 2, expert: 1 });
   assert.throws(() => parallelPlan(c({ parallel: { data: 2 } }), 4), /4 rank\(s\) were launched but parallel\.data × parallel\.expert = 2 × 1 = 2[\s\S]*mpirun -np 2/);
-  assert.throws(() => parallelPlan(c({ parallel: { expert: 2 } }), 4), /expert parallelism is not built yet/);
+  assert.deepEqual(parallelPlan(c({ parallel: { expert: 2 } }), 4), { data: 2, expert: 2 });
+  assert.deepEqual(parallelPlan(c({ parallel: { expert: 2 } }), 1), { data: 1, expert: 1 }, "one process ignores parallel");
+  assert.throws(() => parallelPlan(parseTrainConfig({ ...tinyConfig(data, join(root, "p"), null), parallel: { expert: 2 } }), 2), /parallel\.expert = 2 .*the model has no experts/);
+  assert.throws(() => parallelPlan(c({ parallel: { expert: 8 } }), 8), /parallel\.expert = 8 .* does not divide the 4 experts/);
   assert.throws(() => parallelPlan(c({ parallel: { expert: 3 } }), 4), /parallel\.expert = 3 does not divide them/);
   assert.throws(() => parallelPlan(c({ batchSize: 2 }), 4), /batchSize 2 .* cannot be split over 4/);
+  assert.throws(() => parallelPlan(c({ batchSize: 2, parallel: { data: 1, expert: 4 } }), 4), /batchSize 2 .* cannot be split over 4 ranks/, "every rank takes rows, expert parallel or not");
   assert.throws(() => parallelPlan(c({ store: { enabled: true } }), 2), /expert store .* does not run on several ranks/);
   assert.deepEqual(parallelPlan(c({ batchSize: 1, store: { enabled: true } }), 1), { data: 1, expert: 1 });
   assert.throws(() => parseTrainConfig({ ...tinyConfig(data, join(root, "p"), null), parallel: { data: 0 } }), /parallel\.data/);
