@@ -216,8 +216,12 @@ async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise
     // What rank 0 saves stands for every rank: check that they all hold it.
     t.assertRanksInSync(`checkpoint at step ${t.step}`);
     lastCkptStep = t.step;
+    // Expert parallel: the first expert group's ranks each write their shard of the experts.
+    const writes = log || (t.expertParallel !== null && t.comm.rank < t.expertParallel.layout.group.size);
+    if (!writes) return;
+    const saved = saveTrainCheckpoint(t, paths.checkpoints);
     if (!log) return;
-    lastCkpt = saveTrainCheckpoint(t, paths.checkpoints);
+    lastCkpt = saved;
     log.append({ kind: "checkpoint", step: t.step, path: lastCkpt });
     hooks.onCheckpoint?.(lastCkpt);
   };
