@@ -28,3 +28,10 @@ test("bench with an unknown name exits 2 and names the known ones, all included"
   assert.match(p.stderr, /unknown benchmark "nope"; known: gemm, .*, or all/);
   assert.doesNotMatch(p.stdout, /=== bench/);
 });
+
+test("bench comm without MPI says so in one line (and in its --json object) and measures nothing", () => {
+  const p = spawnSync(process.execPath, ["--import", "tsx", "bench/main.ts", "comm", "--json"], { cwd: root, encoding: "utf8", timeout: 60_000, env: { ...process.env, SIGMA_NO_MPI: "1" } });
+  assert.equal(p.status, 0, p.stderr);
+  assert.match(p.stderr, /^bench comm: skipped: MPI is not available: SIGMA_NO_MPI=1 is set$/m);
+  assert.deepEqual(JSON.parse(p.stdout), { comm: { skipped: "MPI is not available: SIGMA_NO_MPI=1 is set" } });
+});

@@ -47,13 +47,15 @@ export interface ExpertShard {
   count: number;
   /** Global id of this rank's first expert (comm.rank · count). */
   first: number;
+  /** Seconds spent in the exchanges (forward and backward) since the trainer last reset it. */
+  timing: { seconds: number };
 }
 
 /** The shard of `experts` that rank `rank` of a group of `size` holds. */
 export function shardOf(comm: Communicator, experts: number): ExpertShard {
   if (experts % comm.size !== 0) throw new RangeError(`${comm.size} ranks do not divide ${experts} experts evenly`);
   const count = experts / comm.size;
-  return { comm, count, first: comm.rank * count };
+  return { comm, count, first: comm.rank * count, timing: { seconds: 0 } };
 }
 
 const prefix = (counts: Int32Array, scale: number): Int32Array => {
@@ -70,16 +72,20 @@ const prefix = (counts: Int32Array, scale: number): Int32Array => {
  * gradient buffer the backward creates (zeroed) if it has none, so that its
  * node runs on this rank as on every other (see the file comment).
  */
-export function exchangeRows(t: Tensor, comm: Communicator, sendRows: Int32Array, recvRows: Int32Array, alsoGrad?: Tensor): Tensor {
+export function exchangeRows(t: Tensor, comm: Communicator, sendRows: Int32Array, recvRows: Int32Array, alsoGrad?: Tensor, timing?: { seconds: number }): Tensor {
   const C = t.dim(1);
   const n = recvRows.reduce((s, r) => s + r, 0);
   const out = Tensor.zeros([n, C], t.dtype);
   const [sc, rc] = [sendRows.map((r) => r * C), recvRows.map((r) => r * C)];
   const [sd, rd] = [prefix(sendRows, C), prefix(recvRows, C)];
+  const t0 = performance.now();
   comm.alltoallv(t.data as Float32Array, sc, sd, out.data as Float32Array, rc, rd);
+  if (timing) timing.seconds += (performance.now() - t0) / 1000;
   record(out, [t], (g) => {
     const back = Tensor.zeros(t.shape, t.dtype);
+    const t1 = performance.now();
     comm.alltoallv(g.data as Float32Array, rc, rd, back.data as Float32Array, sc, sd);
+    if (timing) timing.seconds += (performance.now() - t1) / 1000;
     const dt = gradOf(t).data;
     const b = back.data;
     for (let i = 0; i < b.length; i++) dt[i] += b[i]!;
@@ -104,7 +110,9 @@ export function expertParallelOutputs(x: Tensor, shard: ExpertShard, experts: nu
   const sendPer = new Int32Array(P * count);
   for (let e = 0; e < experts; e++) sendPer[e] = expertOffsets[e + 1]! - expertOffsets[e]!;
   const recvPer = new Int32Array(P * count); // [source, local expert]
+  const t0 = performance.now();
   comm.alltoall(sendPer, recvPer);
+  shard.timing.seconds += (performance.now() - t0) / 1000;
   const sendRows = new Int32Array(P);
   const recvRows = new Int32Array(P);
   for (let q = 0; q < P; q++) {
@@ -114,7 +122,7 @@ export function expertParallelOutputs(x: Tensor, shard: ExpertShard, experts: nu
     }
   }
   const xs = ops.gatherRows(x, tokenOf);
-  const got = exchangeRows(xs, comm, sendRows, recvRows); // [received, C], source-major
+  const got = exchangeRows(xs, comm, sendRows, recvRows, undefined, shard.timing); // [received, C], source-major
 
   // Source-major → expert-major (sources in rank order within each expert), and back.
   const total = got.dim(0);
@@ -138,5 +146,5 @@ export function expertParallelOutputs(x: Tensor, shard: ExpertShard, experts: nu
   const back = new Int32Array(total);
   byExpert.forEach((src, p) => (back[src] = p));
   const ys = ops.gatherRows(local(ops.gatherRows(got, byExpert), offsets, expertOf), back);
-  return exchangeRows(ys, comm, recvRows, sendRows, got);
+  return exchangeRows(ys, comm, recvRows, sendRows, got, shard.timing);
 }

@@ -46,7 +46,7 @@ export interface StepResult {
   gradNorm: number;
   tokens: number;
   seconds: number;
-  /** Seconds this rank spent in gradient and statistics communication (0 on one process). */
+  /** Seconds this rank spent in gradient and statistics communication, and (expert parallel) in the token exchanges (0 on one process). */
   commSeconds: number;
   /** Per sparse layer: tokens per expert, per-device load and imbalance score over the step. */
   routing: LayerStats[];
@@ -223,6 +223,7 @@ export class Trainer {
     let loss = 0, lm = 0, balance = 0, z = 0, tokens = 0;
     // Sections: where the step's time goes outside the kernels, when a profile runs (src/backend/profile.ts).
     section("zeroGrad", () => zeroGrad(params));
+    if (this.expertParallel) this.expertParallel.shard.timing.seconds = 0;
     const batches = section("loader", () => this.stepBatches());
     const dp = this.dp;
     for (let a = 0; a < c.accumSteps; a++) {
@@ -284,7 +285,7 @@ export class Trainer {
     const n = c.accumSteps;
     const D = devicesFor(c.model);
     const routing = counts.map((cs, l) => layerStats(cs, D, tokens, dropped[l]!));
-    return { step: this.step, loss: loss / n, lm: lm / n, balanceLoss: balance / n, zLoss: z / n, lr, gradNorm, tokens, seconds, commSeconds: dp?.sync.commSeconds ?? 0, routing };
+    return { step: this.step, loss: loss / n, lm: lm / n, balanceLoss: balance / n, zLoss: z / n, lr, gradNorm, tokens, seconds, commSeconds: (dp?.sync.commSeconds ?? 0) + (this.expertParallel?.shard.timing.seconds ?? 0), routing };
   }
 
   /**
