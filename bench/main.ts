@@ -4,7 +4,7 @@
  * long it takes) and runs nothing: all of them together take well over ten
  * minutes. Each benchmark validates its kernels before it times them and
  * reports ratios to ceilings measured in the same run. With --json, blas,
- * train and ecss print one JSON object on stdout and their tables on stderr.
+ * train, ecss and comm print one JSON object on stdout and their tables on stderr.
  */
 type Bench = { run(args: string[]): Promise<void> };
 
@@ -25,6 +25,7 @@ const BENCHES: Record<string, Entry> = {
   upcycle: { load: () => import("./upcycle.js"), about: "validation loss of upcycled RRE vs RRE from scratch vs dense continued (prepares the default data if missing)", takes: "10–20 min" },
   ecss: { load: () => import("./ecss.js"), about: "ECSS: sparse step vs ordinary MoE, a model over its expert budget, hit rates (prepares the default data if missing)", takes: "5–15 min" },
   ops: { load: () => import("./ops.js"), about: "the non-GEMM kernels of a training step at config R's shapes, AVX2 beside AVX-512 where the CPU has it", takes: "0–1 min" },
+  comm: { load: () => import("./comm.js"), about: "MPI allreduce and all-to-all(v) latency and bandwidth over message sizes on 2 ranks (skips without MPI)", takes: "0–1 min" },
   blas: { load: () => import("./blas.js"), about: "our GEMM beside OpenBLAS's sgemm (needs libopenblas-dev; skips without it)", takes: "1–3 min" },
 };
 

@@ -24,8 +24,21 @@
  *       kernels: { <kernel or section>: { calls, msPerStep } },
  *       [bf16Speedup]        // bf16 tokens/s over f32, when a bf16 run exists (RUNS below)
  *   } } } }
+ *
+ * `--ranks 1,2` (or --ranks=1,2) instead runs config R under mpirun with each
+ * number of ranks (each rank on cores/N threads; the MoE variants expert
+ * parallel, parallel.expert = N, the dense one data parallel) and reports
+ * tokens/s and the time each step spends in communication — gradient sums,
+ * statistics and the expert exchanges (the trainer's commSeconds), median
+ * over the steps and the maximum over the ranks. Without MPI the runs above
+ * one rank are skipped with one line. With --json:
+ *   { trainRanks: { threads, steps, runs: [{ variant, ranks, parallel,
+ *       tokensPerSec, stepMs, commMs, commFraction }], skipped? } }
  */
 import { spawnSync } from "node:child_process";
+import { cpus } from "node:os";
+import { joinWorld } from "../src/comm/comm.js";
+import { MPIRUN_ENV, mpiMissing } from "./comm.js";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { bf16Path, getBackend } from "../src/backend/index.js";
@@ -135,6 +148,70 @@ function child(variant: string, run: string, steps: number): ChildResult {
 
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
+interface RanksResult {
+  variant: string;
+  ranks: number;
+  parallel: { data: number; expert: number };
+  tokensPerSec: number;
+  stepMs: number;
+  commMs: number;
+  commFraction: number;
+}
+
+/** The parallel layout of a variant on N ranks: expert parallel for the MoE variants (when N divides the experts), else data parallel. */
+function layoutFor(variant: string, N: number): { data: number; expert: number } {
+  return VARIANTS[variant] && N > 1 && R.experts % N === 0 ? { data: 1, expert: N } : { data: N, expert: 1 };
+}
+
+/** One rank of a --ranks run: `steps` timed steps after a warm-up; rank 0 returns the medians (slowest rank's). */
+function rankChild(variant: string, steps: number): RanksResult | null {
+  const world = joinWorld();
+  const comm = world.comm;
+  const N = comm.size;
+  const m = readManifest(join(DATA, "manifest.json"));
+  const parallel = layoutFor(variant, N);
+  const cfg = configR(VARIANTS[variant]!, m.domains.map((d) => d.name), { parallel });
+  const t = new Trainer(cfg, undefined, comm);
+  t.trainStep();
+  const step: number[] = [], inComm: number[] = [];
+  for (let s = 0; s < steps; s++) {
+    const r = t.trainStep();
+    step.push(r.seconds);
+    inComm.push(r.commSeconds);
+  }
+  t.close();
+  const v = Float64Array.of(median(step), median(inComm));
+  comm.allreduce(v, "max");
+  world.finalize();
+  if (comm.rank !== 0) return null;
+  return { variant, ranks: N, parallel, tokensPerSec: (R.B * R.T) / v[0]!, stepMs: v[0]! * 1000, commMs: v[1]! * 1000, commFraction: v[1]! / v[0]! };
+}
+
+/** bench train --ranks: config R on each number of ranks, under mpirun. */
+async function runRanks(ranks: number[], variants: string[], steps: number, json: boolean, say: (s: string) => void): Promise<void> {
+  await benchData(DATA, { log: say });
+  const cores = cpus().length;
+  const missing = ranks.some((n) => n > 1) ? mpiMissing() : null;
+  if (missing) say(`bench train --ranks: runs on more than one rank skipped: MPI is not available: ${missing}`);
+  const self = fileURLToPath(import.meta.url);
+  const results: RanksResult[] = [];
+  say(`config R on ${ranks.join(", ")} rank(s) of this machine (${cores} cores, each rank on cores/N threads); median of ${steps} steps after a warm-up; communication = gradient and statistics sums plus the expert exchanges\n`);
+  for (const variant of variants) {
+    for (const N of ranks) {
+      if (N > 1 && missing) continue;
+      const threads = String(Math.max(1, Math.floor(cores / N)));
+      const cmd = ["--import", "tsx", self, "--rank-child", variant, String(steps)];
+      const p = N === 1
+        ? spawnSync(process.execPath, cmd, { encoding: "utf8", env: { ...process.env, SIGMA_THREADS: threads }, stdio: ["ignore", "pipe", "inherit"] })
+        : spawnSync("mpirun", ["--oversubscribe", "-np", String(N), "-x", `SIGMA_THREADS=${threads}`, process.execPath, ...cmd], { encoding: "utf8", env: { ...process.env, ...MPIRUN_ENV }, stdio: ["ignore", "pipe", "inherit"] });
+      if (p.status !== 0) throw new Error(`bench train: the ${variant} run on ${N} rank(s) failed (status ${p.status})`);
+      results.push(JSON.parse(p.stdout.trim().split("\n").pop()!) as RanksResult);
+    }
+  }
+  say(table(["model", "ranks", "parallel", "tokens/s", "step ms", "comm ms", "comm share"], results.map((r) => [r.variant, r.ranks, `data ${r.parallel.data} × expert ${r.parallel.expert}`, r.tokensPerSec.toFixed(0), r.stepMs.toFixed(0), r.commMs.toFixed(1), pct(r.commFraction)])));
+  if (json) console.log(JSON.stringify({ trainRanks: { cores, steps, runs: results, ...(missing ? { skipped: `MPI is not available: ${missing}` } : {}) } }));
+}
+
 export async function run(args: string[]): Promise<void> {
   const steps = Number(args.find((a) => a.startsWith("--steps="))?.slice(8) ?? 3);
   if (!Number.isInteger(steps) || steps < 1) throw new Error(`--steps must be a positive integer`);
@@ -146,6 +223,13 @@ export async function run(args: string[]): Promise<void> {
     if (RUNS[0]?.label !== "f32") throw new Error(`--precision takes f32 or f32,bf16 (the f32 run is the baseline), got "${precision}"`);
   }
   const say = json ? (s: string) => console.error(s) : (s: string) => console.log(s);
+  const ranksAt = args.findIndex((a) => a === "--ranks" || a.startsWith("--ranks="));
+  if (ranksAt >= 0) {
+    const text = args[ranksAt] === "--ranks" ? args[ranksAt + 1] ?? "" : args[ranksAt]!.slice(8);
+    const ranks = text.split(",").map(Number);
+    if (!ranks.length || ranks.some((n) => !Number.isInteger(n) || n < 1 || n > R.B)) throw new Error(`--ranks takes rank counts from 1 to ${R.B} separated by commas (e.g. 1,2), got "${text}"`);
+    return runRanks(ranks, Object.keys(VARIANTS).filter((v) => !only || only.includes(v)), steps, json, say);
+  }
   await benchData(DATA, { log: say });
   const threads = getBackend().getThreads();
   const peak = fmaPeak(threads);
@@ -197,3 +281,7 @@ export async function run(args: string[]): Promise<void> {
 }
 
 if (process.argv[2] === "--child") console.log(JSON.stringify(child(process.argv[3]!, process.argv[4]!, Number(process.argv[5]))));
+if (process.argv[2] === "--rank-child") {
+  const r = rankChild(process.argv[3]!, Number(process.argv[4]));
+  if (r) console.log(JSON.stringify(r));
+}

@@ -13,6 +13,7 @@ import { choosePlacement, contiguousPlacement, parsePlacement } from "../src/bal
 import { parseShape, shapeFromConfig, type SimShape } from "../src/balance/shape.js";
 import { simulateStep } from "../src/balance/simulator.js";
 import { runStudy } from "../src/balance/study.js";
+import { INTERCONNECTS, interconnectFromBench, predictScaling, resolveInterconnect } from "../src/balance/scaling.js";
 import { mogeRouting, SyntheticRouter, topkRouting } from "../src/balance/synthetic.js";
 import { groupedBarsSvg, histogramSvg } from "../src/balance/svg.js";
 import { register as registerBalance } from "../src/cli/balance.js";
@@ -297,4 +298,28 @@ test("the CLI commands run end to end and reject bad input with the field named"
   await assert.rejects(cli(["simulate", "--shape", shapeFile, "--devices", "4", "--k", "6"]), sigmaError(/k = 6 is not a multiple of the 4 MoGE groups/));
   await assert.rejects(cli(["balance", "--ckpt", join(root, "topk.safetensors"), "--data", dataDir]), sigmaError(/device count is missing/));
   await assert.rejects(cli(["simulate", "--devices", "8", "--tokens", "16,x"]), sigmaError(/--tokens: "x" is not a positive integer/));
+});
+
+test("scaling predictions: bench comm's figures or a named interconnect; MoGE loses nothing where its groups are the ranks, a slower link costs time, RRE routes one expert per token", () => {
+  const dir = mkdtempSync(join(tmpdir(), "sigma-scale-"));
+  try {
+    const file = join(dir, "comm.json");
+    writeFileSync(file, JSON.stringify({ comm: { ranks: 2, alltoallv: { fit: { latencyUs: 4, busGBs: 2.5 } } } }));
+    const measured = resolveInterconnect(file);
+    assert.equal(measured.linkBandwidth, 2.5e9);
+    assert.equal(measured.linkLatency, 4e-6);
+    assert.throws(() => resolveInterconnect("token-ring"), /unknown interconnect "token-ring"[\s\S]*ib-hdr/);
+    assert.throws(() => interconnectFromBench({ comm: { skipped: "no MPI" } }, "x.json"), /x\.json/);
+    const hw = resolveHardware("a100-ib");
+    const at = (ic: string) => predictScaling({ hardware: hw, interconnect: INTERCONNECTS[ic]!, ranks: [8, 64], tokensPerRank: 256, skew: 1, seed: 3 });
+    const fast = at("nvlink"), slow = at("ethernet-25g");
+    const row = (rows: typeof fast, D: number, r: string) => rows.find((x) => x.ranks === D && x.router === r)!;
+    assert.ok(Math.abs(row(fast, 8, "moge").lostFraction) < 1e-9 && row(fast, 8, "moge").imbalance === 0, "MoGE on as many ranks as groups is balanced");
+    assert.ok(row(fast, 8, "topk").lostFraction > 0.05, "skewed top-8 loses time to imbalance");
+    assert.equal(row(fast, 64, "rre").k, 1);
+    for (const r of fast) assert.ok(row(slow, r.ranks, r.router).stepSeconds > r.stepSeconds, `${r.router} on ${r.ranks} ranks: a slower link takes longer`);
+    assert.throws(() => predictScaling({ hardware: hw, interconnect: INTERCONNECTS.nvlink!, ranks: [48], tokensPerRank: 8, skew: 0, seed: 1 }), /48 ranks/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -40,3 +40,10 @@ test("the benchmarks' native programs compile against the kernels' current heade
     assert.equal(r.status, 0, `${f}: ${r.stderr}`);
   }
 });
+
+test("bench comm without MPI says so in one line (and in its --json object) and measures nothing", () => {
+  const p = spawnSync(process.execPath, ["--import", "tsx", "bench/main.ts", "comm", "--json"], { cwd: root, encoding: "utf8", timeout: 60_000, env: { ...process.env, SIGMA_NO_MPI: "1" } });
+  assert.equal(p.status, 0, p.stderr);
+  assert.match(p.stderr, /^bench comm: skipped: MPI is not available: SIGMA_NO_MPI=1 is set$/m);
+  assert.deepEqual(JSON.parse(p.stdout), { comm: { skipped: "MPI is not available: SIGMA_NO_MPI=1 is set" } });
+});

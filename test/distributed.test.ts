@@ -9,11 +9,12 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { train } from "../src/api/train.js";
-import { backward, gradOf } from "../src/autograd/tape.js";
+import { backward, gradOf, noGrad } from "../src/autograd/tape.js";
+import { openModelSource } from "../src/serve/open.js";
 import { BucketedAllreduce } from "../src/comm/buckets.js";
 import { soloComm, type Communicator } from "../src/comm/comm.js";
 import { detectLaunch, loadMpi } from "../src/comm/mpi.js";
@@ -161,6 +162,84 @@ mpiTest("data parallel on 2 and 4 ranks logs the one-process losses, gradient no
   }
 });
 
+/** The learned and table routers under expert parallelism: RRE, MoGE (with a shared expert, and recomputation), top-k with capacity drops and an uneven split with accumulation. */
+function epCases(data: string): Record<string, (out: string, steps: number, parallel: Record<string, number>) => TrainConfig> {
+  const base = { optim: { lr: 3e-3, warmupSteps: 2, decay: "constant" }, eval: { every: 0, batches: 1 }, checkpoint: { every: 0, keep: 2 } };
+  const make = (router: keyof typeof ROUTERS, extra: Record<string, unknown>, model: Record<string, unknown> = {}) => (out: string, steps: number, parallel: Record<string, number>): TrainConfig => {
+    const c = tinyConfig(data, out, ROUTERS[router]!, { ...base, ...extra, steps, parallel });
+    return parseTrainConfig({ ...c, model: { ...c.model, ...model } });
+  };
+  return {
+    rre: make("rre", {}),
+    moge: make("moge", { recompute: true }),
+    // 6 rows over 4 ranks: 1, 2, 1, 2; capacity 1.0 drops assignments.
+    topk: make("topk", { batchSize: 6, accumSteps: 2 }, { experts: { count: 4, router: { ...ROUTERS.topk!, capacityFactor: 1.0 } } }),
+  };
+}
+
+mpiTest("expert parallel ({data 1, expert 2} on 2 ranks; {2, 2} and {1, 4} on 4) logs the one-process losses, gradient norms and routing for RRE, MoGE and top-k with capacity drops; its per-rank expert checkpoints resume on 4, 2 and 1 ranks and back with the same next steps, and open as one model", async () => {
+  const data = await tinyData();
+  const dir = join(root, "ep");
+  mkdirSync(dir, { recursive: true });
+  const C = epCases(data);
+  const names = Object.keys(C);
+  // One process: five steps (the reference), and three steps for a whole-model checkpoint.
+  for (const n of names) {
+    await train(C[n]!(join(dir, `ref-${n}`), 5, {}));
+    await train(C[n]!(join(dir, `one-${n}`), 3, {}));
+  }
+  assert.ok([...routingLines(join(dir, "ref-topk")).values()].some((ls) => ls[0]!.dropped > 0), "the top-k case drops assignments (capacity is exercised)");
+  // A copy of a run folder, without the marker naming the process that wrote it (this one, for a one-process run).
+  const copy = (from: string, to: string) =>
+    names.forEach((n) => {
+      cpSync(join(dir, `${from}-${n}`), join(dir, `${to}-${n}`), { recursive: true });
+      rmSync(join(dir, `${to}-${n}`, "run.json"), { force: true });
+    });
+  const launch = async (np: number, jobs: { config: TrainConfig; resume?: boolean }[]) => {
+    const file = join(dir, `jobs-${np}-${jobs.length}-${Math.random().toString(36).slice(2)}.json`);
+    writeFileSync(file, JSON.stringify(jobs));
+    const r = await mpirun(["-np", String(np), ...node(CHILD, file)], 240_000);
+    assert.equal(r.code, 0, r.out);
+  };
+  const fresh = (tag: string, p: Record<string, number>) => names.map((n) => ({ config: C[n]!(join(dir, `${tag}-${n}`), 3, p) }));
+  const resumed = (tag: string, p: Record<string, number>) => names.map((n) => ({ config: C[n]!(join(dir, `${tag}-${n}`), 5, p), resume: true }));
+
+  // 4 ranks: {2, 2} and {1, 4} from scratch; the one-process checkpoint continued on {2, 2}.
+  copy("one", "one-on4");
+  await launch(4, [...fresh("d2e2", { data: 2, expert: 2 }), ...fresh("d1e4", { data: 1, expert: 4 }), ...resumed("one-on4", { data: 2, expert: 2 })]);
+  // 2 ranks: {1, 2} from scratch; the {1, 4} checkpoint continued on {1, 2}.
+  copy("d1e4", "d1e4-on2");
+  await launch(2, [...fresh("d1e2", { expert: 2 }), ...resumed("d1e4-on2", { expert: 2 })]);
+  // Back: the {1, 2} checkpoint continued on {1, 4}; the {2, 2} one on one process.
+  copy("d1e2", "d1e2-on4");
+  await launch(4, resumed("d1e2-on4", { data: 1, expert: 4 }));
+  copy("d2e2", "d2e2-on1");
+  for (const n of names) await train(C[n]!(join(dir, `d2e2-on1-${n}`), 5, {}), { resume: true });
+
+  for (const n of names) {
+    for (const [tag, what] of [["d1e2", "2 ranks {1, 2}"], ["d2e2", "4 ranks {2, 2}"], ["d1e4", "4 ranks {1, 4}"]]) assertSameSteps(join(dir, `${tag}-${n}`), join(dir, `ref-${n}`), [1, 2, 3], `${n} on ${what}`);
+    for (const [tag, what] of [["one-on4", "one process → {2, 2}"], ["d1e4-on2", "{1, 4} → {1, 2}"], ["d1e2-on4", "{1, 2} → {1, 4}"], ["d2e2-on1", "{2, 2} → one process"]]) {
+      assertSameSteps(join(dir, `${tag}-${n}`), join(dir, `ref-${n}`), [4, 5], `${n}: checkpoint resumed ${what}`);
+    }
+  }
+
+  // The layout on disk: rank 0's dense part, one shard per rank of an expert group, listed in state.json.
+  const ckpt = listCheckpoints(join(dir, "d1e4-rre", "checkpoints")).at(-1)!.path;
+  const state = JSON.parse(readFileSync(join(ckpt, "state.json"), "utf8"));
+  const shards = ["experts-rank-0000.safetensors", "experts-rank-0001.safetensors", "experts-rank-0002.safetensors", "experts-rank-0003.safetensors"];
+  assert.deepEqual(state.experts, { shards: 4, experts: 4, files: shards });
+  for (const f of shards) assert.ok(state.files[f] && existsSync(join(ckpt, f)), f);
+  // Opened as one model (sigma eval, generate, extract, the library's openModel), it computes what the one-process checkpoint does.
+  const a = openModelSource(ckpt).model;
+  const b = openModelSource(listCheckpoints(join(dir, "one-rre", "checkpoints")).at(-1)!.path).model;
+  const input = { tokens: Int32Array.from({ length: 32 }, (_, i) => (i * 37) % 320), domains: Int32Array.of(0, 3), B: 2, T: 16 };
+  const [la, lb] = noGrad(() => [a.forward(input).logits.data, b.forward(input).logits.data]);
+  let worst = 0;
+  for (let i = 0; i < la.length; i++) worst = Math.max(worst, Math.abs(la[i]! - lb[i]!) / Math.max(Math.abs(lb[i]!), 1e-3));
+  assert.ok(worst < 1e-4, `logits of the assembled model differ by ${worst} (relative)`);
+  assert.throws(() => openModelSource(join(ckpt, "model.safetensors")), /holds the dense part of an expert-parallel checkpoint/);
+});
+
 /** The pid of `rank` among mpirun's children (from each child's OMPI_COMM_WORLD_RANK). */
 function rankPid(mpirunPid: number, rank: number): number | null {
   for (const name of readdirSync("/proc")) {
@@ -234,15 +313,19 @@ mpiTest("a rank whose data shard is missing aborts the whole job with its messag
 
 // ---- Without MPI ----
 
-test("parallel.* must fit the ranks launched; expert parallelism, a batch smaller than the ranks and the store are refused by name", async () => {
+test("parallel.* must fit the ranks launched; an expert split that does not fit the model, a batch smaller than the ranks and the store are refused by name", async () => {
   const data = await tinyData();
   const c = (extra: Record<string, unknown>) => parseTrainConfig({ ...tinyConfig(data, join(root, "p"), ROUTERS.rre!), ...extra });
   assert.deepEqual(parallelPlan(c({}), 4), { data: 4, expert: 1 });
   assert.deepEqual(parallelPlan(c({ parallel: { data: 2 } }), 2), { data: 2, expert: 1 });
   assert.throws(() => parallelPlan(c({ parallel: { data: 2 } }), 4), /4 rank\(s\) were launched but parallel\.data × parallel\.expert = 2 × 1 = 2[\s\S]*mpirun -np 2/);
-  assert.throws(() => parallelPlan(c({ parallel: { expert: 2 } }), 4), /expert parallelism is not built yet/);
+  assert.deepEqual(parallelPlan(c({ parallel: { expert: 2 } }), 4), { data: 2, expert: 2 });
+  assert.deepEqual(parallelPlan(c({ parallel: { expert: 2 } }), 1), { data: 1, expert: 1 }, "one process ignores parallel");
+  assert.throws(() => parallelPlan(parseTrainConfig({ ...tinyConfig(data, join(root, "p"), null), parallel: { expert: 2 } }), 2), /parallel\.expert = 2 .*the model has no experts/);
+  assert.throws(() => parallelPlan(c({ parallel: { expert: 8 } }), 8), /parallel\.expert = 8 .* does not divide the 4 experts/);
   assert.throws(() => parallelPlan(c({ parallel: { expert: 3 } }), 4), /parallel\.expert = 3 does not divide them/);
   assert.throws(() => parallelPlan(c({ batchSize: 2 }), 4), /batchSize 2 .* cannot be split over 4/);
+  assert.throws(() => parallelPlan(c({ batchSize: 2, parallel: { data: 1, expert: 4 } }), 4), /batchSize 2 .* cannot be split over 4 ranks/, "every rank takes rows, expert parallel or not");
   assert.throws(() => parallelPlan(c({ store: { enabled: true } }), 2), /expert store .* does not run on several ranks/);
   assert.deepEqual(parallelPlan(c({ batchSize: 1, store: { enabled: true } }), 1), { data: 1, expert: 1 });
   assert.throws(() => parseTrainConfig({ ...tinyConfig(data, join(root, "p"), null), parallel: { data: 0 } }), /parallel\.data/);

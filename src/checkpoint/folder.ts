@@ -168,6 +168,13 @@ export function saveCheckpointFolder(
   files: Map<string, Uint8Array | string>,
   state: Record<string, unknown>,
   onFile?: (name: string) => void,
+  /**
+   * Files other processes already wrote and fsynced, in `dir` (same
+   * filesystem), with their records: renamed into the folder before
+   * state.json, so they appear with it or not at all (an expert-parallel
+   * run's shard files, src/train/checkpoint.ts).
+   */
+  adopted?: Map<string, { path: string; record: FileRecord }>,
 ): string {
   const name = stepDirName(step);
   try {
@@ -189,6 +196,13 @@ export function saveCheckpointFolder(
       const bytes = typeof content === "string" ? Buffer.from(content, "utf8") : content;
       writeFileSynced(childPath(tmp, file), bytes, "wx");
       records[file] = { bytes: bytes.length, sha256: sha256(bytes) };
+      onFile?.(file);
+    }
+    for (const [file, { path, record }] of adopted ?? []) {
+      if (file === STATE_FILE || !CHECKPOINT_FILE_NAME.test(file) || Object.hasOwn(records, file)) throw new Error(`bad checkpoint file name "${file}"`);
+      if (dirname(resolve(path)) !== resolve(dir)) throw new Error(`an adopted file must be in ${dir}: ${path}`);
+      renameSync(path, childPath(tmp, file));
+      records[file] = record;
       onFile?.(file);
     }
     // state.json marks the folder complete, so it appears whole or not at all (a torn one would list as complete).

@@ -1,7 +1,9 @@
 /**
  * `sigma balance …` (loads and imbalance of a checkpoint's routers on real
- * batches) and `sigma simulate …` (expert-parallel step time, from a
- * checkpoint on data or from the synthetic router).
+ * batches), `sigma simulate …` (expert-parallel step time, from a
+ * checkpoint on data or from the synthetic router) and `sigma scale …`
+ * (predicted step time and imbalance loss at 8–512 ranks per router, on an
+ * interconnect profile or the figures bench comm measured).
  */
 import type { Command } from "commander";
 import { writeFileSync, mkdirSync } from "node:fs";
@@ -14,6 +16,7 @@ import { formatBalance, summarizeLayer, writeBalancePictures } from "../balance/
 import { resolveShape, shapeFromConfig, SHAPE_PRESETS } from "../balance/shape.js";
 import { simulateStep, type SimMode } from "../balance/simulator.js";
 import { formatStudy, runStudy, writeStudyPictures } from "../balance/study.js";
+import { formatScaling, INTERCONNECTS, predictScaling, resolveInterconnect } from "../balance/scaling.js";
 import type { Split } from "../data/shards.js";
 import { SigmaError } from "../util/errors.js";
 import { DEFAULT_DATA } from "./data.js";
@@ -143,5 +146,24 @@ export function register(program: Command): void {
       mkdirSync(o.out, { recursive: true });
       writeFileSync(join(o.out, "study.md"), formatStudy(rows) + "\n");
       console.error(`pictures: ${[...pics, ...(o.png ? svgsToPng(pics) : [])].join(", ")}`);
+    });
+
+  program
+    .command("scale")
+    .description("predict expert-parallel step time and the share lost to imbalance at 8–512 ranks for RRE, MoGE and top-k (one sparse layer of Pangu Pro MoE's size, training), on an interconnect profile or bench comm's measured figures")
+    .option("--interconnect <name|file>", `link per rank: ${Object.keys(INTERCONNECTS).join(", ")}, or the JSON of \`npm run bench -- comm --json\``, "ib-hdr")
+    .option("--hardware <name|file>", `compute per rank (its link is replaced by --interconnect): ${Object.keys(HARDWARE_PRESETS).join(", ")}, or a JSON file`, "a100-ib")
+    .option("--ranks <list>", "rank counts, comma-separated (divisors or multiples of 64)", (v: string) => parseList(v).map(Number), [8, 16, 32, 64, 128, 256, 512])
+    .option("--tokens-per-rank <n>", "tokens each rank holds in the step", parseIntOpt("tokens-per-rank", 1, 65536), 256)
+    .option("--skew <s>", "Zipf exponent of expert popularity for the learned routers (0 = uniform)", parseNonNegative("skew", 100), 0)
+    .option("--seed <n>", "seed of the synthetic routing", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
+    .option("--json", "print JSON")
+    .action((o: { interconnect: string; hardware: string; ranks: number[]; tokensPerRank: number; skew: number; seed: number; json?: boolean }) => {
+      const interconnect = resolveInterconnect(o.interconnect);
+      const hardware = resolveHardware(o.hardware);
+      const rows = predictScaling({ hardware, interconnect, ranks: o.ranks, tokensPerRank: o.tokensPerRank, skew: o.skew, seed: o.seed });
+      if (o.json) return console.log(JSON.stringify({ interconnect, hardware, tokensPerRank: o.tokensPerRank, skew: o.skew, rows }));
+      console.log(`${interconnect.name}: ${interconnect.note}; compute ${hardware.name}; ${o.tokensPerRank} tokens per rank, skew ${o.skew}; step = one sparse layer, forward + backward; lost = share of the step lost to imbalance`);
+      console.log(formatScaling(rows));
     });
 }

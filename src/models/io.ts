@@ -9,6 +9,10 @@ import { SigmaError } from "../util/errors.js";
 import { parseJsonStrict } from "../util/strict-json.js";
 import { modelRouter, parseModelConfig, type ModelConfig } from "./config.js";
 import { PanguSigma } from "./pangu-sigma.js";
+import type { ExpertShard } from "../moe/expert-parallel.js";
+import { EXPERT_TENSOR, ShardManifestSchema, withExperts, type ShardManifest } from "./shards.js";
+import type { LoadedFolder } from "../checkpoint/folder.js";
+import { parseWithSchema } from "../util/json.js";
 
 /** The model's parameters and buffers by name, and the metadata that rebuilds it. */
 function modelTensors(model: PanguSigma): { tensors: Map<string, { shape: number[]; data: StArray }>; metadata: Record<string, string> } {
@@ -23,10 +27,17 @@ export function saveModel(model: PanguSigma, path: string): void {
   writeSafetensors(path, tensors, metadata);
 }
 
-/** The model as safetensors bytes (for checkpoints, which write several files together). */
-export function encodeModel(model: PanguSigma): Uint8Array {
+/**
+ * The model as safetensors bytes (for checkpoints, which write several files
+ * together). `denseOnly`: without the expert tensors (an expert-sharded
+ * checkpoint writes them per rank, src/models/shards.ts); the metadata then
+ * says so, and loading the file alone is refused with a pointer to the folder.
+ */
+export function encodeModel(model: PanguSigma, opts: { denseOnly?: boolean } = {}): Uint8Array {
   const { tensors, metadata } = modelTensors(model);
-  return encodeSafetensors(tensors, metadata);
+  if (!opts.denseOnly) return encodeSafetensors(tensors, metadata);
+  for (const n of [...tensors.keys()]) if (EXPERT_TENSOR.test(n)) tensors.delete(n);
+  return encodeSafetensors(tensors, { ...metadata, experts: "sharded" });
 }
 
 export function loadModel(path: string): PanguSigma {
@@ -42,6 +53,31 @@ export function loadModel(path: string): PanguSigma {
 export function decodeModel(bytes: Uint8Array, source: string, opts: { externalExperts?: boolean } = {}): PanguSigma {
   const { tensors, metadata } = decodeSafetensors(bytes, source);
   return modelFromTensors(tensors, metadata, source, opts.externalExperts ?? false);
+}
+
+/** state.json's expert-shard manifest (src/models/shards.ts), or undefined for a checkpoint that holds its experts whole. */
+export function shardManifest(folder: LoadedFolder): ShardManifest | undefined {
+  const raw = (folder.state as Record<string, unknown>).experts;
+  if (raw === undefined) return undefined;
+  return parseWithSchema(ShardManifestSchema, raw, `${folder.path}/state.json (experts)`, "the checkpoint is damaged or was edited; use an earlier one");
+}
+
+/**
+ * The model of a checkpoint folder (model.safetensors). With an expert-shard
+ * manifest its experts are assembled from the shard files: all of them, or
+ * with `expertShard` just that rank's range (an expert-parallel resume, in
+ * any layout); a checkpoint holding its experts whole is cut to the range.
+ */
+export function decodeCheckpointModel(folder: LoadedFolder, opts: { externalExperts?: boolean; expertShard?: ExpertShard } = {}): PanguSigma {
+  const source = `${folder.path}/model.safetensors`;
+  const { tensors, metadata } = decodeSafetensors(folder.read("model.safetensors"), source);
+  const manifest = shardManifest(folder);
+  if (!manifest && !opts.expertShard) return modelFromTensors(tensors, metadata, source, opts.externalExperts ?? false);
+  const config = embeddedConfig(metadata, source);
+  const range = opts.expertShard ?? { first: 0, count: config.experts?.count ?? 0 };
+  if (manifest && manifest.experts !== config.experts?.count) throw new SigmaError(`${folder.path}/state.json says ${manifest.experts} experts per layer, the model config ${config.experts?.count ?? 0}`, "the checkpoint is damaged; use an earlier one");
+  const all = withExperts(tensors, folder, manifest, range, (n) => !/^(?:m|v|steps)\./.test(n));
+  return modelFromTensors(all, metadata, source, opts.externalExperts ?? false, opts.expertShard);
 }
 
 /** The model config in a Sigma model file's metadata, validated by ModelConfigSchema; errors name `path`. */
@@ -65,10 +101,10 @@ export function embeddedConfig(metadata: Record<string, string>, path: string): 
  * multiple, so a file that holds fewer values than this cannot belong to the
  * config — and a config with absurd sizes is refused before any allocation.
  */
-function minModelValues(c: ModelConfig, externalExperts: boolean): number {
+function minModelValues(c: ModelConfig, externalExperts: boolean, held = c.experts?.count ?? 0): number {
   const C = c.width;
   const layers = c.denseLayers + c.sparseLayers;
-  const experts = externalExperts || !c.experts ? 0 : c.sparseLayers * c.experts.count * 2 * C * (c.experts.width ?? c.ffnWidth);
+  const experts = externalExperts || !c.experts ? 0 : c.sparseLayers * held * 2 * C * (c.experts.width ?? c.ffnWidth);
   return c.embeddingSlots * c.vocabSize * C + c.seqLen * C + layers * 4 * C * C + c.denseLayers * 2 * C * c.ffnWidth + experts;
 }
 
@@ -83,18 +119,21 @@ const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.len
  * ModelConfigSchema; every tensor the config implies must be there with
  * exactly its dtype and shape, and nothing else may be.
  */
-export function modelFromTensors(tensors: Map<string, StTensor>, metadata: Record<string, string>, path: string, externalExperts = false): PanguSigma {
+export function modelFromTensors(tensors: Map<string, StTensor>, metadata: Record<string, string>, path: string, externalExperts = false, expertShard?: ExpertShard): PanguSigma {
   const config = embeddedConfig(metadata, path);
+  if (metadata.experts === "sharded" && ![...tensors.keys()].some((n) => EXPERT_TENSOR.test(n))) {
+    throw new SigmaError(`${path} holds the dense part of an expert-parallel checkpoint: its experts are in the experts-rank-*.safetensors files beside it`, "open the checkpoint folder instead (it assembles the shards)");
+  }
   let held = 0;
   for (const t of tensors.values()) held += t.data.length;
-  const need = minModelValues(config, externalExperts);
+  const need = minModelValues(config, externalExperts, expertShard?.count);
   if (need > held || config.denseLayers + config.sparseLayers > tensors.size) {
     throw new SigmaError(
       `${path}: its embedded config describes a model of at least ${need.toExponential(2)} values in ${config.denseLayers + config.sparseLayers} layers, but the file holds ${held} values in ${tensors.size} tensors`,
       "the file is damaged or its config was edited; use another copy",
     );
   }
-  const model = new PanguSigma(config, "float32", externalExperts ? { externalExperts: {} } : {});
+  const model = new PanguSigma(config, "float32", { ...(externalExperts ? { externalExperts: {} } : {}), ...(expertShard ? { expertShard } : {}) });
   const router = modelRouter(config);
   const expected = new Set<string>();
   for (const [name, p] of model.namedParameters()) {

@@ -19,6 +19,7 @@ import { recompute } from "../nn/recompute.js";
 import { isGradEnabled } from "../autograd/tape.js";
 import type { Communicator } from "../comm/comm.js";
 import { MoeLayer, type ExternalExperts, type MoeContext } from "../moe/layer.js";
+import type { ExpertShard } from "../moe/expert-parallel.js";
 import type { Routing } from "../moe/routing.js";
 import { Tensor } from "../tensor/tensor.js";
 import type { DType } from "../tensor/dtype.js";
@@ -90,7 +91,7 @@ class Block extends Module {
   readonly ffn: FeedForward | null;
   readonly moe: MoeLayer | null;
   readonly layer: number;
-  constructor(c: ModelConfig, layer: number, sparse: boolean, domainGroup: Int32Array, init: InitOptions, outStd: number, external?: ExternalExperts) {
+  constructor(c: ModelConfig, layer: number, sparse: boolean, domainGroup: Int32Array, init: InitOptions, outStd: number, external?: ExternalExperts, shard?: ExpertShard) {
     super();
     this.layer = layer;
     this.ln1 = this.child("ln1", new LayerNorm(c.width, c.layerNormEps, init.dtype));
@@ -98,7 +99,7 @@ class Block extends Module {
     this.ln2 = this.child("ln2", new LayerNorm(c.width, c.layerNormEps, init.dtype));
     if (sparse) {
       const ex = c.experts!;
-      const extra = { vocabSize: c.vocabSize, domainGroup, layer, outStd, activation: c.activation, external };
+      const extra = { vocabSize: c.vocabSize, domainGroup, layer, outStd, activation: c.activation, external, ...(shard ? { shard } : {}) };
       this.moe = this.child("moe", new MoeLayer(c.width, ex.width ?? c.ffnWidth, ex.count, ex.router, extra, init));
       this.ffn = null;
     } else {
@@ -175,8 +176,10 @@ export class PanguSigma extends Module {
   /**
    * `opts.externalExperts`: the sparse layers' experts live in an expert store
    * (ECSS) — they are not parameters of this model; see MoeLayer.
+   * `opts.expertShard`: expert parallel — each sparse layer holds only this
+   * rank's share of its experts (src/moe/expert-parallel.ts).
    */
-  constructor(readonly config: ModelConfig, dtype: DType = "float32", opts: { externalExperts?: ExternalExperts } = {}) {
+  constructor(readonly config: ModelConfig, dtype: DType = "float32", opts: { externalExperts?: ExternalExperts; expertShard?: ExpertShard } = {}) {
     super();
     const c = config;
     const rng = new Rng(c.seed);
@@ -188,7 +191,7 @@ export class PanguSigma extends Module {
     this.tokenEmbedding = this.param("tokenEmbedding", Tensor.randn([c.embeddingSlots * c.vocabSize, c.width], rng, c.initStd, dtype), { decay: false });
     this.positionEmbedding = this.param("positionEmbedding", Tensor.randn([c.seqLen, c.width], rng, c.initStd, dtype), { decay: false });
     for (let l = 0; l < c.denseLayers + c.sparseLayers; l++) {
-      this.blocks.push(this.child(`blocks.${l}`, new Block(c, l, l >= c.denseLayers, this.domainGroup, init, outStd, opts.externalExperts)));
+      this.blocks.push(this.child(`blocks.${l}`, new Block(c, l, l >= c.denseLayers, this.domainGroup, init, outStd, opts.externalExperts, opts.expertShard)));
     }
     this.finalNorm = this.child("finalNorm", new LayerNorm(c.width, c.layerNormEps, dtype));
     if (c.queryLayer) {

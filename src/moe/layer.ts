@@ -18,6 +18,7 @@ import { activate, type Activation } from "../nn/activation.js";
 import * as ops from "../ops/index.js";
 import { Tensor } from "../tensor/tensor.js";
 import type { BatchSlice, Routing } from "./routing.js";
+import { expertParallelOutputs, type ExpertShard } from "./expert-parallel.js";
 import { routerSpec, type RouterConfig } from "./routers/index.js";
 import type { RouterModule } from "./routers/router.js";
 
@@ -73,13 +74,15 @@ export class MoeLayer extends Module {
   readonly layer: number;
   /** Set by ECSS: the experts come from this bank instead of w1…b2. */
   bank: ExpertBank | null = null;
+  /** Expert parallel (src/moe/expert-parallel.ts): w1…b2 hold only this rank's experts; the others are on the group's other ranks. */
+  readonly shard: ExpertShard | null;
 
   constructor(
     readonly width: number,
     readonly expertWidth: number,
     readonly experts: number,
     routerConfig: RouterConfig,
-    extra: { vocabSize: number; domainGroup: Int32Array; layer: number; outStd: number; activation?: Activation; external?: ExternalExperts },
+    extra: { vocabSize: number; domainGroup: Int32Array; layer: number; outStd: number; activation?: Activation; external?: ExternalExperts; shard?: ExpertShard },
     init: InitOptions,
   ) {
     super();
@@ -91,7 +94,27 @@ export class MoeLayer extends Module {
     this.router = this.child("router", spec.build({ width: C, experts: E, vocabSize: extra.vocabSize, domainGroup: extra.domainGroup, layer: extra.layer, init }));
     const expert = { group: "expert" as const };
     this.layer = extra.layer;
-    if (extra.external) {
+    this.shard = extra.shard ?? null;
+    if (this.shard) {
+      // This rank's experts only; every expert is still drawn, in order, so each gets the values a one-process model gives it.
+      const { first, count } = this.shard;
+      const draw = (shape: [number, number, number], s: number) => {
+        const t = Tensor.zeros([count, shape[1], shape[2]], dtype);
+        const n = shape[1] * shape[2];
+        for (let e = 0; e < E; e++) {
+          const keep = e >= first && e < first + count;
+          for (let i = 0; i < n; i++) {
+            const v = init.rng.normal() * s;
+            if (keep) t.data[(e - first) * n + i] = v;
+          }
+        }
+        return t;
+      };
+      this.w1 = this.param("w1", draw([E, F, C], std), expert);
+      this.b1 = this.param("b1", Tensor.zeros([count, F], dtype), { ...expert, decay: false });
+      this.w2 = this.param("w2", draw([E, C, F], extra.outStd), expert);
+      this.b2 = this.param("b2", Tensor.zeros([count, C], dtype), { ...expert, decay: false });
+    } else if (extra.external) {
       // Empty placeholders: the weights live in the store; draws as Tensor.randn would make them.
       const draw = (name: "w1" | "w2", n: number, s: number) => {
         const buf = new Float32Array(n);
@@ -118,6 +141,7 @@ export class MoeLayer extends Module {
   forward(x: Tensor, ctx: MoeContext): { y: Tensor; routing: Routing } {
     const E = this.experts;
     const routing = this.router.route({ x, tokenIds: ctx.tokenIds, domainIds: ctx.domainIds, ...(ctx.slice ? { slice: ctx.slice } : {}) });
+    if (this.shard) return this.computeSharded(x, routing);
     if (!this.bank) return this.compute(x, routing, routing.expertIds, E, this);
     // Compact to the U experts in use: global id → position among them (dropped ids E map past the end).
     const used = Int32Array.from(routing.counts.keys()).filter((e) => routing.counts[e]! > 0);
@@ -129,26 +153,44 @@ export class MoeLayer extends Module {
 
   /** Permute → grouped matmul → unpermute over E stacked experts (E may be a compacted count). */
   private compute(x: Tensor, routing: Routing, expertIds: Int32Array, E: number, wt: ExpertWeights): { y: Tensor; routing: Routing } {
-    const R = x.dim(0);
-    const k = routing.k;
-    // Dropped assignments (id E) sort into an extra bucket past the last expert and are left out.
+    const { rows, tokenOf, expertOffsets } = this.sorted(routing, expertIds, E);
+    const expertOf = new Int32Array(rows.length);
+    for (let e = 0; e < E; e++) expertOf.fill(e, expertOffsets[e]!, expertOffsets[e + 1]!);
+    const ys = this.ffn(ops.gatherRows(x, tokenOf), expertOffsets, expertOf, wt);
+    return { y: this.combine(x, ys, routing, rows, tokenOf), routing };
+  }
+
+  /** Expert parallel: the same, with each assignment computed on the rank that holds its expert. */
+  private computeSharded(x: Tensor, routing: Routing): { y: Tensor; routing: Routing } {
+    const { rows, tokenOf, expertOffsets } = this.sorted(routing, routing.expertIds, this.experts);
+    const ys = expertParallelOutputs(x, this.shard!, this.experts, expertOffsets, tokenOf, (xs, offsets, expertOf) => this.ffn(xs, offsets, expertOf, this));
+    return { y: this.combine(x, ys, routing, rows, tokenOf), routing };
+  }
+
+  /** The kept assignments sorted by expert (dropped ones, id E, sort past the last expert and are left out) and their tokens. */
+  private sorted(routing: Routing, expertIds: Int32Array, E: number): { rows: Int32Array; tokenOf: Int32Array; expertOffsets: Int32Array } {
     const { order, offsets } = ops.permuteByExpert(expertIds, E + 1);
     const kept = offsets[E]!;
     const rows = order.subarray(0, kept);
-    const expertOffsets = offsets.subarray(0, E + 1);
     const tokenOf = new Int32Array(kept);
-    const expertOf = new Int32Array(kept);
-    for (let e = 0; e < E; e++) expertOf.fill(e, offsets[e]!, offsets[e + 1]!);
-    for (let i = 0; i < kept; i++) tokenOf[i] = Math.floor(rows[i]! / k);
+    for (let i = 0; i < kept; i++) tokenOf[i] = Math.floor(rows[i]! / routing.k);
+    return { rows, tokenOf, expertOffsets: offsets.subarray(0, E + 1) };
+  }
 
-    const xs = ops.gatherRows(x, tokenOf); // [kept, C], sorted by expert
-    let h = ops.groupedMatmul(xs, wt.w1, expertOffsets, true, this.precision);
+  /** The experts' FFNs over rows xs [n, C] sorted by expert (expertOf: each row's expert in wt). */
+  private ffn(xs: Tensor, offsets: Int32Array, expertOf: Int32Array, wt: ExpertWeights): Tensor {
+    let h = ops.groupedMatmul(xs, wt.w1, offsets, true, this.precision);
     h = activate(ops.add(h, ops.gatherRows(wt.b1, expertOf)), this.activation);
-    let ys = ops.groupedMatmul(h, wt.w2, expertOffsets, true, this.precision);
-    ys = ops.add(ys, ops.gatherRows(wt.b2, expertOf));
-    const w = ops.reshape(ops.gatherRows(ops.reshape(routing.weights, [R * k, 1]), rows), [kept]);
+    const ys = ops.groupedMatmul(h, wt.w2, offsets, true, this.precision);
+    return ops.add(ys, ops.gatherRows(wt.b2, expertOf));
+  }
+
+  /** Weighs the expert outputs ys (the kept assignments `rows`, in order) and adds them to their tokens; plus the shared experts. */
+  private combine(x: Tensor, ys: Tensor, routing: Routing, rows: Int32Array, tokenOf: Int32Array): Tensor {
+    const R = x.dim(0);
+    const w = ops.reshape(ops.gatherRows(ops.reshape(routing.weights, [R * routing.k, 1]), rows), [rows.length]);
     let y = ops.combine(ys, tokenOf, w, R);
     if (this.shared) y = ops.add(y, this.shared.forward(x));
-    return { y, routing };
+    return y;
   }
 }

@@ -10,6 +10,9 @@
  *     complete checkpoint;
  *   - an ECSS checkpoint: the dense weights in the folder, the experts read
  *     from the expert store it names (docs/store.md);
+ *   - an expert-parallel checkpoint: the dense weights and the per-rank
+ *     expert shards in the folder, assembled into the whole model
+ *     (src/models/shards.ts);
  *   - a bare model `.safetensors` (the config is in its metadata), with the
  *     `tokenizer.json` beside it when there is one; or a folder holding just
  *     such a file (no state.json).
@@ -17,7 +20,7 @@
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { openCheckpointFolder, readProvenance, STATE_FILE, type Provenance } from "../checkpoint/folder.js";
-import { decodeModel, loadModel } from "../models/io.js";
+import { decodeCheckpointModel, loadModel } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { fromHfJson, sha256Hex } from "../tokenizer/hfjson.js";
 import type { Tokenizer } from "../tokenizer/codec.js";
@@ -80,8 +83,8 @@ export function openModelSource(path: string): ModelSource {
   }
   const f = openCheckpointFolder(path);
   const state = readProvenance(f);
-  // ECSS checkpoints keep the experts in their store.
-  const model = state.store ? modelFromStoreCheckpoint(f, state.store) : decodeModel(f.read(MODEL_FILE), join(f.path, MODEL_FILE));
+  // ECSS checkpoints keep the experts in their store; expert-parallel ones in per-rank shard files, assembled here.
+  const model = state.store ? modelFromStoreCheckpoint(f, state.store) : decodeCheckpointModel(f);
   let tokenizer: ModelSource["tokenizer"] = null;
   if (Object.hasOwn(f.state.files, TOKENIZER_FILE)) {
     const bytes = f.read(TOKENIZER_FILE);

@@ -11,24 +11,32 @@
  *                            and checksum of each expert this checkpoint stands for;
  *                            model.safetensors and optimizer.safetensors then hold only
  *                            the dense part (the experts and their moments are in the store)
+ *     experts-rank-RRRR.safetensors
+ *                            expert parallel: shard R's experts with their moments, one
+ *                            file per rank of the first expert group, each written by its
+ *                            rank (src/models/shards.ts); the two files above then hold
+ *                            only the dense part, and state.json's `experts` lists them
  *
  * Written all-or-nothing by src/checkpoint/folder.ts; loading verifies every
  * file and refuses a checkpoint whose model config differs from the run's.
  */
 import type { Communicator } from "../comm/comm.js";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { decodeSafetensors, encodeSafetensors, type StArray } from "../checkpoint/safetensors.js";
 import { z } from "zod";
-import { FilesSchema, MAX_STEP, Sha256Schema as Sha256, StepSchema, openCheckpointFolder, pruneCheckpoints, saveCheckpointFolder, type LoadedFolder } from "../checkpoint/folder.js";
-import { decodeModel, encodeModel } from "../models/io.js";
+import { FilesSchema, MAX_STEP, Sha256Schema as Sha256, StepSchema, openCheckpointFolder, pruneCheckpoints, saveCheckpointFolder, stepDirName, type FileRecord, type LoadedFolder } from "../checkpoint/folder.js";
+import { decodeCheckpointModel, encodeModel, shardManifest } from "../models/io.js";
+import { EXPERT_TENSOR, ShardManifestSchema, encodeShard, shardFileName, withExperts, type ShardManifest } from "../models/shards.js";
+import { writeFileSynced } from "../util/fs.js";
+import { parallelPlan } from "./data-parallel.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { SigmaError } from "../util/errors.js";
 import { parseWithSchema } from "../util/json.js";
 import { parseTrainConfig, type TrainConfig } from "./config.js";
 import { learningRate } from "./schedule.js";
-import { Trainer } from "./trainer.js";
+import { Trainer, trainerShard } from "./trainer.js";
 
 export const TRAIN_FORMAT = "sigma-train";
 export const TRAIN_VERSION = 1;
@@ -62,6 +70,8 @@ export const TrainStateSchema = z.object({
   tokenizer: z.object({ sha256: Sha256, vocabSize: z.number().int().min(1).max(2 ** 31 - 1) }).strict(),
   /** sha256 of each RRE routing table (they live in model.safetensors); checked on load. */
   rreTables: z.record(z.string().max(256), Sha256),
+  /** Expert parallel: the experts are in per-rank shard files (src/models/shards.ts). */
+  experts: ShardManifestSchema.optional(),
   /** With an expert store: its file and id (experts.index refers to its records). */
   store: z.object({ path: z.string().min(1).max(4096), storeId: z.string().min(1).max(128) }).strict().optional(),
 });
@@ -95,8 +105,20 @@ function rreTables(model: PanguSigma): Record<string, string> {
   return Object.fromEntries([...model.namedBuffers()].map(([n, b]) => [n, hashOf(b)]));
 }
 
-/** Saves the trainer's complete state under `dir` (keeping the newest `keep`); returns the folder. */
+/**
+ * Saves the trainer's complete state under `dir` (keeping the newest `keep`); returns the folder.
+ *
+ * Expert parallel: every rank of the first expert group calls it (the other
+ * groups hold copies of the same shards and return ""). Each rank writes its
+ * shard of the experts, weights and moments, to a staging file beside the
+ * checkpoints and fsyncs it; the ranks gather the files' sizes and hashes to
+ * rank 0, which writes the dense part and state.json and moves the shards
+ * into the folder before renaming it into place: the checkpoint appears
+ * whole, with every shard, or not at all.
+ */
 export function saveTrainCheckpoint(t: Trainer, dir: string, keep = t.config.checkpoint.keep, onFile?: (name: string) => void): string {
+  const ep = t.expertParallel;
+  if (ep && t.comm.rank >= ep.layout.group.size) return "";
   const moments = new Map<string, { shape: number[]; data: StArray }>();
   for (const [name, { m, v }] of t.optimizer.moments()) {
     moments.set(`m.${name}`, { shape: [...m.shape], data: m.data });
@@ -104,11 +126,41 @@ export function saveTrainCheckpoint(t: Trainer, dir: string, keep = t.config.che
   }
   // The sparse rule's per-expert step counts (exact as float32 below 2^24 steps).
   for (const [path, steps] of t.optimizer.expertSteps) moments.set(`steps.${path}`, { shape: [steps.length], data: Float32Array.from(steps) });
+  let shard: { manifest: ShardManifest; bytes: Uint8Array; adopted: Map<string, { path: string; record: FileRecord }> } | null = null;
+  if (ep) {
+    const group = ep.layout.group;
+    const tensors = new Map<string, { shape: number[]; data: StArray }>();
+    for (const [name, p] of t.model.namedParameters()) if (EXPERT_TENSOR.test(name)) tensors.set(name, { shape: [...p.tensor.shape], data: p.tensor.data });
+    for (const [name, x] of moments) {
+      if (!EXPERT_TENSOR.test(name)) continue;
+      tensors.set(name, x);
+      moments.delete(name);
+    }
+    const bytes = encodeShard(tensors, ep.shard.first, ep.shard.count, ep.shard.count * group.size);
+    // Rank 0's pid names the save; the other ranks stage their shard beside the checkpoints under it.
+    const pid = Int32Array.of(process.pid);
+    group.broadcast(pid, 0);
+    const staged = (p: number): string => join(dir, `.tmp-${stepDirName(t.step)}-${pid[0]}.${shardFileName(p)}`);
+    if (group.rank > 0) {
+      mkdirSync(dir, { recursive: true });
+      writeFileSynced(staged(group.rank), bytes);
+    }
+    const hashes = group.allgather(new Uint8Array(createHash("sha256").update(bytes).digest()));
+    const sizes = group.allgather(Float64Array.of(bytes.length));
+    if (group.rank > 0) return "";
+    const adopted = new Map<string, { path: string; record: FileRecord }>();
+    for (let p = 1; p < group.size; p++) {
+      adopted.set(shardFileName(p), { path: staged(p), record: { bytes: sizes[p]!, sha256: Buffer.from(hashes.subarray(p * 32, (p + 1) * 32)).toString("hex") } });
+    }
+    const manifest = { shards: group.size, experts: ep.shard.count * group.size, files: Array.from({ length: group.size }, (_, p) => shardFileName(p)) };
+    shard = { manifest, bytes, adopted };
+  }
   const files = new Map<string, Uint8Array | string>([
-    ["model.safetensors", encodeModel(t.model)],
+    ["model.safetensors", encodeModel(t.model, { denseOnly: ep !== null })],
     ["optimizer.safetensors", encodeSafetensors(moments, { format: "sigma-adamw", step: String(t.optimizer.step) })],
     ["tokenizer.json", readFileSync(join(t.config.data.dir, t.loader.manifest.tokenizer.file))],
   ]);
+  if (shard) files.set(shardFileName(0), shard.bytes);
   // ECSS: dirty experts go to the store (never into the slots the previous checkpoint names) and are fsynced first.
   if (t.ecss) files.set("experts.index", t.ecss.flush());
   const state: Omit<TrainState, "files"> = {
@@ -122,9 +174,10 @@ export function saveTrainCheckpoint(t: Trainer, dir: string, keep = t.config.che
     loaderRng: t.loaderState(),
     tokenizer: { sha256: t.tokenizerSha256, vocabSize: t.loader.manifest.tokenizer.vocabSize },
     rreTables: rreTables(t.model),
+    ...(shard ? { experts: shard.manifest } : {}),
     ...(t.ecss ? { store: { path: t.ecss.store.path, storeId: t.ecss.store.header.storeId } } : {}),
   };
-  const path = saveCheckpointFolder(dir, t.step, files, state as unknown as Record<string, unknown>, onFile);
+  const path = saveCheckpointFolder(dir, t.step, files, state as unknown as Record<string, unknown>, onFile, shard?.adopted);
   t.ecss?.committed();
   pruneCheckpoints(dir, keep);
   return path;
@@ -164,7 +217,10 @@ export function resumeTrainer(path: string, config?: TrainConfig, comm?: Communi
       "convert the checkpoint between layouts with `sigma store convert`, or set store.enabled to match it",
     );
   }
-  const model = decodeModel(folder.read("model.safetensors"), join(where, "model.safetensors"), { externalExperts: withStore });
+  // Expert parallel (this run's layout or the checkpoint's): each rank reads its own experts, whatever layout wrote them.
+  const manifest = shardManifest(folder);
+  const ep = comm && parallelPlan(cfg, comm.size).expert > 1 ? trainerShard(cfg, comm) : null;
+  const model = decodeCheckpointModel(folder, { externalExperts: withStore, ...(ep ? { expertShard: ep.shard } : {}) });
   const modelDiff = diffFields(model.config, cfg.model);
   if (modelDiff.length) throw new SigmaError(`${where}/model.safetensors does not match the config in state.json: ${modelDiff.join("; ")}`, "the checkpoint is damaged; use an earlier one");
   const tables = rreTables(model);
@@ -186,7 +242,10 @@ export function resumeTrainer(path: string, config?: TrainConfig, comm?: Communi
     throw new SigmaError(`the checkpoint ${where} was trained on data from another tokenizer (sha256 ${s.tokenizer.sha256.slice(0, 12)}…, data has ${t.tokenizerSha256.slice(0, 12)}…)`, `point data.dir at the data it was trained on`);
   }
   const optPath = join(where, "optimizer.safetensors");
-  const { tensors, metadata } = decodeSafetensors(folder.read("optimizer.safetensors"), optPath);
+  const opt = decodeSafetensors(folder.read("optimizer.safetensors"), optPath);
+  const metadata = opt.metadata;
+  const range = ep ? ep.shard : { first: 0, count: cfg.model.experts?.count ?? 0 };
+  const tensors = manifest || ep ? withExperts(opt.tensors, folder, manifest, range, (n) => /^(?:m|v|steps)\./.test(n)) : opt.tensors;
   for (const [name, { m, v }] of t.optimizer.moments()) {
     for (const [key, dst] of [[`m.${name}`, m], [`v.${name}`, v]] as const) {
       const src = tensors.get(key);

@@ -13,8 +13,11 @@
  * optimizer step: the parameters stay identical everywhere, which
  * `assertInSync` checks at every checkpoint.
  *
- * Expert parallelism (`parallel.expert` > 1) is the next stage: its
- * all-to-all exchange plugs into the same BatchSlice (docs/distributed.md).
+ * Expert parallelism (`parallel.expert` = P > 1): the ranks form groups of
+ * P consecutive ranks; each group's ranks split each sparse layer's experts
+ * (src/moe/expert-parallel.ts) and exchange tokens by all-to-all. Every rank
+ * still takes its own slice of every micro-batch; the ranks holding the
+ * same shard in different groups are its data-parallel replicas.
  */
 import { createHash } from "node:crypto";
 import { BucketedAllreduce } from "../comm/buckets.js";
@@ -31,6 +34,8 @@ export interface ParallelPlan {
 
 /** Resolves parallel.{data, expert} against the launched ranks; a SigmaError names the field when they do not fit. */
 export function parallelPlan(c: TrainConfig, ranks: number, source = "the train config"): ParallelPlan {
+  // One process ignores the section: it holds everything (and resumes any layout's checkpoint).
+  if (ranks === 1) return { data: 1, expert: 1 };
   const expert = c.parallel.expert;
   const data = c.parallel.data ?? ranks / expert;
   if (!Number.isInteger(data) || data * expert !== ranks) {
@@ -38,15 +43,44 @@ export function parallelPlan(c: TrainConfig, ranks: number, source = "the train 
     throw new SigmaError(`${ranks} rank(s) were launched but ${got} (${source})`, `launch data × expert ranks (mpirun -np ${(c.parallel.data ?? 1) * expert}), or set parallel in ${source} so that data × expert = ${ranks} (leave parallel.data out: all ranks over expert)`);
   }
   if (expert > 1) {
-    throw new SigmaError(`parallel.expert = ${expert} in ${source}: expert parallelism is not built yet (only data parallelism is)`, "set parallel.expert to 1 (every rank then holds every expert, and their gradients are summed like the rest)");
+    const experts = c.model.experts?.count ?? 0;
+    if (experts === 0 || c.model.sparseLayers === 0) throw new SigmaError(`parallel.expert = ${expert} in ${source}, but the model has no experts to split`, "set parallel.expert to 1 (data parallel), or give the model sparse layers");
+    if (experts % expert !== 0) throw new SigmaError(`parallel.expert = ${expert} in ${source} does not divide the ${experts} experts of each sparse layer (model.experts.count)`, `set parallel.expert to a divisor of ${experts}`);
   }
-  if (ranks > 1 && c.batchSize < data) {
-    throw new SigmaError(`batchSize ${c.batchSize} (${source}) cannot be split over ${data} data-parallel ranks: each rank takes whole sequences of every micro-batch`, `raise batchSize to ${data} or more (use accumSteps to keep the same batch), or launch fewer ranks`);
+  // Every rank takes its own rows of each micro-batch, whatever its expert shard.
+  if (ranks > 1 && c.batchSize < ranks) {
+    throw new SigmaError(`batchSize ${c.batchSize} (${source}) cannot be split over ${ranks} ranks: each rank takes whole sequences of every micro-batch`, `raise batchSize to ${ranks} or more (use accumSteps to keep the same batch), or launch fewer ranks`);
   }
   if (ranks > 1 && c.store.enabled) {
-    throw new SigmaError(`the expert store (store.enabled in ${source}) does not run on several ranks yet: each rank's store comes with expert parallelism`, "train without the store on several ranks, or on one process with it");
+    throw new SigmaError(`the expert store (store.enabled in ${source}) does not run on several ranks: a per-rank expert store is not built`, "train without the store on several ranks (parallel.expert splits the experts over the ranks instead), or on one process with it");
   }
   return { data, expert };
+}
+
+/** An expert-parallel layout of the ranks (memoized per communicator: creating it is collective). */
+export interface ExpertLayout {
+  /** This rank's expert group: ranks d·P … d·P + P − 1, rank p of it holding shard p. */
+  group: Communicator;
+  /** The replicas of this rank's shard (the ranks with the same position in every group), or null with one replica. */
+  replicas: Communicator | null;
+  plan: ParallelPlan;
+}
+
+const layouts = new WeakMap<Communicator, Map<string, ExpertLayout>>();
+
+/** The expert groups and shard replicas of `plan` over `comm` (every rank must ask, in the same order). */
+export function expertLayout(comm: Communicator, plan: ParallelPlan): ExpertLayout {
+  const key = `${plan.data}x${plan.expert}`;
+  let m = layouts.get(comm);
+  if (!m) layouts.set(comm, (m = new Map()));
+  const known = m.get(key);
+  if (known) return known;
+  const P = plan.expert;
+  const group = comm.split(Math.floor(comm.rank / P), comm.rank)!;
+  const replicas = comm.split(comm.rank % P, comm.rank)!;
+  const layout = { group, replicas: plan.data > 1 ? replicas : null, plan };
+  m.set(key, layout);
+  return layout;
 }
 
 /** The rows of a batch of B that rank q of N takes: contiguous, sizes differing by at most one. */
@@ -55,48 +89,85 @@ export function sliceRows(rank: number, ranks: number, B: number): { first: numb
   return { first, count: Math.floor(((rank + 1) * B) / ranks) - first };
 }
 
+/** One set of gradients summed over one communicator. */
+class GradientSum {
+  private reducer: BucketedAllreduce | null = null;
+  private arrays: Float32Array[] = [];
+  readonly index = new Map<Tensor, number>();
+
+  constructor(private readonly comm: Communicator) {}
+
+  /** Ready for a backward pass over `params` (gradient buffers given). */
+  begin(params: Tensor[], gradOf: (t: Tensor) => Tensor): BucketedAllreduce {
+    // Reverse order: the backward pass finishes the last layers' gradients first.
+    const arrays = params.map((p) => gradOf(p).data).reverse();
+    for (const a of arrays) if (!(a instanceof Float32Array)) throw new Error("data parallel: gradients must be float32");
+    if (!this.reducer || arrays.length !== this.arrays.length || arrays.some((a, i) => !sameView(a, this.arrays[i]!))) {
+      this.arrays = arrays as Float32Array[];
+      this.reducer = new BucketedAllreduce(this.comm, this.arrays);
+      this.index.clear();
+      [...params].reverse().forEach((p, i) => this.index.set(p, i));
+    }
+    this.reducer.reset();
+    return this.reducer;
+  }
+}
+
 /**
  * The gradient side of a data-parallel trainer: sums the gradients over the
  * ranks (bucketed, started from the backward pass as they become final) and
  * the step's statistics.
+ *
+ * With expert parallelism the expert parameters are not everyone's: a rank
+ * holds its shard of each layer's experts, and their gradients (which already
+ * gather every row of its expert group that used them) are summed only over
+ * the data-parallel replicas of that shard — `expertComm`, or not at all
+ * when there is one replica (null). The dense ones are summed over all ranks.
  */
 export class DataParallel {
-  private reducer: BucketedAllreduce | null = null;
-  private arrays: Float32Array[] = [];
-  private readonly index = new Map<Tensor, number>();
+  private readonly dense: GradientSum;
+  private readonly experts: GradientSum | null;
+  private reducers: BucketedAllreduce[] = [];
   /** Seconds this rank spent in gradient communication in the last step. */
   commSeconds = 0;
 
-  constructor(readonly comm: Communicator, private readonly gradComm: Communicator) {}
+  /** `expertComm`: undefined without expert parallelism (every gradient goes over gradComm). */
+  constructor(readonly comm: Communicator, gradComm: Communicator, private readonly expertComm?: Communicator | null) {
+    this.dense = new GradientSum(gradComm);
+    this.experts = expertComm ? new GradientSum(expertComm) : null;
+  }
 
   /**
    * Before the backward pass whose gradients are summed: gives every
    * parameter a gradient buffer (a rank may not touch some parameter in a
    * step — an expert none of its tokens reached — but still takes part in
    * the sum) and returns the hook that hands finished gradients to the buckets.
+   * `isExpert` tells a rank's expert shard from the dense parameters (expert parallel).
    */
-  beginBackward(params: Tensor[], gradOf: (t: Tensor) => Tensor): (leaf: Tensor) => void {
-    // Reverse order: the backward pass finishes the last layers' gradients first.
-    const arrays = params.map((p) => gradOf(p).data).reverse();
-    for (const a of arrays) if (!(a instanceof Float32Array)) throw new Error("data parallel: gradients must be float32");
-    if (!this.reducer || arrays.length !== this.arrays.length || arrays.some((a, i) => !sameView(a, this.arrays[i]!))) {
-      this.arrays = arrays as Float32Array[];
-      this.reducer = new BucketedAllreduce(this.gradComm, this.arrays);
-      this.index.clear();
-      [...params].reverse().forEach((p, i) => this.index.set(p, i));
-    }
-    this.reducer.reset();
-    const reducer = this.reducer;
+  beginBackward(params: Tensor[], gradOf: (t: Tensor) => Tensor, isExpert: (p: Tensor) => boolean = () => false): (leaf: Tensor) => void {
+    const ep = this.expertComm !== undefined;
+    const expert = ep ? params.filter(isExpert) : [];
+    const dense = ep ? params.filter((p) => !isExpert(p)) : params;
+    // An expert shard with no other replica has nothing to sum, but its gradients still need buffers.
+    for (const p of expert) gradOf(p);
+    this.reducers = [this.dense.begin(dense, gradOf), ...(this.experts ? [this.experts.begin(expert, gradOf)] : [])];
+    const parts = [this.dense, ...(this.experts ? [this.experts] : [])];
+    const reducers = this.reducers;
     return (leaf) => {
-      const i = this.index.get(leaf);
-      if (i !== undefined) reducer.ready(i);
+      for (let k = 0; k < parts.length; k++) {
+        const i = parts[k]!.index.get(leaf);
+        if (i !== undefined) return reducers[k]!.ready(i);
+      }
     };
   }
 
   /** After that backward: waits until every gradient holds the sum over the ranks. */
   endBackward(): void {
-    this.reducer!.finish();
-    this.commSeconds = this.reducer!.commSeconds;
+    this.commSeconds = 0;
+    for (const r of this.reducers) {
+      r.finish();
+      this.commSeconds += r.commSeconds;
+    }
   }
 
   /** Sums a step's statistics (this rank's shares of losses, its routing counts) over the ranks, in place. */

@@ -191,7 +191,7 @@ function stoppedByOutputError(e: unknown, t: Trainer): unknown {
 async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise<RunResult> {
   const c = t.config;
   const paths = runPaths(c.out);
-  // Several ranks (docs/distributed.md): all train, rank 0 alone evaluates and writes; the others write nothing.
+  // Several ranks (docs/distributed.md): all train, rank 0 alone evaluates (expert parallel: all evaluate) and writes; the others write nothing.
   const lead = t.comm.rank === 0;
   if (lead) mkdirSync(c.out, { recursive: true });
   const log = lead ? new MetricsLog(paths.metrics, opts.resumed ? t.step : null) : null;
@@ -203,8 +203,10 @@ async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise
   let lastCkpt = "";
   let lastCkptStep = -1;
   const evaluate = (): DomainEval[] => {
-    if (!log) return (lastEval = []);
+    // Expert parallel: every rank takes part (rank 0 does not hold every expert); rank 0 alone logs.
+    if (!log && !t.expertParallel) return (lastEval = []);
     const ev = t.evaluate();
+    if (!log) return (lastEval = []);
     log.append(evalRecord(t.step, ev));
     hooks.onEval?.(t.step, ev);
     lastEvalStep = t.step;
@@ -214,8 +216,12 @@ async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise
     // What rank 0 saves stands for every rank: check that they all hold it.
     t.assertRanksInSync(`checkpoint at step ${t.step}`);
     lastCkptStep = t.step;
+    // Expert parallel: the first expert group's ranks each write their shard of the experts.
+    const writes = log || (t.expertParallel !== null && t.comm.rank < t.expertParallel.layout.group.size);
+    if (!writes) return;
+    const saved = saveTrainCheckpoint(t, paths.checkpoints);
     if (!log) return;
-    lastCkpt = saveTrainCheckpoint(t, paths.checkpoints);
+    lastCkpt = saved;
     log.append({ kind: "checkpoint", step: t.step, path: lastCkpt });
     hooks.onCheckpoint?.(lastCkpt);
   };

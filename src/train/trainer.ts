@@ -26,7 +26,9 @@ import type { Precision } from "../backend/backend.js";
 import { Evaluator, runEvalSettings, type DomainEval, checkEvalBatches } from "./evaluate.js";
 import { learningRate, scheduleOf, type Schedule } from "./schedule.js";
 import { checkRunFits } from "./memory.js";
-import { DataParallel, assertInSync, parallelPlan, sliceRows } from "./data-parallel.js";
+import { DataParallel, assertInSync, expertLayout, parallelPlan, sliceRows, type ExpertLayout } from "./data-parallel.js";
+import { shardOf, type ExpertShard } from "../moe/expert-parallel.js";
+import type { Tensor } from "../tensor/tensor.js";
 
 export interface StepResult {
   /** Optimizer steps done after this one. */
@@ -44,7 +46,7 @@ export interface StepResult {
   gradNorm: number;
   tokens: number;
   seconds: number;
-  /** Seconds this rank spent in gradient and statistics communication (0 on one process). */
+  /** Seconds this rank spent in gradient and statistics communication, and (expert parallel) in the token exchanges (0 on one process). */
   commSeconds: number;
   /** Per sparse layer: tokens per expert, per-device load and imbalance score over the step. */
   routing: LayerStats[];
@@ -84,6 +86,8 @@ export class Trainer {
   readonly comm: Communicator;
   /** With several ranks: this rank's rows of every micro-batch and the gradient sum (src/train/data-parallel.ts). */
   private readonly dp: { rows: { first: number; count: number }; sync: DataParallel } | null = null;
+  /** Expert parallel (parallel.expert > 1): the rank layout and this rank's expert shard; else null. */
+  readonly expertParallel: { layout: ExpertLayout; shard: ExpertShard; params: Set<Tensor> } | null = null;
 
   /**
    * With config.store.enabled, a fresh trainer creates the store from the
@@ -94,7 +98,8 @@ export class Trainer {
     // A run the machine cannot hold is refused before anything is allocated (src/train/memory.ts).
     checkRunFits(config);
     this.comm = comm;
-    parallelPlan(config, comm.size);
+    const plan = parallelPlan(config, comm.size);
+    const ep = plan.expert > 1 ? trainerShard(config, comm) : null;
     try {
       if (config.store.enabled) {
         const path = storePath(config);
@@ -114,7 +119,13 @@ export class Trainer {
         const prefetch = config.store.prefetch && knowsExpertsAhead(this.model);
         this.ecss = new Ecss(store, this.model, parseBytes(config.store.memory), prefetch);
       } else {
-        this.model = model ?? new PanguSigma(config.model);
+        this.model = model ?? new PanguSigma(config.model, "float32", ep ? { expertShard: ep.shard } : {});
+      }
+      if (ep) {
+        const held = this.model.blocks.map((b) => b.moe?.shard).filter((s) => s !== undefined);
+        if (held.some((s) => s?.first !== ep.shard.first || s.count !== ep.shard.count)) throw new Error("expert parallel: the model given to the trainer does not hold this rank's expert shard");
+        const params = new Set([...this.model.namedParameters().values()].filter((p) => p.group === "expert").map((p) => p.tensor));
+        this.expertParallel = { ...ep, params };
       }
       this.model.recompute = config.recompute;
       this.model.setPrecision(config.precision);
@@ -128,7 +139,9 @@ export class Trainer {
       if (comm.size > 1) {
         // Gradients travel on a communicator of their own, so that their non-blocking sums, started
         // during backward, never interleave with the routers' batch statistics on the world one.
-        this.dp = { rows: sliceRows(comm.rank, comm.size, config.batchSize), sync: new DataParallel(comm, comm.split(0, comm.rank)!) };
+        // Expert parallel: a shard's gradients are summed over its replicas only (none with one replica).
+        const sync = new DataParallel(comm, comm.split(0, comm.rank)!, ep ? ep.layout.replicas : undefined);
+        this.dp = { rows: sliceRows(comm.rank, comm.size, config.batchSize), sync };
       }
       this.loader = new Loader(config.data.dir, { split: "train", seqLen: config.model.seqLen, batchSize: config.batchSize, seed: config.seed, weights: config.data.weights, ...(this.dp ? { slice: this.dp.rows } : {}) });
       const m = this.loader.manifest;
@@ -210,6 +223,7 @@ export class Trainer {
     let loss = 0, lm = 0, balance = 0, z = 0, tokens = 0;
     // Sections: where the step's time goes outside the kernels, when a profile runs (src/backend/profile.ts).
     section("zeroGrad", () => zeroGrad(params));
+    if (this.expertParallel) this.expertParallel.shard.timing.seconds = 0;
     const batches = section("loader", () => this.stepBatches());
     const dp = this.dp;
     for (let a = 0; a < c.accumSteps; a++) {
@@ -224,7 +238,8 @@ export class Trainer {
       // Only scalars (losses) and routing counts are read after backward, so the
       // forward's buffers can go back to the pool for the next micro-batch.
       // Data parallel: the last micro-batch's backward hands each finished gradient to the sum over ranks.
-      const onLeafReady = dp && a === c.accumSteps - 1 ? dp.sync.beginBackward(params, gradOf) : undefined;
+      const ep = this.expertParallel;
+      const onLeafReady = dp && a === c.accumSteps - 1 ? dp.sync.beginBackward(params, gradOf, ep ? (p) => ep.params.has(p) : undefined) : undefined;
       backward(c.accumSteps > 1 ? ops.scale(r.loss, 1 / c.accumSteps) : r.loss, undefined, { freeActivations: true, ...(onLeafReady ? { onLeafReady } : {}) });
       this.ecss?.collectGrads();
       loss += r.loss.item();
@@ -256,7 +271,7 @@ export class Trainer {
     }
     // Global-norm clipping over every gradient (with ECSS, the store's experts' too),
     // applied as a factor inside the optimizer's fused steps.
-    const gradNorm = section("gradNorm", () => Math.sqrt(gradSquares(params) + (this.ecss?.gradSquares() ?? 0)));
+    const gradNorm = section("gradNorm", () => Math.sqrt(this.gradSquares(params) + (this.ecss?.gradSquares() ?? 0)));
     const gradScale = clipScale(gradNorm, c.optim.clip ?? Infinity);
     const lr = learningRate(this.schedule, this.step);
     section("optimizer", () => {
@@ -270,13 +285,27 @@ export class Trainer {
     const n = c.accumSteps;
     const D = devicesFor(c.model);
     const routing = counts.map((cs, l) => layerStats(cs, D, tokens, dropped[l]!));
-    return { step: this.step, loss: loss / n, lm: lm / n, balanceLoss: balance / n, zLoss: z / n, lr, gradNorm, tokens, seconds, commSeconds: dp?.sync.commSeconds ?? 0, routing };
+    return { step: this.step, loss: loss / n, lm: lm / n, balanceLoss: balance / n, zLoss: z / n, lr, gradNorm, tokens, seconds, commSeconds: (dp?.sync.commSeconds ?? 0) + (this.expertParallel?.shard.timing.seconds ?? 0), routing };
   }
 
-  /** Experts with routed tokens this step, by MoE layer path (the sparse rule's touched set). */
+  /**
+   * Σ g² over every gradient. Expert parallel: each expert counted once —
+   * the dense part is the same on every rank, the shards' parts are summed
+   * over the expert group (every replica group sums the same numbers).
+   */
+  private gradSquares(params: Tensor[]): number {
+    const ep = this.expertParallel;
+    if (!ep) return gradSquares(params);
+    const shard = Float64Array.of(gradSquares(params.filter((p) => ep.params.has(p))));
+    ep.layout.group.allreduce(shard);
+    return gradSquares(params.filter((p) => !ep.params.has(p))) + shard[0]!;
+  }
+
+  /** Experts with routed tokens this step, by MoE layer path (the sparse rule's touched set); expert parallel: this rank's shard of them. */
   private touched(counts: Int32Array[]): TouchedExperts {
     const c = this.config.model;
-    return new Map(counts.map((cs, l) => [`blocks.${c.denseLayers + l}.moe`, Uint8Array.from(cs, (n) => (n > 0 ? 1 : 0))]));
+    const s = this.expertParallel?.shard;
+    return new Map(counts.map((cs, l) => [`blocks.${c.denseLayers + l}.moe`, Uint8Array.from(s ? cs.subarray(s.first, s.first + s.count) : cs, (n) => (n > 0 ? 1 : 0))]));
   }
 
   /**
@@ -299,7 +328,12 @@ export class Trainer {
 
   /** Throws the same SigmaError on every rank unless all ranks hold the same run (src/train/data-parallel.ts). */
   assertRanksInSync(what: string): void {
-    assertInSync(this.comm, what, { step: this.step, config: { ...this.config, out: null, parallel: null }, loader: this.loaderState(), params: this.model.parameters() });
+    const ep = this.expertParallel;
+    const params = this.model.parameters();
+    const parts = { step: this.step, config: { ...this.config, out: null, parallel: null }, loader: this.loaderState() };
+    assertInSync(this.comm, what, { ...parts, params: ep ? params.filter((p) => !ep.params.has(p)) : params });
+    // Expert parallel: a shard's replicas hold the same experts.
+    if (ep?.layout.replicas) assertInSync(ep.layout.replicas, `${what} (expert shard ${ep.layout.group.rank})`, { ...parts, params: params.filter((p) => ep.params.has(p)) });
   }
 
   close(): void {
@@ -308,6 +342,12 @@ export class Trainer {
     this.ecss?.close();
     this.releaseStore();
   }
+}
+
+/** Expert parallel: the layout of the ranks and this rank's shard of every sparse layer's experts. */
+export function trainerShard(config: TrainConfig, comm: Communicator): { layout: ExpertLayout; shard: ExpertShard } {
+  const layout = expertLayout(comm, parallelPlan(config, comm.size));
+  return { layout, shard: shardOf(layout.group, config.model.experts!.count) };
 }
 
 /** Where a run keeps its expert store. */
