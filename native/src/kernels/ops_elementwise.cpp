@@ -13,12 +13,18 @@ namespace sigma {
 namespace {
 constexpr int64_t kGrain = 1 << 15;  // below this one thread is faster than waking another
 
-SIGMA_SIMD void add_k(float* o, const float* a, const float* b, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = a[i] + b[i]; }
-SIGMA_SIMD void mul_k(float* o, const float* a, const float* b, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = a[i] * b[i]; }
-SIGMA_SIMD void scale_k(float* o, const float* x, float s, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = s * x[i]; }
-SIGMA_SIMD void axpy_k(float* y, const float* x, float s, int64_t n) { for (int64_t i = 0; i < n; ++i) y[i] += s * x[i]; }
+// Each loop below is a SIGMA_LOOP body; SIGMA_VERSIONS (simd.h) makes its
+// AVX2 and baseline versions and the dispatcher named without "_loop".
+SIGMA_LOOP void add_loop(float* o, const float* a, const float* b, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = a[i] + b[i]; }
+SIGMA_LOOP void mul_loop(float* o, const float* a, const float* b, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = a[i] * b[i]; }
+SIGMA_LOOP void scale_loop(float* o, const float* x, float s, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = s * x[i]; }
+SIGMA_LOOP void axpy_loop(float* y, const float* x, float s, int64_t n) { for (int64_t i = 0; i < n; ++i) y[i] += s * x[i]; }
+SIGMA_VERSIONS(add_k, add_loop)
+SIGMA_VERSIONS(mul_k, mul_loop)
+SIGMA_VERSIONS(scale_k, scale_loop)
+SIGMA_VERSIONS(axpy_k, axpy_loop)
 
-SIGMA_SIMD double sumsq_k(const float* x, int64_t n) {
+SIGMA_LOOP double sumsq_loop(const float* x, int64_t n) {
   // Eight float partial sums per block of 4096, folded into double: vectorisable and accurate.
   double total = 0;
   for (int64_t b = 0; b < n; b += 4096) {
@@ -34,8 +40,9 @@ SIGMA_SIMD double sumsq_k(const float* x, int64_t n) {
   }
   return total;
 }
+SIGMA_VERSIONS(sumsq_k, sumsq_loop)
 
-inline float sigmoidf(float z) {
+SIGMA_LOOP float sigmoidf(float z) {
   // Never overflows: exp of a non-positive number only.
   // Branch-free so that it vectorises: e = exp(−|z|) never overflows.
   const float e = fast_expf(-std::fabs(z));
@@ -43,15 +50,17 @@ inline float sigmoidf(float z) {
   return z >= 0 ? s : e * s;
 }
 
-SIGMA_SIMD void fast_gelu_k(float* y, const float* x, int64_t n) {
+SIGMA_LOOP void fast_gelu_loop(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoidf(1.702f * x[i]);
 }
-SIGMA_SIMD void fast_gelu_bwd_k(float* dx, const float* x, const float* dy, int64_t n) {
+SIGMA_LOOP void fast_gelu_bwd_loop(float* dx, const float* x, const float* dy, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float s = sigmoidf(1.702f * x[i]);
     dx[i] += dy[i] * (s + 1.702f * x[i] * s * (1.f - s));
   }
 }
+SIGMA_VERSIONS(fast_gelu_k, fast_gelu_loop)
+SIGMA_VERSIONS(fast_gelu_bwd_k, fast_gelu_bwd_loop)
 void gelu_k(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * 0.70710678118654752f));
 }
@@ -63,8 +72,8 @@ void gelu_bwd_k(float* dx, const float* x, const float* dy, int64_t n) {
   }
 }
 
-SIGMA_SIMD void adamw_k(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2,
-                        float eps, float wd, float inv_bc1, float inv_bc2, float gs) {
+SIGMA_LOOP void adamw_loop(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2,
+                           float eps, float wd, float inv_bc1, float inv_bc2, float gs) {
   for (int64_t i = 0; i < n; ++i) {
     const float gi = g[i] * gs;
     const float mi = b1 * m[i] + (1.f - b1) * gi;
@@ -74,6 +83,7 @@ SIGMA_SIMD void adamw_k(float* p, const float* g, float* m, float* v, int64_t n,
     p[i] -= lr * ((mi * inv_bc1) / (std::sqrt(vi * inv_bc2) + eps) + wd * p[i]);
   }
 }
+SIGMA_VERSIONS(adamw_k, adamw_loop)
 
 template <typename F>
 void chunked(int64_t n, F f) {
