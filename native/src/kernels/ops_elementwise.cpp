@@ -5,6 +5,7 @@
 
 #include "cpu.h"
 #include "ops.h"
+#include "ops_avx2.h"
 #include "ops_avx512.h"
 #include "simd.h"
 #include "threadpool.h"
@@ -50,17 +51,16 @@ SIGMA_LOOP float sigmoidf(float z) {
   return z >= 0 ? s : e * s;
 }
 
-SIGMA_LOOP void fast_gelu_loop(float* y, const float* x, int64_t n) {
+// The portable FastGeLU loops; AVX2 and AVX-512 versions are in ops_avx2.cpp and ops_avx512.cpp.
+void fast_gelu_portable(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoidf(1.702f * x[i]);
 }
-SIGMA_LOOP void fast_gelu_bwd_loop(float* dx, const float* x, const float* dy, int64_t n) {
+void fast_gelu_bwd_portable(float* dx, const float* x, const float* dy, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float s = sigmoidf(1.702f * x[i]);
     dx[i] += dy[i] * (s + 1.702f * x[i] * s * (1.f - s));
   }
 }
-SIGMA_VERSIONS(fast_gelu_k, fast_gelu_loop)
-SIGMA_VERSIONS(fast_gelu_bwd_k, fast_gelu_bwd_loop)
 void gelu_k(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * 0.70710678118654752f));
 }
@@ -116,17 +116,19 @@ double sum_squares(const float* x, int64_t n) {
 void gelu(float* y, const float* x, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { gelu_k(y + s, x + s, e - s); }); }
 void gelu_backward(float* dx, const float* x, const float* dy, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { gelu_bwd_k(dx + s, x + s, dy + s, e - s); }); }
 void fast_gelu(float* y, const float* x, int64_t n) {
-  const bool wide = use_avx512();
+  const bool wide = use_avx512(), avx2 = use_avx2();
   chunked(n, [&](int64_t s, int64_t e) {
     if (wide) avx512::fast_gelu(y + s, x + s, e - s);
-    else fast_gelu_k(y + s, x + s, e - s);
+    else if (avx2) avx2::fast_gelu(y + s, x + s, e - s);
+    else fast_gelu_portable(y + s, x + s, e - s);
   });
 }
 void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n) {
-  const bool wide = use_avx512();
+  const bool wide = use_avx512(), avx2 = use_avx2();
   chunked(n, [&](int64_t s, int64_t e) {
     if (wide) avx512::fast_gelu_backward(dx + s, x + s, dy + s, e - s);
-    else fast_gelu_bwd_k(dx + s, x + s, dy + s, e - s);
+    else if (avx2) avx2::fast_gelu_backward(dx + s, x + s, dy + s, e - s);
+    else fast_gelu_bwd_portable(dx + s, x + s, dy + s, e - s);
   });
 }
 

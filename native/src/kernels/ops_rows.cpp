@@ -7,6 +7,7 @@
 
 #include "cpu.h"
 #include "ops.h"
+#include "ops_avx2.h"
 #include "ops_avx512.h"
 #include "simd.h"
 #include "threadpool.h"
@@ -136,7 +137,8 @@ void softmax_backward(float* dx, const float* y, const float* dy, int64_t rows, 
 
 namespace {
 // log Σ exp of a row, without writing it (exp computed into a per-thread scratch row).
-SIGMA_LOOP float row_lse_loop(const float* x, int64_t n) {
+// The portable versions; AVX2 and AVX-512 ones are in ops_avx2.cpp and ops_avx512.cpp.
+float row_lse_portable(const float* x, int64_t n) {
   const float m = vmax(x, n);
   float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
@@ -147,21 +149,19 @@ SIGMA_LOOP float row_lse_loop(const float* x, int64_t n) {
   for (; i < n; ++i) s += fast_expf(x[i] - m);
   return m + std::log(s);
 }
-SIGMA_VERSIONS(row_lse, row_lse_loop)
 
-SIGMA_LOOP void ce_row_backward_loop(float* d, const float* x, float lse, float g, int64_t V) {
+void ce_row_backward_portable(float* d, const float* x, float lse, float g, int64_t V) {
   for (int64_t v = 0; v < V; ++v) d[v] += g * fast_expf(x[v] - lse);
 }
-SIGMA_VERSIONS(ce_row_backward, ce_row_backward_loop)
 }  // namespace
 
 void cross_entropy(float* loss, float* lse, const float* logits, const int32_t* targets, int64_t rows, int64_t V,
                    int32_t ignore) {
-  const bool wide = use_avx512();
+  const bool wide = use_avx512(), avx2 = use_avx2();
   parallel_for(rows, row_grain(V), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const float* xr = logits + r * V;
-      const float l = wide ? avx512::row_lse(xr, V) : row_lse(xr, V);
+      const float l = wide ? avx512::row_lse(xr, V) : avx2 ? avx2::row_lse(xr, V) : row_lse_portable(xr, V);
       lse[r] = l;
       loss[r] = targets[r] == ignore ? 0.f : l - xr[targets[r]];
     }
@@ -170,12 +170,13 @@ void cross_entropy(float* loss, float* lse, const float* logits, const int32_t* 
 
 void cross_entropy_backward(float* dlogits, const float* logits, const float* lse, const int32_t* targets,
                             const float* dloss, int64_t rows, int64_t V, int32_t ignore) {
-  const bool wide = use_avx512();
+  const bool wide = use_avx512(), avx2 = use_avx2();
   parallel_for(rows, row_grain(V), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       if (targets[r] == ignore) continue;
       if (wide) avx512::ce_row_backward(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
-      else ce_row_backward(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
+      else if (avx2) avx2::ce_row_backward(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
+      else ce_row_backward_portable(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
       dlogits[r * V + targets[r]] -= dloss[r];
     }
   });

@@ -2,6 +2,7 @@
 
 #include "simd.h"
 #include "cpu.h"
+#include "ops_avx2.h"
 #include "ops_avx512.h"
 
 #include <algorithm>
@@ -40,7 +41,8 @@ SIGMA_LOOP float vsum_loop(const float* x, int64_t n) {
   return s;
 }
 
-SIGMA_LOOP float vmax_loop(const float* x, int64_t n) {
+// vmax and vexp_shift: written out for AVX2 and AVX-512; the loops are the portable versions.
+float vmax_portable(const float* x, int64_t n) {
   float part[8];
   for (int l = 0; l < 8; ++l) part[l] = -std::numeric_limits<float>::infinity();
   int64_t i = 0;
@@ -52,7 +54,7 @@ SIGMA_LOOP float vmax_loop(const float* x, int64_t n) {
   return m;
 }
 
-SIGMA_LOOP float vexp_shift_loop(float* y, const float* x, float m, int64_t n) {
+float vexp_shift_portable(float* y, const float* x, float m, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = fast_expf(x[i] - m);
   return vsum_loop(y, n);
 }
@@ -61,8 +63,6 @@ SIGMA_VERSIONS(vdot_v, vdot_loop)
 SIGMA_VERSIONS(vaxpy_v, vaxpy_loop)
 SIGMA_VERSIONS(vscale_v, vscale_loop)
 SIGMA_VERSIONS(vsum_v, vsum_loop)
-SIGMA_VERSIONS(vmax_v, vmax_loop)
-SIGMA_VERSIONS(vexp_shift_v, vexp_shift_loop)
 
 }  // namespace
 
@@ -73,12 +73,14 @@ float vsum(const float* x, int64_t n) { return vsum_v(x, n); }
 
 float vmax(const float* x, int64_t n) {
   if (use_avx512()) return avx512::vmax(x, n);
-  return vmax_v(x, n);
+  if (use_avx2()) return avx2::vmax(x, n);
+  return vmax_portable(x, n);
 }
 
 float vexp_shift(float* y, const float* x, float m, int64_t n) {
   if (use_avx512()) return avx512::vexp_shift(y, x, m, n);
-  return vexp_shift_v(y, x, m, n);
+  if (use_avx2()) return avx2::vexp_shift(y, x, m, n);
+  return vexp_shift_portable(y, x, m, n);
 }
 
 }  // namespace sigma
