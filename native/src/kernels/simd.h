@@ -46,13 +46,20 @@ namespace sigma {
 
 // exp(x) for float, within 2 ulp over the whole range, written with plain
 // arithmetic so that loops calling it vectorise (libm's expf does not without
-// -ffast-math). Range reduction x = n·ln2 + r, |r| ≤ ln2/2, then a degree-6
-// polynomial for e^r (Cephes coefficients) and 2^n built in the exponent bits.
-// Inputs are clamped to [-87.3, 88.7]: below that exp underflows (returns
-// ~1e-38), above it would overflow.
+// -ffast-math), on the baseline ISA too. Range reduction x = n·ln2 + r,
+// |r| ≤ ln2/2, then a degree-6 polynomial for e^r (Cephes coefficients) and
+// 2^n built in the exponent bits. n is rounded without floor() (SSE2 has no
+// vector rounding, so a floor() kept the baseline loops scalar): adding
+// 1.5·2²³ + 127 rounds x·log2(e) to an integer, because floats that large
+// are spaced 1 apart; subtracting it back gives n, and the low bits of the
+// sum hold n + 127, which shifted into the exponent field are 2^n (the same
+// steps as exp8 in ops_avx2.cpp). Inputs are clamped to [-87.3, 88.7]: below
+// that exp underflows (returns ~1e-38), above it would overflow; NaN stays NaN.
 SIGMA_LOOP float fast_expf(float x) {
   x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  constexpr float kMagic = 12582912.f + 127.f;  // 1.5·2²³ + 127
+  const float t = x * 1.44269504088896341f + kMagic;
+  const float n = t - kMagic;
   const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -61,7 +68,9 @@ SIGMA_LOOP float fast_expf(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  uint32_t bits;
+  std::memcpy(&bits, &t, sizeof bits);
+  bits <<= 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return y * scale;
