@@ -125,11 +125,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
         s[j] = scale * vdot(qi, k + L.kv(b, j, h), D);
         m = std::max(m, s[j]);
       }
-      float sum = 0;
-      for (int64_t j = 0; j <= last; ++j) {
-        s[j] = fast_expf(s[j] - m);
-        sum += s[j];
-      }
+      const float sum = vexp_shift(s.data(), s.data(), m, last + 1);
       float* o = out + L.q(b, i, h);
       std::fill(o, o + D, 0.f);
       const float inv = 1.f / sum;
