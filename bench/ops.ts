@@ -1,17 +1,21 @@
 /**
- * `npm run bench -- ops [--reps=N] [--json]`: the non-GEMM kernels of a
- * training step at config R's shapes (2048 tokens of width 512, FFN 2048,
- * vocabulary 8192), timed on each kernel path this CPU has — the AVX2 kernels
- * (`avx2-fma`, held with setKernelPath) beside the run-time choice (`auto`:
- * AVX-512 where the CPU has it) — in interleaved rounds, medians. Each kernel
- * is checked against the reference backend before it is timed. The memory-
- * bound ones are also given as GB/s of the bytes they must move.
+ * `npm run bench -- ops [--reps=N] [--paths=P,…] [--against=FILE] [--json]`:
+ * the non-GEMM kernels of a training step at config R's shapes (2048 tokens of
+ * width 512, FFN 2048, vocabulary 8192), timed on kernel paths this CPU has —
+ * by default the AVX2 kernels (`avx2-fma`, held with setKernelPath) beside the
+ * run-time choice (`auto`: AVX-512 where the CPU has it); --paths picks others
+ * (`portable`, `avx2-fma`, `auto`) — in interleaved rounds, medians. Each
+ * kernel is checked against the reference backend before it is timed. The
+ * memory-bound ones are also given as GB/s of the bytes they must move.
  *
  * --against=FILE adds another build of the addon (e.g. one built from an
- * earlier commit) as a column, timed in the same rounds: before and after.
+ * earlier commit), timed on the same paths in the same rounds: before and
+ * after, path by path.
  *
  * With --json, stdout is one JSON object:
- *   { ops: { threads, paths, kernels: [{ name, shape, bytes, ms: { <path>: median ms } }] } }
+ *   { ops: { threads, paths, kernels: [{ name, shape, bytes, ms: { <column>: median ms } }] } }
+ * where a column is a path name (`avx512`, `avx2-fma`, `portable`), and
+ * `against <path>` for the other build.
  */
 import { createRequire } from "node:module";
 import { resolve } from "node:path";
@@ -75,6 +79,9 @@ function cases(b: NativeBackend): Case[] {
   ];
 }
 
+type Path = "auto" | "avx2-fma" | "portable";
+const PATHS: readonly Path[] = ["portable", "avx2-fma", "auto"];
+
 export async function run(args: string[]): Promise<void> {
   const reps = Number(args.find((a) => a.startsWith("--reps="))?.slice(7) ?? 9);
   const json = args.includes("--json");
@@ -82,52 +89,69 @@ export async function run(args: string[]): Promise<void> {
   const b = native();
   const best = b.cpuFeatures().path;
   const threads = b.getThreads();
-  // Columns: each kernel path of this build, then (--against) the other build on its run-time choice.
+  // Kernel paths: --paths=avx2-fma,portable,… or, by default, AVX2 beside the run-time choice (the run-time choice alone on a CPU without AVX-512).
+  const pathsArg = args.find((a) => a.startsWith("--paths="))?.slice(8);
+  const paths: Path[] = pathsArg ? pathsArg.split(",").map((p) => p.trim() as Path) : best === "avx512" ? ["avx2-fma", "auto"] : ["auto"];
+  for (const p of paths) if (!PATHS.includes(p)) throw new Error(`--paths: "${p}" is not a kernel path (use ${PATHS.join(", ")})`);
+  // --against=FILE: the other build timed on the same paths, in the same rounds.
   const againstFile = args.find((a) => a.startsWith("--against="))?.slice(10);
   const other = againstFile ? (createRequire(import.meta.url)(resolve(againstFile)) as NativeBackend) : null;
   other?.setThreads(threads);
-  const paths: string[] = [...(best === "avx512" ? ["avx2-fma", "auto"] : ["auto"]), ...(other ? ["against"] : [])];
+  const builds = other ? (["this", "against"] as const) : (["this"] as const);
+  const columns = builds.flatMap((build) => paths.map((path) => ({ build, path })));
+  const label = (c: (typeof columns)[number]) => `${c.build === "against" ? "against " : ""}${c.path === "auto" ? best : c.path}`;
   const all = cases(b);
   const allOther = other ? cases(other) : [];
-  const select = (path: string, i: number): Case => {
-    if (path === "against") return allOther[i]!;
-    b.setKernelPath(path as "auto" | "avx2-fma");
-    return all[i]!;
+  const select = (col: (typeof columns)[number], i: number): Case => {
+    (col.build === "against" ? other! : b).setKernelPath(col.path);
+    return col.build === "against" ? allOther[i]! : all[i]!;
   };
   try {
-    for (const path of paths) {
+    for (const col of columns) {
       all.forEach((_, i) => {
-        const c = select(path, i);
+        const c = select(col, i);
         const d = c.check?.() ?? 0;
-        if (d > 1e-4) throw new Error(`${c.name} (${path}) differs from the reference by ${d}`);
+        if (d > 1e-4) throw new Error(`${c.name} (${label(col)}) differs from the reference by ${d}`);
       });
     }
-    const times = new Map(all.map((c) => [c.name, new Map(paths.map((p) => [p, [] as number[]]))]));
+    const times = all.map(() => columns.map(() => [] as number[]));
     for (let r = 0; r < reps; r++) {
-      for (const [i, c0] of all.entries()) {
-        // Alternate which path goes first: a neighbour slowing the host slows both.
-        for (const path of r % 2 ? [...paths].reverse() : paths) {
-          const c = select(path, i);
+      for (const i of all.keys()) {
+        // Alternate which column goes first: a neighbour slowing the host slows all of them.
+        const order = [...columns.keys()];
+        for (const j of r % 2 ? order.reverse() : order) {
+          const c = select(columns[j]!, i);
           c.run();
           const t0 = performance.now();
           c.run();
-          times.get(c0.name)!.get(path)!.push(performance.now() - t0);
+          times[i]![j]!.push(performance.now() - t0);
         }
       }
     }
-    const name = (p: string) => (p === "auto" ? best : p === "against" ? "against" : p);
-    const rows = all.map((c) => {
-      const ms = paths.map((p) => median(times.get(c.name)!.get(p)!));
-      const cells: (string | number)[] = [c.name, c.shape, ...ms.map((x) => x.toFixed(3)), ...ms.map((x) => (c.bytes / x / 1e6).toFixed(1))];
-      if (best === "avx512") cells.push(`${(ms[0]! / ms[1]!).toFixed(2)}×`);
-      if (other) cells.push(`${(ms[ms.length - 1]! / ms[paths.indexOf("auto")]!).toFixed(2)}×`);
-      return cells;
-    });
+    const ms = times.map((perCol) => perCol.map(median));
+    // Ratios: each path to the run-time choice (this build), and the other build to this one on each path.
+    const autoCol = columns.findIndex((c) => c.build === "this" && c.path === "auto");
+    const ratioHeads: string[] = [];
+    const ratioOf: ((m: number[]) => string)[] = [];
+    if (autoCol >= 0)
+      columns.forEach((c, j) => {
+        if (c.build === "this" && c.path !== "auto") {
+          ratioHeads.push(`${label(c)} / ${best}`);
+          ratioOf.push((m) => `${(m[j]! / m[autoCol]!).toFixed(2)}×`);
+        }
+      });
+    if (other)
+      paths.forEach((p) => {
+        const j0 = columns.findIndex((c) => c.build === "this" && c.path === p), j1 = columns.findIndex((c) => c.build === "against" && c.path === p);
+        ratioHeads.push(`against / this (${p === "auto" ? best : p})`);
+        ratioOf.push((m) => `${(m[j1]! / m[j0]!).toFixed(2)}×`);
+      });
+    const rows = all.map((c, i) => [c.name, c.shape, ...ms[i]!.map((x) => x.toFixed(3)), ...ms[i]!.map((x) => (c.bytes / x / 1e6).toFixed(1)), ...ratioOf.map((f) => f(ms[i]!))]);
     say(`${threads} threads; medians of ${reps} interleaved rounds; GB/s of the bytes each kernel must move\n`);
-    say(table(["kernel", "shape", ...paths.map((p) => `ms ${name(p)}`), ...paths.map((p) => `GB/s ${name(p)}`), ...(best === "avx512" ? [`avx2-fma / ${best}`] : []), ...(other ? [`against / ${best}`] : [])], rows));
+    say(table(["kernel", "shape", ...columns.map((c) => `ms ${label(c)}`), ...columns.map((c) => `GB/s ${label(c)}`), ...ratioHeads], rows));
     if (json) {
-      const kernels = all.map((c) => ({ name: c.name, shape: c.shape, bytes: c.bytes, ms: Object.fromEntries(paths.map((p) => [name(p), median(times.get(c.name)!.get(p)!)])) }));
-      console.log(JSON.stringify({ ops: { threads, paths: paths.map(name), kernels } }));
+      const kernels = all.map((c, i) => ({ name: c.name, shape: c.shape, bytes: c.bytes, ms: Object.fromEntries(columns.map((col, j) => [label(col), ms[i]![j]!])) }));
+      console.log(JSON.stringify({ ops: { threads, paths: columns.map(label), kernels } }));
     }
   } finally {
     b.setKernelPath("auto");

@@ -38,8 +38,8 @@ export interface Case {
 }
 
 const ODD = [1, 3, 17, 33, 257];
-/** Sizes at the edges of 8- and 16-lane vectors and of the AVX-512 loops' 32- and 64-float steps (masked tails). */
-const LANES = [15, 16, 31, 48, 63, 65, 100];
+/** Sizes at the edges of 8- and 16-lane vectors and of the AVX2 and AVX-512 loops' 16-, 32- and 64-float steps (masked tails). */
+const LANES = [7, 8, 9, 15, 16, 31, 48, 63, 65, 100];
 const pick = <T,>(xs: T[]) => xs[rng.int(xs.length)]!;
 
 function matmulCases(): Case[] {

@@ -1,5 +1,6 @@
 // Run-time CPU feature detection and the choice of kernel path.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -30,11 +31,22 @@ bool cpu_has_avx512f();
 // the AVX2+FMA kernels too, with AVX-512 ones where they exist.
 enum class KernelPath { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
 
+namespace detail {
+// The path in force (a KernelPath value), or −1 until the first call detects
+// the CPU; read on every kernel call, so one relaxed load.
+extern std::atomic<int> kernel_level;
+int detect_kernel_level();
+inline int kernel_level_now() {
+  const int l = kernel_level.load(std::memory_order_relaxed);
+  return l >= 0 ? l : detect_kernel_level();
+}
+}  // namespace detail
+
 // True when the AVX2+FMA kernels should run: the CPU has both and the path is
 // not held below them.
-bool use_avx2();
+inline bool use_avx2() { return detail::kernel_level_now() >= static_cast<int>(KernelPath::kAvx2); }
 // True when the AVX-512 kernels should run as well.
-bool use_avx512();
+inline bool use_avx512() { return detail::kernel_level_now() >= static_cast<int>(KernelPath::kAvx512); }
 // Holds the kernel path at or below `most` (tests, benchmarks); kAvx512
 // restores the run-time choice.
 void set_kernel_path(KernelPath most);

@@ -16,21 +16,31 @@ bool cpu_has_avx512f() { return false; }
 #endif
 
 namespace {
-// The best path this CPU runs, and the ceiling set by set_kernel_path.
+// The best path this CPU runs.
 KernelPath detect() {
   if (!cpu_has_avx2() || !cpu_has_fma()) return KernelPath::kPortable;
   return cpu_has_avx512f() ? KernelPath::kAvx512 : KernelPath::kAvx2;
 }
-std::atomic<int> ceiling{static_cast<int>(KernelPath::kAvx512)};
-int level() {
-  static const int best = static_cast<int>(detect());
-  return std::min(best, ceiling.load(std::memory_order_relaxed));
+int best() {
+  static const int b = static_cast<int>(detect());
+  return b;
 }
+int level() { return detail::kernel_level_now(); }
 }  // namespace
 
-bool use_avx2() { return level() >= static_cast<int>(KernelPath::kAvx2); }
-bool use_avx512() { return level() >= static_cast<int>(KernelPath::kAvx512); }
-void set_kernel_path(KernelPath most) { ceiling.store(static_cast<int>(most), std::memory_order_relaxed); }
+namespace detail {
+std::atomic<int> kernel_level{-1};
+int detect_kernel_level() {
+  int unset = -1;
+  kernel_level.compare_exchange_strong(unset, best(), std::memory_order_relaxed);  // unless set_kernel_path came first
+  return kernel_level.load(std::memory_order_relaxed);
+}
+}  // namespace detail
+
+// The path in force is the lower of the CPU's best and the ceiling `most`.
+void set_kernel_path(KernelPath most) {
+  detail::kernel_level.store(std::min(best(), static_cast<int>(most)), std::memory_order_relaxed);
+}
 const char* kernel_path_name() {
   switch (static_cast<KernelPath>(level())) {
     case KernelPath::kAvx512: return "avx512";

@@ -110,6 +110,7 @@ void pack_a(float* dst, const float* a, int64_t lda, bool trans, int64_t i0, int
     const int mr = static_cast<int>(std::min<int64_t>(MR, mc - p));
     if (MR == 6 && mr == MR && use_avx2()) {
       pack_a_avx2(dst, a + (i0 + p) * lda + k0, lda, kc);
+    } else if (use_avx512() && pack_a_rows_avx512(dst, MR, mr, a + (i0 + p) * lda + k0, lda, kc)) {
     } else if (use_avx2()) {
       pack_a_rows_avx2(dst, MR, mr, a + (i0 + p) * lda + k0, lda, kc);
     } else {

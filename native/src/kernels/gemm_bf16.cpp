@@ -231,7 +231,8 @@ const float* rounded(std::vector<float>& into, const float* src, int64_t n) {
 // signed zero; otherwise add 0x7FFF plus the lowest kept bit (ties go to the
 // even neighbour) and drop the low 16 bits. A carry out of the mantissa bumps
 // the exponent, and past the largest finite bf16 it gives infinity.
-SIGMA_SIMD void round_to_bf16_serial(float* dst, const float* src, int64_t n) {
+namespace {
+SIGMA_LOOP void round_to_bf16_loop(float* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     uint32_t x;
     std::memcpy(&x, src + i, 4);
@@ -242,6 +243,9 @@ SIGMA_SIMD void round_to_bf16_serial(float* dst, const float* src, int64_t n) {
     std::memcpy(dst + i, &r, 4);
   }
 }
+SIGMA_VERSIONS(round_to_bf16_v, round_to_bf16_loop)
+}  // namespace
+void round_to_bf16_serial(float* dst, const float* src, int64_t n) { round_to_bf16_v(dst, src, n); }
 
 void round_to_bf16(float* dst, const float* src, int64_t n) {
   parallel_for(n, 1 << 16, [&](int64_t i0, int64_t i1) { round_to_bf16_serial(dst + i0, src + i0, i1 - i0); });

@@ -82,6 +82,9 @@ void pack_a_avx2(float* dst, const float* a, int64_t lda, int64_t kc);
 // 0..kc-1) into dst[kc][MR], zero in rows mr..MR-1, with 8×8 in-register
 // transposes: any MR (the 6-row panel has pack_a_avx2 above).
 void pack_a_rows_avx2(float* dst, int MR, int mr, const float* a, int64_t lda, int64_t kc);
+// The same panel with 16×16 transposes in zmm registers (gemm_pack_avx512.cpp),
+// for MR = 8, 12 and 14; false (nothing written) for any other MR.
+bool pack_a_rows_avx512(float* dst, int MR, int mr, const float* a, int64_t lda, int64_t kc);
 // pack_b_trans_avx2 for 8 columns (the last third of a 24-column panel).
 void pack_b_trans8_avx2(float* dst, int64_t ldd, const float* b, int64_t ldb, int64_t kc);
 double fma_chains_portable(int64_t iters);

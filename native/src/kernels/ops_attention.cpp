@@ -32,16 +32,17 @@ struct Layout {
   int64_t kv(int64_t b, int64_t j, int64_t h) const { return ((b * cap + j) * H + h) * D; }
 };
 
-// The block path's row loop, written so that the AVX2 clone vectorises it
+// The block path's row loop, written so that its AVX2 version vectorises it
 // (fast_expf is plain arithmetic); the softmax rows use vec.h.
 // From raw scores s and dP = dO·vⱼ: p = exp(scale·s − lse), and in place of
 // dP the score gradient dS = p·(dP − delta)·scale.
-SIGMA_SIMD void probs_and_dscores(float* p, float* d, float scale, float l, float delta, int64_t n) {
+SIGMA_LOOP void probs_and_dscores_loop(float* p, float* d, float scale, float l, float delta, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     p[i] = fast_expf(scale * p[i] - l);
     d[i] = p[i] * (d[i] - delta) * scale;
   }
 }
+SIGMA_VERSIONS(probs_and_dscores, probs_and_dscores_loop)
 
 constexpr int64_t kBQ = 48;        // queries per block
 constexpr int64_t kBlockMin = 16;  // fewer queries than this take the row path
@@ -124,11 +125,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
         s[j] = scale * vdot(qi, k + L.kv(b, j, h), D);
         m = std::max(m, s[j]);
       }
-      float sum = 0;
-      for (int64_t j = 0; j <= last; ++j) {
-        s[j] = fast_expf(s[j] - m);
-        sum += s[j];
-      }
+      const float sum = vexp_shift(s.data(), s.data(), m, last + 1);
       float* o = out + L.q(b, i, h);
       std::fill(o, o + D, 0.f);
       const float inv = 1.f / sum;

@@ -37,7 +37,8 @@ inline __mmask16 head(int64_t n) { return n >= 16 ? static_cast<__mmask16>(0xFFF
 // fast_expf), e^r by the same degree-6 polynomial, then y·2^n by vscalefps.
 // Inputs clamped to [-87.3, 88.7] like fast_expf.
 inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
+  // The constant first: maxps/minps return their second operand when either is NaN, so NaN stays NaN.
+  x = _mm512_min_ps(_mm512_set1_ps(88.7f), _mm512_max_ps(_mm512_set1_ps(-87.3f), x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);

@@ -5,6 +5,7 @@
 
 #include "cpu.h"
 #include "ops.h"
+#include "ops_avx2.h"
 #include "ops_avx512.h"
 #include "simd.h"
 #include "threadpool.h"
@@ -13,12 +14,18 @@ namespace sigma {
 namespace {
 constexpr int64_t kGrain = 1 << 15;  // below this one thread is faster than waking another
 
-SIGMA_SIMD void add_k(float* o, const float* a, const float* b, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = a[i] + b[i]; }
-SIGMA_SIMD void mul_k(float* o, const float* a, const float* b, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = a[i] * b[i]; }
-SIGMA_SIMD void scale_k(float* o, const float* x, float s, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = s * x[i]; }
-SIGMA_SIMD void axpy_k(float* y, const float* x, float s, int64_t n) { for (int64_t i = 0; i < n; ++i) y[i] += s * x[i]; }
+// Each loop below is a SIGMA_LOOP body; SIGMA_VERSIONS (simd.h) makes its
+// AVX2 and baseline versions and the dispatcher named without "_loop".
+SIGMA_LOOP void add_loop(float* o, const float* a, const float* b, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = a[i] + b[i]; }
+SIGMA_LOOP void mul_loop(float* o, const float* a, const float* b, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = a[i] * b[i]; }
+SIGMA_LOOP void scale_loop(float* o, const float* x, float s, int64_t n) { for (int64_t i = 0; i < n; ++i) o[i] = s * x[i]; }
+SIGMA_LOOP void axpy_loop(float* y, const float* x, float s, int64_t n) { for (int64_t i = 0; i < n; ++i) y[i] += s * x[i]; }
+SIGMA_VERSIONS(add_k, add_loop)
+SIGMA_VERSIONS(mul_k, mul_loop)
+SIGMA_VERSIONS(scale_k, scale_loop)
+SIGMA_VERSIONS(axpy_k, axpy_loop)
 
-SIGMA_SIMD double sumsq_k(const float* x, int64_t n) {
+SIGMA_LOOP double sumsq_loop(const float* x, int64_t n) {
   // Eight float partial sums per block of 4096, folded into double: vectorisable and accurate.
   double total = 0;
   for (int64_t b = 0; b < n; b += 4096) {
@@ -34,8 +41,9 @@ SIGMA_SIMD double sumsq_k(const float* x, int64_t n) {
   }
   return total;
 }
+SIGMA_VERSIONS(sumsq_k, sumsq_loop)
 
-inline float sigmoidf(float z) {
+SIGMA_LOOP float sigmoidf(float z) {
   // Never overflows: exp of a non-positive number only.
   // Branch-free so that it vectorises: e = exp(−|z|) never overflows.
   const float e = fast_expf(-std::fabs(z));
@@ -43,10 +51,11 @@ inline float sigmoidf(float z) {
   return z >= 0 ? s : e * s;
 }
 
-SIGMA_SIMD void fast_gelu_k(float* y, const float* x, int64_t n) {
+// The portable FastGeLU loops; AVX2 and AVX-512 versions are in ops_avx2.cpp and ops_avx512.cpp.
+void fast_gelu_portable(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoidf(1.702f * x[i]);
 }
-SIGMA_SIMD void fast_gelu_bwd_k(float* dx, const float* x, const float* dy, int64_t n) {
+void fast_gelu_bwd_portable(float* dx, const float* x, const float* dy, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float s = sigmoidf(1.702f * x[i]);
     dx[i] += dy[i] * (s + 1.702f * x[i] * s * (1.f - s));
@@ -63,8 +72,8 @@ void gelu_bwd_k(float* dx, const float* x, const float* dy, int64_t n) {
   }
 }
 
-SIGMA_SIMD void adamw_k(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2,
-                        float eps, float wd, float inv_bc1, float inv_bc2, float gs) {
+SIGMA_LOOP void adamw_loop(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2,
+                           float eps, float wd, float inv_bc1, float inv_bc2, float gs) {
   for (int64_t i = 0; i < n; ++i) {
     const float gi = g[i] * gs;
     const float mi = b1 * m[i] + (1.f - b1) * gi;
@@ -74,6 +83,7 @@ SIGMA_SIMD void adamw_k(float* p, const float* g, float* m, float* v, int64_t n,
     p[i] -= lr * ((mi * inv_bc1) / (std::sqrt(vi * inv_bc2) + eps) + wd * p[i]);
   }
 }
+SIGMA_VERSIONS(adamw_k, adamw_loop)
 
 template <typename F>
 void chunked(int64_t n, F f) {
@@ -106,17 +116,19 @@ double sum_squares(const float* x, int64_t n) {
 void gelu(float* y, const float* x, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { gelu_k(y + s, x + s, e - s); }); }
 void gelu_backward(float* dx, const float* x, const float* dy, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { gelu_bwd_k(dx + s, x + s, dy + s, e - s); }); }
 void fast_gelu(float* y, const float* x, int64_t n) {
-  const bool wide = use_avx512();
+  const bool wide = use_avx512(), avx2 = use_avx2();
   chunked(n, [&](int64_t s, int64_t e) {
     if (wide) avx512::fast_gelu(y + s, x + s, e - s);
-    else fast_gelu_k(y + s, x + s, e - s);
+    else if (avx2) avx2::fast_gelu(y + s, x + s, e - s);
+    else fast_gelu_portable(y + s, x + s, e - s);
   });
 }
 void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n) {
-  const bool wide = use_avx512();
+  const bool wide = use_avx512(), avx2 = use_avx2();
   chunked(n, [&](int64_t s, int64_t e) {
     if (wide) avx512::fast_gelu_backward(dx + s, x + s, dy + s, e - s);
-    else fast_gelu_bwd_k(dx + s, x + s, dy + s, e - s);
+    else if (avx2) avx2::fast_gelu_backward(dx + s, x + s, dy + s, e - s);
+    else fast_gelu_bwd_portable(dx + s, x + s, dy + s, e - s);
   });
 }
 

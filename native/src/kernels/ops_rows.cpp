@@ -7,6 +7,7 @@
 
 #include "cpu.h"
 #include "ops.h"
+#include "ops_avx2.h"
 #include "ops_avx512.h"
 #include "simd.h"
 #include "threadpool.h"
@@ -17,8 +18,8 @@ namespace {
 
 // Sums in eight float lanes (so that the loops vectorise), the lanes added
 // in double; the variance is the two-pass Σ(x − mean)².
-SIGMA_SIMD void ln_row(float* y, const float* x, const float* gamma, const float* beta, int64_t C, float eps,
-                       float* mean_out, float* rstd_out) {
+SIGMA_LOOP void ln_row_loop(float* y, const float* x, const float* gamma, const float* beta, int64_t C, float eps,
+                            float* mean_out, float* rstd_out) {
   float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t c = 0;
   for (; c + 8 <= C; c += 8)
@@ -38,9 +39,10 @@ SIGMA_SIMD void ln_row(float* y, const float* x, const float* gamma, const float
   *mean_out = m;
   *rstd_out = r;
 }
+SIGMA_VERSIONS(ln_row, ln_row_loop)
 
-SIGMA_SIMD void ln_row_backward(float* dx, const float* dy, const float* x, float m, float r, const float* gamma,
-                                int64_t C) {
+SIGMA_LOOP void ln_row_backward_loop(float* dx, const float* dy, const float* x, float m, float r, const float* gamma,
+                                     int64_t C) {
   // dx = r·(g − mean(g) − x̂·mean(g·x̂)), g = dy·γ, x̂ = (x − m)·r.
   float gsum = 0, gxsum = 0;
   for (int64_t c = 0; c < C; ++c) {
@@ -51,10 +53,11 @@ SIGMA_SIMD void ln_row_backward(float* dx, const float* dy, const float* x, floa
   const float gm = gsum / C, gxm = gxsum / C;
   for (int64_t c = 0; c < C; ++c) dx[c] += r * (dy[c] * gamma[c] - gm - (x[c] - m) * r * gxm);
 }
+SIGMA_VERSIONS(ln_row_backward, ln_row_backward_loop)
 
 // dgamma[c0..c1) += Σ_r dy·x̂, dbeta[c0..c1) += Σ_r dy: each column's sum over the rows in order.
-SIGMA_SIMD void ln_columns_backward(float* dgamma, float* dbeta, const float* dy, const float* x, const float* mean,
-                                    const float* rstd, int64_t rows, int64_t C, int64_t c0, int64_t c1) {
+SIGMA_LOOP void ln_columns_backward_loop(float* dgamma, float* dbeta, const float* dy, const float* x, const float* mean,
+                                         const float* rstd, int64_t rows, int64_t C, int64_t c0, int64_t c1) {
   for (int64_t r = 0; r < rows; ++r) {
     const float m = mean[r], s = rstd[r];
     const float* xr = x + r * C;
@@ -65,16 +68,19 @@ SIGMA_SIMD void ln_columns_backward(float* dgamma, float* dbeta, const float* dy
     }
   }
 }
+SIGMA_VERSIONS(ln_columns_backward, ln_columns_backward_loop)
 
-SIGMA_SIMD void scale_row(float* y, float s, int64_t n) {
+SIGMA_LOOP void scale_row_loop(float* y, float s, int64_t n) {
   for (int64_t c = 0; c < n; ++c) y[c] *= s;
 }
+SIGMA_VERSIONS(scale_row, scale_row_loop)
 
-SIGMA_SIMD void softmax_row_backward(float* dx, const float* y, const float* dy, int64_t n) {
+SIGMA_LOOP void softmax_row_backward_loop(float* dx, const float* y, const float* dy, int64_t n) {
   float dot = 0;
   for (int64_t c = 0; c < n; ++c) dot += y[c] * dy[c];
   for (int64_t c = 0; c < n; ++c) dx[c] += y[c] * (dy[c] - dot);
 }
+SIGMA_VERSIONS(softmax_row_backward, softmax_row_backward_loop)
 
 int64_t row_grain(int64_t cols) { return grain_for(cols, 16384); }
 
@@ -131,7 +137,8 @@ void softmax_backward(float* dx, const float* y, const float* dy, int64_t rows, 
 
 namespace {
 // log Σ exp of a row, without writing it (exp computed into a per-thread scratch row).
-SIGMA_SIMD float row_lse(const float* x, int64_t n) {
+// The portable versions; AVX2 and AVX-512 ones are in ops_avx2.cpp and ops_avx512.cpp.
+float row_lse_portable(const float* x, int64_t n) {
   const float m = vmax(x, n);
   float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
@@ -143,18 +150,18 @@ SIGMA_SIMD float row_lse(const float* x, int64_t n) {
   return m + std::log(s);
 }
 
-SIGMA_SIMD void ce_row_backward(float* d, const float* x, float lse, float g, int64_t V) {
+void ce_row_backward_portable(float* d, const float* x, float lse, float g, int64_t V) {
   for (int64_t v = 0; v < V; ++v) d[v] += g * fast_expf(x[v] - lse);
 }
 }  // namespace
 
 void cross_entropy(float* loss, float* lse, const float* logits, const int32_t* targets, int64_t rows, int64_t V,
                    int32_t ignore) {
-  const bool wide = use_avx512();
+  const bool wide = use_avx512(), avx2 = use_avx2();
   parallel_for(rows, row_grain(V), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const float* xr = logits + r * V;
-      const float l = wide ? avx512::row_lse(xr, V) : row_lse(xr, V);
+      const float l = wide ? avx512::row_lse(xr, V) : avx2 ? avx2::row_lse(xr, V) : row_lse_portable(xr, V);
       lse[r] = l;
       loss[r] = targets[r] == ignore ? 0.f : l - xr[targets[r]];
     }
@@ -163,12 +170,13 @@ void cross_entropy(float* loss, float* lse, const float* logits, const int32_t* 
 
 void cross_entropy_backward(float* dlogits, const float* logits, const float* lse, const int32_t* targets,
                             const float* dloss, int64_t rows, int64_t V, int32_t ignore) {
-  const bool wide = use_avx512();
+  const bool wide = use_avx512(), avx2 = use_avx2();
   parallel_for(rows, row_grain(V), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       if (targets[r] == ignore) continue;
       if (wide) avx512::ce_row_backward(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
-      else ce_row_backward(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
+      else if (avx2) avx2::ce_row_backward(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
+      else ce_row_backward_portable(dlogits + r * V, logits + r * V, lse[r], dloss[r], V);
       dlogits[r * V + targets[r]] -= dloss[r];
     }
   });

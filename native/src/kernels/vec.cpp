@@ -2,14 +2,16 @@
 
 #include "simd.h"
 #include "cpu.h"
+#include "ops_avx2.h"
 #include "ops_avx512.h"
 
 #include <algorithm>
 #include <limits>
 
 namespace sigma {
+namespace {
 
-SIGMA_SIMD float vdot(const float* a, const float* b, int64_t n) {
+SIGMA_LOOP float vdot_loop(const float* a, const float* b, int64_t n) {
   float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -20,15 +22,15 @@ SIGMA_SIMD float vdot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-SIGMA_SIMD void vaxpy(float* y, const float* x, float alpha, int64_t n) {
+SIGMA_LOOP void vaxpy_loop(float* y, const float* x, float alpha, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-SIGMA_SIMD void vscale(float* x, float alpha, int64_t n) {
+SIGMA_LOOP void vscale_loop(float* x, float alpha, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= alpha;
 }
 
-SIGMA_SIMD float vsum(const float* x, int64_t n) {
+SIGMA_LOOP float vsum_loop(const float* x, int64_t n) {
   float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -39,8 +41,8 @@ SIGMA_SIMD float vsum(const float* x, int64_t n) {
   return s;
 }
 
-SIGMA_SIMD float vmax(const float* x, int64_t n) {
-  if (use_avx512()) return avx512::vmax(x, n);
+// vmax and vexp_shift: written out for AVX2 and AVX-512; the loops are the portable versions.
+float vmax_portable(const float* x, int64_t n) {
   float part[8];
   for (int l = 0; l < 8; ++l) part[l] = -std::numeric_limits<float>::infinity();
   int64_t i = 0;
@@ -52,10 +54,33 @@ SIGMA_SIMD float vmax(const float* x, int64_t n) {
   return m;
 }
 
-SIGMA_SIMD float vexp_shift(float* y, const float* x, float m, int64_t n) {
-  if (use_avx512()) return avx512::vexp_shift(y, x, m, n);
+float vexp_shift_portable(float* y, const float* x, float m, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = fast_expf(x[i] - m);
-  return vsum(y, n);
+  return vsum_loop(y, n);
+}
+
+SIGMA_VERSIONS(vdot_v, vdot_loop)
+SIGMA_VERSIONS(vaxpy_v, vaxpy_loop)
+SIGMA_VERSIONS(vscale_v, vscale_loop)
+SIGMA_VERSIONS(vsum_v, vsum_loop)
+
+}  // namespace
+
+float vdot(const float* a, const float* b, int64_t n) { return vdot_v(a, b, n); }
+void vaxpy(float* y, const float* x, float alpha, int64_t n) { vaxpy_v(y, x, alpha, n); }
+void vscale(float* x, float alpha, int64_t n) { vscale_v(x, alpha, n); }
+float vsum(const float* x, int64_t n) { return vsum_v(x, n); }
+
+float vmax(const float* x, int64_t n) {
+  if (use_avx512()) return avx512::vmax(x, n);
+  if (use_avx2()) return avx2::vmax(x, n);
+  return vmax_portable(x, n);
+}
+
+float vexp_shift(float* y, const float* x, float m, int64_t n) {
+  if (use_avx512()) return avx512::vexp_shift(y, x, m, n);
+  if (use_avx2()) return avx2::vexp_shift(y, x, m, n);
+  return vexp_shift_portable(y, x, m, n);
 }
 
 }  // namespace sigma

@@ -1,4 +1,5 @@
-// Small vector primitives shared by the loop kernels (each compiled for AVX2+FMA and the baseline).
+// Small vector primitives shared by the loop kernels (each compiled for AVX2+FMA and the baseline,
+// chosen per call by the kernel path; vmax and vexp_shift have AVX-512 versions too).
 #pragma once
 #include <cstdint>
 
