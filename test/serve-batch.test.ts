@@ -111,7 +111,7 @@ for (const [name, router] of Object.entries(ROUTERS)) {
       assert.deepEqual(alone, reference, `sequence ${j} against generateIds`);
     });
     // The continuations differ from one another (the check is not of a constant).
-    assert.ok(new Set(together.out.map((o) => o.join(","))).size > 2);
+    assert.ok(new Set(together.out.map((o) => o.join(","))).size > 2, "the continuations differ");
   });
 }
 
