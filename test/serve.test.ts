@@ -298,6 +298,19 @@ test("a full queue is a 429 with Retry-After", { timeout: 60_000 }, async () => 
   }
 });
 
+test("close() cancels open streams and stops listening", { timeout: 60_000 }, async () => {
+  const s = await serve(model, { name: "tiny-run", port: 0 });
+  const r = await fetch(`${s.url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: "Hello", max_tokens: 240, temperature: 0, stream: true }) });
+  const reader = r.body!.getReader();
+  await reader.read(); // streaming now
+  await s.close();
+  let rest = "";
+  for (let c = await reader.read(); !c.done; c = await reader.read()) rest += new TextDecoder().decode(c.value);
+  assert.doesNotMatch(rest, /"finish_reason":"length"/, "the stream was cut short");
+  assert.equal(s.stats().kvSequences, 0);
+  await assert.rejects(fetch(`${s.url}/health`), "nothing listens any more");
+});
+
 test("the scheduler ends a cancelled sequence at its next step", { timeout: 60_000 }, async () => {
   const s = new Scheduler(model.network, tok, { maxBatch: 2 });
   try {

@@ -88,6 +88,10 @@ export async function serve(model: Model | string, o: ServeOptions = {}): Promis
       const s = scheduler.stats;
       return { waiting: s.waiting, running: s.running, kvBlocksUsed: s.kvBlocksUsed, kvBlocks: s.kvBlocks, kvSequences: s.kvSequences };
     },
-    close: () => app.close(),
+    // Cancel what is running first (open streams end at the next step), then stop listening.
+    close: async () => {
+      await scheduler.close();
+      await app.close();
+    },
   };
 }

@@ -92,6 +92,13 @@ export class QueueFullError extends Error {
   }
 }
 
+/** Thrown by submit after close(). */
+export class SchedulerClosedError extends Error {
+  constructor() {
+    super("the server is shutting down");
+  }
+}
+
 /** The consumer's side of a sequence: its events as an async iterator, and cancel(). */
 export class SequenceStream implements AsyncIterable<SequenceEvent> {
   private readonly events: SequenceEvent[] = [];
@@ -185,21 +192,22 @@ export class Scheduler {
    * the batch's free places plus maxQueue.
    */
   submit(requests: SequenceRequest[]): SequenceStream[] {
-    if (this.closed) throw new SigmaError("the scheduler is closed");
+    if (this.closed) throw new SchedulerClosedError();
     for (const r of requests) this.check(r);
     const room = this.maxBatch - this.running.length + this.maxQueue;
     if (this.waiting.length + requests.length > room) throw new QueueFullError(this.waiting.length);
     const now = performance.now();
-    const streams = requests.map((req) => {
+    // Every sequence is built (a bad stop string throws here) before any is queued.
+    const seqs: Sequence[] = requests.map((req) => {
       const out = new SequenceStream();
       out.notify = () => this.wake?.();
       const stop = new StopMatcher(req.stop ?? []);
       const text = this.tokenizer.streamDecoder({ skipSpecial: !req.showSpecial });
-      this.waiting.push({ req, out, rng: new Rng(req.seed), text, stop, kv: null, fed: 0, generated: 0, next: -1, arrived: now, lastToken: now });
-      return out;
+      return { req, out, rng: new Rng(req.seed), text, stop, kv: null, fed: 0, generated: 0, next: -1, arrived: now, lastToken: now };
     });
+    this.waiting.push(...seqs);
     this.wake?.();
-    return streams;
+    return seqs.map((s) => s.out);
   }
 
   /** Stops the loop; every sequence still waiting or running ends as cancelled. */

@@ -29,7 +29,7 @@ import { SigmaError } from "../util/errors.js";
 import { CHAT_STOPS, chatPrompt, ReplyTrimmer, type ChatMessage } from "./chat.js";
 import { ServerMetrics } from "./metrics.js";
 import { encodePrompt } from "./prompt.js";
-import { QueueFullError, Scheduler, type FinishReason, type SchedulerOptions, type SequenceEvent, type SequenceRequest, type SequenceStream, type TokenLogprob } from "./scheduler.js";
+import { QueueFullError, Scheduler, SchedulerClosedError, type FinishReason, type SchedulerOptions, type SequenceEvent, type SequenceRequest, type SequenceStream, type TokenLogprob } from "./scheduler.js";
 
 export interface ServerOptions extends Omit<SchedulerOptions, "metrics"> {
   /** The model's name in ids (sigma/<name>/<domain>). */
@@ -237,6 +237,7 @@ export function createServer(model: PanguSigma, tokenizer: Tokenizer, o: ServerO
       return scheduler.submit(reqs);
     } catch (e) {
       if (e instanceof QueueFullError) throw new ApiError(429, `${e.message}; retry later`, null, "rate_limit_exceeded");
+      if (e instanceof SchedulerClosedError) throw new ApiError(503, e.message, null, "shutting_down");
       throw e;
     }
   };
