@@ -23,6 +23,7 @@ const BENCHES: Record<string, Entry> = {
   balance: { load: () => import("./balance.js"), about: "Pangu Pro MoE's finding: IS > 0 for top-8 vs MoGE, simulated tokens/s", takes: "1–2 min" },
   upcycle: { load: () => import("./upcycle.js"), about: "validation loss of upcycled RRE vs RRE from scratch vs dense continued (prepares the default data if missing)", takes: "10–20 min" },
   ecss: { load: () => import("./ecss.js"), about: "ECSS: sparse step vs ordinary MoE, a model over its expert budget, hit rates (prepares the default data if missing)", takes: "5–15 min" },
+  serve: { load: () => import("./serve.js"), about: "sigma serve on config R (top-2 of 8): aggregate tokens/s at 1, 4, 8, 16 streams, TTFT, weight bytes per step vs the bandwidth bound", takes: "1–3 min" },
   blas: { load: () => import("./blas.js"), about: "our GEMM beside OpenBLAS's sgemm (needs libopenblas-dev; skips without it)", takes: "1–3 min" },
 };
 
