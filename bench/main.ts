@@ -26,6 +26,7 @@ const BENCHES: Record<string, Entry> = {
   ecss: { load: () => import("./ecss.js"), about: "ECSS: sparse step vs ordinary MoE, a model over its expert budget, hit rates (prepares the default data if missing)", takes: "5–15 min" },
   ops: { load: () => import("./ops.js"), about: "the non-GEMM kernels of a training step at config R's shapes, AVX2 beside AVX-512 where the CPU has it", takes: "0–1 min" },
   comm: { load: () => import("./comm.js"), about: "MPI allreduce and all-to-all(v) latency and bandwidth over message sizes on 2 ranks (skips without MPI)", takes: "0–1 min" },
+  serve: { load: () => import("./serve.js"), about: "sigma serve on config R (top-2 of 8): aggregate tokens/s at 1, 4, 8, 16 streams, TTFT, weight bytes per step vs the bandwidth bound", takes: "1–3 min" },
   blas: { load: () => import("./blas.js"), about: "our GEMM beside OpenBLAS's sgemm (needs libopenblas-dev; skips without it)", takes: "1–3 min" },
 };
 

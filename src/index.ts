@@ -2,11 +2,12 @@
  * sigma-moe as a library. Everything here is public and documented in the
  * README ("Use it as a library"); anything else under src/ is internal and may change.
  *
- *   import { openModel, train, evaluate, upcycle, extract } from "sigma-moe";
+ *   import { openModel, train, evaluate, upcycle, extract, serve } from "sigma-moe";
  *
  * The `sigma` command line is a thin layer over these functions.
  */
-export { openModel, Model, type GenerateOptions, type GeneratedPiece, type ParameterSummary } from "./api/model.js";
+export { openModel, Model, type GenerateOptions, type GeneratedPiece, type ParameterSummary, type ChatMessage } from "./api/model.js";
+export { serve, type ServeOptions, type SigmaServer, type ServerStats } from "./api/serve.js";
 export { train, type TrainOptions, type TrainResult, type TrainEvent } from "./api/train.js";
 export { evaluate, type EvaluateOptions, type EvaluateResult } from "./api/evaluate.js";
 export { upcycle, type UpcycleOptions, type UpcycleResult } from "./api/upcycle.js";

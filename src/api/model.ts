@@ -9,6 +9,7 @@ import { saveCheckpointFolder } from "../checkpoint/folder.js";
 import { activeParameters, parameterCounts, type ModelConfig } from "../models/config.js";
 import { encodeModel } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
+import { CHAT_STOPS, chatPrompt, ReplyTrimmer, type ChatMessage } from "../serve/chat.js";
 import { generateIds } from "../serve/generate.js";
 import { domainIndexOf, encodePrompt } from "../serve/prompt.js";
 import { openModelSource, type ModelSource, type RunSettings } from "../serve/open.js";
@@ -39,6 +40,8 @@ export interface GenerateOptions {
 }
 
 /** One generated token and the text it adds (may be "" while a character or a possible stop string is incomplete). */
+export type { ChatMessage };
+
 export interface GeneratedPiece {
   id: number;
   text: string;
@@ -118,6 +121,20 @@ export class Model {
     const r = stop.push(text.end());
     const rest = r.text + (r.stopped ? "" : stop.end());
     if (rest) yield { id: -1, text: rest };
+  }
+
+  /**
+   * Streams the assistant's reply to a conversation (`messages` oldest
+   * first), written with the plain-text chat template (docs/serving.md):
+   * "System: …", "User: …" and "Assistant: …" paragraphs ending with
+   * "Assistant:". The reply ends at <|endoftext|>, where the model starts the
+   * next turn, at a stop string, after maxTokens, or when `signal` aborts; its
+   * leading space is dropped. `sigma chat` and the server's
+   * /v1/chat/completions use the same template.
+   */
+  async *chat(messages: readonly ChatMessage[], o: GenerateOptions = {}): AsyncGenerator<GeneratedPiece> {
+    const trim = new ReplyTrimmer();
+    for await (const p of this.generate(chatPrompt(messages), { ...o, stop: [...(o.stop ?? []), ...CHAT_STOPS] })) yield { id: p.id, text: trim.push(p.text) };
   }
 
   /** The whole continuation of `prompt` (see generate). */

@@ -12,7 +12,7 @@
  * comes from the config.
  */
 import * as ops from "../ops/index.js";
-import { Attention, newKVCache, type KVCache } from "../nn/attention.js";
+import { Attention, newKVCache, type AttentionCache, type KVCache } from "../nn/attention.js";
 import { FeedForward, LayerNorm, type InitOptions } from "../nn/layers.js";
 import { Module } from "../nn/module.js";
 import { recompute } from "../nn/recompute.js";
@@ -109,7 +109,7 @@ class Block extends Module {
   }
 
   /** x: [B, T, C]. Dropout (when on) applies to the attention and FFN outputs before each residual add. */
-  forward(x: Tensor, ctx: MoeContext, cache?: KVCache, dropout: DropoutSpec | null = null): { y: Tensor; routing: Routing | null } {
+  forward(x: Tensor, ctx: MoeContext, cache?: KVCache | AttentionCache, dropout: DropoutSpec | null = null): { y: Tensor; routing: Routing | null } {
     const a = this.ln1.forward(x);
     const h = ops.add(x, drop(this.attn.forward(a, a, cache), dropout, this.layer, 0));
     const n = this.ln2.forward(h);
@@ -150,7 +150,7 @@ class QueryLayer extends Module {
     this.ln2 = this.child("ln2", new LayerNorm(c.width, c.layerNormEps, init.dtype));
     this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd, c.activation));
   }
-  forward(x: Tensor, queries: Tensor, cache?: KVCache, dropout: DropoutSpec | null = null, layer = 0): Tensor {
+  forward(x: Tensor, queries: Tensor, cache?: KVCache | AttentionCache, dropout: DropoutSpec | null = null, layer = 0): Tensor {
     const h = ops.add(x, drop(this.attn.forward(queries, this.ln1.forward(x), cache), dropout, layer, 0));
     return ops.add(h, drop(this.ffn.forward(this.ln2.forward(h)), dropout, layer, 1));
   }
@@ -263,8 +263,11 @@ export class PanguSigma extends Module {
     return { logits: this.decode(ops.reshape(h, [R, c.width]), slotOf), routings, auxLoss: aux };
   }
 
-  /** Tied output: logits[r] = h[r] · E_slot(r)ᵀ, grouping rows by slot when there are several. */
-  private decode(h: Tensor, slotOf: Int32Array): Tensor {
+  /**
+   * Tied output: logits[r] = h[r] · E_slot(r)ᵀ, grouping rows by slot when there are several.
+   * @internal Also used by the server's batched step (src/serve/batch.ts) on the rows it samples from.
+   */
+  decode(h: Tensor, slotOf: Int32Array): Tensor {
     const c = this.config;
     if (c.embeddingSlots === 1) return ops.linear(h, this.tokenEmbedding, null, this.precision);
     const { order, offsets } = ops.permuteByExpert(slotOf, c.embeddingSlots);

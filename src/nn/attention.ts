@@ -16,6 +16,17 @@ export interface KVCache {
   length: number;
 }
 
+/**
+ * A cache that stores keys and values its own way and attends itself: given
+ * the new rows' q, k, v ([1, R, C]), it keeps k and v and returns each
+ * row's attention over the positions its own sequence has cached ([1, R, C],
+ * before the output projection). The server's paged pool (src/serve/kv-pool.ts)
+ * is one: R rows from several sequences of different lengths in one step.
+ */
+export interface AttentionCache {
+  attend(q: Tensor, k: Tensor, v: Tensor, heads: number): Tensor;
+}
+
 export function newKVCache(B: number, capacity: number, C: number, dtype: Tensor["dtype"] = "float32"): KVCache {
   return { k: Tensor.zeros([B, capacity, C], dtype), v: Tensor.zeros([B, capacity, C], dtype), length: 0 };
 }
@@ -37,13 +48,15 @@ export class Attention extends Module {
    * xq: [B,Tq,C] (queries' source), xkv: [B,Tq,C] (keys' and values' source, same positions).
    * Without a cache, all Tq positions attend causally among themselves. With a
    * cache (inference only), the new keys/values are appended at cache.length
-   * and the queries attend to everything cached so far.
+   * and the queries attend to everything cached so far; an AttentionCache
+   * does both itself.
    */
-  forward(xq: Tensor, xkv: Tensor, cache?: KVCache): Tensor {
+  forward(xq: Tensor, xkv: Tensor, cache?: KVCache | AttentionCache): Tensor {
     const q = this.q.forward(xq);
     const k = this.k.forward(xkv);
     const v = this.v.forward(xkv);
     if (!cache) return this.o.forward(ops.attention(q, k, v, { heads: this.heads }));
+    if ("attend" in cache) return this.o.forward(noGrad(() => cache.attend(q, k, v, this.heads)));
     return noGrad(() => {
       const [B, Tn, C] = k.shape as [number, number, number];
       const cap = cache.k.dim(1);

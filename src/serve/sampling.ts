@@ -2,7 +2,8 @@
  * Choosing the next token from one row of logits: greedy at temperature 0,
  * else softmax(logits / temperature) restricted to the top-k tokens and to
  * the smallest set whose probability reaches top-p (nucleus), then one draw
- * from a seeded Rng — so a seed fixes the text.
+ * from a seeded Rng — so a seed fixes the text. With neither cut, the draw
+ * runs over the tokens in id order, without sorting them.
  */
 import { SigmaError } from "../util/errors.js";
 import type { Rng } from "../util/rng.js";
@@ -31,6 +32,7 @@ export function argmax(logits: ArrayLike<number>): number {
 /** The token to emit after `logits` [V]. */
 export function sampleToken(logits: ArrayLike<number>, o: SamplingOptions, rng: Rng): number {
   if (o.temperature === 0) return argmax(logits);
+  if (o.topP >= 1 && (o.topK === 0 || o.topK >= logits.length)) return drawAll(logits, o.temperature, rng);
   const ids = mostLikely(logits, o.topK > 0 ? Math.min(o.topK, logits.length) : logits.length);
   const max = logits[ids[0]!]!;
   const p = ids.map((i) => Math.exp((logits[i]! - max) / o.temperature));
@@ -53,6 +55,27 @@ export function sampleToken(logits: ArrayLike<number>, o: SamplingOptions, rng: 
     if (u < 0) return ids[j]!;
   }
   return ids[keep - 1]!;
+}
+
+/**
+ * One draw from softmax(logits / temperature) over every token, in id order:
+ * with nothing cut there is nothing to sort (a sort of V ids per token is
+ * the most expensive part of sampling, and the server samples for every
+ * sequence of a step).
+ */
+function drawAll(logits: ArrayLike<number>, temperature: number, rng: Rng): number {
+  const V = logits.length;
+  let max = -Infinity;
+  for (let i = 0; i < V; i++) if (logits[i]! > max) max = logits[i]!;
+  const p = new Float64Array(V);
+  let total = 0;
+  for (let i = 0; i < V; i++) total += p[i] = Math.exp((logits[i]! - max) / temperature);
+  let u = rng.uniform() * total;
+  for (let i = 0; i < V; i++) {
+    u -= p[i]!;
+    if (u < 0) return i;
+  }
+  return argmax(logits);
 }
 
 /**

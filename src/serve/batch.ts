@@ -1,0 +1,94 @@
+/**
+ * One decoding step over many sequences at once (continuous batching).
+ *
+ * Each sequence brings its next tokens: one for a sequence that is decoding,
+ * a chunk of its prompt for one that is being prefilled. Their rows are laid
+ * end to end as one [1, R, C] batch and run through the model's own blocks,
+ * so every weight is read once per step for all R rows (one GEMM per weight;
+ * a sparse layer groups all R rows by expert, as in training). Only attention
+ * is per sequence: the pool's AttentionCache (src/serve/kv-pool.ts) stores
+ * each sequence's new keys and values in its blocks and attends over its own
+ * cached positions. The tied output projection, the widest product, runs only
+ * on the rows whose next token is wanted (the last row of each sequence).
+ *
+ * Row by row this is the computation of PanguSigma.forward with a KV cache:
+ * a sequence's greedy text is the same alone or beside others.
+ */
+import { noGrad } from "../autograd/tape.js";
+import type { PanguSigma } from "../models/pangu-sigma.js";
+import type { MoeContext } from "../moe/layer.js";
+import * as ops from "../ops/index.js";
+import type { FloatArray } from "../tensor/dtype.js";
+import type { KVPool, KVSeq, StepRows } from "./kv-pool.js";
+
+/** One sequence's part of a step. */
+export interface BatchItem {
+  seq: KVSeq;
+  /** The new tokens, fed at positions seq.length…. */
+  tokens: ArrayLike<number>;
+  /** Domain index (into model.config.domains). */
+  domain: number;
+  /** Whether the logits after the last token are wanted. */
+  logits: boolean;
+}
+
+/** A KV pool sized for `model`: one attention layer per block, plus the query layer's. */
+export function attentionLayers(model: PanguSigma): number {
+  return model.blocks.length + (model.queryLayer ? 1 : 0);
+}
+
+/**
+ * Runs one step and returns, for each item, the logits [V] after its last
+ * token (null where not wanted). Each sequence's cache advances by its tokens.
+ * The model must be in eval mode.
+ */
+export function forwardBatch(model: PanguSigma, pool: KVPool, items: readonly BatchItem[]): (FloatArray | null)[] {
+  const c = model.config;
+  const V = c.vocabSize;
+  const C = c.width;
+  const R = items.reduce((n, it) => n + it.tokens.length, 0);
+  const tokens = new Int32Array(R);
+  const embedIds = new Int32Array(R);
+  const posIds = new Int32Array(R);
+  const domainOf = new Int32Array(R);
+  const rows: StepRows[] = [];
+  const wanted: number[] = [];
+  let r = 0;
+  for (const it of items) {
+    const slot = model.domainSlot[it.domain];
+    if (slot === undefined) throw new RangeError(`forwardBatch: domain index ${it.domain} is not one of the ${c.domains.length} configured domains`);
+    const n = it.tokens.length;
+    if (n === 0) throw new RangeError(`forwardBatch: sequence ${it.seq.id} brings no tokens`);
+    if (it.seq.length + n > c.seqLen) throw new RangeError(`forwardBatch: sequence ${it.seq.id} would reach position ${it.seq.length + n}, past the model's seqLen ${c.seqLen}`);
+    pool.grow(it.seq, it.seq.length + n);
+    rows.push({ seq: it.seq, start: r, rows: n });
+    for (let t = 0; t < n; t++, r++) {
+      const tok = it.tokens[t]!;
+      if (!(Number.isInteger(tok) && tok >= 0 && tok < V)) throw new RangeError(`forwardBatch: token id ${tok} is outside the vocabulary [0, ${V})`);
+      tokens[r] = tok;
+      embedIds[r] = slot * V + tok;
+      posIds[r] = it.seq.length + t;
+      domainOf[r] = it.domain;
+    }
+    if (it.logits) wanted.push(r - 1);
+  }
+  const ctx: MoeContext = { tokenIds: tokens, domainIds: domainOf, vocabSize: V, domainGroup: model.domainGroup };
+
+  const logits = noGrad(() => {
+    let h = ops.add(ops.embedding(model.tokenEmbedding, embedIds, [1, R]), ops.embedding(model.positionEmbedding, posIds, [1, R]));
+    model.blocks.forEach((block, l) => {
+      h = block.forward(h, ctx, pool.attention(l, rows)).y;
+    });
+    h = model.finalNorm.forward(h);
+    if (model.queryLayer) h = model.queryLayer.forward(h, ops.embedding(model.queryEmbedding!, posIds, [1, R]), pool.attention(model.blocks.length, rows));
+    // The output projection on the wanted rows only.
+    if (wanted.length === 0) return null;
+    const pick = Int32Array.from(wanted);
+    const slots = pick.map((row) => model.domainSlot[domainOf[row]!]!);
+    return model.decode(ops.gatherRows(ops.reshape(h, [R, C]), pick), slots);
+  });
+  pool.commit(rows);
+
+  let w = 0;
+  return items.map((it) => (it.logits && logits ? logits.data.subarray(w * V, ++w * V) : null));
+}

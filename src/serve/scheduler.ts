@@ -1,0 +1,377 @@
+/**
+ * Continuous batching: one loop decodes every active sequence together.
+ *
+ *   submit(requests) → a stream of events per sequence (tokens, then done)
+ *
+ * Each turn of the loop is one step:
+ *   1. Cancelled sequences leave (a client went away, or cancel() was
+ *      called): their KV blocks go back to the pool.
+ *   2. Waiting sequences join, oldest first, while the batch has room
+ *      (maxBatch) and the pool can reserve their positions (prompt +
+ *      max_tokens).
+ *   3. Each decoding sequence brings its last sampled token; sequences still
+ *      in their prompt share a budget of `prefillChunk` prompt tokens, oldest
+ *      first, so a long prompt is fed over several steps beside the running
+ *      streams instead of stalling them.
+ *   4. One batched forward (src/serve/batch.ts) gives the logits of every
+ *      sequence that needs a next token.
+ *   5. Each such sequence samples with its own settings and seeded Rng,
+ *      decodes the token to text (held back while a character or a possible
+ *      stop string is incomplete), and ends at <|endoftext|>, at a stop
+ *      string, or at max_tokens; it then leaves and frees its blocks.
+ * Between steps the loop yields to the event loop, so HTTP requests are read
+ * and tokens written while decoding goes on; with nothing to do it sleeps
+ * until the next submit.
+ *
+ * Back-pressure: at most maxBatch sequences decode and at most maxQueue more
+ * wait; a submit beyond that throws QueueFullError (the server's 429).
+ */
+import { setImmediate as nextTurn } from "node:timers/promises";
+import type { PanguSigma } from "../models/pangu-sigma.js";
+import type { FloatArray } from "../tensor/dtype.js";
+import type { Tokenizer, TokenStreamDecoder } from "../tokenizer/codec.js";
+import { SigmaError } from "../util/errors.js";
+import { Rng } from "../util/rng.js";
+import { attentionLayers, forwardBatch, type BatchItem } from "./batch.js";
+import { KVPool, type KVSeq } from "./kv-pool.js";
+import type { ServerMetrics } from "./metrics.js";
+import { checkSampling, sampleToken, type SamplingOptions } from "./sampling.js";
+import { StopMatcher } from "./stop.js";
+
+export interface SchedulerOptions {
+  /** Sequences decoded together at most (default 16). */
+  maxBatch?: number;
+  /** Sequences that may wait for a place in the batch (default 64). */
+  maxQueue?: number;
+  /** Prompt tokens fed per step, over all prefilling sequences (default 64). */
+  prefillChunk?: number;
+  /** Positions per KV block (default 16). */
+  blockSize?: number;
+  /** KV blocks in the pool (default: enough for maxBatch sequences of the model's full context). */
+  kvBlocks?: number;
+  metrics?: ServerMetrics;
+}
+
+/** One sequence to generate. */
+export interface SequenceRequest extends SamplingOptions {
+  /** Prompt token ids (at least one). */
+  prompt: number[];
+  /** Domain index into model.config.domains. */
+  domain: number;
+  /** Tokens to generate at most; prompt + maxTokens must fit the model's context. */
+  maxTokens: number;
+  seed: number;
+  /** Stop strings (the text ends just before the first to complete). */
+  stop?: string[];
+  /** Also end at <|endoftext|> (default true). */
+  stopAtEndOfText?: boolean;
+  /** Report the log-probability of each token and of this many most likely alternatives; null = none. */
+  logprobs?: number | null;
+  /** Show special tokens in the text (default false). */
+  showSpecial?: boolean;
+}
+
+export interface TokenLogprob {
+  /** The token's own text (its bytes decoded alone). */
+  token: string;
+  logprob: number;
+  /** The most likely tokens at this position, most likely first. */
+  top: { token: string; logprob: number }[];
+}
+
+export type FinishReason = "stop" | "length" | "cancelled" | "error";
+
+export type SequenceEvent =
+  | { kind: "token"; id: number; text: string; logprob?: TokenLogprob }
+  | { kind: "done"; finish: FinishReason; text: string; promptTokens: number; completionTokens: number; error?: string };
+
+/** Thrown by submit when the queue is full. */
+export class QueueFullError extends Error {
+  constructor(readonly waiting: number) {
+    super(`the server is busy: ${waiting} sequences are waiting`);
+  }
+}
+
+/** Thrown by submit after close(). */
+export class SchedulerClosedError extends Error {
+  constructor() {
+    super("the server is shutting down");
+  }
+}
+
+/** The consumer's side of a sequence: its events as an async iterator, and cancel(). */
+export class SequenceStream implements AsyncIterable<SequenceEvent> {
+  private readonly events: SequenceEvent[] = [];
+  private wake: (() => void) | null = null;
+  private ended = false;
+  cancelled = false;
+
+  /** Asks the scheduler to end the sequence at its next step (the stream then ends with finish "cancelled"). */
+  cancel(): void {
+    this.cancelled = true;
+    this.notify?.();
+  }
+
+  /** @internal Set by the scheduler: wakes its loop. */
+  notify: (() => void) | null = null;
+
+  /** @internal */
+  push(e: SequenceEvent): void {
+    if (this.ended) return;
+    if (e.kind === "done") this.ended = true;
+    this.events.push(e);
+    this.wake?.();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<SequenceEvent> {
+    for (;;) {
+      while (this.events.length === 0) await new Promise<void>((r) => (this.wake = r));
+      this.wake = null;
+      const e = this.events.shift()!;
+      yield e;
+      if (e.kind === "done") return;
+    }
+  }
+}
+
+/** A sequence inside the scheduler. */
+interface Sequence {
+  req: SequenceRequest;
+  out: SequenceStream;
+  rng: Rng;
+  text: TokenStreamDecoder;
+  stop: StopMatcher;
+  kv: KVSeq | null;
+  /** Prompt tokens fed so far. */
+  fed: number;
+  generated: number;
+  /** The last sampled token, fed at the next step. */
+  next: number;
+  arrived: number;
+  lastToken: number;
+}
+
+export class Scheduler {
+  readonly pool: KVPool;
+  readonly maxBatch: number;
+  readonly maxQueue: number;
+  readonly prefillChunk: number;
+  private readonly waiting: Sequence[] = [];
+  private readonly running: Sequence[] = [];
+  private wake: (() => void) | null = null;
+  private closed = false;
+  private readonly done: Promise<void>;
+  private lastBatch = 0;
+
+  constructor(
+    readonly model: PanguSigma,
+    readonly tokenizer: Tokenizer,
+    o: SchedulerOptions = {},
+    private readonly metrics: ServerMetrics | null = o.metrics ?? null,
+  ) {
+    this.maxBatch = positive("maxBatch", o.maxBatch ?? 16);
+    this.maxQueue = nonNegative("maxQueue", o.maxQueue ?? 64);
+    this.prefillChunk = positive("prefillChunk", o.prefillChunk ?? 64);
+    const blockSize = positive("blockSize", o.blockSize ?? 16);
+    const c = model.config;
+    const blocks = positive("kvBlocks", o.kvBlocks ?? this.maxBatch * Math.ceil(c.seqLen / blockSize));
+    if (blocks < Math.ceil(c.seqLen / blockSize)) throw new SigmaError(`kvBlocks ${blocks} cannot hold one sequence of the model's context (${c.seqLen} positions in blocks of ${blockSize})`, `use at least ${Math.ceil(c.seqLen / blockSize)}`);
+    this.pool = new KVPool(attentionLayers(model), c.width, blockSize, blocks, model.tokenEmbedding.dtype);
+    model.eval();
+    this.done = this.loop();
+  }
+
+  /** Sequences waiting to join, decoding now, and in the last step. */
+  get stats(): { waiting: number; running: number; lastBatch: number; kvBlocksUsed: number; kvBlocks: number; kvSequences: number } {
+    return { waiting: this.waiting.length, running: this.running.length, lastBatch: this.lastBatch, kvBlocksUsed: this.pool.used, kvBlocks: this.pool.blocks, kvSequences: this.pool.sequences };
+  }
+
+  /**
+   * Checks `requests` (a SigmaError names what is wrong) and queues them
+   * together: all or none. Throws QueueFullError when more would wait than
+   * the batch's free places plus maxQueue.
+   */
+  submit(requests: SequenceRequest[]): SequenceStream[] {
+    if (this.closed) throw new SchedulerClosedError();
+    for (const r of requests) this.check(r);
+    const room = this.maxBatch - this.running.length + this.maxQueue;
+    if (this.waiting.length + requests.length > room) throw new QueueFullError(this.waiting.length);
+    const now = performance.now();
+    // Every sequence is built (a bad stop string throws here) before any is queued.
+    const seqs: Sequence[] = requests.map((req) => {
+      const out = new SequenceStream();
+      out.notify = () => this.wake?.();
+      const stop = new StopMatcher(req.stop ?? []);
+      const text = this.tokenizer.streamDecoder({ skipSpecial: !req.showSpecial });
+      return { req, out, rng: new Rng(req.seed), text, stop, kv: null, fed: 0, generated: 0, next: -1, arrived: now, lastToken: now };
+    });
+    this.waiting.push(...seqs);
+    this.wake?.();
+    return seqs.map((s) => s.out);
+  }
+
+  /** Stops the loop; every sequence still waiting or running ends as cancelled. */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.wake?.();
+    await this.done;
+  }
+
+  private check(r: SequenceRequest): void {
+    const c = this.model.config;
+    checkSampling(r);
+    if (!(Number.isInteger(r.domain) && r.domain >= 0 && r.domain < c.domains.length)) throw new SigmaError(`domain index ${r.domain} is not one of the model's ${c.domains.length} domains`);
+    if (r.prompt.length === 0) throw new SigmaError("the prompt is empty", "send at least one token of text");
+    for (const id of r.prompt) if (!(Number.isInteger(id) && id >= 0 && id < c.vocabSize)) throw new SigmaError(`prompt token id ${id} is outside the vocabulary [0, ${c.vocabSize})`);
+    if (!(Number.isInteger(r.maxTokens) && r.maxTokens >= 1)) throw new SigmaError(`max_tokens must be a positive integer, got ${r.maxTokens}`);
+    if (r.prompt.length + r.maxTokens > c.seqLen) {
+      throw new SigmaError(`the prompt (${r.prompt.length} tokens) plus max_tokens (${r.maxTokens}) is more than the model's context of ${c.seqLen} tokens`, "shorten the prompt or lower max_tokens");
+    }
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.closed) {
+      if (this.waiting.length === 0 && this.running.length === 0) {
+        await new Promise<void>((r) => (this.wake = r));
+        this.wake = null;
+        continue;
+      }
+      try {
+        this.step();
+      } catch (e) {
+        // A bug in a step ends the sequences in it, never the server.
+        for (const s of [...this.running]) this.finish(s, "error", e instanceof Error ? e.message : String(e));
+      }
+      // Let requests be read and tokens be written before the next step.
+      await nextTurn();
+    }
+    for (const s of [...this.waiting, ...this.running]) this.finish(s, "cancelled");
+  }
+
+  /** One step (see the file comment). */
+  private step(): void {
+    // 1. Cancelled sequences leave.
+    for (const s of [...this.waiting, ...this.running]) if (s.out.cancelled) this.finish(s, "cancelled");
+    // 2. Waiting sequences join while there is room.
+    while (this.waiting.length > 0 && this.running.length < this.maxBatch) {
+      const s = this.waiting[0]!;
+      s.kv = this.pool.open(s.req.prompt.length + s.req.maxTokens);
+      if (!s.kv) break;
+      this.waiting.shift();
+      this.running.push(s);
+    }
+    // 3. Each sequence's tokens for this step.
+    const items: (BatchItem & { s: Sequence })[] = [];
+    let budget = this.prefillChunk;
+    for (const s of this.running) {
+      const P = s.req.prompt.length;
+      if (s.fed === P) {
+        items.push({ s, seq: s.kv!, tokens: [s.next], domain: s.req.domain, logits: true });
+      } else if (budget > 0) {
+        const n = Math.min(P - s.fed, budget);
+        budget -= n;
+        items.push({ s, seq: s.kv!, tokens: s.req.prompt.slice(s.fed, s.fed + n), domain: s.req.domain, logits: s.fed + n === P });
+        s.fed += n;
+        if (this.metrics) this.metrics.promptTokens += n;
+      }
+    }
+    if (items.length === 0) return;
+    // 4. One forward for the batch.
+    const t0 = performance.now();
+    let logits: (FloatArray | null)[];
+    try {
+      logits = forwardBatch(this.model, this.pool, items);
+    } catch (e) {
+      // A failed step ends its sequences, not the server.
+      for (const it of items) this.finish(it.s, "error", e instanceof Error ? e.message : String(e));
+      return;
+    }
+    const now = performance.now();
+    this.lastBatch = items.length;
+    if (this.metrics) {
+      this.metrics.steps++;
+      this.metrics.stepSeconds.observe((now - t0) / 1000);
+      this.metrics.batchSize.observe(items.length);
+    }
+    // 5. Sample, emit, end.
+    items.forEach((it, i) => {
+      const row = logits[i];
+      if (row) this.emit(it.s, row, now);
+    });
+  }
+
+  /** Samples `s`'s next token from `logits`, streams it, and ends the sequence when it is done. */
+  private emit(s: Sequence, logits: FloatArray, now: number): void {
+    const id = sampleToken(logits, s.req, s.rng);
+    s.generated++;
+    if (this.metrics) {
+      this.metrics.completionTokens++;
+      if (s.generated === 1) this.metrics.timeToFirstToken.observe((now - s.arrived) / 1000);
+      else this.metrics.interTokenLatency.observe((now - s.lastToken) / 1000);
+    }
+    s.lastToken = now;
+    const logprob = s.req.logprobs != null ? this.logprobOf(logits, id, s.req.logprobs) : undefined;
+    if (id === this.tokenizer.eotId && s.req.stopAtEndOfText !== false) {
+      s.out.push({ kind: "token", id, text: "", ...(logprob ? { logprob } : {}) });
+      this.finish(s, "stop");
+      return;
+    }
+    const r = s.stop.push(s.text.push(id));
+    s.out.push({ kind: "token", id, text: r.text, ...(logprob ? { logprob } : {}) });
+    if (r.stopped) this.finish(s, "stop");
+    else if (s.generated >= s.req.maxTokens) this.finish(s, "length");
+    else s.next = id;
+  }
+
+  /** Ends `s`: the text still held back, the usage counts; its blocks go back to the pool. */
+  private finish(s: Sequence, reason: FinishReason, error?: string): void {
+    let rest = "";
+    if (reason === "stop" || reason === "length") {
+      const r = s.stop.push(s.text.end());
+      rest = r.text + (r.stopped ? "" : s.stop.end());
+    }
+    if (s.kv) this.pool.close(s.kv);
+    for (const list of [this.waiting, this.running]) {
+      const i = list.indexOf(s);
+      if (i >= 0) list.splice(i, 1);
+    }
+    this.metrics?.finish(reason);
+    s.out.push({ kind: "done", finish: reason, text: rest, promptTokens: s.req.prompt.length, completionTokens: s.generated, ...(error !== undefined ? { error } : {}) });
+  }
+
+  /** log-softmax of the raw logits at `id`, and the `top` most likely tokens. */
+  private logprobOf(logits: FloatArray, id: number, top: number): TokenLogprob {
+    let max = -Infinity;
+    for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
+    let sum = 0;
+    for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
+    const lse = max + Math.log(sum);
+    const best: number[] = [];
+    if (top > 0) {
+      // A running list of the `top` largest (top is small).
+      for (let i = 0; i < logits.length; i++) {
+        if (best.length === top && !(logits[i]! > logits[best[top - 1]!]!)) continue;
+        if (best.length === top) best.pop();
+        let j = best.length;
+        best.push(i);
+        while (j > 0 && logits[best[j - 1]!]! < logits[i]!) {
+          best[j] = best[j - 1]!;
+          j--;
+        }
+        best[j] = i;
+      }
+    }
+    const name = (t: number) => this.tokenizer.decode([t]);
+    return { token: name(id), logprob: logits[id]! - lse, top: best.map((t) => ({ token: name(t), logprob: logits[t]! - lse })) };
+  }
+}
+
+function positive(name: string, v: number): number {
+  if (!(Number.isInteger(v) && v >= 1)) throw new SigmaError(`${name} must be a positive integer, got ${v}`);
+  return v;
+}
+
+function nonNegative(name: string, v: number): number {
+  if (!(Number.isInteger(v) && v >= 0)) throw new SigmaError(`${name} must be a non-negative integer, got ${v}`);
+  return v;
+}
