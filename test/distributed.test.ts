@@ -313,7 +313,7 @@ mpiTest("a rank whose data shard is missing aborts the whole job with its messag
 
 // ---- Without MPI ----
 
-test("parallel.* must fit the ranks launched; an expert split that does not fit the model, a batch smaller than the ranks and the store are refused by name", async () => {
+test("parallel.* must fit the ranks launched; an expert split that does not fit the model, and a batch smaller than the ranks are refused by name", async () => {
   const data = await tinyData();
   const c = (extra: Record<string, unknown>) => parseTrainConfig({ ...tinyConfig(data, join(root, "p"), ROUTERS.rre!), ...extra });
   assert.deepEqual(parallelPlan(c({}), 4), { data: 4, expert: 1 });
@@ -326,7 +326,7 @@ test("parallel.* must fit the ranks launched; an expert split that does not fit 
   assert.throws(() => parallelPlan(c({ parallel: { expert: 3 } }), 4), /parallel\.expert = 3 does not divide them/);
   assert.throws(() => parallelPlan(c({ batchSize: 2 }), 4), /batchSize 2 .* cannot be split over 4/);
   assert.throws(() => parallelPlan(c({ batchSize: 2, parallel: { data: 1, expert: 4 } }), 4), /batchSize 2 .* cannot be split over 4 ranks/, "every rank takes rows, expert parallel or not");
-  assert.throws(() => parallelPlan(c({ store: { enabled: true } }), 2), /expert store .* does not run on several ranks/);
+  assert.deepEqual(parallelPlan(c({ store: { enabled: true }, parallel: { expert: 2 } }), 4), { data: 2, expert: 2 }, "ECSS runs per rank (test/ecss-ranks.test.ts)");
   assert.deepEqual(parallelPlan(c({ batchSize: 1, store: { enabled: true } }), 1), { data: 1, expert: 1 });
   assert.throws(() => parseTrainConfig({ ...tinyConfig(data, join(root, "p"), null), parallel: { data: 0 } }), /parallel\.data/);
 });

@@ -146,6 +146,8 @@ export async function train(config: TrainConfigInput | TrainConfig, o: TrainOpti
     if (path !== undefined && !existsSync(path)) throw new SigmaError(`${flag} ${path} does not exist`, `pass a checkpoint folder (a run's checkpoints/ gives its newest)${flag === "--init" ? " or a model .safetensors" : ""}`);
   }
   if (lead) prepareRunFolder(cfg, cfg.store.enabled ? storePath(cfg) : null, { resume: !!o.resume, overwrite: !!o.overwrite, flag: names.out, log });
+  // ECSS on several ranks: a fresh run's ranks may replace their stores inside out only once rank 0 has allowed the run there.
+  if (comm.size > 1 && cfg.store.enabled) comm.barrier();
 
   const resumedFrom = o.resume ? (o.resume === true ? runPaths(cfg.out).checkpoints : o.resume) : null;
   const t = resumedFrom !== null ? resumeTrainer(resumedFrom, cfg, comm) : new Trainer(cfg, o.init ? initModel(o.init, cfg) : undefined, comm);

@@ -98,6 +98,25 @@ export function exchangeRows(t: Tensor, comm: Communicator, sendRows: Int32Array
 export type LocalExperts = (xs: Tensor, offsets: Int32Array, expertOf: Int32Array) => Tensor;
 
 /**
+ * The owner's experts when they live in an expert store (ECSS per rank):
+ * the experts of the shard that received rows are compacted to 0 … U − 1
+ * (`weights` gets their store-local ids, ascending, and returns their
+ * weights), and the rows computed over those U. Experts without rows are
+ * neither read nor touched, as in one process.
+ */
+export function usedLocalExperts<W>(weights: (used: Int32Array) => W, ffn: (xs: Tensor, offsets: Int32Array, expertOf: Int32Array, w: W) => Tensor): LocalExperts {
+  return (xs, offsets, expertOf) => {
+    const count = offsets.length - 1;
+    const used: number[] = [];
+    const pos = new Int32Array(count);
+    for (let j = 0; j < count; j++) if (offsets[j + 1]! > offsets[j]!) pos[j] = used.push(j) - 1;
+    const compact = new Int32Array(used.length + 1);
+    used.forEach((j, i) => (compact[i + 1] = offsets[j + 1]!));
+    return ffn(xs, compact, expertOf.map((j) => pos[j]!), weights(Int32Array.from(used)));
+  };
+}
+
+/**
  * The expert outputs of this rank's kept assignments, computed on their
  * owners. `expertIds` are global ids (E = dropped), `rows`/`tokenOf` the kept
  * assignments sorted by global expert and their tokens (as permuteByExpert

@@ -18,7 +18,7 @@ import { activate, type Activation } from "../nn/activation.js";
 import * as ops from "../ops/index.js";
 import { Tensor } from "../tensor/tensor.js";
 import type { BatchSlice, Routing } from "./routing.js";
-import { expertParallelOutputs, type ExpertShard } from "./expert-parallel.js";
+import { expertParallelOutputs, usedLocalExperts, type ExpertShard } from "./expert-parallel.js";
 import { routerSpec, type RouterConfig } from "./routers/index.js";
 import type { RouterModule } from "./routers/router.js";
 
@@ -95,7 +95,7 @@ export class MoeLayer extends Module {
     const expert = { group: "expert" as const };
     this.layer = extra.layer;
     this.shard = extra.shard ?? null;
-    if (this.shard) {
+    if (this.shard && !extra.external) {
       // This rank's experts only; every expert is still drawn, in order, so each gets the values a one-process model gives it.
       const { first, count } = this.shard;
       const draw = (shape: [number, number, number], s: number) => {
@@ -163,7 +163,10 @@ export class MoeLayer extends Module {
   /** Expert parallel: the same, with each assignment computed on the rank that holds its expert. */
   private computeSharded(x: Tensor, routing: Routing): { y: Tensor; routing: Routing } {
     const { rows, tokenOf, expertOffsets } = this.sorted(routing, routing.expertIds, this.experts);
-    const ys = expertParallelOutputs(x, this.shard!, this.experts, expertOffsets, tokenOf, (xs, offsets, expertOf) => this.ffn(xs, offsets, expertOf, this));
+    // With ECSS the owner's experts come from its store (store-local ids), only those that received rows.
+    const bank = this.bank;
+    const local = bank ? usedLocalExperts((used) => bank.weights(this.layer, used), (xs, offsets, expertOf, wt) => this.ffn(xs, offsets, expertOf, wt)) : (xs: Tensor, offsets: Int32Array, expertOf: Int32Array) => this.ffn(xs, offsets, expertOf, this);
+    const ys = expertParallelOutputs(x, this.shard!, this.experts, expertOffsets, tokenOf, local);
     return { y: this.combine(x, ys, routing, rows, tokenOf), routing };
   }
 

@@ -84,6 +84,9 @@ export function openModelSource(path: string): ModelSource {
   const f = openCheckpointFolder(path);
   const state = readProvenance(f);
   // ECSS checkpoints keep the experts in their store; expert-parallel ones in per-rank shard files, assembled here.
+  if ((f.state as Record<string, unknown>).stores !== undefined) {
+    throw new SigmaError(`${f.path} keeps its experts in per-rank expert stores (ECSS on several ranks), which are not opened as one model`, "resume it on one process for a step (`sigma train --resume`: it gathers the experts into one store) and open that run's checkpoint, or convert that one with `sigma store convert --to ram`");
+  }
   const model = state.store ? modelFromStoreCheckpoint(f, state.store) : decodeCheckpointModel(f);
   let tokenizer: ModelSource["tokenizer"] = null;
   if (Object.hasOwn(f.state.files, TOKENIZER_FILE)) {

@@ -37,6 +37,7 @@ import { parseWithSchema } from "../util/json.js";
 import { parseTrainConfig, type TrainConfig } from "./config.js";
 import { learningRate } from "./schedule.js";
 import { Trainer, trainerShard } from "./trainer.js";
+import { StoreSetSchema, ownStore, rankIndexName, rankStorePath, rebuildStore, sameStores, type StoreSet, type StoreSource } from "./ecss-ranks.js";
 
 export const TRAIN_FORMAT = "sigma-train";
 export const TRAIN_VERSION = 1;
@@ -74,6 +75,8 @@ export const TrainStateSchema = z.object({
   experts: ShardManifestSchema.optional(),
   /** With an expert store: its file and id (experts.index refers to its records). */
   store: z.object({ path: z.string().min(1).max(4096), storeId: z.string().min(1).max(128) }).strict().optional(),
+  /** ECSS on several ranks: the layout and each rank's store id (experts-rank-RRRR.index refer to their records). */
+  stores: StoreSetSchema.optional(),
 });
 
 export type TrainState = Omit<z.infer<typeof TrainStateSchema>, "config"> & { config: TrainConfig };
@@ -117,7 +120,15 @@ function rreTables(model: PanguSigma): Record<string, string> {
  * whole, with every shard, or not at all.
  */
 export function saveTrainCheckpoint(t: Trainer, dir: string, keep = t.config.checkpoint.keep, onFile?: (name: string) => void): string {
-  const ep = t.expertParallel;
+  // ECSS on several ranks (src/train/ecss-ranks.ts): every rank's experts are in its own store, not in shard files.
+  const stores = t.ecss && t.comm.size > 1 ? gatherStores(t) : null;
+  if (stores && t.comm.rank > 0) {
+    // The store's new index becomes the protected one only once the checkpoint naming it is durable.
+    t.comm.broadcast(Int32Array.of(0), 0);
+    t.ecss!.committed();
+    return "";
+  }
+  const ep = t.ecss ? null : t.expertParallel;
   if (ep && t.comm.rank >= ep.layout.group.size) return "";
   const moments = new Map<string, { shape: number[]; data: StArray }>();
   for (const [name, { m, v }] of t.optimizer.moments()) {
@@ -162,7 +173,8 @@ export function saveTrainCheckpoint(t: Trainer, dir: string, keep = t.config.che
   ]);
   if (shard) files.set(shardFileName(0), shard.bytes);
   // ECSS: dirty experts go to the store (never into the slots the previous checkpoint names) and are fsynced first.
-  if (t.ecss) files.set("experts.index", t.ecss.flush());
+  if (t.ecss && !stores) files.set("experts.index", t.ecss.flush());
+  if (stores) stores.indexes.forEach((bytes, r) => files.set(rankIndexName(r), bytes));
   const state: Omit<TrainState, "files"> = {
     format: TRAIN_FORMAT,
     version: TRAIN_VERSION,
@@ -175,12 +187,34 @@ export function saveTrainCheckpoint(t: Trainer, dir: string, keep = t.config.che
     tokenizer: { sha256: t.tokenizerSha256, vocabSize: t.loader.manifest.tokenizer.vocabSize },
     rreTables: rreTables(t.model),
     ...(shard ? { experts: shard.manifest } : {}),
-    ...(t.ecss ? { store: { path: t.ecss.store.path, storeId: t.ecss.store.header.storeId } } : {}),
+    ...(t.ecss && !stores ? { store: { path: t.ecss.store.path, storeId: t.ecss.store.header.storeId } } : {}),
+    ...(stores ? { stores: stores.set } : {}),
   };
   const path = saveCheckpointFolder(dir, t.step, files, state as unknown as Record<string, unknown>, onFile, shard?.adopted);
+  if (stores) t.comm.broadcast(Int32Array.of(1), 0);
   t.ecss?.committed();
   pruneCheckpoints(dir, keep);
   return path;
+}
+
+/**
+ * ECSS on several ranks, at a checkpoint: every rank writes its dirty
+ * experts back and fsyncs its store; rank 0 gets every rank's index (all of
+ * the same size: every rank's store has the same layout) and store id.
+ */
+function gatherStores(t: Trainer): { indexes: Uint8Array[]; set: StoreSet } {
+  const index = t.ecss!.flush();
+  const all = t.comm.allgather(index);
+  const id = new Uint8Array(128);
+  id.set(new TextEncoder().encode(t.ecss!.store.header.storeId).subarray(0, 128));
+  const ids = t.comm.allgather(id);
+  const N = t.comm.size;
+  const plan = parallelPlan(t.config, N);
+  const text = (r: number): string => new TextDecoder().decode(ids.subarray(r * 128, (r + 1) * 128)).replace(/\0+$/, "");
+  return {
+    indexes: Array.from({ length: N }, (_, r) => all.subarray(r * index.length, (r + 1) * index.length)),
+    set: { data: plan.data, expert: plan.expert, experts: t.config.model.experts!.count, ids: Array.from({ length: N }, (_, r) => text(r)) },
+  };
 }
 
 /** Names the fields where two JSON values differ (for config-mismatch errors). */
@@ -211,15 +245,24 @@ export function resumeTrainer(path: string, config?: TrainConfig, comm?: Communi
   }
   const cfg = config ?? saved;
   const withStore = cfg.store.enabled;
-  if (withStore !== (s.store !== undefined)) {
+  const src: StoreSource | null = s.store ? { kind: "single", storeId: s.store.storeId } : s.stores ? { kind: "set", set: s.stores } : null;
+  if (withStore !== (src !== null)) {
     throw new SigmaError(
-      withStore ? `the checkpoint ${where} keeps its experts in RAM, but the config enables the expert store` : `the checkpoint ${where} keeps its experts in the store ${s.store!.path}, but the config does not enable the store`,
-      "convert the checkpoint between layouts with `sigma store convert`, or set store.enabled to match it",
+      withStore ? `the checkpoint ${where} keeps its experts in RAM, but the config enables the expert store` : `the checkpoint ${where} keeps its experts in ${s.store ? `the store ${s.store.path}` : `per-rank expert stores (${s.stores!.ids.length} ranks)`}, but the config does not enable the store`,
+      s.stores ? "set store.enabled (the stores are resharded to any number of ranks)" : "convert the checkpoint between layouts with `sigma store convert`, or set store.enabled to match it",
     );
   }
+  if (s.stores && s.stores.experts !== (cfg.model.experts?.count ?? 0)) throw new SigmaError(`${where}/state.json says ${s.stores.experts} experts per layer, the model config ${cfg.model.experts?.count ?? 0}`, "the checkpoint is damaged; use an earlier one");
   // Expert parallel (this run's layout or the checkpoint's): each rank reads its own experts, whatever layout wrote them.
   const manifest = shardManifest(folder);
-  const ep = comm && parallelPlan(cfg, comm.size).expert > 1 ? trainerShard(cfg, comm) : null;
+  const plan = parallelPlan(cfg, comm?.size ?? 1);
+  const ep = comm && plan.expert > 1 ? trainerShard(cfg, comm) : null;
+  // ECSS in another layout than the checkpoint's (src/train/ecss-ranks.ts): this rank's store is built anew from the checkpoint's stores.
+  const reshard = src !== null && !sameStores(src, plan);
+  if (reshard) {
+    const rank = comm?.rank ?? 0;
+    rebuildStore(cfg, folder, src, rankStorePath(cfg, plan, rank), ep ? ep.shard.first : 0, ep ? ep.shard.count : cfg.model.experts!.count);
+  }
   const model = decodeCheckpointModel(folder, { externalExperts: withStore, ...(ep ? { expertShard: ep.shard } : {}) });
   const modelDiff = diffFields(model.config, cfg.model);
   if (modelDiff.length) throw new SigmaError(`${where}/model.safetensors does not match the config in state.json: ${modelDiff.join("; ")}`, "the checkpoint is damaged; use an earlier one");
@@ -229,13 +272,15 @@ export function resumeTrainer(path: string, config?: TrainConfig, comm?: Communi
   }
   const t = new Trainer(cfg, model, comm);
   t.resumedPrecision = saved.precision;
-  if (t.ecss) {
+  // The same stores as the checkpoint's: each adopts its index (a rebuilt one already holds the checkpoint's records).
+  if (t.ecss && !reshard) {
+    const own = ownStore(src!, comm?.rank ?? 0);
     const id = t.ecss.store.header.storeId;
-    if (id !== s.store!.storeId) {
+    if (id !== own.storeId) {
       t.close();
-      throw new SigmaError(`the checkpoint ${where} was written with the expert store ${s.store!.storeId}, but ${t.ecss.store.path} is store ${id}`, "point store.path at the store this run wrote");
+      throw new SigmaError(`the checkpoint ${where} was written with the expert store ${own.storeId}, but ${t.ecss.store.path} is store ${id}`, "point store.path at the store this run wrote");
     }
-    t.ecss.restore(folder.read("experts.index"), join(where, "experts.index"));
+    t.ecss.restore(folder.read(own.index), join(where, own.index));
   }
   if (t.tokenizerSha256 !== s.tokenizer.sha256) {
     t.close();

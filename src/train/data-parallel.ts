@@ -51,9 +51,6 @@ export function parallelPlan(c: TrainConfig, ranks: number, source = "the train 
   if (ranks > 1 && c.batchSize < ranks) {
     throw new SigmaError(`batchSize ${c.batchSize} (${source}) cannot be split over ${ranks} ranks: each rank takes whole sequences of every micro-batch`, `raise batchSize to ${ranks} or more (use accumSteps to keep the same batch), or launch fewer ranks`);
   }
-  if (ranks > 1 && c.store.enabled) {
-    throw new SigmaError(`the expert store (store.enabled in ${source}) does not run on several ranks: a per-rank expert store is not built`, "train without the store on several ranks (parallel.expert splits the experts over the ranks instead), or on one process with it");
-  }
   return { data, expert };
 }
 

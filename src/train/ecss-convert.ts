@@ -37,6 +37,7 @@ function need(t: Map<string, StTensor>, name: string, source: string): StTensor 
 export function convertCheckpoint(src: string, to: "store" | "ram", outDir: string, storePath?: string): string {
   const folder = openCheckpointFolder(src);
   const s = readTrainState(folder);
+  if (s.stores) throw new SigmaError(`${folder.path} keeps its experts in per-rank expert stores (ECSS on ${s.stores.ids.length} ranks)`, "resume it on one process for a step (`sigma train --resume` gathers the experts into one store) and convert that run's checkpoint");
   if (s.experts) throw new SigmaError(`${folder.path} is an expert-parallel checkpoint (its experts are in ${s.experts.shards} per-rank shard files)`, "resume it on one process for a step (`sigma train --resume`, it reads every shard) and convert that run's checkpoint");
   const cfg = s.config;
   const c = cfg.model;

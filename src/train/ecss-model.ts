@@ -8,32 +8,43 @@ import { PanguSigma } from "../models/pangu-sigma.js";
 import { ExpertStoreFile, StoreBuilder } from "../store/file.js";
 import { tensorOffsets, type LayerLayout } from "../store/format.js";
 import { SigmaError } from "../util/errors.js";
+import type { ExpertShard } from "../moe/expert-parallel.js";
 
 export { statsPath } from "../store/tier.js";
 
-/** The store layout of a model config: one entry per sparse layer. */
-export function storeLayout(c: ModelConfig): LayerLayout[] {
+/**
+ * The store layout of a model config: one entry per sparse layer. `held`:
+ * experts per layer the store holds (expert parallel: a rank's shard of
+ * them, as store-local ids 0 … held − 1); default all of them.
+ */
+export function storeLayout(c: ModelConfig, held?: number): LayerLayout[] {
   const ex = c.experts;
   if (!ex || c.sparseLayers === 0) throw new SigmaError("an expert store needs a model with sparse layers", "set model.sparseLayers > 0 and model.experts, or turn store.enabled off");
-  return Array.from({ length: c.sparseLayers }, () => ({ experts: ex.count, width: c.width, expertWidth: ex.width ?? c.ffnWidth }));
+  return Array.from({ length: c.sparseLayers }, () => ({ experts: held ?? ex.count, width: c.width, expertWidth: ex.width ?? c.ffnWidth }));
 }
 
 /**
  * A fresh model whose experts go straight into a new store at `path` as the
  * init draws them: the full [E, …] tensors never exist in RAM, and the values
- * equal those of `new PanguSigma(config)` (same random stream).
+ * equal those of `new PanguSigma(config)` (same random stream). Expert
+ * parallel (`shard`): the model is this rank's, and the store holds only the
+ * shard's experts (expert `first + i` as record i); every expert is still
+ * drawn, so each gets the value one process gives it.
  */
-export function createModelWithStore(config: ModelConfig, path: string): { model: PanguSigma; store: ExpertStoreFile } {
-  const layout = storeLayout(config);
+export function createModelWithStore(config: ModelConfig, path: string, shard?: ExpertShard): { model: PanguSigma; store: ExpertStoreFile } {
+  const layout = storeLayout(config, shard?.count);
   const b = new StoreBuilder(path, layout);
+  const [first, count] = shard ? [shard.first, shard.count] : [0, config.experts?.count ?? 0];
   const model = new PanguSigma(config, "float32", {
     externalExperts: {
       onInit: (block, name, e, values) => {
+        if (e < first || e >= first + count) return;
         const l = block - config.denseLayers;
         const o = tensorOffsets(layout[l]!);
-        b.put(l, e, name === "w1" ? o.w1 : o.w2, values);
+        b.put(l, e - first, name === "w1" ? o.w1 : o.w2, values);
       },
     },
+    ...(shard ? { expertShard: shard } : {}),
   });
   return { model, store: b.finish() };
 }

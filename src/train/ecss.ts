@@ -27,8 +27,15 @@
  *
  * A checkpoint goes through the tier too (flush, committed, restore), with
  * the store's index saved beside the dense weights.
+ *
+ * On several ranks (src/train/ecss-ranks.ts) each rank's bank is its own
+ * store (expert parallel: its shard, as store-local ids); between 3 and 4,
+ * syncTouched makes every rank's touched set the whole batch's and sums
+ * those experts' gradients over the ranks that hold them.
  */
 import { backendFor } from "../backend/index.js";
+import { BucketedAllreduce } from "../comm/buckets.js";
+import type { Communicator } from "../comm/comm.js";
 import { isGradEnabled } from "../autograd/tape.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import type { ExpertBank, ExpertWeights } from "../moe/layer.js";
@@ -87,7 +94,8 @@ export class Ecss implements ExpertBank {
    * every read and write on the main thread, and no reading ahead).
    */
   constructor(store: ExpertStoreFile, readonly model: PanguSigma, budget: number, readAhead: boolean, worker = true) {
-    this.layout = storeLayout(model.config);
+    // Expert parallel: the store holds the rank's shard (store-local ids), like the model's layers.
+    this.layout = storeLayout(model.config, model.blocks.find((b) => b.moe)?.moe?.shard?.count);
     const have = JSON.stringify(store.header.layers);
     if (have !== JSON.stringify(this.layout)) {
       throw new SigmaError(`the expert store ${store.path} holds layers ${have}, the model needs ${JSON.stringify(this.layout)}`, "point store.path at the store made for this model, or start a fresh run (another out or store.path)");
@@ -132,7 +140,7 @@ export class Ecss implements ExpertBank {
       sc = { cap, b: [f(F), f(C)], g: [f(F), f(C)], w: null, wCap: 0 };
       this.scratch[layer] = sc;
     }
-    if (matrices && sc.wCap < U) {
+    if (matrices && (!sc.w || sc.wCap < U)) {
       sc.wCap = grow(sc.wCap);
       sc.w = [new Storage(new Float32Array(sc.wCap * F * C)), new Storage(new Float32Array(sc.wCap * F * C))];
     }
@@ -233,6 +241,38 @@ export class Ecss implements ExpertBank {
       });
     }
     this.leaves = [];
+  }
+
+  /**
+   * Several ranks (docs/distributed.md, ECSS per rank): after the step's
+   * last backward, makes the step's touched set `touched` (per sparse layer,
+   * store-local ids, ascending) — decided from the routing counts summed
+   * over every rank, so the same on every replica of this store's experts —
+   * the set of gradient buffers: an expert this rank's rows did not reach
+   * gets a zero gradient (and is read, to be updated). Then, with `comm`,
+   * sums exactly those gradients over its ranks, in the same order on
+   * every rank (layer, then expert), bucketed like the dense gradients.
+   * Returns the seconds spent in communication.
+   */
+  syncTouched(touched: Int32Array[], comm: Communicator | null): number {
+    const arrays: Float32Array[] = [];
+    let n = 0;
+    touched.forEach((es, l) => {
+      const o = tensorOffsets(this.layout[l]!);
+      for (const e of es) {
+        const r = this.tier.acquire(l, e, true);
+        const { g, isNew } = this.gradOf(l, e, r, o);
+        if (isNew) g.fill(0);
+        arrays.push(g);
+        n++;
+      }
+    });
+    // Every expert this rank computed on had tokens somewhere, so it is in the global set.
+    if (n !== this.grads.size) throw new Error(`ECSS: ${this.grads.size - n} expert(s) this rank computed on are outside the step's touched set`);
+    if (!comm || comm.size === 1 || arrays.length === 0) return 0;
+    const sum = new BucketedAllreduce(comm, arrays);
+    sum.finish();
+    return sum.commSeconds;
   }
 
   /**

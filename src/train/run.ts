@@ -217,7 +217,8 @@ async function trainLoop(t: Trainer, hooks: RunHooks, opts: RunOptions): Promise
     t.assertRanksInSync(`checkpoint at step ${t.step}`);
     lastCkptStep = t.step;
     // Expert parallel: the first expert group's ranks each write their shard of the experts.
-    const writes = log || (t.expertParallel !== null && t.comm.rank < t.expertParallel.layout.group.size);
+    // ECSS on several ranks: every rank flushes its own store and hands rank 0 its index.
+    const writes = log || (t.ecss !== null && t.comm.size > 1) || (t.expertParallel !== null && t.comm.rank < t.expertParallel.layout.group.size);
     if (!writes) return;
     const saved = saveTrainCheckpoint(t, paths.checkpoints);
     if (!log) return;

@@ -17,8 +17,8 @@ import { AdamW, clipScale, gradSquares, type TouchedExperts } from "../optim/ada
 import { ExpertStoreFile } from "../store/file.js";
 import { lockStore } from "../store/lock.js";
 import { parseBytes } from "../store/format.js";
-import { join } from "node:path";
 import { Ecss, createModelWithStore, expertsNeededAhead, knowsExpertsAhead } from "./ecss.js";
+import { rankStorePath } from "./ecss-ranks.js";
 import { existsSync } from "node:fs";
 import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
@@ -102,7 +102,8 @@ export class Trainer {
     const ep = plan.expert > 1 ? trainerShard(config, comm) : null;
     try {
       if (config.store.enabled) {
-        const path = storePath(config);
+        // Several ranks: each has a store of its own, holding its shard's experts (src/train/ecss-ranks.ts).
+        const path = rankStorePath(config, plan, comm.rank);
         this.releaseStore = lockStore(path);
         let store: ExpertStoreFile;
         if (model) {
@@ -113,8 +114,10 @@ export class Trainer {
           store = ExpertStoreFile.open(path);
         } else {
           // A fresh run would replace the store, and with it what every checkpoint of the run that wrote it needs.
-          if (existsSync(path)) throw new SigmaError(`the expert store ${path} already exists`, "resume the run that owns it (--resume), or give this run another out or store.path");
-          ({ model: this.model, store } = createModelWithStore(config.model, path));
+          // Several ranks with the default store.path: the rank stores inside out belong to the run in out, which a
+          // fresh run may replace only after prepareRunFolder allowed it (no checkpoints there, or --overwrite).
+          if (existsSync(path) && !(comm.size > 1 && config.store.path === null)) throw new SigmaError(`the expert store ${path} already exists`, "resume the run that owns it (--resume), or give this run another out or store.path");
+          ({ model: this.model, store } = createModelWithStore(config.model, path, ep?.shard));
         }
         const prefetch = config.store.prefetch && knowsExpertsAhead(this.model);
         this.ecss = new Ecss(store, this.model, parseBytes(config.store.memory), prefetch);
@@ -176,16 +179,23 @@ export class Trainer {
     return Int32Array.from(b.domain, (id) => this.domainIndex.get(id)!);
   }
 
-  /** The experts per sparse layer a step's batches need (the union over its micro-batches), for a router that knows them ahead (RRE). */
+  /**
+   * The experts per sparse layer a step's batches need (the union over its
+   * micro-batches), for a router that knows them ahead (RRE). Several ranks:
+   * this rank's rows' experts — expert parallel: those of its own shard, as
+   * store-local ids; the rest of the step's touched set is read when it is known.
+   */
   private needs(batches: Batch[]): Set<number>[] {
     const sets: Set<number>[] = [];
+    const shard = this.expertParallel?.shard;
     for (const b of batches) {
       const d = this.rowDomains(b);
       const perToken = new Int32Array(b.B * b.T);
       for (let r = 0; r < b.B; r++) perToken.fill(d[r]!, r * b.T, (r + 1) * b.T);
       expertsNeededAhead(this.model, b.x, perToken)!.forEach((s, l) => {
         const into = (sets[l] ??= new Set());
-        for (const e of s) into.add(e);
+        for (const e of s) if (!shard) into.add(e);
+        else if (e >= shard.first && e < shard.first + shard.count) into.add(e - shard.first);
       });
     }
     return sets;
@@ -220,7 +230,7 @@ export class Trainer {
     const E = c.model.experts?.count ?? 0;
     const counts = Array.from({ length: c.model.sparseLayers }, () => new Int32Array(E));
     const dropped = new Array<number>(c.model.sparseLayers).fill(0);
-    let loss = 0, lm = 0, balance = 0, z = 0, tokens = 0;
+    let loss = 0, lm = 0, balance = 0, z = 0, tokens = 0, ecssComm = 0;
     // Sections: where the step's time goes outside the kernels, when a profile runs (src/backend/profile.ts).
     section("zeroGrad", () => zeroGrad(params));
     if (this.expertParallel) this.expertParallel.shard.timing.seconds = 0;
@@ -268,10 +278,18 @@ export class Trainer {
         dropped[l] = v[5 + l * (E + 1)]!;
         for (let e = 0; e < E; e++) counts[l]![e] = v[6 + l * (E + 1) + e]!;
       }
+      // ECSS per rank: the step's touched experts follow from the whole batch's counts, so every replica of
+      // a store's experts touches the same ones; their gradients are summed over those replicas only.
+      if (this.ecss) {
+        const ep = this.expertParallel;
+        const [first, count] = ep ? [ep.shard.first, ep.shard.count] : [0, E];
+        const touched = counts.map((cs) => Int32Array.from({ length: count }, (_, i) => i).filter((i) => cs[first + i]! > 0));
+        ecssComm = this.ecss.syncTouched(touched, ep ? ep.layout.replicas : this.comm);
+      }
     }
     // Global-norm clipping over every gradient (with ECSS, the store's experts' too),
     // applied as a factor inside the optimizer's fused steps.
-    const gradNorm = section("gradNorm", () => Math.sqrt(this.gradSquares(params) + (this.ecss?.gradSquares() ?? 0)));
+    const gradNorm = section("gradNorm", () => Math.sqrt(this.gradSquares(params)));
     const gradScale = clipScale(gradNorm, c.optim.clip ?? Infinity);
     const lr = learningRate(this.schedule, this.step);
     section("optimizer", () => {
@@ -285,18 +303,20 @@ export class Trainer {
     const n = c.accumSteps;
     const D = devicesFor(c.model);
     const routing = counts.map((cs, l) => layerStats(cs, D, tokens, dropped[l]!));
-    return { step: this.step, loss: loss / n, lm: lm / n, balanceLoss: balance / n, zLoss: z / n, lr, gradNorm, tokens, seconds, commSeconds: (dp?.sync.commSeconds ?? 0) + (this.expertParallel?.shard.timing.seconds ?? 0), routing };
+    return { step: this.step, loss: loss / n, lm: lm / n, balanceLoss: balance / n, zLoss: z / n, lr, gradNorm, tokens, seconds, commSeconds: (dp?.sync.commSeconds ?? 0) + (this.expertParallel?.shard.timing.seconds ?? 0) + ecssComm, routing };
   }
 
   /**
-   * Σ g² over every gradient. Expert parallel: each expert counted once —
-   * the dense part is the same on every rank, the shards' parts are summed
-   * over the expert group (every replica group sums the same numbers).
+   * Σ g² over every gradient (with ECSS, the store's touched experts' too).
+   * Expert parallel: each expert counted once — the dense part is the same
+   * on every rank, the shards' parts are summed over the expert group
+   * (every replica group sums the same numbers).
    */
   private gradSquares(params: Tensor[]): number {
     const ep = this.expertParallel;
-    if (!ep) return gradSquares(params);
-    const shard = Float64Array.of(gradSquares(params.filter((p) => ep.params.has(p))));
+    const stored = this.ecss?.gradSquares() ?? 0;
+    if (!ep) return gradSquares(params) + stored;
+    const shard = Float64Array.of(gradSquares(params.filter((p) => ep.params.has(p))) + stored);
     ep.layout.group.allreduce(shard);
     return gradSquares(params.filter((p) => !ep.params.has(p))) + shard[0]!;
   }
@@ -350,5 +370,4 @@ export function trainerShard(config: TrainConfig, comm: Communicator): { layout:
   return { layout, shard: shardOf(layout.group, config.model.experts!.count) };
 }
 
-/** Where a run keeps its expert store. */
-export const storePath = (c: TrainConfig): string => c.store.path ?? join(c.out, "experts.sgxs");
+export { storePath } from "./ecss-ranks.js";
