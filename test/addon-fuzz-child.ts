@@ -335,7 +335,7 @@ export function fuzz(o: Options): Summary {
       return [a, `${T.name}(detached)`];
     }
     if (c === 2) return [pick<unknown>([new Float32Array(LEN), new Int16Array(LEN), kind === "u8" ? new Int8Array(LEN) : new Uint8Array(LEN), Buffer.alloc(LEN)]), "other typed array"];
-    if (c === 3) return [new T(new SharedArrayBuffer(LEN * T.BYTES_PER_ELEMENT)), `${T.name}(shared)`];
+    if (c === 3) return [new T(new SharedArrayBuffer(LEN * T.BYTES_PER_ELEMENT) as unknown as ArrayBuffer), `${T.name}(shared)`];
     if (c === 4) {
       const buf = resizable(LEN * 2, LEN * 2);
       const a = new T(buf);

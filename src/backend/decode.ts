@@ -9,21 +9,8 @@
  */
 import { getBackend } from "./index.js";
 import { loadNative } from "./native/index.js";
-import { groupsOf, rowElements, type StoredMatrix } from "./quant.js";
+import { groupsOf, rowElements, type DecodeKernels, type StoredMatrix } from "./quant.js";
 import { referenceDecode } from "./reference/decode.js";
-
-export interface DecodeKernels {
-  /** "reference", or "native/<path>" with the path the native kernels take now (avx512, avx2-fma, portable). */
-  readonly name: string;
-  /**
-   * y [R, N] (overwritten): for each expert e, the rows offsets[e] … offsets[e+1] − 1 of x [R, K]
-   * times expert e's weights (rows e·N … e·N + N − 1 of w): y[r, n] = Σ_k x[r, k]·w_e[n, k].
-   * A plain linear layer is E = 1, offsets [0, R]. R = offsets[E].
-   */
-  decodeMatmul(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: Int32Array, E: number, N: number, K: number): void;
-  /** out [w.rows, w.K] = the f32 weights of w. */
-  dequantize(out: Float32Array, w: StoredMatrix): void;
-}
 
 type Fn = (...args: unknown[]) => void;
 
@@ -84,4 +71,4 @@ export function checkStored(w: StoredMatrix, E: number, N: number, K: number): v
   if (bad) throw new RangeError(`stored weights: a ${w.format} matrix of ${w.rows}×${w.K} used as ${E}×${N}×${K}`);
 }
 
-export { referenceDecode };
+export { referenceDecode, type DecodeKernels };

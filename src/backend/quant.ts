@@ -59,6 +59,23 @@ export function storedBytes(m: StoredMatrix): number {
   return m.data.byteLength + (m.scales?.byteLength ?? 0) + (m.mins?.byteLength ?? 0);
 }
 
+/**
+ * The decode kernels' contract (implemented in ./decode.ts by the addon and
+ * in ./reference/decode.ts by the TypeScript twin).
+ */
+export interface DecodeKernels {
+  /** "reference", or "native/<path>" with the path the native kernels take now (avx512, avx2-fma, portable). */
+  readonly name: string;
+  /**
+   * y [R, N] (overwritten): for each expert e, the rows offsets[e] … offsets[e+1] − 1 of x [R, K]
+   * times expert e's weights (rows e·N … e·N + N − 1 of w): y[r, n] = Σ_k x[r, k]·w_e[n, k].
+   * A plain linear layer is E = 1, offsets [0, R]. R = offsets[E].
+   */
+  decodeMatmul(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: Int32Array, E: number, N: number, K: number): void;
+  /** out [w.rows, w.K] = the f32 weights of w. */
+  dequantize(out: Float32Array, w: StoredMatrix): void;
+}
+
 // ------------------------------------------------------------------ f16 and bf16 bits
 
 const f32 = new Float32Array(1);
@@ -248,7 +265,7 @@ export function weightAt(m: StoredMatrix, n: number, k: number): number {
 }
 
 /** out [rows, K] = the f32 weights of m (a new array unless `out` is given). */
-export function dequantize(m: StoredMatrix, out = new Float32Array(m.rows * m.K)): Float32Array {
+export function dequantize(m: StoredMatrix, out: Float32Array = new Float32Array(m.rows * m.K)): Float32Array {
   for (let n = 0; n < m.rows; n++) for (let k = 0; k < m.K; k++) out[n * m.K + k] = weightAt(m, n, k);
   return out;
 }

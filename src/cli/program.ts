@@ -1,7 +1,7 @@
 /**
  * The `sigma` command line as a function: `runCli(argv)` builds the program
  * (demo, train, eval, generate, data, tokenizer, balance, upcycle, extract,
- * import, store, tune, info), runs it and returns the exit code. Every error ends
+ * import, store, tune, quantize, info), runs it and returns the exit code. Every error ends
  * as one `sigma: …` line on stderr:
  *
  *   0   success
@@ -28,6 +28,7 @@ import { register as registerExtract } from "./extract.js";
 import { register as registerImport } from "./import.js";
 import { register as registerStore } from "./store.js";
 import { register as registerTune } from "./tune.js";
+import { register as registerQuantize } from "./quantize.js";
 import { tuneStatus, type TuneStatus } from "../backend/native/tune-cache.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
@@ -57,6 +58,7 @@ export function buildProgram(): Command {
   registerImport(program);
   registerStore(program);
   registerTune(program);
+  registerQuantize(program);
   program
     .command("info")
     .description("show the kernel backend in use, the CPU features it detected and the thread count")

@@ -5,8 +5,7 @@
  * store. The readable definition, the fallback without the addon, and the
  * oracle the native kernels are tested against (test/decode-kernels.test.ts).
  */
-import type { DecodeKernels } from "../decode.js";
-import { dequantize as dequantizeMatrix, groupsOf, rowElements, type StoredMatrix } from "../quant.js";
+import { dequantize as dequantizeMatrix, groupsOf, rowElements, type DecodeKernels, type StoredMatrix } from "../quant.js";
 import { checkOffsets, need } from "./check.js";
 
 function decodeMatmul(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: Int32Array, E: number, N: number, K: number): void {
