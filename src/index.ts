@@ -6,8 +6,10 @@
  *
  * The `sigma` command line is a thin layer over these functions.
  */
-export { openModel, Model, type GenerateOptions, type GeneratedPiece, type ParameterSummary, type ChatMessage } from "./api/model.js";
+export { openModel, Model, type GenerateOptions, type GeneratedPiece, type ParameterSummary, type ChatMessage, type OpenModelOptions } from "./api/model.js";
 export { serve, type ServeOptions, type SigmaServer, type ServerStats } from "./api/serve.js";
+export { quantize, type QuantizeOptions, type QuantizeResult } from "./api/quantize.js";
+export { WEIGHT_FORMATS, type WeightFormat } from "./backend/quant.js";
 export { train, type TrainOptions, type TrainResult, type TrainEvent } from "./api/train.js";
 export { evaluate, type EvaluateOptions, type EvaluateResult } from "./api/evaluate.js";
 export { upcycle, type UpcycleOptions, type UpcycleResult } from "./api/upcycle.js";

@@ -30,7 +30,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Rng } from "../src/util/rng.js";
 
-type Kind = "f32" | "idx" | "offsets" | "i32out" | "parts" | "dim" | "num" | "int" | "bool" | "path" | "iters" | "threads" | "tile" | "block" | "bf16path" | "tuning";
+type Kind = "f32" | "idx" | "offsets" | "i32out" | "parts" | "dim" | "num" | "int" | "bool" | "path" | "iters" | "threads" | "tile" | "block" | "bf16path" | "tuning" | "u8" | "i8" | "u16";
 
 const f = "f32" as const, d = "dim" as const, n = "num" as const, b = "bool" as const, i = "idx" as const;
 /** The argument kinds of every export this fuzz knows. An export missing here is still called (with random arguments) and reported in unknownExports. */
@@ -82,6 +82,17 @@ export const SIGNATURES: Record<string, Kind[]> = {
   setBf16Path: ["bf16path"],
   setGemmTuning: ["tuning"],
   gemmTuning: [],
+  // Decode kernels over stored weights (native/src/napi/quant_napi.cpp): data, offsets, E, N, K, then scales and mins.
+  decodeMatmulF32: [f, f, f, "offsets", d, d, d],
+  decodeMatmulBf16: [f, f, "u16", "offsets", d, d, d],
+  decodeMatmulF16: [f, f, "u16", "offsets", d, d, d],
+  decodeMatmulQ8: [f, f, "i8", "offsets", d, d, d, "u16"],
+  decodeMatmulQ4: [f, f, "u8", "offsets", d, d, d, "u16", "u16"],
+  dequantizeBf16: [f, "u16", d, d],
+  dequantizeF16: [f, "u16", d, d],
+  dequantizeQ8: [f, "i8", d, d, "u16"],
+  dequantizeQ4: [f, "u8", d, d, "u16", "u16"],
+  decodePath: [],
 };
 /** Where the grouped kernels take E (parts and offsets are sized from it). */
 const E_AT = 4;
@@ -216,6 +227,12 @@ export function fuzz(o: Options): Summary {
         return [pick(["auto", "avx512-12x32", "avx512-6x16", "avx2-6x16", "portable-6x16"] as const), "tile"];
       case "bf16path":
         return [pick(["auto", "converted-f32"] as const), "bf16path"];
+      case "u8":
+        return [Uint8Array.from({ length: LEN }, () => r(256)), "u8"];
+      case "i8":
+        return [Int8Array.from({ length: LEN }, () => r(256) - 128), "i8"];
+      case "u16":
+        return [Uint16Array.from({ length: LEN }, () => r(0x7c00)), "u16"];
       case "block": {
         const v = pick([0, 0, 1, 5, 13, 64, 512]);
         return [v, String(v)];
@@ -305,6 +322,28 @@ export function fuzz(o: Options): Summary {
       case 11: return [kind === "f32" ? pick(shared) : new Int32Array(new SharedArrayBuffer(4 * 64)), "shared"];
       default: return [kind === "f32" ? poolF32() : idxArray(4), "plain"];
     }
+  }
+
+  // A byte or 16-bit array of stored weights gone wrong: short, empty, detached, another element type, shared, not an array.
+  function hostileBytes(kind: "u8" | "i8" | "u16"): [unknown, string] {
+    const T = kind === "u8" ? Uint8Array : kind === "i8" ? Int8Array : Uint16Array;
+    const c = r(8);
+    if (c === 0) return [new T(r(16)), `${T.name}(short)`];
+    if (c === 1) {
+      const a = new T(64);
+      detach(a.buffer);
+      return [a, `${T.name}(detached)`];
+    }
+    if (c === 2) return [pick<unknown>([new Float32Array(LEN), new Int16Array(LEN), kind === "u8" ? new Int8Array(LEN) : new Uint8Array(LEN), Buffer.alloc(LEN)]), "other typed array"];
+    if (c === 3) return [new T(new SharedArrayBuffer(LEN * T.BYTES_PER_ELEMENT) as unknown as ArrayBuffer), `${T.name}(shared)`];
+    if (c === 4) {
+      const buf = resizable(LEN * 2, LEN * 2);
+      const a = new T(buf);
+      buf.resize(r(64));
+      return [a, `${T.name}(resizable)`];
+    }
+    if (c === 5) return [pick<unknown>([null, undefined, 0, "x", [1, 2], {}]), "not an array"];
+    return [new T(LEN), `${T.name}(zeros)`];
   }
 
   function hostileIdx(): [unknown, string] {
@@ -459,6 +498,10 @@ export function fuzz(o: Options): Summary {
         return ((v) => [v, describe(v)])(pick<unknown>(["AVX512-6x16", "avx512-12x32\0", "x".repeat(1000), "6x16", 1, null, undefined, {}, new String("auto")]));
       case "block":
         return ((v) => [v, describe(v)])(pick<unknown>([-1, 65537, 2 ** 31, 65536, 1.5, NaN, Infinity, "64", null, {}]));
+      case "u8":
+      case "i8":
+      case "u16":
+        return hostileBytes(kind);
       case "bf16path":
         return ((v) => [v, describe(v)])(pick<unknown>(["", "converted", "AUTO", "auto\0", "x".repeat(1000), 1, null, undefined, {}, new String("auto")]));
       case "tuning": {

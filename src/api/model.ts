@@ -12,7 +12,7 @@ import type { PanguSigma } from "../models/pangu-sigma.js";
 import { CHAT_STOPS, chatPrompt, ReplyTrimmer, type ChatMessage } from "../serve/chat.js";
 import { generateIds } from "../serve/generate.js";
 import { domainIndexOf, encodePrompt } from "../serve/prompt.js";
-import { openModelSource, type ModelSource, type RunSettings } from "../serve/open.js";
+import { openModelSource, type ModelSource, type OpenOptions, type RunSettings } from "../serve/open.js";
 import { StopMatcher } from "../serve/stop.js";
 import type { Tokenizer } from "../tokenizer/codec.js";
 import { sha256Hex, toHfJson } from "../tokenizer/hfjson.js";
@@ -162,11 +162,17 @@ export function writeModelFolder(out: string, step: number, model: PanguSigma, t
   return saveCheckpointFolder(out, step, files, { ...state, step, ...tok });
 }
 
+/** Options of openModel. */
+export type OpenModelOptions = OpenOptions;
+
 /**
  * Opens a saved model: a run folder (its newest checkpoint), a checkpoint
  * folder, an ECSS checkpoint (experts read from its store), an upcycled or
  * extracted model, or a model .safetensors with tokenizer.json beside it.
+ * `weights` ("bf16", "f16", "q8", "q4", "f32") converts its matrices for
+ * inference at load (docs/decode.md); a model so opened generates and
+ * evaluates, but cannot be trained.
  */
-export async function openModel(path: string): Promise<Model> {
-  return Model.fromSource(openModelSource(path));
+export async function openModel(path: string, opts: OpenModelOptions = {}): Promise<Model> {
+  return Model.fromSource(openModelSource(path, opts));
 }

@@ -1,7 +1,8 @@
 /**
  * The safetensors format: an 8-byte little-endian header length, a JSON
  * header {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {…}},
- * then the raw little-endian bytes. Sigma writes F32, F64 and I32 tensors.
+ * then the raw little-endian bytes. Sigma writes F32, F64 and I32 tensors,
+ * and for stored inference weights (docs/decode.md) BF16, F16, U8 and I8.
  *
  * Reading is strict (safetensorsHeader lists the rules): a damaged or hostile
  * file is a SigmaError naming the file and what is wrong, never a crash, a
@@ -12,8 +13,10 @@ import { SigmaError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
 import { jsonErrorText, parseJsonStrict, showJson } from "../util/strict-json.js";
 
-export type StDtype = "F32" | "F64" | "I32";
+export type StDtype = "F32" | "F64" | "I32" | "BF16" | "F16" | "U8" | "I8";
 export type StArray = Float32Array | Float64Array | Int32Array;
+/** The arrays of stored inference weights (BF16 and F16 as their 16-bit patterns). */
+export type StStoredArray = Uint16Array | Uint8Array | Int8Array;
 
 export interface StTensor {
   dtype: StDtype;
@@ -21,22 +24,35 @@ export interface StTensor {
   data: StArray;
 }
 
-const BYTES: Record<StDtype, number> = { F32: 4, F64: 8, I32: 4 };
+const BYTES: Record<StDtype, number> = { F32: 4, F64: 8, I32: 4, BF16: 2, F16: 2, U8: 1, I8: 1 };
+/** The dtypes decodeSafetensors reads: Sigma's three, and with `stored` the stored-weight ones too. */
+const PLAIN: ReadonlySet<string> = new Set(["F32", "F64", "I32"]);
 
-function dtypeOf(a: StArray): StDtype {
+function dtypeOf(a: StArray | StStoredArray): StDtype {
   if (a instanceof Float32Array) return "F32";
   if (a instanceof Float64Array) return "F64";
+  if (a instanceof Uint8Array) return "U8";
+  if (a instanceof Int8Array) return "I8";
+  if (a instanceof Uint16Array) throw new RangeError("safetensors: a Uint16Array needs its dtype (BF16 or F16)");
   return "I32";
 }
 
+/** A tensor to write: `dtype` is needed for 16-bit patterns (BF16 or F16), else it follows from the array. */
+export interface StWrite {
+  shape: number[];
+  data: StArray | StStoredArray;
+  dtype?: StDtype;
+}
+
 /** Serialises tensors (sorted by name, 8-byte aligned data) and string metadata. */
-export function encodeSafetensors(tensors: Map<string, { shape: number[]; data: StArray }>, metadata: Record<string, string> = {}): Uint8Array {
+export function encodeSafetensors(tensors: Map<string, StWrite>, metadata: Record<string, string> = {}): Uint8Array {
   const names = [...tensors.keys()].sort();
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   for (const name of names) {
     const t = tensors.get(name)!;
-    const dtype = dtypeOf(t.data);
+    const dtype = t.dtype ?? dtypeOf(t.data);
+    if (BYTES[dtype] !== t.data.BYTES_PER_ELEMENT) throw new RangeError(`safetensors: "${name}" is ${dtype} but its array has ${t.data.BYTES_PER_ELEMENT}-byte elements`);
     const n = t.shape.reduce((p, d) => p * d, 1);
     if (n !== t.data.length) throw new RangeError(`safetensors: "${name}" has ${t.data.length} values for shape [${t.shape}]`);
     const bytes = n * BYTES[dtype];
@@ -58,7 +74,7 @@ export function encodeSafetensors(tensors: Map<string, { shape: number[]; data: 
   return out;
 }
 
-export function writeSafetensors(path: string, tensors: Map<string, { shape: number[]; data: StArray }>, metadata: Record<string, string> = {}): void {
+export function writeSafetensors(path: string, tensors: Map<string, StWrite>, metadata: Record<string, string> = {}): void {
   writeFileAtomic(path, encodeSafetensors(tensors, metadata));
 }
 
@@ -177,20 +193,35 @@ export function safetensorsHeader(
   return { header: header as Record<string, unknown>, dataStart, entries, metadata };
 }
 
-/** Parses a safetensors buffer; every problem is reported with `source` (the file name). */
-export function decodeSafetensors(buf: Uint8Array, source: string): { tensors: Map<string, StTensor>; metadata: Record<string, string> } {
+/**
+ * Parses a safetensors buffer; every problem is reported with `source` (the
+ * file name). Sigma's F32, F64 and I32; with `opts.stored` (a model file
+ * that may hold stored inference weights) also BF16, F16 (as Uint16Array),
+ * U8 and I8, returned in `stored` apart from the others.
+ */
+export function decodeSafetensors(
+  buf: Uint8Array,
+  source: string,
+  opts: { stored?: boolean } = {},
+): { tensors: Map<string, StTensor>; metadata: Record<string, string>; stored: Map<string, { dtype: StDtype; shape: number[]; data: StStoredArray }> } {
   const { dataStart, entries, metadata } = safetensorsHeader(buf, source);
   const tensors = new Map<string, StTensor>();
+  const stored = new Map<string, { dtype: StDtype; shape: number[]; data: StStoredArray }>();
   for (const { name, dtype, shape, begin, end } of entries) {
-    if (!Object.hasOwn(BYTES, dtype)) invalid(source, `tensor ${JSON.stringify(name)} has dtype ${dtype}; Sigma reads F32, F64 and I32`);
+    if (!Object.hasOwn(BYTES, dtype) || (!opts.stored && !PLAIN.has(dtype))) invalid(source, `tensor ${JSON.stringify(name)} has dtype ${dtype}; Sigma reads F32, F64 and I32${opts.stored ? " (and BF16, F16, U8, I8 for stored weights)" : ""}`);
     const n = (end - begin) / BYTES[dtype as StDtype];
     // Copy into an aligned buffer (the data section need not be aligned in memory).
     const bytes = new Uint8Array(end - begin);
     bytes.set(buf.subarray(dataStart + begin, dataStart + end));
+    if (!PLAIN.has(dtype)) {
+      const data = dtype === "U8" ? bytes : dtype === "I8" ? new Int8Array(bytes.buffer, 0, n) : new Uint16Array(bytes.buffer, 0, n);
+      stored.set(name, { dtype: dtype as StDtype, shape, data });
+      continue;
+    }
     const data = dtype === "F32" ? new Float32Array(bytes.buffer, 0, n) : dtype === "F64" ? new Float64Array(bytes.buffer, 0, n) : new Int32Array(bytes.buffer, 0, n);
     tensors.set(name, { dtype: dtype as StDtype, shape, data });
   }
-  return { tensors, metadata };
+  return { tensors, metadata, stored };
 }
 
 /**
@@ -213,12 +244,12 @@ export function metadataInt(metadata: Record<string, string>, key: string, sourc
   return value;
 }
 
-export function readSafetensors(path: string): { tensors: Map<string, StTensor>; metadata: Record<string, string> } {
+export function readSafetensors(path: string, opts: { stored?: boolean } = {}): ReturnType<typeof decodeSafetensors> {
   let buf: Buffer;
   try {
     buf = readFileSync(path);
   } catch (e) {
     throw new SigmaError(`cannot read ${path}: ${(e as Error).message}`);
   }
-  return decodeSafetensors(buf, path);
+  return decodeSafetensors(buf, path, opts);
 }

@@ -1,7 +1,7 @@
 /**
  * The `sigma` command line as a function: `runCli(argv)` builds the program
  * (demo, train, eval, generate, data, tokenizer, balance, upcycle, extract,
- * import, store, tune, serve, chat, info), runs it and returns the exit code. Every error ends
+ * import, store, tune, quantize, serve, chat, info), runs it and returns the exit code. Every error ends
  * as one `sigma: …` line on stderr:
  *
  *   0   success
@@ -28,6 +28,7 @@ import { register as registerExtract } from "./extract.js";
 import { register as registerImport } from "./import.js";
 import { register as registerStore } from "./store.js";
 import { register as registerTune } from "./tune.js";
+import { register as registerQuantize } from "./quantize.js";
 import { tuneStatus, type TuneStatus } from "../backend/native/tune-cache.js";
 import { register as registerServe } from "./serve.js";
 
@@ -59,6 +60,7 @@ export function buildProgram(): Command {
   registerStore(program);
   registerTune(program);
   registerServe(program);
+  registerQuantize(program);
   program
     .command("info")
     .description("show the kernel backend in use, the CPU features it detected and the thread count")

@@ -3,6 +3,8 @@
  * of the library's train, evaluate and Model.generate (src/api/).
  */
 import type { Command } from "commander";
+import type { WeightFormat } from "../backend/quant.js";
+import { weightsOption } from "./quantize.js";
 import { train, type TrainResult } from "../api/train.js";
 import { evaluate } from "../api/evaluate.js";
 import { openModel } from "../api/model.js";
@@ -118,7 +120,7 @@ export function register(program: Command): void {
       world.finalize();
     });
 
-  program
+  const evalCmd = program
     .command("eval")
     .description("per-domain validation loss and perplexity of a checkpoint, against the unigram baseline (the run's own evaluation settings by default)")
     .requiredOption("--ckpt <path>", "checkpoint folder (or a run folder: its newest checkpoint)")
@@ -126,9 +128,10 @@ export function register(program: Command): void {
     .option("--batches <n>", "validation batches per domain (default: the run's eval.batches, else 8)", parseIntOpt("batches", 1, FLAG_LIMITS.batches))
     .option("--batch-size <n>", "sequences per batch (default: the run's batchSize, else 8)", parseIntOpt("batch-size", 1, FLAG_LIMITS.batchSize))
     .option("--seed <n>", "seed of the validation windows (default: the run's, else 1)", parseIntOpt("seed", 0, FLAG_LIMITS.seed))
-    .option("--json", "print JSON")
-    .action(async (o: { ckpt: string; data?: string; batches?: number; batchSize?: number; seed?: number; json?: boolean }) => {
-      const model = await openModel(o.ckpt);
+    .option("--json", "print JSON");
+  weightsOption(evalCmd)
+    .action(async (o: { ckpt: string; data?: string; batches?: number; batchSize?: number; seed?: number; json?: boolean; weights?: WeightFormat }) => {
+      const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
       const res = await evaluate(model, {
         ...(o.data !== undefined ? { data: o.data } : {}),
         ...(o.batches !== undefined ? { batches: o.batches } : {}),
@@ -142,7 +145,7 @@ export function register(program: Command): void {
       if (res.skipped.length) console.error(`not evaluated (fewer validation tokens than one sequence): ${res.skipped.join(", ")}`);
     });
 
-  program
+  const generateCmd = program
     .command("generate")
     .description("sample text from a checkpoint, streaming to stdout (KV-cache decoding)")
     .requiredOption("--ckpt <path>", "checkpoint folder, a run folder, or a model .safetensors with tokenizer.json beside it")
@@ -154,9 +157,10 @@ export function register(program: Command): void {
     .option("--top-p <p>", "nucleus: the most likely tokens up to this probability (1 = all)", parseNumOpt("top-p", 0, 1, { above: true }), 0.95)
     .option("--seed <n>", "sampling seed", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
     .option("--stop <text>", "stop before this text (repeat for several; the text is not printed)", (v: string, all: string[] = []) => [...all, v])
-    .option("--show-special", "print special tokens such as <|endoftext|> (hidden by default)")
-    .action(async (o: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; stop?: string[]; showSpecial?: boolean }) => {
-      const model = await openModel(o.ckpt);
+    .option("--show-special", "print special tokens such as <|endoftext|> (hidden by default)");
+  weightsOption(generateCmd)
+    .action(async (o: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; stop?: string[]; showSpecial?: boolean; weights?: WeightFormat }) => {
+      const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
       const t0 = performance.now();
       let n = 0;
       // The prompt is echoed once the first piece arrives: a refused option (a bad domain or stop string) prints nothing else.

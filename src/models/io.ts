@@ -11,6 +11,7 @@ import { modelRouter, parseModelConfig, type ModelConfig } from "./config.js";
 import { PanguSigma } from "./pangu-sigma.js";
 import type { ExpertShard } from "../moe/expert-parallel.js";
 import { EXPERT_TENSOR, ShardManifestSchema, withExperts, type ShardManifest } from "./shards.js";
+import { readStoredWeights } from "./quantize.js";
 import type { LoadedFolder } from "../checkpoint/folder.js";
 import { parseWithSchema } from "../util/json.js";
 
@@ -41,8 +42,8 @@ export function encodeModel(model: PanguSigma, opts: { denseOnly?: boolean } = {
 }
 
 export function loadModel(path: string): PanguSigma {
-  const { tensors, metadata } = readSafetensors(path);
-  return modelFromTensors(tensors, metadata, path);
+  const { tensors, metadata, stored } = readSafetensors(path, { stored: true });
+  return modelFromTensors(tensors, metadata, path, false, undefined, stored);
 }
 
 /**
@@ -51,8 +52,8 @@ export function loadModel(path: string): PanguSigma {
  * expert store (ECSS checkpoints), so it has no expert tensors.
  */
 export function decodeModel(bytes: Uint8Array, source: string, opts: { externalExperts?: boolean } = {}): PanguSigma {
-  const { tensors, metadata } = decodeSafetensors(bytes, source);
-  return modelFromTensors(tensors, metadata, source, opts.externalExperts ?? false);
+  const { tensors, metadata, stored } = decodeSafetensors(bytes, source, { stored: true });
+  return modelFromTensors(tensors, metadata, source, opts.externalExperts ?? false, undefined, stored);
 }
 
 /** state.json's expert-shard manifest (src/models/shards.ts), or undefined for a checkpoint that holds its experts whole. */
@@ -70,9 +71,9 @@ export function shardManifest(folder: LoadedFolder): ShardManifest | undefined {
  */
 export function decodeCheckpointModel(folder: LoadedFolder, opts: { externalExperts?: boolean; expertShard?: ExpertShard } = {}): PanguSigma {
   const source = `${folder.path}/model.safetensors`;
-  const { tensors, metadata } = decodeSafetensors(folder.read("model.safetensors"), source);
+  const { tensors, metadata, stored } = decodeSafetensors(folder.read("model.safetensors"), source, { stored: true });
   const manifest = shardManifest(folder);
-  if (!manifest && !opts.expertShard) return modelFromTensors(tensors, metadata, source, opts.externalExperts ?? false);
+  if (!manifest && !opts.expertShard) return modelFromTensors(tensors, metadata, source, opts.externalExperts ?? false, undefined, stored);
   const config = embeddedConfig(metadata, source);
   const range = opts.expertShard ?? { first: 0, count: config.experts?.count ?? 0 };
   if (manifest && manifest.experts !== config.experts?.count) throw new SigmaError(`${folder.path}/state.json says ${manifest.experts} experts per layer, the model config ${config.experts?.count ?? 0}`, "the checkpoint is damaged; use an earlier one");
@@ -119,15 +120,24 @@ const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.len
  * ModelConfigSchema; every tensor the config implies must be there with
  * exactly its dtype and shape, and nothing else may be.
  */
-export function modelFromTensors(tensors: Map<string, StTensor>, metadata: Record<string, string>, path: string, externalExperts = false, expertShard?: ExpertShard): PanguSigma {
+export function modelFromTensors(
+  tensors: Map<string, StTensor>,
+  metadata: Record<string, string>,
+  path: string,
+  externalExperts = false,
+  expertShard?: ExpertShard,
+  /** Stored inference weights (BF16, F16, U8, I8 tensors; src/models/quantize.ts), when the file has them. */
+  stored: Parameters<typeof readStoredWeights>[1] = new Map(),
+): PanguSigma {
   const config = embeddedConfig(metadata, path);
   if (metadata.experts === "sharded" && ![...tensors.keys()].some((n) => EXPERT_TENSOR.test(n))) {
     throw new SigmaError(`${path} holds the dense part of an expert-parallel checkpoint: its experts are in the experts-rank-*.safetensors files beside it`, "open the checkpoint folder instead (it assembles the shards)");
   }
   let held = 0;
   for (const t of tensors.values()) held += t.data.length;
+  for (const [n, t] of stored) held += t.data.length * (n.endsWith(".q4") ? 2 : 1); // a q4 byte holds two values
   const need = minModelValues(config, externalExperts, expertShard?.count);
-  if (need > held || config.denseLayers + config.sparseLayers > tensors.size) {
+  if (need > held || config.denseLayers + config.sparseLayers > tensors.size + stored.size) {
     throw new SigmaError(
       `${path}: its embedded config describes a model of at least ${need.toExponential(2)} values in ${config.denseLayers + config.sparseLayers} layers, but the file holds ${held} values in ${tensors.size} tensors`,
       "the file is damaged or its config was edited; use another copy",
@@ -136,8 +146,11 @@ export function modelFromTensors(tensors: Map<string, StTensor>, metadata: Recor
   const model = new PanguSigma(config, "float32", { ...(externalExperts ? { externalExperts: {} } : {}), ...(expertShard ? { expertShard } : {}) });
   const router = modelRouter(config);
   const expected = new Set<string>();
+  // Matrices stored in bf16/f16/q8/q4 (metadata "weights"): attached as they are, their f32 parameters dequantized.
+  const fromStored = readStoredWeights(model, stored, metadata.weights, path);
   for (const [name, p] of model.namedParameters()) {
     expected.add(name);
+    if (fromStored.has(name)) continue;
     const t = tensors.get(name);
     if (!t) throw new SigmaError(`${path}: tensor "${name}" is missing`, "the file does not match its config; it may come from another version");
     if (t.dtype !== "F32" || !sameShape(t.shape, p.tensor.shape)) {

@@ -12,6 +12,8 @@
  * comes from the config.
  */
 import * as ops from "../ops/index.js";
+import { storedEmbedding, storedGroupedMatmul, storedLinear } from "../ops/stored.js";
+import type { StoredMatrix } from "../backend/quant.js";
 import { Attention, newKVCache, type AttentionCache, type KVCache } from "../nn/attention.js";
 import { FeedForward, LayerNorm, type InitOptions } from "../nn/layers.js";
 import { Module } from "../nn/module.js";
@@ -172,6 +174,8 @@ export class PanguSigma extends Module {
   private forwards = 0;
   /** Recompute each block's activations during backward instead of keeping them (training only). */
   recompute = false;
+  /** Inference only: the tied embedding table (tokenEmbedding) in a stored format (src/models/quantize.ts), read by the lookups and the output projection. */
+  storedOutput: StoredMatrix | null = null;
 
   /**
    * `opts.externalExperts`: the sparse layers' experts live in an expert store
@@ -246,7 +250,8 @@ export class PanguSigma extends Module {
     // Dropout in training mode only (evaluation, extraction and generation call eval(); decoding has a cache).
     const dropout: DropoutSpec | null = this.training && c.dropout > 0 && !cache ? { p: c.dropout, seed: input.dropoutSeed ?? this.forwards++, skipRows: slice?.offset ?? 0, rows: R } : null;
 
-    let h = ops.add(ops.embedding(this.tokenEmbedding, embedIds, [B, T]), ops.embedding(this.positionEmbedding, posIds, [B, T]));
+    const tokenRows = this.storedOutput ? storedEmbedding(this.storedOutput, embedIds, [B, T]) : ops.embedding(this.tokenEmbedding, embedIds, [B, T]);
+    let h = ops.add(tokenRows, ops.embedding(this.positionEmbedding, posIds, [B, T]));
     const routings: Routing[] = [];
     let aux: Tensor | null = null;
     this.blocks.forEach((block, l) => {
@@ -269,12 +274,13 @@ export class PanguSigma extends Module {
    */
   decode(h: Tensor, slotOf: Int32Array): Tensor {
     const c = this.config;
-    if (c.embeddingSlots === 1) return ops.linear(h, this.tokenEmbedding, null, this.precision);
+    if (c.embeddingSlots === 1) return this.storedOutput ? storedLinear(h, this.storedOutput, null) : ops.linear(h, this.tokenEmbedding, null, this.precision);
     const { order, offsets } = ops.permuteByExpert(slotOf, c.embeddingSlots);
     const inverse = new Int32Array(order.length);
     order.forEach((r, p) => (inverse[r] = p));
     const tables = ops.reshape(this.tokenEmbedding, [c.embeddingSlots, c.vocabSize, c.width]);
-    const sorted = ops.groupedMatmul(ops.gatherRows(h, order), tables, offsets, true, this.precision);
+    const rows = ops.gatherRows(h, order);
+    const sorted = this.storedOutput ? storedGroupedMatmul(rows, this.storedOutput, offsets, c.embeddingSlots, c.vocabSize, c.width) : ops.groupedMatmul(rows, tables, offsets, true, this.precision);
     return ops.gatherRows(sorted, inverse);
   }
 

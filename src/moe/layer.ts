@@ -16,6 +16,8 @@ import { Module } from "../nn/module.js";
 import { FeedForward, type InitOptions } from "../nn/layers.js";
 import { activate, type Activation } from "../nn/activation.js";
 import * as ops from "../ops/index.js";
+import { storedGroupedMatmul } from "../ops/stored.js";
+import type { StoredMatrix } from "../backend/quant.js";
 import { Tensor } from "../tensor/tensor.js";
 import type { BatchSlice, Routing } from "./routing.js";
 import { expertParallelOutputs, usedLocalExperts, type ExpertShard } from "./expert-parallel.js";
@@ -76,6 +78,8 @@ export class MoeLayer extends Module {
   bank: ExpertBank | null = null;
   /** Expert parallel (src/moe/expert-parallel.ts): w1…b2 hold only this rank's experts; the others are on the group's other ranks. */
   readonly shard: ExpertShard | null;
+  /** Inference only: w1 and w2 in a stored format (src/models/quantize.ts), read instead of the f32 ones. */
+  stored: { w1: StoredMatrix; w2: StoredMatrix } | null = null;
 
   constructor(
     readonly width: number,
@@ -182,10 +186,20 @@ export class MoeLayer extends Module {
 
   /** The experts' FFNs over rows xs [n, C] sorted by expert (expertOf: each row's expert in wt). */
   private ffn(xs: Tensor, offsets: Int32Array, expertOf: Int32Array, wt: ExpertWeights): Tensor {
+    if (this.stored && wt === this) return this.storedFfn(xs, offsets, expertOf);
     let h = ops.groupedMatmul(xs, wt.w1, offsets, true, this.precision);
     h = activate(ops.add(h, ops.gatherRows(wt.b1, expertOf)), this.activation);
     const ys = ops.groupedMatmul(h, wt.w2, offsets, true, this.precision);
     return ops.add(ys, ops.gatherRows(wt.b2, expertOf));
+  }
+
+  /** ffn over the stored experts: all experts of the step in one decode call per matrix. */
+  private storedFfn(xs: Tensor, offsets: Int32Array, expertOf: Int32Array): Tensor {
+    const [C, F, E] = [this.width, this.expertWidth, this.experts];
+    let h = storedGroupedMatmul(xs, this.stored!.w1, offsets, E, F, C);
+    h = activate(ops.add(h, ops.gatherRows(this.b1, expertOf)), this.activation);
+    const ys = storedGroupedMatmul(h, this.stored!.w2, offsets, E, C, F);
+    return ops.add(ys, ops.gatherRows(this.b2, expertOf));
   }
 
   /** Weighs the expert outputs ys (the kept assignments `rows`, in order) and adds them to their tokens; plus the shared experts. */

@@ -1,5 +1,7 @@
 /** The basic layers: Linear, LayerNorm, the FastGeLU FFN. */
 import * as ops from "../ops/index.js";
+import { storedLinear } from "../ops/stored.js";
+import type { StoredMatrix } from "../backend/quant.js";
 import { activate, type Activation } from "./activation.js";
 import { Tensor } from "../tensor/tensor.js";
 import type { DType } from "../tensor/dtype.js";
@@ -17,6 +19,8 @@ export interface InitOptions {
 export class Linear extends Module {
   readonly weight: Tensor;
   readonly bias: Tensor | null;
+  /** Inference only: the weight in a stored format (src/models/quantize.ts); forward then reads it instead of `weight`. */
+  stored: StoredMatrix | null = null;
   constructor(readonly inFeatures: number, readonly outFeatures: number, init: InitOptions, bias = true) {
     super();
     const dtype = init.dtype ?? "float32";
@@ -24,6 +28,7 @@ export class Linear extends Module {
     this.bias = bias ? this.param("bias", Tensor.zeros([outFeatures], dtype)) : null;
   }
   forward(x: Tensor): Tensor {
+    if (this.stored) return storedLinear(x, this.stored, this.bias);
     return ops.linear(x, this.weight, this.bias, this.precision);
   }
 }

@@ -27,6 +27,8 @@ import type { Tokenizer } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
 import { readRegularFile } from "../util/read.js";
 import { modelFromStoreCheckpoint } from "./load-store.js";
+import { quantizeModel } from "../models/quantize.js";
+import type { WeightFormat } from "../backend/quant.js";
 
 const MODEL_FILE = "model.safetensors";
 const TOKENIZER_FILE = "tokenizer.json";
@@ -71,8 +73,23 @@ function bareModelFile(path: string): string | null {
   return null;
 }
 
-/** Opens whatever `path` names (see the file comment). */
-export function openModelSource(path: string): ModelSource {
+export interface OpenOptions {
+  /**
+   * Weights for inference (docs/decode.md): the matrices converted to this
+   * format at load, read by the decode kernels. A file written by `sigma
+   * quantize` opens in its own format unless another is asked for.
+   */
+  weights?: WeightFormat;
+}
+
+/** Opens whatever `path` names (see the file comment), its weights converted when `opts.weights` says so. */
+export function openModelSource(path: string, opts: OpenOptions = {}): ModelSource {
+  const src = openSource(path);
+  if (opts.weights) quantizeModel(src.model, opts.weights);
+  return src;
+}
+
+function openSource(path: string): ModelSource {
   if (!existsSync(path)) throw new SigmaError(`${path} does not exist`, "pass a checkpoint folder (a run folder gives its newest checkpoint) or a model .safetensors file");
   const file = bareModelFile(path);
   if (file !== null) {

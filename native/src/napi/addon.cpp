@@ -1,6 +1,6 @@
 // The addon's entry point: registers every kernel wrapper and the thread and
-// CPU-feature controls. The wrappers themselves live in gemm_napi.cpp and
-// kernels_napi.cpp; they validate and forward, and contain no math.
+// CPU-feature controls. The wrappers themselves live in gemm_napi.cpp,
+// kernels_napi.cpp and quant_napi.cpp; they validate and forward, and contain no math.
 #include <napi.h>
 
 #include <cstdlib>
@@ -16,6 +16,7 @@
 namespace sigma_napi {
 void InitGemm(Napi::Env env, Napi::Object exports);
 void InitKernels(Napi::Env env, Napi::Object exports);
+void InitQuant(Napi::Env env, Napi::Object exports);
 }  // namespace sigma_napi
 
 namespace {
@@ -119,6 +120,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   sigma_napi::Export(env, exports, "cpuInfo", CpuInfo);
   sigma_napi::InitGemm(env, exports);
   sigma_napi::InitKernels(env, exports);
+  sigma_napi::InitQuant(env, exports);
   return exports;
 }
 

@@ -1,0 +1,274 @@
+// The decode product over stored weights (quant.h): the driver that splits
+// output rows over threads, the portable row kernel, the scalar definition
+// of each format, f16 conversion, and dequantization for prefill.
+//
+// Decoding reads every weight once per token and does two flops with it per
+// row of x, so it is bound by memory bandwidth: the driver's job is to keep
+// each thread streaming its own contiguous share of the weight rows (experts
+// of one step together, so that one region covers a whole MoE layer), and
+// the row kernels' job is to turn the stored bytes into f32 weights faster
+// than memory delivers them.
+#include <algorithm>
+#include <cstring>
+
+#include "cpu.h"
+#include "quant.h"
+#include "threadpool.h"
+
+namespace sigma {
+
+// ------------------------------------------------------------------ f16
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t man = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000 | (man << 13);  // infinity, NaN (payload kept)
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);  // rebias 15 → 127
+  } else if (man == 0) {
+    bits = sign;
+  } else {
+    // Subnormal: man · 2^-24, normalised.
+    int e = 113;
+    while (!(man & 0x400)) {
+      man <<= 1;
+      --e;
+    }
+    bits = sign | (static_cast<uint32_t>(e) << 23) | ((man & 0x3ff) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t float_to_half(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+  const uint32_t ax = x & 0x7fffffff;
+  if (ax > 0x7f800000) return sign | 0x7e00 | static_cast<uint16_t>((ax >> 13) & 0x3ff);  // NaN stays NaN (quiet)
+  if (ax >= 0x477ff000) return sign | 0x7c00;  // ≥ 65520 (or infinity) rounds to infinity
+  if (ax < 0x33000000) return sign;            // < 2^-25 rounds to zero (2^-25 itself ties to even: zero)
+  if (ax < 0x38800000) {
+    // A half subnormal: round(value / 2^-24) to nearest even.
+    const uint32_t e = ax >> 23, m = (ax & 0x7fffff) | 0x800000;
+    const uint32_t shift = 126 - e;  // 14 … 24
+    uint32_t r = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (r & 1))) ++r;
+    return sign | static_cast<uint16_t>(r);
+  }
+  const uint32_t r = ax - 0x38000000;  // exponent rebias 127 → 15
+  uint32_t h = r >> 13;
+  const uint32_t rem = r & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) ++h;  // a carry into the exponent is right
+  return sign | static_cast<uint16_t>(h);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+bool cpu_has_f16c() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("f16c");
+}
+#else
+bool cpu_has_f16c() { return false; }
+#endif
+
+// ------------------------------------------------------------------ the formats
+
+int64_t quant_row_elements(WeightFormat f, int64_t K) {
+  switch (f) {
+    case WeightFormat::kQ8: return quant_groups(K) * kQuantGroup;
+    case WeightFormat::kQ4: return quant_groups(K) * kQuantGroup / 2;
+    default: return K;
+  }
+}
+
+namespace {
+
+int64_t element_bytes(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kF32: return 4;
+    case WeightFormat::kBf16:
+    case WeightFormat::kF16: return 2;
+    default: return 1;
+  }
+}
+
+// The matrix starting `row0` rows further.
+QuantMatrix offset_rows(const QuantMatrix& w, int64_t K, int64_t row0) {
+  QuantMatrix o = w;
+  o.data = static_cast<const uint8_t*>(w.data) + row0 * quant_row_elements(w.format, K) * element_bytes(w.format);
+  if (w.scales) o.scales = w.scales + row0 * quant_groups(K);
+  if (w.mins) o.mins = w.mins + row0 * quant_groups(K);
+  return o;
+}
+
+inline float bf16_to_float(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Elements k0 … k0 + cnt − 1 of row n (k0 a multiple of 32, cnt ≤ 32), as f32.
+void dequant_group(const QuantMatrix& w, int64_t K, int64_t n, int64_t k0, int64_t cnt, float* out) {
+  const int64_t stride = quant_row_elements(w.format, K);
+  switch (w.format) {
+    case WeightFormat::kF32: {
+      const float* p = static_cast<const float*>(w.data) + n * stride + k0;
+      for (int64_t i = 0; i < cnt; ++i) out[i] = p[i];
+      break;
+    }
+    case WeightFormat::kBf16: {
+      const uint16_t* p = static_cast<const uint16_t*>(w.data) + n * stride + k0;
+      for (int64_t i = 0; i < cnt; ++i) out[i] = bf16_to_float(p[i]);
+      break;
+    }
+    case WeightFormat::kF16: {
+      const uint16_t* p = static_cast<const uint16_t*>(w.data) + n * stride + k0;
+      for (int64_t i = 0; i < cnt; ++i) out[i] = half_to_float(p[i]);
+      break;
+    }
+    case WeightFormat::kQ8: {
+      const int8_t* p = static_cast<const int8_t*>(w.data) + n * stride + k0;
+      const float d = half_to_float(w.scales[n * quant_groups(K) + k0 / kQuantGroup]);
+      for (int64_t i = 0; i < cnt; ++i) out[i] = d * static_cast<float>(p[i]);
+      break;
+    }
+    case WeightFormat::kQ4: {
+      const uint8_t* p = static_cast<const uint8_t*>(w.data) + n * stride + k0 / 2;
+      const int64_t g = n * quant_groups(K) + k0 / kQuantGroup;
+      const float d = half_to_float(w.scales[g]), m = half_to_float(w.mins[g]);
+      for (int64_t i = 0; i < cnt; ++i) {
+        const int q = i < 16 ? (p[i] & 15) : (p[i - 16] >> 4);
+        out[i] = d * static_cast<float>(q) + m;  // d·q is exact: one rounding, as an FMA's
+      }
+      break;
+    }
+  }
+}
+
+}  // namespace
+
+float quant_weight(const QuantMatrix& w, int64_t K, int64_t n, int64_t k) {
+  float g[kQuantGroup];
+  const int64_t k0 = k - k % kQuantGroup;
+  dequant_group(w, K, n, k0, std::min<int64_t>(kQuantGroup, K - k0), g);
+  return g[k - k0];
+}
+
+// ------------------------------------------------------------------ portable row kernel
+
+void decode_rows_portable(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K,
+                          int64_t n0, int64_t n1) {
+  float wv[kQuantGroup];
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t r0 = 0; r0 < R; r0 += 8) {
+      const int64_t rc = std::min<int64_t>(8, R - r0);
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t k0 = 0; k0 < K; k0 += kQuantGroup) {
+        const int64_t cnt = std::min<int64_t>(kQuantGroup, K - k0);
+        dequant_group(w, K, n, k0, cnt, wv);
+        for (int64_t r = 0; r < rc; ++r) {
+          const float* xr = x + (r0 + r) * K + k0;
+          float s = 0;
+          for (int64_t i = 0; i < cnt; ++i) s += wv[i] * xr[i];
+          acc[r] += s;
+        }
+      }
+      for (int64_t r = 0; r < rc; ++r) y[(r0 + r) * ldy + n] = acc[r];
+    }
+  }
+}
+
+// ------------------------------------------------------------------ driver
+
+namespace {
+
+using RowKernel = void (*)(const QuantMatrix&, float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t);
+
+RowKernel row_kernel() {
+  static const bool f16c = cpu_has_f16c();
+  if (f16c && use_avx512()) return decode_rows_avx512;
+  if (f16c && use_avx2()) return decode_rows_avx2;
+  return decode_rows_portable;
+}
+
+struct DecodeJob {
+  const QuantMatrix* w;
+  float* y;
+  const float* x;
+  const int32_t* offsets;
+  int64_t E, N, K, active;
+  RowKernel kernel;
+};
+
+// Thread t's share: items [b0, b1) of the active experts' output rows laid end to end.
+void decode_share(const DecodeJob& j, int t, int nth) {
+  const int64_t total = j.active * j.N;
+  auto bound = [&](int i) -> int64_t {
+    if (i >= nth) return total;
+    return (total * i / nth) & ~int64_t{15};  // multiples of 16 rows: whole tiles, whole lines of y
+  };
+  const int64_t b0 = bound(t), b1 = bound(t + 1);
+  if (b0 >= b1) return;
+  int64_t a = 0;  // index among the active experts
+  for (int64_t e = 0; e < j.E; ++e) {
+    const int64_t r0 = j.offsets[e], R = j.offsets[e + 1] - r0;
+    if (R <= 0) continue;
+    const int64_t lo = std::max<int64_t>(b0 - a * j.N, 0), hi = std::min<int64_t>(b1 - a * j.N, j.N);
+    ++a;
+    if (lo >= hi) {
+      if (a * j.N >= b1) break;
+      continue;
+    }
+    const QuantMatrix we = offset_rows(*j.w, j.K, e * j.N);
+    j.kernel(we, j.y + r0 * j.N, j.N, j.x + r0 * j.K, R, j.K, lo, hi);
+  }
+}
+
+}  // namespace
+
+const char* decode_path_name() {
+  const RowKernel k = row_kernel();
+  return k == decode_rows_avx512 ? "avx512" : k == decode_rows_avx2 ? "avx2-fma" : "portable";
+}
+
+void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t* offsets, int64_t E, int64_t N,
+                   int64_t K) {
+  const int64_t R = offsets[E];
+  if (R == 0 || N == 0) return;
+  if (K == 0) {
+    std::fill(y, y + R * N, 0.f);
+    return;
+  }
+  int64_t active = 0;
+  for (int64_t e = 0; e < E; ++e) active += offsets[e + 1] > offsets[e];
+  const DecodeJob job{&w, y, x, offsets, E, N, K, active, row_kernel()};
+  // Enough weight bytes per thread that waking one pays: 64 KiB (a thread
+  // streams that in a few microseconds).
+  const int64_t bytes = active * N * quant_row_elements(w.format, K) * element_bytes(w.format);
+  const int64_t by_bytes = std::max<int64_t>(1, bytes / (64 << 10));
+  const int64_t by_rows = std::max<int64_t>(1, active * N / 16);
+  const int nth = static_cast<int>(std::min<int64_t>({num_threads(), by_bytes, by_rows}));
+  const DecodeJob* jp = &job;  // one pointer captured: the std::function holds it without allocating
+  parallel_run([jp](int t, int n) { decode_share(*jp, t, n); }, nth);
+}
+
+void dequantize(const QuantMatrix& w, float* out, int64_t rows, int64_t K) {
+  if (rows == 0 || K == 0) return;
+  const QuantMatrix* wp = &w;
+  parallel_for(rows, grain_for(K, 1 << 16), [wp, out, K](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t k0 = 0; k0 < K; k0 += kQuantGroup) {
+        dequant_group(*wp, K, n, k0, std::min<int64_t>(kQuantGroup, K - k0), out + n * K + k0);
+      }
+    }
+  });
+}
+
+}  // namespace sigma

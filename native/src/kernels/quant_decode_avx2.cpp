@@ -1,0 +1,190 @@
+// AVX2 row kernel of the decode product (quant.h), for CPUs with AVX2, FMA
+// and F16C but no AVX-512: the AVX-512 kernel's scheme (quant_decode_avx512.cpp)
+// with half the lanes. The unit is half a group, 16 inputs as two ymm of f32
+// weights; with 16 registers, a tile of NR weight rows × RC rows of x keeps
+// NR·RC accumulators, 2·NR weight vectors and two of x: NR = 4 for one row
+// of x, 2 for two to four, 1 beyond.
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "quant.h"
+
+namespace sigma {
+namespace {
+
+struct Row {
+  const uint8_t* p;
+  const uint16_t* s;
+  const uint16_t* m;
+};
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// Unit u: inputs 16u … 16u + 15 (group u/2, its first or second half).
+struct F32U {
+  static constexpr int kBytes = 64;  // stored bytes per unit
+  static inline void load(const Row& r, int64_t u, __m256& a, __m256& b) {
+    const float* p = reinterpret_cast<const float*>(r.p) + u * 16;
+    a = _mm256_loadu_ps(p);
+    b = _mm256_loadu_ps(p + 8);
+  }
+};
+struct Bf16U {
+  static constexpr int kBytes = 32;
+  static inline void load(const Row& r, int64_t u, __m256& a, __m256& b) {
+    const __m128i* p = reinterpret_cast<const __m128i*>(r.p + u * 32);
+    a = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p)), 16));
+    b = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p + 1)), 16));
+  }
+};
+struct F16U {
+  static constexpr int kBytes = 32;
+  static inline void load(const Row& r, int64_t u, __m256& a, __m256& b) {
+    const __m128i* p = reinterpret_cast<const __m128i*>(r.p + u * 32);
+    a = _mm256_cvtph_ps(_mm_loadu_si128(p));
+    b = _mm256_cvtph_ps(_mm_loadu_si128(p + 1));
+  }
+};
+struct Q8U {
+  static constexpr int kBytes = 16;
+  static inline void load(const Row& r, int64_t u, __m256& a, __m256& b) {
+    const uint8_t* p = r.p + u * 16;
+    const __m256 d = _mm256_set1_ps(h2f(r.s[u >> 1]));
+    a = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))), d);
+    b = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8)))), d);
+  }
+};
+struct Q4U {
+  static constexpr int kBytes = 8;
+  static inline void load(const Row& r, int64_t u, __m256& a, __m256& b) {
+    const int64_t g = u >> 1;
+    const uint8_t* p = r.p + g * 16;  // the group's 16 bytes: the first half in the low nibbles, the second in the high
+    const __m256 d = _mm256_set1_ps(h2f(r.s[g])), m = _mm256_set1_ps(h2f(r.m[g]));
+    __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8)));
+    if (u & 1) {
+      v0 = _mm256_srli_epi32(v0, 4);
+      v1 = _mm256_srli_epi32(v1, 4);
+    } else {
+      const __m256i low = _mm256_set1_epi32(15);
+      v0 = _mm256_and_si256(v0, low);
+      v1 = _mm256_and_si256(v1, low);
+    }
+    a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v0), d, m);
+    b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v1), d, m);
+  }
+};
+
+inline int64_t elem_bytes(WeightFormat f) {
+  return f == WeightFormat::kF32 ? 4 : (f == WeightFormat::kBf16 || f == WeightFormat::kF16) ? 2 : 1;
+}
+
+inline Row row_of(const QuantMatrix& w, int64_t K, int64_t n) {
+  const int64_t G = quant_groups(K);
+  return Row{static_cast<const uint8_t*>(w.data) + n * quant_row_elements(w.format, K) * elem_bytes(w.format),
+             w.scales ? w.scales + n * G : nullptr, w.mins ? w.mins + n * G : nullptr};
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+constexpr int kAhead = 1024;
+
+template <class U, int NR, int RC>
+void tile(const QuantMatrix& w, int64_t K, int64_t n, const float* x, float* y, int64_t ldy) {
+  Row rows[NR];
+  for (int j = 0; j < NR; ++j) rows[j] = row_of(w, K, n + j);
+  __m256 acc[NR][RC];
+  for (int j = 0; j < NR; ++j)
+    for (int r = 0; r < RC; ++r) acc[j][r] = _mm256_setzero_ps();
+  const int64_t Ku = (K / 32) * 2;  // units in whole groups
+  constexpr int kPerLine = U::kBytes >= 64 ? 1 : 64 / U::kBytes;
+  for (int64_t u = 0; u < Ku; ++u) {
+    if (u % kPerLine == 0) {
+      for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(rows[j].p) + u * U::kBytes + kAhead, _MM_HINT_T0);
+    }
+    __m256 wa[NR], wb[NR];
+    for (int j = 0; j < NR; ++j) U::load(rows[j], u, wa[j], wb[j]);
+    for (int r = 0; r < RC; ++r) {
+      const __m256 xa = _mm256_loadu_ps(x + r * K + u * 16), xb = _mm256_loadu_ps(x + r * K + u * 16 + 8);
+      for (int j = 0; j < NR; ++j) {
+        acc[j][r] = _mm256_fmadd_ps(wa[j], xa, acc[j][r]);
+        acc[j][r] = _mm256_fmadd_ps(wb[j], xb, acc[j][r]);
+      }
+    }
+  }
+  for (int j = 0; j < NR; ++j) {
+    for (int r = 0; r < RC; ++r) {
+      float s = hsum(acc[j][r]);
+      for (int64_t k = Ku * 16; k < K; ++k) s += quant_weight(w, K, n + j, k) * x[r * K + k];
+      y[r * ldy + n + j] = s;
+    }
+  }
+}
+
+template <class U, int NR>
+void tile_rc(int64_t rc, const QuantMatrix& w, int64_t K, int64_t n, const float* x, float* y, int64_t ldy) {
+  if constexpr (NR == 4) {
+    return tile<U, 4, 1>(w, K, n, x, y, ldy);
+  } else if constexpr (NR == 2) {
+    switch (rc) {
+      case 1: return tile<U, 2, 1>(w, K, n, x, y, ldy);
+      case 2: return tile<U, 2, 2>(w, K, n, x, y, ldy);
+      case 3: return tile<U, 2, 3>(w, K, n, x, y, ldy);
+      default: return tile<U, 2, 4>(w, K, n, x, y, ldy);
+    }
+  } else {
+    switch (rc) {
+      case 1: return tile<U, 1, 1>(w, K, n, x, y, ldy);
+      case 2: return tile<U, 1, 2>(w, K, n, x, y, ldy);
+      case 3: return tile<U, 1, 3>(w, K, n, x, y, ldy);
+      case 4: return tile<U, 1, 4>(w, K, n, x, y, ldy);
+      case 5: return tile<U, 1, 5>(w, K, n, x, y, ldy);
+      case 6: return tile<U, 1, 6>(w, K, n, x, y, ldy);
+      case 7: return tile<U, 1, 7>(w, K, n, x, y, ldy);
+      default: return tile<U, 1, 8>(w, K, n, x, y, ldy);
+    }
+  }
+}
+
+// NR weight rows per tile; chunks of at most `chunk` rows of x (the tile's limit).
+template <class U, int NR, int kChunk>
+void rows_nr(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0,
+             int64_t n1) {
+  int64_t n = n0;
+  for (; n + NR <= n1; n += NR) {
+    for (int64_t r0 = 0; r0 < R; r0 += kChunk) tile_rc<U, NR>(std::min<int64_t>(kChunk, R - r0), w, K, n, x + r0 * K, y + r0 * ldy, ldy);
+  }
+  for (; n < n1; ++n) {
+    for (int64_t r0 = 0; r0 < R; r0 += 8) tile_rc<U, 1>(std::min<int64_t>(8, R - r0), w, K, n, x + r0 * K, y + r0 * ldy, ldy);
+  }
+}
+
+template <class U>
+void rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0, int64_t n1) {
+  if (R == 1) rows_nr<U, 4, 1>(w, y, ldy, x, R, K, n0, n1);
+  else if (R <= 4) rows_nr<U, 2, 4>(w, y, ldy, x, R, K, n0, n1);
+  else rows_nr<U, 1, 8>(w, y, ldy, x, R, K, n0, n1);
+}
+
+}  // namespace
+
+void decode_rows_avx2(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0,
+                      int64_t n1) {
+  switch (w.format) {
+    case WeightFormat::kF32: return rows<F32U>(w, y, ldy, x, R, K, n0, n1);
+    case WeightFormat::kBf16: return rows<Bf16U>(w, y, ldy, x, R, K, n0, n1);
+    case WeightFormat::kF16: return rows<F16U>(w, y, ldy, x, R, K, n0, n1);
+    case WeightFormat::kQ8: return rows<Q8U>(w, y, ldy, x, R, K, n0, n1);
+    case WeightFormat::kQ4: return rows<Q4U>(w, y, ldy, x, R, K, n0, n1);
+  }
+}
+
+}  // namespace sigma

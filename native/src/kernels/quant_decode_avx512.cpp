@@ -1,0 +1,183 @@
+// AVX-512 row kernel of the decode product (quant.h): y[r, n] = Σ_k x[r, k]·w[n, k]
+// for a few rows r of x and output rows n in [n0, n1).
+//
+// The unit of work is one group of 32 inputs: each format turns the group's
+// stored bytes into two zmm of f32 weights (f32: two loads; bf16: widen and
+// shift; f16: vcvtph2ps; q8: widen, convert, times the group's scale; q4:
+// widen the 16 bytes, split the nibbles, convert, then scale·q + min in one
+// FMA), and every row of x in the chunk takes those two vectors with two
+// FMAs. A tile is NR weight rows × RC rows of x, NR·RC accumulators: the
+// weights are turned into f32 once per chunk of up to eight rows of x,
+// several weight rows give independent FMA chains when x has one row, and
+// the tile's rows stay in L1 while every chunk of x passes over them.
+// Inputs past the last whole group (K not a multiple of 32) are added by the
+// scalar definition.
+#pragma GCC target("avx512f,f16c,avx2,fma")
+// GCC 12's _mm512_reduce_add_ps and conversions pass an _mm512_undefined_*()
+// source its own flow analysis then calls uninitialised (as in ops_avx512.cpp).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "quant.h"
+
+namespace sigma {
+namespace {
+
+// One stored row: its bytes and, for q8/q4, its group scales and mins.
+struct Row {
+  const uint8_t* p;
+  const uint16_t* s;
+  const uint16_t* m;
+};
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+struct F32U {
+  static constexpr int kBytes = 128;  // stored bytes per group
+  static inline void load(const Row& r, int64_t g, __m512& a, __m512& b) {
+    const float* p = reinterpret_cast<const float*>(r.p) + g * 32;
+    a = _mm512_loadu_ps(p);
+    b = _mm512_loadu_ps(p + 16);
+  }
+};
+struct Bf16U {
+  static constexpr int kBytes = 64;
+  static inline void load(const Row& r, int64_t g, __m512& a, __m512& b) {
+    const __m256i* p = reinterpret_cast<const __m256i*>(r.p + g * 64);
+    a = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p)), 16));
+    b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p + 1)), 16));
+  }
+};
+struct F16U {
+  static constexpr int kBytes = 64;
+  static inline void load(const Row& r, int64_t g, __m512& a, __m512& b) {
+    const __m256i* p = reinterpret_cast<const __m256i*>(r.p + g * 64);
+    a = _mm512_cvtph_ps(_mm256_loadu_si256(p));
+    b = _mm512_cvtph_ps(_mm256_loadu_si256(p + 1));
+  }
+};
+struct Q8U {
+  static constexpr int kBytes = 32;
+  static inline void load(const Row& r, int64_t g, __m512& a, __m512& b) {
+    const __m128i* p = reinterpret_cast<const __m128i*>(r.p + g * 32);
+    const __m512 d = _mm512_set1_ps(h2f(r.s[g]));
+    a = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))), d);
+    b = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1))), d);
+  }
+};
+struct Q4U {
+  static constexpr int kBytes = 16;
+  static inline void load(const Row& r, int64_t g, __m512& a, __m512& b) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.p + g * 16)));
+    const __m512 d = _mm512_set1_ps(h2f(r.s[g])), m = _mm512_set1_ps(h2f(r.m[g]));
+    a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15))), d, m);
+    b = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), d, m);
+  }
+};
+
+inline int64_t elem_bytes(WeightFormat f) {
+  return f == WeightFormat::kF32 ? 4 : (f == WeightFormat::kBf16 || f == WeightFormat::kF16) ? 2 : 1;
+}
+
+inline Row row_of(const QuantMatrix& w, int64_t K, int64_t n) {
+  const int64_t G = quant_groups(K);
+  return Row{static_cast<const uint8_t*>(w.data) + n * quant_row_elements(w.format, K) * elem_bytes(w.format),
+             w.scales ? w.scales + n * G : nullptr, w.mins ? w.mins + n * G : nullptr};
+}
+
+// Prefetch distance in bytes ahead of the group being read, per weight row.
+constexpr int kAhead = 1024;
+
+template <class U, int NR, int RC>
+void tile(const QuantMatrix& w, int64_t K, int64_t n, const float* x, float* y, int64_t ldy) {
+  Row rows[NR];
+  for (int j = 0; j < NR; ++j) rows[j] = row_of(w, K, n + j);
+  __m512 acc[NR][RC];
+  for (int j = 0; j < NR; ++j)
+    for (int r = 0; r < RC; ++r) acc[j][r] = _mm512_setzero_ps();
+  const int64_t G = K / 32;  // whole groups
+  constexpr int kPerLine = U::kBytes >= 64 ? 1 : 64 / U::kBytes;
+  for (int64_t g = 0; g < G; ++g) {
+    if (g % kPerLine == 0) {
+      for (int j = 0; j < NR; ++j) {
+        const char* a = reinterpret_cast<const char*>(rows[j].p) + g * U::kBytes + kAhead;
+        _mm_prefetch(a, _MM_HINT_T0);
+        if (U::kBytes > 64) _mm_prefetch(a + 64, _MM_HINT_T0);
+      }
+    }
+    __m512 wa[NR], wb[NR];
+    for (int j = 0; j < NR; ++j) U::load(rows[j], g, wa[j], wb[j]);
+    for (int r = 0; r < RC; ++r) {
+      const __m512 xa = _mm512_loadu_ps(x + r * K + g * 32), xb = _mm512_loadu_ps(x + r * K + g * 32 + 16);
+      for (int j = 0; j < NR; ++j) {
+        acc[j][r] = _mm512_fmadd_ps(wa[j], xa, acc[j][r]);
+        acc[j][r] = _mm512_fmadd_ps(wb[j], xb, acc[j][r]);
+      }
+    }
+  }
+  for (int j = 0; j < NR; ++j) {
+    for (int r = 0; r < RC; ++r) {
+      float s = _mm512_reduce_add_ps(acc[j][r]);
+      for (int64_t k = G * 32; k < K; ++k) s += quant_weight(w, K, n + j, k) * x[r * K + k];
+      y[r * ldy + n + j] = s;
+    }
+  }
+}
+
+template <class U, int NR>
+void tile_rc(int64_t rc, const QuantMatrix& w, int64_t K, int64_t n, const float* x, float* y, int64_t ldy) {
+  if constexpr (NR == 4) {
+    if (rc == 1) return tile<U, 4, 1>(w, K, n, x, y, ldy);
+    return tile<U, 4, 2>(w, K, n, x, y, ldy);
+  } else {
+    switch (rc) {
+      case 1: return tile<U, NR, 1>(w, K, n, x, y, ldy);
+      case 2: return tile<U, NR, 2>(w, K, n, x, y, ldy);
+      case 3: return tile<U, NR, 3>(w, K, n, x, y, ldy);
+      case 4: return tile<U, NR, 4>(w, K, n, x, y, ldy);
+      case 5: return tile<U, NR, 5>(w, K, n, x, y, ldy);
+      case 6: return tile<U, NR, 6>(w, K, n, x, y, ldy);
+      case 7: return tile<U, NR, 7>(w, K, n, x, y, ldy);
+      default: return tile<U, NR, 8>(w, K, n, x, y, ldy);
+    }
+  }
+}
+
+// Tiles of NR weight rows, each meeting every chunk of up to eight rows of x.
+template <class U, int NR>
+void rows_nr(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0,
+             int64_t n1) {
+  int64_t n = n0;
+  for (; n + NR <= n1; n += NR) {
+    for (int64_t r0 = 0; r0 < R; r0 += 8) tile_rc<U, NR>(std::min<int64_t>(8, R - r0), w, K, n, x + r0 * K, y + r0 * ldy, ldy);
+  }
+  for (; n < n1; ++n) {
+    for (int64_t r0 = 0; r0 < R; r0 += 8) tile_rc<U, 1>(std::min<int64_t>(8, R - r0), w, K, n, x + r0 * K, y + r0 * ldy, ldy);
+  }
+}
+
+template <class U>
+void rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0, int64_t n1) {
+  // One or two rows of x: four weight rows give eight independent FMA chains; more rows of x give enough alone.
+  if (R <= 2) rows_nr<U, 4>(w, y, ldy, x, R, K, n0, n1);
+  else rows_nr<U, 2>(w, y, ldy, x, R, K, n0, n1);
+}
+
+}  // namespace
+
+void decode_rows_avx512(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0,
+                        int64_t n1) {
+  switch (w.format) {
+    case WeightFormat::kF32: return rows<F32U>(w, y, ldy, x, R, K, n0, n1);
+    case WeightFormat::kBf16: return rows<Bf16U>(w, y, ldy, x, R, K, n0, n1);
+    case WeightFormat::kF16: return rows<F16U>(w, y, ldy, x, R, K, n0, n1);
+    case WeightFormat::kQ8: return rows<Q8U>(w, y, ldy, x, R, K, n0, n1);
+    case WeightFormat::kQ4: return rows<Q4U>(w, y, ldy, x, R, K, n0, n1);
+  }
+}
+
+}  // namespace sigma

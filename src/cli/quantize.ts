@@ -1,0 +1,33 @@
+/**
+ * `sigma quantize`: the library's quantize (src/api/quantize.ts) on files —
+ * a checkpoint whose matrices are stored in bf16, f16, q8 or q4 for
+ * inference (docs/decode.md), loadable by every command.
+ */
+import type { Command } from "commander";
+import { quantize } from "../api/quantize.js";
+import { WEIGHT_FORMATS } from "../backend/quant.js";
+import { parseWeightFormat } from "../models/quantize.js";
+import { ensureWritableDir } from "../util/fs.js";
+
+/** The `--weights <format>` option of the inference commands (generate, eval; serve and chat take it the same way). */
+export function weightsOption(cmd: Command): Command {
+  return cmd.option("--weights <format>", `weights for inference, converted at load: ${WEIGHT_FORMATS.join(", ")} (docs/decode.md; default: as stored)`, (v: string) => parseWeightFormat(v, "--weights"));
+}
+
+export function register(program: Command): void {
+  program
+    .command("quantize")
+    .description("write a checkpoint with the model's matrices stored in bf16, f16, q8 or q4 for inference (docs/decode.md)")
+    .requiredOption("--ckpt <path>", "checkpoint folder (a run's checkpoints/ gives its newest) or a model .safetensors")
+    .requiredOption("--to <format>", `the stored format: ${WEIGHT_FORMATS.join(", ")}`, (v: string) => parseWeightFormat(v, "--to"))
+    .requiredOption("--out <dir>", "where the checkpoint goes (a step-NNNNNNNN folder inside it)")
+    .option("--json", "print JSON")
+    .action(async (o: { ckpt: string; to: (typeof WEIGHT_FORMATS)[number]; out: string; json?: boolean }) => {
+      ensureWritableDir(o.out, "--out");
+      const r = await quantize(o.ckpt, { to: o.to, out: o.out });
+      if (o.json) return console.log(JSON.stringify(r, null, 2));
+      const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+      console.log(`matrices: ${mib(r.matrices.f32Bytes)} in f32 → ${mib(r.matrices.storedBytes)} in ${r.weights} (${((100 * r.matrices.storedBytes) / r.matrices.f32Bytes).toFixed(1)}%); model file ${mib(r.fileBytes)}`);
+      console.log(`checkpoint: ${r.checkpoint}`);
+    });
+}

@@ -1,0 +1,196 @@
+// Weight formats for inference and their decode kernels (issue 24): the f16
+// and bf16 conversions, the quantizers' error bounds, and every native
+// decode kernel (f32, bf16, f16, q8, q4; on the avx512, avx2-fma and portable
+// paths; 1 and 2 threads) against its TypeScript twin
+// (src/backend/reference/decode.ts: dequantize, then a float64 dot) on odd
+// shapes, several experts at once, and K not a multiple of 32.
+//
+// Tolerance: both sides use the same f32 weights (each format's weights are
+// exact functions of its bits), so they differ only by the rounding of the
+// native f32 sums: at most (K + 2)·2⁻²⁴·Σ_k |x·w| per output. A wrong scale,
+// nibble or group index misses that by orders of magnitude.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { kernelPathSetting, loadNative, type NativeBackend } from "../src/backend/native/index.js";
+import { nativeDecodeKernels, referenceDecode } from "../src/backend/decode.js";
+import { bf16Bits, bf16Value, dequantize, GROUP, halfBits, halfValue, quantize, QuantizeError, WEIGHT_FORMATS, type StoredMatrix, type WeightFormat } from "../src/backend/quant.js";
+import { Rng } from "../src/util/rng.js";
+
+const load = loadNative();
+const skip = !load.backend && process.env.SIGMA_ALLOW_NO_NATIVE === "1" ? `native backend unavailable: ${load.error}` : false;
+const native = load.backend as NativeBackend;
+
+const rng = new Rng(24);
+const rand = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (rng.uniform() * 2 - 1) * scale);
+
+test("f16 bits: every finite half round-trips; rounding to nearest even, subnormals, overflow, NaN", () => {
+  for (let h = 0; h < 0x10000; h++) {
+    if ((h & 0x7c00) === 0x7c00 && (h & 0x3ff) !== 0) continue; // NaNs
+    const v = halfValue(h);
+    assert.equal(halfBits(v), h, `half 0x${h.toString(16)} = ${v}`);
+  }
+  assert.equal(halfBits(1), 0x3c00);
+  assert.equal(halfBits(65504), 0x7bff);
+  assert.equal(halfBits(65519), 0x7bff);
+  assert.equal(halfBits(65520), 0x7c00); // ties to even: infinity
+  assert.equal(halfBits(-1e6), 0xfc00);
+  assert.equal(halfBits(2 ** -24), 1);
+  assert.equal(halfBits(2 ** -25), 0); // tie between 0 and the least subnormal: even
+  assert.equal(halfBits(3 * 2 ** -25), 2); // tie between 1 and 2 units: even
+  assert.equal(halfBits(1 + 2 ** -11), 0x3c00); // tie: even mantissa
+  assert.equal(halfBits(1 + 3 * 2 ** -11), 0x3c02);
+  assert.ok(Number.isNaN(halfValue(halfBits(NaN))));
+});
+
+test("bf16 bits: the top half of the f32, rounded to nearest even", () => {
+  for (const x of [1, -2.5, 3.14159, 1e-30, 6e37, 0.02]) {
+    const v = bf16Value(bf16Bits(x));
+    assert.ok(Math.abs(v - x) <= Math.abs(x) * 2 ** -8, `${x} → ${v}`);
+  }
+  assert.equal(bf16Bits(1 + 2 ** -8), 0x3f80); // tie: even
+  assert.equal(bf16Bits(1 + 3 * 2 ** -8), 0x3f82);
+});
+
+test("quantizers: each weight within the format's rounding of its group; short last groups; refused values", () => {
+  for (const K of [1, 17, 32, 33, 100]) {
+    const rows = 3;
+    const w = rand(rows * K, 0.1);
+    w[0] = 0.5; // an outlier in the first group
+    for (const format of WEIGHT_FORMATS) {
+      const m = quantize(format, w, rows, K);
+      const d = dequantize(m);
+      for (let n = 0; n < rows; n++) {
+        for (let k = 0; k < K; k++) {
+          const x = w[n * K + k]!;
+          const g0 = n * K + Math.floor(k / GROUP) * GROUP;
+          const group = w.subarray(g0, Math.min(n * K + K, g0 + GROUP));
+          const amax = Math.max(...Array.from(group, Math.abs));
+          const range = Math.max(...group) - Math.min(...group);
+          const bound = format === "f32" ? 0 : format === "bf16" ? Math.abs(x) * 2 ** -8 : format === "f16" ? Math.abs(x) * 2 ** -11 + 2 ** -25 : format === "q8" ? (amax / 127) * 0.51 + amax * 2 ** -10 : (range / 15) * 0.51 + (amax + range) * 2 ** -10;
+          assert.ok(Math.abs(d[n * K + k]! - x) <= bound, `${format} K=${K} [${n},${k}]: ${x} → ${d[n * K + k]} (bound ${bound})`);
+        }
+      }
+    }
+  }
+  assert.throws(() => quantize("q8", Float32Array.of(1, NaN), 1, 2), QuantizeError);
+  assert.throws(() => quantize("f16", Float32Array.of(1e5), 1, 1), QuantizeError);
+  assert.throws(() => quantize("q8", Float32Array.of(1e7), 1, 1), QuantizeError);
+  // Padding of a short group is zero.
+  const m = quantize("q8", Float32Array.of(1, 2, 3), 1, 3);
+  assert.equal(m.data.length, 32);
+  assert.ok(Array.from(m.data.subarray(3)).every((v) => v === 0));
+});
+
+/** Each kernel path of this machine, with its expected decode path name; restores the setting. */
+function eachPath(body: (where: string) => void): void {
+  const cap = kernelPathSetting().path;
+  const features = native.cpuFeatures();
+  const paths: [string, "auto" | "avx2-fma" | "portable"][] = [];
+  if (cap === "auto" && features.avx512f) paths.push(["avx512", "auto"]);
+  if (cap !== "portable" && features.avx2 && features.fma) paths.push(["avx2-fma", "avx2-fma"]);
+  paths.push(["portable", "portable"]);
+  const threads = native.getThreads();
+  const decode = nativeDecodeKernels()!;
+  try {
+    for (const [name, setting] of paths) {
+      native.setKernelPath(setting);
+      assert.equal(decode.name, `native/${name}`);
+      for (const t of [1, 2]) {
+        native.setThreads(t);
+        body(`${name}, ${t} thread${t > 1 ? "s" : ""}`);
+      }
+    }
+  } finally {
+    native.setKernelPath(cap);
+    native.setThreads(threads);
+  }
+}
+
+/** The bound on |native − reference| for every output (see the file comment). */
+function compare(where: string, y: Float32Array, ref: Float32Array, x: Float32Array, wf: Float32Array, offsets: Int32Array, N: number, K: number): void {
+  const E = offsets.length - 1;
+  for (let e = 0; e < E; e++) {
+    for (let r = offsets[e]!; r < offsets[e + 1]!; r++) {
+      for (let n = 0; n < N; n++) {
+        let mag = 0;
+        for (let k = 0; k < K; k++) mag += Math.abs(x[r * K + k]! * wf[(e * N + n) * K + k]!);
+        const err = Math.abs(y[r * N + n]! - ref[r * N + n]!);
+        const bound = (K + 2) * 2 ** -24 * mag + 1e-30;
+        if (!(err <= bound)) assert.fail(`${where}: y[${r},${n}] = ${y[r * N + n]} but the reference gives ${ref[r * N + n]} (|diff| ${err} > ${bound})`);
+      }
+    }
+  }
+}
+
+/** Shapes: [rows of x per expert, N, K]; odd sizes, K below, at and past 32, not a multiple of it, and past the kernels' tiles. */
+const SHAPES: [number[], number, number][] = [
+  [[1], 1, 1],
+  [[1], 3, 17],
+  [[3], 17, 32],
+  [[2], 5, 64],
+  [[1], 17, 257],
+  [[8], 9, 96],
+  [[9], 7, 33],
+  [[17], 4, 100],
+  [[5], 257, 64],
+  [[1, 0, 2], 6, 64], // three experts, one with no rows
+  [[3, 1, 0, 4], 11, 40],
+  // Large enough that two threads share the rows (64 KiB of weights per thread at least), splitting inside experts.
+  [[2], 300, 512],
+  [[3], 1030, 512],
+  [[1, 2, 0, 1], 300, 256],
+];
+
+test("decode kernels: every format on every path, 1 and 2 threads, match the TypeScript twin (dequantize, then dot)", { skip }, () => {
+  const decode = nativeDecodeKernels();
+  assert.ok(decode, "the addon exports the decode kernels");
+  const cases = SHAPES.map(([rowsPer, N, K]) => {
+    const E = rowsPer.length;
+    const offsets = Int32Array.from([0, ...rowsPer.map((_, i) => rowsPer.slice(0, i + 1).reduce((a, b) => a + b, 0))]);
+    const R = offsets[E]!;
+    const x = rand(R * K);
+    const w = rand(E * N * K, 0.05);
+    const stored = Object.fromEntries(WEIGHT_FORMATS.map((f) => [f, quantize(f, w, E * N, K)])) as Record<WeightFormat, StoredMatrix>;
+    const refs = Object.fromEntries(
+      WEIGHT_FORMATS.map((f) => {
+        const y = new Float32Array(R * N);
+        referenceDecode.decodeMatmul(y, x, stored[f], offsets, E, N, K);
+        return [f, { y, wf: dequantize(stored[f]) }];
+      }),
+    ) as Record<WeightFormat, { y: Float32Array; wf: Float32Array }>;
+    return { E, N, K, R, offsets, x, stored, refs };
+  });
+  eachPath((where) => {
+    for (const c of cases) {
+      for (const f of WEIGHT_FORMATS) {
+        const y = new Float32Array(c.R * c.N).fill(NaN);
+        decode!.decodeMatmul(y, c.x, c.stored[f], c.offsets, c.E, c.N, c.K);
+        compare(`${f}, ${where}, E=${c.E} R=${c.R} N=${c.N} K=${c.K}`, y, c.refs[f].y, c.x, c.refs[f].wf, c.offsets, c.N, c.K);
+      }
+    }
+  });
+});
+
+test("dequantize: the native kernels give the TypeScript definition's weights bit for bit", { skip }, () => {
+  const decode = nativeDecodeKernels()!;
+  for (const [rows, K] of [[1, 1], [3, 17], [5, 64], [4, 257]] as const) {
+    const w = rand(rows * K, 0.3);
+    for (const f of WEIGHT_FORMATS) {
+      const m = quantize(f, w, rows, K);
+      const out = new Float32Array(rows * K).fill(NaN);
+      decode.dequantize(out, m);
+      assert.deepEqual(out, dequantize(m), `${f} ${rows}×${K}`);
+    }
+  }
+});
+
+test("decode kernels: a short scale array or a bad offsets array is a RangeError naming it", { skip }, () => {
+  const addon = native as unknown as Record<string, (...a: unknown[]) => void>;
+  const m = quantize("q8", rand(4 * 64), 4, 64);
+  const y = new Float32Array(8);
+  const x = rand(2 * 64);
+  assert.throws(() => addon.decodeMatmulQ8!(y, x, m.data, Int32Array.of(0, 2), 1, 4, 64, m.scales!.subarray(0, 3)), /decodeMatmulQ8: argument "scales" has 3 elements/);
+  assert.throws(() => addon.decodeMatmulQ8!(y, x, m.data, Int32Array.of(0, 3), 1, 4, 64, m.scales), /decodeMatmulQ8: argument "offsets" ends at 3/);
+  assert.throws(() => addon.decodeMatmulQ4!(y, x, m.data, Int32Array.of(0, 2), 1, 4, 64, m.scales, m.scales), /decodeMatmulQ4: argument "q" must be a Uint8Array/);
+  assert.throws(() => addon.decodeMatmulBf16!(y, x, new Uint16Array(10), Int32Array.of(0, 2), 1, 4, 64), /decodeMatmulBf16: argument "w" has 10 elements/);
+});
