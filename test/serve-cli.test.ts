@@ -8,13 +8,15 @@ import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Model, type ChatMessage } from "../src/api/model.js";
+import { Model, openModel, type ChatMessage } from "../src/api/model.js";
 import { parseModelConfig } from "../src/models/config.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { toHfJson } from "../src/tokenizer/hfjson.js";
 import { trainBpe, WordCounter } from "../src/tokenizer/trainer.js";
 
 const root = mkdtempSync(join(tmpdir(), "sigma-serve-cli-"));
+// The children must not read (or warn about) the user's GEMM tuning file: their output is compared exactly.
+process.env.SIGMA_TUNE ??= "off";
 /** Every child started here, killed at the end so that a failed test leaves none running. */
 const children = new Set<ChildProcessWithoutNullStreams>();
 after(() => {
@@ -77,6 +79,25 @@ test("sigma serve listens on 127.0.0.1, answers, and stops cleanly on SIGTERM", 
   }
   assert.equal(await s.exit, 0);
   assert.match(s.out(), /sigma serve: stopping/);
+});
+
+test("sigma serve --weights q8 serves the q8-converted model (its greedy text, not the f32 one's necessarily)", { timeout: 60_000 }, async () => {
+  const q8 = await openModel(ckpt, { weights: "q8" });
+  const s = sigma(["serve", "--ckpt", ckpt, "--port", "0", "--weights", "q8"]);
+  try {
+    const [, url] = await s.waitFor(/on (http:\/\/127\.0\.0\.1:\d+) /);
+    await s.waitFor(/models: /);
+    const r = await fetch(`${url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: "Hello", max_tokens: 6, temperature: 0 }) });
+    assert.equal(r.status, 200);
+    const body = (await r.json()) as { choices: { text: string }[] };
+    assert.equal(body.choices[0]!.text, await q8.complete("Hello", { ...greedy, maxTokens: 6 }));
+  } finally {
+    s.child.kill("SIGTERM");
+  }
+  assert.equal(await s.exit, 0);
+  const bad = sigma(["serve", "--ckpt", ckpt, "--weights", "q3"]);
+  assert.equal(await bad.exit, 1);
+  assert.match(bad.out(), /^sigma: --weights/m);
 });
 
 test("sigma serve refuses a bad flag with one line", { timeout: 60_000 }, async () => {

@@ -8,10 +8,12 @@ import { openModel, type ChatMessage } from "../api/model.js";
 import { serve } from "../api/serve.js";
 import { SigmaError } from "../util/errors.js";
 import { streamOut } from "./output.js";
+import { weightsOption } from "./quantize.js";
+import type { WeightFormat } from "../backend/quant.js";
 import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
 
 export function register(program: Command): void {
-  program
+  const serveCmd = program
     .command("serve")
     .description("serve a model over an OpenAI-compatible HTTP API with continuous batching (docs/serving.md)")
     .requiredOption("--ckpt <path>", "checkpoint folder, a run folder, an ECSS checkpoint, or a model .safetensors with tokenizer.json beside it")
@@ -21,9 +23,10 @@ export function register(program: Command): void {
     .option("--max-queue <n>", "sequences that may wait for a place in the batch; more get 429", parseIntOpt("max-queue", 0, 1e6), 64)
     .option("--prefill-chunk <n>", "prompt tokens prefilled per step, beside the running streams", parseIntOpt("prefill-chunk", 1, 1e6), 64)
     .option("--name <name>", "model name in the ids sigma/<name>/<domain> (default: from the path)")
-    .option("--api-key <key>", "require Authorization: Bearer <key> on /v1/ (default: $SIGMA_API_KEY, else none)")
-    .action(async (o: { ckpt: string; host: string; port: number; maxBatch: number; maxQueue: number; prefillChunk: number; name?: string; apiKey?: string }) => {
-      const model = await openModel(o.ckpt);
+    .option("--api-key <key>", "require Authorization: Bearer <key> on /v1/ (default: $SIGMA_API_KEY, else none)");
+  weightsOption(serveCmd)
+    .action(async (o: { ckpt: string; host: string; port: number; maxBatch: number; maxQueue: number; prefillChunk: number; name?: string; apiKey?: string; weights?: WeightFormat }) => {
+      const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
       const apiKey = o.apiKey ?? process.env.SIGMA_API_KEY ?? null;
       const server = await serve(model, { host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue, prefillChunk: o.prefillChunk, apiKey, ...(o.name !== undefined ? { name: o.name } : {}) });
       console.log(`sigma serve: ${model.path} on ${server.url} (OpenAI API under ${server.url}/v1)`);
@@ -43,7 +46,7 @@ export function register(program: Command): void {
       await server.close();
     });
 
-  program
+  const chatCmd = program
     .command("chat")
     .description("chat with a model in the terminal: /reset clears the history, /domain NAME switches, Ctrl-C stops a reply, Ctrl-D quits")
     .requiredOption("--ckpt <path>", "checkpoint folder, a run folder, or a model .safetensors with tokenizer.json beside it")
@@ -53,9 +56,10 @@ export function register(program: Command): void {
     .option("--temperature <t>", "0 = greedy", parseNumOpt("temperature", 0, 1e6), 0.8)
     .option("--top-k <k>", "sample among the k most likely tokens (0 = all)", parseIntOpt("top-k", 0, Number.MAX_SAFE_INTEGER), 40)
     .option("--top-p <p>", "nucleus: the most likely tokens up to this probability (1 = all)", parseNumOpt("top-p", 0, 1, { above: true }), 0.95)
-    .option("--seed <n>", "sampling seed of the first reply (each reply takes the next)", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
-    .action(async (o: { ckpt: string; domain?: string; system?: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number }) => {
-      const model = await openModel(o.ckpt);
+    .option("--seed <n>", "sampling seed of the first reply (each reply takes the next)", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1);
+  weightsOption(chatCmd)
+    .action(async (o: { ckpt: string; domain?: string; system?: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; weights?: WeightFormat }) => {
+      const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
       const domains = model.domains;
       const domain = o.domain ?? domains[0]!;
       if (!domains.includes(domain)) throw new SigmaError(`Unknown domain "${domain}"; the model knows ${domains.join(", ")}`, "pass one of them with --domain");

@@ -18,6 +18,8 @@ import { millions } from "./format.js";
 import { streamOut } from "./output.js";
 import { joinWorld } from "../comm/comm.js";
 import { tuneFirst } from "./tune.js";
+import { tuningDisabled } from "../backend/native/tune-cache.js";
+import { loadNative as native } from "../backend/native/index.js";
 
 /**
  * Runs `train` with a progress bar, evaluation lines, and Ctrl-C → a
@@ -108,7 +110,12 @@ export function register(program: Command): void {
       cfg = withStoreOptions(cfg, o, o.config);
       const outFlag = o.out !== undefined ? "--out" : `out in ${o.config}`;
       const storeFlag = typeof o.store === "string" ? "--store" : cfg.store.path !== null ? `store.path in ${o.config}` : `the store path (${outFlag}/experts.sgxs)`;
-      await tuneFirst();
+      // Several ranks would tune at once, on the same cores and the same file: a launched job uses the
+      // tuning each machine already has (`sigma tune` once per machine), else the cache-size rule.
+      if (world.comm.size === 1) await tuneFirst();
+      else if (world.comm.rank === 0 && !tuningDisabled() && !native().backend?.gemmConfig().tuned) {
+        console.error("note: no GEMM tuning for this CPU and thread count: the ranks use the cache-size rule (`sigma tune` on each machine, outside mpirun, tunes it)");
+      }
       const r = await trainWithProgress(cfg, {
         ...(o.resume !== undefined ? { resume: o.resume } : {}),
         ...(o.init !== undefined ? { init: o.init } : {}),
