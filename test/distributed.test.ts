@@ -8,107 +8,28 @@
 // missing MPI a failure. The unit tests at the end run everywhere.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { train } from "../src/api/train.js";
 import { backward, gradOf, noGrad } from "../src/autograd/tape.js";
 import { openModelSource } from "../src/serve/open.js";
 import { BucketedAllreduce } from "../src/comm/buckets.js";
 import { soloComm, type Communicator } from "../src/comm/comm.js";
-import { detectLaunch, loadMpi } from "../src/comm/mpi.js";
+import { detectLaunch } from "../src/comm/mpi.js";
 import { listCheckpoints } from "../src/checkpoint/folder.js";
 import * as ops from "../src/ops/index.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import { Rng } from "../src/util/rng.js";
 import { parseTrainConfig, type TrainConfig } from "../src/train/config.js";
 import { parallelPlan, sliceRows } from "../src/train/data-parallel.js";
-import { readMetrics } from "../src/train/metrics.js";
 import { cleanup, root, ROUTERS, tinyConfig, tinyData } from "./train-fixture.js";
+import { assertSameSteps, CHILD, missing, mpirun, mpiTest, REPO, REQUIRE_MPI as REQUIRE, routingLines, TSX } from "./mpi-harness.js";
 
 after(cleanup);
 
-const REPO = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(REPO, "src", "cli", "main.ts");
-const CHILD = join(REPO, "test", "distributed-child.ts");
-// Absolute, so that a rank started in another folder (--wdir) still finds it.
-const TSX = import.meta.resolve("tsx");
-const REQUIRE = process.env.SIGMA_REQUIRE_MPI === "1";
-
-/** Why MPI cannot be used here, or null when it can. */
-function mpiMissing(): string | null {
-  const m = loadMpi();
-  if (!m.addon) return m.error;
-  const r = spawnSync("mpirun", ["--version"], { encoding: "utf8" });
-  if (r.error || r.status !== 0) return "mpirun is not on PATH (apt-get install openmpi-bin)";
-  return null;
-}
-const missing = mpiMissing();
-
-/** A test that needs MPI: skipped without it, failed without it under SIGMA_REQUIRE_MPI=1. */
-function mpiTest(name: string, fn: () => Promise<void>): void {
-  test(name, missing && !REQUIRE ? { skip: `MPI is not available: ${missing}` } : {}, async () => {
-    if (missing) assert.fail(`SIGMA_REQUIRE_MPI=1 but MPI is not available: ${missing}`);
-    await fn();
-  });
-}
-
-interface Launched {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  out: string;
-}
-
-/** Open MPI as root on a small machine: allowed, and more ranks than cores. */
-const MPI_ENV = { ...process.env, OMPI_ALLOW_RUN_AS_ROOT: "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1", OMPI_MCA_rmaps_base_oversubscribe: "1" };
-
-/** Starts mpirun with `args` (after the rank count); resolves when it exits or after `timeoutMs` (then killed). */
-function mpirun(args: string[], timeoutMs: number, onStart?: (pid: number) => void): Promise<Launched> {
-  return new Promise((resolve) => {
-    const p = spawn("mpirun", ["--oversubscribe", ...args], { env: MPI_ENV, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    p.stdout.on("data", (d) => (out += d));
-    p.stderr.on("data", (d) => (out += d));
-    const timer = setTimeout(() => p.kill("SIGKILL"), timeoutMs);
-    onStart?.(p.pid!);
-    p.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, out });
-    });
-  });
-}
-
 const node = (...args: string[]): string[] => [process.execPath, "--import", TSX, ...args];
-
-/** Train records by step. */
-function trainLines(out: string): Map<number, Record<string, unknown>> {
-  const m = new Map<number, Record<string, unknown>>();
-  for (const r of readMetrics(join(out, "metrics.jsonl")) as unknown as Record<string, unknown>[]) if (r.kind === "train") m.set(r.step as number, r);
-  return m;
-}
-function routingLines(out: string): Map<number, { tokensPerExpert: number[]; dropped: number }[]> {
-  const m = new Map<number, { tokensPerExpert: number[]; dropped: number }[]>();
-  for (const r of readMetrics(join(out, "metrics.jsonl")) as unknown as Record<string, unknown>[]) if (r.kind === "routing") m.set(r.step as number, r.layers as never);
-  return m;
-}
-
-const close = (a: number, b: number, rel = 1e-5): boolean => Math.abs(a - b) <= rel * Math.max(Math.abs(a), Math.abs(b), 1e-6);
-
-/** The steps `steps` of run `got` log what run `want` logs: losses, gradient norm within 1e-5 relative; tokens and routing counts exactly. */
-function assertSameSteps(got: string, want: string, steps: number[], what: string): void {
-  const g = trainLines(got), w = trainLines(want);
-  const gr = routingLines(got), wr = routingLines(want);
-  for (const s of steps) {
-    const a = g.get(s), b = w.get(s);
-    assert.ok(a && b, `${what}: step ${s} is missing`);
-    for (const f of ["loss", "lm", "balanceLoss", "zLoss", "gradNorm", "lr"]) {
-      assert.ok(close(a[f] as number, b[f] as number), `${what}, step ${s}: ${f} ${a[f]} vs ${b[f]} (one process)`);
-    }
-    assert.equal(a.tokens, b.tokens, `${what}, step ${s}: tokens`);
-    assert.deepEqual(gr.get(s)?.map((l) => [l.tokensPerExpert, l.dropped]), wr.get(s)?.map((l) => [l.tokensPerExpert, l.dropped]), `${what}, step ${s}: tokens per expert and drops`);
-  }
-}
 
 /** The four routers, each with a batch-level quantity worth getting wrong: dropout masks, balance losses, z-loss, capacity drops, an uneven split with accumulation. */
 function cases(data: string): Record<string, (out: string, steps: number) => TrainConfig> {

@@ -9,74 +9,26 @@
 // without them under SIGMA_REQUIRE_MPI=1 (as test/distributed.test.ts).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { train } from "../src/api/train.js";
 import { listCheckpoints } from "../src/checkpoint/folder.js";
-import { loadMpi } from "../src/comm/mpi.js";
 import { parseTrainConfig, type TrainConfig } from "../src/train/config.js";
 import { parallelPlan } from "../src/train/data-parallel.js";
 import { rankStorePath } from "../src/train/ecss-ranks.js";
-import { readMetrics } from "../src/train/metrics.js";
 import { cleanup, root, ROUTERS, tinyConfig, tinyData } from "./train-fixture.js";
+import { assertSameSteps, CHILD, missing, mpirun, REQUIRE_MPI as REQUIRE, TSX } from "./mpi-harness.js";
 
 after(cleanup);
-
-const REPO = fileURLToPath(new URL("..", import.meta.url));
-const CHILD = join(REPO, "test", "distributed-child.ts");
-const TSX = import.meta.resolve("tsx");
-const REQUIRE = process.env.SIGMA_REQUIRE_MPI === "1";
-
-function mpiMissing(): string | null {
-  const m = loadMpi();
-  if (!m.addon) return m.error;
-  const r = spawnSync("mpirun", ["--version"], { encoding: "utf8" });
-  if (r.error || r.status !== 0) return "mpirun is not on PATH (apt-get install openmpi-bin)";
-  return null;
-}
-const missing = mpiMissing();
-
-const MPI_ENV = { ...process.env, OMPI_ALLOW_RUN_AS_ROOT: "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1", OMPI_MCA_rmaps_base_oversubscribe: "1" };
 
 /** Runs `jobs` ({config, resume?}, one after the other) on `np` ranks; fails the test unless the job ends well. */
 async function launch(dir: string, np: number, jobs: { config: TrainConfig; resume?: boolean }[]): Promise<void> {
   const file = join(dir, `jobs-${np}-${Math.random().toString(36).slice(2)}.json`);
   writeFileSync(file, JSON.stringify(jobs));
-  const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
-    const p = spawn("mpirun", ["--oversubscribe", "-np", String(np), process.execPath, "--import", TSX, CHILD, file], { env: MPI_ENV, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    p.stdout.on("data", (d) => (out += d));
-    p.stderr.on("data", (d) => (out += d));
-    const timer = setTimeout(() => p.kill("SIGKILL"), 240_000);
-    p.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, out });
-    });
-  });
+  const r = await mpirun(["-np", String(np), process.execPath, "--import", TSX, CHILD, file], 240_000);
   assert.equal(r.code, 0, r.out);
 }
 
-function records(out: string, kind: string): Map<number, Record<string, unknown>> {
-  const m = new Map<number, Record<string, unknown>>();
-  for (const r of readMetrics(join(out, "metrics.jsonl")) as unknown as Record<string, unknown>[]) if (r.kind === kind) m.set(r.step as number, r);
-  return m;
-}
-
-const close = (a: number, b: number, rel = 1e-5): boolean => Math.abs(a - b) <= rel * Math.max(Math.abs(a), Math.abs(b), 1e-6);
-
-/** Steps `steps` of run `got` log what run `want` logs: losses and gradient norm within 1e-5 relative, tokens and routing exactly. */
-function assertSameSteps(got: string, want: string, steps: number[], what: string): void {
-  const [g, w, gr, wr] = [records(got, "train"), records(want, "train"), records(got, "routing"), records(want, "routing")];
-  for (const s of steps) {
-    const a = g.get(s), b = w.get(s);
-    assert.ok(a && b, `${what}: step ${s} is missing`);
-    for (const f of ["loss", "lm", "balanceLoss", "zLoss", "gradNorm", "lr"]) assert.ok(close(a[f] as number, b[f] as number), `${what}, step ${s}: ${f} ${a[f]} vs ${b[f]}`);
-    assert.equal(a.tokens, b.tokens, `${what}, step ${s}: tokens`);
-    assert.deepEqual(gr.get(s)?.layers, wr.get(s)?.layers, `${what}, step ${s}: routing`);
-  }
-}
 
 /** RRE (its experts read ahead) and top-k (capacity drops, an uneven split over 4 ranks, accumulation); a budget of one resident expert, so nearly every step evicts and writes back. */
 function cases(data: string): Record<string, (out: string, steps: number, parallel: Record<string, number>, store?: boolean) => TrainConfig> {

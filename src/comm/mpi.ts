@@ -14,9 +14,9 @@
  */
 import { existsSync } from "node:fs";
 import { constants } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { SigmaError } from "../util/errors.js";
+import { packageRoot } from "../util/package-root.js";
 
 /** Element arrays MPI moves without copies. */
 export type MpiBuffer = Float32Array | Float64Array | Int32Array | Uint32Array | Uint8Array;
@@ -56,14 +56,6 @@ export interface MpiLoad {
   path: string | null;
 }
 
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "binding.gyp"))) return dir;
-    dir = dirname(dir);
-  }
-  return join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-}
 
 let cached: MpiLoad | undefined;
 

@@ -19,10 +19,10 @@
  */
 import { createRequire } from "node:module";
 import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { KERNEL_NAMES, type Backend } from "../backend.js";
 import { applyCachedTuning, type GemmTuning } from "./tune-cache.js";
+import { packageRoot } from "../../util/package-root.js";
 
 export type { GemmChoice, GemmTunedThreads, GemmTuning } from "./tune-cache.js";
 
@@ -118,15 +118,6 @@ export interface NativeLoad {
   path: string | null;
 }
 
-function packageRoot(): string {
-  // src/backend/native/index.ts or dist/backend/native/index.js → the package root is three levels up.
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "binding.gyp"))) return dir;
-    dir = dirname(dir);
-  }
-  return join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-}
 
 let cached: NativeLoad | undefined;
 
