@@ -45,6 +45,10 @@ namespace {
 // direction, plan.small_m_nt / small_m_nn): the small-M path (below), not the blocked one.
 constexpr int64_t kThinRows = 4; // up to this many rows of A (but not one: sgemv_row streams B best) …
 constexpr int64_t kThinK = 8;    // … or this short an inner dimension: the thin kernels, 1.4–3× the tiled path here
+// Up to this many rows of A with B stored [N,K] (x·Wᵀ, a batched decoding
+// step, an expert's few tokens): the dot-product kernels that read B once
+// (gemm_small_m_bt_avx512.cpp, gemm_thin_avx2.cpp), not the packed small-M path.
+constexpr int64_t kRowsBT = 16;
 constexpr int64_t kPackSlack = 8; // floats past a packed A block that pack_a_avx2 may write
 
 // Per-thread, 64-byte aligned, grow-once packing buffers.
@@ -363,8 +367,11 @@ void sgemm_serial_plan(const GemmPlan& plan, bool transA, bool transB, int64_t M
         gemm_thin_axpy_avx2(M, N, K, a, transA ? 1 : lda, transA ? lda : 1, b, ldb, c, ldc, accumulate);
         return;
       }
-      if (transB && !transA && M <= kThinRows) {
-        gemm_thin_rows_bt_avx2(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+      if (transB && !transA && M <= kRowsBT) {
+        if (use_avx512())
+          gemm_small_m_bt_avx512(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+        else
+          gemm_thin_rows_bt_avx2(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
         return;
       }
     }
