@@ -9,8 +9,12 @@
 // FMAs into 16 zmm accumulators. The first block of A's rows pulls the four
 // rows of B in from memory; the others find them in L1 or L2 (4·K floats,
 // 8 KiB at K = 512). The next n-block's rows are prefetched during the first
-// pass: four interleaved streams a row apart are more than the hardware
-// prefetcher follows on its own.
+// pass, into L2 (prefetcht2): four interleaved streams a row apart are more
+// than the hardware prefetcher follows on its own. Into L1 instead (t0), the
+// same prefetches left 2–16 rows at 5–10 GB/s of B from memory, one thread;
+// into L2, 12–22 GB/s, against ~18 GB/s of read bandwidth (the loads that
+// follow find the lines in L2 soon enough; t0 ones crowd L1's miss buffers).
+// Prefetching two or four n-blocks ahead was no better, eight worse.
 //
 // The packed small-M path this replaces (Cᵀ = B·Aᵀ with a 6×16 tile over
 // A's rows padded to 16) broadcast every element of B from memory, one load
@@ -42,13 +46,14 @@ inline __m128 hsum4(__m512 s0, __m512 s1, __m512 s2, __m512 s3) {
 // Rows r[0..3] of B against MB rows of A (a, lda apart): C[m, 0..nb) (+)= dot products.
 template <int MB>
 inline void tile(int64_t K, const float* a, int64_t lda, const float* const (&r)[4], int nb, float* c, int64_t ldc,
-                 bool accumulate, const float* next, int64_t ldb, int nnext) {
+                 bool accumulate, const float* next, int64_t ldb, unsigned pf_rows) {
   __m512 s[MB][4];
   for (int m = 0; m < MB; ++m)
     for (int j = 0; j < 4; ++j) s[m][j] = _mm512_setzero_ps();
   const int64_t k16 = K & ~int64_t{15};
   for (int64_t k = 0; k < k16; k += 16) {
-    for (int j = 0; j < nnext; ++j) _mm_prefetch(reinterpret_cast<const char*>(next + j * ldb + k), _MM_HINT_T0);
+    for (int j = 0; j < 4; ++j)
+      if (pf_rows >> j & 1) _mm_prefetch(reinterpret_cast<const char*>(next + j * ldb + k), _MM_HINT_T2);
     const __m512 b0 = _mm512_loadu_ps(r[0] + k), b1 = _mm512_loadu_ps(r[1] + k);
     const __m512 b2 = _mm512_loadu_ps(r[2] + k), b3 = _mm512_loadu_ps(r[3] + k);
     for (int m = 0; m < MB; ++m) {
@@ -95,12 +100,15 @@ void gemm_small_m_bt_avx512(int64_t M, int64_t N, int64_t K, const float* a, int
                                b + (n + std::min(3, nb - 1)) * ldb};
     const float* next = n + 4 < N ? b + (n + 4) * ldb : b;
     const int nnext = n + 4 < N ? static_cast<int>(std::min<int64_t>(4, N - n - 4)) : 0;
-    // Every block of A's rows takes this n-block while it is in cache; only
-    // the first (which reads it from memory) prefetches the next one.
+    // Every block of A's rows takes this n-block while it is in cache; the
+    // next n-block's rows are prefetched spread over the passes (pass p asks
+    // for rows p, p + passes, …), so that memory is busy through all of them.
+    const int64_t passes = (M + 3) / 4;
     for (int64_t m = 0; m < M; m += 4) {
       const float* am = a + m * lda;
       float* cm = c + m * ldc + n;
-      const int pf = m == 0 ? nnext : 0;
+      unsigned pf = 0;
+      for (int j = static_cast<int>(m / 4); j < nnext; j += static_cast<int>(passes)) pf |= 1u << j;
       switch (std::min<int64_t>(4, M - m)) {
         case 1: tile<1>(K, am, lda, r, nb, cm, ldc, accumulate, next, ldb, pf); break;
         case 2: tile<2>(K, am, lda, r, nb, cm, ldc, accumulate, next, ldb, pf); break;

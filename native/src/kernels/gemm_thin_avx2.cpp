@@ -39,13 +39,15 @@ void dot_rows(int64_t n, int64_t N, int64_t K, const float* a, int64_t lda, cons
     __m256 s[M][4];
     for (int m = 0; m < M; ++m)
       for (int j = 0; j < 4; ++j) s[m][j] = _mm256_setzero_ps();
-    // The next four rows are fetched while these are summed: four interleaved
-    // streams a row apart are more than the hardware prefetcher follows.
+    // The next four rows are fetched (into L2) while these are summed: four
+    // interleaved streams a row apart are more than the hardware prefetcher
+    // follows (into L1 they left B at a third of the read bandwidth; see
+    // gemm_small_m_bt_avx512.cpp).
     const float* nx = prefetch && n + 4 < N ? b + (n + 4) * ldb : nullptr;
     const int nnext = nx ? static_cast<int>(std::min<int64_t>(4, N - n - 4)) : 0;
     for (int64_t k = 0; k < k8; k += 8) {
       if ((k & 15) == 0)
-        for (int j = 0; j < nnext; ++j) _mm_prefetch(reinterpret_cast<const char*>(nx + j * ldb + k), _MM_HINT_T0);
+        for (int j = 0; j < nnext; ++j) _mm_prefetch(reinterpret_cast<const char*>(nx + j * ldb + k), _MM_HINT_T2);
       const __m256 b0 = _mm256_loadu_ps(r0 + k), b1 = _mm256_loadu_ps(r1 + k);
       const __m256 b2 = _mm256_loadu_ps(r2 + k), b3 = _mm256_loadu_ps(r3 + k);
       for (int m = 0; m < M; ++m) {
