@@ -43,7 +43,7 @@ namespace {
 
 // Up to kGemmSmallMMax rows of op(A) (gemm.h; the tuner may lower it per
 // direction, plan.small_m_nt / small_m_nn): the small-M path (below), not the blocked one.
-constexpr int64_t kThinRows = 4; // up to this many rows of A (but not one: sgemv_row streams B best) …
+constexpr int64_t kThinRows = 4; // up to this many rows of A (one too, for B stored [K,N]) …
 constexpr int64_t kThinK = 8;    // … or this short an inner dimension: the thin kernels, 1.4–3× the tiled path here
 // Up to this many rows of A with B stored [N,K] (x·Wᵀ, a batched decoding
 // step, an expert's few tokens): the dot-product kernels that read B once
@@ -362,12 +362,15 @@ void sgemm_serial_plan(const GemmPlan& plan, bool transA, bool transB, int64_t M
   if (!plan.blocked_only) {
     // Thin products (an expert with a few tokens, its rank-few weight gradient):
     // read in place; the tiled path would pack B for a few FMAs per element.
-    if (use_avx2() && M > 1) {
+    if (use_avx2()) {
+      // B stored [K,N], one row of A too: sums of B's rows, eight at a time,
+      // read as contiguous streams (sgemv_row's row-by-row axpy took 1.3–2×
+      // as long with B from memory, 2 threads).
       if (!transB && (M <= kThinRows || K <= kThinK)) {
         gemm_thin_axpy_avx2(M, N, K, a, transA ? 1 : lda, transA ? lda : 1, b, ldb, c, ldc, accumulate);
         return;
       }
-      if (transB && !transA && M <= kRowsBT) {
+      if (M > 1 && transB && !transA && M <= kRowsBT) {
         if (use_avx512())
           gemm_small_m_bt_avx512(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
         else

@@ -135,7 +135,7 @@ void gemm_thin_axpy_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_
       const int64_t n1 = std::min(N, n0 + kChunk);
       // Fetch the rows two k blocks ahead (the hardware prefetcher does not follow eight rows at once).
       for (int64_t kk = k0 + 16; kk < std::min(K, k0 + 24); ++kk)
-        for (int64_t n = n0; n < n1; n += 16) _mm_prefetch(reinterpret_cast<const char*>(b + kk * ldb + n), _MM_HINT_T0);
+        for (int64_t n = n0; n < n1; n += 16) _mm_prefetch(reinterpret_cast<const char*>(b + kk * ldb + n), _MM_HINT_T2);
       for (int64_t i = 0; i < M; ++i) {
         __m256 w[8];
         for (int kk = 0; kk < kb; ++kk) w[kk] = _mm256_broadcast_ss(a + i * a_rs + (k0 + kk) * a_ks);
