@@ -47,8 +47,13 @@ constexpr int64_t kThinRows = 4; // up to this many rows of A (one too, for B st
 constexpr int64_t kThinK = 8;    // … or this short an inner dimension: the thin kernels, 1.4–3× the tiled path here
 // Up to this many rows of A with B stored [N,K] (x·Wᵀ, a batched decoding
 // step, an expert's few tokens): the dot-product kernels that read B once
-// (gemm_small_m_bt_avx512.cpp, gemm_thin_avx2.cpp), not the packed small-M path.
-constexpr int64_t kRowsBT = 16;
+// (gemm_small_m_bt_avx512.cpp, gemm_thin_avx2.cpp), not the packed small-M
+// path; up to kRowsBTLong when K is also short. With 2 threads and W from
+// memory they took 0.61–0.81 of the packed path's time at 8 rows (W 2048×512
+// and 512×2048), 0.73 and 0.89 at 12 and 16 rows with K 512, but 1.11 and
+// 1.39 with K 2048 (3–4 passes over blocks of W's rows that no longer fit L1).
+constexpr int64_t kRowsBT = 8;
+constexpr int64_t kRowsBTLong = 16, kRowsBTShortK = 512;
 constexpr int64_t kPackSlack = 8; // floats past a packed A block that pack_a_avx2 may write
 
 // Per-thread, 64-byte aligned, grow-once packing buffers.
@@ -370,7 +375,7 @@ void sgemm_serial_plan(const GemmPlan& plan, bool transA, bool transB, int64_t M
         gemm_thin_axpy_avx2(M, N, K, a, transA ? 1 : lda, transA ? lda : 1, b, ldb, c, ldc, accumulate);
         return;
       }
-      if (M > 1 && transB && !transA && M <= kRowsBT) {
+      if (M > 1 && transB && !transA && (M <= kRowsBT || (M <= kRowsBTLong && K <= kRowsBTShortK))) {
         if (use_avx512())
           gemm_small_m_bt_avx512(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
         else
