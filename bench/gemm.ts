@@ -99,7 +99,47 @@ export async function run(args: string[]): Promise<void> {
   }
   console.log(table(["product", "threads", "grouped ms (median)", "single ms (median)", "grouped slower by (median of round ratios)"], grows));
   thin(b);
+  decodeRows(b);
   b.setThreads(2);
+}
+
+/**
+ * A batched decoding step: M sequences (1–16 rows of x) through one linear
+ * layer, y = x·Wᵀ with W [N,K] as the layers store it (2 threads, as sigma
+ * serve runs). Each weight should be read once whatever M is, so the time
+ * should stay near M = 1's while the product is memory-bound. GB/s of weight
+ * reads against the memory read bandwidth probed in the same run, with the
+ * weights rotating over 12 distinct 4 MiB matrices (past the last-level
+ * cache, as a model's layers are). The row counts are timed in turn within
+ * each round (medians of 15 rounds), and the column "× M=1" is the median
+ * of each round's ratio to M = 1: a neighbour that slows a round slows both.
+ */
+export function decodeRows(b: ReturnType<typeof native>): void {
+  b.setThreads(2);
+  const big = randomArray(64 << 20, 9);
+  const bw = (big.byteLength / timeMs(() => b.sumSquares(big, big.length), 5)) / 1e6;
+  console.log(`\nBatched decoding, x[M,K]·Wᵀ (2 threads), against this machine's memory read bandwidth: ${bw.toFixed(1)} GB/s (2 threads, sumSquares over 256 MiB):\n`);
+  const NW = 12, Ms = [1, 2, 4, 8, 16];
+  const rows: (string | number)[][] = [];
+  for (const [N, K] of [[2048, 512], [512, 2048]] as const) {
+    const ws = Array.from({ length: NW }, (_, i) => randomArray(N * K, 40 + i));
+    const xs = Ms.map((M) => randomArray(M * K, 3)), ys = Ms.map((M) => new Float32Array(M * N));
+    const ts = Ms.map(() => [] as number[]);
+    let wi = 0;
+    for (let r = 0; r < 16; r++) {
+      Ms.forEach((M, i) => {
+        const t0 = performance.now();
+        for (let j = 0; j < NW; j++) b.matmul(ys[i]!, xs[i]!, ws[wi++ % NW]!, M, N, K, false, true, false);
+        if (r > 0) ts[i]!.push((performance.now() - t0) / NW);  // round 0 warms up
+      });
+    }
+    Ms.forEach((M, i) => {
+      const ms = median(ts[i]!), gbs = (4 * N * K) / ms / 1e6;
+      const vsOne = median(ts[i]!.map((t, r) => t / ts[0]![r]!));
+      rows.push([`x[${M},${K}] · Wᵀ (W ${N}x${K})`, (ms * 1000).toFixed(0), gbs.toFixed(1), `${((100 * gbs) / bw).toFixed(0)}%`, vsOne.toFixed(2)]);
+    });
+  }
+  console.log(table(["product", "µs (median)", "GB/s of weights", "% of read bandwidth", "× M=1 (median of round ratios)"], rows));
 }
 
 /**

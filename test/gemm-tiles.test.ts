@@ -220,6 +220,50 @@ test("each tile in ordinary dispatch: matmul, bmm and groupedMatmul agree with t
   }
 });
 
+// The small-M kernels under the ordinary dispatch: 1–16 rows of x against a
+// weight, x·Wᵀ (W [N,K], a batched decoding step through a linear layer) and
+// x·W (W [K,N]), N and K odd and past a vector's width, accumulating or not,
+// on every kernel path, 1 and 2 threads (the last shapes are big enough that
+// two threads split N). Every row of C and the K tail must be right: a
+// kernel that skips a block of rows, an N edge or the last k shows here.
+test("small-M products (1–16 rows, odd N and K) agree with the reference on every kernel path", { skip }, () => {
+  const n = native();
+  const NK: [number, number][] = [[1, 1], [3, 17], [17, 3], [5, 33], [257, 513], [1031, 517], [513, 1029]];
+  const cases = Array.from({ length: 16 }, (_, i) => i + 1).flatMap((M) => NK.flatMap(([N, K]) => [true, false].map((tb) => {
+    const a = f32(M * K), b = f32(K * N), c0 = f32(M * N), acc = (M + N) % 2 === 1;
+    const want = c0.slice();
+    ref.matmul(want, a, b, M, N, K, false, tb, acc);
+    return { M, N, K, tb, acc, a, b, c0, want };
+  })));
+  const paths = ALL_PATHS.slice(ALL_PATHS.indexOf(kernelPathSetting().path));
+  try {
+    for (const path of paths) {
+      n.setKernelPath(path);
+      for (const threads of [1, 2]) {
+        n.setThreads(threads);
+        for (const { M, N, K, tb, acc, a, b, c0, want } of cases) {
+          const got = c0.slice();
+          n.matmul(got, a, b, M, N, K, false, tb, acc);
+          const d = maxRelDiff(got, want);
+          assert.ok(d <= 1e-5 * Math.sqrt(K), `${path} path ${threads}t: ${M}x${N}x${K} tb=${tb} acc=${acc} differs from the reference by ${d.toExponential(2)}`);
+        }
+        // Experts with few rows each (a decoding step's expert products), y = x·W[e]ᵀ and x·W[e].
+        const counts = [3, 0, 1, 16, 5, 9], E = counts.length, R = 34, GN = 257, GK = 129;
+        const offsets = Int32Array.from([0, ...counts.map((_, i) => counts.slice(0, i + 1).reduce((x, y) => x + y, 0))]);
+        for (const tw of [true, false]) {
+          const x = f32(R * GK), w = f32(E * GN * GK), yg = new Float32Array(R * GN), yw = new Float32Array(R * GN);
+          n.groupedMatmul(yg, x, w, offsets, E, GN, GK, tw, false);
+          ref.groupedMatmul(yw, x, w, offsets, E, GN, GK, tw, false);
+          assert.ok(maxRelDiff(yg, yw) <= 1e-5 * Math.sqrt(GK), `${path} path ${threads}t: groupedMatmul tw=${tw}`);
+        }
+      }
+    }
+  } finally {
+    n.setKernelPath(kernelPathSetting().path);
+    n.setThreads(2);
+  }
+});
+
 // The tuner's choice as the addon applies it: a tile and blocking per shape
 // class (K > 256, K ≤ 256) and thread bucket, and the small-M thresholds.
 const tuningWith = (path: string, large: string, shortK: string, smallM: number, many?: { large: string; shortK: string; smallM: number }) => {

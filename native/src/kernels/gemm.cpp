@@ -43,8 +43,17 @@ namespace {
 
 // Up to kGemmSmallMMax rows of op(A) (gemm.h; the tuner may lower it per
 // direction, plan.small_m_nt / small_m_nn): the small-M path (below), not the blocked one.
-constexpr int64_t kThinRows = 4; // up to this many rows of A (but not one: sgemv_row streams B best) …
+constexpr int64_t kThinRows = 4; // up to this many rows of A (one too, for B stored [K,N]) …
 constexpr int64_t kThinK = 8;    // … or this short an inner dimension: the thin kernels, 1.4–3× the tiled path here
+// Up to this many rows of A with B stored [N,K] (x·Wᵀ, a batched decoding
+// step, an expert's few tokens): the dot-product kernels that read B once
+// (gemm_small_m_bt_avx512.cpp, gemm_thin_avx2.cpp), not the packed small-M
+// path; up to kRowsBTLong when K is also short. With 2 threads and W from
+// memory they took 0.61–0.81 of the packed path's time at 8 rows (W 2048×512
+// and 512×2048), 0.73 and 0.89 at 12 and 16 rows with K 512, but 1.11 and
+// 1.39 with K 2048 (3–4 passes over blocks of W's rows that no longer fit L1).
+constexpr int64_t kRowsBT = 8;
+constexpr int64_t kRowsBTLong = 16, kRowsBTShortK = 512;
 constexpr int64_t kPackSlack = 8; // floats past a packed A block that pack_a_avx2 may write
 
 // Per-thread, 64-byte aligned, grow-once packing buffers.
@@ -358,13 +367,19 @@ void sgemm_serial_plan(const GemmPlan& plan, bool transA, bool transB, int64_t M
   if (!plan.blocked_only) {
     // Thin products (an expert with a few tokens, its rank-few weight gradient):
     // read in place; the tiled path would pack B for a few FMAs per element.
-    if (use_avx2() && M > 1) {
+    if (use_avx2()) {
+      // B stored [K,N], one row of A too: sums of B's rows, eight at a time,
+      // read as contiguous streams (sgemv_row's row-by-row axpy took 1.3–2×
+      // as long with B from memory, 2 threads).
       if (!transB && (M <= kThinRows || K <= kThinK)) {
         gemm_thin_axpy_avx2(M, N, K, a, transA ? 1 : lda, transA ? lda : 1, b, ldb, c, ldc, accumulate);
         return;
       }
-      if (transB && !transA && M <= kThinRows) {
-        gemm_thin_rows_bt_avx2(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+      if (M > 1 && transB && !transA && (M <= kRowsBT || (M <= kRowsBTLong && K <= kRowsBTShortK))) {
+        if (use_avx512())
+          gemm_small_m_bt_avx512(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+        else
+          gemm_thin_rows_bt_avx2(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
         return;
       }
     }

@@ -21,14 +21,15 @@ inline __m128 hsum4(__m256 s0, __m256 s1, __m256 s2, __m256 s3) {
   return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-// C[M,N] (+)= A[M,K]·B[N,K]ᵀ for M rows (template, ≤ 4): four rows of B at a
-// time, each read once and dotted with every row of A (A's rows stay in L1).
+// C[M, n..n+4) (+)= A[M,K]·B[n..n+4, K]ᵀ for M rows (template, ≤ 4): four
+// rows of B dotted with every row of A. With prefetch, the next four rows of
+// B are fetched meanwhile (only the first block of A's rows asks for them).
 template <int M>
-void dot_rows(int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-              bool accumulate) {
+void dot_rows(int64_t n, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+              int64_t ldc, bool accumulate, bool prefetch) {
   const int64_t k8 = K & ~int64_t{7};
   const __m256i km = lanes(0, K - k8);
-  for (int64_t n = 0; n < N; n += 4) {
+  {
     const int nb = static_cast<int>(std::min<int64_t>(4, N - n));
     // Past N's edge the last row is dotted again; those sums are not stored.
     const float* r0 = b + n * ldb;
@@ -38,13 +39,15 @@ void dot_rows(int64_t N, int64_t K, const float* a, int64_t lda, const float* b,
     __m256 s[M][4];
     for (int m = 0; m < M; ++m)
       for (int j = 0; j < 4; ++j) s[m][j] = _mm256_setzero_ps();
-    // The next four rows are fetched while these are summed: four interleaved
-    // streams a row apart are more than the hardware prefetcher follows.
-    const float* nx = n + 4 < N ? b + (n + 4) * ldb : nullptr;
+    // The next four rows are fetched (into L2) while these are summed: four
+    // interleaved streams a row apart are more than the hardware prefetcher
+    // follows (into L1 they left B at a third of the read bandwidth; see
+    // gemm_small_m_bt_avx512.cpp).
+    const float* nx = prefetch && n + 4 < N ? b + (n + 4) * ldb : nullptr;
     const int nnext = nx ? static_cast<int>(std::min<int64_t>(4, N - n - 4)) : 0;
     for (int64_t k = 0; k < k8; k += 8) {
       if ((k & 15) == 0)
-        for (int j = 0; j < nnext; ++j) _mm_prefetch(reinterpret_cast<const char*>(nx + j * ldb + k), _MM_HINT_T0);
+        for (int j = 0; j < nnext; ++j) _mm_prefetch(reinterpret_cast<const char*>(nx + j * ldb + k), _MM_HINT_T2);
       const __m256 b0 = _mm256_loadu_ps(r0 + k), b1 = _mm256_loadu_ps(r1 + k);
       const __m256 b2 = _mm256_loadu_ps(r2 + k), b3 = _mm256_loadu_ps(r3 + k);
       for (int m = 0; m < M; ++m) {
@@ -68,7 +71,7 @@ void dot_rows(int64_t N, int64_t K, const float* a, int64_t lda, const float* b,
     }
     for (int m = 0; m < M; ++m) {
       __m128 r = hsum4(s[m][0], s[m][1], s[m][2], s[m][3]);
-      float* dst = c + m * ldc + n;
+      float* dst = c + m * ldc;
       if (nb == 4) {
         if (accumulate) r = _mm_add_ps(r, _mm_loadu_ps(dst));
         _mm_storeu_ps(dst, r);
@@ -102,14 +105,20 @@ inline void axpy_row(float* ci, const float* bk, int64_t ldb, int64_t n0, int64_
 
 void gemm_thin_rows_bt_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb,
                             float* c, int64_t ldc, bool accumulate) {
-  for (int64_t m = 0; m < M; m += 4) {
-    const float* am = a + m * lda;
-    float* cm = c + m * ldc;
-    switch (std::min<int64_t>(4, M - m)) {
-      case 1: dot_rows<1>(N, K, am, lda, b, ldb, cm, ldc, accumulate); break;
-      case 2: dot_rows<2>(N, K, am, lda, b, ldb, cm, ldc, accumulate); break;
-      case 3: dot_rows<3>(N, K, am, lda, b, ldb, cm, ldc, accumulate); break;
-      default: dot_rows<4>(N, K, am, lda, b, ldb, cm, ldc, accumulate); break;
+  // Four rows of B at a time, each read from memory once: every block of
+  // A's rows takes them while they are in cache (the blocks of A loop
+  // inside, so 5–16 rows do not stream B once per block).
+  for (int64_t n = 0; n < N; n += 4) {
+    for (int64_t m = 0; m < M; m += 4) {
+      const float* am = a + m * lda;
+      float* cm = c + m * ldc + n;
+      const bool pf = m == 0;
+      switch (std::min<int64_t>(4, M - m)) {
+        case 1: dot_rows<1>(n, N, K, am, lda, b, ldb, cm, ldc, accumulate, pf); break;
+        case 2: dot_rows<2>(n, N, K, am, lda, b, ldb, cm, ldc, accumulate, pf); break;
+        case 3: dot_rows<3>(n, N, K, am, lda, b, ldb, cm, ldc, accumulate, pf); break;
+        default: dot_rows<4>(n, N, K, am, lda, b, ldb, cm, ldc, accumulate, pf); break;
+      }
     }
   }
 }
@@ -126,7 +135,7 @@ void gemm_thin_axpy_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_
       const int64_t n1 = std::min(N, n0 + kChunk);
       // Fetch the rows two k blocks ahead (the hardware prefetcher does not follow eight rows at once).
       for (int64_t kk = k0 + 16; kk < std::min(K, k0 + 24); ++kk)
-        for (int64_t n = n0; n < n1; n += 16) _mm_prefetch(reinterpret_cast<const char*>(b + kk * ldb + n), _MM_HINT_T0);
+        for (int64_t n = n0; n < n1; n += 16) _mm_prefetch(reinterpret_cast<const char*>(b + kk * ldb + n), _MM_HINT_T2);
       for (int64_t i = 0; i < M; ++i) {
         __m256 w[8];
         for (int kk = 0; kk < kb; ++kk) w[kk] = _mm256_broadcast_ss(a + i * a_rs + (k0 + kk) * a_ks);

@@ -106,6 +106,10 @@ GemmPlan gemm_plan(int64_t K, int threads);
 // C[M,N] (+)= A[M,K]·B[N,K]ᵀ with A's rows lda apart — for few rows of A.
 void gemm_thin_rows_bt_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb,
                             float* c, int64_t ldc, bool accumulate);
+// The same for up to kRowsBT rows with AVX-512 (gemm_small_m_bt_avx512.cpp):
+// B read once, 4×4 dot-product tiles in zmm registers.
+void gemm_small_m_bt_avx512(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb,
+                            float* c, int64_t ldc, bool accumulate);
 // C[M,N] (+)= A·B[K,N] with A[i,k] = a[i·a_rs + k·a_ks], eight k at a time:
 // each row of C is a sum of rows of B — for few rows of A or a short K.
 void gemm_thin_axpy_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_ks, const float* b,
