@@ -40,9 +40,11 @@ export function attentionLayers(model: PanguSigma): number {
 /**
  * Runs one step and returns, for each item, the logits [V] after its last
  * token (null where not wanted). Each sequence's cache advances by its tokens.
+ * `onRouting`, when given, receives each sparse layer's kept assignments per
+ * expert over the step's rows (the router's own counts, no extra work).
  * The model must be in eval mode.
  */
-export function forwardBatch(model: PanguSigma, pool: KVPool, items: readonly BatchItem[]): (FloatArray | null)[] {
+export function forwardBatch(model: PanguSigma, pool: KVPool, items: readonly BatchItem[], onRouting?: (layer: number, counts: Int32Array) => void): (FloatArray | null)[] {
   const c = model.config;
   const V = c.vocabSize;
   const C = c.width;
@@ -77,7 +79,9 @@ export function forwardBatch(model: PanguSigma, pool: KVPool, items: readonly Ba
   const logits = noGrad(() => {
     let h = ops.add(ops.embedding(model.tokenEmbedding, embedIds, [1, R]), ops.embedding(model.positionEmbedding, posIds, [1, R]));
     model.blocks.forEach((block, l) => {
-      h = block.forward(h, ctx, pool.attention(l, rows)).y;
+      const o = block.forward(h, ctx, pool.attention(l, rows));
+      if (o.routing && onRouting) onRouting(l, o.routing.counts);
+      h = o.y;
     });
     h = model.finalNorm.forward(h);
     if (model.queryLayer) h = model.queryLayer.forward(h, ops.embedding(model.queryEmbedding!, posIds, [1, R]), pool.attention(model.blocks.length, rows));

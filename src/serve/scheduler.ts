@@ -33,6 +33,7 @@ import type { Tokenizer, TokenStreamDecoder } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
 import { Rng } from "../util/rng.js";
 import { attentionLayers, forwardBatch, type BatchItem } from "./batch.js";
+import { ExpertLoad } from "./expert-load.js";
 import { KVPool, type KVSeq } from "./kv-pool.js";
 import type { ServerMetrics } from "./metrics.js";
 import { checkSampling, sampleToken, type SamplingOptions } from "./sampling.js";
@@ -153,6 +154,8 @@ interface Sequence {
 
 export class Scheduler {
   readonly pool: KVPool;
+  /** Kept assignments per expert of each sparse layer over the recent steps (the web page's load view). */
+  readonly expertLoad: ExpertLoad;
   readonly maxBatch: number;
   readonly maxQueue: number;
   readonly prefillChunk: number;
@@ -177,6 +180,8 @@ export class Scheduler {
     const blocks = positive("kvBlocks", o.kvBlocks ?? this.maxBatch * Math.ceil(c.seqLen / blockSize));
     if (blocks < Math.ceil(c.seqLen / blockSize)) throw new SigmaError(`kvBlocks ${blocks} cannot hold one sequence of the model's context (${c.seqLen} positions in blocks of ${blockSize})`, `use at least ${Math.ceil(c.seqLen / blockSize)}`);
     this.pool = new KVPool(attentionLayers(model), c.width, blockSize, blocks, model.tokenEmbedding.dtype);
+    const sparse = model.blocks.flatMap((b, l) => (b.moe ? [l] : []));
+    this.expertLoad = new ExpertLoad(sparse, c.experts?.count ?? 0);
     model.eval();
     this.done = this.loop();
   }
@@ -280,13 +285,15 @@ export class Scheduler {
     const t0 = performance.now();
     let logits: (FloatArray | null)[];
     try {
-      logits = forwardBatch(this.model, this.pool, items);
+      logits = forwardBatch(this.model, this.pool, items, (l, counts) => this.expertLoad.record(l, counts));
     } catch (e) {
       // A failed step ends its sequences, not the server.
+      this.expertLoad.endStep();
       for (const it of items) this.finish(it.s, "error", e instanceof Error ? e.message : String(e));
       return;
     }
     const now = performance.now();
+    this.expertLoad.endStep();
     this.lastBatch = items.length;
     if (this.metrics) {
       this.metrics.steps++;

@@ -6,6 +6,7 @@
  *   GET  /v1/models             one id per domain: sigma/<name>/<domain>
  *   GET  /health                {"status":"ok", …} with the batch and queue
  *   GET  /metrics               Prometheus text (src/serve/metrics.ts)
+ *   GET  /, GET /v1/status      the web page and its live view (src/serve/page.ts)
  *
  * A request is checked whole before anything is queued: a body that is not
  * JSON, a field of the wrong type, an unknown field, a prompt longer than the
@@ -28,6 +29,7 @@ import type { Tokenizer } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
 import { CHAT_STOPS, chatPrompt, ReplyTrimmer, type ChatMessage } from "./chat.js";
 import { ServerMetrics } from "./metrics.js";
+import { addPage } from "./page.js";
 import { encodePrompt } from "./prompt.js";
 import { QueueFullError, Scheduler, SchedulerClosedError, type FinishReason, type SchedulerOptions, type SequenceEvent, type SequenceRequest, type SequenceStream, type TokenLogprob } from "./scheduler.js";
 
@@ -185,6 +187,7 @@ export function createServer(model: PanguSigma, tokenizer: Tokenizer, o: ServerO
       sigma_kv_blocks: { help: "KV-cache blocks in the pool.", value: s.kvBlocks },
     });
   });
+  addPage(app, { scheduler, metrics, name: o.name, modelIds });
   app.get("/v1/models", async () => ({ object: "list", data: modelIds.map((id) => ({ id, object: "model", created, owned_by: "sigma" })) }));
 
   /** The domain a request asks for: the "domain" field, or the model id's last part; else the first domain. */
