@@ -190,3 +190,53 @@ test("a draft model with another vocabulary and bad draft settings are refused",
   assert.throws(() => [...speculativeIds(target, [1, 2], 0, { ...greedy, maxTokens: 3, draftTokens: 2 }, { kind: "model", model: other, domain: 0 })], (e: unknown) => e instanceof SigmaError && /vocabulary \(30 tokens\) is not the target's \(29/.test(e.message));
   assert.throws(() => [...speculativeIds(target, [1, 2], 0, { ...greedy, maxTokens: 3, draftTokens: 0 }, { kind: "ngram" })], (e: unknown) => e instanceof SigmaError && /draft tokens/.test(e.message));
 });
+
+test("Model.generate and sigma generate take a draft: the same greedy text, the acceptance reported, another tokenizer refused", async () => {
+  const { mkdtempSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const { spawnSync } = await import("node:child_process");
+  const { WordCounter, trainBpe } = await import("../src/tokenizer/trainer.js");
+  const { Model, openModel } = await import("../src/api/model.js");
+  const dir = mkdtempSync(join(tmpdir(), "sigma-spec-"));
+  try {
+    const wc = new WordCounter();
+    wc.add("the cat sat on the mat and the dog sat on the log. ".repeat(5));
+    const tok = trainBpe(wc, { vocabSize: 280, domains: ["en"], langs: [] });
+    const make = (vocabSize: number, seed: number, sparse: boolean) =>
+      new PanguSigma(parseModelConfig({ vocabSize, width: 16, heads: 2, denseLayers: 1, sparseLayers: sparse ? 1 : 0, seqLen: 64, ffnWidth: 24, seed, initStd: 0.5, domains: [{ name: "en", group: 0 }], ...(sparse ? { experts: { count: 4, width: 8, router: ROUTERS.topk! } } : {}) }));
+    const target = new Model(make(tok.vocabSize, 3, true), tok, null, 0, null);
+    const small = new Model(make(tok.vocabSize, 5, false), tok, null, 0, null);
+    const targetPath = target.save(join(dir, "target"));
+    const draftPath = small.save(join(dir, "draft"));
+    const prompt = "the cat sat on the mat and the dog sat on the";
+    const o = { temperature: 0, maxTokens: 16 };
+    const plain = await target.complete(prompt, o);
+    const stats = newSpeculativeStats();
+    assert.equal(await target.complete(prompt, { ...o, draft: "ngram", draftTokens: 3, draftStats: stats }), plain);
+    assert.ok(stats.proposed > 0);
+    assert.equal(await target.complete(prompt, { ...o, draft: small }), plain);
+    const wc2 = new WordCounter();
+    wc2.add("quick brown foxes jump over lazy dogs; quick brown foxes. ".repeat(5));
+    const bigTok = trainBpe(wc2, { vocabSize: 300, domains: ["en"], langs: [] });
+    assert.notEqual(bigTok.vocabSize, tok.vocabSize);
+    const alien = new Model(make(bigTok.vocabSize, 5, false), bigTok, null, 0, null);
+    await assert.rejects(target.complete(prompt, { ...o, draft: alien }), (e: unknown) => e instanceof SigmaError && /vocabulary/.test(e.message));
+    const alienPath = alien.save(join(dir, "alien"));
+    assert.equal((await openModel(targetPath)).config.vocabSize, tok.vocabSize);
+
+    const cli = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", join(import.meta.dirname, "..", "src", "cli", "main.ts"), "generate", "--ckpt", targetPath, "--prompt", prompt, "--temperature", "0", "--max-tokens", "16", ...args], { encoding: "utf8", env: { ...process.env, SIGMA_TUNE: "off" } });
+    for (const args of [["--draft", "ngram"], ["--draft", draftPath, "--draft-tokens", "2"]]) {
+      const r = cli(...args);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stdout, `${prompt}${plain}\n`, args.join(" "));
+      assert.match(r.stderr, /draft: \d+ of \d+ proposed tokens accepted/);
+    }
+    const bad = cli("--draft", alienPath);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /^sigma: the draft model's vocabulary \(\d+ tokens\) is not the target's/);
+    assert.doesNotMatch(bad.stderr, /\n\s+at /, "no stack trace");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
