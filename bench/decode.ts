@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- decode [--tokens=N] [--rounds=N] [--only=f32,q8] [--spec-only]
- *   [--spec-target=DIR] [--spec-draft=DIR] [--spec-tokens=N] [--spec-rounds=N] [--json]`:
+ *   [--spec-target=DIR] [--spec-draft=DIR] [--spec-tokens=N] [--spec-rounds=N] [--spec-k=K] [--json]`:
  * KV-cache decoding of config R's shape (d=512, 8 heads, 2 dense + 2 sparse
  * layers, 8 experts top-2, F=2048, V=8192; random weights) with its matrices
  * in each weight format (docs/decode.md), on 2 threads.
@@ -30,8 +30,8 @@
  * R's shape with random q8 weights on repetitive token-id prompts (a random
  * model's greedy text loops, so its n-gram figure says little about text).
  * The model draft needs a trained smaller model with the target's tokenizer
- * (`--spec-draft=DIR`); without one that figure is skipped (a random draft
- * agrees with nothing). JSON: decode.speculative = { target, prompts, tokens,
+ * (`--spec-draft=DIR`; `--spec-k=K` drafts per step); without one that figure is skipped (a random draft
+ * agrees with nothing). JSON: decode.speculative = { target, prompts, tokens, draftTokens,
  * ngram: { plainTokensPerSecond, tokensPerSecond, speedup, acceptance },
  * model: same | null }.
  */
@@ -137,7 +137,7 @@ const REPETITIVE = [
 ];
 
 /** Greedy decoding of `tokens` tokens after each prompt, plain and speculative: tokens/s over the set (median of rounds) and the acceptance. */
-function speculativeRun(net: PanguSigma, prompts: number[][], domain: number, draft: Draft, tokens: number, rounds: number): SpecFigure {
+function speculativeRun(net: PanguSigma, prompts: number[][], domain: number, draft: Draft, tokens: number, rounds: number, k: number): SpecFigure {
   const o = { temperature: 0, topK: 0, topP: 1, seed: 1, maxTokens: tokens, stopId: null };
   const plainMs: number[] = [];
   const specMs: number[] = [];
@@ -155,7 +155,7 @@ function speculativeRun(net: PanguSigma, prompts: number[][], domain: number, dr
       a += performance.now() - t0;
       const st = newSpeculativeStats();
       t0 = performance.now();
-      ns += [...speculativeIds(net, p, domain, { ...o, draftTokens: 4 }, draft, st)].length;
+      ns += [...speculativeIds(net, p, domain, { ...o, draftTokens: k }, draft, st)].length;
       b += performance.now() - t0;
       if (round > 0) for (const k of ["steps", "proposed", "accepted", "emitted"] as const) stats[k] += st[k];
     }
@@ -174,6 +174,7 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   const str = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
   const tokens = opt("spec-tokens", 48);
   const rounds = opt("spec-rounds", 2);
+  const k = opt("spec-k", 4);
   const targetPath = str("spec-target") ?? "sigma-demo";
   const draftPath = str("spec-draft");
   let net: PanguSigma;
@@ -198,13 +199,13 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
     });
     target = "config R's shape, random q8 weights (no demo model at " + targetPath + ")";
   }
-  say(`\nspeculative decoding, greedy, k = 4, ${tokens} tokens after each of ${prompts.length} repetitive prompts, median of ${rounds} rounds; target: ${target}`);
-  const ngram = speculativeRun(net, prompts, 0, { kind: "ngram" }, tokens, rounds);
-  const model = draftModel ? speculativeRun(net, prompts, 0, { kind: "model", model: draftModel, domain: 0 }, tokens, rounds) : null;
+  say(`\nspeculative decoding, greedy, k = ${k}, ${tokens} tokens after each of ${prompts.length} repetitive prompts, median of ${rounds} rounds; target: ${target}`);
+  const ngram = speculativeRun(net, prompts, 0, { kind: "ngram" }, tokens, rounds, k);
+  const model = draftModel ? speculativeRun(net, prompts, 0, { kind: "model", model: draftModel, domain: 0 }, tokens, rounds, k) : null;
   const rows = [["ngram", ngram] as const, ...(model ? [["model " + draftPath, model] as const] : [])].map(([name, f]) => [name, f.plainTokensPerSecond.toFixed(1), f.tokensPerSecond.toFixed(1), `${f.speedup.toFixed(2)}×`, `${(100 * f.acceptance).toFixed(0)}%`]);
   say(table(["draft", "plain tokens/s", "speculative tokens/s", "speedup", "acceptance"], rows));
   if (!model) say(`model draft: skipped — ${existsSync(targetPath) ? "no --spec-draft=DIR (a trained smaller model with the demo's tokenizer)" : "no demo model (run sigma demo, or pass --spec-target=DIR and --spec-draft=DIR)"}; a draft with random weights would agree with nothing`);
-  return { target, prompts: prompts.length, tokens, ngram, model };
+  return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, model };
 }
 
 export async function run(args: string[]): Promise<void> {

@@ -178,8 +178,11 @@ test("at temperature > 0 the first speculated token follows the target's distrib
 
 test("n-gram proposals: the tokens after the most recent earlier occurrence of the longest suffix", () => {
   assert.deepEqual(ngramProposal([1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3], 3), [7, 5, 1]);
-  assert.deepEqual(ngramProposal([1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3], 10), [7, 5, 1, 2, 3]);
+  // Past the context's end the copy repeats itself: the period-5 pattern 7 5 1 2 3 goes on.
+  assert.deepEqual(ngramProposal([1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3], 10), [7, 5, 1, 2, 3, 7, 5, 1, 2, 3]);
+  assert.deepEqual(ngramProposal([8, 4, 6, 4, 6, 4, 6], 5), [4, 6, 4, 6, 4]);
   assert.deepEqual(ngramProposal([4, 2, 3, 8, 5, 3], 2), [8, 5], "a 1-token suffix when no longer one occurred");
+  assert.deepEqual(ngramProposal([4, 2, 3, 3], 3), [3, 3, 3]);
   assert.deepEqual(ngramProposal([1, 2, 3], 4), []);
   assert.deepEqual(ngramProposal([6], 4), []);
 });

@@ -22,7 +22,7 @@
  * Drafts: another Sigma model with the same tokenizer (its own KV cache,
  * rolled back like the target's), or prompt lookup ("ngram"): the k tokens
  * that followed the most recent earlier occurrence of the context's last n
- * tokens. Its q is a point mass on each proposed token, so the rule becomes:
+ * tokens (continuing the copy periodically past the context's end). Its q is a point mass on each proposed token, so the rule becomes:
  * accept x with probability p(x), else draw from p without x, renormalized.
  */
 import { noGrad } from "../autograd/tape.js";
@@ -147,7 +147,9 @@ export function truncateCache(cache: ModelCache, length: number): void {
 /**
  * The tokens that followed the most recent earlier occurrence of the
  * context's last m tokens, for m = n … 1 (the longest suffix that occurred
- * before wins), at most k of them; [] when no suffix occurred before.
+ * before wins), k of them — past the context's end the copy goes on from
+ * its own start, so a repeating pattern is proposed in full; [] when no
+ * suffix occurred before.
  */
 export function ngramProposal(context: readonly number[], k: number, n = 3): number[] {
   const L = context.length;
@@ -155,7 +157,11 @@ export function ngramProposal(context: readonly number[], k: number, n = 3): num
     for (let j = L - m - 1; j >= 0; j--) {
       let same = true;
       for (let t = 0; t < m && same; t++) same = context[j + t] === context[L - m + t];
-      if (same) return context.slice(j + m, Math.min(j + m + k, L));
+      if (!same) continue;
+      // The copy runs on past the context's end into its own proposal: a pattern of period P < k repeats in full.
+      const out: number[] = [];
+      for (let i = 0; i < k; i++) out.push(j + m + i < L ? context[j + m + i]! : out[j + m + i - L]!);
+      return out;
     }
   }
   return [];
