@@ -52,7 +52,7 @@ export interface GenerateOptions {
 }
 
 /** One generated token and the text it adds (may be "" while a character or a possible stop string is incomplete). */
-export type { ChatMessage };
+export type { ChatMessage, SpeculativeStats };
 
 export interface GeneratedPiece {
   id: number;
