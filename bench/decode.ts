@@ -1,5 +1,6 @@
 /**
- * `npm run bench -- decode [--tokens=N] [--rounds=N] [--only=f32,q8] [--json]`:
+ * `npm run bench -- decode [--tokens=N] [--rounds=N] [--only=f32,q8] [--spec-only]
+ *   [--spec-target=DIR] [--spec-draft=DIR] [--spec-tokens=N] [--spec-rounds=N] [--spec-k=K] [--json]`:
  * KV-cache decoding of config R's shape (d=512, 8 heads, 2 dense + 2 sparse
  * layers, 8 experts top-2, F=2048, V=8192; random weights) with its matrices
  * in each weight format (docs/decode.md), on 2 threads.
@@ -18,6 +19,21 @@
  *   { decode: { threads, cpu, readBandwidthGBs, tokens, rounds, config,
  *               formats: { <format>: { batch1: Run, batch8: Run } }, q8OverF32Batch1 } }
  *   Run = { tokensPerSecond, stepMs, bytesPerStep, bytesPerToken, bandwidthFraction }
+ *
+ * Speculative decoding (src/serve/speculative.ts; `--spec-only` runs just
+ * this section): greedy decoding of `--spec-tokens` tokens (default 48) after
+ * each prompt of a repetitive set, plain vs speculative with k = 4, medians
+ * of the rounds; tokens/s over the whole set, speedup = speculative ÷ plain,
+ * acceptance = accepted ÷ proposed draft tokens. The target is the demo
+ * model (`--spec-target=DIR`, default sigma-demo/, as `sigma demo` writes it)
+ * with q8 weights, its prompts the repetitive texts below; without it, config
+ * R's shape with random q8 weights on repetitive token-id prompts (a random
+ * model's greedy text loops, so its n-gram figure says little about text).
+ * The model draft needs a trained smaller model with the target's tokenizer
+ * (`--spec-draft=DIR`; `--spec-k=K` drafts per step); without one that figure is skipped (a random draft
+ * agrees with nothing). JSON: decode.speculative = { target, prompts, tokens, draftTokens,
+ * ngram: { plainTokensPerSecond, tokensPerSecond, speedup, acceptance },
+ * model: same | null }.
  */
 import { noGrad } from "../src/autograd/tape.js";
 import { WEIGHT_FORMATS, storedBytes, type WeightFormat } from "../src/backend/quant.js";
@@ -26,6 +42,11 @@ import { parseModelConfig } from "../src/models/config.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
 import { quantizeModel, storedSites } from "../src/models/quantize.js";
 import { Rng } from "../src/util/rng.js";
+import { existsSync } from "node:fs";
+import { generateIds } from "../src/serve/generate.js";
+import { openModelSource } from "../src/serve/open.js";
+import { encodePrompt } from "../src/serve/prompt.js";
+import { newSpeculativeStats, speculativeIds, type Draft } from "../src/serve/speculative.js";
 import { median, native, randomArray, table } from "./util.js";
 
 const THREADS = 2;
@@ -100,6 +121,93 @@ function decodeRun(net: PanguSigma, B: number, tokens: number, rounds: number): 
   return { tokensPerSecond: (1000 * B) / stepMs, stepMs, bytesPerStep, bytesPerToken: bytesPerStep / B, bandwidthFraction: 0 };
 }
 
+interface SpecFigure {
+  plainTokensPerSecond: number;
+  tokensPerSecond: number;
+  speedup: number;
+  acceptance: number;
+}
+
+/** Texts that repeat themselves: what prompt-lookup drafting is for. */
+const REPETITIVE = [
+  "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef",
+  "The cat sat on the mat. The dog sat on the log. The cat sat on the mat. The dog sat on the log. The cat",
+  "for (let i = 0; i < n; i++) sum += a[i];\nfor (let i = 0; i < n; i++) sum += b[i];\nfor (let i = 0; i < n; i++)",
+  "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,",
+];
+
+/** Greedy decoding of `tokens` tokens after each prompt, plain and speculative: tokens/s over the set (median of rounds) and the acceptance. */
+function speculativeRun(net: PanguSigma, prompts: number[][], domain: number, draft: Draft, tokens: number, rounds: number, k: number): SpecFigure {
+  const o = { temperature: 0, topK: 0, topP: 1, seed: 1, maxTokens: tokens, stopId: null };
+  const plainMs: number[] = [];
+  const specMs: number[] = [];
+  let emittedPlain = 0;
+  let emittedSpec = 0;
+  const stats = newSpeculativeStats();
+  for (let round = 0; round < rounds + 1; round++) {
+    let a = 0;
+    let b = 0;
+    let np = 0;
+    let ns = 0;
+    for (const p of prompts) {
+      let t0 = performance.now();
+      np += [...generateIds(net, p, domain, o)].length;
+      a += performance.now() - t0;
+      const st = newSpeculativeStats();
+      t0 = performance.now();
+      ns += [...speculativeIds(net, p, domain, { ...o, draftTokens: k }, draft, st)].length;
+      b += performance.now() - t0;
+      if (round > 0) for (const k of ["steps", "proposed", "accepted", "emitted"] as const) stats[k] += st[k];
+    }
+    if (round === 0) continue; // warm-up
+    plainMs.push(a);
+    specMs.push(b);
+    emittedPlain = np;
+    emittedSpec = ns;
+  }
+  const plainTokensPerSecond = (1000 * emittedPlain) / median(plainMs);
+  const tokensPerSecond = (1000 * emittedSpec) / median(specMs);
+  return { plainTokensPerSecond, tokensPerSecond, speedup: tokensPerSecond / plainTokensPerSecond, acceptance: stats.proposed ? stats.accepted / stats.proposed : 0 };
+}
+
+function speculativeSection(args: string[], fallback: PanguSigma, say: (s: string) => void, opt: (name: string, dflt: number) => number) {
+  const str = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+  const tokens = opt("spec-tokens", 48);
+  const rounds = opt("spec-rounds", 2);
+  const k = opt("spec-k", 4);
+  const targetPath = str("spec-target") ?? "sigma-demo";
+  const draftPath = str("spec-draft");
+  let net: PanguSigma;
+  let prompts: number[][];
+  let target: string;
+  let draftModel: PanguSigma | null = null;
+  if (existsSync(targetPath)) {
+    const src = openModelSource(targetPath, { weights: "q8" });
+    net = src.model;
+    const tok = src.tokenizer!.tokenizer;
+    const domain = net.config.domains[0]!.name;
+    prompts = REPETITIVE.map((t) => encodePrompt(tok, domain, t));
+    target = `${src.path} (q8)`;
+    if (draftPath) draftModel = openModelSource(draftPath, { weights: "q8" }).model;
+  } else {
+    quantizeModel(fallback, "q8");
+    net = fallback;
+    const rng = new Rng(11);
+    prompts = [5, 7, 11, 13].map((period) => {
+      const unit = Array.from({ length: period }, () => rng.int(SHAPE.vocab));
+      return Array.from({ length: 48 }, (_, i) => unit[i % period]!);
+    });
+    target = "config R's shape, random q8 weights (no demo model at " + targetPath + ")";
+  }
+  say(`\nspeculative decoding, greedy, k = ${k}, ${tokens} tokens after each of ${prompts.length} repetitive prompts, median of ${rounds} rounds; target: ${target}`);
+  const ngram = speculativeRun(net, prompts, 0, { kind: "ngram" }, tokens, rounds, k);
+  const model = draftModel ? speculativeRun(net, prompts, 0, { kind: "model", model: draftModel, domain: 0 }, tokens, rounds, k) : null;
+  const rows = [["ngram", ngram] as const, ...(model ? [["model " + draftPath, model] as const] : [])].map(([name, f]) => [name, f.plainTokensPerSecond.toFixed(1), f.tokensPerSecond.toFixed(1), `${f.speedup.toFixed(2)}×`, `${(100 * f.acceptance).toFixed(0)}%`]);
+  say(table(["draft", "plain tokens/s", "speculative tokens/s", "speedup", "acceptance"], rows));
+  if (!model) say(`model draft: skipped — ${existsSync(targetPath) ? "no --spec-draft=DIR (a trained smaller model with the demo's tokenizer)" : "no demo model (run sigma demo, or pass --spec-target=DIR and --spec-draft=DIR)"}; a draft with random weights would agree with nothing`);
+  return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, model };
+}
+
 export async function run(args: string[]): Promise<void> {
   const json = args.includes("--json");
   const say = json ? (s: string) => console.error(s) : (s: string) => console.log(s);
@@ -124,20 +232,22 @@ export async function run(args: string[]): Promise<void> {
   say(`config R's shape: d=${SHAPE.width}, ${SHAPE.heads} heads, ${SHAPE.dense} dense + ${SHAPE.sparse} sparse layers, ${SHAPE.experts} experts top-${SHAPE.k}, F=${SHAPE.ffn}, V=${SHAPE.vocab}; ${tokens} steps after an 8-token prompt, median of ${rounds} rounds\n`);
   const results: Partial<Record<WeightFormat, { batch1: Run; batch8: Run }>> = {};
   const rows: (string | number)[][] = [];
-  for (const f of formats) {
+  const specOnly = args.includes("--spec-only");
+  for (const f of specOnly ? [] : formats) {
     quantizeModel(net, f);
     const r = { batch1: decodeRun(net, 1, tokens, rounds), batch8: decodeRun(net, 8, Math.max(4, tokens >> 1), rounds) };
     for (const x of [r.batch1, r.batch8]) x.bandwidthFraction = (x.bytesPerStep * (1000 / x.stepMs)) / bw;
     results[f] = r;
     rows.push([f, r.batch1.tokensPerSecond.toFixed(1), (r.batch1.bytesPerToken / 1e6).toFixed(1), r.batch1.bandwidthFraction.toFixed(2), r.batch8.tokensPerSecond.toFixed(1), (r.batch8.bytesPerStep / 1e6).toFixed(1), r.batch8.bandwidthFraction.toFixed(2)]);
   }
-  say(table(["weights", "batch 1 tokens/s", "MB/token", "bandwidth fraction", "batch 8 tokens/s", "MB/step", "bandwidth fraction"], rows));
+  if (!specOnly) say(table(["weights", "batch 1 tokens/s", "MB/token", "bandwidth fraction", "batch 8 tokens/s", "MB/step", "bandwidth fraction"], rows));
   const q8 = results.q8?.batch1.tokensPerSecond;
   const f32 = results.f32?.batch1.tokensPerSecond;
   const q8OverF32Batch1 = q8 && f32 ? q8 / f32 : null;
   if (q8OverF32Batch1 !== null) say(`\nq8 / f32 tokens/s at batch 1: ${q8OverF32Batch1.toFixed(2)}×`);
+  const speculative = speculativeSection(args, net, say, opt);
   if (json) {
     const cpu = b.cpuInfo();
-    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, formats: results, q8OverF32Batch1 } }));
+    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, formats: results, q8OverF32Batch1, speculative } }));
   }
 }

@@ -6,7 +6,7 @@
  *
  * The `sigma` command line is a thin layer over these functions.
  */
-export { openModel, Model, type GenerateOptions, type GeneratedPiece, type ParameterSummary, type ChatMessage, type OpenModelOptions } from "./api/model.js";
+export { openModel, Model, type GenerateOptions, type GeneratedPiece, type ParameterSummary, type ChatMessage, type OpenModelOptions, type SpeculativeStats } from "./api/model.js";
 export { serve, type ServeOptions, type SigmaServer, type ServerStats } from "./api/serve.js";
 export { quantize, type QuantizeOptions, type QuantizeResult } from "./api/quantize.js";
 export { WEIGHT_FORMATS, type WeightFormat } from "./backend/quant.js";

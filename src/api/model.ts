@@ -11,6 +11,7 @@ import { encodeModel } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { CHAT_STOPS, chatPrompt, ReplyTrimmer, type ChatMessage } from "../serve/chat.js";
 import { generateIds } from "../serve/generate.js";
+import { checkDraftModel, speculativeIds, type SpeculativeStats } from "../serve/speculative.js";
 import { domainIndexOf, encodePrompt } from "../serve/prompt.js";
 import { openModelSource, type ModelSource, type OpenOptions, type RunSettings } from "../serve/open.js";
 import { StopMatcher } from "../serve/stop.js";
@@ -37,10 +38,21 @@ export interface GenerateOptions {
   showSpecial?: boolean;
   /** Stops generation after the current token. */
   signal?: AbortSignal;
+  /**
+   * Speculative decoding (docs/decode.md): a smaller model with the same
+   * tokenizer, or "ngram" (prompt lookup), proposes tokens that this model
+   * verifies several at a time. The text keeps this model's distribution
+   * (at temperature 0 it is the text of plain decoding).
+   */
+  draft?: Model | "ngram";
+  /** Tokens the draft proposes per step (default 4). */
+  draftTokens?: number;
+  /** Filled as generation runs: draft tokens proposed and accepted, verification steps. */
+  draftStats?: SpeculativeStats;
 }
 
 /** One generated token and the text it adds (may be "" while a character or a possible stop string is incomplete). */
-export type { ChatMessage };
+export type { ChatMessage, SpeculativeStats };
 
 export interface GeneratedPiece {
   id: number;
@@ -110,7 +122,13 @@ export class Model {
     // Text as it completes: a character cut across tokens is held back until its last byte arrives.
     const text = tok.streamDecoder({ skipSpecial: !o.showSpecial });
     const sampling = { temperature: o.temperature ?? 0.8, topK: o.topK ?? 40, topP: o.topP ?? 0.95, seed: o.seed ?? 1, maxTokens: o.maxTokens ?? 100, stopId: tok.eotId };
-    for (const id of generateIds(this.network, ids, d, sampling)) {
+    const spec = { ...sampling, draftTokens: o.draftTokens ?? 4 };
+    const draft = o.draft;
+    const tokens =
+      draft === undefined ? generateIds(this.network, ids, d, sampling)
+      : draft === "ngram" ? speculativeIds(this.network, ids, d, spec, { kind: "ngram" }, o.draftStats)
+      : speculativeIds(this.network, ids, d, spec, { kind: "model", model: draft.network, domain: this.draftDomain(draft, domain) }, o.draftStats);
+    for (const id of tokens) {
       if (o.signal?.aborted) break;
       const r = stop.push(text.push(id));
       yield { id, text: r.text };
@@ -121,6 +139,17 @@ export class Model {
     const r = stop.push(text.end());
     const rest = r.text + (r.stopped ? "" : stop.end());
     if (rest) yield { id: -1, text: rest };
+  }
+
+  /** The draft's domain of the same name (else its first), after checking that it reads and writes the same tokens. */
+  private draftDomain(draft: Model, domain: string): number {
+    const where = draft.path ?? "the draft model";
+    checkDraftModel(this.network, draft.network);
+    const mine = this.tokenizer ? toHfJson(this.tokenizer) : null;
+    const theirs = draft.tokenizer ? toHfJson(draft.tokenizer) : null;
+    if (theirs !== null && mine !== theirs) throw new SigmaError(`${where} has another tokenizer than ${this.path ?? "the target model"}: a draft must share the target's vocabulary`, "use a model trained on the same data folder, or one cut from the target with sigma extract; or --draft ngram");
+    const i = draft.domains.indexOf(domain);
+    return i >= 0 ? i : 0;
   }
 
   /**

@@ -164,15 +164,20 @@ export function register(program: Command): void {
     .option("--top-p <p>", "nucleus: the most likely tokens up to this probability (1 = all)", parseNumOpt("top-p", 0, 1, { above: true }), 0.95)
     .option("--seed <n>", "sampling seed", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
     .option("--stop <text>", "stop before this text (repeat for several; the text is not printed)", (v: string, all: string[] = []) => [...all, v])
-    .option("--show-special", "print special tokens such as <|endoftext|> (hidden by default)");
+    .option("--show-special", "print special tokens such as <|endoftext|> (hidden by default)")
+    .option("--draft <model>", "speculative decoding: a smaller model with the same tokenizer (opened like --ckpt, with the same --weights), or ngram (prompt lookup)")
+    .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
   weightsOption(generateCmd)
-    .action(async (o: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; stop?: string[]; showSpecial?: boolean; weights?: WeightFormat }) => {
+    .action(async ({ draft: draftPath, draftTokens, ...o }: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; stop?: string[]; showSpecial?: boolean; weights?: WeightFormat; draft?: string; draftTokens: number }) => {
       const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
+      const draft = draftPath === undefined ? undefined : draftPath === "ngram" ? ("ngram" as const) : await openModel(draftPath, o.weights ? { weights: o.weights } : {});
+      const draftStats = { steps: 0, proposed: 0, accepted: 0, emitted: 0 };
+      const spec = draft === undefined ? {} : { draft, draftTokens, draftStats };
       const t0 = performance.now();
       let n = 0;
       // The prompt is echoed once the first piece arrives: a refused option (a bad domain or stop string) prints nothing else.
       let echoed = false;
-      for await (const piece of model.generate(o.prompt, { ...o, ...(o.domain !== undefined ? { domain: o.domain } : {}), stop: o.stop ?? [], showSpecial: !!o.showSpecial })) {
+      for await (const piece of model.generate(o.prompt, { ...o, ...spec, ...(o.domain !== undefined ? { domain: o.domain } : {}), stop: o.stop ?? [], showSpecial: !!o.showSpecial })) {
         if (!echoed) streamOut(o.prompt);
         echoed = true;
         streamOut(piece.text);
@@ -181,5 +186,9 @@ export function register(program: Command): void {
       streamOut(`${echoed ? "" : o.prompt}\n`);
       const s = (performance.now() - t0) / 1000;
       console.error(`${n} tokens in ${s.toFixed(2)} s (${(n / s).toFixed(1)} tokens/s)`);
+      if (draft !== undefined) {
+        const rate = draftStats.proposed ? ((100 * draftStats.accepted) / draftStats.proposed).toFixed(0) : "–";
+        console.error(`draft: ${draftStats.accepted} of ${draftStats.proposed} proposed tokens accepted (${rate}%), ${draftStats.steps} verification steps`);
+      }
     });
 }

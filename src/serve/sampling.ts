@@ -83,7 +83,7 @@ function drawAll(logits: ArrayLike<number>, temperature: number, rng: Rng): numb
  * With k < V one pass keeps a sorted list of k (a full sort of V ids per
  * token costs ~20 ms at V = 50k); with k = V it is that sort.
  */
-function mostLikely(logits: ArrayLike<number>, k: number): number[] {
+export function mostLikely(logits: ArrayLike<number>, k: number): number[] {
   const V = logits.length;
   if (k >= V) return Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
   const ids: number[] = [];
