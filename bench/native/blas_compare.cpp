@@ -15,6 +15,7 @@
 // when it has no tuning). T is the tuning flattened by bench/blas.ts:
 //   PATH|ONE|MANY, each of ONE and MANY being LARGE,SHORTK,NT,NN with
 //   LARGE and SHORTK as TILE:MC:KC:NC.
+// SIGMA_KERNEL_PATH holds the kernels at a path as it does the addon's.
 // The first line printed is the GEMM configuration in use for each printed
 // shape's K, {"config": {...}}.
 #include <algorithm>
@@ -26,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu.h"
 #include "gemm.h"
 #include "threadpool.h"
 
@@ -62,6 +64,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   const int rounds = std::atoi(argv[1]), threads = std::atoi(argv[2]);
+  // The addon's kernel path ceiling (SIGMA_KERNEL_PATH, as src/backend/native/index.ts reads it), so that
+  // an AVX2 comparison on an AVX-512 machine times our AVX2 kernels.
+  if (const char* kp = std::getenv("SIGMA_KERNEL_PATH")) {
+    const std::string k = kp;
+    if (k == "avx2-fma") sigma::set_kernel_path(sigma::KernelPath::kAvx2);
+    else if (k == "portable") sigma::set_kernel_path(sigma::KernelPath::kPortable);
+  }
   sigma::set_num_threads(threads);
   openblas_set_num_threads(threads);
   int first = 3;
