@@ -61,8 +61,9 @@ struct GemmBlocking {
   int64_t mc = 0, kc = 0, nc = 0;
 };
 // Blocking derived from cache sizes for an MR×NR tile, by the rule stated in
-// gemm_config.cpp (sizes of 0 take that rule's defaults).
-GemmBlocking gemm_blocking_rule(const CpuInfo& cpu, int mr, int nr);
+// gemm_config.cpp (sizes of 0 take that rule's defaults), for packed elements
+// of `elem_bytes` bytes (4: f32; 2: the bf16 driver's).
+GemmBlocking gemm_blocking_rule(const CpuInfo& cpu, int mr, int nr, int elem_bytes = 4);
 
 // A registered tile, as the addon lists it.
 struct GemmTileDesc {

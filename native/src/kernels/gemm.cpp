@@ -35,6 +35,7 @@
 
 #include "cpu.h"
 #include "gemm_ukernel.h"
+#include "panel_buffers.h"
 #include "threadpool.h"
 #include "vec.h"
 
@@ -56,28 +57,8 @@ constexpr int64_t kRowsBT = 8;
 constexpr int64_t kRowsBTLong = 16, kRowsBTShortK = 512;
 constexpr int64_t kPackSlack = 8; // floats past a packed A block that pack_a_avx2 may write
 
-// Per-thread, 64-byte aligned, grow-once packing buffers.
-struct PackBuffers {
-  float* a = nullptr;
-  float* b = nullptr;
-  size_t a_cap = 0, b_cap = 0;
-  ~PackBuffers() {
-    std::free(a);
-    std::free(b);
-  }
-  // Throws std::bad_alloc (leaving the old buffer in place) when the memory
-  // is not there: the caller's region rethrows it, and the Node-API layer
-  // turns it into a JS error.
-  static float* grow(float* p, size_t& cap, size_t need) {
-    if (need <= cap) return p;
-    size_t bytes = ((need * sizeof(float) + 63) / 64) * 64;
-    float* q = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (q == nullptr) throw std::bad_alloc();
-    std::free(p);
-    cap = bytes / sizeof(float);
-    return q;
-  }
-};
+// Per-thread packing buffers (panel_buffers.h).
+using PackBuffers = PanelBuffers<float>;
 thread_local PackBuffers tls_pack;
 
 // Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row panels: panel p holds, for each

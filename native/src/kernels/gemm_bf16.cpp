@@ -43,6 +43,7 @@
 #include "cpu.h"
 #include "gemm.h"
 #include "gemm_bf16_kernels.h"
+#include "panel_buffers.h"
 #include "simd.h"
 #include "threadpool.h"
 
@@ -80,49 +81,15 @@ bool use_bf16_tile() {
 
 constexpr int MR = kBf16MR, NR = kBf16NR;
 
-struct Blocking {
-  int64_t mc, kc, nc;
-};
-
-const Blocking& blocking() {
-  static const Blocking bk = [] {
-    const CpuInfo& cpu = cpu_info();
-    const int64_t l1 = cpu.l1d > 0 ? cpu.l1d : 32 << 10;
-    const int64_t l2 = cpu.l2 > 0 ? cpu.l2 : 1 << 20;
-    Blocking b;
-    b.kc = std::clamp<int64_t>(l1 / (2 * NR) / 32 * 32, 64, 2048);
-    b.mc = std::max<int64_t>(MR, l2 * 3 / 16 / (2 * b.kc) / MR * MR);
-    int64_t b_bytes = l2 / 2;
-    if (cpu.l3 > 0) {
-      const int tpc = std::max(1, cpu.threads_per_core);
-      const int64_t cores = cpu.l3_shared_by > 0 ? std::max(1, cpu.l3_shared_by / tpc) : 1;
-      b_bytes = std::min(cpu.l3 / 16, cpu.l3 / cores / 2);
-    }
-    b.nc = std::clamp<int64_t>(b_bytes / (2 * b.kc) / NR * NR, NR, 8192);
-    return b;
-  }();
+// The f32 driver's rule (gemm_config.cpp) counted in bf16 bytes: a B micro-panel
+// of KC·NR·2 bytes fills the L1d, and so on.
+const GemmBlocking& blocking() {
+  static const GemmBlocking bk = gemm_blocking_rule(cpu_info(), MR, NR, 2);
   return bk;
 }
 
-// Per-thread, 64-byte aligned, grow-once panel buffers (words of two bf16).
-struct PairBuffers {
-  uint32_t* a = nullptr;
-  uint32_t* b = nullptr;
-  size_t a_cap = 0, b_cap = 0;
-  ~PairBuffers() {
-    std::free(a);
-    std::free(b);
-  }
-  static uint32_t* grow(uint32_t* p, size_t& cap, size_t need) {
-    if (need <= cap) return p;
-    const size_t bytes = (need * sizeof(uint32_t) + 63) / 64 * 64;
-    auto* q = static_cast<uint32_t*>(std::aligned_alloc(64, bytes));
-    if (q == nullptr) throw std::bad_alloc();
-    std::free(p);
-    cap = bytes / sizeof(uint32_t);
-    return q;
-  }
-};
+// Per-thread panel buffers (panel_buffers.h), in words of two bf16.
+using PairBuffers = PanelBuffers<uint32_t>;
 thread_local PairBuffers tls_pairs;
 
 // op(B)[pc:pc+kc, jc:jc+nc] as 32-column pair panels (panel q at q·kp·32).
@@ -163,7 +130,7 @@ void blocked(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const fl
       for (int64_t i = 0; i < M; ++i) std::memset(c + i * ldc, 0, sizeof(float) * N);
     return;
   }
-  const Blocking& bk = blocking();
+  const GemmBlocking& bk = blocking();
   PairBuffers& buf = tls_pairs;
   const int64_t kp_max = (std::min(bk.kc, K) + 1) / 2;
   const int64_t nc_max = (std::min(bk.nc, N) + NR - 1) / NR * NR;

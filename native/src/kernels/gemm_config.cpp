@@ -172,12 +172,13 @@ GemmPlan build_plan(const Settings& s, KernelPath path, int bucket, int cls) {
 
 }  // namespace
 
-GemmBlocking gemm_blocking_rule(const CpuInfo& cpu, int mr, int nr) {
+GemmBlocking gemm_blocking_rule(const CpuInfo& cpu, int mr, int nr, int elem_bytes) {
+  const int64_t e = elem_bytes;
   const int64_t l1 = cpu.l1d > 0 ? cpu.l1d : 32 << 10;
   const int64_t l2 = cpu.l2 > 0 ? cpu.l2 : 1 << 20;
   GemmBlocking b;
-  b.kc = std::clamp<int64_t>(l1 / (4 * nr) / 32 * 32, 64, 1024);
-  b.mc = std::max<int64_t>(mr, l2 * 3 / 16 / (4 * b.kc) / mr * mr);
+  b.kc = std::clamp<int64_t>(l1 / (e * nr) / 32 * 32, 64, 4096 / e);
+  b.mc = std::max<int64_t>(mr, l2 * 3 / 16 / (e * b.kc) / mr * mr);
   int64_t b_bytes = l2 / 2;
   if (cpu.l3 > 0) {
     b_bytes = cpu.l3 / 16;
@@ -185,7 +186,7 @@ GemmBlocking gemm_blocking_rule(const CpuInfo& cpu, int mr, int nr) {
     const int64_t cores = cpu.l3_shared_by > 0 ? std::max(1, cpu.l3_shared_by / tpc) : 1;
     b_bytes = std::min(b_bytes, cpu.l3 / cores / 2);
   }
-  b.nc = std::clamp<int64_t>(b_bytes / (4 * b.kc) / nr * nr, nr, 8192);
+  b.nc = std::clamp<int64_t>(b_bytes / (e * b.kc) / nr * nr, nr, 8192);
   return b;
 }
 

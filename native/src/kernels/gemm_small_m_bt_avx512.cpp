@@ -34,11 +34,14 @@
 namespace sigma {
 namespace {
 
+// The two 256-bit halves of v, added. (A function, not a lambda: GCC does not
+// give a lambda the file's target pragma, and warned of the AVX-512 ABI.)
+inline __m256 half(__m512 v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
 // Σ of each of four vectors' 16 lanes, as a 4-lane vector [Σ s0, Σ s1, Σ s2, Σ s3].
 inline __m128 hsum4(__m512 s0, __m512 s1, __m512 s2, __m512 s3) {
-  auto half = [](__m512 v) {
-    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  };
   const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(half(s0), half(s1)), _mm256_hadd_ps(half(s2), half(s3)));
   return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
