@@ -5,13 +5,13 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { backward, zeroGrad } from "../src/autograd/tape.js";
+import { backward, noGrad, zeroGrad } from "../src/autograd/tape.js";
 import { parseModelConfig } from "../src/models/config.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { AdamW, clipScale, gradSquares } from "../src/optim/adamw.js";
 import { loadTrainConfig, parseTrainConfig } from "../src/train/config.js";
 import { learningRate, scheduleOf } from "../src/train/schedule.js";
-import { Trainer } from "../src/train/trainer.js";
+import { routingDevicesFor, Trainer } from "../src/train/trainer.js";
 import { resumeTrainer } from "../src/train/checkpoint.js";
 import { runTraining } from "../src/train/run.js";
 import { readMetrics } from "../src/train/metrics.js";
@@ -183,7 +183,7 @@ test("resume is exact: stopped at step 4 and resumed gives the losses of an unin
 
 test("a run writes metrics (train, aux losses, routing, eval), keeps the last K checkpoints and draws its plots", async () => {
   const out = join(root, "metrics-run");
-  const t = new Trainer(tinyConfig(data, out, ROUTERS.moge!, { steps: 6, eval: { every: 3, batches: 1 }, checkpoint: { every: 2, keep: 2 } }));
+  const t = new Trainer(tinyConfig(data, out, ROUTERS.moge!, { steps: 6, eval: { every: 3, batches: 1 }, checkpoint: { every: 2, keep: 2 }, routingDevices: 2 }));
   const r = await runTraining(t, {}, { baselines: { zh: 5, en: 5 } });
   t.close();
   const ms = readMetrics(r.metrics);
@@ -196,7 +196,7 @@ test("a run writes metrics (train, aux losses, routing, eval), keeps the last K 
   }
   const routing = ms.filter((m) => m.kind === "routing") as unknown as { layers: { tokensPerExpert: number[]; imbalance: number }[] }[];
   assert.equal(routing.length, 6);
-  // MoGE: one expert per group per token, so the two groups (devices) get equal loads: IS = 0.
+  // MoGE: one expert per group per token, so the two groups (on two devices, routingDevices 2) get equal loads: IS = 0.
   for (const rt of routing) assert.equal(rt.layers[0]!.imbalance, 0);
   const evals = ms.filter((m) => m.kind === "eval") as unknown as { step: number; domains: Record<string, { loss: number; perplexity: number }> }[];
   assert.deepEqual(evals.map((e) => e.step), [3, 6]);
@@ -240,5 +240,55 @@ test("unigram baseline: cross-entropy of validation tokens under smoothed traini
   for (const x of b) {
     assert.ok(x.crossEntropy > 0 && x.crossEntropy < Math.log(320), `${x.domain}: ${x.crossEntropy} should be below the uniform ln V`);
     assert.ok(x.valTokens > 0 && x.trainTokens > x.valTokens);
+  }
+});
+
+test("the imbalance score places every router's experts on the same devices (routingDevices, default the largest divisor of E up to 8)", async () => {
+  const perDevice = (router: string, extra: Record<string, unknown> = {}) => {
+    const t = new Trainer(tinyConfig(data, join(root, `devices-${router}`), ROUTERS[router]!, { steps: 1, ...extra }));
+    try {
+      return t.trainStep().routing[0]!.perDevice.length;
+    } finally {
+      t.close();
+    }
+  };
+  // 4 experts: RRE and MoGE have 2 groups, top-k none; all are scored on 4 devices by default, on 2 when asked.
+  for (const r of ["rre", "moge", "topk"]) {
+    assert.equal(perDevice(r), 4, `${r}: default devices`);
+    assert.equal(perDevice(r, { routingDevices: 2 }), 2, `${r}: routingDevices 2`);
+  }
+  const cfg = (count: number) => ({ routingDevices: null, model: { experts: { count } } }) as unknown as Parameters<typeof routingDevicesFor>[0];
+  assert.deepEqual([1, 2, 8, 12, 16, 128, 7].map((E) => routingDevicesFor(cfg(E))), [1, 2, 8, 6, 8, 8, 7]);
+  assert.throws(() => tinyConfig(data, join(root, "devices-bad"), ROUTERS.topk!, { routingDevices: 3 }), /routingDevices.*3 devices do not divide experts.count 4/s);
+  assert.throws(() => tinyConfig(data, join(root, "devices-dense"), null, { routingDevices: 2 }), /routingDevices.*no experts/s);
+});
+
+test("the balance loss is taken per micro-batch: a step's balanceLoss is the mean of its micro-batches' own losses, not the loss of their union", async () => {
+  const t = new Trainer(tinyConfig(data, join(root, "balance-micro"), ROUTERS.moge!, { steps: 1, accumSteps: 2 }));
+  try {
+    const seen: { tokens: Int32Array; domains: Int32Array; B: number; T: number; aux: number }[] = [];
+    let union = NaN;
+    const model = t.model;
+    const loss = model.loss.bind(model);
+    model.loss = (input, y) => {
+      const r = loss(input, y);
+      seen.push({ tokens: input.tokens, domains: input.domains, B: input.B, T: input.T, aux: r.out.routings[0]!.auxLoss!.item() });
+      if (seen.length === 2) {
+        // Both micro-batches as one batch, with the same (not yet updated) weights.
+        const [a, b] = seen as [(typeof seen)[0], (typeof seen)[0]];
+        union = noGrad(() => {
+          const out = model.forward({ tokens: Int32Array.from([...a.tokens, ...b.tokens]), domains: Int32Array.from([...a.domains, ...b.domains]), B: a.B + b.B, T: a.T });
+          return out.routings[0]!.auxLoss!.item();
+        });
+      }
+      return r;
+    };
+    const step = t.trainStep();
+    assert.equal(seen.length, 2);
+    const perMicro = (seen[0]!.aux + seen[1]!.aux) / 2;
+    assert.ok(Math.abs(step.balanceLoss - perMicro) < 1e-6 * Math.max(1, perMicro), `balanceLoss ${step.balanceLoss} is not the micro-batches' mean ${perMicro}`);
+    assert.ok(Math.abs(union - perMicro) > 1e-7, `the union's loss ${union} equals the micro-batch mean: the test cannot tell them apart`);
+  } finally {
+    t.close();
   }
 });

@@ -97,6 +97,14 @@ export const TrainConfigSchema = z
       /** Keep the last K checkpoints. */
       keep: intField(1, TRAIN_LIMITS.keep).default(2),
     }),
+    /**
+     * Devices the routing statistics place the experts on (E/D each,
+     * contiguously) to compute each step's per-device loads and imbalance
+     * score IS. The same placement for every router, so that runs with
+     * different routers compare; null = the largest divisor of
+     * experts.count that is at most 8 (one node) [ours].
+     */
+    routingDevices: intField(1, 2 ** 16).nullable().default(null),
     /** Log a training line (metrics.jsonl) every N steps. */
     logEvery: intField(1, TRAIN_LIMITS.steps).default(1),
     /**
@@ -148,6 +156,11 @@ export const TrainConfigSchema = z
     const widest = Math.max(m.vocabSize, m.ffnWidth, k * Fe, k * m.width, (modelRouter(m)?.spec.sharedExperts ?? 0) * Fe);
     if (rows * widest > MAX_TENSOR_ELEMENTS) {
       bad(["batchSize"], `a micro-batch of ${c.batchSize} × model.seqLen ${m.seqLen} rows would make a ${rows.toLocaleString("en-US")} × ${widest.toLocaleString("en-US")} activation (${(rows * widest).toLocaleString("en-US")} elements), more than one tensor may hold (2^31 − 1): lower batchSize (use accumSteps for larger batches) or model.seqLen`);
+    }
+    if (c.routingDevices !== null) {
+      const E = m.experts?.count;
+      if (E === undefined) bad(["routingDevices"], "the model has no experts to place on devices: remove routingDevices (or set it to null)");
+      else if (E % c.routingDevices !== 0) bad(["routingDevices"], `${c.routingDevices} devices do not divide experts.count ${E} (allowed: a divisor of ${E})`);
     }
     // Token counts stay exact integers.
     if (c.steps * c.accumSteps * rows > Number.MAX_SAFE_INTEGER) bad(["steps"], `the run would see ${(c.steps * c.accumSteps * rows).toExponential(2)} tokens, past 2^53: lower steps`);

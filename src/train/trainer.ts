@@ -9,7 +9,6 @@ import { backward, gradOf, zeroGrad } from "../autograd/tape.js";
 import { section } from "../backend/profile.js";
 import { soloComm, type Communicator } from "../comm/comm.js";
 import { Loader, type Batch } from "../data/loader.js";
-import { modelRouter, type ModelConfig } from "../models/config.js";
 import { PanguSigma } from "../models/pangu-sigma.js";
 import { layerStats, type LayerStats } from "../moe/routing.js";
 import * as ops from "../ops/index.js";
@@ -52,10 +51,17 @@ export interface StepResult {
   routing: LayerStats[];
 }
 
-/** How many "devices" the imbalance score spreads experts over: the router's (its groups; one per expert for top-k [ours]). */
-export function devicesFor(c: ModelConfig): number {
-  const r = modelRouter(c);
-  return r ? r.spec.devices(r.view.experts) : 1;
+/**
+ * How many devices the routing statistics (per-device loads, IS) place the
+ * experts on: train config `routingDevices`, else the largest divisor of
+ * the expert count that is at most 8 [ours] — the same for every router,
+ * so that IS figures of runs with different routers compare.
+ */
+export function routingDevicesFor(c: Pick<TrainConfig, "routingDevices" | "model">): number {
+  const E = c.model.experts?.count ?? 1;
+  if (c.routingDevices !== null) return c.routingDevices;
+  for (let d = Math.min(E, 8); d > 1; d--) if (E % d === 0) return d;
+  return 1;
 }
 
 export class Trainer {
@@ -301,7 +307,7 @@ export class Trainer {
     const seconds = (performance.now() - t0) / 1000;
     this.seconds += seconds;
     const n = c.accumSteps;
-    const D = devicesFor(c.model);
+    const D = routingDevicesFor(c);
     const routing = counts.map((cs, l) => layerStats(cs, D, tokens, dropped[l]!));
     return { step: this.step, loss: loss / n, lm: lm / n, balanceLoss: balance / n, zLoss: z / n, lr, gradNorm, tokens, seconds, commSeconds: (dp?.sync.commSeconds ?? 0) + (this.expertParallel?.shard.timing.seconds ?? 0) + ecssComm, routing };
   }
