@@ -31,6 +31,7 @@ import { register as registerTune } from "./tune.js";
 import { register as registerQuantize } from "./quantize.js";
 import { tuneStatus, type TuneStatus } from "../backend/native/tune-cache.js";
 import { register as registerServe } from "./serve.js";
+import { register as registerFinetune } from "./finetune.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
 
@@ -60,6 +61,7 @@ export function buildProgram(): Command {
   registerStore(program);
   registerTune(program);
   registerServe(program);
+  registerFinetune(program);
   registerQuantize(program);
   program
     .command("info")
