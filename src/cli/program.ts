@@ -32,6 +32,7 @@ import { register as registerQuantize } from "./quantize.js";
 import { tuneStatus, type TuneStatus } from "../backend/native/tune-cache.js";
 import { register as registerServe } from "./serve.js";
 import { register as registerFinetune } from "./finetune.js";
+import { register as registerEvalTasks } from "./eval-tasks.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
 
@@ -62,6 +63,8 @@ export function buildProgram(): Command {
   registerTune(program);
   registerServe(program);
   registerFinetune(program);
+  // After registerTrain: `sigma eval tasks` is a subcommand of its `sigma eval`.
+  registerEvalTasks(program);
   registerQuantize(program);
   program
     .command("info")
