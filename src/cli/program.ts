@@ -1,6 +1,6 @@
 /**
  * The `sigma` command line as a function: `runCli(argv)` builds the program
- * (demo, train, eval, generate, data, tokenizer, balance, upcycle, extract,
+ * (demo, train, eval, eval tasks, finetune, generate, data, tokenizer, balance, upcycle, extract,
  * import, store, tune, quantize, serve, chat, info), runs it and returns the exit code. Every error ends
  * as one `sigma: …` line on stderr:
  *
