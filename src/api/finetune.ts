@@ -25,7 +25,7 @@ import { parseWithSchema } from "../util/json.js";
 import { Model } from "./model.js";
 
 export interface FinetuneOptions {
-  /** The model to fine-tune: a path any command opens (a run folder, a checkpoint, a model file), or an opened Model. Not needed with `resume`. */
+  /** The model to fine-tune: a path any command opens (a run folder, a checkpoint, a model file), or an opened Model (trained in place). Not needed with `resume`. */
   ckpt?: string | Model;
   /** JSONL records: {"messages": [...]} or {"prompt", "completion"}. */
   data: string;
