@@ -188,7 +188,10 @@ test("--freeze and --lora train what they say", () => {
 test("an interrupted fine-tuning run resumed from its checkpoint ends bit for bit where an uninterrupted one does (full and LoRA)", async () => {
   for (const lora of [null, 3]) {
     const opts = { data: dataFile, steps: 5, batchSize: 2, lr: 3e-3, checkpointEvery: 2, lora };
-    const whole = await finetune({ ...opts, ckpt: tinyModel(), out: join(root, `whole-${lora}`) });
+    const given = tinyModel();
+    const whole = await finetune({ ...opts, ckpt: given, out: join(root, `whole-${lora}`) });
+    // The model handed over is trained in place, and handed back trainable in full (LoRA froze most of it meanwhile).
+    assert.ok(given.network.parameters().every((p) => p.requiresGrad));
     const cut = await finetune({ ...opts, ckpt: tinyModel(), out: join(root, `cut-${lora}`), stopAtStep: 3 });
     assert.equal(cut.stopped, "stopAtStep");
     assert.equal(cut.steps, 3);

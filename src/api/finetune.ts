@@ -117,7 +117,12 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
     prepareRunFolder({ out: config.out }, null, { resume: true, flag: outFlag });
     const src = openModelSource(folder.path);
     trainer = new FinetuneTrainer(config, baseOf(Model.fromSource(src), src.path), records);
-    trainer.restore(folder, state);
+    try {
+      trainer.restore(folder, state);
+    } catch (e) {
+      trainer.release();
+      throw e;
+    }
   } else {
     if (o.ckpt === undefined) throw new SigmaError("no model to fine-tune", "pass --ckpt with a checkpoint folder, a run folder or a model file");
     const m = typeof o.ckpt === "string" ? Model.fromSource(openModelSource(o.ckpt)) : o.ckpt;
@@ -153,17 +158,27 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
     );
     // Everything is checked (records, domains, lengths, freeze) before the folder is touched.
     trainer = new FinetuneTrainer(config, baseOf(m, m.path), records);
-    prepareRunFolder({ out: config.out }, null, { overwrite: !!o.overwrite, flag: outFlag, ...(o.log ? { log: o.log } : {}) });
+    try {
+      prepareRunFolder({ out: config.out }, null, { overwrite: !!o.overwrite, flag: outFlag, ...(o.log ? { log: o.log } : {}) });
+    } catch (e) {
+      trainer.release();
+      throw e;
+    }
   }
   const emit = o.onProgress ?? (() => {});
   const total = trainer.model.parameterCount();
   emit({ kind: "start", step: trainer.step, steps: config.steps, records: records.length, trainable: trainer.trainableParameters, total, resumedFrom });
-  const r = await runFinetune(trainer, resumedFrom !== null, {
-    onStep: (s) => emit({ kind: "step", steps: config.steps, ...s }),
-    onCheckpoint: (path) => emit({ kind: "checkpoint", step: trainer.step, path }),
-    shouldStop: () => o.signal?.aborted === true,
-    ...(o.stopAtStep !== undefined ? { stopAtStep: o.stopAtStep } : {}),
-  });
+  let r: Awaited<ReturnType<typeof runFinetune>>;
+  try {
+    r = await runFinetune(trainer, resumedFrom !== null, {
+      onStep: (s) => emit({ kind: "step", steps: config.steps, ...s }),
+      onCheckpoint: (path) => emit({ kind: "checkpoint", step: trainer.step, path }),
+      shouldStop: () => o.signal?.aborted === true,
+      ...(o.stopAtStep !== undefined ? { stopAtStep: o.stopAtStep } : {}),
+    });
+  } finally {
+    trainer.release();
+  }
   return { stopped: r.stopped, steps: trainer.step, tokens: trainer.tokens, seconds: trainer.seconds, checkpoint: r.checkpoint, metrics: r.metrics, loss: r.lastLoss, records: records.length, trainable: trainer.trainableParameters, total, config };
 }
 

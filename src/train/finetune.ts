@@ -148,6 +148,7 @@ export class FinetuneTrainer {
   tokens = 0;
   seconds = 0;
   private readonly perms = new Map<number, Int32Array>();
+  private readonly wasTraining: boolean;
 
   constructor(readonly config: FinetuneConfig, readonly base: FinetuneBase, records: ChatRecord[]) {
     const c = config;
@@ -166,21 +167,28 @@ export class FinetuneTrainer {
     this.lora = c.lora !== null ? new LoraAdapters(this.model, c.lora, c.seed) : null;
     const adapted = new Set(this.lora?.layers.map((l) => l.weight) ?? []);
     this.trainable = new Map();
-    for (const [name, p] of this.model.namedParameters()) {
-      const trains = p.group === "expert" ? c.freeze !== "experts" : c.freeze !== "dense" && this.lora === null;
-      if (trains) this.trainable.set(name, p);
-      // A frozen parameter needs no gradient, except an adapted weight: its gradient is the adapters'.
-      p.tensor.requiresGrad = trains || adapted.has(p.tensor);
-    }
-    for (const [name, p] of this.lora?.parameters() ?? []) {
-      p.tensor.requiresGrad = true;
-      this.trainable.set(name, p);
-    }
+    const trains = (p: ParamInfo): boolean => (p.group === "expert" ? c.freeze !== "experts" : c.freeze !== "dense" && this.lora === null);
+    for (const [name, p] of this.model.namedParameters()) if (trains(p)) this.trainable.set(name, p);
+    for (const [name, p] of this.lora?.parameters() ?? []) this.trainable.set(name, p);
     if (this.trainable.size === 0) throw new SigmaError(`nothing to train: --freeze ${c.freeze} leaves no parameter of this model trainable`, this.model.config.sparseLayers === 0 ? "a dense model has no experts: use --freeze none or experts" : "use another --freeze");
     const wd = c.weightDecay;
     this.optimizer = new AdamW(this.trainable, { dense: { weightDecay: wd }, expert: { weightDecay: wd } });
     this.schedule = { lr: c.lr, minLr: Math.min(c.minLr, c.lr), warmupSteps: c.warmupSteps, decaySteps: c.steps, decay: c.decay };
+    // A frozen parameter needs no gradient, except an adapted weight: its gradient is the adapters' (release() undoes this).
+    for (const p of this.model.namedParameters().values()) p.tensor.requiresGrad = trains(p) || adapted.has(p.tensor);
+    for (const p of this.lora?.parameters().values() ?? []) p.tensor.requiresGrad = true;
+    this.wasTraining = this.model.training;
     this.model.train(true);
+  }
+
+  /**
+   * Gives the model back as the caller handed it over: every parameter
+   * requires a gradient again (a later training run would otherwise leave
+   * the ones frozen here untouched), in the training mode it had.
+   */
+  release(): void {
+    for (const p of this.model.parameters()) p.requiresGrad = true;
+    this.model.train(this.wasTraining);
   }
 
   /** Parameters the run updates (LoRA: the adapters' and the experts' when they train). */
