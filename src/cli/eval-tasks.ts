@@ -16,7 +16,7 @@ export function register(program: Command): void {
   if (!evalCmd) throw new Error("sigma eval tasks: register `sigma eval` first");
   evalCmd
     .command("tasks")
-    .description("zero- and few-shot scores on task files: multiple choice by log-likelihood (acc, acc_norm), generation by exact match, code run in a sandbox (docs/eval.md)")
+    .description("zero- and few-shot scores on task files: multiple choice by log-likelihood (acc, acc_norm), generation by exact match, code run in a sandbox (docs/eval.md); takes sigma eval's --ckpt, --weights and --json")
     .option("--tasks <files...>", "JSONL task files (the package ships some in tasks/)")
     .option("--shots <n>", "examples of the same task before each item", parseIntOpt("shots", 0, 64), 0)
     .option("--seed <n>", "seed of the few-shot draws", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
