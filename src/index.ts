@@ -2,7 +2,7 @@
  * sigma-moe as a library. Everything here is public and documented in the
  * README ("Use it as a library"); anything else under src/ is internal and may change.
  *
- *   import { openModel, train, evaluate, upcycle, extract, serve } from "sigma-moe";
+ *   import { openModel, train, evaluate, finetune, evalTasks, upcycle, extract, serve } from "sigma-moe";
  *
  * The `sigma` command line is a thin layer over these functions.
  */
@@ -12,6 +12,9 @@ export { quantize, type QuantizeOptions, type QuantizeResult } from "./api/quant
 export { WEIGHT_FORMATS, type WeightFormat } from "./backend/quant.js";
 export { train, type TrainOptions, type TrainResult, type TrainEvent } from "./api/train.js";
 export { evaluate, type EvaluateOptions, type EvaluateResult } from "./api/evaluate.js";
+export { finetune, type FinetuneOptions, type FinetuneResult, type FinetuneEvent } from "./api/finetune.js";
+export { evalTasks, type EvalTasksOptions, type EvalTasksResult } from "./api/eval-tasks.js";
+export type { TaskResult, TaskKind, Metric as TaskMetric } from "./train/tasks.js";
 export { upcycle, type UpcycleOptions, type UpcycleResult } from "./api/upcycle.js";
 export { extract, type ExtractOptions, type ExtractResult } from "./api/extract.js";
 export { prepareData, type PrepareOptions } from "./data/prepare.js";

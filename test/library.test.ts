@@ -40,7 +40,7 @@ test("the package resolves by its name to the built dist/ and exports the docume
   const pkg = JSON.parse(readFileSync(join(import.meta.dirname, "..", "package.json"), "utf8"));
   assert.equal(pkg.exports["."].types, "./dist/index.d.ts");
   assert.ok(existsSync(join(import.meta.dirname, "..", "dist", "index.d.ts")), "types are built");
-  for (const name of ["openModel", "Model", "train", "evaluate", "upcycle", "extract", "prepareData", "Tokenizer", "TrainConfigSchema", "ModelConfigSchema", "RouterSchema", "parseTrainConfig", "parseModelConfig", "SigmaError"]) {
+  for (const name of ["openModel", "Model", "train", "evaluate", "finetune", "evalTasks", "upcycle", "extract", "prepareData", "Tokenizer", "TrainConfigSchema", "ModelConfigSchema", "RouterSchema", "parseTrainConfig", "parseModelConfig", "SigmaError"]) {
     assert.ok(name in sigma, `sigma-moe exports ${name}`);
   }
   // Internals stay internal: the package exports only its entry point.

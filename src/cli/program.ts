@@ -1,6 +1,6 @@
 /**
  * The `sigma` command line as a function: `runCli(argv)` builds the program
- * (demo, train, eval, generate, data, tokenizer, balance, upcycle, extract,
+ * (demo, train, eval, eval tasks, finetune, generate, data, tokenizer, balance, upcycle, extract,
  * import, store, tune, quantize, serve, chat, info), runs it and returns the exit code. Every error ends
  * as one `sigma: …` line on stderr:
  *
@@ -31,6 +31,8 @@ import { register as registerTune } from "./tune.js";
 import { register as registerQuantize } from "./quantize.js";
 import { tuneStatus, type TuneStatus } from "../backend/native/tune-cache.js";
 import { register as registerServe } from "./serve.js";
+import { register as registerFinetune } from "./finetune.js";
+import { register as registerEvalTasks } from "./eval-tasks.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
 
@@ -60,6 +62,9 @@ export function buildProgram(): Command {
   registerStore(program);
   registerTune(program);
   registerServe(program);
+  registerFinetune(program);
+  // After registerTrain: `sigma eval tasks` is a subcommand of its `sigma eval`.
+  registerEvalTasks(program);
   registerQuantize(program);
   program
     .command("info")

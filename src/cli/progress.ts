@@ -21,7 +21,7 @@ export class TrainProgress {
     } else this.bar = null;
   }
 
-  update(r: StepResult): void {
+  update(r: Pick<StepResult, "step" | "loss" | "tokens" | "seconds">): void {
     // Smoothed tokens/s: steps on a shared machine jitter.
     const now = r.tokens / r.seconds;
     this.tps = this.tps === 0 ? now : 0.8 * this.tps + 0.2 * now;

@@ -5,6 +5,7 @@
 import type { Command } from "commander";
 import type { WeightFormat } from "../backend/quant.js";
 import { weightsOption } from "./quantize.js";
+import { SigmaError } from "../util/errors.js";
 import { train, type TrainResult } from "../api/train.js";
 import { evaluate } from "../api/evaluate.js";
 import { openModel } from "../api/model.js";
@@ -130,14 +131,16 @@ export function register(program: Command): void {
   const evalCmd = program
     .command("eval")
     .description("per-domain validation loss and perplexity of a checkpoint, against the unigram baseline (the run's own evaluation settings by default)")
-    .requiredOption("--ckpt <path>", "checkpoint folder (or a run folder: its newest checkpoint)")
+    // Not a required option: commander would then demand it of the subcommand \`sigma eval tasks\` in its own place (src/cli/eval-tasks.ts).
+    .option("--ckpt <path>", "checkpoint folder (or a run folder: its newest checkpoint)")
     .option("--data <dir>", "prepared data folder (default: the one the checkpoint was trained on)")
     .option("--batches <n>", "validation batches per domain (default: the run's eval.batches, else 8)", parseIntOpt("batches", 1, FLAG_LIMITS.batches))
     .option("--batch-size <n>", "sequences per batch (default: the run's batchSize, else 8)", parseIntOpt("batch-size", 1, FLAG_LIMITS.batchSize))
     .option("--seed <n>", "seed of the validation windows (default: the run's, else 1)", parseIntOpt("seed", 0, FLAG_LIMITS.seed))
     .option("--json", "print JSON");
   weightsOption(evalCmd)
-    .action(async (o: { ckpt: string; data?: string; batches?: number; batchSize?: number; seed?: number; json?: boolean; weights?: WeightFormat }) => {
+    .action(async (o: { ckpt?: string; data?: string; batches?: number; batchSize?: number; seed?: number; json?: boolean; weights?: WeightFormat }) => {
+      if (o.ckpt === undefined) throw new SigmaError("required option '--ckpt <path>' not specified", "pass --ckpt <checkpoint folder or run folder>");
       const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
       const res = await evaluate(model, {
         ...(o.data !== undefined ? { data: o.data } : {}),

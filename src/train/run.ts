@@ -107,7 +107,7 @@ function readMarker(path: string): z.infer<typeof RunMarkerSchema> | null {
  *     create (only a store that does not exist yet is recorded, so a store
  *     that belongs to someone else is never removed).
  */
-export function prepareRunFolder(config: TrainConfig, storePath: string | null, opts: RunFolderOptions = {}): void {
+export function prepareRunFolder(config: Pick<TrainConfig, "out">, storePath: string | null, opts: RunFolderOptions = {}): void {
   const flag = opts.flag ?? "--out";
   const out = config.out;
   const p = runPaths(out);
