@@ -34,7 +34,8 @@ import { getLlama, LlamaLogLevel, type Llama, type Token } from "node-llama-cpp"
 import { noGrad } from "../src/autograd/tape.js";
 import { readGguf, writeGguf, GGML_TYPES, type GgufValue } from "../src/checkpoint/gguf.js";
 import { parseModelConfig } from "../src/models/config.js";
-import { ggufOfModel, modelOfGguf, type GgufExportType } from "../src/models/gguf.js";
+import { ggufOfModel, modelOfGguf, SIGMA_CHAT_TEMPLATE, type GgufExportType } from "../src/models/gguf.js";
+import { chatPrompt, type ChatMessage } from "../src/serve/chat.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
 import type { Tokenizer } from "../src/tokenizer/codec.js";
@@ -215,6 +216,17 @@ test("llama.cpp tokenizes a plain ASCII prompt as Sigma does (the exported vocab
   } finally {
     await lm.dispose();
   }
+});
+
+test("llama.cpp's own Jinja engine renders the exported chat template to Sigma's chat prompt", () => {
+  // node-llama-cpp 3.21.1 (pinned) binds llama.cpp's Jinja renderer; it has no public entry point, so the binding is used directly.
+  const Renderer = (llama as unknown as { _bindings: { AddonJinjaRenderer: new (t: string) => { render(v: object): string } } })._bindings.AddonJinjaRenderer;
+  const render = new Renderer(SIGMA_CHAT_TEMPLATE);
+  const conversations: ChatMessage[][] = [
+    [{ role: "user", content: "Hi" }],
+    [{ role: "system", content: " Be brief. " }, { role: "user", content: "Name a fox.\n" }, { role: "assistant", content: "Reynard." }, { role: "user", content: "Another?" }],
+  ];
+  for (const messages of conversations) assert.equal(render.render({ messages, add_generation_prompt: true }), chatPrompt(messages));
 });
 
 for (const [type, bound] of [["f16", 1e-2], ["q8_0", 5e-2]] as [GgufExportType, number][]) {
