@@ -315,6 +315,13 @@ test("GGUF import is strict: foreign architecture, edited sigma.config, missing 
   assert.throws(() => modelOfGguf(redo((_, t) => t.push({ name: "blk.0.attn_q_norm.weight", type: "F32", ne: [8], data: new Uint8Array(32) })), "m.gguf"), /unexpected tensor "blk\.0\.attn_q_norm\.weight"/);
   assert.throws(() => modelOfGguf(redo((_, t) => (t[0] = { ...t[0]!, type: "I32" })), "m.gguf"), /tensor "token_embd\.weight" is I32; Sigma imports F32, F16, BF16 and Q8_0/);
   assert.throws(() => modelOfGguf(redo((_, t) => (t[1] = { ...t[1]!, ne: [16, 32], data: t[1]!.data })), "m.gguf"), /tensor "position_embd\.weight" has ne \[16, 32\], the model's hyperparameters need \[32, 16\]/);
+  // Keys describing a model larger than the tensors: refused before the model is allocated.
+  const huge = redo((m) => {
+    m.delete("sigma.config");
+    m.set("gpt2.embedding_length", gv.u32(65536));
+    m.set("gpt2.block_count", gv.u32(4096));
+  });
+  assert.throws(() => modelOfGguf(huge, "m.gguf"), /m\.gguf: its keys describe a model of \d+ parameters but its tensors hold \d+ values/);
   // Without sigma.config (a file another tool wrote), the gpt2 keys alone give the model; an untied copy of the embedding is accepted as tied.
   const foreign = redo((m, t) => {
     m.delete("sigma.config");
@@ -323,6 +330,27 @@ test("GGUF import is strict: foreign architecture, edited sigma.config, missing 
   const r = modelOfGguf(foreign, "m.gguf");
   assert.deepEqual(r.model.config.domains, [{ name: "en", slot: 0 }]);
   assert.throws(() => modelOfGguf(redo((m, t) => t.push({ ...t[0]!, name: "output.weight", data: new Uint8Array(t[0]!.data.length) })), "m.gguf"), /output\.weight differs from token_embd\.weight/);
+});
+
+test("random damage to an exported model's file: import gives the model or a SigmaError, never another error", () => {
+  const tok = tokenizer();
+  const good = encodeGguf(ggufOfModel(gpt2Like(tok.vocabSize), tok, { type: "q8_0" }));
+  const header = decodeGguf(good, "m.gguf").tensors[0]!.data.byteOffset - good.byteOffset;
+  const rng = new Rng(8);
+  let parsed = 0;
+  for (let i = 0; i < 300; i++) {
+    const b = Uint8Array.from(good);
+    const n = 1 + rng.int(3);
+    // Mostly the header (metadata, tensor infos), sometimes the data.
+    for (let k = 0; k < n; k++) b[rng.uniform() < 0.8 ? rng.int(header) : header + rng.int(b.length - header)] = rng.int(256);
+    try {
+      modelOfGguf(decodeGguf(b, "fuzz.gguf"), "fuzz.gguf");
+      parsed++;
+    } catch (e) {
+      assert.ok(e instanceof SigmaError, `case ${i}: ${(e as Error).stack}`);
+    }
+  }
+  assert.ok(parsed > 0 && parsed < 300, `${parsed} of 300 damaged files still import`);
 });
 
 test("ropePairOrder: llama's adjacent-pair RoPE on reordered rows = rotate_half RoPE on Sigma's rows, reordered", () => {

@@ -28,7 +28,7 @@ import { Tokenizer } from "../tokenizer/codec.js";
 import { parseSpecials } from "../tokenizer/specials.js";
 import { SigmaError } from "../util/errors.js";
 import { parseJsonStrict } from "../util/strict-json.js";
-import { parseModelConfig, type ModelConfig, type ModelConfigInput } from "./config.js";
+import { parameterCounts, parseModelConfig, type ModelConfig, type ModelConfigInput } from "./config.js";
 import { PanguSigma } from "./pangu-sigma.js";
 
 /** What `sigma export gguf --type` offers: the ggml type of the matrices. */
@@ -397,6 +397,11 @@ export function modelOfGguf(file: GgufFile, source: string): { model: PanguSigma
   const config = parseModelConfig(input, `the Sigma config made from ${source}`);
   const why = arch.refuse(config);
   if (why) throw new SigmaError(`${source}: the model it describes cannot be a ${arch.name}: ${why}`);
+  // Before allocating: a model much larger than the values the file holds cannot be in it, so lying keys cannot
+  // make a huge model (the tensor checks below then name what exactly is missing or of the wrong shape).
+  const need = parameterCounts(config).total;
+  const held = file.tensors.reduce((n, t) => n + t.ne.reduce((p, d) => p * d, 1), 0);
+  if (need > 2 * held + 1024) throw new SigmaError(`${source}: its keys describe a model of ${need} parameters but its tensors hold ${held} values`, "the file's metadata and tensors do not belong together");
   const model = new PanguSigma(config);
   const params = new Map([...model.namedParameters()].map(([n, p]) => [n, p.tensor]));
   const byName = new Map(file.tensors.map((t) => [t.name, t]));
