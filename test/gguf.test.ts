@@ -13,7 +13,7 @@ import { decodeGguf, encodeGguf, gv, readGguf, writeGguf, type GgufTensor, type 
 import { halfValue } from "../src/backend/quant.js";
 import { writeModelFolder } from "../src/api/model.js";
 import { parseModelConfig, type ModelConfigInput } from "../src/models/config.js";
-import { decodeTensor, encodeTensor, ggufOfModel, modelOfGguf, ropePairOrder } from "../src/models/gguf.js";
+import { decodeTensor, encodeTensor, GPT2_ARCHITECTURE, ggufOfModel, modelOfGguf, ropePairOrder, type GgufArchitecture } from "../src/models/gguf.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { toHfJson } from "../src/tokenizer/hfjson.js";
 import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
@@ -351,6 +351,41 @@ test("random damage to an exported model's file: import gives the model or a Sig
     }
   }
   assert.ok(parsed > 0 && parsed < 300, `${parsed} of 300 damaged files still import`);
+});
+
+test("table entries: rowOrder, scale, a 3-D ne, filled tensors and conditional entries are written as declared and undone on import", () => {
+  const tok = tokenizer();
+  const model = gpt2Like(tok.vocabSize);
+  const C = model.config.width;
+  const F = model.config.ffnWidth;
+  const rotated = (n: number): Int32Array => Int32Array.from({ length: n }, (_, i) => (i + 1) % n); // not its own inverse
+  const layer = GPT2_ARCHITECTURE.layer.map((e) =>
+    e.gguf === "blk.{L}.attn_qkv.weight" ? { ...e, rowOrder: () => rotated(3 * C) }
+    : e.gguf === "blk.{L}.attn_qkv.bias" ? { ...e, rowOrder: () => rotated(3 * C) }
+    : e.gguf === "blk.{L}.ffn_down.weight" ? { ...e, scale: 2 }
+    : e.gguf === "blk.{L}.ffn_up.weight" ? { ...e, ne: () => [C, F / 2, 2] }
+    : e);
+  const variant: GgufArchitecture = {
+    ...GPT2_ARCHITECTURE,
+    layer: [...layer, { gguf: "blk.{L}.zero_gate.weight", sigma: [], fill: { value: 0, ne: () => [C] } }, { gguf: "blk.{L}.never.weight", sigma: [], fill: { value: 1, ne: () => [1] }, when: (c) => c.heads > 100 }],
+  };
+  const file = ggufOfModel(model, tok, { architectures: [variant] });
+  const t = new Map(file.tensors.map((x) => [x.name, x]));
+  const value = (name: string): Float32Array => decodeTensor(t.get(name)!, "x");
+  const p = new Map([...model.namedParameters()].map(([n, q]) => [n, q.tensor.data]));
+  // qkv row 0 is q's row 1, its last row q's row 0; the bias moved element by element.
+  assert.deepEqual(value("blk.0.attn_qkv.weight").subarray(0, C), p.get("blocks.0.attn.q.weight")!.subarray(C, 2 * C));
+  assert.deepEqual(value("blk.0.attn_qkv.weight").subarray((3 * C - 1) * C), p.get("blocks.0.attn.q.weight")!.subarray(0, C));
+  assert.equal(value("blk.0.attn_qkv.bias")[0], p.get("blocks.0.attn.q.bias")![1]);
+  assert.deepEqual(value("blk.1.ffn_down.weight"), Float32Array.from(p.get("blocks.1.ffn.fc2.weight")!, (x) => 2 * x));
+  assert.deepEqual(t.get("blk.0.ffn_up.weight")!.ne, [C, F / 2, 2]);
+  assert.deepEqual(value("blk.1.zero_gate.weight"), new Float32Array(C));
+  assert.ok(!t.has("blk.0.never.weight"));
+  const back = modelOfGguf(decodeGguf(encodeGguf(file), "v.gguf"), "v.gguf", [variant]).model;
+  for (const [n, q] of back.namedParameters()) assert.deepEqual(q.tensor.data, p.get(n), n);
+  // A filled tensor that is not its value is another function: refused.
+  t.get("blk.0.zero_gate.weight")!.data.set(f32([0.5]));
+  assert.throws(() => modelOfGguf(decodeGguf(encodeGguf(file), "v.gguf"), "v.gguf", [variant]), /v\.gguf: tensor "blk\.0\.zero_gate\.weight" holds 0\.5 at element 0; Sigma's model has no such parameter/);
 });
 
 test("ropePairOrder: llama's adjacent-pair RoPE on reordered rows = rotate_half RoPE on Sigma's rows, reordered", () => {

@@ -38,15 +38,26 @@ const MATRIX_TYPE: Record<GgufExportType, GgmlType> = { f32: "F32", f16: "F16", 
 /** general.file_type (llama.cpp's llama_ftype): ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0. */
 const FILE_TYPE: Record<GgufExportType, number> = { f32: 0, f16: 1, bf16: 32, q8_0: 7 };
 
-/** One GGUF tensor of the table: `sigma` parameters, rows stacked in this order; `{L}` stands for the layer. */
+/**
+ * One GGUF tensor of the table; `{L}` in names stands for the layer.
+ * Export: the `sigma` parameters' rows stacked in this order (llama.cpp's
+ * fused q|k|v), reordered by `rowOrder`, times `scale`, shaped `ne`.
+ * Import undoes each step. A matrix is [rows, cols] with ne [cols, rows]
+ * unless `ne` says otherwise (3-D expert stacks); a vector is one row.
+ */
 export interface TensorEntry {
   gguf: string;
   sigma: string[];
-  /**
-   * GGUF row r holds stacked Sigma row perm[r] (a permutation of the rows),
-   * for layouts that differ from Sigma's in row order only.
-   */
+  /** GGUF row r holds stacked Sigma row order[r] (vectors: element order[r]), for layouts that differ from Sigma's in row order only. */
   rowOrder?: (c: ModelConfig) => Int32Array;
+  /** GGUF values = Sigma values × scale (a power of two, so that it is exact both ways). */
+  scale?: number;
+  /** The ggml shape when it is not the default [cols, rows] / [length] (e.g. [C, Fe, E] for stacked experts). */
+  ne?: (c: ModelConfig) => number[];
+  /** A tensor llama.cpp needs that no Sigma parameter backs (`sigma` empty): every value is `value`; import requires exactly that. */
+  fill?: { value: number; ne: (c: ModelConfig) => number[] };
+  /** Only for configs where this holds (biases a model may not have, an untied output…). */
+  when?: (c: ModelConfig) => boolean;
 }
 
 /** Reads typed keys of the file being imported (errors name the file and key). */
@@ -71,7 +82,7 @@ export interface GgufArchitecture {
   layer: TensorEntry[];
 }
 
-const gpt2: GgufArchitecture = {
+export const GPT2_ARCHITECTURE: GgufArchitecture = {
   name: "gpt2",
   refuse(c) {
     if (c.queryLayer) return "it has PanGu-α's query layer on top, which no llama.cpp architecture has";
@@ -129,7 +140,7 @@ const gpt2: GgufArchitecture = {
 };
 
 /** The architectures Sigma writes, tried in order (docs/gguf.md lists what the next ones need). */
-export const ARCHITECTURES: readonly GgufArchitecture[] = [gpt2];
+export const ARCHITECTURES: readonly GgufArchitecture[] = [GPT2_ARCHITECTURE];
 
 /**
  * The row order llama.cpp's `llama` architecture needs for q and k weights
@@ -286,13 +297,35 @@ function entriesOf(arch: GgufArchitecture, c: ModelConfig): TensorEntry[] {
   const layers = c.denseLayers + c.sparseLayers;
   const out = [...arch.globals];
   for (let l = 0; l < layers; l++) for (const e of arch.layer) out.push({ ...e, gguf: e.gguf.replaceAll("{L}", String(l)), sigma: e.sigma.map((s) => s.replaceAll("{L}", String(l))) });
-  return out;
+  return out.filter((e) => !e.when || e.when(c));
+}
+
+/**
+ * An entry's ggml shape, the length of the rows its rowOrder moves, and its
+ * parameters (checked: they exist and stack). `shapeOf` gives a Sigma
+ * parameter's shape. A table that does not fit the model is a bug in the
+ * table, not the user's: a plain Error.
+ */
+function layoutOf(e: TensorEntry, c: ModelConfig, shapeOf: (name: string) => readonly number[] | undefined, arch: string): { ne: number[]; rowLen: number; parts: string[] } {
+  const shapes = e.sigma.map((s) => shapeOf(s) ?? (() => { throw new Error(`gguf: the ${arch} table names "${s}", which the model does not have`); })());
+  if (e.fill) {
+    if (e.sigma.length) throw new Error(`gguf: ${e.gguf} is both filled and backed by parameters`);
+    const ne = e.fill.ne(c);
+    return { ne, rowLen: ne.length >= 2 ? ne[0]! : 1, parts: [] };
+  }
+  const matrix = shapes[0]!.length >= 2;
+  const total = shapes.reduce((n, sh) => n + sh.reduce((p, d) => p * d, 1), 0);
+  const cols = matrix ? shapes[0]!.at(-1)! : total;
+  if (matrix && shapes.some((sh) => sh.length < 2 || sh.at(-1) !== cols)) throw new Error(`gguf: the parts of ${e.gguf} differ in width`);
+  const ne = e.ne ? e.ne(c) : matrix ? [cols, total / cols] : [total];
+  if (ne.reduce((p, d) => p * d, 1) !== total) throw new Error(`gguf: ${e.gguf} has ne [${ne}] for ${total} values`);
+  return { ne, rowLen: matrix ? cols : 1, parts: e.sigma };
 }
 
 /** The architecture a model exports as, or a SigmaError giving every architecture's reason. */
-export function ggufArchitectureOf(c: ModelConfig): GgufArchitecture {
+export function ggufArchitectureOf(c: ModelConfig, architectures: readonly GgufArchitecture[] = ARCHITECTURES): GgufArchitecture {
   const reasons: string[] = [];
-  for (const a of ARCHITECTURES) {
+  for (const a of architectures) {
     const why = a.refuse(c);
     if (why === null) return a;
     reasons.push(`${a.name}: ${why}`);
@@ -302,6 +335,8 @@ export function ggufArchitectureOf(c: ModelConfig): GgufArchitecture {
 
 export interface GgufExportOptions {
   type?: GgufExportType;
+  /** The architectures to choose from (default ARCHITECTURES). */
+  architectures?: readonly GgufArchitecture[];
   /** general.name. */
   name?: string;
 }
@@ -309,7 +344,7 @@ export interface GgufExportOptions {
 /** The GGUF file (metadata and tensors) of a model and its tokenizer. */
 export function ggufOfModel(model: PanguSigma, tokenizer: Tokenizer, opts: GgufExportOptions = {}): { metadata: Map<string, GgufValue>; tensors: GgufTensor[]; architecture: string; fallbacks: string[] } {
   const c = model.config;
-  const arch = ggufArchitectureOf(c);
+  const arch = ggufArchitectureOf(c, opts.architectures);
   if (tokenizer.vocabSize !== c.vocabSize) throw new SigmaError(`the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocabulary is ${c.vocabSize}`, "export a checkpoint whose tokenizer.json belongs to it");
   const type = opts.type ?? "f32";
   const metadata = new Map<string, GgufValue>([
@@ -328,28 +363,23 @@ export function ggufOfModel(model: PanguSigma, tokenizer: Tokenizer, opts: GgufE
   const tensors: GgufTensor[] = [];
   const fallbacks: string[] = [];
   for (const e of entriesOf(arch, c)) {
-    const parts = e.sigma.map((s) => params.get(s) ?? (() => { throw new Error(`gguf export: the ${arch.name} table names "${s}", which the model does not have`); })());
-    const matrix = parts[0]!.shape.length === 2;
-    const total = parts.reduce((n, p) => n + p.data.length, 0);
-    // A matrix is [rows, cols] with the parts' rows stacked; a vector is one row (reordered element by element).
-    const cols = matrix ? parts[0]!.shape[1]! : total;
-    if (matrix && parts.some((p) => p.shape.length !== 2 || p.shape[1] !== cols)) throw new Error(`gguf export: the parts of ${e.gguf} differ in width`);
-    const rows = total / cols;
-    const stacked = new Float32Array(total);
+    const { ne, rowLen, parts } = layoutOf(e, c, (s) => params.get(s)?.shape, arch.name);
+    const values = new Float32Array(ne.reduce((p, d) => p * d, 1));
+    if (e.fill) values.fill(e.fill.value);
     let at = 0;
-    for (const p of parts) {
-      stacked.set(p.data, at);
-      at += p.data.length;
+    for (const name of parts) {
+      const d = params.get(name)!.data;
+      for (let i = 0; i < d.length; i++) values[at + i] = d[i]! * (e.scale ?? 1);
+      at += d.length;
+      used.add(name);
     }
-    e.sigma.forEach((s) => used.add(s));
-    const values = e.rowOrder ? reorderRows(stacked, e.rowOrder(c), matrix ? cols : 1) : stacked;
-    let ggml: GgmlType = matrix ? MATRIX_TYPE[type] : "F32";
-    if (ggml === "Q8_0" && cols % 32 !== 0) {
+    const ordered = e.rowOrder ? reorderRows(values, e.rowOrder(c), rowLen) : values;
+    let ggml: GgmlType = ne.length >= 2 ? MATRIX_TYPE[type] : "F32";
+    if (ggml === "Q8_0" && ne[0]! % 32 !== 0) {
       ggml = "F16";
       fallbacks.push(e.gguf);
     }
-    const ne = matrix ? [cols, rows] : [total];
-    tensors.push({ name: e.gguf, type: ggml, ne, data: encodeTensor(ggml, values, rows, cols) });
+    tensors.push({ name: e.gguf, type: ggml, ne, data: encodeTensor(ggml, ordered, values.length / ne[0]!, ne[0]!) });
   }
   const left = [...params.keys()].filter((n) => !used.has(n));
   if (left.length) throw new Error(`gguf export: the ${arch.name} table leaves out ${left.slice(0, 5).join(", ")}`);
@@ -365,10 +395,10 @@ function reorderRows(x: Float32Array, order: Int32Array, cols: number): Float32A
 // ------------------------------------------------------------------ import
 
 /** A Sigma model (and its tokenizer, when the file carries Sigma's) from a parsed GGUF file; errors name `source`. */
-export function modelOfGguf(file: GgufFile, source: string): { model: PanguSigma; tokenizer: Tokenizer | null; tokenizerNote?: string; architecture: string } {
+export function modelOfGguf(file: GgufFile, source: string, architectures: readonly GgufArchitecture[] = ARCHITECTURES): { model: PanguSigma; tokenizer: Tokenizer | null; tokenizerNote?: string; architecture: string } {
   const archName = ggufGet(file, "general.architecture", "string", source);
-  const arch = ARCHITECTURES.find((a) => a.name === archName);
-  if (!arch) throw new SigmaError(`${source}: architecture "${archName}" is not one Sigma imports`, `Sigma imports GGUF files of the architectures ${ARCHITECTURES.map((a) => a.name).join(", ")}`);
+  const arch = architectures.find((a) => a.name === archName);
+  if (!arch) throw new SigmaError(`${source}: architecture "${archName}" is not one Sigma imports`, `Sigma imports GGUF files of the architectures ${architectures.map((a) => a.name).join(", ")}`);
   const { tokenizer, reason } = tokenizerOf(file, source);
   const tokens = ggufGet(file, "tokenizer.ggml.tokens", "array", source);
   const reader: MetaReader = {
@@ -410,23 +440,25 @@ export function modelOfGguf(file: GgufFile, source: string): { model: PanguSigma
     expected.add(e.gguf);
     const t = byName.get(e.gguf);
     if (!t) throw new SigmaError(`${source}: tensor "${e.gguf}" is missing`, `a ${arch.name} model of this size has it; the file is incomplete`);
-    const parts = e.sigma.map((s) => params.get(s)!);
-    const matrix = parts[0]!.shape.length === 2;
-    const cols = matrix ? parts[0]!.shape[1]! : parts.reduce((n, p) => n + p.shape[0]!, 0);
-    const rows = matrix ? parts.reduce((n, p) => n + p.shape[0]!, 0) : 1;
-    const want = matrix ? [cols, rows] : [cols];
+    const { ne: want, rowLen, parts } = layoutOf(e, config, (s) => params.get(s)?.shape, arch.name);
     if (t.ne.length !== want.length || t.ne.some((d, i) => d !== want[i])) throw new SigmaError(`${source}: tensor "${e.gguf}" has ne [${t.ne.join(", ")}], the model's hyperparameters need [${want.join(", ")}]`, "the file's metadata and tensors do not belong together");
     let values = decodeTensor(t, source);
+    for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) throw new SigmaError(`${source}: tensor "${e.gguf}" holds ${values[i]} at element ${i}`, "the file is damaged; export it again");
+    if (e.fill) {
+      const i = values.findIndex((v) => v !== e.fill!.value);
+      if (i >= 0) throw new SigmaError(`${source}: tensor "${e.gguf}" holds ${values[i]} at element ${i}; Sigma's model has no such parameter and computes the function of all ${e.fill.value}`, "only files whose extra tensors are neutral import");
+      continue;
+    }
     if (e.rowOrder) {
       const order = e.rowOrder(config);
       const back = new Int32Array(order.length);
       order.forEach((src, r) => (back[src] = r));
-      values = reorderRows(values, back, matrix ? cols : 1);
+      values = reorderRows(values, back, rowLen);
     }
-    for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) throw new SigmaError(`${source}: tensor "${e.gguf}" holds ${values[i]} at element ${i}`, "the file is damaged; export it again");
     let at = 0;
-    for (const p of parts) {
-      p.data.set(values.subarray(at, at + p.data.length));
+    for (const name of parts) {
+      const p = params.get(name)!;
+      for (let i = 0; i < p.data.length; i++) p.data[i] = values[at + i]! / (e.scale ?? 1);
       at += p.data.length;
     }
   }
