@@ -161,13 +161,19 @@ class Sink {
     }
     this.push(b);
   }
+  /** Zeros up to the next multiple of `alignment` after `n` bytes. */
+  pad(n: number, alignment: number): void {
+    const r = (alignment - (n % alignment)) % alignment;
+    if (r) this.push(new Uint8Array(r));
+  }
   str(s: string): void {
     const b = Buffer.from(s, "utf8");
     this.num("u64", b.length);
     this.push(b);
   }
-  bytes(): Uint8Array {
-    return Buffer.concat(this.parts, this.length);
+  /** The parts written so far (the header's many small ones joined into one). */
+  chunks(): Uint8Array[] {
+    return this.parts;
   }
 }
 
@@ -206,6 +212,11 @@ function writeItem(sink: Sink, type: GgufTypeName, v: unknown, where: string): v
 
 /** The file's bytes. Tensors keep their order; each starts at a multiple of the alignment. */
 export function encodeGguf(file: { metadata: Map<string, GgufValue>; tensors: GgufTensor[] }): Uint8Array {
+  return Buffer.concat(encodeGgufParts(file));
+}
+
+/** The file as consecutive parts (the header, then each tensor's bytes and padding), so that no single buffer holds it all. */
+export function encodeGgufParts(file: { metadata: Map<string, GgufValue>; tensors: GgufTensor[] }): Uint8Array[] {
   const al = file.metadata.get("general.alignment");
   const alignment = al === undefined ? DEFAULT_ALIGNMENT : al.type === "u32" ? al.value : NaN;
   if (!(Number.isInteger(alignment) && alignment > 0 && (alignment & (alignment - 1)) === 0)) throw new RangeError("gguf: general.alignment must be a u32 power of two");
@@ -236,24 +247,23 @@ export function encodeGguf(file: { metadata: Map<string, GgufValue>; tensors: Gg
     offsets.push(offset);
     offset += Math.ceil(bytes / alignment) * alignment;
   }
-  const pad = (n: number): void => {
-    const r = (alignment - (n % alignment)) % alignment;
-    if (r) sink.push(new Uint8Array(r));
-  };
-  pad(sink.length);
-  const start = sink.length;
+  sink.pad(sink.length, alignment);
+  const header = Buffer.concat(sink.chunks(), sink.length);
+  const out = new Sink();
+  out.push(header);
+  const start = out.length;
   file.tensors.forEach((t, i) => {
-    pad(sink.length - start);
-    if (sink.length - start !== offsets[i]) throw new Error("gguf: internal offset mismatch");
-    sink.push(t.data);
+    out.pad(out.length - start, alignment);
+    if (out.length - start !== offsets[i]) throw new Error("gguf: internal offset mismatch");
+    out.push(t.data);
   });
   // The data section ends padded too (llama.cpp's writer does the same).
-  if (file.tensors.length) pad(sink.length - start);
-  return sink.bytes();
+  if (file.tensors.length) out.pad(out.length - start, alignment);
+  return out.chunks();
 }
 
 export function writeGguf(path: string, file: { metadata: Map<string, GgufValue>; tensors: GgufTensor[] }): void {
-  writeFileAtomic(path, encodeGguf(file));
+  writeFileAtomic(path, encodeGgufParts(file));
 }
 
 // ------------------------------------------------------------------ reading
