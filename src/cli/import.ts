@@ -11,6 +11,7 @@ import { writeModelFolder } from "../api/model.js";
 import { millions } from "./format.js";
 import { parseList } from "./tokenizer.js";
 import { ensureWritableDir } from "../util/fs.js";
+import { importGguf } from "../api/gguf.js";
 
 export function register(program: Command): void {
   const imp = program.command("import").description("bring a model in from another format (an explicit adapter per format)");
@@ -35,5 +36,17 @@ export function register(program: Command): void {
       console.log(`GPT-2: ${c.denseLayers} layers, width ${c.width}, ${c.heads} heads, vocabulary ${c.vocabSize}, ${c.seqLen} positions, activation ${c.activation}: ${millions(model.parameterCount())} parameters`);
       console.log(`checkpoint: ${path}`);
       if (!tokenizerText) console.log("no tokenizer carried: `sigma upcycle --from` this checkpoint works as is; eval and generate need a Sigma tokenizer of the same vocabulary");
+    });
+  imp
+    .command("gguf")
+    .description("import a GGUF file of an architecture Sigma writes (gpt2; docs/gguf.md) as a Sigma checkpoint")
+    .requiredOption("--from <file>", "the .gguf file (F32, F16, BF16 or Q8_0 tensors)")
+    .requiredOption("--out <dir>", "where the checkpoint goes (<out>/step-00000000/)")
+    .action((o: { from: string; out: string }) => {
+      ensureWritableDir(o.out, "--out");
+      const r = importGguf(o.from, { out: o.out });
+      console.log(`GGUF ${r.architecture}: ${millions(r.parameters)} parameters`);
+      console.log(`checkpoint: ${r.checkpoint}`);
+      if (!r.tokenizer) console.log(`no tokenizer carried (${r.tokenizerNote}); eval and generate need a Sigma tokenizer of the same vocabulary`);
     });
 }

@@ -26,6 +26,7 @@ import { register as registerBalance } from "./balance.js";
 import { register as registerUpcycle } from "./upcycle.js";
 import { register as registerExtract } from "./extract.js";
 import { register as registerImport } from "./import.js";
+import { register as registerExport } from "./export.js";
 import { register as registerStore } from "./store.js";
 import { register as registerTune } from "./tune.js";
 import { register as registerQuantize } from "./quantize.js";
@@ -59,6 +60,7 @@ export function buildProgram(): Command {
   registerUpcycle(program);
   registerExtract(program);
   registerImport(program);
+  registerExport(program);
   registerStore(program);
   registerTune(program);
   registerServe(program);

@@ -10,12 +10,15 @@ export const diskFull = (e: unknown): boolean => ["ENOSPC", "EDQUOT"].includes((
  * Writes `data` to `path` (created or truncated; with flag "wx" only created,
  * so an existing file or link there is an error) and fsyncs it before returning.
  */
-export function writeFileSynced(path: string, data: Uint8Array | string, flag: "w" | "wx" = "w"): void {
-  const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
+export function writeFileSynced(path: string, data: Uint8Array | string | readonly Uint8Array[], flag: "w" | "wx" = "w"): void {
+  // Parts are written one after another: a file larger than one buffer may hold (GGUF models) never needs one.
+  const parts = typeof data === "string" ? [Buffer.from(data, "utf8")] : data instanceof Uint8Array ? [data] : data;
   const fd = openSync(path, flag);
   try {
-    let off = 0;
-    while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
+    for (const bytes of parts) {
+      let off = 0;
+      while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
+    }
     fsyncSync(fd);
   } finally {
     closeSync(fd);
@@ -38,7 +41,7 @@ export function fsyncDir(dir: string): void {
  * new one, never a torn mix. A full disk or a permission error is reported
  * with the path, and the old file is kept.
  */
-export function writeFileAtomic(path: string, data: Uint8Array | string): void {
+export function writeFileAtomic(path: string, data: Uint8Array | string | readonly Uint8Array[]): void {
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Date.now()}`);
   try {
     writeFileSynced(tmp, data, "wx");

@@ -1,0 +1,47 @@
+/**
+ * GGUF in and out (docs/gguf.md): `exportGguf` writes a model (a checkpoint,
+ * run folder or opened Model) as one llama.cpp file; `importGguf` turns a
+ * GGUF file of an architecture Sigma knows into a Sigma checkpoint.
+ */
+import { readGguf, writeGguf } from "../checkpoint/gguf.js";
+import { ggufOfModel, modelOfGguf, type GgufExportType } from "../models/gguf.js";
+import { toHfJson } from "../tokenizer/hfjson.js";
+import { SigmaError } from "../util/errors.js";
+import { Model, openModel, writeModelFolder } from "./model.js";
+
+export interface GgufExportResult {
+  /** The file written. */
+  path: string;
+  /** llama.cpp's architecture name ("gpt2"). */
+  architecture: string;
+  type: GgufExportType;
+  tensors: number;
+  bytes: number;
+  /** Matrices written F16 instead of Q8_0 (rows not whole 32-value blocks). */
+  fallbacks: string[];
+}
+
+export async function exportGguf(model: Model | string, o: { out: string; type?: GgufExportType; name?: string }): Promise<GgufExportResult> {
+  const m = typeof model === "string" ? await openModel(model) : model;
+  if (!m.tokenizer) throw new SigmaError(`${m.path ?? "the model"} has no tokenizer; a GGUF file carries its vocabulary`, "export a checkpoint with a tokenizer.json (sigma import gpt2 --tokenizer carries one)");
+  const type = o.type ?? "f32";
+  const file = ggufOfModel(m.network, m.tokenizer, { type, ...(o.name ? { name: o.name } : {}) });
+  writeGguf(o.out, file);
+  const bytes = file.tensors.reduce((n, t) => n + t.data.length, 0);
+  return { path: o.out, architecture: file.architecture, type, tensors: file.tensors.length, bytes, fallbacks: file.fallbacks };
+}
+
+export interface GgufImportResult {
+  checkpoint: string;
+  architecture: string;
+  /** Whether the file's vocabulary came along as tokenizer.json (a Sigma vocabulary); else why not. */
+  tokenizer: boolean;
+  tokenizerNote?: string;
+  parameters: number;
+}
+
+export function importGguf(from: string, o: { out: string }): GgufImportResult {
+  const { model, tokenizer, tokenizerNote, architecture } = modelOfGguf(readGguf(from), from);
+  const checkpoint = writeModelFolder(o.out, 0, model, tokenizer ? toHfJson(tokenizer) : null, { format: "sigma-import", from, source: "gguf" });
+  return { checkpoint, architecture, tokenizer: tokenizer !== null, ...(tokenizerNote ? { tokenizerNote } : {}), parameters: model.parameterCount() };
+}

@@ -1,0 +1,477 @@
+/**
+ * Sigma models as GGUF files for llama.cpp, and back (docs/gguf.md).
+ *
+ * The container is src/checkpoint/gguf.ts; this file decides what goes in
+ * it. Each llama.cpp architecture Sigma can write is one entry of
+ * ARCHITECTURES: the reason a model cannot be written as it (or null), its
+ * hyperparameter keys, the Sigma config those keys give back, and its
+ * tensor table — each GGUF tensor made of one or more Sigma parameters whose
+ * rows are stacked (llama.cpp's fused q|k|v), optionally with the rows
+ * reordered (the q/k permutation the `llama` architecture needs). Export and
+ * import both walk that table, so an entry is all a new architecture needs.
+ *
+ * Layout: a Sigma parameter [rows, cols] (row-major; a Linear's weight is
+ * [out, in]) is the ggml tensor ne = [cols, rows] — llama.cpp's convention,
+ * so nothing is transposed. Matrices (2-D) take the chosen type; vectors
+ * (norms, biases) stay F32, as llama.cpp's converter keeps them. A Q8_0
+ * matrix whose rows are not whole 32-value blocks is written F16 instead.
+ *
+ * The tokenizer goes in as tokenizer.ggml.* (a byte-level BPE: tokens,
+ * types, merges, special ids, the pre-tokenizer name), the chat template
+ * as tokenizer.chat_template, and the full Sigma config as sigma.config so
+ * that import gives back the same model (domains, seed, …); a GGUF without
+ * it (written by another tool) imports from the architecture keys alone.
+ */
+import { ggufGet, gv, type GgmlType, type GgufFile, type GgufTensor, type GgufValue } from "../checkpoint/gguf.js";
+import { bf16Bits, bf16Value, halfBits, halfValue, quantize } from "../backend/quant.js";
+import { Tokenizer } from "../tokenizer/codec.js";
+import { parseSpecials } from "../tokenizer/specials.js";
+import { SigmaError } from "../util/errors.js";
+import { parseJsonStrict } from "../util/strict-json.js";
+import { parameterCounts, parseModelConfig, type ModelConfig, type ModelConfigInput } from "./config.js";
+import { PanguSigma } from "./pangu-sigma.js";
+
+/** What `sigma export gguf --type` offers: the ggml type of the matrices. */
+export const GGUF_EXPORT_TYPES = ["f32", "f16", "bf16", "q8_0"] as const;
+export type GgufExportType = (typeof GGUF_EXPORT_TYPES)[number];
+const MATRIX_TYPE: Record<GgufExportType, GgmlType> = { f32: "F32", f16: "F16", bf16: "BF16", q8_0: "Q8_0" };
+/** general.file_type (llama.cpp's llama_ftype): ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0. */
+const FILE_TYPE: Record<GgufExportType, number> = { f32: 0, f16: 1, bf16: 32, q8_0: 7 };
+
+/**
+ * One GGUF tensor of the table; `{L}` in names stands for the layer.
+ * Export: the `sigma` parameters' rows stacked in this order (llama.cpp's
+ * fused q|k|v), reordered by `rowOrder`, times `scale`, shaped `ne`.
+ * Import undoes each step. A matrix is [rows, cols] with ne [cols, rows]
+ * unless `ne` says otherwise (3-D expert stacks); a vector is one row.
+ */
+export interface TensorEntry {
+  gguf: string;
+  sigma: string[];
+  /** GGUF row r holds stacked Sigma row order[r] (vectors: element order[r]), for layouts that differ from Sigma's in row order only. */
+  rowOrder?: (c: ModelConfig) => Int32Array;
+  /** GGUF values = Sigma values × scale (a power of two, so that it is exact both ways). */
+  scale?: number;
+  /** The ggml shape when it is not the default [cols, rows] / [length] (e.g. [C, Fe, E] for stacked experts). */
+  ne?: (c: ModelConfig) => number[];
+  /** A tensor llama.cpp needs that no Sigma parameter backs (`sigma` empty): every value is `value`; import requires exactly that. */
+  fill?: { value: number; ne: (c: ModelConfig) => number[] };
+  /** Only for configs where this holds (biases a model may not have, an untied output…). */
+  when?: (c: ModelConfig) => boolean;
+}
+
+/** Reads typed keys of the file being imported (errors name the file and key). */
+export interface MetaReader {
+  u32(key: string): number;
+  f32(key: string): number;
+  has(key: string): boolean;
+}
+
+export interface GgufArchitecture {
+  /** llama.cpp's general.architecture; its keys are "<name>.…". */
+  name: string;
+  /** Why `c` cannot be written as this architecture, or null. */
+  refuse(c: ModelConfig): string | null;
+  /** The "<name>.…" hyperparameters. */
+  hparams(c: ModelConfig): [string, GgufValue][];
+  /** The Sigma config these hyperparameters describe (vocabSize comes from the token list). */
+  config(m: MetaReader, vocabSize: number): ModelConfigInput;
+  /** Tensors that occur once (embeddings, final norm). */
+  globals: TensorEntry[];
+  /** Tensors of each layer, names with {L}. */
+  layer: TensorEntry[];
+}
+
+export const GPT2_ARCHITECTURE: GgufArchitecture = {
+  name: "gpt2",
+  refuse(c) {
+    if (c.queryLayer) return "it has PanGu-α's query layer on top, which no llama.cpp architecture has";
+    if (c.sparseLayers > 0) return "it has sparse (MoE) layers; llama.cpp's gpt2 is dense";
+    if (c.embeddingSlots !== 1) return `it has ${c.embeddingSlots} embedding slots; a GGUF model has one token embedding`;
+    if (c.activation !== "gelu_tanh") return `its FFN activation is ${c.activation}; llama.cpp's gpt2 computes GELU's tanh form (gelu_tanh)`;
+    return null;
+  },
+  hparams: (c) => [
+    ["gpt2.context_length", gv.u32(c.seqLen)],
+    ["gpt2.embedding_length", gv.u32(c.width)],
+    ["gpt2.feed_forward_length", gv.u32(c.ffnWidth)],
+    ["gpt2.block_count", gv.u32(c.denseLayers)],
+    ["gpt2.attention.head_count", gv.u32(c.heads)],
+    ["gpt2.attention.layer_norm_epsilon", gv.f32(c.layerNormEps)],
+  ],
+  config(m, vocabSize) {
+    if (m.has("gpt2.attention.head_count_kv") && m.u32("gpt2.attention.head_count_kv") !== m.u32("gpt2.attention.head_count")) {
+      throw new SigmaError("gpt2.attention.head_count_kv differs from head_count (grouped-query attention)", "Sigma's GPT-2 blocks have as many key/value heads as query heads");
+    }
+    return {
+      vocabSize,
+      width: m.u32("gpt2.embedding_length"),
+      heads: m.u32("gpt2.attention.head_count"),
+      denseLayers: m.u32("gpt2.block_count"),
+      sparseLayers: 0,
+      seqLen: m.u32("gpt2.context_length"),
+      ffnWidth: m.u32("gpt2.feed_forward_length"),
+      domains: [{ name: "en", slot: 0 }],
+      activation: "gelu_tanh",
+      queryLayer: false,
+      layerNormEps: m.f32("gpt2.attention.layer_norm_epsilon"),
+    };
+  },
+  globals: [
+    { gguf: "token_embd.weight", sigma: ["tokenEmbedding"] },
+    { gguf: "position_embd.weight", sigma: ["positionEmbedding"] },
+    { gguf: "output_norm.weight", sigma: ["finalNorm.gamma"] },
+    { gguf: "output_norm.bias", sigma: ["finalNorm.beta"] },
+  ],
+  layer: [
+    { gguf: "blk.{L}.attn_norm.weight", sigma: ["blocks.{L}.ln1.gamma"] },
+    { gguf: "blk.{L}.attn_norm.bias", sigma: ["blocks.{L}.ln1.beta"] },
+    { gguf: "blk.{L}.attn_qkv.weight", sigma: ["blocks.{L}.attn.q.weight", "blocks.{L}.attn.k.weight", "blocks.{L}.attn.v.weight"] },
+    { gguf: "blk.{L}.attn_qkv.bias", sigma: ["blocks.{L}.attn.q.bias", "blocks.{L}.attn.k.bias", "blocks.{L}.attn.v.bias"] },
+    { gguf: "blk.{L}.attn_output.weight", sigma: ["blocks.{L}.attn.o.weight"] },
+    { gguf: "blk.{L}.attn_output.bias", sigma: ["blocks.{L}.attn.o.bias"] },
+    { gguf: "blk.{L}.ffn_norm.weight", sigma: ["blocks.{L}.ln2.gamma"] },
+    { gguf: "blk.{L}.ffn_norm.bias", sigma: ["blocks.{L}.ln2.beta"] },
+    { gguf: "blk.{L}.ffn_up.weight", sigma: ["blocks.{L}.ffn.fc1.weight"] },
+    { gguf: "blk.{L}.ffn_up.bias", sigma: ["blocks.{L}.ffn.fc1.bias"] },
+    { gguf: "blk.{L}.ffn_down.weight", sigma: ["blocks.{L}.ffn.fc2.weight"] },
+    { gguf: "blk.{L}.ffn_down.bias", sigma: ["blocks.{L}.ffn.fc2.bias"] },
+  ],
+};
+
+/** The architectures Sigma writes, tried in order (docs/gguf.md lists what the next ones need). */
+export const ARCHITECTURES: readonly GgufArchitecture[] = [GPT2_ARCHITECTURE];
+
+/**
+ * The row order llama.cpp's `llama` architecture needs for q and k weights
+ * (and biases) of a model whose RoPE rotates dimension pairs (i, i + d/2) of
+ * each head (Hugging Face's rotate_half; qwen2/qwen2moe/qwen3moe use that
+ * pairing too, as NEOX rope, and need no reordering): `llama` rotates
+ * adjacent pairs (2i, 2i + 1), so within each head of d rows, GGUF row
+ * 2i + s is Sigma row s·d/2 + i (s = 0, 1). The same reordering as
+ * llama.cpp's converter (convert_hf_to_gguf.py, LlamaModel.permute).
+ */
+export function ropePairOrder(heads: number, headDim: number): Int32Array {
+  if (headDim % 2 !== 0) throw new RangeError(`ropePairOrder: head size ${headDim} is odd`);
+  const half = headDim / 2;
+  const order = new Int32Array(heads * headDim);
+  for (let h = 0; h < heads; h++) for (let i = 0; i < half; i++) for (let s = 0; s < 2; s++) order[h * headDim + 2 * i + s] = h * headDim + s * half + i;
+  return order;
+}
+
+// ------------------------------------------------------------------ tokenizer
+
+/** llama.cpp's token types (llama_token_type). */
+const TOKEN_NORMAL = 1;
+const TOKEN_CONTROL = 3;
+
+/**
+ * The pre-tokenizer llama.cpp applies for tokenizer.ggml.pre. No llama.cpp
+ * pre-tokenizer is Sigma's split rule exactly (src/tokenizer/pretokenize.ts);
+ * the closest is the llama-3 regex, which "smaug-bpe" selects without
+ * llama-3's other settings (whole-word vocabulary lookups, an added BOS). It
+ * cuts ordinary text as Sigma does; it differs on runs of Han characters
+ * (llama.cpp: letters, so one piece with the space before them), on one
+ * punctuation character straight before letters ("(word" is one piece there,
+ * two here) and on upper-case contractions ("'S").
+ */
+export const SIGMA_PRE_TOKENIZER = "smaug-bpe";
+
+/** A Jinja chat template writing Sigma's plain-text chat prompt (src/serve/chat.ts: "User: …\n\n" … "Assistant:"). */
+export const SIGMA_CHAT_TEMPLATE =
+  "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] | trim }}\n\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}";
+
+function tokenizerMetadata(tok: Tokenizer): [string, GgufValue][] {
+  const S = tok.specials.length;
+  return [
+    ["tokenizer.ggml.model", gv.str("gpt2")],
+    ["tokenizer.ggml.pre", gv.str(SIGMA_PRE_TOKENIZER)],
+    ["tokenizer.ggml.tokens", gv.arr("string", [...tok.vocab])],
+    ["tokenizer.ggml.token_type", gv.arr("i32", tok.vocab.map((_, id) => (id < S ? TOKEN_CONTROL : TOKEN_NORMAL)))],
+    ["tokenizer.ggml.merges", gv.arr("string", tok.merges.map(([a, b]) => `${a} ${b}`))],
+    ["tokenizer.ggml.bos_token_id", gv.u32(tok.eotId)],
+    ["tokenizer.ggml.eos_token_id", gv.u32(tok.eotId)],
+    ["tokenizer.ggml.padding_token_id", gv.u32(tok.padId)],
+    ["tokenizer.ggml.add_bos_token", gv.bool(false)],
+    ["tokenizer.ggml.add_eos_token", gv.bool(false)],
+    ["tokenizer.chat_template", gv.str(SIGMA_CHAT_TEMPLATE)],
+  ];
+}
+
+/** The Sigma tokenizer of a GGUF that Sigma wrote; null (with the reason) for another vocabulary. */
+function tokenizerOf(file: GgufFile, source: string): { tokenizer: Tokenizer | null; reason?: string } {
+  const arr = (key: string, item: string): unknown[] | null => {
+    const v = file.metadata.get(key);
+    return v?.type === "array" && v.itemType === item ? v.value : null;
+  };
+  const tokens = arr("tokenizer.ggml.tokens", "string") as string[] | null;
+  const merges = arr("tokenizer.ggml.merges", "string") as string[] | null;
+  const types = arr("tokenizer.ggml.token_type", "i32") as number[] | null;
+  const model = file.metadata.get("tokenizer.ggml.model");
+  if (!tokens) throw new SigmaError(`${source}: metadata "tokenizer.ggml.tokens" is missing or not an array of strings`, "a GGUF model carries its vocabulary; the file is incomplete");
+  if (model?.type !== "string" || model.value !== "gpt2" || !merges || !types || types.length !== tokens.length) return { tokenizer: null, reason: "its vocabulary is not a byte-level BPE with merges and token types" };
+  const pre = file.metadata.get("tokenizer.ggml.pre");
+  if (pre?.type !== "string" || pre.value !== SIGMA_PRE_TOKENIZER) return { tokenizer: null, reason: `its pre-tokenizer is ${pre?.type === "string" ? JSON.stringify(pre.value) : "not named"}, not Sigma's (${SIGMA_PRE_TOKENIZER})` };
+  let S = 0;
+  while (S < types.length && types[S] === TOKEN_CONTROL) S++;
+  if (types.slice(S).some((t) => t !== TOKEN_NORMAL)) return { tokenizer: null, reason: "its control tokens are not all at the start of the vocabulary" };
+  try {
+    const spec = parseSpecials(tokens.slice(0, S), source);
+    const pairs = merges.map((m, i): [string, string] => {
+      const parts = m.split(" ");
+      if (parts.length !== 2 || !parts[0] || !parts[1]) throw new SigmaError(`${source}: merge ${i} (${JSON.stringify(m)}) is not "a b"`);
+      return [parts[0], parts[1]];
+    });
+    return { tokenizer: new Tokenizer({ ...spec, tokens: tokens.slice(S), merges: pairs }, source) };
+  } catch (e) {
+    if (!(e instanceof SigmaError)) throw e;
+    return { tokenizer: null, reason: e.message.split("\n")[0]! };
+  }
+}
+
+// ------------------------------------------------------------------ tensor encodings
+
+const f32Bytes = (a: Float32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
+/** The bytes of f32 values `x` (a [rows, cols] matrix) in `type`. */
+export function encodeTensor(type: GgmlType, x: Float32Array, rows: number, cols: number): Uint8Array {
+  switch (type) {
+    case "F32":
+      return f32Bytes(Float32Array.from(x));
+    case "F16":
+    case "BF16": {
+      const out = new Uint16Array(x.length);
+      for (let i = 0; i < x.length; i++) out[i] = type === "F16" ? halfBits(x[i]!) : bf16Bits(x[i]!);
+      return new Uint8Array(out.buffer);
+    }
+    case "Q8_0": {
+      // A block: the f16 scale d, then 32 int8 q with x ≈ d·q — Sigma's q8 groups (src/backend/quant.ts), interleaved.
+      const q = quantize("q8", x, rows, cols);
+      const blocks = (rows * cols) / 32;
+      const out = new Uint8Array(blocks * 34);
+      const scales = q.scales!;
+      const data = q.data as Int8Array;
+      for (let b = 0; b < blocks; b++) {
+        out[b * 34] = scales[b]! & 0xff;
+        out[b * 34 + 1] = scales[b]! >>> 8;
+        out.set(new Uint8Array(data.buffer, data.byteOffset + b * 32, 32), b * 34 + 2);
+      }
+      return out;
+    }
+    default:
+      throw new RangeError(`encodeTensor: ${type} is not written by Sigma`);
+  }
+}
+
+/** The f32 values of a tensor in F32, F16, BF16 or Q8_0; other types are an error naming the tensor. */
+export function decodeTensor(t: GgufTensor, source: string): Float32Array {
+  const n = t.ne.reduce((p, d) => p * d, 1);
+  const bytes = t.data;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Float32Array(n);
+  switch (t.type) {
+    case "F32":
+      for (let i = 0; i < n; i++) out[i] = dv.getFloat32(4 * i, true);
+      return out;
+    case "F16":
+      for (let i = 0; i < n; i++) out[i] = halfValue(dv.getUint16(2 * i, true));
+      return out;
+    case "BF16":
+      for (let i = 0; i < n; i++) out[i] = bf16Value(dv.getUint16(2 * i, true));
+      return out;
+    case "Q8_0":
+      for (let b = 0; b < n / 32; b++) {
+        const d = halfValue(dv.getUint16(34 * b, true));
+        for (let j = 0; j < 32; j++) out[32 * b + j] = d * dv.getInt8(34 * b + 2 + j);
+      }
+      return out;
+    default:
+      throw new SigmaError(`${source}: tensor "${t.name}" is ${t.type}; Sigma imports F32, F16, BF16 and Q8_0 tensors`, "export the model from llama.cpp in one of those types (llama-quantize … F16 or Q8_0)");
+  }
+}
+
+// ------------------------------------------------------------------ export
+
+/** The table's entries for a config, {L} filled in. */
+function entriesOf(arch: GgufArchitecture, c: ModelConfig): TensorEntry[] {
+  const layers = c.denseLayers + c.sparseLayers;
+  const out = [...arch.globals];
+  for (let l = 0; l < layers; l++) for (const e of arch.layer) out.push({ ...e, gguf: e.gguf.replaceAll("{L}", String(l)), sigma: e.sigma.map((s) => s.replaceAll("{L}", String(l))) });
+  return out.filter((e) => !e.when || e.when(c));
+}
+
+/**
+ * An entry's ggml shape, the length of the rows its rowOrder moves, and its
+ * parameters (checked: they exist and stack). `shapeOf` gives a Sigma
+ * parameter's shape. A table that does not fit the model is a bug in the
+ * table, not the user's: a plain Error.
+ */
+function layoutOf(e: TensorEntry, c: ModelConfig, shapeOf: (name: string) => readonly number[] | undefined, arch: string): { ne: number[]; rowLen: number; parts: string[] } {
+  const shapes = e.sigma.map((s) => shapeOf(s) ?? (() => { throw new Error(`gguf: the ${arch} table names "${s}", which the model does not have`); })());
+  if (e.fill) {
+    if (e.sigma.length) throw new Error(`gguf: ${e.gguf} is both filled and backed by parameters`);
+    const ne = e.fill.ne(c);
+    return { ne, rowLen: ne.length >= 2 ? ne[0]! : 1, parts: [] };
+  }
+  const matrix = shapes[0]!.length >= 2;
+  const total = shapes.reduce((n, sh) => n + sh.reduce((p, d) => p * d, 1), 0);
+  const cols = matrix ? shapes[0]!.at(-1)! : total;
+  if (matrix && shapes.some((sh) => sh.length < 2 || sh.at(-1) !== cols)) throw new Error(`gguf: the parts of ${e.gguf} differ in width`);
+  const ne = e.ne ? e.ne(c) : matrix ? [cols, total / cols] : [total];
+  if (ne.reduce((p, d) => p * d, 1) !== total) throw new Error(`gguf: ${e.gguf} has ne [${ne}] for ${total} values`);
+  return { ne, rowLen: matrix ? cols : 1, parts: e.sigma };
+}
+
+/** The architecture a model exports as, or a SigmaError giving every architecture's reason. */
+export function ggufArchitectureOf(c: ModelConfig, architectures: readonly GgufArchitecture[] = ARCHITECTURES): GgufArchitecture {
+  const reasons: string[] = [];
+  for (const a of architectures) {
+    const why = a.refuse(c);
+    if (why === null) return a;
+    reasons.push(`${a.name}: ${why}`);
+  }
+  throw new SigmaError(`this model cannot be written as GGUF — ${reasons.join("; ")}`, `Sigma writes the llama.cpp architectures ${ARCHITECTURES.map((a) => a.name).join(", ")} (docs/gguf.md says which blocks each needs)`);
+}
+
+export interface GgufExportOptions {
+  type?: GgufExportType;
+  /** The architectures to choose from (default ARCHITECTURES). */
+  architectures?: readonly GgufArchitecture[];
+  /** general.name. */
+  name?: string;
+}
+
+/** The GGUF file (metadata and tensors) of a model and its tokenizer. */
+export function ggufOfModel(model: PanguSigma, tokenizer: Tokenizer, opts: GgufExportOptions = {}): { metadata: Map<string, GgufValue>; tensors: GgufTensor[]; architecture: string; fallbacks: string[] } {
+  const c = model.config;
+  const arch = ggufArchitectureOf(c, opts.architectures);
+  if (tokenizer.vocabSize !== c.vocabSize) throw new SigmaError(`the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocabulary is ${c.vocabSize}`, "export a checkpoint whose tokenizer.json belongs to it");
+  const type = opts.type ?? "f32";
+  const metadata = new Map<string, GgufValue>([
+    ["general.architecture", gv.str(arch.name)],
+    ["general.name", gv.str(opts.name ?? "sigma")],
+    ["general.file_type", gv.u32(FILE_TYPE[type])],
+    ["general.quantization_version", gv.u32(2)],
+    ["general.alignment", gv.u32(32)],
+    ...arch.hparams(c),
+    ...tokenizerMetadata(tokenizer),
+    ["sigma.config", gv.str(JSON.stringify(c))],
+  ]);
+  const params = new Map<string, { shape: readonly number[]; data: ArrayLike<number> }>();
+  for (const [name, p] of model.namedParameters()) params.set(name, { shape: p.tensor.shape, data: p.tensor.data });
+  const used = new Set<string>();
+  const tensors: GgufTensor[] = [];
+  const fallbacks: string[] = [];
+  for (const e of entriesOf(arch, c)) {
+    const { ne, rowLen, parts } = layoutOf(e, c, (s) => params.get(s)?.shape, arch.name);
+    const values = new Float32Array(ne.reduce((p, d) => p * d, 1));
+    if (e.fill) values.fill(e.fill.value);
+    let at = 0;
+    for (const name of parts) {
+      const d = params.get(name)!.data;
+      for (let i = 0; i < d.length; i++) values[at + i] = d[i]! * (e.scale ?? 1);
+      at += d.length;
+      used.add(name);
+    }
+    const ordered = e.rowOrder ? reorderRows(values, e.rowOrder(c), rowLen) : values;
+    let ggml: GgmlType = ne.length >= 2 ? MATRIX_TYPE[type] : "F32";
+    if (ggml === "Q8_0" && ne[0]! % 32 !== 0) {
+      ggml = "F16";
+      fallbacks.push(e.gguf);
+    }
+    tensors.push({ name: e.gguf, type: ggml, ne, data: encodeTensor(ggml, ordered, values.length / ne[0]!, ne[0]!) });
+  }
+  const left = [...params.keys()].filter((n) => !used.has(n));
+  if (left.length) throw new Error(`gguf export: the ${arch.name} table leaves out ${left.slice(0, 5).join(", ")}`);
+  return { metadata, tensors, architecture: arch.name, fallbacks };
+}
+
+function reorderRows(x: Float32Array, order: Int32Array, cols: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let r = 0; r < order.length; r++) out.set(x.subarray(order[r]! * cols, (order[r]! + 1) * cols), r * cols);
+  return out;
+}
+
+// ------------------------------------------------------------------ import
+
+/** A Sigma model (and its tokenizer, when the file carries Sigma's) from a parsed GGUF file; errors name `source`. */
+export function modelOfGguf(file: GgufFile, source: string, architectures: readonly GgufArchitecture[] = ARCHITECTURES): { model: PanguSigma; tokenizer: Tokenizer | null; tokenizerNote?: string; architecture: string } {
+  const archName = ggufGet(file, "general.architecture", "string", source);
+  const arch = architectures.find((a) => a.name === archName);
+  if (!arch) throw new SigmaError(`${source}: architecture "${archName}" is not one Sigma imports`, `Sigma imports GGUF files of the architectures ${architectures.map((a) => a.name).join(", ")}`);
+  const { tokenizer, reason } = tokenizerOf(file, source);
+  const tokens = ggufGet(file, "tokenizer.ggml.tokens", "array", source);
+  const reader: MetaReader = {
+    u32: (k) => ggufGet(file, k, "u32", source),
+    f32: (k) => ggufGet(file, k, "f32", source),
+    has: (k) => file.metadata.has(k),
+  };
+  let input: ModelConfigInput = arch.config(reader, tokens.length);
+  const embedded = file.metadata.get("sigma.config");
+  if (embedded?.type === "string") {
+    let saved: ModelConfig;
+    try {
+      saved = parseModelConfig(parseJsonStrict(embedded.value), `${source} (metadata sigma.config)`);
+    } catch (e) {
+      if (e instanceof SigmaError) throw e;
+      throw new SigmaError(`${source}: metadata "sigma.config" is not JSON (${(e as Error).message})`, "the file is damaged; export it again");
+    }
+    // The architecture keys decide the function; the saved config adds what GGUF has no key for (domains, seed, …) and must agree.
+    for (const [k, v] of Object.entries(input)) {
+      const mine = (saved as Record<string, unknown>)[k];
+      const same = k === "layerNormEps" ? Math.fround(mine as number) === Math.fround(v as number) : k === "domains" || JSON.stringify(mine) === JSON.stringify(v);
+      if (!same) throw new SigmaError(`${source}: metadata "sigma.config" says ${k} = ${JSON.stringify(mine)} but the ${arch.name} keys say ${JSON.stringify(v)}`, "the file was edited after export; export it again");
+    }
+    input = saved;
+  }
+  const config = parseModelConfig(input, `the Sigma config made from ${source}`);
+  const why = arch.refuse(config);
+  if (why) throw new SigmaError(`${source}: the model it describes cannot be a ${arch.name}: ${why}`);
+  // Before allocating: a model much larger than the values the file holds cannot be in it, so lying keys cannot
+  // make a huge model (the tensor checks below then name what exactly is missing or of the wrong shape).
+  const need = parameterCounts(config).total;
+  const held = file.tensors.reduce((n, t) => n + t.ne.reduce((p, d) => p * d, 1), 0);
+  if (need > 2 * held + 1024) throw new SigmaError(`${source}: its keys describe a model of ${need} parameters but its tensors hold ${held} values`, "the file's metadata and tensors do not belong together");
+  const model = new PanguSigma(config);
+  const params = new Map([...model.namedParameters()].map(([n, p]) => [n, p.tensor]));
+  const byName = new Map(file.tensors.map((t) => [t.name, t]));
+  const expected = new Set<string>();
+  for (const e of entriesOf(arch, config)) {
+    expected.add(e.gguf);
+    const t = byName.get(e.gguf);
+    if (!t) throw new SigmaError(`${source}: tensor "${e.gguf}" is missing`, `a ${arch.name} model of this size has it; the file is incomplete`);
+    const { ne: want, rowLen, parts } = layoutOf(e, config, (s) => params.get(s)?.shape, arch.name);
+    if (t.ne.length !== want.length || t.ne.some((d, i) => d !== want[i])) throw new SigmaError(`${source}: tensor "${e.gguf}" has ne [${t.ne.join(", ")}], the model's hyperparameters need [${want.join(", ")}]`, "the file's metadata and tensors do not belong together");
+    let values = decodeTensor(t, source);
+    for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) throw new SigmaError(`${source}: tensor "${e.gguf}" holds ${values[i]} at element ${i}`, "the file is damaged; export it again");
+    if (e.fill) {
+      const i = values.findIndex((v) => v !== e.fill!.value);
+      if (i >= 0) throw new SigmaError(`${source}: tensor "${e.gguf}" holds ${values[i]} at element ${i}; Sigma's model has no such parameter and computes the function of all ${e.fill.value}`, "only files whose extra tensors are neutral import");
+      continue;
+    }
+    if (e.rowOrder) {
+      const order = e.rowOrder(config);
+      const back = new Int32Array(order.length);
+      order.forEach((src, r) => (back[src] = r));
+      values = reorderRows(values, back, rowLen);
+    }
+    let at = 0;
+    for (const name of parts) {
+      const p = params.get(name)!;
+      for (let i = 0; i < p.data.length; i++) p.data[i] = values[at + i]! / (e.scale ?? 1);
+      at += p.data.length;
+    }
+  }
+  const extra = file.tensors.filter((t) => !expected.has(t.name)).map((t) => t.name);
+  // llama.cpp's gpt2 accepts an untied output.weight; Sigma ties the output to the token embedding, so it must be that copy.
+  const out = byName.get("output.weight");
+  if (out && extra.includes("output.weight")) {
+    const emb = decodeTensor(byName.get("token_embd.weight")!, source);
+    const o = decodeTensor(out, source);
+    if (o.length !== emb.length || o.some((v, i) => v !== emb[i])) throw new SigmaError(`${source}: output.weight differs from token_embd.weight (an untied output layer)`, "Sigma ties the output to the token embedding; only tied models import");
+    extra.splice(extra.indexOf("output.weight"), 1);
+  }
+  if (extra.length) throw new SigmaError(`${source}: unexpected tensor${extra.length > 1 ? "s" : ""} ${extra.slice(0, 5).map((n) => `"${n}"`).join(", ")} (not part of a ${arch.name} model)`, "the file holds tensors Sigma would drop; refusing rather than computing a different function");
+  if (tokenizer && tokenizer.vocabSize !== config.vocabSize) throw new SigmaError(`${source}: ${tokenizer.vocabSize} tokens but a vocabulary of ${config.vocabSize}`);
+  return { model, tokenizer, ...(reason ? { tokenizerNote: reason } : {}), architecture: arch.name };
+}

@@ -1,0 +1,250 @@
+/**
+ * Sigma's GGUF export checked against an independent implementation:
+ * llama.cpp (prebuilt, through node-llama-cpp). Small random GPT-2-shaped
+ * Sigma models (several shapes, odd sizes among them, every parameter drawn
+ * at random so that a mis-mapped norm or bias shows) are exported, loaded in
+ * llama.cpp, and must give the same greedy tokens for 32 steps and the same
+ * next-token log-probabilities on several prompts. Token ids are fed
+ * directly, so the comparison does not depend on pre-tokenization; a plain
+ * ASCII prompt is also tokenized by both. Every written file is parsed by
+ * @huggingface/gguf too.
+ *
+ * Greedy tokens must be the same at every step, except where Sigma's two
+ * best tokens are within twice the log-prob bound of each other (a tie that
+ * rounding may break either way; at most 2 per model, and both continue with
+ * llama.cpp's token).
+ *
+ * llama.cpp returns probabilities (softmax of its logits), so logits are
+ * compared as log-probabilities — logits up to the constant that softmax
+ * ignores. Bound for f32 files: |Δ log p| ≤ 1e-3 · max|log p| over the
+ * vocabulary. llama.cpp computes GELU through a table of f16 inputs
+ * (ggml's GGML_GELU_FP16), so it is not exact even in f32. f16 and q8_0
+ * files are compared with the Sigma model that reads the same file back
+ * (same weights); llama.cpp then also rounds activations (to f16, or to
+ * q8_0 blocks for its q8_0 dot products), hence looser bounds: 1e-2 (f16)
+ * and 5e-2 (q8_0) relative.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { gguf as hfGguf } from "@huggingface/gguf";
+import { getLlama, LlamaLogLevel, type Llama, type Token } from "node-llama-cpp";
+import { noGrad } from "../src/autograd/tape.js";
+import { readGguf, writeGguf, GGML_TYPES, type GgufValue } from "../src/checkpoint/gguf.js";
+import { parseModelConfig } from "../src/models/config.js";
+import { ggufOfModel, modelOfGguf, SIGMA_CHAT_TEMPLATE, type GgufExportType } from "../src/models/gguf.js";
+import { chatPrompt, type ChatMessage } from "../src/serve/chat.js";
+import { PanguSigma } from "../src/models/pangu-sigma.js";
+import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
+import type { Tokenizer } from "../src/tokenizer/codec.js";
+import { Rng } from "../src/util/rng.js";
+
+const dir = mkdtempSync(join(tmpdir(), "sigma-gguf-llama-"));
+let llama: Llama;
+before(async () => {
+  llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, maxThreads: 1 });
+});
+after(async () => {
+  await llama?.dispose();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+// Lines ending "!\n" and ".\n": Sigma's split keeps punctuation with the line break after it, so merges such as "!\n" are learnt — GPT-2's split would cut them apart.
+const TEXT = "the quick brown fox jumps over the lazy dog.\nthe cat sat on the mat, then the dog ate the cat's dinner!\n123 4567 wow!\n";
+function tokenizer(): Tokenizer {
+  const wc = new WordCounter();
+  wc.add(TEXT.repeat(3));
+  return trainBpe(wc, { domains: ["en"], langs: [], vocabSize: 320, minFrequency: 1 });
+}
+
+/** A model with every parameter drawn from N(0, std²) (gammas around 1), so each tensor's mapping matters. */
+function randomModel(tok: Tokenizer, shape: { width: number; heads: number; layers: number; ffn: number; seqLen: number }, seed: number): PanguSigma {
+  const config = parseModelConfig({
+    vocabSize: tok.vocabSize, width: shape.width, heads: shape.heads, denseLayers: shape.layers, sparseLayers: 0, seqLen: shape.seqLen, ffnWidth: shape.ffn,
+    domains: [{ name: "en" }], queryLayer: false, activation: "gelu_tanh", layerNormEps: 1e-5, seed,
+  });
+  const model = new PanguSigma(config);
+  const rng = new Rng(seed);
+  for (const [name, p] of model.namedParameters()) {
+    const d = p.tensor.data;
+    const gamma = name.endsWith(".gamma");
+    const std = gamma ? 0.2 : name.endsWith("Embedding") ? 0.6 : name.endsWith(".bias") || name.endsWith(".beta") ? 0.1 : 1.2 / Math.sqrt(p.tensor.shape[1] ?? 1);
+    for (let i = 0; i < d.length; i++) d[i] = (gamma ? 1 : 0) + std * rng.normal();
+  }
+  return model.eval();
+}
+
+function logSoftmax(row: ArrayLike<number>): Float64Array {
+  let m = -Infinity;
+  for (let i = 0; i < row.length; i++) m = Math.max(m, row[i]!);
+  let s = 0;
+  for (let i = 0; i < row.length; i++) s += Math.exp(row[i]! - m);
+  const lse = m + Math.log(s);
+  return Float64Array.from(row, (x) => x - lse);
+}
+
+/** Sigma's next-token log-probabilities after each prefix of `tokens` (one forward). */
+function sigmaLogProbs(model: PanguSigma, tokens: number[]): Float64Array[] {
+  const V = model.config.vocabSize;
+  const logits = noGrad(() => model.forward({ tokens: Int32Array.from(tokens), domains: Int32Array.of(0), B: 1, T: tokens.length }).logits.data);
+  return tokens.map((_, t) => logSoftmax(logits.subarray(t * V, (t + 1) * V)));
+}
+
+const argmax = (a: ArrayLike<number>): number => {
+  let best = 0;
+  for (let i = 1; i < a.length; i++) if (a[i]! > a[best]!) best = i;
+  return best;
+};
+
+/** llama.cpp's greedy continuation of `prompt` for `steps` tokens, with the log-probabilities it chose from at each step. */
+async function llamaGreedy(path: string, prompt: number[], steps: number, V: number): Promise<{ tokens: number[]; logProbs: Float64Array[] }> {
+  const model = await llama.loadModel({ modelPath: path, gpuLayers: 0 });
+  // f32 K/V cache (the default f16 one would round keys and values), no flash attention: the plain f32 attention path.
+  const ctx = await model.createContext({ contextSize: 128, batchSize: 128, threads: 1, flashAttention: false, experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32" });
+  try {
+    const seq = ctx.getSequence();
+    const tokens: number[] = [];
+    const logProbs: Float64Array[] = [];
+    const want = { generateNext: { token: true, probabilities: true } } as const;
+    let input: Parameters<typeof seq.controlledEvaluate>[0] = (prompt as Token[]).map((t, i) => (i === prompt.length - 1 ? [t, want] : t));
+    for (let s = 0; s < steps; s++) {
+      const out = await seq.controlledEvaluate(input);
+      const next = out[out.length - 1]!.next!;
+      const lp = new Float64Array(V);
+      assert.equal(next.probabilities!.size, V, "llama.cpp gives a probability for every token");
+      for (const [id, p] of next.probabilities!) lp[id] = Math.log(p);
+      logProbs.push(lp);
+      tokens.push(next.token!);
+      input = [[next.token! as Token, want]];
+    }
+    return { tokens, logProbs };
+  } finally {
+    await ctx.dispose();
+    await model.dispose();
+  }
+}
+
+/** max over the vocabulary of |a − b|, relative to max |a|. */
+function relativeGap(a: Float64Array, b: Float64Array): number {
+  let gap = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    gap = Math.max(gap, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(a[i]!));
+  }
+  return gap / scale;
+}
+
+/** @huggingface/gguf's reading of the file agrees with what was written: every metadata value and tensor info. */
+async function checkWithHfParser(path: string, written: { metadata: Map<string, GgufValue>; tensors: { name: string; type: string; ne: number[] }[] }): Promise<void> {
+  const { metadata, tensorInfos } = await hfGguf(path, { allowLocalFile: true });
+  const plain = (v: GgufValue): unknown => (v.type === "array" ? v.value.map((x) => (typeof x === "object" ? plain(x as GgufValue) : x)) : v.value);
+  for (const [k, v] of written.metadata) {
+    const theirs = (metadata as Record<string, unknown>)[k];
+    if (v.type === "f32") assert.equal(theirs, Math.fround(v.value), k);
+    else if (v.type === "u64" || v.type === "i64") assert.equal(BigInt(theirs as number | bigint), v.value, k);
+    else assert.deepEqual(theirs, plain(v), k);
+  }
+  assert.equal((metadata as Record<string, unknown>).version, 3);
+  assert.equal(tensorInfos.length, written.tensors.length);
+  written.tensors.forEach((t, i) => {
+    const info = tensorInfos[i]!;
+    assert.equal(info.name, t.name);
+    assert.deepEqual(info.shape.map(Number), t.ne, t.name);
+    assert.equal(info.dtype, GGML_TYPES[t.type as keyof typeof GGML_TYPES].id, t.name);
+  });
+}
+
+const SHAPES = [
+  { width: 48, heads: 3, layers: 2, ffn: 100, seqLen: 64, seed: 11 },
+  { width: 36, heads: 4, layers: 1, ffn: 37, seqLen: 48, seed: 12 }, // head size 9, odd FFN width
+  { width: 64, heads: 8, layers: 3, ffn: 160, seqLen: 64, seed: 13 },
+];
+const PROMPTS = [[5], [40, 7, 250, 3, 99], [2, 300, 17, 17, 17, 0, 64, 128]];
+const STEPS = 32;
+
+for (const shape of SHAPES) {
+  test(`f32 GGUF in llama.cpp = Sigma: width ${shape.width}, ${shape.heads} heads, ${shape.layers} layers, FFN ${shape.ffn}: same 32 greedy tokens, log-probs within 1e-3 relative`, async () => {
+    const tok = tokenizer();
+    const model = randomModel(tok, shape, shape.seed);
+    const path = join(dir, `f32-${shape.seed}.gguf`);
+    const file = ggufOfModel(model, tok, { type: "f32" });
+    writeGguf(path, file);
+    await checkWithHfParser(path, file);
+    let ties = 0;
+    for (const prompt of PROMPTS) {
+      const V = model.config.vocabSize;
+      const theirs = await llamaGreedy(path, prompt, STEPS, V);
+      // Sigma's greedy continuation, one forward per step, beside llama.cpp's.
+      const seq = [...prompt];
+      let worst = 0;
+      for (let s = 0; s < STEPS; s++) {
+        const mine = sigmaLogProbs(model, seq).at(-1)!;
+        worst = Math.max(worst, relativeGap(mine, theirs.logProbs[s]!));
+        const next = argmax(mine);
+        const chosen = theirs.tokens[s]!;
+        if (chosen !== next) {
+          // A tie within the bound: two tokens whose log-probs differ by less than twice the
+          // allowed gap may swap places. Anything else is a different function.
+          const margin = mine[next]! - mine[chosen]!;
+          const eps = 1e-3 * Math.max(...mine.map(Math.abs));
+          assert.ok(margin <= 2 * eps, `prompt [${prompt}] step ${s}: llama.cpp chose ${chosen}, Sigma ${next} (Sigma's margin ${margin.toExponential(2)} is no tie)`);
+          ties++;
+        }
+        seq.push(chosen);
+      }
+      assert.ok(worst <= 1e-3, `prompt [${prompt}]: log-probs differ by ${worst.toExponential(2)} relative (bound 1e-3)`);
+    }
+    // Ties are rare; many would mean the rule above hides a real difference.
+    assert.ok(ties <= 2, `${ties} near-ties in ${PROMPTS.length * STEPS} steps`);
+  });
+}
+
+test("llama.cpp tokenizes a plain ASCII prompt as Sigma does (the exported vocabulary, merges and pre-tokenizer)", async () => {
+  const tok = tokenizer();
+  const model = randomModel(tok, SHAPES[0]!, 21);
+  const path = join(dir, "tok.gguf");
+  writeGguf(path, ggufOfModel(model, tok));
+  const lm = await llama.loadModel({ modelPath: path, gpuLayers: 0 });
+  try {
+    for (const text of ["the cat sat on the mat", "The quick brown fox jumps over the lazy dog.", "dinner at 1234 and 56, then: the dog's cat!\nnew line  two spaces"]) {
+      assert.deepEqual(lm.tokenize(text), tok.encode(text), text);
+    }
+    assert.equal(lm.detokenize(tok.encode("the lazy dog") as Token[]), "the lazy dog");
+  } finally {
+    await lm.dispose();
+  }
+});
+
+test("llama.cpp's own Jinja engine renders the exported chat template to Sigma's chat prompt", () => {
+  // node-llama-cpp 3.21.1 (pinned) binds llama.cpp's Jinja renderer; it has no public entry point, so the binding is used directly.
+  const Renderer = (llama as unknown as { _bindings: { AddonJinjaRenderer: new (t: string) => { render(v: object): string } } })._bindings.AddonJinjaRenderer;
+  const render = new Renderer(SIGMA_CHAT_TEMPLATE);
+  const conversations: ChatMessage[][] = [
+    [{ role: "user", content: "Hi" }],
+    [{ role: "system", content: " Be brief. " }, { role: "user", content: "Name a fox.\n" }, { role: "assistant", content: "Reynard." }, { role: "user", content: "Another?" }],
+  ];
+  for (const messages of conversations) assert.equal(render.render({ messages, add_generation_prompt: true }), chatPrompt(messages));
+});
+
+for (const [type, bound] of [["f16", 1e-2], ["q8_0", 5e-2]] as [GgufExportType, number][]) {
+  test(`${type} GGUF in llama.cpp ≈ Sigma with the same weights (log-probs within ${bound} relative)`, async () => {
+    const tok = tokenizer();
+    const model = randomModel(tok, { width: 64, heads: 4, layers: 2, ffn: 96, seqLen: 64 }, 31);
+    const path = join(dir, `${type}.gguf`);
+    const file = ggufOfModel(model, tok, { type });
+    writeGguf(path, file);
+    await checkWithHfParser(path, file);
+    assert.ok(file.tensors.some((t) => t.type === (type === "f16" ? "F16" : "Q8_0")));
+    // Sigma with exactly the stored weights: the file read back.
+    const same = modelOfGguf(readGguf(path), path).model.eval();
+    for (const prompt of PROMPTS) {
+      const theirs = await llamaGreedy(path, prompt, 4, model.config.vocabSize);
+      const mine = sigmaLogProbs(same, prompt).at(-1)!;
+      const gap = relativeGap(mine, theirs.logProbs[0]!);
+      assert.ok(gap <= bound, `${type}, prompt [${prompt}]: log-probs differ by ${gap.toExponential(2)} relative (bound ${bound})`);
+    }
+  });
+}
