@@ -99,7 +99,7 @@ export function referenceLogits(model: PanguSigma, tokens: number[], domain = 0)
     const qn = opt(`${prefix}.qNorm.gamma`), kn = opt(`${prefix}.kNorm.gamma`);
     const heads = (v: Vec, n: number, g: Vec | null, t: number): Vec[] =>
       Array.from({ length: n }, (_, h) => {
-        let e = v.slice(h * D, (h + 1) * D);
+        let e: Vec = v.slice(h * D, (h + 1) * D);
         if (g) e = rmsGain(e, g);
         if (c.position === "rope") e = rotary(e, t);
         return e;

@@ -4,7 +4,7 @@
  * The model section is the model config itself (src/models/config.ts).
  */
 import { z } from "zod";
-import { expertsPerToken, MAX_TENSOR_ELEMENTS, modelRouter, ModelConfigSchema, type ModelConfig } from "../models/config.js";
+import { expertsPerToken, MAX_TENSOR_ELEMENTS, ModelConfigSchema, sharedWidth, type ModelConfig } from "../models/config.js";
 import { SigmaError } from "../util/errors.js";
 import { readCapped } from "../util/read.js";
 import { jsonErrorText, parseJsonStrict } from "../util/strict-json.js";
@@ -145,7 +145,7 @@ export const TrainConfigSchema = z
     const rows = c.batchSize * m.seqLen;
     const k = expertsPerToken(m);
     const Fe = m.experts?.width ?? m.ffnWidth;
-    const widest = Math.max(m.vocabSize, m.ffnWidth, k * Fe, k * m.width, (modelRouter(m)?.spec.sharedExperts ?? 0) * Fe);
+    const widest = Math.max(m.vocabSize, m.ffnWidth, k * Fe, k * m.width, sharedWidth(m));
     if (rows * widest > MAX_TENSOR_ELEMENTS) {
       bad(["batchSize"], `a micro-batch of ${c.batchSize} × model.seqLen ${m.seqLen} rows would make a ${rows.toLocaleString("en-US")} × ${widest.toLocaleString("en-US")} activation (${(rows * widest).toLocaleString("en-US")} elements), more than one tensor may hold (2^31 − 1): lower batchSize (use accumSteps for larger batches) or model.seqLen`);
     }
