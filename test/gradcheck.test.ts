@@ -97,7 +97,7 @@ test("gradcheck tiny MoE layer end to end", () => {
 // The block options' ops (src/ops/block.ts, docs/design.md §1.7).
 check("rmsNorm", ([x, g]) => ops.rmsNorm(x!, g!, 1e-5), [r(4, 6), r(6)]);
 check("rmsNorm (one column)", ([x, g]) => ops.rmsNorm(x!, g!, 0.1), [r(3, 1), r(1)]);
-check("silu", ([x]) => ops.silu(x!), [r(20)]);
+check("swiglu", ([g, u]) => ops.swiglu(g!, u!), [r(4, 5), r(4, 5)]);
 check("sigmoid", ([x]) => ops.sigmoid(x!), [r(13)]);
 check("rope (3 heads of 4, positions out of order)", ([x]) => ops.rope(x!, Int32Array.from([0, 5, 2, 7, 1, 3]), 3, 100), [r(2, 3, 12)]);
 check("rope (one pair per head)", ([x]) => ops.rope(x!, Int32Array.from([9, 4, 1]), 2, 10000), [r(3, 4)]);

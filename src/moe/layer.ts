@@ -231,7 +231,7 @@ export class MoeLayer extends Module {
       const y = ops.groupedMatmul(x, w, offsets, true, this.precision);
       return b ? ops.add(y, ops.gatherRows(b, expertOf)) : y;
     };
-    const h = this.ffnKind === "swiglu" ? ops.mul(ops.silu(product(xs, wt.w1, wt.b1)), product(xs, wt.w3!, wt.b3)) : activate(product(xs, wt.w1, wt.b1), this.activation);
+    const h = this.ffnKind === "swiglu" ? ops.swiglu(product(xs, wt.w1, wt.b1), product(xs, wt.w3!, wt.b3)) : activate(product(xs, wt.w1, wt.b1), this.activation);
     return product(h, wt.w2, wt.b2);
   }
 
@@ -243,7 +243,7 @@ export class MoeLayer extends Module {
       return b ? ops.add(y, ops.gatherRows(b, expertOf)) : y;
     };
     const st = this.stored!;
-    const h = this.ffnKind === "swiglu" ? ops.mul(ops.silu(product(xs, st.w1, F, C, this.b1)), product(xs, st.w3!, F, C, this.b3)) : activate(product(xs, st.w1, F, C, this.b1), this.activation);
+    const h = this.ffnKind === "swiglu" ? ops.swiglu(product(xs, st.w1, F, C, this.b1), product(xs, st.w3!, F, C, this.b3)) : activate(product(xs, st.w1, F, C, this.b1), this.activation);
     return product(h, st.w2, C, F, this.b2);
   }
 

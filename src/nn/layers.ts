@@ -105,7 +105,7 @@ export class FeedForward extends Module {
     this.fc3 = this.kind === "swiglu" ? this.child("fc3", new Linear(width, hidden, init, bias)) : null;
   }
   forward(x: Tensor): Tensor {
-    if (this.fc3) return this.fc2.forward(ops.mul(ops.silu(this.fc1.forward(x)), this.fc3.forward(x)));
+    if (this.fc3) return this.fc2.forward(ops.swiglu(this.fc1.forward(x), this.fc3.forward(x)));
     return this.fc2.forward(activate(this.fc1.forward(x), this.activation));
   }
 }

@@ -1,23 +1,24 @@
 /**
  * The ops of the block options that Llama-style models use (docs/design.md
- * §1.7): RMSNorm, SiLU (SwiGLU's gate), rotary position embedding, and the
- * head repetition of grouped-query attention.
+ * §1.7): RMSNorm, SwiGLU's gated product, rotary position embedding, the
+ * head repetition of grouped-query attention, and σ (a shared expert's gate).
  *
- * Plain TypeScript over the tensors' arrays, statistics in float64: they run
- * the same on float32 and float64 tensors (float64 for the gradient checks).
- * Each one's backward is written out beside its forward.
+ * RMSNorm and SwiGLU run as backend kernels (a profile of a SwiGLU/RMSNorm
+ * training step gave them about a fifth of the step as TypeScript loops);
+ * the others are plain TypeScript over the tensors' arrays, angles in
+ * float64, written out forward and backward here.
  */
 import { gradOf, record } from "../autograd/tape.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { shapeStr } from "../tensor/shape.js";
-import { empty, expectShape, rowsOf, sameDtype } from "./util.js";
+import { be, empty, expectShape, rowsOf, sameDtype } from "./util.js";
 
 /**
  * RMSNorm over the last dimension: y = x / √(mean(x²) + eps) ⊙ γ, no mean
  * subtracted and no bias (Llama, Qwen, Pangu Pro MoE). x [..., C]; gamma [C].
- *
- * Backward, with r = 1/√(mean(x²) + eps), x̂ = x·r and g = dy ⊙ γ:
- *   dx = r · (g − x̂ · mean(g ⊙ x̂)),   dγ = Σ_rows dy ⊙ x̂.
+ * Backend kernel (Backend.rmsNorm; native, with the reference twin in
+ * src/backend/reference/norm.ts): with r = 1/√(mean(x²) + eps), x̂ = x·r and
+ * g = dy ⊙ γ, dx = r · (g − x̂ · mean(g ⊙ x̂)) and dγ = Σ_rows dy ⊙ x̂.
  */
 export function rmsNorm(x: Tensor, gamma: Tensor, eps = 1e-6): Tensor {
   sameDtype("rmsNorm", x, gamma);
@@ -25,48 +26,27 @@ export function rmsNorm(x: Tensor, gamma: Tensor, eps = 1e-6): Tensor {
   expectShape("rmsNorm", "gamma", gamma, [C]);
   const rows = rowsOf(x);
   const y = empty(x, x.shape);
-  const rstd = new Float64Array(rows);
-  const [xd, gd, yd] = [x.data, gamma.data, y.data];
-  for (let r = 0; r < rows; r++) {
-    const o = r * C;
-    let ss = 0;
-    for (let j = 0; j < C; j++) ss += xd[o + j]! * xd[o + j]!;
-    const s = 1 / Math.sqrt(ss / C + eps);
-    rstd[r] = s;
-    for (let j = 0; j < C; j++) yd[o + j] = xd[o + j]! * s * gd[j]!;
-  }
+  const rstd = empty(x, [rows]);
+  be(x).rmsNorm(y.data, rstd.data, x.data, gamma.data, rows, C, eps);
   record(y, [x, gamma], (g) => {
-    const dy = g.data;
-    const dx = x.requiresGrad ? gradOf(x).data : null;
-    const dg = gamma.requiresGrad ? gradOf(gamma).data : null;
-    for (let r = 0; r < rows; r++) {
-      const o = r * C;
-      const s = rstd[r]!;
-      let dot = 0;
-      for (let j = 0; j < C; j++) dot += dy[o + j]! * gd[j]! * xd[o + j]! * s;
-      const m = dot / C;
-      for (let j = 0; j < C; j++) {
-        const xh = xd[o + j]! * s;
-        if (dx) dx[o + j] += s * (dy[o + j]! * gd[j]! - xh * m);
-        if (dg) dg[j] += dy[o + j]! * xh;
-      }
-    }
+    // The kernel writes both gradients; send the one nobody needs to a scratch buffer.
+    const dx = x.requiresGrad ? gradOf(x).data : empty(x, x.shape).data;
+    const dgamma = gamma.requiresGrad ? gradOf(gamma).data : empty(x, [C]).data;
+    be(x).rmsNormBackward(dx, dgamma, g.data, x.data, rstd.data, gamma.data, rows, C);
   });
   return y;
 }
 
-/** SiLU(x) = x·σ(x) (HF "silu", SwiGLU's gate); d/dx = σ(x)·(1 + x·(1 − σ(x))). */
-export function silu(x: Tensor): Tensor {
-  const y = empty(x, x.shape);
-  const [xd, yd] = [x.data, y.data];
-  for (let i = 0; i < xd.length; i++) yd[i] = xd[i]! / (1 + Math.exp(-xd[i]!));
-  record(y, [x], (g) => {
-    const dx = gradOf(x).data;
-    const gd = g.data;
-    for (let i = 0; i < xd.length; i++) {
-      const s = 1 / (1 + Math.exp(-xd[i]!));
-      dx[i] += gd[i]! * s * (1 + xd[i]! * (1 - s));
-    }
+/** SwiGLU's gated product SiLU(g) ⊙ u (SiLU(g) = g·σ(g)), g and u of one shape; one backend kernel each way. */
+export function swiglu(g: Tensor, u: Tensor): Tensor {
+  sameDtype("swiglu", g, u);
+  expectShape("swiglu", "u", u, g.shape);
+  const y = empty(g, g.shape);
+  be(g).swiglu(y.data, g.data, u.data, g.size);
+  record(y, [g, u], (dy) => {
+    const dg = g.requiresGrad ? gradOf(g).data : empty(g, g.shape).data;
+    const du = u.requiresGrad ? gradOf(u).data : empty(u, u.shape).data;
+    be(g).swigluBackward(dg, du, dy.data, g.data, u.data, g.size);
   });
   return y;
 }
