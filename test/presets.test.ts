@@ -72,6 +72,11 @@ test("sigma preset writes a config that parses; a bad size is one clear error", 
   assert.match(bad.out, /sigma: preset pangu-pro-moe has no size "xl"/);
 });
 
+test("a run config refuses the expert store for SwiGLU or bias-free experts, naming store.enabled", () => {
+  const model = presetConfig("pangu-pro-moe", "tiny");
+  assert.throws(() => parseTrainConfig({ name: "x", model, data: { dir: root }, steps: 2, store: { enabled: true }, out: join(root, "x") }), (e: unknown) => e instanceof SigmaError && /store\.enabled/.test(e.message) && /SwiGLU/.test(e.message));
+});
+
 test("a tiny Pro MoE model trains (with recomputation), resumes, generates with its cache and serves", { timeout: 300_000 }, async () => {
   const data = await tinyData();
   const model = presetConfig("pangu-pro-moe", "tiny", { vocabSize: 320, seqLen: 16, domains: ["zh", "en", "bi", "code"], seed: 7 });

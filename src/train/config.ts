@@ -149,6 +149,10 @@ export const TrainConfigSchema = z
     if (rows * widest > MAX_TENSOR_ELEMENTS) {
       bad(["batchSize"], `a micro-batch of ${c.batchSize} × model.seqLen ${m.seqLen} rows would make a ${rows.toLocaleString("en-US")} × ${widest.toLocaleString("en-US")} activation (${(rows * widest).toLocaleString("en-US")} elements), more than one tensor may hold (2^31 − 1): lower batchSize (use accumSteps for larger batches) or model.seqLen`);
     }
+    // The expert store's records hold two-matrix experts with biases (src/train/ecss.ts).
+    if (c.store.enabled && m.sparseLayers > 0 && (m.ffn === "swiglu" || !m.ffnBias)) {
+      bad(["store", "enabled"], `the expert store holds two-matrix experts with biases only; this model's experts are ${m.ffn === "swiglu" ? "SwiGLU" : "bias-free"} (model.ffn / model.ffnBias): train them in RAM (store.enabled false)`);
+    }
     // Token counts stay exact integers.
     if (c.steps * c.accumSteps * rows > Number.MAX_SAFE_INTEGER) bad(["steps"], `the run would see ${(c.steps * c.accumSteps * rows).toExponential(2)} tokens, past 2^53: lower steps`);
   });
