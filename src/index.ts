@@ -10,6 +10,8 @@ export { openModel, Model, type GenerateOptions, type GeneratedPiece, type Param
 export { serve, type ServeOptions, type SigmaServer, type ServerStats } from "./api/serve.js";
 export { quantize, type QuantizeOptions, type QuantizeResult } from "./api/quantize.js";
 export { exportGguf, importGguf, type GgufExportResult, type GgufImportResult } from "./api/gguf.js";
+export { importHf, exportHf, type HfImportResult, type HfExportResult } from "./api/hf.js";
+export { HF_ARCHITECTURES, type HfImportOptions } from "./models/import/hf.js";
 export { WEIGHT_FORMATS, type WeightFormat } from "./backend/quant.js";
 export { train, type TrainOptions, type TrainResult, type TrainEvent } from "./api/train.js";
 export { evaluate, type EvaluateOptions, type EvaluateResult } from "./api/evaluate.js";

@@ -4,9 +4,11 @@
  */
 import type { Command } from "commander";
 import { exportGguf } from "../api/gguf.js";
+import { exportHf } from "../api/hf.js";
+import { HF_ARCHITECTURES } from "../models/import/hf.js";
 import { GGUF_EXPORT_TYPES, type GgufExportType } from "../models/gguf.js";
 import { SigmaError } from "../util/errors.js";
-import { ensureWritableFile } from "../util/fs.js";
+import { ensureWritableDir, ensureWritableFile } from "../util/fs.js";
 
 function parseType(v: string): GgufExportType {
   if (!(GGUF_EXPORT_TYPES as readonly string[]).includes(v)) throw new SigmaError(`--type ${v} is not a GGUF export type`, `use one of ${GGUF_EXPORT_TYPES.join(", ")}`);
@@ -30,5 +32,19 @@ export function register(program: Command): void {
       console.log(`GGUF ${r.architecture}, ${r.type}: ${r.tensors} tensors, ${(r.bytes / 2 ** 20).toFixed(1)} MiB of tensor data`);
       if (r.fallbacks.length) console.log(`written f16 instead of q8_0 (rows not whole 32-value blocks): ${r.fallbacks.join(", ")}`);
       console.log(`file: ${r.path}`);
+    });
+  exp
+    .command("hf")
+    .description(`write a model as a Hugging Face folder (config.json, model.safetensors, tokenizer.json) of the architecture its blocks match: ${HF_ARCHITECTURES.join(", ")}`)
+    .requiredOption("--ckpt <path>", "checkpoint folder (a run's checkpoints/ gives its newest) or a model .safetensors")
+    .requiredOption("--out <dir>", "the folder to write")
+    .option("--json", "print JSON")
+    .action(async (o: { ckpt: string; out: string; json?: boolean }) => {
+      ensureWritableDir(o.out, "--out");
+      const r = await exportHf(o.ckpt, { out: o.out });
+      if (o.json) return console.log(JSON.stringify(r, null, 2));
+      console.log(`${r.architecture}: ${r.tensors} tensors${r.tokenizer ? " and tokenizer.json" : " (no tokenizer)"}`);
+      for (const n of r.notes) console.log(`note: ${n}`);
+      console.log(`folder: ${r.path}`);
     });
 }

@@ -12,6 +12,8 @@ import { millions } from "./format.js";
 import { parseList } from "./tokenizer.js";
 import { ensureWritableDir } from "../util/fs.js";
 import { importGguf } from "../api/gguf.js";
+import { importHf } from "../api/hf.js";
+import { HF_ARCHITECTURES } from "../models/import/hf.js";
 
 export function register(program: Command): void {
   const imp = program.command("import").description("bring a model in from another format (an explicit adapter per format)");
@@ -36,6 +38,23 @@ export function register(program: Command): void {
       console.log(`GPT-2: ${c.denseLayers} layers, width ${c.width}, ${c.heads} heads, vocabulary ${c.vocabSize}, ${c.seqLen} positions, activation ${c.activation}: ${millions(model.parameterCount())} parameters`);
       console.log(`checkpoint: ${path}`);
       if (!tokenizerText) console.log("no tokenizer carried: `sigma upcycle --from` this checkpoint works as is; eval and generate need a Sigma tokenizer of the same vocabulary");
+    });
+  imp
+    .command("hf")
+    .description(`import a Hugging Face model folder (config.json + model.safetensors or shards + tokenizer.json) of ${HF_ARCHITECTURES.join(", ")}`)
+    .requiredOption("--from <dir>", "folder with config.json, model.safetensors (or model.safetensors.index.json and its shards) and tokenizer.json")
+    .requiredOption("--out <dir>", "where the checkpoint goes (<out>/step-00000000/)")
+    .option("--domains <list>", "domain names the model will serve (all share its one embedding)", parseList, ["en"])
+    .option("--seq-len <n>", "context length (default max_position_embeddings, capped at 8192)", (v: string) => Number(v))
+    .option("--json", "print JSON")
+    .action((o: { from: string; out: string; domains: string[]; seqLen?: number; json?: boolean }) => {
+      ensureWritableDir(o.out, "--out");
+      const r = importHf(o.from, { out: o.out, domains: o.domains, ...(o.seqLen !== undefined ? { seqLen: o.seqLen } : {}) });
+      if (o.json) return console.log(JSON.stringify(r, null, 2));
+      console.log(`${r.architecture}: ${millions(r.parameters)} parameters`);
+      for (const n of r.notes) console.log(`note: ${n}`);
+      if (r.tokenizerNote) console.log(`tokenizer: ${r.tokenizerNote}`);
+      console.log(`checkpoint: ${r.checkpoint}`);
     });
   imp
     .command("gguf")

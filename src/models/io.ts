@@ -7,7 +7,7 @@
 import { decodeSafetensors, encodeSafetensors, readSafetensors, writeSafetensors, type StArray, type StTensor } from "../checkpoint/safetensors.js";
 import { SigmaError } from "../util/errors.js";
 import { parseJsonStrict } from "../util/strict-json.js";
-import { modelRouter, parseModelConfig, type ModelConfig } from "./config.js";
+import { headDim, kvHeads, modelRouter, parseModelConfig, type ModelConfig } from "./config.js";
 import { PanguSigma } from "./pangu-sigma.js";
 import type { ExpertShard } from "../moe/expert-parallel.js";
 import { EXPERT_TENSOR, ShardManifestSchema, withExperts, type ShardManifest } from "./shards.js";
@@ -106,7 +106,9 @@ function minModelValues(c: ModelConfig, externalExperts: boolean, held = c.exper
   const C = c.width;
   const layers = c.denseLayers + c.sparseLayers;
   const experts = externalExperts || !c.experts ? 0 : c.sparseLayers * held * 2 * C * (c.experts.width ?? c.ffnWidth);
-  return c.embeddingSlots * c.vocabSize * C + c.seqLen * C + layers * 4 * C * C + c.denseLayers * 2 * C * c.ffnWidth + experts;
+  // Rotary positions have no table; grouped-query attention and headDim size q, k, v, o (each at least C·heads·D or C·kvHeads·D).
+  const attention = 2 * C * c.heads * headDim(c) + 2 * C * kvHeads(c) * headDim(c);
+  return c.embeddingSlots * c.vocabSize * C + (c.position === "learned" ? c.seqLen * C : 0) + layers * attention + c.denseLayers * 2 * C * c.ffnWidth + experts;
 }
 
 /** A router's own state buffer: blocks.N.moe.router.<name>, checked by the router (RRE: its table stays inside each group). */

@@ -1,0 +1,91 @@
+/**
+ * Hugging Face folders in and out (docs/models.md, "Importing Hugging Face
+ * models"): `importHf` turns a folder of a supported architecture
+ * (config.json, model.safetensors or its shards, tokenizer.json) into a Sigma
+ * checkpoint; `exportHf` writes a Sigma model whose blocks an HF architecture
+ * has as such a folder. The adapter itself is src/models/import/hf.ts.
+ */
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { encodeSafetensors } from "../checkpoint/safetensors.js";
+import { exportHfModel, importHfModel, type HfImportOptions } from "../models/import/hf.js";
+import { fromHfJson, toHfJson } from "../tokenizer/hfjson.js";
+import { SigmaError } from "../util/errors.js";
+import { writeFileAtomic } from "../util/fs.js";
+import { Model, openModel, writeModelFolder } from "./model.js";
+
+export interface HfImportResult {
+  /** The checkpoint folder written (<out>/step-00000000). */
+  checkpoint: string;
+  /** config.json's architectures[0]. */
+  architecture: string;
+  parameters: number;
+  /** Whether the folder's tokenizer.json came along inside the checkpoint (Sigma loads it). */
+  tokenizer: boolean;
+  /** Why not, and where the file was copied instead. */
+  tokenizerNote?: string;
+  /** What was capped or ignored on the way. */
+  notes: string[];
+}
+
+/**
+ * Imports a Hugging Face model folder as `<out>/step-00000000/`. The folder's
+ * tokenizer.json goes into the checkpoint when Sigma's loader reads it; when
+ * it does not (today: tokenizers other than Sigma's own byte-level BPE), it
+ * is copied to `<out>/hf-tokenizer.json` and the model imports anyway.
+ */
+export function importHf(from: string, o: HfImportOptions & { out: string }): HfImportResult {
+  const { model, architecture, notes } = importHfModel(from, o);
+  const tokPath = join(from, "tokenizer.json");
+  let tokenizerText: string | null = null;
+  let tokenizerNote: string | undefined;
+  let refused: string | null = null;
+  if (existsSync(tokPath)) {
+    const text = readFileSync(tokPath, "utf8");
+    try {
+      const tok = fromHfJson(text, tokPath);
+      if (tok.vocabSize > model.config.vocabSize) throw new SigmaError(`${tokPath} has ${tok.vocabSize} tokens, more than the model's vocabulary of ${model.config.vocabSize}`);
+      tokenizerText = text;
+    } catch (e) {
+      if (!(e instanceof SigmaError)) throw e;
+      refused = text;
+      tokenizerNote = `Sigma's tokenizer loader refuses ${tokPath} (${e.message}); copied to ${join(o.out, "hf-tokenizer.json")} for the upcoming loader of any HF tokenizer.json — until then eval and generate need a Sigma tokenizer of the same vocabulary`;
+    }
+  } else tokenizerNote = `${from} has no tokenizer.json`;
+  const checkpoint = writeModelFolder(o.out, 0, model, tokenizerText, { format: "sigma-import", from, source: "hf", architecture });
+  if (refused !== null) writeFileAtomic(join(o.out, "hf-tokenizer.json"), refused);
+  return { checkpoint, architecture, parameters: model.parameterCount(), tokenizer: tokenizerText !== null, ...(tokenizerNote ? { tokenizerNote } : {}), notes };
+}
+
+export interface HfExportResult {
+  /** The folder written. */
+  path: string;
+  architecture: string;
+  tensors: number;
+  /** Whether tokenizer.json was written. */
+  tokenizer: boolean;
+  /** Sigma settings with no field in config.json (left out). */
+  notes: string[];
+}
+
+/**
+ * Writes a model (a checkpoint, run folder or opened Model) as a Hugging
+ * Face folder: config.json, model.safetensors (float32) and, when the model
+ * has one, tokenizer.json. A model no supported architecture has is a
+ * SigmaError naming the first thing in the way.
+ */
+export async function exportHf(model: Model | string, o: { out: string }): Promise<HfExportResult> {
+  const m = typeof model === "string" ? await openModel(model) : model;
+  if (m.network.storedOutput || m.network.blocks.some((b) => b.moe?.stored)) throw new SigmaError(`${m.path ?? "the model"} was opened with stored (quantized) weights`, "open it in f32 to export");
+  const { architecture, config, tensors, notes } = exportHfModel(m.network);
+  try {
+    mkdirSync(o.out, { recursive: true });
+  } catch (e) {
+    throw new SigmaError(`cannot create ${o.out}: ${(e as Error).message}`, "pass a writable --out folder");
+  }
+  writeFileAtomic(join(o.out, "model.safetensors"), encodeSafetensors(tensors, { format: "pt" }));
+  writeFileAtomic(join(o.out, "config.json"), `${JSON.stringify(config, null, 2)}\n`);
+  const tok = m.tokenizerText ?? (m.tokenizer ? toHfJson(m.tokenizer) : null);
+  if (tok !== null) writeFileAtomic(join(o.out, "tokenizer.json"), tok);
+  return { path: o.out, architecture, tensors: tensors.size, tokenizer: tok !== null, notes };
+}

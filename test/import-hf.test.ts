@@ -1,0 +1,416 @@
+// Hugging Face import and export: tiny random models of each supported
+// architecture, written here in the transformers layout (one sharded with an
+// index, one in bf16), imported, and run: Sigma's logits match a float64
+// forward written below from the HF model definitions (RMSNorm, rotate_half
+// RoPE, GQA, SwiGLU, each architecture's routing rule, shared expert and its
+// gate). Export then import gives back every weight bit for bit. MoGE's
+// routing is pinned on a hand-computed case. Errors name the architecture,
+// tensor or config field at fault.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { noGrad } from "../src/autograd/tape.js";
+import { bf16Bits, bf16Value } from "../src/backend/quant.js";
+import { encodeSafetensors, type StWrite } from "../src/checkpoint/safetensors.js";
+import { exportHfModel, importHfModel } from "../src/models/import/hf.js";
+import { parseModelConfig } from "../src/models/config.js";
+import { PanguSigma } from "../src/models/pangu-sigma.js";
+import { MogeRouter } from "../src/moe/routers/moge.js";
+import { Tensor } from "../src/tensor/tensor.js";
+import { Rng } from "../src/util/rng.js";
+import { exportHf, importHf } from "../src/api/hf.js";
+import { openModel } from "../src/api/model.js";
+import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
+import { toHfJson } from "../src/tokenizer/hfjson.js";
+import { SigmaError } from "../src/util/errors.js";
+
+const root = mkdtempSync(join(tmpdir(), "sigma-hf-"));
+after(() => rmSync(root, { recursive: true, force: true }));
+
+// Odd sizes: 3 heads of 4 (Qwen3: of 6), 1 or 3 KV heads, 6 experts of width 5, shared 7, dense 9.
+const [V, C, H, L, T] = [37, 12, 3, 3, 7];
+const [E, FE, FS, FD] = [6, 5, 7, 9];
+
+type W = Map<string, { shape: number[]; data: Float32Array }>;
+type Cfg = Record<string, unknown>;
+
+/** Each architecture's config.json (odd sizes) — the HF field names, written here, not taken from the importer. */
+const CONFIGS: Record<string, Cfg> = {
+  llama: { architectures: ["LlamaForCausalLM"], model_type: "llama", vocab_size: V, hidden_size: C, intermediate_size: FD, num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 1, max_position_embeddings: 64, rms_norm_eps: 1e-5, rope_theta: 10000, hidden_act: "silu", tie_word_embeddings: false, attention_bias: false, mlp_bias: false, rope_scaling: null, bos_token_id: 1 },
+  qwen2: { architectures: ["Qwen2ForCausalLM"], model_type: "qwen2", vocab_size: V, hidden_size: C, intermediate_size: FD, num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 3, max_position_embeddings: 64, rms_norm_eps: 1e-6, rope_theta: 1000000, hidden_act: "silu", tie_word_embeddings: true, use_sliding_window: false, sliding_window: 4, max_window_layers: 2 },
+  mixtral: { architectures: ["MixtralForCausalLM"], model_type: "mixtral", vocab_size: V, hidden_size: C, intermediate_size: FE, num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 1, num_local_experts: E, num_experts_per_tok: 2, max_position_embeddings: 64, rms_norm_eps: 1e-5, rope_theta: 1e6, hidden_act: "silu", tie_word_embeddings: false, sliding_window: null, router_aux_loss_coef: 0.02 },
+  qwen2moe: { architectures: ["Qwen2MoeForCausalLM"], model_type: "qwen2_moe", vocab_size: V, hidden_size: C, intermediate_size: FD, moe_intermediate_size: FE, shared_expert_intermediate_size: FS, num_experts: E, num_experts_per_tok: 3, norm_topk_prob: false, decoder_sparse_step: 1, mlp_only_layers: [], num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 1, max_position_embeddings: 64, rms_norm_eps: 1e-6, rope_theta: 1e6, hidden_act: "silu", tie_word_embeddings: false, use_sliding_window: false, router_aux_loss_coef: 0.001 },
+  qwen3moe: { architectures: ["Qwen3MoeForCausalLM"], model_type: "qwen3_moe", vocab_size: V, hidden_size: C, intermediate_size: FD, moe_intermediate_size: FE, head_dim: 6, num_experts: E, num_experts_per_tok: 2, norm_topk_prob: true, decoder_sparse_step: 1, mlp_only_layers: [0], num_hidden_layers: L, num_attention_heads: H, num_key_value_heads: 1, max_position_embeddings: 64, rms_norm_eps: 1e-6, rope_theta: 1e6, hidden_act: "silu", tie_word_embeddings: false, attention_bias: false, use_sliding_window: false },
+  pangu: { architectures: ["PanguProMoEForCausalLM"], model_type: "PanguProMoE", vocab_size: V, hidden_size: C, intermediate_size: FD, moe_intermediate_size: FE, shared_expert_intermediate_size: FS, num_experts: E, num_experts_per_tok: 2, num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 1, max_position_embeddings: 64, rms_norm_eps: 1e-5, rope_theta: 16000000, hidden_act: "silu", tie_word_embeddings: false, router_aux_loss_coef: 0.001 },
+};
+
+const int = (c: Cfg, k: string) => c[k] as number;
+const headDimOf = (c: Cfg) => (c.head_dim as number | undefined) ?? int(c, "hidden_size") / int(c, "num_attention_heads");
+
+/** Random HF weights of a config: the tensor names as transformers writes them. */
+function hfWeights(kind: string, c: Cfg, seed: number, bf16 = false): W {
+  const rng = new Rng(seed);
+  const w: W = new Map();
+  const round = (x: number) => (bf16 ? bf16Value(bf16Bits(x)) : Math.fround(x));
+  const add = (name: string, shape: number[], std = 0.3, mean = 0) => w.set(name, { shape, data: Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => round(mean + std * rng.normal())) });
+  const D = headDimOf(c);
+  const [nH, nG] = [int(c, "num_attention_heads"), int(c, "num_key_value_heads")];
+  add("model.embed_tokens.weight", [V, C], 0.5);
+  if (!c.tie_word_embeddings) add("lm_head.weight", [V, C], 0.5);
+  add("model.norm.weight", [C], 0.1, 1);
+  const mlp = (p: string, F: number) => {
+    add(`${p}.gate_proj.weight`, [F, C]);
+    add(`${p}.up_proj.weight`, [F, C]);
+    add(`${p}.down_proj.weight`, [C, F]);
+  };
+  const mlpOnly = (c.mlp_only_layers as number[] | undefined) ?? [];
+  for (let l = 0; l < int(c, "num_hidden_layers"); l++) {
+    const h = `model.layers.${l}`;
+    add(`${h}.input_layernorm.weight`, [C], 0.1, 1);
+    add(`${h}.post_attention_layernorm.weight`, [C], 0.1, 1);
+    add(`${h}.self_attn.q_proj.weight`, [nH * D, C]);
+    add(`${h}.self_attn.k_proj.weight`, [nG * D, C]);
+    add(`${h}.self_attn.v_proj.weight`, [nG * D, C]);
+    add(`${h}.self_attn.o_proj.weight`, [C, nH * D]);
+    if (kind === "qwen2" || kind === "qwen2moe" || kind === "pangu") {
+      add(`${h}.self_attn.q_proj.bias`, [nH * D], 0.2);
+      add(`${h}.self_attn.k_proj.bias`, [nG * D], 0.2);
+      add(`${h}.self_attn.v_proj.bias`, [nG * D], 0.2);
+    }
+    if (kind === "pangu") add(`${h}.self_attn.o_proj.bias`, [C], 0.2);
+    if (kind === "qwen3moe") {
+      add(`${h}.self_attn.q_norm.weight`, [D], 0.1, 1);
+      add(`${h}.self_attn.k_norm.weight`, [D], 0.1, 1);
+    }
+    const sparse = kind === "mixtral" || ((kind === "qwen2moe" || kind === "qwen3moe" || kind === "pangu") && !mlpOnly.includes(l));
+    if (!sparse) {
+      mlp(`${h}.mlp`, int(c, "intermediate_size"));
+      continue;
+    }
+    if (kind === "mixtral") {
+      add(`${h}.block_sparse_moe.gate.weight`, [E, C], 1);
+      for (let e = 0; e < E; e++) {
+        add(`${h}.block_sparse_moe.experts.${e}.w1.weight`, [FE, C]);
+        add(`${h}.block_sparse_moe.experts.${e}.w2.weight`, [C, FE]);
+        add(`${h}.block_sparse_moe.experts.${e}.w3.weight`, [FE, C]);
+      }
+      continue;
+    }
+    add(`${h}.mlp.gate.weight`, [E, C], 1);
+    for (let e = 0; e < E; e++) mlp(`${h}.mlp.experts.${e}`, FE);
+    if (kind === "qwen2moe") {
+      mlp(`${h}.mlp.shared_expert`, FS);
+      add(`${h}.mlp.shared_expert_gate.weight`, [1, C]);
+    }
+    if (kind === "pangu") {
+      mlp(`${h}.mlp.shared_expert`, FS);
+      add(`${h}.mlp.router_scale`, [1, E], 0.3, 1);
+    }
+  }
+  return w;
+}
+
+let dirs = 0;
+/** Writes an HF folder: config.json and model.safetensors, or `shards` files with model.safetensors.index.json; bf16 stores BF16 tensors. */
+function writeHf(c: Cfg, w: W, o: { shards?: number; bf16?: boolean; tokenizer?: string } = {}): string {
+  const dir = join(root, `m${dirs++}`);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "config.json"), JSON.stringify(c));
+  const toWrite = (names: string[]) =>
+    new Map<string, StWrite>(names.map((n) => {
+      const t = w.get(n)!;
+      return [n, o.bf16 ? { shape: t.shape, data: Uint16Array.from(t.data, (x) => bf16Bits(x)), dtype: "BF16" } : { shape: t.shape, data: t.data }];
+    }));
+  const names = [...w.keys()];
+  if (!o.shards) writeFileSync(join(dir, "model.safetensors"), encodeSafetensors(toWrite(names), { format: "pt" }));
+  else {
+    const map: Record<string, string> = {};
+    for (let s = 0; s < o.shards; s++) {
+      const file = `model-0000${s + 1}-of-0000${o.shards}.safetensors`;
+      const mine = names.filter((_, i) => i % o.shards! === s);
+      for (const n of mine) map[n] = file;
+      writeFileSync(join(dir, file), encodeSafetensors(toWrite(mine), { format: "pt" }));
+    }
+    writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: { total_size: 0 }, weight_map: map }));
+  }
+  if (o.tokenizer !== undefined) writeFileSync(join(dir, "tokenizer.json"), o.tokenizer);
+  return dir;
+}
+
+// ------------------------------------------------------------------ the HF forward, in float64
+
+function rmsNorm(x: Float64Array, w: Float32Array, eps: number): Float64Array {
+  let ss = 0;
+  for (const v of x) ss += v * v;
+  const r = 1 / Math.sqrt(ss / x.length + eps);
+  return Float64Array.from(x, (v, i) => v * r * w[i]!);
+}
+/** y = W x (+ b), W [out, in] row-major as nn.Linear stores it. */
+function linear(x: Float64Array, W: Float32Array, out: number, b?: Float32Array): Float64Array {
+  const n = x.length;
+  const y = new Float64Array(out);
+  for (let o = 0; o < out; o++) {
+    let s = b ? b[o]! : 0;
+    for (let i = 0; i < n; i++) s += W[o * n + i]! * x[i]!;
+    y[o] = s;
+  }
+  return y;
+}
+const silu = (v: number) => v / (1 + Math.exp(-v));
+const sigmoid = (v: number) => 1 / (1 + Math.exp(-v));
+function swiglu(x: Float64Array, w: W, p: string, F: number): Float64Array {
+  const g = linear(x, w.get(`${p}.gate_proj.weight`)?.data ?? w.get(`${p}.w1.weight`)!.data, F);
+  const u = linear(x, w.get(`${p}.up_proj.weight`)?.data ?? w.get(`${p}.w3.weight`)!.data, F);
+  return linear(Float64Array.from(g, (v, i) => silu(v) * u[i]!), w.get(`${p}.down_proj.weight`)?.data ?? w.get(`${p}.w2.weight`)!.data, C);
+}
+/** HF's rotate_half RoPE on one head (in place): pairs (i, i + D/2). */
+function rope(v: Float64Array, at: number, D: number, pos: number, theta: number): void {
+  for (let i = 0; i < D / 2; i++) {
+    const a = pos * theta ** (-(2 * i) / D);
+    const [x1, x2] = [v[at + i]!, v[at + i + D / 2]!];
+    v[at + i] = x1 * Math.cos(a) - x2 * Math.sin(a);
+    v[at + i + D / 2] = x2 * Math.cos(a) + x1 * Math.sin(a);
+  }
+}
+
+/** Experts chosen and their weights, by each architecture's rule (modeling_*.py). */
+function route(kind: string, c: Cfg, logits: Float64Array, scale?: Float32Array): { ids: number[]; weights: number[] } {
+  const m = Math.max(...logits);
+  const ex = Array.from(logits, (v) => Math.exp(v - m));
+  const z = ex.reduce((a, b) => a + b, 0);
+  const p = ex.map((v) => v / z); // softmax over all experts
+  const K = int(c, "num_experts_per_tok");
+  if (kind === "pangu") {
+    // K groups of E/K contiguous experts; each group's best, weighted by p × router_scale, not renormalised.
+    const per = E / K;
+    const ids = Array.from({ length: K }, (_, g) => {
+      let best = g * per;
+      for (let e = g * per; e < (g + 1) * per; e++) if (p[e]! > p[best]!) best = e;
+      return best;
+    });
+    return { ids, weights: ids.map((e) => p[e]! * scale![e]!) };
+  }
+  const ids = p.map((v, e) => [v, e] as const).sort((a, b) => b[0] - a[0]).slice(0, K).map(([, e]) => e);
+  let weights = ids.map((e) => p[e]!);
+  const renorm = kind === "mixtral" ? true : (c.norm_topk_prob as boolean);
+  if (renorm) {
+    const s = weights.reduce((a, b) => a + b, 0);
+    weights = weights.map((v) => v / s);
+  }
+  return { ids, weights };
+}
+
+/** The logits [T, V] of one sequence under the HF definition of `kind`. */
+function hfForward(kind: string, c: Cfg, w: W, tokens: number[]): Float64Array[] {
+  const g = (n: string) => w.get(n)?.data;
+  const D = headDimOf(c);
+  const [nH, nG] = [int(c, "num_attention_heads"), int(c, "num_key_value_heads")];
+  const eps = c.rms_norm_eps as number;
+  const theta = c.rope_theta as number;
+  const mlpOnly = (c.mlp_only_layers as number[] | undefined) ?? [];
+  let xs = tokens.map((t) => Float64Array.from(g("model.embed_tokens.weight")!.subarray(t * C, (t + 1) * C)));
+  for (let l = 0; l < int(c, "num_hidden_layers"); l++) {
+    const h = `model.layers.${l}`;
+    const a = h + ".self_attn";
+    const ks: Float64Array[] = [];
+    const vs: Float64Array[] = [];
+    const qs: Float64Array[] = [];
+    xs.forEach((x, t) => {
+      const n = rmsNorm(x, g(`${h}.input_layernorm.weight`)!, eps);
+      const q = linear(n, g(`${a}.q_proj.weight`)!, nH * D, g(`${a}.q_proj.bias`));
+      const k = linear(n, g(`${a}.k_proj.weight`)!, nG * D, g(`${a}.k_proj.bias`));
+      const v = linear(n, g(`${a}.v_proj.weight`)!, nG * D, g(`${a}.v_proj.bias`));
+      const qn = g(`${a}.q_norm.weight`);
+      for (let i = 0; i < nH; i++) {
+        if (qn) q.set(rmsNorm(q.subarray(i * D, (i + 1) * D), qn, eps), i * D);
+        rope(q, i * D, D, t, theta);
+      }
+      for (let i = 0; i < nG; i++) {
+        if (qn) k.set(rmsNorm(k.subarray(i * D, (i + 1) * D), g(`${a}.k_norm.weight`)!, eps), i * D);
+        rope(k, i * D, D, t, theta);
+      }
+      qs.push(q);
+      ks.push(k);
+      vs.push(v);
+    });
+    xs = xs.map((x, t) => {
+      const att = new Float64Array(nH * D);
+      for (let i = 0; i < nH; i++) {
+        const kv = Math.floor(i / (nH / nG)); // GQA: query head i reads KV head i / (H/G)
+        const s = Array.from({ length: t + 1 }, (_, u) => {
+          let d = 0;
+          for (let j = 0; j < D; j++) d += qs[t]![i * D + j]! * ks[u]![kv * D + j]!;
+          return d / Math.sqrt(D);
+        });
+        const m = Math.max(...s);
+        const e = s.map((v) => Math.exp(v - m));
+        const z = e.reduce((p, q) => p + q, 0);
+        for (let u = 0; u <= t; u++) for (let j = 0; j < D; j++) att[i * D + j] += (e[u]! / z) * vs[u]![kv * D + j]!;
+      }
+      const o = linear(att, g(`${a}.o_proj.weight`)!, C, g(`${a}.o_proj.bias`));
+      const r = Float64Array.from(x, (v, i) => v + o[i]!);
+      const n = rmsNorm(r, g(`${h}.post_attention_layernorm.weight`)!, eps);
+      let y: Float64Array;
+      const moe = kind === "mixtral" ? `${h}.block_sparse_moe` : `${h}.mlp`;
+      if (!g(`${moe}.gate.weight`) || mlpOnly.includes(l)) y = swiglu(n, w, `${h}.mlp`, int(c, "intermediate_size"));
+      else {
+        const { ids, weights } = route(kind, c, linear(n, g(`${moe}.gate.weight`)!, E), g(`${moe}.router_scale`));
+        y = new Float64Array(C);
+        ids.forEach((e, j) => swiglu(n, w, `${moe}.experts.${e}`, FE).forEach((v, i) => (y[i] += weights[j]! * v)));
+        if (g(`${moe}.shared_expert.gate_proj.weight`)) {
+          const sh = swiglu(n, w, `${moe}.shared_expert`, FS);
+          const gate = g(`${moe}.shared_expert_gate.weight`) ? sigmoid(linear(n, g(`${moe}.shared_expert_gate.weight`)!, 1)[0]!) : 1;
+          sh.forEach((v, i) => (y[i] += gate * v));
+        }
+      }
+      return Float64Array.from(r, (v, i) => v + y[i]!);
+    });
+  }
+  const head = g("lm_head.weight") ?? g("model.embed_tokens.weight")!;
+  return xs.map((x) => linear(rmsNorm(x, g("model.norm.weight")!, eps), head, V));
+}
+
+const SEQS = [[1, 5, 9, 36, 2, 2, 17], [30, 0, 11, 7, 7, 21, 3]];
+
+function worstDiff(kind: string, c: Cfg, w: W, model: PanguSigma): { worst: number; scale: number } {
+  const logits = noGrad(() => model.forward({ tokens: Int32Array.from(SEQS.flat()), domains: Int32Array.of(0, 0), B: 2, T }).logits.data);
+  let worst = 0;
+  let scale = 0;
+  SEQS.forEach((seq, b) => hfForward(kind, c, w, seq).forEach((row, t) => row.forEach((v, j) => {
+    worst = Math.max(worst, Math.abs(v - logits[(b * T + t) * V + j]!));
+    scale = Math.max(scale, Math.abs(v));
+  })));
+  return { worst, scale };
+}
+
+const LAYOUT: Record<string, { shards?: number; bf16?: boolean }> = { mixtral: { shards: 3 }, qwen2moe: { bf16: true } };
+for (const [kind, c] of Object.entries(CONFIGS)) {
+  test(`${c.architectures} (${LAYOUT[kind]?.shards ? "sharded, with an index" : LAYOUT[kind]?.bf16 ? "bf16 tensors" : "one file, f32"}): Sigma's logits are the HF forward's; export → import gives every weight back`, () => {
+    const w = hfWeights(kind, c, 7 + dirs, LAYOUT[kind]?.bf16);
+    const dir = writeHf(c, w, LAYOUT[kind]);
+    const { model, architecture } = importHfModel(dir);
+    assert.equal(architecture, (c.architectures as string[])[0]);
+    const { worst, scale } = worstDiff(kind, c, w, model);
+    assert.ok(scale > 1, `logits should not be trivially small (max ${scale})`);
+    assert.ok(worst < 1e-4 * Math.max(1, scale), `${kind}: max |Δlogit| ${worst} (logits up to ${scale})`);
+
+    // Export and import again: the same config, the same weights bit for bit.
+    const out = exportHfModel(model);
+    assert.equal(out.architecture, architecture);
+    const dir2 = join(root, `x${dirs++}`);
+    mkdirSync(dir2);
+    writeFileSync(join(dir2, "config.json"), JSON.stringify(out.config));
+    writeFileSync(join(dir2, "model.safetensors"), encodeSafetensors(out.tensors));
+    const again = importHfModel(dir2).model;
+    assert.deepEqual(again.config, model.config);
+    const a = model.namedParameters();
+    for (const [name, p] of again.namedParameters()) assert.deepEqual(p.tensor.data, a.get(name)!.tensor.data, name);
+    // And the exported tensors are the HF ones we wrote.
+    for (const [name, t] of w) assert.deepEqual(Float32Array.from(out.tensors.get(name)!.data as Float32Array), t.data, name);
+  });
+}
+
+test("MoGE routes as Pangu Pro MoE: each group's argmax of the full softmax, weighted by p × router_scale, not renormalised (hand-computed)", () => {
+  // Width 1, x = 1: the logits are the router's column: [0, ln 2, ln 3, 0] → softmax [1, 2, 3, 1]/7.
+  const r = new MogeRouter(1, 4, 2, 1, 0, { rng: new Rng(1) });
+  r.weight.data.set([0, Math.log(2), Math.log(3), 0]);
+  r.scale.data.set([1, 0.5, 1.5, 1]);
+  const out = noGrad(() => r.route({ x: Tensor.from([1], [1, 1]), tokenIds: Int32Array.of(0), domainIds: Int32Array.of(0) }));
+  // Group {0, 1}: expert 1 (2/7); group {2, 3}: expert 2 (3/7). Weights 2/7 · 0.5 and 3/7 · 1.5 (sum 11/14, not 1).
+  assert.deepEqual([...out.expertIds], [1, 2]);
+  const wts = [...out.weights.data];
+  assert.ok(Math.abs(wts[0]! - 1 / 7) < 1e-6 && Math.abs(wts[1]! - 4.5 / 7) < 1e-6, `weights ${wts}`);
+});
+
+test("importHf writes a checkpoint that opens; a tokenizer Sigma loads goes in, another is copied beside with a note; exportHf writes the HF folder back", async () => {
+  const wc = new WordCounter();
+  wc.add("the quick brown fox jumps over the lazy dog ".repeat(3));
+  const tok = trainBpe(wc, { vocabSize: 300, domains: ["en"], langs: ["en"] });
+  const c = { ...CONFIGS.llama, vocab_size: tok.vocabSize };
+  const w = hfWeights("llama", c, 3);
+  w.set("model.embed_tokens.weight", { shape: [tok.vocabSize, C], data: Float32Array.from({ length: tok.vocabSize * C }, (_, i) => Math.sin(i)) });
+  w.set("lm_head.weight", { shape: [tok.vocabSize, C], data: Float32Array.from({ length: tok.vocabSize * C }, (_, i) => Math.cos(i)) });
+  const text = toHfJson(tok);
+  const r = importHf(writeHf(c, w, { tokenizer: text }), { out: join(root, "ck1") });
+  assert.equal(r.tokenizer, true);
+  const m = await openModel(r.checkpoint);
+  assert.equal(m.tokenizer?.vocabSize, tok.vocabSize);
+  const ex = await exportHf(m, { out: join(root, "hf-out") });
+  assert.equal(ex.architecture, "LlamaForCausalLM");
+  assert.equal(readFileSync(join(root, "hf-out", "tokenizer.json"), "utf8"), text);
+  const back = importHfModel(join(root, "hf-out")).model;
+  assert.deepEqual(back.tokenEmbedding.data, m.network.tokenEmbedding.data);
+
+  const foreign = JSON.stringify({ version: "1.0", model: { type: "BPE", vocab: {}, merges: [], byte_fallback: true }, normalizer: { type: "NFC" } });
+  const r2 = importHf(writeHf(CONFIGS.llama!, hfWeights("llama", CONFIGS.llama!, 4), { tokenizer: foreign }), { out: join(root, "ck2") });
+  assert.equal(r2.tokenizer, false);
+  assert.match(r2.tokenizerNote!, /upcoming loader/);
+  assert.equal(readFileSync(join(root, "ck2", "hf-tokenizer.json"), "utf8"), foreign);
+  assert.ok(!existsSync(join(r2.checkpoint, "tokenizer.json")));
+  await openModel(r2.checkpoint);
+});
+
+const refuses = (dir: string, re: RegExp) => assert.throws(() => importHfModel(dir), (e: unknown) => e instanceof SigmaError && re.test(e.message), `expected ${re}`);
+
+test("an unknown architecture is refused, listing the supported ones", () => {
+  const dir = writeHf({ ...CONFIGS.llama, architectures: ["GemmaForCausalLM"], model_type: "gemma" }, hfWeights("llama", CONFIGS.llama!, 1));
+  assert.throws(() => importHfModel(dir), (e: unknown) => e instanceof SigmaError && /GemmaForCausalLM/.test(e.message) && /LlamaForCausalLM.*PanguProMoEForCausalLM/.test(e.hint ?? ""));
+});
+
+test("a missing, unexpected or misshapen tensor, a non-float dtype or a broken index is refused by name", () => {
+  const c = CONFIGS.qwen2moe!;
+  const w = hfWeights("qwen2moe", c, 2);
+  const drop = new Map(w);
+  drop.delete("model.layers.1.mlp.experts.4.up_proj.weight");
+  refuses(writeHf(c, drop), /missing tensor "model\.layers\.1\.mlp\.experts\.4\.up_proj\.weight"/);
+  const extra = new Map(w);
+  extra.set("model.layers.1.mlp.experts.6.up_proj.weight", w.get("model.layers.1.mlp.experts.4.up_proj.weight")!);
+  refuses(writeHf(c, extra), /unexpected tensor "model\.layers\.1\.mlp\.experts\.6\.up_proj\.weight"/);
+  const bad = new Map(w);
+  bad.set("model.layers.0.self_attn.k_proj.weight", { shape: [2 * 4, C], data: new Float32Array(8 * C) });
+  refuses(writeHf(c, bad), /"model\.layers\.0\.self_attn\.k_proj\.weight" is \[8,12\], expected \[4,12\]/);
+  const dir = writeHf(c, w, { shards: 2 });
+  const index = JSON.parse(readFileSync(join(dir, "model.safetensors.index.json"), "utf8"));
+  index.weight_map["model.norm.weight"] = "../elsewhere.safetensors";
+  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify(index));
+  refuses(dir, /not a \.safetensors file name in the same folder/);
+  const dir2 = writeHf(c, w, { shards: 2 });
+  const index2 = JSON.parse(readFileSync(join(dir2, "model.safetensors.index.json"), "utf8"));
+  index2.weight_map["model.norm.weight"] = index2.weight_map["model.embed_tokens.weight"] === "model-00001-of-00002.safetensors" ? "model-00002-of-00002.safetensors" : "model-00001-of-00002.safetensors";
+  writeFileSync(join(dir2, "model.safetensors.index.json"), JSON.stringify(index2));
+  refuses(dir2, /model\.norm\.weight/);
+});
+
+test("config fields Sigma does not compute are refused by name", () => {
+  const cases: [string, Cfg, RegExp][] = [
+    ["llama", { rope_scaling: { type: "linear", factor: 2 } }, /rope_scaling/],
+    ["llama", { hidden_act: "gelu" }, /hidden_act/],
+    ["mixtral", { sliding_window: 16 }, /sliding_window/],
+    ["qwen2", { use_sliding_window: true, sliding_window: 16 }, /sliding_window/],
+    ["qwen2moe", { decoder_sparse_step: 2 }, /decoder_sparse_step/],
+    ["qwen3moe", { mlp_only_layers: [1] }, /mlp_only_layers/],
+    ["qwen2", { attention_bias: false }, /attention_bias/],
+    ["llama", { vocab_size: "many" }, /vocab_size/],
+  ];
+  for (const [kind, patch, re] of cases) {
+    const c = { ...CONFIGS[kind]!, ...patch };
+    refuses(writeHf(c, hfWeights(kind, CONFIGS[kind]!, 1)), re);
+  }
+  // A window at least as long as the context is no window at all: it imports.
+  importHfModel(writeHf({ ...CONFIGS.mixtral!, sliding_window: 64 }, hfWeights("mixtral", CONFIGS.mixtral!, 1)));
+});
+
+test("export refuses models no HF architecture has, naming what is in the way", () => {
+  const base = { vocabSize: 11, width: 8, heads: 2, denseLayers: 1, sparseLayers: 0, seqLen: 16, ffnWidth: 6, domains: [{ name: "en" }] };
+  const no = (cfg: object, re: RegExp) => assert.throws(() => exportHfModel(new PanguSigma(parseModelConfig(cfg))), (e: unknown) => e instanceof SigmaError && re.test(e.message));
+  no(base, /query layer/);
+  const block = { ...base, queryLayer: false, norm: "rmsnorm", position: "rope", ffn: "swiglu", ffnBias: false, attentionBias: "none" };
+  no({ ...block, norm: "layernorm" }, /norm is layernorm/);
+  no({ ...block, embeddingSlots: 2 }, /2 embedding slots/);
+  no({ ...block, sparseLayers: 1, experts: { count: 4, router: { kind: "rre", groups: 2 } }, domains: [{ name: "en", group: 0 }] }, /router is rre/);
+  no({ ...block, denseLayers: 0, sparseLayers: 1, experts: { count: 4, router: { kind: "topk", k: 2, renormalize: false } } }, /not renormalised/);
+  no({ ...block, sparseLayers: 1, experts: { count: 4, router: { kind: "topk", k: 2 } } }, /dense layers below the sparse ones/);
+  assert.equal(exportHfModel(new PanguSigma(parseModelConfig(block))).architecture, "LlamaForCausalLM");
+});
