@@ -38,12 +38,12 @@ type Cfg = Record<string, unknown>;
 
 /** Each architecture's config.json (odd sizes) — the HF field names, written here, not taken from the importer. */
 const CONFIGS: Record<string, Cfg> = {
-  llama: { architectures: ["LlamaForCausalLM"], model_type: "llama", vocab_size: V, hidden_size: C, intermediate_size: FD, num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 1, max_position_embeddings: 64, rms_norm_eps: 1e-5, rope_theta: 10000, hidden_act: "silu", tie_word_embeddings: false, attention_bias: false, mlp_bias: false, rope_scaling: null, bos_token_id: 1 },
+  llama: { architectures: ["LlamaForCausalLM"], model_type: "llama", vocab_size: V, hidden_size: C, intermediate_size: FD, num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 1, max_position_embeddings: 64, rms_norm_eps: 0.1, rope_theta: 10000, hidden_act: "silu", tie_word_embeddings: false, attention_bias: true, mlp_bias: true, rope_scaling: null, bos_token_id: 1 },
   qwen2: { architectures: ["Qwen2ForCausalLM"], model_type: "qwen2", vocab_size: V, hidden_size: C, intermediate_size: FD, num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 3, max_position_embeddings: 64, rms_norm_eps: 1e-6, rope_theta: 1000000, hidden_act: "silu", tie_word_embeddings: true, use_sliding_window: false, sliding_window: 4, max_window_layers: 2 },
   mixtral: { architectures: ["MixtralForCausalLM"], model_type: "mixtral", vocab_size: V, hidden_size: C, intermediate_size: FE, num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 1, num_local_experts: E, num_experts_per_tok: 2, max_position_embeddings: 64, rms_norm_eps: 1e-5, rope_theta: 1e6, hidden_act: "silu", tie_word_embeddings: false, sliding_window: null, router_aux_loss_coef: 0.02 },
   qwen2moe: { architectures: ["Qwen2MoeForCausalLM"], model_type: "qwen2_moe", vocab_size: V, hidden_size: C, intermediate_size: FD, moe_intermediate_size: FE, shared_expert_intermediate_size: FS, num_experts: E, num_experts_per_tok: 3, norm_topk_prob: false, decoder_sparse_step: 1, mlp_only_layers: [], num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 1, max_position_embeddings: 64, rms_norm_eps: 1e-6, rope_theta: 1e6, hidden_act: "silu", tie_word_embeddings: false, use_sliding_window: false, router_aux_loss_coef: 0.001 },
   qwen3moe: { architectures: ["Qwen3MoeForCausalLM"], model_type: "qwen3_moe", vocab_size: V, hidden_size: C, intermediate_size: FD, moe_intermediate_size: FE, head_dim: 6, num_experts: E, num_experts_per_tok: 2, norm_topk_prob: true, decoder_sparse_step: 1, mlp_only_layers: [0], num_hidden_layers: L, num_attention_heads: H, num_key_value_heads: 1, max_position_embeddings: 64, rms_norm_eps: 1e-6, rope_theta: 1e6, hidden_act: "silu", tie_word_embeddings: false, attention_bias: false, use_sliding_window: false },
-  pangu: { architectures: ["PanguProMoEForCausalLM"], model_type: "PanguProMoE", vocab_size: V, hidden_size: C, intermediate_size: FD, moe_intermediate_size: FE, shared_expert_intermediate_size: FS, num_experts: E, num_experts_per_tok: 2, num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 1, max_position_embeddings: 64, rms_norm_eps: 1e-5, rope_theta: 16000000, hidden_act: "silu", tie_word_embeddings: false, router_aux_loss_coef: 0.001 },
+  pangu: { architectures: ["PanguProMoEForCausalLM"], model_type: "PanguProMoE", vocab_size: V, hidden_size: C, intermediate_size: FD, moe_intermediate_size: FE, shared_expert_intermediate_size: FS, num_experts: E, num_experts_per_tok: 2, num_hidden_layers: 2, num_attention_heads: H, num_key_value_heads: 1, max_position_embeddings: 64, rms_norm_eps: 0.05, rope_theta: 16000000, hidden_act: "silu", tie_word_embeddings: false, router_aux_loss_coef: 0.001 },
 };
 
 const int = (c: Cfg, k: string) => c[k] as number;
@@ -64,6 +64,11 @@ function hfWeights(kind: string, c: Cfg, seed: number, bf16 = false): W {
     add(`${p}.gate_proj.weight`, [F, C]);
     add(`${p}.up_proj.weight`, [F, C]);
     add(`${p}.down_proj.weight`, [C, F]);
+    if (c.mlp_bias) {
+      add(`${p}.gate_proj.bias`, [F], 0.2);
+      add(`${p}.up_proj.bias`, [F], 0.2);
+      add(`${p}.down_proj.bias`, [C], 0.2);
+    }
   };
   const mlpOnly = (c.mlp_only_layers as number[] | undefined) ?? [];
   for (let l = 0; l < int(c, "num_hidden_layers"); l++) {
@@ -74,12 +79,12 @@ function hfWeights(kind: string, c: Cfg, seed: number, bf16 = false): W {
     add(`${h}.self_attn.k_proj.weight`, [nG * D, C]);
     add(`${h}.self_attn.v_proj.weight`, [nG * D, C]);
     add(`${h}.self_attn.o_proj.weight`, [C, nH * D]);
-    if (kind === "qwen2" || kind === "qwen2moe" || kind === "pangu") {
+    if (kind === "qwen2" || kind === "qwen2moe" || kind === "pangu" || c.attention_bias) {
       add(`${h}.self_attn.q_proj.bias`, [nH * D], 0.2);
       add(`${h}.self_attn.k_proj.bias`, [nG * D], 0.2);
       add(`${h}.self_attn.v_proj.bias`, [nG * D], 0.2);
     }
-    if (kind === "pangu") add(`${h}.self_attn.o_proj.bias`, [C], 0.2);
+    if (kind === "pangu" || c.attention_bias) add(`${h}.self_attn.o_proj.bias`, [C], 0.2);
     if (kind === "qwen3moe") {
       add(`${h}.self_attn.q_norm.weight`, [D], 0.1, 1);
       add(`${h}.self_attn.k_norm.weight`, [D], 0.1, 1);
@@ -161,9 +166,10 @@ function linear(x: Float64Array, W: Float32Array, out: number, b?: Float32Array)
 const silu = (v: number) => v / (1 + Math.exp(-v));
 const sigmoid = (v: number) => 1 / (1 + Math.exp(-v));
 function swiglu(x: Float64Array, w: W, p: string, F: number): Float64Array {
-  const g = linear(x, w.get(`${p}.gate_proj.weight`)?.data ?? w.get(`${p}.w1.weight`)!.data, F);
-  const u = linear(x, w.get(`${p}.up_proj.weight`)?.data ?? w.get(`${p}.w3.weight`)!.data, F);
-  return linear(Float64Array.from(g, (v, i) => silu(v) * u[i]!), w.get(`${p}.down_proj.weight`)?.data ?? w.get(`${p}.w2.weight`)!.data, C);
+  const b = (n: string) => w.get(`${p}.${n}_proj.bias`)?.data;
+  const g = linear(x, w.get(`${p}.gate_proj.weight`)?.data ?? w.get(`${p}.w1.weight`)!.data, F, b("gate"));
+  const u = linear(x, w.get(`${p}.up_proj.weight`)?.data ?? w.get(`${p}.w3.weight`)!.data, F, b("up"));
+  return linear(Float64Array.from(g, (v, i) => silu(v) * u[i]!), w.get(`${p}.down_proj.weight`)?.data ?? w.get(`${p}.w2.weight`)!.data, C, b("down"));
 }
 /** HF's rotate_half RoPE on one head (in place): pairs (i, i + D/2). */
 function rope(v: Float64Array, at: number, D: number, pos: number, theta: number): void {
@@ -381,6 +387,11 @@ test("a missing, unexpected or misshapen tensor, a non-float dtype or a broken i
   index2.weight_map["model.norm.weight"] = index2.weight_map["model.embed_tokens.weight"] === "model-00001-of-00002.safetensors" ? "model-00002-of-00002.safetensors" : "model-00001-of-00002.safetensors";
   writeFileSync(join(dir2, "model.safetensors.index.json"), JSON.stringify(index2));
   refuses(dir2, /model\.norm\.weight/);
+  const dir3 = writeHf(c, w, { shards: 2 });
+  const index3 = JSON.parse(readFileSync(join(dir3, "model.safetensors.index.json"), "utf8"));
+  delete index3.weight_map["model.norm.weight"];
+  writeFileSync(join(dir3, "model.safetensors.index.json"), JSON.stringify(index3));
+  refuses(dir3, /holds tensor "model\.norm\.weight" that the index does not place in it/);
 });
 
 test("config fields Sigma does not compute are refused by name", () => {
