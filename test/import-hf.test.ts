@@ -25,6 +25,7 @@ import { openModel } from "../src/api/model.js";
 import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
 import { toHfJson } from "../src/tokenizer/hfjson.js";
 import { SigmaError } from "../src/util/errors.js";
+import { sigma } from "./cli-harness.js";
 
 const root = mkdtempSync(join(tmpdir(), "sigma-hf-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -424,4 +425,23 @@ test("export refuses models no HF architecture has, naming what is in the way", 
   no({ ...block, denseLayers: 0, sparseLayers: 1, experts: { count: 4, router: { kind: "topk", k: 2, renormalize: false } } }, /not renormalised/);
   no({ ...block, sparseLayers: 1, experts: { count: 4, router: { kind: "topk", k: 2 } } }, /dense layers below the sparse ones/);
   assert.equal(exportHfModel(new PanguSigma(parseModelConfig(block))).architecture, "LlamaForCausalLM");
+});
+
+test("sigma import hf / export hf: the CLI prints the architecture, the notes and the paths; an unknown architecture is one line and a hint", async () => {
+  const src = writeHf(CONFIGS.pangu!, hfWeights("pangu", CONFIGS.pangu!, 5));
+  const imp = await sigma("import", "hf", "--from", src, "--out", join(root, "cli-ck"), "--seq-len", "32");
+  assert.equal(imp.code, 0, imp.out);
+  assert.match(imp.out, /PanguProMoEForCausalLM: .* parameters/);
+  assert.match(imp.out, /tokenizer: .* has no tokenizer\.json/);
+  const exp = await sigma("export", "hf", "--ckpt", join(root, "cli-ck"), "--out", join(root, "cli-hf"));
+  assert.equal(exp.code, 0, exp.out);
+  assert.match(exp.out, /PanguProMoEForCausalLM: \d+ tensors \(no tokenizer\)/);
+  const cfg = JSON.parse(readFileSync(join(root, "cli-hf", "config.json"), "utf8"));
+  assert.equal(cfg.max_position_embeddings, 32);
+  assert.equal(cfg.num_experts_per_tok, 2);
+  const bad = await sigma("import", "hf", "--from", writeHf({ ...CONFIGS.llama!, architectures: ["FalconForCausalLM"] }, new Map()), "--out", join(root, "cli-bad"));
+  assert.equal(bad.code, 1);
+  assert.match(bad.out, /sigma: .*FalconForCausalLM.* is not supported/);
+  assert.match(bad.out, /hint: supported: LlamaForCausalLM/);
+  assert.doesNotMatch(bad.out, /\n\s+at /);
 });

@@ -165,7 +165,8 @@ export function hfConfig(hfRaw: unknown, source: string, opts: HfImportOptions =
   const windowOn = arch.name === "MixtralForCausalLM" || arch.name === "LlamaForCausalLM" ? window !== undefined && window !== null : bool("use_sliding_window", false);
   if (windowOn && typeof window === "number" && window < seqLen) refuse("sliding_window", `a window of ${window} positions is smaller than the context (${seqLen}); Sigma attends to the whole context (import with seqLen ≤ ${window} to use it within the window)`);
 
-  const D = hf.head_dim !== undefined && hf.head_dim !== null ? int("head_dim") : undefined;
+  // Pangu Pro MoE's head size is always hidden_size / heads (its code ignores a head_dim field).
+  const D = arch.sparse !== "pangu" && hf.head_dim !== undefined && hf.head_dim !== null ? int("head_dim") : undefined;
   let attentionBias = arch.attentionBias;
   if (arch.attentionBiasField && bool("attention_bias", false)) attentionBias = "all";
   const ffnBias = arch.name === "LlamaForCausalLM" ? bool("mlp_bias", false) : false;
@@ -460,6 +461,7 @@ export function hfArchitectureOf(c: ModelConfig): Arch {
   if (r.kind === "moge") {
     if (r.perGroup !== 1) no(`MoGE picks ${r.perGroup} experts per group; Pangu Pro MoE picks one`);
     if (c.attentionBias !== "all") no(`attentionBias is ${c.attentionBias}; Pangu Pro MoE has biases on q, k, v and o`);
+    if (headDim(c) * c.heads !== c.width) no(`headDim ${headDim(c)} × heads ${c.heads} is not width ${c.width}; Pangu Pro MoE's head size is width / heads`);
     if (c.qkNorm || ex.sharedGate) no(`${c.qkNorm ? "q/k norms" : "a shared expert gate"}: Pangu Pro MoE has none`);
     return pick("PanguProMoEForCausalLM");
   }
