@@ -45,8 +45,11 @@ const RANK: Record<string, number> = {
   cli: 12,
 };
 
-/** Files outside src/moe/routers/ that may spell a router kind: the demo's default config, and the synthetic balance study and scaling predictions, whose routing rules (their own, src/balance/synthetic.ts and scaling.ts) are named RRE, top-k and MoGE. */
-const KIND_ALLOWED = new Set(["cli/demo.ts", "balance/study.ts", "balance/scaling.ts"]);
+/**
+ * Files outside src/moe/routers/ that may spell a router kind: the demo's default config, and the synthetic balance study and scaling predictions, whose routing rules (their own, src/balance/synthetic.ts and scaling.ts) are named RRE, top-k and MoGE;
+ * the Hugging Face adapter, which maps each architecture's routing rule to the Sigma router that computes it (and back).
+ */
+const KIND_ALLOWED = new Set(["cli/demo.ts", "balance/study.ts", "balance/scaling.ts", "models/import/hf.ts"]);
 const ROUTERS_DIR = "moe/routers/";
 /** The router folder's public files: the interface and the registry. */
 const ROUTERS_PUBLIC = new Set(["moe/routers/router.ts", "moe/routers/index.ts"]);
