@@ -14,6 +14,7 @@ export { train, type TrainOptions, type TrainResult, type TrainEvent } from "./a
 export { evaluate, type EvaluateOptions, type EvaluateResult } from "./api/evaluate.js";
 export { upcycle, type UpcycleOptions, type UpcycleResult } from "./api/upcycle.js";
 export { extract, type ExtractOptions, type ExtractResult } from "./api/extract.js";
+export { addDomain, type AddDomainOptions, type AddDomainResult } from "./api/domain.js";
 export { prepareData, type PrepareOptions } from "./data/prepare.js";
 export { Tokenizer } from "./tokenizer/codec.js";
 export { fromHfJson as parseTokenizer, loadTokenizer, toHfJson as tokenizerToJson } from "./tokenizer/hfjson.js";

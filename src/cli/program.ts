@@ -25,6 +25,7 @@ import { register as registerDemo } from "./demo.js";
 import { register as registerBalance } from "./balance.js";
 import { register as registerUpcycle } from "./upcycle.js";
 import { register as registerExtract } from "./extract.js";
+import { register as registerDomain } from "./domain.js";
 import { register as registerImport } from "./import.js";
 import { register as registerStore } from "./store.js";
 import { register as registerTune } from "./tune.js";
@@ -56,6 +57,7 @@ export function buildProgram(): Command {
   registerBalance(program);
   registerUpcycle(program);
   registerExtract(program);
+  registerDomain(program);
   registerImport(program);
   registerStore(program);
   registerTune(program);

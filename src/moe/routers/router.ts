@@ -75,9 +75,11 @@ export interface RouterModule extends Module {
    * Extraction: sets this router, built for a sub-model, to the state of
    * `from` (the same layer's router of the full model) restricted to the
    * experts `kept` (full-model ids, ascending; the sub-model's expert i is
-   * kept[i]) for the full model's domain index `domain`.
+   * kept[i]) for the full model's domain index `domain`. `tokens` (when the
+   * sub-model keeps only part of the vocabulary): the full model's id of each
+   * sub-model token id, for routers whose state is indexed by token id.
    */
-  copyKept(from: RouterModule, kept: readonly number[], domain: number): void;
+  copyKept(from: RouterModule, kept: readonly number[], domain: number, tokens?: Int32Array): void;
 }
 
 /** How a domain's sub-model is cut out of a model routed by this router (`sigma extract`). */

@@ -118,12 +118,12 @@ export class RreRouter extends Module implements RouterModule {
     return need;
   }
 
-  copyKept(from: RouterModule, kept: readonly number[], domain: number): void {
+  copyKept(from: RouterModule, kept: readonly number[], domain: number, tokens?: Int32Array): void {
     if (!(from instanceof RreRouter)) throw new TypeError("RreRouter.copyKept: the full model's router is not an RRE router");
     const V = this.vocabSize;
     const g = from.domainGroup[domain]!;
     const newId = new Map(kept.map((e, i) => [e, i]));
-    for (let t = 0; t < V; t++) this.table[t] = newId.get(from.table[g * V + t]!)!;
+    for (let t = 0; t < V; t++) this.table[t] = newId.get(from.table[g * from.vocabSize + (tokens ? tokens[t]! : t)]!)!;
   }
 }
 
