@@ -132,6 +132,10 @@ test("sigma domain add: the CLI adds a domain and refuses a bad request with a h
   const out = await runCli([registerDomain], ["domain", "add", "--ckpt", base.path!, "--name", "law", "--data", lawCorpus, "--out", join(root, "cli-out"), "--steps", "5", "--batch-size", "4", "--experts-from", "en"]);
   assert.match(out, /domain "law" added \(rre\): experts per sparse layer 4 → 6 \(new ones copied from "en"\)/);
   assert.match(out, /checkpoint: /);
+  // The checkpoint it wrote opens and generates in the new domain.
+  const grown = await openModel(join(root, "cli-out"));
+  assert.deepEqual(grown.domains, [...OLD, "law"]);
+  assert.equal(typeof (await grown.complete("The ", { domain: "law", maxTokens: 3, temperature: 0 })), "string");
   await assert.rejects(runCli([registerDomain], ["domain", "add", "--ckpt", base.path!, "--name", "en", "--data", lawCorpus, "--out", join(root, "cli-out2")]), /already has a domain "en"/);
   await assert.rejects(runCli([registerDomain], ["domain", "add", "--ckpt", base.path!, "--name", "law", "--data", lawCorpus, "--out", join(root, "cli-out3"), "--experts-from", "fr"]), /no domain "fr"/);
 });

@@ -62,7 +62,7 @@ export function register(program: Command): void {
           }
         },
       });
-      const path = r.model.save(o.out, { format: "sigma-domain-add", from: model.path, fromStep: model.step, domain: r.domain, router: r.router, experts: r.experts, slot: r.slot, vocabulary: r.vocabulary, steps: o.steps, valLoss: r.valLoss });
+      const path = r.model.save(o.out, { format: "sigma-domain-add", from: model.path, fromStep: model.step, domainAdded: { name: r.domain, router: r.router, experts: r.experts, slot: r.slot, vocabulary: r.vocabulary, steps: o.steps, valLoss: r.valLoss } });
       console.log(`domain "${r.domain}" added (${r.router}): experts per sparse layer ${r.experts.before} → ${r.experts.after}${r.experts.copiedFrom ? ` (new ones copied from "${r.experts.copiedFrom}")` : " (new ones fresh)"}, embedding slot ${r.slot.index}${r.slot.fresh ? " (new)" : " (shared)"}, control token ${r.vocabulary.controlToken} (vocabulary ${r.vocabulary.old} → ${r.vocabulary.new})`);
       console.log(`trained ${millions(r.parameters.trained)} new parameters of ${millions(r.parameters.total)}; the others are unchanged`);
       console.log(`validation loss on ${r.domain}: ${r.valLoss.before.toFixed(4)} before, ${r.valLoss.after.toFixed(4)} after ${o.steps} steps`);
