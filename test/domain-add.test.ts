@@ -12,7 +12,8 @@ import { openModel, type Model } from "../src/api/model.js";
 import { noGrad } from "../src/autograd/tape.js";
 import { newIdsOfOld, vocabMapping } from "../src/models/vocab-map.js";
 import { growDomain } from "../src/models/domain-add.js";
-import { domainValLoss } from "../src/train/domain-train.js";
+import { modelRouter } from "../src/models/config.js";
+import { domainValLoss, trainNewParts } from "../src/train/domain-train.js";
 import { Trainer } from "../src/train/trainer.js";
 import { runTraining } from "../src/train/run.js";
 import { parseTrainConfig } from "../src/train/config.js";
@@ -106,6 +107,20 @@ test("RRE --experts-from: the new domain starts as that domain's model (same log
     if (r.name === "tokenEmbedding") assert.equal(r.start, 2 * vocab.newSize * base.config.width);
     else assert.ok(/moe\.(w1|b1|w2|b2)$/.test(r.name) && r.start >= (E * g.model.namedParameters().get(r.name)!.tensor.size) / (E + 2), r.name);
   }
+  // Training: the frozen parameters get no gradient at all; the ones holding new ranges do.
+  const params = g.model.namedParameters();
+  const live = new Set(g.trainable.map((r) => r.name));
+  const lawData = join(root, "law-data-rre"); // prepared by the first test
+  let checked = 0;
+  trainNewParts(g.model, g.trainable, {
+    dataDir: lawData, domain: "law", domainIndex: g.domain, steps: 2, lr: 1e-3, batchSize: 2, seed: 1,
+    onStep: () => {
+      for (const [name, p] of params) assert.equal(p.tensor.grad !== null, live.has(name), `${name}: gradient ${p.tensor.grad ? "computed" : "absent"}`);
+      checked++;
+    },
+  });
+  assert.equal(checked, 2);
+  for (const p of params.values()) assert.ok(p.tensor.requiresGrad && p.tensor.grad === null, "after training every parameter is trainable again, gradients dropped");
 });
 
 for (const router of ["topk", "moge"] as const) {
@@ -116,10 +131,29 @@ for (const router of ["topk", "moge"] as const) {
     const grown = r.model;
     // Old experts and old router rows: the same bytes at their (possibly moved) ids.
     const [op, np] = [base.network.namedParameters(), grown.network.namedParameters()];
+    const bytes = (a: Float32Array | Float64Array, from = 0, to = a.length) => Buffer.from(a.buffer, a.byteOffset + from * a.BYTES_PER_ELEMENT, (to - from) * a.BYTES_PER_ELEMENT);
+    const { spec, view } = modelRouter(base.config)!;
+    const E = base.config.experts!.count;
+    const oldIds = spec.growth!.oldIds(view, grown.config.experts!.count - E);
+    let stacked = 0;
     for (const [name, p] of op) {
       if (name === "tokenEmbedding") continue;
       const q = np.get(name)!.tensor.data;
-      if (q.length === p.tensor.size) assert.ok(Buffer.from(q.buffer, q.byteOffset, q.byteLength).equals(Buffer.from(p.tensor.data.buffer, p.tensor.data.byteOffset, p.tensor.data.byteLength)), name);
+      if (q.length === p.tensor.size) assert.ok(bytes(q).equals(bytes(p.tensor.data)), name);
+      else {
+        // Per-expert rows (experts, router rows, MoGE scales): each old one unchanged at its new id.
+        const n = p.tensor.size / E;
+        oldIds.forEach((old, e) => old >= 0 && assert.ok(bytes(q, e * n, (e + 1) * n).equals(bytes(p.tensor.data, old * n, (old + 1) * n)), `${name}[${e}] ← old ${old}`));
+        stacked++;
+      }
+    }
+    assert.equal(stacked, router === "moge" ? 6 : 5, "experts w1 b1 w2 b2 and the router's rows were checked");
+    if (router === "moge") {
+      // Every old expert stays in its group (groups are contiguous id ranges), and each group gains one.
+      const G = 2;
+      const [per, perNew] = [E / G, oldIds.length / G];
+      oldIds.forEach((old, e) => old >= 0 && assert.equal(Math.floor(old / per), Math.floor(e / perNew), `expert ${e} ← old ${old}`));
+      for (let g = 0; g < G; g++) assert.equal(oldIds.slice(g * perNew, (g + 1) * perNew).filter((o) => o < 0).length, 1);
     }
     const moved = OLD.filter((d) => d !== "bi").map((d) => ({ d, ...oldDomainLosses(base, grown, d) }));
     console.log(`${router}: old domains' validation loss before → after adding "law" (30 steps): ${moved.map((m) => `${m.d} ${m.old.toFixed(4)} → ${m.grown.toFixed(4)}`).join(", ")}`);

@@ -14,6 +14,7 @@ import { join, resolve } from "node:path";
 import { prepareData } from "../data/prepare.js";
 import { readManifest, windowTokens } from "../data/manifest.js";
 import { growDomain } from "../models/domain-add.js";
+import { modelRouter } from "../models/config.js";
 import { vocabMapping } from "../models/vocab-map.js";
 import { Tokenizer } from "../tokenizer/codec.js";
 import { domainToken } from "../tokenizer/specials.js";
@@ -57,8 +58,10 @@ export interface AddDomainOptions {
 export interface AddDomainResult {
   model: Model;
   domain: string;
-  /** The router kind: "rre" leaves every old domain's sub-model bit-identical; "moge" / "topk" share routing (measure the old domains). */
+  /** The router kind. */
   router: string;
+  /** Whether every old domain's sub-model stays bit-identical (a router by domain, RRE); false: routing is shared and the old domains' loss moves (MoGE, top-k). */
+  exact: boolean;
   experts: { before: number; after: number; copiedFrom: string | null };
   slot: { index: number; fresh: boolean };
   vocabulary: { old: number; new: number; controlToken: string };
@@ -89,7 +92,10 @@ export async function addDomain(model: Model, o: AddDomainOptions): Promise<AddD
   if (!c.experts || c.sparseLayers === 0) throw new SigmaError(`${where} is a dense model: a new domain needs sparse layers to give it experts`, "add domains to a sparse or mixed model (sigma upcycle grows one from a dense model)");
   if (tok.domains.includes(o.name) || c.domains.some((d) => d.name === o.name)) throw new SigmaError(`${where} already has a domain "${o.name}"`, "pick a new name");
   const router = c.experts.router.kind;
-  if (o.expertsFrom !== undefined && router !== "rre") throw new SigmaError(`${names.expertsFrom} needs a model routed by domain (RRE); this one routes with ${router}, whose experts belong to no domain`, `leave out ${names.expertsFrom}: new experts start fresh`);
+  const growth = modelRouter(c)!.spec.growth;
+  if (!growth) throw new SigmaError(`${where} routes with ${router}, which cannot grow by a domain`, "add domains to an RRE, MoGE or top-k model");
+  if (o.expertsFrom !== undefined && !growth.copies) throw new SigmaError(`${names.expertsFrom} needs a model routed by domain (RRE); this one routes with ${router}, whose experts belong to no domain`, `leave out ${names.expertsFrom}: new experts start fresh`);
+  if (o.expertsFrom !== undefined && !c.domains.some((d) => d.name === o.expertsFrom)) throw new SigmaError(`${names.expertsFrom}: ${where} has no domain "${o.expertsFrom}"; it has ${c.domains.map((d) => d.name).join(", ")}`, `name one of them, or leave out ${names.expertsFrom} for fresh experts`);
   const steps = o.steps ?? 200;
   const batchSize = o.batchSize ?? 8;
   const seed = o.seed ?? 1;
@@ -128,6 +134,7 @@ export async function addDomain(model: Model, o: AddDomainOptions): Promise<AddD
     model: out,
     domain: o.name,
     router,
+    exact: grown.exact,
     experts: { before: c.experts.count, after: net.config.experts!.count, copiedFrom: o.expertsFrom ?? null },
     slot: grown.slot,
     vocabulary: { old: vocab.oldSize, new: vocab.newSize, controlToken: domainToken(o.name) },

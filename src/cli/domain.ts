@@ -66,7 +66,7 @@ export function register(program: Command): void {
       console.log(`domain "${r.domain}" added (${r.router}): experts per sparse layer ${r.experts.before} → ${r.experts.after}${r.experts.copiedFrom ? ` (new ones copied from "${r.experts.copiedFrom}")` : " (new ones fresh)"}, embedding slot ${r.slot.index}${r.slot.fresh ? " (new)" : " (shared)"}, control token ${r.vocabulary.controlToken} (vocabulary ${r.vocabulary.old} → ${r.vocabulary.new})`);
       console.log(`trained ${millions(r.parameters.trained)} new parameters of ${millions(r.parameters.total)}; the others are unchanged`);
       console.log(`validation loss on ${r.domain}: ${r.valLoss.before.toFixed(4)} before, ${r.valLoss.after.toFixed(4)} after ${o.steps} steps`);
-      if (r.router !== "rre") console.log(`note: ${r.router} routing is shared by all domains, so the old domains' loss moves a little (docs/domains.md)`);
+      if (!r.exact) console.log(`note: ${r.router} routing is shared by all domains, so the old domains' loss moves a little (docs/domains.md)`);
       console.log(`checkpoint: ${path}`);
     });
 }
