@@ -12,7 +12,8 @@ import { extract } from "../src/api/extract.js";
 import { openModel } from "../src/api/model.js";
 import { noGrad } from "../src/autograd/tape.js";
 import { prepareData } from "../src/data/prepare.js";
-import { perDomainSlots } from "../src/models/config.js";
+import { parseModelConfig, perDomainSlots } from "../src/models/config.js";
+import { demoConfig } from "../src/cli/demo.js";
 import { saveTokenizer } from "../src/tokenizer/hfjson.js";
 import { trainBpe, WordCounter } from "../src/tokenizer/trainer.js";
 import { parseTrainConfig } from "../src/train/config.js";
@@ -87,6 +88,19 @@ test("40 domains: per-domain slots for the 4 major ones, one shared by the 36 sm
   assert.ok(s.slots.slice(4).every((x) => x === 4));
   // Without small domains every domain has its own slot.
   assert.deepEqual(perDomainSlots(["a", "b", "c"]), { embeddingSlots: 3, slots: [0, 1, 2] });
+});
+
+test("new models get a slot per domain (the demo), and a config without embeddingSlots still means one shared slot", () => {
+  const demo = (o: { sharedEmbedding?: boolean; codeSlot?: boolean }) => parseTrainConfig(demoConfig(320, ["zh", "en", "bi", "code"], { out: join(root, "demo"), data: join(root, "no-data"), minutes: 1, steps: 10, width: 32, seed: 1, ...o })).model;
+  const m = demo({});
+  assert.equal(m.embeddingSlots, 4);
+  assert.deepEqual(m.domains.map((d) => d.slot), [0, 1, 2, 3]);
+  assert.deepEqual(demo({ sharedEmbedding: true }).domains.map((d) => d.slot), [0, 0, 0, 0]);
+  assert.deepEqual(demo({ codeSlot: true }).domains.map((d) => d.slot), [0, 0, 0, 1]);
+  // An old config, as written before per-domain slots were the default: it means what it meant.
+  const old = parseModelConfig({ vocabSize: 320, width: 16, heads: 2, denseLayers: 1, sparseLayers: 0, seqLen: 8, ffnWidth: 32, domains: [{ name: "zh" }, { name: "en" }] });
+  assert.equal(old.embeddingSlots, 1);
+  assert.deepEqual(old.domains, [{ name: "zh", slot: 0 }, { name: "en", slot: 0 }]);
 });
 
 test("40 domains: RRE sends each domain's tokens to its own group, and the small domain's sub-model is exact", async () => {
