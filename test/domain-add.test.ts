@@ -84,6 +84,17 @@ for (const kind of ["rre", "rre-shared"] as const) test(`RRE (${kind === "rre" ?
   const law = extract(grown, { domain: "law" });
   assert.equal(law.maxLogitGap, 0);
   assert.equal(law.model.config.vocabSize, r.vocabulary.new);
+  if (kind === "rre") {
+    // A second added domain leaves the first one's sub-model (and the old ones') byte-identical too.
+    const lawDir = law.model.save(join(root, "law-before"));
+    const r2 = await addDomain(grown, { name: "tax", data: lawCorpus, dataOut: join(root, "tax-data"), steps: 5, batchSize: 4 });
+    const twice = extract(r2.model, { domain: "law" });
+    assert.equal(twice.maxLogitGap, 0);
+    const dir = twice.model.save(join(root, "law-after"));
+    for (const f of ["model.safetensors", "tokenizer.json"]) assert.ok(bytesOf(lawDir, f).equals(bytesOf(dir, f)), `law: ${f} differs after adding tax`);
+    const en = extract(r2.model, { domain: "en" }).model.save(join(root, "en-after-tax"));
+    assert.ok(bytesOf(subsBefore[1]!, "model.safetensors").equals(bytesOf(en, "model.safetensors")), "en after two added domains");
+  }
   // Old domains on the full grown model: the same loss up to the new control token's share of the softmax.
   const moved = ["zh", "en", "code"].map((d) => ({ d, ...oldDomainLosses(base, grown, d) }));
   console.log(`${kind}: old domains' validation loss on the full model before → after adding "law" (30 steps): ${moved.map((m) => `${m.d} ${m.old.toFixed(4)} → ${m.grown.toFixed(4)}`).join(", ")}`);
