@@ -18,6 +18,7 @@ export { evalTasks, type EvalTasksOptions, type EvalTasksResult } from "./api/ev
 export type { TaskResult, TaskKind, Metric as TaskMetric } from "./train/tasks.js";
 export { upcycle, type UpcycleOptions, type UpcycleResult } from "./api/upcycle.js";
 export { extract, type ExtractOptions, type ExtractResult } from "./api/extract.js";
+export { addDomain, type AddDomainOptions, type AddDomainResult } from "./api/domain.js";
 export { prepareData, type PrepareOptions } from "./data/prepare.js";
 export { Tokenizer } from "./tokenizer/codec.js";
 export { fromHfJson as parseTokenizer, loadTokenizer, toHfJson as tokenizerToJson } from "./tokenizer/hfjson.js";
