@@ -15,8 +15,9 @@ export { evaluate, type EvaluateOptions, type EvaluateResult } from "./api/evalu
 export { upcycle, type UpcycleOptions, type UpcycleResult } from "./api/upcycle.js";
 export { extract, type ExtractOptions, type ExtractResult } from "./api/extract.js";
 export { prepareData, type PrepareOptions } from "./data/prepare.js";
-export { Tokenizer } from "./tokenizer/codec.js";
-export { fromHfJson as parseTokenizer, loadTokenizer, toHfJson as tokenizerToJson } from "./tokenizer/hfjson.js";
+export { Tokenizer, type TextTokenizer, type TextStreamDecoder } from "./tokenizer/codec.js";
+export { HfTokenizer, type HfTokenizerOptions } from "./tokenizer/hf.js";
+export { fromHfJson as parseTokenizer, loadTokenizer, parseTokenizerJson, loadAnyTokenizer, toHfJson as tokenizerToJson } from "./tokenizer/hfjson.js";
 export { TrainConfigSchema, parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./train/config.js";
 export { ModelConfigSchema, parseModelConfig, type ModelConfig, type ModelConfigInput } from "./models/config.js";
 export { RouterSchema, ROUTER_KINDS, type RouterConfig } from "./moe/routers/index.js";
