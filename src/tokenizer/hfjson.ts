@@ -4,9 +4,10 @@
  * The file is a standard byte-level BPE: no normalizer; pre_tokenizer =
  * Sequence[Split(our pattern, Isolated), ByteLevel(add_prefix_space false,
  * use_regex false)]; model BPE with vocab + merges; ByteLevel decoder; the
- * specials as added_tokens (special, not normalized, no strip). Loading is
- * strict: Sigma reads back the tokenizers it writes, and rejects any other
- * pre-tokenizer or model rather than encode differently from HF.
+ * specials as added_tokens (special, not normalized, no strip). Loading
+ * with fromHfJson / loadTokenizer is strict: Sigma reads back the tokenizers
+ * it writes (with their domain and language tokens), and rejects anything
+ * else.
  *
  * Other tokenizer.json files — the Hugging Face tokenizers of imported
  * models — are read by `parseTokenizerJson` / `loadAnyTokenizer` into an
