@@ -315,8 +315,13 @@ for (const style of STYLES) {
       if (ids.length === 0) continue;
       merged += Buffer.byteLength(s) - ids.length;
       const text = ours.decode(ids);
-      assert.equal(text, ref.decode(ids, { clean_up_tokenization_spaces: false }), `${style.name} decode ${JSON.stringify(s.slice(0, 80))}`);
-      assert.equal(ours.decode(ids, { skipSpecial: true }), ref.decode(ids, { clean_up_tokenization_spaces: false, skip_special_tokens: true }));
+      // The Metaspace decoder drops every ▁ of the first token (the Rust rule); the JS reference drops one.
+      const first = ours.vocab[ids[0]!]!;
+      const rustDiffers = style.name === "mistral" && first.slice(1).includes("▁");
+      if (!rustDiffers) {
+        assert.equal(text, ref.decode(ids, { clean_up_tokenization_spaces: false }), `${style.name} decode ${JSON.stringify(s.slice(0, 80))}`);
+        assert.equal(ours.decode(ids, { skipSpecial: true }), ref.decode(ids, { clean_up_tokenization_spaces: false, skip_special_tokens: true }));
+      }
       const stream = ours.streamDecoder();
       let streamed = "";
       for (const id of ids) streamed += stream.push(id);
@@ -363,6 +368,15 @@ test("byte fallback, unknown characters, fused unknowns and ignore_merges", () =
   // 乐 was left out of the characters: its three UTF-8 bytes come back as <0xE4> <0xB9> <0x90>.
   assert.deepEqual(tok.encode("乐").slice(-3).map((id) => tok.vocab[id]), ["<0xE4>", "<0xB9>", "<0x90>"]);
   assert.equal(tok.decode(tok.encode("不亦乐乎")), "不亦乐乎");
+  // Decoder rules of the Rust crate: a byte run that is not UTF-8 is one U+FFFD per byte (its valid
+  // "A" too; the JS reference gives "\uFFFD\uFFFDA"); the
+  // Metaspace decoder drops every ▁ of the first token and turns the others into spaces.
+  const byte = (b: number) => llama2.json.model.vocab[`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`];
+  assert.equal(tok.decode([byte(0xe4), byte(0xb9), byte(0x41)]), "\uFFFD\uFFFD\uFFFD");
+  const m = parseTokenizerJson(JSON.stringify(mistral.json), "m.json");
+  const v = mistral.json.model.vocab;
+  assert.equal(m.decode([v["▁"], v["▁"], v["a"], v["▁"]]), " a ");
+  assert.equal(m.decode([v["a"], v["▁"], v["▁"]]), "a  ");
   // Without byte tokens the character is the unknown token, one for a run of them (fuse_unk).
   const j = structuredClone(llama2.json);
   for (let b = 0; b < 256; b++) delete j.model.vocab[`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`];

@@ -54,11 +54,10 @@ const WHITE_SPACE = /\p{White_Space}/u;
 const CACHE_LIMIT = 200_000; // piece → ids entries; cleared when full to bound memory
 const CACHE_PIECE = 256; // longer pieces (a SentencePiece sentence) are not cached
 
-/** A piece of text on its way through pre-tokenization; `first` when it starts at offset 0 of the input (Metaspace's "first"). */
-interface Piece {
-  text: string;
-  first: boolean;
-}
+/** Receives the pieces a pre-tokenizer makes; `first` when the piece starts at offset 0 of the input (Metaspace's "first"). */
+type Emit = (piece: string, first: boolean) => void;
+/** A pre-tokenizer: cuts `text` and hands each piece on, without building lists. */
+type PreTokenizer = (text: string, first: boolean, emit: Emit) => void;
 
 interface AddedToken {
   id: number;
@@ -101,7 +100,7 @@ export class HfTokenizer implements TextTokenizer {
   private readonly normAll: Trie;
   private readonly normOrdinary: Trie;
   private readonly normalizer: ((s: string) => string) | null;
-  private readonly preTokenizer: (pieces: Piece[]) => Piece[];
+  private readonly preTokenizer: PreTokenizer;
   private readonly decoder: ((tokens: string[]) => string[]) | null;
   private readonly merges: MergeTable;
   /** Byte-level: the id of each byte's character token (-1: none). */
@@ -196,7 +195,7 @@ export class HfTokenizer implements TextTokenizer {
 
     this.normalizer = j.normalizer == null ? null : this.readNormalizer(j.normalizer, "normalizer");
     const pre = j.pre_tokenizer == null ? null : this.readPreTokenizer(j.pre_tokenizer, "pre_tokenizer", true);
-    this.preTokenizer = pre?.run ?? ((p) => p);
+    this.preTokenizer = pre?.run ?? ((text, first, emit) => emit(text, first));
     this.byteLevel = pre?.byteLevel ?? false;
     this.decoder = j.decoder == null ? null : this.readDecoder(j.decoder, "decoder");
     const post = j.post_processor == null ? { prefix: [], suffix: [] } : this.readPostProcessor(j.post_processor, "post_processor");
@@ -257,7 +256,7 @@ export class HfTokenizer implements TextTokenizer {
       const normalized = this.normalizer === null ? sec.text : this.normalizer(sec.text);
       for (const sub of splitAdded(normalized, ordinary ? this.normOrdinary : this.normAll)) {
         if (sub.token !== null) out.push(sub.token.id);
-        else this.encodePieces([{ text: sub.text, first: sec.start === 0 && sub.start === 0 }], out);
+        else this.encodePieces(sub.text, sec.start === 0 && sub.start === 0, out);
       }
     }
     if (opts.addSpecial) out.push(...this.suffixIds);
@@ -271,22 +270,24 @@ export class HfTokenizer implements TextTokenizer {
 
   /** The pieces the pre-tokenizer cuts a (normalized) section into; for tests and tools. */
   preTokenize(text: string, first = true): string[] {
-    return this.preTokenizer([{ text, first }]).map((p) => p.text);
+    const out: string[] = [];
+    this.preTokenizer(text, first, (p) => out.push(p));
+    return out;
   }
 
-  private encodePieces(pieces: Piece[], out: number[]): void {
-    for (const p of this.preTokenizer(pieces)) {
-      if (p.text === "") continue;
-      let ids = this.cache.get(p.text);
+  private encodePieces(text: string, first: boolean, out: number[]): void {
+    this.preTokenizer(text, first, (piece) => {
+      if (piece === "") return;
+      let ids = this.cache.get(piece);
       if (ids === undefined) {
-        ids = this.model(p.text);
-        if (p.text.length <= CACHE_PIECE) {
+        ids = this.model(piece);
+        if (piece.length <= CACHE_PIECE) {
           if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
-          this.cache.set(p.text, ids);
+          this.cache.set(piece, ids);
         }
       }
       for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
-    }
+    });
   }
 
   /** The BPE model on one piece: its symbols (bytes or characters), then the merges. */
@@ -449,13 +450,18 @@ export class HfTokenizer implements TextTokenizer {
   }
 
   /** A pre-tokenizer; `last`: whether it may be a ByteLevel (which must come last: it respells its pieces). */
-  private readPreTokenizer(p: unknown, at: string, last: boolean): { run: (pieces: Piece[]) => Piece[]; byteLevel: boolean } {
+  private readPreTokenizer(p: unknown, at: string, last: boolean): { run: PreTokenizer; byteLevel: boolean } {
     if (!isObject(p)) return this.fail(`${at} is ${show(p)}, not an object`);
     switch (p.type) {
       case "Sequence": {
         const list = Array.isArray(p.pretokenizers) ? p.pretokenizers : this.fail(`${at}.pretokenizers is not a list`);
         const steps = list.map((x, i) => this.readPreTokenizer(x, `${at}.pretokenizers[${i}]`, last && i === list.length - 1));
-        return { run: (pieces) => steps.reduce((ps, s) => s.run(ps), pieces), byteLevel: steps.some((s) => s.byteLevel) };
+        // Each step hands its pieces to the next one.
+        const run = steps.reduceRight<PreTokenizer>(
+          (next, step) => (text, first, emit) => step.run(text, first, (piece, f) => next(piece, f, emit)),
+          (text, first, emit) => emit(text, first),
+        );
+        return { run, byteLevel: steps.some((s) => s.byteLevel) };
       }
       case "Split": {
         const re = this.pattern(p.pattern, at);
@@ -468,18 +474,19 @@ export class HfTokenizer implements TextTokenizer {
         // Removed drops the matches, or with invert the text between them.
         const keepMatches = behavior === "Isolated" || invert;
         const keepGaps = behavior === "Isolated" || !invert;
-        return { run: (pieces) => pieces.flatMap((piece) => splitPiece(piece, re, keepMatches, keepGaps)), byteLevel: false };
+        return { run: (text, first, emit) => splitPiece(text, first, re, keepMatches, keepGaps, emit), byteLevel: false };
       }
       case "ByteLevel": {
         if (!last) this.fail(`${at}: a ByteLevel pre-tokenizer before another one (it must come last: it respells its pieces in byte characters)`);
         const prefixSpace = this.flag(p, "add_prefix_space", at);
         const useRegex = p.use_regex === undefined ? true : this.flag(p, "use_regex", at);
+        // The respelling in byte characters happens in the model, on the piece's UTF-8 bytes.
         return {
-          run: (pieces) =>
-            pieces.flatMap((piece) => {
-              const text = prefixSpace && !piece.text.startsWith(" ") ? ` ${piece.text}` : piece.text;
-              return useRegex ? splitPiece({ text, first: piece.first }, GPT2_REGEX, true, true) : [{ text, first: piece.first }];
-            }),
+          run: (text, first, emit) => {
+            if (prefixSpace && !text.startsWith(" ")) text = ` ${text}`;
+            if (useRegex) splitPiece(text, first, GPT2_REGEX, true, true, emit);
+            else emit(text, first);
+          },
           byteLevel: true,
         };
       }
@@ -491,21 +498,18 @@ export class HfTokenizer implements TextTokenizer {
         if (scheme !== "always" && scheme !== "first" && scheme !== "never") this.fail(`${at}.prepend_scheme ${show(scheme)}`, 'supported: "always", "first", "never"');
         const split = p.split === undefined ? true : this.flag(p, "split", at);
         return {
-          run: (pieces) =>
-            pieces.flatMap((piece) => {
-              let text = piece.text.replaceAll(" ", rep);
-              if (!text.startsWith(rep) && (scheme === "always" || (scheme === "first" && piece.first))) text = rep + text;
-              if (!split) return [{ text, first: piece.first }];
-              // Cut before each replacement character: every piece but the first starts with it.
-              const out: Piece[] = [];
-              let start = 0;
-              for (let i = text.indexOf(rep, 1); i >= 0; i = text.indexOf(rep, i + rep.length)) {
-                if (i > start) out.push({ text: text.slice(start, i), first: piece.first && start === 0 });
-                start = i;
-              }
-              if (start < text.length) out.push({ text: text.slice(start), first: piece.first && start === 0 });
-              return out;
-            }),
+          run: (piece, first, emit) => {
+            let text = piece.replaceAll(" ", rep);
+            if (!text.startsWith(rep) && (scheme === "always" || (scheme === "first" && first))) text = rep + text;
+            if (!split) return emit(text, first);
+            // Cut before each replacement character: every piece but the first starts with it.
+            let start = 0;
+            for (let i = text.indexOf(rep, 1); i >= 0; i = text.indexOf(rep, i + rep.length)) {
+              if (i > start) emit(text.slice(start, i), first && start === 0);
+              start = i;
+            }
+            if (start < text.length) emit(text.slice(start), first && start === 0);
+          },
           byteLevel: false,
         };
       }
@@ -549,7 +553,7 @@ export class HfTokenizer implements TextTokenizer {
       }
       case "ByteFallback":
         // Runs of <0xXX> tokens become the text of their bytes; a run that is not
-        // UTF-8 gives one U+FFFD per byte (as the Rust decoder does).
+        // UTF-8 gives one U+FFFD token per byte (as the Rust decoder does).
         return (tokens) => {
           const out: string[] = [];
           let run: number[] = [];
@@ -558,7 +562,7 @@ export class HfTokenizer implements TextTokenizer {
             try {
               out.push(new TextDecoder("utf-8", { fatal: true }).decode(Uint8Array.from(run)));
             } catch {
-              out.push("\uFFFD".repeat(run.length));
+              for (let k = 0; k < run.length; k++) out.push("\uFFFD");
             }
             run = [];
           };
@@ -594,11 +598,9 @@ export class HfTokenizer implements TextTokenizer {
         const rep = this.str(d, "replacement", at, "\u2581");
         let scheme = d.prepend_scheme;
         if (scheme === undefined) scheme = d.add_prefix_space === false ? "never" : "always";
-        return (tokens) =>
-          tokens.map((t, i) => {
-            const s = t.replaceAll(rep, " ");
-            return i === 0 && scheme !== "never" && s.startsWith(" ") ? s.slice(1) : s;
-          });
+        // Every replacement character becomes a space, except in the first token, where (unless
+        // nothing was ever prepended) all of them are dropped — the Rust decoder's rule.
+        return (tokens) => tokens.map((t, i) => t.replaceAll(rep, i === 0 && scheme !== "never" ? "" : " "));
       }
       default:
         return this.unsupported("decoder", d.type, at);
@@ -641,23 +643,27 @@ export class HfTokenizer implements TextTokenizer {
   }
 }
 
-/** Cuts a piece by a global regex: matches and the text between them, each kept or dropped. */
-function splitPiece(piece: Piece, re: RegExp, keepMatches: boolean, keepGaps: boolean): Piece[] {
-  const out: Piece[] = [];
-  const text = piece.text;
-  const push = (from: number, to: number): void => {
-    if (to > from) out.push({ text: text.slice(from, to), first: piece.first && from === 0 });
-  };
+/** Cuts `text` by a global regex: matches and the text between them, each kept (emitted) or dropped. */
+function splitPiece(text: string, first: boolean, re: RegExp, keepMatches: boolean, keepGaps: boolean, emit: Emit): void {
+  // The position is kept here, not in re.lastIndex alone: a later stage may run the same RegExp inside emit.
   let prev = 0;
-  re.lastIndex = 0;
-  for (const m of text.matchAll(re)) {
-    const at = m.index!;
-    if (keepGaps) push(prev, at);
-    if (keepMatches) push(at, at + m[0].length);
-    prev = at + m[0].length;
+  let pos = 0;
+  while (pos <= text.length) {
+    re.lastIndex = pos;
+    const m = re.exec(text);
+    if (m === null) break;
+    const at = m.index;
+    const len = m[0].length;
+    if (len === 0) {
+      pos = at + (text.codePointAt(at)! > 0xffff ? 2 : 1); // an empty match cuts nothing
+      continue;
+    }
+    pos = at + len;
+    if (keepGaps && at > prev) emit(text.slice(prev, at), first && prev === 0);
+    if (keepMatches) emit(m[0], first && at === 0);
+    prev = pos;
   }
-  if (keepGaps) push(prev, text.length);
-  return out;
+  if (keepGaps && prev < text.length) emit(text.slice(prev), first && prev === 0);
 }
 
 /** A section of text between added tokens, or an added token; `start` is its offset in the text. */
@@ -671,6 +677,8 @@ interface Cut {
 class Trie {
   private readonly root = new Map<string, TrieNode>();
   readonly empty: boolean;
+  /** Finds the next character that starts some token: the scan jumps there instead of trying every position. */
+  readonly starts: RegExp;
   constructor(tokens: AddedToken[], normalize: ((s: string) => string) | null = null) {
     for (const t of tokens) {
       const key = normalize ? normalize(t.content) : t.content;
@@ -688,6 +696,7 @@ class Trie {
       if (node!.token === null) node!.token = t; // the first listed wins a tie, as in HF
     }
     this.empty = this.root.size === 0;
+    this.starts = new RegExp(`[${[...this.root.keys()].map((c) => `\\u{${c.codePointAt(0)!.toString(16)}}`).join("")}]`, "gu");
   }
   /** The longest token starting at `text[i]` and its length, or null. */
   longestAt(text: string, i: number): [AddedToken, number] | null {
@@ -717,9 +726,13 @@ function splitAdded(text: string, trie: Trie): Cut[] {
   const cuts: Cut[] = [];
   let start = 0;
   for (let i = 0; i < text.length; ) {
+    trie.starts.lastIndex = i;
+    const next = trie.starts.exec(text);
+    if (next === null) break;
+    i = next.index;
     const hit = trie.longestAt(text, i);
     if (hit === null) {
-      i += text.codePointAt(i)! > 0xffff ? 2 : 1;
+      i += next[0].length;
       continue;
     }
     const [token, len] = hit;
