@@ -285,6 +285,7 @@ function textsFor(style: Style): string[] {
     `before ${sp.join(" mid ")} after`,
     `${sp[0]}${sp[0]}子曰${sp[1] ?? sp[0]}\n`,
     "<think>reasoning</think>answer <thin",
+    `<${sp[0]}<<${sp[sp.length - 1]}<`,
     "a".repeat(3000),
     "子曰".repeat(800),
     " ".repeat(300) + "x" + "\n".repeat(50),
@@ -352,6 +353,25 @@ test("Oniguruma patterns: \\s is White_Space, (?i:) folds as Unicode does, . and
   }
 });
 
+test("Split: Isolated keeps the text between matches, Removed drops the matches, invert keeps only them", () => {
+  const splitJson = (split: object): any => ({ ...structuredClone(gpt2.json), pre_tokenizer: { type: "Sequence", pretokenizers: [split, { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false }] } });
+  const text = "ab12cd 345 e6";
+  // The JS reference wraps a String pattern in a capturing group, so its "Removed" keeps the
+  // separators; the Rust crate removes them. Ids are compared where the two agree.
+  const cases: [object, string[], boolean][] = [
+    [{ type: "Split", pattern: { Regex: "\\d+" }, behavior: "Isolated", invert: false }, ["ab", "12", "cd ", "345", " e", "6"], true],
+    [{ type: "Split", pattern: { Regex: " " }, behavior: "Removed", invert: false }, ["ab12cd", "345", "e6"], true],
+    [{ type: "Split", pattern: { String: " " }, behavior: "Removed", invert: false }, ["ab12cd", "345", "e6"], false],
+    [{ type: "Split", pattern: { Regex: "\\d+" }, behavior: "Removed", invert: true }, ["12", "345", "6"], true],
+  ];
+  for (const [split, want, compare] of cases) {
+    const j = splitJson(split);
+    const ours = parseTokenizerJson(JSON.stringify(j), "s.json") as HfTokenizer;
+    assert.deepEqual(ours.preTokenize(text), want, JSON.stringify(split));
+    if (compare) assert.deepEqual(ours.encode(text), new RefTokenizer(j, {}).encode(text, { add_special_tokens: false }).ids, JSON.stringify(split));
+  }
+});
+
 test("lone surrogates: refused by default; replaced, the ids equal the reference's (which encodes them as U+FFFD)", () => {
   for (const style of STYLES) {
     const ours = parseTokenizerJson(JSON.stringify(style.json), "t.json");
@@ -373,10 +393,12 @@ test("byte fallback, unknown characters, fused unknowns and ignore_merges", () =
   // Metaspace decoder drops every ▁ of the first token and turns the others into spaces.
   const byte = (b: number) => llama2.json.model.vocab[`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`];
   assert.equal(tok.decode([byte(0xe4), byte(0xb9), byte(0x41)]), "\uFFFD\uFFFD\uFFFD");
-  const m = parseTokenizerJson(JSON.stringify(mistral.json), "m.json");
-  const v = mistral.json.model.vocab;
+  const mj = structuredClone(mistral.json);
+  mj.model.vocab["▁▁"] = 99_999;
+  const m = parseTokenizerJson(JSON.stringify(mj), "m.json");
+  const v = mj.model.vocab;
+  assert.equal(m.decode([99_999, v["a"], 99_999]), "a  "); // the JS reference: " a  "
   assert.equal(m.decode([v["▁"], v["▁"], v["a"], v["▁"]]), " a ");
-  assert.equal(m.decode([v["a"], v["▁"], v["▁"]]), "a  ");
   // Without byte tokens the character is the unknown token, one for a run of them (fuse_unk).
   const j = structuredClone(llama2.json);
   for (let b = 0; b < 256; b++) delete j.model.vocab[`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`];
