@@ -92,7 +92,6 @@ export class HfTokenizer implements TextTokenizer {
   private readonly where: string;
   private readonly idOf = new Map<string, number>();
   private readonly added: AddedToken[] = [];
-  private readonly addedIds = new Set<number>();
   private readonly specialIds = new Set<number>();
   /** Added-token matchers: [raw text, normalized text] × [all, non-special only]. */
   private readonly rawAll: Trie;
@@ -184,7 +183,6 @@ export class HfTokenizer implements TextTokenizer {
         normalized: o.normalized === undefined ? !special : this.flag(o, "normalized", what),
       };
       this.added.push(tok);
-      this.addedIds.add(tok.id);
       if (special) this.specialIds.add(tok.id);
       tokens[tok.id] = tok.content;
     });
