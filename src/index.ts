@@ -20,8 +20,9 @@ export { upcycle, type UpcycleOptions, type UpcycleResult } from "./api/upcycle.
 export { extract, type ExtractOptions, type ExtractResult } from "./api/extract.js";
 export { addDomain, type AddDomainOptions, type AddDomainResult } from "./api/domain.js";
 export { prepareData, type PrepareOptions } from "./data/prepare.js";
-export { Tokenizer } from "./tokenizer/codec.js";
-export { fromHfJson as parseTokenizer, loadTokenizer, toHfJson as tokenizerToJson } from "./tokenizer/hfjson.js";
+export { Tokenizer, type TextTokenizer, type TextStreamDecoder } from "./tokenizer/codec.js";
+export { HfTokenizer, type HfTokenizerOptions } from "./tokenizer/hf.js";
+export { fromHfJson as parseTokenizer, loadTokenizer, parseTokenizerJson, loadAnyTokenizer, toHfJson as tokenizerToJson } from "./tokenizer/hfjson.js";
 export { TrainConfigSchema, parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./train/config.js";
 export { ModelConfigSchema, parseModelConfig, type ModelConfig, type ModelConfigInput } from "./models/config.js";
 export { RouterSchema, ROUTER_KINDS, type RouterConfig } from "./moe/routers/index.js";
