@@ -56,7 +56,7 @@ const bytesOf = (dir: string, f: string): Buffer => readFileSync(join(dir, f));
 
 /** The old model's validation loss on `domain` against the grown model's on the same windows (old ids renumbered). */
 function oldDomainLosses(old: Model, grown: Model, domain: string): { old: number; grown: number } {
-  const toNew = newIdsOfOld(vocabMapping(old.tokenizer!, grown.tokenizer!));
+  const toNew = newIdsOfOld(vocabMapping(old.tokenizer as Tokenizer, grown.tokenizer as Tokenizer));
   const o = { batches: 2, batchSize: 4, seed: 3 };
   const d = old.domains.indexOf(domain);
   return { old: domainValLoss(old.network, data, domain, d, o), grown: domainValLoss(grown.network, data, domain, d, o, (t) => toNew[t]!) };
@@ -103,7 +103,7 @@ for (const kind of ["rre", "rre-shared"] as const) test(`RRE (${kind === "rre" ?
 
 test("RRE --experts-from: the new domain starts as that domain's model (same logits), and only new ranges train", async () => {
   const base = await trainedModel("rre");
-  const tok = base.tokenizer!;
+  const tok = base.tokenizer as Tokenizer;
   const newTok = new Tokenizer({ domains: [...tok.domains, "law"], langs: tok.langs, tokens: tok.vocab.slice(tok.specials.length), merges: [...tok.merges] });
   const vocab = vocabMapping(tok, newTok);
   const g = growDomain(base.network, { name: "law", from: "en", vocab });

