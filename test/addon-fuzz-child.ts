@@ -39,6 +39,7 @@ export const SIGNATURES: Record<string, Kind[]> = {
   bmm: [f, f, f, d, d, d, d, b, b, b],
   groupedMatmul: [f, f, "parts", "offsets", d, d, d, b, b],
   groupedMatmulWeightGrad: ["parts", f, f, "offsets", d, d, d, b, b],
+  groupedMatmulWeightGradSquares: ["parts", f, f, "offsets", d, d, d, b, b],
   matmulBf16: [f, f, f, d, d, d, b, b, b],
   groupedMatmulBf16: [f, f, "parts", "offsets", d, d, d, b, b],
   groupedMatmulWeightGradBf16: ["parts", f, f, "offsets", d, d, d, b, b],

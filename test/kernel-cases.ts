@@ -114,6 +114,23 @@ export const CASES: Record<KernelName, () => Case[]> = {
       (R, E, N, K) => [f32(E * N * K), f32(R * N), f32(R * K)],
       (R) => 1e-5 * Math.sqrt(R + 1),
     ),
+  // The same products, and Σ dw² returned: summed from the registers as the thin kernel stores
+  // (an expert's few tokens: 1–8 rows, edges of the 8-lane vectors and of its 512-column chunks),
+  // read back after the product on every other path (deeper experts, the portable path).
+  groupedMatmulWeightGradSquares: () =>
+    groupedCases(
+      [
+        ...groupings.map((counts) => ({ counts, N: pick(ODD), K: pick(ODD) })),
+        { counts: [1, 2, 4, 1, 0, 3, 2, 8, 5], N: 257, K: 17 },
+        { counts: [3, 1, 7, 2], N: 1, K: 1031 },
+        { counts: [9, 1, 0, 2], N: 65, K: 33 },
+        { counts: [64, 64, 0, 64, 17, 3, 64, 64], N: 257, K: 33 },
+        { counts: [300, 1, 2, 1, 0, 1, 1, 1], N: 33, K: 257 },
+      ],
+      0,
+      (R, E, N, K) => [f32(E * N * K), f32(R * N), f32(R * K)],
+      (R) => 1e-5 * Math.sqrt(R + 1),
+    ).map((c) => ({ ...c, result: true })),
   matmulBf16: matmulBf16Cases,
   groupedMatmulBf16: () =>
     groupedCases(

@@ -15,6 +15,8 @@ void mul(float* out, const float* a, const float* b, int64_t n);
 void scale(float* out, const float* x, float alpha, int64_t n);
 void axpy(float* y, const float* x, float alpha, int64_t n);
 double sum_squares(const float* x, int64_t n);
+// The same on the calling thread only (for kernels already inside a parallel region).
+double sum_squares_serial(const float* x, int64_t n);
 void gelu(float* y, const float* x, int64_t n);
 void gelu_backward(float* dx, const float* x, const float* dy, int64_t n);
 void fast_gelu(float* y, const float* x, int64_t n);

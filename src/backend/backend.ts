@@ -83,6 +83,13 @@ export interface Backend {
    * dw may also be E separate buffers of N·K each, as w in groupedMatmul.
    */
   groupedMatmulWeightGrad(dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void;
+  /**
+   * groupedMatmulWeightGrad that also returns Σ dw² over every expert's
+   * gradient as it stands after the call (float32 only). The native kernel
+   * sums the squares as it writes them, so that global-norm clipping of
+   * freshly written expert gradients (ECSS) needs no second pass over them.
+   */
+  groupedMatmulWeightGradSquares(dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): number;
 
   // ---------------------------------------------------------------- bf16-input matrix multiply
 
@@ -211,7 +218,7 @@ export interface Backend {
 
 /** The kernel names, in the order above. The native loader checks the addon exports each one. */
 export const KERNEL_NAMES = [
-  "matmul", "bmm", "groupedMatmul", "groupedMatmulWeightGrad",
+  "matmul", "bmm", "groupedMatmul", "groupedMatmulWeightGrad", "groupedMatmulWeightGradSquares",
   "matmulBf16", "groupedMatmulBf16", "groupedMatmulWeightGradBf16",
   "addBias", "addBiasBackward", "add", "mul", "scale", "axpy", "sumSquares",
   "gelu", "geluBackward", "fastGelu", "fastGeluBackward",

@@ -19,7 +19,10 @@
  *     stacked [U, …] leaves. Without gradients (evaluation) everything is
  *     copied out, so that no view outlives an unpinned record;
  *  3. after backward, the bias leaves' gradients are added to those buffers;
- *  4. clipping counts those gradients with the dense ones;
+ *  4. clipping counts those gradients with the dense ones — their Σ g² as
+ *     the weight-gradient kernels summed it while writing them, when every
+ *     buffer was written once (one micro-batch, one rank), else by reading
+ *     the buffers again;
  *  5. the sparse step updates only the touched experts, each with its own
  *     step count, in place in its record (src/optim/sparse.ts), and marks it
  *     dirty; then the tier ends the step (unpins, and evicts past the budget,
@@ -86,6 +89,16 @@ export class Ecss implements ExpertBank {
    */
   private readonly scratch: { cap: number; b: [Storage, Storage]; g: [Storage, Storage]; w: [Storage, Storage] | null; wCap: number }[] = [];
   private readonly gradPool = new Map<number, Float32Array[]>();
+  /**
+   * Σ g² over the step's gradient buffers, from the kernels that wrote them
+   * (the matrices' weight-gradient products sum the squares as they store;
+   * the biases' are summed from their stacked leaves), while that is exact:
+   * every buffer written once, by one forward's fresh products. null once a
+   * buffer is added to instead (a later micro-batch touches the expert again,
+   * gradients summed over ranks, a bf16 product, a backward that did not
+   * reach the matrices): gradSquares then reads the buffers.
+   */
+  private written: number | null = 0;
 
   /**
    * `budget`: bytes of resident expert records. `readAhead`: the router is
@@ -239,6 +252,13 @@ export class Ecss implements ExpertBank {
         be.axpy(g.subarray(o.b1, o.b1 + F), gb1.subarray(i * F, (i + 1) * F), 1, F);
         be.axpy(g.subarray(o.b2, o.b2 + C), gb2.subarray(i * C, (i + 1) * C), 1, C);
       });
+      // The products wrote fresh buffers (every expert's first touch this step) and summed their
+      // squares; the buffers' bias parts were zero, so they now hold the leaves' gradients exactly.
+      // Otherwise (an expert touched again, bf16, no backward through the matrices) they are read later.
+      if (this.written !== null && p1.squares !== undefined && p2.squares !== undefined) {
+        const be = backendFor(gb1), U = lv.experts.length;
+        this.written += p1.squares + p2.squares + be.sumSquares(gb1, U * F) + be.sumSquares(gb2, U * C);
+      } else this.written = null;
     }
     this.leaves = [];
   }
@@ -270,6 +290,7 @@ export class Ecss implements ExpertBank {
     // Every expert this rank computed on had tokens somewhere, so it is in the global set.
     if (n !== this.grads.size) throw new Error(`ECSS: ${this.grads.size - n} expert(s) this rank computed on are outside the step's touched set`);
     if (!comm || comm.size === 1 || arrays.length === 0) return 0;
+    this.written = null;
     const sum = new BucketedAllreduce(comm, arrays);
     sum.finish();
     return sum.commSeconds;
@@ -277,9 +298,11 @@ export class Ecss implements ExpertBank {
 
   /**
    * Σ g² over the touched experts' gradients, for global-norm clipping with
-   * the dense parameters' (untouched experts' gradients are zero).
+   * the dense parameters' (untouched experts' gradients are zero): as the
+   * kernels summed them while writing (see `written`), else read again.
    */
   gradSquares(): number {
+    if (this.written !== null) return this.written;
     let sq = 0;
     for (const { g } of this.grads.values()) sq += backendFor(g).sumSquares(g, g.length);
     return sq;
@@ -300,6 +323,7 @@ export class Ecss implements ExpertBank {
       this.gradPool.set(g.length, pool);
     }
     this.grads.clear();
+    this.written = 0;
     this.tier.endStep();
   }
 

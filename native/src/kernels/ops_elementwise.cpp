@@ -96,6 +96,8 @@ void mul(float* o, const float* a, const float* b, int64_t n) { chunked(n, [&](i
 void scale(float* o, const float* x, float alpha, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { scale_k(o + s, x + s, alpha, e - s); }); }
 void axpy(float* y, const float* x, float alpha, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { axpy_k(y + s, x + s, alpha, e - s); }); }
 
+double sum_squares_serial(const float* x, int64_t n) { return sumsq_k(x, n); }
+
 double sum_squares(const float* x, int64_t n) {
   // Fixed chunks (not per-thread ones) so the result does not depend on the thread count.
   const int64_t chunk = 1 << 16;
