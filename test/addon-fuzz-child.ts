@@ -70,6 +70,7 @@ export const SIGNATURES: Record<string, Kind[]> = {
   attention: [f, f, f, f, f, d, d, d, d, d, d, n],
   attentionBackward: [f, f, f, f, f, f, f, f, f, d, d, d, d, d, d, n],
   adamw: [f, f, f, f, d, n, n, n, n, n, d, n],
+  adamwExperts: ["parts", "parts", i, d, d, d, n, n, n, n, n, n],
   fmaPeak: ["iters", "threads"],
   setThreads: ["threads"],
   getThreads: [],

@@ -214,6 +214,15 @@ export interface Backend {
    * step counts from 1.
    */
   adamw(param: Buf, grad: Buf, m: Buf, v: Buf, n: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number, gradScale: number): void;
+  /**
+   * adamw for E experts in one call (ECSS's sparse step over the touched
+   * experts): payloads[e] holds expert e's params [P] | m [P] | v [P] (a
+   * store record's layout), grads[e] its gradient [P], steps[e] its own
+   * step count; weightDecay on the first `decayed` values, none on the rest
+   * (the biases). Every value comes out exactly as adamw's on the same
+   * inputs; the work is split over the threads once for all the experts.
+   */
+  adamwExperts(payloads: readonly Buf[], grads: readonly Buf[], steps: Idx, P: number, E: number, decayed: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, gradScale: number): void;
 }
 
 /** The kernel names, in the order above. The native loader checks the addon exports each one. */
@@ -226,7 +235,7 @@ export const KERNEL_NAMES = [
   "embedding", "embeddingBackward",
   "attention", "attentionBackward",
   "permuteByExpert", "gatherRows", "scatterAddRows", "combine", "combineBackward",
-  "adamw",
+  "adamw", "adamwExperts",
 ] as const satisfies readonly (keyof Backend)[];
 
 export type KernelName = (typeof KERNEL_NAMES)[number];

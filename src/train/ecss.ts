@@ -44,7 +44,7 @@ import type { PanguSigma } from "../models/pangu-sigma.js";
 import type { ExpertBank, ExpertWeights } from "../moe/layer.js";
 import type { ExpertParts } from "../ops/index.js";
 import type { GroupHyper } from "../optim/adamw.js";
-import { expertAdamW } from "../optim/sparse.js";
+import { expertsAdamW } from "../optim/sparse.js";
 import type { Resident } from "../store/cache.js";
 import type { ExpertStoreFile } from "../store/file.js";
 import { tensorOffsets, type LayerLayout } from "../store/format.js";
@@ -314,10 +314,19 @@ export class Ecss implements ExpertBank {
    * then the tier ends the step (unpins, evicts down to the budget).
    */
   update(lr: number, h: GroupHyper, gradScale = 1): void {
+    // One kernel call per sparse layer (its experts share a layout).
+    const byLayer = new Map<number, { payloads: Float32Array[]; grads: Float32Array[]; steps: number[] }>();
     for (const { r, g } of this.grads.values()) {
       r.step++;
-      expertAdamW(r.payload, tensorOffsets(this.layout[r.layer]!), g, lr, h, r.step, gradScale);
       r.dirty = true;
+      let l = byLayer.get(r.layer);
+      if (!l) byLayer.set(r.layer, (l = { payloads: [], grads: [], steps: [] }));
+      l.payloads.push(r.payload);
+      l.grads.push(g);
+      l.steps.push(r.step);
+    }
+    for (const [layer, l] of byLayer) expertsAdamW(l.payloads, l.grads, Int32Array.from(l.steps), tensorOffsets(this.layout[layer]!), lr, h, gradScale);
+    for (const { g } of this.grads.values()) {
       const pool = this.gradPool.get(g.length) ?? [];
       pool.push(g);
       this.gradPool.set(g.length, pool);
