@@ -18,7 +18,8 @@
  *     per touched expert for the step; the biases (small) are copied into
  *     stacked [U, …] leaves. Without gradients (evaluation) everything is
  *     copied out, so that no view outlives an unpinned record;
- *  3. after backward, the bias leaves' gradients are added to those buffers;
+ *  3. after backward, the bias leaves' gradients go to those buffers (copied
+ *     on the step's first touch, so never zeroed; added after);
  *  4. clipping counts those gradients with the dense ones — their Σ g² as
  *     the weight-gradient kernels summed it while writing them, when every
  *     buffer was written once (one micro-batch, one rank), else by reading
@@ -81,7 +82,7 @@ export class Ecss implements ExpertBank {
    * buffer per expert ([w1 | w2 | b1 | b2], as in its record), written on the
    * step's first touch (see gradOf) and accumulated over later micro-batches.
    */
-  private readonly grads = new Map<number, { r: Resident; g: Float32Array }>();
+  private readonly grads = new Map<number, { r: Resident; g: Float32Array; biasFresh: boolean }>();
   /**
    * Per sparse layer: storages reused step after step for the stacked
    * weights and their gradients (growing to the most experts a batch used),
@@ -219,16 +220,16 @@ export class Ecss implements ExpertBank {
 
   /**
    * The step's gradient buffer of an expert. isNew: the step's first touch —
-   * its biases' part is zeroed, its matrices' part (the first o.decayed
-   * values, [w1 | w2]) is not: the caller writes or zeroes it.
+   * nothing in it is set: the caller writes or zeroes its matrices' part (the
+   * first o.decayed values, [w1 | w2]); its biases' part is written by
+   * collectGrads (biasFresh) or zeroed by the caller.
    */
   private gradOf(layer: number, expert: number, r: Resident, o: { decayed: number; P: number }): { g: Float32Array; isNew: boolean } {
     const key = this.tier.key(layer, expert);
     const have = this.grads.get(key);
     if (have) return { g: have.g, isNew: false };
     const g = this.gradPool.get(o.P)?.pop() ?? new Float32Array(o.P);
-    g.fill(0, o.decayed);
-    this.grads.set(key, { r, g });
+    this.grads.set(key, { r, g, biasFresh: true });
     return { g, isNew: true };
   }
 
@@ -247,13 +248,21 @@ export class Ecss implements ExpertBank {
       for (const p of [p1, p2]) if (p.fresh) for (const g of p.grads!) g.fill(0);
       p1.fresh = p2.fresh = false;
       lv.experts.forEach((e, i) => {
-        const { g } = this.grads.get(this.tier.key(lv.layer, e))!;
-        const be = backendFor(g);
-        be.axpy(g.subarray(o.b1, o.b1 + F), gb1.subarray(i * F, (i + 1) * F), 1, F);
-        be.axpy(g.subarray(o.b2, o.b2 + C), gb2.subarray(i * C, (i + 1) * C), 1, C);
+        const entry = this.grads.get(this.tier.key(lv.layer, e))!;
+        const { g } = entry;
+        // The step's first contribution is copied in (the part was never zeroed), later ones added.
+        if (entry.biasFresh) {
+          g.set(gb1.subarray(i * F, (i + 1) * F), o.b1);
+          g.set(gb2.subarray(i * C, (i + 1) * C), o.b2);
+          entry.biasFresh = false;
+        } else {
+          const be = backendFor(g);
+          be.axpy(g.subarray(o.b1, o.b1 + F), gb1.subarray(i * F, (i + 1) * F), 1, F);
+          be.axpy(g.subarray(o.b2, o.b2 + C), gb2.subarray(i * C, (i + 1) * C), 1, C);
+        }
       });
       // The products wrote fresh buffers (every expert's first touch this step) and summed their
-      // squares; the buffers' bias parts were zero, so they now hold the leaves' gradients exactly.
+      // squares; the bias parts now hold the leaves' gradients exactly.
       // Otherwise (an expert touched again, bf16, no backward through the matrices) they are read later.
       if (this.written !== null && p1.squares !== undefined && p2.squares !== undefined) {
         const be = backendFor(gb1), U = lv.experts.length;
@@ -282,7 +291,7 @@ export class Ecss implements ExpertBank {
       for (const e of es) {
         const r = this.tier.acquire(l, e, true);
         const { g, isNew } = this.gradOf(l, e, r, o);
-        if (isNew) g.fill(0);
+        if (isNew) g.fill(0); // after the last backward: no collectGrads writes its biases
         arrays.push(g);
         n++;
       }
