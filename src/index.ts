@@ -25,6 +25,7 @@ export { HfTokenizer, type HfTokenizerOptions } from "./tokenizer/hf.js";
 export { fromHfJson as parseTokenizer, loadTokenizer, parseTokenizerJson, loadAnyTokenizer, toHfJson as tokenizerToJson } from "./tokenizer/hfjson.js";
 export { TrainConfigSchema, parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./train/config.js";
 export { ModelConfigSchema, parseModelConfig, type ModelConfig, type ModelConfigInput } from "./models/config.js";
+export { PRESETS, presetConfig, modelMemory, type ModelMemory, type PresetOptions } from "./models/presets.js";
 export { RouterSchema, ROUTER_KINDS, type RouterConfig } from "./moe/routers/index.js";
 export type { DomainEval } from "./train/evaluate.js";
 export { SigmaError } from "./util/errors.js";

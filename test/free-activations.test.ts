@@ -78,3 +78,31 @@ test("freeing activations keeps what is still needed: a view's source until its 
   assert.equal(freed.loss, kept.loss);
   assert.deepEqual(freed.grad, kept.grad);
 });
+
+for (const recompute of [false, true]) {
+  test(`freeing activations leaves gradients unchanged with the block options (RMSNorm, RoPE, GQA, SwiGLU, q/k norm, gated shared expert)${recompute ? " (with recomputation)" : ""}`, () => {
+    const config = parseModelConfig({
+      vocabSize: V, width: C, heads: 4, kvHeads: 2, seqLen: T, ffnWidth: 128, denseLayers: 1, sparseLayers: 1, domains: [{ name: "a" }], queryLayer: false,
+      norm: "rmsnorm", position: "rope", ffn: "swiglu", ffnBias: false, attentionBias: "qkv", qkNorm: true, tiedEmbeddings: false,
+      experts: { count: 4, sharedWidth: 96, sharedGate: true, router: { kind: "topk", k: 2, renormalize: false } },
+    });
+    const model = new PanguSigma(config);
+    model.recompute = recompute;
+    const rng = new Rng(12);
+    const input = { tokens: Int32Array.from({ length: B * T }, () => rng.int(V)), domains: new Int32Array(B), B, T };
+    const targets = Int32Array.from({ length: B * T }, () => rng.int(V));
+    const params = model.parameters();
+    const step = (free: boolean) => {
+      zeroGrad(params);
+      const r = model.loss(input, targets);
+      backward(r.loss, undefined, { freeActivations: free });
+      return { loss: r.loss.item(), grads: params.map((p) => p.grad!.data.slice()) };
+    };
+    clearPool();
+    const kept = step(false);
+    for (const run of [step(true), step(true)]) {
+      assert.equal(run.loss, kept.loss);
+      run.grads.forEach((g, i) => assert.deepEqual(g, kept.grads[i], `gradient of ${params[i]!.name ?? i}`));
+    }
+  });
+}

@@ -93,3 +93,15 @@ test("gradcheck tiny MoE layer end to end", () => {
   );
   assert.ok(res.ok, `worst ${res.worst} at ${res.where}`);
 });
+
+// The block options' ops (src/ops/block.ts, docs/design.md §1.7).
+check("rmsNorm", ([x, g]) => ops.rmsNorm(x!, g!, 1e-5), [r(4, 6), r(6)]);
+check("rmsNorm (one column)", ([x, g]) => ops.rmsNorm(x!, g!, 0.1), [r(3, 1), r(1)]);
+check("swiglu", ([g, u]) => ops.swiglu(g!, u!), [r(4, 5), r(4, 5)]);
+check("sigmoid", ([x]) => ops.sigmoid(x!), [r(13)]);
+check("rope (3 heads of 4, positions out of order)", ([x]) => ops.rope(x!, Int32Array.from([0, 5, 2, 7, 1, 3]), 3, 100), [r(2, 3, 12)]);
+check("rope (one pair per head)", ([x]) => ops.rope(x!, Int32Array.from([9, 4, 1]), 2, 10000), [r(3, 4)]);
+check("repeatHeads (2 key heads for 6 query heads)", ([x]) => ops.repeatHeads(x!, 2, 6), [r(2, 3, 4)]);
+check("repeatHeads (first 2 of 5 positions)", ([x]) => ops.repeatHeads(x!, 1, 3, 2), [r(1, 5, 3)]);
+check("attention grouped-query (6 heads, 2 kv heads)", ([q, k, v]) => ops.attention(q!, k!, v!, { heads: 6 }), [r(2, 4, 12), r(2, 4, 4), r(2, 4, 4)]);
+check("attention multi-query decode (Tq=2, Tk=4, kvCap=6)", ([q, k, v]) => ops.attention(q!, k!, v!, { heads: 3, keys: 4 }), [r(1, 2, 9), r(1, 6, 3), r(1, 6, 3)]);

@@ -157,6 +157,16 @@ export const CASES: Record<KernelName, () => Case[]> = {
   geluBackward: () => [...ODD, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 6), f32(n), n], outputs: [0], tol: 1e-6 })),
   fastGelu: () => [...ODD, ...LANES, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 60), n], outputs: [0], tol: 1e-5 })),
   fastGeluBackward: () => [...ODD, ...LANES, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 60), f32(n), n], outputs: [0], tol: 1e-5 })),
+  swiglu: () => [...ODD, ...LANES, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n, 30), f32(n, 3), n], outputs: [0], tol: 1e-5 })),
+  swigluBackward: () => [...ODD, ...LANES, 4099].map((n) => ({ label: `n ${n}`, args: [f32(n), f32(n), f32(n), f32(n, 30), f32(n, 3), n], outputs: [0, 1], tol: 1e-5 })),
+  rmsNorm: () => [...ODD, ...LANES, 512].map((C) => ({ label: `C ${C}`, args: [f32(9 * C), f32(9), f32(9 * C, 3), f32(C), 9, C, 1e-5], outputs: [0, 1], tol: 1e-5 })),
+  rmsNormBackward: () =>
+    // [70, 1000]: the column sums (dgamma) split over threads in slices that do not start on a vector boundary.
+    [...ODD.map((C) => [9, C]), ...LANES.map((C) => [9, C]), [70, 1000]].map(([rows, C]) => {
+      const x = f32(rows! * C!, 3), rstd = new Float32Array(rows!), gamma = f32(C!);
+      ref.rmsNorm(new Float32Array(rows! * C!), rstd, x, gamma, rows!, C!, 1e-5);
+      return { label: `rows ${rows} C ${C}`, args: [f32(rows! * C!), f32(C!), f32(rows! * C!), x, rstd, gamma, rows, C], outputs: [0, 1], tol: 1e-4 };
+    }),
   layerNorm: () =>
     [...ODD, ...LANES, 512].map((C) => {
       // A large common offset (the two-pass variance keeps its precision).

@@ -43,10 +43,10 @@ for (const [name, cfg] of Object.entries({
     const ffn = new FeedForward(C, F, init);
     ffn.fc1.weight.data.set(moe.w1.data);
     ffn.fc2.weight.data.set(moe.w2.data);
-    moe.b1.data.set(Tensor.randn([F], rng, 0.1, "float64").data);
-    moe.b2.data.set(Tensor.randn([C], rng, 0.1, "float64").data);
-    ffn.fc1.bias!.data.set(moe.b1.data);
-    ffn.fc2.bias!.data.set(moe.b2.data);
+    moe.b1!.data.set(Tensor.randn([F], rng, 0.1, "float64").data);
+    moe.b2!.data.set(Tensor.randn([C], rng, 0.1, "float64").data);
+    ffn.fc1.bias!.data.set(moe.b1!.data);
+    ffn.fc2.bias!.data.set(moe.b2!.data);
     const x1 = Tensor.randn([R, C], rng, 1, "float64");
     const x2 = x1.clone();
     x1.requiresGrad = x2.requiresGrad = true;
@@ -59,7 +59,7 @@ for (const [name, cfg] of Object.entries({
     assert.ok(maxDiff(y.data, yd.data) < 1e-12, "outputs differ");
     assert.ok(maxDiff(x1.grad!.data, x2.grad!.data) < 1e-12, "input gradients differ");
     assert.ok(maxDiff(moe.w1.grad!.data, ffn.fc1.weight.grad!.data) < 1e-12, "w1 gradients differ");
-    assert.ok(maxDiff(moe.b2.grad!.data, ffn.fc2.bias!.grad!.data) < 1e-12, "b2 gradients differ");
+    assert.ok(maxDiff(moe.b2!.grad!.data, ffn.fc2.bias!.grad!.data) < 1e-12, "b2 gradients differ");
   });
 }
 
@@ -73,9 +73,9 @@ function loopOverExperts(moe: MoeLayer, x: Tensor, ids: Int32Array, weights: Ten
     if (assign.length === 0) continue;
     const tokens = Int32Array.from(assign, (a) => Math.floor(a / k));
     const w1 = ops.reshape(ops.gatherRows(ops.reshape(moe.w1, [E, F * C]), Int32Array.of(e)), [F, C]);
-    const b1 = ops.reshape(ops.gatherRows(moe.b1, Int32Array.of(e)), [F]);
+    const b1 = ops.reshape(ops.gatherRows(moe.b1!, Int32Array.of(e)), [F]);
     const w2 = ops.reshape(ops.gatherRows(ops.reshape(moe.w2, [E, C * F]), Int32Array.of(e)), [C, F]);
-    const b2 = ops.reshape(ops.gatherRows(moe.b2, Int32Array.of(e)), [C]);
+    const b2 = ops.reshape(ops.gatherRows(moe.b2!, Int32Array.of(e)), [C]);
     const out = ops.linear(ops.fastGelu(ops.linear(ops.gatherRows(x, tokens), w1, b1)), w2, b2);
     const w = ops.reshape(ops.gatherRows(ops.reshape(weights, [weights.size, 1]), Int32Array.from(assign)), [assign.length]);
     y = ops.add(y, ops.combine(out, tokens, w, R));
@@ -88,7 +88,7 @@ for (const [name, cfg] of Object.entries(routers)) {
     const rng = new Rng(11);
     const [R, C, F, E, V] = [13, 5, 7, 4, 30];
     const moe = new MoeLayer(C, F, E, cfg, { vocabSize: V, domainGroup: Int32Array.from([0, 1]), layer: 1, outStd: 0.3 }, { rng, dtype: "float64", std: 0.5 });
-    moe.b1.data.set(Tensor.randn([E, F], rng, 0.1, "float64").data);
+    moe.b1!.data.set(Tensor.randn([E, F], rng, 0.1, "float64").data);
     const x = Tensor.randn([R, C], rng, 1, "float64");
     x.requiresGrad = true;
     const g = Tensor.randn([R, C], rng, 1, "float64");

@@ -21,8 +21,8 @@ test("MoGE: each token's weights are its softmax probabilities over all E expert
   const scale = params.get("router.scale")!.tensor.data; // [E]
   assert.equal(W.length, E * C);
   assert.equal(scale.length, E);
-  layer.b1.data.set(Tensor.randn([E, F], rng, 0.1, "float64").data);
-  layer.b2.data.set(Tensor.randn([E, C], rng, 0.1, "float64").data);
+  layer.b1!.data.set(Tensor.randn([E, F], rng, 0.1, "float64").data);
+  layer.b2!.data.set(Tensor.randn([E, C], rng, 0.1, "float64").data);
   const x = Tensor.randn([R, C], rng, 1, "float64");
   const ctx = { tokenIds: new Int32Array(R), domainIds: new Int32Array(R), vocabSize: 10, domainGroup: Int32Array.of(0) };
 
@@ -43,9 +43,9 @@ test("MoGE: each token's weights are its softmax probabilities over all E expert
   const expertOut = Array.from({ length: E }, (_, e) => {
     const ffn = new FeedForward(C, F, { rng: new Rng(0), dtype: "float64" });
     ffn.fc1.weight.data.set(layer.w1.data.subarray(e * F * C, (e + 1) * F * C));
-    ffn.fc1.bias!.data.set(layer.b1.data.subarray(e * F, (e + 1) * F));
+    ffn.fc1.bias!.data.set(layer.b1!.data.subarray(e * F, (e + 1) * F));
     ffn.fc2.weight.data.set(layer.w2.data.subarray(e * C * F, (e + 1) * C * F));
-    ffn.fc2.bias!.data.set(layer.b2.data.subarray(e * C, (e + 1) * C));
+    ffn.fc2.bias!.data.set(layer.b2!.data.subarray(e * C, (e + 1) * C));
     return noGrad(() => ffn.forward(x)).data;
   });
 

@@ -21,6 +21,9 @@ void gelu(float* y, const float* x, int64_t n);
 void gelu_backward(float* dx, const float* x, const float* dy, int64_t n);
 void fast_gelu(float* y, const float* x, int64_t n);
 void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n);
+// SwiGLU's gated product y = SiLU(g)·u, and dg += dy·u·SiLU'(g), du += dy·SiLU(g).
+void swiglu(float* y, const float* g, const float* u, int64_t n);
+void swiglu_backward(float* dg, float* du, const float* dy, const float* g, const float* u, int64_t n);
 // grad_scale multiplies every gradient first (gradient clipping folded into the step).
 void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
            float weight_decay, int64_t step, float grad_scale);
@@ -36,6 +39,10 @@ void layer_norm(float* y, float* mean, float* rstd, const float* x, const float*
                 int64_t C, float eps);
 void layer_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const float* mean,
                          const float* rstd, const float* gamma, int64_t rows, int64_t C);
+// RMSNorm: y = x·rstd·gamma, rstd = 1/sqrt(mean(x²) + eps) saved per row.
+void rms_norm(float* y, float* rstd, const float* x, const float* gamma, int64_t rows, int64_t C, float eps);
+void rms_norm_backward(float* dx, float* dgamma, const float* dy, const float* x, const float* rstd, const float* gamma,
+                       int64_t rows, int64_t C);
 void softmax(float* y, const float* x, int64_t rows, int64_t cols);
 void softmax_backward(float* dx, const float* y, const float* dy, int64_t rows, int64_t cols);
 void cross_entropy(float* loss, float* lse, const float* logits, const int32_t* targets, int64_t rows, int64_t V,

@@ -131,6 +131,10 @@ export interface Backend {
   fastGelu(y: Buf, x: Buf, n: number): void;
   /** dx += dy · FastGeLU'(x). */
   fastGeluBackward(dx: Buf, x: Buf, dy: Buf, n: number): void;
+  /** y = SiLU(g)·u, SiLU(g) = g·σ(g): SwiGLU's gated product (Llama-style FFNs). */
+  swiglu(y: Buf, g: Buf, u: Buf, n: number): void;
+  /** dg += dy·u·SiLU'(g), du += dy·SiLU(g). */
+  swigluBackward(dg: Buf, du: Buf, dy: Buf, g: Buf, u: Buf, n: number): void;
 
   // ---------------------------------------------------------------- normalisation, softmax, loss
 
@@ -142,6 +146,14 @@ export interface Backend {
   layerNorm(y: Buf, mean: Buf, rstd: Buf, x: Buf, gamma: Buf, beta: Buf, rows: number, C: number, eps: number): void;
   /** dx += …, dgamma += …, dbeta += …, from the saved mean and rstd. */
   layerNormBackward(dx: Buf, dgamma: Buf, dbeta: Buf, dy: Buf, x: Buf, mean: Buf, rstd: Buf, gamma: Buf, rows: number, C: number): void;
+  /**
+   * RMSNorm over the last dimension (no mean, no bias).
+   * y, x: [rows,C]; gamma: [C]; rstd: [rows] (saved for the backward).
+   * y = x·rstd·gamma,  rstd = 1/sqrt(mean(x²) + eps).
+   */
+  rmsNorm(y: Buf, rstd: Buf, x: Buf, gamma: Buf, rows: number, C: number, eps: number): void;
+  /** dx += rstd·(g − x̂·mean(g·x̂)) with g = dy·gamma, x̂ = x·rstd; dgamma += Σ_rows dy·x̂. */
+  rmsNormBackward(dx: Buf, dgamma: Buf, dy: Buf, x: Buf, rstd: Buf, gamma: Buf, rows: number, C: number): void;
 
   /** Row softmax. y, x: [rows,cols]. y may be x. */
   softmax(y: Buf, x: Buf, rows: number, cols: number): void;
@@ -230,8 +242,8 @@ export const KERNEL_NAMES = [
   "matmul", "bmm", "groupedMatmul", "groupedMatmulWeightGrad", "groupedMatmulWeightGradSquares",
   "matmulBf16", "groupedMatmulBf16", "groupedMatmulWeightGradBf16",
   "addBias", "addBiasBackward", "add", "mul", "scale", "axpy", "sumSquares",
-  "gelu", "geluBackward", "fastGelu", "fastGeluBackward",
-  "layerNorm", "layerNormBackward", "softmax", "softmaxBackward", "crossEntropy", "crossEntropyBackward",
+  "gelu", "geluBackward", "fastGelu", "fastGeluBackward", "swiglu", "swigluBackward",
+  "layerNorm", "layerNormBackward", "rmsNorm", "rmsNormBackward", "softmax", "softmaxBackward", "crossEntropy", "crossEntropyBackward",
   "embedding", "embeddingBackward",
   "attention", "attentionBackward",
   "permuteByExpert", "gatherRows", "scatterAddRows", "combine", "combineBackward",

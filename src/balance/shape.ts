@@ -4,7 +4,7 @@
  */
 import { existsSync } from "node:fs";
 import { z } from "zod";
-import { modelRouter, type ModelConfig } from "../models/config.js";
+import { modelRouter, sharedWidth, type ModelConfig } from "../models/config.js";
 import { SigmaError } from "../util/errors.js";
 import { parseWithSchema, readJsonFile } from "../util/json.js";
 
@@ -62,11 +62,12 @@ export function shapeFromConfig(c: ModelConfig): SimShape {
     experts: c.experts.count,
     width: c.width,
     expertWidth: c.experts.width ?? c.ffnWidth,
-    ffnMatrices: 2,
+    ffnMatrices: c.ffn === "swiglu" ? 3 : 2,
     sparseLayers: c.sparseLayers,
     denseLayers: c.denseLayers + 1,
     ffnWidth: c.ffnWidth,
-    sharedExperts: spec.sharedExperts,
+    // The shared FFN in expert widths (experts.sharedWidth need not be a multiple: the nearest count).
+    sharedExperts: Math.round(sharedWidth(c) / (c.experts.width ?? c.ffnWidth)),
     context: c.seqLen / 2,
     vocabSize: c.vocabSize,
     learnedRouter: spec.learned,

@@ -1,7 +1,7 @@
 /**
  * The `sigma` command line as a function: `runCli(argv)` builds the program
  * (demo, train, eval, eval tasks, finetune, generate, data, tokenizer, balance, upcycle, extract,
- * import, store, tune, quantize, serve, chat, info), runs it and returns the exit code. Every error ends
+ * import, export, store, tune, quantize, serve, chat, preset, info), runs it and returns the exit code. Every error ends
  * as one `sigma: …` line on stderr:
  *
  *   0   success
@@ -35,6 +35,7 @@ import { tuneStatus, type TuneStatus } from "../backend/native/tune-cache.js";
 import { register as registerServe } from "./serve.js";
 import { register as registerFinetune } from "./finetune.js";
 import { register as registerEvalTasks } from "./eval-tasks.js";
+import { register as registerPreset } from "./preset.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
 
@@ -70,6 +71,7 @@ export function buildProgram(): Command {
   // After registerTrain: `sigma eval tasks` is a subcommand of its `sigma eval`.
   registerEvalTasks(program);
   registerQuantize(program);
+  registerPreset(program);
   program
     .command("info")
     .description("show the kernel backend in use, the CPU features it detected and the thread count")

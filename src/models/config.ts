@@ -7,6 +7,8 @@
  */
 import { z } from "zod";
 import { ACTIVATIONS } from "../nn/activation.js";
+import { ATTENTION_BIASES } from "../nn/attention.js";
+import { FFN_KINDS, NORMS } from "../nn/layers.js";
 import { routerSpec, RouterSchema, type RouterConfig } from "../moe/routers/index.js";
 import { MAX_EXPERTS, type ModelView, type RouterSpec } from "../moe/routers/router.js";
 import { finiteField, intField, parseWithSchema, seedField } from "../util/json.js";
@@ -91,6 +93,15 @@ export const ModelConfigSchema = z
         /** Hidden width of each expert; defaults to ffnWidth, which makes upcycling a copy. */
         width: intField(1, MODEL_LIMITS.ffnWidth).optional(),
         router: RouterSchema,
+        /**
+         * Hidden width of the always-on shared expert FFN beside the routed
+         * ones (HF shared_expert_intermediate_size; Pangu Pro MoE: 4 × 1344).
+         * Default: the router's sharedExperts × the expert width (MoGE), else
+         * none. 0 = none.
+         */
+        sharedWidth: intField(0, MODEL_LIMITS.ffnWidth).optional(),
+        /** A sigmoid gate σ(x·w) [w: 1 × width, no bias] on the shared expert's output (Qwen2-MoE's shared_expert_gate). */
+        sharedGate: z.boolean().default(false),
       })
       .strict()
       .optional(),
@@ -100,7 +111,29 @@ export const ModelConfigSchema = z
     queryLayer: z.boolean().default(true),
     /** Dropout on attention and FFN outputs; 0 because small models on small data rarely need it. */
     dropout: finiteField().min(0).max(0.99).default(0),
+    /** The eps of every norm (LayerNorm or RMSNorm, and the q/k norms). */
     layerNormEps: finiteField().positive().max(1).default(1e-5),
+    // Block options (docs/design.md §1.7). Their defaults are PanGu-α's block, so configs written before them compute as they did.
+    /** Every norm of the model (the blocks' two, the query layer's, the final one): LayerNorm (PanGu, GPT-2) or RMSNorm (Llama, Qwen, Pangu Pro MoE). */
+    norm: z.enum(NORMS).default("layernorm"),
+    /** Positions: a learned table added to the input (PanGu, GPT-2), or rotary positions on q and k (HF Llama's rotate_half convention). */
+    position: z.enum(["learned", "rope"]).default("learned"),
+    /** RoPE's base θ (Llama 10,000; Qwen2 1,000,000; Pangu Pro MoE 16,000,000). */
+    ropeTheta: finiteField().positive().max(1e12).default(10000),
+    /** Key/value heads G (grouped-query attention; 1 = multi-query); a divisor of heads. Default: heads. */
+    kvHeads: intField(1, MODEL_LIMITS.heads).optional(),
+    /** Head size D when it is not width/heads (Qwen3); q is heads·D wide, o maps heads·D back to width. */
+    headDim: intField(1, MODEL_LIMITS.width).optional(),
+    /** The FFN of dense blocks, shared experts and experts: "gelu" (two matrices, the activation above) or "swiglu" (gate, up, down; SiLU). */
+    ffn: z.enum(FFN_KINDS).default("gelu"),
+    /** Biases on the FFN and expert projections (PanGu, GPT-2); Llama-style models have none. */
+    ffnBias: z.boolean().default(true),
+    /** Attention biases: "all" (PanGu, GPT-2, Pangu Pro MoE), "qkv" (Qwen2: none on o), "none" (Llama, Mixtral, Qwen3). */
+    attentionBias: z.enum(ATTENTION_BIASES).default("all"),
+    /** RMSNorm over each head's q and k before the rotation (Qwen3). */
+    qkNorm: z.boolean().default(false),
+    /** The output projection is the token embedding (PanGu, GPT-2), or a matrix of its own (outputEmbedding, same shape). */
+    tiedEmbeddings: z.boolean().default(true),
     /** Std of the normal init (GPT-2 / PanGu-α); output projections get std/sqrt(2·layers). */
     initStd: finiteField().positive().max(1e3).default(0.02),
     /** Seed of the parameter init. */
@@ -109,7 +142,10 @@ export const ModelConfigSchema = z
   .strict()
   .superRefine((c, ctx) => {
     const bad = (path: (string | number)[], message: string) => ctx.addIssue({ code: z.ZodIssueCode.custom, path, message });
-    if (c.width % c.heads !== 0) bad(["heads"], `${c.heads} does not divide width ${c.width} (allowed: a divisor of width)`);
+    if (c.headDim === undefined && c.width % c.heads !== 0) bad(["heads"], `${c.heads} does not divide width ${c.width} (allowed: a divisor of width, or set headDim)`);
+    if (c.kvHeads !== undefined && c.heads % c.kvHeads !== 0) bad(["kvHeads"], `${c.kvHeads} does not divide heads ${c.heads} (allowed: a divisor of heads; 1 = multi-query)`);
+    if (c.position === "rope" && headDim(c) % 2 !== 0) bad([c.headDim !== undefined ? "headDim" : "heads"], `rotary positions need an even head size; width/heads is ${headDim(c)}`);
+    if (c.experts?.sharedGate && sharedWidth(c) === 0) bad(["experts", "sharedGate"], "a gate on the shared expert needs a shared expert: set experts.sharedWidth (or the router's sharedExperts)");
     if (c.denseLayers + c.sparseLayers === 0) bad(["denseLayers"], "denseLayers + sparseLayers must be at least 1");
     const names = new Set<string>();
     c.domains.forEach((d, i) => {
@@ -131,13 +167,14 @@ export const ModelConfigSchema = z
     const C = c.width;
     tensor(["vocabSize"], "the token embedding [embeddingSlots·vocabSize, width]", c.embeddingSlots * c.vocabSize * C, "lower vocabSize, width or embeddingSlots");
     tensor(["seqLen"], "the position table [seqLen, width]", c.seqLen * C, "lower seqLen or width");
+    tensor(["heads"], "an attention projection [heads·headDim, width]", c.heads * headDim(c) * C, "lower heads or headDim");
     tensor(["ffnWidth"], "a dense FFN matrix [ffnWidth, width]", c.ffnWidth * C, "lower ffnWidth or width");
     if (c.experts) {
       const Fe = c.experts.width ?? c.ffnWidth;
       const { spec, view } = modelRouter(c)!;
       tensor(c.experts.width ? ["experts", "width"] : ["ffnWidth"], "an expert's matrix [expert width, width]", Fe * C, "lower the expert width or width");
       for (const t of spec.tensors(view)) tensor(t.fields[0]!, t.what, t.elements, t.fix);
-      tensor(["experts", "router", "sharedExperts"], "the shared experts' matrix [sharedExperts·expert width, width]", spec.sharedExperts * Fe * C, "lower sharedExperts");
+      tensor(c.experts.sharedWidth !== undefined ? ["experts", "sharedWidth"] : ["experts", "router", "sharedExperts"], "the shared experts' matrix [shared width, width]", sharedWidth(c) * C, "lower the shared width");
     }
     const n = parameterCounts(c);
     if (n.total > MAX_PARAMETERS) {
@@ -162,6 +199,23 @@ export function modelRouter(c: ModelConfig): { spec: RouterSpec<RouterConfig>; v
   return { spec: routerSpec(c.experts.router), view };
 }
 
+/** D: the head size (headDim, else width/heads). */
+export function headDim(c: ModelConfig): number {
+  return c.headDim ?? c.width / c.heads;
+}
+
+/** G: key/value heads (kvHeads, else heads). */
+export function kvHeads(c: ModelConfig): number {
+  return c.kvHeads ?? c.heads;
+}
+
+/** Hidden width of the shared expert FFN of each sparse layer (0 = none): experts.sharedWidth, else the router's sharedExperts × the expert width. */
+export function sharedWidth(c: ModelConfig): number {
+  if (!c.experts) return 0;
+  if (c.experts.sharedWidth !== undefined) return c.experts.sharedWidth;
+  return routerSpec(c.experts.router).sharedExperts * (c.experts.width ?? c.ffnWidth);
+}
+
 /** Experts each token is routed to in a sparse layer: the router's k; 0 without sparse layers. */
 export function expertsPerToken(c: ModelConfig): number {
   return c.sparseLayers === 0 ? 0 : (modelRouter(c)?.spec.k ?? 0);
@@ -175,9 +229,9 @@ export function modelMode(c: ModelConfig): "dense" | "sparse" | "mixed" {
 
 /** A model's parameters by part, each with the config fields that size it. */
 export interface ParameterCounts {
-  /** Token embedding: embeddingSlots·vocabSize·width. */
+  /** Token embedding: embeddingSlots·vocabSize·width (twice with an untied output matrix). */
   embedding: number;
-  /** Position tables (and the query layer's): seqLen·width each. */
+  /** Position tables (learned positions; the query layer's): seqLen·width each. */
   positions: number;
   /** Attention, norms, dense FFNs, routers, shared experts, the query layer. */
   layers: number;
@@ -194,9 +248,16 @@ export interface ParameterCounts {
 export function parameterCounts(c: ModelConfig): ParameterCounts {
   const C = c.width;
   const F = c.ffnWidth;
-  const attention = 4 * (C * C + C) + 4 * C; // q, k, v, o and the two norms
-  const ffn = (hidden: number) => 2 * C * hidden + hidden + C;
-  let layers = c.denseLayers * (attention + ffn(F)) + 2 * C;
+  const D = headDim(c);
+  const [Wq, Wkv] = [c.heads * D, kvHeads(c) * D];
+  const norm = c.norm === "rmsnorm" ? C : 2 * C;
+  const qkvBias = c.attentionBias !== "none" ? Wq + 2 * Wkv : 0;
+  const oBias = c.attentionBias === "all" ? C : 0;
+  // q, k, v, o, their biases, the q/k norms and the block's two norms.
+  const attention = C * Wq + 2 * C * Wkv + Wq * C + qkvBias + oBias + (c.qkNorm ? 2 * D : 0) + 2 * norm;
+  const matrices = c.ffn === "swiglu" ? 3 : 2;
+  const ffn = (hidden: number) => matrices * C * hidden + (c.ffnBias ? (matrices - 1) * hidden + C : 0);
+  let layers = c.denseLayers * (attention + ffn(F)) + norm;
   let experts = 0;
   let buffers = 0;
   let stackedExperts = 0;
@@ -206,15 +267,16 @@ export function parameterCounts(c: ModelConfig): ParameterCounts {
     const { spec, view } = modelRouter(c)!;
     const state = spec.tensors(view);
     const router = state.reduce((n, t) => n + (t.buffer ? 0 : t.elements), 0);
-    const shared = spec.sharedExperts > 0 ? ffn(spec.sharedExperts * Fe) : 0;
+    const Fs = sharedWidth(c);
+    const shared = Fs > 0 ? ffn(Fs) + (c.experts.sharedGate ? C : 0) : 0;
     layers += c.sparseLayers * (attention + router + shared);
     experts = c.sparseLayers * E * ffn(Fe);
     buffers = c.sparseLayers * state.reduce((n, t) => n + (t.buffer ? t.elements : 0), 0);
     stackedExperts = E * Fe * C;
   }
   if (c.queryLayer) layers += attention + ffn(F);
-  const embedding = c.embeddingSlots * c.vocabSize * C;
-  const positions = (c.queryLayer ? 2 : 1) * c.seqLen * C;
+  const embedding = (c.tiedEmbeddings ? 1 : 2) * c.embeddingSlots * c.vocabSize * C;
+  const positions = ((c.position === "learned" ? 1 : 0) + (c.queryLayer ? 1 : 0)) * c.seqLen * C;
   return { embedding, positions, layers, experts, total: embedding + positions + layers + experts, buffers, stackedExperts };
 }
 

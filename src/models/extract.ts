@@ -24,7 +24,7 @@ import { modelRouter, parseModelConfig, type ModelConfig, type RouterConfig } fr
 import { PanguSigma, type ModelInput } from "./pangu-sigma.js";
 
 /** The stacked expert weights [E, …] of a sparse block. */
-const EXPERT_PARAM = /^blocks\.(\d+)\.moe\.(w1|b1|w2|b2)$/;
+const EXPERT_PARAM = /^blocks\.(\d+)\.moe\.(w1|b1|w2|b2|w3|b3)$/;
 /** A router's own state: the router copies it (RouterModule.copyKept). */
 const ROUTER_STATE = /^blocks\.\d+\.moe\.router\./;
 
@@ -62,7 +62,7 @@ function subModel(model: PanguSigma, d: number, kept: number[][], router: Router
   const V = c.vocabSize;
   for (const [name, p] of out.namedParameters()) {
     const from = src.get(name)!.tensor;
-    if (name === "tokenEmbedding") {
+    if (name === "tokenEmbedding" || name === "outputEmbedding") {
       const C = c.width;
       if (!tokens) p.tensor.data.set(from.data.subarray(dom.slot * V * C, (dom.slot + 1) * V * C));
       else tokens.forEach((t, i) => p.tensor.data.set(from.data.subarray((dom.slot * V + t) * C, (dom.slot * V + t + 1) * C), i * C));

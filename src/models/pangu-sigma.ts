@@ -10,12 +10,20 @@
  *
  * The sparse block's FFN is a MoeLayer whose router (RRE, MoGE or top-k)
  * comes from the config.
+ *
+ * Block options (docs/design.md §1.7) change the pieces, not the plan: the
+ * norms may be RMSNorms; positions may be rotary (no P table: q and k turn
+ * by each row's position inside attention, which is why every forward path
+ * passes the rows' positions down); attention may share G < H key/value
+ * heads (the caches then hold G heads), have other biases and per-head q/k
+ * norms; FFNs and experts may be SwiGLU, with or without biases; the output
+ * may be a matrix of its own (outputEmbedding) instead of E_slot(d).
  */
 import * as ops from "../ops/index.js";
 import { storedEmbedding, storedGroupedMatmul, storedLinear } from "../ops/stored.js";
 import type { StoredMatrix } from "../backend/quant.js";
-import { Attention, newKVCache, type AttentionCache, type KVCache } from "../nn/attention.js";
-import { FeedForward, LayerNorm, type InitOptions } from "../nn/layers.js";
+import { Attention, newKVCache, type AttentionCache, type AttentionOptions, type KVCache } from "../nn/attention.js";
+import { FeedForward, makeNorm, type FfnOptions, type InitOptions, type Norm } from "../nn/layers.js";
 import { Module } from "../nn/module.js";
 import { recompute } from "../nn/recompute.js";
 import { isGradEnabled } from "../autograd/tape.js";
@@ -27,7 +35,23 @@ import { Tensor } from "../tensor/tensor.js";
 import type { DType } from "../tensor/dtype.js";
 import { Rng } from "../util/rng.js";
 import { SigmaError } from "../util/errors.js";
-import type { ModelConfig } from "./config.js";
+import { headDim, kvHeads, sharedWidth, type ModelConfig } from "./config.js";
+
+/** The attention options of a config's blocks (docs/design.md §1.7). */
+function attentionOptions(c: ModelConfig): AttentionOptions {
+  return {
+    kvHeads: kvHeads(c),
+    headDim: headDim(c),
+    bias: c.attentionBias,
+    qkNorm: c.qkNorm ? { eps: c.layerNormEps } : null,
+    rope: c.position === "rope" ? { theta: c.ropeTheta } : null,
+  };
+}
+
+/** The FFN options of a config's dense FFNs, shared experts and experts. */
+function ffnOptions(c: ModelConfig): FfnOptions {
+  return { activation: c.activation, kind: c.ffn, bias: c.ffnBias };
+}
 
 /** A batch of B sequences of T tokens, each sequence with its domain index. */
 export interface ModelInput {
@@ -87,33 +111,37 @@ export interface ModelCache {
 }
 
 class Block extends Module {
-  readonly ln1: LayerNorm;
+  readonly ln1: Norm;
   readonly attn: Attention;
-  readonly ln2: LayerNorm;
+  readonly ln2: Norm;
   readonly ffn: FeedForward | null;
   readonly moe: MoeLayer | null;
   readonly layer: number;
   constructor(c: ModelConfig, layer: number, sparse: boolean, domainGroup: Int32Array, init: InitOptions, outStd: number, external?: ExternalExperts, shard?: ExpertShard) {
     super();
     this.layer = layer;
-    this.ln1 = this.child("ln1", new LayerNorm(c.width, c.layerNormEps, init.dtype));
-    this.attn = this.child("attn", new Attention(c.width, c.heads, init, outStd));
-    this.ln2 = this.child("ln2", new LayerNorm(c.width, c.layerNormEps, init.dtype));
+    this.ln1 = this.child("ln1", makeNorm(c.norm, c.width, c.layerNormEps, init.dtype));
+    this.attn = this.child("attn", new Attention(c.width, c.heads, init, outStd, attentionOptions(c)));
+    this.ln2 = this.child("ln2", makeNorm(c.norm, c.width, c.layerNormEps, init.dtype));
     if (sparse) {
       const ex = c.experts!;
-      const extra = { vocabSize: c.vocabSize, domainGroup, layer, outStd, activation: c.activation, external, ...(shard ? { shard } : {}) };
+      const extra = { vocabSize: c.vocabSize, domainGroup, layer, outStd, activation: c.activation, ffn: ffnOptions(c), sharedWidth: sharedWidth(c), sharedGate: ex.sharedGate, external, ...(shard ? { shard } : {}) };
       this.moe = this.child("moe", new MoeLayer(c.width, ex.width ?? c.ffnWidth, ex.count, ex.router, extra, init));
       this.ffn = null;
     } else {
-      this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd, c.activation));
+      this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd, ffnOptions(c)));
       this.moe = null;
     }
   }
 
-  /** x: [B, T, C]. Dropout (when on) applies to the attention and FFN outputs before each residual add. */
-  forward(x: Tensor, ctx: MoeContext, cache?: KVCache | AttentionCache, dropout: DropoutSpec | null = null): { y: Tensor; routing: Routing | null } {
+  /**
+   * x: [B, T, C]; positions [B·T]: each row's position (read by rotary
+   * positions). Dropout (when on) applies to the attention and FFN outputs
+   * before each residual add.
+   */
+  forward(x: Tensor, ctx: MoeContext, cache?: KVCache | AttentionCache, dropout: DropoutSpec | null = null, positions?: Int32Array): { y: Tensor; routing: Routing | null } {
     const a = this.ln1.forward(x);
-    const h = ops.add(x, drop(this.attn.forward(a, a, cache), dropout, this.layer, 0));
+    const h = ops.add(x, drop(this.attn.forward(a, a, cache, positions), dropout, this.layer, 0));
     const n = this.ln2.forward(h);
     if (this.ffn) return { y: ops.add(h, drop(this.ffn.forward(n), dropout, this.layer, 1)), routing: null };
     const [B, T, C] = n.shape as [number, number, number];
@@ -123,12 +151,12 @@ class Block extends Module {
 }
 
 /** A block whose activations are recomputed in backward; its routing (and aux losses) still reach the loss. */
-function recomputedBlock(block: Block, x: Tensor, ctx: MoeContext, dropout: DropoutSpec | null): { y: Tensor; routing: Routing | null } {
+function recomputedBlock(block: Block, x: Tensor, ctx: MoeContext, dropout: DropoutSpec | null, positions: Int32Array): { y: Tensor; routing: Routing | null } {
   let routing: Routing | null = null;
   const [y, aux, z] = recompute(
     (xi) => {
       // The replay draws the same dropout masks: they depend on the seed, layer and site only.
-      const o = block.forward(xi, ctx, undefined, dropout);
+      const o = block.forward(xi, ctx, undefined, dropout, positions);
       routing ??= o.routing; // the first pass's routing is the one reported (the replay's is identical)
       return [o.y, o.routing?.auxLoss ?? null, o.routing?.zLoss ?? null];
     },
@@ -141,19 +169,19 @@ function recomputedBlock(block: Block, x: Tensor, ctx: MoeContext, dropout: Drop
 
 /** PanGu-α's query layer: queries from the position table, keys and values from the hidden states. */
 class QueryLayer extends Module {
-  readonly ln1: LayerNorm;
+  readonly ln1: Norm;
   readonly attn: Attention;
-  readonly ln2: LayerNorm;
+  readonly ln2: Norm;
   readonly ffn: FeedForward;
   constructor(c: ModelConfig, init: InitOptions, outStd: number) {
     super();
-    this.ln1 = this.child("ln1", new LayerNorm(c.width, c.layerNormEps, init.dtype));
-    this.attn = this.child("attn", new Attention(c.width, c.heads, init, outStd));
-    this.ln2 = this.child("ln2", new LayerNorm(c.width, c.layerNormEps, init.dtype));
-    this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd, c.activation));
+    this.ln1 = this.child("ln1", makeNorm(c.norm, c.width, c.layerNormEps, init.dtype));
+    this.attn = this.child("attn", new Attention(c.width, c.heads, init, outStd, attentionOptions(c)));
+    this.ln2 = this.child("ln2", makeNorm(c.norm, c.width, c.layerNormEps, init.dtype));
+    this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd, ffnOptions(c)));
   }
-  forward(x: Tensor, queries: Tensor, cache?: KVCache | AttentionCache, dropout: DropoutSpec | null = null, layer = 0): Tensor {
-    const h = ops.add(x, drop(this.attn.forward(queries, this.ln1.forward(x), cache), dropout, layer, 0));
+  forward(x: Tensor, queries: Tensor, cache?: KVCache | AttentionCache, dropout: DropoutSpec | null = null, layer = 0, positions?: Int32Array): Tensor {
+    const h = ops.add(x, drop(this.attn.forward(queries, this.ln1.forward(x), cache, positions), dropout, layer, 0));
     return ops.add(h, drop(this.ffn.forward(this.ln2.forward(h)), dropout, layer, 1));
   }
 }
@@ -161,11 +189,14 @@ class QueryLayer extends Module {
 export class PanguSigma extends Module {
   /** [slots·V, C]: slot s's embedding occupies rows s·V … s·V + V − 1. */
   readonly tokenEmbedding: Tensor;
-  readonly positionEmbedding: Tensor;
+  /** Learned positions [seqLen, C]; null with rotary positions (config.position "rope"). */
+  readonly positionEmbedding: Tensor | null;
+  /** The output projection [slots·V, C] when config.tiedEmbeddings is false; null when it is the token embedding. */
+  readonly outputEmbedding: Tensor | null;
   /** Null, like queryLayer, when config.queryLayer is false. */
   readonly queryEmbedding: Tensor | null;
   readonly blocks: Block[] = [];
-  readonly finalNorm: LayerNorm;
+  readonly finalNorm: Norm;
   readonly queryLayer: QueryLayer | null;
   /** Slot and expert group of each domain index. */
   readonly domainSlot: Int32Array;
@@ -174,7 +205,11 @@ export class PanguSigma extends Module {
   private forwards = 0;
   /** Recompute each block's activations during backward instead of keeping them (training only). */
   recompute = false;
-  /** Inference only: the tied embedding table (tokenEmbedding) in a stored format (src/models/quantize.ts), read by the lookups and the output projection. */
+  /**
+   * Inference only: the output projection's table (tokenEmbedding when tied,
+   * else outputEmbedding) in a stored format (src/models/quantize.ts), read
+   * by the output projection — and, tied, by the token lookups too.
+   */
   storedOutput: StoredMatrix | null = null;
 
   /**
@@ -193,11 +228,11 @@ export class PanguSigma extends Module {
     this.domainSlot = Int32Array.from(c.domains, (d) => d.slot);
     this.domainGroup = Int32Array.from(c.domains, (d) => d.group ?? 0);
     this.tokenEmbedding = this.param("tokenEmbedding", Tensor.randn([c.embeddingSlots * c.vocabSize, c.width], rng, c.initStd, dtype), { decay: false });
-    this.positionEmbedding = this.param("positionEmbedding", Tensor.randn([c.seqLen, c.width], rng, c.initStd, dtype), { decay: false });
+    this.positionEmbedding = c.position === "learned" ? this.param("positionEmbedding", Tensor.randn([c.seqLen, c.width], rng, c.initStd, dtype), { decay: false }) : null;
     for (let l = 0; l < c.denseLayers + c.sparseLayers; l++) {
       this.blocks.push(this.child(`blocks.${l}`, new Block(c, l, l >= c.denseLayers, this.domainGroup, init, outStd, opts.externalExperts, opts.expertShard)));
     }
-    this.finalNorm = this.child("finalNorm", new LayerNorm(c.width, c.layerNormEps, dtype));
+    this.finalNorm = this.child("finalNorm", makeNorm(c.norm, c.width, c.layerNormEps, dtype));
     if (c.queryLayer) {
       this.queryEmbedding = this.param("queryEmbedding", Tensor.randn([c.seqLen, c.width], rng, c.initStd, dtype), { decay: false });
       this.queryLayer = this.child("queryLayer", new QueryLayer(c, init, outStd));
@@ -205,12 +240,31 @@ export class PanguSigma extends Module {
       this.queryEmbedding = null;
       this.queryLayer = null;
     }
+    // Drawn last, so that every other parameter starts as it does in the tied model [ours].
+    this.outputEmbedding = c.tiedEmbeddings ? null : this.param("outputEmbedding", Tensor.randn([c.embeddingSlots * c.vocabSize, c.width], rng, c.initStd, dtype), { decay: false });
   }
 
+  /** The output projection's table [slots·V, C]: the token embedding, or the untied output matrix. */
+  get outputTable(): Tensor {
+    return this.outputEmbedding ?? this.tokenEmbedding;
+  }
+
+  /**
+   * The input of the first block: token rows (embedIds = slot·V + token) plus,
+   * with learned positions, the position rows (posIds); [...shape, C].
+   * @internal Also used by the server's batched step (src/serve/batch.ts).
+   */
+  embedInput(embedIds: Int32Array, posIds: Int32Array, shape: readonly number[]): Tensor {
+    const tied = this.storedOutput && !this.outputEmbedding;
+    const tokens = tied ? storedEmbedding(this.storedOutput!, embedIds, shape) : ops.embedding(this.tokenEmbedding, embedIds, shape);
+    return this.positionEmbedding ? ops.add(tokens, ops.embedding(this.positionEmbedding, posIds, shape)) : tokens;
+  }
+
+  /** KV caches for B sequences of up to `capacity` positions; each holds the G key/value heads of its layer (G·D numbers per position). */
   newCache(B: number, capacity = this.config.seqLen): ModelCache {
-    const C = this.config.width;
+    const W = kvHeads(this.config) * headDim(this.config);
     const dtype = this.tokenEmbedding.dtype;
-    return { layers: this.blocks.map(() => newKVCache(B, capacity, C, dtype)), query: newKVCache(B, capacity, C, dtype), length: 0 };
+    return { layers: this.blocks.map(() => newKVCache(B, capacity, W, dtype)), query: newKVCache(B, capacity, W, dtype), length: 0 };
   }
 
   /**
@@ -250,12 +304,11 @@ export class PanguSigma extends Module {
     // Dropout in training mode only (evaluation, extraction and generation call eval(); decoding has a cache).
     const dropout: DropoutSpec | null = this.training && c.dropout > 0 && !cache ? { p: c.dropout, seed: input.dropoutSeed ?? this.forwards++, skipRows: slice?.offset ?? 0, rows: R } : null;
 
-    const tokenRows = this.storedOutput ? storedEmbedding(this.storedOutput, embedIds, [B, T]) : ops.embedding(this.tokenEmbedding, embedIds, [B, T]);
-    let h = ops.add(tokenRows, ops.embedding(this.positionEmbedding, posIds, [B, T]));
+    let h = this.embedInput(embedIds, posIds, [B, T]);
     const routings: Routing[] = [];
     let aux: Tensor | null = null;
     this.blocks.forEach((block, l) => {
-      const out = this.recompute && !cache && isGradEnabled() ? recomputedBlock(block, h, ctx, dropout) : block.forward(h, ctx, cache?.layers[l], dropout);
+      const out = this.recompute && !cache && isGradEnabled() ? recomputedBlock(block, h, ctx, dropout, posIds) : block.forward(h, ctx, cache?.layers[l], dropout, posIds);
       h = out.y;
       if (out.routing) {
         routings.push(out.routing);
@@ -263,22 +316,23 @@ export class PanguSigma extends Module {
       }
     });
     h = this.finalNorm.forward(h);
-    if (this.queryLayer) h = this.queryLayer.forward(h, ops.embedding(this.queryEmbedding!, posIds, [B, T]), cache?.query, dropout, this.blocks.length);
+    if (this.queryLayer) h = this.queryLayer.forward(h, ops.embedding(this.queryEmbedding!, posIds, [B, T]), cache?.query, dropout, this.blocks.length, posIds);
     if (cache) cache.length += T;
     return { logits: this.decode(ops.reshape(h, [R, c.width]), slotOf), routings, auxLoss: aux };
   }
 
   /**
-   * Tied output: logits[r] = h[r] · E_slot(r)ᵀ, grouping rows by slot when there are several.
+   * Output: logits[r] = h[r] · E_slot(r)ᵀ (E the token embedding when tied,
+   * else the output matrix), grouping rows by slot when there are several.
    * @internal Also used by the server's batched step (src/serve/batch.ts) on the rows it samples from.
    */
   decode(h: Tensor, slotOf: Int32Array): Tensor {
     const c = this.config;
-    if (c.embeddingSlots === 1) return this.storedOutput ? storedLinear(h, this.storedOutput, null) : ops.linear(h, this.tokenEmbedding, null, this.precision);
+    if (c.embeddingSlots === 1) return this.storedOutput ? storedLinear(h, this.storedOutput, null) : ops.linear(h, this.outputTable, null, this.precision);
     const { order, offsets } = ops.permuteByExpert(slotOf, c.embeddingSlots);
     const inverse = new Int32Array(order.length);
     order.forEach((r, p) => (inverse[r] = p));
-    const tables = ops.reshape(this.tokenEmbedding, [c.embeddingSlots, c.vocabSize, c.width]);
+    const tables = ops.reshape(this.outputTable, [c.embeddingSlots, c.vocabSize, c.width]);
     const rows = ops.gatherRows(h, order);
     const sorted = this.storedOutput ? storedGroupedMatmul(rows, this.storedOutput, offsets, c.embeddingSlots, c.vocabSize, c.width) : ops.groupedMatmul(rows, tables, offsets, true, this.precision);
     return ops.gatherRows(sorted, inverse);

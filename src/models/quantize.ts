@@ -4,9 +4,10 @@
  * layout of a model file that holds them (written by `sigma quantize`).
  *
  * Converted: the weight matrices of every linear layer (attention q, k, v, o;
- * the dense FFNs' fc1, fc2; the shared experts; the query layer's), the
- * experts' w1 and w2, and the tied embedding table (tokenEmbedding: the
- * output projection's weights, and the rows the lookups read). Kept f32:
+ * the dense FFNs' fc1, fc2 and SwiGLU's fc3; the shared experts; the query
+ * layer's), the experts' w1 and w2 (and SwiGLU's w3), and the output
+ * projection's table (the tied tokenEmbedding, whose rows the lookups then
+ * read too; or the untied outputEmbedding). Kept f32:
  * biases, LayerNorms, the position and query embeddings, and the routers
  * (their gates decide which experts run; a learned router's product is tiny).
  * The f32 weights stay in the model too (they are what training, saving and
@@ -59,21 +60,25 @@ export function storedSites(model: PanguSigma): StoredSite[] {
     attention(b.attn);
     linear(b.ffn?.fc1);
     linear(b.ffn?.fc2);
+    linear(b.ffn?.fc3);
     const moe = b.moe;
     if (moe) {
       linear(moe.shared?.fc1);
       linear(moe.shared?.fc2);
+      linear(moe.shared?.fc3);
       const E = moe.w1.dim(0);
       // Experts kept in a store (ECSS training) or on other ranks have no resident matrices here.
       if (E > 0 && !moe.shard && !moe.bank) {
-        // The layer reads both matrices stored or neither: it takes them once the second arrives.
-        let pending: { w1?: StoredMatrix; w2?: StoredMatrix } = {};
-        const set = (which: "w1" | "w2") => (m: StoredMatrix | null) => {
+        // The layer reads all its matrices stored or none: it takes them once the last arrives.
+        let pending: { w1?: StoredMatrix; w2?: StoredMatrix; w3?: StoredMatrix } = {};
+        const set = (which: "w1" | "w2" | "w3") => (m: StoredMatrix | null) => {
           pending = m ? { ...pending, [which]: m } : {};
-          moe.stored = pending.w1 && pending.w2 ? { w1: pending.w1, w2: pending.w2 } : null;
+          const complete = pending.w1 && pending.w2 && (!moe.w3 || pending.w3);
+          moe.stored = complete ? { w1: pending.w1!, w2: pending.w2!, ...(pending.w3 ? { w3: pending.w3 } : {}) } : null;
         };
         sites.push({ name: names.get(moe.w1)!, tensor: moe.w1, E, N: moe.expertWidth, K: moe.width, attach: set("w1"), current: () => moe.stored?.w1 ?? null });
         sites.push({ name: names.get(moe.w2)!, tensor: moe.w2, E, N: moe.width, K: moe.expertWidth, attach: set("w2"), current: () => moe.stored?.w2 ?? null });
+        if (moe.w3) sites.push({ name: names.get(moe.w3)!, tensor: moe.w3, E, N: moe.expertWidth, K: moe.width, attach: set("w3"), current: () => moe.stored?.w3 ?? null });
       }
     }
   }
@@ -81,9 +86,10 @@ export function storedSites(model: PanguSigma): StoredSite[] {
     attention(model.queryLayer.attn);
     linear(model.queryLayer.ffn.fc1);
     linear(model.queryLayer.ffn.fc2);
+    linear(model.queryLayer.ffn.fc3);
   }
   const c = model.config;
-  sites.push({ name: names.get(model.tokenEmbedding)!, tensor: model.tokenEmbedding, E: c.embeddingSlots, N: c.vocabSize, K: c.width, attach: (m) => (model.storedOutput = m), current: () => model.storedOutput });
+  sites.push({ name: names.get(model.outputTable)!, tensor: model.outputTable, E: c.embeddingSlots, N: c.vocabSize, K: c.width, attach: (m) => (model.storedOutput = m), current: () => model.storedOutput });
   return sites;
 }
 

@@ -44,7 +44,7 @@ export type ShardManifest = z.infer<typeof ShardManifestSchema>;
  * weights and biases, their moments, and the sparse rule's step counts.
  * (Shared experts, blocks.N.moe.shared.*, are dense: every rank holds them.)
  */
-export const EXPERT_TENSOR = /^(?:[mv]\.)?blocks\.\d+\.moe\.(?:w1|b1|w2|b2)$|^steps\.blocks\.\d+\.moe$/;
+export const EXPERT_TENSOR = /^(?:[mv]\.)?blocks\.\d+\.moe\.(?:w1|b1|w2|b2|w3|b3)$|^steps\.blocks\.\d+\.moe$/;
 
 /** Rows [first, first + count) of a tensor whose first axis is the expert. */
 export function expertRows(t: { shape: number[]; data: StArray }, first: number, count: number): { shape: number[]; data: StArray } {

@@ -32,9 +32,12 @@ export interface UpcycleOptions {
   noiseSeed?: number;
 }
 
-const EXPERT_PARAM = /^blocks\.(\d+)\.moe\.(w1|b1|w2|b2)$/;
-const FRESH_PARAM = /^blocks\.\d+\.moe\.(router|shared)\./;
-const DENSE_SOURCE: Record<string, string> = { w1: "ffn.fc1.weight", b1: "ffn.fc1.bias", w2: "ffn.fc2.weight", b2: "ffn.fc2.bias" };
+const EXPERT_PARAM = /^blocks\.(\d+)\.moe\.(w1|b1|w2|b2|w3|b3)$/;
+const FRESH_PARAM = /^blocks\.\d+\.moe\.(router|shared|sharedGate)\./;
+// SwiGLU experts' w3 (up) comes from the dense FFN's fc3, as w1 (gate) from fc1 and w2 (down) from fc2.
+const DENSE_SOURCE: Record<string, string> = { w1: "ffn.fc1.weight", b1: "ffn.fc1.bias", w2: "ffn.fc2.weight", b2: "ffn.fc2.bias", w3: "ffn.fc3.weight", b3: "ffn.fc3.bias" };
+/** The fields that shape the blocks: a sparse model grown from a dense one keeps them all. */
+const SAME_FIELDS = ["width", "heads", "seqLen", "ffnWidth", "activation", "queryLayer", "layerNormEps", "norm", "position", "ropeTheta", "kvHeads", "headDim", "ffn", "ffnBias", "attentionBias", "qkNorm", "tiedEmbeddings"] as const;
 
 /** Checks that `sparse` can grow from `dense`; names the first field that does not fit. */
 function checkShapes(dense: ModelConfig, sparse: ModelConfig, vocab: VocabMap): void {
@@ -45,7 +48,7 @@ function checkShapes(dense: ModelConfig, sparse: ModelConfig, vocab: VocabMap): 
   if (!sparse.experts || sparse.sparseLayers === 0) bad("the target config", "has no sparse layers", "set sparseLayers > 0 and an experts section");
   const layers = sparse.denseLayers + sparse.sparseLayers;
   if (layers !== dense.denseLayers) bad("denseLayers + sparseLayers", `is ${layers} but the dense model has ${dense.denseLayers} layers`, `keep the depth: denseLayers + sparseLayers = ${dense.denseLayers}`);
-  for (const f of ["width", "heads", "seqLen", "ffnWidth", "activation", "queryLayer", "layerNormEps"] as const) {
+  for (const f of SAME_FIELDS) {
     if (sparse[f] !== dense[f]) bad(f, `is ${JSON.stringify(sparse[f])} but the dense model's is ${JSON.stringify(dense[f])}`, `set ${f} to ${JSON.stringify(dense[f])}: upcycling copies the dense weights as they are`);
   }
   const ew = sparse.experts!.width ?? sparse.ffnWidth;
@@ -93,9 +96,9 @@ export function upcycle(dense: PanguSigma, sparse: ModelConfig, opts: UpcycleOpt
 
   for (const [name, p] of model.namedParameters()) {
     const dst = p.tensor.data;
-    if (name === "tokenEmbedding") {
+    if (name === "tokenEmbedding" || name === "outputEmbedding") {
       const [Vo, Vn] = [dense.config.vocabSize, sparse.vocabSize];
-      const from = dense.tokenEmbedding.data;
+      const from = src.get(name)!.tensor.data;
       slotSources(dense.config, sparse).forEach((ds, s) => {
         extendRows(vocab, from.subarray(ds * Vo * C, (ds + 1) * Vo * C), dst.subarray(s * Vn * C, (s + 1) * Vn * C), C);
       });

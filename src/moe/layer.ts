@@ -13,7 +13,7 @@
  * expert ids. Compute memory then scales with the experts touched, not with E.
  */
 import { Module } from "../nn/module.js";
-import { FeedForward, type InitOptions } from "../nn/layers.js";
+import { FeedForward, Linear, type FfnOptions, type InitOptions } from "../nn/layers.js";
 import { activate, type Activation } from "../nn/activation.js";
 import * as ops from "../ops/index.js";
 import { storedGroupedMatmul } from "../ops/stored.js";
@@ -23,6 +23,7 @@ import type { BatchSlice, Routing } from "./routing.js";
 import { expertParallelOutputs, usedLocalExperts, type ExpertShard } from "./expert-parallel.js";
 import { routerSpec, type RouterConfig } from "./routers/index.js";
 import type { RouterModule } from "./routers/router.js";
+import { SigmaError } from "../util/errors.js";
 
 export interface MoeContext {
   /** Token id of each row [R]. */
@@ -36,12 +37,18 @@ export interface MoeContext {
   slice?: BatchSlice;
 }
 
-/** An expert layer's weights: stacked tensors [E, …], or (matrices) per-expert parts. */
+/**
+ * An expert layer's weights: stacked tensors [E, …], or (matrices) per-expert
+ * parts. w3/b3: SwiGLU experts' up projection (w1 is then the gate); biases
+ * are null in bias-free experts (ffnBias false).
+ */
 export interface ExpertWeights {
   w1: Tensor | ops.ExpertParts;
-  b1: Tensor;
+  b1: Tensor | null;
   w2: Tensor | ops.ExpertParts;
-  b2: Tensor;
+  b2: Tensor | null;
+  w3?: Tensor | ops.ExpertParts | null;
+  b3?: Tensor | null;
 }
 
 /**
@@ -67,11 +74,18 @@ export interface ExternalExperts {
 export class MoeLayer extends Module {
   readonly router: RouterModule;
   readonly w1: Tensor;
-  readonly b1: Tensor;
+  readonly b1: Tensor | null;
   readonly w2: Tensor;
-  readonly b2: Tensor;
+  readonly b2: Tensor | null;
+  /** SwiGLU experts: the up projection [E, F, C] (w1 is the gate); null otherwise. */
+  readonly w3: Tensor | null = null;
+  readonly b3: Tensor | null = null;
   readonly shared: FeedForward | null;
+  /** σ(x·w) on the shared expert's output (Qwen2-MoE), w [1, C]; null = ungated. */
+  readonly sharedGate: Linear | null;
   readonly activation: Activation;
+  /** "gelu" (the activation above) or "swiglu" experts. */
+  readonly ffnKind: "gelu" | "swiglu";
   /** Sparse layer number in the model (RRE table seed, store records). */
   readonly layer: number;
   /** Set by ECSS: the experts come from this bank instead of w1…b2. */
@@ -79,21 +93,37 @@ export class MoeLayer extends Module {
   /** Expert parallel (src/moe/expert-parallel.ts): w1…b2 hold only this rank's experts; the others are on the group's other ranks. */
   readonly shard: ExpertShard | null;
   /** Inference only: w1 and w2 in a stored format (src/models/quantize.ts), read instead of the f32 ones. */
-  stored: { w1: StoredMatrix; w2: StoredMatrix } | null = null;
+  stored: { w1: StoredMatrix; w2: StoredMatrix; w3?: StoredMatrix } | null = null;
 
   constructor(
     readonly width: number,
     readonly expertWidth: number,
     readonly experts: number,
     routerConfig: RouterConfig,
-    extra: { vocabSize: number; domainGroup: Int32Array; layer: number; outStd: number; activation?: Activation; external?: ExternalExperts; shard?: ExpertShard },
+    extra: {
+      vocabSize: number;
+      domainGroup: Int32Array;
+      layer: number;
+      outStd: number;
+      activation?: Activation;
+      /** The experts' and shared expert's FFN kind and biases (default: GeLU-style with biases). */
+      ffn?: FfnOptions;
+      /** Hidden width of the shared expert FFN; default the router's sharedExperts × F. */
+      sharedWidth?: number;
+      sharedGate?: boolean;
+      external?: ExternalExperts;
+      shard?: ExpertShard;
+    },
     init: InitOptions,
   ) {
     super();
     const [C, F, E] = [width, expertWidth, experts];
     const dtype = init.dtype ?? "float32";
     const std = init.std ?? 0.02;
-    this.activation = extra.activation ?? "fastgelu";
+    this.activation = extra.ffn?.activation ?? extra.activation ?? "fastgelu";
+    this.ffnKind = extra.ffn?.kind ?? "gelu";
+    const swiglu = this.ffnKind === "swiglu";
+    const bias = extra.ffn?.bias ?? true;
     const spec = routerSpec(routerConfig);
     this.router = this.child("router", spec.build({ width: C, experts: E, vocabSize: extra.vocabSize, domainGroup: extra.domainGroup, layer: extra.layer, init }));
     const expert = { group: "expert" as const };
@@ -115,10 +145,15 @@ export class MoeLayer extends Module {
         return t;
       };
       this.w1 = this.param("w1", draw([E, F, C], std), expert);
-      this.b1 = this.param("b1", Tensor.zeros([count, F], dtype), { ...expert, decay: false });
+      this.b1 = bias ? this.param("b1", Tensor.zeros([count, F], dtype), { ...expert, decay: false }) : null;
       this.w2 = this.param("w2", draw([E, C, F], extra.outStd), expert);
-      this.b2 = this.param("b2", Tensor.zeros([count, C], dtype), { ...expert, decay: false });
+      this.b2 = bias ? this.param("b2", Tensor.zeros([count, C], dtype), { ...expert, decay: false }) : null;
+      if (swiglu) {
+        this.w3 = this.param("w3", draw([E, F, C], std), expert);
+        this.b3 = bias ? this.param("b3", Tensor.zeros([count, F], dtype), { ...expert, decay: false }) : null;
+      }
     } else if (extra.external) {
+      if (swiglu || !bias) throw new SigmaError("ECSS expert stores hold two-matrix experts with biases only; this model's experts are " + (swiglu ? "SwiGLU" : "bias-free"), "train this model with its experts in RAM (no ecss section)");
       // Empty placeholders: the weights live in the store; draws as Tensor.randn would make them.
       const draw = (name: "w1" | "w2", n: number, s: number) => {
         const buf = new Float32Array(n);
@@ -132,13 +167,18 @@ export class MoeLayer extends Module {
       [this.w1, this.b1, this.w2, this.b2] = [Tensor.zeros([0, F, C], dtype), Tensor.zeros([0, F], dtype), Tensor.zeros([0, C, F], dtype), Tensor.zeros([0, C], dtype)];
     } else {
       this.w1 = this.param("w1", Tensor.randn([E, F, C], init.rng, std, dtype), expert);
-      this.b1 = this.param("b1", Tensor.zeros([E, F], dtype), { ...expert, decay: false });
+      this.b1 = bias ? this.param("b1", Tensor.zeros([E, F], dtype), { ...expert, decay: false }) : null;
       this.w2 = this.param("w2", Tensor.randn([E, C, F], init.rng, extra.outStd, dtype), expert);
-      this.b2 = this.param("b2", Tensor.zeros([E, C], dtype), { ...expert, decay: false });
+      this.b2 = bias ? this.param("b2", Tensor.zeros([E, C], dtype), { ...expert, decay: false }) : null;
+      if (swiglu) {
+        this.w3 = this.param("w3", Tensor.randn([E, F, C], init.rng, std, dtype), expert);
+        this.b3 = bias ? this.param("b3", Tensor.zeros([E, F], dtype), { ...expert, decay: false }) : null;
+      }
     }
-    const sharedCount = spec.sharedExperts;
-    // n shared experts of width F are one FFN of width n·F (the sum of their outputs is the same function).
-    this.shared = sharedCount > 0 ? this.child("shared", new FeedForward(C, sharedCount * F, init, extra.outStd, this.activation)) : null;
+    // n shared experts of width F are one FFN of width n·F (the sum of their outputs is the same function); sharedWidth sets that width directly.
+    const Fs = extra.sharedWidth ?? spec.sharedExperts * F;
+    this.shared = Fs > 0 ? this.child("shared", new FeedForward(C, Fs, init, extra.outStd, { activation: this.activation, kind: this.ffnKind, bias })) : null;
+    this.sharedGate = this.shared && extra.sharedGate ? this.child("sharedGate", new Linear(C, 1, init, false)) : null;
   }
 
   /** x: [R, C] → [R, C], with the routing used. */
@@ -187,19 +227,24 @@ export class MoeLayer extends Module {
   /** The experts' FFNs over rows xs [n, C] sorted by expert (expertOf: each row's expert in wt). */
   private ffn(xs: Tensor, offsets: Int32Array, expertOf: Int32Array, wt: ExpertWeights): Tensor {
     if (this.stored && wt === this) return this.storedFfn(xs, offsets, expertOf);
-    let h = ops.groupedMatmul(xs, wt.w1, offsets, true, this.precision);
-    h = activate(ops.add(h, ops.gatherRows(wt.b1, expertOf)), this.activation);
-    const ys = ops.groupedMatmul(h, wt.w2, offsets, true, this.precision);
-    return ops.add(ys, ops.gatherRows(wt.b2, expertOf));
+    const product = (x: Tensor, w: Tensor | ops.ExpertParts, b: Tensor | null | undefined) => {
+      const y = ops.groupedMatmul(x, w, offsets, true, this.precision);
+      return b ? ops.add(y, ops.gatherRows(b, expertOf)) : y;
+    };
+    const h = this.ffnKind === "swiglu" ? ops.swiglu(product(xs, wt.w1, wt.b1), product(xs, wt.w3!, wt.b3)) : activate(product(xs, wt.w1, wt.b1), this.activation);
+    return product(h, wt.w2, wt.b2);
   }
 
   /** ffn over the stored experts: all experts of the step in one decode call per matrix. */
   private storedFfn(xs: Tensor, offsets: Int32Array, expertOf: Int32Array): Tensor {
     const [C, F, E] = [this.width, this.expertWidth, this.experts];
-    let h = storedGroupedMatmul(xs, this.stored!.w1, offsets, E, F, C);
-    h = activate(ops.add(h, ops.gatherRows(this.b1, expertOf)), this.activation);
-    const ys = storedGroupedMatmul(h, this.stored!.w2, offsets, E, C, F);
-    return ops.add(ys, ops.gatherRows(this.b2, expertOf));
+    const product = (x: Tensor, w: StoredMatrix, N: number, K: number, b: Tensor | null) => {
+      const y = storedGroupedMatmul(x, w, offsets, E, N, K);
+      return b ? ops.add(y, ops.gatherRows(b, expertOf)) : y;
+    };
+    const st = this.stored!;
+    const h = this.ffnKind === "swiglu" ? ops.swiglu(product(xs, st.w1, F, C, this.b1), product(xs, st.w3!, F, C, this.b3)) : activate(product(xs, st.w1, F, C, this.b1), this.activation);
+    return product(h, st.w2, C, F, this.b2);
   }
 
   /** Weighs the expert outputs ys (the kept assignments `rows`, in order) and adds them to their tokens; plus the shared experts. */
@@ -207,7 +252,13 @@ export class MoeLayer extends Module {
     const R = x.dim(0);
     const w = ops.reshape(ops.gatherRows(ops.reshape(routing.weights, [R * routing.k, 1]), rows), [rows.length]);
     let y = ops.combine(ys, tokenOf, w, R);
-    if (this.shared) y = ops.add(y, this.shared.forward(x));
+    if (this.shared) {
+      const s = this.shared.forward(x);
+      if (!this.sharedGate) return ops.add(y, s);
+      // Each row of the shared output scaled by its gate σ(x·w): a combine onto the same rows.
+      const gate = ops.reshape(ops.sigmoid(this.sharedGate.forward(x)), [R]);
+      y = ops.add(y, ops.combine(s, Int32Array.from({ length: R }, (_, r) => r), gate, R));
+    }
     return y;
   }
 }

@@ -1,4 +1,4 @@
-/** The basic layers: Linear, LayerNorm, the FastGeLU FFN. */
+/** The basic layers: Linear, LayerNorm, RMSNorm, the FFN (FastGeLU-style or SwiGLU). */
 import * as ops from "../ops/index.js";
 import { storedLinear } from "../ops/stored.js";
 import type { StoredMatrix } from "../backend/quant.js";
@@ -46,16 +46,66 @@ export class LayerNorm extends Module {
   }
 }
 
-/** The dense FFN of every PanGu block: fc2(FastGeLU(fc1(x))); imported models may name another activation. */
+/**
+ * RMSNorm (Llama, Qwen, Pangu Pro MoE): x / √(mean(x²) + eps) ⊙ γ. Only a
+ * gain, no bias; γ starts at 1.
+ */
+export class RMSNorm extends Module {
+  readonly gamma: Tensor;
+  constructor(readonly width: number, readonly eps: number, dtype: DType = "float32") {
+    super();
+    this.gamma = this.param("gamma", Tensor.full([width], 1, dtype), { decay: false });
+  }
+  forward(x: Tensor): Tensor {
+    return ops.rmsNorm(x, this.gamma, this.eps);
+  }
+}
+
+export const NORMS = ["layernorm", "rmsnorm"] as const;
+export type NormKind = (typeof NORMS)[number];
+export type Norm = LayerNorm | RMSNorm;
+
+/** The norm a model config names. */
+export function makeNorm(kind: NormKind, width: number, eps: number, dtype: DType = "float32"): Norm {
+  return kind === "rmsnorm" ? new RMSNorm(width, eps, dtype) : new LayerNorm(width, eps, dtype);
+}
+
+export const FFN_KINDS = ["gelu", "swiglu"] as const;
+/**
+ * "gelu": fc2(act(fc1(x))), the PanGu FFN with the model's activation
+ * (FastGeLU by default); "swiglu": fc2(SiLU(fc1(x)) ⊙ fc3(x)) — fc1 is the
+ * gate, fc3 the up and fc2 the down projection (HF gate_proj, up_proj,
+ * down_proj; Mixtral's w1, w3, w2).
+ */
+export type FfnKind = (typeof FFN_KINDS)[number];
+
+export interface FfnOptions {
+  activation?: Activation;
+  kind?: FfnKind;
+  /** Biases on the FFN's projections (PanGu, GPT-2); Llama-style FFNs have none. */
+  bias?: boolean;
+}
+
+/** The dense FFN of every block (see FfnKind); defaults are PanGu's: FastGeLU, biases. */
 export class FeedForward extends Module {
   readonly fc1: Linear;
   readonly fc2: Linear;
-  constructor(width: number, hidden: number, init: InitOptions, outStd?: number, readonly activation: Activation = "fastgelu") {
+  /** SwiGLU's up projection; null for the GeLU-style FFN. */
+  readonly fc3: Linear | null;
+  readonly activation: Activation;
+  readonly kind: FfnKind;
+  constructor(width: number, hidden: number, init: InitOptions, outStd?: number, opts: Activation | FfnOptions = {}) {
     super();
-    this.fc1 = this.child("fc1", new Linear(width, hidden, init));
-    this.fc2 = this.child("fc2", new Linear(hidden, width, { ...init, std: outStd ?? init.std }));
+    const o = typeof opts === "string" ? { activation: opts } : opts;
+    this.activation = o.activation ?? "fastgelu";
+    this.kind = o.kind ?? "gelu";
+    const bias = o.bias ?? true;
+    this.fc1 = this.child("fc1", new Linear(width, hidden, init, bias));
+    this.fc2 = this.child("fc2", new Linear(hidden, width, { ...init, std: outStd ?? init.std }, bias));
+    this.fc3 = this.kind === "swiglu" ? this.child("fc3", new Linear(width, hidden, init, bias)) : null;
   }
   forward(x: Tensor): Tensor {
+    if (this.fc3) return this.fc2.forward(ops.swiglu(this.fc1.forward(x), this.fc3.forward(x)));
     return this.fc2.forward(activate(this.fc1.forward(x), this.activation));
   }
 }

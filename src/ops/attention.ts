@@ -3,6 +3,7 @@ import { gradOf, record } from "../autograd/tape.js";
 import { shapeStr } from "../tensor/shape.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { be, empty, expectNdim, sameDtype } from "./util.js";
+import { repeatHeads } from "./block.js";
 
 export interface AttentionOptions {
   /** Number of heads H; D = C / H. */
@@ -17,6 +18,11 @@ export interface AttentionOptions {
  * q: [B,Tq,C]; k, v: [B,kvCap,C] (C = H·D) of which the first Tk positions are
  * used; returns [B,Tq,C]. Query i attends to keys 0..Tk−Tq+i. In training
  * q, k and v all have T positions; decoding passes the KV cache as k and v.
+ *
+ * Grouped-query attention: k and v may hold G < H heads ([B,kvCap,G·D], G
+ * dividing H); query head h then reads key head ⌊h/(H/G)⌋. The G heads are
+ * repeated to H (repeatHeads, differentiable) before the fused kernel, so a
+ * cache stores only G heads per position.
  */
 export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
   sameDtype("attention", q, k, v);
@@ -28,6 +34,12 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const H = opts.heads;
   if (!Number.isInteger(H) || H < 1 || C % H !== 0) throw new RangeError(`attention: heads = ${H} must divide the width C = ${C}`);
   const D = C / H;
+  if (k.ndim === 3 && v.ndim === 3 && k.dim(2) === v.dim(2) && k.dim(2) !== C && k.dim(2) % D === 0 && H % (k.dim(2) / D) === 0) {
+    const G = k.dim(2) / D;
+    const Tk = opts.keys ?? k.dim(1);
+    if (Tk < Tq || Tk > k.dim(1)) throw new RangeError(`attention: keys = ${Tk} must lie between Tq = ${Tq} and the cache size ${k.dim(1)}`);
+    return attention(q, repeatHeads(k, G, H, Tk), repeatHeads(v, G, H, Tk), { ...opts, keys: Tk });
+  }
   if (k.dim(0) !== B || k.dim(2) !== C || v.dim(0) !== B || v.dim(1) !== kvCap || v.dim(2) !== C) {
     throw new RangeError(`attention: k ${shapeStr(k.shape)} and v ${shapeStr(v.shape)} must both be [${B},kvCap,${C}] to match q ${shapeStr(q.shape)}`);
   }

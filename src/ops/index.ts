@@ -4,3 +4,4 @@ export { matmul, linear, bmm, groupedMatmul, type ExpertParts } from "./linalg.j
 export { gelu, fastGelu, softmax, layerNorm, crossEntropy, embedding, logsumexp, dropout } from "./nn.js";
 export { attention, type AttentionOptions } from "./attention.js";
 export { permuteByExpert, gatherRows, combine, type Permutation } from "./moe.js";
+export { rmsNorm, swiglu, sigmoid, rope, repeatHeads } from "./block.js";

@@ -77,14 +77,16 @@ export function forwardBatch(model: PanguSigma, pool: KVPool, items: readonly Ba
   const ctx: MoeContext = { tokenIds: tokens, domainIds: domainOf, vocabSize: V, domainGroup: model.domainGroup };
 
   const logits = noGrad(() => {
-    let h = ops.add(ops.embedding(model.tokenEmbedding, embedIds, [1, R]), ops.embedding(model.positionEmbedding, posIds, [1, R]));
+    const tokenRows = ops.embedding(model.tokenEmbedding, embedIds, [1, R]);
+    // Learned positions are added here; rotary ones turn q and k inside attention (from posIds).
+    let h = model.positionEmbedding ? ops.add(tokenRows, ops.embedding(model.positionEmbedding, posIds, [1, R])) : tokenRows;
     model.blocks.forEach((block, l) => {
-      const o = block.forward(h, ctx, pool.attention(l, rows));
+      const o = block.forward(h, ctx, pool.attention(l, rows), null, posIds);
       if (o.routing && onRouting) onRouting(l, o.routing.counts);
       h = o.y;
     });
     h = model.finalNorm.forward(h);
-    if (model.queryLayer) h = model.queryLayer.forward(h, ops.embedding(model.queryEmbedding!, posIds, [1, R]), pool.attention(model.blocks.length, rows));
+    if (model.queryLayer) h = model.queryLayer.forward(h, ops.embedding(model.queryEmbedding!, posIds, [1, R]), pool.attention(model.blocks.length, rows), null, model.blocks.length, posIds);
     // The output projection on the wanted rows only.
     if (wanted.length === 0) return null;
     const pick = Int32Array.from(wanted);

@@ -145,7 +145,9 @@ export class KVPool {
   }
 
   private attend(layer: number, items: readonly StepRows[], q: Tensor, k: Tensor, v: Tensor, heads: number): Tensor {
+    // Keys and values are `width` wide (G·D: grouped-query attention caches G heads); queries and outputs may be wider (H·D).
     const C = this.width;
+    const Cq = q.dim(-1);
     const bs = this.blockSize;
     const [kd, vd, qd] = [k.data, v.data, q.data];
     const out = Tensor.zeros(q.shape, q.dtype);
@@ -160,9 +162,9 @@ export class KVPool {
       }
       const keys = seq.length + rows;
       const { kc, vc } = this.cached(layer, seq, keys);
-      const qi = Tensor.from(qd.subarray(start * C, (start + rows) * C), [1, rows, C]);
+      const qi = Tensor.from(qd.subarray(start * Cq, (start + rows) * Cq), [1, rows, Cq]);
       const o = ops.attention(qi, kc, vc, { heads, keys });
-      out.data.set(o.data, start * C);
+      out.data.set(o.data, start * Cq);
     }
     return out;
   }

@@ -179,7 +179,7 @@ export class Scheduler {
     const c = model.config;
     const blocks = positive("kvBlocks", o.kvBlocks ?? this.maxBatch * Math.ceil(c.seqLen / blockSize));
     if (blocks < Math.ceil(c.seqLen / blockSize)) throw new SigmaError(`kvBlocks ${blocks} cannot hold one sequence of the model's context (${c.seqLen} positions in blocks of ${blockSize})`, `use at least ${Math.ceil(c.seqLen / blockSize)}`);
-    this.pool = new KVPool(attentionLayers(model), c.width, blockSize, blocks, model.tokenEmbedding.dtype);
+    this.pool = new KVPool(attentionLayers(model), model.blocks[0]!.attn.kvWidth, blockSize, blocks, model.tokenEmbedding.dtype);
     const sparse = model.blocks.flatMap((b, l) => (b.moe ? [l] : []));
     this.expertLoad = new ExpertLoad(sparse, c.experts?.count ?? 0);
     model.eval();

@@ -4,7 +4,7 @@
  * The model section is the model config itself (src/models/config.ts).
  */
 import { z } from "zod";
-import { expertsPerToken, MAX_TENSOR_ELEMENTS, modelRouter, ModelConfigSchema, type ModelConfig } from "../models/config.js";
+import { expertsPerToken, MAX_TENSOR_ELEMENTS, ModelConfigSchema, sharedWidth, type ModelConfig } from "../models/config.js";
 import { SigmaError } from "../util/errors.js";
 import { readCapped } from "../util/read.js";
 import { jsonErrorText, parseJsonStrict } from "../util/strict-json.js";
@@ -153,7 +153,7 @@ export const TrainConfigSchema = z
     const rows = c.batchSize * m.seqLen;
     const k = expertsPerToken(m);
     const Fe = m.experts?.width ?? m.ffnWidth;
-    const widest = Math.max(m.vocabSize, m.ffnWidth, k * Fe, k * m.width, (modelRouter(m)?.spec.sharedExperts ?? 0) * Fe);
+    const widest = Math.max(m.vocabSize, m.ffnWidth, k * Fe, k * m.width, sharedWidth(m));
     if (rows * widest > MAX_TENSOR_ELEMENTS) {
       bad(["batchSize"], `a micro-batch of ${c.batchSize} × model.seqLen ${m.seqLen} rows would make a ${rows.toLocaleString("en-US")} × ${widest.toLocaleString("en-US")} activation (${(rows * widest).toLocaleString("en-US")} elements), more than one tensor may hold (2^31 − 1): lower batchSize (use accumSteps for larger batches) or model.seqLen`);
     }
@@ -161,6 +161,10 @@ export const TrainConfigSchema = z
       const E = m.experts?.count;
       if (E === undefined) bad(["routingDevices"], "the model has no experts to place on devices: remove routingDevices (or set it to null)");
       else if (E % c.routingDevices !== 0) bad(["routingDevices"], `${c.routingDevices} devices do not divide experts.count ${E} (allowed: a divisor of ${E})`);
+    }
+    // The expert store's records hold two-matrix experts with biases (src/train/ecss.ts).
+    if (c.store.enabled && m.sparseLayers > 0 && (m.ffn === "swiglu" || !m.ffnBias)) {
+      bad(["store", "enabled"], `the expert store holds two-matrix experts with biases only; this model's experts are ${m.ffn === "swiglu" ? "SwiGLU" : "bias-free"} (model.ffn / model.ffnBias): train them in RAM (store.enabled false)`);
     }
     // Token counts stay exact integers.
     if (c.steps * c.accumSteps * rows > Number.MAX_SAFE_INTEGER) bad(["steps"], `the run would see ${(c.steps * c.accumSteps * rows).toExponential(2)} tokens, past 2^53: lower steps`);

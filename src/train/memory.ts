@@ -20,7 +20,7 @@
  * add to it), so a run it refuses could never have fit.
  */
 import { freemem, totalmem } from "node:os";
-import { expertsPerToken, largestParts, modelRouter, parameterCounts, type ModelConfig, type ParameterCounts } from "../models/config.js";
+import { expertsPerToken, headDim, kvHeads, largestParts, modelRouter, parameterCounts, sharedWidth, type ModelConfig, type ParameterCounts } from "../models/config.js";
 import { formatBytes, parseBytes } from "../store/format.js";
 import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
@@ -58,8 +58,13 @@ export function activationValues(m: ModelConfig, batchSize: number, recompute: b
   const C = m.width;
   const drop = m.dropout > 0 ? 2 * R * C : 0;
   // ln1, q, k, v, attention output and its log-sum-exp, o, the residual, ln2, norm statistics.
-  const attention = 8 * R * C + R * m.heads + 4 * R + drop;
-  const dense = attention + 2 * R * m.ffnWidth + 2 * R * C;
+  const [Wq, Wkv] = [m.heads * headDim(m), kvHeads(m) * headDim(m)];
+  // Block options: the rotated (and normed) copies of q and k, and grouped-query attention's repeated k and v.
+  const extra = (m.position === "rope" ? R * (Wq + Wkv) : 0) + (m.qkNorm ? R * (Wq + Wkv) : 0) + (Wkv !== Wq ? 2 * R * Wq : 0);
+  const attention = 4 * R * C + 2 * R * Wq + 2 * R * Wkv + R * m.heads + 4 * R + drop + extra;
+  // SwiGLU keeps the gate, the up projection, the gate's SiLU and their product: two more hidden-wide rows than act(fc1).
+  const hidden = m.ffn === "swiglu" ? 4 : 2;
+  const dense = attention + hidden * R * m.ffnWidth + 2 * R * C;
   let sparse = 0;
   if (m.sparseLayers > 0 && m.experts) {
     const k = expertsPerToken(m);
@@ -67,9 +72,10 @@ export function activationValues(m: ModelConfig, batchSize: number, recompute: b
     const { spec } = modelRouter(m)!;
     // A learned router keeps its logits and probabilities [R, E].
     const router = spec.learned ? 2 * R * m.experts.count : 0;
-    const shared = spec.sharedExperts > 0 ? 2 * R * spec.sharedExperts * Fe + 2 * R * C : 0;
-    // Gathered rows, the two expert matmuls with bias and activation, the combine, the residual.
-    sparse = attention + router + 3 * R * k * C + 3 * R * k * Fe + 2 * R * C + shared;
+    const Fs = sharedWidth(m);
+    const shared = Fs > 0 ? hidden * R * Fs + 2 * R * C : 0;
+    // Gathered rows, the two expert matmuls with bias and activation (SwiGLU: two more), the combine, the residual.
+    sparse = attention + router + 3 * R * k * C + (hidden + 1) * R * k * Fe + 2 * R * C + shared;
   }
   const query = m.queryLayer ? dense + R * C : 0;
   const blocks = m.denseLayers * dense + m.sparseLayers * sparse + query;
@@ -190,7 +196,7 @@ export function checkBatchFits(model: { config: ModelConfig; parameterCount(): n
   const m = model.config;
   const R = batchSize * m.seqLen;
   const Fe = m.experts?.width ?? m.ffnWidth;
-  const widest = Math.max(m.vocabSize, m.ffnWidth, expertsPerToken(m) * Fe, (modelRouter(m)?.spec.sharedExperts ?? 0) * Fe);
+  const widest = Math.max(m.vocabSize, m.ffnWidth, expertsPerToken(m) * Fe, sharedWidth(m));
   if (R * widest > 2 ** 31 - 1) {
     throw new SigmaError(
       `${flag} ${batchSize}: a batch of ${batchSize} × ${m.seqLen} tokens would make a ${R.toLocaleString("en-US")} × ${widest.toLocaleString("en-US")} activation, more than one tensor may hold (2^31 − 1)`,

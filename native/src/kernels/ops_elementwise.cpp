@@ -86,6 +86,20 @@ SIGMA_LOOP void adamw_loop(float* p, const float* g, float* m, float* v, int64_t
 }
 SIGMA_VERSIONS(adamw_k, adamw_loop)
 
+// SwiGLU (Llama-style FFNs): y = g·σ(g)·u; the backward's two products in one pass.
+SIGMA_LOOP void swiglu_loop(float* y, const float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = g[i] * sigmoidf(g[i]) * u[i];
+}
+SIGMA_LOOP void swiglu_bwd_loop(float* dg, float* du, const float* dy, const float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = sigmoidf(g[i]);
+    dg[i] += dy[i] * u[i] * s * (1.f + g[i] * (1.f - s));
+    du[i] += dy[i] * g[i] * s;
+  }
+}
+SIGMA_VERSIONS(swiglu_k, swiglu_loop)
+SIGMA_VERSIONS(swiglu_bwd_k, swiglu_bwd_loop)
+
 template <typename F>
 void chunked(int64_t n, F f) {
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) { f(b, e); });
@@ -133,6 +147,12 @@ void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n) {
     else if (avx2) avx2::fast_gelu_backward(dx + s, x + s, dy + s, e - s);
     else fast_gelu_bwd_portable(dx + s, x + s, dy + s, e - s);
   });
+}
+
+// The AVX-512 path runs the AVX2 versions (vectorised by the compiler; no hand-written AVX-512 twin yet).
+void swiglu(float* y, const float* g, const float* u, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { swiglu_k(y + s, g + s, u + s, e - s); }); }
+void swiglu_backward(float* dg, float* du, const float* dy, const float* g, const float* u, int64_t n) {
+  chunked(n, [&](int64_t s, int64_t e) { swiglu_bwd_k(dg + s, du + s, dy + s, g + s, u + s, e - s); });
 }
 
 void add_bias(float* y, const float* x, const float* bias, int64_t rows, int64_t cols) {

@@ -82,6 +82,42 @@ SIGMA_LOOP void softmax_row_backward_loop(float* dx, const float* y, const float
 }
 SIGMA_VERSIONS(softmax_row_backward, softmax_row_backward_loop)
 
+// RMSNorm: Σx² in eight float lanes folded into double (as ln_row's sums), no mean.
+SIGMA_LOOP void rms_row_loop(float* y, const float* x, const float* gamma, int64_t C, float eps, float* rstd_out) {
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8)
+    for (int l = 0; l < 8; ++l) part[l] += x[c + l] * x[c + l];
+  double s = 0;
+  for (int l = 0; l < 8; ++l) s += part[l];
+  for (; c < C; ++c) s += static_cast<double>(x[c]) * x[c];
+  const float r = static_cast<float>(1.0 / std::sqrt(s / C + eps));
+  for (c = 0; c < C; ++c) y[c] = x[c] * r * gamma[c];
+  *rstd_out = r;
+}
+SIGMA_VERSIONS(rms_row, rms_row_loop)
+
+SIGMA_LOOP void rms_row_backward_loop(float* dx, const float* dy, const float* x, float r, const float* gamma, int64_t C) {
+  // dx = r·(g − x̂·mean(g·x̂)), g = dy·γ, x̂ = x·r.
+  float gxsum = 0;
+  for (int64_t c = 0; c < C; ++c) gxsum += dy[c] * gamma[c] * x[c] * r;
+  const float gxm = gxsum / C;
+  for (int64_t c = 0; c < C; ++c) dx[c] += r * (dy[c] * gamma[c] - x[c] * r * gxm);
+}
+SIGMA_VERSIONS(rms_row_backward, rms_row_backward_loop)
+
+// dgamma[c0..c1) += Σ_r dy·x̂: each column's sum over the rows in order.
+SIGMA_LOOP void rms_columns_backward_loop(float* dgamma, const float* dy, const float* x, const float* rstd, int64_t rows,
+                                          int64_t C, int64_t c0, int64_t c1) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float s = rstd[r];
+    const float* xr = x + r * C;
+    const float* dr = dy + r * C;
+    for (int64_t c = c0; c < c1; ++c) dgamma[c] += dr[c] * xr[c] * s;
+  }
+}
+SIGMA_VERSIONS(rms_columns_backward, rms_columns_backward_loop)
+
 int64_t row_grain(int64_t cols) { return grain_for(cols, 16384); }
 
 }  // namespace
@@ -110,6 +146,21 @@ void layer_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy
     if (wide) avx512::ln_columns_backward(dgamma, dbeta, dy, x, mean, rstd, rows, C, c0, c1);
     else ln_columns_backward(dgamma, dbeta, dy, x, mean, rstd, rows, C, c0, c1);
   });
+}
+
+// The AVX-512 path runs the AVX2 versions (vectorised by the compiler; no hand-written AVX-512 twin yet).
+void rms_norm(float* y, float* rstd, const float* x, const float* gamma, int64_t rows, int64_t C, float eps) {
+  parallel_for(rows, row_grain(C), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) rms_row(y + r * C, x + r * C, gamma, C, eps, rstd + r);
+  });
+}
+
+void rms_norm_backward(float* dx, float* dgamma, const float* dy, const float* x, const float* rstd, const float* gamma,
+                       int64_t rows, int64_t C) {
+  parallel_for(rows, row_grain(C), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) rms_row_backward(dx + r * C, dy + r * C, x + r * C, rstd[r], gamma, C);
+  });
+  parallel_for(C, grain_for(rows, 16384, 16), [&](int64_t c0, int64_t c1) { rms_columns_backward(dgamma, dy, x, rstd, rows, C, c0, c1); });
 }
 
 void softmax(float* y, const float* x, int64_t rows, int64_t cols) {

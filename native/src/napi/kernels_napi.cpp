@@ -114,6 +114,32 @@ Napi::Value LayerNormBackward(Info info) {
                              g.f32(6, "rstd", R), g.f32(7, "gamma", C), R, C);
   return info.Env().Undefined();
 }
+Napi::Value RmsNorm(Info info) {
+  Args g(info, "rmsNorm", 7);
+  const int64_t R = g.dim(4, "rows"), C = g.dim(5, "C");
+  sigma::rms_norm(g.f32(0, "y", prod(R, C)), g.f32(1, "rstd", R), g.f32(2, "x", prod(R, C)), g.f32(3, "gamma", C), R, C,
+                  static_cast<float>(g.num(6, "eps")));
+  return info.Env().Undefined();
+}
+Napi::Value RmsNormBackward(Info info) {
+  Args g(info, "rmsNormBackward", 8);
+  const int64_t R = g.dim(6, "rows"), C = g.dim(7, "C");
+  sigma::rms_norm_backward(g.f32(0, "dx", prod(R, C)), g.f32(1, "dgamma", C), g.f32(2, "dy", prod(R, C)),
+                           g.f32(3, "x", prod(R, C)), g.f32(4, "rstd", R), g.f32(5, "gamma", C), R, C);
+  return info.Env().Undefined();
+}
+Napi::Value Swiglu(Info info) {
+  Args g(info, "swiglu", 4);
+  const int64_t n = g.dim(3, "n");
+  sigma::swiglu(g.f32(0, "y", n), g.f32(1, "g", n), g.f32(2, "u", n), n);
+  return info.Env().Undefined();
+}
+Napi::Value SwigluBackward(Info info) {
+  Args g(info, "swigluBackward", 6);
+  const int64_t n = g.dim(5, "n");
+  sigma::swiglu_backward(g.f32(0, "dg", n), g.f32(1, "du", n), g.f32(2, "dy", n), g.f32(3, "g", n), g.f32(4, "u", n), n);
+  return info.Env().Undefined();
+}
 Napi::Value Softmax(Info info) {
   Args g(info, "softmax", 4);
   const int64_t R = g.dim(2, "rows"), C = g.dim(3, "cols");
@@ -297,7 +323,7 @@ void InitKernels(Napi::Env env, Napi::Object exports) {
   const Entry entries[] = {
       {"addBias", AddBias}, {"addBiasBackward", AddBiasBackward}, {"add", Add}, {"mul", Mul}, {"scale", Scale},
       {"axpy", Axpy}, {"sumSquares", SumSquares}, {"gelu", Gelu}, {"geluBackward", GeluBackward},
-      {"fastGelu", FastGelu}, {"fastGeluBackward", FastGeluBackward}, {"layerNorm", LayerNorm},
+      {"fastGelu", FastGelu}, {"fastGeluBackward", FastGeluBackward}, {"layerNorm", LayerNorm}, {"rmsNorm", RmsNorm}, {"rmsNormBackward", RmsNormBackward}, {"swiglu", Swiglu}, {"swigluBackward", SwigluBackward},
       {"layerNormBackward", LayerNormBackward}, {"softmax", Softmax}, {"softmaxBackward", SoftmaxBackward},
       {"crossEntropy", CrossEntropy}, {"crossEntropyBackward", CrossEntropyBackward}, {"embedding", Embedding},
       {"embeddingBackward", EmbeddingBackward}, {"attention", Attention}, {"attentionBackward", AttentionBackward},

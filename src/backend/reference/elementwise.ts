@@ -126,3 +126,25 @@ export function fastGeluBackward(dx: Buf, x: Buf, dy: Buf, n: number): void {
     dx[i]! += dy[i]! * (s + 1.702 * v * s * (1 - s));
   }
 }
+
+export function swiglu(y: Buf, g: Buf, u: Buf, n: number): void {
+  need("swiglu", "y", y, n);
+  need("swiglu", "g", g, n);
+  need("swiglu", "u", u, n);
+  for (let i = 0; i < n; i++) y[i] = g[i]! * sigmoid(g[i]!) * u[i]!;
+}
+
+export function swigluBackward(dg: Buf, du: Buf, dy: Buf, g: Buf, u: Buf, n: number): void {
+  need("swigluBackward", "dg", dg, n);
+  need("swigluBackward", "du", du, n);
+  need("swigluBackward", "dy", dy, n);
+  need("swigluBackward", "g", g, n);
+  need("swigluBackward", "u", u, n);
+  for (let i = 0; i < n; i++) {
+    const v = g[i]!;
+    const s = sigmoid(v);
+    // d/dg g·σ(g) = σ(g)·(1 + g·(1 − σ(g))); d/du = SiLU(g).
+    dg[i]! += dy[i]! * u[i]! * s * (1 + v * (1 - s));
+    du[i]! += dy[i]! * v * s;
+  }
+}

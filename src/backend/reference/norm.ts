@@ -122,3 +122,40 @@ export function crossEntropyBackward(dlogits: Buf, logits: Buf, lse: Buf, target
     for (let v = 0; v < V; v++) dlogits[o + v]! += g * (Math.exp(logits[o + v]! - lse[r]!) - (v === t ? 1 : 0));
   }
 }
+
+export function rmsNorm(y: Buf, rstd: Buf, x: Buf, gamma: Buf, rows: number, C: number, eps: number): void {
+  need("rmsNorm", "y", y, rows * C);
+  need("rmsNorm", "rstd", rstd, rows);
+  need("rmsNorm", "x", x, rows * C);
+  need("rmsNorm", "gamma", gamma, C);
+  for (let r = 0; r < rows; r++) {
+    const o = r * C;
+    let ss = 0;
+    for (let c = 0; c < C; c++) ss += x[o + c]! * x[o + c]!;
+    const s = 1 / Math.sqrt(ss / C + eps);
+    for (let c = 0; c < C; c++) y[o + c] = x[o + c]! * s * gamma[c]!;
+    rstd[r] = s;
+  }
+}
+
+export function rmsNormBackward(dx: Buf, dgamma: Buf, dy: Buf, x: Buf, rstd: Buf, gamma: Buf, rows: number, C: number): void {
+  need("rmsNormBackward", "dx", dx, rows * C);
+  need("rmsNormBackward", "dgamma", dgamma, C);
+  need("rmsNormBackward", "dy", dy, rows * C);
+  need("rmsNormBackward", "x", x, rows * C);
+  need("rmsNormBackward", "rstd", rstd, rows);
+  need("rmsNormBackward", "gamma", gamma, C);
+  for (let r = 0; r < rows; r++) {
+    const o = r * C;
+    const s = rstd[r]!;
+    // With x̂ = x·s and g = dy·γ: dx = s·(g − x̂·mean(g·x̂)) (no mean term: RMSNorm subtracts none).
+    let gxMean = 0;
+    for (let c = 0; c < C; c++) {
+      const xh = x[o + c]! * s;
+      gxMean += dy[o + c]! * gamma[c]! * xh;
+      dgamma[c]! += dy[o + c]! * xh;
+    }
+    gxMean /= C;
+    for (let c = 0; c < C; c++) dx[o + c]! += s * (dy[o + c]! * gamma[c]! - x[o + c]! * s * gxMean);
+  }
+}

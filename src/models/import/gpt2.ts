@@ -27,6 +27,7 @@ import type { Activation } from "../../nn/activation.js";
 import { SigmaError } from "../../util/errors.js";
 import { parseModelConfig, type ModelConfig } from "../config.js";
 import { PanguSigma } from "../pangu-sigma.js";
+import type { Tensor } from "../../tensor/tensor.js";
 
 export interface Gpt2ImportOptions {
   /** Sigma domain names the model serves (all share its one embedding). */
@@ -146,15 +147,17 @@ export function gpt2Model(config: ModelConfig, raw: Map<string, StTensor>, sourc
 
   const model = new PanguSigma(config);
   const get = (n: string): StTensor => tensors.get(n)!;
-  const copy = (dst: { data: Float32Array | Float64Array }, n: string): void => dst.data.set(get(n).data);
+  const copy = (dst: { data: Float32Array | Float64Array } | null | undefined, n: string): void => dst!.data.set(get(n).data);
+  // GPT-2's block is the default one: LayerNorms (gamma and beta), learned positions.
+  const beta = (norm: object): Tensor => (norm as { beta: Tensor }).beta;
   copy(model.tokenEmbedding, "wte.weight");
   copy(model.positionEmbedding, "wpe.weight");
   model.blocks.forEach((b, l) => {
     const h = `h.${l}.`;
     copy(b.ln1.gamma, `${h}ln_1.weight`);
-    copy(b.ln1.beta, `${h}ln_1.bias`);
+    copy(beta(b.ln1), `${h}ln_1.bias`);
     copy(b.ln2.gamma, `${h}ln_2.weight`);
-    copy(b.ln2.beta, `${h}ln_2.bias`);
+    copy(beta(b.ln2), `${h}ln_2.bias`);
     const qkv = get(`${h}attn.c_attn.weight`);
     const qkvBias = get(`${h}attn.c_attn.bias`).data;
     [b.attn.q, b.attn.k, b.attn.v].forEach((lin, j) => {
@@ -169,7 +172,7 @@ export function gpt2Model(config: ModelConfig, raw: Map<string, StTensor>, sourc
     copy(b.ffn!.fc2.bias!, `${h}mlp.c_proj.bias`);
   });
   copy(model.finalNorm.gamma, "ln_f.weight");
-  copy(model.finalNorm.beta, "ln_f.bias");
+  copy(beta(model.finalNorm), "ln_f.bias");
   return model;
 }
 
