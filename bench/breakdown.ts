@@ -16,7 +16,7 @@ import { table } from "./util.js";
  * TypeScript.
  */
 export const BREAKDOWN: { name: string; label: string; kernels?: KernelName[]; sections?: string[] }[] = [
-  { name: "gemm", label: "GEMM (matmul, bmm, grouped)", kernels: ["matmul", "bmm", "groupedMatmul", "groupedMatmulWeightGrad"] },
+  { name: "gemm", label: "GEMM (matmul, bmm, grouped)", kernels: ["matmul", "bmm", "groupedMatmul", "groupedMatmulWeightGrad", "groupedMatmulWeightGradSquares"] },
   { name: "attention", label: "attention (fused: score products + softmax)", kernels: ["attention", "attentionBackward"] },
   { name: "softmax", label: "softmax rows (routers)", kernels: ["softmax", "softmaxBackward"] },
   { name: "layerNorm", label: "layernorm", kernels: ["layerNorm", "layerNormBackward"] },
@@ -24,7 +24,7 @@ export const BREAKDOWN: { name: string; label: string; kernels?: KernelName[]; s
   { name: "crossEntropy", label: "cross-entropy over the vocabulary", kernels: ["crossEntropy", "crossEntropyBackward"] },
   { name: "embedding", label: "embedding", kernels: ["embedding", "embeddingBackward"] },
   { name: "moeDispatch", label: "MoE dispatch (permute, gather, scatter, combine)", kernels: ["permuteByExpert", "gatherRows", "scatterAddRows", "combine", "combineBackward"] },
-  { name: "elementwise", label: "elementwise (bias, add, mul, scale, axpy)", kernels: ["addBias", "addBiasBackward", "add", "mul", "scale", "axpy", "sumSquares", "adamw"] },
+  { name: "elementwise", label: "elementwise (bias, add, mul, scale, axpy)", kernels: ["addBias", "addBiasBackward", "add", "mul", "scale", "axpy", "sumSquares", "adamw", "adamwExperts"] },
   { name: "optimizer", label: "optimizer (hybrid AdamW)", sections: ["optimizer"] },
   { name: "gradNorm", label: "clipping norm", sections: ["gradNorm"] },
   { name: "zeroGrad", label: "gradient zeroing", sections: ["zeroGrad"] },

@@ -8,12 +8,15 @@
  * pre-token goes through BPE) and "warm" (a second pass, pre-tokens cached),
  * since real data prep sees mostly the warm case after the first megabytes.
  *
+ * A last line times the same vocabulary in a Hugging Face layout (Llama-3's
+ * pre-tokenizer) through the general loader, src/tokenizer/hf.ts.
+ *
  * Options: --vocab <n> (default 8192), --repeat <n> timed encode passes (default 3).
  */
 import { assembleDefaultCorpus } from "../src/data/defaultCorpus.js";
 import { readCorpus, SkipReport } from "../src/data/ingest.js";
 import { trainOnCorpus } from "../src/data/vocab.js";
-import { fromHfJson, toHfJson } from "../src/tokenizer/hfjson.js";
+import { fromHfJson, parseTokenizerJson, toHfJson } from "../src/tokenizer/hfjson.js";
 import { DEFAULT_DOMAINS, DEFAULT_LANGS } from "../src/tokenizer/specials.js";
 
 function arg(args: string[], name: string, dflt: number): number {
@@ -70,7 +73,27 @@ export async function run(args: string[]): Promise<void> {
     console.log(`${domain.padEnd(6)} ${(bytes / 1e6).toFixed(2).padStart(5)} ${String(tokens).padStart(10)} ${(bytes / tokens).toFixed(2).padStart(12)} ${(bytes / 1e6 / coldS).toFixed(2).padStart(10)} ${(bytes / 1e6 / warmS).toFixed(2).padStart(10)}`);
   }
   console.log(`${"all".padEnd(6)} ${(allBytes / 1e6).toFixed(2).padStart(5)} ${"".padStart(10)} ${"".padStart(12)} ${(allBytes / 1e6 / allCold).toFixed(2).padStart(10)} ${(allBytes / 1e6 / allWarm).toFixed(2).padStart(10)}`);
+
+  // The same vocabulary and merges in a Hugging Face layout (Llama-3's pre-tokenizer regex, ignore_merges),
+  // read by the general loader (src/tokenizer/hf.ts): its encode speed beside Sigma's own codec's.
+  const j = JSON.parse(json);
+  j.pre_tokenizer.pretokenizers[0].pattern.Regex = LLAMA3_REGEX;
+  j.model.ignore_merges = true;
+  const hf = parseTokenizerJson(JSON.stringify(j), "bench (Llama-3 layout)");
+  const texts = [...byDomain.values()].flat();
+  t = performance.now();
+  for (const s of texts) hf.encodeOrdinary(s);
+  const hfCold = (performance.now() - t) / 1000;
+  let hfWarm = Infinity;
+  for (let k = 0; k < repeat; k++) {
+    t = performance.now();
+    for (const s of texts) hf.encodeOrdinary(s);
+    hfWarm = Math.min(hfWarm, (performance.now() - t) / 1000);
+  }
+  console.log(`${"hf".padEnd(6)} ${(allBytes / 1e6).toFixed(2).padStart(5)} ${"".padStart(10)} ${"".padStart(12)} ${(allBytes / 1e6 / hfCold).toFixed(2).padStart(10)} ${(allBytes / 1e6 / hfWarm).toFixed(2).padStart(10)}   (Llama-3 layout; ${(allCold / hfCold).toFixed(2)}x / ${(allWarm / hfWarm).toFixed(2)}x Sigma's codec)`);
 }
+
+const LLAMA3_REGEX = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 // Runnable on its own too: node --import tsx bench/tokenizer.ts
 if (import.meta.url === `file://${process.argv[1]}`) await run(process.argv.slice(2));

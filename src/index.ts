@@ -20,9 +20,11 @@ export { evalTasks, type EvalTasksOptions, type EvalTasksResult } from "./api/ev
 export type { TaskResult, TaskKind, Metric as TaskMetric } from "./train/tasks.js";
 export { upcycle, type UpcycleOptions, type UpcycleResult } from "./api/upcycle.js";
 export { extract, type ExtractOptions, type ExtractResult } from "./api/extract.js";
+export { addDomain, type AddDomainOptions, type AddDomainResult } from "./api/domain.js";
 export { prepareData, type PrepareOptions } from "./data/prepare.js";
-export { Tokenizer } from "./tokenizer/codec.js";
-export { fromHfJson as parseTokenizer, loadTokenizer, toHfJson as tokenizerToJson } from "./tokenizer/hfjson.js";
+export { Tokenizer, type TextTokenizer, type TextStreamDecoder } from "./tokenizer/codec.js";
+export { HfTokenizer, type HfTokenizerOptions } from "./tokenizer/hf.js";
+export { fromHfJson as parseTokenizer, loadTokenizer, parseTokenizerJson, loadAnyTokenizer, toHfJson as tokenizerToJson } from "./tokenizer/hfjson.js";
 export { TrainConfigSchema, parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./train/config.js";
 export { ModelConfigSchema, parseModelConfig, type ModelConfig, type ModelConfigInput } from "./models/config.js";
 export { PRESETS, presetConfig, modelMemory, type ModelMemory, type PresetOptions } from "./models/presets.js";

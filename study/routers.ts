@@ -1,5 +1,5 @@
 /**
- * `npm run study -- routers [--scale=N] [--seeds=N] [--steps=N] [--out=FILE]`:
+ * `npm run study -- routers [--scale=N] [--seeds=N] [--steps=N] [--out=FILE] [--report-only]`:
  * do Sigma's routers beat a dense model at equal compute?
  *
  * On the default corpus, four models with the SAME active parameters per
@@ -26,7 +26,7 @@
  *
  * It is not a test: the outcome is reported whichever way it goes.
  */
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { readManifest } from "../src/data/manifest.js";
 import { parseModelConfig, type ModelConfig, type ModelConfigInput } from "../src/models/config.js";
@@ -230,8 +230,10 @@ function report(results: RunResult[], o: { steps: number; seeds: number[]; comma
       const diffs = rs.map((r) => val(r) - val(dense.find((x) => x.seed === r.seed)!));
       const m = mean(diffs);
       const all = diffs.every((x) => x < 0) ? "lower for every seed" : diffs.every((x) => x > 0) ? "higher for every seed" : "mixed across seeds";
-      if (d === "mean") lines.push(`- **${LABEL[v]}** vs dense, mean over domains: ${m >= 0 ? "+" : ""}${m.toFixed(3)} nats (${all}).`);
-      else if (!diffs.every((x) => x < 0)) lines.push(`  - on ${d} it does not beat dense: ${m >= 0 ? "+" : ""}${m.toFixed(3)} nats (${all}).`);
+      const signed = `${m >= 0 ? "+" : ""}${m.toFixed(3)} nats`;
+      if (d === "mean") lines.push(`- **${LABEL[v]}** vs dense, mean over domains: ${signed} (${all}).`);
+      else if (diffs.every((x) => x > 0)) lines.push(`  - on ${d} it loses to dense: ${signed} (${all}).`);
+      else if (!diffs.every((x) => x < 0)) lines.push(`  - on ${d} it is not a consistent win: ${signed} on average (${all}).`);
     }
   }
   const rre = of("rre"), up = of("upcycled");
@@ -239,14 +241,14 @@ function report(results: RunResult[], o: { steps: number; seeds: number[]; comma
     const diffs = up.map((r) => meanLoss(r) - meanLoss(rre.find((x) => x.seed === r.seed)!));
     lines.push(`- Upcycled vs RRE from scratch at equal FLOPs: ${mean(diffs) >= 0 ? "+" : ""}${mean(diffs).toFixed(3)} nats (${diffs.every((x) => x < 0) ? "upcycling wins for every seed" : diffs.every((x) => x > 0) ? "from scratch wins for every seed" : "mixed across seeds"}).`);
   }
-  lines.push("", "These are small models trained briefly on a few MB; the ranking at this scale need not hold at the papers' scale. `--scale` trains longer.", "");
+  lines.push("", "The upcycled run's second half has its own warm-up and cosine schedule (as `sigma upcycle` then `sigma train` would run it). These are small models trained briefly on a few MB; the ranking at this scale need not hold at the papers' scale. `--scale` trains longer.", "");
   return lines.join("\n");
 }
 
 export async function run(args: string[]): Promise<void> {
   const arg = (k: string, d: number) => Number(args.find((a) => a.startsWith(`--${k}=`))?.split("=")[1] ?? d);
   const scale = arg("scale", 1);
-  const steps = Math.round(arg("steps", 300) * scale);
+  let steps = Math.round(arg("steps", 300) * scale);
   const seeds = Array.from({ length: arg("seeds", 3) }, (_, i) => i + 1);
   const every = Math.max(1, Math.round(steps / 10));
   const outArg = args.find((a) => a.startsWith("--out="))?.slice(6);
@@ -257,12 +259,21 @@ export async function run(args: string[]): Promise<void> {
   const domains = m.domains.map((d) => d.name);
   const variants: Variant[] = only ?? ["dense", "topk", "moge", "rre", "upcycled"];
   const t0 = performance.now();
-  const results: RunResult[] = [];
-  for (const seed of seeds) for (const v of variants) results.push(runOne(v, seed, steps, every, m.tokenizer.vocabSize, domains));
-  const minutes = (performance.now() - t0) / 60000;
-
-  mkdirSync(OUT, { recursive: true });
-  writeFileAtomic(join(OUT, "result.json"), JSON.stringify({ steps, seeds, shape: SHAPE, results }, null, 1));
+  let results: RunResult[] = [];
+  let minutes: number;
+  let cmdArgs = args;
+  if (args.includes("--report-only")) {
+    // Re-render docs/study.md from the last run's numbers (no training).
+    const saved = JSON.parse(readFileSync(join(OUT, "result.json"), "utf8")) as { steps: number; seeds: number[]; results: RunResult[]; minutes: number; args: string[] };
+    [results, minutes, cmdArgs] = [saved.results, saved.minutes, saved.args];
+    seeds.splice(0, seeds.length, ...saved.seeds);
+    steps = saved.steps;
+  } else {
+    for (const seed of seeds) for (const v of variants) results.push(runOne(v, seed, steps, every, m.tokenizer.vocabSize, domains));
+    minutes = (performance.now() - t0) / 60000;
+    mkdirSync(OUT, { recursive: true });
+    writeFileAtomic(join(OUT, "result.json"), JSON.stringify({ steps, seeds, shape: SHAPE, minutes, args, results }, null, 1));
+  }
   // Plot: mean over seeds of each variant's curve (same evaluation points for every seed).
   const series: Series[] = [...new Set(results.map((r) => r.variant))].map((v) => {
     const rs = results.filter((r) => r.variant === v);
@@ -273,7 +284,7 @@ export async function run(args: string[]): Promise<void> {
   writeFileAtomic(plotPath, svgCharts([{ title: `validation loss vs training compute (mean of ${seeds.length} seeds)`, xLabel: "training TFLOPs", yLabel: "validation loss (nats/token, mean over domains)", series }]));
   const { cpus } = await import("node:os");
   const cpu = `${cpus()[0]?.model.trim() ?? "unknown CPU"}, ${cpus().length} cores`;
-  const command = `npm run study -- routers${args.length ? " " + args.join(" ") : ""}`;
+  const command = `npm run study -- routers${cmdArgs.length ? " " + cmdArgs.join(" ") : ""}`;
   writeFileAtomic(docPath, report(results, { steps, seeds, command, domains, plot: relative(dirname(docPath), plotPath), vocabSize: m.tokenizer.vocabSize, cpu, minutes }));
   console.log(`wrote ${docPath}, ${plotPath} and ${join(OUT, "result.json")} (${minutes.toFixed(1)} min)`);
 }

@@ -45,11 +45,8 @@ const RANK: Record<string, number> = {
   cli: 12,
 };
 
-/**
- * Files outside src/moe/routers/ that may spell a router kind: the demo's default config, and the synthetic balance study and scaling predictions, whose routing rules (their own, src/balance/synthetic.ts and scaling.ts) are named RRE, top-k and MoGE;
- * the Hugging Face adapter, which maps each architecture's routing rule to the Sigma router that computes it (and back).
- */
-const KIND_ALLOWED = new Set(["cli/demo.ts", "balance/study.ts", "balance/scaling.ts", "models/import/hf.ts"]);
+/** Files outside src/moe/routers/ that may spell a router kind: the demo's default config, the model presets (a preset is a named architecture, its router included: Pangu Pro MoE routes with MoGE), the synthetic balance study and scaling predictions, whose routing rules (their own, src/balance/synthetic.ts and scaling.ts) are named RRE, top-k and MoGE, and the Hugging Face adapter, which maps each architecture's routing rule to the Sigma router that computes it (and back). */
+const KIND_ALLOWED = new Set(["cli/demo.ts", "models/presets.ts", "models/import/hf.ts", "balance/study.ts", "balance/scaling.ts"]);
 const ROUTERS_DIR = "moe/routers/";
 /** The router folder's public files: the interface and the registry. */
 const ROUTERS_PUBLIC = new Set(["moe/routers/router.ts", "moe/routers/index.ts"]);

@@ -108,3 +108,30 @@ test("conformance: matmul with B at each float offset of a 64-byte line (native 
     }
   });
 });
+
+// ECSS's sparse step calls adamwExperts where it called adamw per expert (two spans each): every value
+// must come out bit for bit the same, whatever the split over threads.
+test("conformance: adamwExperts equals adamw per expert bit for bit (each kernel path, 1 and 2 threads)", { skip }, () => {
+  const native = load.backend!;
+  const rng = new Rng(5);
+  const f32 = (n: number, s: number) => Float32Array.from({ length: n }, () => (rng.uniform() * 2 - 1) * s);
+  eachPath(native, (where) => {
+    for (const [E, P, decayed] of [[3, 40001, 39000], [9, 70001, 70001], [1, 1, 0]]) {
+      const records = Array.from({ length: E! }, () => {
+        const r = f32(3 * P!, 1e-3);
+        for (let i = 2 * P!; i < 3 * P!; i++) r[i] = Math.abs(r[i]!);
+        return r;
+      });
+      const grads = Array.from({ length: E! }, () => f32(P!, 1e-3));
+      const steps = Int32Array.from({ length: E! }, (_, e) => 1 + 3 * e);
+      const many = records.map((r) => r.slice()), one = records.map((r) => r.slice());
+      native.adamwExperts(many, grads, steps, P!, E!, decayed!, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.7);
+      one.forEach((r, e) => {
+        for (const [o, n, wd] of [[0, decayed!, 0.1], [decayed!, P! - decayed!, 0]] as const) {
+          if (n > 0) native.adamw(r.subarray(o, o + n), grads[e]!.subarray(o, o + n), r.subarray(P! + o, P! + o + n), r.subarray(2 * P! + o, 2 * P! + o + n), n, 1e-3, 0.9, 0.95, 1e-8, wd, steps[e]!, 0.7);
+        }
+      });
+      many.forEach((r, e) => assert.deepEqual(r, one[e], `E ${E} P ${P} decayed ${decayed}, expert ${e} (${where})`));
+    }
+  });
+});

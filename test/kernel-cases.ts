@@ -114,6 +114,23 @@ export const CASES: Record<KernelName, () => Case[]> = {
       (R, E, N, K) => [f32(E * N * K), f32(R * N), f32(R * K)],
       (R) => 1e-5 * Math.sqrt(R + 1),
     ),
+  // The same products, and Σ dw² returned: summed from the registers as the thin kernel stores
+  // (an expert's few tokens: 1–8 rows, edges of the 8-lane vectors and of its 512-column chunks),
+  // read back after the product on every other path (deeper experts, the portable path).
+  groupedMatmulWeightGradSquares: () =>
+    groupedCases(
+      [
+        ...groupings.map((counts) => ({ counts, N: pick(ODD), K: pick(ODD) })),
+        { counts: [1, 2, 4, 1, 0, 3, 2, 8, 5], N: 257, K: 17 },
+        { counts: [3, 1, 7, 2], N: 1, K: 1031 },
+        { counts: [9, 1, 0, 2], N: 65, K: 33 },
+        { counts: [64, 64, 0, 64, 17, 3, 64, 64], N: 257, K: 33 },
+        { counts: [300, 1, 2, 1, 0, 1, 1, 1], N: 33, K: 257 },
+      ],
+      0,
+      (R, E, N, K) => [f32(E * N * K), f32(R * N), f32(R * K)],
+      (R) => 1e-5 * Math.sqrt(R + 1),
+    ).map((c) => ({ ...c, result: true })),
   matmulBf16: matmulBf16Cases,
   groupedMatmulBf16: () =>
     groupedCases(
@@ -196,6 +213,19 @@ export const CASES: Record<KernelName, () => Case[]> = {
     [1e-8, 1e-20].flatMap((eps) =>
       [...ODD, 100003].map((n) => ({ label: `n ${n} eps ${eps}`, args: [f32(n), f32(n, 1e-3), f32(n, 1e-3), Float32Array.from(f32(n, 1e-6), Math.abs), n, 1e-3, 0.8, 0.95, eps, 0.1, 7, 0.6], outputs: [0, 2, 3], tol: 1e-5 })),
     ),
+  // Records params | m | v (v ≥ 0): odd P with the decay split anywhere (none, all, odd), one expert to many
+  // (one thread's range then crosses experts), each with its own step count.
+  adamwExperts: () =>
+    [[1, 1, 1], [3, 17, 5], [17, 3, 0], [5, 257, 257], [40, 4099, 4001], [2, 100003, 99999]].map(([E, P, decayed]) => {
+      // Params of order 1 (so that weight decay, lr·wd·p, shows above the tolerance), m and v small.
+      const record = () => {
+        const r = f32(3 * P!, 1e-3);
+        r.set(f32(P!), 0);
+        for (let i = 2 * P!; i < 3 * P!; i++) r[i] = Math.abs(r[i]!) * 1e-3;
+        return r;
+      };
+      return { label: `E ${E} P ${P} decayed ${decayed}`, args: [Array.from({ length: E! }, record), Array.from({ length: E! }, () => f32(P!, 1e-3)), Int32Array.from({ length: E! }, () => 1 + rng.int(40)), P, E, decayed, 1e-2, 0.8, 0.95, 1e-8, 0.1, 0.6], outputs: [0], tol: 1e-5 };
+    }),
 };
 
 function attentionCases(backward: boolean): () => Case[] {

@@ -130,6 +130,40 @@ for (const router of ["rre", "topk", "moge"]) {
   });
 }
 
+// One micro-batch: every expert's gradient buffer is written once, by fresh products, so clipping takes
+// Σ g² from the weight-gradient kernels (summed as they wrote) instead of reading the buffers again.
+// Batch 1 (a few tokens per expert) takes the thin kernel, which sums from its registers; batch 4
+// (~16 rows each) the paths that read each block back right after writing it.
+for (const batchSize of [1, 4]) {
+  test(`ECSS, one micro-batch of ${batchSize}: the clipping norm comes from the gradient kernels, equals the buffers' and in-RAM training's`, () => {
+    const extra = { ...sparseInRam, batchSize, optim: { ...sparseInRam.optim, clip: 0.05 } };
+    const ram = new Trainer(tinyConfig(data, join(root, `sq-ram-${batchSize}`), ROUTERS.rre!, extra));
+    const st = new Trainer(tinyConfig(data, join(root, `sq-store-${batchSize}`), ROUTERS.rre!, { ...extra, ...storeOpts("1MiB") }));
+    const ecss = st.ecss!;
+    const inside = ecss as unknown as { written: number | null; grads: Map<number, { g: Float32Array }> };
+    const own = ecss.gradSquares.bind(ecss);
+    let checked = 0;
+    ecss.gradSquares = () => {
+      assert.notEqual(inside.written, null, "one micro-batch on one rank: the kernels' sum of squares is used");
+      let read = 0;
+      for (const { g } of inside.grads.values()) for (const x of g) read += x * x;
+      const got = own();
+      assert.ok(Math.abs(got - read) <= 1e-6 * read, `Σ g² from the kernels ${got}, read from the buffers ${read}`);
+      checked++;
+      return got;
+    };
+    for (let i = 0; i < 4; i++) {
+      const a = ram.trainStep(), b = st.trainStep();
+      assert.ok(b.gradNorm > 0.05, `clipping is active (norm ${b.gradNorm})`);
+      assert.ok(Math.abs(a.gradNorm - b.gradNorm) <= 1e-6 * a.gradNorm, `step ${i}: gradient norm ${b.gradNorm} with the store, ${a.gradNorm} in RAM`);
+    }
+    assert.equal(checked, 4);
+    assertSameState(ram, st, 1e-6, `batch ${batchSize}`);
+    ram.close();
+    st.close();
+  });
+}
+
 test("RRE prefetch: with room for two steps' experts, every expert a step needs is already resident or read ahead", () => {
   const b = new Trainer(tinyConfig(data, join(root, "prefetch"), ROUTERS.rre!, storeOpts("1MiB")));
   // The first step has no step before it to overlap with: its reads are on demand.

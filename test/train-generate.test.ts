@@ -156,6 +156,9 @@ test("CLI: demo (tiny budget) trains, prints per-domain loss against the unigram
   assert.match(d.stdout, /unigram baseline/);
   for (const f of ["metrics.jsonl", "plots/loss.svg", "plots/experts.svg"]) assert.ok(existsSync(join(out, f)), f);
   assert.match(d.stdout, /checkpoint: .*step-0000000\d/);
+  // PanGu-Σ's layout, the default: each domain embeds with its own slot.
+  const c = openModelSource(join(out, "checkpoints")).model.config;
+  assert.deepEqual([c.embeddingSlots, c.domains.map((x) => x.slot)], [4, [0, 1, 2, 3]]);
   // Again into the same folder: refused (the demo cannot resume, so the hint names only --overwrite).
   const again = cli("demo", "--data", data, "--out", out, "--minutes", "0.2", "--steps", "6", "--width", "32");
   assert.equal(again.status, 1, again.stderr);

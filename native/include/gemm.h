@@ -46,6 +46,13 @@ void grouped_gemm_parts(float* y, const float* x, const float* const* w, const i
 void grouped_gemm_weight_grad_parts(float* const* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E,
                                     int64_t N, int64_t K, bool transW, bool accumulate);
 
+// The weight gradients (stacked or in parts) that also return Σ dW² over every
+// expert's gradient as it stands after the call, summed as it is written.
+double grouped_gemm_weight_grad_squares(float* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E,
+                                        int64_t N, int64_t K, bool transW, bool accumulate);
+double grouped_gemm_weight_grad_parts_squares(float* const* dw, const float* dy, const float* x, const int32_t* offsets,
+                                              int64_t E, int64_t N, int64_t K, bool transW, bool accumulate);
+
 // The grouped products' schedule of experts over nt threads: whole experts
 // per thread (largest first, to the least loaded) when that balances, else
 // every thread on its slice of each expert. Runs one(e, t, n): t of n is the

@@ -15,6 +15,8 @@ void mul(float* out, const float* a, const float* b, int64_t n);
 void scale(float* out, const float* x, float alpha, int64_t n);
 void axpy(float* y, const float* x, float alpha, int64_t n);
 double sum_squares(const float* x, int64_t n);
+// The same on the calling thread only (for kernels already inside a parallel region).
+double sum_squares_serial(const float* x, int64_t n);
 void gelu(float* y, const float* x, int64_t n);
 void gelu_backward(float* dx, const float* x, const float* dy, int64_t n);
 void fast_gelu(float* y, const float* x, int64_t n);
@@ -25,6 +27,12 @@ void swiglu_backward(float* dg, float* du, const float* dy, const float* g, cons
 // grad_scale multiplies every gradient first (gradient clipping folded into the step).
 void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
            float weight_decay, int64_t step, float grad_scale);
+// One AdamW step for each of E experts in one call (ECSS's sparse step): expert e's
+// payload[e] holds params [P] | m [P] | v [P], grad[e] its gradient [P], steps[e]
+// its step count; weight decay on the first `decayed` values, none after. Each
+// element is computed exactly as adamw computes it.
+void adamw_experts(float* const* payload, const float* const* grad, const int32_t* steps, int64_t E, int64_t P,
+                   int64_t decayed, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale);
 
 // ---- rows: layer norm [rows,C], softmax [rows,cols], cross-entropy [rows,V]
 void layer_norm(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta, int64_t rows,

@@ -18,6 +18,7 @@ import { diffFields } from "../train/checkpoint.js";
 import { readRecords } from "../train/finetune-data.js";
 import { FinetuneConfigSchema, FinetuneTrainer, openFinetuneCheckpoint, runFinetune, sha256File, type FinetuneConfig, type FinetuneStep, type Freeze } from "../train/finetune.js";
 import { prepareRunFolder, runPaths } from "../train/run.js";
+import { Tokenizer } from "../tokenizer/codec.js";
 import { toHfJson } from "../tokenizer/hfjson.js";
 import { SigmaError } from "../util/errors.js";
 import { ensureWritableDir } from "../util/fs.js";
@@ -194,6 +195,7 @@ function readRecordsBytes(path: string): Buffer {
 function baseOf(m: Model, path: string | null) {
   const where = path ?? "the model";
   if (!m.tokenizer) throw new SigmaError(`${where} has no tokenizer, so its records cannot be tokenized`, "fine-tune a checkpoint that carries its tokenizer.json");
+  if (!(m.tokenizer instanceof Tokenizer)) throw new SigmaError(`${where} carries a Hugging Face tokenizer; fine-tuning renders records with Sigma's chat template and padding token, which need a Sigma tokenizer`, "fine-tune a model trained with a Sigma tokenizer");
   if (storedFormat(m.network) !== null || [...m.network.namedParameters().values()].some((p) => !(p.tensor.data instanceof Float32Array))) {
     throw new SigmaError(`${where} holds converted (quantized) weights, which cannot be trained`, "fine-tune the f32 checkpoint it was made from");
   }

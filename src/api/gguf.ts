@@ -5,6 +5,7 @@
  */
 import { readGguf, writeGguf } from "../checkpoint/gguf.js";
 import { ggufOfModel, modelOfGguf, type GgufExportType } from "../models/gguf.js";
+import { Tokenizer } from "../tokenizer/codec.js";
 import { toHfJson } from "../tokenizer/hfjson.js";
 import { SigmaError } from "../util/errors.js";
 import { Model, openModel, writeModelFolder } from "./model.js";
@@ -24,6 +25,7 @@ export interface GgufExportResult {
 export async function exportGguf(model: Model | string, o: { out: string; type?: GgufExportType; name?: string }): Promise<GgufExportResult> {
   const m = typeof model === "string" ? await openModel(model) : model;
   if (!m.tokenizer) throw new SigmaError(`${m.path ?? "the model"} has no tokenizer; a GGUF file carries its vocabulary`, "export a checkpoint with a tokenizer.json (sigma import gpt2 --tokenizer carries one)");
+  if (!(m.tokenizer instanceof Tokenizer)) throw new SigmaError(`${m.path ?? "the model"} carries a Hugging Face tokenizer; GGUF export writes Sigma's own tokenizer layout so far`, "export a model trained with a Sigma tokenizer");
   const type = o.type ?? "f32";
   const file = ggufOfModel(m.network, m.tokenizer, { type, ...(o.name ? { name: o.name } : {}) });
   writeGguf(o.out, file);

@@ -15,7 +15,7 @@ import { checkDraftModel, speculativeIds, type SpeculativeStats } from "../serve
 import { domainIndexOf, encodePrompt } from "../serve/prompt.js";
 import { openModelSource, type ModelSource, type OpenOptions, type RunSettings } from "../serve/open.js";
 import { StopMatcher } from "../serve/stop.js";
-import type { Tokenizer } from "../tokenizer/codec.js";
+import type { TextTokenizer } from "../tokenizer/codec.js";
 import { sha256Hex, toHfJson } from "../tokenizer/hfjson.js";
 import { SigmaError } from "../util/errors.js";
 
@@ -71,7 +71,7 @@ export class Model {
   constructor(
     /** The network itself (forward, parameters); for advanced use. */
     readonly network: PanguSigma,
-    readonly tokenizer: Tokenizer | null,
+    readonly tokenizer: TextTokenizer | null,
     /** Where it was opened from (the resolved checkpoint folder or file), or null for a model made in memory. */
     readonly path: string | null,
     /** Training step of the checkpoint (0 when unknown). */
@@ -102,7 +102,7 @@ export class Model {
     return { total: parameterCounts(this.config).total, active: activeParameters(this.config) };
   }
 
-  private requireTokenizer(): Tokenizer {
+  private requireTokenizer(): TextTokenizer {
     if (this.tokenizer) return this.tokenizer;
     throw new SigmaError(`${this.path ?? "this model"} has no tokenizer, so it cannot read or write text`, "open a checkpoint that carries its tokenizer.json, or put one beside the model file");
   }

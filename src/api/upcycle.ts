@@ -10,6 +10,7 @@ import type { PanguSigma } from "../models/pangu-sigma.js";
 import { upcycle as growSparse } from "../models/upcycle.js";
 import { identityVocab, newIdsOfOld, vocabMapping, type VocabMap } from "../models/vocab-map.js";
 import { fromHfJson, loadTokenizer } from "../tokenizer/hfjson.js";
+import { Tokenizer } from "../tokenizer/codec.js";
 import { readRegularFile } from "../util/read.js";
 import { Rng } from "../util/rng.js";
 import { SigmaError } from "../util/errors.js";
@@ -73,11 +74,13 @@ export function upcycle(dense: Model, sparseConfig: ModelConfigInput | ModelConf
   if (o.tokenizer) {
     const oldTok = o.oldTokenizer ? loadTokenizer(o.oldTokenizer).tokenizer : dense.tokenizer;
     if (!oldTok) throw new SigmaError(`${dense.path ?? "the dense model"} carries no tokenizer, so its rows cannot be matched to ${o.tokenizer}`, "pass the dense model's tokenizer with --old-tokenizer");
+    if (!(oldTok instanceof Tokenizer)) throw new SigmaError(`${dense.path ?? "the dense model"} carries a Hugging Face tokenizer; extending the vocabulary matches rows between two Sigma tokenizers`, "upcycle without --tokenizer (the vocabulary stays as it is)");
     if (oldTok.vocabSize !== dense.config.vocabSize) throw new SigmaError(`the old tokenizer has ${oldTok.vocabSize} tokens but the dense model's vocabulary is ${dense.config.vocabSize}`, "pass the tokenizer the dense model was trained with");
     // Read once: the text saved with the model is the tokenizer its rows were matched to.
     tokenizerText = readRegularFile(o.tokenizer, "tokenizer", "pass a tokenizer.json file", 512 * 2 ** 20).toString("utf8");
-    tokenizer = fromHfJson(tokenizerText, o.tokenizer);
-    vocab = vocabMapping(oldTok, tokenizer);
+    const newTok = fromHfJson(tokenizerText, o.tokenizer);
+    tokenizer = newTok;
+    vocab = vocabMapping(oldTok, newTok);
   }
   const sparse = growSparse(dense.network, target, { vocab, noise, noiseSeed: o.seed ?? 1 });
   const kept = vocab.oldId.reduce((n, id) => n + (id >= 0 ? 1 : 0), 0);

@@ -83,6 +83,13 @@ export interface Backend {
    * dw may also be E separate buffers of N·K each, as w in groupedMatmul.
    */
   groupedMatmulWeightGrad(dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void;
+  /**
+   * groupedMatmulWeightGrad that also returns Σ dw² over every expert's
+   * gradient as it stands after the call (float32 only). The native kernel
+   * sums the squares as it writes them, so that global-norm clipping of
+   * freshly written expert gradients (ECSS) needs no second pass over them.
+   */
+  groupedMatmulWeightGradSquares(dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): number;
 
   // ---------------------------------------------------------------- bf16-input matrix multiply
 
@@ -219,11 +226,20 @@ export interface Backend {
    * step counts from 1.
    */
   adamw(param: Buf, grad: Buf, m: Buf, v: Buf, n: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number, gradScale: number): void;
+  /**
+   * adamw for E experts in one call (ECSS's sparse step over the touched
+   * experts): payloads[e] holds expert e's params [P] | m [P] | v [P] (a
+   * store record's layout), grads[e] its gradient [P], steps[e] its own
+   * step count; weightDecay on the first `decayed` values, none on the rest
+   * (the biases). Every value comes out exactly as adamw's on the same
+   * inputs; the work is split over the threads once for all the experts.
+   */
+  adamwExperts(payloads: readonly Buf[], grads: readonly Buf[], steps: Idx, P: number, E: number, decayed: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, gradScale: number): void;
 }
 
 /** The kernel names, in the order above. The native loader checks the addon exports each one. */
 export const KERNEL_NAMES = [
-  "matmul", "bmm", "groupedMatmul", "groupedMatmulWeightGrad",
+  "matmul", "bmm", "groupedMatmul", "groupedMatmulWeightGrad", "groupedMatmulWeightGradSquares",
   "matmulBf16", "groupedMatmulBf16", "groupedMatmulWeightGradBf16",
   "addBias", "addBiasBackward", "add", "mul", "scale", "axpy", "sumSquares",
   "gelu", "geluBackward", "fastGelu", "fastGeluBackward", "swiglu", "swigluBackward",
@@ -231,7 +247,7 @@ export const KERNEL_NAMES = [
   "embedding", "embeddingBackward",
   "attention", "attentionBackward",
   "permuteByExpert", "gatherRows", "scatterAddRows", "combine", "combineBackward",
-  "adamw",
+  "adamw", "adamwExperts",
 ] as const satisfies readonly (keyof Backend)[];
 
 export type KernelName = (typeof KERNEL_NAMES)[number];

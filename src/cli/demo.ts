@@ -2,7 +2,7 @@
  * `sigma demo`: the README's main command. With no arguments it prepares the
  * default corpus and tokenizer if missing, trains a small mixed-mode PanGu-Σ
  * (one dense layer under one RRE layer whose expert groups are the four
- * domains) for a few minutes, prints each
+ * domains, each domain with its own embedding slot) for a few minutes, prints each
  * domain's validation loss against its unigram baseline, generates a sample
  * per domain and writes the plots.
  */
@@ -22,6 +22,7 @@ import { tuneFirst } from "./tune.js";
 import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
 import { TRAIN_LIMITS } from "../train/config.js";
 import { checkRunFits } from "../train/memory.js";
+import { perDomainSlots } from "../models/config.js";
 import { ensureWritableDir } from "../util/fs.js";
 
 /** The demo's widths: its 4 heads divide them; past 4096 a step takes minutes on a CPU. */
@@ -47,6 +48,7 @@ interface DemoOpts {
   width: number;
   seed: number;
   codeSlot?: boolean;
+  sharedEmbedding?: boolean;
   overwrite?: boolean;
 }
 
@@ -57,6 +59,10 @@ interface DemoOpts {
  * allows (measured), and the budget still stops the run on a slowing machine.
  */
 export function demoConfig(vocabSize: number, domains: string[], o: DemoOpts): TrainConfigInput {
+  const slots =
+    o.sharedEmbedding ? { embeddingSlots: 1, slots: domains.map(() => 0) }
+    : o.codeSlot ? { embeddingSlots: 2, slots: domains.map((n) => (n === "code" ? 1 : 0)) }
+    : perDomainSlots(domains);
   return {
     name: "sigma demo",
     model: {
@@ -67,11 +73,12 @@ export function demoConfig(vocabSize: number, domains: string[], o: DemoOpts): T
       sparseLayers: 1,
       seqLen: 128,
       ffnWidth: 4 * o.width,
-      // Each domain owns an RRE expert group of two experts.
-      // PanGu-Σ gives code its own embedding slot; here that is opt-in, because
-      // decoding two slots costs about a third more per step at this size [ours].
-      embeddingSlots: o.codeSlot ? 2 : 1,
-      domains: domains.map((name, i) => ({ name, slot: o.codeSlot && name === "code" ? 1 : 0, group: i })),
+      // Each domain owns an RRE expert group of two experts, and — PanGu-Σ's
+      // layout, the default of new models — its own token-embedding slot
+      // (the default corpus's four domains are all major ones). --shared-embedding
+      // gives all one slot; --code-slot, code one and the others another.
+      embeddingSlots: slots.embeddingSlots,
+      domains: domains.map((name, i) => ({ name, slot: slots.slots[i]!, group: i })),
       experts: { count: 2 * domains.length, router: { kind: "rre", groups: domains.length, seed: o.seed } },
       seed: o.seed,
     },
@@ -110,7 +117,8 @@ export function register(program: Command): void {
     .option("--steps <n>", "step cap (the schedule spans the steps that fit in the budget, at most this many)", parseIntOpt("steps", 1, TRAIN_LIMITS.steps), 2000)
     .option("--width <n>", "model width C", parseWidth, 128)
     .option("--seed <n>", "seed of the init, the RRE tables and the data order", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
-    .option("--code-slot", "give code its own embedding slot, as PanGu-Σ does (slower per step)")
+    .option("--shared-embedding", "one token-embedding slot for all domains (default: one per domain, as PanGu-Σ)")
+    .option("--code-slot", "two embedding slots: one for code, one shared by the other domains")
     .option("--overwrite", "replace the demo run that --out already holds")
     .action(async (o: DemoOpts) => {
       const t0 = performance.now();

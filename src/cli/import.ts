@@ -5,7 +5,7 @@
 import type { Command } from "commander";
 import { readFileSync } from "node:fs";
 import { importGpt2 } from "../models/import/gpt2.js";
-import { fromHfJson } from "../tokenizer/hfjson.js";
+import { parseTokenizerJson } from "../tokenizer/hfjson.js";
 import { SigmaError } from "../util/errors.js";
 import { writeModelFolder } from "../api/model.js";
 import { millions } from "./format.js";
@@ -23,21 +23,21 @@ export function register(program: Command): void {
     .requiredOption("--from <dir>", "folder with config.json and model.safetensors")
     .requiredOption("--out <dir>", "where the checkpoint goes (<out>/step-00000000/)")
     .option("--domains <list>", "domain names the model will serve (all share GPT-2's one embedding)", parseList, ["en"])
-    .option("--tokenizer <file>", "a Sigma tokenizer.json of the same vocabulary to carry along (GPT-2's own tokenizer files are not in Sigma's layout)")
+    .option("--tokenizer <file>", "a tokenizer.json of the model's vocabulary to carry along (GPT-2's own from Hugging Face, or a Sigma one)")
     .action((o: { from: string; out: string; domains: string[]; tokenizer?: string }) => {
       ensureWritableDir(o.out, "--out");
       const model = importGpt2(o.from, { domains: o.domains });
       let tokenizerText: string | null = null;
       if (o.tokenizer) {
         tokenizerText = readFileSync(o.tokenizer, "utf8");
-        const tok = fromHfJson(tokenizerText, o.tokenizer);
-        if (tok.vocabSize !== model.config.vocabSize) throw new SigmaError(`${o.tokenizer} has ${tok.vocabSize} tokens but the model's vocabulary is ${model.config.vocabSize}`, "pass a tokenizer of the model's vocabulary, or none");
+        const tok = parseTokenizerJson(tokenizerText, o.tokenizer);
+        if (tok.kind === "hf" ? tok.vocabSize > model.config.vocabSize : tok.vocabSize !== model.config.vocabSize) throw new SigmaError(`${o.tokenizer} has ${tok.vocabSize} tokens but the model's vocabulary is ${model.config.vocabSize}`, "pass a tokenizer of the model's vocabulary, or none");
       }
       const c = model.config;
       const path = writeModelFolder(o.out, 0, model, tokenizerText, { format: "sigma-import", from: o.from, source: "gpt2" });
       console.log(`GPT-2: ${c.denseLayers} layers, width ${c.width}, ${c.heads} heads, vocabulary ${c.vocabSize}, ${c.seqLen} positions, activation ${c.activation}: ${millions(model.parameterCount())} parameters`);
       console.log(`checkpoint: ${path}`);
-      if (!tokenizerText) console.log("no tokenizer carried: `sigma upcycle --from` this checkpoint works as is; eval and generate need a Sigma tokenizer of the same vocabulary");
+      if (!tokenizerText) console.log("no tokenizer carried: `sigma upcycle --from` this checkpoint works as is; eval and generate need the model's tokenizer.json (pass --tokenizer)");
     });
   imp
     .command("hf")

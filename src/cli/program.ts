@@ -25,6 +25,7 @@ import { register as registerDemo } from "./demo.js";
 import { register as registerBalance } from "./balance.js";
 import { register as registerUpcycle } from "./upcycle.js";
 import { register as registerExtract } from "./extract.js";
+import { register as registerDomain } from "./domain.js";
 import { register as registerImport } from "./import.js";
 import { register as registerExport } from "./export.js";
 import { register as registerStore } from "./store.js";
@@ -60,6 +61,7 @@ export function buildProgram(): Command {
   registerBalance(program);
   registerUpcycle(program);
   registerExtract(program);
+  registerDomain(program);
   registerImport(program);
   registerExport(program);
   registerStore(program);

@@ -8,7 +8,7 @@ import { dirname } from "node:path";
 import { SigmaError } from "../util/errors.js";
 import { ensureWritableFile } from "../util/fs.js";
 import { MODEL_LIMITS } from "../models/config.js";
-import { loadTokenizer, saveTokenizer } from "../tokenizer/hfjson.js";
+import { loadAnyTokenizer, saveTokenizer } from "../tokenizer/hfjson.js";
 import { DEFAULT_LANGS } from "../tokenizer/specials.js";
 import { assembleDefaultCorpus } from "../data/defaultCorpus.js";
 import { DEFAULT_VOCAB, trainOnCorpus } from "../data/vocab.js";
@@ -97,10 +97,10 @@ export function register(program: Command): void {
   tok
     .command("encode <text>")
     .description("print the token ids (and pieces) of a text")
-    .option("--tokenizer <file>", "tokenizer.json", DEFAULT_TOKENIZER)
+    .option("--tokenizer <file>", "tokenizer.json (Sigma's, or a Hugging Face byte-level or SentencePiece-style BPE)", DEFAULT_TOKENIZER)
     .option("--json", "print only the ids as JSON")
     .action((text: string, o: { tokenizer: string; json?: boolean }) => {
-      const { tokenizer } = loadTokenizer(o.tokenizer);
+      const { tokenizer } = loadAnyTokenizer(o.tokenizer);
       const ids = tokenizer.encode(text);
       if (o.json) return console.log(JSON.stringify(ids));
       console.log(ids.join(" "));
@@ -111,9 +111,9 @@ export function register(program: Command): void {
   tok
     .command("decode <ids...>")
     .description("print the text of token ids")
-    .option("--tokenizer <file>", "tokenizer.json", DEFAULT_TOKENIZER)
+    .option("--tokenizer <file>", "tokenizer.json (Sigma's, or a Hugging Face byte-level or SentencePiece-style BPE)", DEFAULT_TOKENIZER)
     .action((ids: string[], o: { tokenizer: string }) => {
-      const { tokenizer } = loadTokenizer(o.tokenizer);
+      const { tokenizer } = loadAnyTokenizer(o.tokenizer);
       process.stdout.write(tokenizer.decode(ids.map(parseIntOpt("ids", 0, MODEL_LIMITS.vocabSize))) + "\n");
     });
 }

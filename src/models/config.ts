@@ -48,8 +48,28 @@ export const DomainSchema = z
     slot: intField(0, MODEL_LIMITS.embeddingSlots).default(0),
     /** Expert group of this domain, for routers that route by domain (RRE requires it). */
     group: intField(0, MODEL_LIMITS.experts).optional(),
+    /**
+     * Added to a trained model by `sigma domain add` (src/models/domain-add.ts),
+     * its control token appended to the vocabulary then: that token is not part
+     * of the vocabulary of the domains before it, and their sub-models leave it
+     * out (extract.ts). Absent: the domain was there from the start.
+     */
+    added: z.boolean().optional(),
   })
   .strict();
+
+/**
+ * PanGu-Σ's embedding layout, the default of new models (the demo, the
+ * recipes in docs/domains.md): each major domain its own token-embedding
+ * slot, the small domains (`small`) sharing one more. A config without
+ * embeddingSlots keeps meaning one shared slot, as it always did.
+ */
+export function perDomainSlots(names: readonly string[], small: readonly string[] = []): { embeddingSlots: number; slots: number[] } {
+  const major = names.filter((n) => !small.includes(n));
+  const shared = major.length;
+  const slots = names.map((n) => (small.includes(n) ? shared : major.indexOf(n)));
+  return { embeddingSlots: major.length + (major.length < names.length ? 1 : 0), slots };
+}
 
 export const ModelConfigSchema = z
   .object({

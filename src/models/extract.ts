@@ -7,6 +7,11 @@
  * slot, the router's state for them, and every dense part — computes exactly
  * the full model's logits on that domain (loss-free extraction).
  *
+ * Added domains (`sigma domain add`): a domain's sub-model leaves out the
+ * control tokens of the domains added after it (domainVocabulary), so an old
+ * domain's sub-model is, byte for byte, the one it had before they came; its
+ * logits are the full model's on every token it keeps.
+ *
  * By usage (`extractByUsage`; MoGE, top-k): routers without domain structure
  * keep, per sparse layer, the experts the domain's data used most, up to a
  * budget. The router's rows (and MoGE's scales) of the dropped experts go
@@ -41,13 +46,14 @@ function sparseConfig(model: PanguSigma): NonNullable<ModelConfig["experts"]> {
  * in sparse layer j, with the router config `router` and, when the router
  * routes by domain, the expert group `group` for its one domain.
  */
-function subModel(model: PanguSigma, d: number, kept: number[][], router: RouterConfig, group?: number): PanguSigma {
+function subModel(model: PanguSigma, d: number, kept: number[][], router: RouterConfig, group?: number, tokens?: Int32Array): PanguSigma {
   const c = model.config;
   const dom = c.domains[d]!;
   const ex = sparseConfig(model);
   const sub = parseModelConfig({
     ...c,
-    domains: [{ name: dom.name, slot: 0, ...(group === undefined ? {} : { group }) }],
+    ...(tokens ? { vocabSize: tokens.length } : {}),
+    domains: [{ name: dom.name, slot: 0, ...(group === undefined ? {} : { group }), ...(dom.added ? { added: true } : {}) }],
     embeddingSlots: 1,
     experts: { ...ex, count: kept[0]!.length, router },
   } satisfies ModelConfig, "the extracted model's config");
@@ -57,7 +63,9 @@ function subModel(model: PanguSigma, d: number, kept: number[][], router: Router
   for (const [name, p] of out.namedParameters()) {
     const from = src.get(name)!.tensor;
     if (name === "tokenEmbedding" || name === "outputEmbedding") {
-      p.tensor.data.set(from.data.subarray(dom.slot * V * c.width, (dom.slot + 1) * V * c.width));
+      const C = c.width;
+      if (!tokens) p.tensor.data.set(from.data.subarray(dom.slot * V * C, (dom.slot + 1) * V * C));
+      else tokens.forEach((t, i) => p.tensor.data.set(from.data.subarray((dom.slot * V + t) * C, (dom.slot * V + t + 1) * C), i * C));
       continue;
     }
     if (ROUTER_STATE.test(name)) continue;
@@ -71,12 +79,26 @@ function subModel(model: PanguSigma, d: number, kept: number[][], router: Router
     const n = from.size / from.dim(0);
     ids.forEach((e, i) => p.tensor.data.set(from.data.subarray(e * n, (e + 1) * n), i * n));
   }
-  out.blocks.forEach((b, l) => b.moe?.router.copyKept(model.blocks[l]!.moe!.router, kept[l - c.denseLayers]!, d));
+  out.blocks.forEach((b, l) => b.moe?.router.copyKept(model.blocks[l]!.moe!.router, kept[l - c.denseLayers]!, d, tokens));
   return out;
 }
 
+/**
+ * The token ids (ascending) of the vocabulary domain `domain` knows: every id
+ * but the control tokens of domains added after it (`sigma domain add`
+ * appends one per domain, src/models/domain-add.ts); null when that is the
+ * whole vocabulary. `controlToken` gives a domain's control-token id.
+ */
+export function domainVocabulary(model: PanguSigma, domain: string, controlToken: (name: string) => number): Int32Array | null {
+  const c = model.config;
+  const d = domainOf(model, domain);
+  const drop = new Set(c.domains.filter((x, i) => i > d && x.added).map((x) => controlToken(x.name)));
+  if (drop.size === 0) return null;
+  return Int32Array.from({ length: c.vocabSize }, (_, i) => i).filter((i) => !drop.has(i));
+}
+
 /** The loss-free sub-model of one domain, for a router that confines each domain to its own experts (RRE). */
-export function extractByDomain(model: PanguSigma, domain: string): PanguSigma {
+export function extractByDomain(model: PanguSigma, domain: string, tokens?: Int32Array | null): PanguSigma {
   sparseConfig(model);
   const { spec, view } = modelRouter(model.config)!;
   const r = model.config.experts!.router;
@@ -84,7 +106,7 @@ export function extractByDomain(model: PanguSigma, domain: string): PanguSigma {
   if (!how.exact) throw new SigmaError(`the model routes with ${r.kind}, which has no domain structure to extract by`, "use extraction by usage (extractByUsage; `sigma extract --experts N`)");
   const d = domainOf(model, domain);
   const experts = how.experts(view, d);
-  return subModel(model, d, Array.from({ length: model.config.sparseLayers }, () => experts), how.router, how.group);
+  return subModel(model, d, Array.from({ length: model.config.sparseLayers }, () => experts), how.router, how.group, tokens ?? undefined);
 }
 
 /** Assignments per expert [E] of each sparse layer over `batches` (a forward without gradients, in eval mode). */
@@ -121,8 +143,8 @@ export function keptByUsage(model: PanguSigma, usage: Float64Array[], experts: n
 }
 
 /** A domain's sub-model keeping, in every sparse layer, the experts keptByUsage chooses. */
-export function extractByUsage(model: PanguSigma, domain: string, usage: Float64Array[], experts: number): PanguSigma {
+export function extractByUsage(model: PanguSigma, domain: string, usage: Float64Array[], experts: number, tokens?: Int32Array | null): PanguSigma {
   const r = sparseConfig(model).router;
   const d = domainOf(model, domain);
-  return subModel(model, d, keptByUsage(model, usage, experts), r);
+  return subModel(model, d, keptByUsage(model, usage, experts), r, undefined, tokens ?? undefined);
 }

@@ -124,6 +124,13 @@ export interface ExpertParts {
    * the backward reached them). Saves a zeroing pass and a read per step.
    */
   fresh?: boolean;
+  /**
+   * Set by the backward when it wrote fresh gradients (`fresh`) in f32:
+   * Σ of their squares, summed by the kernel as it wrote them
+   * (Backend.groupedMatmulWeightGradSquares), so that clipping needs no
+   * second pass over them. Left as it was otherwise.
+   */
+  squares?: number;
 }
 
 /**
@@ -155,7 +162,8 @@ export function groupedMatmul(x: Tensor, w: Tensor | ExpertParts, offsets: Int32
     const [product, weightGrad] = grouped(be(x), precision);
     if (x.requiresGrad) product(gradOf(x).data, g.data, wData, offsets, E, K, N, !transW, true);
     const dw = stacked ? (stacked.requiresGrad ? gradOf(stacked).data : null) : parts!.grads;
-    if (dw) weightGrad(dw, g.data, x.data, offsets, E, N, K, transW, !parts?.fresh);
+    if (parts?.fresh && dw && precision === "f32") parts.squares = be(x).groupedMatmulWeightGradSquares(dw, g.data, x.data, offsets, E, N, K, transW, false);
+    else if (dw) weightGrad(dw, g.data, x.data, offsets, E, N, K, transW, !parts?.fresh);
     if (parts) parts.fresh = false;
   });
   return y;

@@ -13,22 +13,22 @@
  * tier skip reading and writing untouched experts altogether.
  *
  * The same rule runs in RAM (AdamW with sparseExperts, over stacked [E, …]
- * rows) and over store records (here); both call the same fused kernel on
- * the same elements, so the two agree to rounding.
+ * rows) and over store records (here); the fused kernels they call compute
+ * every element alike (adamwExperts is adamw over many experts at once), so
+ * the two agree to rounding.
  */
 import { backendFor } from "../backend/index.js";
 import type { GroupHyper } from "./adamw.js";
 
 /**
- * One expert's update in place in its record payload: params [P] | m [P] | v
- * [P], params laid out as [w1 | w2 | b1 | b2]; `grad` [P] in the same layout.
- * Weight decay on the matrices (the first `at.decayed` values), none on the
- * biases: two fused calls.
+ * The touched experts of one layer, each updated in place in its record
+ * payload: params [P] | m [P] | v [P], params laid out as [w1 | w2 | b1 |
+ * b2]; grads[i] [P] in the same layout; steps[i] the expert's own step
+ * count (already advanced). Weight decay on the matrices (the first
+ * `at.decayed` values), none on the biases. One kernel call for them all
+ * (per-expert calls cost a call and a split over the threads each).
  */
-export function expertAdamW(payload: Float32Array, at: { decayed: number; P: number }, grad: Float32Array, lr: number, h: GroupHyper, step: number, gradScale = 1): void {
-  const be = backendFor(payload);
-  const P = at.P;
-  for (const [o, n, wd] of [[0, at.decayed, h.weightDecay], [at.decayed, P - at.decayed, 0]] as const) {
-    be.adamw(payload.subarray(o, o + n), grad.subarray(o, o + n), payload.subarray(P + o, P + o + n), payload.subarray(2 * P + o, 2 * P + o + n), n, lr, h.beta1, h.beta2, h.eps, wd, step, gradScale);
-  }
+export function expertsAdamW(payloads: Float32Array[], grads: Float32Array[], steps: Int32Array, at: { decayed: number; P: number }, lr: number, h: GroupHyper, gradScale = 1): void {
+  if (payloads.length === 0) return;
+  backendFor(payloads[0]!).adamwExperts(payloads, grads, steps, at.P, payloads.length, at.decayed, lr, h.beta1, h.beta2, h.eps, h.weightDecay, gradScale);
 }

@@ -22,8 +22,8 @@ import { basename, dirname, join } from "node:path";
 import { openCheckpointFolder, readProvenance, STATE_FILE, type Provenance } from "../checkpoint/folder.js";
 import { decodeCheckpointModel, loadModel } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
-import { fromHfJson, sha256Hex } from "../tokenizer/hfjson.js";
-import type { Tokenizer } from "../tokenizer/codec.js";
+import { parseTokenizerJson, sha256Hex } from "../tokenizer/hfjson.js";
+import type { TextTokenizer } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
 import { readRegularFile } from "../util/read.js";
 import { modelFromStoreCheckpoint } from "./load-store.js";
@@ -40,7 +40,7 @@ export type RunSettings = NonNullable<Provenance["run"]>;
 export interface ModelSource {
   model: PanguSigma;
   /** tokenizer.json's text and the tokenizer, or null when the source has none. */
-  tokenizer: { text: string; tokenizer: Tokenizer } | null;
+  tokenizer: { text: string; tokenizer: TextTokenizer } | null;
   /** The resolved checkpoint folder, or the model file. */
   path: string;
   /** Training step of a checkpoint (0 for a bare file). */
@@ -52,13 +52,14 @@ export interface ModelSource {
 }
 
 /** `tok`, checked to have the model's vocabulary size (`where` names the tokenizer file). */
-export function checkVocab(tok: Tokenizer, model: PanguSigma, where: string): Tokenizer {
-  if (tok.vocabSize !== model.config.vocabSize) throw new SigmaError(`${where} has ${tok.vocabSize} tokens but the model's vocabulary is ${model.config.vocabSize}`, "use the tokenizer the model was trained with");
+export function checkVocab(tok: TextTokenizer, model: PanguSigma, where: string): TextTokenizer {
+  // A Hugging Face model's embedding may have more rows than its tokenizer has tokens (padded to a round size).
+  if (tok.kind === "hf" ? tok.vocabSize > model.config.vocabSize : tok.vocabSize !== model.config.vocabSize) throw new SigmaError(`${where} has ${tok.vocabSize} tokens but the model's vocabulary is ${model.config.vocabSize}`, "use the tokenizer the model was trained with");
   return tok;
 }
 
-function parseTokenizer(text: string, where: string, model: PanguSigma): { text: string; tokenizer: Tokenizer } {
-  return { text, tokenizer: checkVocab(fromHfJson(text, where), model, where) };
+function parseTokenizer(text: string, where: string, model: PanguSigma): { text: string; tokenizer: TextTokenizer } {
+  return { text, tokenizer: checkVocab(parseTokenizerJson(text, where), model, where) };
 }
 
 /** A bare model file: the path itself, or a folder without state.json that holds one model file. */
@@ -118,7 +119,7 @@ function openSource(path: string): ModelSource {
 }
 
 /** A source with its tokenizer, for commands that read or write text (generate, evaluate on text). */
-export function requireTokenizer(src: ModelSource): Tokenizer {
+export function requireTokenizer(src: ModelSource): TextTokenizer {
   if (src.tokenizer) return src.tokenizer.tokenizer;
   throw new SigmaError(
     `${src.path} has no tokenizer`,

@@ -3,7 +3,7 @@
  * the prompt as token ids. Opening the model itself is src/serve/open.ts.
  */
 import type { PanguSigma } from "../models/pangu-sigma.js";
-import type { Tokenizer } from "../tokenizer/codec.js";
+import type { TextTokenizer } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
 
 /** Index of a domain name in the model's domains, with a hint listing the known ones. */
@@ -19,7 +19,7 @@ export function domainIndexOf(model: PanguSigma, name: string): number {
  * training document starts), then the text, where special tokens such as
  * <|lang:en|> are recognised.
  */
-export function encodePrompt(tok: Tokenizer, domain: string, text: string): number[] {
+export function encodePrompt(tok: TextTokenizer, domain: string, text: string): number[] {
   const ids: number[] = [];
   if (tok.domains.includes(domain)) ids.push(tok.domainTokenId(domain));
   ids.push(...tok.encode(text, { allowSpecial: true }));

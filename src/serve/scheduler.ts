@@ -29,7 +29,7 @@
 import { setImmediate as nextTurn } from "node:timers/promises";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import type { FloatArray } from "../tensor/dtype.js";
-import type { Tokenizer, TokenStreamDecoder } from "../tokenizer/codec.js";
+import type { TextTokenizer, TextStreamDecoder } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
 import { Rng } from "../util/rng.js";
 import { attentionLayers, forwardBatch, type BatchItem } from "./batch.js";
@@ -140,7 +140,7 @@ interface Sequence {
   req: SequenceRequest;
   out: SequenceStream;
   rng: Rng;
-  text: TokenStreamDecoder;
+  text: TextStreamDecoder;
   stop: StopMatcher;
   kv: KVSeq | null;
   /** Prompt tokens fed so far. */
@@ -168,7 +168,7 @@ export class Scheduler {
 
   constructor(
     readonly model: PanguSigma,
-    readonly tokenizer: Tokenizer,
+    readonly tokenizer: TextTokenizer,
     o: SchedulerOptions = {},
     private readonly metrics: ServerMetrics | null = o.metrics ?? null,
   ) {

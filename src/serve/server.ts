@@ -25,7 +25,7 @@ import { randomUUID, timingSafeEqual } from "node:crypto";
 import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import { z } from "zod";
 import type { PanguSigma } from "../models/pangu-sigma.js";
-import type { Tokenizer } from "../tokenizer/codec.js";
+import type { TextTokenizer } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
 import { CHAT_STOPS, chatPrompt, ReplyTrimmer, type ChatMessage } from "./chat.js";
 import { ServerMetrics } from "./metrics.js";
@@ -136,7 +136,7 @@ function parseBody<T extends z.ZodTypeAny>(schema: T, body: unknown): z.infer<T>
 
 // ------------------------------------------------------------------ the server
 
-export function createServer(model: PanguSigma, tokenizer: Tokenizer, o: ServerOptions): SigmaHttpServer {
+export function createServer(model: PanguSigma, tokenizer: TextTokenizer, o: ServerOptions): SigmaHttpServer {
   const metrics = new ServerMetrics();
   const scheduler = new Scheduler(model, tokenizer, { ...o, metrics });
   const c = model.config;

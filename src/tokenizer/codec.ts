@@ -20,7 +20,8 @@
  * decode(encode(s)) === s.
  */
 import { SigmaError } from "../util/errors.js";
-import { BYTE_TO_CHAR, findLoneSurrogate, pretokenize, replaceLoneSurrogates } from "./pretokenize.js";
+import { BYTE_TO_CHAR, pretokenize, wellFormed } from "./pretokenize.js";
+import { MergeTable } from "./merges.js";
 import { EOT, PAD, domainToken, langToken, specialTokens, type SpecialSpec } from "./specials.js";
 
 /** What a trained tokenizer is: its specials, non-special token spellings and merges. */
@@ -41,15 +42,52 @@ export interface EncodeOptions {
   allowSpecial?: boolean;
   /** What to do with lone surrogates: throw (default) or encode U+FFFD. */
   invalid?: "throw" | "replace";
+  /**
+   * Add what the tokenizer's post-processor adds around a text (a Hugging
+   * Face tokenizer's TemplateProcessing: Llama's <|begin_of_text|> or <s>).
+   * Default false; Sigma's own tokenizers have no post-processor.
+   */
+  addSpecial?: boolean;
 }
 
-const SHORT_WORD = 48; // below this, rescanning the word per merge beats a heap
+/**
+ * What the rest of Sigma needs of a tokenizer: implemented by Sigma's own
+ * byte-level BPE (`Tokenizer`, below) and by a Hugging Face tokenizer.json of
+ * another layout (`HfTokenizer`, hf.ts). A Hugging Face tokenizer has no
+ * domain or language tokens (its `domains` and `langs` are empty).
+ */
+export interface TextTokenizer {
+  /** "sigma": Sigma's own layout (specials first, then the 256 bytes); "hf": any other tokenizer.json. */
+  readonly kind: "sigma" | "hf";
+  readonly domains: readonly string[];
+  readonly langs: readonly string[];
+  /** The special tokens' text, in id order. */
+  readonly specials: readonly string[];
+  /** Spelling of every id, as tokenizer.json writes it ("" for an id no token has). */
+  readonly vocab: readonly string[];
+  readonly vocabSize: number;
+  /** The token that ends a document: generation stops there (-1 when the tokenizer has none). */
+  readonly eotId: number;
+  domainId(name: string): number;
+  domainTokenId(name: string): number;
+  langTokenId(tag: string): number;
+  encode(text: string, opts?: EncodeOptions): number[];
+  encodeOrdinary(text: string, opts?: Omit<EncodeOptions, "allowSpecial">): number[];
+  isSpecial(id: number): boolean;
+  decode(ids: ArrayLike<number>, opts?: DecodeOptions): string;
+  streamDecoder(opts?: DecodeOptions): TextStreamDecoder;
+}
+
+/** Text of ids as they arrive: push(id) returns the newly completed text; end() what is held back. */
+export interface TextStreamDecoder {
+  push(id: number): string;
+  end(): string;
+}
+
 const CACHE_LIMIT = 200_000; // pre-token → ids entries; cleared when full to bound memory
 
-/** Packs a pair of ids (each < 2^21) into one number key. */
-const pairKey = (a: number, b: number): number => a * 2097152 + b;
-
-export class Tokenizer {
+export class Tokenizer implements TextTokenizer {
+  readonly kind = "sigma" as const;
   readonly domains: readonly string[];
   readonly langs: readonly string[];
   readonly specials: readonly string[];
@@ -61,11 +99,7 @@ export class Tokenizer {
   private readonly idOf = new Map<string, number>();
   private readonly specialIds = new Map<string, number>();
   private readonly bytesOf: Uint8Array[] = [];
-  /** pairKey(a, b) → rank; resultOf[rank] = merged id. */
-  private readonly rank = new Map<number, number>();
-  private readonly resultOf: Int32Array;
-  private readonly leftOf: Int32Array;
-  private readonly rightOf: Int32Array;
+  private readonly mergeTable: MergeTable;
   private readonly cache = new Map<string, number[]>();
   private readonly utf8 = new TextEncoder();
 
@@ -98,9 +132,7 @@ export class Tokenizer {
       this.idOf.set(t, id);
     });
     this.merges = data.merges;
-    this.resultOf = new Int32Array(data.merges.length);
-    this.leftOf = new Int32Array(data.merges.length);
-    this.rightOf = new Int32Array(data.merges.length);
+    this.mergeTable = new MergeTable(data.merges.length);
     data.merges.forEach(([l, r], rank) => {
       const a = this.idOf.get(l);
       const b = this.idOf.get(r);
@@ -108,11 +140,7 @@ export class Tokenizer {
       if (a === undefined || b === undefined || c === undefined) {
         throw new SigmaError(`${where}: merge ${rank} ("${l}", "${r}") uses or makes a token missing from the vocabulary`);
       }
-      const k = pairKey(a, b);
-      if (!this.rank.has(k)) this.rank.set(k, rank); // a repeated merge never fires after its first rank
-      this.resultOf[rank] = c;
-      this.leftOf[rank] = a;
-      this.rightOf[rank] = b;
+      this.mergeTable.set(rank, a, b, c);
     });
     // Bytes of merged tokens, in id order (a merged token's parts always have smaller ids).
     for (let id = S + 256; id < this.vocab.length; id++) {
@@ -144,16 +172,7 @@ export class Tokenizer {
 
   /** Token ids for `text`. See the file comment for special tokens and lone surrogates. */
   encode(text: string, opts: EncodeOptions = {}): number[] {
-    const bad = findLoneSurrogate(text);
-    if (bad >= 0) {
-      if (opts.invalid !== "replace") {
-        throw new SigmaError(
-          `Cannot encode a lone surrogate U+${text.charCodeAt(bad).toString(16).toUpperCase()} at UTF-16 index ${bad}: it is not a character and has no UTF-8 bytes`,
-          'pass { invalid: "replace" } to encode it as U+FFFD, or fix the text',
-        );
-      }
-      text = replaceLoneSurrogates(text).text;
-    }
+    text = wellFormed(text, opts.invalid);
     const out: number[] = [];
     if (opts.allowSpecial === false || !text.includes("<|")) {
       this.encodeSection(text, out);
@@ -251,69 +270,22 @@ export class Tokenizer {
     const S = this.specials.length;
     const w: number[] = new Array(bytes.length);
     for (let i = 0; i < bytes.length; i++) w[i] = S + bytes[i]!;
-    return w.length < SHORT_WORD ? this.bpeShort(w) : this.bpeLong(w);
+    return this.mergeTable.apply(w);
   }
 
-  /** Rescan for the lowest-rank pair and merge all its occurrences left to right (equal to one at a time: a new token only takes part in later merges). */
+  /** The short-word merge rule (see merges.ts); public for the test that pins both rules equal. */
   bpeShort(w: number[]): number[] {
-    for (;;) {
-      let best = Infinity;
-      for (let i = 0; i + 1 < w.length; i++) {
-        const r = this.rank.get(pairKey(w[i]!, w[i + 1]!));
-        if (r !== undefined && r < best) best = r;
-      }
-      if (best === Infinity) return w;
-      const c = this.resultOf[best]!;
-      const a = this.leftOf[best]!;
-      const b = this.rightOf[best]!;
-      let j = 0;
-      for (let i = 0; i < w.length; i++) {
-        if (i + 1 < w.length && w[i] === a && w[i + 1] === b) {
-          w[j++] = c;
-          i++;
-        } else w[j++] = w[i]!;
-      }
-      w.length = j;
-    }
+    return this.mergeTable.applyShort(w);
   }
 
-  /** The same rule with a linked list and a heap keyed (rank, position): O(n log n) for long pieces. */
+  /** The long-word (heap) merge rule. */
   bpeLong(w: number[]): number[] {
-    const n = w.length;
-    const next = new Int32Array(n);
-    const prev = new Int32Array(n);
-    for (let i = 0; i < n; i++) {
-      next[i] = i + 1 < n ? i + 1 : -1;
-      prev[i] = i - 1;
-    }
-    const heap = new MinHeap();
-    const push = (i: number): void => {
-      const j = next[i]!;
-      if (j < 0) return;
-      const r = this.rank.get(pairKey(w[i]!, w[j]!));
-      if (r !== undefined) heap.push(r * 4294967296 + i);
-    };
-    for (let i = 0; i + 1 < n; i++) push(i);
-    while (heap.size > 0) {
-      const e = heap.pop();
-      const r = Math.floor(e / 4294967296);
-      const i = e - r * 4294967296;
-      const j = next[i]!;
-      // Stale entry: the node was merged away or its pair changed since it was pushed.
-      if (w[i]! < 0 || j < 0 || this.rank.get(pairKey(w[i]!, w[j]!)) !== r) continue;
-      w[i] = this.resultOf[r]!;
-      w[j] = -1;
-      next[i] = next[j]!;
-      if (next[j]! >= 0) prev[next[j]!] = i;
-      if (prev[i]! >= 0) push(prev[i]!);
-      push(i);
-    }
-    return w.filter((x) => x >= 0);
+    return this.mergeTable.applyLong(w);
   }
 }
 
 /** See Tokenizer.streamDecoder. */
-export class TokenStreamDecoder {
+export class TokenStreamDecoder implements TextStreamDecoder {
   /** A UTF-8 decoder in streaming mode keeps the bytes of an unfinished character for the next call. */
   private readonly utf8 = new TextDecoder("utf-8");
 
@@ -331,43 +303,5 @@ export class TokenStreamDecoder {
 }
 
 const CHAR_INDEX: ReadonlyMap<string, number> = new Map(BYTE_TO_CHAR.map((c, b) => [c, b]));
-
-/** A binary min-heap of numbers. */
-class MinHeap {
-  private a: number[] = [];
-  get size(): number {
-    return this.a.length;
-  }
-  push(x: number): void {
-    const a = this.a;
-    let i = a.length;
-    a.push(x);
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (a[p]! <= x) break;
-      a[i] = a[p]!;
-      i = p;
-    }
-    a[i] = x;
-  }
-  pop(): number {
-    const a = this.a;
-    const top = a[0]!;
-    const last = a.pop()!;
-    if (a.length > 0) {
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        if (l >= a.length) break;
-        const c = l + 1 < a.length && a[l + 1]! < a[l]! ? l + 1 : l;
-        if (a[c]! >= last) break;
-        a[i] = a[c]!;
-        i = c;
-      }
-      a[i] = last;
-    }
-    return top;
-  }
-}
 
 export { EOT, PAD };

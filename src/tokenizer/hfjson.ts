@@ -4,9 +4,16 @@
  * The file is a standard byte-level BPE: no normalizer; pre_tokenizer =
  * Sequence[Split(our pattern, Isolated), ByteLevel(add_prefix_space false,
  * use_regex false)]; model BPE with vocab + merges; ByteLevel decoder; the
- * specials as added_tokens (special, not normalized, no strip). Loading is
- * strict: Sigma reads back the tokenizers it writes, and rejects any other
- * pre-tokenizer or model rather than encode differently from HF.
+ * specials as added_tokens (special, not normalized, no strip). Loading
+ * with fromHfJson / loadTokenizer is strict: Sigma reads back the tokenizers
+ * it writes (with their domain and language tokens), and rejects anything
+ * else.
+ *
+ * Other tokenizer.json files — the Hugging Face tokenizers of imported
+ * models — are read by `parseTokenizerJson` / `loadAnyTokenizer` into an
+ * HfTokenizer (hf.ts). A file whose pre_tokenizer is exactly Sigma's is
+ * taken as Sigma's own and read strictly as above, so a Sigma tokenizer
+ * keeps its domains and language tags.
  *
  * The tokenizer's hash is the sha256 of the file's bytes; shards and
  * manifests record it so that data made with one tokenizer is never read
@@ -20,7 +27,8 @@ import { writeFileAtomic } from "../util/fs.js";
 import { jsonErrorText, parseJsonStrict, sameJson, showJson } from "../util/strict-json.js";
 import { SPLIT_PATTERN } from "./pretokenize.js";
 import { parseSpecials } from "./specials.js";
-import { Tokenizer } from "./codec.js";
+import { Tokenizer, type TextTokenizer } from "./codec.js";
+import { HfTokenizer, type HfTokenizerOptions } from "./hf.js";
 
 const PRE_TOKENIZER = {
   type: "Sequence",
@@ -31,8 +39,10 @@ const PRE_TOKENIZER = {
 };
 const DECODER = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false };
 
-/** The tokenizer.json text for `tok` (deterministic: same tokenizer, same bytes). */
-export function toHfJson(tok: Tokenizer): string {
+/** The tokenizer.json text for `tok` (deterministic: same tokenizer, same bytes); a Hugging Face tokenizer's is the text it was read from. */
+export function toHfJson(tok: TextTokenizer): string {
+  if (tok instanceof HfTokenizer) return tok.sourceText;
+  if (!(tok instanceof Tokenizer)) throw new TypeError("toHfJson: not a tokenizer Sigma made");
   // A null-prototype object: tokens such as "constructor" or "__proto__" must be plain keys.
   const vocab: Record<string, number> = Object.create(null);
   tok.vocab.forEach((t, id) => {
@@ -88,12 +98,33 @@ const show = (x: unknown): string => showJson(x, 60);
  * Linear in the file's size.
  */
 export function fromHfJson(text: string, where: string): Tokenizer {
-  let j: unknown;
+  return fromParsed(parseJson(text, where), where);
+}
+
+function parseJson(text: string, where: string): unknown {
   try {
-    j = parseJsonStrict(text);
+    return parseJsonStrict(text);
   } catch (e) {
     throw new SigmaError(`${where}: not valid JSON (${jsonErrorText(e)})`, "was the file truncated? retrain with `sigma tokenizer train`");
   }
+}
+
+/** Whether parsed tokenizer.json `j` is in Sigma's own layout (its pre_tokenizer is Sigma's). */
+function isSigmaLayout(j: unknown): boolean {
+  return isObject(j) && sameJson(j.pre_tokenizer, PRE_TOKENIZER);
+}
+
+/**
+ * Any supported tokenizer.json: Sigma's own layout (read strictly, with its
+ * domains) or another Hugging Face BPE tokenizer (hf.ts). `opts.eos` names
+ * the end-of-text token of a Hugging Face tokenizer.
+ */
+export function parseTokenizerJson(text: string, where: string, opts: HfTokenizerOptions = {}): TextTokenizer {
+  const j = parseJson(text, where);
+  return isSigmaLayout(j) ? fromParsed(j, where) : new HfTokenizer(j, where, opts, text);
+}
+
+function fromParsed(j: unknown, where: string): Tokenizer {
   const fail = (what: string): never => {
     throw new SigmaError(`${where}: unsupported tokenizer.json: ${what}`, "Sigma loads the byte-level BPE tokenizers that `sigma tokenizer train` writes");
   };
@@ -159,6 +190,17 @@ export interface LoadedTokenizer {
 }
 
 export function loadTokenizer(path: string): LoadedTokenizer {
+  const bytes = readTokenizerFile(path);
+  return { tokenizer: fromHfJson(bytes.toString("utf8"), path), sha256: sha256Hex(bytes), path };
+}
+
+/** loadTokenizer for any supported tokenizer.json (see parseTokenizerJson). */
+export function loadAnyTokenizer(path: string, opts: HfTokenizerOptions = {}): { tokenizer: TextTokenizer; sha256: string; path: string } {
+  const bytes = readTokenizerFile(path);
+  return { tokenizer: parseTokenizerJson(bytes.toString("utf8"), path, opts), sha256: sha256Hex(bytes), path };
+}
+
+function readTokenizerFile(path: string): Buffer {
   let bytes: Buffer;
   try {
     bytes = readRegularFile(path, "tokenizer", "train one with `sigma tokenizer train`", 512 * 2 ** 20);
@@ -166,6 +208,5 @@ export function loadTokenizer(path: string): LoadedTokenizer {
     if (e instanceof SigmaError) throw e;
     throw new SigmaError(`Cannot read tokenizer ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "train one with `sigma tokenizer train`");
   }
-  return { tokenizer: fromHfJson(bytes.toString("utf8"), path), sha256: sha256Hex(bytes), path };
+  return bytes;
 }
-

@@ -140,3 +140,19 @@ export function replaceLoneSurrogates(s: string): { text: string; replaced: numb
   }
   return { text: out + s.slice(prev), replaced };
 }
+
+/**
+ * `text` ready to encode: as is when well-formed; with lone surrogates as
+ * U+FFFD when `invalid` is "replace"; otherwise a SigmaError naming the first.
+ */
+export function wellFormed(text: string, invalid: "throw" | "replace" | undefined): string {
+  const bad = findLoneSurrogate(text);
+  if (bad < 0) return text;
+  if (invalid !== "replace") {
+    throw new SigmaError(
+      `Cannot encode a lone surrogate U+${text.charCodeAt(bad).toString(16).toUpperCase()} at UTF-16 index ${bad}: it is not a character and has no UTF-8 bytes`,
+      'pass { invalid: "replace" } to encode it as U+FFFD, or fix the text',
+    );
+  }
+  return replaceLoneSurrogates(text).text;
+}

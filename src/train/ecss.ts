@@ -18,8 +18,12 @@
  *     per touched expert for the step; the biases (small) are copied into
  *     stacked [U, …] leaves. Without gradients (evaluation) everything is
  *     copied out, so that no view outlives an unpinned record;
- *  3. after backward, the bias leaves' gradients are added to those buffers;
- *  4. clipping counts those gradients with the dense ones;
+ *  3. after backward, the bias leaves' gradients go to those buffers (copied
+ *     on the step's first touch, so never zeroed; added after);
+ *  4. clipping counts those gradients with the dense ones — their Σ g² as
+ *     the weight-gradient kernels summed it while writing them, when every
+ *     buffer was written once (one micro-batch, one rank), else by reading
+ *     the buffers again;
  *  5. the sparse step updates only the touched experts, each with its own
  *     step count, in place in its record (src/optim/sparse.ts), and marks it
  *     dirty; then the tier ends the step (unpins, and evicts past the budget,
@@ -41,7 +45,7 @@ import type { PanguSigma } from "../models/pangu-sigma.js";
 import type { ExpertBank, ExpertWeights } from "../moe/layer.js";
 import type { ExpertParts } from "../ops/index.js";
 import type { GroupHyper } from "../optim/adamw.js";
-import { expertAdamW } from "../optim/sparse.js";
+import { expertsAdamW } from "../optim/sparse.js";
 import type { Resident } from "../store/cache.js";
 import type { ExpertStoreFile } from "../store/file.js";
 import { tensorOffsets, type LayerLayout } from "../store/format.js";
@@ -78,7 +82,7 @@ export class Ecss implements ExpertBank {
    * buffer per expert ([w1 | w2 | b1 | b2], as in its record), written on the
    * step's first touch (see gradOf) and accumulated over later micro-batches.
    */
-  private readonly grads = new Map<number, { r: Resident; g: Float32Array }>();
+  private readonly grads = new Map<number, { r: Resident; g: Float32Array; biasFresh: boolean }>();
   /**
    * Per sparse layer: storages reused step after step for the stacked
    * weights and their gradients (growing to the most experts a batch used),
@@ -86,6 +90,16 @@ export class Ecss implements ExpertBank {
    */
   private readonly scratch: { cap: number; b: [Storage, Storage]; g: [Storage, Storage]; w: [Storage, Storage] | null; wCap: number }[] = [];
   private readonly gradPool = new Map<number, Float32Array[]>();
+  /**
+   * Σ g² over the step's gradient buffers, from the kernels that wrote them
+   * (the matrices' weight-gradient products sum the squares as they store;
+   * the biases' are summed from their stacked leaves), while that is exact:
+   * every buffer written once, by one forward's fresh products. null once a
+   * buffer is added to instead (a later micro-batch touches the expert again,
+   * gradients summed over ranks, a bf16 product, a backward that did not
+   * reach the matrices): gradSquares then reads the buffers.
+   */
+  private written: number | null = 0;
 
   /**
    * `budget`: bytes of resident expert records. `readAhead`: the router is
@@ -206,16 +220,16 @@ export class Ecss implements ExpertBank {
 
   /**
    * The step's gradient buffer of an expert. isNew: the step's first touch —
-   * its biases' part is zeroed, its matrices' part (the first o.decayed
-   * values, [w1 | w2]) is not: the caller writes or zeroes it.
+   * nothing in it is set: the caller writes or zeroes its matrices' part (the
+   * first o.decayed values, [w1 | w2]); its biases' part is written by
+   * collectGrads (biasFresh) or zeroed by the caller.
    */
   private gradOf(layer: number, expert: number, r: Resident, o: { decayed: number; P: number }): { g: Float32Array; isNew: boolean } {
     const key = this.tier.key(layer, expert);
     const have = this.grads.get(key);
     if (have) return { g: have.g, isNew: false };
     const g = this.gradPool.get(o.P)?.pop() ?? new Float32Array(o.P);
-    g.fill(0, o.decayed);
-    this.grads.set(key, { r, g });
+    this.grads.set(key, { r, g, biasFresh: true });
     return { g, isNew: true };
   }
 
@@ -234,11 +248,26 @@ export class Ecss implements ExpertBank {
       for (const p of [p1, p2]) if (p.fresh) for (const g of p.grads!) g.fill(0);
       p1.fresh = p2.fresh = false;
       lv.experts.forEach((e, i) => {
-        const { g } = this.grads.get(this.tier.key(lv.layer, e))!;
-        const be = backendFor(g);
-        be.axpy(g.subarray(o.b1, o.b1 + F), gb1.subarray(i * F, (i + 1) * F), 1, F);
-        be.axpy(g.subarray(o.b2, o.b2 + C), gb2.subarray(i * C, (i + 1) * C), 1, C);
+        const entry = this.grads.get(this.tier.key(lv.layer, e))!;
+        const { g } = entry;
+        // The step's first contribution is copied in (the part was never zeroed), later ones added.
+        if (entry.biasFresh) {
+          g.set(gb1.subarray(i * F, (i + 1) * F), o.b1);
+          g.set(gb2.subarray(i * C, (i + 1) * C), o.b2);
+          entry.biasFresh = false;
+        } else {
+          const be = backendFor(g);
+          be.axpy(g.subarray(o.b1, o.b1 + F), gb1.subarray(i * F, (i + 1) * F), 1, F);
+          be.axpy(g.subarray(o.b2, o.b2 + C), gb2.subarray(i * C, (i + 1) * C), 1, C);
+        }
       });
+      // The products wrote fresh buffers (every expert's first touch this step) and summed their
+      // squares; the bias parts now hold the leaves' gradients exactly.
+      // Otherwise (an expert touched again, bf16, no backward through the matrices) they are read later.
+      if (this.written !== null && p1.squares !== undefined && p2.squares !== undefined) {
+        const be = backendFor(gb1), U = lv.experts.length;
+        this.written += p1.squares + p2.squares + be.sumSquares(gb1, U * F) + be.sumSquares(gb2, U * C);
+      } else this.written = null;
     }
     this.leaves = [];
   }
@@ -262,7 +291,7 @@ export class Ecss implements ExpertBank {
       for (const e of es) {
         const r = this.tier.acquire(l, e, true);
         const { g, isNew } = this.gradOf(l, e, r, o);
-        if (isNew) g.fill(0);
+        if (isNew) g.fill(0); // after the last backward: no collectGrads writes its biases
         arrays.push(g);
         n++;
       }
@@ -270,6 +299,7 @@ export class Ecss implements ExpertBank {
     // Every expert this rank computed on had tokens somewhere, so it is in the global set.
     if (n !== this.grads.size) throw new Error(`ECSS: ${this.grads.size - n} expert(s) this rank computed on are outside the step's touched set`);
     if (!comm || comm.size === 1 || arrays.length === 0) return 0;
+    this.written = null;
     const sum = new BucketedAllreduce(comm, arrays);
     sum.finish();
     return sum.commSeconds;
@@ -277,9 +307,11 @@ export class Ecss implements ExpertBank {
 
   /**
    * Σ g² over the touched experts' gradients, for global-norm clipping with
-   * the dense parameters' (untouched experts' gradients are zero).
+   * the dense parameters' (untouched experts' gradients are zero): as the
+   * kernels summed them while writing (see `written`), else read again.
    */
   gradSquares(): number {
+    if (this.written !== null) return this.written;
     let sq = 0;
     for (const { g } of this.grads.values()) sq += backendFor(g).sumSquares(g, g.length);
     return sq;
@@ -291,15 +323,25 @@ export class Ecss implements ExpertBank {
    * then the tier ends the step (unpins, evicts down to the budget).
    */
   update(lr: number, h: GroupHyper, gradScale = 1): void {
+    // One kernel call per sparse layer (its experts share a layout).
+    const byLayer = new Map<number, { payloads: Float32Array[]; grads: Float32Array[]; steps: number[] }>();
     for (const { r, g } of this.grads.values()) {
       r.step++;
-      expertAdamW(r.payload, tensorOffsets(this.layout[r.layer]!), g, lr, h, r.step, gradScale);
       r.dirty = true;
+      let l = byLayer.get(r.layer);
+      if (!l) byLayer.set(r.layer, (l = { payloads: [], grads: [], steps: [] }));
+      l.payloads.push(r.payload);
+      l.grads.push(g);
+      l.steps.push(r.step);
+    }
+    for (const [layer, l] of byLayer) expertsAdamW(l.payloads, l.grads, Int32Array.from(l.steps), tensorOffsets(this.layout[layer]!), lr, h, gradScale);
+    for (const { g } of this.grads.values()) {
       const pool = this.gradPool.get(g.length) ?? [];
       pool.push(g);
       this.gradPool.set(g.length, pool);
     }
     this.grads.clear();
+    this.written = 0;
     this.tier.endStep();
   }
 

@@ -35,6 +35,7 @@
 
 #include "cpu.h"
 #include "gemm_ukernel.h"
+#include "ops.h"
 #include "panel_buffers.h"
 #include "threadpool.h"
 #include "vec.h"
@@ -336,10 +337,43 @@ void sgemm_blocked(const GemmPlan& plan, bool transA, bool transB, int64_t M, in
   }
 }
 
+// Σ C² over the M×N block at c (rows ldc apart), on the calling thread.
+double block_sum_squares(const float* c, int64_t ldc, int64_t M, int64_t N) {
+  double s = 0;
+  for (int64_t i = 0; i < M; ++i) s += sum_squares_serial(c + i * ldc, N);
+  return s;
+}
+
+// Thin products with B stored [K,N] (few rows of op(A), or a short inner
+// dimension: an expert's rank-few weight gradient) take gemm_thin_axpy_avx2.
+bool thin_axpy_case(const GemmPlan& plan, bool transB, int64_t M, int64_t K) {
+  return !plan.blocked_only && use_avx2() && !transB && (M <= kThinRows || K <= kThinK);
+}
+
+void serial_product(const GemmPlan& plan, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                    const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                    bool accumulate);
+
+// The serial product; with sq, Σ C² (C as it stands after the product) is
+// added into *sq: by the thin kernel from the registers it stores from (an
+// expert's weight gradient over its few tokens: no second read of C), and
+// otherwise by reading the block back right after the product, while much
+// of it is still in cache.
 void sgemm_serial_plan(const GemmPlan& plan, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
                        const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-                       bool accumulate) {
+                       bool accumulate, double* sq = nullptr) {
   if (M <= 0 || N <= 0) return;
+  if (sq && K > 0 && thin_axpy_case(plan, transB, M, K)) {
+    gemm_thin_axpy_avx2(M, N, K, a, transA ? 1 : lda, transA ? lda : 1, b, ldb, c, ldc, accumulate, sq);
+    return;
+  }
+  serial_product(plan, transA, transB, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+  if (sq) *sq += block_sum_squares(c, ldc, M, N);
+}
+
+void serial_product(const GemmPlan& plan, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                    const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                    bool accumulate) {
   if (K <= 0) {
     if (!accumulate)
       for (int64_t i = 0; i < M; ++i) std::memset(c + i * ldc, 0, sizeof(float) * N);
@@ -352,7 +386,7 @@ void sgemm_serial_plan(const GemmPlan& plan, bool transA, bool transB, int64_t M
       // B stored [K,N], one row of A too: sums of B's rows, eight at a time,
       // read as contiguous streams (sgemv_row's row-by-row axpy took 1.3–2×
       // as long with B from memory, 2 threads).
-      if (!transB && (M <= kThinRows || K <= kThinK)) {
+      if (thin_axpy_case(plan, transB, M, K)) {
         gemm_thin_axpy_avx2(M, N, K, a, transA ? 1 : lda, transA ? lda : 1, b, ldb, c, ldc, accumulate);
         return;
       }
@@ -390,7 +424,7 @@ namespace {
 // the serial product on slice `t`, all slices with the caller's plan. Column
 // slices are multiples of the tile's NR, row slices of its MR.
 void gemm_slice(const GemmPlan& plan, int t, int nt, bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
-                const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+                const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate, double* sq = nullptr) {
   // Split the larger dimension, so that each thread packs the smaller share of the
   // operand it does not share (row slices pack half of A, column slices half of B).
   const int64_t MR = plan.tile->mr, NR = plan.tile->nr;
@@ -400,14 +434,14 @@ void gemm_slice(const GemmPlan& plan, int t, int nt, bool transA, bool transB, i
     const int64_t j0 = p0 * NR, j1 = std::min(N, p1 * NR);
     if (j0 >= j1) return;
     const float* bs = transB ? b + j0 * ldb : b + j0;
-    sgemm_serial_plan(plan, transA, transB, M, j1 - j0, K, a, lda, bs, ldb, c + j0, ldc, accumulate);
+    sgemm_serial_plan(plan, transA, transB, M, j1 - j0, K, a, lda, bs, ldb, c + j0, ldc, accumulate, sq);
   } else {
     const int64_t panels = (M + MR - 1) / MR;
     const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
     const int64_t i0 = p0 * MR, i1 = std::min(M, p1 * MR);
     if (i0 >= i1) return;
     const float* as = transA ? a + i0 : a + i0 * lda;
-    sgemm_serial_plan(plan, transA, transB, i1 - i0, N, K, as, lda, b, ldb, c + i0 * ldc, ldc, accumulate);
+    sgemm_serial_plan(plan, transA, transB, i1 - i0, N, K, as, lda, b, ldb, c + i0 * ldc, ldc, accumulate, sq);
   }
 }
 
@@ -526,22 +560,36 @@ void grouped_gemm_impl(float* y, const float* x, const WOf& w_of, const int32_t*
   });
 }
 
+// With `squares`, also returns Σ dW² over every expert's gradient as it
+// stands after the call (ECSS clips with it instead of reading the gradients
+// again): each slice's sum is taken as the slice is written (sgemm_serial_plan),
+// kept per (slice, expert), and added up in a fixed order afterwards.
 template <typename DWOf>
-void grouped_gemm_weight_grad_impl(const DWOf& dw_of, const float* dy, const float* x, const int32_t* offsets, int64_t E,
-                                   int64_t N, int64_t K, bool transW, bool accumulate) {
+double grouped_gemm_weight_grad_impl(const DWOf& dw_of, const float* dy, const float* x, const int32_t* offsets, int64_t E,
+                                     int64_t N, int64_t K, bool transW, bool accumulate, bool squares = false) {
   const int nt = threads_for(std::max<int64_t>(offsets[E], 1), N, K);
   // The products' depth is an expert's rows: the plan for the average expert.
   const GemmPlan plan = gemm_plan(std::max<int64_t>(1, offsets[E] / std::max<int64_t>(E, 1)), nt);
+  // part[t·E + e]: slice t of expert e (t = 0 for a whole expert); written by one thread each.
+  thread_local std::vector<double> part_tls;
+  std::vector<double>& part = part_tls;
+  if (squares) part.assign(static_cast<size_t>(nt * E), 0.0);
   for_experts(offsets, E, nt, [&](int64_t e, int t, int n) {
     const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
     float* out = dw_of(e);
+    double* sq = squares ? &part[static_cast<size_t>(t * E + e)] : nullptr;
     // transW: dW[e] [N,K] = dy_eᵀ [N,rows] · x_e [rows,K];  else dW[e] [K,N] = x_eᵀ · dy_e.
     // An expert with no rows gets zeros (or keeps its gradient when accumulating).
     if (transW)
-      gemm_slice(plan, t, n, true, false, N, K, rows, dy + r0 * N, N, x + r0 * K, K, out, K, accumulate);
+      gemm_slice(plan, t, n, true, false, N, K, rows, dy + r0 * N, N, x + r0 * K, K, out, K, accumulate, sq);
     else
-      gemm_slice(plan, t, n, true, false, K, N, rows, x + r0 * K, K, dy + r0 * N, N, out, N, accumulate);
+      gemm_slice(plan, t, n, true, false, K, N, rows, x + r0 * K, K, dy + r0 * N, N, out, N, accumulate, sq);
   });
+  double total = 0;
+  if (squares)
+    for (int64_t e = 0; e < E; ++e)
+      for (int t = 0; t < nt; ++t) total += part[static_cast<size_t>(t * E + e)];
+  return total;
 }
 
 }  // namespace
@@ -564,6 +612,18 @@ void grouped_gemm_weight_grad(float* dw, const float* dy, const float* x, const 
 void grouped_gemm_weight_grad_parts(float* const* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E,
                                     int64_t N, int64_t K, bool transW, bool accumulate) {
   grouped_gemm_weight_grad_impl([&](int64_t e) { return dw[e]; }, dy, x, offsets, E, N, K, transW, accumulate);
+}
+
+double grouped_gemm_weight_grad_squares(float* dw, const float* dy, const float* x, const int32_t* offsets, int64_t E,
+                                        int64_t N, int64_t K, bool transW, bool accumulate) {
+  return grouped_gemm_weight_grad_impl([&](int64_t e) { return dw + e * N * K; }, dy, x, offsets, E, N, K, transW,
+                                       accumulate, true);
+}
+
+double grouped_gemm_weight_grad_parts_squares(float* const* dw, const float* dy, const float* x, const int32_t* offsets,
+                                              int64_t E, int64_t N, int64_t K, bool transW, bool accumulate) {
+  return grouped_gemm_weight_grad_impl([&](int64_t e) { return dw[e]; }, dy, x, offsets, E, N, K, transW, accumulate,
+                                       true);
 }
 
 double fma_peak_seconds(int64_t iters, int threads) {

@@ -85,20 +85,52 @@ void dot_rows(int64_t n, int64_t N, int64_t K, const float* a, int64_t lda, cons
 }
 
 // One row of C over columns [n0, n1): C[n] (+)= Σ_{kk < KB} w[kk]·B[kk][n].
-template <int KB>
-inline void axpy_row(float* ci, const float* bk, int64_t ldb, int64_t n0, int64_t n1, const __m256 (&w)[8], bool add) {
+// SQ: the squares of the values stored are added into *sq as well (the last
+// k block: those values are C's final ones), from the registers they are
+// stored from — the sum of squares costs no second read of C. Masked-off
+// lanes hold zeros and add nothing.
+template <int KB, bool SQ>
+inline void axpy_row(float* ci, const float* bk, int64_t ldb, int64_t n0, int64_t n1, const __m256 (&w)[8], bool add,
+                     __m256* sq) {
   int64_t n = n0;
+  __m256 s = _mm256_setzero_ps();
   for (; n + 8 <= n1; n += 8) {
     __m256 v = add ? _mm256_loadu_ps(ci + n) : _mm256_setzero_ps();
     for (int kk = 0; kk < KB; ++kk) v = _mm256_fmadd_ps(w[kk], _mm256_loadu_ps(bk + kk * ldb + n), v);
     _mm256_storeu_ps(ci + n, v);
+    if (SQ) s = _mm256_fmadd_ps(v, v, s);
   }
   if (n < n1) {
     const __m256i m = lanes(0, n1 - n);
     __m256 v = add ? _mm256_maskload_ps(ci + n, m) : _mm256_setzero_ps();
     for (int kk = 0; kk < KB; ++kk) v = _mm256_fmadd_ps(w[kk], _mm256_maskload_ps(bk + kk * ldb + n, m), v);
     _mm256_maskstore_ps(ci + n, m, v);
+    if (SQ) s = _mm256_fmadd_ps(v, v, s);
   }
+  if (SQ) *sq = s;
+}
+
+// axpy_row for KB = kb (1 … 8), with or without the squares.
+template <bool SQ>
+inline void axpy_row_kb(int kb, float* ci, const float* bk, int64_t ldb, int64_t n0, int64_t n1, const __m256 (&w)[8],
+                        bool add, __m256* sq) {
+  switch (kb) {
+    case 1: axpy_row<1, SQ>(ci, bk, ldb, n0, n1, w, add, sq); break;
+    case 2: axpy_row<2, SQ>(ci, bk, ldb, n0, n1, w, add, sq); break;
+    case 3: axpy_row<3, SQ>(ci, bk, ldb, n0, n1, w, add, sq); break;
+    case 4: axpy_row<4, SQ>(ci, bk, ldb, n0, n1, w, add, sq); break;
+    case 5: axpy_row<5, SQ>(ci, bk, ldb, n0, n1, w, add, sq); break;
+    case 6: axpy_row<6, SQ>(ci, bk, ldb, n0, n1, w, add, sq); break;
+    case 7: axpy_row<7, SQ>(ci, bk, ldb, n0, n1, w, add, sq); break;
+    default: axpy_row<8, SQ>(ci, bk, ldb, n0, n1, w, add, sq); break;
+  }
+}
+
+// Σ of a row's eight float lanes (each at most 64 squares: one 512-column
+// chunk) folded into four double lanes, so that a whole matrix sums in double.
+inline __m256d fold_squares(__m256d total, __m256 s) {
+  total = _mm256_add_pd(total, _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
+  return _mm256_add_pd(total, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
 }
 
 }  // namespace
@@ -124,12 +156,15 @@ void gemm_thin_rows_bt_avx2(int64_t M, int64_t N, int64_t K, const float* a, int
 }
 
 void gemm_thin_axpy_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_ks, const float* b,
-                         int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+                         int64_t ldb, float* c, int64_t ldc, bool accumulate, double* sq) {
   // 512 columns of 8 rows of B (16 KiB) stay in L1 while every row of C takes them.
   constexpr int64_t kChunk = 512;
+  __m256d total = _mm256_setzero_pd();
   for (int64_t k0 = 0; k0 < K; k0 += 8) {
     const int kb = static_cast<int>(std::min<int64_t>(8, K - k0));
     const bool add = accumulate || k0 > 0;
+    // The last k block writes C's final values: their squares are summed as they are stored.
+    const bool squares = sq && k0 + 8 >= K;
     const float* bk = b + k0 * ldb;
     for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
       const int64_t n1 = std::min(N, n0 + kChunk);
@@ -140,18 +175,20 @@ void gemm_thin_axpy_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_
         __m256 w[8];
         for (int kk = 0; kk < kb; ++kk) w[kk] = _mm256_broadcast_ss(a + i * a_rs + (k0 + kk) * a_ks);
         float* ci = c + i * ldc;
-        switch (kb) {
-          case 1: axpy_row<1>(ci, bk, ldb, n0, n1, w, add); break;
-          case 2: axpy_row<2>(ci, bk, ldb, n0, n1, w, add); break;
-          case 3: axpy_row<3>(ci, bk, ldb, n0, n1, w, add); break;
-          case 4: axpy_row<4>(ci, bk, ldb, n0, n1, w, add); break;
-          case 5: axpy_row<5>(ci, bk, ldb, n0, n1, w, add); break;
-          case 6: axpy_row<6>(ci, bk, ldb, n0, n1, w, add); break;
-          case 7: axpy_row<7>(ci, bk, ldb, n0, n1, w, add); break;
-          default: axpy_row<8>(ci, bk, ldb, n0, n1, w, add); break;
+        if (squares) {
+          __m256 s;
+          axpy_row_kb<true>(kb, ci, bk, ldb, n0, n1, w, add, &s);
+          total = fold_squares(total, s);
+        } else {
+          axpy_row_kb<false>(kb, ci, bk, ldb, n0, n1, w, add, nullptr);
         }
       }
     }
+  }
+  if (sq) {
+    alignas(32) double t[4];
+    _mm256_store_pd(t, total);
+    *sq += (t[0] + t[1]) + (t[2] + t[3]);
   }
 }
 

@@ -112,8 +112,9 @@ void gemm_small_m_bt_avx512(int64_t M, int64_t N, int64_t K, const float* a, int
                             float* c, int64_t ldc, bool accumulate);
 // C[M,N] (+)= A·B[K,N] with A[i,k] = a[i·a_rs + k·a_ks], eight k at a time:
 // each row of C is a sum of rows of B — for few rows of A or a short K.
+// With sq, Σ C² (C as it stands after the call) is added into *sq.
 void gemm_thin_axpy_avx2(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_ks, const float* b,
-                         int64_t ldb, float* c, int64_t ldc, bool accumulate);
+                         int64_t ldb, float* c, int64_t ldc, bool accumulate, double* sq = nullptr);
 
 // C[M,N] (+)= op(A)·B[K,N] for few rows of op(A) (gemm_small_m_avx2.cpp): B is
 // read once, in place. ap holds op(A) in groups of six k: ap[g][m][i] =

@@ -1,5 +1,6 @@
 // Elementwise kernels, bias, activations and the fused AdamW step. Large
 // arrays are split over the kernel threads in contiguous chunks.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -110,6 +111,8 @@ void mul(float* o, const float* a, const float* b, int64_t n) { chunked(n, [&](i
 void scale(float* o, const float* x, float alpha, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { scale_k(o + s, x + s, alpha, e - s); }); }
 void axpy(float* y, const float* x, float alpha, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { axpy_k(y + s, x + s, alpha, e - s); }); }
 
+double sum_squares_serial(const float* x, int64_t n) { return sumsq_k(x, n); }
+
 double sum_squares(const float* x, int64_t n) {
   // Fixed chunks (not per-thread ones) so the result does not depend on the thread count.
   const int64_t chunk = 1 << 16;
@@ -171,6 +174,37 @@ void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, fl
   const float inv_bc2 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step))));
   chunked(n, [&](int64_t s, int64_t e) {
     adamw_k(p + s, g + s, m + s, v + s, e - s, lr, beta1, beta2, eps, weight_decay, inv_bc1, inv_bc2, grad_scale);
+  });
+}
+
+void adamw_experts(float* const* payload, const float* const* grad, const int32_t* steps, int64_t E, int64_t P,
+                   int64_t decayed, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale) {
+  if (E <= 0 || P <= 0) return;
+  // Each expert's bias corrections, as adamw computes them.
+  thread_local std::vector<float> bc_tls;
+  std::vector<float>& bc = bc_tls;
+  bc.resize(static_cast<size_t>(2 * E));
+  for (int64_t e = 0; e < E; ++e) {
+    const double t = static_cast<double>(steps[e]);
+    bc[2 * e] = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(beta1), t)));
+    bc[2 * e + 1] = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(beta2), t)));
+  }
+  // The E experts' P values end to end, split over the threads in one go
+  // (not a fork and join per expert); a thread's range may cross experts.
+  chunked(E * P, [&](int64_t s, int64_t end) {
+    while (s < end) {
+      const int64_t e = s / P, i0 = s % P, i1 = std::min(P, i0 + (end - s));
+      float* p = payload[e];
+      const float* g = grad[e];
+      // The decayed part [0, decayed), then the rest without decay.
+      for (int64_t a = i0; a < i1;) {
+        const int64_t b = a < decayed ? std::min(i1, decayed) : i1;
+        adamw_k(p + a, g + a, p + P + a, p + 2 * P + a, b - a, lr, beta1, beta2, eps, a < decayed ? weight_decay : 0.f,
+                bc[2 * e], bc[2 * e + 1], grad_scale);
+        a = b;
+      }
+      s += i1 - i0;
+    }
   });
 }
 

@@ -179,7 +179,7 @@ struct Args {
 
   // Phase two: each part a Float32Array of at least `need` elements; pointers into `out`.
   void f32_parts(const std::vector<napi_value>& parts, const char* name, const Need& need,
-                 std::vector<float*>& out) const {
+                 std::vector<float*>& out, const char* need_is = "N·K") const {
     out.resize(parts.size());
     for (size_t e = 0; e < parts.size(); ++e) {
       const std::string what = "part " + std::to_string(e) + " ";
@@ -188,7 +188,7 @@ struct Args {
       if (!typed(parts[e], napi_float32_array, name, what, &data, &n)) type_error(name, what + "must be a Float32Array");
       if (need.overflow) check_length(name, what, n, need);
       if (n < need.n) {
-        range_error(name, what + "has " + std::to_string(n) + " elements but N·K = " + std::to_string(need.n));
+        range_error(name, what + "has " + std::to_string(n) + " elements but " + need_is + " = " + std::to_string(need.n));
       }
       out[e] = static_cast<float*>(data);
     }

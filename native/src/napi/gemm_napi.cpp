@@ -118,10 +118,12 @@ Napi::Value GroupedMatmul(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// groupedMatmulWeightGrad(dw, dy, x, offsets, E, N, K, transW, accumulate)
-template <class P>
+// groupedMatmulWeightGrad(dw, dy, x, offsets, E, N, K, transW, accumulate), and
+// groupedMatmulWeightGradSquares (the same arguments; f32 only), which also
+// returns Σ dw² over every expert's gradient after the call.
+template <class P, bool kSquares = false>
 Napi::Value GroupedMatmulWeightGrad(const Napi::CallbackInfo& info) {
-  Args g(info, P::kWeightGrad, 9);
+  Args g(info, kSquares ? "groupedMatmulWeightGradSquares" : P::kWeightGrad, 9);
   const int64_t E = g.dim(4, "E"), N = g.dim(5, "N"), K = g.dim(6, "K");
   const bool tw = g.flag(7, "transW"), acc = g.flag(8, "accumulate");
   const bool in_parts = info[0].IsArray();
@@ -137,13 +139,18 @@ Napi::Value GroupedMatmulWeightGrad(const Napi::CallbackInfo& info) {
   const uint64_t R = static_cast<uint64_t>(off[E]);
   const float* dy = g.f32(1, "dy", prod(R, N));
   const float* x = g.f32(2, "x", prod(R, K));
-  if (in_parts) {
-    std::vector<float*> parts;
-    g.f32_parts(dw_parts, "dw", prod(N, K), parts);
-    P::weight_grad_parts(parts.data(), dy, x, off, E, N, K, tw, acc);
-  } else {
-    P::weight_grad(g.f32(0, "dw", prod(E, N, K)), dy, x, off, E, N, K, tw, acc);
+  std::vector<float*> parts;
+  if (in_parts) g.f32_parts(dw_parts, "dw", prod(N, K), parts);
+  float* dw = in_parts ? nullptr : g.f32(0, "dw", prod(E, N, K));
+  if constexpr (kSquares) {
+    const double sq = in_parts ? sigma::grouped_gemm_weight_grad_parts_squares(parts.data(), dy, x, off, E, N, K, tw, acc)
+                               : sigma::grouped_gemm_weight_grad_squares(dw, dy, x, off, E, N, K, tw, acc);
+    return Napi::Number::New(info.Env(), sq);
   }
+  if (in_parts)
+    P::weight_grad_parts(parts.data(), dy, x, off, E, N, K, tw, acc);
+  else
+    P::weight_grad(dw, dy, x, off, E, N, K, tw, acc);
   return info.Env().Undefined();
 }
 
@@ -356,6 +363,7 @@ void InitGemm(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "bmm", Bmm);
   Export(env, exports, "groupedMatmul", GroupedMatmul<F32>);
   Export(env, exports, "groupedMatmulWeightGrad", GroupedMatmulWeightGrad<F32>);
+  Export(env, exports, "groupedMatmulWeightGradSquares", GroupedMatmulWeightGrad<F32, true>);
   Export(env, exports, "matmulBf16", Matmul<Bf16>);
   Export(env, exports, "groupedMatmulBf16", GroupedMatmul<Bf16>);
   Export(env, exports, "groupedMatmulWeightGradBf16", GroupedMatmulWeightGrad<Bf16>);

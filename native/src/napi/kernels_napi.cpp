@@ -292,6 +292,27 @@ Napi::Value AdamW(Info info) {
   return info.Env().Undefined();
 }
 
+// adamwExperts(payloads, grads, steps, P, E, decayed, lr, beta1, beta2, eps, weightDecay, gradScale)
+Napi::Value AdamWExperts(Info info) {
+  Args g(info, "adamwExperts", 12);
+  const int64_t P = g.dim(3, "P"), E = g.dim(4, "E"), decayed = g.dim(5, "decayed");
+  // The parts first: reading their elements may run JS (args.h).
+  const std::vector<napi_value> pv = g.elements(0, "payloads", E);
+  const std::vector<napi_value> gv = g.elements(1, "grads", E);
+  if (decayed > P) g.range_error("decayed", "is " + std::to_string(decayed) + " but P = " + std::to_string(P));
+  const int32_t* steps = g.i32_copy(2, "steps", E);
+  for (int64_t e = 0; e < E; ++e)
+    if (steps[e] < 1) g.range_error("steps", "[" + std::to_string(e) + "] = " + std::to_string(steps[e]) + " must be at least 1");
+  std::vector<float*> payload, grad;
+  g.f32_parts(pv, "payloads", prod(3, P), payload, "3·P");
+  g.f32_parts(gv, "grads", P, grad, "P");
+  sigma::adamw_experts(payload.data(), grad.data(), steps, E, P, decayed, static_cast<float>(g.num(6, "lr")),
+                       static_cast<float>(g.num(7, "beta1")), static_cast<float>(g.num(8, "beta2")),
+                       static_cast<float>(g.num(9, "eps")), static_cast<float>(g.num(10, "weightDecay")),
+                       static_cast<float>(g.num(11, "gradScale")));
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitKernels(Napi::Env env, Napi::Object exports) {
@@ -307,7 +328,7 @@ void InitKernels(Napi::Env env, Napi::Object exports) {
       {"crossEntropy", CrossEntropy}, {"crossEntropyBackward", CrossEntropyBackward}, {"embedding", Embedding},
       {"embeddingBackward", EmbeddingBackward}, {"attention", Attention}, {"attentionBackward", AttentionBackward},
       {"permuteByExpert", PermuteByExpert}, {"gatherRows", GatherRows}, {"scatterAddRows", ScatterAddRows},
-      {"combine", Combine}, {"combineBackward", CombineBackward}, {"adamw", AdamW},
+      {"combine", Combine}, {"combineBackward", CombineBackward}, {"adamw", AdamW}, {"adamwExperts", AdamWExperts},
   };
   for (const Entry& e : entries) Export(env, exports, e.name, e.fn);
 }

@@ -7,16 +7,16 @@
 import type { Backend } from "../backend.js";
 import { attention, attentionBackward } from "./attention.js";
 import { add, addBias, addBiasBackward, axpy, fastGelu, fastGeluBackward, gelu, geluBackward, mul, scale, sumSquares, swiglu, swigluBackward } from "./elementwise.js";
-import { bmm, groupedMatmul, groupedMatmulWeightGrad, matmul } from "./matmul.js";
+import { bmm, groupedMatmul, groupedMatmulWeightGrad, groupedMatmulWeightGradSquares, matmul } from "./matmul.js";
 import { groupedMatmulBf16, groupedMatmulWeightGradBf16, matmulBf16 } from "./matmul-bf16.js";
-import { adamw, combine, combineBackward, embedding, embeddingBackward, gatherRows, permuteByExpert, scatterAddRows } from "./moe.js";
+import { adamw, adamwExperts, combine, combineBackward, embedding, embeddingBackward, gatherRows, permuteByExpert, scatterAddRows } from "./moe.js";
 import { crossEntropy, crossEntropyBackward, layerNorm, layerNormBackward, rmsNorm, rmsNormBackward, softmax, softmaxBackward } from "./norm.js";
 
 export const referenceBackend: Backend = {
   name: "reference",
   getThreads: () => 1,
   setThreads: () => {},
-  matmul, bmm, groupedMatmul, groupedMatmulWeightGrad,
+  matmul, bmm, groupedMatmul, groupedMatmulWeightGrad, groupedMatmulWeightGradSquares,
   matmulBf16, groupedMatmulBf16, groupedMatmulWeightGradBf16,
   addBias, addBiasBackward, add, mul, scale, axpy, sumSquares,
   gelu, geluBackward, fastGelu, fastGeluBackward, swiglu, swigluBackward,
@@ -24,5 +24,5 @@ export const referenceBackend: Backend = {
   embedding, embeddingBackward,
   attention, attentionBackward,
   permuteByExpert, gatherRows, scatterAddRows, combine, combineBackward,
-  adamw,
+  adamw, adamwExperts,
 };

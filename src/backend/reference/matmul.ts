@@ -68,12 +68,14 @@ export function groupedMatmul(y: Buf, x: Buf, w: Buf | readonly Buf[], offsets: 
   }
 }
 
-export function groupedMatmulWeightGrad(dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void {
-  checkOffsets("groupedMatmulWeightGrad", offsets, E, Math.floor(x.length / Math.max(K, 1)));
+/** The weight gradient of groupedMatmul; returns Σ dw² over the experts' gradients after it. */
+function weightGrad(kernel: string, dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): number {
+  checkOffsets(kernel, offsets, E, Math.floor(x.length / Math.max(K, 1)));
   const R = offsets[E]!;
-  const dwOf = expertsOf("groupedMatmulWeightGrad", "dw", dw, E, N * K);
-  need("groupedMatmulWeightGrad", "dy", dy, R * N);
-  need("groupedMatmulWeightGrad", "x", x, R * K);
+  const dwOf = expertsOf(kernel, "dw", dw, E, N * K);
+  need(kernel, "dy", dy, R * N);
+  need(kernel, "x", x, R * K);
+  let squares = 0;
   for (let e = 0; e < E; e++) {
     const r0 = offsets[e]!;
     const rows = offsets[e + 1]! - r0;
@@ -81,5 +83,16 @@ export function groupedMatmulWeightGrad(dw: Buf | readonly Buf[], dy: Buf, x: Bu
     // transW: dW[e] [N,K] = dy_eᵀ·x_e; else dW[e] [K,N] = x_eᵀ·dy_e. An empty expert gets 0 (or keeps its value).
     if (transW) gemm(de, dOff, dy, r0 * N, x, r0 * K, N, K, rows, true, false, accumulate);
     else gemm(de, dOff, x, r0 * K, dy, r0 * N, K, N, rows, true, false, accumulate);
+    for (let i = dOff; i < dOff + N * K; i++) squares += de[i]! * de[i]!;
   }
+  return squares;
+}
+
+export function groupedMatmulWeightGrad(dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): void {
+  weightGrad("groupedMatmulWeightGrad", dw, dy, x, offsets, E, N, K, transW, accumulate);
+}
+
+/** groupedMatmulWeightGrad, returning Σ dw² over every expert's gradient as it stands after the call. */
+export function groupedMatmulWeightGradSquares(dw: Buf | readonly Buf[], dy: Buf, x: Buf, offsets: Idx, E: number, N: number, K: number, transW: boolean, accumulate: boolean): number {
+  return weightGrad("groupedMatmulWeightGradSquares", dw, dy, x, offsets, E, N, K, transW, accumulate);
 }

@@ -86,3 +86,20 @@ export function adamw(param: Buf, grad: Buf, m: Buf, v: Buf, n: number, lr: numb
     param[i] = param[i]! - lr * (mh / (Math.sqrt(vh) + eps) + weightDecay * param[i]!);
   }
 }
+
+export function adamwExperts(payloads: readonly Buf[], grads: readonly Buf[], steps: Idx, P: number, E: number, decayed: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, gradScale: number): void {
+  if (payloads.length !== E) throw new RangeError(`adamwExperts: argument "payloads" has ${payloads.length} parts but E = ${E}`);
+  if (grads.length !== E) throw new RangeError(`adamwExperts: argument "grads" has ${grads.length} parts but E = ${E}`);
+  if (decayed > P) throw new RangeError(`adamwExperts: argument "decayed" is ${decayed} but P = ${P}`);
+  need("adamwExperts", "steps", steps, E);
+  for (let e = 0; e < E; e++) if (!(steps[e]! >= 1)) throw new RangeError(`adamwExperts: argument "steps" [${e}] = ${steps[e]} must be at least 1`);
+  for (let e = 0; e < E; e++) {
+    const p = payloads[e]!, g = grads[e]!;
+    need("adamwExperts", `payloads[${e}]`, p, 3 * P);
+    need("adamwExperts", `grads[${e}]`, g, P);
+    // The matrices with weight decay, then the biases without.
+    for (const [o, n, wd] of [[0, decayed, weightDecay], [decayed, P - decayed, 0]] as const) {
+      if (n > 0) adamw(p.subarray(o, o + n), g.subarray(o, o + n), p.subarray(P + o, P + o + n), p.subarray(2 * P + o, 2 * P + o + n), n, lr, beta1, beta2, eps, wd, steps[e]!, gradScale);
+    }
+  }
+}

@@ -67,6 +67,15 @@ export const moge: RouterKind<typeof MogeSchema> = {
         return Array.from({ length: c.groups }, (_, g) => mostUsed(usage, ids.slice(g * per, (g + 1) * per), keep)).flat();
       },
     },
+    // A new domain: one more expert in each group (at the group's end), so the groups stay equal.
+    growth: {
+      exact: false,
+      grow: () => ({ experts: c.groups, router: c }),
+      oldIds(model) {
+        const per = model.experts / c.groups;
+        return Int32Array.from({ length: model.experts + c.groups }, (_, e) => (e % (per + 1) < per ? Math.floor(e / (per + 1)) * per + (e % (per + 1)) : -1));
+      },
+    },
     // The chosen probabilities sum to less than 1 (no renormalisation).
     weightsSumToOne: false,
     drawn: null,

@@ -75,9 +75,19 @@ export interface RouterModule extends Module {
    * Extraction: sets this router, built for a sub-model, to the state of
    * `from` (the same layer's router of the full model) restricted to the
    * experts `kept` (full-model ids, ascending; the sub-model's expert i is
-   * kept[i]) for the full model's domain index `domain`.
+   * kept[i]) for the full model's domain index `domain`. `tokens` (when the
+   * sub-model keeps only part of the vocabulary): the full model's id of each
+   * sub-model token id, for routers whose state is indexed by token id.
    */
-  copyKept(from: RouterModule, kept: readonly number[], domain: number): void;
+  copyKept(from: RouterModule, kept: readonly number[], domain: number, tokens?: Int32Array): void;
+  /**
+   * Growing by a domain (Growth): sets the state this router keeps in
+   * buffers from `from` (the same layer's router before the growth).
+   * `oldToken[t]`: the old id of token t (−1 for a new token); `copyDomain`:
+   * the old domain whose routing the new domain starts with, or null.
+   * Parameters (rows per expert) are copied by the caller.
+   */
+  growFrom?(from: RouterModule, oldToken: Int32Array, copyDomain: number | null): void;
 }
 
 /** How a domain's sub-model is cut out of a model routed by this router (`sigma extract`). */
@@ -96,6 +106,30 @@ export type Extraction<C> =
    * counts [E], or throws a SigmaError for a budget this router cannot use.
    */
   | { exact: false; keep(usage: Float64Array, budget: number): number[] };
+
+/**
+ * How a trained model grows by one domain with this router (`sigma domain
+ * add`, src/models/domain-add.ts): which experts it appends to every sparse
+ * layer and where the old ones go.
+ */
+export interface Growth<C> {
+  /**
+   * true: the new domain gets experts no old domain reaches, so the old
+   * domains' sub-models stay bit-identical; false: routing is shared, the new
+   * experts join every token's choice and the old domains' loss moves.
+   */
+  exact: boolean;
+  /** Experts appended per sparse layer, the grown router config and (routers by domain) the new domain's expert group. */
+  grow(model: ModelView): { experts: number; router: C; group?: number };
+  /** [E + experts]: the old id of each expert of the grown layer, −1 for a new one. */
+  oldIds(model: ModelView, experts: number): Int32Array;
+  /**
+   * Routers by domain: [E + experts], the old expert each new one starts as
+   * when the new domain starts from domain `from` (−1: keep its init).
+   * Absent: experts belong to no domain, so there is nothing to copy.
+   */
+  copies?(model: ModelView, from: number, experts: number): Int32Array;
+}
 
 /** Everything the rest of Sigma needs to know about one router config. */
 export interface RouterSpec<C = { kind: string }> {
@@ -124,6 +158,8 @@ export interface RouterSpec<C = { kind: string }> {
   /** The routing module of one sparse layer. */
   build(layer: RouterLayer): RouterModule;
   extraction: Extraction<C>;
+  /** Growing the model by a domain; absent: this router cannot. */
+  growth?: Growth<C>;
   /**
    * The combine weights of a token's experts sum to 1 at inference (and
    * nothing is dropped there), so a layer whose experts are copies of one FFN

@@ -63,6 +63,16 @@ export const rre: RouterKind<typeof RreSchema> = {
       router: { ...c, groups: 1 },
       group: 0,
     },
+    // A new domain gets a new group of E/G experts that only it reaches; new experts at the end.
+    growth: {
+      exact: true,
+      grow: (model) => ({ experts: model.experts / c.groups, router: { ...c, groups: c.groups + 1 }, group: c.groups }),
+      oldIds: (model, n) => Int32Array.from({ length: model.experts + n }, (_, e) => (e < model.experts ? e : -1)),
+      copies(model, from, n) {
+        const g = model.domains[from]!.group!;
+        return Int32Array.from({ length: model.experts + n }, (_, e) => (e < model.experts ? -1 : g * n + (e - model.experts)));
+      },
+    },
     weightsSumToOne: true,
     drawn: `RRE tables drawn from seed ${c.seed} and saved with the model`,
   }),
@@ -118,12 +128,29 @@ export class RreRouter extends Module implements RouterModule {
     return need;
   }
 
-  copyKept(from: RouterModule, kept: readonly number[], domain: number): void {
+  /**
+   * Growing by a domain: every old group keeps each token's expert (token ids
+   * renumbered); the new group (the last) copies `copyDomain`'s row, moved to
+   * the new experts, or keeps the row drawn for it.
+   */
+  growFrom(from: RouterModule, oldToken: Int32Array, copyDomain: number | null): void {
+    if (!(from instanceof RreRouter)) throw new TypeError("RreRouter.growFrom: the old router is not an RRE router");
+    const [V, Vo, per] = [this.vocabSize, from.vocabSize, this.expertsPerGroup];
+    const G = from.groups;
+    for (let g = 0; g < G; g++) {
+      for (let t = 0; t < V; t++) if (oldToken[t]! >= 0) this.table[g * V + t] = from.table[g * Vo + oldToken[t]!]!;
+    }
+    if (copyDomain === null) return;
+    const gf = from.domainGroup[copyDomain]!;
+    for (let t = 0; t < V; t++) if (oldToken[t]! >= 0) this.table[G * V + t] = from.table[gf * Vo + oldToken[t]!]! - gf * per + G * per;
+  }
+
+  copyKept(from: RouterModule, kept: readonly number[], domain: number, tokens?: Int32Array): void {
     if (!(from instanceof RreRouter)) throw new TypeError("RreRouter.copyKept: the full model's router is not an RRE router");
     const V = this.vocabSize;
     const g = from.domainGroup[domain]!;
     const newId = new Map(kept.map((e, i) => [e, i]));
-    for (let t = 0; t < V; t++) this.table[t] = newId.get(from.table[g * V + t]!)!;
+    for (let t = 0; t < V; t++) this.table[t] = newId.get(from.table[g * from.vocabSize + (tokens ? tokens[t]! : t)]!)!;
   }
 }
 

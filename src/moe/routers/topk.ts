@@ -58,6 +58,12 @@ export const topk: RouterKind<typeof TopkSchema> = {
         return mostUsed(usage, Array.from({ length: usage.length }, (_, e) => e), budget);
       },
     },
+    // A new domain: k more experts at the end, so it can route all its choices to new ones [ours].
+    growth: {
+      exact: false,
+      grow: () => ({ experts: c.k, router: c }),
+      oldIds: (model, n) => Int32Array.from({ length: model.experts + n }, (_, e) => (e < model.experts ? e : -1)),
+    },
     weightsSumToOne: c.renormalize,
     drawn: null,
   }),
