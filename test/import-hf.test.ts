@@ -24,6 +24,7 @@ import { exportHf, importHf } from "../src/api/hf.js";
 import { openModel } from "../src/api/model.js";
 import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
 import { toHfJson } from "../src/tokenizer/hfjson.js";
+import { BYTE_TO_CHAR } from "../src/tokenizer/pretokenize.js";
 import { SigmaError } from "../src/util/errors.js";
 import { sigma } from "./cli-harness.js";
 
@@ -350,10 +351,28 @@ test("importHf writes a checkpoint that opens; a tokenizer Sigma loads goes in, 
   const back = importHfModel(join(root, "hf-out")).model;
   assert.deepEqual(back.tokenEmbedding.data, m.network.tokenEmbedding.data);
 
-  const foreign = JSON.stringify({ version: "1.0", model: { type: "BPE", vocab: {}, merges: [], byte_fallback: true }, normalizer: { type: "NFC" } });
+  // A GPT-2-style Hugging Face tokenizer (256 byte tokens, one merge, <|endoftext|>) of fewer tokens than the model's 300 rows: it comes along and the model generates with it.
+  const vocab: Record<string, number> = Object.fromEntries([...BYTE_TO_CHAR].map((c, i) => [c, i]));
+  vocab["th"] = 256;
+  const gpt2Style = JSON.stringify({
+    version: "1.0", truncation: null, padding: null, normalizer: null,
+    added_tokens: [{ id: 257, content: "<|endoftext|>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }],
+    pre_tokenizer: { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true },
+    post_processor: { type: "ByteLevel", add_prefix_space: true, trim_offsets: false, use_regex: true },
+    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: { type: "BPE", dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab, merges: ["t h"] },
+  });
+  const r3 = importHf(writeHf(c, w, { tokenizer: gpt2Style }), { out: join(root, "ck3") });
+  assert.equal(r3.tokenizer, true, r3.tokenizerNote);
+  const m3 = await openModel(r3.checkpoint);
+  assert.equal(m3.tokenizer?.vocabSize, 258);
+  assert.equal(typeof (await m3.complete("the", { maxTokens: 3, temperature: 0 })), "string");
+
+  // A tokenizer the loader refuses (a WordPiece model) is copied beside the checkpoint with a note; the model imports.
+  const foreign = JSON.stringify({ version: "1.0", model: { type: "WordPiece", vocab: { a: 0 } } });
   const r2 = importHf(writeHf(CONFIGS.llama!, hfWeights("llama", CONFIGS.llama!, 4), { tokenizer: foreign }), { out: join(root, "ck2") });
   assert.equal(r2.tokenizer, false);
-  assert.match(r2.tokenizerNote!, /upcoming loader/);
+  assert.match(r2.tokenizerNote!, /refuses .*tokenizer\.json.*hf-tokenizer\.json/);
   assert.equal(readFileSync(join(root, "ck2", "hf-tokenizer.json"), "utf8"), foreign);
   assert.ok(!existsSync(join(r2.checkpoint, "tokenizer.json")));
   await openModel(r2.checkpoint);

@@ -9,7 +9,8 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { encodeSafetensors } from "../checkpoint/safetensors.js";
 import { exportHfModel, importHfModel, type HfImportOptions } from "../models/import/hf.js";
-import { fromHfJson, toHfJson } from "../tokenizer/hfjson.js";
+import { parseTokenizerJson, toHfJson } from "../tokenizer/hfjson.js";
+import { checkVocab } from "../serve/open.js";
 import { SigmaError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
 import { Model, openModel, writeModelFolder } from "./model.js";
@@ -30,9 +31,11 @@ export interface HfImportResult {
 
 /**
  * Imports a Hugging Face model folder as `<out>/step-00000000/`. The folder's
- * tokenizer.json goes into the checkpoint when Sigma's loader reads it; when
- * it does not (today: tokenizers other than Sigma's own byte-level BPE), it
- * is copied to `<out>/hf-tokenizer.json` and the model imports anyway.
+ * tokenizer.json goes into the checkpoint when Sigma's loader reads it
+ * (parseTokenizerJson: Sigma's own layout or a Hugging Face BPE tokenizer);
+ * when it does not (a kind the loader does not know, more tokens than the
+ * model's vocabulary), it is copied to `<out>/hf-tokenizer.json` with a note
+ * saying why, and the model imports anyway.
  */
 export function importHf(from: string, o: HfImportOptions & { out: string }): HfImportResult {
   const { model, architecture, notes } = importHfModel(from, o);
@@ -43,13 +46,12 @@ export function importHf(from: string, o: HfImportOptions & { out: string }): Hf
   if (existsSync(tokPath)) {
     const text = readFileSync(tokPath, "utf8");
     try {
-      const tok = fromHfJson(text, tokPath);
-      if (tok.vocabSize > model.config.vocabSize) throw new SigmaError(`${tokPath} has ${tok.vocabSize} tokens, more than the model's vocabulary of ${model.config.vocabSize}`);
+      checkVocab(parseTokenizerJson(text, tokPath), model, tokPath);
       tokenizerText = text;
     } catch (e) {
       if (!(e instanceof SigmaError)) throw e;
       refused = text;
-      tokenizerNote = `Sigma's tokenizer loader refuses ${tokPath} (${e.message}); copied to ${join(o.out, "hf-tokenizer.json")} for the upcoming loader of any HF tokenizer.json — until then eval and generate need a Sigma tokenizer of the same vocabulary`;
+      tokenizerNote = `Sigma's tokenizer loader refuses ${tokPath} (${e.message.split("\n")[0]!.replace(`${tokPath}: `, "")}); copied to ${join(o.out, "hf-tokenizer.json")} and left out of the checkpoint — eval and generate need a tokenizer of the model's vocabulary`;
     }
   } else tokenizerNote = `${from} has no tokenizer.json`;
   const checkpoint = writeModelFolder(o.out, 0, model, tokenizerText, { format: "sigma-import", from, source: "hf", architecture });
