@@ -397,6 +397,18 @@ test("a missing, unexpected or misshapen tensor, a non-float dtype or a broken i
   const bad = new Map(w);
   bad.set("model.layers.0.self_attn.k_proj.weight", { shape: [2 * 4, C], data: new Float32Array(8 * C) });
   refuses(writeHf(c, bad), /"model\.layers\.0\.self_attn\.k_proj\.weight" is \[8,12\], expected \[4,12\]/);
+  // Qwen2 here is tied: a copy of the embedding as lm_head.weight is accepted, another matrix is not.
+  const q = CONFIGS.qwen2!;
+  const tiedW = hfWeights("qwen2", q, 9);
+  tiedW.set("lm_head.weight", tiedW.get("model.embed_tokens.weight")!);
+  importHfModel(writeHf(q, tiedW));
+  tiedW.set("lm_head.weight", { shape: [V, C], data: tiedW.get("model.embed_tokens.weight")!.data.map((v) => v + 1) });
+  refuses(writeHf(q, tiedW), /lm_head\.weight differs from model\.embed_tokens\.weight, but config\.json says tie_word_embeddings/);
+  const ints = new Map<string, { shape: number[]; data: Float32Array }>(w);
+  const dirI = writeHf(c, ints);
+  const enc = new Map<string, StWrite>([...w].map(([k, t]) => [k, k === "model.norm.weight" ? { shape: t.shape, data: new Int32Array(t.data.length) } : t]));
+  writeFileSync(join(dirI, "model.safetensors"), encodeSafetensors(enc));
+  refuses(dirI, /tensor "model\.norm\.weight" is I32; the importer reads F32, F16, BF16/);
   const dir = writeHf(c, w, { shards: 2 });
   const index = JSON.parse(readFileSync(join(dir, "model.safetensors.index.json"), "utf8"));
   index.weight_map["model.norm.weight"] = "../elsewhere.safetensors";

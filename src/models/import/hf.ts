@@ -43,7 +43,7 @@
  * tensor must be expected and have the expected shape; F32, F16 and BF16
  * tensors are read (converted to f32), anything else is refused.
  */
-import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, openSync, readSync } from "node:fs";
 import { basename, join } from "node:path";
 import { halfValue, bf16Value } from "../../backend/quant.js";
 import { safetensorsHeader, type StWrite } from "../../checkpoint/safetensors.js";
@@ -299,19 +299,19 @@ export function hfTensorRows(arch: Arch, c: ModelConfig): HfTensorRow[] {
 
 // ------------------------------------------------------------------ reading the weights
 
-/** The f32 values of one tensor of a safetensors buffer (F32, F16, BF16; F64 rounded). */
-function toF32(bytes: Uint8Array, dtype: string, n: number, name: string, source: string): Float32Array {
+/** Converts one tensor's bytes (F32, F16, BF16; F64 rounded) into `out` (f32). */
+function toF32(bytes: Uint8Array, dtype: string, out: Float32Array, name: string, source: string): void {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const out = new Float32Array(n);
+  const n = out.length;
   if (dtype === "F32") for (let i = 0; i < n; i++) out[i] = view.getFloat32(4 * i, true);
   else if (dtype === "BF16") for (let i = 0; i < n; i++) out[i] = bf16Value(view.getUint16(2 * i, true));
   else if (dtype === "F16") for (let i = 0; i < n; i++) out[i] = halfValue(view.getUint16(2 * i, true));
   else if (dtype === "F64") for (let i = 0; i < n; i++) out[i] = view.getFloat64(8 * i, true);
   else throw new SigmaError(`${source}: tensor "${name}" is ${dtype}; the importer reads F32, F16, BF16 (and F64)`, "save the model in a floating-point dtype (quantized checkpoints do not import)");
-  return out;
 }
 
-function readBounded(path: string, what: string): Buffer {
+/** A whole file, refused past `limit` bytes (Node reads a file into one buffer). */
+function readBounded(path: string, what: string, limit = MAX_SHARD_BYTES): Buffer {
   let fd: number;
   try {
     fd = openSync(path, "r");
@@ -320,7 +320,7 @@ function readBounded(path: string, what: string): Buffer {
   }
   try {
     const size = fstatSync(fd).size;
-    if (size > MAX_SHARD_BYTES) throw new SigmaError(`${path} is ${size} bytes, more than one file Sigma reads (4 GiB)`, "re-shard the model into smaller files (save_pretrained(max_shard_size=\"2GB\"))");
+    if (size > limit) throw new SigmaError(`${path} is ${size} bytes, more than Sigma reads from one such file (${limit})`, "re-shard the model into smaller files (save_pretrained(max_shard_size=\"2GB\"))");
     const buf = Buffer.alloc(size);
     let at = 0;
     while (at < size) {
@@ -334,8 +334,11 @@ function readBounded(path: string, what: string): Buffer {
   }
 }
 
+/** The largest config.json or index read. */
+const MAX_JSON_BYTES = 100_000_000;
+
 function readJson(path: string, what: string): unknown {
-  const text = readBounded(path, what).toString("utf8");
+  const text = readBounded(path, what, MAX_JSON_BYTES).toString("utf8");
   try {
     return JSON.parse(text);
   } catch (e) {
@@ -346,14 +349,8 @@ function readJson(path: string, what: string): unknown {
 /** The weight files of a folder: model.safetensors, or the shards of model.safetensors.index.json, each with the tensor names it must hold (null: whatever it holds). */
 function weightFiles(dir: string): { path: string; names: Set<string> | null }[] {
   const indexPath = join(dir, "model.safetensors.index.json");
-  let index: unknown;
-  try {
-    index = JSON.parse(readFileSync(indexPath, "utf8"));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw new SigmaError(`${indexPath} is not readable JSON: ${(e as Error).message}`);
-    return [{ path: join(dir, "model.safetensors"), names: null }];
-  }
-  const map = (index as Json | null)?.weight_map;
+  if (!existsSync(indexPath)) return [{ path: join(dir, "model.safetensors"), names: null }];
+  const map = (readJson(indexPath, "the index of a sharded checkpoint") as Json | null)?.weight_map;
   if (typeof map !== "object" || map === null || Array.isArray(map)) throw new SigmaError(`${indexPath}: no "weight_map" object of tensor → file`, "the index of a sharded checkpoint maps each tensor name to its shard");
   const shards = new Map<string, Set<string>>();
   for (const [name, file] of Object.entries(map as Json)) {
@@ -368,11 +365,16 @@ function weightFiles(dir: string): { path: string; names: Set<string> | null }[]
   return [...shards].sort(([a], [b]) => (a < b ? -1 : 1)).map(([file, names]) => ({ path: join(dir, file), names }));
 }
 
-/** Reads the tensors named in `wanted` (name → shape) from the folder's weights, checking that the files hold exactly them. */
-function readHfTensors(dir: string, wanted: Map<string, number[]>, archName: string, ignorable: (name: string) => boolean): Map<string, Float32Array> {
-  const got = new Map<string, Float32Array>();
-  const unexpected: string[] = [];
-  const ignored = new Map<string, { path: string; data: Float32Array }>();
+/**
+ * Reads the folder's weights shard by shard, converting each tensor named in
+ * `wanted` (name → shape) straight into `into(name)` (its f32 destination),
+ * and checks that the files hold exactly the wanted tensors (plus those
+ * `ignorable` accepts, handed to `into` too when it wants them). Each shard
+ * is checked whole before any of it is converted; a tensor no shard holds is
+ * reported after the last one.
+ */
+function readHfTensors(dir: string, wanted: Map<string, number[]>, archName: string, ignorable: (name: string) => boolean, into: (name: string) => Float32Array | null): void {
+  const got = new Set<string>();
   for (const { path, names } of weightFiles(dir)) {
     const buf = readBounded(path, "the folder must hold model.safetensors, or model.safetensors.index.json and its shards (pytorch_model.bin must be converted to safetensors)");
     const { dataStart, entries } = safetensorsHeader(buf, path);
@@ -380,28 +382,27 @@ function readHfTensors(dir: string, wanted: Map<string, number[]>, archName: str
       const here = new Set(entries.map((e) => e.name));
       const absent = [...names].filter((n) => !here.has(n));
       if (absent.length) throw new SigmaError(`${path}: the index places tensor${absent.length > 1 ? "s" : ""} ${list(absent)} here, but the file does not hold ${absent.length > 1 ? "them" : "it"}`, "the shards and model.safetensors.index.json do not belong together");
-      const stray = entries.filter((e) => !names.has(e.name)).map((e) => e.name);
+      const stray = [...here].filter((n) => !names.has(n));
       if (stray.length) throw new SigmaError(`${path} holds tensor${stray.length > 1 ? "s" : ""} ${list(stray)} that the index does not place in it`, "the shards and model.safetensors.index.json do not belong together");
     }
+    const unexpected = entries.filter((e) => !wanted.has(e.name) && !ignorable(e.name)).map((e) => e.name);
+    if (unexpected.length) throw new SigmaError(`${path}: unexpected tensor${unexpected.length > 1 ? "s" : ""} ${list(unexpected)} (not part of this ${archName})`, "the weights hold tensors config.json does not describe (another architecture, or other layer/expert counts)");
     for (const e of entries) {
       const shape = wanted.get(e.name);
-      if (!shape) {
-        if (ignorable(e.name)) ignored.set(e.name, { path, data: toF32(buf.subarray(dataStart + e.begin, dataStart + e.end), e.dtype, e.shape.reduce((p, d) => p * d, 1), e.name, path) });
-        else unexpected.push(e.name);
-        continue;
-      }
+      if (!shape) continue;
       if (got.has(e.name)) throw new SigmaError(`${path}: tensor "${e.name}" appears in two files`);
+      got.add(e.name);
       if (e.shape.length !== shape.length || e.shape.some((d, i) => d !== shape[i])) {
         throw new SigmaError(`${path}: tensor "${e.name}" is [${e.shape}], expected [${shape}] (from config.json)`, "config.json and the weights do not belong together");
       }
-      got.set(e.name, toF32(buf.subarray(dataStart + e.begin, dataStart + e.end), e.dtype, e.shape.reduce((p, d) => p * d, 1), e.name, path));
+    }
+    for (const e of entries) {
+      const out = into(e.name);
+      if (out) toF32(buf.subarray(dataStart + e.begin, dataStart + e.end), e.dtype, out, e.name, path);
     }
   }
-  if (unexpected.length) throw new SigmaError(`${dir}: unexpected tensor${unexpected.length > 1 ? "s" : ""} ${list(unexpected)} (not part of this ${archName})`, "the weights hold tensors config.json does not describe (another architecture, or other layer/expert counts)");
   const missing = [...wanted.keys()].filter((n) => !got.has(n));
   if (missing.length) throw new SigmaError(`${dir}: missing tensor${missing.length > 1 ? "s" : ""} ${list(missing)}`, `the weights do not hold a complete ${archName} of the size config.json describes`);
-  for (const [name, t] of ignored) got.set(name, t.data);
-  return got;
 }
 
 function list(names: string[]): string {
@@ -416,18 +417,24 @@ export function importHfModel(dir: string, opts: HfImportOptions = {}): { model:
   const wanted = new Map(rows.map((r) => [r.hf, r.shape]));
   // Tied models may still carry lm_head.weight (a copy of the embedding); rotary caches of old checkpoints are buffers, not weights.
   const ignorable = (n: string) => (config.tiedEmbeddings && n === "lm_head.weight") || /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/.test(n);
-  const data = readHfTensors(dir, wanted, arch.name, ignorable);
-  const head = data.get("lm_head.weight");
-  if (config.tiedEmbeddings && head) {
-    const emb = data.get("model.embed_tokens.weight")!;
-    if (head.length !== emb.length || head.some((v, i) => v !== emb[i])) throw new SigmaError(`${dir}: lm_head.weight differs from model.embed_tokens.weight, but config.json says tie_word_embeddings`, "set tie_word_embeddings to false in config.json if the output layer is its own matrix");
-  }
   const model = new PanguSigma(config);
   const params = model.namedParameters();
+  const dest = new Map<string, Float32Array>();
   for (const r of rows) {
     const p = params.get(r.sigma);
     if (!p) throw new Error(`hf import: Sigma has no parameter ${r.sigma}`);
-    (p.tensor.data as Float32Array).set(data.get(r.hf)!, r.offset);
+    const n = r.shape.reduce((a, b) => a * b, 1);
+    dest.set(r.hf, (p.tensor.data as Float32Array).subarray(r.offset, r.offset + n));
+  }
+  let head: Float32Array | null = null;
+  readHfTensors(dir, wanted, arch.name, ignorable, (name) => {
+    if (name === "lm_head.weight" && config.tiedEmbeddings) return (head = new Float32Array(config.vocabSize * config.width));
+    return dest.get(name) ?? null;
+  });
+  const tied = head as Float32Array | null;
+  if (tied) {
+    const emb = model.tokenEmbedding.data;
+    if (tied.length !== emb.length || tied.some((v, i) => v !== emb[i])) throw new SigmaError(`${dir}: lm_head.weight differs from model.embed_tokens.weight, but config.json says tie_word_embeddings`, "set tie_word_embeddings to false in config.json if the output layer is its own matrix");
   }
   return { model, architecture: arch.name, notes };
 }
