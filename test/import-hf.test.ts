@@ -432,6 +432,7 @@ test("config fields Sigma does not compute are refused by name", () => {
     ["llama", { hidden_act: "gelu" }, /hidden_act/],
     ["mixtral", { sliding_window: 16 }, /sliding_window/],
     ["qwen2", { use_sliding_window: true, sliding_window: 16 }, /sliding_window/],
+    ["qwen2", { sliding_window: 16, layer_types: ["full_attention", "sliding_attention"] }, /layer_types/],
     ["qwen2moe", { decoder_sparse_step: 2 }, /decoder_sparse_step/],
     ["qwen3moe", { mlp_only_layers: [1] }, /mlp_only_layers/],
     ["qwen2", { attention_bias: false }, /attention_bias/],

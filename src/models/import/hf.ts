@@ -163,6 +163,8 @@ export function hfConfig(hfRaw: unknown, source: string, opts: HfImportOptions =
   // Sliding windows: exact as long as the context fits in the window.
   const window = hf.sliding_window;
   const windowOn = arch.name === "MixtralForCausalLM" || arch.name === "LlamaForCausalLM" ? window !== undefined && window !== null : bool("use_sliding_window", false);
+  const layerTypes = hf.layer_types;
+  if (Array.isArray(layerTypes) && layerTypes.some((t) => t !== "full_attention") && typeof window === "number" && window < seqLen) refuse("layer_types", `some layers attend through a sliding window of ${window} positions, smaller than the context (${seqLen})`);
   if (windowOn && typeof window === "number" && window < seqLen) refuse("sliding_window", `a window of ${window} positions is smaller than the context (${seqLen}); Sigma attends to the whole context (import with seqLen ≤ ${window} to use it within the window)`);
 
   // Pangu Pro MoE's head size is always hidden_size / heads (its code ignores a head_dim field).
