@@ -442,7 +442,8 @@ test("config fields Sigma does not compute are refused by name", () => {
     const c = { ...CONFIGS[kind]!, ...patch };
     refuses(writeHf(c, hfWeights(kind, CONFIGS[kind]!, 1)), re);
   }
-  // A window at least as long as the context is no window at all: it imports.
+  // rope_scaling naming plain RoPE imports; a window at least as long as the context is no window at all: it imports.
+  importHfModel(writeHf({ ...CONFIGS.llama!, rope_scaling: { rope_type: "default" } }, hfWeights("llama", CONFIGS.llama!, 1)));
   importHfModel(writeHf({ ...CONFIGS.mixtral!, sliding_window: 64 }, hfWeights("mixtral", CONFIGS.mixtral!, 1)));
 });
 

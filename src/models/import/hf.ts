@@ -141,7 +141,10 @@ export function hfConfig(hfRaw: unknown, source: string, opts: HfImportOptions =
   };
 
   // Fields that change the function in ways Sigma does not compute.
-  if (has("rope_scaling")) refuse("rope_scaling", "Sigma's rotary positions are plain RoPE (no scaling)");
+  // rope_scaling {rope_type: "default"} (some configs spell plain RoPE so) is no scaling.
+  const scaling = hf.rope_scaling as Json | null | undefined;
+  const plainRope = scaling != null && typeof scaling === "object" && Object.keys(scaling).every((k) => k === "rope_type" || k === "type") && (scaling.rope_type ?? scaling.type) === "default";
+  if (has("rope_scaling") && !plainRope) refuse("rope_scaling", "Sigma's rotary positions are plain RoPE (no scaling)");
   const act = hf.hidden_act ?? "silu";
   if (act !== "silu") refuse("hidden_act", "Sigma's SwiGLU uses SiLU");
   if (has("pretraining_tp") && hf.pretraining_tp !== 1) notes.push("pretraining_tp only splits the same matmuls; ignored");
