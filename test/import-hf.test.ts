@@ -18,6 +18,7 @@ import { exportHfModel, importHfModel } from "../src/models/import/hf.js";
 import { parseModelConfig } from "../src/models/config.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { MogeRouter } from "../src/moe/routers/moge.js";
+import { presetConfig } from "../src/models/presets.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import { Rng } from "../src/util/rng.js";
 import { exportHf, importHf } from "../src/api/hf.js";
@@ -477,4 +478,22 @@ test("sigma import hf / export hf: the CLI prints the architecture, the notes an
   assert.match(bad.out, /sigma: .*FalconForCausalLM.* is not supported/);
   assert.match(bad.out, /hint: supported: LlamaForCausalLM/);
   assert.doesNotMatch(bad.out, /\n\s+at /);
+});
+
+test("the pangu-pro-moe preset exports as PanguProMoEForCausalLM and imports back with the same weights and logits", () => {
+  const model = new PanguSigma(parseModelConfig(presetConfig("pangu-pro-moe", "tiny")));
+  // Non-trivial router scales and norms, so that a dropped or misplaced one shows in the logits.
+  const rng = new Rng(11);
+  for (const [name, p] of model.namedParameters()) if (/scale|gamma/.test(name)) p.tensor.data.forEach((_, i, a) => (a[i] = 1 + 0.3 * rng.normal()));
+  const out = exportHfModel(model);
+  assert.equal(out.architecture, "PanguProMoEForCausalLM");
+  const dir = join(root, `x${dirs++}`);
+  mkdirSync(dir);
+  writeFileSync(join(dir, "config.json"), JSON.stringify(out.config));
+  writeFileSync(join(dir, "model.safetensors"), encodeSafetensors(out.tensors));
+  const back = importHfModel(dir).model;
+  const input = { tokens: Int32Array.from({ length: 2 * 9 }, (_, i) => (i * 37) % 512), domains: Int32Array.of(0, 0), B: 2, T: 9 };
+  const a = noGrad(() => model.forward(input).logits.data);
+  const b = noGrad(() => back.forward(input).logits.data);
+  assert.deepEqual(b, a);
 });
