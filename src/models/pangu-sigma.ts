@@ -28,6 +28,7 @@ import type { DType } from "../tensor/dtype.js";
 import { Rng } from "../util/rng.js";
 import { SigmaError } from "../util/errors.js";
 import type { ModelConfig } from "./config.js";
+import { decodeStep } from "./decode-step.js";
 
 /** A batch of B sequences of T tokens, each sequence with its domain index. */
 export interface ModelInput {
@@ -218,6 +219,9 @@ export class PanguSigma extends Module {
    * forward over T new positions appended after cache.length (inference only).
    */
   forward(input: ModelInput, cache?: ModelCache): ModelOutput {
+    // Decoding a few positions with stored weights: the buffer-reusing step (src/models/decode-step.ts), when it covers this model.
+    const fast = cache && !isGradEnabled() ? decodeStep(this, input, cache) : null;
+    if (fast) return fast;
     const c = this.config;
     const { tokens, domains, B, T } = input;
     const V = c.vocabSize;
