@@ -10,7 +10,7 @@ import { WEIGHT_FORMATS } from "../src/backend/quant.js";
 import { parseModelConfig, type RouterConfig } from "../src/models/config.js";
 import { decodeStep, useDecodeStep } from "../src/models/decode-step.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
-import { quantizeModel } from "../src/models/quantize.js";
+import { encodeStoredModel, quantizeModel } from "../src/models/quantize.js";
 import { Rng } from "../src/util/rng.js";
 
 const V = 37;
@@ -122,4 +122,16 @@ test("decode step: it runs where it should and declines the rest (f32 products, 
   assert.equal(noGrad(() => decodeStep(model, { tokens: new Int32Array(17), domains: Int32Array.of(0), B: 1, T: 17 }, cache)), null, "17 rows: prefill");
   assert.equal(noGrad(() => decodeStep(model, { tokens: Int32Array.of(V), domains: Int32Array.of(0), B: 1, T: 1 }, cache)), null, "a bad token: forward names it");
   assert.equal(cache.length, 1, "a declined call leaves the cache alone");
+});
+
+test("decode step: q, k, v as one product — the stored file is unchanged, and a model converted again is fused again", () => {
+  const model = build(ROUTERS.moge!);
+  quantizeModel(model, "q8");
+  const before = encodeStoredModel(model);
+  run(model, true, 1, 1, 2);
+  assert.deepEqual(encodeStoredModel(model), before, "the layers' stored matrices are views of the fused one, same bytes");
+  quantizeModel(model, "q4");
+  const fast = run(model, true, 2, 1, 3);
+  const slow = run(model, false, 2, 1, 3);
+  fast.logits.forEach((l, s) => close(`q8 then q4, step ${s}`, l, slow.logits[s]!));
 });

@@ -119,7 +119,7 @@ interface Work {
   mean: Float32Array; // [R]
   rstd: Float32Array;
   lse: Float32Array; // [R·heads]
-  f: Float32Array; // [R, max(ffnWidth, shared width)]
+  f: Float32Array; // [R, max(ffnWidth, shared width)]; also the fused q|k|v product (grown when that is wider)
   // MoE: assignments (R·k of them, grown to the most seen) sorted by expert.
   xs: Float32Array; // [R·k, C]
   hs: Float32Array; // [R·k, expert width]
@@ -214,14 +214,92 @@ function ffnInto(be: Backend, out: Float32Array, x: Float32Array, f: FeedForward
 }
 
 /**
+ * Projections that read the same input, as one stored matrix: their weight
+ * rows stacked (the layers' own `stored` then become views of it, so the
+ * weights are held once) and their biases side by side. One decode call
+ * then computes all of them: a thread wakes once, and the call's fixed cost
+ * is paid once, for q, k and v.
+ */
+interface Fused {
+  parts: Linear[];
+  /** The views the parts hold; a part whose `stored` is another object (converted again) makes the fusion stale. */
+  views: StoredMatrix[];
+  matrix: StoredMatrix;
+  bias: Float32Array | null;
+}
+
+const fusions = new WeakMap<Linear, Fused>();
+
+function concat<A extends Float32Array | Uint16Array | Int8Array | Uint8Array>(parts: A[]): A {
+  const out = new (parts[0]!.constructor as new (n: number) => A)(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p as never, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** The fused matrix of `parts` (Linears of the same input width and format), built on first use and again when a part was converted anew. */
+function fused(parts: Linear[]): Fused {
+  const f = fusions.get(parts[0]!);
+  if (f && f.parts.length === parts.length && f.parts.every((p, i) => p === parts[i] && p.stored === f.views[i])) return f;
+  const ms = parts.map((p) => p.stored!);
+  const rows = ms.reduce((n, m) => n + m.rows, 0);
+  const matrix: StoredMatrix = {
+    format: ms[0]!.format,
+    rows,
+    K: ms[0]!.K,
+    data: concat(ms.map((m) => m.data)),
+    scales: ms[0]!.scales ? concat(ms.map((m) => m.scales!)) : null,
+    mins: ms[0]!.mins ? concat(ms.map((m) => m.mins!)) : null,
+  };
+  const views: StoredMatrix[] = [];
+  let first = 0;
+  for (const [i, p] of parts.entries()) {
+    views.push(storedRows(matrix, first, ms[i]!.rows));
+    first += ms[i]!.rows;
+    p.stored = views[i]!;
+  }
+  const bias = parts.some((p) => p.bias) ? concat(parts.map((p) => (p.bias ? (p.bias.data as Float32Array) : new Float32Array(p.outFeatures)))) : null;
+  const made = { parts, views, matrix, bias };
+  fusions.set(parts[0]!, made);
+  return made;
+}
+
+/** outs[i] [R, N_i] = x · W_iᵀ + b_i for the fused parts, in one decode call (w.f holds the side-by-side result). */
+function fusedInto(be: Backend, outs: Float32Array[], x: Float32Array, parts: Linear[], w: Work): void {
+  const f = fused(parts);
+  const R = w.R;
+  const N = f.matrix.rows;
+  if (w.f.length < R * N) w.f = new Float32Array(R * N);
+  const y = w.f.subarray(0, R * N);
+  decodeKernels().decodeMatmul(y, x, f.matrix, w.rows, 1, N, f.matrix.K);
+  if (f.bias) be.addBias(y, y, f.bias, R, N);
+  for (let r = 0; r < R; r++) {
+    let at = r * N;
+    for (const [i, p] of parts.entries()) {
+      const n = p.outFeatures;
+      outs[i]!.set(y.subarray(at, at + n), r * n);
+      at += n;
+    }
+  }
+}
+
+/**
  * out [R, C] = attention output (after o) of queries from xq and keys and
  * values from xkv, appended to `cache` at its length (B sequences of T rows).
+ * q, k and v are one product when they read the same input (k and v one
+ * when the queries come from elsewhere: the query layer).
  */
 function attentionInto(be: Backend, out: Float32Array, xq: Float32Array, xkv: Float32Array, a: Attention, cache: KVCache, B: number, T: number, w: Work): void {
   const C = a.width;
-  linearInto(be, w.q, xq, a.q, w);
-  linearInto(be, w.k, xkv, a.k, w);
-  linearInto(be, w.v, xkv, a.v, w);
+  if (xq === xkv) {
+    fusedInto(be, [w.q, w.k, w.v], xkv, [a.q, a.k, a.v], w);
+  } else {
+    linearInto(be, w.q, xq, a.q, w);
+    fusedInto(be, [w.k, w.v], xkv, [a.k, a.v], w);
+  }
   const cap = cache.k.dim(1);
   if (cache.length + T > cap) throw new RangeError(`KV cache full: ${cache.length} + ${T} positions exceed its capacity ${cap}`);
   const kd = cache.k.data as Float32Array;
