@@ -155,6 +155,12 @@ test("sigma chat --draft ngram: greedy replies are plain decoding's, and the acc
   assert.ok(Number(m[2]) > 0 && Number(m[4]) > 0, "the prompt repeats itself: the n-gram draft proposed tokens");
 });
 
+test("sigma serve --draft takes ngram only, naming the flag", { timeout: 60_000 }, async () => {
+  const s = sigma(["serve", "--ckpt", ckpt, "--port", "0", "--draft", ckpt]);
+  assert.equal(await s.exit, 1);
+  assert.match(s.out(), /^sigma: --draft ".*": sigma serve drafts with ngram only/m);
+});
+
 test("sigma chat: Ctrl-C stops the reply being written, and the chat goes on", { timeout: 120_000 }, async () => {
   // A reply long enough to interrupt: up to 100000 tokens (the context is re-run as it fills).
   const s = sigma(["chat", "--ckpt", ckpt, "--max-tokens", "100000", "--temperature", "0.9", "--top-k", "0", "--top-p", "1"]);
