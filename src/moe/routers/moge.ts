@@ -69,6 +69,7 @@ export const moge: RouterKind<typeof MogeSchema> = {
     },
     // The chosen probabilities sum to less than 1 (no renormalisation).
     weightsSumToOne: false,
+    softmaxTopk: null,
     drawn: null,
   }),
 };

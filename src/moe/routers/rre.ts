@@ -64,6 +64,7 @@ export const rre: RouterKind<typeof RreSchema> = {
       group: 0,
     },
     weightsSumToOne: true,
+    softmaxTopk: null,
     drawn: `RRE tables drawn from seed ${c.seed} and saved with the model`,
   }),
 };

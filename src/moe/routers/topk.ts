@@ -59,6 +59,7 @@ export const topk: RouterKind<typeof TopkSchema> = {
       },
     },
     weightsSumToOne: c.renormalize,
+    softmaxTopk: { renormalize: c.renormalize },
     drawn: null,
   }),
 };
