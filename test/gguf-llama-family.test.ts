@@ -22,13 +22,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { getLlama, LlamaLogLevel, type Llama } from "node-llama-cpp";
+import { writeModelFolder } from "../src/api/model.js";
 import { readGguf, writeGguf } from "../src/checkpoint/gguf.js";
 import { parseModelConfig, type ModelConfigInput } from "../src/models/config.js";
 import { ggufOfModel, modelOfGguf } from "../src/models/gguf.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import type { Tokenizer } from "../src/tokenizer/codec.js";
 import { SigmaError } from "../src/util/errors.js";
+import { toHfJson } from "../src/tokenizer/hfjson.js";
 import { Rng } from "../src/util/rng.js";
+import { sigma } from "./cli-harness.js";
 import { checkWithHfParser, compareGreedy, sigmaLogProbs, tokenizer } from "./gguf-harness.js";
 
 const dir = mkdtempSync(join(tmpdir(), "sigma-gguf-family-"));
@@ -154,4 +157,21 @@ test("import refuses a file whose sigma.config disagrees with its llama keys", (
   const meta = f.metadata.get("llama.expert_used_count")!;
   f.metadata.set("llama.expert_used_count", { ...meta, value: 3 } as typeof meta);
   assert.throws(() => modelOfGguf(f, path), /metadata "sigma\.config" says experts = .*"k":2.* but the llama keys say .*"k":3/);
+});
+
+test("sigma export gguf picks the architecture from the config (qwen3moe here), sigma import gguf reads it back; a MoGE model is a one-line refusal", async () => {
+  const tok = tokenizer();
+  const ckpt = writeModelFolder(join(dir, "q3"), 0, randomModel(tok, CASES[5]!.config, 5), toHfJson(tok), { format: "test" });
+  const out = join(dir, "q3.gguf");
+  const e = await sigma("export", "gguf", "--ckpt", ckpt, "--out", out);
+  assert.equal(e.code, 0, e.out);
+  assert.match(e.out, /GGUF qwen3moe, f32: \d+ tensors/);
+  const i = await sigma("import", "gguf", "--from", out, "--out", join(dir, "q3-back"));
+  assert.equal(i.code, 0, i.out);
+  assert.match(i.out, /GGUF qwen3moe: /);
+  const moge = writeModelFolder(join(dir, "moge"), 0, randomModel(tok, { ...CASES[2]!.config, experts: { count: 4, width: 22, router: { kind: "moge", groups: 2 } } }, 6), toHfJson(tok), { format: "test" });
+  const r = await sigma("export", "gguf", "--ckpt", moge, "--out", join(dir, "no.gguf"));
+  assert.equal(r.code, 1);
+  assert.match(r.out, /sigma: this model cannot be written as GGUF — .*llama: its router \(moge\) does not route by softmax then top-k/);
+  assert.doesNotMatch(r.out, /at .*\.ts:\d+/, "no stack trace");
 });
