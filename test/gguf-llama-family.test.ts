@@ -32,7 +32,7 @@ import { SigmaError } from "../src/util/errors.js";
 import { toHfJson } from "../src/tokenizer/hfjson.js";
 import { Rng } from "../src/util/rng.js";
 import { sigma } from "./cli-harness.js";
-import { checkWithHfParser, compareGreedy, sigmaLogProbs, tokenizer } from "./gguf-harness.js";
+import { checkWithHfParser, compareGreedy, llamaGreedy, relativeGap, sigmaLogProbs, tokenizer } from "./gguf-harness.js";
 
 const dir = mkdtempSync(join(tmpdir(), "sigma-gguf-family-"));
 let llama: Llama;
@@ -174,4 +174,23 @@ test("sigma export gguf picks the architecture from the config (qwen3moe here), 
   assert.equal(r.code, 1);
   assert.match(r.out, /sigma: this model cannot be written as GGUF — .*llama: its router \(moge\) does not route by softmax then top-k/);
   assert.doesNotMatch(r.out, /at .*\.ts:\d+/, "no stack trace");
+});
+
+test("q8_0 and f16 expert stacks in llama.cpp ≈ Sigma with the same weights (Mixtral-style llama, qwen2moe; log-probs within 5e-2 / 1e-2 relative)", async () => {
+  const tok = tokenizer();
+  for (const [c, type, bound] of [[2, "q8_0", 5e-2], [4, "f16", 1e-2]] as const) {
+    const model = randomModel(tok, CASES[c]!.config, 60 + c);
+    const path = join(dir, `${type}-${c}.gguf`);
+    const file = ggufOfModel(model, tok, { type });
+    writeGguf(path, file);
+    await checkWithHfParser(path, file);
+    // Width 32 is whole q8_0 blocks: the gate/up expert stacks are Q8_0; the down stacks (rows of 22) fall back to F16.
+    if (type === "q8_0") assert.ok(file.tensors.some((t) => t.name === "blk.0.ffn_gate_exps.weight" && t.type === "Q8_0") && file.fallbacks.includes("blk.0.ffn_down_exps.weight"));
+    const same = modelOfGguf(readGguf(path), path).model.eval();
+    for (const prompt of PROMPTS) {
+      const theirs = await llamaGreedy(llama, path, prompt, 1, model.config.vocabSize);
+      const gap = relativeGap(sigmaLogProbs(same, prompt).at(-1)!, theirs.logProbs[0]!);
+      assert.ok(gap <= bound, `${type}, prompt [${prompt}]: log-probs differ by ${gap.toExponential(2)} relative (bound ${bound})`);
+    }
+  }
 });
