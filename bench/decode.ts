@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- decode [--tokens=N] [--rounds=N] [--only=f32,q8] [--spec-only]
+ * `npm run bench -- decode [--tokens=N] [--rounds=N] [--only=f32,q8] [--generic] [--spec-only]
  *   [--spec-target=DIR] [--spec-draft=DIR] [--spec-tokens=N] [--spec-rounds=N] [--spec-k=K] [--json]`:
  * KV-cache decoding of config R's shape (d=512, 8 heads, 2 dense + 2 sparse
  * layers, 8 experts top-2, F=2048, V=8192; random weights) with its matrices
@@ -14,9 +14,12 @@
  * bandwidthFraction = bytes per step × steps/s ÷ the read bandwidth measured
  * in the same run (sumSquares over 256 MiB on the same 2 threads, best of 5).
  * Medians over rounds; each round decodes `tokens` steps after an 8-token prompt.
+ * Steps run through the decode step (src/models/decode-step.ts) as forward
+ * does; `--generic` turns it off (forward's general path, for a before/after
+ * on the same build; JSON: decode.decodeStep false).
  *
  * With --json, stdout is one JSON object:
- *   { decode: { threads, cpu, readBandwidthGBs, tokens, rounds, config,
+ *   { decode: { threads, cpu, readBandwidthGBs, tokens, rounds, config, decodeStep,
  *               formats: { <format>: { batch1: Run, batch8: Run } }, q8OverF32Batch1 } }
  *   Run = { tokensPerSecond, stepMs, bytesPerStep, bytesPerToken, bandwidthFraction }
  *
@@ -41,6 +44,7 @@ import { nativeDecodeKernels } from "../src/backend/decode.js";
 import { parseModelConfig } from "../src/models/config.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
 import { quantizeModel, storedSites } from "../src/models/quantize.js";
+import { useDecodeStep } from "../src/models/decode-step.js";
 import { Rng } from "../src/util/rng.js";
 import { existsSync } from "node:fs";
 import { generateIds } from "../src/serve/generate.js";
@@ -215,6 +219,8 @@ export async function run(args: string[]): Promise<void> {
   const tokens = opt("tokens", 32);
   const rounds = opt("rounds", 3);
   const only = args.find((a) => a.startsWith("--only="))?.slice(7).split(",");
+  const decodeStep = !args.includes("--generic");
+  useDecodeStep(decodeStep);
   const formats = WEIGHT_FORMATS.filter((f) => !only || only.includes(f));
   const b = native();
   const decode = nativeDecodeKernels();
@@ -229,6 +235,7 @@ export async function run(args: string[]): Promise<void> {
   });
   const net = new PanguSigma(config).eval();
   say(`decode kernels: ${decode.name}, ${THREADS} threads; read bandwidth ${(bw / 1e9).toFixed(1)} GB/s (sumSquares over 256 MiB, best of 5)`);
+  say(`decode step: ${decodeStep ? "on" : "off (--generic: forward's general path)"}`);
   say(`config R's shape: d=${SHAPE.width}, ${SHAPE.heads} heads, ${SHAPE.dense} dense + ${SHAPE.sparse} sparse layers, ${SHAPE.experts} experts top-${SHAPE.k}, F=${SHAPE.ffn}, V=${SHAPE.vocab}; ${tokens} steps after an 8-token prompt, median of ${rounds} rounds\n`);
   const results: Partial<Record<WeightFormat, { batch1: Run; batch8: Run }>> = {};
   const rows: (string | number)[][] = [];
@@ -248,6 +255,6 @@ export async function run(args: string[]): Promise<void> {
   const speculative = speculativeSection(args, net, say, opt);
   if (json) {
     const cpu = b.cpuInfo();
-    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, formats: results, q8OverF32Batch1, speculative } }));
+    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, decodeStep, formats: results, q8OverF32Batch1, speculative } }));
   }
 }

@@ -135,6 +135,9 @@ const SHAPES: [number[], number, number][] = [
   [[5], 257, 64],
   [[1, 0, 2], 6, 64], // three experts, one with no rows
   [[3, 1, 0, 4], 11, 40],
+  // One and two rows of x (the streaming kernels): an odd number of whole groups, and a tail.
+  [[2, 1], 7, 97],
+  [[1], 5, 224],
   // Large enough that two threads share the rows (64 KiB of weights per thread at least), splitting inside experts.
   [[2], 300, 512],
   [[3], 1030, 512],

@@ -29,17 +29,15 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { gguf as hfGguf } from "@huggingface/gguf";
 import { getLlama, LlamaLogLevel, type Llama, type Token } from "node-llama-cpp";
-import { noGrad } from "../src/autograd/tape.js";
-import { readGguf, writeGguf, GGML_TYPES, type GgufValue } from "../src/checkpoint/gguf.js";
+import { readGguf, writeGguf } from "../src/checkpoint/gguf.js";
 import { parseModelConfig } from "../src/models/config.js";
 import { ggufOfModel, modelOfGguf, SIGMA_CHAT_TEMPLATE, type GgufExportType } from "../src/models/gguf.js";
 import { chatPrompt, type ChatMessage } from "../src/serve/chat.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
-import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
 import type { Tokenizer } from "../src/tokenizer/codec.js";
 import { Rng } from "../src/util/rng.js";
+import { checkWithHfParser, compareGreedy, llamaGreedy, relativeGap, sigmaLogProbs, tokenizer } from "./gguf-harness.js";
 
 const dir = mkdtempSync(join(tmpdir(), "sigma-gguf-llama-"));
 let llama: Llama;
@@ -50,14 +48,6 @@ after(async () => {
   await llama?.dispose();
   rmSync(dir, { recursive: true, force: true });
 });
-
-// Lines ending "!\n" and ".\n": Sigma's split keeps punctuation with the line break after it, so merges such as "!\n" are learnt — GPT-2's split would cut them apart.
-const TEXT = "the quick brown fox jumps over the lazy dog.\nthe cat sat on the mat, then the dog ate the cat's dinner!\n123 4567 wow!\n";
-function tokenizer(): Tokenizer {
-  const wc = new WordCounter();
-  wc.add(TEXT.repeat(3));
-  return trainBpe(wc, { domains: ["en"], langs: [], vocabSize: 320, minFrequency: 1 });
-}
 
 /** A model with every parameter drawn from N(0, std²) (gammas around 1), so each tensor's mapping matters. */
 function randomModel(tok: Tokenizer, shape: { width: number; heads: number; layers: number; ffn: number; seqLen: number }, seed: number): PanguSigma {
@@ -76,87 +66,6 @@ function randomModel(tok: Tokenizer, shape: { width: number; heads: number; laye
   return model.eval();
 }
 
-function logSoftmax(row: ArrayLike<number>): Float64Array {
-  let m = -Infinity;
-  for (let i = 0; i < row.length; i++) m = Math.max(m, row[i]!);
-  let s = 0;
-  for (let i = 0; i < row.length; i++) s += Math.exp(row[i]! - m);
-  const lse = m + Math.log(s);
-  return Float64Array.from(row, (x) => x - lse);
-}
-
-/** Sigma's next-token log-probabilities after each prefix of `tokens` (one forward). */
-function sigmaLogProbs(model: PanguSigma, tokens: number[]): Float64Array[] {
-  const V = model.config.vocabSize;
-  const logits = noGrad(() => model.forward({ tokens: Int32Array.from(tokens), domains: Int32Array.of(0), B: 1, T: tokens.length }).logits.data);
-  return tokens.map((_, t) => logSoftmax(logits.subarray(t * V, (t + 1) * V)));
-}
-
-const argmax = (a: ArrayLike<number>): number => {
-  let best = 0;
-  for (let i = 1; i < a.length; i++) if (a[i]! > a[best]!) best = i;
-  return best;
-};
-
-/** llama.cpp's greedy continuation of `prompt` for `steps` tokens, with the log-probabilities it chose from at each step. */
-async function llamaGreedy(path: string, prompt: number[], steps: number, V: number): Promise<{ tokens: number[]; logProbs: Float64Array[] }> {
-  const model = await llama.loadModel({ modelPath: path, gpuLayers: 0 });
-  // f32 K/V cache (the default f16 one would round keys and values), no flash attention: the plain f32 attention path.
-  const ctx = await model.createContext({ contextSize: 128, batchSize: 128, threads: 1, flashAttention: false, experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32" });
-  try {
-    const seq = ctx.getSequence();
-    const tokens: number[] = [];
-    const logProbs: Float64Array[] = [];
-    const want = { generateNext: { token: true, probabilities: true } } as const;
-    let input: Parameters<typeof seq.controlledEvaluate>[0] = (prompt as Token[]).map((t, i) => (i === prompt.length - 1 ? [t, want] : t));
-    for (let s = 0; s < steps; s++) {
-      const out = await seq.controlledEvaluate(input);
-      const next = out[out.length - 1]!.next!;
-      const lp = new Float64Array(V);
-      assert.equal(next.probabilities!.size, V, "llama.cpp gives a probability for every token");
-      for (const [id, p] of next.probabilities!) lp[id] = Math.log(p);
-      logProbs.push(lp);
-      tokens.push(next.token!);
-      input = [[next.token! as Token, want]];
-    }
-    return { tokens, logProbs };
-  } finally {
-    await ctx.dispose();
-    await model.dispose();
-  }
-}
-
-/** max over the vocabulary of |a − b|, relative to max |a|. */
-function relativeGap(a: Float64Array, b: Float64Array): number {
-  let gap = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    gap = Math.max(gap, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(a[i]!));
-  }
-  return gap / scale;
-}
-
-/** @huggingface/gguf's reading of the file agrees with what was written: every metadata value and tensor info. */
-async function checkWithHfParser(path: string, written: { metadata: Map<string, GgufValue>; tensors: { name: string; type: string; ne: number[] }[] }): Promise<void> {
-  const { metadata, tensorInfos } = await hfGguf(path, { allowLocalFile: true });
-  const plain = (v: GgufValue): unknown => (v.type === "array" ? v.value.map((x) => (typeof x === "object" ? plain(x as GgufValue) : x)) : v.value);
-  for (const [k, v] of written.metadata) {
-    const theirs = (metadata as Record<string, unknown>)[k];
-    if (v.type === "f32") assert.equal(theirs, Math.fround(v.value), k);
-    else if (v.type === "u64" || v.type === "i64") assert.equal(BigInt(theirs as number | bigint), v.value, k);
-    else assert.deepEqual(theirs, plain(v), k);
-  }
-  assert.equal((metadata as Record<string, unknown>).version, 3);
-  assert.equal(tensorInfos.length, written.tensors.length);
-  written.tensors.forEach((t, i) => {
-    const info = tensorInfos[i]!;
-    assert.equal(info.name, t.name);
-    assert.deepEqual(info.shape.map(Number), t.ne, t.name);
-    assert.equal(info.dtype, GGML_TYPES[t.type as keyof typeof GGML_TYPES].id, t.name);
-  });
-}
-
 const SHAPES = [
   { width: 48, heads: 3, layers: 2, ffn: 100, seqLen: 64, seed: 11 },
   { width: 36, heads: 4, layers: 1, ffn: 37, seqLen: 48, seed: 12 }, // head size 9, odd FFN width
@@ -173,32 +82,7 @@ for (const shape of SHAPES) {
     const file = ggufOfModel(model, tok, { type: "f32" });
     writeGguf(path, file);
     await checkWithHfParser(path, file);
-    let ties = 0;
-    for (const prompt of PROMPTS) {
-      const V = model.config.vocabSize;
-      const theirs = await llamaGreedy(path, prompt, STEPS, V);
-      // Sigma's greedy continuation, one forward per step, beside llama.cpp's.
-      const seq = [...prompt];
-      let worst = 0;
-      for (let s = 0; s < STEPS; s++) {
-        const mine = sigmaLogProbs(model, seq).at(-1)!;
-        worst = Math.max(worst, relativeGap(mine, theirs.logProbs[s]!));
-        const next = argmax(mine);
-        const chosen = theirs.tokens[s]!;
-        if (chosen !== next) {
-          // A tie within the bound: two tokens whose log-probs differ by less than twice the
-          // allowed gap may swap places. Anything else is a different function.
-          const margin = mine[next]! - mine[chosen]!;
-          const eps = 1e-3 * Math.max(...mine.map(Math.abs));
-          assert.ok(margin <= 2 * eps, `prompt [${prompt}] step ${s}: llama.cpp chose ${chosen}, Sigma ${next} (Sigma's margin ${margin.toExponential(2)} is no tie)`);
-          ties++;
-        }
-        seq.push(chosen);
-      }
-      assert.ok(worst <= 1e-3, `prompt [${prompt}]: log-probs differ by ${worst.toExponential(2)} relative (bound 1e-3)`);
-    }
-    // Ties are rare; many would mean the rule above hides a real difference.
-    assert.ok(ties <= 2, `${ties} near-ties in ${PROMPTS.length * STEPS} steps`);
+    await compareGreedy(llama, path, model, PROMPTS, STEPS);
   });
 }
 
@@ -241,7 +125,7 @@ for (const [type, bound] of [["f16", 1e-2], ["q8_0", 5e-2]] as [GgufExportType, 
     // Sigma with exactly the stored weights: the file read back.
     const same = modelOfGguf(readGguf(path), path).model.eval();
     for (const prompt of PROMPTS) {
-      const theirs = await llamaGreedy(path, prompt, 4, model.config.vocabSize);
+      const theirs = await llamaGreedy(llama, path, prompt, 4, model.config.vocabSize);
       const mine = sigmaLogProbs(same, prompt).at(-1)!;
       const gap = relativeGap(mine, theirs.logProbs[0]!);
       assert.ok(gap <= bound, `${type}, prompt [${prompt}]: log-probs differ by ${gap.toExponential(2)} relative (bound ${bound})`);

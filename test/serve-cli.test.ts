@@ -134,6 +134,33 @@ test("sigma chat: turns keep their history; /domain, /reset; Ctrl-D quits", { ti
   assert.equal(await s.exit, 0);
 });
 
+test("sigma chat --draft ngram: greedy replies are plain decoding's, and the acceptance is printed at the end", { timeout: 120_000 }, async () => {
+  const s = sigma(["chat", "--ckpt", ckpt, "--temperature", "0", "--top-k", "0", "--top-p", "1", "--max-tokens", "24", "--draft", "ngram", "--draft-tokens", "3"]);
+  const turn = async (line: string): Promise<string> => {
+    const from = s.out().length;
+    s.child.stdin.write(`${line}\n`);
+    const m = await s.waitFor(/^([\s\S]*?)\nyou> /, from);
+    return m[1]!;
+  };
+  await s.waitFor(/you> /);
+  const history: ChatMessage[] = [{ role: "user", content: "The quick brown fox jumps over the lazy dog. The quick brown fox" }];
+  const first = await turn(history[0]!.content);
+  assert.equal(first, await reply(history, "en", 24));
+  history.push({ role: "assistant", content: first }, { role: "user", content: "Hello there, how are you today? Hello there" });
+  assert.equal(await turn(history[2]!.content), await reply(history, "en", 24), "the second reply, with the history");
+  s.child.stdin.end();
+  assert.equal(await s.exit, 0);
+  const m = /draft: (\d+) of (\d+) proposed tokens accepted \((\d+|–)%?\), (\d+) verification steps/.exec(s.out());
+  assert.ok(m, `no acceptance line in:\n${s.out()}`);
+  assert.ok(Number(m[2]) > 0 && Number(m[4]) > 0, "the prompt repeats itself: the n-gram draft proposed tokens");
+});
+
+test("sigma serve --draft takes ngram only, naming the flag", { timeout: 60_000 }, async () => {
+  const s = sigma(["serve", "--ckpt", ckpt, "--port", "0", "--draft", ckpt]);
+  assert.equal(await s.exit, 1);
+  assert.match(s.out(), /^sigma: --draft ".*": sigma serve drafts with ngram only/m);
+});
+
 test("sigma chat: Ctrl-C stops the reply being written, and the chat goes on", { timeout: 120_000 }, async () => {
   // A reply long enough to interrupt: up to 100000 tokens (the context is re-run as it fills).
   const s = sigma(["chat", "--ckpt", ckpt, "--max-tokens", "100000", "--temperature", "0.9", "--top-k", "0", "--top-p", "1"]);

@@ -13,7 +13,7 @@ import { Model, openModel, writeModelFolder } from "./model.js";
 export interface GgufExportResult {
   /** The file written. */
   path: string;
-  /** llama.cpp's architecture name ("gpt2"). */
+  /** llama.cpp's architecture name ("gpt2", "llama", "qwen2", "qwen2moe", "qwen3moe"). */
   architecture: string;
   type: GgufExportType;
   tensors: number;

@@ -28,6 +28,8 @@ export interface ServeOptions {
   kvBlocks?: number;
   /** Most choices (n) per request (default 16). */
   maxChoices?: number;
+  /** N-gram (prompt lookup) drafting: tokens proposed per step and sequence (docs/decode.md); 0 = none (default). */
+  draftTokens?: number;
 }
 
 export interface ServerStats {

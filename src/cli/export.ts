@@ -19,7 +19,7 @@ export function register(program: Command): void {
   const exp = program.command("export").description("write a model in another format (an explicit adapter per format)");
   exp
     .command("gguf")
-    .description("write a model as a GGUF file for llama.cpp (architecture gpt2 today; docs/gguf.md)")
+    .description("write a model as a GGUF file for llama.cpp (gpt2, llama, qwen2, qwen2moe, qwen3moe: the one its blocks match; docs/gguf.md)")
     .requiredOption("--ckpt <path>", "checkpoint folder (a run's checkpoints/ gives its newest) or a model .safetensors")
     .requiredOption("--out <file>", "the .gguf file to write")
     .option("--type <type>", `type of the matrices: ${GGUF_EXPORT_TYPES.join(", ")} (norms and biases stay f32)`, parseType, "f32")

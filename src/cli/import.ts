@@ -58,7 +58,7 @@ export function register(program: Command): void {
     });
   imp
     .command("gguf")
-    .description("import a GGUF file of an architecture Sigma writes (gpt2; docs/gguf.md) as a Sigma checkpoint")
+    .description("import a GGUF file of an architecture Sigma writes (gpt2, llama, qwen2, qwen2moe, qwen3moe; docs/gguf.md) as a Sigma checkpoint")
     .requiredOption("--from <file>", "the .gguf file (F32, F16, BF16 or Q8_0 tensors)")
     .requiredOption("--out <dir>", "where the checkpoint goes (<out>/step-00000000/)")
     .action((o: { from: string; out: string }) => {

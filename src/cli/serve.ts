@@ -6,6 +6,7 @@ import type { Command } from "commander";
 import { createInterface } from "node:readline";
 import { openModel, type ChatMessage } from "../api/model.js";
 import { serve } from "../api/serve.js";
+import { newSpeculativeStats, type SpeculativeStats } from "../serve/speculative.js";
 import { SigmaError } from "../util/errors.js";
 import { streamOut } from "./output.js";
 import { weightsOption } from "./quantize.js";
@@ -23,14 +24,18 @@ export function register(program: Command): void {
     .option("--max-queue <n>", "sequences that may wait for a place in the batch; more get 429", parseIntOpt("max-queue", 0, 1e6), 64)
     .option("--prefill-chunk <n>", "prompt tokens prefilled per step, beside the running streams", parseIntOpt("prefill-chunk", 1, 1e6), 64)
     .option("--name <name>", "model name in the ids sigma/<name>/<domain> (default: from the path)")
-    .option("--api-key <key>", "require Authorization: Bearer <key> on /v1/ (default: $SIGMA_API_KEY, else none)");
+    .option("--api-key <key>", "require Authorization: Bearer <key> on /v1/ (default: $SIGMA_API_KEY, else none)")
+    .option("--draft <ngram>", "speculative decoding with prompt-lookup drafts (the batched server takes ngram only)")
+    .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
   weightsOption(serveCmd)
-    .action(async (o: { ckpt: string; host: string; port: number; maxBatch: number; maxQueue: number; prefillChunk: number; name?: string; apiKey?: string; weights?: WeightFormat }) => {
+    .action(async (o: { ckpt: string; host: string; port: number; maxBatch: number; maxQueue: number; prefillChunk: number; name?: string; apiKey?: string; weights?: WeightFormat; draft?: string; draftTokens: number }) => {
+      if (o.draft !== undefined && o.draft !== "ngram") throw new SigmaError(`--draft "${o.draft}": sigma serve drafts with ngram only`, "use --draft ngram (a draft model works with sigma generate and sigma chat)");
       const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
       const apiKey = o.apiKey ?? process.env.SIGMA_API_KEY ?? null;
-      const server = await serve(model, { host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue, prefillChunk: o.prefillChunk, apiKey, ...(o.name !== undefined ? { name: o.name } : {}) });
+      const draftTokens = o.draft === "ngram" ? o.draftTokens : 0;
+      const server = await serve(model, { host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue, prefillChunk: o.prefillChunk, apiKey, draftTokens, ...(o.name !== undefined ? { name: o.name } : {}) });
       console.log(`sigma serve: ${model.path} on ${server.url} (OpenAI API under ${server.url}/v1)`);
-      console.log(`models: ${server.models.join(", ")}${apiKey ? "; a bearer key is required" : ""}; batch ≤ ${o.maxBatch}, queue ≤ ${o.maxQueue}`);
+      console.log(`models: ${server.models.join(", ")}${apiKey ? "; a bearer key is required" : ""}; batch ≤ ${o.maxBatch}, queue ≤ ${o.maxQueue}${draftTokens ? `; n-gram drafts of ${draftTokens} tokens (acceptance in /metrics)` : ""}`);
       if (o.host !== "127.0.0.1" && o.host !== "localhost" && o.host !== "::1" && !apiKey) console.log("warning: listening beyond this machine without --api-key: anyone who reaches the port can use the model");
       // Serve until asked to stop; then finish cleanly (open streams are cancelled).
       await new Promise<void>((resolve) => {
@@ -56,19 +61,27 @@ export function register(program: Command): void {
     .option("--temperature <t>", "0 = greedy", parseNumOpt("temperature", 0, 1e6), 0.8)
     .option("--top-k <k>", "sample among the k most likely tokens (0 = all)", parseIntOpt("top-k", 0, Number.MAX_SAFE_INTEGER), 40)
     .option("--top-p <p>", "nucleus: the most likely tokens up to this probability (1 = all)", parseNumOpt("top-p", 0, 1, { above: true }), 0.95)
-    .option("--seed <n>", "sampling seed of the first reply (each reply takes the next)", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1);
+    .option("--seed <n>", "sampling seed of the first reply (each reply takes the next)", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
+    .option("--draft <model>", "speculative decoding: a smaller model with the same tokenizer (opened like --ckpt, with the same --weights), or ngram (prompt lookup)")
+    .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
   weightsOption(chatCmd)
-    .action(async (o: { ckpt: string; domain?: string; system?: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; weights?: WeightFormat }) => {
+    .action(async (o: { ckpt: string; domain?: string; system?: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; weights?: WeightFormat; draft?: string; draftTokens: number }) => {
       const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
       const domains = model.domains;
       const domain = o.domain ?? domains[0]!;
       if (!domains.includes(domain)) throw new SigmaError(`Unknown domain "${domain}"; the model knows ${domains.join(", ")}`, "pass one of them with --domain");
-      await chatLoop(model, domains, domain, o);
+      const draft = o.draft === undefined ? undefined : o.draft === "ngram" ? ("ngram" as const) : await openModel(o.draft, o.weights ? { weights: o.weights } : {});
+      await chatLoop(model, domains, domain, { ...o, draft });
     });
 }
 
+type ChatModel = Awaited<ReturnType<typeof openModel>>;
+
 /** The conversation: one line per user turn, the reply streamed after it. */
-async function chatLoop(model: Awaited<ReturnType<typeof openModel>>, domains: string[], start: string, o: { system?: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number }): Promise<void> {
+async function chatLoop(model: ChatModel, domains: string[], start: string, o: { system?: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; draft: ChatModel | "ngram" | undefined; draftTokens: number }): Promise<void> {
+  // With a draft, every reply decodes speculatively; the acceptance over the whole chat is printed at the end.
+  const draftStats = newSpeculativeStats();
+  const spec = o.draft === undefined ? {} : { draft: o.draft, draftTokens: o.draftTokens, draftStats };
   let domain = start;
   const fresh = (): ChatMessage[] => (o.system ? [{ role: "system", content: o.system }] : []);
   let history = fresh();
@@ -117,7 +130,7 @@ async function chatLoop(model: Awaited<ReturnType<typeof openModel>>, domains: s
       history.push({ role: "user", content: line });
       reply = new AbortController();
       let text = "";
-      for await (const p of model.chat(history, { domain, maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: seed++, signal: reply.signal })) {
+      for await (const p of model.chat(history, { domain, maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: seed++, signal: reply.signal, ...spec })) {
         text += p.text;
         streamOut(p.text);
       }
@@ -130,4 +143,11 @@ async function chatLoop(model: Awaited<ReturnType<typeof openModel>>, domains: s
     rl.close();
   }
   streamOut("\n");
+  if (o.draft !== undefined) console.error(draftSummary(draftStats));
+}
+
+/** "draft: A of P proposed tokens accepted (R%), S verification steps" (sigma generate prints the same). */
+export function draftSummary(s: SpeculativeStats): string {
+  const rate = s.proposed ? ((100 * s.accepted) / s.proposed).toFixed(0) : "–";
+  return `draft: ${s.accepted} of ${s.proposed} proposed tokens accepted (${rate}%), ${s.steps} verification steps`;
 }

@@ -28,8 +28,9 @@ import { Tokenizer } from "../tokenizer/codec.js";
 import { parseSpecials } from "../tokenizer/specials.js";
 import { SigmaError } from "../util/errors.js";
 import { parseJsonStrict } from "../util/strict-json.js";
-import { parameterCounts, parseModelConfig, type ModelConfig, type ModelConfigInput } from "./config.js";
+import { expertsPerToken, headDim, kvHeads, parameterCounts, parseModelConfig, sharedWidth, type ModelConfig, type ModelConfigInput } from "./config.js";
 import { PanguSigma } from "./pangu-sigma.js";
+import { routerSpec, softmaxTopkRouter } from "../moe/routers/index.js";
 
 /** What `sigma export gguf --type` offers: the ggml type of the matrices. */
 export const GGUF_EXPORT_TYPES = ["f32", "f16", "bf16", "q8_0"] as const;
@@ -65,6 +66,8 @@ export interface MetaReader {
   u32(key: string): number;
   f32(key: string): number;
   has(key: string): boolean;
+  /** Whether the file holds a tensor of this name (optional biases, an untied output). */
+  hasTensor(name: string): boolean;
 }
 
 export interface GgufArchitecture {
@@ -80,6 +83,8 @@ export interface GgufArchitecture {
   globals: TensorEntry[];
   /** Tensors of each layer, names with {L}. */
   layer: TensorEntry[];
+  /** llama.cpp requires output.weight even when tied (qwen2moe): a tied model writes the token embedding twice. */
+  outputRequired?: boolean;
 }
 
 export const GPT2_ARCHITECTURE: GgufArchitecture = {
@@ -88,7 +93,13 @@ export const GPT2_ARCHITECTURE: GgufArchitecture = {
     if (c.queryLayer) return "it has PanGu-α's query layer on top, which no llama.cpp architecture has";
     if (c.sparseLayers > 0) return "it has sparse (MoE) layers; llama.cpp's gpt2 is dense";
     if (c.embeddingSlots !== 1) return `it has ${c.embeddingSlots} embedding slots; a GGUF model has one token embedding`;
+    if (c.norm !== "layernorm") return "it uses RMSNorm; llama.cpp's gpt2 has LayerNorm";
+    if (c.position !== "learned") return "it has rotary positions; llama.cpp's gpt2 has a learned position table";
+    if (c.ffn !== "gelu") return "its FFN is SwiGLU; llama.cpp's gpt2 has a two-matrix GELU FFN";
     if (c.activation !== "gelu_tanh") return `its FFN activation is ${c.activation}; llama.cpp's gpt2 computes GELU's tanh form (gelu_tanh)`;
+    if (kvHeads(c) !== c.heads || headDim(c) * c.heads !== c.width) return "it has grouped-query attention or a head size other than width/heads; llama.cpp's gpt2 has neither";
+    if (c.attentionBias !== "all" || !c.ffnBias || c.qkNorm) return "its biases or q/k norms differ from GPT-2's (biases everywhere, no q/k norms)";
+    if (!c.tiedEmbeddings) return "its output layer is untied; Sigma's gpt2 export writes the tied GPT-2 shape";
     return null;
   },
   hparams: (c) => [
@@ -139,8 +150,205 @@ export const GPT2_ARCHITECTURE: GgufArchitecture = {
   ],
 };
 
-/** The architectures Sigma writes, tried in order (docs/gguf.md lists what the next ones need). */
-export const ARCHITECTURES: readonly GgufArchitecture[] = [GPT2_ARCHITECTURE];
+// ------------------------------------------------------------------ the Llama family
+
+/**
+ * What one of llama.cpp's Llama-family architectures accepts: these four
+ * share the block (RMSNorm, rotary positions, grouped-query attention,
+ * SwiGLU) and differ in the options below. Each is read from llama.cpp's
+ * loader and graph for the architecture (src/models/<name>.cpp).
+ */
+interface FamilySpec {
+  name: "llama" | "qwen2" | "qwen2moe" | "qwen3moe";
+  /** Dense layers only, experts only, or either (llama: with experts it is Mixtral). */
+  layers: "dense" | "sparse" | "either";
+  /** RoPE pairs adjacent dimensions (llama's "normal" rope): q and k rows are reordered. Else NEOX = HF rotate_half. */
+  adjacentRope: boolean;
+  /** The attention biases its loader reads. */
+  attentionBias: readonly ("none" | "qkv" | "all")[];
+  /** Biases on the dense FFN (llama's optional ffn_gate/up/down.bias). */
+  ffnBias: boolean;
+  /** q is heads·headDim wide with key_length; false: llama.cpp sizes q as the width (qwen2, qwen2moe). */
+  anyHeadDim: boolean;
+  /** The per-head q/k RMSNorms: required (qwen3moe) or absent. */
+  qkNorm: boolean;
+  /** Top-k weights renormalised to sum to 1 (llama.cpp's norm_w in build_moe_ffn). */
+  renormalize: boolean;
+  /** A shared expert with a sigmoid gate, required (qwen2moe), or none. */
+  sharedExpert: boolean;
+  outputRequired: boolean;
+}
+
+const FAMILY: readonly FamilySpec[] = [
+  // Qwen2 first: a dense model with q/k/v biases is Qwen2's shape (llama would read the biases too).
+  { name: "qwen2", layers: "dense", adjacentRope: false, attentionBias: ["qkv"], ffnBias: false, anyHeadDim: false, qkNorm: false, renormalize: true, sharedExpert: false, outputRequired: false },
+  { name: "llama", layers: "either", adjacentRope: true, attentionBias: ["none", "qkv", "all"], ffnBias: true, anyHeadDim: true, qkNorm: false, renormalize: true, sharedExpert: false, outputRequired: false },
+  { name: "qwen3moe", layers: "sparse", adjacentRope: false, attentionBias: ["none"], ffnBias: false, anyHeadDim: true, qkNorm: true, renormalize: true, sharedExpert: false, outputRequired: false },
+  { name: "qwen2moe", layers: "sparse", adjacentRope: false, attentionBias: ["none", "qkv"], ffnBias: false, anyHeadDim: false, qkNorm: false, renormalize: false, sharedExpert: true, outputRequired: true },
+];
+
+function familyRefuse(f: FamilySpec, c: ModelConfig): string | null {
+  const A = f.name;
+  if (c.queryLayer) return "it has PanGu-α's query layer on top, which no llama.cpp architecture has";
+  if (c.embeddingSlots !== 1) return `it has ${c.embeddingSlots} embedding slots; a GGUF model has one token embedding`;
+  if (c.norm !== "rmsnorm") return `it uses LayerNorm; llama.cpp's ${A} uses RMSNorm (norm: "rmsnorm")`;
+  if (c.position !== "rope") return `it has learned positions; llama.cpp's ${A} has rotary positions (position: "rope")`;
+  if (c.ffn !== "swiglu") return `its FFN is the two-matrix "${c.ffn}" one; llama.cpp's ${A} has SwiGLU (ffn: "swiglu")`;
+  if (c.denseLayers > 0 && c.sparseLayers > 0) return `it mixes dense and sparse layers; llama.cpp's ${A} has the same FFN in every layer`;
+  if (c.sparseLayers > 0 && f.layers === "dense") return `it has sparse (MoE) layers; llama.cpp's ${A} is dense`;
+  if (c.sparseLayers === 0 && f.layers === "sparse") return `it is dense; llama.cpp's ${A} has experts in every layer`;
+  if (!f.attentionBias.includes(c.attentionBias)) return `its attention biases are "${c.attentionBias}"; llama.cpp's ${A} reads ${f.attentionBias.map((b) => `"${b}"`).join(" or ")}`;
+  if (c.ffnBias && (!f.ffnBias || c.sparseLayers > 0)) return `its FFN${c.sparseLayers > 0 ? "s and experts" : ""} have biases; llama.cpp's ${A} has none there (ffnBias: false)`;
+  if (!f.anyHeadDim && headDim(c) * c.heads !== c.width) return `its q is ${headDim(c) * c.heads} wide (headDim ${headDim(c)}); llama.cpp's ${A} makes q as wide as the model (${c.width})`;
+  if (c.qkNorm !== f.qkNorm) return f.qkNorm ? `it has no q/k norms; llama.cpp's ${A} requires them (qkNorm: true)` : `it has q/k norms; llama.cpp's ${A} has none`;
+  if (c.sparseLayers > 0) {
+    const r = routerSpec(c.experts!.router).softmaxTopk;
+    if (!r) return `its router (${c.experts!.router.kind}) does not route by softmax then top-k over all experts, as llama.cpp's ${A} does`;
+    if (r.renormalize !== f.renormalize) return `its top-k weights are ${r.renormalize ? "" : "not "}renormalised; llama.cpp's ${A} ${f.renormalize ? "renormalises them (renormalize: true)" : "keeps the softmax weights (renormalize: false)"}`;
+    const Fs = sharedWidth(c);
+    if (f.sharedExpert && (Fs === 0 || !c.experts!.sharedGate)) return `llama.cpp's ${A} has a shared expert with a sigmoid gate; set experts.sharedWidth and experts.sharedGate`;
+    if (!f.sharedExpert && Fs > 0) return `it has a shared expert; llama.cpp's ${A} has none`;
+  }
+  return null;
+}
+
+function familyHparams(f: FamilySpec, c: ModelConfig): [string, GgufValue][] {
+  const A = f.name;
+  const D = headDim(c);
+  const keys: [string, GgufValue][] = [
+    [`${A}.context_length`, gv.u32(c.seqLen)],
+    [`${A}.embedding_length`, gv.u32(c.width)],
+    [`${A}.block_count`, gv.u32(c.denseLayers + c.sparseLayers)],
+    // llama's experts are feed_forward_length wide; the qwen MoEs have a key of their own for them.
+    [`${A}.feed_forward_length`, gv.u32(c.sparseLayers > 0 && A === "llama" ? (c.experts!.width ?? c.ffnWidth) : c.ffnWidth)],
+    [`${A}.attention.head_count`, gv.u32(c.heads)],
+    [`${A}.attention.head_count_kv`, gv.u32(kvHeads(c))],
+    [`${A}.attention.key_length`, gv.u32(D)],
+    [`${A}.attention.value_length`, gv.u32(D)],
+    [`${A}.attention.layer_norm_rms_epsilon`, gv.f32(c.layerNormEps)],
+    [`${A}.rope.dimension_count`, gv.u32(D)],
+    [`${A}.rope.freq_base`, gv.f32(c.ropeTheta)],
+  ];
+  if (A === "llama") keys.push([`${A}.vocab_size`, gv.u32(c.vocabSize)]);
+  if (c.sparseLayers > 0) {
+    keys.push([`${A}.expert_count`, gv.u32(c.experts!.count)], [`${A}.expert_used_count`, gv.u32(expertsPerToken(c))]);
+    if (A !== "llama") keys.push([`${A}.expert_feed_forward_length`, gv.u32(c.experts!.width ?? c.ffnWidth)]);
+    if (f.sharedExpert) keys.push([`${A}.expert_shared_feed_forward_length`, gv.u32(sharedWidth(c))]);
+  }
+  return keys;
+}
+
+function familyConfig(f: FamilySpec, m: MetaReader, vocabSize: number): ModelConfigInput {
+  const A = f.name;
+  const width = m.u32(`${A}.embedding_length`);
+  const heads = m.u32(`${A}.attention.head_count`);
+  const layers = m.u32(`${A}.block_count`);
+  const D = m.has(`${A}.attention.key_length`) ? m.u32(`${A}.attention.key_length`) : width / heads;
+  if (m.has(`${A}.attention.value_length`) && m.u32(`${A}.attention.value_length`) !== D) throw new SigmaError(`${A}.attention.value_length differs from key_length`, "Sigma's attention has one head size for keys and values");
+  if (m.has(`${A}.rope.dimension_count`) && m.u32(`${A}.rope.dimension_count`) !== D) throw new SigmaError(`${A}.rope.dimension_count is not the head size ${D} (partial rotary embedding)`, "Sigma rotates every dimension of a head");
+  const sparse = m.has(`${A}.expert_count`) && m.u32(`${A}.expert_count`) > 0;
+  const ffnWidth = m.u32(`${A}.feed_forward_length`);
+  const qkvBias = m.hasTensor("blk.0.attn_q.bias");
+  const input: ModelConfigInput = {
+    vocabSize,
+    width,
+    heads,
+    ...(m.has(`${A}.attention.head_count_kv`) ? { kvHeads: m.u32(`${A}.attention.head_count_kv`) } : {}),
+    ...(D * heads !== width ? { headDim: D } : {}),
+    denseLayers: sparse ? 0 : layers,
+    sparseLayers: sparse ? layers : 0,
+    seqLen: m.u32(`${A}.context_length`),
+    ffnWidth,
+    domains: [{ name: "en", slot: 0 }],
+    queryLayer: false,
+    norm: "rmsnorm",
+    position: "rope",
+    ropeTheta: m.has(`${A}.rope.freq_base`) ? m.f32(`${A}.rope.freq_base`) : 10000,
+    ffn: "swiglu",
+    ffnBias: m.hasTensor("blk.0.ffn_gate.bias"),
+    attentionBias: qkvBias ? (m.hasTensor("blk.0.attn_output.bias") ? "all" : "qkv") : "none",
+    qkNorm: f.qkNorm,
+    tiedEmbeddings: !m.hasTensor("output.weight"),
+    layerNormEps: m.f32(`${A}.attention.layer_norm_rms_epsilon`),
+  };
+  if (sparse) {
+    input.experts = {
+      count: m.u32(`${A}.expert_count`),
+      width: A === "llama" ? ffnWidth : m.u32(`${A}.expert_feed_forward_length`),
+      router: softmaxTopkRouter(m.u32(`${A}.expert_used_count`), f.renormalize),
+      ...(f.sharedExpert ? { sharedWidth: m.has(`${A}.expert_shared_feed_forward_length`) ? m.u32(`${A}.expert_shared_feed_forward_length`) : ffnWidth, sharedGate: true } : {}),
+    };
+  }
+  return input;
+}
+
+function familyTable(f: FamilySpec): { globals: TensorEntry[]; layer: TensorEntry[] } {
+  const dense = (c: ModelConfig) => c.sparseLayers === 0;
+  const sparse = (c: ModelConfig) => c.sparseLayers > 0;
+  // llama rotates adjacent pairs: q's rows per query head, k's per key/value head (and their biases) reordered.
+  const qOrder = f.adjacentRope ? { rowOrder: (c: ModelConfig) => ropePairOrder(c.heads, headDim(c)) } : {};
+  const kOrder = f.adjacentRope ? { rowOrder: (c: ModelConfig) => ropePairOrder(kvHeads(c), headDim(c)) } : {};
+  const qkvBias = (c: ModelConfig) => c.attentionBias !== "none";
+  const experts = (Fe: (c: ModelConfig) => number, down: boolean) => (c: ModelConfig) => (down ? [Fe(c), c.width, c.experts!.count] : [c.width, Fe(c), c.experts!.count]);
+  const Fe = (c: ModelConfig) => c.experts!.width ?? c.ffnWidth;
+  return {
+    globals: [
+      { gguf: "token_embd.weight", sigma: ["tokenEmbedding"] },
+      { gguf: "output_norm.weight", sigma: ["finalNorm.gamma"] },
+      { gguf: "output.weight", sigma: ["outputEmbedding"], when: (c) => !c.tiedEmbeddings },
+    ],
+    layer: [
+      { gguf: "blk.{L}.attn_norm.weight", sigma: ["blocks.{L}.ln1.gamma"] },
+      { gguf: "blk.{L}.attn_q.weight", sigma: ["blocks.{L}.attn.q.weight"], ...qOrder },
+      { gguf: "blk.{L}.attn_k.weight", sigma: ["blocks.{L}.attn.k.weight"], ...kOrder },
+      { gguf: "blk.{L}.attn_v.weight", sigma: ["blocks.{L}.attn.v.weight"] },
+      { gguf: "blk.{L}.attn_q.bias", sigma: ["blocks.{L}.attn.q.bias"], ...qOrder, when: qkvBias },
+      { gguf: "blk.{L}.attn_k.bias", sigma: ["blocks.{L}.attn.k.bias"], ...kOrder, when: qkvBias },
+      { gguf: "blk.{L}.attn_v.bias", sigma: ["blocks.{L}.attn.v.bias"], when: qkvBias },
+      { gguf: "blk.{L}.attn_q_norm.weight", sigma: ["blocks.{L}.attn.qNorm.gamma"], when: (c) => c.qkNorm },
+      { gguf: "blk.{L}.attn_k_norm.weight", sigma: ["blocks.{L}.attn.kNorm.gamma"], when: (c) => c.qkNorm },
+      { gguf: "blk.{L}.attn_output.weight", sigma: ["blocks.{L}.attn.o.weight"] },
+      { gguf: "blk.{L}.attn_output.bias", sigma: ["blocks.{L}.attn.o.bias"], when: (c) => c.attentionBias === "all" },
+      { gguf: "blk.{L}.ffn_norm.weight", sigma: ["blocks.{L}.ln2.gamma"] },
+      // SwiGLU: down(silu(gate·x) ⊙ up·x) is Sigma's fc2(SiLU(fc1 x) ⊙ fc3 x).
+      { gguf: "blk.{L}.ffn_gate.weight", sigma: ["blocks.{L}.ffn.fc1.weight"], when: dense },
+      { gguf: "blk.{L}.ffn_up.weight", sigma: ["blocks.{L}.ffn.fc3.weight"], when: dense },
+      { gguf: "blk.{L}.ffn_down.weight", sigma: ["blocks.{L}.ffn.fc2.weight"], when: dense },
+      { gguf: "blk.{L}.ffn_gate.bias", sigma: ["blocks.{L}.ffn.fc1.bias"], when: (c) => dense(c) && c.ffnBias },
+      { gguf: "blk.{L}.ffn_up.bias", sigma: ["blocks.{L}.ffn.fc3.bias"], when: (c) => dense(c) && c.ffnBias },
+      { gguf: "blk.{L}.ffn_down.bias", sigma: ["blocks.{L}.ffn.fc2.bias"], when: (c) => dense(c) && c.ffnBias },
+      // Experts: Sigma's stacked [E, Fe, C] (row-major) is ggml's ne [C, Fe, E]; w1 gates, w3 goes up, w2 [E, C, Fe] comes down.
+      { gguf: "blk.{L}.ffn_gate_inp.weight", sigma: ["blocks.{L}.moe.router.weight"], when: sparse },
+      { gguf: "blk.{L}.ffn_gate_exps.weight", sigma: ["blocks.{L}.moe.w1"], ne: experts(Fe, false), when: sparse },
+      { gguf: "blk.{L}.ffn_up_exps.weight", sigma: ["blocks.{L}.moe.w3"], ne: experts(Fe, false), when: sparse },
+      { gguf: "blk.{L}.ffn_down_exps.weight", sigma: ["blocks.{L}.moe.w2"], ne: experts(Fe, true), when: sparse },
+      ...(f.sharedExpert
+        ? [
+            { gguf: "blk.{L}.ffn_gate_inp_shexp.weight", sigma: ["blocks.{L}.moe.sharedGate.weight"], ne: (c: ModelConfig) => [c.width], when: sparse },
+            { gguf: "blk.{L}.ffn_gate_shexp.weight", sigma: ["blocks.{L}.moe.shared.fc1.weight"], when: sparse },
+            { gguf: "blk.{L}.ffn_up_shexp.weight", sigma: ["blocks.{L}.moe.shared.fc3.weight"], when: sparse },
+            { gguf: "blk.{L}.ffn_down_shexp.weight", sigma: ["blocks.{L}.moe.shared.fc2.weight"], when: sparse },
+          ]
+        : []),
+    ],
+  };
+}
+
+function familyArchitecture(f: FamilySpec): GgufArchitecture {
+  return {
+    name: f.name,
+    refuse: (c) => familyRefuse(f, c),
+    hparams: (c) => familyHparams(f, c),
+    config: (m, vocabSize) => familyConfig(f, m, vocabSize),
+    ...familyTable(f),
+    outputRequired: f.outputRequired,
+  };
+}
+
+export const LLAMA_FAMILY: readonly GgufArchitecture[] = FAMILY.map(familyArchitecture);
+
+/** The architectures Sigma writes, tried in order (docs/gguf.md says which blocks each needs). */
+export const ARCHITECTURES: readonly GgufArchitecture[] = [GPT2_ARCHITECTURE, ...LLAMA_FAMILY];
 
 /**
  * The row order llama.cpp's `llama` architecture needs for q and k weights
@@ -381,9 +589,46 @@ export function ggufOfModel(model: PanguSigma, tokenizer: Tokenizer, opts: GgufE
     }
     tensors.push({ name: e.gguf, type: ggml, ne, data: encodeTensor(ggml, ordered, values.length / ne[0]!, ne[0]!) });
   }
+  if (arch.outputRequired && c.tiedEmbeddings) {
+    // llama.cpp's loader requires output.weight here: the tied output is the token embedding, written again.
+    const emb = tensors.find((t) => t.name === "token_embd.weight")!;
+    tensors.push({ ...emb, name: "output.weight" });
+  }
   const left = [...params.keys()].filter((n) => !used.has(n));
   if (left.length) throw new Error(`gguf export: the ${arch.name} table leaves out ${left.slice(0, 5).join(", ")}`);
   return { metadata, tensors, architecture: arch.name, fallbacks };
+}
+
+/**
+ * What field `k` of a config contributes to the function the keys describe,
+ * for comparing the saved config with the architecture keys: resolved sizes
+ * (headDim, kvHeads, the expert section's), f32-rounded floats (the keys are
+ * f32). Not compared: domains (no key), the tied output (the tensors decide:
+ * import requires output.weight, or accepts it only as the embedding's copy),
+ * and ffnWidth where no dense FFN uses it.
+ */
+function functionOf(c: ModelConfig, k: string): unknown {
+  switch (k) {
+    case "domains":
+    case "tiedEmbeddings":
+      return null;
+    case "layerNormEps":
+    case "ropeTheta":
+      return Math.fround(c[k]);
+    case "headDim":
+      return headDim(c);
+    case "kvHeads":
+      return kvHeads(c);
+    case "ffnWidth":
+      return c.denseLayers > 0 || c.queryLayer ? c.ffnWidth : null;
+    case "experts": {
+      if (!c.experts) return null;
+      const r = c.experts.router as { kind: string; k?: number; renormalize?: boolean };
+      return { count: c.experts.count, width: c.experts.width ?? c.ffnWidth, kind: r.kind, k: r.k, renormalize: r.renormalize, shared: sharedWidth(c), sharedGate: c.experts.sharedGate };
+    }
+    default:
+      return (c as Record<string, unknown>)[k];
+  }
 }
 
 function reorderRows(x: Float32Array, order: Int32Array, cols: number): Float32Array {
@@ -405,6 +650,7 @@ export function modelOfGguf(file: GgufFile, source: string, architectures: reado
     u32: (k) => ggufGet(file, k, "u32", source),
     f32: (k) => ggufGet(file, k, "f32", source),
     has: (k) => file.metadata.has(k),
+    hasTensor: (name) => file.tensors.some((t) => t.name === name),
   };
   let input: ModelConfigInput = arch.config(reader, tokens.length);
   const embedded = file.metadata.get("sigma.config");
@@ -417,10 +663,10 @@ export function modelOfGguf(file: GgufFile, source: string, architectures: reado
       throw new SigmaError(`${source}: metadata "sigma.config" is not JSON (${(e as Error).message})`, "the file is damaged; export it again");
     }
     // The architecture keys decide the function; the saved config adds what GGUF has no key for (domains, seed, …) and must agree.
-    for (const [k, v] of Object.entries(input)) {
-      const mine = (saved as Record<string, unknown>)[k];
-      const same = k === "layerNormEps" ? Math.fround(mine as number) === Math.fround(v as number) : k === "domains" || JSON.stringify(mine) === JSON.stringify(v);
-      if (!same) throw new SigmaError(`${source}: metadata "sigma.config" says ${k} = ${JSON.stringify(mine)} but the ${arch.name} keys say ${JSON.stringify(v)}`, "the file was edited after export; export it again");
+    const keys = parseModelConfig(input, `the Sigma config made from ${source}`);
+    for (const k of Object.keys(input)) {
+      const [mine, theirs] = [functionOf(saved, k), functionOf(keys, k)];
+      if (JSON.stringify(mine) !== JSON.stringify(theirs)) throw new SigmaError(`${source}: metadata "sigma.config" says ${k} = ${JSON.stringify(mine)} but the ${arch.name} keys say ${JSON.stringify(theirs)}`, "the file was edited after export; export it again");
     }
     input = saved;
   }

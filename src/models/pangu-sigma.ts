@@ -36,6 +36,7 @@ import type { DType } from "../tensor/dtype.js";
 import { Rng } from "../util/rng.js";
 import { SigmaError } from "../util/errors.js";
 import { headDim, kvHeads, sharedWidth, type ModelConfig } from "./config.js";
+import { decodeStep } from "./decode-step.js";
 
 /** The attention options of a config's blocks (docs/design.md §1.7). */
 function attentionOptions(c: ModelConfig): AttentionOptions {
@@ -272,6 +273,9 @@ export class PanguSigma extends Module {
    * forward over T new positions appended after cache.length (inference only).
    */
   forward(input: ModelInput, cache?: ModelCache): ModelOutput {
+    // Decoding a few positions with stored weights: the buffer-reusing step (src/models/decode-step.ts), when it covers this model.
+    const fast = cache && !isGradEnabled() ? decodeStep(this, input, cache) : null;
+    if (fast) return fast;
     const c = this.config;
     const { tokens, domains, B, T } = input;
     const V = c.vocabSize;

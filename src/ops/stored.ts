@@ -7,8 +7,10 @@
  * step) go to the decode kernels, which stream the stored bytes once and
  * never materialise f32 weights. Many rows (a prompt's prefill, evaluation
  * batches) would make the decode kernels compute-bound, so above DECODE_ROWS
- * the matrix is dequantized into a temporary f32 copy and the blocked f32
- * GEMM multiplies it: the same weights, a different order of f32 sums.
+ * the matrix is dequantized a panel of rows at a time (PANEL_BYTES of f32,
+ * into one reused buffer) and the blocked f32 GEMM multiplies each panel:
+ * the same weights, a different order of f32 sums, and never an f32 copy of
+ * the whole matrix.
  */
 import { isGradEnabled } from "../autograd/tape.js";
 import { getBackend } from "../backend/index.js";
@@ -28,18 +30,54 @@ function inferenceOnly(op: string, x: Tensor): Float32Array {
   return x.data;
 }
 
-/** y [rows of x, N] = x · Wᵀ over `rows` rows of x [rows, K], W one stored matrix [N, K] (dequantized for many rows). */
+/** Bytes of f32 weights one panel of the many-rows path holds: the panel stays in L2 while the GEMM passes x over it. */
+export const PANEL_BYTES = 1 << 20;
+
+/**
+ * The many-rows path's scratch, grown once and reused: a panel of
+ * dequantized weight rows, and the product of x with it. It never holds a
+ * whole matrix (a prompt's prefill costs no f32 copy of the model).
+ */
+const scratch = { panel: new Float32Array(0), out: new Float32Array(0) };
+
+/** The f32 elements the many-rows scratch holds now (for tests: bounded by a panel, not by a matrix). */
+export const panelScratchElements = (): number => scratch.panel.length;
+
+/** Weight rows per panel for rows of K inputs: PANEL_BYTES of f32, a multiple of 16, at least 16. */
+export const panelRows = (K: number): number => Math.max(16, Math.floor(PANEL_BYTES / (4 * Math.max(1, K)) / 16) * 16);
+
+/**
+ * y [rows of x, N] = x · Wᵀ over `rows` rows of x [rows, K], W one stored
+ * matrix [N, K]. Few rows: the decode kernels. Many: W is dequantized a
+ * panel of rows at a time into the reused scratch, the blocked GEMM
+ * multiplies x by the panel, and the panel's columns go to their place in y.
+ */
 function product(y: Float32Array, x: Float32Array, w: StoredMatrix, rows: number, N: number, K: number): void {
   if (rows <= DECODE_ROWS) {
     decodeKernels().decodeMatmul(y, x, w, Int32Array.of(0, rows), 1, N, K);
     return;
   }
-  let wf = w.data as Float32Array;
-  if (w.format !== "f32") {
-    wf = new Float32Array(N * K);
-    decodeKernels().dequantize(wf, w);
+  const be = getBackend();
+  if (w.format === "f32") {
+    be.matmul(y, x, w.data as Float32Array, rows, N, K, false, true, false);
+    return;
   }
-  getBackend().matmul(y, x, wf, rows, N, K, false, true, false);
+  const P = Math.min(N, panelRows(K));
+  if (scratch.panel.length < P * K) scratch.panel = new Float32Array(P * K);
+  if (scratch.out.length < rows * P) scratch.out = new Float32Array(rows * P);
+  const dk = decodeKernels();
+  for (let n0 = 0; n0 < N; n0 += P) {
+    const np = Math.min(P, N - n0);
+    const panel = scratch.panel.subarray(0, np * K);
+    dk.dequantize(panel, storedRows(w, n0, np));
+    if (np === N) {
+      be.matmul(y, x, panel, rows, N, K, false, true, false);
+      return;
+    }
+    const out = scratch.out.subarray(0, rows * np);
+    be.matmul(out, x, panel, rows, np, K, false, true, false);
+    for (let r = 0; r < rows; r++) y.set(out.subarray(r * np, (r + 1) * np), r * N + n0);
+  }
 }
 
 /** y = x·Wᵀ + b with W stored [N, K]; x [..., K] → [..., N]. */

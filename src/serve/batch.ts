@@ -30,6 +30,8 @@ export interface BatchItem {
   domain: number;
   /** Whether the logits after the last token are wanted. */
   logits: boolean;
+  /** The logits after every one of the item's tokens instead (speculative verification): [tokens, V]. */
+  allLogits?: boolean;
 }
 
 /** A KV pool sized for `model`: one attention layer per block, plus the query layer's. */
@@ -39,7 +41,7 @@ export function attentionLayers(model: PanguSigma): number {
 
 /**
  * Runs one step and returns, for each item, the logits [V] after its last
- * token (null where not wanted). Each sequence's cache advances by its tokens.
+ * token (null where not wanted; [n, V] after each of its n tokens with allLogits). Each sequence's cache advances by its tokens.
  * `onRouting`, when given, receives each sparse layer's kept assignments per
  * expert over the step's rows (the router's own counts, no extra work).
  * The model must be in eval mode.
@@ -72,7 +74,8 @@ export function forwardBatch(model: PanguSigma, pool: KVPool, items: readonly Ba
       posIds[r] = it.seq.length + t;
       domainOf[r] = it.domain;
     }
-    if (it.logits) wanted.push(r - 1);
+    if (it.allLogits) for (let t = n; t >= 1; t--) wanted.push(r - t);
+    else if (it.logits) wanted.push(r - 1);
   }
   const ctx: MoeContext = { tokenIds: tokens, domainIds: domainOf, vocabSize: V, domainGroup: model.domainGroup };
 
@@ -96,5 +99,10 @@ export function forwardBatch(model: PanguSigma, pool: KVPool, items: readonly Ba
   pool.commit(rows);
 
   let w = 0;
-  return items.map((it) => (it.logits && logits ? logits.data.subarray(w * V, ++w * V) : null));
+  return items.map((it) => {
+    const n = it.allLogits ? it.tokens.length : it.logits ? 1 : 0;
+    if (n === 0 || !logits) return null;
+    w += n;
+    return logits.data.subarray((w - n) * V, w * V);
+  });
 }

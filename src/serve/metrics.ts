@@ -33,6 +33,9 @@ export class ServerMetrics {
   /** Sequences finished, by reason (stop, length, cancelled, error). */
   readonly finished = new Map<string, number>();
   steps = 0;
+  /** N-gram drafting: tokens proposed, and those the model kept. */
+  draftProposed = 0;
+  draftAccepted = 0;
   readonly timeToFirstToken = new Histogram(LATENCY_BUCKETS);
   readonly interTokenLatency = new Histogram(LATENCY_BUCKETS);
   readonly stepSeconds = new Histogram(LATENCY_BUCKETS);
@@ -70,6 +73,8 @@ export class ServerMetrics {
     counter("sigma_completion_tokens_total", "Tokens generated.", this.completionTokens);
     labelled("sigma_sequences_finished_total", "Sequences finished, by reason.", this.finished);
     counter("sigma_steps_total", "Batched decoding steps run.", this.steps);
+    counter("sigma_draft_tokens_proposed_total", "Tokens proposed by n-gram drafting (sigma serve --draft ngram).", this.draftProposed);
+    counter("sigma_draft_tokens_accepted_total", "Drafted tokens the model kept; over proposed, the acceptance rate.", this.draftAccepted);
     for (const [name, g] of Object.entries(gauges)) {
       head(name, "gauge", g.help);
       out.push(`${name} ${g.value}`);

@@ -15,10 +15,20 @@
  *      streams instead of stalling them.
  *   4. One batched forward (src/serve/batch.ts) gives the logits of every
  *      sequence that needs a next token.
+ *      With n-gram drafting on (draftTokens > 0), a decoding sequence whose
+ *      context has a match brings its last token and up to k proposed ones
+ *      (src/serve/speculative.ts: prompt lookup) and wants the logits after
+ *      each of them.
  *   5. Each such sequence samples with its own settings and seeded Rng,
  *      decodes the token to text (held back while a character or a possible
  *      stop string is incomplete), and ends at <|endoftext|>, at a stop
  *      string, or at max_tokens; it then leaves and frees its blocks.
+ *      A drafting sequence checks its proposal with the speculative rule
+ *      (each drafted token kept with probability p(x), the first rejected
+ *      one replaced by a draw from p without it; all kept: one more token
+ *      from the last position), emits 1 … k + 1 tokens, and its KV length is
+ *      cut back to the positions it kept. At temperature 0 its text is plain
+ *      decoding's, token for token.
  * Between steps the loop yields to the event loop, so HTTP requests are read
  * and tokens written while decoding goes on; with nothing to do it sleeps
  * until the next submit.
@@ -37,6 +47,7 @@ import { ExpertLoad } from "./expert-load.js";
 import { KVPool, type KVSeq } from "./kv-pool.js";
 import type { ServerMetrics } from "./metrics.js";
 import { checkSampling, sampleToken, type SamplingOptions } from "./sampling.js";
+import { acceptOrResample, ngramProposal, samplingDistribution } from "./speculative.js";
 import { StopMatcher } from "./stop.js";
 
 export interface SchedulerOptions {
@@ -51,6 +62,8 @@ export interface SchedulerOptions {
   /** KV blocks in the pool (default: enough for maxBatch sequences of the model's full context). */
   kvBlocks?: number;
   metrics?: ServerMetrics;
+  /** N-gram (prompt lookup) drafting: tokens proposed per step and sequence; 0 = none (default). */
+  draftTokens?: number;
 }
 
 /** One sequence to generate. */
@@ -150,7 +163,12 @@ interface Sequence {
   next: number;
   arrived: number;
   lastToken: number;
+  /** Prompt and generated tokens (the n-gram draft looks up its proposals here). */
+  context: number[];
 }
+
+/** One sequence's part of a step, and the tokens it drafted (checked after the forward). */
+type StepItem = BatchItem & { s: Sequence; drafted: number[] };
 
 export class Scheduler {
   readonly pool: KVPool;
@@ -159,6 +177,7 @@ export class Scheduler {
   readonly maxBatch: number;
   readonly maxQueue: number;
   readonly prefillChunk: number;
+  readonly draftTokens: number;
   private readonly waiting: Sequence[] = [];
   private readonly running: Sequence[] = [];
   private wake: (() => void) | null = null;
@@ -175,6 +194,7 @@ export class Scheduler {
     this.maxBatch = positive("maxBatch", o.maxBatch ?? 16);
     this.maxQueue = nonNegative("maxQueue", o.maxQueue ?? 64);
     this.prefillChunk = positive("prefillChunk", o.prefillChunk ?? 64);
+    this.draftTokens = nonNegative("draftTokens", o.draftTokens ?? 0);
     const blockSize = positive("blockSize", o.blockSize ?? 16);
     const c = model.config;
     const blocks = positive("kvBlocks", o.kvBlocks ?? this.maxBatch * Math.ceil(c.seqLen / blockSize));
@@ -208,7 +228,7 @@ export class Scheduler {
       out.notify = () => this.wake?.();
       const stop = new StopMatcher(req.stop ?? []);
       const text = this.tokenizer.streamDecoder({ skipSpecial: !req.showSpecial });
-      return { req, out, rng: new Rng(req.seed), text, stop, kv: null, fed: 0, generated: 0, next: -1, arrived: now, lastToken: now };
+      return { req, out, rng: new Rng(req.seed), text, stop, kv: null, fed: 0, generated: 0, next: -1, arrived: now, lastToken: now, context: [...req.prompt] };
     });
     this.waiting.push(...seqs);
     this.wake?.();
@@ -266,16 +286,19 @@ export class Scheduler {
       this.running.push(s);
     }
     // 3. Each sequence's tokens for this step.
-    const items: (BatchItem & { s: Sequence })[] = [];
+    const items: StepItem[] = [];
     let budget = this.prefillChunk;
     for (const s of this.running) {
       const P = s.req.prompt.length;
       if (s.fed === P) {
-        items.push({ s, seq: s.kv!, tokens: [s.next], domain: s.req.domain, logits: true });
+        // Never more drafts than tokens still to generate after this step's own: the positions stay within the reservation.
+        const k = Math.min(this.draftTokens, s.req.maxTokens - s.generated - 1);
+        const drafted = k > 0 ? ngramProposal(s.context, k) : [];
+        items.push({ s, seq: s.kv!, tokens: [s.next, ...drafted], domain: s.req.domain, logits: true, allLogits: drafted.length > 0, drafted });
       } else if (budget > 0) {
         const n = Math.min(P - s.fed, budget);
         budget -= n;
-        items.push({ s, seq: s.kv!, tokens: s.req.prompt.slice(s.fed, s.fed + n), domain: s.req.domain, logits: s.fed + n === P });
+        items.push({ s, seq: s.kv!, tokens: s.req.prompt.slice(s.fed, s.fed + n), domain: s.req.domain, logits: s.fed + n === P, drafted: [] });
         s.fed += n;
         if (this.metrics) this.metrics.promptTokens += n;
       }
@@ -303,14 +326,42 @@ export class Scheduler {
     // 5. Sample, emit, end.
     items.forEach((it, i) => {
       const row = logits[i];
-      if (row) this.emit(it.s, row, now);
+      if (!row) return;
+      if (it.drafted.length === 0) this.emit(it.s, sampleToken(row, it.s.req, it.s.rng), row, now);
+      else this.verify(it, row, now);
     });
   }
 
-  /** Samples `s`'s next token from `logits`, streams it, and ends the sequence when it is done. */
-  private emit(s: Sequence, logits: FloatArray, now: number): void {
-    const id = sampleToken(logits, s.req, s.rng);
+  /**
+   * A drafting sequence's step: the drafted tokens judged by the speculative
+   * rule against the logits after each position (rows [k + 1, V]), the
+   * tokens emitted, and the KV length cut back to pending + the kept drafts.
+   */
+  private verify(it: StepItem, rows: FloatArray, now: number): void {
+    const s = it.s;
+    const V = this.model.config.vocabSize;
+    const row = (i: number) => rows.subarray(i * V, (i + 1) * V);
+    const k = it.drafted.length;
+    let kept = 0;
+    let live = true;
+    for (; kept < k && live; kept++) {
+      const { accepted, token } = acceptOrResample(samplingDistribution(row(kept), s.req), null, it.drafted[kept]!, s.rng);
+      live = this.emit(s, token, row(kept), now);
+      if (!accepted) break;
+    }
+    if (this.metrics) {
+      this.metrics.draftProposed += k;
+      this.metrics.draftAccepted += kept;
+    }
+    if (live && kept === k) this.emit(s, sampleToken(row(k), s.req, s.rng), row(k), now);
+    // The cache holds pending + k drafts; the next step feeds the last emitted token after pending + the kept ones.
+    if (s.kv && this.running.includes(s)) s.kv.length -= k - kept;
+  }
+
+  /** Streams `s`'s next token `id` (sampled from `logits`) and ends the sequence when it is done; false when it ended. */
+  private emit(s: Sequence, id: number, logits: FloatArray, now: number): boolean {
     s.generated++;
+    s.context.push(id);
     if (this.metrics) {
       this.metrics.completionTokens++;
       if (s.generated === 1) this.metrics.timeToFirstToken.observe((now - s.arrived) / 1000);
@@ -321,13 +372,17 @@ export class Scheduler {
     if (id === this.tokenizer.eotId && s.req.stopAtEndOfText !== false) {
       s.out.push({ kind: "token", id, text: "", ...(logprob ? { logprob } : {}) });
       this.finish(s, "stop");
-      return;
+      return false;
     }
     const r = s.stop.push(s.text.push(id));
     s.out.push({ kind: "token", id, text: r.text, ...(logprob ? { logprob } : {}) });
     if (r.stopped) this.finish(s, "stop");
     else if (s.generated >= s.req.maxTokens) this.finish(s, "length");
-    else s.next = id;
+    else {
+      s.next = id;
+      return true;
+    }
+    return false;
   }
 
   /** Ends `s`: the text still held back, the usage counts; its blocks go back to the pool. */

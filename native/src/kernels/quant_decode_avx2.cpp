@@ -167,9 +167,48 @@ void rows_nr(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_
   }
 }
 
+// Bytes ahead of the read position that a streaming pass prefetches (rows
+// are contiguous: the distance runs on into the next rows).
+constexpr int64_t kStreamAhead = 2048;
+
+// One or two rows of x: each weight row is read start to end, one after the
+// other, so a thread's reads form one sequential stream (as a plain sum over
+// memory does), prefetched a fixed distance ahead. A group's four vectors go
+// to four accumulators per row of x: four independent FMA chains.
+template <class U, int RC>
+void stream_rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t G = K / 32;
+  for (int64_t n = n0; n < n1; ++n) {
+    const Row row = row_of(w, K, n);
+    __m256 acc[RC][4];
+    for (int r = 0; r < RC; ++r)
+      for (int i = 0; i < 4; ++i) acc[r][i] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+      const char* a = reinterpret_cast<const char*>(row.p) + 2 * g * U::kBytes + kStreamAhead;
+      for (int b = 0; b < 2 * U::kBytes; b += 64) _mm_prefetch(a + b, _MM_HINT_T0);
+      __m256 w0, w1, w2, w3;
+      U::load(row, 2 * g, w0, w1);
+      U::load(row, 2 * g + 1, w2, w3);
+      for (int r = 0; r < RC; ++r) {
+        const float* xr = x + r * K + g * 32;
+        acc[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[r][1]);
+        acc[r][2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), acc[r][2]);
+        acc[r][3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), acc[r][3]);
+      }
+    }
+    for (int r = 0; r < RC; ++r) {
+      float s = hsum(_mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
+      for (int64_t k = G * 32; k < K; ++k) s += quant_weight(w, K, n, k) * x[r * K + k];
+      y[r * ldy + n] = s;
+    }
+  }
+}
+
 template <class U>
 void rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0, int64_t n1) {
-  if (R == 1) rows_nr<U, 4, 1>(w, y, ldy, x, R, K, n0, n1);
+  if (R == 1) stream_rows<U, 1>(w, y, ldy, x, K, n0, n1);
+  else if (R == 2) stream_rows<U, 2>(w, y, ldy, x, K, n0, n1);
   else if (R <= 4) rows_nr<U, 2, 4>(w, y, ldy, x, R, K, n0, n1);
   else rows_nr<U, 1, 8>(w, y, ldy, x, R, K, n0, n1);
 }

@@ -160,10 +160,58 @@ void rows_nr(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_
   }
 }
 
+// Bytes ahead of the read position that a streaming pass prefetches: rows
+// are contiguous, so one distance covers the row's end and the next rows.
+constexpr int64_t kStreamAhead = 2048;
+
+// One or two rows of x: each weight row is read start to end, one row after
+// the other, so that a thread's reads form one sequential stream (as a
+// plain sum over memory does) and the prefetch a fixed distance ahead runs
+// on into the next rows. Two groups per step into separate accumulators
+// give four independent FMA chains per row of x.
+template <class U, int RC>
+void stream_rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t G = K / 32;
+  for (int64_t n = n0; n < n1; ++n) {
+    const Row row = row_of(w, K, n);
+    __m512 acc[RC][2];
+    for (int r = 0; r < RC; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    int64_t g = 0;
+    for (; g + 2 <= G; g += 2) {
+      const char* a = reinterpret_cast<const char*>(row.p) + g * U::kBytes + kStreamAhead;
+      for (int b = 0; b < 2 * U::kBytes; b += 64) _mm_prefetch(a + b, _MM_HINT_T0);
+      __m512 wa0, wb0, wa1, wb1;
+      U::load(row, g, wa0, wb0);
+      U::load(row, g + 1, wa1, wb1);
+      for (int r = 0; r < RC; ++r) {
+        const float* xr = x + r * K + g * 32;
+        acc[r][0] = _mm512_fmadd_ps(wa0, _mm512_loadu_ps(xr), acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(wb0, _mm512_loadu_ps(xr + 16), acc[r][1]);
+        acc[r][0] = _mm512_fmadd_ps(wa1, _mm512_loadu_ps(xr + 32), acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(wb1, _mm512_loadu_ps(xr + 48), acc[r][1]);
+      }
+    }
+    for (; g < G; ++g) {
+      __m512 wa, wb;
+      U::load(row, g, wa, wb);
+      for (int r = 0; r < RC; ++r) {
+        const float* xr = x + r * K + g * 32;
+        acc[r][0] = _mm512_fmadd_ps(wa, _mm512_loadu_ps(xr), acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(xr + 16), acc[r][1]);
+      }
+    }
+    for (int r = 0; r < RC; ++r) {
+      float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+      for (int64_t k = G * 32; k < K; ++k) s += quant_weight(w, K, n, k) * x[r * K + k];
+      y[r * ldy + n] = s;
+    }
+  }
+}
+
 template <class U>
 void rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0, int64_t n1) {
-  // One or two rows of x: four weight rows give eight independent FMA chains; more rows of x give enough alone.
-  if (R <= 2) rows_nr<U, 4>(w, y, ldy, x, R, K, n0, n1);
+  if (R == 1) stream_rows<U, 1>(w, y, ldy, x, K, n0, n1);
+  else if (R == 2) stream_rows<U, 2>(w, y, ldy, x, K, n0, n1);
   else rows_nr<U, 2>(w, y, ldy, x, R, K, n0, n1);
 }
 

@@ -29,3 +29,8 @@ export function routerSpec(config: RouterConfig): RouterSpec<RouterConfig> {
   if (!kind) throw new TypeError(`no router kind "${config.kind}" is registered (known: ${ROUTER_KINDS.join(", ")})`);
   return (kind.spec as unknown as (c: RouterConfig) => RouterSpec<RouterConfig>)(config);
 }
+
+/** The router config that routes by softmax over all experts then the k largest (renormalised or not): what formats such as GGUF and Hugging Face's MoE configs describe. */
+export function softmaxTopkRouter(k: number, renormalize: boolean): RouterConfig {
+  return RouterSchema.parse({ kind: topk.schema.shape.kind.value, k, renormalize });
+}

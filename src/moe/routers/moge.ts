@@ -78,6 +78,7 @@ export const moge: RouterKind<typeof MogeSchema> = {
     },
     // The chosen probabilities sum to less than 1 (no renormalisation).
     weightsSumToOne: false,
+    softmaxTopk: null,
     drawn: null,
   }),
 };

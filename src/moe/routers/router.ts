@@ -168,6 +168,13 @@ export interface RouterSpec<C = { kind: string }> {
   weightsSumToOne: boolean;
   /** What a freshly built router draws that is worth telling the user (RRE: its tables' seed), or null. */
   drawn: string | null;
+  /**
+   * Routes as other formats describe routing by two numbers (llama.cpp's
+   * GGUF, Hugging Face's Mixtral/Qwen MoE configs): softmax over all E
+   * logits, the k largest, and whether their weights are divided by their
+   * sum. null for any other routing (groups, tables).
+   */
+  softmaxTopk: { renormalize: boolean } | null;
 }
 
 /** The config schema of a router kind: a strict zod object with a literal `kind`. */

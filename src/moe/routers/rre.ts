@@ -74,6 +74,7 @@ export const rre: RouterKind<typeof RreSchema> = {
       },
     },
     weightsSumToOne: true,
+    softmaxTopk: null,
     drawn: `RRE tables drawn from seed ${c.seed} and saved with the model`,
   }),
 };

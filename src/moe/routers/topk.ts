@@ -65,6 +65,7 @@ export const topk: RouterKind<typeof TopkSchema> = {
       oldIds: (model, n) => Int32Array.from({ length: model.experts + n }, (_, e) => (e < model.experts ? e : -1)),
     },
     weightsSumToOne: c.renormalize,
+    softmaxTopk: { renormalize: c.renormalize },
     drawn: null,
   }),
 };

@@ -1,0 +1,502 @@
+/**
+ * The decode step (docs/decode.md#the-decode-step): PanguSigma.forward with a
+ * KV cache over a few new positions, for a model whose matrices are in a
+ * stored format, without the general forward's per-op machinery.
+ *
+ * Generating a token reads every active weight once; on a small model the
+ * weight products take a millisecond or two, and the general forward spends
+ * a large share beside them: each op allocates a zeroed Tensor, checks
+ * shapes, consults the autograd tape, and the MoE layer permutes and gathers
+ * through more of them. Here the same computation runs on buffers allocated
+ * once per model and row count and reused by every step: kernel calls
+ * (layerNorm, attention over the cache, the activation, combine) and the
+ * decode products (src/backend/decode.ts) straight into those buffers, the
+ * experts of an MoE layer in one call per matrix. Only the logits are a new
+ * array each step (callers keep them). The routers run as they are (their
+ * gates are small and they return the Routing the caller reports).
+ *
+ * It computes what forward computes, op for op on the same kernels, except
+ * that residual adds happen in place: forward's logits and these agree to
+ * f32 rounding (test/decode-step.test.ts holds them within 1e-5).
+ *
+ * It takes only what it knows: every matrix stored (quantizeModel or a
+ * stored file), no gradient, a KVCache per layer (not the server's paged
+ * pool), at most DECODE_ROWS rows, LayerNorm blocks with the FastGeLU or
+ * exact GeLU FFN, experts resident (no ECSS bank, no expert shard), and a
+ * config with no field this file does not know (a block option added later
+ * falls back to forward until this step learns it). decodeStep returns null
+ * for anything else and forward runs as before.
+ */
+import { isGradEnabled } from "../autograd/tape.js";
+import { getBackend } from "../backend/index.js";
+import { decodeKernels } from "../backend/decode.js";
+import { storedRows, type StoredMatrix } from "../backend/quant.js";
+import type { Backend } from "../backend/backend.js";
+import { Attention, type KVCache } from "../nn/attention.js";
+import { FeedForward, LayerNorm, Linear, type Norm } from "../nn/layers.js";
+import { DECODE_ROWS } from "../ops/stored.js";
+import * as ops from "../ops/index.js";
+import type { Routing } from "../moe/routing.js";
+import { MoeLayer } from "../moe/layer.js";
+import { Tensor } from "../tensor/tensor.js";
+import type { ModelConfig } from "./config.js";
+
+/**
+ * What this step reads of a PanguSigma (declared here, not imported: the
+ * model's forward calls this file).
+ */
+interface DecodeBlock {
+  ln1: Norm;
+  attn: Attention;
+  ln2: Norm;
+  ffn: FeedForward | null;
+  moe: MoeLayer | null;
+}
+export interface DecodeModel {
+  readonly config: ModelConfig;
+  readonly training: boolean;
+  readonly blocks: readonly DecodeBlock[];
+  readonly finalNorm: Norm;
+  readonly queryLayer: { ln1: Norm; attn: Attention; ln2: Norm; ffn: FeedForward } | null;
+  readonly queryEmbedding: Tensor | null;
+  /** Null with rotary positions (which supported() refuses). */
+  readonly positionEmbedding: Tensor | null;
+  readonly storedOutput: StoredMatrix | null;
+  readonly domainSlot: Int32Array;
+}
+/** PanguSigma's ModelInput, ModelCache and ModelOutput, as far as this step uses them. */
+interface DecodeInput {
+  tokens: Int32Array;
+  domains: Int32Array;
+  B: number;
+  T: number;
+  slice?: unknown;
+}
+interface DecodeCache {
+  layers: KVCache[];
+  query: KVCache;
+  length: number;
+}
+interface DecodeOutput {
+  logits: Tensor;
+  routings: Routing[];
+  auxLoss: Tensor | null;
+}
+
+/**
+ * Config fields this step implements, each with the values it handles
+ * (undefined: any). A field outside this list — a block option added
+ * later — makes decodeStep decline unless its value is absent.
+ */
+const KNOWN_FIELDS: Record<string, ((v: unknown) => boolean) | undefined> = {
+  vocabSize: undefined,
+  width: undefined,
+  heads: undefined,
+  denseLayers: undefined,
+  sparseLayers: undefined,
+  seqLen: undefined,
+  ffnWidth: undefined,
+  domains: undefined,
+  embeddingSlots: undefined,
+  // A gate on the shared expert is not computed here (sharedWidth is: the shared FeedForward's own width).
+  experts: (v) => !(v as { sharedGate?: boolean }).sharedGate,
+  activation: (v) => v === "fastgelu" || v === "gelu",
+  // The block options (docs/design.md §1.7): this step computes PanGu's block only; any other value takes the generic forward.
+  norm: (v) => v === "layernorm",
+  position: (v) => v === "learned",
+  ropeTheta: undefined,
+  kvHeads: () => false,
+  headDim: () => false,
+  ffn: (v) => v === "gelu",
+  ffnBias: (v) => v === true,
+  attentionBias: (v) => v === "all",
+  qkNorm: (v) => v === false,
+  tiedEmbeddings: (v) => v === true,
+  queryLayer: undefined,
+  dropout: undefined,
+  layerNormEps: undefined,
+  initStd: undefined,
+  seed: undefined,
+};
+
+/** Buffers of one model at one row count R, reused by every step. */
+interface Work {
+  R: number;
+  h: Float32Array; // [R, C] the residual stream
+  x: Float32Array; // [R, C] a normed copy
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  att: Float32Array;
+  tmp: Float32Array; // [R, C]
+  mean: Float32Array; // [R]
+  rstd: Float32Array;
+  lse: Float32Array; // [R·heads]
+  f: Float32Array; // [R, max(ffnWidth, shared width)]; also the fused q|k|v product (grown when that is wider)
+  // MoE: assignments (R·k of them, grown to the most seen) sorted by expert.
+  xs: Float32Array; // [R·k, C]
+  hs: Float32Array; // [R·k, expert width]
+  ys: Float32Array; // [R·k, C]
+  order: Int32Array; // [R·k]
+  tokenOf: Int32Array;
+  weightOf: Float32Array;
+  offsets: Int32Array; // [E + 1]
+  rows: Int32Array; // [0, R]
+  embedIds: Int32Array;
+  slotOf: Int32Array;
+  domainOf: Int32Array;
+  posIds: Int32Array;
+}
+
+const works = new WeakMap<DecodeModel, Map<number, Work>>();
+
+let enabled = true;
+
+/** Turns the decode step on or off (on by default; off, forward always runs its general path). Returns the previous setting. For tests and benchmarks. */
+export function useDecodeStep(on: boolean): boolean {
+  const was = enabled;
+  enabled = on;
+  return was;
+}
+
+function workFor(model: DecodeModel, R: number): Work {
+  let byRows = works.get(model);
+  if (!byRows) works.set(model, (byRows = new Map()));
+  let w = byRows.get(R);
+  if (w) return w;
+  const c = model.config;
+  const C = c.width;
+  const F = Math.max(c.ffnWidth, ...model.blocks.map((b) => b.moe?.shared?.fc1.outFeatures ?? 0));
+  const E = c.experts?.count ?? 1;
+  const f32 = (n: number) => new Float32Array(n);
+  w = {
+    R, h: f32(R * C), x: f32(R * C), q: f32(R * C), k: f32(R * C), v: f32(R * C), att: f32(R * C), tmp: f32(R * C),
+    mean: f32(R), rstd: f32(R), lse: f32(R * c.heads), f: f32(R * F),
+    xs: f32(R * C), hs: f32(0), ys: f32(0), order: new Int32Array(R), tokenOf: new Int32Array(0), weightOf: f32(0), offsets: new Int32Array(Math.max(E, c.embeddingSlots) + 1),
+    rows: Int32Array.of(0, R), embedIds: new Int32Array(R), slotOf: new Int32Array(R), domainOf: new Int32Array(R), posIds: new Int32Array(R),
+  };
+  byRows.set(R, w);
+  return w;
+}
+
+/** True when every layer of the model is one this step computes (see the file comment). */
+function supported(model: DecodeModel): boolean {
+  const c = model.config as unknown as Record<string, unknown>;
+  for (const [key, value] of Object.entries(c)) {
+    if (value === undefined) continue;
+    if (!(key in KNOWN_FIELDS)) return false;
+    const ok = KNOWN_FIELDS[key];
+    if (ok && !ok(value)) return false;
+  }
+  if (!model.storedOutput) return false;
+  const linear = (l: Linear) => l.constructor === Linear && l.stored !== null;
+  const attention = (a: Attention) => a.constructor === Attention && linear(a.q) && linear(a.k) && linear(a.v) && linear(a.o);
+  const ffn = (f: FeedForward) => f.constructor === FeedForward && linear(f.fc1) && linear(f.fc2) && (f.activation === "fastgelu" || f.activation === "gelu");
+  const norm = (n: Norm) => n.constructor === LayerNorm;
+  for (const b of model.blocks) {
+    if (!norm(b.ln1) || !norm(b.ln2) || !attention(b.attn)) return false;
+    if (b.ffn && !ffn(b.ffn)) return false;
+    if (b.moe) {
+      const m = b.moe;
+      if (m.constructor !== MoeLayer || !m.stored || m.bank || m.shard || (m.shared && !ffn(m.shared))) return false;
+      if (m.activation !== "fastgelu" && m.activation !== "gelu") return false;
+    }
+  }
+  const q = model.queryLayer;
+  if (q && (!norm(q.ln1) || !norm(q.ln2) || !attention(q.attn) || !ffn(q.ffn))) return false;
+  return true;
+}
+
+/** y [R, N] = x · Wᵀ + b with W stored [N, K]. */
+function linearInto(be: Backend, y: Float32Array, x: Float32Array, l: Linear, w: Work): void {
+  decodeKernels().decodeMatmul(y, x, l.stored!, w.rows, 1, l.outFeatures, l.inFeatures);
+  if (l.bias) be.addBias(y, y, l.bias.data, w.R, l.outFeatures);
+}
+
+function activateInPlace(be: Backend, y: Float32Array, n: number, kind: string): void {
+  if (kind === "fastgelu") be.fastGelu(y, y, n);
+  else be.gelu(y, y, n);
+}
+
+/** out [R, C] = the FFN of x (f: its hidden buffer). */
+function ffnInto(be: Backend, out: Float32Array, x: Float32Array, f: FeedForward, w: Work): void {
+  const hid = w.f.subarray(0, w.R * f.fc1.outFeatures);
+  linearInto(be, hid, x, f.fc1, w);
+  activateInPlace(be, hid, hid.length, f.activation);
+  linearInto(be, out, hid, f.fc2, w);
+}
+
+/**
+ * Projections that read the same input, as one stored matrix: their weight
+ * rows stacked (the layers' own `stored` then become views of it, so the
+ * weights are held once) and their biases side by side. One decode call
+ * then computes all of them: a thread wakes once, and the call's fixed cost
+ * is paid once, for q, k and v.
+ */
+interface Fused {
+  parts: Linear[];
+  /** The views the parts hold; a part whose `stored` is another object (converted again) makes the fusion stale. */
+  views: StoredMatrix[];
+  matrix: StoredMatrix;
+  bias: Float32Array | null;
+}
+
+const fusions = new WeakMap<Linear, Fused>();
+
+function concat<A extends Float32Array | Uint16Array | Int8Array | Uint8Array>(parts: A[]): A {
+  const out = new (parts[0]!.constructor as new (n: number) => A)(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p as never, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** The fused matrix of `parts` (Linears of the same input width and format), built on first use and again when a part was converted anew. */
+function fused(parts: Linear[]): Fused {
+  const f = fusions.get(parts[0]!);
+  if (f && f.parts.length === parts.length && f.parts.every((p, i) => p === parts[i] && p.stored === f.views[i])) return f;
+  const ms = parts.map((p) => p.stored!);
+  const rows = ms.reduce((n, m) => n + m.rows, 0);
+  const matrix: StoredMatrix = {
+    format: ms[0]!.format,
+    rows,
+    K: ms[0]!.K,
+    data: concat(ms.map((m) => m.data)),
+    scales: ms[0]!.scales ? concat(ms.map((m) => m.scales!)) : null,
+    mins: ms[0]!.mins ? concat(ms.map((m) => m.mins!)) : null,
+  };
+  const views: StoredMatrix[] = [];
+  let first = 0;
+  for (const [i, p] of parts.entries()) {
+    views.push(storedRows(matrix, first, ms[i]!.rows));
+    first += ms[i]!.rows;
+    p.stored = views[i]!;
+  }
+  const bias = parts.some((p) => p.bias) ? concat(parts.map((p) => (p.bias ? (p.bias.data as Float32Array) : new Float32Array(p.outFeatures)))) : null;
+  const made = { parts, views, matrix, bias };
+  fusions.set(parts[0]!, made);
+  return made;
+}
+
+/** outs[i] [R, N_i] = x · W_iᵀ + b_i for the fused parts, in one decode call (w.f holds the side-by-side result). */
+function fusedInto(be: Backend, outs: Float32Array[], x: Float32Array, parts: Linear[], w: Work): void {
+  const f = fused(parts);
+  const R = w.R;
+  const N = f.matrix.rows;
+  if (w.f.length < R * N) w.f = new Float32Array(R * N);
+  const y = w.f.subarray(0, R * N);
+  decodeKernels().decodeMatmul(y, x, f.matrix, w.rows, 1, N, f.matrix.K);
+  if (f.bias) be.addBias(y, y, f.bias, R, N);
+  for (let r = 0; r < R; r++) {
+    let at = r * N;
+    for (const [i, p] of parts.entries()) {
+      const n = p.outFeatures;
+      outs[i]!.set(y.subarray(at, at + n), r * n);
+      at += n;
+    }
+  }
+}
+
+/**
+ * out [R, C] = attention output (after o) of queries from xq and keys and
+ * values from xkv, appended to `cache` at its length (B sequences of T rows).
+ * q, k and v are one product when they read the same input (k and v one
+ * when the queries come from elsewhere: the query layer).
+ */
+function attentionInto(be: Backend, out: Float32Array, xq: Float32Array, xkv: Float32Array, a: Attention, cache: KVCache, B: number, T: number, w: Work): void {
+  const C = a.width;
+  if (xq === xkv) {
+    fusedInto(be, [w.q, w.k, w.v], xkv, [a.q, a.k, a.v], w);
+  } else {
+    linearInto(be, w.q, xq, a.q, w);
+    fusedInto(be, [w.k, w.v], xkv, [a.k, a.v], w);
+  }
+  const cap = cache.k.dim(1);
+  if (cache.length + T > cap) throw new RangeError(`KV cache full: ${cache.length} + ${T} positions exceed its capacity ${cap}`);
+  const kd = cache.k.data as Float32Array;
+  const vd = cache.v.data as Float32Array;
+  for (let b = 0; b < B; b++) {
+    const src = b * T * C;
+    const dst = (b * cap + cache.length) * C;
+    kd.set(w.k.subarray(src, src + T * C), dst);
+    vd.set(w.v.subarray(src, src + T * C), dst);
+  }
+  cache.length += T;
+  const H = a.heads;
+  const D = C / H;
+  be.attention(w.att, w.lse, w.q, kd, vd, B, T, cache.length, H, D, cap, 1 / Math.sqrt(D));
+  linearInto(be, out, w.att, a.o, w);
+}
+
+/** out [R, C] = the MoE layer's output for x (rows' tokens and domains given), and its routing. */
+function moeInto(be: Backend, out: Float32Array, x: Float32Array, m: MoeLayer, tokens: Int32Array, w: Work): Routing {
+  const R = w.R;
+  const C = m.width;
+  const Fe = m.expertWidth;
+  const E = m.experts;
+  const routing = m.router.route({ x: Tensor.from(x, [R, C]), tokenIds: tokens, domainIds: w.domainOf });
+  const k = routing.k;
+  const ids = routing.expertIds;
+  if (w.tokenOf.length < R * k || w.hs.length < R * k * Fe) {
+    const n = R * k;
+    [w.xs, w.hs, w.ys] = [new Float32Array(n * C), new Float32Array(n * Fe), new Float32Array(n * C)];
+    [w.order, w.tokenOf, w.weightOf] = [new Int32Array(n), new Int32Array(n), new Float32Array(n)];
+  }
+  const weights = routing.weights.data;
+  // The kept assignments sorted by expert, stably (as permuteByExpert does); dropped ones (id E) left out.
+  const offsets = w.offsets;
+  offsets.fill(0, 0, E + 1);
+  for (let i = 0; i < R * k; i++) if (ids[i]! < E) offsets[ids[i]! + 1]++;
+  for (let e = 0; e < E; e++) offsets[e + 1]! += offsets[e]!;
+  const kept = offsets[E]!;
+  const next = w.order; // reused as the fill pointers, then as the order
+  const fill = offsets.slice(0, E);
+  for (let i = 0; i < R * k; i++) {
+    const e = ids[i]!;
+    if (e >= E) continue;
+    const p = fill[e]!++;
+    next[p] = i;
+  }
+  for (let p = 0; p < kept; p++) {
+    const a = next[p]!;
+    const t = Math.floor(a / k);
+    w.tokenOf[p] = t;
+    w.weightOf[p] = weights[a]!;
+    w.xs.set(x.subarray(t * C, (t + 1) * C), p * C);
+  }
+  const xs = w.xs.subarray(0, kept * C);
+  const hs = w.hs.subarray(0, kept * Fe);
+  const ys = w.ys.subarray(0, kept * C);
+  const dk = decodeKernels();
+  const off = offsets.subarray(0, E + 1);
+  dk.decodeMatmul(hs, xs, m.stored!.w1, off, E, Fe, C);
+  // supported() admitted experts with biases only (ffnBias).
+  const b1 = m.b1!.data;
+  const b2 = m.b2!.data;
+  for (let e = 0; e < E; e++) {
+    const n = offsets[e + 1]! - offsets[e]!;
+    if (n > 0) be.addBias(hs.subarray(offsets[e]! * Fe), hs.subarray(offsets[e]! * Fe), b1.subarray(e * Fe, (e + 1) * Fe), n, Fe);
+  }
+  activateInPlace(be, hs, hs.length, m.activation);
+  dk.decodeMatmul(ys, hs, m.stored!.w2, off, E, C, Fe);
+  for (let e = 0; e < E; e++) {
+    const n = offsets[e + 1]! - offsets[e]!;
+    if (n > 0) be.addBias(ys.subarray(offsets[e]! * C), ys.subarray(offsets[e]! * C), b2.subarray(e * C, (e + 1) * C), n, C);
+  }
+  out.fill(0, 0, R * C);
+  if (kept > 0) be.combine(out, ys, w.tokenOf.subarray(0, kept), w.weightOf.subarray(0, kept), kept, C);
+  if (m.shared) {
+    ffnInto(be, w.tmp, x, m.shared, w);
+    be.add(out, out, w.tmp, R * C);
+  }
+  return routing;
+}
+
+/**
+ * The forward of `input` through `cache` (see the file comment), or null
+ * when this step does not cover the model or the call: forward then runs.
+ */
+export function decodeStep(model: DecodeModel, input: DecodeInput, cache: DecodeCache): DecodeOutput | null {
+  const { tokens, domains, B, T } = input;
+  const R = B * T;
+  if (!enabled || isGradEnabled() || model.training || R < 1 || R > DECODE_ROWS || input.slice || tokens.length !== R || domains.length !== B) return null;
+  if (cache.layers.some((l) => !("k" in l) || l.k.dtype !== "float32") || !("k" in cache.query)) return null;
+  if (!supported(model)) return null;
+  const c = model.config;
+  const V = c.vocabSize;
+  const C = c.width;
+  const start = cache.length;
+  if (start + T > c.seqLen) return null; // forward says why
+  const w = workFor(model, R);
+  for (let b = 0; b < B; b++) {
+    const slot = model.domainSlot[domains[b]!];
+    if (slot === undefined) return null;
+    for (let t = 0; t < T; t++) {
+      const r = b * T + t;
+      const tok = tokens[r]!;
+      if (!(tok >= 0 && tok < V)) return null;
+      w.embedIds[r] = slot * V + tok;
+      w.slotOf[r] = slot;
+      w.domainOf[r] = domains[b]!;
+      w.posIds[r] = start + t;
+    }
+  }
+  const be = getBackend();
+  const dk = decodeKernels();
+  const table = model.storedOutput!;
+  // h = E_slot[token] + P[position]
+  const pos = model.positionEmbedding!.data as Float32Array;
+  for (let r = 0; r < R; r++) {
+    const row = w.h.subarray(r * C, (r + 1) * C);
+    dk.dequantize(row, storedRows(table, w.embedIds[r]!, 1));
+    be.add(row, row, pos.subarray(w.posIds[r]! * C, (w.posIds[r]! + 1) * C), C);
+  }
+  const routings: Routing[] = [];
+  let aux: Tensor | null = null;
+  // supported() admitted LayerNorms only.
+  const norm = (out: Float32Array, x: Float32Array, n: Norm) => be.layerNorm(out, w.mean, w.rstd, x, n.gamma.data, (n as LayerNorm).beta.data, R, C, n.eps);
+  model.blocks.forEach((block, l) => {
+    norm(w.x, w.h, block.ln1);
+    attentionInto(be, w.tmp, w.x, w.x, block.attn, cache.layers[l] as KVCache, B, T, w);
+    be.add(w.h, w.h, w.tmp, R * C);
+    norm(w.x, w.h, block.ln2);
+    if (block.ffn) {
+      ffnInto(be, w.tmp, w.x, block.ffn, w);
+      be.add(w.h, w.h, w.tmp, R * C);
+      return;
+    }
+    const routing = moeInto(be, w.att, w.x, block.moe!, tokens, w);
+    be.add(w.h, w.h, w.att, R * C);
+    routings.push(routing);
+    for (const extra of [routing.auxLoss, routing.zLoss]) if (extra) aux = aux ? ops.add(aux, extra) : extra;
+  });
+  norm(w.tmp, w.h, model.finalNorm);
+  w.h.set(w.tmp);
+  const q = model.queryLayer;
+  if (q) {
+    // Queries from the position table, keys and values from the normed hidden states.
+    const qe = model.queryEmbedding!.data as Float32Array;
+    const queries = w.xs.subarray(0, R * C);
+    for (let r = 0; r < R; r++) queries.set(qe.subarray(w.posIds[r]! * C, (w.posIds[r]! + 1) * C), r * C);
+    norm(w.x, w.h, q.ln1);
+    attentionInto(be, w.tmp, queries, w.x, q.attn, cache.query as KVCache, B, T, w);
+    be.add(w.h, w.h, w.tmp, R * C);
+    norm(w.x, w.h, q.ln2);
+    ffnInto(be, w.tmp, w.x, q.ffn, w);
+    be.add(w.h, w.h, w.tmp, R * C);
+  }
+  cache.length += T;
+  return { logits: outputLogits(model, table, w), routings, auxLoss: aux };
+}
+
+/** logits [R, V] = h · E_slot(r)ᵀ: one decode call over the rows grouped by slot (a new array: callers keep it). */
+function outputLogits(model: DecodeModel, table: StoredMatrix, w: Work): Tensor {
+  const c = model.config;
+  const [R, C, V, S] = [w.R, c.width, c.vocabSize, c.embeddingSlots];
+  const logits = Tensor.zeros([R, V]);
+  const y = logits.data as Float32Array;
+  const dk = decodeKernels();
+  if (S === 1) {
+    dk.decodeMatmul(y, w.h, table, w.rows, 1, V, C);
+    return logits;
+  }
+  // Rows sorted by slot (stably), one grouped call, then back in row order.
+  const offsets = w.offsets;
+  offsets.fill(0, 0, S + 1);
+  for (let r = 0; r < R; r++) offsets[w.slotOf[r]! + 1]++;
+  for (let s = 0; s < S; s++) offsets[s + 1]! += offsets[s]!;
+  const fill = offsets.slice(0, S);
+  const xs = w.xs.subarray(0, R * C);
+  const order = w.order;
+  for (let r = 0; r < R; r++) {
+    const p = fill[w.slotOf[r]!]!++;
+    order[p] = r;
+    xs.set(w.h.subarray(r * C, (r + 1) * C), p * C);
+  }
+  const sorted = new Float32Array(R * V);
+  dk.decodeMatmul(sorted, xs, table, offsets.subarray(0, S + 1), S, V, C);
+  for (let p = 0; p < R; p++) y.set(sorted.subarray(p * V, (p + 1) * V), order[p]! * V);
+  return logits;
+}

@@ -1,0 +1,137 @@
+// The decode step (src/models/decode-step.ts): PanguSigma.forward through a KV
+// cache with stored weights, on reused buffers. Its logits, routings and cache
+// contents equal the general forward's (to f32 rounding) for every router,
+// every weight format, one and several sequences, one and several new
+// positions, two embedding slots; it declines what it does not cover.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { noGrad } from "../src/autograd/tape.js";
+import { WEIGHT_FORMATS } from "../src/backend/quant.js";
+import { parseModelConfig, type RouterConfig } from "../src/models/config.js";
+import { decodeStep, useDecodeStep } from "../src/models/decode-step.js";
+import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
+import { encodeStoredModel, quantizeModel } from "../src/models/quantize.js";
+import { Rng } from "../src/util/rng.js";
+
+const V = 37;
+const ROUTERS: Record<string, RouterConfig | null> = {
+  dense: null,
+  rre: { kind: "rre", groups: 2, seed: 4 },
+  moge: { kind: "moge", groups: 2, perGroup: 2, auxLossCoef: 0.01, sharedExperts: 1 },
+  topk: { kind: "topk", k: 2, renormalize: true, auxLossCoef: 0.01, zLossCoef: 0, capacityFactor: null },
+};
+
+/** A model with random biases and norm parameters too (they start at 0 and 1: a missing add would go unseen). */
+function build(router: RouterConfig | null, extra: Record<string, unknown> = {}): PanguSigma {
+  const model = plain(router, extra);
+  const rng = new Rng(3);
+  for (const [name, p] of model.namedParameters()) {
+    if (/(bias|b1|b2|beta|gamma)$/.test(name)) p.tensor.data.forEach((v, i, d) => (d[i] = v + (rng.uniform() - 0.5) * 0.2));
+  }
+  return model;
+}
+
+function plain(router: RouterConfig | null, extra: Record<string, unknown>): PanguSigma {
+  return new PanguSigma(
+    parseModelConfig({
+      vocabSize: V,
+      width: 48, // K = 48: a whole group and a short one
+      heads: 3,
+      denseLayers: 1,
+      sparseLayers: router ? 2 : 0,
+      seqLen: 32,
+      ffnWidth: 40,
+      seed: 7,
+      initStd: 0.3,
+      domains: [{ name: "a", group: 0 }, { name: "b", group: 1, slot: extra.embeddingSlots ? 1 : 0 }],
+      ...(router ? { experts: { count: 4, width: 24, router } } : {}),
+      ...extra,
+    }),
+  ).eval();
+}
+
+/** Logits and routing counts of `steps` forwards of T positions per sequence after a prompt, with the decode step on or off. */
+function run(model: PanguSigma, on: boolean, B: number, T: number, steps: number): { logits: Float32Array[]; counts: number[][]; cache: ModelCache } {
+  const was = useDecodeStep(on);
+  try {
+    const rng = new Rng(9);
+    const domains = Int32Array.from({ length: B }, (_, b) => b % 2);
+    const cache = model.newCache(B);
+    noGrad(() => model.forward({ tokens: Int32Array.from({ length: B * 5 }, () => rng.int(V)), domains, B, T: 5 }, cache));
+    const logits: Float32Array[] = [];
+    const counts: number[][] = [];
+    for (let s = 0; s < steps; s++) {
+      const out = noGrad(() => model.forward({ tokens: Int32Array.from({ length: B * T }, () => rng.int(V)), domains, B, T }, cache));
+      logits.push(Float32Array.from(out.logits.data));
+      counts.push(out.routings.flatMap((r) => Array.from(r.counts)));
+    }
+    return { logits, counts, cache };
+  } finally {
+    useDecodeStep(was);
+  }
+}
+
+function close(where: string, a: Float32Array, b: Float32Array, tol = 1e-5): void {
+  assert.equal(a.length, b.length, where);
+  let scale = 0;
+  for (const v of b) scale = Math.max(scale, Math.abs(v));
+  for (let i = 0; i < a.length; i++) {
+    if (!(Math.abs(a[i]! - b[i]!) <= tol * (1 + scale))) assert.fail(`${where}: [${i}] ${a[i]} vs ${b[i]}`);
+  }
+}
+
+test("decode step: the general forward's logits, routings and cache, every router and format, B 1 and 3, T 1 and 4", () => {
+  for (const [name, router] of Object.entries(ROUTERS)) {
+    for (const format of WEIGHT_FORMATS) {
+      const model = build(router);
+      quantizeModel(model, format);
+      for (const [B, T] of [[1, 1], [3, 1], [1, 4], [2, 3]] as const) {
+        const where = `${name} ${format} B=${B} T=${T}`;
+        const fast = run(model, true, B, T, 4);
+        const slow = run(model, false, B, T, 4);
+        fast.logits.forEach((l, s) => close(`${where} step ${s}`, l, slow.logits[s]!));
+        assert.deepEqual(fast.counts, slow.counts, `${where}: routings`);
+        assert.equal(fast.cache.length, slow.cache.length);
+        fast.cache.layers.forEach((l, i) => {
+          assert.equal(l.length, slow.cache.layers[i]!.length, `${where}: layer ${i} cache length`);
+          close(`${where} layer ${i} keys`, l.k.data as Float32Array, slow.cache.layers[i]!.k.data as Float32Array);
+        });
+        close(`${where} query layer values`, fast.cache.query.v.data as Float32Array, slow.cache.query.v.data as Float32Array);
+      }
+    }
+  }
+});
+
+test("decode step: two embedding slots (rows grouped by slot for the output product)", () => {
+  const model = build(ROUTERS.topk!, { embeddingSlots: 2 });
+  quantizeModel(model, "q8");
+  const fast = run(model, true, 3, 2, 3);
+  const slow = run(model, false, 3, 2, 3);
+  fast.logits.forEach((l, s) => close(`slots step ${s}`, l, slow.logits[s]!));
+});
+
+test("decode step: it runs where it should and declines the rest (f32 products, gradients, prefill past 16 rows)", () => {
+  const model = build(ROUTERS.topk!);
+  const cache = model.newCache(1);
+  const input = { tokens: Int32Array.of(1), domains: Int32Array.of(0), B: 1, T: 1 };
+  assert.equal(noGrad(() => decodeStep(model, input, cache)), null, "no stored weights: the ordinary f32 products");
+  quantizeModel(model, "q8");
+  assert.ok(noGrad(() => decodeStep(model, input, cache)), "stored weights, one position");
+  assert.equal(cache.length, 1);
+  assert.equal(decodeStep(model, input, cache), null, "gradients on");
+  assert.equal(noGrad(() => decodeStep(model, { tokens: new Int32Array(17), domains: Int32Array.of(0), B: 1, T: 17 }, cache)), null, "17 rows: prefill");
+  assert.equal(noGrad(() => decodeStep(model, { tokens: Int32Array.of(V), domains: Int32Array.of(0), B: 1, T: 1 }, cache)), null, "a bad token: forward names it");
+  assert.equal(cache.length, 1, "a declined call leaves the cache alone");
+});
+
+test("decode step: q, k, v as one product — the stored file is unchanged, and a model converted again is fused again", () => {
+  const model = build(ROUTERS.moge!);
+  quantizeModel(model, "q8");
+  const before = encodeStoredModel(model);
+  run(model, true, 1, 1, 2);
+  assert.deepEqual(encodeStoredModel(model), before, "the layers' stored matrices are views of the fused one, same bytes");
+  quantizeModel(model, "q4");
+  const fast = run(model, true, 2, 1, 3);
+  const slow = run(model, false, 2, 1, 3);
+  fast.logits.forEach((l, s) => close(`q8 then q4, step ${s}`, l, slow.logits[s]!));
+});

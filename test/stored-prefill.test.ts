@@ -1,0 +1,51 @@
+// Products with stored weights over many rows (src/ops/stored.ts): past
+// DECODE_ROWS rows the matrix is dequantized a panel of rows at a time into a
+// reused buffer and multiplied by the f32 GEMM. The result is x · Wᵀ with W's
+// f32 weights (the format's definition) on odd shapes, over panel edges, with
+// a bias; and the scratch never holds more than a panel (no f32 copy of the
+// whole matrix per call).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { noGrad } from "../src/autograd/tape.js";
+import { dequantize, quantize, WEIGHT_FORMATS } from "../src/backend/quant.js";
+import { DECODE_ROWS, panelRows, panelScratchElements, storedLinear } from "../src/ops/stored.js";
+import { Tensor } from "../src/tensor/tensor.js";
+import { Rng } from "../src/util/rng.js";
+
+const rng = new Rng(31);
+const rand = (n: number, s = 1) => Float32Array.from({ length: n }, () => (rng.uniform() * 2 - 1) * s);
+
+test("stored products past DECODE_ROWS rows: x · Wᵀ + b on odd shapes, across panel edges, in every format", () => {
+  // K = 2100: 112 rows per panel, so N = 257 takes three panels, the last a short one.
+  for (const [rows, N, K] of [[DECODE_ROWS + 1, 1, 1], [17, 3, 33], [40, 257, 2100], [33, 17, 257]] as const) {
+    const w = rand(N * K, 0.05);
+    const x = rand(rows * K);
+    const bias = rand(N);
+    for (const f of WEIGHT_FORMATS) {
+      const m = quantize(f, w, N, K);
+      const wf = dequantize(m);
+      const y = noGrad(() => storedLinear(Tensor.from(x, [rows, K]), m, Tensor.from(bias))).data;
+      for (let r = 0; r < rows; r++) {
+        for (let n = 0; n < N; n++) {
+          let dot = bias[n]!;
+          let mag = Math.abs(bias[n]!);
+          for (let k = 0; k < K; k++) {
+            dot += x[r * K + k]! * wf[n * K + k]!;
+            mag += Math.abs(x[r * K + k]! * wf[n * K + k]!);
+          }
+          const err = Math.abs(y[r * N + n]! - dot);
+          if (!(err <= (K + 4) * 2 ** -23 * mag + 1e-30)) assert.fail(`${f} ${rows}×${N}×${K}: y[${r},${n}] = ${y[r * N + n]}, want ${dot}`);
+        }
+      }
+    }
+  }
+});
+
+test("stored products past DECODE_ROWS rows: the scratch holds one panel, not the matrix", () => {
+  const [rows, N, K] = [20, 1000, 1024];
+  const m = quantize("q8", rand(N * K, 0.05), N, K);
+  noGrad(() => storedLinear(Tensor.from(rand(rows * K), [rows, K]), m, null));
+  const held = panelScratchElements();
+  assert.ok(held > 0 && held <= panelRows(K) * K, `scratch of ${held} floats; a panel is ${panelRows(K) * K}`);
+  assert.ok(held < N * K / 2, `scratch of ${held} floats for a ${N}×${K} matrix`);
+});
