@@ -30,6 +30,7 @@ import { chatPrompt, type ChatMessage } from "../serve/chat.js";
 import { encodePrompt } from "../serve/prompt.js";
 import type { Tokenizer } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
+import { parseJsonLineObject } from "../util/json.js";
 
 /** One record as read: its turns (oldest first), its domain if it names one, and its line. */
 export interface ChatRecord {
@@ -68,14 +69,7 @@ function parseRecord(text: string, file: string, line: number): ChatRecord {
   const at = `${file} line ${line}`;
   const hint = 'each line is {"messages": [{"role": "user", "content": "…"}, {"role": "assistant", "content": "…"}]} or {"prompt": "…", "completion": "…"}, with an optional "domain"';
   const bad = (what: string): SigmaError => new SigmaError(`${at}: ${what}`, hint);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw bad(`not valid JSON (${(e as Error).message})`);
-  }
-  if (!raw || typeof raw !== "object" || Array.isArray(raw)) throw bad("not a JSON object");
-  const r = raw as Record<string, unknown>;
+  const r = parseJsonLineObject(text, at, hint);
   const chat = "messages" in r;
   const allowed = chat ? ["messages", "domain"] : ["prompt", "completion", "domain"];
   for (const k of Object.keys(r)) if (!allowed.includes(k)) throw bad(`unknown field "${k}"${chat && (k === "prompt" || k === "completion") ? ' (a record has either "messages" or "prompt" and "completion")' : ""}`);

@@ -40,6 +40,7 @@
  */
 import { basename, extname } from "node:path";
 import { SigmaError } from "../util/errors.js";
+import { parseJsonLineObject } from "../util/json.js";
 import { Rng } from "../util/rng.js";
 import type { SandboxResult } from "../util/sandbox.js";
 
@@ -120,14 +121,7 @@ export function parseTask(text: string, file: string): Task {
 function parseItem(text: string, file: string, line: number): TaskItem {
   const at = `${file} line ${line}`;
   const bad = (what: string): SigmaError => new SigmaError(`${at}: ${what}`, "docs/eval.md lists each kind of item's fields");
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw bad(`not valid JSON (${(e as Error).message})`);
-  }
-  if (!raw || typeof raw !== "object" || Array.isArray(raw)) throw bad("not a JSON object");
-  const r = raw as Record<string, unknown>;
+  const r = parseJsonLineObject(text, at, "docs/eval.md lists each kind of item's fields");
   const kind: TaskKind = "choices" in r ? "multiple_choice" : "test" in r || "expected" in r ? "code" : "answer" in r || "answers" in r ? "generation" : (() => {
     throw bad(`no "choices" (multiple choice), "answer" (generation) or "test" and "expected" (code)`);
   })();

@@ -18,6 +18,18 @@ export function readJsonFile(path: string, what: string, hint: string): unknown 
   }
 }
 
+/** One JSONL line that must hold a JSON object; otherwise a SigmaError "<at>: not valid JSON (…)" or "<at>: not a JSON object". */
+export function parseJsonLineObject(text: string, at: string, hint: string): Record<string, unknown> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new SigmaError(`${at}: not valid JSON (${(e as Error).message})`, hint);
+  }
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) throw new SigmaError(`${at}: not a JSON object`, hint);
+  return raw as Record<string, unknown>;
+}
+
 /** `json` validated by `schema`; otherwise "<source> is invalid:" and one "  field: message" line per issue. */
 export function parseWithSchema<S extends z.ZodTypeAny>(schema: S, json: unknown, source: string, hint: string): z.output<S> {
   // A schema reports one issue per bad element: size the value up first, so a million-element array is refused at once.
