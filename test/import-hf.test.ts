@@ -12,7 +12,6 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { noGrad } from "../src/autograd/tape.js";
-import { bf16Bits, bf16Value } from "../src/backend/quant.js";
 import { encodeSafetensors, type StWrite } from "../src/checkpoint/safetensors.js";
 import { exportHfModel, importHfModel } from "../src/models/import/hf.js";
 import { parseModelConfig } from "../src/models/config.js";
