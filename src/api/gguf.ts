@@ -37,14 +37,15 @@ export async function exportGguf(model: Model | string, o: { out: string; type?:
 export interface GgufImportResult {
   checkpoint: string;
   architecture: string;
-  /** Whether the file's vocabulary came along as tokenizer.json (a Sigma vocabulary); else why not. */
+  /** Whether the file's vocabulary came along as tokenizer.json (Sigma's, or a byte-level BPE llama.cpp names: gpt-2, llama-bpe, qwen2); else why not. */
   tokenizer: boolean;
   tokenizerNote?: string;
   parameters: number;
 }
 
 export function importGguf(from: string, o: { out: string }): GgufImportResult {
-  const { model, tokenizer, tokenizerNote, architecture } = modelOfGguf(readGguf(from), from);
-  const checkpoint = writeModelFolder(o.out, 0, model, tokenizer ? toHfJson(tokenizer) : null, { format: "sigma-import", from, source: "gguf" });
-  return { checkpoint, architecture, tokenizer: tokenizer !== null, ...(tokenizerNote ? { tokenizerNote } : {}), parameters: model.parameterCount() };
+  const { model, tokenizer, tokenizerText, tokenizerNote, architecture } = modelOfGguf(readGguf(from), from);
+  const text = tokenizer ? toHfJson(tokenizer) : (tokenizerText ?? null);
+  const checkpoint = writeModelFolder(o.out, 0, model, text, { format: "sigma-import", from, source: "gguf" });
+  return { checkpoint, architecture, tokenizer: text !== null, ...(tokenizerNote ? { tokenizerNote } : {}), parameters: model.parameterCount() };
 }

@@ -507,6 +507,60 @@ function hfTokenizerMetadata(tok: HfTokenizer, vocabSize: number, where: string)
   ];
 }
 
+/**
+ * The tokenizer.json of a GGUF byte-level BPE whose pre-tokenizer is one of
+ * HF_PRE_TOKENIZERS (what the export above writes for a Hugging Face
+ * tokenizer, or another tool's Qwen2/Llama-3/GPT-2 file), or null with the
+ * reason. Control tokens become special added tokens, user-defined ones
+ * plain added tokens, unused placeholders are left out; the post-processor
+ * puts the BOS first when add_bos_token says so. A normalizer the original
+ * had (Qwen's NFC) is not in the file and does not come back.
+ */
+function hfTokenizerJsonOf(file: GgufFile): { text: string | null; reason?: string } {
+  const arr = (key: string, item: string): unknown[] | null => {
+    const v = file.metadata.get(key);
+    return v?.type === "array" && v.itemType === item ? v.value : null;
+  };
+  const tokens = arr("tokenizer.ggml.tokens", "string") as string[] | null;
+  const merges = arr("tokenizer.ggml.merges", "string") as string[] | null;
+  const types = arr("tokenizer.ggml.token_type", "i32") as number[] | null;
+  const pre = file.metadata.get("tokenizer.ggml.pre");
+  const known = pre?.type === "string" ? HF_PRE_TOKENIZERS.find((k) => k.name === pre.value) : undefined;
+  if (!tokens || !merges || !types || types.length !== tokens.length || !known) return { text: null };
+  const vocab: Record<string, number> = {};
+  const added: Record<string, unknown>[] = [];
+  for (let id = 0; id < tokens.length; id++) {
+    const t = types[id];
+    if (t === TOKEN_NORMAL) vocab[tokens[id]!] = id;
+    else if (t === TOKEN_CONTROL || t === TOKEN_USER_DEFINED) {
+      const special = t === TOKEN_CONTROL;
+      added.push({ id, content: tokens[id], single_word: false, lstrip: false, rstrip: false, normalized: !special, special });
+    } else if (t !== TOKEN_UNUSED) return { text: null, reason: `token ${id} has type ${t}, which Sigma does not read back` };
+  }
+  const byteLevel = (useRegex: boolean): Record<string, unknown> => ({ type: "ByteLevel", add_prefix_space: false, trim_offsets: false, use_regex: useRegex });
+  const preTokenizer = known.regex === null ? byteLevel(true) : { type: "Sequence", pretokenizers: [{ type: "Split", pattern: { Regex: known.regex }, behavior: "Isolated", invert: false }, byteLevel(false)] };
+  const addBos = file.metadata.get("tokenizer.ggml.add_bos_token");
+  const bos = file.metadata.get("tokenizer.ggml.bos_token_id");
+  let post: Record<string, unknown> = byteLevel(false);
+  if (addBos?.type === "bool" && addBos.value) {
+    if (bos?.type !== "u32" || bos.value >= tokens.length) return { text: null, reason: "it adds a BOS token but names none" };
+    const b = tokens[bos.value]!;
+    post = { type: "TemplateProcessing", single: [{ SpecialToken: { id: b, type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }], pair: [], special_tokens: { [b]: { id: b, ids: [bos.value], tokens: [b] } } };
+  }
+  const json = {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: added,
+    normalizer: null,
+    pre_tokenizer: preTokenizer,
+    post_processor: post,
+    decoder: byteLevel(true),
+    model: { type: "BPE", dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: known.ignoreMerges, vocab, merges },
+  };
+  return { text: JSON.stringify(json) };
+}
+
 /** The Sigma tokenizer of a GGUF that Sigma wrote; null (with the reason) for another vocabulary. */
 function tokenizerOf(file: GgufFile, source: string): { tokenizer: Tokenizer | null; reason?: string } {
   const arr = (key: string, item: string): unknown[] | null => {
@@ -744,11 +798,14 @@ function reorderRows(x: Float32Array, order: Int32Array, cols: number): Float32A
 // ------------------------------------------------------------------ import
 
 /** A Sigma model (and its tokenizer, when the file carries Sigma's) from a parsed GGUF file; errors name `source`. */
-export function modelOfGguf(file: GgufFile, source: string, architectures: readonly GgufArchitecture[] = ARCHITECTURES): { model: PanguSigma; tokenizer: Tokenizer | null; tokenizerNote?: string; architecture: string } {
+export function modelOfGguf(file: GgufFile, source: string, architectures: readonly GgufArchitecture[] = ARCHITECTURES): { model: PanguSigma; tokenizer: Tokenizer | null; tokenizerText?: string; tokenizerNote?: string; architecture: string } {
   const archName = ggufGet(file, "general.architecture", "string", source);
   const arch = architectures.find((a) => a.name === archName);
   if (!arch) throw new SigmaError(`${source}: architecture "${archName}" is not one Sigma imports`, `Sigma imports GGUF files of the architectures ${architectures.map((a) => a.name).join(", ")}`);
-  const { tokenizer, reason } = tokenizerOf(file, source);
+  const { tokenizer, reason: sigmaReason } = tokenizerOf(file, source);
+  // Not Sigma's layout: a Hugging Face-style byte-level BPE that llama.cpp names comes back as a tokenizer.json.
+  const hfJson = tokenizer ? { text: null } : hfTokenizerJsonOf(file);
+  const reason = hfJson.text !== null ? undefined : (hfJson.reason ?? sigmaReason);
   const tokens = ggufGet(file, "tokenizer.ggml.tokens", "array", source);
   const reader: MetaReader = {
     u32: (k) => ggufGet(file, k, "u32", source),
@@ -823,5 +880,5 @@ export function modelOfGguf(file: GgufFile, source: string, architectures: reado
   }
   if (extra.length) throw new SigmaError(`${source}: unexpected tensor${extra.length > 1 ? "s" : ""} ${extra.slice(0, 5).map((n) => `"${n}"`).join(", ")} (not part of a ${arch.name} model)`, "the file holds tensors Sigma would drop; refusing rather than computing a different function");
   if (tokenizer && tokenizer.vocabSize !== config.vocabSize) throw new SigmaError(`${source}: ${tokenizer.vocabSize} tokens but a vocabulary of ${config.vocabSize}`);
-  return { model, tokenizer, ...(reason ? { tokenizerNote: reason } : {}), architecture: arch.name };
+  return { model, tokenizer, ...(hfJson.text !== null ? { tokenizerText: hfJson.text } : {}), ...(reason ? { tokenizerNote: reason } : {}), architecture: arch.name };
 }
