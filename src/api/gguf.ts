@@ -6,6 +6,7 @@
 import { readGguf, writeGguf } from "../checkpoint/gguf.js";
 import { ggufOfModel, modelOfGguf, type GgufExportType } from "../models/gguf.js";
 import { Tokenizer } from "../tokenizer/codec.js";
+import { HfTokenizer } from "../tokenizer/hf.js";
 import { toHfJson } from "../tokenizer/hfjson.js";
 import { SigmaError } from "../util/errors.js";
 import { Model, openModel, writeModelFolder } from "./model.js";
@@ -25,9 +26,9 @@ export interface GgufExportResult {
 export async function exportGguf(model: Model | string, o: { out: string; type?: GgufExportType; name?: string }): Promise<GgufExportResult> {
   const m = typeof model === "string" ? await openModel(model) : model;
   if (!m.tokenizer) throw new SigmaError(`${m.path ?? "the model"} has no tokenizer; a GGUF file carries its vocabulary`, "export a checkpoint with a tokenizer.json (sigma import gpt2 --tokenizer carries one)");
-  if (!(m.tokenizer instanceof Tokenizer)) throw new SigmaError(`${m.path ?? "the model"} carries a Hugging Face tokenizer; GGUF export writes Sigma's own tokenizer layout so far`, "export a model trained with a Sigma tokenizer");
+  if (!(m.tokenizer instanceof Tokenizer) && !(m.tokenizer instanceof HfTokenizer)) throw new SigmaError(`${m.path ?? "the model"} carries a tokenizer GGUF export does not know`, "export a model with a Sigma or Hugging Face byte-level BPE tokenizer");
   const type = o.type ?? "f32";
-  const file = ggufOfModel(m.network, m.tokenizer, { type, ...(o.name ? { name: o.name } : {}) });
+  const file = ggufOfModel(m.network, m.tokenizer, { type, ...(o.name ? { name: o.name } : {}), ...(m.path ? { where: m.path } : {}) });
   writeGguf(o.out, file);
   const bytes = file.tensors.reduce((n, t) => n + t.data.length, 0);
   return { path: o.out, architecture: file.architecture, type, tensors: file.tensors.length, bytes, fallbacks: file.fallbacks };
@@ -36,14 +37,15 @@ export async function exportGguf(model: Model | string, o: { out: string; type?:
 export interface GgufImportResult {
   checkpoint: string;
   architecture: string;
-  /** Whether the file's vocabulary came along as tokenizer.json (a Sigma vocabulary); else why not. */
+  /** Whether the file's vocabulary came along as tokenizer.json (Sigma's, or a byte-level BPE llama.cpp names: gpt-2, llama-bpe, qwen2); else why not. */
   tokenizer: boolean;
   tokenizerNote?: string;
   parameters: number;
 }
 
 export function importGguf(from: string, o: { out: string }): GgufImportResult {
-  const { model, tokenizer, tokenizerNote, architecture } = modelOfGguf(readGguf(from), from);
-  const checkpoint = writeModelFolder(o.out, 0, model, tokenizer ? toHfJson(tokenizer) : null, { format: "sigma-import", from, source: "gguf" });
-  return { checkpoint, architecture, tokenizer: tokenizer !== null, ...(tokenizerNote ? { tokenizerNote } : {}), parameters: model.parameterCount() };
+  const { model, tokenizer, tokenizerText, tokenizerNote, architecture } = modelOfGguf(readGguf(from), from);
+  const text = tokenizer ? toHfJson(tokenizer) : (tokenizerText ?? null);
+  const checkpoint = writeModelFolder(o.out, 0, model, text, { format: "sigma-import", from, source: "gguf" });
+  return { checkpoint, architecture, tokenizer: text !== null, ...(tokenizerNote ? { tokenizerNote } : {}), parameters: model.parameterCount() };
 }

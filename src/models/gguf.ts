@@ -25,6 +25,7 @@
 import { ggufGet, gv, type GgmlType, type GgufFile, type GgufTensor, type GgufValue } from "../checkpoint/gguf.js";
 import { bf16Bits, bf16Value, halfBits, halfValue, quantize } from "../backend/quant.js";
 import { Tokenizer } from "../tokenizer/codec.js";
+import { HfTokenizer } from "../tokenizer/hf.js";
 import { parseSpecials } from "../tokenizer/specials.js";
 import { SigmaError } from "../util/errors.js";
 import { parseJsonStrict } from "../util/strict-json.js";
@@ -406,6 +407,160 @@ function tokenizerMetadata(tok: Tokenizer): [string, GgufValue][] {
   ];
 }
 
+/** llama.cpp's other token types: an added token that is not special, and an id with no token. */
+const TOKEN_USER_DEFINED = 4;
+const TOKEN_UNUSED = 5;
+
+/**
+ * The byte-level pre-tokenizers of Hugging Face tokenizer.json files that
+ * llama.cpp has by name (src/llama-vocab.cpp): the Split regex as the file
+ * spells it (null: ByteLevel's own GPT-2 regex, use_regex true), and whether
+ * llama.cpp looks whole pieces up in the vocabulary before merging
+ * (ignore_merges; it sets that from the name, so the file must agree).
+ */
+const HF_PRE_TOKENIZERS: { name: string; what: string; regex: string | null; ignoreMerges: boolean }[] = [
+  { name: "gpt-2", what: "GPT-2", regex: null, ignoreMerges: false },
+  {
+    name: "llama-bpe",
+    what: "Llama-3",
+    regex: "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ignoreMerges: true,
+  },
+  {
+    name: "qwen2",
+    what: "Qwen2/Qwen3",
+    regex: "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ignoreMerges: false,
+  },
+];
+
+const isRecord = (x: unknown): x is Record<string, unknown> => typeof x === "object" && x !== null && !Array.isArray(x);
+
+/**
+ * llama.cpp's name for a tokenizer.json's pre-tokenizer, or a SigmaError
+ * saying why there is none. Only the shapes above are named: a Split of a
+ * known regex followed by ByteLevel without its own regex, or ByteLevel alone
+ * with GPT-2's regex; no prefix space in either.
+ */
+function hfPreTokenizerName(tok: HfTokenizer, json: Record<string, unknown>, where: string): string {
+  const refuse = (why: string): never => {
+    throw new SigmaError(`${where}: the Hugging Face tokenizer ${why}, so llama.cpp would cut text differently`, `GGUF export writes byte-level BPE tokenizers whose pre-tokenizer llama.cpp knows by name: ${HF_PRE_TOKENIZERS.map((p) => `${p.what} ("${p.name}")`).join(", ")}`);
+  };
+  if (!tok.byteLevel || tok.hasByteFallback) {
+    throw new SigmaError(`${where}: the Hugging Face tokenizer is SentencePiece-style (no ByteLevel pre-tokenizer${tok.hasByteFallback ? ", byte fallback" : ""}); GGUF export writes byte-level BPE only`, "llama.cpp reads SentencePiece vocabularies as its \"llama\" model with per-token scores, which Sigma does not write yet; export a model with a byte-level BPE tokenizer (GPT-2, Llama-3, Qwen)");
+  }
+  const n = json.normalizer;
+  if (n != null && !(isRecord(n) && n.type === "NFC")) refuse(`has a normalizer (${JSON.stringify(n).slice(0, 60)}) llama.cpp does not apply`);
+  const p = json.pre_tokenizer;
+  const steps = isRecord(p) && p.type === "Sequence" && Array.isArray(p.pretokenizers) ? (p.pretokenizers as unknown[]) : [p];
+  const last = steps[steps.length - 1];
+  if (!isRecord(last) || last.type !== "ByteLevel" || last.add_prefix_space === true) refuse("does not end its pre-tokenizer in ByteLevel without a prefix space");
+  const byteRegex = (last as Record<string, unknown>).use_regex !== false;
+  let regex: string | null;
+  if (steps.length === 1 && byteRegex) regex = null;
+  else if (steps.length === 2 && !byteRegex) {
+    const split = steps[0];
+    const pat = isRecord(split) && isRecord(split.pattern) ? split.pattern.Regex : undefined;
+    if (!isRecord(split) || split.type !== "Split" || split.behavior !== "Isolated" || split.invert === true || typeof pat !== "string") refuse("pre-tokenizes with something other than one Split (Isolated, by regex) before ByteLevel");
+    regex = pat as string;
+  } else return refuse("pre-tokenizes with something other than one Split regex before ByteLevel, or ByteLevel alone");
+  const known = HF_PRE_TOKENIZERS.find((k) => k.regex === regex);
+  if (!known) return refuse(`pre-tokenizer regex ${JSON.stringify(regex)} is none llama.cpp has by name`);
+  if (known.ignoreMerges !== tok.ignoresMerges) refuse(`has model.ignore_merges ${tok.ignoresMerges} but llama.cpp's "${known.name}" pre-tokenizer sets it ${known.ignoreMerges}`);
+  return known.name;
+}
+
+/**
+ * The tokenizer.ggml.* keys of a byte-level BPE Hugging Face tokenizer, for a
+ * model of `vocabSize` rows (at least the tokenizer's: Qwen pads its rows).
+ * Ids without a token get "[PADn]" of type unused, as llama.cpp's own
+ * converter writes them.
+ */
+function hfTokenizerMetadata(tok: HfTokenizer, vocabSize: number, where: string): [string, GgufValue][] {
+  const json = JSON.parse(tok.sourceText) as Record<string, unknown>;
+  const pre = hfPreTokenizerName(tok, json, where);
+  const types = new Array<number>(vocabSize).fill(TOKEN_NORMAL);
+  const tokens = new Array<string>(vocabSize);
+  for (let id = 0; id < vocabSize; id++) {
+    const t = tok.vocab[id];
+    if (t === undefined || t === "") {
+      tokens[id] = `[PAD${id}]`;
+      types[id] = TOKEN_UNUSED;
+    } else tokens[id] = t;
+  }
+  for (const a of tok.addedTokens()) types[a.id] = a.special ? TOKEN_CONTROL : TOKEN_USER_DEFINED;
+  if (tok.prefixIds.length > 1 || tok.suffixIds.length > 1) {
+    throw new SigmaError(`${where}: the tokenizer's post-processor adds ${tok.prefixIds.length} tokens before and ${tok.suffixIds.length} after a text; GGUF has one BOS and one EOS`, "export a model whose post-processor adds at most one token on each side");
+  }
+  const bos = tok.prefixIds[0] ?? (tok.eotId >= 0 ? tok.eotId : undefined);
+  const eos = tok.suffixIds[0] ?? (tok.eotId >= 0 ? tok.eotId : undefined);
+  return [
+    ["tokenizer.ggml.model", gv.str("gpt2")],
+    ["tokenizer.ggml.pre", gv.str(pre)],
+    ["tokenizer.ggml.tokens", gv.arr("string", tokens)],
+    ["tokenizer.ggml.token_type", gv.arr("i32", types)],
+    ["tokenizer.ggml.merges", gv.arr("string", tok.mergePairs().map(([a, b]) => `${a} ${b}`))],
+    ...(bos === undefined ? [] : [["tokenizer.ggml.bos_token_id", gv.u32(bos)] as [string, GgufValue]]),
+    ...(eos === undefined ? [] : [["tokenizer.ggml.eos_token_id", gv.u32(eos)] as [string, GgufValue]]),
+    ["tokenizer.ggml.add_bos_token", gv.bool(tok.prefixIds.length === 1)],
+    ["tokenizer.ggml.add_eos_token", gv.bool(tok.suffixIds.length === 1)],
+  ];
+}
+
+/**
+ * The tokenizer.json of a GGUF byte-level BPE whose pre-tokenizer is one of
+ * HF_PRE_TOKENIZERS (what the export above writes for a Hugging Face
+ * tokenizer, or another tool's Qwen2/Llama-3/GPT-2 file), or null with the
+ * reason. Control tokens become special added tokens, user-defined ones
+ * plain added tokens, unused placeholders are left out; the post-processor
+ * puts the BOS first when add_bos_token says so. A normalizer the original
+ * had (Qwen's NFC) is not in the file and does not come back.
+ */
+function hfTokenizerJsonOf(file: GgufFile): { text: string | null; reason?: string } {
+  const arr = (key: string, item: string): unknown[] | null => {
+    const v = file.metadata.get(key);
+    return v?.type === "array" && v.itemType === item ? v.value : null;
+  };
+  const tokens = arr("tokenizer.ggml.tokens", "string") as string[] | null;
+  const merges = arr("tokenizer.ggml.merges", "string") as string[] | null;
+  const types = arr("tokenizer.ggml.token_type", "i32") as number[] | null;
+  const pre = file.metadata.get("tokenizer.ggml.pre");
+  const known = pre?.type === "string" ? HF_PRE_TOKENIZERS.find((k) => k.name === pre.value) : undefined;
+  if (!tokens || !merges || !types || types.length !== tokens.length || !known) return { text: null };
+  const vocab: Record<string, number> = {};
+  const added: Record<string, unknown>[] = [];
+  for (let id = 0; id < tokens.length; id++) {
+    const t = types[id];
+    if (t === TOKEN_NORMAL) vocab[tokens[id]!] = id;
+    else if (t === TOKEN_CONTROL || t === TOKEN_USER_DEFINED) {
+      const special = t === TOKEN_CONTROL;
+      added.push({ id, content: tokens[id], single_word: false, lstrip: false, rstrip: false, normalized: !special, special });
+    } else if (t !== TOKEN_UNUSED) return { text: null, reason: `token ${id} has type ${t}, which Sigma does not read back` };
+  }
+  const byteLevel = (useRegex: boolean): Record<string, unknown> => ({ type: "ByteLevel", add_prefix_space: false, trim_offsets: false, use_regex: useRegex });
+  const preTokenizer = known.regex === null ? byteLevel(true) : { type: "Sequence", pretokenizers: [{ type: "Split", pattern: { Regex: known.regex }, behavior: "Isolated", invert: false }, byteLevel(false)] };
+  const addBos = file.metadata.get("tokenizer.ggml.add_bos_token");
+  const bos = file.metadata.get("tokenizer.ggml.bos_token_id");
+  let post: Record<string, unknown> = byteLevel(false);
+  if (addBos?.type === "bool" && addBos.value) {
+    if (bos?.type !== "u32" || bos.value >= tokens.length) return { text: null, reason: "it adds a BOS token but names none" };
+    const b = tokens[bos.value]!;
+    post = { type: "TemplateProcessing", single: [{ SpecialToken: { id: b, type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }], pair: [], special_tokens: { [b]: { id: b, ids: [bos.value], tokens: [b] } } };
+  }
+  const json = {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: added,
+    normalizer: null,
+    pre_tokenizer: preTokenizer,
+    post_processor: post,
+    decoder: byteLevel(true),
+    model: { type: "BPE", dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: known.ignoreMerges, vocab, merges },
+  };
+  return { text: JSON.stringify(json) };
+}
+
 /** The Sigma tokenizer of a GGUF that Sigma wrote; null (with the reason) for another vocabulary. */
 function tokenizerOf(file: GgufFile, source: string): { tokenizer: Tokenizer | null; reason?: string } {
   const arr = (key: string, item: string): unknown[] | null => {
@@ -547,13 +702,16 @@ export interface GgufExportOptions {
   architectures?: readonly GgufArchitecture[];
   /** general.name. */
   name?: string;
+  /** What to call the model in errors (its path). */
+  where?: string;
 }
 
 /** The GGUF file (metadata and tensors) of a model and its tokenizer. */
-export function ggufOfModel(model: PanguSigma, tokenizer: Tokenizer, opts: GgufExportOptions = {}): { metadata: Map<string, GgufValue>; tensors: GgufTensor[]; architecture: string; fallbacks: string[] } {
+export function ggufOfModel(model: PanguSigma, tokenizer: Tokenizer | HfTokenizer, opts: GgufExportOptions = {}): { metadata: Map<string, GgufValue>; tensors: GgufTensor[]; architecture: string; fallbacks: string[] } {
   const c = model.config;
   const arch = ggufArchitectureOf(c, opts.architectures);
-  if (tokenizer.vocabSize !== c.vocabSize) throw new SigmaError(`the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocabulary is ${c.vocabSize}`, "export a checkpoint whose tokenizer.json belongs to it");
+  const hf = tokenizer instanceof HfTokenizer;
+  if (hf ? tokenizer.vocabSize > c.vocabSize : tokenizer.vocabSize !== c.vocabSize) throw new SigmaError(`the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocabulary is ${c.vocabSize}`, "export a checkpoint whose tokenizer.json belongs to it");
   const type = opts.type ?? "f32";
   const metadata = new Map<string, GgufValue>([
     ["general.architecture", gv.str(arch.name)],
@@ -562,7 +720,7 @@ export function ggufOfModel(model: PanguSigma, tokenizer: Tokenizer, opts: GgufE
     ["general.quantization_version", gv.u32(2)],
     ["general.alignment", gv.u32(32)],
     ...arch.hparams(c),
-    ...tokenizerMetadata(tokenizer),
+    ...(tokenizer instanceof HfTokenizer ? hfTokenizerMetadata(tokenizer, c.vocabSize, opts.where ?? "the model") : tokenizerMetadata(tokenizer)),
     ["sigma.config", gv.str(JSON.stringify(c))],
   ]);
   const params = new Map<string, { shape: readonly number[]; data: ArrayLike<number> }>();
@@ -640,11 +798,14 @@ function reorderRows(x: Float32Array, order: Int32Array, cols: number): Float32A
 // ------------------------------------------------------------------ import
 
 /** A Sigma model (and its tokenizer, when the file carries Sigma's) from a parsed GGUF file; errors name `source`. */
-export function modelOfGguf(file: GgufFile, source: string, architectures: readonly GgufArchitecture[] = ARCHITECTURES): { model: PanguSigma; tokenizer: Tokenizer | null; tokenizerNote?: string; architecture: string } {
+export function modelOfGguf(file: GgufFile, source: string, architectures: readonly GgufArchitecture[] = ARCHITECTURES): { model: PanguSigma; tokenizer: Tokenizer | null; tokenizerText?: string; tokenizerNote?: string; architecture: string } {
   const archName = ggufGet(file, "general.architecture", "string", source);
   const arch = architectures.find((a) => a.name === archName);
   if (!arch) throw new SigmaError(`${source}: architecture "${archName}" is not one Sigma imports`, `Sigma imports GGUF files of the architectures ${architectures.map((a) => a.name).join(", ")}`);
-  const { tokenizer, reason } = tokenizerOf(file, source);
+  const { tokenizer, reason: sigmaReason } = tokenizerOf(file, source);
+  // Not Sigma's layout: a Hugging Face-style byte-level BPE that llama.cpp names comes back as a tokenizer.json.
+  const hfJson = tokenizer ? { text: null } : hfTokenizerJsonOf(file);
+  const reason = hfJson.text !== null ? undefined : (hfJson.reason ?? sigmaReason);
   const tokens = ggufGet(file, "tokenizer.ggml.tokens", "array", source);
   const reader: MetaReader = {
     u32: (k) => ggufGet(file, k, "u32", source),
@@ -719,5 +880,5 @@ export function modelOfGguf(file: GgufFile, source: string, architectures: reado
   }
   if (extra.length) throw new SigmaError(`${source}: unexpected tensor${extra.length > 1 ? "s" : ""} ${extra.slice(0, 5).map((n) => `"${n}"`).join(", ")} (not part of a ${arch.name} model)`, "the file holds tensors Sigma would drop; refusing rather than computing a different function");
   if (tokenizer && tokenizer.vocabSize !== config.vocabSize) throw new SigmaError(`${source}: ${tokenizer.vocabSize} tokens but a vocabulary of ${config.vocabSize}`);
-  return { model, tokenizer, ...(reason ? { tokenizerNote: reason } : {}), architecture: arch.name };
+  return { model, tokenizer, ...(hfJson.text !== null ? { tokenizerText: hfJson.text } : {}), ...(reason ? { tokenizerNote: reason } : {}), architecture: arch.name };
 }

@@ -91,6 +91,8 @@ export class HfTokenizer implements TextTokenizer {
 
   private readonly where: string;
   private readonly idOf = new Map<string, number>();
+  /** The model vocabulary's token of each id (added tokens not laid over it). */
+  private readonly tokenOf: string[] = [];
   private readonly added: AddedToken[] = [];
   private readonly specialIds = new Set<number>();
   /** Added-token matchers: [raw text, normalized text] × [all, non-special only]. */
@@ -142,6 +144,7 @@ export class HfTokenizer implements TextTokenizer {
       const k = id as number;
       if (tokens[k] !== undefined) this.fail(`model.vocab id ${k} is used twice (${show(tokens[k])} and ${show(t)})`);
       tokens[k] = t;
+      this.tokenOf[k] = t;
       this.idOf.set(t, k);
     }
     if (model.unk_token != null) {
@@ -224,6 +227,31 @@ export class HfTokenizer implements TextTokenizer {
 
   get vocabSize(): number {
     return this.vocab.length;
+  }
+
+  /** The merges as token pairs in rank order (read-only; GGUF export writes them as "a b"). */
+  mergePairs(): [string, string][] {
+    const out: [string, string][] = new Array(this.merges.size);
+    for (let r = 0; r < this.merges.size; r++) {
+      const [a, b] = this.merges.pair(r);
+      out[r] = [this.tokenOf[a]!, this.tokenOf[b]!];
+    }
+    return out;
+  }
+
+  /** The added tokens (id, text, whether special), in the file's order. */
+  addedTokens(): { id: number; content: string; special: boolean }[] {
+    return this.added.map((t) => ({ id: t.id, content: t.content, special: t.special }));
+  }
+
+  /** Whether a piece found whole in the vocabulary skips the merges (model.ignore_merges). */
+  get ignoresMerges(): boolean {
+    return this.ignoreMerges;
+  }
+
+  /** Whether the model falls back to <0xXX> byte tokens (SentencePiece-style). */
+  get hasByteFallback(): boolean {
+    return this.byteFallback;
   }
 
   domainId(name: string): number {

@@ -47,6 +47,11 @@ export class MergeTable {
     this.rightOf[rank] = b;
   }
 
+  /** The pair merge number `rank` joins (read-only: for writing the table out, e.g. into GGUF). */
+  pair(rank: number): [number, number] {
+    return [this.leftOf[rank]!, this.rightOf[rank]!];
+  }
+
   /** The merged ids of word `w` (consumed). */
   apply(w: number[]): number[] {
     return w.length < SHORT_WORD ? this.applyShort(w) : this.applyLong(w);
