@@ -507,6 +507,19 @@ function hfTokenizerMetadata(tok: HfTokenizer, vocabSize: number, where: string)
   ];
 }
 
+/** The GGUF's tokenizer.ggml tokens, merges and token types, each null when missing or of another type. */
+function vocabularyArrays(file: GgufFile): { tokens: string[] | null; merges: string[] | null; types: number[] | null } {
+  const arr = (key: string, item: string): unknown[] | null => {
+    const v = file.metadata.get(key);
+    return v?.type === "array" && v.itemType === item ? v.value : null;
+  };
+  return {
+    tokens: arr("tokenizer.ggml.tokens", "string") as string[] | null,
+    merges: arr("tokenizer.ggml.merges", "string") as string[] | null,
+    types: arr("tokenizer.ggml.token_type", "i32") as number[] | null,
+  };
+}
+
 /**
  * The tokenizer.json of a GGUF byte-level BPE whose pre-tokenizer is one of
  * HF_PRE_TOKENIZERS (what the export above writes for a Hugging Face
@@ -517,13 +530,7 @@ function hfTokenizerMetadata(tok: HfTokenizer, vocabSize: number, where: string)
  * had (Qwen's NFC) is not in the file and does not come back.
  */
 function hfTokenizerJsonOf(file: GgufFile): { text: string | null; reason?: string } {
-  const arr = (key: string, item: string): unknown[] | null => {
-    const v = file.metadata.get(key);
-    return v?.type === "array" && v.itemType === item ? v.value : null;
-  };
-  const tokens = arr("tokenizer.ggml.tokens", "string") as string[] | null;
-  const merges = arr("tokenizer.ggml.merges", "string") as string[] | null;
-  const types = arr("tokenizer.ggml.token_type", "i32") as number[] | null;
+  const { tokens, merges, types } = vocabularyArrays(file);
   const pre = file.metadata.get("tokenizer.ggml.pre");
   const known = pre?.type === "string" ? HF_PRE_TOKENIZERS.find((k) => k.name === pre.value) : undefined;
   if (!tokens || !merges || !types || types.length !== tokens.length || !known) return { text: null };
@@ -563,13 +570,7 @@ function hfTokenizerJsonOf(file: GgufFile): { text: string | null; reason?: stri
 
 /** The Sigma tokenizer of a GGUF that Sigma wrote; null (with the reason) for another vocabulary. */
 function tokenizerOf(file: GgufFile, source: string): { tokenizer: Tokenizer | null; reason?: string } {
-  const arr = (key: string, item: string): unknown[] | null => {
-    const v = file.metadata.get(key);
-    return v?.type === "array" && v.itemType === item ? v.value : null;
-  };
-  const tokens = arr("tokenizer.ggml.tokens", "string") as string[] | null;
-  const merges = arr("tokenizer.ggml.merges", "string") as string[] | null;
-  const types = arr("tokenizer.ggml.token_type", "i32") as number[] | null;
+  const { tokens, merges, types } = vocabularyArrays(file);
   const model = file.metadata.get("tokenizer.ggml.model");
   if (!tokens) throw new SigmaError(`${source}: metadata "tokenizer.ggml.tokens" is missing or not an array of strings`, "a GGUF model carries its vocabulary; the file is incomplete");
   if (model?.type !== "string" || model.value !== "gpt2" || !merges || !types || types.length !== tokens.length) return { tokenizer: null, reason: "its vocabulary is not a byte-level BPE with merges and token types" };
