@@ -6,7 +6,11 @@
  */
 import assert from "node:assert/strict";
 import { gguf as hfGguf } from "@huggingface/gguf";
-import type { Llama, Token } from "node-llama-cpp";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before } from "node:test";
+import { getLlama, LlamaLogLevel, type Llama, type Token } from "node-llama-cpp";
 import { noGrad } from "../src/autograd/tape.js";
 import { GGML_TYPES, type GgufValue } from "../src/checkpoint/gguf.js";
 import type { PanguSigma } from "../src/models/pangu-sigma.js";
@@ -137,4 +141,21 @@ export async function compareGreedy(llama: Llama, path: string, model: PanguSigm
   // Ties are rare; many would mean the rule above hides a real difference.
   assert.ok(ties <= maxTies, `${ties} near-ties in ${prompts.length * steps} steps`);
   return worstAll;
+}
+
+/**
+ * A test file's temporary folder and llama.cpp (CPU, the prebuilt build, one
+ * thread): llama.cpp is loaded before the file's tests, disposed and the
+ * folder removed after them. `env.llama` is valid inside the tests.
+ */
+export function llamaFixture(prefix: string): { dir: string; llama: Llama } {
+  const env = { dir: mkdtempSync(join(tmpdir(), prefix)), llama: null as unknown as Llama };
+  before(async () => {
+    env.llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, maxThreads: 1 });
+  });
+  after(async () => {
+    await (env.llama as Llama | null)?.dispose();
+    rmSync(env.dir, { recursive: true, force: true });
+  });
+  return env;
 }

@@ -10,13 +10,11 @@
  * tokenizer.json that encodes the same.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { Tokenizer as RefTokenizer } from "@huggingface/tokenizers";
-import { getLlama, LlamaLogLevel, type Llama } from "node-llama-cpp";
 import { exportGguf, importGguf } from "../src/api/gguf.js";
 import { openModel, writeModelFolder } from "../src/api/model.js";
 import { readGguf, writeGguf } from "../src/checkpoint/gguf.js";
@@ -26,17 +24,11 @@ import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { HfTokenizer } from "../src/tokenizer/hf.js";
 import { parseTokenizerJson } from "../src/tokenizer/hfjson.js";
 import { SigmaError } from "../src/util/errors.js";
+import { llamaFixture } from "./gguf-harness.js";
 
 const require = createRequire(import.meta.url);
-const dir = mkdtempSync(join(tmpdir(), "sigma-gguf-hftok-"));
-let llama: Llama;
-before(async () => {
-  llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, maxThreads: 1 });
-});
-after(async () => {
-  await llama?.dispose();
-  rmSync(dir, { recursive: true, force: true });
-});
+const env = llamaFixture("sigma-gguf-hftok-");
+const dir = env.dir;
 
 /** English, Chinese, code, emoji, whitespace runs, numbers, contractions, mixed scripts. */
 const TEXTS = [
@@ -120,7 +112,7 @@ CASES.forEach(({ pkg, pre, config, pad, specials, edit }, i) => {
     writeGguf(path, file);
 
     const ref = new RefTokenizer(JSON.parse(text), {});
-    const lm = await llama.loadModel({ modelPath: path });
+    const lm = await env.llama.loadModel({ modelPath: path });
     try {
       // llama.cpp's BOS and EOS and whether it puts a BOS first are the tokenizer's.
       assert.equal(lm.tokens.shouldPrependBosToken, tok.prefixIds.length > 0);

@@ -17,11 +17,8 @@
  * has no llama.cpp counterpart is refused with the reason.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
-import { getLlama, LlamaLogLevel, type Llama } from "node-llama-cpp";
+import { test } from "node:test";
 import { writeModelFolder } from "../src/api/model.js";
 import { readGguf, writeGguf } from "../src/checkpoint/gguf.js";
 import { parseModelConfig, type ModelConfigInput } from "../src/models/config.js";
@@ -32,17 +29,10 @@ import { SigmaError } from "../src/util/errors.js";
 import { toHfJson } from "../src/tokenizer/hfjson.js";
 import { Rng } from "../src/util/rng.js";
 import { sigma } from "./cli-harness.js";
-import { checkWithHfParser, compareGreedy, llamaGreedy, relativeGap, sigmaLogProbs, tokenizer } from "./gguf-harness.js";
+import { checkWithHfParser, compareGreedy, llamaFixture, llamaGreedy, relativeGap, sigmaLogProbs, tokenizer } from "./gguf-harness.js";
 
-const dir = mkdtempSync(join(tmpdir(), "sigma-gguf-family-"));
-let llama: Llama;
-before(async () => {
-  llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, maxThreads: 1 });
-});
-after(async () => {
-  await llama?.dispose();
-  rmSync(dir, { recursive: true, force: true });
-});
+const env = llamaFixture("sigma-gguf-family-");
+const dir = env.dir;
 
 /** The block every one of these architectures shares. */
 const BLOCK: Partial<ModelConfigInput> = { queryLayer: false, norm: "rmsnorm", position: "rope", ffn: "swiglu", ffnBias: false, attentionBias: "none", domains: [{ name: "en" }], seqLen: 64, layerNormEps: 1e-5 };
@@ -104,7 +94,7 @@ CASES.forEach(({ arch, what, config }, i) => {
     assert.equal(file.architecture, arch);
     writeGguf(path, file);
     await checkWithHfParser(path, file);
-    await compareGreedy(llama, path, model, PROMPTS, 32);
+    await compareGreedy(env.llama, path, model, PROMPTS, 32);
 
     // Back into Sigma: the same config and every parameter bit for bit.
     const mine = new Map([...model.namedParameters()].map(([n, p]) => [n, p.tensor.data]));
@@ -188,7 +178,7 @@ test("q8_0 and f16 expert stacks in llama.cpp ≈ Sigma with the same weights (M
     if (type === "q8_0") assert.ok(file.tensors.some((t) => t.name === "blk.0.ffn_gate_exps.weight" && t.type === "Q8_0") && file.fallbacks.includes("blk.0.ffn_down_exps.weight"));
     const same = modelOfGguf(readGguf(path), path).model.eval();
     for (const prompt of PROMPTS) {
-      const theirs = await llamaGreedy(llama, path, prompt, 1, model.config.vocabSize);
+      const theirs = await llamaGreedy(env.llama, path, prompt, 1, model.config.vocabSize);
       const gap = relativeGap(sigmaLogProbs(same, prompt).at(-1)!, theirs.logProbs[0]!);
       assert.ok(gap <= bound, `${type}, prompt [${prompt}]: log-probs differ by ${gap.toExponential(2)} relative (bound ${bound})`);
     }

@@ -25,11 +25,9 @@
  * and 5e-2 (q8_0) relative.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
-import { getLlama, LlamaLogLevel, type Llama, type Token } from "node-llama-cpp";
+import { test } from "node:test";
+import { type Token } from "node-llama-cpp";
 import { readGguf, writeGguf } from "../src/checkpoint/gguf.js";
 import { parseModelConfig } from "../src/models/config.js";
 import { ggufOfModel, modelOfGguf, SIGMA_CHAT_TEMPLATE, type GgufExportType } from "../src/models/gguf.js";
@@ -37,17 +35,10 @@ import { chatPrompt, type ChatMessage } from "../src/serve/chat.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import type { Tokenizer } from "../src/tokenizer/codec.js";
 import { Rng } from "../src/util/rng.js";
-import { checkWithHfParser, compareGreedy, llamaGreedy, relativeGap, sigmaLogProbs, tokenizer } from "./gguf-harness.js";
+import { checkWithHfParser, compareGreedy, llamaFixture, llamaGreedy, relativeGap, sigmaLogProbs, tokenizer } from "./gguf-harness.js";
 
-const dir = mkdtempSync(join(tmpdir(), "sigma-gguf-llama-"));
-let llama: Llama;
-before(async () => {
-  llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, maxThreads: 1 });
-});
-after(async () => {
-  await llama?.dispose();
-  rmSync(dir, { recursive: true, force: true });
-});
+const env = llamaFixture("sigma-gguf-llama-");
+const dir = env.dir;
 
 /** A model with every parameter drawn from N(0, std²) (gammas around 1), so each tensor's mapping matters. */
 function randomModel(tok: Tokenizer, shape: { width: number; heads: number; layers: number; ffn: number; seqLen: number }, seed: number): PanguSigma {
@@ -82,7 +73,7 @@ for (const shape of SHAPES) {
     const file = ggufOfModel(model, tok, { type: "f32" });
     writeGguf(path, file);
     await checkWithHfParser(path, file);
-    await compareGreedy(llama, path, model, PROMPTS, STEPS);
+    await compareGreedy(env.llama, path, model, PROMPTS, STEPS);
   });
 }
 
@@ -91,7 +82,7 @@ test("llama.cpp tokenizes a plain ASCII prompt as Sigma does (the exported vocab
   const model = randomModel(tok, SHAPES[0]!, 21);
   const path = join(dir, "tok.gguf");
   writeGguf(path, ggufOfModel(model, tok));
-  const lm = await llama.loadModel({ modelPath: path, gpuLayers: 0 });
+  const lm = await env.llama.loadModel({ modelPath: path, gpuLayers: 0 });
   try {
     for (const text of ["the cat sat on the mat", "The quick brown fox jumps over the lazy dog.", "dinner at 1234 and 56, then: the dog's cat!\nnew line  two spaces"]) {
       assert.deepEqual(lm.tokenize(text), tok.encode(text), text);
@@ -104,7 +95,7 @@ test("llama.cpp tokenizes a plain ASCII prompt as Sigma does (the exported vocab
 
 test("llama.cpp's own Jinja engine renders the exported chat template to Sigma's chat prompt", () => {
   // node-llama-cpp 3.21.1 (pinned) binds llama.cpp's Jinja renderer; it has no public entry point, so the binding is used directly.
-  const Renderer = (llama as unknown as { _bindings: { AddonJinjaRenderer: new (t: string) => { render(v: object): string } } })._bindings.AddonJinjaRenderer;
+  const Renderer = (env.llama as unknown as { _bindings: { AddonJinjaRenderer: new (t: string) => { render(v: object): string } } })._bindings.AddonJinjaRenderer;
   const render = new Renderer(SIGMA_CHAT_TEMPLATE);
   const conversations: ChatMessage[][] = [
     [{ role: "user", content: "Hi" }],
@@ -125,7 +116,7 @@ for (const [type, bound] of [["f16", 1e-2], ["q8_0", 5e-2]] as [GgufExportType, 
     // Sigma with exactly the stored weights: the file read back.
     const same = modelOfGguf(readGguf(path), path).model.eval();
     for (const prompt of PROMPTS) {
-      const theirs = await llamaGreedy(llama, path, prompt, 4, model.config.vocabSize);
+      const theirs = await llamaGreedy(env.llama, path, prompt, 4, model.config.vocabSize);
       const mine = sigmaLogProbs(same, prompt).at(-1)!;
       const gap = relativeGap(mine, theirs.logProbs[0]!);
       assert.ok(gap <= bound, `${type}, prompt [${prompt}]: log-probs differ by ${gap.toExponential(2)} relative (bound ${bound})`);

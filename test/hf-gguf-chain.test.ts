@@ -12,29 +12,19 @@
  * test/import-hf.test.ts.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
-import { getLlama, LlamaLogLevel, type Llama } from "node-llama-cpp";
+import { test } from "node:test";
 import { exportGguf } from "../src/api/gguf.js";
 import { importHf } from "../src/api/hf.js";
 import { openModel } from "../src/api/model.js";
 import { toHfJson } from "../src/tokenizer/hfjson.js";
 import { SigmaError } from "../src/util/errors.js";
-import { compareGreedy, tokenizer } from "./gguf-harness.js";
+import { compareGreedy, llamaFixture, tokenizer } from "./gguf-harness.js";
 import { CONFIGS, hfRoot, hfWeights, writeHf, type Cfg } from "./hf-fixture.js";
 
-const dir = mkdtempSync(join(tmpdir(), "sigma-hf-gguf-"));
+const env = llamaFixture("sigma-hf-gguf-");
+const dir = env.dir;
 hfRoot.dir = dir;
-let llama: Llama;
-before(async () => {
-  llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, maxThreads: 1 });
-});
-after(async () => {
-  await llama?.dispose();
-  rmSync(dir, { recursive: true, force: true });
-});
 
 const tok = tokenizer();
 const PROMPTS = [[5], [40, 7, 250, 3, 99], [2, 300, 17, 17, 17, 0, 64, 128]];
@@ -53,7 +43,7 @@ Object.entries(GGUF_ARCH).forEach(([kind, arch], i) => {
     const path = join(dir, `${kind}.gguf`);
     const r = await exportGguf(model, { out: path, type: "f32" });
     assert.equal(r.architecture, arch);
-    await compareGreedy(llama, path, model.network, PROMPTS, 32);
+    await compareGreedy(env.llama, path, model.network, PROMPTS, 32);
   });
 });
 
