@@ -14,5 +14,12 @@ if (!name || !(name in STUDIES)) {
   for (const [n, s] of Object.entries(STUDIES)) console.log(`  ${n.padEnd(10)} ${s.about} (${s.takes})`);
   process.exitCode = name ? 1 : 0;
 } else {
-  await (await STUDIES[name]!.load()).run(args);
+  try {
+    await (await STUDIES[name]!.load()).run(args);
+  } catch (e) {
+    // A bad flag is one line, not a stack trace.
+    if (!(e instanceof Error) || !e.message.startsWith("study ")) throw e;
+    console.error(e.message);
+    process.exitCode = 1;
+  }
 }

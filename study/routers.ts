@@ -246,7 +246,18 @@ function report(results: RunResult[], o: { steps: number; seeds: number[]; comma
 }
 
 export async function run(args: string[]): Promise<void> {
-  const arg = (k: string, d: number) => Number(args.find((a) => a.startsWith(`--${k}=`))?.split("=")[1] ?? d);
+  // Flags: --scale=X (positive), --steps=N and --seeds=N (positive integers), --out=FILE, --only=a,b, --report-only; anything else is refused.
+  const known = ["scale", "steps", "seeds", "out", "only"];
+  for (const a of args) {
+    if (a === "--report-only" || known.some((k) => a.startsWith(`--${k}=`))) continue;
+    throw new Error(`study routers: unknown flag ${JSON.stringify(a)} (flags: ${known.map((k) => `--${k}=…`).join(", ")}, --report-only)`);
+  }
+  const arg = (k: string, d: number): number => {
+    const text = args.find((a) => a.startsWith(`--${k}=`))?.slice(k.length + 3);
+    const v = text === undefined ? d : Number(text);
+    if (!(v > 0) || !Number.isFinite(v) || (k !== "scale" && !Number.isInteger(v))) throw new Error(`study routers: --${k}=${text} is not a positive ${k === "scale" ? "number" : "integer"}`);
+    return v;
+  };
   const scale = arg("scale", 1);
   let steps = Math.round(arg("steps", 300) * scale);
   const seeds = Array.from({ length: arg("seeds", 3) }, (_, i) => i + 1);
@@ -254,6 +265,8 @@ export async function run(args: string[]): Promise<void> {
   const outArg = args.find((a) => a.startsWith("--out="))?.slice(6);
   const docPath = outArg ?? "docs/study.md";
   const only = args.find((a) => a.startsWith("--only="))?.slice(7).split(",") as Variant[] | undefined;
+  const bad = only?.find((v) => !(v in LABEL));
+  if (bad !== undefined) throw new Error(`study routers: --only names "${bad}"; the variants are ${Object.keys(LABEL).join(", ")}`);
   await benchData(DATA);
   const m = readManifest(join(DATA, "manifest.json"));
   const domains = m.domains.map((d) => d.name);
