@@ -7,7 +7,7 @@ import { finetune } from "../api/finetune.js";
 import { FREEZE, type Freeze } from "../train/finetune.js";
 import { SigmaError } from "../util/errors.js";
 import { millions } from "./format.js";
-import { TrainProgress } from "./progress.js";
+import { runWithStop, TrainProgress } from "./progress.js";
 import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
 
 interface Flags {
@@ -47,16 +47,8 @@ export function register(program: Command): void {
     .option("--overwrite", "replace the run --out already holds")
     .action(async (o: Flags) => {
       if (o.freeze !== undefined && !(FREEZE as readonly string[]).includes(o.freeze)) throw new SigmaError(`--freeze must be one of ${FREEZE.join(", ")}, got "${o.freeze}"`);
-      const stop = new AbortController();
-      let bar: TrainProgress | null = null;
-      const say = (line: string): void => (bar ? bar.log(line) : console.error(line));
-      const onSigint = (): void => {
-        if (stop.signal.aborted) process.exit(130);
-        stop.abort();
-        say("stopping after this step (a checkpoint is written); Ctrl-C again to quit at once");
-      };
-      process.on("SIGINT", onSigint);
-      try {
+      await runWithStop(async (con) => {
+        const say = con.say;
         const r = await finetune({
           data: o.data,
           out: o.out,
@@ -72,24 +64,21 @@ export function register(program: Command): void {
           ...(o.checkpointEvery !== undefined ? { checkpointEvery: o.checkpointEvery } : {}),
           ...(o.resume !== undefined ? { resume: o.resume } : {}),
           overwrite: !!o.overwrite,
-          signal: stop.signal,
+          signal: con.signal,
           log: say,
           names: { out: "--out" },
           onProgress: (e) => {
             if (e.kind === "start") {
               if (e.resumedFrom) say(`resumed from step ${e.step} (${e.resumedFrom})`);
               say(`fine-tuning on ${e.records} records: ${millions(e.trainable)} of ${millions(e.total)} parameters train, ${e.steps} steps`);
-              bar = new TrainProgress(e.steps, e.step, "finetune");
-            } else if (e.kind === "step") bar?.update(e);
+              con.bar = new TrainProgress(e.steps, e.step, "finetune");
+            } else if (e.kind === "step") con.bar?.update(e);
           },
         });
-        (bar as TrainProgress | null)?.stop();
-        bar = null;
+        con.bar?.stop();
+        con.bar = null;
         console.log(`${r.stopped === "done" ? "finished" : "stopped (requested)"} at step ${r.steps}${r.loss !== null ? `, loss ${r.loss.toFixed(3)} on the assistant's tokens` : ""}`);
         console.log(`checkpoint: ${r.checkpoint}\nmetrics: ${r.metrics}`);
-      } finally {
-        (bar as TrainProgress | null)?.stop();
-        process.off("SIGINT", onSigint);
-      }
+      });
     });
 }

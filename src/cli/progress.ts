@@ -42,3 +42,39 @@ export class TrainProgress {
     this.bar?.stop();
   }
 }
+
+/** What a long run's console gives the run: the stop signal, the progress bar once it exists, and a line printer that keeps lines above the bar. */
+export interface RunConsole {
+  readonly signal: AbortSignal;
+  bar: TrainProgress | null;
+  say(line: string): void;
+}
+
+/**
+ * Runs `run` with Ctrl-C → stop after the current step, with a checkpoint
+ * (a second Ctrl-C quits at once); `announce` false keeps the notice off
+ * (MPI ranks other than 0). The bar stops and the handler goes when `run`
+ * ends, however it ends.
+ */
+export async function runWithStop<T>(run: (con: RunConsole) => Promise<T>, o: { announce?: boolean } = {}): Promise<T> {
+  const stop = new AbortController();
+  const con: RunConsole = {
+    signal: stop.signal,
+    bar: null,
+    say: (line) => (con.bar ? con.bar.log(line) : console.error(line)),
+  };
+  const onSigint = (): void => {
+    if (stop.signal.aborted) process.exit(130);
+    stop.abort();
+    if (o.announce ?? true) con.say("stopping after this step (a checkpoint is written); Ctrl-C again to quit at once");
+  };
+  process.on("SIGINT", onSigint);
+  try {
+    return await run(con);
+  } finally {
+    con.bar?.stop();
+    con.bar = null;
+    process.off("SIGINT", onSigint);
+  }
+}
+

@@ -13,7 +13,7 @@ import { loadTrainConfig, parseTrainConfig, type TrainConfig, type TrainConfigIn
 import type { DomainEval } from "../train/evaluate.js";
 import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
 import { TRAIN_LIMITS } from "../train/config.js";
-import { TrainProgress } from "./progress.js";
+import { runWithStop, TrainProgress } from "./progress.js";
 import { describeStore, withStoreOptions } from "./store.js";
 import { millions } from "./format.js";
 import { streamOut } from "./output.js";
@@ -29,36 +29,27 @@ import { loadNative as native } from "../backend/native/index.js";
 export async function trainWithProgress(config: TrainConfigInput | TrainConfig, opts: Omit<Parameters<typeof train>[1] & object, "signal" | "onProgress">): Promise<TrainResult> {
   const c = parseTrainConfig(config, opts.names?.config);
   const lead = (opts.comm?.rank ?? 0) === 0;
-  const stop = new AbortController();
-  let bar: TrainProgress | null = null;
-  const say = (line: string): void => (bar ? bar.log(line) : console.error(line));
-  const onSigint = (): void => {
-    if (stop.signal.aborted) process.exit(130);
-    stop.abort();
-    if (lead) say("stopping after this step (a checkpoint is written); Ctrl-C again to quit at once");
-  };
-  process.on("SIGINT", onSigint);
-  try {
-    return await train(c, {
-      ...opts,
-      log: say,
-      signal: stop.signal,
-      onProgress: (e) => {
-        if (e.kind === "start") {
-          const mode = c.model.sparseLayers === 0 ? "dense" : c.model.denseLayers === 0 ? "sparse" : "mixed";
-          if (e.resumedFrom) say(`resumed from step ${e.step} (${e.resumedFrom})`);
-          say(`${c.name}: ${mode} model, ${millions(e.parameters.total)} parameters (${millions(e.parameters.active)} active per token), router ${e.router ?? "none"}, ${c.steps} steps of ${c.batchSize * c.accumSteps}×${c.model.seqLen} tokens`);
-          say(`precision: ${describePrecision(e.precision, e.bf16Path)}`);
-          if (e.store) say(describeStore(e.store));
-          bar = new TrainProgress(e.steps, e.step, c.name);
-        } else if (e.kind === "step") bar?.update(e);
-        else if (e.kind === "eval") say(`step ${e.step}: val ${e.domains.map((d) => `${d.domain} ${d.loss.toFixed(3)}`).join(", ")}${e.all && e.domains.length > 1 ? `, all ${e.all.loss.toFixed(3)}` : ""}`);
-      },
-    });
-  } finally {
-    (bar as TrainProgress | null)?.stop();
-    process.off("SIGINT", onSigint);
-  }
+  return runWithStop(
+    (con) =>
+      train(c, {
+        ...opts,
+        log: con.say,
+        signal: con.signal,
+        onProgress: (e) => {
+          const say = con.say;
+          if (e.kind === "start") {
+            const mode = c.model.sparseLayers === 0 ? "dense" : c.model.denseLayers === 0 ? "sparse" : "mixed";
+            if (e.resumedFrom) say(`resumed from step ${e.step} (${e.resumedFrom})`);
+            say(`${c.name}: ${mode} model, ${millions(e.parameters.total)} parameters (${millions(e.parameters.active)} active per token), router ${e.router ?? "none"}, ${c.steps} steps of ${c.batchSize * c.accumSteps}×${c.model.seqLen} tokens`);
+            say(`precision: ${describePrecision(e.precision, e.bf16Path)}`);
+            if (e.store) say(describeStore(e.store));
+            con.bar = new TrainProgress(e.steps, e.step, c.name);
+          } else if (e.kind === "step") con.bar?.update(e);
+          else if (e.kind === "eval") say(`step ${e.step}: val ${e.domains.map((d) => `${d.domain} ${d.loss.toFixed(3)}`).join(", ")}${e.all && e.domains.length > 1 ? `, all ${e.all.loss.toFixed(3)}` : ""}`);
+        },
+      }),
+    { announce: lead },
+  );
 }
 
 /** The run's precision in words: for bf16, which path its matrix products take. */
