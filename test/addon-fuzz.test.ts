@@ -43,3 +43,32 @@ test("addon fuzz: every export, hostile arguments, two JS threads at once: each 
     if ((SIGNATURES[name]?.length ?? 0) > 0) assert.ok(e.returned > 0 && e.threw > 0, `${name}: ${JSON.stringify(e)}`);
   }
 });
+
+// The fuzz found this one (seed 3213729261): adamwExperts read the elements of
+// its parts before anything bounded E, so a sparse array of 2^31 − 1 holes with
+// E = 2^31 − 1 made one handle per hole until the kernel ran out of memory.
+// Every export that takes an array of parts must refuse it from a small
+// array's length first. In a child: the bug is a memory bomb, not a throw.
+test("addon: a sparse array of 2^31 − 1 parts with E = 2^31 − 1 is refused at once by every export that takes parts", { skip }, () => {
+  const script = `
+    const { createRequire } = require("node:module");
+    const a = createRequire(${JSON.stringify(root + "/")})(${JSON.stringify(addonPath)});
+    const E = 2 ** 31 - 1, holes = new Array(E), f = new Float32Array(64), off = new Int32Array(5);
+    const calls = {
+      groupedMatmul: () => a.groupedMatmul(f, f, holes, off, E, 2, 2, false, false),
+      groupedMatmulBf16: () => a.groupedMatmulBf16(f, f, holes, off, E, 2, 2, false, false),
+      groupedMatmulWeightGrad: () => a.groupedMatmulWeightGrad(holes, f, f, off, E, 2, 2, false, false),
+      groupedMatmulWeightGradSquares: () => a.groupedMatmulWeightGradSquares(holes, f, f, off, E, 2, 2, false, false),
+      groupedMatmulWeightGradBf16: () => a.groupedMatmulWeightGradBf16(holes, f, f, off, E, 2, 2, false, false),
+      adamwExperts: () => a.adamwExperts(holes, holes, new Int32Array(4).fill(1), 2, E, 0, 1e-3, 0.9, 0.95, 1e-8, 0, 1),
+    };
+    for (const [name, call] of Object.entries(calls)) {
+      try { call(); console.log(name + ": returned"); }
+      catch (e) { console.log(name + ": " + e.constructor.name + ": " + e.message); }
+    }`;
+  const r = spawnSync(process.execPath, ["-e", script], { cwd: root, encoding: "utf8", timeout: 30_000 });
+  assert.ok(r.status === 0 && !r.error, `the child failed (${r.error?.message ?? r.signal ?? r.status}):\n${r.stdout}\n${r.stderr}`);
+  const lines = r.stdout.trim().split("\n");
+  assert.equal(lines.length, 6, r.stdout);
+  for (const line of lines) assert.match(line, /^(\w+): RangeError: \1: /, line);
+});

@@ -296,11 +296,16 @@ Napi::Value AdamW(Info info) {
 Napi::Value AdamWExperts(Info info) {
   Args g(info, "adamwExperts", 12);
   const int64_t P = g.dim(3, "P"), E = g.dim(4, "E"), decayed = g.dim(5, "decayed");
-  // The parts first: reading their elements may run JS (args.h).
+  // steps first, copied into this call's own memory: its length bounds E, so a
+  // sparse array of 2^31 - 1 "parts" is refused before its elements are read
+  // (reading them makes one handle each). Then the parts, whose getters may run
+  // JS (args.h), even a re-entrant call that reuses i32_copy's buffer.
+  const int32_t* steps_view = g.i32_copy(2, "steps", E);
+  const std::vector<int32_t> step_copy(steps_view, steps_view + E);
+  const int32_t* steps = step_copy.data();
   const std::vector<napi_value> pv = g.elements(0, "payloads", E);
   const std::vector<napi_value> gv = g.elements(1, "grads", E);
   if (decayed > P) g.range_error("decayed", "is " + std::to_string(decayed) + " but P = " + std::to_string(P));
-  const int32_t* steps = g.i32_copy(2, "steps", E);
   for (int64_t e = 0; e < E; ++e)
     if (steps[e] < 1) g.range_error("steps", "[" + std::to_string(e) + "] = " + std::to_string(steps[e]) + " must be at least 1");
   std::vector<float*> payload, grad;
