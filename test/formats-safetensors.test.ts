@@ -123,7 +123,7 @@ test("metadata integers (the optimizer's step): metadataInt accepts only a decim
 const wc = new WordCounter();
 wc.add("hello world, hello sigma. 你好，世界".repeat(4));
 const tok = trainBpe(wc, { vocabSize: 280, domains: ["zh", "en"], langs: [] });
-const dense: ModelConfigInput = { vocabSize: tok.vocabSize, width: 8, heads: 2, denseLayers: 1, sparseLayers: 0, seqLen: 8, ffnWidth: 16, domains: [{ name: "zh" }, { name: "en" }] };
+const dense: ModelConfigInput = { vocabSize: tok.vocabSize, width: 8, heads: 2, denseLayers: 1, sparseLayers: 0, seqLen: 8, ffnWidth: 16, domains: [{ name: "zh" }, { name: "en" }], embeddingSlots: 1 };
 const rre: ModelConfigInput = { ...dense, sparseLayers: 1, domains: [{ name: "zh", group: 0 }, { name: "en", group: 1 }], experts: { count: 4, router: { kind: "rre", groups: 2 } } };
 const modelDir = join(root, "model");
 mkdirSync(modelDir);

@@ -116,7 +116,7 @@ test("export refuses, naming the reason, what no llama.cpp architecture computes
   const base = CASES[2]!.config; // the Mixtral-style model
   const cases: [Partial<ModelConfigInput>, RegExp][] = [
     [{ experts: { count: 4, width: 22, router: { kind: "moge", groups: 2 } } }, /llama: its router \(moge\) does not route by softmax then top-k over all experts, as llama\.cpp's llama does/],
-    [{ experts: { count: 4, width: 22, router: { kind: "rre", groups: 2 } }, domains: [{ name: "en", group: 0 }, { name: "zh", group: 1 }] }, /llama: its router \(rre\) does not route by softmax then top-k/],
+    [{ experts: { count: 4, width: 22, router: { kind: "rre", groups: 2 } }, domains: [{ name: "en", group: 0 }, { name: "zh", group: 1 }], embeddingSlots: 1 }, /llama: its router \(rre\) does not route by softmax then top-k/],
     [{ queryLayer: true }, /llama: it has PanGu-α's query layer/],
     [{ embeddingSlots: 2, domains: [{ name: "en", slot: 0 }, { name: "zh", slot: 1 }] }, /llama: it has 2 embedding slots/],
     [{ norm: "layernorm" }, /llama: it uses LayerNorm; llama\.cpp's llama uses RMSNorm/],

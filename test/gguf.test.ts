@@ -241,7 +241,7 @@ function tokenizer() {
   return trainBpe(wc, { domains: ["en", "code"], langs: [], vocabSize: 290, minFrequency: 1 });
 }
 function gpt2Like(vocabSize: number, extra: Partial<ModelConfigInput> = {}): PanguSigma {
-  const c = parseModelConfig({ vocabSize, width: 32, heads: 4, denseLayers: 2, sparseLayers: 0, seqLen: 16, ffnWidth: 40, domains: [{ name: "en" }, { name: "code" }], queryLayer: false, activation: "gelu_tanh", seed: 3, ...extra });
+  const c = parseModelConfig({ vocabSize, width: 32, heads: 4, denseLayers: 2, sparseLayers: 0, seqLen: 16, ffnWidth: 40, domains: [{ name: "en" }, { name: "code" }], embeddingSlots: 1, queryLayer: false, activation: "gelu_tanh", seed: 3, ...extra });
   const m = new PanguSigma(c);
   const rng = new Rng(9);
   for (const [, p] of m.namedParameters()) for (let i = 0; i < p.tensor.data.length; i++) p.tensor.data[i] = rng.normal() * 0.3;

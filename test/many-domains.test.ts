@@ -90,17 +90,30 @@ test("40 domains: per-domain slots for the 4 major ones, one shared by the 36 sm
   assert.deepEqual(perDomainSlots(["a", "b", "c"]), { embeddingSlots: 3, slots: [0, 1, 2] });
 });
 
-test("new models get a slot per domain (the demo), and a config without embeddingSlots still means one shared slot", () => {
+test("models get a slot per domain by default (the demo, a config that names no slot); small domains share one; written-out layouts mean what they say", () => {
   const demo = (o: { sharedEmbedding?: boolean; codeSlot?: boolean }) => parseTrainConfig(demoConfig(320, ["zh", "en", "bi", "code"], { out: join(root, "demo"), data: join(root, "no-data"), minutes: 1, steps: 10, width: 32, seed: 1, ...o })).model;
   const m = demo({});
   assert.equal(m.embeddingSlots, 4);
   assert.deepEqual(m.domains.map((d) => d.slot), [0, 1, 2, 3]);
   assert.deepEqual(demo({ sharedEmbedding: true }).domains.map((d) => d.slot), [0, 0, 0, 0]);
   assert.deepEqual(demo({ codeSlot: true }).domains.map((d) => d.slot), [0, 0, 0, 1]);
-  // An old config, as written before per-domain slots were the default: it means what it meant.
-  const old = parseModelConfig({ vocabSize: 320, width: 16, heads: 2, denseLayers: 1, sparseLayers: 0, seqLen: 8, ffnWidth: 32, domains: [{ name: "zh" }, { name: "en" }] });
-  assert.equal(old.embeddingSlots, 1);
-  assert.deepEqual(old.domains, [{ name: "zh", slot: 0 }, { name: "en", slot: 0 }]);
+  // A config that names no slot: PanGu-Σ's layout, the small domains sharing one slot after the major ones.
+  const cfg = (domains: object[], over: object = {}) => parseModelConfig({ vocabSize: 320, width: 16, heads: 2, denseLayers: 1, sparseLayers: 0, seqLen: 8, ffnWidth: 32, domains, ...over });
+  const plain = cfg([{ name: "zh" }, { name: "en" }]);
+  assert.equal(plain.embeddingSlots, 2);
+  assert.deepEqual(plain.domains, [{ name: "zh", slot: 0 }, { name: "en", slot: 1 }]);
+  const small = cfg([{ name: "law", small: true }, { name: "zh" }, { name: "poems", small: true }, { name: "en" }]);
+  assert.equal(small.embeddingSlots, 3);
+  assert.deepEqual(small.domains.map((d) => d.slot), [2, 0, 2, 1]);
+  assert.equal(cfg([{ name: "en" }]).embeddingSlots, 1, "one domain, one slot");
+  // Written out: one shared table; or slots named, S their largest + 1, an unnamed domain slot 0.
+  const shared = cfg([{ name: "zh" }, { name: "en" }], { embeddingSlots: 1 });
+  assert.deepEqual([shared.embeddingSlots, shared.domains.map((d) => d.slot)], [1, [0, 0]]);
+  const named = cfg([{ name: "zh" }, { name: "en", slot: 2 }, { name: "code", slot: 1 }]);
+  assert.deepEqual([named.embeddingSlots, named.domains.map((d) => d.slot)], [3, [0, 2, 1]]);
+  assert.throws(() => cfg([{ name: "zh", slot: 2 }], { embeddingSlots: 2 }), /domains\.0\.slot.*2 is not an embedding slot/s);
+  // What a model stores is the parsed config: parsing it again gives the same bytes (a model file's metadata, a GGUF's sigma.config).
+  assert.equal(JSON.stringify(parseModelConfig(JSON.parse(JSON.stringify(small)))), JSON.stringify(small));
 });
 
 test("40 domains: RRE sends each domain's tokens to its own group, and the small domain's sub-model is exact", async () => {

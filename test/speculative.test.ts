@@ -35,6 +35,7 @@ function build(router: RouterConfig | null, o: { seed?: number; seqLen?: number;
       // A larger init spreads the logits: random models then have clear argmaxes and varied samples.
       initStd: 0.5,
       domains: [{ name: "a", group: 0 }, { name: "b", group: 1 }],
+      embeddingSlots: 1, // the models these tests were written against
       ...(router ? { experts: { count: 4, width: 8, router } } : {}),
     }),
   ).eval();

@@ -44,8 +44,13 @@ export const MODEL_LIMITS = {
 export const DomainSchema = z
   .object({
     name: z.string().min(1).max(256),
-    /** Embedding slot used to embed and decode this domain's tokens. */
-    slot: intField(0, MODEL_LIMITS.embeddingSlots).default(0),
+    /**
+     * Embedding slot used to embed and decode this domain's tokens. Absent:
+     * laid out by the model (defaultSlots below).
+     */
+    slot: intField(0, MODEL_LIMITS.embeddingSlots).optional(),
+    /** A small domain: shares one embedding slot with the other small domains in the default layout (PanGu-Σ's 36 smaller domains). */
+    small: z.boolean().optional(),
     /** Expert group of this domain, for routers that route by domain (RRE requires it). */
     group: intField(0, MODEL_LIMITS.experts).optional(),
     /**
@@ -59,10 +64,9 @@ export const DomainSchema = z
   .strict();
 
 /**
- * PanGu-Σ's embedding layout, the default of new models (the demo, the
- * recipes in docs/domains.md): each major domain its own token-embedding
- * slot, the small domains (`small`) sharing one more. A config without
- * embeddingSlots keeps meaning one shared slot, as it always did.
+ * PanGu-Σ's embedding layout, the default of every model: each major domain
+ * its own token-embedding slot, the small domains (`small`) sharing one more.
+ * One domain: one slot.
  */
 export function perDomainSlots(names: readonly string[], small: readonly string[] = []): { embeddingSlots: number; slots: number[] } {
   const major = names.filter((n) => !small.includes(n));
@@ -71,7 +75,31 @@ export function perDomainSlots(names: readonly string[], small: readonly string[
   return { embeddingSlots: major.length + (major.length < names.length ? 1 : 0), slots };
 }
 
-export const ModelConfigSchema = z
+/**
+ * Fills in the embedding layout: embeddingSlots and every domain's slot.
+ * Given embeddingSlots: a domain without a slot takes slot 0. Absent, with
+ * slots named: S = the largest named slot + 1, unnamed ones take 0. Absent,
+ * with none named: perDomainSlots.
+ */
+function defaultSlots(c: z.output<typeof ModelConfigFields>): Omit<z.output<typeof ModelConfigFields>, "embeddingSlots" | "domains"> & { embeddingSlots: number; domains: (z.output<typeof DomainSchema> & { slot: number })[] } {
+  const named = c.domains.some((d) => d.slot !== undefined);
+  const layout =
+    c.embeddingSlots !== undefined || named
+      ? { embeddingSlots: c.embeddingSlots ?? Math.max(...c.domains.map((d) => d.slot ?? 0)) + 1, slots: c.domains.map((d) => d.slot ?? 0) }
+      : perDomainSlots(c.domains.map((d) => d.name), c.domains.filter((d) => d.small).map((d) => d.name));
+  // Keys in the schema's order, as a config that had them all parses: a saved
+  // config read back serializes to the same bytes.
+  const domains = c.domains.map((d, i) => inSchemaOrder(DomainSchema.shape, { ...d, slot: layout.slots[i]! }));
+  return inSchemaOrder(ModelConfigFields.shape, { ...c, embeddingSlots: layout.embeddingSlots, domains });
+}
+
+function inSchemaOrder<T extends object>(shape: object, o: T): T {
+  const out: Record<string, unknown> = {};
+  for (const k of Object.keys(shape)) if (k in o) out[k] = (o as Record<string, unknown>)[k];
+  return out as T;
+}
+
+const ModelConfigFields = z
   .object({
     vocabSize: intField(2, MODEL_LIMITS.vocabSize),
     width: intField(1, MODEL_LIMITS.width),
@@ -85,8 +113,14 @@ export const ModelConfigSchema = z
     /** F: hidden width of the dense FFNs. */
     ffnWidth: intField(1, MODEL_LIMITS.ffnWidth),
     domains: z.array(DomainSchema).min(1).max(MODEL_LIMITS.domains),
-    /** Embedding slots (PanGu-Σ gives code its own). 1 = one shared embedding. */
-    embeddingSlots: intField(1, MODEL_LIMITS.embeddingSlots).default(1),
+    /**
+     * Embedding slots S; 1 = one embedding shared by every domain. Absent: the
+     * domains' slots say it (the largest + 1), or, where no domain names one,
+     * PanGu-Σ's layout (perDomainSlots: a slot per domain, the `small` ones
+     * sharing one). Saved models store the value, so this default never
+     * changes a trained model.
+     */
+    embeddingSlots: intField(1, MODEL_LIMITS.embeddingSlots).optional(),
     experts: z
       .object({
         count: intField(1, MODEL_LIMITS.experts),
@@ -139,7 +173,9 @@ export const ModelConfigSchema = z
     /** Seed of the parameter init. */
     seed: seedField().default(1234),
   })
-  .strict()
+  .strict();
+
+export const ModelConfigSchema = ModelConfigFields.transform(defaultSlots)
   .superRefine((c, ctx) => {
     const bad = (path: (string | number)[], message: string) => ctx.addIssue({ code: z.ZodIssueCode.custom, path, message });
     if (c.headDim === undefined && c.width % c.heads !== 0) bad(["heads"], `${c.heads} does not divide width ${c.width} (allowed: a divisor of width, or set headDim)`);
