@@ -90,6 +90,17 @@ test("a checkpoint whose model config differs from the run's is refused, naming 
   assert.throws(() => resumeTrainer(last, other), sigmaError(/different model config[\s\S]*model\.width: 32 vs 48/));
   const otherRouter = parseTrainConfig({ ...cfg, model: { ...cfg.model, experts: { count: 4, router: ROUTERS.topk! } } });
   assert.throws(() => resumeTrainer(last, otherRouter), sigmaError(/model\.experts\.router\.kind: "rre" vs "topk"/));
+  // A run trained with one shared embedding slot, resumed with its config file written before per-domain slots were the
+  // default (no embeddingSlots, no slots): the hint says what to add, and with it the run resumes.
+  const shared = parseTrainConfig({ ...cfg, out: join(root, "mismatch-shared"), model: { ...cfg.model, embeddingSlots: 1, domains: cfg.model.domains.map((d) => ({ ...d, slot: 0 })) } });
+  assert.ok(shared.model.domains.length > 1);
+  const st = new Trainer(shared);
+  st.trainStep();
+  const sharedCkpt = saveTrainCheckpoint(st, join(shared.out, "checkpoints"));
+  st.close();
+  const oldFile = { ...shared, model: { ...shared.model, embeddingSlots: undefined, domains: shared.model.domains.map(({ slot: _, ...d }) => d) } };
+  assert.throws(() => resumeTrainer(sharedCkpt, parseTrainConfig(oldFile)), sigmaError(/model\.embeddingSlots: 1 vs \d[\s\S]*hint: .*add "embeddingSlots": 1/));
+  resumeTrainer(sharedCkpt, parseTrainConfig({ ...oldFile, model: { ...oldFile.model, embeddingSlots: 1 } })).close();
   // Training longer is allowed: only the model section must match.
   const longer = resumeTrainer(last, parseTrainConfig({ ...cfg, steps: 20 }));
   assert.equal(longer.step, 3);

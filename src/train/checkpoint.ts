@@ -240,7 +240,14 @@ export function resumeTrainer(path: string, config?: TrainConfig, comm?: Communi
   if (config) {
     const diff = diffFields(saved.model, config.model).map((d) => `model.${d}`);
     if (diff.length) {
-      throw new SigmaError(`the checkpoint ${where} was trained with a different model config:\n  ${diff.join("\n  ")}`, "resume with the model section the checkpoint was made with, or start a new run (another --out)");
+      // A config written when one shared slot was the default, read now that one slot per domain is (docs/domains.md).
+      const oldDefault = saved.model.embeddingSlots === 1 && config.model.embeddingSlots > 1;
+      throw new SigmaError(
+        `the checkpoint ${where} was trained with a different model config:\n  ${diff.join("\n  ")}`,
+        oldDefault
+          ? 'the checkpoint has one token-embedding slot shared by its domains; a config that does not say so now means one slot per domain: add "embeddingSlots": 1 to its model section to resume'
+          : "resume with the model section the checkpoint was made with, or start a new run (another --out)",
+      );
     }
   }
   const cfg = config ?? saved;
