@@ -155,10 +155,29 @@ test("sigma chat --draft ngram: greedy replies are plain decoding's, and the acc
   assert.ok(Number(m[2]) > 0 && Number(m[4]) > 0, "the prompt repeats itself: the n-gram draft proposed tokens");
 });
 
-test("sigma serve --draft takes ngram only, naming the flag", { timeout: 60_000 }, async () => {
-  const s = sigma(["serve", "--ckpt", ckpt, "--port", "0", "--draft", ckpt]);
-  assert.equal(await s.exit, 1);
-  assert.match(s.out(), /^sigma: --draft ".*": sigma serve drafts with ngram only/m);
+test("sigma serve --draft MODEL: greedy answers are plain decoding's, /metrics counts the drafts; a draft with another tokenizer is one line", { timeout: 90_000 }, async () => {
+  // The model drafting for itself: every proposal is kept at temperature 0.
+  const s = sigma(["serve", "--ckpt", ckpt, "--port", "0", "--draft", ckpt, "--draft-tokens", "3"]);
+  try {
+    const [, url] = await s.waitFor(/on (http:\/\/127\.0\.0\.1:\d+) /);
+    await s.waitFor(/drafts of 3 tokens from .*chatty/);
+    const r = await fetch(`${url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: "Hello there", max_tokens: 16, temperature: 0 }) });
+    assert.equal(r.status, 200);
+    const body = (await r.json()) as { choices: { text: string }[] };
+    assert.equal(body.choices[0]!.text, await model.complete("Hello there", { ...greedy, maxTokens: 16 }));
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    const proposed = Number(/sigma_draft_tokens_proposed_total (\d+)/.exec(metrics)?.[1]);
+    const accepted = Number(/sigma_draft_tokens_accepted_total (\d+)/.exec(metrics)?.[1]);
+    assert.ok(proposed > 0 && accepted === proposed, `proposed ${proposed}, accepted ${accepted}`);
+  } finally {
+    s.child.kill("SIGTERM");
+  }
+  assert.equal(await s.exit, 0);
+  const otherTok = trainBpe(wc, { vocabSize: 320, domains: ["en", "code", "law"], langs: [] });
+  const other = new Model(new PanguSigma(parseModelConfig({ ...config, vocabSize: otherTok.vocabSize, domains: [...config.domains, { name: "law", slot: 1, group: 1 }] })), otherTok, null, 0, null, null, toHfJson(otherTok)).save(join(root, "other"));
+  const bad = sigma(["serve", "--ckpt", ckpt, "--port", "0", "--draft", other]);
+  assert.equal(await bad.exit, 1);
+  assert.match(bad.out(), /^sigma: .*other.* (has another tokenizer|vocabulary)/m);
 });
 
 test("sigma chat: Ctrl-C stops the reply being written, and the chat goes on", { timeout: 120_000 }, async () => {

@@ -32,9 +32,9 @@ const PROMPTS: [string, number, number][] = [
   ["how are you today? how are you today? how", 0, 50],
 ];
 
-async function runAll(draftTokens: number, sampling: { temperature: number; topK: number; topP: number }): Promise<{ ids: number[][]; texts: string[]; metrics: ServerMetrics; left: number }> {
+async function runAll(draftTokens: number, sampling: { temperature: number; topK: number; topP: number }, draftModel?: PanguSigma): Promise<{ ids: number[][]; texts: string[]; metrics: ServerMetrics; left: number }> {
   const metrics = new ServerMetrics();
-  const s = new Scheduler(net, tok, { maxBatch: 4, draftTokens, metrics });
+  const s = new Scheduler(net, tok, { maxBatch: 4, draftTokens, metrics, ...(draftModel ? { draftModel } : {}) });
   try {
     const reqs: SequenceRequest[] = PROMPTS.map(([text, domain, maxTokens], i) => ({ prompt: encodePrompt(tok, config.domains[domain]!.name, text), domain, maxTokens, seed: 7 + i, stopAtEndOfText: false, ...sampling }));
     const streams = s.submit(reqs);
@@ -49,7 +49,7 @@ async function runAll(draftTokens: number, sampling: { temperature: number; topK
         return { ids, text };
       }),
     );
-    return { ids: out.map((o) => o.ids), texts: out.map((o) => o.text), metrics, left: s.stats.kvSequences };
+    return { ids: out.map((o) => o.ids), texts: out.map((o) => o.text), metrics, left: s.stats.kvSequences + (s.draftPool?.sequences ?? 0) };
   } finally {
     await s.close();
   }
@@ -93,4 +93,42 @@ test("serve({ draftTokens }): the HTTP answer is the library's greedy text, and 
   } finally {
     await server.close();
   }
+});
+
+// A draft model in the scheduler: its own KV pool, fed the prompt chunks the target is fed, k batched draft forwards a step.
+const small = (o: { seed: number; seqLen?: number; vocabSize?: number }) =>
+  new PanguSigma(parseModelConfig({ vocabSize: o.vocabSize ?? tok.vocabSize, width: 16, heads: 2, denseLayers: 1, sparseLayers: 0, seqLen: o.seqLen ?? 160, ffnWidth: 32, embeddingSlots: 1, domains: [{ name: "code" }, { name: "en" }], initStd: 0.3, seed: o.seed })).eval();
+
+test("serve with a draft model: at temperature 0 the tokens are those without drafts; the target as its own draft is always accepted", { timeout: 120_000 }, async () => {
+  const greedy = { temperature: 0, topK: 0, topP: 1 };
+  const plain = await runAll(0, greedy);
+  // The target drafting for itself: every proposal is its own argmax, so all are kept; the draft's cache must follow the
+  // context exactly (a position off, and the proposals stop matching).
+  const self = await runAll(3, greedy, net);
+  assert.deepEqual(self.ids, plain.ids);
+  assert.deepEqual(self.texts, plain.texts);
+  assert.ok(self.metrics.draftProposed > 0 && self.metrics.draftAccepted === self.metrics.draftProposed, `proposed ${self.metrics.draftProposed}, accepted ${self.metrics.draftAccepted}`);
+  assert.ok(self.metrics.steps < plain.metrics.steps / 2, `${self.metrics.steps} steps vs ${plain.metrics.steps}`);
+  assert.equal(self.left, 0, "both pools empty");
+  // Another model (its domains in another order: matched by name); one whose context is shorter than some requests (those decode without drafts).
+  for (const draft of [small({ seed: 9 }), small({ seed: 9, seqLen: 60 })]) {
+    const r = await runAll(4, greedy, draft);
+    assert.deepEqual(r.ids, plain.ids);
+    assert.deepEqual(r.texts, plain.texts);
+    assert.ok(r.metrics.draftProposed > 0 && r.metrics.draftAccepted <= r.metrics.draftProposed);
+    assert.equal(r.left, 0);
+  }
+  assert.throws(() => new Scheduler(net, tok, { draftTokens: 2, draftModel: small({ seed: 1, vocabSize: tok.vocabSize + 1 }) }), /draft model's vocabulary/);
+});
+
+test("serve with a draft model at temperature 1: the target as its own draft is (almost) always accepted; another draft finishes every sequence", { timeout: 120_000 }, async () => {
+  const hot = { temperature: 1, topK: 0, topP: 1 };
+  const self = await runAll(3, hot, net);
+  self.ids.forEach((ids, i) => assert.equal(ids.length, PROMPTS[i]![2]));
+  // p and q come from the same model through different batch shapes: equal up to rounding, so a rejection is a ~1e-6 event.
+  assert.ok(self.metrics.draftAccepted >= 0.97 * self.metrics.draftProposed, `proposed ${self.metrics.draftProposed}, accepted ${self.metrics.draftAccepted}`);
+  assert.equal(self.left, 0);
+  const other = await runAll(4, { temperature: 0.8, topK: 20, topP: 0.9 }, small({ seed: 4 }));
+  other.ids.forEach((ids, i) => assert.equal(ids.length, PROMPTS[i]![2]));
+  assert.equal(other.left, 0);
 });

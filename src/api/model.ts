@@ -143,13 +143,18 @@ export class Model {
 
   /** The draft's domain of the same name (else its first), after checking that it reads and writes the same tokens. */
   private draftDomain(draft: Model, domain: string): number {
+    this.checkDraft(draft);
+    const i = draft.domains.indexOf(domain);
+    return i >= 0 ? i : 0;
+  }
+
+  /** Refuses a draft model that does not read and write this model's tokens (vocabulary size, and the tokenizer when both have one). */
+  checkDraft(draft: Model): void {
     const where = draft.path ?? "the draft model";
     checkDraftModel(this.network, draft.network);
     const mine = this.tokenizer ? toHfJson(this.tokenizer) : null;
     const theirs = draft.tokenizer ? toHfJson(draft.tokenizer) : null;
     if (theirs !== null && mine !== theirs) throw new SigmaError(`${where} has another tokenizer than ${this.path ?? "the target model"}: a draft must share the target's vocabulary`, "use a model trained on the same data folder, or one cut from the target with sigma extract; or --draft ngram");
-    const i = draft.domains.indexOf(domain);
-    return i >= 0 ? i : 0;
   }
 
   /**

@@ -28,8 +28,10 @@ export interface ServeOptions {
   kvBlocks?: number;
   /** Most choices (n) per request (default 16). */
   maxChoices?: number;
-  /** N-gram (prompt lookup) drafting: tokens proposed per step and sequence (docs/decode.md); 0 = none (default). */
+  /** Speculative decoding (docs/decode.md): tokens proposed per step and sequence; 0 = none (default: 4 with `draft`, else 0). */
   draftTokens?: number;
+  /** The draft model that proposes them (same tokenizer; its domain of the same name, else its first); without it, n-gram prompt lookup. */
+  draft?: Model;
 }
 
 export interface ServerStats {
@@ -69,7 +71,10 @@ export async function serve(model: Model | string, o: ServeOptions = {}): Promis
   const apiKey = o.apiKey !== undefined ? o.apiKey : (process.env.SIGMA_API_KEY ?? null);
   const name = o.name ?? nameOf(m);
   if (!/^[a-z0-9][a-z0-9._-]*$/i.test(name)) throw new SigmaError(`model name "${name}" is not usable in an id`, "use letters, digits, '.', '_' and '-'");
-  const { app, scheduler, modelIds } = createServer(m.network, m.tokenizer, { ...o, name, apiKey });
+  const { draft, ...rest } = o;
+  if (draft) m.checkDraft(draft);
+  const drafting = draft ? { draftModel: draft.network, draftTokens: o.draftTokens ?? 4 } : {};
+  const { app, scheduler, modelIds } = createServer(m.network, m.tokenizer, { ...rest, ...drafting, name, apiKey });
   try {
     await app.listen({ host: o.host ?? "127.0.0.1", port: o.port ?? 8080 });
   } catch (e) {

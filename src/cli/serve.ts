@@ -25,17 +25,18 @@ export function register(program: Command): void {
     .option("--prefill-chunk <n>", "prompt tokens prefilled per step, beside the running streams", parseIntOpt("prefill-chunk", 1, 1e6), 64)
     .option("--name <name>", "model name in the ids sigma/<name>/<domain> (default: from the path)")
     .option("--api-key <key>", "require Authorization: Bearer <key> on /v1/ (default: $SIGMA_API_KEY, else none)")
-    .option("--draft <ngram>", "speculative decoding with prompt-lookup drafts (the batched server takes ngram only)")
+    .option("--draft <model>", "speculative decoding: a smaller model with the same tokenizer (opened like --ckpt, with the same --weights), or ngram (prompt lookup)")
     .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
   weightsOption(serveCmd)
     .action(async (o: { ckpt: string; host: string; port: number; maxBatch: number; maxQueue: number; prefillChunk: number; name?: string; apiKey?: string; weights?: WeightFormat; draft?: string; draftTokens: number }) => {
-      if (o.draft !== undefined && o.draft !== "ngram") throw new SigmaError(`--draft "${o.draft}": sigma serve drafts with ngram only`, "use --draft ngram (a draft model works with sigma generate and sigma chat)");
       const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
+      const draft = o.draft === undefined || o.draft === "ngram" ? undefined : await openModel(o.draft, o.weights ? { weights: o.weights } : {});
       const apiKey = o.apiKey ?? process.env.SIGMA_API_KEY ?? null;
-      const draftTokens = o.draft === "ngram" ? o.draftTokens : 0;
-      const server = await serve(model, { host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue, prefillChunk: o.prefillChunk, apiKey, draftTokens, ...(o.name !== undefined ? { name: o.name } : {}) });
+      const draftTokens = o.draft !== undefined ? o.draftTokens : 0;
+      const server = await serve(model, { host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue, prefillChunk: o.prefillChunk, apiKey, draftTokens, ...(draft ? { draft } : {}), ...(o.name !== undefined ? { name: o.name } : {}) });
       console.log(`sigma serve: ${model.path} on ${server.url} (OpenAI API under ${server.url}/v1)`);
-      console.log(`models: ${server.models.join(", ")}${apiKey ? "; a bearer key is required" : ""}; batch ≤ ${o.maxBatch}, queue ≤ ${o.maxQueue}${draftTokens ? `; n-gram drafts of ${draftTokens} tokens (acceptance in /metrics)` : ""}`);
+      const drafts = draft ? `; drafts of ${draftTokens} tokens from ${draft.path} (acceptance in /metrics)` : draftTokens ? `; n-gram drafts of ${draftTokens} tokens (acceptance in /metrics)` : "";
+      console.log(`models: ${server.models.join(", ")}${apiKey ? "; a bearer key is required" : ""}; batch ≤ ${o.maxBatch}, queue ≤ ${o.maxQueue}${drafts}`);
       if (o.host !== "127.0.0.1" && o.host !== "localhost" && o.host !== "::1" && !apiKey) console.log("warning: listening beyond this machine without --api-key: anyone who reaches the port can use the model");
       // Serve until asked to stop; then finish cleanly (open streams are cancelled).
       await new Promise<void>((resolve) => {

@@ -73,7 +73,7 @@ export class ServerMetrics {
     counter("sigma_completion_tokens_total", "Tokens generated.", this.completionTokens);
     labelled("sigma_sequences_finished_total", "Sequences finished, by reason.", this.finished);
     counter("sigma_steps_total", "Batched decoding steps run.", this.steps);
-    counter("sigma_draft_tokens_proposed_total", "Tokens proposed by n-gram drafting (sigma serve --draft ngram).", this.draftProposed);
+    counter("sigma_draft_tokens_proposed_total", "Tokens proposed by speculative drafting (sigma serve --draft MODEL or ngram).", this.draftProposed);
     counter("sigma_draft_tokens_accepted_total", "Drafted tokens the model kept; over proposed, the acceptance rate.", this.draftAccepted);
     for (const [name, g] of Object.entries(gauges)) {
       head(name, "gauge", g.help);

@@ -18,7 +18,10 @@
  *      With n-gram drafting on (draftTokens > 0), a decoding sequence whose
  *      context has a match brings its last token and up to k proposed ones
  *      (src/serve/speculative.ts: prompt lookup) and wants the logits after
- *      each of them.
+ *      each of them. With a draft model instead, the draft first proposes
+ *      them: k batched forwards of the draft over every drafting sequence
+ *      (its own KV pool, fed the same prompt chunks as the target), each
+ *      sampling one token per sequence from the draft's distribution q.
  *   5. Each such sequence samples with its own settings and seeded Rng,
  *      decodes the token to text (held back while a character or a possible
  *      stop string is incomplete), and ends at <|endoftext|>, at a stop
@@ -46,8 +49,8 @@ import { attentionLayers, forwardBatch, type BatchItem } from "./batch.js";
 import { ExpertLoad } from "./expert-load.js";
 import { KVPool, type KVSeq } from "./kv-pool.js";
 import type { ServerMetrics } from "./metrics.js";
-import { checkSampling, sampleToken, type SamplingOptions } from "./sampling.js";
-import { acceptOrResample, ngramProposal, samplingDistribution } from "./speculative.js";
+import { argmax, checkSampling, sampleToken, type SamplingOptions } from "./sampling.js";
+import { acceptOrResample, checkDraftModel, drawFrom, ngramProposal, samplingDistribution } from "./speculative.js";
 import { StopMatcher } from "./stop.js";
 
 export interface SchedulerOptions {
@@ -62,8 +65,15 @@ export interface SchedulerOptions {
   /** KV blocks in the pool (default: enough for maxBatch sequences of the model's full context). */
   kvBlocks?: number;
   metrics?: ServerMetrics;
-  /** N-gram (prompt lookup) drafting: tokens proposed per step and sequence; 0 = none (default). */
+  /** Speculative decoding: tokens proposed per step and sequence; 0 = none (default). */
   draftTokens?: number;
+  /**
+   * The draft that proposes them: a smaller model with the same vocabulary
+   * (its domain of the same name, else its first), or n-gram prompt lookup
+   * when absent. A sequence whose prompt + max_tokens exceeds the draft's
+   * context decodes without drafts.
+   */
+  draftModel?: PanguSigma;
 }
 
 /** One sequence to generate. */
@@ -165,10 +175,24 @@ interface Sequence {
   lastToken: number;
   /** Prompt and generated tokens (the n-gram draft looks up its proposals here). */
   context: number[];
+  /** The draft model's KV sequence (null: no model draft for this sequence), and the context tokens it holds. */
+  dkv: KVSeq | null;
+  draftFed: number;
 }
 
-/** One sequence's part of a step, and the tokens it drafted (checked after the forward). */
-type StepItem = BatchItem & { s: Sequence; drafted: number[] };
+/**
+ * One sequence's part of a step, the tokens it drafted (checked after the
+ * forward) and the draft's distributions they were drawn from (null: a point
+ * mass, as n-gram proposals are).
+ */
+type StepItem = BatchItem & { s: Sequence; prefill: boolean; drafted: number[]; qs: (Float64Array | null)[] };
+
+/** A draft model, its KV pool, and its domain for each of the target's. */
+interface DraftModel {
+  model: PanguSigma;
+  pool: KVPool;
+  domainOf: number[];
+}
 
 export class Scheduler {
   readonly pool: KVPool;
@@ -184,6 +208,7 @@ export class Scheduler {
   private closed = false;
   private readonly done: Promise<void>;
   private lastBatch = 0;
+  private readonly draft: DraftModel | null;
 
   constructor(
     readonly model: PanguSigma,
@@ -200,10 +225,22 @@ export class Scheduler {
     const blocks = positive("kvBlocks", o.kvBlocks ?? this.maxBatch * Math.ceil(c.seqLen / blockSize));
     if (blocks < Math.ceil(c.seqLen / blockSize)) throw new SigmaError(`kvBlocks ${blocks} cannot hold one sequence of the model's context (${c.seqLen} positions in blocks of ${blockSize})`, `use at least ${Math.ceil(c.seqLen / blockSize)}`);
     this.pool = new KVPool(attentionLayers(model), model.blocks[0]!.attn.kvWidth, blockSize, blocks, model.tokenEmbedding.dtype);
+    const dm = o.draftModel;
+    if (dm) {
+      checkDraftModel(model, dm);
+      // As many blocks as the target's pool: whatever the target reserves, the draft can too.
+      const names = dm.config.domains.map((d) => d.name);
+      this.draft = { model: dm.eval(), pool: new KVPool(attentionLayers(dm), dm.blocks[0]!.attn.kvWidth, blockSize, blocks, dm.tokenEmbedding.dtype), domainOf: c.domains.map((d) => Math.max(0, names.indexOf(d.name))) };
+    } else this.draft = null;
     const sparse = model.blocks.flatMap((b, l) => (b.moe ? [l] : []));
     this.expertLoad = new ExpertLoad(sparse, c.experts?.count ?? 0);
     model.eval();
     this.done = this.loop();
+  }
+
+  /** The draft model's KV pool (null without a draft model). */
+  get draftPool(): KVPool | null {
+    return this.draft?.pool ?? null;
   }
 
   /** Sequences waiting to join, decoding now, and in the last step. */
@@ -228,7 +265,7 @@ export class Scheduler {
       out.notify = () => this.wake?.();
       const stop = new StopMatcher(req.stop ?? []);
       const text = this.tokenizer.streamDecoder({ skipSpecial: !req.showSpecial });
-      return { req, out, rng: new Rng(req.seed), text, stop, kv: null, fed: 0, generated: 0, next: -1, arrived: now, lastToken: now, context: [...req.prompt] };
+      return { req, out, rng: new Rng(req.seed), text, stop, kv: null, fed: 0, generated: 0, next: -1, arrived: now, lastToken: now, context: [...req.prompt], dkv: null, draftFed: 0 };
     });
     this.waiting.push(...seqs);
     this.wake?.();
@@ -284,30 +321,37 @@ export class Scheduler {
       if (!s.kv) break;
       this.waiting.shift();
       this.running.push(s);
+      const reach = s.req.prompt.length + s.req.maxTokens;
+      if (this.draft && this.draftTokens > 0 && reach <= this.draft.model.config.seqLen) s.dkv = this.draft.pool.open(reach);
     }
     // 3. Each sequence's tokens for this step.
     const items: StepItem[] = [];
+    /** Decoding sequences the draft model proposes for, and how many tokens each. */
+    const proposing: { it: StepItem; k: number }[] = [];
     let budget = this.prefillChunk;
     for (const s of this.running) {
       const P = s.req.prompt.length;
       if (s.fed === P) {
         // Never more drafts than tokens still to generate after this step's own: the positions stay within the reservation.
         const k = Math.min(this.draftTokens, s.req.maxTokens - s.generated - 1);
-        const drafted = k > 0 ? ngramProposal(s.context, k) : [];
-        items.push({ s, seq: s.kv!, tokens: [s.next, ...drafted], domain: s.req.domain, logits: true, allLogits: drafted.length > 0, drafted });
+        const drafted = k > 0 && !this.draft ? ngramProposal(s.context, k) : [];
+        const it: StepItem = { s, seq: s.kv!, tokens: [s.next, ...drafted], domain: s.req.domain, logits: true, allLogits: drafted.length > 0, prefill: false, drafted, qs: drafted.map(() => null) };
+        items.push(it);
+        if (k > 0 && s.dkv) proposing.push({ it, k });
       } else if (budget > 0) {
         const n = Math.min(P - s.fed, budget);
         budget -= n;
-        items.push({ s, seq: s.kv!, tokens: s.req.prompt.slice(s.fed, s.fed + n), domain: s.req.domain, logits: s.fed + n === P, drafted: [] });
+        items.push({ s, seq: s.kv!, tokens: s.req.prompt.slice(s.fed, s.fed + n), domain: s.req.domain, logits: s.fed + n === P, prefill: true, drafted: [], qs: [] });
         s.fed += n;
         if (this.metrics) this.metrics.promptTokens += n;
       }
     }
     if (items.length === 0) return;
-    // 4. One forward for the batch.
+    // 4. One forward for the batch (after the draft model's, when there is one).
     const t0 = performance.now();
     let logits: (FloatArray | null)[];
     try {
+      if (this.draft) this.draftForwards(this.draft, items, proposing);
       logits = forwardBatch(this.model, this.pool, items, (l, counts) => this.expertLoad.record(l, counts));
     } catch (e) {
       // A failed step ends its sequences, not the server.
@@ -333,6 +377,48 @@ export class Scheduler {
   }
 
   /**
+   * The draft model's part of a step: the prompt chunks the target is fed
+   * this step go into the draft's cache too; then k batched forwards over the
+   * proposing sequences, the first feeding the context the draft has not
+   * seen (the last emitted token, and the last accepted draft when all were
+   * kept), each next one the token just proposed. Each proposal is drawn
+   * from the draft's sampling distribution q (its argmax at temperature 0),
+   * with the sequence's own Rng; the items then carry [pending, x₁ … x_k].
+   */
+  private draftForwards(d: DraftModel, items: StepItem[], proposing: { it: StepItem; k: number }[]): void {
+    const prefill: BatchItem[] = [];
+    for (const it of items) {
+      const s = it.s;
+      if (!it.prefill || !s.dkv) continue;
+      // A prompt chunk (this step's, fed to the target below).
+      prefill.push({ seq: s.dkv, tokens: s.context.slice(s.draftFed, s.fed), domain: d.domainOf[s.req.domain]!, logits: false });
+      s.draftFed = s.fed;
+    }
+    if (prefill.length > 0) forwardBatch(d.model, d.pool, prefill);
+    for (let j = 0; ; j++) {
+      const now = proposing.filter((p) => p.k > j);
+      if (now.length === 0) break;
+      const batch: BatchItem[] = now.map(({ it }) => {
+        const s = it.s;
+        const tokens = j === 0 ? s.context.slice(s.draftFed) : [it.drafted[j - 1]!];
+        s.draftFed += tokens.length;
+        return { seq: s.dkv!, tokens, domain: d.domainOf[s.req.domain]!, logits: true };
+      });
+      const rows = forwardBatch(d.model, d.pool, batch);
+      now.forEach(({ it }, i) => {
+        const row = rows[i]!;
+        const q = samplingDistribution(row, it.s.req);
+        it.drafted.push(it.s.req.temperature === 0 ? argmax(row) : drawFrom(q, it.s.rng, 1));
+        it.qs.push(q);
+      });
+    }
+    for (const { it } of proposing) {
+      it.tokens = [it.s.next, ...it.drafted];
+      it.allLogits = true;
+    }
+  }
+
+  /**
    * A drafting sequence's step: the drafted tokens judged by the speculative
    * rule against the logits after each position (rows [k + 1, V]), the
    * tokens emitted, and the KV length cut back to pending + the kept drafts.
@@ -345,7 +431,7 @@ export class Scheduler {
     let kept = 0;
     let live = true;
     for (; kept < k && live; kept++) {
-      const { accepted, token } = acceptOrResample(samplingDistribution(row(kept), s.req), null, it.drafted[kept]!, s.rng);
+      const { accepted, token } = acceptOrResample(samplingDistribution(row(kept), s.req), it.qs[kept] ?? null, it.drafted[kept]!, s.rng);
       live = this.emit(s, token, row(kept), now);
       if (!accepted) break;
     }
@@ -356,6 +442,8 @@ export class Scheduler {
     if (live && kept === k) this.emit(s, sampleToken(row(k), s.req, s.rng), row(k), now);
     // The cache holds pending + k drafts; the next step feeds the last emitted token after pending + the kept ones.
     if (s.kv && this.running.includes(s)) s.kv.length -= k - kept;
+    // The draft keeps what matches the context: everything before the last emitted token.
+    if (s.dkv && this.running.includes(s)) s.dkv.length = s.draftFed = Math.min(s.draftFed, s.context.length - 1);
   }
 
   /** Streams `s`'s next token `id` (sampled from `logits`) and ends the sequence when it is done; false when it ended. */
@@ -393,6 +481,8 @@ export class Scheduler {
       rest = r.text + (r.stopped ? "" : s.stop.end());
     }
     if (s.kv) this.pool.close(s.kv);
+    if (s.dkv) this.draft!.pool.close(s.dkv);
+    s.kv = s.dkv = null;
     for (const list of [this.waiting, this.running]) {
       const i = list.indexOf(s);
       if (i >= 0) list.splice(i, 1);
