@@ -21,7 +21,8 @@ import { presetConfig } from "../src/models/presets.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import { Rng } from "../src/util/rng.js";
 import { exportHf, importHf } from "../src/api/hf.js";
-import { openModel } from "../src/api/model.js";
+import { Model, openModel } from "../src/api/model.js";
+import { bf16Bits, bf16Value, halfBits, halfValue } from "../src/backend/quant.js";
 import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
 import { toHfJson } from "../src/tokenizer/hfjson.js";
 import { BYTE_TO_CHAR } from "../src/tokenizer/pretokenize.js";
@@ -238,6 +239,29 @@ test("importHf writes a checkpoint that opens; a tokenizer Sigma loads goes in, 
   assert.equal(readFileSync(join(root, "hf-out", "tokenizer.json"), "utf8"), text);
   const back = importHfModel(join(root, "hf-out")).model;
   assert.deepEqual(back.tokenEmbedding.data, m.network.tokenEmbedding.data);
+  // bf16 and f16: every tensor rounded (nearest, ties to even), half the bytes, torch_dtype saying so; import gives the rounded values.
+  // Tensor bytes: the file less its 8-byte length and JSON header.
+  const dataBytes = (dir: string) => {
+    const b = readFileSync(join(dir, "model.safetensors"));
+    return b.length - 8 - Number(b.readBigUInt64LE(0));
+  };
+  const f32Bytes = dataBytes(join(root, "hf-out"));
+  for (const [dtype, bits, value, torch] of [["bf16", bf16Bits, bf16Value, "bfloat16"], ["f16", halfBits, halfValue, "float16"]] as const) {
+    const dir = join(root, `hf-out-${dtype}`);
+    await exportHf(m, { out: dir, dtype });
+    assert.equal((JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as { torch_dtype: string }).torch_dtype, torch);
+    assert.equal(dataBytes(dir), f32Bytes / 2, `${dtype}: half of f32's tensor bytes`);
+    const rounded = importHfModel(dir).model;
+    for (const [name, p] of m.network.namedParameters()) {
+      const want = Float32Array.from(p.tensor.data as Float32Array, (x) => value(bits(x)));
+      assert.deepEqual(rounded.namedParameters().get(name)!.tensor.data, want, `${dtype} ${name}`);
+    }
+  }
+  // A value past f16's range is refused by name; bf16 takes it.
+  const big = new Model(m.network, m.tokenizer, null, 0, null, null, text);
+  (big.network.tokenEmbedding.data as Float32Array)[5] = 1e6;
+  await assert.rejects(exportHf(big, { out: join(root, "hf-big"), dtype: "f16" }), (e: unknown) => e instanceof SigmaError && /model\.embed_tokens\.weight in f16: weight 5 .*1000000.*65504/.test(e.message));
+  await exportHf(big, { out: join(root, "hf-big"), dtype: "bf16" });
 
   // A GPT-2-style Hugging Face tokenizer (256 byte tokens, one merge, <|endoftext|>) of fewer tokens than the model's 300 rows: it comes along and the model generates with it.
   const vocab: Record<string, number> = Object.fromEntries([...BYTE_TO_CHAR].map((c, i) => [c, i]));
@@ -360,6 +384,12 @@ test("sigma import hf / export hf: the CLI prints the architecture, the notes an
   const cfg = JSON.parse(readFileSync(join(root, "cli-hf", "config.json"), "utf8"));
   assert.equal(cfg.max_position_embeddings, 32);
   assert.equal(cfg.num_experts_per_tok, 2);
+  const half = await sigma("export", "hf", "--ckpt", join(root, "cli-ck"), "--out", join(root, "cli-hf-bf16"), "--dtype", "bf16");
+  assert.equal(half.code, 0, half.out);
+  assert.equal(JSON.parse(readFileSync(join(root, "cli-hf-bf16", "config.json"), "utf8")).torch_dtype, "bfloat16");
+  const badType = await sigma("export", "hf", "--ckpt", join(root, "cli-ck"), "--out", join(root, "cli-hf-q8"), "--dtype", "q8");
+  assert.equal(badType.code, 1);
+  assert.match(badType.out, /^sigma: --dtype "q8" is not a type sigma export hf writes\n  hint: use one of f32, bf16, f16/m);
   const bad = await sigma("import", "hf", "--from", writeHf({ ...CONFIGS.llama!, architectures: ["FalconForCausalLM"] }, new Map()), "--out", join(root, "cli-bad"));
   assert.equal(bad.code, 1);
   assert.match(bad.out, /sigma: .*FalconForCausalLM.* is not supported/);

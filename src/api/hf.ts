@@ -8,6 +8,7 @@
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { encodeSafetensors } from "../checkpoint/safetensors.js";
+import { quantize, QuantizeError } from "../backend/quant.js";
 import { exportHfModel, importHfModel, type HfImportOptions } from "../models/import/hf.js";
 import { parseTokenizerJson, toHfJson } from "../tokenizer/hfjson.js";
 import { checkVocab } from "../serve/open.js";
@@ -70,16 +71,36 @@ export interface HfExportResult {
   notes: string[];
 }
 
+/** The tensor types `exportHf` writes: HF's torch_dtype for each. */
+export const HF_EXPORT_DTYPES = { f32: "float32", bf16: "bfloat16", f16: "float16" } as const;
+export type HfExportDtype = keyof typeof HF_EXPORT_DTYPES;
+
 /**
  * Writes a model (a checkpoint, run folder or opened Model) as a Hugging
- * Face folder: config.json, model.safetensors (float32) and, when the model
- * has one, tokenizer.json. A model no supported architecture has is a
- * SigmaError naming the first thing in the way.
+ * Face folder: config.json, model.safetensors (float32, or every tensor
+ * rounded to `dtype` bf16 or f16: nearest, ties to even, config.json's
+ * torch_dtype saying so) and, when the model has one, tokenizer.json. A
+ * model no supported architecture has is a SigmaError naming the first thing
+ * in the way; so is a value beyond f16's range in an f16 export.
  */
-export async function exportHf(model: Model | string, o: { out: string }): Promise<HfExportResult> {
+export async function exportHf(model: Model | string, o: { out: string; dtype?: HfExportDtype }): Promise<HfExportResult> {
+  const dtype = o.dtype ?? "f32";
+  if (!Object.hasOwn(HF_EXPORT_DTYPES, dtype)) throw new SigmaError(`dtype "${String(dtype)}" is not one Hugging Face export writes`, `use one of ${Object.keys(HF_EXPORT_DTYPES).join(", ")}`);
   const m = typeof model === "string" ? await openModel(model) : model;
   if (m.network.storedOutput || m.network.blocks.some((b) => b.moe?.stored)) throw new SigmaError(`${m.path ?? "the model"} was opened with stored (quantized) weights`, "open it in f32 to export");
   const { architecture, config, tensors, notes } = exportHfModel(m.network);
+  if (dtype !== "f32") {
+    config.torch_dtype = HF_EXPORT_DTYPES[dtype];
+    for (const [name, t] of tensors) {
+      const data = t.data as Float32Array;
+      try {
+        tensors.set(name, { shape: t.shape, data: quantize(dtype, data, 1, data.length).data as Uint16Array, dtype: dtype === "bf16" ? "BF16" : "F16" });
+      } catch (e) {
+        if (e instanceof QuantizeError) throw new SigmaError(`cannot write ${name} in ${dtype}: ${e.message}`, dtype === "f16" ? "export bf16 (f32's range) or f32" : "export f32");
+        throw e;
+      }
+    }
+  }
   try {
     mkdirSync(o.out, { recursive: true });
   } catch (e) {

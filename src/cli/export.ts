@@ -4,7 +4,7 @@
  */
 import type { Command } from "commander";
 import { exportGguf } from "../api/gguf.js";
-import { exportHf } from "../api/hf.js";
+import { exportHf, HF_EXPORT_DTYPES, type HfExportDtype } from "../api/hf.js";
 import { HF_ARCHITECTURES } from "../models/import/hf.js";
 import { GGUF_EXPORT_TYPES, type GgufExportType } from "../models/gguf.js";
 import { SigmaError } from "../util/errors.js";
@@ -38,10 +38,12 @@ export function register(program: Command): void {
     .description(`write a model as a Hugging Face folder (config.json, model.safetensors, tokenizer.json) of the architecture its blocks match: ${HF_ARCHITECTURES.join(", ")}`)
     .requiredOption("--ckpt <path>", "checkpoint folder (a run's checkpoints/ gives its newest) or a model .safetensors")
     .requiredOption("--out <dir>", "the folder to write")
+    .option("--dtype <type>", `tensor type of model.safetensors: ${Object.keys(HF_EXPORT_DTYPES).join(", ")} (bf16 halves the file, as Hub models are usually stored)`, "f32")
     .option("--json", "print JSON")
-    .action(async (o: { ckpt: string; out: string; json?: boolean }) => {
+    .action(async (o: { ckpt: string; out: string; dtype: string; json?: boolean }) => {
+      if (!Object.hasOwn(HF_EXPORT_DTYPES, o.dtype)) throw new SigmaError(`--dtype "${o.dtype}" is not a type sigma export hf writes`, `use one of ${Object.keys(HF_EXPORT_DTYPES).join(", ")}`);
       ensureWritableDir(o.out, "--out");
-      const r = await exportHf(o.ckpt, { out: o.out });
+      const r = await exportHf(o.ckpt, { out: o.out, dtype: o.dtype as HfExportDtype });
       if (o.json) return console.log(JSON.stringify(r, null, 2));
       console.log(`${r.architecture}: ${r.tensors} tensors${r.tokenizer ? " and tokenizer.json" : " (no tokenizer)"}`);
       for (const n of r.notes) console.log(`note: ${n}`);
