@@ -362,7 +362,8 @@ test("config fields Sigma does not compute are refused by name", () => {
 test("export refuses models no HF architecture has, naming what is in the way", () => {
   const base = { vocabSize: 11, width: 8, heads: 2, denseLayers: 1, sparseLayers: 0, seqLen: 16, ffnWidth: 6, domains: [{ name: "en" }] };
   const no = (cfg: object, re: RegExp) => assert.throws(() => exportHfModel(new PanguSigma(parseModelConfig(cfg))), (e: unknown) => e instanceof SigmaError && re.test(e.message));
-  no(base, /query layer/);
+  // The query layer exports only as PanGu-α's dense port (test/import-pangu-alpha.test.ts): with sparse layers it is refused.
+  no({ ...base, sparseLayers: 1, experts: { count: 4, router: { kind: "topk", k: 2 } } }, /query layer/);
   const block = { ...base, queryLayer: false, norm: "rmsnorm", position: "rope", ffn: "swiglu", ffnBias: false, attentionBias: "none" };
   no({ ...block, norm: "layernorm" }, /norm is layernorm/);
   no({ ...block, embeddingSlots: 2 }, /2 embedding slots/);

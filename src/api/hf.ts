@@ -11,6 +11,7 @@ import { encodeSafetensors } from "../checkpoint/safetensors.js";
 import { quantize, QuantizeError } from "../backend/quant.js";
 import { exportHfModel, importHfModel, type HfImportOptions } from "../models/import/hf.js";
 import { parseTokenizerJson, toHfJson } from "../tokenizer/hfjson.js";
+import { PANGU_ALPHA_ARCHITECTURE, PANGU_ALPHA_TOKENIZER_NOTE } from "../models/import/pangu-alpha.js";
 import { checkVocab } from "../serve/open.js";
 import { SigmaError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
@@ -54,7 +55,7 @@ export function importHf(from: string, o: HfImportOptions & { out: string }): Hf
       refused = text;
       tokenizerNote = `Sigma's tokenizer loader refuses ${tokPath} (${e.message.split("\n")[0]!.replace(`${tokPath}: `, "")}); copied to ${join(o.out, "hf-tokenizer.json")} and left out of the checkpoint — eval and generate need a tokenizer of the model's vocabulary`;
     }
-  } else tokenizerNote = `${from} has no tokenizer.json`;
+  } else tokenizerNote = `${from} has no tokenizer.json${architecture === PANGU_ALPHA_ARCHITECTURE ? `: ${PANGU_ALPHA_TOKENIZER_NOTE}` : ""}`;
   const checkpoint = writeModelFolder(o.out, 0, model, tokenizerText, { format: "sigma-import", from, source: "hf", architecture });
   if (refused !== null) writeFileAtomic(join(o.out, "hf-tokenizer.json"), refused);
   return { checkpoint, architecture, parameters: model.parameterCount(), tokenizer: tokenizerText !== null, ...(tokenizerNote ? { tokenizerNote } : {}), notes };

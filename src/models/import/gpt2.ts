@@ -34,8 +34,8 @@ export interface Gpt2ImportOptions {
   domains?: string[];
 }
 
-/** HF activation names → Sigma's; the rest are refused. */
-const ACTIVATION: Record<string, Activation> = {
+/** HF activation names → Sigma's (GPT-2 and the PanGu-α port); the rest are refused. */
+export const HF_ACTIVATIONS: Readonly<Record<string, Activation>> = {
   gelu_new: "gelu_tanh",
   gelu_pytorch_tanh: "gelu_tanh",
   gelu_fast: "gelu_tanh",
@@ -67,8 +67,8 @@ export function gpt2Config(hf: unknown, source: string, opts: Gpt2ImportOptions 
     if (c[key] !== undefined && c[key] !== want) throw new SigmaError(`${source}: ${key} = ${JSON.stringify(c[key])} is not supported (Sigma computes GPT-2 with ${key} = ${JSON.stringify(want)})`, "only standard GPT-2 models import");
   }
   const actName = c.activation_function ?? "gelu_new";
-  const activation = ACTIVATION[String(actName)];
-  if (!activation) throw new SigmaError(`${source}: activation_function ${JSON.stringify(actName)} is not supported`, `supported: ${Object.keys(ACTIVATION).join(", ")}`);
+  const activation = HF_ACTIVATIONS[String(actName)];
+  if (!activation) throw new SigmaError(`${source}: activation_function ${JSON.stringify(actName)} is not supported`, `supported: ${Object.keys(HF_ACTIVATIONS).join(", ")}`);
   const width = int("n_embd");
   const inner = c.n_inner;
   if (inner !== undefined && inner !== null && (typeof inner !== "number" || !Number.isInteger(inner) || inner < 1)) throw new SigmaError(`${source}: n_inner is ${JSON.stringify(inner)}, expected null or a positive integer`);

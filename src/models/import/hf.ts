@@ -10,7 +10,9 @@
  * positions (HF rotate_half), grouped-query attention, SwiGLU FFNs and experts
  * without biases, no query layer, one embedding. The entries differ in the
  * attention biases, q/k norms, the sparse layer's tensor names, its router
- * and its shared expert:
+ * and its shared expert. (GPTPanguForCausalLM, PanGu-α's port, is the one
+ * entry with PanGu's block and the query layer; its mapping is its own,
+ * src/models/import/pangu-alpha.ts.)
  *
  *   HF tensor                                   Sigma parameter
  *   model.embed_tokens.weight [V,C]             tokenEmbedding
@@ -50,6 +52,7 @@ import { safetensorsHeader, type StWrite } from "../../checkpoint/safetensors.js
 import { SigmaError } from "../../util/errors.js";
 import { headDim, kvHeads, parseModelConfig, sharedWidth, type ModelConfig } from "../config.js";
 import { PanguSigma } from "../pangu-sigma.js";
+import { PANGU_ALPHA_ARCHITECTURE, PANGU_ALPHA_MODEL_TYPES, panguAlphaConfig, panguAlphaHfConfig, panguAlphaIgnorable, panguAlphaMismatch, panguAlphaTensorRows } from "./pangu-alpha.js";
 
 /** The longest context an import gives the model unless asked for more (max_position_embeddings is often 32k–128k). */
 export const HF_DEFAULT_MAX_SEQ_LEN = 8192;
@@ -73,6 +76,8 @@ interface Arch {
   /** Whether config.json's attention_bias (true → q, k, v, o) is read. */
   attentionBiasField: boolean;
   qkNorm: boolean;
+  /** PanGu-α's port: its own block and mapping (src/models/import/pangu-alpha.ts); the fields above are unused. */
+  family?: "pangu-alpha";
 }
 
 /** The supported architectures, by config.json's architectures[0]. */
@@ -83,6 +88,7 @@ export const ARCHITECTURES: readonly Arch[] = [
   { name: "Qwen2MoeForCausalLM", modelType: "qwen2_moe", sparse: "qwen2moe", attentionBias: "qkv", attentionBiasField: false, qkNorm: false },
   { name: "Qwen3MoeForCausalLM", modelType: "qwen3_moe", sparse: "qwen3moe", attentionBias: "none", attentionBiasField: true, qkNorm: true },
   { name: "PanguProMoEForCausalLM", modelType: "PanguProMoE", sparse: "pangu", attentionBias: "all", attentionBiasField: false, qkNorm: false },
+  { name: PANGU_ALPHA_ARCHITECTURE, modelType: "gpt_pangu", sparse: null, attentionBias: "all", attentionBiasField: false, qkNorm: false, family: "pangu-alpha" },
 ];
 
 export const HF_ARCHITECTURES: readonly string[] = ARCHITECTURES.map((a) => a.name);
@@ -108,6 +114,7 @@ function archOf(hf: Json, source: string): Arch {
   if (name === undefined) throw new SigmaError(`${source}: no "architectures" list naming the model class`, `config.json must name the architecture (${supported})`);
   const arch = ARCHITECTURES.find((a) => a.name === name);
   if (!arch) throw new SigmaError(`${source}: architecture ${JSON.stringify(name)} is not supported`, supported);
+  if (arch.family === "pangu-alpha" && typeof hf.model_type === "string" && PANGU_ALPHA_MODEL_TYPES.includes(hf.model_type)) return arch;
   if (hf.model_type !== undefined && hf.model_type !== arch.modelType && !(arch.sparse === "pangu" && typeof hf.model_type === "string" && hf.model_type.toLowerCase().startsWith("pangu"))) {
     throw new SigmaError(`${source}: model_type ${JSON.stringify(hf.model_type)} does not match ${name} (expected "${arch.modelType}")`, "config.json's architectures and model_type disagree");
   }
@@ -119,6 +126,7 @@ export function hfConfig(hfRaw: unknown, source: string, opts: HfImportOptions =
   if (typeof hfRaw !== "object" || hfRaw === null || Array.isArray(hfRaw)) throw new SigmaError(`${source} is not a JSON object`, "pass the config.json of a Hugging Face model");
   const hf = hfRaw as Json;
   const arch = archOf(hf, source);
+  if (arch.family === "pangu-alpha") return { arch, ...panguAlphaConfig(hf, source, opts) };
   const notes: string[] = [];
   const has = (key: string) => hf[key] !== undefined && hf[key] !== null;
   const refuse = (key: string, why: string): never => {
@@ -246,6 +254,7 @@ export interface HfTensorRow {
 
 /** Every HF tensor of `arch` for a model of `c`, with the Sigma parameter it fills. */
 export function hfTensorRows(arch: Arch, c: ModelConfig): HfTensorRow[] {
+  if (arch.family === "pangu-alpha") return panguAlphaTensorRows(c);
   const C = c.width;
   const D = headDim(c);
   const [Wq, Wkv] = [c.heads * D, kvHeads(c) * D];
@@ -421,7 +430,7 @@ export function importHfModel(dir: string, opts: HfImportOptions = {}): { model:
   const rows = hfTensorRows(arch, config);
   const wanted = new Map(rows.map((r) => [r.hf, r.shape]));
   // Tied models may still carry lm_head.weight (a copy of the embedding); rotary caches of old checkpoints are buffers, not weights.
-  const ignorable = (n: string) => (config.tiedEmbeddings && n === "lm_head.weight") || /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/.test(n);
+  const ignorable = (n: string) => (config.tiedEmbeddings && n === "lm_head.weight") || /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/.test(n) || (arch.family === "pangu-alpha" && panguAlphaIgnorable(n));
   const model = new PanguSigma(config);
   const params = model.namedParameters();
   const dest = new Map<string, Float32Array>();
@@ -439,7 +448,7 @@ export function importHfModel(dir: string, opts: HfImportOptions = {}): { model:
   const tied = head as Float32Array | null;
   if (tied) {
     const emb = model.tokenEmbedding.data;
-    if (tied.length !== emb.length || tied.some((v, i) => v !== emb[i])) throw new SigmaError(`${dir}: lm_head.weight differs from model.embed_tokens.weight, but config.json says tie_word_embeddings`, "set tie_word_embeddings to false in config.json if the output layer is its own matrix");
+    if (tied.length !== emb.length || tied.some((v, i) => v !== emb[i])) throw new SigmaError(`${dir}: lm_head.weight differs from ${rows.find((r) => r.sigma === "tokenEmbedding")!.hf}, but config.json says tie_word_embeddings`, "set tie_word_embeddings to false in config.json if the output layer is its own matrix");
   }
   return { model, architecture: arch.name, notes };
 }
@@ -454,7 +463,11 @@ export function hfArchitectureOf(c: ModelConfig): Arch {
   const no = (what: string, hint = "only models built from the block options these architectures share export (docs/models.md)"): never => {
     throw new SigmaError(`this model cannot be written as a Hugging Face model: ${what}`, hint);
   };
-  if (c.queryLayer) no("it has PanGu-α's query layer, which no Hugging Face architecture has", "export models configured with queryLayer: false (imported ones, the pangu-pro-moe preset)");
+  if (c.queryLayer) {
+    const why = panguAlphaMismatch(c);
+    if (why) no(why, "the query layer exports only as PanGu-α's dense port; other models need queryLayer: false (imported ones, the pangu-pro-moe preset)");
+    return ARCHITECTURES.find((a) => a.family === "pangu-alpha")!;
+  }
   if (c.embeddingSlots !== 1) no(`it has ${c.embeddingSlots} embedding slots; Hugging Face models have one embedding`);
   if (c.norm !== "rmsnorm") no(`norm is ${c.norm}; the supported architectures use RMSNorm`);
   if (c.position !== "rope") no(`position is ${c.position}; the supported architectures use rotary positions`);
@@ -499,6 +512,12 @@ export function exportHfModel(model: PanguSigma): { architecture: string; config
   const c = model.config;
   const arch = hfArchitectureOf(c);
   const notes: string[] = [];
+  if (arch.family === "pangu-alpha") {
+    const { config, notes: more } = panguAlphaHfConfig(c);
+    notes.push(...more);
+    if (c.domains.length > 1) notes.push(`the domains (${c.domains.map((d) => d.name).join(", ")}) all share one embedding; Hugging Face models have no domains`);
+    return { architecture: arch.name, config, tensors: exportTensors(model, arch), notes };
+  }
   const hf: Json = {
     architectures: [arch.name],
     model_type: arch.modelType,
@@ -535,12 +554,17 @@ export function exportHfModel(model: PanguSigma): { architecture: string; config
     }
   }
   if (c.domains.length > 1) notes.push(`the domains (${c.domains.map((d) => d.name).join(", ")}) all share one embedding and router; Hugging Face models have no domains`);
+  return { architecture: arch.name, config: hf, tensors: exportTensors(model, arch), notes };
+}
+
+/** The model's weights under their HF names (f32). */
+function exportTensors(model: PanguSigma, arch: Arch): Map<string, StWrite> {
   const params = model.namedParameters();
   const tensors = new Map<string, StWrite>();
-  for (const r of hfTensorRows(arch, c)) {
+  for (const r of hfTensorRows(arch, model.config)) {
     const n = r.shape.reduce((p, d) => p * d, 1);
     const src = params.get(r.sigma)!.tensor.data;
     tensors.set(r.hf, { shape: r.shape, data: Float32Array.from(src.subarray(r.offset, r.offset + n)) });
   }
-  return { architecture: arch.name, config: hf, tensors, notes };
+  return tensors;
 }
