@@ -17,8 +17,10 @@
  * matrix whose rows are not whole 32-value blocks is written F16 instead.
  *
  * The tokenizer goes in as tokenizer.ggml.* (a byte-level BPE: tokens,
- * types, merges, special ids, the pre-tokenizer name), the chat template
- * as tokenizer.chat_template, and the full Sigma config as sigma.config so
+ * types, merges, special ids, the pre-tokenizer name; a SentencePiece-style
+ * one as llama.cpp's "llama" model with scores), the chat template (Sigma's,
+ * or the Hugging Face model's) as tokenizer.chat_template, and the full
+ * Sigma config as sigma.config so
  * that import gives back the same model (domains, seed, …); a GGUF without
  * it (written by another tool) imports from the architecture keys alone.
  */
