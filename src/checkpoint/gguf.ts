@@ -271,7 +271,8 @@ export function writeGguf(path: string, file: { metadata: Map<string, GgufValue>
 class Cursor {
   pos = 0;
   private readonly dv: DataView;
-  private readonly utf8 = new TextDecoder("utf-8", { fatal: true });
+  // ignoreBOM: a string starting with U+FEFF keeps it (Llama-2 has it as a token); by default a TextDecoder drops it.
+  private readonly utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
   constructor(
     readonly buf: Uint8Array,
     private readonly fail: (what: string) => never,

@@ -45,7 +45,7 @@ export function register(program: Command): void {
       ensureWritableDir(o.out, "--out");
       const r = await exportHf(o.ckpt, { out: o.out, dtype: o.dtype as HfExportDtype });
       if (o.json) return console.log(JSON.stringify(r, null, 2));
-      console.log(`${r.architecture}: ${r.tensors} tensors${r.tokenizer ? " and tokenizer.json" : " (no tokenizer)"}`);
+      console.log(`${r.architecture}: ${r.tensors} tensors${r.tokenizer ? " and tokenizer.json" : " (no tokenizer)"}${r.chatTemplate ? ", tokenizer_config.json with the chat template" : ""}`);
       for (const n of r.notes) console.log(`note: ${n}`);
       console.log(`folder: ${r.path}`);
     });

@@ -54,6 +54,7 @@ export function register(program: Command): void {
       console.log(`${r.architecture}: ${millions(r.parameters)} parameters`);
       for (const n of r.notes) console.log(`note: ${n}`);
       if (r.tokenizerNote) console.log(`tokenizer: ${r.tokenizerNote}`);
+      if (r.chatTemplate) console.log("chat template: kept (GGUF and HF export write it)");
       console.log(`checkpoint: ${r.checkpoint}`);
     });
   imp

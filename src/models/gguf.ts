@@ -17,8 +17,10 @@
  * matrix whose rows are not whole 32-value blocks is written F16 instead.
  *
  * The tokenizer goes in as tokenizer.ggml.* (a byte-level BPE: tokens,
- * types, merges, special ids, the pre-tokenizer name), the chat template
- * as tokenizer.chat_template, and the full Sigma config as sigma.config so
+ * types, merges, special ids, the pre-tokenizer name; a SentencePiece-style
+ * one as llama.cpp's "llama" model with scores), the chat template (Sigma's,
+ * or the Hugging Face model's) as tokenizer.chat_template, and the full
+ * Sigma config as sigma.config so
  * that import gives back the same model (domains, seed, …); a GGUF without
  * it (written by another tool) imports from the architecture keys alone.
  */
@@ -26,6 +28,7 @@ import { ggufGet, gv, type GgmlType, type GgufFile, type GgufTensor, type GgufVa
 import { bf16Bits, bf16Value, halfBits, halfValue, quantize } from "../backend/quant.js";
 import { Tokenizer } from "../tokenizer/codec.js";
 import { HfTokenizer } from "../tokenizer/hf.js";
+import { checkChatTemplate } from "../tokenizer/chat-template.js";
 import { parseSpecials } from "../tokenizer/specials.js";
 import { SigmaError } from "../util/errors.js";
 import { parseJsonStrict } from "../util/strict-json.js";
@@ -446,9 +449,7 @@ function hfPreTokenizerName(tok: HfTokenizer, json: Record<string, unknown>, whe
   const refuse = (why: string): never => {
     throw new SigmaError(`${where}: the Hugging Face tokenizer ${why}, so llama.cpp would cut text differently`, `GGUF export writes byte-level BPE tokenizers whose pre-tokenizer llama.cpp knows by name: ${HF_PRE_TOKENIZERS.map((p) => `${p.what} ("${p.name}")`).join(", ")}`);
   };
-  if (!tok.byteLevel || tok.hasByteFallback) {
-    throw new SigmaError(`${where}: the Hugging Face tokenizer is SentencePiece-style (no ByteLevel pre-tokenizer${tok.hasByteFallback ? ", byte fallback" : ""}); GGUF export writes byte-level BPE only`, "llama.cpp reads SentencePiece vocabularies as its \"llama\" model with per-token scores, which Sigma does not write yet; export a model with a byte-level BPE tokenizer (GPT-2, Llama-3, Qwen)");
-  }
+  if (tok.hasByteFallback) throw new SigmaError(`${where}: the Hugging Face tokenizer has a ByteLevel pre-tokenizer and byte fallback both, which no llama.cpp tokenizer model has`, "export a byte-level BPE without byte_fallback, or a SentencePiece-style BPE (Metaspace or a ▁ normalizer) with it");
   const n = json.normalizer;
   if (n != null && !(isRecord(n) && n.type === "NFC")) refuse(`has a normalizer (${JSON.stringify(n).slice(0, 60)}) llama.cpp does not apply`);
   const p = json.pre_tokenizer;
@@ -478,6 +479,7 @@ function hfPreTokenizerName(tok: HfTokenizer, json: Record<string, unknown>, whe
  */
 function hfTokenizerMetadata(tok: HfTokenizer, vocabSize: number, where: string): [string, GgufValue][] {
   const json = JSON.parse(tok.sourceText) as Record<string, unknown>;
+  if (!tok.byteLevel) return hfSpmMetadata(tok, json, vocabSize, where);
   const pre = hfPreTokenizerName(tok, json, where);
   const types = new Array<number>(vocabSize).fill(TOKEN_NORMAL);
   const tokens = new Array<string>(vocabSize);
@@ -507,6 +509,213 @@ function hfTokenizerMetadata(tok: HfTokenizer, vocabSize: number, where: string)
   ];
 }
 
+// ---- SentencePiece-style BPE (Llama-2, Mistral) as llama.cpp's "llama" (SPM) tokenizer model
+
+/** llama.cpp's token types for the unknown token and the <0xXX> byte tokens. */
+const TOKEN_UNKNOWN = 2;
+const TOKEN_BYTE = 6;
+const SPACE_MARK = "\u2581";
+const BYTE_TOKEN = /^<0x[0-9A-F]{2}>$/;
+const byteToken = (b: number): string => `<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`;
+
+/**
+ * Whether a SentencePiece-style tokenizer.json puts "▁" before each section
+ * of text (llama.cpp's add_space_prefix), or a SigmaError saying why
+ * llama.cpp would cut text differently. llama.cpp's SPM tokenizer turns
+ * every space into "▁", puts a space first (with add_space_prefix) at the
+ * start and after every special or user-defined token, and normalizes
+ * nothing else. The tokenizer.json shapes that come closest:
+ *   - a normalizer Replace(" " → "▁"), with Prepend("▁") or without, and no
+ *     pre-tokenizer (Llama-2): the same cut;
+ *   - no normalizer and a Metaspace("▁") pre-tokenizer that does not split,
+ *     or splits a vocabulary where no token has "▁" after its first
+ *     character (then splitting changes nothing). Metaspace puts no "▁"
+ *     before a text that already starts with a space, and with
+ *     prepend_scheme "first" none after a special token: llama.cpp does
+ *     both (docs/gguf.md lists these differences).
+ */
+function hfSpacePrefix(tok: HfTokenizer, json: Record<string, unknown>, refuse: (why: string) => never): boolean {
+  const isSpaceReplace = (n: unknown): boolean => isRecord(n) && n.type === "Replace" && isRecord(n.pattern) && n.pattern.String === " " && n.content === SPACE_MARK;
+  const isPrepend = (n: unknown): boolean => isRecord(n) && n.type === "Prepend" && n.prepend === SPACE_MARK;
+  const n = json.normalizer;
+  const p = json.pre_tokenizer;
+  if (n != null) {
+    if (p != null) refuse("has both a normalizer and a pre-tokenizer; llama.cpp's SentencePiece tokenizer only turns spaces into ▁");
+    const steps = isRecord(n) && n.type === "Sequence" && Array.isArray(n.normalizers) ? (n.normalizers as unknown[]) : [n];
+    const replaces = steps.filter(isSpaceReplace).length;
+    const prepends = steps.filter(isPrepend).length;
+    if (replaces !== 1 || prepends > 1 || replaces + prepends !== steps.length) refuse(`has a normalizer (${JSON.stringify(n).slice(0, 80)}) other than Replace(" " → "▁") with or without Prepend("▁"); llama.cpp applies no other`);
+    return prepends === 1;
+  }
+  if (!isRecord(p) || p.type !== "Metaspace") return refuse("has neither a ▁ normalizer nor a Metaspace pre-tokenizer");
+  if ((p.replacement ?? SPACE_MARK) !== SPACE_MARK) refuse(`has Metaspace replacement ${JSON.stringify(p.replacement)}; llama.cpp uses "▁"`);
+  const split = p.split === undefined ? true : p.split === true;
+  if (split && tok.vocab.some((t) => t.indexOf(SPACE_MARK, 1) > 0)) refuse("splits at ▁ (Metaspace split: true) while tokens have ▁ inside; llama.cpp's SentencePiece tokenizer merges across spaces");
+  const scheme = p.prepend_scheme ?? (p.add_prefix_space === false ? "never" : "always");
+  return scheme !== "never";
+}
+
+/**
+ * The tokenizer.ggml.* keys of a SentencePiece-style BPE with byte fallback,
+ * as llama.cpp's "llama" model. llama.cpp does not read merges there: it
+ * merges, among all neighbouring symbols whose concatenation is a token, the
+ * one whose token has the highest score (the leftmost on a tie), and spells
+ * a leftover symbol as <0xXX> byte tokens. So each token gets the score
+ * −(rank of the first merge that makes it) — the highest-scoring pair is then
+ * the BPE's lowest-ranked merge — and every other token (characters,
+ * specials, tokens no merge makes) scores below all of those. llama.cpp's own
+ * converter writes −1000 for every token of such a file (LlamaHfVocab), so
+ * that its merge order is left to right instead. The merges are written too
+ * (llama.cpp ignores them for this model) so that import gives back the
+ * exact merge list. Where llama.cpp still differs — a pair whose
+ * concatenation is a token but which is no merge — is in docs/gguf.md.
+ */
+function hfSpmMetadata(tok: HfTokenizer, json: Record<string, unknown>, vocabSize: number, where: string): [string, GgufValue][] {
+  const refuse = (why: string): never => {
+    throw new SigmaError(`${where}: the SentencePiece-style Hugging Face tokenizer ${why}, so llama.cpp would cut text differently`, "GGUF export writes SentencePiece-style BPE tokenizers with byte fallback shaped as Llama-2's or Mistral's (docs/gguf.md)");
+  };
+  const spacePrefix = hfSpacePrefix(tok, json, refuse);
+  if (!tok.hasByteFallback) refuse("has no byte fallback (model.byte_fallback); llama.cpp spells every character outside the vocabulary as <0xXX> tokens");
+  if (tok.prefixIds.length > 1 || tok.suffixIds.length > 1) refuse(`post-processor adds ${tok.prefixIds.length} tokens before and ${tok.suffixIds.length} after a text; GGUF has one BOS and one EOS`);
+  const tokens = new Array<string>(vocabSize);
+  const types = new Array<number>(vocabSize).fill(TOKEN_NORMAL);
+  const idOf = new Map<string, number>();
+  for (let id = 0; id < vocabSize; id++) {
+    const t = tok.vocab[id];
+    if (t === undefined || t === "") {
+      tokens[id] = `[PAD${id}]`;
+      types[id] = TOKEN_UNUSED;
+    } else {
+      tokens[id] = t;
+      if (BYTE_TOKEN.test(t)) types[id] = TOKEN_BYTE;
+    }
+    const before = idOf.get(tokens[id]!);
+    if (before !== undefined) refuse(`has the token ${JSON.stringify(tokens[id])} at ids ${before} and ${id} (llama.cpp needs each token once)`);
+    idOf.set(tokens[id]!, id);
+  }
+  for (const a of tok.addedTokens()) {
+    if (a.lstrip || a.rstrip) refuse(`has the added token ${JSON.stringify(a.content)} with lstrip/rstrip, which llama.cpp's token types do not carry`);
+    types[a.id] = a.special ? TOKEN_CONTROL : TOKEN_USER_DEFINED;
+  }
+  if (tok.unknownId >= 0) types[tok.unknownId] = TOKEN_UNKNOWN;
+  for (let b = 0; b < 256; b++) if (idOf.get(byteToken(b)) === undefined) refuse(`has no byte token ${byteToken(b)} (llama.cpp needs all 256)`);
+
+  const pairs = tok.mergePairs();
+  const floor = -(pairs.length + 1);
+  const scores = new Array<number>(vocabSize).fill(floor);
+  pairs.forEach(([a, b], rank) => {
+    if (BYTE_TOKEN.test(a) || BYTE_TOKEN.test(b)) refuse(`merges byte tokens (model.merges[${rank}]: ${a} ${b}); llama.cpp never merges <0xXX> tokens`);
+    const id = idOf.get(a + b)!;
+    if (scores[id] === floor) scores[id] = -(rank + 1);
+  });
+  // "a b" is ambiguous when a token holds a space: then import rebuilds the merges from the scores.
+  const mergeable = pairs.every(([a, b]) => !a.includes(" ") && !b.includes(" "));
+  const bos = tok.prefixIds[0] ?? (tok.eotId >= 0 ? tok.eotId : undefined);
+  const eos = tok.suffixIds[0] ?? (tok.eotId >= 0 ? tok.eotId : undefined);
+  const keys: [string, GgufValue][] = [
+    ["tokenizer.ggml.model", gv.str("llama")],
+    ["tokenizer.ggml.pre", gv.str("default")],
+    ["tokenizer.ggml.tokens", gv.arr("string", tokens)],
+    ["tokenizer.ggml.scores", gv.arr("f32", scores)],
+    ["tokenizer.ggml.token_type", gv.arr("i32", types)],
+  ];
+  if (mergeable) keys.push(["tokenizer.ggml.merges", gv.arr("string", pairs.map(([a, b]) => `${a} ${b}`))]);
+  if (bos !== undefined) keys.push(["tokenizer.ggml.bos_token_id", gv.u32(bos)]);
+  if (eos !== undefined) keys.push(["tokenizer.ggml.eos_token_id", gv.u32(eos)]);
+  if (tok.unknownId >= 0) keys.push(["tokenizer.ggml.unknown_token_id", gv.u32(tok.unknownId)]);
+  keys.push(
+    ["tokenizer.ggml.add_bos_token", gv.bool(tok.prefixIds.length === 1)],
+    ["tokenizer.ggml.add_eos_token", gv.bool(tok.suffixIds.length === 1)],
+    ["tokenizer.ggml.add_space_prefix", gv.bool(spacePrefix)],
+  );
+  return keys;
+}
+
+/**
+ * The tokenizer.json of a GGUF "llama" (SentencePiece) vocabulary, shaped
+ * as Llama-2's: a Replace(" " → "▁") normalizer (after Prepend("▁") when
+ * add_space_prefix, llama.cpp's default), BPE with byte fallback, BOS/EOS
+ * put by the post-processor as add_bos_token/add_eos_token say (llama.cpp
+ * adds a BOS when the key is missing). The merges are the file's when it
+ * has them (Sigma's export writes them); else they are rebuilt from the
+ * scores, as SentencePiece's BPE merges: every split of a normal token into
+ * two normal tokens, ordered by the token's score (highest first), then by
+ * the two ids.
+ */
+function hfSpmJsonOf(file: GgufFile): { text: string | null; reason?: string } {
+  const { tokens, merges, types } = vocabularyArrays(file);
+  if (!tokens || !types || types.length !== tokens.length) return { text: null, reason: "its SentencePiece vocabulary has no token types" };
+  const sv = file.metadata.get("tokenizer.ggml.scores");
+  const scores = sv?.type === "array" && sv.itemType === "f32" && sv.value.length === tokens.length ? (sv.value as number[]) : null;
+  if (!merges && !scores) return { text: null, reason: "its SentencePiece vocabulary has neither merges nor scores" };
+  const bool = (key: string, dflt: boolean): boolean => {
+    const v = file.metadata.get(key);
+    return v?.type === "bool" ? v.value : dflt;
+  };
+  const idKey = (key: string): number | undefined => {
+    const v = file.metadata.get(key);
+    return v?.type === "u32" && v.value < tokens.length ? v.value : undefined;
+  };
+  const vocab: Record<string, number> = {};
+  const added: Record<string, unknown>[] = [];
+  for (let id = 0; id < tokens.length; id++) {
+    const t = types[id];
+    if (t === TOKEN_NORMAL || t === TOKEN_BYTE || t === TOKEN_CONTROL || t === TOKEN_UNKNOWN) vocab[tokens[id]!] = id;
+    if (t === TOKEN_CONTROL || t === TOKEN_UNKNOWN || t === TOKEN_USER_DEFINED) added.push({ id, content: tokens[id], single_word: false, lstrip: false, rstrip: false, normalized: false, special: t !== TOKEN_USER_DEFINED });
+    else if (t !== TOKEN_NORMAL && t !== TOKEN_BYTE && t !== TOKEN_UNUSED) return { text: null, reason: `token ${id} has type ${t}, which Sigma does not read back` };
+  }
+  let pairs: string[];
+  if (merges) pairs = merges;
+  else {
+    const normal = (s: string): number | undefined => (Object.hasOwn(vocab, s) && types[vocab[s]!] === TOKEN_NORMAL ? vocab[s] : undefined);
+    const found: { l: number; r: number; score: number; text: string }[] = [];
+    for (let id = 0; id < tokens.length; id++) {
+      if (types[id] !== TOKEN_NORMAL) continue;
+      const chars = [...tokens[id]!];
+      for (let i = 1; i < chars.length; i++) {
+        const l = normal(chars.slice(0, i).join(""));
+        const r = normal(chars.slice(i).join(""));
+        if (l !== undefined && r !== undefined) found.push({ l, r, score: scores![id]!, text: `${tokens[l]} ${tokens[r]}` });
+      }
+    }
+    found.sort((a, b) => b.score - a.score || a.l - b.l || a.r - b.r);
+    pairs = found.map((f) => f.text);
+  }
+  const spacePrefix = bool("tokenizer.ggml.add_space_prefix", true);
+  const unk = idKey("tokenizer.ggml.unknown_token_id") ?? types.indexOf(TOKEN_UNKNOWN);
+  const special = (id: number): Record<string, unknown> => ({ SpecialToken: { id: tokens[id], type_id: 0 } });
+  const single: Record<string, unknown>[] = [{ Sequence: { id: "A", type_id: 0 } }];
+  const specialTokens: Record<string, unknown> = {};
+  const bos = idKey("tokenizer.ggml.bos_token_id");
+  const eos = idKey("tokenizer.ggml.eos_token_id");
+  if (bool("tokenizer.ggml.add_bos_token", true)) {
+    if (bos === undefined) return { text: null, reason: "it adds a BOS token but names none" };
+    single.unshift(special(bos));
+    specialTokens[tokens[bos]!] = { id: tokens[bos], ids: [bos], tokens: [tokens[bos]] };
+  }
+  if (bool("tokenizer.ggml.add_eos_token", false)) {
+    if (eos === undefined) return { text: null, reason: "it adds an EOS token but names none" };
+    single.push(special(eos));
+    specialTokens[tokens[eos]!] = { id: tokens[eos], ids: [eos], tokens: [tokens[eos]] };
+  }
+  const replace = { type: "Replace", pattern: { String: " " }, content: SPACE_MARK };
+  const json = {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: added,
+    normalizer: spacePrefix ? { type: "Sequence", normalizers: [{ type: "Prepend", prepend: SPACE_MARK }, replace] } : replace,
+    pre_tokenizer: null,
+    post_processor: { type: "TemplateProcessing", single, pair: [], special_tokens: specialTokens },
+    decoder: {
+      type: "Sequence",
+      decoders: [{ type: "Replace", pattern: { String: SPACE_MARK }, content: " " }, { type: "ByteFallback" }, { type: "Fuse" }, ...(spacePrefix ? [{ type: "Strip", content: " ", start: 1, stop: 0 }] : [])],
+    },
+    model: { type: "BPE", dropout: null, unk_token: unk >= 0 ? tokens[unk] : null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true, byte_fallback: true, ignore_merges: false, vocab, merges: pairs },
+  };
+  return { text: JSON.stringify(json) };
+}
+
 /** The GGUF's tokenizer.ggml tokens, merges and token types, each null when missing or of another type. */
 function vocabularyArrays(file: GgufFile): { tokens: string[] | null; merges: string[] | null; types: number[] | null } {
   const arr = (key: string, item: string): unknown[] | null => {
@@ -530,6 +739,8 @@ function vocabularyArrays(file: GgufFile): { tokens: string[] | null; merges: st
  * had (Qwen's NFC) is not in the file and does not come back.
  */
 function hfTokenizerJsonOf(file: GgufFile): { text: string | null; reason?: string } {
+  const model = file.metadata.get("tokenizer.ggml.model");
+  if (model?.type === "string" && model.value === "llama") return hfSpmJsonOf(file);
   const { tokens, merges, types } = vocabularyArrays(file);
   const pre = file.metadata.get("tokenizer.ggml.pre");
   const known = pre?.type === "string" ? HF_PRE_TOKENIZERS.find((k) => k.name === pre.value) : undefined;
@@ -705,6 +916,8 @@ export interface GgufExportOptions {
   name?: string;
   /** What to call the model in errors (its path). */
   where?: string;
+  /** A Hugging Face chat template kept with the model: written as tokenizer.chat_template beside a Hugging Face tokenizer (Sigma's own tokenizer always gets SIGMA_CHAT_TEMPLATE). */
+  chatTemplate?: string;
 }
 
 /** The GGUF file (metadata and tensors) of a model and its tokenizer. */
@@ -722,6 +935,7 @@ export function ggufOfModel(model: PanguSigma, tokenizer: Tokenizer | HfTokenize
     ["general.alignment", gv.u32(32)],
     ...arch.hparams(c),
     ...(tokenizer instanceof HfTokenizer ? hfTokenizerMetadata(tokenizer, c.vocabSize, opts.where ?? "the model") : tokenizerMetadata(tokenizer)),
+    ...(tokenizer instanceof HfTokenizer && opts.chatTemplate !== undefined ? [["tokenizer.chat_template", gv.str(checkChatTemplate(opts.chatTemplate, `${opts.where ?? "the model"}: its chat template`))] as [string, GgufValue]] : []),
     ["sigma.config", gv.str(JSON.stringify(c))],
   ]);
   const params = new Map<string, { shape: readonly number[]; data: ArrayLike<number> }>();
@@ -799,7 +1013,7 @@ function reorderRows(x: Float32Array, order: Int32Array, cols: number): Float32A
 // ------------------------------------------------------------------ import
 
 /** A Sigma model (and its tokenizer, when the file carries Sigma's) from a parsed GGUF file; errors name `source`. */
-export function modelOfGguf(file: GgufFile, source: string, architectures: readonly GgufArchitecture[] = ARCHITECTURES): { model: PanguSigma; tokenizer: Tokenizer | null; tokenizerText?: string; tokenizerNote?: string; architecture: string } {
+export function modelOfGguf(file: GgufFile, source: string, architectures: readonly GgufArchitecture[] = ARCHITECTURES): { model: PanguSigma; tokenizer: Tokenizer | null; tokenizerText?: string; tokenizerNote?: string; architecture: string; chatTemplate?: string } {
   const archName = ggufGet(file, "general.architecture", "string", source);
   const arch = architectures.find((a) => a.name === archName);
   if (!arch) throw new SigmaError(`${source}: architecture "${archName}" is not one Sigma imports`, `Sigma imports GGUF files of the architectures ${architectures.map((a) => a.name).join(", ")}`);
@@ -881,5 +1095,9 @@ export function modelOfGguf(file: GgufFile, source: string, architectures: reado
   }
   if (extra.length) throw new SigmaError(`${source}: unexpected tensor${extra.length > 1 ? "s" : ""} ${extra.slice(0, 5).map((n) => `"${n}"`).join(", ")} (not part of a ${arch.name} model)`, "the file holds tensors Sigma would drop; refusing rather than computing a different function");
   if (tokenizer && tokenizer.vocabSize !== config.vocabSize) throw new SigmaError(`${source}: ${tokenizer.vocabSize} tokens but a vocabulary of ${config.vocabSize}`);
-  return { model, tokenizer, ...(hfJson.text !== null ? { tokenizerText: hfJson.text } : {}), ...(reason ? { tokenizerNote: reason } : {}), architecture: arch.name };
+  // The chat template comes along, unless it is Sigma's own beside Sigma's tokenizer (implied by it).
+  const tv = file.metadata.get("tokenizer.chat_template");
+  const template = tv === undefined ? undefined : checkChatTemplate(tv.type === "string" ? tv.value : tv.type === "array" ? [] : tv.value, `${source}: metadata "tokenizer.chat_template"`);
+  const chatTemplate = template === undefined || (tokenizer && template === SIGMA_CHAT_TEMPLATE) ? undefined : template;
+  return { model, tokenizer, ...(hfJson.text !== null ? { tokenizerText: hfJson.text } : {}), ...(reason ? { tokenizerNote: reason } : {}), architecture: arch.name, ...(chatTemplate !== undefined ? { chatTemplate } : {}) };
 }

@@ -23,6 +23,7 @@ import { openCheckpointFolder, readProvenance, STATE_FILE, type Provenance } fro
 import { decodeCheckpointModel, loadModel } from "../models/io.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import { parseTokenizerJson, sha256Hex } from "../tokenizer/hfjson.js";
+import { chatTemplateOf, TOKENIZER_CONFIG_FILE } from "../tokenizer/chat-template.js";
 import type { TextTokenizer } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
 import { readRegularFile } from "../util/read.js";
@@ -49,6 +50,8 @@ export interface ModelSource {
   dataDir: string | null;
   /** The training run's settings, when the checkpoint is a train checkpoint. */
   run: RunSettings | null;
+  /** A Hugging Face chat template kept with the model (the checkpoint's tokenizer_config.json), or null. */
+  chatTemplate: string | null;
 }
 
 /** `tok`, checked to have the model's vocabulary size (`where` names the tokenizer file). */
@@ -97,7 +100,7 @@ function openSource(path: string): ModelSource {
     const model = loadModel(file);
     const tokPath = join(dirname(file), TOKENIZER_FILE);
     const tokenizer = existsSync(tokPath) ? parseTokenizer(readRegularFile(tokPath, "tokenizer", "put the model's tokenizer.json beside it, or remove what is there", MAX_TOKENIZER_BYTES).toString("utf8"), tokPath, model) : null;
-    return { model, tokenizer, path: file, step: 0, dataDir: null, run: null };
+    return { model, tokenizer, path: file, step: 0, dataDir: null, run: null, chatTemplate: null };
   }
   const f = openCheckpointFolder(path);
   const state = readProvenance(f);
@@ -115,7 +118,19 @@ function openSource(path: string): ModelSource {
     }
     tokenizer = parseTokenizer(bytes.toString("utf8"), tokPath, model);
   }
-  return { model, tokenizer, path: f.path, step: state.step, dataDir: state.dataDir, run: state.run };
+  let chatTemplate: string | null = null;
+  if (Object.hasOwn(f.state.files, TOKENIZER_CONFIG_FILE)) {
+    const where = join(f.path, TOKENIZER_CONFIG_FILE);
+    let config: unknown;
+    try {
+      config = JSON.parse(f.read(TOKENIZER_CONFIG_FILE).toString("utf8"));
+    } catch (e) {
+      if (e instanceof SigmaError) throw e;
+      throw new SigmaError(`${where} is not valid JSON (${(e as Error).message})`, "the checkpoint is damaged; use an earlier one");
+    }
+    chatTemplate = chatTemplateOf(config, where);
+  }
+  return { model, tokenizer, path: f.path, step: state.step, dataDir: state.dataDir, run: state.run, chatTemplate };
 }
 
 /** A source with its tokenizer, for commands that read or write text (generate, evaluate on text). */

@@ -239,9 +239,19 @@ export class HfTokenizer implements TextTokenizer {
     return out;
   }
 
-  /** The added tokens (id, text, whether special), in the file's order. */
-  addedTokens(): { id: number; content: string; special: boolean }[] {
-    return this.added.map((t) => ({ id: t.id, content: t.content, special: t.special }));
+  /** The added tokens (id, text, whether special, whether they swallow whitespace beside them), in the file's order. */
+  addedTokens(): { id: number; content: string; special: boolean; lstrip: boolean; rstrip: boolean }[] {
+    return this.added.map((t) => ({ id: t.id, content: t.content, special: t.special, lstrip: t.lstrip, rstrip: t.rstrip }));
+  }
+
+  /** The model's unknown token (model.unk_token), or -1. */
+  get unknownId(): number {
+    return this.unkId;
+  }
+
+  /** The model vocabulary's token of `id` (an added token laid over it not counted), or undefined. */
+  modelToken(id: number): string | undefined {
+    return this.tokenOf[id];
   }
 
   /** Whether a piece found whole in the vocabulary skips the merges (model.ignore_merges). */
@@ -570,7 +580,8 @@ export class HfTokenizer implements TextTokenizer {
             }
             for (const b of ok ? mapped : this.utf8.encode(t)) bytes.push(b);
           }
-          return [new TextDecoder("utf-8").decode(Uint8Array.from(bytes))];
+          // ignoreBOM: a text that starts with U+FEFF keeps it (a TextDecoder drops it by default).
+          return [new TextDecoder("utf-8", { ignoreBOM: true }).decode(Uint8Array.from(bytes))];
         };
       case "Replace": {
         const re = this.pattern(d.pattern, at);
@@ -586,7 +597,7 @@ export class HfTokenizer implements TextTokenizer {
           const flush = (): void => {
             if (run.length === 0) return;
             try {
-              out.push(new TextDecoder("utf-8", { fatal: true }).decode(Uint8Array.from(run)));
+              out.push(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(Uint8Array.from(run)));
             } catch {
               for (let k = 0; k < run.length; k++) out.push("\uFFFD");
             }
