@@ -159,3 +159,16 @@ export function llamaFixture(prefix: string): { dir: string; llama: Llama } {
   });
   return env;
 }
+
+/** English, Chinese, code, emoji, whitespace runs, numbers, contractions, mixed scripts: the texts the tokenizer cross-checks share. */
+export const MULTILINGUAL_TEXTS = [
+  "Hello world! The quick brown fox jumps over the lazy dog.",
+  "子曰：学而时习之，不亦说乎？有朋自远方来，不亦乐乎？",
+  "function add(a, b) {\n  return a + b; // sum\n}\n\n\tconst x = [1, 2, 3];",
+  "emoji 😀🎉👍🏽 and flags 🇫🇷 mixed with text",
+  "spaces   and\ttabs\t\t and\n\n\nnewlines    \n  end  ",
+  "numbers 1 12 123 1234 12345 3.14159 -42 1,000,000",
+  "I'm sure they'll say it's fine, WE'RE NOT, you've seen",
+  "Ünïcödé café naïve — Ελληνικά русский 日本語のテキスト 한국어",
+  " leading space and trailing space ",
+];

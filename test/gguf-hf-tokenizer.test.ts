@@ -24,23 +24,14 @@ import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { HfTokenizer } from "../src/tokenizer/hf.js";
 import { parseTokenizerJson } from "../src/tokenizer/hfjson.js";
 import { SigmaError } from "../src/util/errors.js";
-import { llamaFixture } from "./gguf-harness.js";
+import { llamaFixture, MULTILINGUAL_TEXTS } from "./gguf-harness.js";
 
 const require = createRequire(import.meta.url);
 const env = llamaFixture("sigma-gguf-hftok-");
 const dir = env.dir;
 
-/** English, Chinese, code, emoji, whitespace runs, numbers, contractions, mixed scripts. */
 const TEXTS = [
-  "Hello world! The quick brown fox jumps over the lazy dog.",
-  "子曰：学而时习之，不亦说乎？有朋自远方来，不亦乐乎？",
-  "function add(a, b) {\n  return a + b; // sum\n}\n\n\tconst x = [1, 2, 3];",
-  "emoji 😀🎉👍🏽 and flags 🇫🇷 mixed with text",
-  "spaces   and\ttabs\t\t and\n\n\nnewlines    \n  end  ",
-  "numbers 1 12 123 1234 12345 3.14159 -42 1,000,000",
-  "I'm sure they'll say it's fine, WE'RE NOT, you've seen",
-  "Ünïcödé café naïve — Ελληνικά русский 日本語のテキスト 한국어",
-  " leading space and trailing space ",
+  ...MULTILINGUAL_TEXTS,
   // Qwen3's added tokens that are not special: matched in plain text too (user-defined in GGUF).
   "<think>why 2+2=4</think> <tool_call>{\"a\": 1}</tool_call>",
 ];

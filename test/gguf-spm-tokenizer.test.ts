@@ -28,7 +28,7 @@ import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { HfTokenizer } from "../src/tokenizer/hf.js";
 import { parseTokenizerJson } from "../src/tokenizer/hfjson.js";
 import { SigmaError } from "../src/util/errors.js";
-import { checkWithHfParser, compareGreedy, llamaFixture } from "./gguf-harness.js";
+import { checkWithHfParser, compareGreedy, llamaFixture, MULTILINGUAL_TEXTS } from "./gguf-harness.js";
 import { CONFIGS, hfRoot, hfWeights, writeHf } from "./hf-fixture.js";
 
 const require = createRequire(import.meta.url);
@@ -36,20 +36,8 @@ const env = llamaFixture("sigma-gguf-spm-");
 const dir = env.dir;
 hfRoot.dir = dir;
 
-/** English, Chinese, code, emoji, whitespace runs (leading, multiple, tabs, newlines), numbers, mixed scripts. */
-const TEXTS = [
-  "Hello world! The quick brown fox jumps over the lazy dog.",
-  "子曰：学而时习之，不亦说乎？有朋自远方来，不亦乐乎？",
-  "function add(a, b) {\n  return a + b; // sum\n}\n\n\tconst x = [1, 2, 3];",
-  "emoji 😀🎉👍🏽 and flags 🇫🇷 mixed with text",
-  "spaces   and\ttabs\t\t and\n\n\nnewlines    \n  end  ",
-  "numbers 1 12 123 1234 12345 3.14159 -42 1,000,000",
-  "I'm sure they'll say it's fine, WE'RE NOT, you've seen",
-  "Ünïcödé café naïve — Ελληνικά русский 日本語のテキスト 한국어",
-  " leading space and trailing space ",
-  "   three leading spaces",
-  "\nnewline first",
-];
+/** The shared multilingual set, and more leading whitespace (Metaspace's prefix). */
+const TEXTS = [...MULTILINGUAL_TEXTS, "   three leading spaces", "\nnewline first"];
 const SPECIALS = "<s>[INST] hi [/INST] ok</s> and <unk>";
 const LEADING = (s: string) => s.startsWith(" ");
 
