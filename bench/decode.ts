@@ -214,7 +214,7 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
 
 /**
  * `--kernels`: the decode kernels alone, no model. For q8, q4 (and f32 as the
- * yardstick) and the shapes 2048×512 and 512×2048 (N×K), one or two rows of
+ * yardstick) and the shapes 2048×512 and 512×2048 (N×K), one, two or eight rows of
  * x, on 1 and 2 threads: weight bytes read per second, from memory (the
  * matrix taken in turn from enough distinct copies, ≥ 256 MiB together, that
  * every call reads from memory) and from cache (one copy, over and over: the
@@ -238,8 +238,8 @@ function kernelSection(say: (s: string) => void, rounds: number, bw: number) {
         const copies = Math.max(2, Math.ceil((256 << 20) / bytes));
         // Distinct copies of the same matrix (its arrays cloned; a copy is all the kernel reads).
         const mats = Array.from({ length: copies }, () => ({ ...one, data: one.data.slice(), scales: one.scales?.slice() ?? null, mins: one.mins?.slice() ?? null }) as StoredMatrix);
-        const modes = f === "f32" ? [2] : [2, 0];
-        for (const R of [1, 2]) {
+        const modes = f === "f32" ? [-1] : [-1, 0];
+        for (const R of [1, 2, 8]) {
           const x = Float32Array.from({ length: R * K }, () => rng.uniform() * 2 - 1);
           const y = new Float32Array(R * N);
           const offsets = Int32Array.of(0, R);
@@ -259,7 +259,7 @@ function kernelSection(say: (s: string) => void, rounds: number, bw: number) {
               }
             }
             const total = bytes * copies;
-            const fig = { memoryGBs: GBs(total, mem.get(2)!), cacheGBs: GBs(total, cache.get(2)!) } as (typeof out)[string];
+            const fig = { memoryGBs: GBs(total, mem.get(-1)!), cacheGBs: GBs(total, cache.get(-1)!) } as (typeof out)[string];
             if (f !== "f32") {
               fig.f32KernelMemoryGBs = GBs(total, mem.get(0)!);
               fig.f32KernelCacheGBs = GBs(total, cache.get(0)!);
@@ -272,7 +272,7 @@ function kernelSection(say: (s: string) => void, rounds: number, bw: number) {
       }
     }
   } finally {
-    addon.setDecodeIntRows(2);
+    addon.setDecodeIntRows(-1);
   }
   say(`integer kernels: ${addon.decodeIntPath()}`);
   say(table(["weights", "N×K", "rows of x", "threads", "memory GB/s", "f32 kernel", "÷ read bw", "cache GB/s", "f32 kernel"], rows));

@@ -10,9 +10,8 @@
 // native f32 sums: at most (K + 2)·2⁻²⁴·Σ_k |x·w| per output. A wrong scale,
 // nibble or group index misses that by orders of magnitude.
 //
-// q8 and q4 at one or two rows of x per expert take the integer kernels
-// (x quantized per group of 32, exact int32 dots, f32 factors d·scale; q4's
-// min·Σx): the twin quantizes x the same way (same bytes, same f32 factors),
+// q8 and q4 take the integer kernels (x quantized per group of 32, exact
+// int32 dots, f32 factors d·scale; q4's min·Σx): the twin quantizes x the same way (same bytes, same f32 factors),
 // so the two differ only by the f32 sums over lanes and groups: at most
 // (G + 40)·2⁻²⁴·(Σ_g |d·scale|·Σ_i |xq·q| + Σ_g |min|·Σ|x|) for G groups.
 // The integer paths are avx512-vnni (vpdpbusd), avx512-bw (the same kernel
@@ -135,7 +134,7 @@ function bounds(x: Float32Array, w: StoredMatrix, wf: Float32Array, offsets: Int
   const E = offsets.length - 1;
   const out = new Float64Array(offsets[E]! * N);
   for (let e = 0; e < E; e++) {
-    const int = takesIntDot(w, offsets[e + 1]! - offsets[e]!);
+    const int = takesIntDot(w);
     const we = storedRows(w, e * N, N);
     for (let r = offsets[e]!; r < offsets[e + 1]!; r++) {
       const xq = int ? quantizeActivations(x, r * K, K) : null;
@@ -181,8 +180,8 @@ const SHAPES: [number[], number, number][] = [
   // One and two rows of x (the streaming kernels): an odd number of whole groups, and a tail.
   [[2, 1], 7, 97],
   [[1], 5, 224],
-  // The integer kernels (q8, q4 at one or two rows per expert): K = 1 … 257, experts with 1, 2 and 0 rows
-  // beside others with 3, partial blocks of 16 groups (K = 600: 19 groups), a last odd group (AVX2's q4 pairs).
+  // The integer kernels (q8, q4; rows taken two at a time): K = 1 … 257, experts with 1, 2, 3 and 0 rows,
+  // partial blocks of 16 groups (K = 600: 19 groups), a last odd group (AVX2's q4 pairs).
   [[2], 5, 1],
   [[1, 0, 2], 9, 17],
   [[2, 1, 0], 7, 33],
@@ -258,6 +257,26 @@ test("integer decode twin: x's quantization is round-to-nearest-even per group, 
         const got = intDot(xr, m, n).value;
         assert.ok(Math.abs(got - exact) <= bound, `${f} K=${K} n=${n}: ${got} vs ${exact} (bound ${bound})`);
       }
+    }
+  }
+});
+
+test("integer decode kernels: a row's outputs are the same bits whatever rows share the call (batch, speculative step)", { skip }, () => {
+  const decode = nativeDecodeKernels()!;
+  for (const f of ["q8", "q4"] as const) {
+    for (const [N, K] of [[7, 100], [40, 600]] as const) {
+      const m = quantize(f, rand(N * K, 0.05), N, K);
+      const R = 5;
+      const x = rand(R * K);
+      eachPath((where) => {
+        const all = new Float32Array(R * N);
+        decode.decodeMatmul(all, x, m, Int32Array.of(0, R), 1, N, K);
+        for (let r = 0; r < R; r++) {
+          const one = new Float32Array(N);
+          decode.decodeMatmul(one, x.subarray(r * K, (r + 1) * K), m, Int32Array.of(0, 1), 1, N, K);
+          assert.deepEqual(one, all.subarray(r * N, (r + 1) * N), `${f} ${where} N=${N} K=${K}: row ${r} of ${R}`);
+        }
+      });
     }
   }
 });

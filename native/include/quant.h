@@ -74,8 +74,8 @@ void decode_rows_portable(const QuantMatrix& w, float* y, int64_t ldy, const flo
 
 // ------------------------------------------------------------------ integer dot products (quant_decode_int*.cpp)
 //
-// For q8 and q4 weights and an expert with one or two rows of x (decoding),
-// x is quantized too and the group products are integer dot products:
+// For q8 and q4 weights x is quantized too and the group products are
+// integer dot products (every row count; set_decode_int_rows can hold them off):
 //   per row of x and group g of 32 inputs (the last one short when K is not a
 //   multiple of 32; its missing inputs are zero):
 //     amax_g = max |x|;  d_g = amax_g / 127;  inv_g = 127 / amax_g (0 when amax_g = 0)
@@ -114,16 +114,16 @@ const char* decode_int_path_name();
 // Lets the AVX-512 integer kernel use VNNI (vpdpbusd) when the CPU has it (default),
 // or holds it to vpmaddubsw + vpmaddwd (tests).
 void set_decode_vnni(bool allow);
-// The most rows of x per expert that take the integer kernels: 2 (default), 1, or 0 (off:
-// the f32 kernels run, as before them; benchmarks compare the two on one build).
-void set_decode_int_rows(int rows);
+// The most rows of x per expert that take the integer kernels: −1 all (the default), 0 none
+// (the f32 kernels run, as before them: tests and benchmarks compare the two on one build).
+void set_decode_int_rows(int64_t rows);
 
 // Quantizes `R` rows of x [R, K] into qx (rows 0 … R − 1 of it) for `f` (q8 or q4).
 void quantize_x_avx512(const float* x, int64_t R, int64_t K, WeightFormat f, const QuantX& qx);
 void quantize_x_avx2(const float* x, int64_t R, int64_t K, WeightFormat f, const QuantX& qx);
 void quantize_x_portable(const float* x, int64_t R, int64_t K, WeightFormat f, const QuantX& qx);
 
-// y[r·ldy + n] for r < R (1 or 2) and n in [n0, n1): the integer products of
+// y[r·ldy + n] for r < R and n in [n0, n1): the integer products of
 // q8/q4 weight rows (already offset to the expert) with x quantized in qx.
 void decode_int_avx512(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K,
                        int64_t n0, int64_t n1, bool vnni);

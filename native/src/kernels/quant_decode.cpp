@@ -218,11 +218,12 @@ IntPath int_path() {
   return IntPath::kPortable;
 }
 
-// The most rows of x per expert that take the integer kernels (docs/decode.md:
-// more rows share each weight's conversion to f32, and the f32 tiles win);
-// set_decode_int_rows(0) turns them off (benchmarks' before/after).
-constexpr int64_t kIntRows = 2;
-std::atomic<int> int_rows{kIntRows};
+// The most rows of x per expert that take the integer kernels: all (a row's
+// outputs then do not depend on how many rows share the call: a batched or
+// speculative step gives each row what decoding it alone gives);
+// set_decode_int_rows(0) turns them off (tests, benchmarks' before/after).
+constexpr int64_t kIntRowsAll = 1 << 30;
+std::atomic<int64_t> int_rows{kIntRowsAll};
 
 // Reused, grow-only storage of the quantized x, one per calling thread: a
 // call allocates only when it needs more than any call before it on that thread.
@@ -302,7 +303,7 @@ const char* decode_int_path_name() {
 
 void set_decode_vnni(bool allow) { vnni_allowed.store(allow, std::memory_order_relaxed); }
 
-void set_decode_int_rows(int rows) { int_rows.store(std::clamp(rows, 0, static_cast<int>(kIntRows)), std::memory_order_relaxed); }
+void set_decode_int_rows(int64_t rows) { int_rows.store(rows < 0 ? kIntRowsAll : rows, std::memory_order_relaxed); }
 
 const char* decode_path_name() {
   const RowKernel k = row_kernel();

@@ -41,8 +41,9 @@ inline __m256i dot4(__m256i u, __m256i s) {
 
 constexpr int64_t kIntAhead = 2048;
 
+// Rows n0 … n1 − 1 of the weights with RC rows of x (xr); `ahead`: prefetch the stream.
 template <int RC>
-void q8_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int64_t K, int64_t n0, int64_t n1) {
+void q8_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int64_t K, int64_t n0, int64_t n1, bool ahead) {
   const int64_t G = quant_groups(K), row_bytes = quant_row_elements(w.format, K);
   for (int64_t n = n0; n < n1; ++n) {
     const int8_t* p = static_cast<const int8_t*>(w.data) + n * row_bytes;
@@ -50,7 +51,7 @@ void q8_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int6
     __m256 acc[RC][2];
     for (int r = 0; r < RC; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t g = 0; g < G; ++g) {
-      if ((g & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 32 + kIntAhead, _MM_HINT_T0);
+      if (ahead && (g & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 32 + kIntAhead, _MM_HINT_T0);
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + g * 32));  // rows are whole groups
       const __m256i a = _mm256_abs_epi8(wv);
       const float sc = h2f(s[g]);
@@ -65,7 +66,7 @@ void q8_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int6
 }
 
 template <int RC>
-void q4_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int64_t K, int64_t n0, int64_t n1) {
+void q4_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int64_t K, int64_t n0, int64_t n1, bool ahead) {
   const int64_t G = quant_groups(K), row_bytes = quant_row_elements(w.format, K);
   const __m256i low = _mm256_set1_epi8(15);
   for (int64_t n = n0; n < n1; ++n) {
@@ -79,7 +80,7 @@ void q4_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int6
       macc[r] = 0.f;
     }
     for (int64_t g = 0; g < G; g += 2) {
-      if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 16 + kIntAhead, _MM_HINT_T0);
+      if (ahead && (g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 16 + kIntAhead, _MM_HINT_T0);
       const bool pair = g + 1 < G;  // a last odd group reads its own 16 bytes only
       const __m256i v = pair ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + g * 16))
                              : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + g * 16)));
@@ -159,12 +160,24 @@ void quantize_x_avx2(const float* x, int64_t R, int64_t K, WeightFormat f, const
   }
 }
 
+// Each weight row meets every row of x, two at a time, while it sits in L1
+// (a row of x gets the same operations whatever R is).
 void decode_int_avx2(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K, int64_t n0,
                      int64_t n1) {
-  QuantX xr[2] = {qx.row(0), R > 1 ? qx.row(1) : qx.row(0)};
   const bool q4 = w.format == WeightFormat::kQ4;
-  if (R == 1) return q4 ? q4_rows<1>(w, y, ldy, xr, K, n0, n1) : q8_rows<1>(w, y, ldy, xr, K, n0, n1);
-  return q4 ? q4_rows<2>(w, y, ldy, xr, K, n0, n1) : q8_rows<2>(w, y, ldy, xr, K, n0, n1);
+  for (int64_t n = n0; n < n1; ++n) {
+    int64_t r = 0;
+    for (; r + 2 <= R; r += 2) {
+      const QuantX xr[2] = {qx.row(r), qx.row(r + 1)};
+      if (q4) q4_rows<2>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
+      else q8_rows<2>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
+    }
+    if (r < R) {
+      const QuantX xr[1] = {qx.row(r)};
+      if (q4) q4_rows<1>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
+      else q8_rows<1>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
+    }
+  }
 }
 
 }  // namespace sigma

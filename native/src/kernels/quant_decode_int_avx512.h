@@ -126,46 +126,62 @@ __attribute__((always_inline)) inline void q4_block(const uint8_t* p, const uint
   }
 }
 
+// Weight row n (bytes p, scales s, mins m) with RC rows of x: y[r·ldy] for r < RC.
+// `ahead`: prefetch the stream (the first pass over the row; later pairs find it in L1).
 template <bool kVnni, int RC>
-void int_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t K, int64_t n0, int64_t n1) {
-  const int64_t G = quant_groups(K), Gfull = G / 16 * 16;
-  const bool q4 = w.format == WeightFormat::kQ4;
-  const int64_t row_bytes = quant_row_elements(w.format, K);
-  QuantX xr[RC];
-  for (int r = 0; r < RC; ++r) xr[r] = qx.row(r);
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* p = static_cast<const uint8_t*>(w.data) + n * row_bytes;
-    const uint16_t* s = w.scales + n * G;
-    __m512 acc[RC][2], macc[RC];
-    for (int r = 0; r < RC; ++r) acc[r][0] = acc[r][1] = macc[r] = _mm512_setzero_ps();
-    if (q4) {
-      const uint16_t* m = w.mins + n * G;
-      for (int64_t g = 0; g < Gfull; g += 16) {
+__attribute__((always_inline)) inline void one_row(bool q4, const uint8_t* p, const uint16_t* s, const uint16_t* m,
+                                                   const QuantX* xr, int64_t G, bool ahead, float* y, int64_t ldy) {
+  const int64_t Gfull = G / 16 * 16;
+  __m512 acc[RC][2], macc[RC];
+  for (int r = 0; r < RC; ++r) acc[r][0] = acc[r][1] = macc[r] = _mm512_setzero_ps();
+  if (q4) {
+    for (int64_t g = 0; g < Gfull; g += 16) {
+      if (ahead) {
         const char* a = reinterpret_cast<const char*>(p) + g * 16 + kIntAhead;
         for (int b = 0; b < 256; b += 64) _mm_prefetch(a + b, _MM_HINT_T0);
-        q4_block<kVnni, RC>(p, s, m, xr, g, 16, acc, macc);
       }
-      if (Gfull < G) q4_block<kVnni, RC>(p, s, m, xr, Gfull, G - Gfull, acc, macc);
-    } else {
-      const int8_t* q = reinterpret_cast<const int8_t*>(p);
-      for (int64_t g = 0; g < Gfull; g += 16) {
+      q4_block<kVnni, RC>(p, s, m, xr, g, 16, acc, macc);
+    }
+    if (Gfull < G) q4_block<kVnni, RC>(p, s, m, xr, Gfull, G - Gfull, acc, macc);
+  } else {
+    const int8_t* q = reinterpret_cast<const int8_t*>(p);
+    for (int64_t g = 0; g < Gfull; g += 16) {
+      if (ahead) {
         const char* a = reinterpret_cast<const char*>(p) + g * 32 + kIntAhead;
         for (int b = 0; b < 512; b += 64) _mm_prefetch(a + b, _MM_HINT_T0);
-        q8_block<kVnni, RC>(q, s, xr, g, 16, acc);
       }
-      if (Gfull < G) q8_block<kVnni, RC>(q, s, xr, Gfull, G - Gfull, acc);
+      q8_block<kVnni, RC>(q, s, xr, g, 16, acc);
     }
-    for (int r = 0; r < RC; ++r) {
-      y[r * ldy + n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), macc[r]));
-    }
+    if (Gfull < G) q8_block<kVnni, RC>(q, s, xr, Gfull, G - Gfull, acc);
+  }
+  for (int r = 0; r < RC; ++r) {
+    y[r * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), macc[r]));
   }
 }
 
+// Each weight row meets every row of x, two at a time, while it sits in L1;
+// a row of x gets the same operations in the same order whether it is taken
+// alone or beside another, so its outputs do not depend on R.
 template <bool kVnni>
 void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K, int64_t n0,
                 int64_t n1) {
-  if (R == 1) int_rows<kVnni, 1>(w, y, ldy, qx, K, n0, n1);
-  else int_rows<kVnni, 2>(w, y, ldy, qx, K, n0, n1);
+  const int64_t G = quant_groups(K);
+  const bool q4 = w.format == WeightFormat::kQ4;
+  const int64_t row_bytes = quant_row_elements(w.format, K);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* p = static_cast<const uint8_t*>(w.data) + n * row_bytes;
+    const uint16_t* s = w.scales + n * G;
+    const uint16_t* m = q4 ? w.mins + n * G : nullptr;
+    int64_t r = 0;
+    for (; r + 2 <= R; r += 2) {
+      const QuantX xr[2] = {qx.row(r), qx.row(r + 1)};
+      one_row<kVnni, 2>(q4, p, s, m, xr, G, r == 0, y + r * ldy + n, ldy);
+    }
+    if (r < R) {
+      const QuantX xr[1] = {qx.row(r)};
+      one_row<kVnni, 1>(q4, p, s, m, xr, G, r == 0, y + r * ldy + n, ldy);
+    }
+  }
 }
 
 }  // namespace

@@ -9,9 +9,9 @@
 //   decodeMatmulQ4  (y, x, q: Uint8Array,   offsets, E, N, K, scales: Uint16Array, mins: Uint16Array)
 //   dequantize{Bf16,F16,Q8,Q4}(out, data, rows, K[, scales[, mins]])
 //   decodePath() → "avx512" | "avx2-fma" | "portable"
-//   decodeIntPath() → "avx512-vnni" | "avx512-bw" | "avx2" | "portable" (q8/q4 at one or two rows of x)
+//   decodeIntPath() → "avx512-vnni" | "avx512-bw" | "avx2" | "portable" (the integer kernels of q8/q4)
 //   setDecodeVnni(allow: boolean): lets the AVX-512 integer kernel use VNNI (default) or holds it off (tests)
-//   setDecodeIntRows(rows: 0 | 1 | 2): the most rows of x per expert that take the integer kernels (0: off; benchmarks)
+//   setDecodeIntRows(rows): the most rows of x per expert that take the integer kernels (−1: all, the default; 0: none)
 // (the group scales come last so that every decode kernel has E where the
 // grouped products have it).
 #include <napi.h>
@@ -128,8 +128,8 @@ Napi::Value SetDecodeVnni(const Napi::CallbackInfo& info) {
 Napi::Value SetDecodeIntRows(const Napi::CallbackInfo& info) {
   Args g(info, "setDecodeIntRows", 1);
   const int64_t rows = g.integer(0, "rows");
-  if (rows < 0 || rows > 2) g.range_error("rows", "must be 0, 1 or 2, got " + std::to_string(rows));
-  sigma::set_decode_int_rows(static_cast<int>(rows));
+  if (rows < -1) g.range_error("rows", "must be −1 (all) or a count, got " + std::to_string(rows));
+  sigma::set_decode_int_rows(rows);
   return info.Env().Undefined();
 }
 

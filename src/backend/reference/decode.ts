@@ -3,12 +3,11 @@
  * definition, the fallback without the addon, and the oracle the native
  * kernels are tested against (test/decode-kernels.test.ts). Two products:
  *
- * - **f32 weights** (every format; q8 and q4 when an expert has three or
- *   more rows of x): dequantize by the format's definition (../quant.ts
- *   weightAt), then a dot product of each row of x with each weight row,
- *   summed in float64 and rounded once on store.
- * - **integer dots** (q8 and q4 when an expert has one or two rows of x:
- *   decoding; native/include/quant.h "integer dot products"): each row of x
+ * - **f32 weights** (f32, bf16, f16): dequantize by the format's
+ *   definition (../quant.ts weightAt), then a dot product of each row of x
+ *   with each weight row, summed in float64 and rounded once on store.
+ * - **integer dots** (q8 and q4; native/include/quant.h "integer dot
+ *   products"; the native setDecodeIntRows(0) holds them off): each row of x
  *   quantized to int8 per group of 32 (`quantizeActivations`), each group's
  *   product an exact integer dot with the stored q, times the f32 factor
  *   d·scale; q4 adds min·Σx. Summed in float64 here (`intDot`); the kernels
@@ -17,9 +16,6 @@
  */
 import { dequantize as dequantizeMatrix, GROUP, groupsOf, halfValue, rowElements, type DecodeKernels, type StoredMatrix } from "../quant.js";
 import { checkOffsets, need } from "./check.js";
-
-/** The most rows of x per expert that take the integer products (the native kIntRows). */
-export const INT_DOT_ROWS = 2;
 
 /** One row of x quantized per group of 32: q in input order (a short group's missing inputs 0), the scales d and the sums of x. */
 export interface QuantizedRow {
@@ -114,8 +110,8 @@ export function intDot(xq: QuantizedRow, w: StoredMatrix, n: number): { value: n
   return { value, magnitude };
 }
 
-/** Whether expert rows of this format and count take the integer products. */
-export const takesIntDot = (w: StoredMatrix, rows: number): boolean => (w.format === "q8" || w.format === "q4") && rows >= 1 && rows <= INT_DOT_ROWS;
+/** Whether a product of this format takes the integer dots (q8, q4: every row count, so a row's outputs do not depend on its batch). */
+export const takesIntDot = (w: StoredMatrix): boolean => w.format === "q8" || w.format === "q4";
 
 function decodeMatmul(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: Int32Array, E: number, N: number, K: number): void {
   const kernel = `decodeMatmul${w.format}`;
@@ -139,7 +135,7 @@ function decodeMatmul(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets
       scales: w.scales ? w.scales.subarray(e * N * G, (e + 1) * N * G) : null,
       mins: w.mins ? w.mins.subarray(e * N * G, (e + 1) * N * G) : null,
     };
-    if (K > 0 && takesIntDot(w, r1 - r0)) {
+    if (K > 0 && takesIntDot(w)) {
       for (let r = r0; r < r1; r++) {
         const xq = quantizeActivations(x, r * K, K);
         for (let n = 0; n < N; n++) y[r * N + n] = intDot(xq, we, n).value;
