@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- decode [--tokens=N] [--rounds=N] [--only=f32,q8] [--generic] [--spec-only] [--kernels]
+ * `npm run bench -- decode [--tokens=N] [--rounds=N] [--only=f32,q8] [--generic] [--f32-kernels] [--spec-only] [--kernels]
  *   [--spec-target=DIR] [--spec-draft=DIR] [--spec-tokens=N] [--spec-rounds=N] [--spec-k=K] [--json]`:
  * KV-cache decoding of config R's shape (d=512, 8 heads, 2 dense + 2 sparse
  * layers, 8 experts top-2, F=2048, V=8192; random weights) with its matrices
@@ -16,7 +16,9 @@
  * Medians over rounds; each round decodes `tokens` steps after an 8-token prompt.
  * Steps run through the decode step (src/models/decode-step.ts) as forward
  * does; `--generic` turns it off (forward's general path, for a before/after
- * on the same build; JSON: decode.decodeStep false).
+ * on the same build; JSON: decode.decodeStep false). `--f32-kernels` holds
+ * q8/q4 to the f32-dequantizing kernels (setDecodeIntRows(0): the before of
+ * the integer kernels on the same build; JSON: decode.intKernels false).
  *
  * With --json, stdout is one JSON object:
  *   { decode: { threads, cpu, readBandwidthGBs, tokens, rounds, config, decodeStep,
@@ -297,6 +299,8 @@ export async function run(args: string[]): Promise<void> {
   const only = args.find((a) => a.startsWith("--only="))?.slice(7).split(",");
   const decodeStep = !args.includes("--generic");
   useDecodeStep(decodeStep);
+  const intKernels = !args.includes("--f32-kernels");
+  (native() as unknown as { setDecodeIntRows(rows: number): void }).setDecodeIntRows(intKernels ? -1 : 0);
   const formats = WEIGHT_FORMATS.filter((f) => !only || only.includes(f));
   const b = native();
   const decode = nativeDecodeKernels();
@@ -311,7 +315,7 @@ export async function run(args: string[]): Promise<void> {
   });
   const net = new PanguSigma(config).eval();
   say(`decode kernels: ${decode.name}, ${THREADS} threads; read bandwidth ${(bw / 1e9).toFixed(1)} GB/s (sumSquares over 256 MiB, best of 5)`);
-  say(`decode step: ${decodeStep ? "on" : "off (--generic: forward's general path)"}`);
+  say(`decode step: ${decodeStep ? "on" : "off (--generic: forward's general path)"}; q8/q4: ${intKernels ? `integer kernels (${(b as unknown as { decodeIntPath(): string }).decodeIntPath()})` : "f32 kernels (--f32-kernels)"}`);
   say(`config R's shape: d=${SHAPE.width}, ${SHAPE.heads} heads, ${SHAPE.dense} dense + ${SHAPE.sparse} sparse layers, ${SHAPE.experts} experts top-${SHAPE.k}, F=${SHAPE.ffn}, V=${SHAPE.vocab}; ${tokens} steps after an 8-token prompt, median of ${rounds} rounds\n`);
   const results: Partial<Record<WeightFormat, { batch1: Run; batch8: Run }>> = {};
   const rows: (string | number)[][] = [];
@@ -331,6 +335,6 @@ export async function run(args: string[]): Promise<void> {
   const speculative = speculativeSection(args, net, say, opt);
   if (json) {
     const cpu = b.cpuInfo();
-    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, decodeStep, formats: results, q8OverF32Batch1, speculative } }));
+    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, decodeStep, intKernels, formats: results, q8OverF32Batch1, speculative } }));
   }
 }
