@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- decode [--tokens=N] [--rounds=N] [--only=f32,q8] [--generic] [--spec-only]
+ * `npm run bench -- decode [--tokens=N] [--rounds=N] [--only=f32,q8] [--generic] [--f32-kernels] [--spec-only] [--kernels]
  *   [--spec-target=DIR] [--spec-draft=DIR] [--spec-tokens=N] [--spec-rounds=N] [--spec-k=K] [--json]`:
  * KV-cache decoding of config R's shape (d=512, 8 heads, 2 dense + 2 sparse
  * layers, 8 experts top-2, F=2048, V=8192; random weights) with its matrices
@@ -16,7 +16,9 @@
  * Medians over rounds; each round decodes `tokens` steps after an 8-token prompt.
  * Steps run through the decode step (src/models/decode-step.ts) as forward
  * does; `--generic` turns it off (forward's general path, for a before/after
- * on the same build; JSON: decode.decodeStep false).
+ * on the same build; JSON: decode.decodeStep false). `--f32-kernels` holds
+ * q8/q4 to the f32-dequantizing kernels (setDecodeIntRows(0): the before of
+ * the integer kernels on the same build; JSON: decode.intKernels false).
  *
  * With --json, stdout is one JSON object:
  *   { decode: { threads, cpu, readBandwidthGBs, tokens, rounds, config, decodeStep,
@@ -39,7 +41,7 @@
  * model: same | null }.
  */
 import { noGrad } from "../src/autograd/tape.js";
-import { WEIGHT_FORMATS, storedBytes, type WeightFormat } from "../src/backend/quant.js";
+import { WEIGHT_FORMATS, quantize, storedBytes, type StoredMatrix, type WeightFormat } from "../src/backend/quant.js";
 import { nativeDecodeKernels } from "../src/backend/decode.js";
 import { parseModelConfig } from "../src/models/config.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
@@ -212,15 +214,93 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, model };
 }
 
+/**
+ * `--kernels`: the decode kernels alone, no model. For q8, q4 (and f32 as the
+ * yardstick) and the shapes 2048×512 and 512×2048 (N×K), one, two or eight rows of
+ * x, on 1 and 2 threads: weight bytes read per second, from memory (the
+ * matrix taken in turn from enough distinct copies, ≥ 256 MiB together, that
+ * every call reads from memory) and from cache (one copy, over and over: the
+ * kernel's own speed). q8 and q4 run with the integer kernels and without
+ * them (setDecodeIntRows(0): the f32-dequantizing kernels), interleaved
+ * round by round so that both see the same machine. Medians of `rounds`.
+ */
+function kernelSection(say: (s: string) => void, rounds: number, bw: number) {
+  const b = native();
+  const addon = b as unknown as { setDecodeIntRows(rows: number): void; decodeIntPath(): string };
+  const decode = nativeDecodeKernels()!;
+  const rng = new Rng(7);
+  const out: Record<string, { memoryGBs: number; cacheGBs: number; f32KernelMemoryGBs?: number; f32KernelCacheGBs?: number }> = {};
+  const rows: (string | number)[][] = [];
+  const GBs = (bytes: number, s: number[]) => bytes / median(s) / 1e9;
+  try {
+    for (const f of ["f32", "q8", "q4"] as const) {
+      for (const [N, K] of [[2048, 512], [512, 2048]] as const) {
+        const one = quantize(f, randomArray(N * K, 3), N, K);
+        const bytes = storedBytes(one);
+        const copies = Math.max(2, Math.ceil((256 << 20) / bytes));
+        // Distinct copies of the same matrix (its arrays cloned; a copy is all the kernel reads).
+        const mats = Array.from({ length: copies }, () => ({ ...one, data: one.data.slice(), scales: one.scales?.slice() ?? null, mins: one.mins?.slice() ?? null }) as StoredMatrix);
+        const modes = f === "f32" ? [-1] : [-1, 0];
+        for (const R of [1, 2, 8]) {
+          const x = Float32Array.from({ length: R * K }, () => rng.uniform() * 2 - 1);
+          const y = new Float32Array(R * N);
+          const offsets = Int32Array.of(0, R);
+          for (const t of [1, 2]) {
+            b.setThreads(t);
+            const mem = new Map<number, number[]>(modes.map((m) => [m, []]));
+            const cache = new Map<number, number[]>(modes.map((m) => [m, []]));
+            for (let i = 0; i < rounds; i++) {
+              for (const m of modes) {
+                addon.setDecodeIntRows(m);
+                let t0 = performance.now();
+                for (const w of mats) decode.decodeMatmul(y, x, w, offsets, 1, N, K);
+                mem.get(m)!.push((performance.now() - t0) / 1000);
+                t0 = performance.now();
+                for (let c = 0; c < copies; c++) decode.decodeMatmul(y, x, one, offsets, 1, N, K);
+                cache.get(m)!.push((performance.now() - t0) / 1000);
+              }
+            }
+            const total = bytes * copies;
+            const fig = { memoryGBs: GBs(total, mem.get(-1)!), cacheGBs: GBs(total, cache.get(-1)!) } as (typeof out)[string];
+            if (f !== "f32") {
+              fig.f32KernelMemoryGBs = GBs(total, mem.get(0)!);
+              fig.f32KernelCacheGBs = GBs(total, cache.get(0)!);
+            }
+            out[`${f} ${N}x${K} rows${R} threads${t}`] = fig;
+            const was = (v?: number) => (v === undefined ? "" : v.toFixed(1));
+            rows.push([f, `${N}×${K}`, R, t, fig.memoryGBs.toFixed(1), was(fig.f32KernelMemoryGBs), (fig.memoryGBs * 1e9 / bw).toFixed(2), fig.cacheGBs.toFixed(1), was(fig.f32KernelCacheGBs)]);
+          }
+        }
+      }
+    }
+  } finally {
+    addon.setDecodeIntRows(-1);
+  }
+  say(`integer kernels: ${addon.decodeIntPath()}`);
+  say(table(["weights", "N×K", "rows of x", "threads", "memory GB/s", "f32 kernel", "÷ read bw", "cache GB/s", "f32 kernel"], rows));
+  return out;
+}
+
 export async function run(args: string[]): Promise<void> {
   const json = args.includes("--json");
   const say = json ? (s: string) => console.error(s) : (s: string) => console.log(s);
   const opt = (name: string, dflt: number) => Number(args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? dflt);
+  if (args.includes("--kernels")) {
+    const decode = nativeDecodeKernels();
+    if (!decode) throw new Error("bench decode needs an addon with the decode kernels (rebuild: npm run build:native)");
+    const bw = readBandwidth(THREADS);
+    say(`decode kernels alone: ${decode.name}; read bandwidth ${(bw / 1e9).toFixed(1)} GB/s (sumSquares over 256 MiB, ${THREADS} threads, best of 5)`);
+    const kernels = kernelSection(say, opt("rounds", 5), bw);
+    if (json) console.log(JSON.stringify({ decodeKernels: { kernels: decode.name, readBandwidthGBs: bw / 1e9, gbs: kernels } }));
+    return;
+  }
   const tokens = opt("tokens", 32);
   const rounds = opt("rounds", 3);
   const only = args.find((a) => a.startsWith("--only="))?.slice(7).split(",");
   const decodeStep = !args.includes("--generic");
   useDecodeStep(decodeStep);
+  const intKernels = !args.includes("--f32-kernels");
+  (native() as unknown as { setDecodeIntRows(rows: number): void }).setDecodeIntRows(intKernels ? -1 : 0);
   const formats = WEIGHT_FORMATS.filter((f) => !only || only.includes(f));
   const b = native();
   const decode = nativeDecodeKernels();
@@ -235,7 +315,7 @@ export async function run(args: string[]): Promise<void> {
   });
   const net = new PanguSigma(config).eval();
   say(`decode kernels: ${decode.name}, ${THREADS} threads; read bandwidth ${(bw / 1e9).toFixed(1)} GB/s (sumSquares over 256 MiB, best of 5)`);
-  say(`decode step: ${decodeStep ? "on" : "off (--generic: forward's general path)"}`);
+  say(`decode step: ${decodeStep ? "on" : "off (--generic: forward's general path)"}; q8/q4: ${intKernels ? `integer kernels (${(b as unknown as { decodeIntPath(): string }).decodeIntPath()})` : "f32 kernels (--f32-kernels)"}`);
   say(`config R's shape: d=${SHAPE.width}, ${SHAPE.heads} heads, ${SHAPE.dense} dense + ${SHAPE.sparse} sparse layers, ${SHAPE.experts} experts top-${SHAPE.k}, F=${SHAPE.ffn}, V=${SHAPE.vocab}; ${tokens} steps after an 8-token prompt, median of ${rounds} rounds\n`);
   const results: Partial<Record<WeightFormat, { batch1: Run; batch8: Run }>> = {};
   const rows: (string | number)[][] = [];
@@ -255,6 +335,6 @@ export async function run(args: string[]): Promise<void> {
   const speculative = speculativeSection(args, net, say, opt);
   if (json) {
     const cpu = b.cpuInfo();
-    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, decodeStep, formats: results, q8OverF32Batch1, speculative } }));
+    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, decodeStep, intKernels, formats: results, q8OverF32Batch1, speculative } }));
   }
 }

@@ -99,6 +99,9 @@ export const SIGNATURES: Record<string, Kind[]> = {
   dequantizeQ8: [f, "i8", d, d, "u16"],
   dequantizeQ4: [f, "u8", d, d, "u16", "u16"],
   decodePath: [],
+  decodeIntPath: [],
+  setDecodeVnni: [b],
+  setDecodeIntRows: ["int"],
 };
 /** Where the grouped kernels take E (parts and offsets are sized from it). */
 const E_AT = 4;

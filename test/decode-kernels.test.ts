@@ -9,11 +9,20 @@
 // exact functions of its bits), so they differ only by the rounding of the
 // native f32 sums: at most (K + 2)·2⁻²⁴·Σ_k |x·w| per output. A wrong scale,
 // nibble or group index misses that by orders of magnitude.
+//
+// q8 and q4 take the integer kernels (x quantized per group of 32, exact
+// int32 dots, f32 factors d·scale; q4's min·Σx): the twin quantizes x the same way (same bytes, same f32 factors),
+// so the two differ only by the f32 sums over lanes and groups: at most
+// (G + 40)·2⁻²⁴·(Σ_g |d·scale|·Σ_i |xq·q| + Σ_g |min|·Σ|x|) for G groups.
+// The integer paths are avx512-vnni (vpdpbusd), avx512-bw (the same kernel
+// with vpmaddubsw + vpmaddwd, VNNI held off), avx2 and portable.
 import { test } from "node:test";
+import { existsSync, readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 import { kernelPathSetting, loadNative, type NativeBackend } from "../src/backend/native/index.js";
 import { nativeDecodeKernels, referenceDecode } from "../src/backend/decode.js";
-import { bf16Bits, bf16Value, dequantize, GROUP, halfBits, halfValue, quantize, QuantizeError, WEIGHT_FORMATS, type StoredMatrix, type WeightFormat } from "../src/backend/quant.js";
+import { intDot, quantizeActivations, takesIntDot } from "../src/backend/reference/decode.js";
+import { bf16Bits, bf16Value, dequantize, GROUP, halfBits, halfValue, quantize, QuantizeError, storedRows, WEIGHT_FORMATS, type StoredMatrix, type WeightFormat } from "../src/backend/quant.js";
 import { Rng } from "../src/util/rng.js";
 
 const load = loadNative();
@@ -81,42 +90,76 @@ test("quantizers: each weight within the format's rounding of its group; short l
   assert.ok(Array.from(m.data.subarray(3)).every((v) => v === 0));
 });
 
-/** Each kernel path of this machine, with its expected decode path name; restores the setting. */
-function eachPath(body: (where: string) => void): void {
+type IntExports = { decodeIntPath(): string; setDecodeVnni(allow: boolean): void };
+const intExports = native as unknown as IntExports;
+
+/**
+ * Each kernel path of this machine, with its expected decode path name (and
+ * integer path: on AVX-512 once with VNNI where the CPU has it, once held to
+ * vpmaddubsw); restores the settings.
+ */
+function eachPath(body: (where: string) => void): string[] {
   const cap = kernelPathSetting().path;
   const features = native.cpuFeatures();
-  const paths: [string, "auto" | "avx2-fma" | "portable"][] = [];
-  if (cap === "auto" && features.avx512f) paths.push(["avx512", "auto"]);
-  if (cap !== "portable" && features.avx2 && features.fma) paths.push(["avx2-fma", "avx2-fma"]);
-  paths.push(["portable", "portable"]);
+  const paths: [string, "auto" | "avx2-fma" | "portable", boolean][] = [];
+  if (cap === "auto" && features.avx512f) paths.push(["avx512", "auto", true], ["avx512", "auto", false]);
+  if (cap !== "portable" && features.avx2 && features.fma) paths.push(["avx2-fma", "avx2-fma", true]);
+  paths.push(["portable", "portable", true]);
   const threads = native.getThreads();
   const decode = nativeDecodeKernels()!;
+  const seen: string[] = [];
   try {
-    for (const [name, setting] of paths) {
+    for (const [name, setting, vnni] of paths) {
       native.setKernelPath(setting);
+      intExports.setDecodeVnni(vnni);
       assert.equal(decode.name, `native/${name}`);
+      const int = intExports.decodeIntPath();
+      if (!vnni) assert.notEqual(int, "avx512-vnni");
+      if (seen.includes(`${name}/${int}`)) continue; // VNNI off on a CPU without it: the same paths again
+      seen.push(`${name}/${int}`);
       for (const t of [1, 2]) {
         native.setThreads(t);
-        body(`${name}, ${t} thread${t > 1 ? "s" : ""}`);
+        body(`${name} (integer: ${int}), ${t} thread${t > 1 ? "s" : ""}`);
       }
     }
   } finally {
     native.setKernelPath(cap);
+    intExports.setDecodeVnni(true);
     native.setThreads(threads);
   }
+  return seen;
 }
 
-/** The bound on |native − reference| for every output (see the file comment). */
-function compare(where: string, y: Float32Array, ref: Float32Array, x: Float32Array, wf: Float32Array, offsets: Int32Array, N: number, K: number): void {
+/** The bound on |native − reference| for every output (see the file comment): [r·N + n]. */
+function bounds(x: Float32Array, w: StoredMatrix, wf: Float32Array, offsets: Int32Array, N: number, K: number): Float64Array {
+  const E = offsets.length - 1;
+  const out = new Float64Array(offsets[E]! * N);
+  for (let e = 0; e < E; e++) {
+    const int = takesIntDot(w);
+    const we = storedRows(w, e * N, N);
+    for (let r = offsets[e]!; r < offsets[e + 1]!; r++) {
+      const xq = int ? quantizeActivations(x, r * K, K) : null;
+      for (let n = 0; n < N; n++) {
+        if (xq) {
+          out[r * N + n] = (Math.ceil(K / GROUP) + 40) * 2 ** -24 * intDot(xq, we, n).magnitude + 1e-30;
+          continue;
+        }
+        let mag = 0;
+        for (let k = 0; k < K; k++) mag += Math.abs(x[r * K + k]! * wf[(e * N + n) * K + k]!);
+        out[r * N + n] = (K + 2) * 2 ** -24 * mag + 1e-30;
+      }
+    }
+  }
+  return out;
+}
+
+function compare(where: string, y: Float32Array, ref: Float32Array, bound: Float64Array, offsets: Int32Array, N: number): void {
   const E = offsets.length - 1;
   for (let e = 0; e < E; e++) {
     for (let r = offsets[e]!; r < offsets[e + 1]!; r++) {
       for (let n = 0; n < N; n++) {
-        let mag = 0;
-        for (let k = 0; k < K; k++) mag += Math.abs(x[r * K + k]! * wf[(e * N + n) * K + k]!);
         const err = Math.abs(y[r * N + n]! - ref[r * N + n]!);
-        const bound = (K + 2) * 2 ** -24 * mag + 1e-30;
-        if (!(err <= bound)) assert.fail(`${where}: y[${r},${n}] = ${y[r * N + n]} but the reference gives ${ref[r * N + n]} (|diff| ${err} > ${bound})`);
+        if (!(err <= bound[r * N + n]!)) assert.fail(`${where}: y[${r},${n}] = ${y[r * N + n]} but the reference gives ${ref[r * N + n]} (|diff| ${err} > ${bound[r * N + n]})`);
       }
     }
   }
@@ -138,6 +181,16 @@ const SHAPES: [number[], number, number][] = [
   // One and two rows of x (the streaming kernels): an odd number of whole groups, and a tail.
   [[2, 1], 7, 97],
   [[1], 5, 224],
+  // The integer kernels (q8, q4; rows taken two at a time): K = 1 … 257, experts with 1, 2, 3 and 0 rows,
+  // partial blocks of 16 groups (K = 600: 19 groups), a last odd group (AVX2's q4 pairs).
+  [[2], 5, 1],
+  [[1, 0, 2], 9, 17],
+  [[2, 1, 0], 7, 33],
+  [[1, 2], 6, 40],
+  [[1], 3, 100],
+  [[2, 0, 1, 3], 5, 257],
+  [[1, 2], 40, 600],
+  [[2], 3, 544],
   // Large enough that two threads share the rows (64 KiB of weights per thread at least), splitting inside experts.
   [[2], 300, 512],
   [[3], 1030, 512],
@@ -158,20 +211,98 @@ test("decode kernels: every format on every path, 1 and 2 threads, match the Typ
       WEIGHT_FORMATS.map((f) => {
         const y = new Float32Array(R * N);
         referenceDecode.decodeMatmul(y, x, stored[f], offsets, E, N, K);
-        return [f, { y, wf: dequantize(stored[f]) }];
+        return [f, { y, bound: bounds(x, stored[f], dequantize(stored[f]), offsets, N, K) }];
       }),
-    ) as Record<WeightFormat, { y: Float32Array; wf: Float32Array }>;
+    ) as Record<WeightFormat, { y: Float32Array; bound: Float64Array }>;
     return { E, N, K, R, offsets, x, stored, refs };
   });
-  eachPath((where) => {
+  const seen = eachPath((where) => {
     for (const c of cases) {
       for (const f of WEIGHT_FORMATS) {
         const y = new Float32Array(c.R * c.N).fill(NaN);
         decode!.decodeMatmul(y, c.x, c.stored[f], c.offsets, c.E, c.N, c.K);
-        compare(`${f}, ${where}, E=${c.E} R=${c.R} N=${c.N} K=${c.K}`, y, c.refs[f].y, c.x, c.refs[f].wf, c.offsets, c.N, c.K);
+        compare(`${f}, ${where}, E=${c.E} R=${c.R} N=${c.N} K=${c.K}`, y, c.refs[f].y, c.refs[f].bound, c.offsets, c.N);
       }
     }
   });
+  // This CPU's integer paths were all visited: where Linux reports AVX512_VNNI, vpdpbusd and, held off, vpmaddubsw.
+  const flags = existsSync("/proc/cpuinfo") ? readFileSync("/proc/cpuinfo", "utf8") : "";
+  if (kernelPathSetting().path === "auto" && /\bavx512_vnni\b/.test(flags) && /\bavx512bw\b/.test(flags)) {
+    assert.ok(seen.includes("avx512/avx512-vnni") && seen.includes("avx512/avx512-bw"), seen.join(", "));
+  }
+  if (seen.includes("avx512/avx512-vnni")) assert.ok(seen.includes("avx512/avx512-bw"), seen.join(", "));
+  assert.ok(seen.includes("portable/portable"), seen.join(", "));
+});
+
+test("integer decode twin: x's quantization is round-to-nearest-even per group, and the product stays within its error of the f32-weight product", () => {
+  // Ties: 127/amax = 1 with amax = 127, so x = 0.5, 1.5, 2.5, −0.5 quantize to 0, 2, 2, −0.
+  const x = new Float32Array(32);
+  x.set([127, 0.5, 1.5, 2.5, -0.5, -1.5, 126.6, -127]);
+  const xq = quantizeActivations(x, 0, 32);
+  assert.deepEqual(Array.from(xq.q.subarray(0, 8)), [127, 0, 2, 2, 0, -2, 127, -127]);
+  assert.equal(xq.d[0], Math.fround(1));
+  assert.ok(Number.isNaN(quantizeActivations(Float32Array.of(1, NaN, 2), 0, 3).d[0]));
+  assert.deepEqual(Array.from(quantizeActivations(new Float32Array(40), 0, 40).q), new Array(64).fill(0));
+  // Against the f32-weight product: each xq·d is within d/2 of x, so |Δ| ≤ Σ_g (d_g/2)·Σ|w| (plus rounding).
+  for (const K of [1, 17, 33, 100, 257]) {
+    for (const f of ["q8", "q4"] as const) {
+      const N = 5;
+      const m = quantize(f, rand(N * K, 0.05), N, K);
+      const wf = dequantize(m);
+      const xs = rand(K);
+      const xr = quantizeActivations(xs, 0, K);
+      for (let n = 0; n < N; n++) {
+        let exact = 0;
+        let bound = 1e-6;
+        for (let k = 0; k < K; k++) {
+          exact += xs[k]! * wf[n * K + k]!;
+          bound += (xr.d[Math.floor(k / GROUP)]! / 2) * Math.abs(wf[n * K + k]!);
+        }
+        const got = intDot(xr, m, n).value;
+        assert.ok(Math.abs(got - exact) <= bound, `${f} K=${K} n=${n}: ${got} vs ${exact} (bound ${bound})`);
+      }
+    }
+  }
+});
+
+test("integer decode kernels: a row's outputs are the same bits whatever rows share the call (batch, speculative step)", { skip }, () => {
+  const decode = nativeDecodeKernels()!;
+  for (const f of ["q8", "q4"] as const) {
+    for (const [N, K] of [[7, 100], [40, 600]] as const) {
+      const m = quantize(f, rand(N * K, 0.05), N, K);
+      const R = 5;
+      const x = rand(R * K);
+      eachPath((where) => {
+        const all = new Float32Array(R * N);
+        decode.decodeMatmul(all, x, m, Int32Array.of(0, R), 1, N, K);
+        for (let r = 0; r < R; r++) {
+          const one = new Float32Array(N);
+          decode.decodeMatmul(one, x.subarray(r * K, (r + 1) * K), m, Int32Array.of(0, 1), 1, N, K);
+          assert.deepEqual(one, all.subarray(r * N, (r + 1) * N), `${f} ${where} N=${N} K=${K}: row ${r} of ${R}`);
+        }
+      });
+    }
+  }
+});
+
+test("integer decode kernels: a NaN in x makes its outputs NaN on every path", { skip }, () => {
+  const decode = nativeDecodeKernels()!;
+  const K = 70;
+  const x = rand(2 * K);
+  x[K + 40] = NaN; // row 1, group 1
+  for (const f of ["q8", "q4"] as const) {
+    const m = quantize(f, rand(3 * K, 0.05), 3, K);
+    const ref = new Float32Array(6);
+    referenceDecode.decodeMatmul(ref, x, m, Int32Array.of(0, 2), 1, 3, K);
+    eachPath((where) => {
+      const y = new Float32Array(6);
+      decode.decodeMatmul(y, x, m, Int32Array.of(0, 2), 1, 3, K);
+      for (let n = 0; n < 3; n++) {
+        assert.ok(Number.isFinite(y[n]!) && Math.abs(y[n]! - ref[n]!) < 1e-4, `${f} ${where}: row 0 unaffected`);
+        assert.ok(Number.isNaN(y[3 + n]!) && Number.isNaN(ref[3 + n]!), `${f} ${where}: row 1 NaN`);
+      }
+    });
+  }
 });
 
 test("dequantize: the native kernels give the TypeScript definition's weights bit for bit", { skip }, () => {

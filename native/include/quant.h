@@ -72,6 +72,66 @@ void decode_rows_avx2(const QuantMatrix& w, float* y, int64_t ldy, const float* 
 void decode_rows_portable(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K,
                           int64_t n0, int64_t n1);
 
+// ------------------------------------------------------------------ integer dot products (quant_decode_int*.cpp)
+//
+// For q8 and q4 weights x is quantized too and the group products are
+// integer dot products (every row count; set_decode_int_rows can hold them off):
+//   per row of x and group g of 32 inputs (the last one short when K is not a
+//   multiple of 32; its missing inputs are zero):
+//     amax_g = max |x|;  d_g = amax_g / 127;  inv_g = 127 / amax_g (0 when amax_g = 0)
+//     xq_i = x_i · inv_g rounded to nearest even (f32 product; −127 … 127)
+//     sx_g = Σ x_i (f32; q4's min term)
+//   y[r, n] = Σ_g (d_g · scale_g) · Σ_i xq_i · q_i      (q8; the f32 product d·scale, the dot exact in int32)
+//           + Σ_g min_g · sx_g                            (q4 adds the min term)
+// A group with a NaN or infinite x gets d_g = NaN (and xq = 0): its outputs are NaN.
+// The sums over groups are f32 in an order of each path's own.
+
+// x's rows quantized for the integer kernels. Each row holds `groups` groups
+// (K's groups rounded up to 16; the padding is zero, with d = sx = 0), laid out
+// for the format: q8 in input order; q4 in blocks of four groups, the first
+// halves (inputs 0…15) of the four groups, then their second halves (16…31),
+// matching the low and high nibbles of 64 stored bytes.
+struct QuantX {
+  int64_t groups = 0;
+  int8_t* q = nullptr;     // [rows, groups·32]
+  float* d = nullptr;      // [rows, groups]   the groups' x scales
+  float* sx = nullptr;     // [rows, groups]   f32 sums of x (q4)
+  int32_t* neg = nullptr;  // [rows, groups·8] −128 · (sum of 4 consecutive q) (q8, the VNNI offset)
+  QuantX row(int64_t r) const {
+    return QuantX{groups, q + r * groups * 32, d + r * groups, sx + r * groups, neg + r * groups * 8};
+  }
+};
+inline int64_t quant_x_groups(int64_t K) { return (quant_groups(K) + 15) / 16 * 16; }
+// Where input i (0 … 31) of group g sits in a quantized row of x for format f.
+inline int64_t quant_x_index(WeightFormat f, int64_t g, int64_t i) {
+  if (f == WeightFormat::kQ8) return g * 32 + i;
+  return (g / 4) * 128 + (g % 4) * 16 + (i < 16 ? i : 64 + i - 16);
+}
+
+// The integer kernels in use: "avx512-vnni", "avx512-bw", "avx2" or "portable"
+// (the kernel path; AVX-512 needs BW and VL, VNNI when allowed and present).
+const char* decode_int_path_name();
+// Lets the AVX-512 integer kernel use VNNI (vpdpbusd) when the CPU has it (default),
+// or holds it to vpmaddubsw + vpmaddwd (tests).
+void set_decode_vnni(bool allow);
+// The most rows of x per expert that take the integer kernels: −1 all (the default), 0 none
+// (the f32 kernels run, as before them: tests and benchmarks compare the two on one build).
+void set_decode_int_rows(int64_t rows);
+
+// Quantizes `R` rows of x [R, K] into qx (rows 0 … R − 1 of it) for `f` (q8 or q4).
+void quantize_x_avx512(const float* x, int64_t R, int64_t K, WeightFormat f, const QuantX& qx);
+void quantize_x_avx2(const float* x, int64_t R, int64_t K, WeightFormat f, const QuantX& qx);
+void quantize_x_portable(const float* x, int64_t R, int64_t K, WeightFormat f, const QuantX& qx);
+
+// y[r·ldy + n] for r < R and n in [n0, n1): the integer products of
+// q8/q4 weight rows (already offset to the expert) with x quantized in qx.
+void decode_int_avx512(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K,
+                       int64_t n0, int64_t n1, bool vnni);
+void decode_int_avx2(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K, int64_t n0,
+                     int64_t n1);
+void decode_int_portable(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K,
+                         int64_t n0, int64_t n1);
+
 // The weight w[n, k] of a stored matrix as f32, the definition every path
 // follows (scalar; the kernels' tails and the portable path use it).
 float quant_weight(const QuantMatrix& w, int64_t K, int64_t n, int64_t k);

@@ -69,7 +69,8 @@ export interface DecodeKernels {
   /**
    * y [R, N] (overwritten): for each expert e, the rows offsets[e] … offsets[e+1] − 1 of x [R, K]
    * times expert e's weights (rows e·N … e·N + N − 1 of w): y[r, n] = Σ_k x[r, k]·w_e[n, k].
-   * A plain linear layer is E = 1, offsets [0, R]. R = offsets[E].
+   * A plain linear layer is E = 1, offsets [0, R]. R = offsets[E]. q8 and q4 quantize x per group
+   * of 32 first and take integer dots (./reference/decode.ts quantizeActivations, intDot; docs/decode.md).
    */
   decodeMatmul(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: Int32Array, E: number, N: number, K: number): void;
   /** out [w.rows, w.K] = the f32 weights of w. */

@@ -9,7 +9,9 @@
 // the row kernels' job is to turn the stored bytes into f32 weights faster
 // than memory delivers them.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <vector>
 
 #include "cpu.h"
 #include "quant.h"
@@ -198,6 +200,49 @@ RowKernel row_kernel() {
   return decode_rows_portable;
 }
 
+// The integer kernels (quant_decode_int*.cpp) for q8/q4 experts with one or
+// two rows of x: by the kernel path, as the row kernels; AVX-512 needs BW and
+// VL (vpmaddubsw and masked byte loads), VNNI is taken when present and allowed.
+enum class IntPath { kPortable, kAvx2, kAvx512Bw, kAvx512Vnni };
+
+std::atomic<bool> vnni_allowed{true};
+
+IntPath int_path() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool f16c = cpu_has_f16c();
+  static const bool bw = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  if (f16c && bw && use_avx512()) return vnni && vnni_allowed.load(std::memory_order_relaxed) ? IntPath::kAvx512Vnni : IntPath::kAvx512Bw;
+  if (f16c && use_avx2()) return IntPath::kAvx2;
+#endif
+  return IntPath::kPortable;
+}
+
+// The most rows of x per expert that take the integer kernels: all (a row's
+// outputs then do not depend on how many rows share the call: a batched or
+// speculative step gives each row what decoding it alone gives);
+// set_decode_int_rows(0) turns them off (tests, benchmarks' before/after).
+constexpr int64_t kIntRowsAll = 1 << 30;
+std::atomic<int64_t> int_rows{kIntRowsAll};
+
+// Reused, grow-only storage of the quantized x, one per calling thread: a
+// call allocates only when it needs more than any call before it on that thread.
+struct QuantXBuffer {
+  std::vector<int8_t> q;
+  std::vector<float> d, sx;
+  std::vector<int32_t> neg;
+  QuantX view(int64_t rows, int64_t groups) {
+    auto grow = [](auto& v, size_t n) {
+      if (v.size() < n) v.resize(n);
+    };
+    grow(q, rows * groups * 32);
+    grow(d, rows * groups);
+    grow(sx, rows * groups);
+    grow(neg, rows * groups * 8);
+    return QuantX{groups, q.data(), d.data(), sx.data(), neg.data()};
+  }
+};
+
 struct DecodeJob {
   const QuantMatrix* w;
   float* y;
@@ -205,6 +250,9 @@ struct DecodeJob {
   const int32_t* offsets;
   int64_t E, N, K, active;
   RowKernel kernel;
+  IntPath int_path;
+  int64_t int_rows;
+  QuantX qx;  // rows quantized for the experts with 1 … int_rows rows (groups == 0: none)
 };
 
 // Thread t's share: items [b0, b1) of the active experts' output rows laid end to end.
@@ -227,11 +275,35 @@ void decode_share(const DecodeJob& j, int t, int nth) {
       continue;
     }
     const QuantMatrix we = offset_rows(*j.w, j.K, e * j.N);
+    if (j.qx.groups > 0 && R <= j.int_rows) {
+      const QuantX xe = j.qx.row(r0);
+      float* ye = j.y + r0 * j.N;
+      switch (j.int_path) {
+        case IntPath::kAvx512Vnni: decode_int_avx512(we, ye, j.N, xe, R, j.K, lo, hi, true); break;
+        case IntPath::kAvx512Bw: decode_int_avx512(we, ye, j.N, xe, R, j.K, lo, hi, false); break;
+        case IntPath::kAvx2: decode_int_avx2(we, ye, j.N, xe, R, j.K, lo, hi); break;
+        case IntPath::kPortable: decode_int_portable(we, ye, j.N, xe, R, j.K, lo, hi); break;
+      }
+      continue;
+    }
     j.kernel(we, j.y + r0 * j.N, j.N, j.x + r0 * j.K, R, j.K, lo, hi);
   }
 }
 
 }  // namespace
+
+const char* decode_int_path_name() {
+  switch (int_path()) {
+    case IntPath::kAvx512Vnni: return "avx512-vnni";
+    case IntPath::kAvx512Bw: return "avx512-bw";
+    case IntPath::kAvx2: return "avx2";
+    default: return "portable";
+  }
+}
+
+void set_decode_vnni(bool allow) { vnni_allowed.store(allow, std::memory_order_relaxed); }
+
+void set_decode_int_rows(int64_t rows) { int_rows.store(rows < 0 ? kIntRowsAll : rows, std::memory_order_relaxed); }
 
 const char* decode_path_name() {
   const RowKernel k = row_kernel();
@@ -248,7 +320,26 @@ void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t
   }
   int64_t active = 0;
   for (int64_t e = 0; e < E; ++e) active += offsets[e + 1] > offsets[e];
-  const DecodeJob job{&w, y, x, offsets, E, N, K, active, row_kernel()};
+  const int64_t irows = int_rows.load(std::memory_order_relaxed);
+  DecodeJob job{&w, y, x, offsets, E, N, K, active, row_kernel(), int_path(), irows, QuantX{}};
+  // q8/q4: the experts with 1 … int_rows rows of x take the integer kernels;
+  // their rows are quantized here, once, before the threads start.
+  if (w.format == WeightFormat::kQ8 || w.format == WeightFormat::kQ4) {
+    bool any = false;
+    for (int64_t e = 0; e < E && !any; ++e) any = offsets[e + 1] > offsets[e] && offsets[e + 1] - offsets[e] <= irows;
+    if (any) {
+      static thread_local QuantXBuffer buffer;
+      job.qx = buffer.view(R, quant_x_groups(K));
+      using Quantizer = void (*)(const float*, int64_t, int64_t, WeightFormat, const QuantX&);
+      const Quantizer quantize = job.int_path == IntPath::kPortable ? quantize_x_portable
+                                 : job.int_path == IntPath::kAvx2   ? quantize_x_avx2
+                                                                    : quantize_x_avx512;
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t r0 = offsets[e], Re = offsets[e + 1] - r0;
+        if (Re > 0 && Re <= irows) quantize(x + r0 * K, Re, K, w.format, job.qx.row(r0));
+      }
+    }
+  }
   // Enough weight bytes per thread that waking one pays: 64 KiB (a thread
   // streams that in a few microseconds).
   const int64_t bytes = active * N * quant_row_elements(w.format, K) * element_bytes(w.format);

@@ -9,6 +9,9 @@
 //   decodeMatmulQ4  (y, x, q: Uint8Array,   offsets, E, N, K, scales: Uint16Array, mins: Uint16Array)
 //   dequantize{Bf16,F16,Q8,Q4}(out, data, rows, K[, scales[, mins]])
 //   decodePath() → "avx512" | "avx2-fma" | "portable"
+//   decodeIntPath() → "avx512-vnni" | "avx512-bw" | "avx2" | "portable" (the integer kernels of q8/q4)
+//   setDecodeVnni(allow: boolean): lets the AVX-512 integer kernel use VNNI (default) or holds it off (tests)
+//   setDecodeIntRows(rows): the most rows of x per expert that take the integer kernels (−1: all, the default; 0: none)
 // (the group scales come last so that every decode kernel has E where the
 // grouped products have it).
 #include <napi.h>
@@ -111,6 +114,25 @@ Napi::Value DecodePath(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), sigma::decode_path_name());
 }
 
+Napi::Value DecodeIntPath(const Napi::CallbackInfo& info) {
+  Args g(info, "decodeIntPath", 0);
+  return Napi::String::New(info.Env(), sigma::decode_int_path_name());
+}
+
+Napi::Value SetDecodeVnni(const Napi::CallbackInfo& info) {
+  Args g(info, "setDecodeVnni", 1);
+  sigma::set_decode_vnni(g.flag(0, "allow"));
+  return info.Env().Undefined();
+}
+
+Napi::Value SetDecodeIntRows(const Napi::CallbackInfo& info) {
+  Args g(info, "setDecodeIntRows", 1);
+  const int64_t rows = g.integer(0, "rows");
+  if (rows < -1) g.range_error("rows", "must be −1 (all) or a count, got " + std::to_string(rows));
+  sigma::set_decode_int_rows(rows);
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitQuant(Napi::Env env, Napi::Object exports) {
@@ -124,6 +146,9 @@ void InitQuant(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "dequantizeQ8", DeqQ8);
   Export(env, exports, "dequantizeQ4", DeqQ4);
   Export(env, exports, "decodePath", DecodePath);
+  Export(env, exports, "decodeIntPath", DecodeIntPath);
+  Export(env, exports, "setDecodeVnni", SetDecodeVnni);
+  Export(env, exports, "setDecodeIntRows", SetDecodeIntRows);
 }
 
 }  // namespace sigma_napi

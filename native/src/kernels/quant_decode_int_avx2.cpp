@@ -1,0 +1,183 @@
+// AVX2 integer decode path (quant.h, "integer dot products"), for CPUs with
+// AVX2, FMA and F16C but no AVX-512: the quantizer of x and the kernel with
+// vpmaddubsw + vpmaddwd (unsigned × signed bytes, pairs summed into int16,
+// then pairs of those into int32). q8 makes the weights unsigned with |w| and
+// gives their sign to x (vpsignb; pairs reach 2·127·127, no saturation); q4's
+// nibbles are unsigned already. One ymm of q8 weights is one group (its eight
+// lanes take the group's factor d·scale); one of q4 is two groups (lanes 0–3
+// and 4–7). Rows stream as in the AVX-512 kernel.
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "quant.h"
+
+namespace sigma {
+namespace {
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline uint32_t hmax_u32(__m256i v) {
+  __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4e));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0xb1));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(m));
+}
+
+// Pairs of u8·s8 products into int16, pairs of those into int32.
+inline __m256i dot4(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+constexpr int64_t kIntAhead = 2048;
+
+// Rows n0 … n1 − 1 of the weights with RC rows of x (xr); `ahead`: prefetch the stream.
+template <int RC>
+void q8_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int64_t K, int64_t n0, int64_t n1, bool ahead) {
+  const int64_t G = quant_groups(K), row_bytes = quant_row_elements(w.format, K);
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* p = static_cast<const int8_t*>(w.data) + n * row_bytes;
+    const uint16_t* s = w.scales + n * G;
+    __m256 acc[RC][2];
+    for (int r = 0; r < RC; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+      if (ahead && (g & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 32 + kIntAhead, _MM_HINT_T0);
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + g * 32));  // rows are whole groups
+      const __m256i a = _mm256_abs_epi8(wv);
+      const float sc = h2f(s[g]);
+      for (int r = 0; r < RC; ++r) {
+        const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[r].q + g * 32));
+        const __m256i t = dot4(a, _mm256_sign_epi8(xq, wv));
+        acc[r][g & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(xr[r].d[g] * sc), acc[r][g & 1]);
+      }
+    }
+    for (int r = 0; r < RC; ++r) y[r * ldy + n] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+  }
+}
+
+template <int RC>
+void q4_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int64_t K, int64_t n0, int64_t n1, bool ahead) {
+  const int64_t G = quant_groups(K), row_bytes = quant_row_elements(w.format, K);
+  const __m256i low = _mm256_set1_epi8(15);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* p = static_cast<const uint8_t*>(w.data) + n * row_bytes;
+    const uint16_t* s = w.scales + n * G;
+    const uint16_t* m = w.mins + n * G;
+    __m256 acc[RC][2];
+    float macc[RC];
+    for (int r = 0; r < RC; ++r) {
+      acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+      macc[r] = 0.f;
+    }
+    for (int64_t g = 0; g < G; g += 2) {
+      if (ahead && (g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 16 + kIntAhead, _MM_HINT_T0);
+      const bool pair = g + 1 < G;  // a last odd group reads its own 16 bytes only
+      const __m256i v = pair ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + g * 16))
+                             : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + g * 16)));
+      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      const float s0 = h2f(s[g]), s1 = pair ? h2f(s[g + 1]) : 0.f;
+      const float m0 = h2f(m[g]), m1 = pair ? h2f(m[g + 1]) : 0.f;
+      for (int r = 0; r < RC; ++r) {
+        // Groups g, g + 1 sit side by side in their block of four: first halves at (g % 4)·16, second halves 64 further.
+        const int8_t* xq = xr[r].q + (g / 4) * 128 + (g % 4) * 16;
+        const __m256i t = _mm256_madd_epi16(
+            _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq))),
+                             _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64)))),
+            _mm256_set1_epi16(1));  // each int16 sum ≤ 4·15·127
+        const __m256 c = _mm256_set_m128(_mm_set1_ps(xr[r].d[g + 1] * s1), _mm_set1_ps(xr[r].d[g] * s0));
+        acc[r][(g >> 1) & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), c, acc[r][(g >> 1) & 1]);
+        macc[r] += m0 * xr[r].sx[g] + m1 * xr[r].sx[g + 1];
+      }
+    }
+    for (int r = 0; r < RC; ++r) y[r * ldy + n] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + macc[r];
+  }
+}
+
+}  // namespace
+
+void quantize_x_avx2(const float* x, int64_t R, int64_t K, WeightFormat f, const QuantX& qx) {
+  const int64_t G = quant_groups(K), Gx = qx.groups;
+  const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t r = 0; r < R; ++r) {
+    const QuantX o = qx.row(r);
+    const float* xr = x + r * K;
+    const int64_t clear = (G / 4) * 128;
+    std::memset(o.q + clear, 0, Gx * 32 - clear);
+    for (int64_t g = G; g < Gx; ++g) o.d[g] = o.sx[g] = 0.f;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t cnt = std::min<int64_t>(32, K - g * 32);
+      alignas(32) float buf[32] = {};
+      const float* src = xr + g * 32;
+      if (cnt < 32) {
+        std::memcpy(buf, src, cnt * 4);
+        src = buf;
+      }
+      __m256 v[4];
+      __m256i amax = _mm256_setzero_si256();
+      for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_loadu_ps(src + 8 * i);
+        amax = _mm256_max_epu32(amax, _mm256_and_si256(_mm256_castps_si256(v[i]), abs_mask));
+      }
+      const uint32_t amax_bits = hmax_u32(amax);
+      o.sx[g] = hsum(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])));
+      int8_t* q0 = o.q + quant_x_index(f, g, 0);
+      int8_t* q1 = o.q + quant_x_index(f, g, 16);
+      if (amax_bits >= 0x7f800000u) {
+        o.d[g] = std::numeric_limits<float>::quiet_NaN();
+        std::memset(q0, 0, 16);
+        std::memset(q1, 0, 16);
+        continue;
+      }
+      float am;
+      std::memcpy(&am, &amax_bits, 4);
+      o.d[g] = am / 127.f;
+      const __m256 inv = _mm256_set1_ps(am > 0.f ? 127.f / am : 0.f);
+      __m256i qi[4];
+      for (int i = 0; i < 4; ++i) qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
+      // Narrow 32 int32 to 32 int8 in order (packs work per 128-bit lane; the permute puts the dwords back in order).
+      const __m256i b = _mm256_permutevar8x32_epi32(
+          _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3])), order);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q0), _mm256_castsi256_si128(b));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q1), _mm256_extracti128_si256(b, 1));
+    }
+    if (f == WeightFormat::kQ8) {
+      for (int64_t l = 0; l < Gx * 32; l += 32) {
+        const __m256i s4 = dot4(_mm256_set1_epi8(1), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o.q + l)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.neg + l / 4), _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 7)));
+      }
+    }
+  }
+}
+
+// Each weight row meets every row of x, two at a time, while it sits in L1
+// (a row of x gets the same operations whatever R is).
+void decode_int_avx2(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K, int64_t n0,
+                     int64_t n1) {
+  const bool q4 = w.format == WeightFormat::kQ4;
+  for (int64_t n = n0; n < n1; ++n) {
+    int64_t r = 0;
+    for (; r + 2 <= R; r += 2) {
+      const QuantX xr[2] = {qx.row(r), qx.row(r + 1)};
+      if (q4) q4_rows<2>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
+      else q8_rows<2>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
+    }
+    if (r < R) {
+      const QuantX xr[1] = {qx.row(r)};
+      if (q4) q4_rows<1>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
+      else q8_rows<1>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
+    }
+  }
+}
+
+}  // namespace sigma

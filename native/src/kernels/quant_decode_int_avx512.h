@@ -1,0 +1,188 @@
+// The AVX-512 integer decode kernel (quant.h, "integer dot products"),
+// included by quant_decode_int_avx512.cpp (vpmaddubsw + vpmaddwd, AVX512BW)
+// and quant_decode_int_vnni.cpp (vpdpbusd, AVX512_VNNI): each file compiles
+// it under its own target, so no VNNI instruction reaches the BW build. All
+// of it has internal linkage: the two builds never merge.
+//
+// Each weight row is read start to end, rows one after the other (one
+// sequential stream per thread, prefetched 2 KiB ahead, as the f32 streaming
+// kernels do), in blocks of 16 groups: q8 512 bytes (eight zmm, two groups
+// each), q4 256 bytes (four zmm, four groups each). Per zmm of weights and
+// row of x: the products of bytes, summed four by four into 16 int32 lanes
+// (every lane inside one group), converted to f32 and multiplied by the
+// lane's group factor c = d·scale with one FMA into an f32 accumulator. The
+// block's 16 factors are one vector (16 f16 scales converted, times 16 x
+// scales); vpermps spreads them over the lanes of each zmm. The last block
+// of a row, when its groups are fewer than 16, reads through byte masks:
+// nothing past the row is touched, and the masked bytes meet zero x.
+//
+// u8 × s8. vpdpbusd and vpmaddubsw multiply unsigned bytes by signed ones.
+// q4 is unsigned already (0…15): nibbles × xq. q8 is signed:
+//   VNNI: w + 128 (w xor 0x80) is unsigned, Σ (w + 128)·xq = Σ w·xq + 128·Σ xq,
+//     so the int32 accumulator starts at −128·Σ xq per lane (QuantX::neg,
+//     computed once with x) and the dot comes out exact.
+//   BW: |w| is unsigned and xq takes w's sign (xq is in −127…127, so negating
+//     it is exact); vpmaddubsw adds two products into int16, at most
+//     2·127·127 = 32258: no saturation (w + 128 would reach 2·255·127 and
+//     saturate, hence the other trick). q4 pairs reach 2·15·127.
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "quant.h"
+
+namespace sigma {
+namespace {
+
+inline int32_t full_mask16(int64_t n) { return n >= 16 ? 0xffff : static_cast<int32_t>((1u << n) - 1); }
+inline __mmask64 byte_mask(int64_t n) { return n >= 64 ? ~__mmask64{0} : ((__mmask64{1} << n) - 1); }
+
+// Sums of four adjacent u8·s8 products per int32 lane, added to acc.
+template <bool kVnni>
+inline __m512i dot4(__m512i acc, __m512i u, __m512i s) {
+  if constexpr (kVnni) {
+    return _mm512_dpbusd_epi32(acc, u, s);
+  } else {
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+  }
+}
+
+// Σ w·xq per int32 lane for 64 q8 weights (see the top: the two tricks).
+template <bool kVnni>
+inline __m512i q8_dot(__m512i w, __m512i xq, const int32_t* neg) {
+  if constexpr (kVnni) {
+    return _mm512_dpbusd_epi32(_mm512_loadu_si512(neg), _mm512_xor_si512(w, _mm512_set1_epi8(-128)), xq);
+  } else {
+    const __mmask64 negative = _mm512_movepi8_mask(w);
+    const __m512i xs = _mm512_mask_sub_epi8(xq, negative, _mm512_setzero_si512(), xq);
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(w), xs), _mm512_set1_epi16(1));
+  }
+}
+
+// Lane l of zmm j of a block takes factor (q8) 2j + l/8, (q4) 4j + l/4.
+inline __m512i q8_lanes(int j) {
+  return _mm512_add_epi32(_mm512_set1_epi32(2 * j), _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 3));
+}
+inline __m512i q4_lanes(int j) {
+  return _mm512_add_epi32(_mm512_set1_epi32(4 * j), _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 2));
+}
+
+constexpr int64_t kIntAhead = 2048;  // prefetch distance in the weight stream, bytes
+
+// The 16 f16 values at p (gr of them; the rest zero) as f32.
+inline __m512 halves(const uint16_t* p, int64_t gr) {
+  if (gr >= 16) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>(full_mask16(gr)), p));
+}
+
+inline __m512i weight_bytes(const uint8_t* p, int64_t bytes) {
+  if (bytes >= 64) return _mm512_loadu_si512(p);
+  return _mm512_maskz_loadu_epi8(byte_mask(bytes), p);
+}
+
+// One block of gr ≤ 16 groups from group g of a q8 row (p: the row's bytes, s: its scales).
+template <bool kVnni, int RC>
+__attribute__((always_inline)) inline void q8_block(const int8_t* p, const uint16_t* s, const QuantX* xr, int64_t g,
+                                                    int64_t gr, __m512 (&acc)[RC][2]) {
+  const __m512 sc = halves(s + g, gr);
+  __m512 c[RC];
+  for (int r = 0; r < RC; ++r) c[r] = _mm512_mul_ps(sc, _mm512_loadu_ps(xr[r].d + g));
+  for (int j = 0; j < 8; ++j) {
+    const int64_t bytes = 32 * gr - 64 * j;
+    if (bytes <= 0) break;
+    const __m512i wv = weight_bytes(reinterpret_cast<const uint8_t*>(p) + g * 32 + 64 * j, bytes);
+    for (int r = 0; r < RC; ++r) {
+      const __m512i t = q8_dot<kVnni>(wv, _mm512_loadu_si512(xr[r].q + g * 32 + 64 * j), xr[r].neg + g * 8 + 16 * j);
+      acc[r][j & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(q8_lanes(j), c[r]), acc[r][j & 1]);
+    }
+  }
+}
+
+// One block of gr ≤ 16 groups from group g of a q4 row (bytes, scales, mins); macc takes min·Σx.
+template <bool kVnni, int RC>
+__attribute__((always_inline)) inline void q4_block(const uint8_t* p, const uint16_t* s, const uint16_t* m,
+                                                    const QuantX* xr, int64_t g, int64_t gr, __m512 (&acc)[RC][2],
+                                                    __m512 (&macc)[RC]) {
+  const __m512 sc = halves(s + g, gr), mn = halves(m + g, gr);
+  __m512 c[RC];
+  for (int r = 0; r < RC; ++r) {
+    c[r] = _mm512_mul_ps(sc, _mm512_loadu_ps(xr[r].d + g));
+    macc[r] = _mm512_fmadd_ps(mn, _mm512_loadu_ps(xr[r].sx + g), macc[r]);
+  }
+  const __m512i low = _mm512_set1_epi8(15);
+  for (int j = 0; j < 4; ++j) {
+    const int64_t bytes = 16 * gr - 64 * j;
+    if (bytes <= 0) break;
+    const __m512i v = weight_bytes(p + g * 16 + 64 * j, bytes);
+    const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    for (int r = 0; r < RC; ++r) {
+      const int8_t* xq = xr[r].q + g * 32 + 128 * j;  // the four groups' first halves, then their second halves
+      __m512i t = dot4<kVnni>(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq));
+      t = dot4<kVnni>(t, hi, _mm512_loadu_si512(xq + 64));
+      acc[r][j & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(q4_lanes(j), c[r]), acc[r][j & 1]);
+    }
+  }
+}
+
+// Weight row n (bytes p, scales s, mins m) with RC rows of x: y[r·ldy] for r < RC.
+// `ahead`: prefetch the stream (the first pass over the row; later pairs find it in L1).
+template <bool kVnni, int RC>
+__attribute__((always_inline)) inline void one_row(bool q4, const uint8_t* p, const uint16_t* s, const uint16_t* m,
+                                                   const QuantX* xr, int64_t G, bool ahead, float* y, int64_t ldy) {
+  const int64_t Gfull = G / 16 * 16;
+  __m512 acc[RC][2], macc[RC];
+  for (int r = 0; r < RC; ++r) acc[r][0] = acc[r][1] = macc[r] = _mm512_setzero_ps();
+  if (q4) {
+    for (int64_t g = 0; g < Gfull; g += 16) {
+      if (ahead) {
+        const char* a = reinterpret_cast<const char*>(p) + g * 16 + kIntAhead;
+        for (int b = 0; b < 256; b += 64) _mm_prefetch(a + b, _MM_HINT_T0);
+      }
+      q4_block<kVnni, RC>(p, s, m, xr, g, 16, acc, macc);
+    }
+    if (Gfull < G) q4_block<kVnni, RC>(p, s, m, xr, Gfull, G - Gfull, acc, macc);
+  } else {
+    const int8_t* q = reinterpret_cast<const int8_t*>(p);
+    for (int64_t g = 0; g < Gfull; g += 16) {
+      if (ahead) {
+        const char* a = reinterpret_cast<const char*>(p) + g * 32 + kIntAhead;
+        for (int b = 0; b < 512; b += 64) _mm_prefetch(a + b, _MM_HINT_T0);
+      }
+      q8_block<kVnni, RC>(q, s, xr, g, 16, acc);
+    }
+    if (Gfull < G) q8_block<kVnni, RC>(q, s, xr, Gfull, G - Gfull, acc);
+  }
+  for (int r = 0; r < RC; ++r) {
+    y[r * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), macc[r]));
+  }
+}
+
+// Each weight row meets every row of x, two at a time, while it sits in L1;
+// a row of x gets the same operations in the same order whether it is taken
+// alone or beside another, so its outputs do not depend on R.
+template <bool kVnni>
+void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K, int64_t n0,
+                int64_t n1) {
+  const int64_t G = quant_groups(K);
+  const bool q4 = w.format == WeightFormat::kQ4;
+  const int64_t row_bytes = quant_row_elements(w.format, K);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* p = static_cast<const uint8_t*>(w.data) + n * row_bytes;
+    const uint16_t* s = w.scales + n * G;
+    const uint16_t* m = q4 ? w.mins + n * G : nullptr;
+    int64_t r = 0;
+    for (; r + 2 <= R; r += 2) {
+      const QuantX xr[2] = {qx.row(r), qx.row(r + 1)};
+      one_row<kVnni, 2>(q4, p, s, m, xr, G, r == 0, y + r * ldy + n, ldy);
+    }
+    if (r < R) {
+      const QuantX xr[1] = {qx.row(r)};
+      one_row<kVnni, 1>(q4, p, s, m, xr, G, r == 0, y + r * ldy + n, ldy);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sigma
