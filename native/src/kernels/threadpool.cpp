@@ -1,8 +1,10 @@
 // Persistent worker threads, woken per parallel region.
 //
-// Workers spin briefly on a generation counter before sleeping on a condition
-// variable: back-to-back kernels (the usual case in a training step) then
-// start without a futex round trip, while an idle process does not burn CPU.
+// Workers spin on a generation counter for a while (SIGMA_SPIN_US
+// microseconds, default 100) before sleeping on a condition variable:
+// back-to-back kernels (a training step; a decode step's two dozen products
+// with a little TypeScript between them) then start without a futex round
+// trip, while an idle process does not burn CPU.
 //
 // One pool serves the whole process, and the addon may be loaded by several
 // JS threads at once (worker_threads). A region holds `run_mutex_` from start
@@ -16,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -42,6 +45,22 @@ int default_threads() {
   }
   unsigned hc = std::thread::hardware_concurrency();
   return hc == 0 ? 1 : static_cast<int>(hc);
+}
+
+// How long an idle worker spins before it sleeps (SIGMA_SPIN_US; 0 = at once).
+std::chrono::microseconds spin_time() {
+  if (const char* env = std::getenv("SIGMA_SPIN_US")) {
+    char* end = nullptr;
+    long v = std::strtol(env, &end, 10);
+    if (end != env && *end == 0 && v >= 0 && v <= 1000000) return std::chrono::microseconds(v);
+  }
+  return std::chrono::microseconds(100);
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
 }
 
 class Pool {
@@ -153,9 +172,12 @@ class Pool {
   void loop(int id, uint64_t seen) {
     in_parallel_region = true;
     for (;;) {
-      // Spin a little, then sleep.
-      int spins = 0;
-      while (generation_.load(std::memory_order_acquire) == seen && spins < 20000) ++spins;
+      // Spin a while, then sleep.
+      const auto until = std::chrono::steady_clock::now() + spin_;
+      while (generation_.load(std::memory_order_acquire) == seen) {
+        for (int i = 0; i < 32 && generation_.load(std::memory_order_acquire) == seen; ++i) cpu_relax();
+        if (std::chrono::steady_clock::now() >= until) break;
+      }
       if (generation_.load(std::memory_order_acquire) == seen) {
         std::unique_lock<std::mutex> lk(mutex_);
         cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
@@ -170,6 +192,7 @@ class Pool {
   }
 
   std::atomic<int> threads_;
+  const std::chrono::microseconds spin_ = spin_time();
   std::vector<std::thread> workers_;
   std::mutex mutex_, run_mutex_, error_mutex_;
   std::condition_variable cv_;
