@@ -48,6 +48,11 @@ constexpr int64_t kBQ = 48;        // queries per block
 constexpr int64_t kBlockMin = 16;  // fewer queries than this take the row path
 // Each thread gets at least ~64k multiply-adds (short sequences stay on one thread).
 constexpr int64_t kMinWork = int64_t{1} << 16;
+// The row path (decoding) splits at a head's worth of work (D = 64 at 64
+// positions): a decode step's 8 heads then share the threads. The keys and
+// values it reads come from memory (the weights streamed since evicted them),
+// so one thread per layer left most of the bandwidth unused.
+constexpr int64_t kMinRowWork = int64_t{1} << 12;
 
 // Keys visible to the last query of a block starting at query i0 with mq rows.
 inline int64_t visible(const Layout& L, int64_t i0, int64_t mq) { return L.Tk - L.Tq + i0 + mq; }
@@ -113,7 +118,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
     });
     return;
   }
-  parallel_for(B * H * Tq, grain_for(Tk * D, kMinWork, 16), [&](int64_t t0, int64_t t1) {
+  parallel_for(B * H * Tq, grain_for(Tk * D, kMinRowWork), [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> s;
     s.resize(static_cast<size_t>(Tk));
     for (int64_t t = t0; t < t1; ++t) {
