@@ -181,7 +181,7 @@ const SHAPES: [number[], number, number][] = [
   // One and two rows of x (the streaming kernels): an odd number of whole groups, and a tail.
   [[2, 1], 7, 97],
   [[1], 5, 224],
-  // The integer kernels (q8, q4; rows taken two at a time): K = 1 … 257, experts with 1, 2, 3 and 0 rows,
+  // The integer kernels (q8, q4; rows taken four, then two, then one at a time; AVX2 two): K = 1 … 257, experts with 1, 2, 3 and 0 rows,
   // partial blocks of 16 groups (K = 600: 19 groups), a last odd group (AVX2's q4 pairs).
   [[2], 5, 1],
   [[1, 0, 2], 9, 17],

@@ -159,9 +159,11 @@ __attribute__((always_inline)) inline void one_row(bool q4, const uint8_t* p, co
   }
 }
 
-// Each weight row meets every row of x, two at a time, while it sits in L1;
-// a row of x gets the same operations in the same order whether it is taken
-// alone or beside another, so its outputs do not depend on R.
+// Each weight row meets every row of x, four at a time (then two, then
+// one), while it sits in L1: the weight bytes are unpacked once per pass, so
+// a verification step's 5 rows take two passes, not three. A row of x gets
+// the same operations in the same order whether it is taken alone or beside
+// others, so its outputs do not depend on R.
 template <bool kVnni>
 void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K, int64_t n0,
                 int64_t n1) {
@@ -173,6 +175,10 @@ void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, i
     const uint16_t* s = w.scales + n * G;
     const uint16_t* m = q4 ? w.mins + n * G : nullptr;
     int64_t r = 0;
+    for (; r + 4 <= R; r += 4) {
+      const QuantX xr[4] = {qx.row(r), qx.row(r + 1), qx.row(r + 2), qx.row(r + 3)};
+      one_row<kVnni, 4>(q4, p, s, m, xr, G, r == 0, y + r * ldy + n, ldy);
+    }
     for (; r + 2 <= R; r += 2) {
       const QuantX xr[2] = {qx.row(r), qx.row(r + 1)};
       one_row<kVnni, 2>(q4, p, s, m, xr, G, r == 0, y + r * ldy + n, ldy);
