@@ -125,16 +125,12 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
       const int64_t bh = t / Tq, i = t % Tq, b = bh / H, h = bh % H;
       const int64_t last = Tk - Tq + i;
       const float* qi = q + L.q(b, i, h);
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j <= last; ++j) {
-        s[j] = scale * vdot(qi, k + L.kv(b, j, h), D);
-        m = std::max(m, s[j]);
-      }
+      // One call per run of keys (rows H·D apart), not one per key.
+      const float m = vdot_rows(s.data(), qi, k + L.kv(b, 0, h), H * D, last + 1, D, scale);
       const float sum = vexp_shift(s.data(), s.data(), m, last + 1);
       float* o = out + L.q(b, i, h);
       std::fill(o, o + D, 0.f);
-      const float inv = 1.f / sum;
-      for (int64_t j = 0; j <= last; ++j) vaxpy(o, v + L.kv(b, j, h), s[j] * inv, D);
+      vaxpy_rows(o, v + L.kv(b, 0, h), H * D, s.data(), 1.f / sum, last + 1, D);
       lse[bh * Tq + i] = m + std::log(sum);
     }
   });

@@ -59,8 +59,27 @@ float vexp_shift_portable(float* y, const float* x, float m, int64_t n) {
   return vsum_loop(y, n);
 }
 
+// n dot products of a with rows b, b + stride, …, each times scale, into s;
+// returns their max (std::max from −∞, in order). Each is vdot_loop's sum,
+// bit for bit: one call per run of keys instead of one per key.
+SIGMA_LOOP float vdot_rows_loop(float* s, const float* a, const float* b, int64_t stride, int64_t n, int64_t d, float scale) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    s[j] = scale * vdot_loop(a, b + j * stride, d);
+    m = std::max(m, s[j]);
+  }
+  return m;
+}
+
+// y += (w[j]·scale)·x_j for the rows x_j = x + j·stride, j = 0 … n−1 in order (vaxpy_loop each).
+SIGMA_LOOP void vaxpy_rows_loop(float* y, const float* x, int64_t stride, const float* w, float scale, int64_t n, int64_t d) {
+  for (int64_t j = 0; j < n; ++j) vaxpy_loop(y, x + j * stride, w[j] * scale, d);
+}
+
 SIGMA_VERSIONS(vdot_v, vdot_loop)
 SIGMA_VERSIONS(vaxpy_v, vaxpy_loop)
+SIGMA_VERSIONS(vdot_rows_v, vdot_rows_loop)
+SIGMA_VERSIONS(vaxpy_rows_v, vaxpy_rows_loop)
 SIGMA_VERSIONS(vscale_v, vscale_loop)
 SIGMA_VERSIONS(vsum_v, vsum_loop)
 
@@ -68,6 +87,12 @@ SIGMA_VERSIONS(vsum_v, vsum_loop)
 
 float vdot(const float* a, const float* b, int64_t n) { return vdot_v(a, b, n); }
 void vaxpy(float* y, const float* x, float alpha, int64_t n) { vaxpy_v(y, x, alpha, n); }
+float vdot_rows(float* s, const float* a, const float* b, int64_t stride, int64_t n, int64_t d, float scale) {
+  return vdot_rows_v(s, a, b, stride, n, d, scale);
+}
+void vaxpy_rows(float* y, const float* x, int64_t stride, const float* w, float scale, int64_t n, int64_t d) {
+  vaxpy_rows_v(y, x, stride, w, scale, n, d);
+}
 void vscale(float* x, float alpha, int64_t n) { vscale_v(x, alpha, n); }
 float vsum(const float* x, int64_t n) { return vsum_v(x, n); }
 

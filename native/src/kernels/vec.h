@@ -8,6 +8,10 @@ namespace sigma {
 float vdot(const float* a, const float* b, int64_t n);
 // y[i] += alpha·x[i].
 void vaxpy(float* y, const float* x, float alpha, int64_t n);
+// s[j] = scale·vdot(a, b + j·stride, d) for j < n; returns max_j s[j] (−∞ for n = 0).
+float vdot_rows(float* s, const float* a, const float* b, int64_t stride, int64_t n, int64_t d, float scale);
+// vaxpy(y, x + j·stride, w[j]·scale, d) for j = 0 … n−1, in order.
+void vaxpy_rows(float* y, const float* x, int64_t stride, const float* w, float scale, int64_t n, int64_t d);
 // x[i] *= alpha, in place.
 void vscale(float* x, float alpha, int64_t n);
 // Σ x[i] with eight float partial sums.
