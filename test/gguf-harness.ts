@@ -12,7 +12,10 @@ import { join } from "node:path";
 import { after, before } from "node:test";
 import { getLlama, LlamaLogLevel, type Llama, type Token } from "node-llama-cpp";
 import { noGrad } from "../src/autograd/tape.js";
-import { GGML_TYPES, type GgufValue } from "../src/checkpoint/gguf.js";
+import { GGML_TYPES, readGguf, type GgufValue } from "../src/checkpoint/gguf.js";
+import { modelOfGguf } from "../src/models/gguf.js";
+import type { HfTokenizer } from "../src/tokenizer/hf.js";
+import { parseTokenizerJson } from "../src/tokenizer/hfjson.js";
 import type { PanguSigma } from "../src/models/pangu-sigma.js";
 import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
 import type { Tokenizer } from "../src/tokenizer/codec.js";
@@ -172,3 +175,11 @@ export const MULTILINGUAL_TEXTS = [
   "Ünïcödé café naïve — Ελληνικά русский 日本語のテキスト 한국어",
   " leading space and trailing space ",
 ];
+
+/** The tokenizer a GGUF holding a Hugging Face vocabulary gives back on import: rebuilt as a tokenizer.json, with no note. */
+export function reimportedTokenizer(path: string): HfTokenizer {
+  const back = modelOfGguf(readGguf(path), path);
+  assert.equal(back.tokenizer, null);
+  assert.equal(back.tokenizerNote, undefined);
+  return parseTokenizerJson(back.tokenizerText!, "back.json") as HfTokenizer;
+}
