@@ -58,6 +58,16 @@ function sigma(args: string[]): { child: ChildProcessWithoutNullStreams; out: ()
   return { child, out: () => out, waitFor, exit };
 }
 
+/** Types a line into a `sigma chat` child and gives its reply: everything printed up to the next prompt. */
+function chatTurn(s: ReturnType<typeof sigma>): (line: string) => Promise<string> {
+  return async (line) => {
+    const from = s.out().length;
+    s.child.stdin.write(`${line}\n`);
+    const m = await s.waitFor(/^([\s\S]*?)\nyou> /, from);
+    return m[1]!;
+  };
+}
+
 const greedy = { temperature: 0, topK: 0, topP: 1 };
 async function reply(history: ChatMessage[], domain = "en", maxTokens = 12): Promise<string> {
   let text = "";
@@ -108,13 +118,7 @@ test("sigma serve refuses a bad flag with one line", { timeout: 60_000 }, async 
 
 test("sigma chat: turns keep their history; /domain, /reset; Ctrl-D quits", { timeout: 120_000 }, async () => {
   const s = sigma(["chat", "--ckpt", ckpt, "--temperature", "0", "--top-k", "0", "--top-p", "1", "--max-tokens", "12"]);
-  const turn = async (line: string): Promise<string> => {
-    const from = s.out().length;
-    s.child.stdin.write(`${line}\n`);
-    // The reply is everything up to the next prompt.
-    const m = await s.waitFor(/^([\s\S]*?)\nyou> /, from);
-    return m[1]!;
-  };
+  const turn = chatTurn(s);
   await s.waitFor(/you> /);
   const history: ChatMessage[] = [{ role: "user", content: "Hello there" }];
   const first = await turn("Hello there");
@@ -136,12 +140,7 @@ test("sigma chat: turns keep their history; /domain, /reset; Ctrl-D quits", { ti
 
 test("sigma chat --draft ngram: greedy replies are plain decoding's, and the acceptance is printed at the end", { timeout: 120_000 }, async () => {
   const s = sigma(["chat", "--ckpt", ckpt, "--temperature", "0", "--top-k", "0", "--top-p", "1", "--max-tokens", "24", "--draft", "ngram", "--draft-tokens", "3"]);
-  const turn = async (line: string): Promise<string> => {
-    const from = s.out().length;
-    s.child.stdin.write(`${line}\n`);
-    const m = await s.waitFor(/^([\s\S]*?)\nyou> /, from);
-    return m[1]!;
-  };
+  const turn = chatTurn(s);
   await s.waitFor(/you> /);
   const history: ChatMessage[] = [{ role: "user", content: "The quick brown fox jumps over the lazy dog. The quick brown fox" }];
   const first = await turn(history[0]!.content);

@@ -407,8 +407,14 @@ export class Scheduler {
       const rows = forwardBatch(d.model, d.pool, batch);
       now.forEach(({ it }, i) => {
         const row = rows[i]!;
+        // At temperature 0 the draft's q is a point mass on its argmax, which null stands for (no V-sized array per proposal).
+        if (it.s.req.temperature === 0) {
+          it.drafted.push(argmax(row));
+          it.qs.push(null);
+          return;
+        }
         const q = samplingDistribution(row, it.s.req);
-        it.drafted.push(it.s.req.temperature === 0 ? argmax(row) : drawFrom(q, it.s.rng, 1));
+        it.drafted.push(drawFrom(q, it.s.rng, 1));
         it.qs.push(q);
       });
     }

@@ -164,6 +164,9 @@ struct Args {
   // Phase one for an array of parts (per-expert matrices at their own
   // addresses): the `count` elements of argument i, read before anything else
   // is checked, since a getter may run JS. Nothing is checked about them here.
+  // `count` must already be bounded by the length of a typed array of the
+  // call (i32_precheck on the offsets, or the copied steps): a sparse JS array
+  // of 2^31 − 1 holes is cheap to make, and each element read makes a handle.
   std::vector<napi_value> elements(size_t i, const char* name, uint64_t count) const {
     Napi::Value v = info[i];
     if (!v.IsArray()) type_error(name, "must be a Float32Array or an array of Float32Arrays, one per expert");
