@@ -108,6 +108,11 @@ test("decode step: two embedding slots (rows grouped by slot for the output prod
   const fast = run(model, true, 3, 2, 3);
   const slow = run(model, false, 3, 2, 3);
   fast.logits.forEach((l, s) => close(`slots step ${s}`, l, slow.logits[s]!));
+  // Rows already in slot order (domains 0, 1 for B = 2; one sequence): the product writes the logits directly.
+  for (const B of [1, 2]) {
+    const inOrder = run(model, true, B, 2, 2);
+    run(model, false, B, 2, 2).logits.forEach((l, s) => close(`B=${B} slots in order, step ${s}`, inOrder.logits[s]!, l));
+  }
 });
 
 test("decode step: it runs where it should and declines the rest (f32 products, gradients, prefill past 16 rows)", () => {

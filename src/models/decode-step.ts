@@ -487,6 +487,13 @@ function outputLogits(model: DecodeModel, table: StoredMatrix, w: Work): Tensor 
   offsets.fill(0, 0, S + 1);
   for (let r = 0; r < R; r++) offsets[w.slotOf[r]! + 1]++;
   for (let s = 0; s < S; s++) offsets[s + 1]! += offsets[s]!;
+  // Rows already in slot order (one row; one domain in the batch): straight into the logits.
+  let inOrder = true;
+  for (let r = 1; r < R && inOrder; r++) inOrder = w.slotOf[r - 1]! <= w.slotOf[r]!;
+  if (inOrder) {
+    dk.decodeMatmul(y, w.h, table, offsets.subarray(0, S + 1), S, V, C);
+    return logits;
+  }
   const fill = offsets.slice(0, S);
   const xs = w.xs.subarray(0, R * C);
   const order = w.order;
