@@ -12,8 +12,10 @@
  * routed to, counted from the routing), the f32 parameters it reads (biases,
  * norms, router gates) and the KV cache up to the step's position — and
  * bandwidthFraction = bytes per step × steps/s ÷ the read bandwidth measured
- * in the same run (sumSquares over 256 MiB on the same 2 threads, best of 5).
- * Medians over rounds; each round decodes `tokens` steps after an 8-token prompt.
+ * just before each round (sumSquares over 256 MiB on the same 2 threads,
+ * best of 3: the bandwidth of a shared machine moves from minute to minute),
+ * the median of the rounds' fractions; the bandwidths measured are reported
+ * beside it. Medians over rounds; each round decodes `tokens` steps after an 8-token prompt.
  * Steps run through the decode step (src/models/decode-step.ts) as forward
  * does; `--generic` turns it off (forward's general path, for a before/after
  * on the same build; JSON: decode.decodeStep false). `--f32-kernels` holds
@@ -23,21 +25,26 @@
  * With --json, stdout is one JSON object:
  *   { decode: { threads, cpu, readBandwidthGBs, tokens, rounds, config, decodeStep,
  *               formats: { <format>: { batch1: Run, batch8: Run } }, q8OverF32Batch1 } }
- *   Run = { tokensPerSecond, stepMs, bytesPerStep, bytesPerToken, bandwidthFraction }
+ *   Run = { tokensPerSecond, stepMs, bytesPerStep, bytesPerToken, bandwidthFraction, readBandwidthGBs: { median, min, max } }
  *
  * Speculative decoding (src/serve/speculative.ts; `--spec-only` runs just
  * this section): greedy decoding of `--spec-tokens` tokens (default 48) after
  * each prompt of a repetitive set, plain vs speculative with k = 4, medians
- * of the rounds; tokens/s over the whole set, speedup = speculative ÷ plain,
- * acceptance = accepted ÷ proposed draft tokens. The target is the demo
+ * of the rounds. Decoding tokens/s over the whole set counts the time after
+ * each prompt's prefill (the prompt's forward, the same work either way:
+ * plain decoding's first token is drawn from it, the speculative stats time
+ * it), speedup = speculative ÷ plain; the same with the prefills counted
+ * (…WithPrefill); acceptance = accepted ÷ proposed draft tokens. The target is the demo
  * model (`--spec-target=DIR`, default sigma-demo/, as `sigma demo` writes it)
- * with q8 weights, its prompts the repetitive texts below; without it, config
+ * with q8 weights, its prompts the repetitive texts below, each in the
+ * domain it is written in (code or en, when the model has them); without it, config
  * R's shape with random q8 weights on repetitive token-id prompts (a random
  * model's greedy text loops, so its n-gram figure says little about text).
  * The model draft needs a trained smaller model with the target's tokenizer
  * (`--spec-draft=DIR`; `--spec-k=K` drafts per step); without one that figure is skipped (a random draft
  * agrees with nothing). JSON: decode.speculative = { target, prompts, tokens, draftTokens,
- * ngram: { plainTokensPerSecond, tokensPerSecond, speedup, acceptance },
+ * ngram: { plainTokensPerSecond, tokensPerSecond, speedup, acceptance,
+ *          plainTokensPerSecondWithPrefill, tokensPerSecondWithPrefill, speedupWithPrefill },
  * model: same | null }.
  */
 import { noGrad } from "../src/autograd/tape.js";
@@ -63,14 +70,19 @@ interface Run {
   stepMs: number;
   bytesPerStep: number;
   bytesPerToken: number;
+  /** Median over rounds of (bytes per step × steps/s) ÷ the read bandwidth measured just before that round. */
   bandwidthFraction: number;
+  /** The read bandwidths measured before the rounds (GB/s): median, lowest, highest. */
+  readBandwidthGBs: { median: number; min: number; max: number };
 }
+
+let bandwidthBuffer: Float32Array | null = null;
 
 /** Read bandwidth in bytes/s: sumSquares streaming 256 MiB on `threads` threads, best of `runs`. */
 function readBandwidth(threads: number, runs = 5): number {
   const b = native();
   b.setThreads(threads);
-  const big = randomArray(64 << 20, 9);
+  const big = (bandwidthBuffer ??= randomArray(64 << 20, 9));
   b.sumSquares(big, big.length);
   let best = Infinity;
   for (let i = 0; i < runs; i++) {
@@ -106,7 +118,11 @@ function decodeRun(net: PanguSigma, B: number, tokens: number, rounds: number): 
   const domains = Int32Array.from({ length: B }, () => 0);
   const times: number[] = [];
   const bytes: number[] = [];
+  const fractions: number[] = [];
+  const bandwidths: number[] = [];
   for (let round = 0; round < rounds + 1; round++) {
+    // The machine's read bandwidth moves (a shared VM): each round is judged against the one measured just before it.
+    const bw = round === 0 ? 0 : readBandwidth(THREADS, 3);
     const cache: ModelCache = net.newCache(B, 8 + tokens + 1);
     noGrad(() => net.forward({ tokens: Int32Array.from({ length: B * 8 }, () => rng.int(SHAPE.vocab)), domains, B, T: 8 }, cache));
     const used: { experts: number[]; positions: number }[] = [];
@@ -121,10 +137,15 @@ function decodeRun(net: PanguSigma, B: number, tokens: number, rounds: number): 
     if (round === 0) continue; // warm-up: first touches, allocator
     times.push(ms / tokens);
     bytes.push(roundBytes / tokens);
+    fractions.push(roundBytes / (ms / 1000) / bw);
+    bandwidths.push(bw / 1e9);
   }
   const stepMs = median(times);
   const bytesPerStep = median(bytes);
-  return { tokensPerSecond: (1000 * B) / stepMs, stepMs, bytesPerStep, bytesPerToken: bytesPerStep / B, bandwidthFraction: 0 };
+  return {
+    tokensPerSecond: (1000 * B) / stepMs, stepMs, bytesPerStep, bytesPerToken: bytesPerStep / B, bandwidthFraction: median(fractions),
+    readBandwidthGBs: { median: median(bandwidths), min: Math.min(...bandwidths), max: Math.max(...bandwidths) },
+  };
 }
 
 interface SpecFigure {
@@ -132,48 +153,74 @@ interface SpecFigure {
   tokensPerSecond: number;
   speedup: number;
   acceptance: number;
+  plainTokensPerSecondWithPrefill: number;
+  tokensPerSecondWithPrefill: number;
+  speedupWithPrefill: number;
 }
 
-/** Texts that repeat themselves: what prompt-lookup drafting is for. */
-const REPETITIVE = [
-  "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef",
-  "The cat sat on the mat. The dog sat on the log. The cat sat on the mat. The dog sat on the log. The cat",
-  "for (let i = 0; i < n; i++) sum += a[i];\nfor (let i = 0; i < n; i++) sum += b[i];\nfor (let i = 0; i < n; i++)",
-  "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,",
+/** Texts that repeat themselves: what prompt-lookup drafting is for, each with the domain it is written in. */
+const REPETITIVE: { domain: string; text: string }[] = [
+  { domain: "code", text: "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef" },
+  { domain: "en", text: "The cat sat on the mat. The dog sat on the log. The cat sat on the mat. The dog sat on the log. The cat" },
+  { domain: "code", text: "for (let i = 0; i < n; i++) sum += a[i];\nfor (let i = 0; i < n; i++) sum += b[i];\nfor (let i = 0; i < n; i++)" },
+  { domain: "en", text: "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20," },
 ];
 
-/** Greedy decoding of `tokens` tokens after each prompt, plain and speculative: tokens/s over the set (median of rounds) and the acceptance. */
-function speculativeRun(net: PanguSigma, prompts: number[][], domain: number, draft: Draft, tokens: number, rounds: number, k: number): SpecFigure {
+/** A prompt's token ids and its domain index in the target (and in the draft model, when there is one). */
+interface SpecPrompt {
+  ids: number[];
+  domain: number;
+  draftDomain: number;
+}
+
+/**
+ * Greedy decoding of `tokens` tokens after each prompt, plain and
+ * speculative: decoding tokens/s over the set (median of rounds; the
+ * prefills apart, and with them) and the acceptance.
+ */
+function speculativeRun(net: PanguSigma, prompts: SpecPrompt[], draft: ((p: SpecPrompt) => Draft), tokens: number, rounds: number, k: number): SpecFigure {
   const o = { temperature: 0, topK: 0, topP: 1, seed: 1, maxTokens: tokens, stopId: null };
-  const plainMs: number[] = [];
-  const specMs: number[] = [];
+  const [plainMs, specMs, plainAll, specAll]: number[][] = [[], [], [], []];
   let emittedPlain = 0;
   let emittedSpec = 0;
   const stats = newSpeculativeStats();
   for (let round = 0; round < rounds + 1; round++) {
-    let a = 0;
-    let b = 0;
-    let np = 0;
-    let ns = 0;
+    let [a, b, aAll, bAll, np, ns] = [0, 0, 0, 0, 0, 0];
     for (const p of prompts) {
+      // Plain: the first token is drawn from the prefill's logits, so the first next() is the prefill.
       let t0 = performance.now();
-      np += [...generateIds(net, p, domain, o)].length;
-      a += performance.now() - t0;
+      const gen = generateIds(net, p.ids, p.domain, o);
+      let first = gen.next();
+      const prefill = performance.now() - t0;
+      for (; !first.done; first = gen.next()) np++;
+      const plain = performance.now() - t0;
+      a += plain - prefill;
+      aAll += plain;
       const st = newSpeculativeStats();
       t0 = performance.now();
-      ns += [...speculativeIds(net, p, domain, { ...o, draftTokens: k }, draft, st)].length;
-      b += performance.now() - t0;
+      ns += [...speculativeIds(net, p.ids, p.domain, { ...o, draftTokens: k }, draft(p), st)].length;
+      const spec = performance.now() - t0;
+      b += spec - st.prefillMs;
+      bAll += spec;
       if (round > 0) for (const k of ["steps", "proposed", "accepted", "emitted"] as const) stats[k] += st[k];
     }
     if (round === 0) continue; // warm-up
     plainMs.push(a);
     specMs.push(b);
+    plainAll.push(aAll);
+    specAll.push(bAll);
     emittedPlain = np;
     emittedSpec = ns;
   }
-  const plainTokensPerSecond = (1000 * emittedPlain) / median(plainMs);
-  const tokensPerSecond = (1000 * emittedSpec) / median(specMs);
-  return { plainTokensPerSecond, tokensPerSecond, speedup: tokensPerSecond / plainTokensPerSecond, acceptance: stats.proposed ? stats.accepted / stats.proposed : 0 };
+  const rate = (n: number, ms: number[]) => (1000 * n) / median(ms);
+  const plainTokensPerSecond = rate(emittedPlain, plainMs);
+  const tokensPerSecond = rate(emittedSpec, specMs);
+  const plainTokensPerSecondWithPrefill = rate(emittedPlain, plainAll);
+  const tokensPerSecondWithPrefill = rate(emittedSpec, specAll);
+  return {
+    plainTokensPerSecond, tokensPerSecond, speedup: tokensPerSecond / plainTokensPerSecond, acceptance: stats.proposed ? stats.accepted / stats.proposed : 0,
+    plainTokensPerSecondWithPrefill, tokensPerSecondWithPrefill, speedupWithPrefill: tokensPerSecondWithPrefill / plainTokensPerSecondWithPrefill,
+  };
 }
 
 function speculativeSection(args: string[], fallback: PanguSigma, say: (s: string) => void, opt: (name: string, dflt: number) => number) {
@@ -184,32 +231,38 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   const targetPath = str("spec-target") ?? "sigma-demo";
   const draftPath = str("spec-draft");
   let net: PanguSigma;
-  let prompts: number[][];
+  let prompts: SpecPrompt[];
   let target: string;
   let draftModel: PanguSigma | null = null;
   if (existsSync(targetPath)) {
     const src = openModelSource(targetPath, { weights: "q8" });
     net = src.model;
-    const tok = src.tokenizer!.tokenizer;
-    const domain = net.config.domains[0]!.name;
-    prompts = REPETITIVE.map((t) => encodePrompt(tok, domain, t));
-    target = `${src.path} (q8)`;
     if (draftPath) draftModel = openModelSource(draftPath, { weights: "q8" }).model;
+    const tok = src.tokenizer!.tokenizer;
+    const index = (m: PanguSigma, name: string) => Math.max(0, m.config.domains.findIndex((d) => d.name === name));
+    prompts = REPETITIVE.map(({ domain, text }) => {
+      const d = index(net, domain);
+      return { ids: encodePrompt(tok, net.config.domains[d]!.name, text), domain: d, draftDomain: draftModel ? index(draftModel, domain) : 0 };
+    });
+    target = `${src.path} (q8)`;
   } else {
     quantizeModel(fallback, "q8");
     net = fallback;
     const rng = new Rng(11);
     prompts = [5, 7, 11, 13].map((period) => {
       const unit = Array.from({ length: period }, () => rng.int(SHAPE.vocab));
-      return Array.from({ length: 48 }, (_, i) => unit[i % period]!);
+      return { ids: Array.from({ length: 48 }, (_, i) => unit[i % period]!), domain: 0, draftDomain: 0 };
     });
     target = "config R's shape, random q8 weights (no demo model at " + targetPath + ")";
   }
   say(`\nspeculative decoding, greedy, k = ${k}, ${tokens} tokens after each of ${prompts.length} repetitive prompts, median of ${rounds} rounds; target: ${target}`);
-  const ngram = speculativeRun(net, prompts, 0, { kind: "ngram" }, tokens, rounds, k);
-  const model = draftModel ? speculativeRun(net, prompts, 0, { kind: "model", model: draftModel, domain: 0 }, tokens, rounds, k) : null;
-  const rows = [["ngram", ngram] as const, ...(model ? [["model " + draftPath, model] as const] : [])].map(([name, f]) => [name, f.plainTokensPerSecond.toFixed(1), f.tokensPerSecond.toFixed(1), `${f.speedup.toFixed(2)}×`, `${(100 * f.acceptance).toFixed(0)}%`]);
-  say(table(["draft", "plain tokens/s", "speculative tokens/s", "speedup", "acceptance"], rows));
+  const ngram = speculativeRun(net, prompts, () => ({ kind: "ngram" }), tokens, rounds, k);
+  const model = draftModel ? speculativeRun(net, prompts, (p) => ({ kind: "model", model: draftModel, domain: p.draftDomain }), tokens, rounds, k) : null;
+  const rows = [["ngram", ngram] as const, ...(model ? [["model " + draftPath, model] as const] : [])].map(([name, f]) => [
+    name, f.plainTokensPerSecond.toFixed(1), f.tokensPerSecond.toFixed(1), `${f.speedup.toFixed(2)}×`, `${(100 * f.acceptance).toFixed(0)}%`, `${f.speedupWithPrefill.toFixed(2)}×`,
+  ]);
+  say("tokens/s of decoding: after each prompt's prefill (the same forward of the prompt either way); the last column counts the prefills too");
+  say(table(["draft", "plain tokens/s", "speculative tokens/s", "speedup", "acceptance", "speedup with prefill"], rows));
   if (!model) say(`model draft: skipped — ${existsSync(targetPath) ? "no --spec-draft=DIR (a trained smaller model with the demo's tokenizer)" : "no demo model (run sigma demo, or pass --spec-target=DIR and --spec-draft=DIR)"}; a draft with random weights would agree with nothing`);
   return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, model };
 }
@@ -323,11 +376,11 @@ export async function run(args: string[]): Promise<void> {
   for (const f of specOnly ? [] : formats) {
     quantizeModel(net, f);
     const r = { batch1: decodeRun(net, 1, tokens, rounds), batch8: decodeRun(net, 8, Math.max(4, tokens >> 1), rounds) };
-    for (const x of [r.batch1, r.batch8]) x.bandwidthFraction = (x.bytesPerStep * (1000 / x.stepMs)) / bw;
     results[f] = r;
-    rows.push([f, r.batch1.tokensPerSecond.toFixed(1), (r.batch1.bytesPerToken / 1e6).toFixed(1), r.batch1.bandwidthFraction.toFixed(2), r.batch8.tokensPerSecond.toFixed(1), (r.batch8.bytesPerStep / 1e6).toFixed(1), r.batch8.bandwidthFraction.toFixed(2)]);
+    const gbs = (x: Run) => `${x.readBandwidthGBs.median.toFixed(1)} (${x.readBandwidthGBs.min.toFixed(1)}–${x.readBandwidthGBs.max.toFixed(1)})`;
+    rows.push([f, r.batch1.tokensPerSecond.toFixed(1), (r.batch1.bytesPerToken / 1e6).toFixed(1), gbs(r.batch1), r.batch1.bandwidthFraction.toFixed(2), r.batch8.tokensPerSecond.toFixed(1), (r.batch8.bytesPerStep / 1e6).toFixed(1), r.batch8.bandwidthFraction.toFixed(2)]);
   }
-  if (!specOnly) say(table(["weights", "batch 1 tokens/s", "MB/token", "bandwidth fraction", "batch 8 tokens/s", "MB/step", "bandwidth fraction"], rows));
+  if (!specOnly) say(table(["weights", "batch 1 tokens/s", "MB/token", "read GB/s", "bandwidth fraction", "batch 8 tokens/s", "MB/step", "bandwidth fraction"], rows));
   const q8 = results.q8?.batch1.tokensPerSecond;
   const f32 = results.f32?.batch1.tokensPerSecond;
   const q8OverF32Batch1 = q8 && f32 ? q8 / f32 : null;

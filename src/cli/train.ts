@@ -9,6 +9,7 @@ import { SigmaError } from "../util/errors.js";
 import { train, type TrainResult } from "../api/train.js";
 import { evaluate } from "../api/evaluate.js";
 import { openModel } from "../api/model.js";
+import { newSpeculativeStats } from "../serve/speculative.js";
 import { loadTrainConfig, parseTrainConfig, type TrainConfig, type TrainConfigInput } from "../train/config.js";
 import type { DomainEval } from "../train/evaluate.js";
 import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
@@ -165,7 +166,7 @@ export function register(program: Command): void {
     .action(async ({ draft: draftPath, draftTokens, ...o }: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; stop?: string[]; showSpecial?: boolean; weights?: WeightFormat; draft?: string; draftTokens: number }) => {
       const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
       const draft = draftPath === undefined ? undefined : draftPath === "ngram" ? ("ngram" as const) : await openModel(draftPath, o.weights ? { weights: o.weights } : {});
-      const draftStats = { steps: 0, proposed: 0, accepted: 0, emitted: 0 };
+      const draftStats = newSpeculativeStats();
       const spec = draft === undefined ? {} : { draft, draftTokens, draftStats };
       const t0 = performance.now();
       let n = 0;

@@ -49,9 +49,11 @@ export interface SpeculativeStats {
   accepted: number;
   /** Tokens emitted. */
   emitted: number;
+  /** Milliseconds spent in the prompt's forward (the prefill, before the first verification), so that decoding speed can be told apart from it. */
+  prefillMs: number;
 }
 
-export const newSpeculativeStats = (): SpeculativeStats => ({ steps: 0, proposed: 0, accepted: 0, emitted: 0 });
+export const newSpeculativeStats = (): SpeculativeStats => ({ steps: 0, proposed: 0, accepted: 0, emitted: 0, prefillMs: 0 });
 
 /**
  * The probabilities plain sampling draws the next token from, over all V ids:
@@ -219,9 +221,11 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       tgt.offset = context.length - tail.length;
       if (tail.length > 1) feed(tgt, tail.slice(0, -1));
     };
+    const t0 = performance.now();
     if (context.length <= c.seqLen - 1) {
       if (context.length > 1) feed(tgt, context.slice(0, -1));
     } else restart();
+    stats.prefillMs += performance.now() - t0;
     const dft: Cached | null = draft.kind === "model" ? { model: draft.model, domains: Int32Array.of(draft.domain), cache: draft.model.newCache(1), offset: 0 } : null;
 
     /** The draft model's k tokens and the distributions they were drawn from. */
