@@ -90,7 +90,7 @@ test("quantizers: each weight within the format's rounding of its group; short l
   assert.ok(Array.from(m.data.subarray(3)).every((v) => v === 0));
 });
 
-type IntExports = { decodeIntPath(): string; setDecodeVnni(allow: boolean): void };
+type IntExports = { decodeIntPath(): string; setDecodeVnni(allow: boolean): void; setWakeSmall(on: boolean): void };
 const intExports = native as unknown as IntExports;
 
 /**
@@ -108,6 +108,8 @@ function eachPath(body: (where: string) => void): string[] {
   const threads = native.getThreads();
   const decode = nativeDecodeKernels()!;
   const seen: string[] = [];
+  // Small products split over the threads even when the workers sleep (in use, they wait for awake workers).
+  intExports.setWakeSmall(true);
   try {
     for (const [name, setting, vnni] of paths) {
       native.setKernelPath(setting);
@@ -125,6 +127,7 @@ function eachPath(body: (where: string) => void): string[] {
   } finally {
     native.setKernelPath(cap);
     intExports.setDecodeVnni(true);
+    intExports.setWakeSmall(false);
     native.setThreads(threads);
   }
   return seen;
@@ -233,6 +236,86 @@ test("decode kernels: every format on every path, 1 and 2 threads, match the Typ
   if (seen.includes("avx512/avx512-vnni")) assert.ok(seen.includes("avx512/avx512-bw"), seen.join(", "));
   assert.ok(seen.includes("portable/portable"), seen.join(", "));
 });
+
+test("decode epilogue: bias, activation and residual on every path, format and thread count match the twin; y is what it would be alone", { skip }, () => {
+  const decode = nativeDecodeKernels()!;
+  // [rows of x per expert, N, K]: odd N (the vector kernels' tails), several experts, one with no rows, K = 0, and a two-thread split.
+  const shapes: [number[], number, number][] = [[[1], 1, 1], [[2], 17, 33], [[1, 0, 3], 257, 64], [[2, 1], 7, 0], [[1, 2], 300, 512]];
+  for (const [rowsPer, N, K] of shapes) {
+    const E = rowsPer.length;
+    const offsets = Int32Array.from([0, ...rowsPer.map((_, i) => rowsPer.slice(0, i + 1).reduce((a, b) => a + b, 0))]);
+    const R = offsets[E]!;
+    const x = rand(R * K);
+    const bias = rand(E * N, 0.5);
+    const base = rand(R * N);
+    for (const f of WEIGHT_FORMATS) {
+      const w = quantize(f, rand(E * N * K, 0.05), E * N, K);
+      for (const act of [null, "fastgelu", "gelu"] as const) {
+        for (const withBias of [false, true]) {
+          for (const withResidual of [false, true]) {
+            // The twin with the epilogue, and the native plain product finished by hand with the reference ops.
+            const ref = new Float32Array(R * N);
+            const refRes = base.slice();
+            const ep = { bias: withBias ? bias : null, act, residual: withResidual ? refRes : null };
+            referenceDecode.decodeMatmul(ref, x, w, offsets, E, N, K, ep);
+            eachPath((where) => {
+              const plain = new Float32Array(R * N);
+              decode.decodeMatmul(plain, x, w, offsets, E, N, K);
+              const y = new Float32Array(R * N);
+              const res = base.slice();
+              decode.decodeMatmul(y, x, w, offsets, E, N, K, { bias: withBias ? bias : null, act, residual: withResidual ? res : null });
+              const what = `${f} ${where} rows ${rowsPer} N=${N} K=${K} bias=${withBias} act=${act} residual=${withResidual}`;
+              for (let e = 0; e < E; e++) {
+                for (let r = offsets[e]!; r < offsets[e + 1]!; r++) {
+                  for (let n = 0; n < N; n++) {
+                    const i = r * N + n;
+                    // Expected from the native plain product: the epilogue adds no error beyond the activation's.
+                    let v = plain[i]! + (withBias ? bias[e * N + n]! : 0);
+                    v = Math.fround(v);
+                    if (act === "fastgelu") v = v / (1 + Math.exp(-1.702 * v));
+                    else if (act === "gelu") v = 0.5 * v * (1 + erf(v / Math.SQRT2));
+                    const tol = 1e-5 * (1 + Math.abs(v));
+                    if (!(Math.abs(y[i]! - v) <= tol)) assert.fail(`${what}: y[${r},${n}] = ${y[i]}, expected ${v}`);
+                    if (!(Math.abs(y[i]! - ref[i]!) <= tol + 2e-5 * (1 + Math.abs(ref[i]!)))) assert.fail(`${what}: y[${r},${n}] = ${y[i]} but the twin gives ${ref[i]}`);
+                    const wantRes = withResidual ? Math.fround(base[i]! + y[i]!) : base[i]!;
+                    if (res[i] !== wantRes) assert.fail(`${what}: residual[${r},${n}] = ${res[i]}, expected base + y = ${wantRes}`);
+                  }
+                }
+              }
+            });
+          }
+        }
+      }
+    }
+  }
+  // y itself as the residual, and an unknown activation, are refused.
+  const w = quantize("f32", rand(4), 2, 2);
+  const y = new Float32Array(2);
+  assert.throws(() => decode.decodeMatmul(y, rand(2), w, Int32Array.of(0, 1), 1, 2, 2, { residual: y }), /residual/);
+  assert.throws(() => referenceDecode.decodeMatmul(y, rand(2), w, Int32Array.of(0, 1), 1, 2, 2, { residual: y }), /residual/);
+  const addon = native as unknown as Record<string, (...a: unknown[]) => void>;
+  assert.throws(() => addon.decodeMatmulF32!(y, rand(2), w.data, Int32Array.of(0, 1), 1, 2, 2, null, 3, null), /act/);
+});
+
+/** erf to ~1e-7 (Abramowitz–Stegun 7.1.26 is too coarse for a 1e-5 check): the series and the continued fraction. */
+function erf(z: number): number {
+  const a = Math.abs(z);
+  let r: number;
+  if (a < 2.5) {
+    let term = a;
+    let sum = a;
+    for (let n = 1; n < 60; n++) {
+      term *= (-a * a) / n;
+      sum += term / (2 * n + 1);
+    }
+    r = (2 / Math.sqrt(Math.PI)) * sum;
+  } else {
+    let cf = 0;
+    for (let n = 60; n >= 1; n--) cf = n / 2 / (a + cf);
+    r = 1 - Math.exp(-a * a) / Math.sqrt(Math.PI) / (a + cf);
+  }
+  return z < 0 ? -r : r;
+}
 
 test("integer decode twin: x's quantization is round-to-nearest-even per group, and the product stays within its error of the f32-weight product", () => {
   // Ties: 127/amax = 1 with amax = 127, so x = 0.5, 1.5, 2.5, −0.5 quantize to 0, 2, 2, −0.

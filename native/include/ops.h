@@ -20,6 +20,10 @@ double sum_squares_serial(const float* x, int64_t n);
 void gelu(float* y, const float* x, int64_t n);
 void gelu_backward(float* dx, const float* x, const float* dy, int64_t n);
 void fast_gelu(float* y, const float* x, int64_t n);
+// On the calling thread only (for kernels that finish their own outputs: the decode epilogue).
+void add_serial(float* o, const float* a, const float* b, int64_t n);
+void gelu_serial(float* y, const float* x, int64_t n);
+void fast_gelu_serial(float* y, const float* x, int64_t n);
 void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n);
 // SwiGLU's gated product y = SiLU(g)·u, and dg += dy·u·SiLU'(g), du += dy·SiLU(g).
 void swiglu(float* y, const float* g, const float* u, int64_t n);

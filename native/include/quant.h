@@ -46,8 +46,20 @@ inline int64_t quant_groups(int64_t K) { return (K + kQuantGroup - 1) / kQuantGr
 // (decoding: 1–8): weights stream once from memory, each tile of weight rows
 // meeting every row of x while it sits in L1; threads split the output rows of
 // all experts together. Any R works (rows are taken eight at a time).
+//
+// With an epilogue, each thread finishes the outputs it computed while they
+// are in its cache: y += bias (row e of the [E, N] biases for expert e's
+// rows), then the activation, then residual += y ([R, N], rows as y's). The
+// decode step's bias adds, FFN activations and residual adds are then no
+// separate passes (or calls).
+enum class DecodeAct { kNone = 0, kFastGelu = 1, kGelu = 2 };
+struct DecodeEpilogue {
+  const float* bias = nullptr;  // [E, N] or null
+  DecodeAct act = DecodeAct::kNone;
+  float* residual = nullptr;  // [R, N] or null
+};
 void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t* offsets, int64_t E, int64_t N,
-                   int64_t K);
+                   int64_t K, const DecodeEpilogue* epilogue = nullptr);
 
 // out [rows, K] = the f32 weights of `rows` stored rows (threads over rows).
 void dequantize(const QuantMatrix& w, float* out, int64_t rows, int64_t K);

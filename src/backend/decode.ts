@@ -22,13 +22,15 @@ function nativeDecode(addon: Record<string, unknown>): DecodeKernels {
     get name() {
       return `native/${path()}`;
     },
-    decodeMatmul(y, x, w, offsets, E, N, K) {
+    decodeMatmul(y, x, w, offsets, E, N, K, ep) {
+      // The epilogue's three arguments go after the format's own (quant_napi.cpp).
+      const tail = ep ? [ep.bias ?? null, ep.act === "fastgelu" ? 1 : ep.act === "gelu" ? 2 : 0, ep.residual ?? null] : [];
       switch (w.format) {
-        case "f32": return fn("decodeMatmulF32")(y, x, w.data, offsets, E, N, K);
-        case "bf16": return fn("decodeMatmulBf16")(y, x, w.data, offsets, E, N, K);
-        case "f16": return fn("decodeMatmulF16")(y, x, w.data, offsets, E, N, K);
-        case "q8": return fn("decodeMatmulQ8")(y, x, w.data, offsets, E, N, K, w.scales);
-        case "q4": return fn("decodeMatmulQ4")(y, x, w.data, offsets, E, N, K, w.scales, w.mins);
+        case "f32": return fn("decodeMatmulF32")(y, x, w.data, offsets, E, N, K, ...tail);
+        case "bf16": return fn("decodeMatmulBf16")(y, x, w.data, offsets, E, N, K, ...tail);
+        case "f16": return fn("decodeMatmulF16")(y, x, w.data, offsets, E, N, K, ...tail);
+        case "q8": return fn("decodeMatmulQ8")(y, x, w.data, offsets, E, N, K, w.scales, ...tail);
+        case "q4": return fn("decodeMatmulQ4")(y, x, w.data, offsets, E, N, K, w.scales, w.mins, ...tail);
       }
     },
     dequantize(out, w) {

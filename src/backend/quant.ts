@@ -60,6 +60,19 @@ export function storedBytes(m: StoredMatrix): number {
 }
 
 /**
+ * What a decode product does to its outputs before it returns, in this
+ * order: y += bias (row e of the [E, N] biases for expert e's rows, as
+ * addBias), y = act(y) (fastGelu, gelu), residual += y (residual [R, N] laid
+ * out as y; not y itself). Each thread finishes the outputs it computed
+ * while they are still in its cache, and the step makes no separate call for them.
+ */
+export interface DecodeEpilogue {
+  bias?: Float32Array | null;
+  act?: "fastgelu" | "gelu" | null;
+  residual?: Float32Array | null;
+}
+
+/**
  * The decode kernels' contract (implemented in ./decode.ts by the addon and
  * in ./reference/decode.ts by the TypeScript twin).
  */
@@ -72,7 +85,7 @@ export interface DecodeKernels {
    * A plain linear layer is E = 1, offsets [0, R]. R = offsets[E]. q8 and q4 quantize x per group
    * of 32 first and take integer dots (./reference/decode.ts quantizeActivations, intDot; docs/decode.md).
    */
-  decodeMatmul(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: Int32Array, E: number, N: number, K: number): void;
+  decodeMatmul(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: Int32Array, E: number, N: number, K: number, epilogue?: DecodeEpilogue): void;
   /** out [w.rows, w.K] = the f32 weights of w. */
   dequantize(out: Float32Array, w: StoredMatrix): void;
 }

@@ -9,9 +9,11 @@
  * shapes, consults the autograd tape, and the MoE layer permutes and gathers
  * through more of them. Here the same computation runs on buffers allocated
  * once per model and row count and reused by every step: kernel calls
- * (layerNorm, attention over the cache, the activation, combine) and the
- * decode products (src/backend/decode.ts) straight into those buffers, the
- * experts of an MoE layer in one call per matrix. Only the logits are a new
+ * (layerNorm, attention over the cache, combine) and the decode products
+ * (src/backend/decode.ts) straight into those buffers, the experts of an MoE
+ * layer in one call per matrix. Each product's epilogue adds its bias,
+ * applies the FFN's activation and adds its output into the residual stream
+ * where forward has separate ops for these. Only the logits are a new
  * array each step (callers keep them). The routers run as they are (their
  * gates are small and they return the Routing the caller reports).
  *
@@ -207,23 +209,24 @@ function supported(model: DecodeModel): boolean {
   return true;
 }
 
-/** y [R, N] = x · Wᵀ + b with W stored [N, K]. */
-function linearInto(be: Backend, y: Float32Array, x: Float32Array, l: Linear, w: Work): void {
-  decodeKernels().decodeMatmul(y, x, l.stored!, w.rows, 1, l.outFeatures, l.inFeatures);
-  if (l.bias) be.addBias(y, y, l.bias.data, w.R, l.outFeatures);
+/** The activations the decode products apply in their epilogue (supported() admits only these). */
+const activation = (kind: string): "fastgelu" | "gelu" => (kind === "fastgelu" ? "fastgelu" : "gelu");
+
+/**
+ * y [R, N] = act(x · Wᵀ + b) with W stored [N, K], and residual += y when
+ * given: one decode call, its epilogue doing the bias, the activation and
+ * the residual add (the same operations, in the same order, as addBias,
+ * the activation and add after it).
+ */
+function linearInto(y: Float32Array, x: Float32Array, l: Linear, w: Work, act: "fastgelu" | "gelu" | null = null, residual: Float32Array | null = null): void {
+  decodeKernels().decodeMatmul(y, x, l.stored!, w.rows, 1, l.outFeatures, l.inFeatures, { bias: l.bias ? (l.bias.data as Float32Array) : null, act, residual });
 }
 
-function activateInPlace(be: Backend, y: Float32Array, n: number, kind: string): void {
-  if (kind === "fastgelu") be.fastGelu(y, y, n);
-  else be.gelu(y, y, n);
-}
-
-/** out [R, C] = the FFN of x (f: its hidden buffer). */
-function ffnInto(be: Backend, out: Float32Array, x: Float32Array, f: FeedForward, w: Work): void {
+/** out [R, C] = the FFN of x (f: its hidden buffer); residual += out when given. */
+function ffnInto(out: Float32Array, x: Float32Array, f: FeedForward, w: Work, residual: Float32Array | null = null): void {
   const hid = w.f.subarray(0, w.R * f.fc1.outFeatures);
-  linearInto(be, hid, x, f.fc1, w);
-  activateInPlace(be, hid, hid.length, f.activation);
-  linearInto(be, out, hid, f.fc2, w);
+  linearInto(hid, x, f.fc1, w, activation(f.activation));
+  linearInto(out, hid, f.fc2, w, null, residual);
 }
 
 /**
@@ -281,14 +284,13 @@ function fused(parts: Linear[]): Fused {
 }
 
 /** outs[i] [R, N_i] = x · W_iᵀ + b_i for the fused parts, in one decode call (w.f holds the side-by-side result). */
-function fusedInto(be: Backend, outs: Float32Array[], x: Float32Array, parts: Linear[], w: Work): void {
+function fusedInto(outs: Float32Array[], x: Float32Array, parts: Linear[], w: Work): void {
   const f = fused(parts);
   const R = w.R;
   const N = f.matrix.rows;
   if (w.f.length < R * N) w.f = new Float32Array(R * N);
   const y = w.f.subarray(0, R * N);
-  decodeKernels().decodeMatmul(y, x, f.matrix, w.rows, 1, N, f.matrix.K);
-  if (f.bias) be.addBias(y, y, f.bias, R, N);
+  decodeKernels().decodeMatmul(y, x, f.matrix, w.rows, 1, N, f.matrix.K, { bias: f.bias });
   for (let r = 0; r < R; r++) {
     let at = r * N;
     for (const [i, p] of parts.entries()) {
@@ -300,18 +302,18 @@ function fusedInto(be: Backend, outs: Float32Array[], x: Float32Array, parts: Li
 }
 
 /**
- * out [R, C] = attention output (after o) of queries from xq and keys and
- * values from xkv, appended to `cache` at its length (B sequences of T rows).
- * q, k and v are one product when they read the same input (k and v one
- * when the queries come from elsewhere: the query layer).
+ * residual += the attention output (after o) of queries from xq and keys and
+ * values from xkv, appended to `cache` at its length (B sequences of T rows);
+ * `out` holds the output itself. q, k and v are one product when they read
+ * the same input (k and v one when the queries come from elsewhere: the query layer).
  */
-function attentionInto(be: Backend, out: Float32Array, xq: Float32Array, xkv: Float32Array, a: Attention, cache: KVCache, B: number, T: number, w: Work): void {
+function attentionInto(be: Backend, out: Float32Array, residual: Float32Array, xq: Float32Array, xkv: Float32Array, a: Attention, cache: KVCache, B: number, T: number, w: Work): void {
   const C = a.width;
   if (xq === xkv) {
-    fusedInto(be, [w.q, w.k, w.v], xkv, [a.q, a.k, a.v], w);
+    fusedInto([w.q, w.k, w.v], xkv, [a.q, a.k, a.v], w);
   } else {
-    linearInto(be, w.q, xq, a.q, w);
-    fusedInto(be, [w.k, w.v], xkv, [a.k, a.v], w);
+    linearInto(w.q, xq, a.q, w);
+    fusedInto([w.k, w.v], xkv, [a.k, a.v], w);
   }
   const cap = cache.k.dim(1);
   if (cache.length + T > cap) throw new RangeError(`KV cache full: ${cache.length} + ${T} positions exceed its capacity ${cap}`);
@@ -327,7 +329,7 @@ function attentionInto(be: Backend, out: Float32Array, xq: Float32Array, xkv: Fl
   const H = a.heads;
   const D = C / H;
   be.attention(w.att, w.lse, w.q, kd, vd, B, T, cache.length, H, D, cap, 1 / Math.sqrt(D));
-  linearInto(be, out, w.att, a.o, w);
+  linearInto(out, w.att, a.o, w, null, residual);
 }
 
 /** out [R, C] = the MoE layer's output for x (rows' tokens and domains given), and its routing. */
@@ -371,26 +373,12 @@ function moeInto(be: Backend, out: Float32Array, x: Float32Array, m: MoeLayer, t
   const ys = w.ys.subarray(0, kept * C);
   const dk = decodeKernels();
   const off = offsets.subarray(0, E + 1);
-  dk.decodeMatmul(hs, xs, m.stored!.w1, off, E, Fe, C);
-  // supported() admitted experts with biases only (ffnBias).
-  const b1 = m.b1!.data;
-  const b2 = m.b2!.data;
-  for (let e = 0; e < E; e++) {
-    const n = offsets[e + 1]! - offsets[e]!;
-    if (n > 0) be.addBias(hs.subarray(offsets[e]! * Fe), hs.subarray(offsets[e]! * Fe), b1.subarray(e * Fe, (e + 1) * Fe), n, Fe);
-  }
-  activateInPlace(be, hs, hs.length, m.activation);
-  dk.decodeMatmul(ys, hs, m.stored!.w2, off, E, C, Fe);
-  for (let e = 0; e < E; e++) {
-    const n = offsets[e + 1]! - offsets[e]!;
-    if (n > 0) be.addBias(ys.subarray(offsets[e]! * C), ys.subarray(offsets[e]! * C), b2.subarray(e * C, (e + 1) * C), n, C);
-  }
+  // supported() admitted experts with biases only (ffnBias): [E, Fe] and [E, C], added per expert by the epilogue.
+  dk.decodeMatmul(hs, xs, m.stored!.w1, off, E, Fe, C, { bias: m.b1!.data as Float32Array, act: activation(m.activation) });
+  dk.decodeMatmul(ys, hs, m.stored!.w2, off, E, C, Fe, { bias: m.b2!.data as Float32Array });
   out.fill(0, 0, R * C);
   if (kept > 0) be.combine(out, ys, w.tokenOf.subarray(0, kept), w.weightOf.subarray(0, kept), kept, C);
-  if (m.shared) {
-    ffnInto(be, w.tmp, x, m.shared, w);
-    be.add(out, out, w.tmp, R * C);
-  }
+  if (m.shared) ffnInto(w.tmp, x, m.shared, w, out);
   return routing;
 }
 
@@ -439,12 +427,10 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
   const norm = (out: Float32Array, x: Float32Array, n: Norm) => be.layerNorm(out, w.mean, w.rstd, x, n.gamma.data, (n as LayerNorm).beta.data, R, C, n.eps);
   model.blocks.forEach((block, l) => {
     norm(w.x, w.h, block.ln1);
-    attentionInto(be, w.tmp, w.x, w.x, block.attn, cache.layers[l] as KVCache, B, T, w);
-    be.add(w.h, w.h, w.tmp, R * C);
+    attentionInto(be, w.tmp, w.h, w.x, w.x, block.attn, cache.layers[l] as KVCache, B, T, w);
     norm(w.x, w.h, block.ln2);
     if (block.ffn) {
-      ffnInto(be, w.tmp, w.x, block.ffn, w);
-      be.add(w.h, w.h, w.tmp, R * C);
+      ffnInto(w.tmp, w.x, block.ffn, w, w.h);
       return;
     }
     const routing = moeInto(be, w.att, w.x, block.moe!, tokens, w);
@@ -461,11 +447,9 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
     const queries = w.xs.subarray(0, R * C);
     for (let r = 0; r < R; r++) queries.set(qe.subarray(w.posIds[r]! * C, (w.posIds[r]! + 1) * C), r * C);
     norm(w.x, w.h, q.ln1);
-    attentionInto(be, w.tmp, queries, w.x, q.attn, cache.query as KVCache, B, T, w);
-    be.add(w.h, w.h, w.tmp, R * C);
+    attentionInto(be, w.tmp, w.h, queries, w.x, q.attn, cache.query as KVCache, B, T, w);
     norm(w.x, w.h, q.ln2);
-    ffnInto(be, w.tmp, w.x, q.ffn, w);
-    be.add(w.h, w.h, w.tmp, R * C);
+    ffnInto(w.tmp, w.x, q.ffn, w, w.h);
   }
   cache.length += T;
   return { logits: outputLogits(model, table, w), routings, auxLoss: aux };

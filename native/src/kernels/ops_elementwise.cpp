@@ -130,6 +130,14 @@ double sum_squares(const float* x, int64_t n) {
   return s;
 }
 
+void add_serial(float* o, const float* a, const float* b, int64_t n) { add_k(o, a, b, n); }
+void gelu_serial(float* y, const float* x, int64_t n) { gelu_k(y, x, n); }
+void fast_gelu_serial(float* y, const float* x, int64_t n) {
+  if (use_avx512()) avx512::fast_gelu(y, x, n);
+  else if (use_avx2()) avx2::fast_gelu(y, x, n);
+  else fast_gelu_portable(y, x, n);
+}
+
 void gelu(float* y, const float* x, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { gelu_k(y + s, x + s, e - s); }); }
 void gelu_backward(float* dx, const float* x, const float* dy, int64_t n) { chunked(n, [&](int64_t s, int64_t e) { gelu_bwd_k(dx + s, x + s, dy + s, e - s); }); }
 void fast_gelu(float* y, const float* x, int64_t n) {

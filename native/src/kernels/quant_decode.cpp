@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu.h"
+#include "ops.h"
 #include "quant.h"
 #include "threadpool.h"
 
@@ -253,7 +254,20 @@ struct DecodeJob {
   IntPath int_path;
   int64_t int_rows;
   QuantX qx;  // rows quantized for the experts with 1 … int_rows rows (groups == 0: none)
+  const DecodeEpilogue* ep;
 };
+
+// The epilogue (quant.h) over outputs [lo, hi) of expert e's R rows at row r0.
+void finish(const DecodeJob& j, int64_t e, int64_t r0, int64_t R, int64_t lo, int64_t hi) {
+  const DecodeEpilogue& ep = *j.ep;
+  for (int64_t r = r0; r < r0 + R; ++r) {
+    float* y = j.y + r * j.N + lo;
+    if (ep.bias) add_serial(y, y, ep.bias + e * j.N + lo, hi - lo);
+    if (ep.act == DecodeAct::kFastGelu) fast_gelu_serial(y, y, hi - lo);
+    else if (ep.act == DecodeAct::kGelu) gelu_serial(y, y, hi - lo);
+    if (ep.residual) add_serial(ep.residual + r * j.N + lo, ep.residual + r * j.N + lo, y, hi - lo);
+  }
+}
 
 // Thread t's share: items [b0, b1) of the active experts' output rows laid end to end.
 void decode_share(const DecodeJob& j, int t, int nth) {
@@ -284,9 +298,10 @@ void decode_share(const DecodeJob& j, int t, int nth) {
         case IntPath::kAvx2: decode_int_avx2(we, ye, j.N, xe, R, j.K, lo, hi); break;
         case IntPath::kPortable: decode_int_portable(we, ye, j.N, xe, R, j.K, lo, hi); break;
       }
-      continue;
+    } else {
+      j.kernel(we, j.y + r0 * j.N, j.N, j.x + r0 * j.K, R, j.K, lo, hi);
     }
-    j.kernel(we, j.y + r0 * j.N, j.N, j.x + r0 * j.K, R, j.K, lo, hi);
+    if (j.ep) finish(j, e, r0, R, lo, hi);
   }
 }
 
@@ -311,17 +326,23 @@ const char* decode_path_name() {
 }
 
 void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t* offsets, int64_t E, int64_t N,
-                   int64_t K) {
+                   int64_t K, const DecodeEpilogue* epilogue) {
   const int64_t R = offsets[E];
   if (R == 0 || N == 0) return;
   if (K == 0) {
     std::fill(y, y + R * N, 0.f);
+    if (epilogue) {
+      // Still y = act(0 + bias), residual += y.
+      DecodeJob job{&w, y, x, offsets, E, N, K, 0, row_kernel(), int_path(), 0, QuantX{}, epilogue};
+      for (int64_t e = 0; e < E; ++e) finish(job, e, offsets[e], offsets[e + 1] - offsets[e], 0, N);
+    }
     return;
   }
   int64_t active = 0;
   for (int64_t e = 0; e < E; ++e) active += offsets[e + 1] > offsets[e];
   const int64_t irows = int_rows.load(std::memory_order_relaxed);
-  DecodeJob job{&w, y, x, offsets, E, N, K, active, row_kernel(), int_path(), irows, QuantX{}};
+  const DecodeEpilogue* ep = epilogue && (epilogue->bias || epilogue->act != DecodeAct::kNone || epilogue->residual) ? epilogue : nullptr;
+  DecodeJob job{&w, y, x, offsets, E, N, K, active, row_kernel(), int_path(), irows, QuantX{}, ep};
   // q8/q4: the experts with 1 … int_rows rows of x take the integer kernels;
   // their rows are quantized here, once, before the threads start.
   if (w.format == WeightFormat::kQ8 || w.format == WeightFormat::kQ4) {
@@ -345,7 +366,10 @@ void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t
   const int64_t bytes = active * N * quant_row_elements(w.format, K) * element_bytes(w.format);
   const int64_t by_bytes = std::max<int64_t>(1, bytes / (64 << 10));
   const int64_t by_rows = std::max<int64_t>(1, active * N / 16);
-  const int nth = static_cast<int>(std::min<int64_t>({num_threads(), by_bytes, by_rows}));
+  // Under 1 MiB (~30 µs from memory) a call does not wake sleeping workers
+  // (warm_threads): waking one costs about as much as it saves there.
+  const int64_t threads = bytes < (1 << 20) ? warm_threads() : num_threads();
+  const int nth = static_cast<int>(std::min<int64_t>({threads, by_bytes, by_rows}));
   const DecodeJob* jp = &job;  // one pointer captured: the std::function holds it without allocating
   parallel_run([jp](int t, int n) { decode_share(*jp, t, n); }, nth);
 }

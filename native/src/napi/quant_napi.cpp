@@ -7,6 +7,8 @@
 //   decodeMatmulF16 (y, x, w: Uint16Array,  offsets, E, N, K)
 //   decodeMatmulQ8  (y, x, q: Int8Array,    offsets, E, N, K, scales: Uint16Array)
 //   decodeMatmulQ4  (y, x, q: Uint8Array,   offsets, E, N, K, scales: Uint16Array, mins: Uint16Array)
+//   … each may take three more: bias: Float32Array [E, N] | null, act: 0 none | 1 fastgelu | 2 gelu,
+//   residual: Float32Array [R, N] | null — the epilogue (quant.h): y += bias, y = act(y), residual += y
 //   dequantize{Bf16,F16,Q8,Q4}(out, data, rows, K[, scales[, mins]])
 //   decodePath() → "avx512" | "avx2-fma" | "portable"
 //   decodeIntPath() → "avx512-vnni" | "avx512-bw" | "avx2" | "portable" (the integer kernels of q8/q4)
@@ -65,7 +67,9 @@ size_t ExtraArgs(WeightFormat f) { return f == WeightFormat::kQ4 ? 2 : f == Weig
 
 template <WeightFormat F>
 Napi::Value DecodeMatmul(const Napi::CallbackInfo& info, const char* kernel) {
-  Args g(info, kernel, 7 + ExtraArgs(F));
+  const size_t base = 7 + ExtraArgs(F);
+  const bool with_epilogue = info.Length() == base + 3;
+  Args g(info, kernel, with_epilogue ? base + 3 : base);
   const int64_t E = g.dim(4, "E"), N = g.dim(5, "N"), K = g.dim(6, "K");
   size_t xlen = 0;
   g.f32(1, "x", 0, &xlen);
@@ -84,8 +88,20 @@ Napi::Value DecodeMatmul(const Napi::CallbackInfo& info, const char* kernel) {
   float* y = g.f32(0, "y", prod(R, N));
   const float* x = g.f32(1, "x", prod(R, K));
   const sigma::QuantMatrix w = Matrix(g, F, 2, 7, static_cast<uint64_t>(E) * static_cast<uint64_t>(N), K);  // < 2^62
+  sigma::DecodeEpilogue ep;
+  if (with_epilogue) {
+    auto absent = [&](size_t i) { return info[i].IsNull() || info[i].IsUndefined(); };
+    if (!absent(base)) ep.bias = g.f32(base, "bias", prod(static_cast<uint64_t>(E), N));
+    const int64_t act = g.integer(base + 1, "act");
+    if (act < 0 || act > 2) g.range_error("act", "must be 0 (none), 1 (fastgelu) or 2 (gelu), got " + std::to_string(act));
+    ep.act = static_cast<sigma::DecodeAct>(act);
+    if (!absent(base + 2)) {
+      ep.residual = g.f32(base + 2, "residual", prod(R, N));
+      if (ep.residual == y) g.range_error("residual", "must not be y itself");
+    }
+  }
   if (R == 0 || N == 0) return info.Env().Undefined();
-  sigma::decode_matmul(w, y, x, off, E, N, K);
+  sigma::decode_matmul(w, y, x, off, E, N, K, with_epilogue ? &ep : nullptr);
   return info.Env().Undefined();
 }
 

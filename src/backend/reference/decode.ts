@@ -14,8 +14,9 @@
  *   sum in f32 in their own order and are held to this within the rounding
  *   of those sums.
  */
-import { dequantize as dequantizeMatrix, GROUP, groupsOf, halfValue, rowElements, type DecodeKernels, type StoredMatrix } from "../quant.js";
+import { dequantize as dequantizeMatrix, GROUP, groupsOf, halfValue, rowElements, type DecodeEpilogue, type DecodeKernels, type StoredMatrix } from "../quant.js";
 import { checkOffsets, need } from "./check.js";
+import { add, addBias, fastGelu, gelu } from "./elementwise.js";
 
 /** One row of x quantized per group of 32: q in input order (a short group's missing inputs 0), the scales d and the sums of x. */
 export interface QuantizedRow {
@@ -113,14 +114,35 @@ export function intDot(xq: QuantizedRow, w: StoredMatrix, n: number): { value: n
 /** Whether a product of this format takes the integer dots (q8, q4: every row count, so a row's outputs do not depend on its batch). */
 export const takesIntDot = (w: StoredMatrix): boolean => w.format === "q8" || w.format === "q4";
 
-function decodeMatmul(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: Int32Array, E: number, N: number, K: number): void {
+function decodeMatmul(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: Int32Array, E: number, N: number, K: number, ep?: DecodeEpilogue): void {
   const kernel = `decodeMatmul${w.format}`;
   checkOffsets(kernel, offsets, E, K === 0 ? Infinity : Math.floor(x.length / K));
   const R = offsets[E]!;
   need(kernel, "y", y, R * N);
+  if (ep?.bias) need(kernel, "bias", ep.bias, E * N);
+  if (ep?.residual) {
+    need(kernel, "residual", ep.residual, R * N);
+    if (ep.residual === y) throw new RangeError(`${kernel}: residual must not be y itself`);
+  }
   need(kernel, "x", x, R * K);
   need(kernel, "w", w.data as unknown as Float32Array, E * N * rowElements(w.format, K));
   if (w.scales) need(kernel, "scales", w.scales as unknown as Float32Array, E * N * groupsOf(K));
+  products(y, x, w, offsets, E, N, K);
+  if (!ep) return;
+  // The epilogue, in the addon's order: bias, activation, residual.
+  for (let e = 0; e < E; e++) {
+    for (let r = offsets[e]!; r < offsets[e + 1]!; r++) {
+      const row = y.subarray(r * N, (r + 1) * N);
+      if (ep.bias) addBias(row, row, ep.bias.subarray(e * N, (e + 1) * N), 1, N);
+      if (ep.act === "fastgelu") fastGelu(row, row, N);
+      else if (ep.act === "gelu") gelu(row, row, N);
+      if (ep.residual) add(ep.residual.subarray(r * N, (r + 1) * N), ep.residual.subarray(r * N, (r + 1) * N), row, N);
+    }
+  }
+}
+
+/** y = the plain products (decodeMatmul without its epilogue). */
+function products(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: Int32Array, E: number, N: number, K: number): void {
   for (let e = 0; e < E; e++) {
     const r0 = offsets[e]!;
     const r1 = offsets[e + 1]!;
