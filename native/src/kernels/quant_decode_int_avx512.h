@@ -159,46 +159,6 @@ __attribute__((always_inline)) inline void one_row(bool q4, const uint8_t* p, co
   }
 }
 
-// NW consecutive weight rows (bytes p + j·row_bytes, scales s + j·G, mins
-// m + j·G) with one row of x: y[j] for j < NW. Each row takes exactly the
-// operations one_row<kVnni, 1> gives it, in the same order (the rows only
-// sit side by side, so their chains overlap and x's block loads are shared),
-// so an output does not depend on whether its row came in a group or alone.
-// A row of the weights costs a few dozen cycles beyond its blocks (the
-// reduction, the scales, the partial block of a short row): for small K
-// (a draft model's logits, 8192 × 32) that is most of the call, and four
-// rows in flight hide it.
-template <bool kVnni, int NW>
-__attribute__((always_inline)) inline void rows_x1(bool q4, const uint8_t* p, int64_t row_bytes, const uint16_t* s,
-                                                   const uint16_t* m, const QuantX& xr, int64_t G, float* y) {
-  const int64_t Gfull = G / 16 * 16;
-  __m512 acc[NW][1][2], macc[NW][1];
-  for (int j = 0; j < NW; ++j) acc[j][0][0] = acc[j][0][1] = macc[j][0] = _mm512_setzero_ps();
-  const QuantX xs[1] = {xr};
-  if (q4) {
-    for (int64_t g = 0; g < Gfull; g += 16) {
-      for (int j = 0; j < NW; ++j) {
-        const char* a = reinterpret_cast<const char*>(p + j * row_bytes) + g * 16 + kIntAhead;
-        for (int b = 0; b < 256; b += 64) _mm_prefetch(a + b, _MM_HINT_T0);
-      }
-      for (int j = 0; j < NW; ++j) q4_block<kVnni, 1>(p + j * row_bytes, s + j * G, m + j * G, xs, g, 16, acc[j], macc[j]);
-    }
-    if (Gfull < G)
-      for (int j = 0; j < NW; ++j) q4_block<kVnni, 1>(p + j * row_bytes, s + j * G, m + j * G, xs, Gfull, G - Gfull, acc[j], macc[j]);
-  } else {
-    for (int64_t g = 0; g < Gfull; g += 16) {
-      for (int j = 0; j < NW; ++j) {
-        const char* a = reinterpret_cast<const char*>(p + j * row_bytes) + g * 32 + kIntAhead;
-        for (int b = 0; b < 512; b += 64) _mm_prefetch(a + b, _MM_HINT_T0);
-      }
-      for (int j = 0; j < NW; ++j) q8_block<kVnni, 1>(reinterpret_cast<const int8_t*>(p + j * row_bytes), s + j * G, xs, g, 16, acc[j]);
-    }
-    if (Gfull < G)
-      for (int j = 0; j < NW; ++j) q8_block<kVnni, 1>(reinterpret_cast<const int8_t*>(p + j * row_bytes), s + j * G, xs, Gfull, G - Gfull, acc[j]);
-  }
-  for (int j = 0; j < NW; ++j) y[j] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[j][0][0], acc[j][0][1]), macc[j][0]));
-}
-
 // Each weight row meets every row of x, four at a time (then two, then
 // one), while it sits in L1: the weight bytes are unpacked once per pass, so
 // a verification step's 5 rows take two passes, not three. A row of x gets
@@ -210,15 +170,6 @@ void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, i
   const int64_t G = quant_groups(K);
   const bool q4 = w.format == WeightFormat::kQ4;
   const int64_t row_bytes = quant_row_elements(w.format, K);
-  if (R == 1) {
-    // One row of x: the weight rows four at a time (see rows_x1).
-    const QuantX xr = qx.row(0);
-    const uint8_t* base = static_cast<const uint8_t*>(w.data);
-    int64_t n = n0;
-    for (; n + 4 <= n1; n += 4) rows_x1<kVnni, 4>(q4, base + n * row_bytes, row_bytes, w.scales + n * G, q4 ? w.mins + n * G : nullptr, xr, G, y + n);
-    for (; n < n1; ++n) rows_x1<kVnni, 1>(q4, base + n * row_bytes, row_bytes, w.scales + n * G, q4 ? w.mins + n * G : nullptr, xr, G, y + n);
-    return;
-  }
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* p = static_cast<const uint8_t*>(w.data) + n * row_bytes;
     const uint16_t* s = w.scales + n * G;
