@@ -77,7 +77,6 @@ export const SIGNATURES: Record<string, Kind[]> = {
   adamwExperts: ["parts", "parts", i, d, d, d, n, n, n, n, n, n],
   fmaPeak: ["iters", "threads"],
   setThreads: ["threads"],
-  setWakeSmall: [b],
   getThreads: [],
   cpuFeatures: [],
   setKernelPath: ["path"],

@@ -90,7 +90,7 @@ test("quantizers: each weight within the format's rounding of its group; short l
   assert.ok(Array.from(m.data.subarray(3)).every((v) => v === 0));
 });
 
-type IntExports = { decodeIntPath(): string; setDecodeVnni(allow: boolean): void; setWakeSmall(on: boolean): void };
+type IntExports = { decodeIntPath(): string; setDecodeVnni(allow: boolean): void };
 const intExports = native as unknown as IntExports;
 
 /**
@@ -108,8 +108,6 @@ function eachPath(body: (where: string) => void): string[] {
   const threads = native.getThreads();
   const decode = nativeDecodeKernels()!;
   const seen: string[] = [];
-  // Small products split over the threads even when the workers sleep (in use, they wait for awake workers).
-  intExports.setWakeSmall(true);
   try {
     for (const [name, setting, vnni] of paths) {
       native.setKernelPath(setting);
@@ -127,7 +125,6 @@ function eachPath(body: (where: string) => void): string[] {
   } finally {
     native.setKernelPath(cap);
     intExports.setDecodeVnni(true);
-    intExports.setWakeSmall(false);
     native.setThreads(threads);
   }
   return seen;

@@ -19,14 +19,6 @@ bool set_num_threads(int n);
 // The number of threads kernels use. Default: hardware_concurrency, or the
 // SIGMA_THREADS environment variable when set.
 int num_threads();
-// The threads a small region (tens of microseconds of work) should use:
-// num_threads() while every worker is awake (spinning after a recent
-// region), else 1. Waking a sleeping worker is a futex round trip — about
-// 25 µs on a 2-vCPU VM — which such a region does not win back.
-int warm_threads();
-// Makes warm_threads() always num_threads() (tests: small shapes then split
-// over threads whether or not the workers are awake).
-void set_wake_small(bool on);
 
 // Runs fn(tid, nth) for tid = 0..nth-1 concurrently and returns when all are
 // done; each tid runs exactly once even if the thread count dropped below nth

@@ -53,9 +53,6 @@ constexpr int64_t kMinWork = int64_t{1} << 16;
 // values it reads come from memory (the weights streamed since evicted them),
 // so one thread per layer left most of the bandwidth unused.
 constexpr int64_t kMinRowWork = int64_t{1} << 12;
-// Below this many multiply-adds (~30 µs) the row path splits only over
-// workers that are warm (warm_threads).
-constexpr int64_t kColdRowWork = int64_t{1} << 17;
 
 // Keys visible to the last query of a block starting at query i0 with mq rows.
 inline int64_t visible(const Layout& L, int64_t i0, int64_t mq) { return L.Tk - L.Tq + i0 + mq; }
@@ -121,9 +118,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
     });
     return;
   }
-  // A small step (a short cache, a narrow model) stays on this thread while the workers sleep (warm_threads).
-  const bool small = B * H * Tq * Tk * D < kColdRowWork && warm_threads() == 1;
-  parallel_for(B * H * Tq, small ? B * H * Tq : grain_for(Tk * D, kMinRowWork), [&](int64_t t0, int64_t t1) {
+  parallel_for(B * H * Tq, grain_for(Tk * D, kMinRowWork), [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> s;
     s.resize(static_cast<size_t>(Tk));
     for (int64_t t = t0; t < t1; ++t) {

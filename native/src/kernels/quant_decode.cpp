@@ -366,10 +366,7 @@ void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t
   const int64_t bytes = active * N * quant_row_elements(w.format, K) * element_bytes(w.format);
   const int64_t by_bytes = std::max<int64_t>(1, bytes / (64 << 10));
   const int64_t by_rows = std::max<int64_t>(1, active * N / 16);
-  // Under 1 MiB (~30 µs from memory) a call does not wake sleeping workers
-  // (warm_threads): waking one costs about as much as it saves there.
-  const int64_t threads = bytes < (1 << 20) ? warm_threads() : num_threads();
-  const int nth = static_cast<int>(std::min<int64_t>({threads, by_bytes, by_rows}));
+  const int nth = static_cast<int>(std::min<int64_t>({num_threads(), by_bytes, by_rows}));
   const DecodeJob* jp = &job;  // one pointer captured: the std::function holds it without allocating
   parallel_run([jp](int t, int n) { decode_share(*jp, t, n); }, nth);
 }

@@ -4,9 +4,7 @@
 // microseconds, default 100) before sleeping on a condition variable:
 // back-to-back kernels (a training step; a decode step's two dozen products
 // with a little TypeScript between them) then start without a futex round
-// trip, while an idle process does not burn CPU. Small regions ask
-// warm_threads() first and run on the caller alone while the workers sleep:
-// waking one costs ~25 µs on a 2-vCPU VM (measured), more than they save.
+// trip, while an idle process does not burn CPU.
 //
 // One pool serves the whole process, and the addon may be loaded by several
 // JS threads at once (worker_threads). A region holds `run_mutex_` from start
@@ -71,12 +69,6 @@ class Pool {
   ~Pool() { stop(); }
 
   int threads() const { return threads_.load(std::memory_order_relaxed); }
-
-  // Whether every worker a region would use is started and spinning (none asleep).
-  bool warm() const {
-    const int n = threads();
-    return n <= 1 || (started_.load(std::memory_order_relaxed) >= n - 1 && sleeping_.load(std::memory_order_relaxed) == 0);
-  }
 
   bool set_threads(int n) {
     n = std::max(1, n);
@@ -162,7 +154,6 @@ class Pool {
       uint64_t seen = generation_.load(std::memory_order_acquire);
       workers_.emplace_back([this, id, seen] { loop(id, seen); });
     }
-    started_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   }
 
   // Only with run_mutex_ held (or from the destructor): no region is running.
@@ -175,7 +166,6 @@ class Pool {
     cv_.notify_all();
     for (auto& t : workers_) t.join();
     workers_.clear();
-    started_.store(0, std::memory_order_relaxed);
     quit_ = false;
   }
 
@@ -189,10 +179,8 @@ class Pool {
         if (std::chrono::steady_clock::now() >= until) break;
       }
       if (generation_.load(std::memory_order_acquire) == seen) {
-        sleeping_.fetch_add(1, std::memory_order_relaxed);
         std::unique_lock<std::mutex> lk(mutex_);
         cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-        sleeping_.fetch_sub(1, std::memory_order_relaxed);
       }
       seen = generation_.load(std::memory_order_acquire);
       if (quit_) return;
@@ -210,7 +198,6 @@ class Pool {
   std::condition_variable cv_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
-  std::atomic<int> started_{0}, sleeping_{0};
   // Written by the caller (holding run_mutex_) before the release on
   // generation_, read by workers after the acquire: no further
   // synchronisation needed. quit_ likewise (written under mutex_ before the bump).
@@ -229,9 +216,6 @@ Pool& pool() {
 
 bool set_num_threads(int n) { return pool().set_threads(n); }
 int num_threads() { return pool().threads(); }
-std::atomic<bool> wake_small{false};
-int warm_threads() { return wake_small.load(std::memory_order_relaxed) || pool().warm() ? pool().threads() : 1; }
-void set_wake_small(bool on) { wake_small.store(on, std::memory_order_relaxed); }
 
 void parallel_run(const std::function<void(int, int)>& fn, int nth) { pool().run(fn, nth); }
 

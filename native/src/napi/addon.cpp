@@ -41,13 +41,6 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// setWakeSmall(on): small regions use every thread even while the workers sleep (tests; see threadpool.h).
-Napi::Value SetWakeSmall(const Napi::CallbackInfo& info) {
-  if (info.Length() != 1 || !info[0].IsBoolean()) throw Napi::TypeError::New(info.Env(), "setWakeSmall: expected one boolean");
-  sigma::set_wake_small(info[0].As<Napi::Boolean>().Value());
-  return info.Env().Undefined();
-}
-
 // { avx2, fma, avx512f, path } where path is the kernel family in use.
 Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -122,7 +115,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   TuneAllocator();
   sigma_napi::Export(env, exports, "getThreads", GetThreads);
   sigma_napi::Export(env, exports, "setThreads", SetThreads);
-  sigma_napi::Export(env, exports, "setWakeSmall", SetWakeSmall);
   sigma_napi::Export(env, exports, "cpuFeatures", CpuFeatures);
   sigma_napi::Export(env, exports, "setKernelPath", SetKernelPath);
   sigma_napi::Export(env, exports, "cpuInfo", CpuInfo);
