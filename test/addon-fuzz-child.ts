@@ -71,7 +71,7 @@ export const SIGNATURES: Record<string, Kind[]> = {
   combine: [f, f, i, f, d, d],
   combineBackward: [f, f, f, f, i, f, d, d],
   permuteByExpert: ["i32out", "i32out", i, d, d],
-  attention: [f, f, f, f, f, d, d, d, d, d, d, n],
+  attention: [f, f, f, f, f, d, d, d, d, d, d, n, d], // with kvHeads (grouped-query): the long form
   attentionBackward: [f, f, f, f, f, f, f, f, f, d, d, d, d, d, d, n],
   adamw: [f, f, f, f, d, n, n, n, n, n, d, n],
   adamwExperts: ["parts", "parts", i, d, d, d, n, n, n, n, n, n],

@@ -241,12 +241,15 @@ function attentionCases(backward: boolean): () => Case[] {
       [1, 100, 100, 2, 33, 100], // blocks: several query blocks, a partial last one
       [2, 40, 70, 3, 17, 80], // blocks with a cache prefix: Tq < Tk < kvCap
       [1, 257, 257, 1, 64, 257],
-    ].map(([B, Tq, Tk, H, D, cap]) => {
+      // Grouped-query attention (forward only; the 7th number is kvHeads G): decode rows, multi-query, query blocks over a cache prefix.
+      ...(backward ? [] : [[2, 3, 20, 4, 17, 32, 2], [1, 1, 257, 6, 64, 300, 1], [2, 40, 70, 6, 17, 80, 3], [1, 17, 17, 4, 33, 17, 2], [2, 8, 600, 8, 64, 640, 2]]),
+    ].map(([B, Tq, Tk, H, D, cap, G]) => {
       const [b, tq, tk, h, d, kc] = [B!, Tq!, Tk!, H!, D!, cap!];
+      const g = G ?? h;
       const scale = 1 / Math.sqrt(d);
-      const q = f32(b * tq * h * d, 2), k = f32(b * kc * h * d, 2), v = f32(b * kc * h * d);
-      const label = `B${b} Tq${tq} Tk${tk} H${h} D${d} cap${kc}`;
-      if (!backward) return { label, args: [f32(b * tq * h * d), f32(b * h * tq), q, k, v, b, tq, tk, h, d, kc, scale], outputs: [0, 1], tol: 1e-5 };
+      const q = f32(b * tq * h * d, 2), k = f32(b * kc * g * d, 2), v = f32(b * kc * g * d);
+      const label = `B${b} Tq${tq} Tk${tk} H${h} D${d} cap${kc}${G ? ` kvHeads${g}` : ""}`;
+      if (!backward) return { label, args: [f32(b * tq * h * d), f32(b * h * tq), q, k, v, b, tq, tk, h, d, kc, scale, ...(G ? [g] : [])], outputs: [0, 1], tol: 1e-5 };
       const out = new Float32Array(b * tq * h * d), lse = new Float32Array(b * h * tq);
       ref.attention(out, lse, q, k, v, b, tq, tk, h, d, kc, scale);
       return { label, args: [f32(b * tq * h * d), f32(b * kc * h * d), f32(b * kc * h * d), f32(b * tq * h * d), q, k, v, out, lse, b, tq, tk, h, d, kc, scale], outputs: [0, 1, 2], tol: 1e-4 };

@@ -62,9 +62,11 @@ void combine_backward(float* dx, float* dw, const float* dy, const float* x, con
                       int64_t n, int64_t C);
 void permute_by_expert(int32_t* order, int32_t* offsets, const int32_t* expert_ids, int64_t n, int64_t E);
 
-// ---- attention: q, out [B,Tq,H,D]; k, v [B,kvCap,H,D]; lse [B,H,Tq]
+// ---- attention: q, out [B,Tq,H,D]; k, v [B,kvCap,G,D] (G = kv_heads, dividing H; 0: G = H);
+// lse [B,H,Tq]. Query head h reads key/value head h / (H/G) (grouped-query
+// attention, read in place: no repeated copy). The backward takes G = H.
 void attention(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B, int64_t Tq,
-               int64_t Tk, int64_t H, int64_t D, int64_t kv_cap, float scale);
+               int64_t Tk, int64_t H, int64_t D, int64_t kv_cap, float scale, int64_t kv_heads = 0);
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                         const float* v, const float* out, const float* lse, int64_t B, int64_t Tq, int64_t Tk,
                         int64_t H, int64_t D, int64_t kv_cap, float scale);

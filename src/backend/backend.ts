@@ -187,8 +187,10 @@ export interface Backend {
    * Query i sits at absolute position Tk − Tq + i and attends to keys 0..Tk − Tq + i.
    * Training uses Tq = Tk = kvCap = T; decoding with a KV cache uses Tq = new tokens, Tk = cached + new, kvCap = cache size.
    * scores = scale · q·kᵀ (scale is usually 1/sqrt(D)).
+   * kvHeads G (given only for grouped-query attention; G divides H): k, v are [B,kvCap,G,D] and query head h
+   * reads key/value head ⌊h/(H/G)⌋ in place. Forward only: attentionBackward takes G = H.
    */
-  attention(out: Buf, lse: Buf, q: Buf, k: Buf, v: Buf, B: number, Tq: number, Tk: number, H: number, D: number, kvCap: number, scale: number): void;
+  attention(out: Buf, lse: Buf, q: Buf, k: Buf, v: Buf, B: number, Tq: number, Tk: number, H: number, D: number, kvCap: number, scale: number, kvHeads?: number): void;
   /** dq += …, dk += …, dv += … (dk, dv: [B,kvCap,H,D], only the first Tk positions are touched). Uses out and lse from the forward. */
   attentionBackward(dq: Buf, dk: Buf, dv: Buf, dout: Buf, q: Buf, k: Buf, v: Buf, out: Buf, lse: Buf, B: number, Tq: number, Tk: number, H: number, D: number, kvCap: number, scale: number): void;
 

@@ -1,5 +1,5 @@
 /** Fused causal multi-head attention. */
-import { gradOf, record } from "../autograd/tape.js";
+import { gradOf, isGradEnabled, record } from "../autograd/tape.js";
 import { shapeStr } from "../tensor/shape.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { be, empty, expectNdim, sameDtype } from "./util.js";
@@ -21,8 +21,9 @@ export interface AttentionOptions {
  *
  * Grouped-query attention: k and v may hold G < H heads ([B,kvCap,G·D], G
  * dividing H); query head h then reads key head ⌊h/(H/G)⌋. The G heads are
- * repeated to H (repeatHeads, differentiable) before the fused kernel, so a
- * cache stores only G heads per position.
+ * read in place by the kernel when no gradient is kept (decoding,
+ * evaluation), and repeated to H (repeatHeads, differentiable) before it in
+ * training; either way a cache stores only G heads per position.
  */
 export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
   sameDtype("attention", q, k, v);
@@ -38,6 +39,13 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
     const G = k.dim(2) / D;
     const Tk = opts.keys ?? k.dim(1);
     if (Tk < Tq || Tk > k.dim(1)) throw new RangeError(`attention: keys = ${Tk} must lie between Tq = ${Tq} and the cache size ${k.dim(1)}`);
+    if (k.dim(0) !== B || v.dim(0) !== B || v.dim(1) !== k.dim(1)) throw new RangeError(`attention: k ${shapeStr(k.shape)} and v ${shapeStr(v.shape)} must both be [${B},kvCap,${G * D}] to match q ${shapeStr(q.shape)}`);
+    // No gradient to keep (decoding, evaluation): the kernel reads the G heads in place.
+    if (!isGradEnabled() || !(q.requiresGrad || k.requiresGrad || v.requiresGrad)) {
+      const out = empty(q, [B, Tq, C]);
+      be(q).attention(out.data, empty(q, [B, H, Tq]).data, q.data, k.data, v.data, B, Tq, Tk, H, D, k.dim(1), opts.scale ?? 1 / Math.sqrt(D), G);
+      return out;
+    }
     return attention(q, repeatHeads(k, G, H, Tk), repeatHeads(v, G, H, Tk), { ...opts, keys: Tk });
   }
   if (k.dim(0) !== B || k.dim(2) !== C || v.dim(0) !== B || v.dim(1) !== kvCap || v.dim(2) !== C) {

@@ -26,10 +26,13 @@
 namespace sigma {
 namespace {
 
+// G key/value heads (G divides H; G = H without grouped-query attention):
+// query head h reads key head h / (H/G), and a cache row holds G·D floats.
 struct Layout {
-  int64_t B, Tq, Tk, H, D, cap;
+  int64_t B, Tq, Tk, H, D, cap, G;
   int64_t q(int64_t b, int64_t i, int64_t h) const { return ((b * Tq + i) * H + h) * D; }
-  int64_t kv(int64_t b, int64_t j, int64_t h) const { return ((b * cap + j) * H + h) * D; }
+  int64_t kv(int64_t b, int64_t j, int64_t h) const { return ((b * cap + j) * G + h / (H / G)) * D; }
+  int64_t kvd() const { return G * D; }  // floats per cache row
 };
 
 // The block path's row loop, written so that its AVX2 version vectorises it
@@ -60,8 +63,8 @@ inline int64_t visible(const Layout& L, int64_t i0, int64_t mq) { return L.Tk - 
 // Forward of one block of queries [i0, i0+mq) of pair (b, h); s is scratch of mq × n floats.
 void attention_block(float* out, float* lse, const float* q, const float* k, const float* v, const Layout& L,
                      int64_t b, int64_t h, int64_t i0, int64_t mq, float scale, float* s) {
-  const int64_t HD = L.H * L.D, n = visible(L, i0, mq), bh = b * L.H + h;
-  sgemm_serial(false, true, mq, n, L.D, q + L.q(b, i0, h), HD, k + L.kv(b, 0, h), HD, s, n, false);
+  const int64_t HD = L.H * L.D, KD = L.kvd(), n = visible(L, i0, mq), bh = b * L.H + h;
+  sgemm_serial(false, true, mq, n, L.D, q + L.q(b, i0, h), HD, k + L.kv(b, 0, h), KD, s, n, false);
   for (int64_t r = 0; r < mq; ++r) {
     float* row = s + r * n;
     const int64_t valid = n - mq + r + 1;
@@ -72,7 +75,7 @@ void attention_block(float* out, float* lse, const float* q, const float* k, con
     std::fill(row + valid, row + n, 0.f);
     lse[bh * L.Tq + i0 + r] = m + std::log(sum);
   }
-  sgemm_serial(false, false, mq, L.D, n, s, n, v + L.kv(b, 0, h), HD, out + L.q(b, i0, h), HD, false);
+  sgemm_serial(false, false, mq, L.D, n, s, n, v + L.kv(b, 0, h), KD, out + L.q(b, i0, h), HD, false);
 }
 
 // Backward of one block; p and ds are scratch of mq × n floats each.
@@ -104,8 +107,8 @@ void attention_block_backward(float* dq, float* dk, float* dv, const float* dout
 }  // namespace
 
 void attention(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B, int64_t Tq,
-               int64_t Tk, int64_t H, int64_t D, int64_t kv_cap, float scale) {
-  const Layout L{B, Tq, Tk, H, D, kv_cap};
+               int64_t Tk, int64_t H, int64_t D, int64_t kv_cap, float scale, int64_t kv_heads) {
+  const Layout L{B, Tq, Tk, H, D, kv_cap, kv_heads > 0 ? kv_heads : H};
   if (Tq >= kBlockMin) {
     const int64_t nb = (Tq + kBQ - 1) / kBQ;
     parallel_for(B * H * nb, grain_for(std::min(kBQ, Tq) * Tk * D, kMinWork), [&](int64_t t0, int64_t t1) {
@@ -126,11 +129,11 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
       const int64_t last = Tk - Tq + i;
       const float* qi = q + L.q(b, i, h);
       // One call per run of keys (rows H·D apart), not one per key.
-      const float m = vdot_rows(s.data(), qi, k + L.kv(b, 0, h), H * D, last + 1, D, scale);
+      const float m = vdot_rows(s.data(), qi, k + L.kv(b, 0, h), L.kvd(), last + 1, D, scale);
       const float sum = vexp_shift(s.data(), s.data(), m, last + 1);
       float* o = out + L.q(b, i, h);
       std::fill(o, o + D, 0.f);
-      vaxpy_rows(o, v + L.kv(b, 0, h), H * D, s.data(), 1.f / sum, last + 1, D);
+      vaxpy_rows(o, v + L.kv(b, 0, h), L.kvd(), s.data(), 1.f / sum, last + 1, D);
       lse[bh * Tq + i] = m + std::log(sum);
     }
   });
@@ -139,7 +142,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                         const float* v, const float* out, const float* lse, int64_t B, int64_t Tq, int64_t Tk,
                         int64_t H, int64_t D, int64_t kv_cap, float scale) {
-  const Layout L{B, Tq, Tk, H, D, kv_cap};
+  const Layout L{B, Tq, Tk, H, D, kv_cap, H};
   if (Tq >= kBlockMin) {
     parallel_for(B * H, grain_for(Tq * Tk * D, kMinWork), [&](int64_t p0, int64_t p1) {
       thread_local std::vector<float> scratch;

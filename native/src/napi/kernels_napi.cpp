@@ -241,12 +241,16 @@ void CheckAttention(const Args& g, int64_t Tq, int64_t Tk, int64_t cap, int64_t 
   if (Tk > cap) g.range_error("Tk", "must not exceed kvCap (" + std::to_string(Tk) + " > " + std::to_string(cap) + ")");
   if (D < 1) g.range_error("D", "must be at least 1");
 }
+// attention(out, lse, q, k, v, B, Tq, Tk, H, D, kvCap, scale[, kvHeads]): kvHeads (G, dividing H) key/value heads per cache row.
 Napi::Value Attention(Info info) {
-  Args g(info, "attention", 12);
+  const bool grouped = info.Length() == 13;
+  Args g(info, "attention", grouped ? 13 : 12);
   const int64_t B = g.dim(5, "B"), Tq = g.dim(6, "Tq"), Tk = g.dim(7, "Tk"), H = g.dim(8, "H"), D = g.dim(9, "D"),
                 cap = g.dim(10, "kvCap");
   CheckAttention(g, Tq, Tk, cap, D);
-  const Need nq = prod(B, Tq, H, D), nkv = prod(B, cap, H, D), nl = prod(B, H, Tq);
+  const int64_t G = grouped ? g.dim(12, "kvHeads") : H;
+  if (grouped && (G < 1 || H % G != 0)) g.range_error("kvHeads", "must divide H = " + std::to_string(H) + ", got " + std::to_string(G));
+  const Need nq = prod(B, Tq, H, D), nkv = prod(B, cap, G, D), nl = prod(B, H, Tq);
   float* out = g.f32(0, "out", nq);
   float* lse = g.f32(1, "lse", nl);
   const float* q = g.f32(2, "q", nq);
@@ -255,7 +259,7 @@ Napi::Value Attention(Info info) {
   const float scale = static_cast<float>(g.num(11, "scale"));
   // No query: nothing to write (and B·H, unbounded by any array when Tq = 0, would only count empty pairs).
   if (nl.n == 0) return info.Env().Undefined();
-  sigma::attention(out, lse, q, k, v, B, Tq, Tk, H, D, cap, scale);
+  sigma::attention(out, lse, q, k, v, B, Tq, Tk, H, D, cap, scale, G);
   return info.Env().Undefined();
 }
 Napi::Value AttentionBackward(Info info) {

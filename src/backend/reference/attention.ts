@@ -13,8 +13,14 @@ function checkSizes(kernel: string, q: Buf, k: Buf, v: Buf, B: number, Tq: numbe
   need(kernel, "v", v, B * kvCap * H * D);
 }
 
-export function attention(out: Buf, lse: Buf, q: Buf, k: Buf, v: Buf, B: number, Tq: number, Tk: number, H: number, D: number, kvCap: number, scale: number): void {
-  checkSizes("attention", q, k, v, B, Tq, Tk, H, D, kvCap);
+export function attention(out: Buf, lse: Buf, q: Buf, k: Buf, v: Buf, B: number, Tq: number, Tk: number, H: number, D: number, kvCap: number, scale: number, kvHeads = H): void {
+  const G = kvHeads;
+  if (G !== H && !(Number.isInteger(G) && G >= 1 && H % G === 0)) throw new RangeError(`attention: kvHeads must divide H = ${H}, got ${G}`);
+  if (Tq > Tk || Tk > kvCap) throw new RangeError(`attention: need Tq <= Tk <= kvCap, got Tq = ${Tq}, Tk = ${Tk}, kvCap = ${kvCap}`);
+  need("attention", "q", q, B * Tq * H * D);
+  need("attention", "k", k, B * kvCap * G * D);
+  need("attention", "v", v, B * kvCap * G * D);
+  const rep = G === H ? 1 : H / G;
   need("attention", "out", out, B * Tq * H * D);
   need("attention", "lse", lse, B * H * Tq);
   const s = new Float64Array(Tk);
@@ -26,7 +32,7 @@ export function attention(out: Buf, lse: Buf, q: Buf, k: Buf, v: Buf, B: number,
         const last = Tk - Tq + i;
         let m = -Infinity;
         for (let j = 0; j <= last; j++) {
-          const ko = ((b * kvCap + j) * H + h) * D;
+          const ko = ((b * kvCap + j) * G + Math.floor(h / rep)) * D;
           let dot = 0;
           for (let d = 0; d < D; d++) dot += q[qo + d]! * k[ko + d]!;
           s[j] = scale * dot;
@@ -38,7 +44,7 @@ export function attention(out: Buf, lse: Buf, q: Buf, k: Buf, v: Buf, B: number,
         acc.fill(0);
         for (let j = 0; j <= last; j++) {
           const p = Math.exp(s[j]! - l);
-          const vo = ((b * kvCap + j) * H + h) * D;
+          const vo = ((b * kvCap + j) * G + Math.floor(h / rep)) * D;
           for (let d = 0; d < D; d++) acc[d]! += p * v[vo + d]!;
         }
         for (let d = 0; d < D; d++) out[qo + d] = acc[d]!;
