@@ -5,7 +5,7 @@
 // of it has internal linkage: the two builds never merge.
 //
 // Each weight row is read start to end, rows one after the other (one
-// sequential stream per thread, prefetched 2 KiB ahead, as the f32 streaming
+// sequential stream per thread, prefetched 4 KiB ahead into L2, as the f32 streaming
 // kernels do), in blocks of 16 groups: q8 512 bytes (eight zmm, two groups
 // each), q4 256 bytes (four zmm, four groups each). Per zmm of weights and
 // row of x: the products of bytes, summed four by four into 16 int32 lanes
@@ -69,7 +69,9 @@ inline __m512i q4_lanes(int j) {
   return _mm512_add_epi32(_mm512_set1_epi32(4 * j), _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 2));
 }
 
-constexpr int64_t kIntAhead = 2048;  // prefetch distance in the weight stream, bytes
+// Prefetch distance in the weight stream, bytes, into L2 (as the f32
+// streaming kernels: measured q8 +5–25%, q4 +3–5% against T0 at 2 KiB).
+constexpr int64_t kIntAhead = 4096;
 
 // The 16 f16 values at p (gr of them; the rest zero) as f32.
 inline __m512 halves(const uint16_t* p, int64_t gr) {
@@ -138,7 +140,7 @@ __attribute__((always_inline)) inline void one_row(bool q4, const uint8_t* p, co
     for (int64_t g = 0; g < Gfull; g += 16) {
       if (ahead) {
         const char* a = reinterpret_cast<const char*>(p) + g * 16 + kIntAhead;
-        for (int b = 0; b < 256; b += 64) _mm_prefetch(a + b, _MM_HINT_T0);
+        for (int b = 0; b < 256; b += 64) _mm_prefetch(a + b, _MM_HINT_T1);
       }
       q4_block<kVnni, RC>(p, s, m, xr, g, 16, acc, macc);
     }
@@ -148,7 +150,7 @@ __attribute__((always_inline)) inline void one_row(bool q4, const uint8_t* p, co
     for (int64_t g = 0; g < Gfull; g += 16) {
       if (ahead) {
         const char* a = reinterpret_cast<const char*>(p) + g * 32 + kIntAhead;
-        for (int b = 0; b < 512; b += 64) _mm_prefetch(a + b, _MM_HINT_T0);
+        for (int b = 0; b < 512; b += 64) _mm_prefetch(a + b, _MM_HINT_T1);
       }
       q8_block<kVnni, RC>(q, s, xr, g, 16, acc);
     }
