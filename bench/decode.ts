@@ -42,10 +42,13 @@
  * model's greedy text loops, so its n-gram figure says little about text).
  * The model draft needs a trained smaller model with the target's tokenizer
  * (`--spec-draft=DIR`; `--spec-k=K` drafts per step); without one that figure is skipped (a random draft
- * agrees with nothing). JSON: decode.speculative = { target, prompts, tokens, draftTokens,
+ * agrees with nothing). N-gram drafting runs with the target's matrices in
+ * f32, bf16 and q8 (`ngram` is q8's; a verification's rows cost more, next
+ * to a plain step, where the products are compute-bound). JSON:
+ * decode.speculative = { target, prompts, tokens, draftTokens,
  * ngram: { plainTokensPerSecond, tokensPerSecond, speedup, acceptance,
  *          plainTokensPerSecondWithPrefill, tokensPerSecondWithPrefill, speedupWithPrefill },
- * model: same | null }.
+ * ngramByFormat: { f32, bf16, q8: same }, model: same (q8 target) | null }.
  */
 import { noGrad } from "../src/autograd/tape.js";
 import { WEIGHT_FORMATS, quantize, storedBytes, type StoredMatrix, type WeightFormat } from "../src/backend/quant.js";
@@ -234,9 +237,12 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   let prompts: SpecPrompt[];
   let target: string;
   let draftModel: PanguSigma | null = null;
+  /** The target with its matrices in format f (n-gram drafting is measured for each of NGRAM_FORMATS). */
+  let inFormat: (f: WeightFormat) => PanguSigma;
   if (existsSync(targetPath)) {
     const src = openModelSource(targetPath, { weights: "q8" });
     net = src.model;
+    inFormat = (f) => (f === "q8" ? net : openModelSource(targetPath, { weights: f }).model);
     if (draftPath) draftModel = openModelSource(draftPath, { weights: "q8" }).model;
     const tok = src.tokenizer!.tokenizer;
     const index = (m: PanguSigma, name: string) => Math.max(0, m.config.domains.findIndex((d) => d.name === name));
@@ -244,28 +250,40 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
       const d = index(net, domain);
       return { ids: encodePrompt(tok, net.config.domains[d]!.name, text), domain: d, draftDomain: draftModel ? index(draftModel, domain) : 0 };
     });
-    target = `${src.path} (q8)`;
+    target = `${src.path}`;
   } else {
     quantizeModel(fallback, "q8");
     net = fallback;
+    inFormat = (f) => {
+      quantizeModel(fallback, f);
+      return fallback;
+    };
     const rng = new Rng(11);
     prompts = [5, 7, 11, 13].map((period) => {
       const unit = Array.from({ length: period }, () => rng.int(SHAPE.vocab));
       return { ids: Array.from({ length: 48 }, (_, i) => unit[i % period]!), domain: 0, draftDomain: 0 };
     });
-    target = "config R's shape, random q8 weights (no demo model at " + targetPath + ")";
+    target = "config R's shape, random weights (no demo model at " + targetPath + ")";
   }
   say(`\nspeculative decoding, greedy, k = ${k}, ${tokens} tokens after each of ${prompts.length} repetitive prompts, median of ${rounds} rounds; target: ${target}`);
-  const ngram = speculativeRun(net, prompts, () => ({ kind: "ngram" }), tokens, rounds, k);
+  // n-gram drafting with the target's matrices in several formats: a verification's few rows cost more,
+  // relative to a plain step, where the products are compute-bound (q8's integer kernels) than where they stream.
+  const ngramByFormat: Partial<Record<WeightFormat, SpecFigure>> = {};
+  for (const f of NGRAM_FORMATS) ngramByFormat[f] = speculativeRun(inFormat(f), prompts, () => ({ kind: "ngram" }), tokens, rounds, k);
+  if (!existsSync(targetPath)) quantizeModel(fallback, "q8");
+  const ngram = ngramByFormat.q8!;
   const model = draftModel ? speculativeRun(net, prompts, (p) => ({ kind: "model", model: draftModel, domain: p.draftDomain }), tokens, rounds, k) : null;
-  const rows = [["ngram", ngram] as const, ...(model ? [["model " + draftPath, model] as const] : [])].map(([name, f]) => [
+  const rows = [...NGRAM_FORMATS.map((f) => [`ngram, ${f} target`, ngramByFormat[f]!] as const), ...(model ? [["model " + draftPath + ", q8 target", model] as const] : [])].map(([name, f]) => [
     name, f.plainTokensPerSecond.toFixed(1), f.tokensPerSecond.toFixed(1), `${f.speedup.toFixed(2)}×`, `${(100 * f.acceptance).toFixed(0)}%`, `${f.speedupWithPrefill.toFixed(2)}×`,
   ]);
   say("tokens/s of decoding: after each prompt's prefill (the same forward of the prompt either way); the last column counts the prefills too");
   say(table(["draft", "plain tokens/s", "speculative tokens/s", "speedup", "acceptance", "speedup with prefill"], rows));
   if (!model) say(`model draft: skipped — ${existsSync(targetPath) ? "no --spec-draft=DIR (a trained smaller model with the demo's tokenizer)" : "no demo model (run sigma demo, or pass --spec-target=DIR and --spec-draft=DIR)"}; a draft with random weights would agree with nothing`);
-  return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, model };
+  return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, ngramByFormat, model };
 }
+
+/** The target's formats n-gram drafting is measured in (the headline `ngram` figure is q8's, as before). */
+const NGRAM_FORMATS: WeightFormat[] = ["f32", "bf16", "q8"];
 
 /**
  * `--kernels`: the decode kernels alone, no model. For q8, q4 (and f32 as the
