@@ -76,11 +76,13 @@ const float* bf16_order(const float* x, int64_t R, int64_t K) {
   for (int64_t r = 0; r < R; ++r) {
     const float* src = x + r * K;
     float* dst = buf.data() + r * K;
-    for (int64_t g = 0; g < G; ++g)
-      for (int i = 0; i < 16; ++i) {
-        dst[g * 32 + i] = src[g * 32 + 2 * i];
-        dst[g * 32 + 16 + i] = src[g * 32 + 2 * i + 1];
-      }
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (int64_t g = 0; g < G; ++g) {
+      const __m512 lo = _mm512_loadu_ps(src + g * 32), hi = _mm512_loadu_ps(src + g * 32 + 16);
+      _mm512_storeu_ps(dst + g * 32, _mm512_permutex2var_ps(lo, even, hi));
+      _mm512_storeu_ps(dst + g * 32 + 16, _mm512_permutex2var_ps(lo, odd, hi));
+    }
     for (int64_t k = G * 32; k < K; ++k) dst[k] = src[k];
   }
   return buf.data();
