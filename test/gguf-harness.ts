@@ -6,7 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { gguf as hfGguf } from "@huggingface/gguf";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before } from "node:test";
@@ -14,7 +15,7 @@ import { getLlama, LlamaLogLevel, type Llama, type Token } from "node-llama-cpp"
 import { noGrad } from "../src/autograd/tape.js";
 import { GGML_TYPES, readGguf, type GgufValue } from "../src/checkpoint/gguf.js";
 import { modelOfGguf } from "../src/models/gguf.js";
-import type { HfTokenizer } from "../src/tokenizer/hf.js";
+import { HfTokenizer } from "../src/tokenizer/hf.js";
 import { parseTokenizerJson } from "../src/tokenizer/hfjson.js";
 import type { PanguSigma } from "../src/models/pangu-sigma.js";
 import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
@@ -182,4 +183,21 @@ export function reimportedTokenizer(path: string): HfTokenizer {
   assert.equal(back.tokenizer, null);
   assert.equal(back.tokenizerNote, undefined);
   return parseTokenizerJson(back.tokenizerText!, "back.json") as HfTokenizer;
+}
+
+/**
+ * The tokenizer.json of an npm tokenizer package (`pkg`/models/tokenizer.json),
+ * optionally edited as JSON first: its text, path and parsed HfTokenizer.
+ */
+export function packageTokenizer(pkg: string, edit?: (j: Record<string, unknown>) => void): { text: string; path: string; tok: HfTokenizer } {
+  const path = createRequire(import.meta.url).resolve(`${pkg}/models/tokenizer.json`);
+  let text = readFileSync(path, "utf8");
+  if (edit) {
+    const j = JSON.parse(text) as Record<string, unknown>;
+    edit(j);
+    text = JSON.stringify(j);
+  }
+  const tok = parseTokenizerJson(text, path);
+  assert.ok(tok instanceof HfTokenizer);
+  return { text, path, tok };
 }

