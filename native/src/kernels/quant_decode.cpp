@@ -257,15 +257,14 @@ struct DecodeJob {
   const DecodeEpilogue* ep;
 };
 
-// The epilogue (quant.h) over outputs [lo, hi) of expert e's R rows at row r0.
-void finish(const DecodeJob& j, int64_t e, int64_t r0, int64_t R, int64_t lo, int64_t hi) {
-  const DecodeEpilogue& ep = *j.ep;
+// The epilogue (quant.h) over outputs [lo, hi) of expert e's rows r0 … r0 + R − 1 of y [·, N].
+void finish(const DecodeEpilogue& ep, float* y_all, int64_t N, int64_t e, int64_t r0, int64_t R, int64_t lo, int64_t hi) {
   for (int64_t r = r0; r < r0 + R; ++r) {
-    float* y = j.y + r * j.N + lo;
-    if (ep.bias) add_serial(y, y, ep.bias + e * j.N + lo, hi - lo);
+    float* y = y_all + r * N + lo;
+    if (ep.bias) add_serial(y, y, ep.bias + e * N + lo, hi - lo);
     if (ep.act == DecodeAct::kFastGelu) fast_gelu_serial(y, y, hi - lo);
     else if (ep.act == DecodeAct::kGelu) gelu_serial(y, y, hi - lo);
-    if (ep.residual) add_serial(ep.residual + r * j.N + lo, ep.residual + r * j.N + lo, y, hi - lo);
+    if (ep.residual) add_serial(ep.residual + r * N + lo, ep.residual + r * N + lo, y, hi - lo);
   }
 }
 
@@ -301,7 +300,7 @@ void decode_share(const DecodeJob& j, int t, int nth) {
     } else {
       j.kernel(we, j.y + r0 * j.N, j.N, j.x + r0 * j.K, R, j.K, lo, hi);
     }
-    if (j.ep) finish(j, e, r0, R, lo, hi);
+    if (j.ep) finish(*j.ep, j.y, j.N, e, r0, R, lo, hi);
   }
 }
 
@@ -331,11 +330,9 @@ void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t
   if (R == 0 || N == 0) return;
   if (K == 0) {
     std::fill(y, y + R * N, 0.f);
-    if (epilogue) {
-      // Still y = act(0 + bias), residual += y.
-      DecodeJob job{&w, y, x, offsets, E, N, K, 0, row_kernel(), int_path(), 0, QuantX{}, epilogue};
-      for (int64_t e = 0; e < E; ++e) finish(job, e, offsets[e], offsets[e + 1] - offsets[e], 0, N);
-    }
+    // Still y = act(0 + bias), residual += y.
+    if (epilogue)
+      for (int64_t e = 0; e < E; ++e) finish(*epilogue, y, N, e, offsets[e], offsets[e + 1] - offsets[e], 0, N);
     return;
   }
   int64_t active = 0;
