@@ -6,6 +6,7 @@ import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { KERNEL_NAMES, type Backend } from "../src/backend/backend.js";
 import { loadNative } from "../src/backend/native/index.js";
+import { referenceBackend } from "../src/backend/reference/index.js";
 import { CASES, clone } from "./kernel-cases.js";
 
 const load = loadNative();
@@ -77,6 +78,18 @@ test("native index kernels reject out-of-range indices, naming the argument and 
   }
   const off = Int32Array.from([0, 5, 3]);
   assert.throws(() => native.groupedMatmul(new Float32Array(50), new Float32Array(50), new Float32Array(50), off, 2, 1, 1, true, false), /groupedMatmul: argument "offsets" decreases at expert 1/);
+});
+
+test("attention: kvHeads that do not divide H are a RangeError naming kvHeads, native and reference alike", { skip }, () => {
+  const native = load.backend!;
+  const [H, D, cap] = [4, 3, 5];
+  const args = (G: number) => [new Float32Array(H * D), new Float32Array(H), new Float32Array(H * D), new Float32Array(cap * H * D), new Float32Array(cap * H * D), 1, 1, 2, H, D, cap, 0.5, G];
+  for (const G of [3, 0, 8]) {
+    assert.throws(() => call(native, "attention", args(G)), (e: Error) => e instanceof RangeError && /attention: argument "kvHeads"/.test(e.message), `native G=${G}`);
+    assert.throws(() => call(referenceBackend, "attention", args(G)), (e: Error) => e instanceof RangeError && /kvHeads/.test(e.message), `reference G=${G}`);
+  }
+  // A divisor works on both.
+  for (const be of [native, referenceBackend]) call(be, "attention", args(2));
 });
 
 test("native grouped products with per-expert parts reject a wrong count, a wrong type and a short part, naming it", { skip }, () => {
