@@ -35,28 +35,23 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const H = opts.heads;
   if (!Number.isInteger(H) || H < 1 || C % H !== 0) throw new RangeError(`attention: heads = ${H} must divide the width C = ${C}`);
   const D = C / H;
-  if (k.ndim === 3 && v.ndim === 3 && k.dim(2) === v.dim(2) && k.dim(2) !== C && k.dim(2) % D === 0 && H % (k.dim(2) / D) === 0) {
-    const G = k.dim(2) / D;
-    const Tk = opts.keys ?? k.dim(1);
-    if (Tk < Tq || Tk > k.dim(1)) throw new RangeError(`attention: keys = ${Tk} must lie between Tq = ${Tq} and the cache size ${k.dim(1)}`);
-    if (k.dim(0) !== B || v.dim(0) !== B || v.dim(1) !== k.dim(1)) throw new RangeError(`attention: k ${shapeStr(k.shape)} and v ${shapeStr(v.shape)} must both be [${B},kvCap,${G * D}] to match q ${shapeStr(q.shape)}`);
-    // No gradient to keep (decoding, evaluation): the kernel reads the G heads in place.
-    if (!isGradEnabled() || !(q.requiresGrad || k.requiresGrad || v.requiresGrad)) {
-      const out = empty(q, [B, Tq, C]);
-      be(q).attention(out.data, empty(q, [B, H, Tq]).data, q.data, k.data, v.data, B, Tq, Tk, H, D, k.dim(1), opts.scale ?? 1 / Math.sqrt(D), G);
-      return out;
-    }
-    return attention(q, repeatHeads(k, G, H, Tk), repeatHeads(v, G, H, Tk), { ...opts, keys: Tk });
-  }
-  if (k.dim(0) !== B || k.dim(2) !== C || v.dim(0) !== B || v.dim(1) !== kvCap || v.dim(2) !== C) {
-    throw new RangeError(`attention: k ${shapeStr(k.shape)} and v ${shapeStr(v.shape)} must both be [${B},kvCap,${C}] to match q ${shapeStr(q.shape)}`);
+  // G key/value heads: H, or fewer for grouped-query attention (G·D wide, G dividing H).
+  const W = k.dim(2);
+  const G = W !== C && W % D === 0 && H % (W / D) === 0 ? W / D : H;
+  if (k.dim(0) !== B || W !== G * D || v.dim(0) !== B || v.dim(1) !== kvCap || v.dim(2) !== W) {
+    throw new RangeError(`attention: k ${shapeStr(k.shape)} and v ${shapeStr(v.shape)} must both be [${B},kvCap,${C}] (or [${B},kvCap,G·${D}] with G dividing ${H}) to match q ${shapeStr(q.shape)}`);
   }
   const Tk = opts.keys ?? kvCap;
   if (Tk < Tq || Tk > kvCap) throw new RangeError(`attention: keys = ${Tk} must lie between Tq = ${Tq} and the cache size ${kvCap}`);
+  // Grouped heads with a gradient to keep (training): repeated to H first; the backward sums the copies.
+  const grad = isGradEnabled() && (q.requiresGrad || k.requiresGrad || v.requiresGrad);
+  if (G !== H && grad) return attention(q, repeatHeads(k, G, H, Tk), repeatHeads(v, G, H, Tk), { ...opts, keys: Tk });
   const scale = opts.scale ?? 1 / Math.sqrt(D);
   const out = empty(q, [B, Tq, C]);
   const lse = empty(q, [B, H, Tq]);
-  be(q).attention(out.data, lse.data, q.data, k.data, v.data, B, Tq, Tk, H, D, kvCap, scale);
+  // Without a gradient the kernel reads the G heads in place (decoding, evaluation).
+  if (G !== H) be(q).attention(out.data, lse.data, q.data, k.data, v.data, B, Tq, Tk, H, D, kvCap, scale, G);
+  else be(q).attention(out.data, lse.data, q.data, k.data, v.data, B, Tq, Tk, H, D, kvCap, scale);
   record(out, [q, k, v], (g) => {
     const dq = q.requiresGrad ? gradOf(q).data : empty(q, q.shape).data;
     const dk = k.requiresGrad ? gradOf(k).data : empty(k, k.shape).data;
