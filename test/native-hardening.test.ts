@@ -5,8 +5,8 @@
 // dimension unbounded, buffers detached or resized by JS that runs during the
 // call (getters on an array of parts), index arrays rewritten during the call
 // (an output sharing their memory, another thread through a
-// SharedArrayBuffer), out-of-memory inside a threaded kernel, and setThreads
-// racing a kernel from a worker_thread.
+// SharedArrayBuffer), out-of-memory inside a threaded kernel, setThreads
+// racing a kernel from a worker_thread, and regions whose workers wake late.
 //
 // SIGMA_TEST_ADDON=path runs them against another build of the addon (to
 // watch them fail on the code before the fix).
@@ -248,6 +248,29 @@ for (const t0 = Date.now(); Date.now() - t0 < 1500; i++) {
 }
 const theirs = await done;
 report({ returned: bad === 0 && theirs.bad === 0 && i > 0 && theirs.i > 0 });`, { timeoutMs: 30_000 });
+  assert.deepEqual(o, { returned: true });
+});
+
+test("regions whose workers fall asleep between calls: every task runs exactly once, on whichever thread claims it", { skip }, () => {
+  // The pool's tasks are claimed from a shared counter (threadpool.cpp): a
+  // worker that wakes late takes only what is still unclaimed. A task run
+  // twice would add its rows' residual twice; one never run would leave zeros.
+  const [o] = run(`process.env.SIGMA_SPIN_US = "5"; // workers sleep after 5 µs idle: most calls find them asleep
+const N = 4096, K = 64, x = f(K).map((_, i) => (i % 7) - 3), w = f(N * K).map((_, i) => ((i * 37) % 11) - 5);
+const y = f(N), want = f(N), res = f(N), rows = Int32Array.of(0, 1);
+for (let n = 0; n < N; n++) { let s = 0; for (let k = 0; k < K; k++) s += x[k] * w[n * K + k]; want[n] = s; }
+let bad = 0, calls = 0;
+const busy = (us) => { const end = performance.now() + us / 1000; while (performance.now() < end); };
+for (const threads of [2, 3]) {
+  a.setThreads(threads);
+  for (let i = 0; i < 1500; i++, calls++) {
+    res.fill(0);
+    a.decodeMatmulF32(y, x, w, rows, 1, N, K, null, 0, res);
+    if (!res.every((v, n) => v === want[n])) bad++;
+    busy(i % 40);
+  }
+}
+report({ returned: bad === 0 && calls === 3000 });`, { timeoutMs: 60_000 });
   assert.deepEqual(o, { returned: true });
 });
 

@@ -1,6 +1,7 @@
 // A small persistent thread pool for the kernels. Plain C++, no Node-API.
 //
-// The calling thread always takes part (it is thread 0), so `parallel_run`
+// The calling thread always takes part (it claims tasks like the workers,
+// and takes them all when no worker is awake in time), so `parallel_run`
 // with one thread is a plain function call. Nested calls (a kernel running
 // inside another kernel's parallel region) run serially on the caller.
 // Thread-safe: several JS threads (worker_threads) may call kernels and
@@ -21,8 +22,8 @@ bool set_num_threads(int n);
 int num_threads();
 
 // Runs fn(tid, nth) for tid = 0..nth-1 concurrently and returns when all are
-// done; each tid runs exactly once even if the thread count dropped below nth
-// meanwhile (a thread then runs several). nth = 0 means num_threads(). Must
+// done; each tid runs exactly once, on whichever thread claims it (a thread
+// may run several: one that woke late, or the thread count dropped below nth). nth = 0 means num_threads(). Must
 // not allocate per call. An exception thrown by fn is rethrown on the caller
 // after every thread has finished.
 void parallel_run(const std::function<void(int tid, int nth)>& fn, int nth = 0);
