@@ -386,7 +386,8 @@ export async function run(args: string[]): Promise<void> {
   });
   const net = new PanguSigma(config).eval();
   say(`decode kernels: ${decode.name}, ${THREADS} threads; read bandwidth ${(bw / 1e9).toFixed(1)} GB/s (sumSquares over 256 MiB, best of 5)`);
-  say(`decode step: ${decodeStep ? "on" : "off (--generic: forward's general path)"}; q8/q4: ${intKernels ? `integer kernels (${(b as unknown as { decodeIntPath(): string }).decodeIntPath()})` : "f32 kernels (--f32-kernels)"}`);
+  const bf16Kernel = (b as unknown as { decodeBf16Path(): string }).decodeBf16Path();
+  say(`decode step: ${decodeStep ? "on" : "off (--generic: forward's general path)"}; q8/q4: ${intKernels ? `integer kernels (${(b as unknown as { decodeIntPath(): string }).decodeIntPath()})` : "f32 kernels (--f32-kernels)"}; bf16: ${bf16Kernel}`);
   say(`config R's shape: d=${SHAPE.width}, ${SHAPE.heads} heads, ${SHAPE.dense} dense + ${SHAPE.sparse} sparse layers, ${SHAPE.experts} experts top-${SHAPE.k}, F=${SHAPE.ffn}, V=${SHAPE.vocab}; ${tokens} steps after an 8-token prompt, median of ${rounds} rounds\n`);
   const results: Partial<Record<WeightFormat, { batch1: Run; batch8: Run }>> = {};
   const rows: (string | number)[][] = [];
@@ -406,6 +407,6 @@ export async function run(args: string[]): Promise<void> {
   const speculative = speculativeSection(args, net, say, opt);
   if (json) {
     const cpu = b.cpuInfo();
-    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, decodeStep, intKernels, formats: results, q8OverF32Batch1, speculative } }));
+    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, decodeStep, intKernels, bf16Kernel, formats: results, q8OverF32Batch1, speculative } }));
   }
 }

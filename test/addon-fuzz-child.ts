@@ -102,6 +102,8 @@ export const SIGNATURES: Record<string, Kind[]> = {
   decodePath: [],
   decodeIntPath: [],
   setDecodeVnni: [b],
+  decodeBf16Path: [],
+  setDecodeBf16Dot: [b],
   setDecodeIntRows: ["int"],
 };
 /** Where the grouped kernels take E (parts and offsets are sized from it). */

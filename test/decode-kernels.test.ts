@@ -90,13 +90,14 @@ test("quantizers: each weight within the format's rounding of its group; short l
   assert.ok(Array.from(m.data.subarray(3)).every((v) => v === 0));
 });
 
-type IntExports = { decodeIntPath(): string; setDecodeVnni(allow: boolean): void };
+type IntExports = { decodeIntPath(): string; setDecodeVnni(allow: boolean): void; decodeBf16Path(): string; setDecodeBf16Dot(allow: boolean): void };
 const intExports = native as unknown as IntExports;
 
 /**
  * Each kernel path of this machine, with its expected decode path name (and
- * integer path: on AVX-512 once with VNNI where the CPU has it, once held to
- * vpmaddubsw); restores the settings.
+ * integer and bf16 paths: on AVX-512 once with VNNI and vdpbf16ps where the
+ * CPU has them, once held to vpmaddubsw and the f32 row kernels); restores
+ * the settings.
  */
 function eachPath(body: (where: string) => void): string[] {
   const cap = kernelPathSetting().path;
@@ -112,19 +113,24 @@ function eachPath(body: (where: string) => void): string[] {
     for (const [name, setting, vnni] of paths) {
       native.setKernelPath(setting);
       intExports.setDecodeVnni(vnni);
+      intExports.setDecodeBf16Dot(vnni);
       assert.equal(decode.name, `native/${name}`);
       const int = intExports.decodeIntPath();
-      if (!vnni) assert.notEqual(int, "avx512-vnni");
-      if (seen.includes(`${name}/${int}`)) continue; // VNNI off on a CPU without it: the same paths again
-      seen.push(`${name}/${int}`);
+      const bf16 = intExports.decodeBf16Path();
+      if (!vnni) assert.ok(int !== "avx512-vnni" && bf16 === "f32-fma", `${int} ${bf16}`);
+      if (name !== "avx512") assert.equal(bf16, "f32-fma");
+      const key = `${name}/${int}/${bf16}`;
+      if (seen.includes(key)) continue; // VNNI and BF16 off on a CPU without them: the same paths again
+      seen.push(key);
       for (const t of [1, 2]) {
         native.setThreads(t);
-        body(`${name} (integer: ${int}), ${t} thread${t > 1 ? "s" : ""}`);
+        body(`${name} (integer: ${int}, bf16: ${bf16}), ${t} thread${t > 1 ? "s" : ""}`);
       }
     }
   } finally {
     native.setKernelPath(cap);
     intExports.setDecodeVnni(true);
+    intExports.setDecodeBf16Dot(true);
     native.setThreads(threads);
   }
   return seen;
@@ -225,13 +231,18 @@ test("decode kernels: every format on every path, 1 and 2 threads, match the Typ
       }
     }
   });
-  // This CPU's integer paths were all visited: where Linux reports AVX512_VNNI, vpdpbusd and, held off, vpmaddubsw.
+  // This CPU's integer and bf16 paths were all visited: where Linux reports AVX512_VNNI, vpdpbusd and, held off,
+  // vpmaddubsw; where it reports AVX512_BF16, vdpbf16ps and, held off, the f32 row kernels.
   const flags = existsSync("/proc/cpuinfo") ? readFileSync("/proc/cpuinfo", "utf8") : "";
+  const has = (p: string) => seen.some((k) => k.startsWith(p));
   if (kernelPathSetting().path === "auto" && /\bavx512_vnni\b/.test(flags) && /\bavx512bw\b/.test(flags)) {
-    assert.ok(seen.includes("avx512/avx512-vnni") && seen.includes("avx512/avx512-bw"), seen.join(", "));
+    assert.ok(has("avx512/avx512-vnni/") && has("avx512/avx512-bw/"), seen.join(", "));
   }
-  if (seen.includes("avx512/avx512-vnni")) assert.ok(seen.includes("avx512/avx512-bw"), seen.join(", "));
-  assert.ok(seen.includes("portable/portable"), seen.join(", "));
+  if (kernelPathSetting().path === "auto" && /\bavx512_bf16\b/.test(flags)) {
+    assert.ok(seen.some((k) => k.endsWith("/avx512-bf16")) && has("avx512/avx512-bw/f32-fma"), seen.join(", "));
+  }
+  if (has("avx512/avx512-vnni/")) assert.ok(has("avx512/avx512-bw/"), seen.join(", "));
+  assert.ok(has("portable/portable/"), seen.join(", "));
 });
 
 test("decode epilogue: bias, activation and residual on every path, format and thread count match the twin; y is what it would be alone", { skip }, () => {
@@ -345,14 +356,16 @@ test("integer decode twin: x's quantization is round-to-nearest-even per group, 
   }
 });
 
-test("integer decode kernels: a row's outputs are the same bits whatever rows share the call (batch, speculative step)", { skip }, () => {
+test("integer and vdpbf16ps decode kernels: a row's outputs are the same bits whatever rows share the call (batch, speculative step)", { skip }, () => {
   const decode = nativeDecodeKernels()!;
-  for (const f of ["q8", "q4"] as const) {
-    for (const [N, K] of [[7, 100], [40, 600]] as const) {
+  for (const f of ["q8", "q4", "bf16"] as const) {
+    for (const [N, K] of [[7, 100], [40, 600], [300, 512]] as const) {
       const m = quantize(f, rand(N * K, 0.05), N, K);
       const R = 5;
       const x = rand(R * K);
       eachPath((where) => {
+        // bf16 promises this on vdpbf16ps only (the f32 row kernels sum one or two rows, and tiles of more, in different orders).
+        if (f === "bf16" && intExports.decodeBf16Path() !== "avx512-bf16") return;
         const all = new Float32Array(R * N);
         decode.decodeMatmul(all, x, m, Int32Array.of(0, R), 1, N, K);
         for (let r = 0; r < R; r++) {

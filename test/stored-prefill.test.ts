@@ -1,13 +1,14 @@
 // Products with stored weights over many rows (src/ops/stored.ts): past
 // DECODE_ROWS rows the matrix is dequantized a panel of rows at a time into a
-// reused buffer and multiplied by the f32 GEMM. The result is x · Wᵀ with W's
-// f32 weights (the format's definition) on odd shapes, over panel edges, with
+// reused buffer and multiplied by the f32 GEMM (bf16: the bf16 GEMM). The result is x · Wᵀ with W's
+// f32 weights (the format's definition; bf16 weights with x rounded to bf16) on odd shapes, over panel edges, with
 // a bias; and the scratch never holds more than a panel (no f32 copy of the
 // whole matrix per call).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { noGrad } from "../src/autograd/tape.js";
 import { dequantize, quantize, WEIGHT_FORMATS } from "../src/backend/quant.js";
+import { roundedBf16 } from "../src/backend/reference/matmul-bf16.js";
 import { DECODE_ROWS, panelRows, panelScratchElements, storedLinear } from "../src/ops/stored.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import { Rng } from "../src/util/rng.js";
@@ -24,14 +25,16 @@ test("stored products past DECODE_ROWS rows: x · Wᵀ + b on odd shapes, across
     for (const f of WEIGHT_FORMATS) {
       const m = quantize(f, w, N, K);
       const wf = dequantize(m);
+      // bf16 weights take x rounded to bf16 (docs/decode.md), on this path as on the decode kernels'.
+      const xf = f === "bf16" ? (roundedBf16(x) as Float32Array) : x;
       const y = noGrad(() => storedLinear(Tensor.from(x, [rows, K]), m, Tensor.from(bias))).data;
       for (let r = 0; r < rows; r++) {
         for (let n = 0; n < N; n++) {
           let dot = bias[n]!;
           let mag = Math.abs(bias[n]!);
           for (let k = 0; k < K; k++) {
-            dot += x[r * K + k]! * wf[n * K + k]!;
-            mag += Math.abs(x[r * K + k]! * wf[n * K + k]!);
+            dot += xf[r * K + k]! * wf[n * K + k]!;
+            mag += Math.abs(xf[r * K + k]! * wf[n * K + k]!);
           }
           const err = Math.abs(y[r * N + n]! - dot);
           if (!(err <= (K + 4) * 2 ** -23 * mag + 1e-30)) assert.fail(`${f} ${rows}×${N}×${K}: y[${r},${n}] = ${y[r * N + n]}, want ${dot}`);

@@ -39,6 +39,8 @@ void bf16_grouped_gemm_weight_grad_parts(float* const* dw, const float* dy, cons
 // dst[i] = src[i] rounded to bf16 (as above), kept as an f32 whose low 16
 // bits are zero. dst may be src.
 void round_to_bf16(float* dst, const float* src, int64_t n);
+// The same on the calling thread only (no parallel region).
+void round_to_bf16_serial(float* dst, const float* src, int64_t n);
 
 // True when this CPU has AVX512_BF16 (and AVX-512 F/BW, which the kernel uses).
 bool cpu_has_avx512bf16();

@@ -144,6 +144,27 @@ void decode_int_avx2(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& 
 void decode_int_portable(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K,
                          int64_t n0, int64_t n1);
 
+// ------------------------------------------------------------------ bf16 weights take bf16 activations
+//
+// A bf16 matrix multiplies x rounded to bf16 (round_to_bf16's rule: nearest
+// even, subnormals to signed zero, NaN kept), on every path: where the CPU has
+// AVX512_BF16 (and the kernel path is avx512) vdpbf16ps takes 32 weights and
+// 32 inputs per instruction (quant_decode_bf16.cpp), elsewhere the f32 row
+// kernels multiply the rounded x. The products of two bf16 values are exact
+// in f32 either way; the paths differ only in the order of the f32 sums.
+// The vdpbf16ps kernel sums each row of x the same way whatever rows share
+// the call (a batched or speculative step gives a row the bits decoding it
+// alone gives).
+//
+// xb: R rows of kp bf16 inputs (the rounded x's top halves, zero past K; kp a
+// multiple of 32); w's rows n (already offset to the expert).
+void decode_bf16_dot(const QuantMatrix& w, float* y, int64_t ldy, const uint16_t* xb, int64_t kp, int64_t R,
+                     int64_t K, int64_t n0, int64_t n1);
+// The bf16 products in use: "avx512-bf16" (vdpbf16ps) or "f32-fma" (the row kernels over the rounded x).
+const char* decode_bf16_path_name();
+// Lets bf16 products use vdpbf16ps where the CPU has it (default), or holds them to the row kernels (tests).
+void set_decode_bf16_dot(bool allow);
+
 // The weight w[n, k] of a stored matrix as f32, the definition every path
 // follows (scalar; the kernels' tails and the portable path use it).
 float quant_weight(const QuantMatrix& w, int64_t K, int64_t n, int64_t k);

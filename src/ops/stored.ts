@@ -10,7 +10,10 @@
  * the matrix is dequantized a panel of rows at a time (PANEL_BYTES of f32,
  * into one reused buffer) and the blocked f32 GEMM multiplies each panel:
  * the same weights, a different order of f32 sums, and never an f32 copy of
- * the whole matrix.
+ * the whole matrix. bf16 weights take x rounded to bf16 on both paths (the
+ * decode kernels' rule, docs/decode.md): the many-rows path multiplies with
+ * the bf16 GEMM, so a prompt's prefill and its tokens decoded one by one
+ * differ only in the order of their sums.
  */
 import { isGradEnabled } from "../autograd/tape.js";
 import { getBackend } from "../backend/index.js";
@@ -62,6 +65,8 @@ function product(y: Float32Array, x: Float32Array, w: StoredMatrix, rows: number
     be.matmul(y, x, w.data as Float32Array, rows, N, K, false, true, false);
     return;
   }
+  // bf16: x rounded to bf16 as the decode kernels round it (the panel's weights are bf16 values already).
+  const mul = w.format === "bf16" ? be.matmulBf16.bind(be) : be.matmul.bind(be);
   const P = Math.min(N, panelRows(K));
   if (scratch.panel.length < P * K) scratch.panel = new Float32Array(P * K);
   if (scratch.out.length < rows * P) scratch.out = new Float32Array(rows * P);
@@ -71,11 +76,11 @@ function product(y: Float32Array, x: Float32Array, w: StoredMatrix, rows: number
     const panel = scratch.panel.subarray(0, np * K);
     dk.dequantize(panel, storedRows(w, n0, np));
     if (np === N) {
-      be.matmul(y, x, panel, rows, N, K, false, true, false);
+      mul(y, x, panel, rows, N, K, false, true, false);
       return;
     }
     const out = scratch.out.subarray(0, rows * np);
-    be.matmul(out, x, panel, rows, np, K, false, true, false);
+    mul(out, x, panel, rows, np, K, false, true, false);
     for (let r = 0; r < rows; r++) y.set(out.subarray(r * np, (r + 1) * np), r * N + n0);
   }
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu.h"
+#include "gemm_bf16.h"
 #include "ops.h"
 #include "quant.h"
 #include "threadpool.h"
@@ -219,6 +220,14 @@ IntPath int_path() {
   return IntPath::kPortable;
 }
 
+// bf16 weights: vdpbf16ps where the CPU has AVX512_BF16, the kernel path is
+// avx512 and the tests have not held it off; else the row kernels over the rounded x.
+std::atomic<bool> bf16_dot_allowed{true};
+
+bool bf16_dot() {
+  return bf16_dot_allowed.load(std::memory_order_relaxed) && use_avx512() && cpu_has_avx512bf16();
+}
+
 // The most rows of x per expert that take the integer kernels: all (a row's
 // outputs then do not depend on how many rows share the call: a batched or
 // speculative step gives each row what decoding it alone gives);
@@ -244,10 +253,19 @@ struct QuantXBuffer {
   }
 };
 
+// Reused, grow-only storage of a bf16 matrix's x rounded to bf16: as f32 for
+// the row kernels, and packed (kp inputs a row, zero past K) for vdpbf16ps.
+struct Bf16XBuffer {
+  std::vector<float> rounded;
+  std::vector<uint16_t> packed;
+};
+
 struct DecodeJob {
   const QuantMatrix* w;
   float* y;
-  const float* x;
+  const float* x;  // for bf16 weights, x rounded to bf16
+  const uint16_t* xb;  // x packed to bf16 (kp a row) where vdpbf16ps runs, else null
+  int64_t kp;
   const int32_t* offsets;
   int64_t E, N, K, active;
   RowKernel kernel;
@@ -297,6 +315,8 @@ void decode_share(const DecodeJob& j, int t, int nth) {
         case IntPath::kAvx2: decode_int_avx2(we, ye, j.N, xe, R, j.K, lo, hi); break;
         case IntPath::kPortable: decode_int_portable(we, ye, j.N, xe, R, j.K, lo, hi); break;
       }
+    } else if (j.xb) {
+      decode_bf16_dot(we, j.y + r0 * j.N, j.N, j.xb + r0 * j.kp, j.kp, R, j.K, lo, hi);
     } else {
       j.kernel(we, j.y + r0 * j.N, j.N, j.x + r0 * j.K, R, j.K, lo, hi);
     }
@@ -316,6 +336,10 @@ const char* decode_int_path_name() {
 }
 
 void set_decode_vnni(bool allow) { vnni_allowed.store(allow, std::memory_order_relaxed); }
+
+const char* decode_bf16_path_name() { return bf16_dot() ? "avx512-bf16" : "f32-fma"; }
+
+void set_decode_bf16_dot(bool allow) { bf16_dot_allowed.store(allow, std::memory_order_relaxed); }
 
 void set_decode_int_rows(int64_t rows) { int_rows.store(rows < 0 ? kIntRowsAll : rows, std::memory_order_relaxed); }
 
@@ -339,7 +363,30 @@ void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t
   for (int64_t e = 0; e < E; ++e) active += offsets[e + 1] > offsets[e];
   const int64_t irows = int_rows.load(std::memory_order_relaxed);
   const DecodeEpilogue* ep = epilogue && (epilogue->bias || epilogue->act != DecodeAct::kNone || epilogue->residual) ? epilogue : nullptr;
-  DecodeJob job{&w, y, x, offsets, E, N, K, active, row_kernel(), int_path(), irows, QuantX{}, ep};
+  DecodeJob job{&w, y, x, nullptr, 0, offsets, E, N, K, active, row_kernel(), int_path(), irows, QuantX{}, ep};
+  // bf16: x rounded to bf16 once, here, before the threads start (and packed for vdpbf16ps).
+  if (w.format == WeightFormat::kBf16) {
+    static thread_local Bf16XBuffer buffer;
+    if (buffer.rounded.size() < static_cast<size_t>(R * K)) buffer.rounded.resize(static_cast<size_t>(R * K));
+    round_to_bf16_serial(buffer.rounded.data(), x, R * K);
+    job.x = buffer.rounded.data();
+    if (bf16_dot()) {
+      const int64_t kp = (K + 31) / 32 * 32;
+      if (buffer.packed.size() < static_cast<size_t>(R * kp)) buffer.packed.resize(static_cast<size_t>(R * kp));
+      for (int64_t r = 0; r < R; ++r) {
+        uint16_t* dst = buffer.packed.data() + r * kp;
+        const float* src = buffer.rounded.data() + r * K;
+        for (int64_t k = 0; k < K; ++k) {
+          uint32_t bits;
+          std::memcpy(&bits, src + k, 4);
+          dst[k] = static_cast<uint16_t>(bits >> 16);
+        }
+        std::fill(dst + K, dst + kp, uint16_t{0});
+      }
+      job.xb = buffer.packed.data();
+      job.kp = kp;
+    }
+  }
   // q8/q4: the experts with 1 … int_rows rows of x take the integer kernels;
   // their rows are quantized here, once, before the threads start.
   if (w.format == WeightFormat::kQ8 || w.format == WeightFormat::kQ4) {

@@ -13,6 +13,8 @@
 //   decodePath() → "avx512" | "avx2-fma" | "portable"
 //   decodeIntPath() → "avx512-vnni" | "avx512-bw" | "avx2" | "portable" (the integer kernels of q8/q4)
 //   setDecodeVnni(allow: boolean): lets the AVX-512 integer kernel use VNNI (default) or holds it off (tests)
+//   decodeBf16Path() → "avx512-bf16" | "f32-fma" (the bf16 products: vdpbf16ps, or the row kernels over x rounded to bf16)
+//   setDecodeBf16Dot(allow: boolean): lets bf16 products use vdpbf16ps where the CPU has it (default) or holds it off (tests)
 //   setDecodeIntRows(rows): the most rows of x per expert that take the integer kernels (−1: all, the default; 0: none)
 // (the group scales come last so that every decode kernel has E where the
 // grouped products have it).
@@ -141,6 +143,17 @@ Napi::Value SetDecodeVnni(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value DecodeBf16Path(const Napi::CallbackInfo& info) {
+  Args g(info, "decodeBf16Path", 0);
+  return Napi::String::New(info.Env(), sigma::decode_bf16_path_name());
+}
+
+Napi::Value SetDecodeBf16Dot(const Napi::CallbackInfo& info) {
+  Args g(info, "setDecodeBf16Dot", 1);
+  sigma::set_decode_bf16_dot(g.flag(0, "allow"));
+  return info.Env().Undefined();
+}
+
 Napi::Value SetDecodeIntRows(const Napi::CallbackInfo& info) {
   Args g(info, "setDecodeIntRows", 1);
   const int64_t rows = g.integer(0, "rows");
@@ -165,6 +178,8 @@ void InitQuant(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "decodeIntPath", DecodeIntPath);
   Export(env, exports, "setDecodeVnni", SetDecodeVnni);
   Export(env, exports, "setDecodeIntRows", SetDecodeIntRows);
+  Export(env, exports, "decodeBf16Path", DecodeBf16Path);
+  Export(env, exports, "setDecodeBf16Dot", SetDecodeBf16Dot);
 }
 
 }  // namespace sigma_napi

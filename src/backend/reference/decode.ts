@@ -5,7 +5,10 @@
  *
  * - **f32 weights** (f32, bf16, f16): dequantize by the format's
  *   definition (../quant.ts weightAt), then a dot product of each row of x
- *   with each weight row, summed in float64 and rounded once on store.
+ *   with each weight row, summed in float64 and rounded once on store. For
+ *   bf16 weights x is first rounded to bf16 (`roundBf16`, as
+ *   native/include/quant.h "bf16 weights take bf16 activations": the
+ *   addon's vdpbf16ps kernel and its row kernels over the rounded x).
  * - **integer dots** (q8 and q4; native/include/quant.h "integer dot
  *   products"; the native setDecodeIntRows(0) holds them off): each row of x
  *   quantized to int8 per group of 32 (`quantizeActivations`), each group's
@@ -16,6 +19,7 @@
  */
 import { dequantize as dequantizeMatrix, GROUP, groupsOf, halfValue, rowElements, type DecodeEpilogue, type DecodeKernels, type StoredMatrix } from "../quant.js";
 import { checkOffsets, need } from "./check.js";
+import { roundedBf16 } from "./matmul-bf16.js";
 import { add, addBias, fastGelu, gelu } from "./elementwise.js";
 
 /** One row of x quantized per group of 32: q in input order (a short group's missing inputs 0), the scales d and the sums of x. */
@@ -143,6 +147,7 @@ function decodeMatmul(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets
 
 /** y = the plain products (decodeMatmul without its epilogue). */
 function products(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: Int32Array, E: number, N: number, K: number): void {
+  const xf = w.format === "bf16" ? (roundedBf16(x, offsets[E]! * K) as Float32Array) : x;
   for (let e = 0; e < E; e++) {
     const r0 = offsets[e]!;
     const r1 = offsets[e + 1]!;
@@ -164,12 +169,12 @@ function products(y: Float32Array, x: Float32Array, w: StoredMatrix, offsets: In
       }
       continue;
     }
-    // The expert's weights, dequantized once; then y[r, n] = Σ_k x[r, k]·w[n, k].
+    // The expert's weights, dequantized once; then y[r, n] = Σ_k x[r, k]·w[n, k] (bf16: x rounded to bf16).
     const wf = dequantizeMatrix(we);
     for (let r = r0; r < r1; r++) {
       for (let n = 0; n < N; n++) {
         let s = 0;
-        for (let k = 0; k < K; k++) s += x[r * K + k]! * wf[n * K + k]!;
+        for (let k = 0; k < K; k++) s += xf[r * K + k]! * wf[n * K + k]!;
         y[r * N + n] = s;
       }
     }
