@@ -50,17 +50,25 @@ void q8_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int6
     const uint16_t* s = w.scales + n * G;
     __m256 acc[RC][2];
     for (int r = 0; r < RC; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < G; ++g) {
-      if (ahead && (g & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 32 + kIntAhead, _MM_HINT_T0);
+    // Group g into acc[·][g & 1], two groups a step with the accumulators
+    // named (an index computed from g made GCC keep them in memory).
+    auto group = [&](int64_t g, int a) {
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + g * 32));  // rows are whole groups
-      const __m256i a = _mm256_abs_epi8(wv);
+      const __m256i ab = _mm256_abs_epi8(wv);
       const float sc = h2f(s[g]);
       for (int r = 0; r < RC; ++r) {
         const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[r].q + g * 32));
-        const __m256i t = dot4(a, _mm256_sign_epi8(xq, wv));
-        acc[r][g & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(xr[r].d[g] * sc), acc[r][g & 1]);
+        const __m256i t = dot4(ab, _mm256_sign_epi8(xq, wv));
+        acc[r][a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(xr[r].d[g] * sc), acc[r][a]);
       }
+    };
+    int64_t g = 0;
+    for (; g + 2 <= G; g += 2) {
+      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 32 + kIntAhead, _MM_HINT_T0);
+      group(g, 0);
+      group(g + 1, 1);
     }
+    if (g < G) group(g, 0);
     for (int r = 0; r < RC; ++r) y[r * ldy + n] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
   }
 }
@@ -79,8 +87,8 @@ void q4_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int6
       acc[r][0] = acc[r][1] = _mm256_setzero_ps();
       macc[r] = 0.f;
     }
-    for (int64_t g = 0; g < G; g += 2) {
-      if (ahead && (g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 16 + kIntAhead, _MM_HINT_T0);
+    // Groups g, g + 1 (one ymm of bytes) into acc[·][(g / 2) & 1], four groups a step with the accumulators named.
+    auto pair_of = [&](int64_t g, int a) {
       const bool pair = g + 1 < G;  // a last odd group reads its own 16 bytes only
       const __m256i v = pair ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + g * 16))
                              : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + g * 16)));
@@ -95,10 +103,18 @@ void q4_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int6
                              _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64)))),
             _mm256_set1_epi16(1));  // each int16 sum ≤ 4·15·127
         const __m256 c = _mm256_set_m128(_mm_set1_ps(xr[r].d[g + 1] * s1), _mm_set1_ps(xr[r].d[g] * s0));
-        acc[r][(g >> 1) & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), c, acc[r][(g >> 1) & 1]);
+        acc[r][a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), c, acc[r][a]);
         macc[r] += m0 * xr[r].sx[g] + m1 * xr[r].sx[g + 1];
       }
+    };
+    int64_t g = 0;
+    for (; g + 4 <= G; g += 4) {
+      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 16 + kIntAhead, _MM_HINT_T0);
+      pair_of(g, 0);
+      pair_of(g + 2, 1);
     }
+    if (g < G) pair_of(g, 0);
+    if (g + 2 < G) pair_of(g + 2, 1);
     for (int r = 0; r < RC; ++r) y[r * ldy + n] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + macc[r];
   }
 }
