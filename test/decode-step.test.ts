@@ -2,7 +2,8 @@
 // cache with stored weights, on reused buffers. Its logits, routings and cache
 // contents equal the general forward's (to f32 rounding) for every router,
 // every weight format, one and several sequences, one and several new
-// positions, two embedding slots; it declines what it does not cover.
+// positions, two embedding slots, PanGu's block and the Llama / Qwen family's;
+// it declines what it does not cover.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { noGrad } from "../src/autograd/tape.js";
@@ -97,6 +98,37 @@ test("decode step: the general forward's logits, routings and cache, every route
           close(`${where} layer ${i} keys`, l.k.data as Float32Array, slow.cache.layers[i]!.k.data as Float32Array);
         });
         close(`${where} query layer values`, fast.cache.query.v.data as Float32Array, slow.cache.query.v.data as Float32Array);
+      }
+    }
+  }
+});
+
+test("decode step: Llama / Qwen blocks — RMSNorm, rotary positions, grouped heads, q/k norms, SwiGLU, untied output, a gated shared expert — match forward", () => {
+  const variants: [string, RouterConfig | null, Record<string, unknown>][] = [
+    // Llama: RMSNorm, rope, GQA (3 query heads on 1 key/value head), SwiGLU, no biases, untied output, no query layer.
+    ["llama", ROUTERS.topk!, { norm: "rmsnorm", position: "rope", kvHeads: 1, ffn: "swiglu", ffnBias: false, attentionBias: "none", tiedEmbeddings: false, queryLayer: false }],
+    // Qwen3-like: a head size of its own (4 heads of 10 on width 48), q/k norms, q/k/v biases only, 2 key/value heads.
+    ["qwen3", ROUTERS.topk!, { norm: "rmsnorm", position: "rope", heads: 4, headDim: 10, kvHeads: 2, qkNorm: true, ffn: "swiglu", attentionBias: "qkv", ropeTheta: 500 }],
+    // Qwen2-MoE-like: a shared expert behind a sigmoid gate; and the MoGE router with SwiGLU experts.
+    ["shared gate", ROUTERS.topk!, { norm: "rmsnorm", position: "rope", ffn: "swiglu", ffnBias: false, experts: { count: 4, width: 24, sharedWidth: 32, sharedGate: true, router: ROUTERS.topk! } }],
+    ["moge swiglu", ROUTERS.moge!, { ffn: "swiglu", position: "rope" }],
+    ["dense rmsnorm", null, { norm: "rmsnorm", ffn: "swiglu" }],
+  ];
+  for (const [name, router, extra] of variants) {
+    for (const format of ["q8", "bf16", "f32"] as const) {
+      const model = build(router, extra);
+      quantizeModel(model, format);
+      // It is this step that runs (not forward behind a decline).
+      const probe = model.newCache(1);
+      noGrad(() => model.forward({ tokens: Int32Array.of(1, 2), domains: Int32Array.of(0), B: 1, T: 2 }, probe));
+      assert.ok(noGrad(() => decodeStep(model, { tokens: Int32Array.of(3), domains: Int32Array.of(0), B: 1, T: 1 }, probe)), `${name} ${format}: the decode step covers it`);
+      for (const [B, T] of [[1, 1], [3, 1], [2, 3]] as const) {
+        const where = `${name} ${format} B=${B} T=${T}`;
+        const fast = run(model, true, B, T, 4);
+        const slow = run(model, false, B, T, 4);
+        fast.logits.forEach((l, s) => close(`${where} step ${s}`, l, slow.logits[s]!));
+        assert.deepEqual(fast.counts, slow.counts, `${where}: routings`);
+        fast.cache.layers.forEach((l, i) => close(`${where} layer ${i} keys`, l.k.data as Float32Array, slow.cache.layers[i]!.k.data as Float32Array));
       }
     }
   }

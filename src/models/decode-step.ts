@@ -23,11 +23,15 @@
  *
  * It takes only what it knows: every matrix stored (quantizeModel or a
  * stored file), no gradient, a KVCache per layer (not the server's paged
- * pool), at most DECODE_ROWS rows, LayerNorm blocks with the FastGeLU or
- * exact GeLU FFN, experts resident (no ECSS bank, no expert shard), and a
- * config with no field this file does not know (a block option added later
- * falls back to forward until this step learns it). decodeStep returns null
- * for anything else and forward runs as before.
+ * pool), at most DECODE_ROWS rows, experts resident (no ECSS bank, no expert
+ * shard), and a config with no field this file does not know (a block option
+ * added later falls back to forward until this step learns it). The block
+ * options it computes (docs/design.md §1.7): PanGu's block (LayerNorm,
+ * learned positions, the FastGeLU or exact GeLU FFN, biases) and the Llama /
+ * Qwen family's (RMSNorm, rotary positions, grouped key/value heads, a head
+ * size of its own, q/k norms, SwiGLU FFNs and experts, any biases, an untied
+ * output matrix, a gated shared expert). decodeStep returns null for anything
+ * else and forward runs as before.
  */
 import { isGradEnabled } from "../autograd/tape.js";
 import { getBackend } from "../backend/index.js";
@@ -35,13 +39,14 @@ import { decodeKernels } from "../backend/decode.js";
 import { storedRows, type StoredMatrix } from "../backend/quant.js";
 import type { Backend } from "../backend/backend.js";
 import { Attention, type KVCache } from "../nn/attention.js";
-import { FeedForward, LayerNorm, Linear, type Norm } from "../nn/layers.js";
+import { FeedForward, LayerNorm, Linear, RMSNorm, type Norm } from "../nn/layers.js";
 import { DECODE_ROWS } from "../ops/stored.js";
 import * as ops from "../ops/index.js";
+import { ropeInPlace } from "../ops/block.js";
 import type { Routing } from "../moe/routing.js";
 import { MoeLayer } from "../moe/layer.js";
 import { Tensor } from "../tensor/tensor.js";
-import type { ModelConfig } from "./config.js";
+import { headDim, kvHeads, type ModelConfig } from "./config.js";
 
 /**
  * What this step reads of a PanguSigma (declared here, not imported: the
@@ -55,6 +60,10 @@ interface DecodeBlock {
   moe: MoeLayer | null;
 }
 export interface DecodeModel {
+  /** The token lookups' table when the output matrix is untied (the lookups then read these f32 rows). */
+  readonly tokenEmbedding: Tensor;
+  /** Non-null when the output matrix is untied (storedOutput is then its stored form). */
+  readonly outputEmbedding: Tensor | null;
   readonly config: ModelConfig;
   readonly training: boolean;
   readonly blocks: readonly DecodeBlock[];
@@ -100,20 +109,19 @@ const KNOWN_FIELDS: Record<string, ((v: unknown) => boolean) | undefined> = {
   ffnWidth: undefined,
   domains: undefined,
   embeddingSlots: undefined,
-  // A gate on the shared expert is not computed here (sharedWidth is: the shared FeedForward's own width).
-  experts: (v) => !(v as { sharedGate?: boolean }).sharedGate,
+  experts: undefined,
   activation: (v) => v === "fastgelu" || v === "gelu",
-  // The block options (docs/design.md §1.7): this step computes PanGu's block only; any other value takes the generic forward.
-  norm: (v) => v === "layernorm",
-  position: (v) => v === "learned",
+  // The block options (docs/design.md §1.7), each value of which this step computes.
+  norm: (v) => v === "layernorm" || v === "rmsnorm",
+  position: (v) => v === "learned" || v === "rope",
   ropeTheta: undefined,
-  kvHeads: () => false,
-  headDim: () => false,
-  ffn: (v) => v === "gelu",
-  ffnBias: (v) => v === true,
-  attentionBias: (v) => v === "all",
-  qkNorm: (v) => v === false,
-  tiedEmbeddings: (v) => v === true,
+  kvHeads: undefined,
+  headDim: undefined,
+  ffn: (v) => v === "gelu" || v === "swiglu",
+  ffnBias: undefined,
+  attentionBias: (v) => v === "all" || v === "qkv" || v === "none",
+  qkNorm: undefined,
+  tiedEmbeddings: undefined,
   queryLayer: undefined,
   dropout: undefined,
   layerNormEps: undefined,
@@ -126,18 +134,24 @@ interface Work {
   R: number;
   h: Float32Array; // [R, C] the residual stream
   x: Float32Array; // [R, C] a normed copy
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  att: Float32Array;
+  q: Float32Array; // [R, H·D]
+  k: Float32Array; // [R, G·D]
+  v: Float32Array; // [R, G·D]
+  att: Float32Array; // [R, H·D]
   tmp: Float32Array; // [R, C]
+  mo: Float32Array; // [R, C]: an MoE layer's output
   mean: Float32Array; // [R]
-  rstd: Float32Array;
+  rstd: Float32Array; // [R·H] (the q/k norms' rows are heads)
   lse: Float32Array; // [R·heads]
   f: Float32Array; // [R, max(ffnWidth, shared width)]; also the fused q|k|v product (grown when that is wider)
+  g: Float32Array; // [R, max(ffnWidth, shared width)]: SwiGLU's gate projection
+  u: Float32Array; // [R, max(ffnWidth, shared width)]: SwiGLU's up projection
+  gate: Float32Array; // [R]: a gated shared expert's gates
+  iota: Int32Array; // [R]: 0 … R − 1
   // MoE: assignments (R·k of them, grown to the most seen) sorted by expert.
   xs: Float32Array; // [R·k, C]
   hs: Float32Array; // [R·k, expert width]
+  us: Float32Array; // [R·k, expert width]: SwiGLU experts' up projection
   ys: Float32Array; // [R·k, C]
   order: Int32Array; // [R·k]
   tokenOf: Int32Array;
@@ -170,11 +184,12 @@ function workFor(model: DecodeModel, R: number): Work {
   const C = c.width;
   const F = Math.max(c.ffnWidth, ...model.blocks.map((b) => b.moe?.shared?.fc1.outFeatures ?? 0));
   const E = c.experts?.count ?? 1;
+  const [H, G, D] = [c.heads, kvHeads(c), headDim(c)];
   const f32 = (n: number) => new Float32Array(n);
   w = {
-    R, h: f32(R * C), x: f32(R * C), q: f32(R * C), k: f32(R * C), v: f32(R * C), att: f32(R * C), tmp: f32(R * C),
-    mean: f32(R), rstd: f32(R), lse: f32(R * c.heads), f: f32(R * F),
-    xs: f32(R * C), hs: f32(0), ys: f32(0), order: new Int32Array(R), tokenOf: new Int32Array(0), weightOf: f32(0), offsets: new Int32Array(Math.max(E, c.embeddingSlots) + 1),
+    R, h: f32(R * C), x: f32(R * C), q: f32(R * H * D), k: f32(R * G * D), v: f32(R * G * D), att: f32(R * H * D), tmp: f32(R * C), mo: f32(R * C),
+    mean: f32(R), rstd: f32(R * Math.max(H, G)), lse: f32(R * H), f: f32(R * F), g: f32(R * F), u: f32(R * F), gate: f32(R), iota: Int32Array.from({ length: R }, (_, r) => r),
+    xs: f32(R * C), hs: f32(0), us: f32(0), ys: f32(0), order: new Int32Array(R), tokenOf: new Int32Array(0), weightOf: f32(0), offsets: new Int32Array(Math.max(E, c.embeddingSlots) + 1),
     rows: Int32Array.of(0, R), embedIds: new Int32Array(R), slotOf: new Int32Array(R), domainOf: new Int32Array(R), posIds: new Int32Array(R),
   };
   byRows.set(R, w);
@@ -192,16 +207,20 @@ function supported(model: DecodeModel): boolean {
   }
   if (!model.storedOutput) return false;
   const linear = (l: Linear) => l.constructor === Linear && l.stored !== null;
-  const attention = (a: Attention) => a.constructor === Attention && linear(a.q) && linear(a.k) && linear(a.v) && linear(a.o);
-  const ffn = (f: FeedForward) => f.constructor === FeedForward && linear(f.fc1) && linear(f.fc2) && (f.activation === "fastgelu" || f.activation === "gelu");
-  const norm = (n: Norm) => n.constructor === LayerNorm;
+  const attention = (a: Attention) =>
+    a.constructor === Attention && linear(a.q) && linear(a.k) && linear(a.v) && linear(a.o) && (a.qNorm === null || norm(a.qNorm)) && (a.kNorm === null || norm(a.kNorm));
+  const ffn = (f: FeedForward) =>
+    f.constructor === FeedForward && linear(f.fc1) && linear(f.fc2) && (f.fc3 ? f.kind === "swiglu" && linear(f.fc3) : f.kind === "gelu" && (f.activation === "fastgelu" || f.activation === "gelu"));
+  const norm = (n: Norm) => n.constructor === LayerNorm || n.constructor === RMSNorm;
   for (const b of model.blocks) {
     if (!norm(b.ln1) || !norm(b.ln2) || !attention(b.attn)) return false;
     if (b.ffn && !ffn(b.ffn)) return false;
     if (b.moe) {
       const m = b.moe;
       if (m.constructor !== MoeLayer || !m.stored || m.bank || m.shard || (m.shared && !ffn(m.shared))) return false;
-      if (m.activation !== "fastgelu" && m.activation !== "gelu") return false;
+      if (m.ffnKind === "swiglu" ? !m.stored.w3 : m.activation !== "fastgelu" && m.activation !== "gelu") return false;
+      // The shared expert's gate stays f32 (quantizeModel keeps it): a Linear of one output, no bias.
+      if (m.sharedGate && (m.sharedGate.constructor !== Linear || m.sharedGate.stored !== null || m.sharedGate.bias !== null || m.sharedGate.outFeatures !== 1)) return false;
     }
   }
   const q = model.queryLayer;
@@ -222,9 +241,22 @@ function linearInto(y: Float32Array, x: Float32Array, l: Linear, w: Work, act: "
   decodeKernels().decodeMatmul(y, x, l.stored!, w.rows, 1, l.outFeatures, l.inFeatures, { bias: l.bias ? (l.bias.data as Float32Array) : null, act, residual });
 }
 
-/** out [R, C] = the FFN of x (f: its hidden buffer); residual += out when given. */
-function ffnInto(out: Float32Array, x: Float32Array, f: FeedForward, w: Work, residual: Float32Array | null = null): void {
-  const hid = w.f.subarray(0, w.R * f.fc1.outFeatures);
+/**
+ * out [R, C] = the FFN of x (w.f: its hidden buffer); residual += out when
+ * given. SwiGLU: the gate and up projections are one product (as q|k|v),
+ * then silu(gate)·up.
+ */
+function ffnInto(be: Backend, out: Float32Array, x: Float32Array, f: FeedForward, w: Work, residual: Float32Array | null = null): void {
+  const n = w.R * f.fc1.outFeatures;
+  if (f.fc3) {
+    const [g, u] = [w.g.subarray(0, n), w.u.subarray(0, n)];
+    fusedInto([g, u], x, [f.fc1, f.fc3], w);
+    const hid = w.f.subarray(0, n);
+    be.swiglu(hid, g, u, n);
+    linearInto(out, hid, f.fc2, w, null, residual);
+    return;
+  }
+  const hid = w.f.subarray(0, n);
   linearInto(hid, x, f.fc1, w, activation(f.activation));
   linearInto(out, hid, f.fc2, w, null, residual);
 }
@@ -308,28 +340,39 @@ function fusedInto(outs: Float32Array[], x: Float32Array, parts: Linear[], w: Wo
  * the same input (k and v one when the queries come from elsewhere: the query layer).
  */
 function attentionInto(be: Backend, out: Float32Array, residual: Float32Array, xq: Float32Array, xkv: Float32Array, a: Attention, cache: KVCache, B: number, T: number, w: Work): void {
-  const C = a.width;
+  const [R, H, G, D] = [w.R, a.heads, a.kvHeads, a.headDim];
+  const [q, k, v] = [w.q.subarray(0, R * H * D), w.k.subarray(0, R * G * D), w.v.subarray(0, R * G * D)];
   if (xq === xkv) {
-    fusedInto([w.q, w.k, w.v], xkv, [a.q, a.k, a.v], w);
+    fusedInto([q, k, v], xkv, [a.q, a.k, a.v], w);
   } else {
-    linearInto(w.q, xq, a.q, w);
-    fusedInto([w.k, w.v], xkv, [a.k, a.v], w);
+    linearInto(q, xq, a.q, w);
+    fusedInto([k, v], xkv, [a.k, a.v], w);
   }
+  // Each head's q and k: the RMSNorm over its D numbers, then the rotation by the row's position (as Attention.position).
+  const turn = (y: Float32Array, heads: number, norm: RMSNorm | null) => {
+    if (norm) {
+      const normed = w.att.subarray(0, R * heads * D);
+      be.rmsNorm(normed, w.rstd, y, norm.gamma.data, R * heads, D, norm.eps);
+      y.set(normed);
+    }
+    if (a.ropeTheta !== null) ropeInPlace(y, w.posIds, R, heads, D, a.ropeTheta);
+  };
+  turn(q, H, a.qNorm);
+  turn(k, G, a.kNorm);
+  const W = G * D;
   const cap = cache.k.dim(1);
   if (cache.length + T > cap) throw new RangeError(`KV cache full: ${cache.length} + ${T} positions exceed its capacity ${cap}`);
   const kd = cache.k.data as Float32Array;
   const vd = cache.v.data as Float32Array;
   for (let b = 0; b < B; b++) {
-    const src = b * T * C;
-    const dst = (b * cap + cache.length) * C;
-    kd.set(w.k.subarray(src, src + T * C), dst);
-    vd.set(w.v.subarray(src, src + T * C), dst);
+    const src = b * T * W;
+    const dst = (b * cap + cache.length) * W;
+    kd.set(k.subarray(src, src + T * W), dst);
+    vd.set(v.subarray(src, src + T * W), dst);
   }
   cache.length += T;
-  const H = a.heads;
-  const D = C / H;
-  be.attention(w.att, w.lse, w.q, kd, vd, B, T, cache.length, H, D, cap, 1 / Math.sqrt(D));
-  linearInto(out, w.att, a.o, w, null, residual);
+  be.attention(w.att, w.lse, q, kd, vd, B, T, cache.length, H, D, cap, 1 / Math.sqrt(D), G);
+  linearInto(out, w.att.subarray(0, R * H * D), a.o, w, null, residual);
 }
 
 /** out [R, C] = the MoE layer's output for x (rows' tokens and domains given), and its routing. */
@@ -343,7 +386,7 @@ function moeInto(be: Backend, out: Float32Array, x: Float32Array, m: MoeLayer, t
   const ids = routing.expertIds;
   if (w.tokenOf.length < R * k || w.hs.length < R * k * Fe) {
     const n = R * k;
-    [w.xs, w.hs, w.ys] = [new Float32Array(n * C), new Float32Array(n * Fe), new Float32Array(n * C)];
+    [w.xs, w.hs, w.us, w.ys] = [new Float32Array(n * C), new Float32Array(n * Fe), new Float32Array(n * Fe), new Float32Array(n * C)];
     [w.order, w.tokenOf, w.weightOf] = [new Int32Array(n), new Int32Array(n), new Float32Array(n)];
   }
   const weights = routing.weights.data;
@@ -373,12 +416,31 @@ function moeInto(be: Backend, out: Float32Array, x: Float32Array, m: MoeLayer, t
   const ys = w.ys.subarray(0, kept * C);
   const dk = decodeKernels();
   const off = offsets.subarray(0, E + 1);
-  // supported() admitted experts with biases only (ffnBias): [E, Fe] and [E, C], added per expert by the epilogue.
-  dk.decodeMatmul(hs, xs, m.stored!.w1, off, E, Fe, C, { bias: m.b1!.data as Float32Array, act: activation(m.activation) });
-  dk.decodeMatmul(ys, hs, m.stored!.w2, off, E, C, Fe, { bias: m.b2!.data as Float32Array });
+  // Biases ([E, Fe] and [E, C], when the experts have them) added per expert by the epilogue.
+  const bias = (b: Tensor | null) => (b ? (b.data as Float32Array) : null);
+  const st = m.stored!;
+  if (st.w3) {
+    const us = w.us.subarray(0, kept * Fe);
+    dk.decodeMatmul(hs, xs, st.w1, off, E, Fe, C, { bias: bias(m.b1) });
+    dk.decodeMatmul(us, xs, st.w3, off, E, Fe, C, { bias: bias(m.b3) });
+    be.swiglu(hs, hs, us, kept * Fe);
+  } else {
+    dk.decodeMatmul(hs, xs, st.w1, off, E, Fe, C, { bias: bias(m.b1), act: activation(m.activation) });
+  }
+  dk.decodeMatmul(ys, hs, st.w2, off, E, C, Fe, { bias: bias(m.b2) });
   out.fill(0, 0, R * C);
   if (kept > 0) be.combine(out, ys, w.tokenOf.subarray(0, kept), w.weightOf.subarray(0, kept), kept, C);
-  if (m.shared) ffnInto(w.tmp, x, m.shared, w, out);
+  if (!m.shared) return routing;
+  if (!m.sharedGate) {
+    ffnInto(be, w.tmp, x, m.shared, w, out);
+    return routing;
+  }
+  // A gated shared expert: out += σ(x·w_gate) · shared(x), row by row (MoeLayer's combine onto the same rows).
+  ffnInto(be, w.tmp, x, m.shared, w);
+  const gate = w.gate.subarray(0, R);
+  be.matmul(gate, x, m.sharedGate.weight.data, R, 1, C, false, true, false);
+  for (let r = 0; r < R; r++) gate[r] = 1 / (1 + Math.exp(-gate[r]!)); // as ops.sigmoid
+  be.combine(out, w.tmp, w.iota, gate, R, C);
   return routing;
 }
 
@@ -414,27 +476,32 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
   const be = getBackend();
   const dk = decodeKernels();
   const table = model.storedOutput!;
-  // h = E_slot[token] + P[position]
-  const pos = model.positionEmbedding!.data as Float32Array;
+  // h = E_slot[token] (+ P[position] with learned positions). Tied, the token rows are the stored output table's.
+  const pos = model.positionEmbedding ? (model.positionEmbedding.data as Float32Array) : null;
+  const tokenRows = model.outputEmbedding ? (model.tokenEmbedding.data as Float32Array) : null;
   for (let r = 0; r < R; r++) {
     const row = w.h.subarray(r * C, (r + 1) * C);
-    dk.dequantize(row, storedRows(table, w.embedIds[r]!, 1));
-    be.add(row, row, pos.subarray(w.posIds[r]! * C, (w.posIds[r]! + 1) * C), C);
+    if (tokenRows) row.set(tokenRows.subarray(w.embedIds[r]! * C, (w.embedIds[r]! + 1) * C));
+    else dk.dequantize(row, storedRows(table, w.embedIds[r]!, 1));
+    if (pos) be.add(row, row, pos.subarray(w.posIds[r]! * C, (w.posIds[r]! + 1) * C), C);
   }
   const routings: Routing[] = [];
   let aux: Tensor | null = null;
-  // supported() admitted LayerNorms only.
-  const norm = (out: Float32Array, x: Float32Array, n: Norm) => be.layerNorm(out, w.mean, w.rstd, x, n.gamma.data, (n as LayerNorm).beta.data, R, C, n.eps);
+  // supported() admitted LayerNorms and RMSNorms.
+  const norm = (out: Float32Array, x: Float32Array, n: Norm) => {
+    if (n instanceof LayerNorm) be.layerNorm(out, w.mean, w.rstd, x, n.gamma.data, n.beta.data, R, C, n.eps);
+    else be.rmsNorm(out, w.rstd, x, n.gamma.data, R, C, n.eps);
+  };
   model.blocks.forEach((block, l) => {
     norm(w.x, w.h, block.ln1);
     attentionInto(be, w.tmp, w.h, w.x, w.x, block.attn, cache.layers[l] as KVCache, B, T, w);
     norm(w.x, w.h, block.ln2);
     if (block.ffn) {
-      ffnInto(w.tmp, w.x, block.ffn, w, w.h);
+      ffnInto(be, w.tmp, w.x, block.ffn, w, w.h);
       return;
     }
-    const routing = moeInto(be, w.att, w.x, block.moe!, tokens, w);
-    be.add(w.h, w.h, w.att, R * C);
+    const routing = moeInto(be, w.mo, w.x, block.moe!, tokens, w);
+    be.add(w.h, w.h, w.mo, R * C);
     routings.push(routing);
     for (const extra of [routing.auxLoss, routing.zLoss]) if (extra) aux = aux ? ops.add(aux, extra) : extra;
   });
@@ -449,7 +516,7 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
     norm(w.x, w.h, q.ln1);
     attentionInto(be, w.tmp, w.h, queries, w.x, q.attn, cache.query as KVCache, B, T, w);
     norm(w.x, w.h, q.ln2);
-    ffnInto(w.tmp, w.x, q.ffn, w, w.h);
+    ffnInto(be, w.tmp, w.x, q.ffn, w, w.h);
   }
   cache.length += T;
   return { logits: outputLogits(model, table, w), routings, auxLoss: aux };

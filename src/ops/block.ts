@@ -74,6 +74,15 @@ export function rope(x: Tensor, positions: Int32Array, heads: number, theta: num
   const D = W / heads;
   if (D % 2 !== 0) throw new RangeError(`rope: the head size ${D} must be even`);
   if (positions.length !== rows) throw new RangeError(`rope: ${positions.length} positions for ${rows} rows of x ${shapeStr(x.shape)}`);
+  const { cos, sin } = ropeAngles(positions, rows, D, theta);
+  const y = empty(x, x.shape);
+  turn(y.data, x.data, cos, sin, rows, heads, D, 1);
+  record(y, [x], (g) => turn(gradOf(x).data, g.data, cos, sin, rows, heads, D, -1, true));
+  return y;
+}
+
+/** cos and sin of each row's angles [rows, D/2]: position · θ^(−2i/D), in float64. */
+function ropeAngles(positions: Int32Array, rows: number, D: number, theta: number): { cos: Float64Array; sin: Float64Array } {
   const half = D / 2;
   const invFreq = new Float64Array(half);
   for (let i = 0; i < half; i++) invFreq[i] = Math.pow(theta, (-2 * i) / D);
@@ -86,13 +95,20 @@ export function rope(x: Tensor, positions: Int32Array, heads: number, theta: num
       sin[r * half + i] = Math.sin(a);
     }
   }
-  const y = empty(x, x.shape);
-  turn(y.data, x.data, cos, sin, rows, heads, D, 1);
-  record(y, [x], (g) => turn(gradOf(x).data, g.data, cos, sin, rows, heads, D, -1, true));
-  return y;
+  return { cos, sin };
 }
 
-/** out (+)= each head's pairs of `src` turned by sign·angle. */
+/**
+ * rope's forward on buffers, in place: each of `rows` rows of x holds `heads`
+ * heads of D, turned by its row's position (the same arithmetic as rope; the
+ * decode step's q and k, src/models/decode-step.ts).
+ */
+export function ropeInPlace(x: Float32Array, positions: Int32Array, rows: number, heads: number, D: number, theta: number): void {
+  const { cos, sin } = ropeAngles(positions, rows, D, theta);
+  turn(x, x, cos, sin, rows, heads, D, 1);
+}
+
+/** out (+)= each head's pairs of `src` turned by sign·angle (out may be src: each pair is read before it is written). */
 function turn(out: Tensor["data"], src: Tensor["data"], cos: Float64Array, sin: Float64Array, rows: number, heads: number, D: number, sign: 1 | -1, accumulate = false): void {
   const half = D / 2;
   for (let r = 0; r < rows; r++) {
