@@ -28,6 +28,7 @@ const BENCHES: Record<string, Entry> = {
   comm: { load: () => import("./comm.js"), about: "MPI allreduce and all-to-all(v) latency and bandwidth over message sizes on 2 ranks (skips without MPI)", takes: "0–1 min" },
   serve: { load: () => import("./serve.js"), about: "sigma serve on config R (top-2 of 8): aggregate tokens/s at 1, 4, 8, 16 streams, TTFT, weight bytes per step vs the bandwidth bound", takes: "1–3 min" },
   decode: { load: () => import("./decode.js"), about: "KV-cache decoding of config R's shape in f32, bf16, f16, q8, q4: tokens/s at batch 1 and 8, bytes per token, fraction of the read bandwidth; speculative decoding (n-gram and model drafts): speedup and acceptance", takes: "1–2 min" },
+  llamacpp: { load: () => import("./llamacpp.js"), about: "batch-1 decode tokens/s beside llama.cpp (node-llama-cpp, CPU) on a 133 MB Llama-shaped MoE, f32 / f16 / q8 (Q8_0)", takes: "2–4 min" },
   blas: { load: () => import("./blas.js"), about: "our GEMM beside OpenBLAS's sgemm (needs libopenblas-dev; skips without it)", takes: "1–3 min" },
 };
 
