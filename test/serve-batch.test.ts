@@ -2,10 +2,13 @@
 // sequence's greedy continuation is the same decoded alone, beside others of
 // other lengths and domains that join and leave at other steps, prefilled in
 // chunks, and through the model's own KV-cache forward (generateIds) — for a
-// dense model and each router; and the pool is empty again afterwards.
+// dense model and each router, and with stored weights (decode-only steps
+// then run through the decode step's buffers); and the pool is empty again afterwards.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { parseModelConfig, type ModelConfigInput } from "../src/models/config.js";
+import { headDim, kvHeads, parseModelConfig, type ModelConfigInput } from "../src/models/config.js";
+import { decodeStepRuns, useDecodeStep } from "../src/models/decode-step.js";
+import { quantizeModel } from "../src/models/quantize.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { attentionLayers, forwardBatch, type BatchItem } from "../src/serve/batch.js";
 import { KVPool, type KVSeq } from "../src/serve/kv-pool.js";
@@ -47,8 +50,11 @@ interface Job {
  * its prompt. Returns each job's generated ids and whether any sequence's
  * blocks were not consecutive in the pool (the copying path).
  */
-function decodeAll(model: PanguSigma, jobs: Job[], chunk: number, blockSize = 4): { out: number[][]; scattered: boolean } {
-  const pool = new KVPool(attentionLayers(model), model.config.width, blockSize, 64);
+/** Key/value numbers per position: G·D. */
+const kvWidth = (model: PanguSigma) => kvHeads(model.config) * headDim(model.config);
+
+function decodeAll(model: PanguSigma, jobs: Job[], chunk: number, blockSize = 4, width = model.config.width): { out: number[][]; scattered: boolean } {
+  const pool = new KVPool(attentionLayers(model), width, blockSize, 64);
   const state = jobs.map(() => ({ seq: null as KVSeq | null, fed: 0, out: [] as number[], next: -1, done: false }));
   let scattered = false;
   for (let step = 0; state.some((s) => !s.done); step++) {
@@ -114,6 +120,37 @@ for (const [name, router] of Object.entries(ROUTERS)) {
     assert.ok(new Set(together.out.map((o) => o.join(","))).size > 2, "the continuations differ");
   });
 }
+
+test("stored weights (q8, bf16; PanGu and Llama-style blocks): decode-only steps take the decode step's buffers, and the text is the same alone, in a batch and through generateIds", () => {
+  const variants: [string, RouterInput | null, Partial<ModelConfigInput>][] = [
+    ["topk", ROUTERS.topk!, {}],
+    ["moge", ROUTERS.moge!, {}],
+    ["llama", ROUTERS.topk!, { norm: "rmsnorm", position: "rope", kvHeads: 2, ffn: "swiglu", ffnBias: false, attentionBias: "none", tiedEmbeddings: false, queryLayer: false }],
+  ];
+  for (const [name, router, extra] of variants) {
+    for (const format of ["q8", "bf16"] as const) {
+      const model = tinyModel(router, extra);
+      quantizeModel(model, format);
+      const js = jobs(model);
+      const before = decodeStepRuns();
+      const together = decodeAll(model, js, 8, 4, kvWidth(model));
+      assert.ok(decodeStepRuns() > before + 20, `${name} ${format}: the server's decode-only steps ran through the decode step`);
+      js.forEach((job, j) => {
+        const alone = decodeAll(model, [{ ...job, joins: 0 }], 64, 4, kvWidth(model)).out[0]!;
+        assert.deepEqual(together.out[j], alone, `${name} ${format}: sequence ${j} in the batch`);
+        const reference = [...generateIds(model, job.prompt, job.domain, { temperature: 0, topK: 0, topP: 1, seed: 1, maxTokens: job.steps, stopId: null })];
+        assert.deepEqual(alone, reference, `${name} ${format}: sequence ${j} against generateIds`);
+      });
+      // And the same text with the decode step off (the blocks' general forward on every step).
+      const was = useDecodeStep(false);
+      try {
+        assert.deepEqual(decodeAll(model, js, 8, 4, kvWidth(model)).out, together.out, `${name} ${format}: the general forward's text`);
+      } finally {
+        useDecodeStep(was);
+      }
+    }
+  }
+});
 
 test("a model without the query layer decodes the same alone and in a batch", () => {
   const model = tinyModel(ROUTERS.topk!, { queryLayer: false });

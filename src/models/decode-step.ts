@@ -38,7 +38,7 @@ import { getBackend } from "../backend/index.js";
 import { decodeKernels } from "../backend/decode.js";
 import { storedRows, type StoredMatrix } from "../backend/quant.js";
 import type { Backend } from "../backend/backend.js";
-import { Attention, type KVCache } from "../nn/attention.js";
+import { Attention, type AttentionCache, type KVCache } from "../nn/attention.js";
 import { FeedForward, LayerNorm, Linear, RMSNorm, type Norm } from "../nn/layers.js";
 import { DECODE_ROWS } from "../ops/stored.js";
 import * as ops from "../ops/index.js";
@@ -167,6 +167,11 @@ interface Work {
 const works = new WeakMap<DecodeModel, Map<number, Work>>();
 
 let enabled = true;
+
+let runs = 0;
+
+/** How many forwards (decodeStep) and server steps (decodeRows) this step has run in this process. For tests and benchmarks. */
+export const decodeStepRuns = (): number => runs;
 
 /** Turns the decode step on or off (on by default; off, forward always runs its general path). Returns the previous setting. For tests and benchmarks. */
 export function useDecodeStep(on: boolean): boolean {
@@ -339,7 +344,7 @@ function fusedInto(outs: Float32Array[], x: Float32Array, parts: Linear[], w: Wo
  * `out` holds the output itself. q, k and v are one product when they read
  * the same input (k and v one when the queries come from elsewhere: the query layer).
  */
-function attentionInto(be: Backend, out: Float32Array, residual: Float32Array, xq: Float32Array, xkv: Float32Array, a: Attention, cache: KVCache, B: number, T: number, w: Work): void {
+function attentionInto(be: Backend, out: Float32Array, residual: Float32Array, xq: Float32Array, xkv: Float32Array, a: Attention, cache: KVCache | AttentionCache, B: number, T: number, w: Work): void {
   const [R, H, G, D] = [w.R, a.heads, a.kvHeads, a.headDim];
   const [q, k, v] = [w.q.subarray(0, R * H * D), w.k.subarray(0, R * G * D), w.v.subarray(0, R * G * D)];
   if (xq === xkv) {
@@ -359,6 +364,13 @@ function attentionInto(be: Backend, out: Float32Array, residual: Float32Array, x
   };
   turn(q, H, a.qNorm);
   turn(k, G, a.kNorm);
+  if ("attend" in cache) {
+    // The server's paged pool (src/serve/kv-pool.ts): it stores each sequence's keys and values and attends per sequence.
+    const o = cache.attend(Tensor.from(q, [1, R, H * D]), Tensor.from(k, [1, R, G * D]), Tensor.from(v, [1, R, G * D]), H);
+    w.att.set(o.data as Float32Array);
+    linearInto(out, w.att.subarray(0, R * H * D), a.o, w, null, residual);
+    return;
+  }
   const W = G * D;
   const cap = cache.k.dim(1);
   if (cache.length + T > cap) throw new RangeError(`KV cache full: ${cache.length} + ${T} positions exceed its capacity ${cap}`);
@@ -473,6 +485,21 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
       w.posIds[r] = start + t;
     }
   }
+  const out = runRows(model, w, tokens, cache.layers, cache.query, B, T, null);
+  cache.length += T;
+  return out;
+}
+
+/**
+ * The rows already in `w` (embedIds, slotOf, domainOf, posIds; tokens for
+ * the routers) through the blocks, attention through `layers` (a KVCache of
+ * B sequences × T rows, or the server's pool), then the logits of every row,
+ * or of the rows `pick` names (in that order).
+ */
+function runRows(model: DecodeModel, w: Work, tokens: Int32Array, layers: readonly (KVCache | AttentionCache)[], query: KVCache | AttentionCache | null, B: number, T: number, pick: Int32Array | null): DecodeOutput {
+  runs++;
+  const R = w.R;
+  const C = model.config.width;
   const be = getBackend();
   const dk = decodeKernels();
   const table = model.storedOutput!;
@@ -494,7 +521,7 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
   };
   model.blocks.forEach((block, l) => {
     norm(w.x, w.h, block.ln1);
-    attentionInto(be, w.tmp, w.h, w.x, w.x, block.attn, cache.layers[l] as KVCache, B, T, w);
+    attentionInto(be, w.tmp, w.h, w.x, w.x, block.attn, layers[l]!, B, T, w);
     norm(w.x, w.h, block.ln2);
     if (block.ffn) {
       ffnInto(be, w.tmp, w.x, block.ffn, w, w.h);
@@ -514,23 +541,59 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
     const queries = w.xs.subarray(0, R * C);
     for (let r = 0; r < R; r++) queries.set(qe.subarray(w.posIds[r]! * C, (w.posIds[r]! + 1) * C), r * C);
     norm(w.x, w.h, q.ln1);
-    attentionInto(be, w.tmp, w.h, queries, w.x, q.attn, cache.query as KVCache, B, T, w);
+    attentionInto(be, w.tmp, w.h, queries, w.x, q.attn, query!, B, T, w);
     norm(w.x, w.h, q.ln2);
     ffnInto(be, w.tmp, w.x, q.ffn, w, w.h);
   }
-  cache.length += T;
-  return { logits: outputLogits(model, table, w), routings, auxLoss: aux };
+  if (pick) {
+    // The wanted rows first, in pick's order (the product then covers those only).
+    const [h, slots] = [w.tmp, w.order];
+    pick.forEach((r, i) => {
+      h.set(w.h.subarray(r * C, (r + 1) * C), i * C);
+      slots[i] = w.slotOf[r]!;
+    });
+    w.h.set(h.subarray(0, pick.length * C));
+    w.slotOf.set(slots.subarray(0, pick.length));
+  }
+  return { logits: outputLogits(model, table, w, pick ? pick.length : R), routings, auxLoss: aux };
+}
+
+/** What the server's batched step (src/serve/batch.ts) gives for its rows: tokens, and per row the embedding row, slot, domain and position. */
+export interface DecodeRows {
+  tokens: Int32Array;
+  embedIds: Int32Array;
+  slotOf: Int32Array;
+  domainOf: Int32Array;
+  posIds: Int32Array;
+}
+
+/**
+ * The server's step through this file's buffers: `rows` (at most
+ * DECODE_ROWS) with attention through the pool's caches (one per block, and
+ * the query layer's), the logits of the rows `pick` names [pick.length, V].
+ * Null when this step does not cover the model or the call (the server then
+ * runs the blocks' general forward); the caller commits the pool's lengths.
+ */
+export function decodeRows(model: DecodeModel, rows: DecodeRows, layers: readonly AttentionCache[], query: AttentionCache | null, pick: Int32Array): DecodeOutput | null {
+  const R = rows.tokens.length;
+  if (!enabled || isGradEnabled() || model.training || R < 1 || R > DECODE_ROWS || pick.length > R || !supported(model)) return null;
+  const w = workFor(model, R);
+  w.embedIds.set(rows.embedIds);
+  w.slotOf.set(rows.slotOf);
+  w.domainOf.set(rows.domainOf);
+  w.posIds.set(rows.posIds);
+  return runRows(model, w, rows.tokens, layers, query, 1, R, pick);
 }
 
 /** logits [R, V] = h · E_slot(r)ᵀ: one decode call over the rows grouped by slot (a new array: callers keep it). */
-function outputLogits(model: DecodeModel, table: StoredMatrix, w: Work): Tensor {
+function outputLogits(model: DecodeModel, table: StoredMatrix, w: Work, R: number): Tensor {
   const c = model.config;
-  const [R, C, V, S] = [w.R, c.width, c.vocabSize, c.embeddingSlots];
+  const [C, V, S] = [c.width, c.vocabSize, c.embeddingSlots];
   const logits = Tensor.zeros([R, V]);
   const y = logits.data as Float32Array;
   const dk = decodeKernels();
   if (S === 1) {
-    dk.decodeMatmul(y, w.h, table, w.rows, 1, V, C);
+    dk.decodeMatmul(y, w.h.subarray(0, R * C), table, R === w.R ? w.rows : Int32Array.of(0, R), 1, V, C);
     return logits;
   }
   // Rows sorted by slot (stably), one grouped call, then back in row order.

@@ -15,10 +15,12 @@
  * a sequence's greedy text is the same alone or beside others.
  */
 import { noGrad } from "../autograd/tape.js";
+import { decodeRows } from "../models/decode-step.js";
 import type { PanguSigma } from "../models/pangu-sigma.js";
 import type { MoeContext } from "../moe/layer.js";
 import * as ops from "../ops/index.js";
 import type { FloatArray } from "../tensor/dtype.js";
+import type { Tensor } from "../tensor/tensor.js";
 import type { KVPool, KVSeq, StepRows } from "./kv-pool.js";
 
 /** One sequence's part of a step. */
@@ -79,10 +81,11 @@ export function forwardBatch(model: PanguSigma, pool: KVPool, items: readonly Ba
   }
   const ctx: MoeContext = { tokenIds: tokens, domainIds: domainOf, vocabSize: V, domainGroup: model.domainGroup };
 
-  const logits = noGrad(() => {
-    const tokenRows = ops.embedding(model.tokenEmbedding, embedIds, [1, R]);
-    // Learned positions are added here; rotary ones turn q and k inside attention (from posIds).
-    let h = model.positionEmbedding ? ops.add(tokenRows, ops.embedding(model.positionEmbedding, posIds, [1, R])) : tokenRows;
+  const fast = fastStep(model, pool, rows, { tokens, embedIds, domainOf, posIds }, wanted, onRouting);
+  const logits = fast !== undefined ? fast : noGrad(() => {
+    // Token rows as forward takes them (a stored tied table: its rows dequantized), learned positions added;
+    // rotary ones turn q and k inside attention (from posIds).
+    let h = model.embedInput(embedIds, posIds, [1, R]);
     model.blocks.forEach((block, l) => {
       const o = block.forward(h, ctx, pool.attention(l, rows), null, posIds);
       if (o.routing && onRouting) onRouting(l, o.routing.counts);
@@ -105,4 +108,28 @@ export function forwardBatch(model: PanguSigma, pool: KVPool, items: readonly Ba
     w += n;
     return logits.data.subarray((w - n) * V, w * V);
   });
+}
+
+/**
+ * A step of at most DECODE_ROWS rows with stored weights, through the decode
+ * step's reused buffers (src/models/decode-step.ts: no Tensor per op, one
+ * decode call per matrix with its bias, activation and residual add, the
+ * same arithmetic as the blocks' forward), attention through the pool.
+ * Undefined when the decode step does not cover the model or the step (a
+ * prompt chunk past 16 rows, f32 products, …): the blocks' general forward
+ * runs. Null when it ran and no row's logits are wanted.
+ */
+function fastStep(model: PanguSigma, pool: KVPool, rows: StepRows[], r: { tokens: Int32Array; embedIds: Int32Array; domainOf: Int32Array; posIds: Int32Array }, wanted: number[], onRouting?: (layer: number, counts: Int32Array) => void): Tensor | null | undefined {
+  const slotOf = r.domainOf.map((d) => model.domainSlot[d]!);
+  const layers = model.blocks.map((_, l) => pool.attention(l, rows));
+  const query = model.queryLayer ? pool.attention(model.blocks.length, rows) : null;
+  const out = noGrad(() => decodeRows(model, { ...r, slotOf }, layers, query, Int32Array.from(wanted)));
+  if (!out) return undefined;
+  if (onRouting) {
+    let i = 0;
+    model.blocks.forEach((b, l) => {
+      if (b.moe) onRouting(l, out.routings[i++]!.counts);
+    });
+  }
+  return wanted.length === 0 ? null : out.logits;
 }
