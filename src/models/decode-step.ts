@@ -21,9 +21,14 @@
  * that residual adds happen in place: forward's logits and these agree to
  * f32 rounding (test/decode-step.test.ts holds them within 1e-5).
  *
+ * The server's batched step (src/serve/batch.ts) runs through it too
+ * (decodeRows): its rows bring their own positions and domains, attention
+ * goes through the pool's AttentionCache, and only the wanted rows' logits
+ * are computed.
+ *
  * It takes only what it knows: every matrix stored (quantizeModel or a
- * stored file), no gradient, a KVCache per layer (not the server's paged
- * pool), at most DECODE_ROWS rows, experts resident (no ECSS bank, no expert
+ * stored file), no gradient, a KVCache per layer (forward) or the pool's
+ * caches (decodeRows), at most DECODE_ROWS rows, experts resident (no ECSS bank, no expert
  * shard), and a config with no field this file does not know (a block option
  * added later falls back to forward until this step learns it). The block
  * options it computes (docs/design.md §1.7): PanGu's block (LayerNorm,
