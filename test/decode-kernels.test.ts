@@ -356,16 +356,14 @@ test("integer decode twin: x's quantization is round-to-nearest-even per group, 
   }
 });
 
-test("integer and vdpbf16ps decode kernels: a row's outputs are the same bits whatever rows share the call (batch, speculative step)", { skip }, () => {
+test("decode kernels: a row's outputs are the same bits whatever rows share the call (batch, speculative step), every format and path", { skip }, () => {
   const decode = nativeDecodeKernels()!;
-  for (const f of ["q8", "q4", "bf16"] as const) {
+  for (const f of WEIGHT_FORMATS) {
     for (const [N, K] of [[7, 100], [40, 600], [300, 512]] as const) {
       const m = quantize(f, rand(N * K, 0.05), N, K);
       const R = 5;
       const x = rand(R * K);
       eachPath((where) => {
-        // bf16 promises this on vdpbf16ps only (the f32 row kernels sum one or two rows, and tiles of more, in different orders).
-        if (f === "bf16" && intExports.decodeBf16Path() !== "avx512-bf16") return;
         const all = new Float32Array(R * N);
         decode.decodeMatmul(all, x, m, Int32Array.of(0, R), 1, N, K);
         for (let r = 0; r < R; r++) {

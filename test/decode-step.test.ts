@@ -8,6 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { noGrad } from "../src/autograd/tape.js";
 import { WEIGHT_FORMATS } from "../src/backend/quant.js";
+import { kernelPathSetting, loadNative } from "../src/backend/native/index.js";
 import { parseModelConfig, type RouterConfig } from "../src/models/config.js";
 import { decodeStep, useDecodeStep } from "../src/models/decode-step.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
@@ -131,6 +132,42 @@ test("decode step: Llama / Qwen blocks — RMSNorm, rotary positions, grouped he
         fast.cache.layers.forEach((l, i) => close(`${where} layer ${i} keys`, l.k.data as Float32Array, slow.cache.layers[i]!.k.data as Float32Array));
       }
     }
+  }
+});
+
+test("decode step: a step of k + 1 positions gives each position the bits k + 1 one-position steps give (a speculative verification is plain decoding), every router and format, AVX-512 and AVX2", () => {
+  const addon = loadNative().backend;
+  if (!addon) return; // the TypeScript backend: no kernel paths to visit (its products are plain loops)
+  const features = addon.cpuFeatures();
+  const cap = kernelPathSetting().path;
+  const paths = [...(cap === "auto" && features.avx512f ? ["auto"] : []), ...(cap !== "portable" && features.avx2 && features.fma ? ["avx2-fma"] : [])] as ("auto" | "avx2-fma")[];
+  try {
+    for (const path of paths) {
+      addon.setKernelPath(path);
+      for (const [name, router, extra] of [
+        ["topk", ROUTERS.topk!, {}],
+        ["moge", ROUTERS.moge!, {}],
+        ["rre", ROUTERS.rre!, {}],
+        ["llama", ROUTERS.topk!, { norm: "rmsnorm", position: "rope", kvHeads: 1, ffn: "swiglu", ffnBias: false, attentionBias: "none", tiedEmbeddings: false, queryLayer: false }],
+      ] as [string, RouterConfig, Record<string, unknown>][]) {
+        for (const format of WEIGHT_FORMATS) {
+          const model = build(router, extra);
+          quantizeModel(model, format);
+          const prompt = { tokens: Int32Array.of(3, 9, 27, 4), domains: Int32Array.of(1), B: 1, T: 4 };
+          const next = Int32Array.of(11, 30, 2, 8, 19);
+          const [one, all] = [model.newCache(1), model.newCache(1)];
+          noGrad(() => [one, all].forEach((c) => model.forward(prompt, c)));
+          const V = model.config.vocabSize;
+          const together = noGrad(() => model.forward({ tokens: next, domains: Int32Array.of(1), B: 1, T: next.length }, all)).logits.data;
+          next.forEach((tok, t) => {
+            const alone = noGrad(() => model.forward({ tokens: Int32Array.of(tok), domains: Int32Array.of(1), B: 1, T: 1 }, one)).logits.data;
+            assert.deepEqual(alone, together.subarray(t * V, (t + 1) * V), `${path} ${name} ${format}: position ${t}`);
+          });
+        }
+      }
+    }
+  } finally {
+    addon.setKernelPath(cap);
   }
 });
 

@@ -390,7 +390,11 @@ void serial_product(const GemmPlan& plan, bool transA, bool transB, int64_t M, i
         gemm_thin_axpy_avx2(M, N, K, a, transA ? 1 : lda, transA ? lda : 1, b, ldb, c, ldc, accumulate);
         return;
       }
-      if (M > 1 && transB && !transA && (M <= kRowsBT || (M <= kRowsBTLong && K <= kRowsBTShortK))) {
+      // One row too: these kernels sum a row of A the same way whatever rows
+      // share the call, so a row's products are the same bits at M = 1 and
+      // at M = 5 (a decoding step's router gates beside a speculative
+      // verification's; sgemv_row summed in another order).
+      if (transB && !transA && (M <= kRowsBT || (M <= kRowsBTLong && K <= kRowsBTShortK))) {
         if (use_avx512())
           gemm_small_m_bt_avx512(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
         else

@@ -1,9 +1,8 @@
 // AVX2 row kernel of the decode product (quant.h), for CPUs with AVX2, FMA
 // and F16C but no AVX-512: the AVX-512 kernel's scheme (quant_decode_avx512.cpp)
 // with half the lanes. The unit is half a group, 16 inputs as two ymm of f32
-// weights; with 16 registers, a tile of NR weight rows × RC rows of x keeps
-// NR·RC accumulators, 2·NR weight vectors and two of x: NR = 4 for one row
-// of x, 2 for two to four, 1 beyond.
+// weights; each weight row streams start to end and meets the rows of x two
+// at a time (then one), four accumulators per row of x.
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
@@ -95,124 +94,58 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-constexpr int kAhead = 1024;
-
-template <class U, int NR, int RC>
-void tile(const QuantMatrix& w, int64_t K, int64_t n, const float* x, float* y, int64_t ldy) {
-  Row rows[NR];
-  for (int j = 0; j < NR; ++j) rows[j] = row_of(w, K, n + j);
-  __m256 acc[NR][RC];
-  for (int j = 0; j < NR; ++j)
-    for (int r = 0; r < RC; ++r) acc[j][r] = _mm256_setzero_ps();
-  const int64_t Ku = (K / 32) * 2;  // units in whole groups
-  constexpr int kPerLine = U::kBytes >= 64 ? 1 : 64 / U::kBytes;
-  for (int64_t u = 0; u < Ku; ++u) {
-    if (u % kPerLine == 0) {
-      for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(rows[j].p) + u * U::kBytes + kAhead, _MM_HINT_T0);
-    }
-    __m256 wa[NR], wb[NR];
-    for (int j = 0; j < NR; ++j) U::load(rows[j], u, wa[j], wb[j]);
-    for (int r = 0; r < RC; ++r) {
-      const __m256 xa = _mm256_loadu_ps(x + r * K + u * 16), xb = _mm256_loadu_ps(x + r * K + u * 16 + 8);
-      for (int j = 0; j < NR; ++j) {
-        acc[j][r] = _mm256_fmadd_ps(wa[j], xa, acc[j][r]);
-        acc[j][r] = _mm256_fmadd_ps(wb[j], xb, acc[j][r]);
-      }
-    }
-  }
-  for (int j = 0; j < NR; ++j) {
-    for (int r = 0; r < RC; ++r) {
-      float s = hsum(acc[j][r]);
-      for (int64_t k = Ku * 16; k < K; ++k) s += quant_weight(w, K, n + j, k) * x[r * K + k];
-      y[r * ldy + n + j] = s;
-    }
-  }
-}
-
-template <class U, int NR>
-void tile_rc(int64_t rc, const QuantMatrix& w, int64_t K, int64_t n, const float* x, float* y, int64_t ldy) {
-  if constexpr (NR == 4) {
-    return tile<U, 4, 1>(w, K, n, x, y, ldy);
-  } else if constexpr (NR == 2) {
-    switch (rc) {
-      case 1: return tile<U, 2, 1>(w, K, n, x, y, ldy);
-      case 2: return tile<U, 2, 2>(w, K, n, x, y, ldy);
-      case 3: return tile<U, 2, 3>(w, K, n, x, y, ldy);
-      default: return tile<U, 2, 4>(w, K, n, x, y, ldy);
-    }
-  } else {
-    switch (rc) {
-      case 1: return tile<U, 1, 1>(w, K, n, x, y, ldy);
-      case 2: return tile<U, 1, 2>(w, K, n, x, y, ldy);
-      case 3: return tile<U, 1, 3>(w, K, n, x, y, ldy);
-      case 4: return tile<U, 1, 4>(w, K, n, x, y, ldy);
-      case 5: return tile<U, 1, 5>(w, K, n, x, y, ldy);
-      case 6: return tile<U, 1, 6>(w, K, n, x, y, ldy);
-      case 7: return tile<U, 1, 7>(w, K, n, x, y, ldy);
-      default: return tile<U, 1, 8>(w, K, n, x, y, ldy);
-    }
-  }
-}
-
-// NR weight rows per tile; chunks of at most `chunk` rows of x (the tile's limit).
-template <class U, int NR, int kChunk>
-void rows_nr(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0,
-             int64_t n1) {
-  int64_t n = n0;
-  for (; n + NR <= n1; n += NR) {
-    for (int64_t r0 = 0; r0 < R; r0 += kChunk) tile_rc<U, NR>(std::min<int64_t>(kChunk, R - r0), w, K, n, x + r0 * K, y + r0 * ldy, ldy);
-  }
-  for (; n < n1; ++n) {
-    for (int64_t r0 = 0; r0 < R; r0 += 8) tile_rc<U, 1>(std::min<int64_t>(8, R - r0), w, K, n, x + r0 * K, y + r0 * ldy, ldy);
-  }
-}
-
 // Bytes ahead of the read position that a streaming pass prefetches (rows
 // are contiguous: the distance runs on into the next rows), into L2: f32
 // +20% over T0 at 2 KiB on the Zen 4 here (bf16 the same). The integer
 // kernels (quant_decode_int_avx2.cpp) keep T0 at 2 KiB: T1 cost them 10–15%.
 constexpr int64_t kStreamAhead = 4096;
 
-// One or two rows of x: each weight row is read start to end, one after the
-// other, so a thread's reads form one sequential stream (as a plain sum over
-// memory does), prefetched a fixed distance ahead. A group's four vectors go
-// to four accumulators per row of x: four independent FMA chains.
+// Each weight row is read start to end, one after the other, so a thread's
+// reads form one sequential stream (as a plain sum over memory does),
+// prefetched a fixed distance ahead. A group's four vectors go to four
+// accumulators per row of x: four independent FMA chains. The rows of x meet
+// a weight row two at a time (then one) while it sits in L1, each summed the
+// same way in either pass: a row's outputs are the same bits whatever rows
+// share the call (tiles of NR weight rows, one accumulator per row of x,
+// summed three or more rows in another order than one before).
 template <class U, int RC>
-void stream_rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t K, int64_t n0, int64_t n1) {
+__attribute__((always_inline)) inline void stream_row(const QuantMatrix& w, const Row& row, int64_t K, int64_t n,
+                                                      const float* x, bool ahead, float* y, int64_t ldy) {
   const int64_t G = K / 32;
-  for (int64_t n = n0; n < n1; ++n) {
-    const Row row = row_of(w, K, n);
-    __m256 acc[RC][4];
-    for (int r = 0; r < RC; ++r)
-      for (int i = 0; i < 4; ++i) acc[r][i] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < G; ++g) {
+  __m256 acc[RC][4];
+  for (int r = 0; r < RC; ++r)
+    for (int i = 0; i < 4; ++i) acc[r][i] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    if (ahead) {
       const char* a = reinterpret_cast<const char*>(row.p) + 2 * g * U::kBytes + kStreamAhead;
       for (int b = 0; b < 2 * U::kBytes; b += 64) _mm_prefetch(a + b, _MM_HINT_T1);
-      __m256 w0, w1, w2, w3;
-      U::load(row, 2 * g, w0, w1);
-      U::load(row, 2 * g + 1, w2, w3);
-      for (int r = 0; r < RC; ++r) {
-        const float* xr = x + r * K + g * 32;
-        acc[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[r][1]);
-        acc[r][2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), acc[r][2]);
-        acc[r][3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), acc[r][3]);
-      }
     }
+    __m256 w0, w1, w2, w3;
+    U::load(row, 2 * g, w0, w1);
+    U::load(row, 2 * g + 1, w2, w3);
     for (int r = 0; r < RC; ++r) {
-      float s = hsum(_mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
-      for (int64_t k = G * 32; k < K; ++k) s += quant_weight(w, K, n, k) * x[r * K + k];
-      y[r * ldy + n] = s;
+      const float* xr = x + r * K + g * 32;
+      acc[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[r][1]);
+      acc[r][2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), acc[r][2]);
+      acc[r][3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), acc[r][3]);
     }
+  }
+  for (int r = 0; r < RC; ++r) {
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
+    for (int64_t k = G * 32; k < K; ++k) s += quant_weight(w, K, n, k) * x[r * K + k];
+    y[r * ldy + n] = s;
   }
 }
 
 template <class U>
 void rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0, int64_t n1) {
-  if (R == 1) stream_rows<U, 1>(w, y, ldy, x, K, n0, n1);
-  else if (R == 2) stream_rows<U, 2>(w, y, ldy, x, K, n0, n1);
-  else if (R <= 4) rows_nr<U, 2, 4>(w, y, ldy, x, R, K, n0, n1);
-  else rows_nr<U, 1, 8>(w, y, ldy, x, R, K, n0, n1);
+  for (int64_t n = n0; n < n1; ++n) {
+    const Row row = row_of(w, K, n);
+    int64_t r = 0;
+    for (; r + 2 <= R; r += 2) stream_row<U, 2>(w, row, K, n, x + r * K, r == 0, y + r * ldy, ldy);
+    if (r < R) stream_row<U, 1>(w, row, K, n, x + r * K, r == 0, y + r * ldy, ldy);
+  }
 }
 
 }  // namespace

@@ -2,16 +2,14 @@
 // for a few rows r of x and output rows n in [n0, n1).
 //
 // The unit of work is one group of 32 inputs: each format turns the group's
-// stored bytes into two zmm of f32 weights (f32: two loads; bf16: widen and
-// shift; f16: vcvtph2ps; q8: widen, convert, times the group's scale; q4:
-// widen the 16 bytes, split the nibbles, convert, then scale·q + min in one
-// FMA), and every row of x in the chunk takes those two vectors with two
-// FMAs. A tile is NR weight rows × RC rows of x, NR·RC accumulators: the
-// weights are turned into f32 once per chunk of up to eight rows of x,
-// several weight rows give independent FMA chains when x has one row, and
-// the tile's rows stay in L1 while every chunk of x passes over them.
-// Inputs past the last whole group (K not a multiple of 32) are added by the
-// scalar definition.
+// stored bytes into two zmm of f32 weights (f32: two loads; bf16: a shift
+// and a mask, x reordered to match; f16: vcvtph2ps; q8: widen, convert,
+// times the group's scale; q4: widen the 16 bytes, split the nibbles,
+// convert, then scale·q + min in one FMA), and every row of x takes those
+// two vectors with two FMAs. Each weight row streams start to end, meeting
+// the rows of x four, two, then one at a time while it sits in L1; a row of
+// x is summed the same way whatever rows share the call. Inputs past the
+// last whole group (K not a multiple of 32) are added by the scalar definition.
 #pragma GCC target("avx512f,f16c,avx2,fma")
 // GCC 12's _mm512_reduce_add_ps and conversions pass an _mm512_undefined_*()
 // source its own flow analysis then calls uninitialised (as in ops_avx512.cpp).
@@ -43,14 +41,6 @@ struct F32U {
     const float* p = reinterpret_cast<const float*>(r.p) + g * 32;
     a = _mm512_loadu_ps(p);
     b = _mm512_loadu_ps(p + 16);
-  }
-};
-struct Bf16U {
-  static constexpr int kBytes = 64;
-  static inline void load(const Row& r, int64_t g, __m512& a, __m512& b) {
-    const __m256i* p = reinterpret_cast<const __m256i*>(r.p + g * 64);
-    a = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p)), 16));
-    b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p + 1)), 16));
   }
 };
 // bf16 for the streaming kernels: a group's 64 bytes are one load, read as
@@ -125,77 +115,6 @@ inline Row row_of(const QuantMatrix& w, int64_t K, int64_t n) {
              w.scales ? w.scales + n * G : nullptr, w.mins ? w.mins + n * G : nullptr};
 }
 
-// Prefetch distance in bytes ahead of the group being read, per weight row.
-constexpr int kAhead = 1024;
-
-template <class U, int NR, int RC>
-void tile(const QuantMatrix& w, int64_t K, int64_t n, const float* x, float* y, int64_t ldy) {
-  Row rows[NR];
-  for (int j = 0; j < NR; ++j) rows[j] = row_of(w, K, n + j);
-  __m512 acc[NR][RC];
-  for (int j = 0; j < NR; ++j)
-    for (int r = 0; r < RC; ++r) acc[j][r] = _mm512_setzero_ps();
-  const int64_t G = K / 32;  // whole groups
-  constexpr int kPerLine = U::kBytes >= 64 ? 1 : 64 / U::kBytes;
-  for (int64_t g = 0; g < G; ++g) {
-    if (g % kPerLine == 0) {
-      for (int j = 0; j < NR; ++j) {
-        const char* a = reinterpret_cast<const char*>(rows[j].p) + g * U::kBytes + kAhead;
-        _mm_prefetch(a, _MM_HINT_T0);
-        if (U::kBytes > 64) _mm_prefetch(a + 64, _MM_HINT_T0);
-      }
-    }
-    __m512 wa[NR], wb[NR];
-    for (int j = 0; j < NR; ++j) U::load(rows[j], g, wa[j], wb[j]);
-    for (int r = 0; r < RC; ++r) {
-      const __m512 xa = _mm512_loadu_ps(x + r * K + g * 32), xb = _mm512_loadu_ps(x + r * K + g * 32 + 16);
-      for (int j = 0; j < NR; ++j) {
-        acc[j][r] = _mm512_fmadd_ps(wa[j], xa, acc[j][r]);
-        acc[j][r] = _mm512_fmadd_ps(wb[j], xb, acc[j][r]);
-      }
-    }
-  }
-  for (int j = 0; j < NR; ++j) {
-    for (int r = 0; r < RC; ++r) {
-      float s = _mm512_reduce_add_ps(acc[j][r]);
-      for (int64_t k = G * 32; k < K; ++k) s += quant_weight(w, K, n + j, k) * x[r * K + k];
-      y[r * ldy + n + j] = s;
-    }
-  }
-}
-
-template <class U, int NR>
-void tile_rc(int64_t rc, const QuantMatrix& w, int64_t K, int64_t n, const float* x, float* y, int64_t ldy) {
-  if constexpr (NR == 4) {
-    if (rc == 1) return tile<U, 4, 1>(w, K, n, x, y, ldy);
-    return tile<U, 4, 2>(w, K, n, x, y, ldy);
-  } else {
-    switch (rc) {
-      case 1: return tile<U, NR, 1>(w, K, n, x, y, ldy);
-      case 2: return tile<U, NR, 2>(w, K, n, x, y, ldy);
-      case 3: return tile<U, NR, 3>(w, K, n, x, y, ldy);
-      case 4: return tile<U, NR, 4>(w, K, n, x, y, ldy);
-      case 5: return tile<U, NR, 5>(w, K, n, x, y, ldy);
-      case 6: return tile<U, NR, 6>(w, K, n, x, y, ldy);
-      case 7: return tile<U, NR, 7>(w, K, n, x, y, ldy);
-      default: return tile<U, NR, 8>(w, K, n, x, y, ldy);
-    }
-  }
-}
-
-// Tiles of NR weight rows, each meeting every chunk of up to eight rows of x.
-template <class U, int NR>
-void rows_nr(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0,
-             int64_t n1) {
-  int64_t n = n0;
-  for (; n + NR <= n1; n += NR) {
-    for (int64_t r0 = 0; r0 < R; r0 += 8) tile_rc<U, NR>(std::min<int64_t>(8, R - r0), w, K, n, x + r0 * K, y + r0 * ldy, ldy);
-  }
-  for (; n < n1; ++n) {
-    for (int64_t r0 = 0; r0 < R; r0 += 8) tile_rc<U, 1>(std::min<int64_t>(8, R - r0), w, K, n, x + r0 * K, y + r0 * ldy, ldy);
-  }
-}
-
 // Bytes ahead of the read position that a streaming pass prefetches: rows
 // are contiguous, so one distance covers the row's end and the next rows.
 // Into L2 (T1), 4 KiB ahead: over one token's matrices from memory (config R,
@@ -204,55 +123,70 @@ void rows_nr(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_
 // or four accumulators made no difference.
 constexpr int64_t kStreamAhead = 4096;
 
-// One or two rows of x: each weight row is read start to end, one row after
-// the other, so that a thread's reads form one sequential stream (as a
-// plain sum over memory does) and the prefetch a fixed distance ahead runs
-// on into the next rows. Two groups per step into separate accumulators
-// give four independent FMA chains per row of x.
+// Each weight row is read start to end, one row after the other, so that a
+// thread's reads form one sequential stream (as a plain sum over memory
+// does) and the prefetch a fixed distance ahead runs on into the next rows.
+// Two groups per step into separate accumulators give four independent FMA
+// chains per row of x. The rows of x meet a weight row four at a time (then
+// two, then one) while it sits in L1, and every row of x is summed the same
+// way in each of these passes: a row's outputs are the same bits whatever
+// rows share the call (a batched step, a speculative verification's k + 1
+// rows give each row what decoding it alone gives). Tiles of NR weight rows
+// × up to 8 rows of x, one accumulator each, summed a row in another order
+// before, so three or more rows gave other last bits than one.
 template <class U, int RC>
-void stream_rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t K, int64_t n0, int64_t n1) {
+__attribute__((always_inline)) inline void stream_row(const QuantMatrix& w, const Row& row, int64_t K, int64_t n,
+                                                      const float* x, bool ahead, float* y, int64_t ldy) {
   const int64_t G = K / 32;
-  for (int64_t n = n0; n < n1; ++n) {
-    const Row row = row_of(w, K, n);
-    __m512 acc[RC][2];
-    for (int r = 0; r < RC; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    int64_t g = 0;
-    for (; g + 2 <= G; g += 2) {
+  __m512 acc[RC][2];
+  for (int r = 0; r < RC; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  int64_t g = 0;
+  for (; g + 2 <= G; g += 2) {
+    if (ahead) {
       const char* a = reinterpret_cast<const char*>(row.p) + g * U::kBytes + kStreamAhead;
       for (int b = 0; b < 2 * U::kBytes; b += 64) _mm_prefetch(a + b, _MM_HINT_T1);
-      __m512 wa0, wb0, wa1, wb1;
-      U::load(row, g, wa0, wb0);
-      U::load(row, g + 1, wa1, wb1);
-      for (int r = 0; r < RC; ++r) {
-        const float* xr = x + r * K + g * 32;
-        acc[r][0] = _mm512_fmadd_ps(wa0, _mm512_loadu_ps(xr), acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(wb0, _mm512_loadu_ps(xr + 16), acc[r][1]);
-        acc[r][0] = _mm512_fmadd_ps(wa1, _mm512_loadu_ps(xr + 32), acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(wb1, _mm512_loadu_ps(xr + 48), acc[r][1]);
-      }
     }
-    for (; g < G; ++g) {
-      __m512 wa, wb;
-      U::load(row, g, wa, wb);
-      for (int r = 0; r < RC; ++r) {
-        const float* xr = x + r * K + g * 32;
-        acc[r][0] = _mm512_fmadd_ps(wa, _mm512_loadu_ps(xr), acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(xr + 16), acc[r][1]);
-      }
-    }
+    __m512 wa0, wb0, wa1, wb1;
+    U::load(row, g, wa0, wb0);
+    U::load(row, g + 1, wa1, wb1);
     for (int r = 0; r < RC; ++r) {
-      float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
-      for (int64_t k = G * 32; k < K; ++k) s += quant_weight(w, K, n, k) * x[r * K + k];
-      y[r * ldy + n] = s;
+      const float* xr = x + r * K + g * 32;
+      acc[r][0] = _mm512_fmadd_ps(wa0, _mm512_loadu_ps(xr), acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(wb0, _mm512_loadu_ps(xr + 16), acc[r][1]);
+      acc[r][0] = _mm512_fmadd_ps(wa1, _mm512_loadu_ps(xr + 32), acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(wb1, _mm512_loadu_ps(xr + 48), acc[r][1]);
     }
+  }
+  for (; g < G; ++g) {
+    __m512 wa, wb;
+    U::load(row, g, wa, wb);
+    for (int r = 0; r < RC; ++r) {
+      const float* xr = x + r * K + g * 32;
+      acc[r][0] = _mm512_fmadd_ps(wa, _mm512_loadu_ps(xr), acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(xr + 16), acc[r][1]);
+    }
+  }
+  for (int r = 0; r < RC; ++r) {
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+    for (int64_t k = G * 32; k < K; ++k) s += quant_weight(w, K, n, k) * x[r * K + k];
+    y[r * ldy + n] = s;
+  }
+}
+
+template <class U>
+void stream_rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const Row row = row_of(w, K, n);
+    int64_t r = 0;
+    for (; r + 4 <= R; r += 4) stream_row<U, 4>(w, row, K, n, x + r * K, r == 0, y + r * ldy, ldy);
+    for (; r + 2 <= R; r += 2) stream_row<U, 2>(w, row, K, n, x + r * K, r == 0, y + r * ldy, ldy);
+    if (r < R) stream_row<U, 1>(w, row, K, n, x + r * K, r == 0, y + r * ldy, ldy);
   }
 }
 
 template <class U>
 void rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0, int64_t n1) {
-  if (R == 1) stream_rows<U, 1>(w, y, ldy, x, K, n0, n1);
-  else if (R == 2) stream_rows<U, 2>(w, y, ldy, x, K, n0, n1);
-  else rows_nr<U, 2>(w, y, ldy, x, R, K, n0, n1);
+  stream_rows<U>(w, y, ldy, x, R, K, n0, n1);
 }
 
 }  // namespace
@@ -261,10 +195,7 @@ void decode_rows_avx512(const QuantMatrix& w, float* y, int64_t ldy, const float
                         int64_t n1) {
   switch (w.format) {
     case WeightFormat::kF32: return rows<F32U>(w, y, ldy, x, R, K, n0, n1);
-    case WeightFormat::kBf16:
-      if (R == 1) return stream_rows<Bf16Unpack, 1>(w, y, ldy, bf16_order(x, 1, K), K, n0, n1);
-      if (R == 2) return stream_rows<Bf16Unpack, 2>(w, y, ldy, bf16_order(x, 2, K), K, n0, n1);
-      return rows<Bf16U>(w, y, ldy, x, R, K, n0, n1);
+    case WeightFormat::kBf16: return stream_rows<Bf16Unpack>(w, y, ldy, bf16_order(x, R, K), R, K, n0, n1);
     case WeightFormat::kF16: return rows<F16U>(w, y, ldy, x, R, K, n0, n1);
     case WeightFormat::kQ8: return rows<Q8U>(w, y, ldy, x, R, K, n0, n1);
     case WeightFormat::kQ4: return rows<Q4U>(w, y, ldy, x, R, K, n0, n1);
