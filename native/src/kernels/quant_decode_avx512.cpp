@@ -174,7 +174,7 @@ __attribute__((always_inline)) inline void stream_row(const QuantMatrix& w, cons
 }
 
 template <class U>
-void stream_rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0, int64_t n1) {
+void rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     const Row row = row_of(w, K, n);
     int64_t r = 0;
@@ -184,10 +184,6 @@ void stream_rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, in
   }
 }
 
-template <class U>
-void rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0, int64_t n1) {
-  stream_rows<U>(w, y, ldy, x, R, K, n0, n1);
-}
 
 }  // namespace
 
@@ -195,7 +191,7 @@ void decode_rows_avx512(const QuantMatrix& w, float* y, int64_t ldy, const float
                         int64_t n1) {
   switch (w.format) {
     case WeightFormat::kF32: return rows<F32U>(w, y, ldy, x, R, K, n0, n1);
-    case WeightFormat::kBf16: return stream_rows<Bf16Unpack>(w, y, ldy, bf16_order(x, R, K), R, K, n0, n1);
+    case WeightFormat::kBf16: return rows<Bf16Unpack>(w, y, ldy, bf16_order(x, R, K), R, K, n0, n1);
     case WeightFormat::kF16: return rows<F16U>(w, y, ldy, x, R, K, n0, n1);
     case WeightFormat::kQ8: return rows<Q8U>(w, y, ldy, x, R, K, n0, n1);
     case WeightFormat::kQ4: return rows<Q4U>(w, y, ldy, x, R, K, n0, n1);
