@@ -75,7 +75,7 @@ export interface DecodeModel {
   readonly finalNorm: Norm;
   readonly queryLayer: { ln1: Norm; attn: Attention; ln2: Norm; ffn: FeedForward } | null;
   readonly queryEmbedding: Tensor | null;
-  /** Null with rotary positions (which supported() refuses). */
+  /** Null with rotary positions. */
   readonly positionEmbedding: Tensor | null;
   readonly storedOutput: StoredMatrix | null;
   readonly domainSlot: Int32Array;

@@ -126,8 +126,8 @@ constexpr int64_t kStreamAhead = 4096;
 // Each weight row is read start to end, one row after the other, so that a
 // thread's reads form one sequential stream (as a plain sum over memory
 // does) and the prefetch a fixed distance ahead runs on into the next rows.
-// Two groups per step into separate accumulators give four independent FMA
-// chains per row of x. The rows of x meet a weight row four at a time (then
+// Two groups per step into two accumulators: two independent FMA chains
+// per row of x. The rows of x meet a weight row four at a time (then
 // two, then one) while it sits in L1, and every row of x is summed the same
 // way in each of these passes: a row's outputs are the same bits whatever
 // rows share the call (a batched step, a speculative verification's k + 1
