@@ -171,6 +171,34 @@ test("decode step: a step of k + 1 positions gives each position the bits k + 1 
   }
 });
 
+test("router gates on a wide model: x·Wᵀ of one row and of 9–16 rows give each row the same bits (a verification of 9+ positions routes as its one-position steps)", () => {
+  const addon = loadNative().backend;
+  if (!addon) return;
+  const rng = new Rng(5);
+  const rand = (n: number) => Float32Array.from({ length: n }, () => rng.uniform() - 0.5);
+  const features = addon.cpuFeatures();
+  const cap = kernelPathSetting().path;
+  const paths = [...(cap === "auto" && features.avx512f ? ["auto"] : []), ...(cap !== "portable" && features.avx2 && features.fma ? ["avx2-fma"] : [])] as ("auto" | "avx2-fma")[];
+  try {
+    for (const path of paths) {
+      addon.setKernelPath(path);
+      for (const [E, K, M] of [[8, 1024, 12], [64, 2048, 16], [4, 4096, 9]] as const) {
+        const w = rand(E * K);
+        const x = rand(M * K);
+        const all = new Float32Array(M * E);
+        addon.matmul(all, x, w, M, E, K, false, true, false);
+        for (let r = 0; r < M; r++) {
+          const one = new Float32Array(E);
+          addon.matmul(one, x.subarray(r * K, (r + 1) * K), w, 1, E, K, false, true, false);
+          assert.deepEqual(one, all.subarray(r * E, (r + 1) * E), `${path} E=${E} K=${K}: row ${r} of ${M}`);
+        }
+      }
+    }
+  } finally {
+    addon.setKernelPath(cap);
+  }
+});
+
 test("decode step: two embedding slots (rows grouped by slot for the output product)", () => {
   const model = build(ROUTERS.topk!, { embeddingSlots: 2 });
   quantizeModel(model, "q8");

@@ -56,6 +56,7 @@ constexpr int64_t kThinK = 8;    // … or this short an inner dimension: the th
 // 1.39 with K 2048 (3–4 passes over blocks of W's rows that no longer fit L1).
 constexpr int64_t kRowsBT = 8;
 constexpr int64_t kRowsBTLong = 16, kRowsBTShortK = 512;
+constexpr int64_t kRowsBTNarrowN = 64;  // … or whatever K when B has at most this many rows
 constexpr int64_t kPackSlack = 8; // floats past a packed A block that pack_a_avx2 may write
 
 // Per-thread packing buffers (panel_buffers.h).
@@ -393,8 +394,11 @@ void serial_product(const GemmPlan& plan, bool transA, bool transB, int64_t M, i
       // One row too: these kernels sum a row of A the same way whatever rows
       // share the call, so a row's products are the same bits at M = 1 and
       // at M = 5 (a decoding step's router gates beside a speculative
-      // verification's; sgemv_row summed in another order).
-      if (transB && !transA && (M <= kRowsBT || (M <= kRowsBTLong && K <= kRowsBTShortK))) {
+      // verification's; sgemv_row summed in another order). A narrow B (a
+      // router's gate, N = experts) takes them up to 16 rows whatever K: it
+      // stays in cache, and a verification of 9–16 rows then routes as its
+      // one-row steps do on a model of any width.
+      if (transB && !transA && M <= kRowsBTLong && (M <= kRowsBT || K <= kRowsBTShortK || N <= kRowsBTNarrowN)) {
         if (use_avx512())
           gemm_small_m_bt_avx512(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
         else
