@@ -34,6 +34,7 @@ import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { quantizeModel } from "../src/models/quantize.js";
 import { generateIds } from "../src/serve/generate.js";
 import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
+import { SigmaError } from "../src/util/errors.js";
 import { median, native, table } from "./util.js";
 
 const THREAD_COUNTS = [1, 2];
@@ -51,7 +52,9 @@ export async function run(args: string[]): Promise<void> {
   const say = (s: string) => (json ? console.error(s) : console.log(s));
   const opt = (name: string, dflt: number) => {
     const a = args.find((x) => x.startsWith(`--${name}=`));
-    return a ? Number(a.slice(name.length + 3)) : dflt;
+    const v = a ? Number(a.slice(name.length + 3)) : dflt;
+    if (!(Number.isInteger(v) && v >= 2)) throw new SigmaError(`bench llamacpp: --${name} must be an integer of at least 2, got ${a?.slice(name.length + 3)}`, `e.g. --${name}=${dflt}`);
+    return v;
   };
   const tokens = opt("tokens", 64);
   const rounds = opt("rounds", 5);

@@ -6,6 +6,7 @@
  * reports ratios to ceilings measured in the same run. With --json, blas,
  * train, ecss, comm and decode print one JSON object on stdout and their tables on stderr.
  */
+import { SigmaError } from "../src/util/errors.js";
 type Bench = { run(args: string[]): Promise<void> };
 
 interface Entry {
@@ -53,7 +54,14 @@ async function main(argv: string[]): Promise<number> {
   for (const n of name === "all" ? Object.keys(BENCHES) : [name]) {
     // With --json a benchmark's stdout is its one JSON object: the banner goes to stderr.
     (args.includes("--json") ? console.error : console.log)(`\n=== bench ${n} ===`);
-    await (await BENCHES[n]!.load()).run(args);
+    try {
+      await (await BENCHES[n]!.load()).run(args);
+    } catch (e) {
+      // A bad option is one line naming it (and what to give instead), not a stack trace.
+      if (!(e instanceof SigmaError)) throw e;
+      console.error(e.message); // the message carries its hint line
+      return 1;
+    }
   }
   return 0;
 }
