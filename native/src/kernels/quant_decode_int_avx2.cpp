@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -41,82 +42,105 @@ inline __m256i dot4(__m256i u, __m256i s) {
 
 constexpr int64_t kIntAhead = 2048;
 
-// Rows n0 … n1 − 1 of the weights with RC rows of x (xr); `ahead`: prefetch the stream.
-template <int RC>
-void q8_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int64_t K, int64_t n0, int64_t n1, bool ahead) {
-  const int64_t G = quant_groups(K), row_bytes = quant_row_elements(w.format, K);
-  for (int64_t n = n0; n < n1; ++n) {
-    const int8_t* p = static_cast<const int8_t*>(w.data) + n * row_bytes;
-    const uint16_t* s = w.scales + n * G;
-    __m256 acc[RC][2];
-    for (int r = 0; r < RC; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    // Group g into acc[·][g & 1], two groups a step with the accumulators
-    // named (an index computed from g made GCC keep them in memory).
-    auto group = [&](int64_t g, int a) {
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + g * 32));  // rows are whole groups
+// One stored weight row: its bytes, group scales and (q4) mins.
+struct IntRow {
+  const uint8_t* p;
+  const uint16_t* s;
+  const uint16_t* m;
+};
+
+// WR weight rows (w) with RC rows of x (xr): y[r·ldy + i]; `ahead`: prefetch
+// the streams. Every (weight row, x row) pair gets the same operations in the
+// same order whatever WR and RC are: only the sharing of x's loads differs.
+template <int WR, int RC>
+__attribute__((always_inline)) inline void q8_pass(const IntRow* w, const QuantX* xr, int64_t G, bool ahead, float* y,
+                                                   int64_t ldy) {
+  __m256 acc[WR][RC][2];
+  for (int i = 0; i < WR; ++i)
+    for (int r = 0; r < RC; ++r) acc[i][r][0] = acc[i][r][1] = _mm256_setzero_ps();
+  // Group g into acc[·][·][g & 1], two groups a step with the accumulators
+  // named (an index computed from g made GCC keep them in memory).
+  auto group = [&](int64_t g, int a) {
+    __m256i xq[RC];
+    for (int r = 0; r < RC; ++r) xq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[r].q + g * 32));
+    for (int i = 0; i < WR; ++i) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i].p + g * 32));  // rows are whole groups
       const __m256i ab = _mm256_abs_epi8(wv);
-      const float sc = h2f(s[g]);
+      const float sc = h2f(w[i].s[g]);
       for (int r = 0; r < RC; ++r) {
-        const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[r].q + g * 32));
-        const __m256i t = dot4(ab, _mm256_sign_epi8(xq, wv));
-        acc[r][a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(xr[r].d[g] * sc), acc[r][a]);
+        const __m256i t = dot4(ab, _mm256_sign_epi8(xq[r], wv));
+        acc[i][r][a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(xr[r].d[g] * sc), acc[i][r][a]);
       }
-    };
-    int64_t g = 0;
-    for (; g + 2 <= G; g += 2) {
-      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 32 + kIntAhead, _MM_HINT_T0);
-      group(g, 0);
-      group(g + 1, 1);
     }
-    if (g < G) group(g, 0);
-    for (int r = 0; r < RC; ++r) y[r * ldy + n] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+  };
+  int64_t g = 0;
+  for (; g + 2 <= G; g += 2) {
+    if (ahead)
+      for (int i = 0; i < WR; ++i) _mm_prefetch(reinterpret_cast<const char*>(w[i].p) + g * 32 + kIntAhead, _MM_HINT_T0);
+    group(g, 0);
+    group(g + 1, 1);
   }
+  if (g < G) group(g, 0);
+  for (int i = 0; i < WR; ++i)
+    for (int r = 0; r < RC; ++r) y[r * ldy + i] = hsum(_mm256_add_ps(acc[i][r][0], acc[i][r][1]));
 }
 
-template <int RC>
-void q4_rows(const QuantMatrix& w, float* y, int64_t ldy, const QuantX* xr, int64_t K, int64_t n0, int64_t n1, bool ahead) {
-  const int64_t G = quant_groups(K), row_bytes = quant_row_elements(w.format, K);
+template <int WR, int RC>
+__attribute__((always_inline)) inline void q4_pass(const IntRow* w, const QuantX* xr, int64_t G, bool ahead, float* y,
+                                                   int64_t ldy) {
   const __m256i low = _mm256_set1_epi8(15);
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* p = static_cast<const uint8_t*>(w.data) + n * row_bytes;
-    const uint16_t* s = w.scales + n * G;
-    const uint16_t* m = w.mins + n * G;
-    __m256 acc[RC][2];
-    float macc[RC];
+  __m256 acc[WR][RC][2];
+  float macc[WR][RC];
+  for (int i = 0; i < WR; ++i)
     for (int r = 0; r < RC; ++r) {
-      acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-      macc[r] = 0.f;
+      acc[i][r][0] = acc[i][r][1] = _mm256_setzero_ps();
+      macc[i][r] = 0.f;
     }
-    // Groups g, g + 1 (one ymm of bytes) into acc[·][(g / 2) & 1], four groups a step with the accumulators named.
-    auto pair_of = [&](int64_t g, int a) {
-      const bool pair = g + 1 < G;  // a last odd group reads its own 16 bytes only
+  // Groups g, g + 1 (one ymm of bytes) into acc[·][·][(g / 2) & 1], four groups a step with the accumulators named.
+  auto pair_of = [&](int64_t g, int a) {
+    const bool pair = g + 1 < G;  // a last odd group reads its own 16 bytes only
+    __m256i xlo[RC], xhi[RC];
+    for (int r = 0; r < RC; ++r) {
+      // Groups g, g + 1 sit side by side in their block of four: first halves at (g % 4)·16, second halves 64 further.
+      const int8_t* xq = xr[r].q + (g / 4) * 128 + (g % 4) * 16;
+      xlo[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+      xhi[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64));
+    }
+    for (int i = 0; i < WR; ++i) {
+      const uint8_t* p = w[i].p;
       const __m256i v = pair ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + g * 16))
                              : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + g * 16)));
       const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-      const float s0 = h2f(s[g]), s1 = pair ? h2f(s[g + 1]) : 0.f;
-      const float m0 = h2f(m[g]), m1 = pair ? h2f(m[g + 1]) : 0.f;
+      const float s0 = h2f(w[i].s[g]), s1 = pair ? h2f(w[i].s[g + 1]) : 0.f;
+      const float m0 = h2f(w[i].m[g]), m1 = pair ? h2f(w[i].m[g + 1]) : 0.f;
       for (int r = 0; r < RC; ++r) {
-        // Groups g, g + 1 sit side by side in their block of four: first halves at (g % 4)·16, second halves 64 further.
-        const int8_t* xq = xr[r].q + (g / 4) * 128 + (g % 4) * 16;
-        const __m256i t = _mm256_madd_epi16(
-            _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq))),
-                             _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64)))),
-            _mm256_set1_epi16(1));  // each int16 sum ≤ 4·15·127
+        const __m256i t = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo[r]), _mm256_maddubs_epi16(hi, xhi[r])),
+                                            _mm256_set1_epi16(1));  // each int16 sum ≤ 4·15·127
         const __m256 c = _mm256_set_m128(_mm_set1_ps(xr[r].d[g + 1] * s1), _mm_set1_ps(xr[r].d[g] * s0));
-        acc[r][a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), c, acc[r][a]);
-        macc[r] += m0 * xr[r].sx[g] + m1 * xr[r].sx[g + 1];
+        acc[i][r][a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), c, acc[i][r][a]);
+        // One fma, written out: left to -ffp-contract, GCC fused this sum differently in different passes.
+        macc[i][r] += std::fma(m1, xr[r].sx[g + 1], m0 * xr[r].sx[g]);
       }
-    };
-    int64_t g = 0;
-    for (; g + 4 <= G; g += 4) {
-      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(p) + g * 16 + kIntAhead, _MM_HINT_T0);
-      pair_of(g, 0);
-      pair_of(g + 2, 1);
     }
-    if (g < G) pair_of(g, 0);
-    if (g + 2 < G) pair_of(g + 2, 1);
-    for (int r = 0; r < RC; ++r) y[r * ldy + n] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + macc[r];
+  };
+  int64_t g = 0;
+  for (; g + 4 <= G; g += 4) {
+    if (ahead)
+      for (int i = 0; i < WR; ++i) _mm_prefetch(reinterpret_cast<const char*>(w[i].p) + g * 16 + kIntAhead, _MM_HINT_T0);
+    pair_of(g, 0);
+    pair_of(g + 2, 1);
   }
+  if (g < G) pair_of(g, 0);
+  if (g + 2 < G) pair_of(g + 2, 1);
+  for (int i = 0; i < WR; ++i)
+    for (int r = 0; r < RC; ++r) y[r * ldy + i] = hsum(_mm256_add_ps(acc[i][r][0], acc[i][r][1])) + macc[i][r];
+}
+
+template <int WR, int RC>
+__attribute__((always_inline)) inline void pass(bool q4, const IntRow* w, const QuantX* xr, int64_t G, bool ahead, float* y,
+                                                int64_t ldy) {
+  if (q4) q4_pass<WR, RC>(w, xr, G, ahead, y, ldy);
+  else q8_pass<WR, RC>(w, xr, G, ahead, y, ldy);
 }
 
 }  // namespace
@@ -176,22 +200,30 @@ void quantize_x_avx2(const float* x, int64_t R, int64_t K, WeightFormat f, const
   }
 }
 
-// Each weight row meets every row of x, two at a time, while it sits in L1
-// (a row of x gets the same operations whatever R is).
+// Weight rows four at a time: each meets the rows of x two at a time (one
+// weight row a pass), then a last one (four weight rows a pass, sharing x's
+// loads), while the four sit in L1; a row of x gets the same operations
+// whatever R is and however the weight rows fall into fours.
 void decode_int_avx2(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K, int64_t n0,
                      int64_t n1) {
   const bool q4 = w.format == WeightFormat::kQ4;
-  for (int64_t n = n0; n < n1; ++n) {
+  const int64_t G = quant_groups(K), row_bytes = quant_row_elements(w.format, K);
+  auto row = [&](int64_t n) {
+    return IntRow{static_cast<const uint8_t*>(w.data) + n * row_bytes, w.scales + n * G, q4 ? w.mins + n * G : nullptr};
+  };
+  for (int64_t n = n0; n < n1; n += 4) {
+    const int64_t nw = std::min<int64_t>(4, n1 - n);
+    const IntRow rows[4] = {row(n), row(std::min(n + 1, n1 - 1)), row(std::min(n + 2, n1 - 1)), row(std::min(n + 3, n1 - 1))};
     int64_t r = 0;
     for (; r + 2 <= R; r += 2) {
       const QuantX xr[2] = {qx.row(r), qx.row(r + 1)};
-      if (q4) q4_rows<2>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
-      else q8_rows<2>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
+      for (int64_t i = 0; i < nw; ++i) pass<1, 2>(q4, rows + i, xr, G, r == 0, y + r * ldy + n + i, ldy);
     }
     if (r < R) {
       const QuantX xr[1] = {qx.row(r)};
-      if (q4) q4_rows<1>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
-      else q8_rows<1>(w, y + r * ldy, ldy, xr, K, n, n + 1, r == 0);
+      if (nw == 4) pass<4, 1>(q4, rows, xr, G, r == 0, y + r * ldy + n, ldy);
+      else
+        for (int64_t i = 0; i < nw; ++i) pass<1, 1>(q4, rows + i, xr, G, r == 0, y + r * ldy + n + i, ldy);
     }
   }
 }
