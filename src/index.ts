@@ -13,6 +13,7 @@ export { exportGguf, importGguf, type GgufExportResult, type GgufImportResult } 
 export { importHf, exportHf, type HfImportResult, type HfExportResult } from "./api/hf.js";
 export { HF_ARCHITECTURES, type HfImportOptions } from "./models/import/hf.js";
 export { WEIGHT_FORMATS, type WeightFormat } from "./backend/quant.js";
+export { KV_FORMATS, type KVFormat } from "./nn/attention.js";
 export { train, type TrainOptions, type TrainResult, type TrainEvent } from "./api/train.js";
 export { evaluate, type EvaluateOptions, type EvaluateResult } from "./api/evaluate.js";
 export { finetune, type FinetuneOptions, type FinetuneResult, type FinetuneEvent } from "./api/finetune.js";

@@ -73,6 +73,9 @@ export const SIGNATURES: Record<string, Kind[]> = {
   permuteByExpert: ["i32out", "i32out", i, d, d],
   attention: [f, f, f, f, f, d, d, d, d, d, d, n, d], // with kvHeads (grouped-query): the long form
   attentionBackward: [f, f, f, f, f, f, f, f, f, d, d, d, d, d, d, n],
+  attentionHalf: [f, f, f, "u16", "u16", d, d, d, d, d, d, n, d],
+  toHalf: ["u16", f, d],
+  fromHalf: [f, "u16", d],
   adamw: [f, f, f, f, d, n, n, n, n, n, d, n],
   adamwExperts: ["parts", "parts", i, d, d, d, n, n, n, n, n, n],
   fmaPeak: ["iters", "threads"],

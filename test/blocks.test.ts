@@ -17,6 +17,7 @@ import { gradcheck } from "../src/autograd/gradcheck.js";
 import { backward, clearTape, noGrad, zeroGrad } from "../src/autograd/tape.js";
 import { truncateCache } from "../src/serve/speculative.js";
 import { attentionLayers, forwardBatch } from "../src/serve/batch.js";
+import type { KVCache } from "../src/nn/attention.js";
 import { KVPool } from "../src/serve/kv-pool.js";
 import { loadModel, saveModel } from "../src/models/io.js";
 import { quantizeModel } from "../src/models/quantize.js";
@@ -107,7 +108,7 @@ test("block options: decoding with the KV cache (rope offset by the cache length
     const V = m.config.vocabSize;
     const cache = m.newCache(1);
     const D = m.blocks[0]!.attn.headDim;
-    assert.equal(cache.layers[0]!.k.dim(2), (m.config.kvHeads ?? m.config.heads) * D);
+    assert.equal((cache.layers[0] as KVCache).k.dim(2), (m.config.kvHeads ?? m.config.heads) * D);
     const parts: number[] = [];
     const feed = (ids: number[]) => parts.push(...noGrad(() => m.forward({ tokens: Int32Array.from(ids), domains: Int32Array.of(0), B: 1, T: ids.length }, cache)).logits.data);
     feed(TOKENS.slice(0, 5));

@@ -14,6 +14,7 @@ import { decodeStep, useDecodeStep } from "../src/models/decode-step.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
 import { encodeStoredModel, quantizeModel } from "../src/models/quantize.js";
 import { Rng } from "../src/util/rng.js";
+import type { KVCache, LayerCache } from "../src/nn/attention.js";
 
 const V = 37;
 const ROUTERS: Record<string, RouterConfig | null> = {
@@ -73,6 +74,9 @@ function run(model: PanguSigma, on: boolean, B: number, T: number, steps: number
   }
 }
 
+/** An f32 cache's keys (these tests run f32 caches). */
+const f32Keys = (l: LayerCache): Float32Array => (l as KVCache).k.data as Float32Array;
+
 function close(where: string, a: Float32Array, b: Float32Array, tol = 1e-5): void {
   assert.equal(a.length, b.length, where);
   let scale = 0;
@@ -96,9 +100,9 @@ test("decode step: the general forward's logits, routings and cache, every route
         assert.equal(fast.cache.length, slow.cache.length);
         fast.cache.layers.forEach((l, i) => {
           assert.equal(l.length, slow.cache.layers[i]!.length, `${where}: layer ${i} cache length`);
-          close(`${where} layer ${i} keys`, l.k.data as Float32Array, slow.cache.layers[i]!.k.data as Float32Array);
+          close(`${where} layer ${i} keys`, f32Keys(l), f32Keys(slow.cache.layers[i]!));
         });
-        close(`${where} query layer values`, fast.cache.query.v.data as Float32Array, slow.cache.query.v.data as Float32Array);
+        close(`${where} query layer values`, (fast.cache.query as KVCache).v.data as Float32Array, (slow.cache.query as KVCache).v.data as Float32Array);
       }
     }
   }
@@ -129,7 +133,7 @@ test("decode step: Llama / Qwen blocks — RMSNorm, rotary positions, grouped he
         const slow = run(model, false, B, T, 4);
         fast.logits.forEach((l, s) => close(`${where} step ${s}`, l, slow.logits[s]!));
         assert.deepEqual(fast.counts, slow.counts, `${where}: routings`);
-        fast.cache.layers.forEach((l, i) => close(`${where} layer ${i} keys`, l.k.data as Float32Array, slow.cache.layers[i]!.k.data as Float32Array));
+        fast.cache.layers.forEach((l, i) => close(`${where} layer ${i} keys`, f32Keys(l), f32Keys(slow.cache.layers[i]!)));
       }
     }
   }

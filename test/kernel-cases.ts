@@ -2,12 +2,13 @@
 // conformance suite and the native argument-error tests. Not a test file.
 import type { KernelName } from "../src/backend/backend.js";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
+import { halfBits } from "../src/backend/quant.js";
 import { Rng } from "../src/util/rng.js";
 
 const rng = new Rng(2024);
 const f32 = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (rng.uniform() * 2 - 1) * scale);
 const ints = (n: number, hi: number) => Int32Array.from({ length: n }, () => rng.int(hi));
-export const clone = (x: unknown): unknown => (x instanceof Float32Array || x instanceof Int32Array ? x.slice() : Array.isArray(x) ? x.map(clone) : x);
+export const clone = (x: unknown): unknown => (x instanceof Float32Array || x instanceof Int32Array || x instanceof Uint16Array ? x.slice() : Array.isArray(x) ? x.map(clone) : x);
 
 /** A stacked [E, n] buffer as E separate buffers (experts that live apart, e.g. store records). */
 const parts = (stacked: Float32Array, E: number): Float32Array[] => Array.from({ length: E }, (_, e) => stacked.slice((e * stacked.length) / E, ((e + 1) * stacked.length) / E));
@@ -204,6 +205,10 @@ export const CASES: Record<KernelName, () => Case[]> = {
   embeddingBackward: () => ODD.map((C) => ({ label: `C ${C}`, args: [f32(13 * C), f32(40 * C), ints(40, 13), 40, C], outputs: [0], tol: 1e-5 })),
   attention: attentionCases(false),
   attentionBackward: attentionCases(true),
+  attentionHalf: attentionHalfCases,
+  // Finite values only here (the comparison is numeric); test/kv-half.test.ts checks NaN, infinities and ties bit for bit.
+  toHalf: () => [...ODD, ...LANES].map((n) => ({ label: `n ${n}`, args: [new Uint16Array(n), Float32Array.from(f32(n, 70000), (x, i) => (i % 3 === 0 ? x * 1e-5 : x)), n], outputs: [0], tol: 0 })),
+  fromHalf: () => [...ODD, ...LANES].map((n) => ({ label: `n ${n}`, args: [f32(n), Uint16Array.from({ length: n }, () => rng.int(0x7c00) | (rng.int(2) << 15)), n], outputs: [0], tol: 0 })),
   permuteByExpert: () => [[1, 1], [17, 3], [257, 8], [1000, 33]].map(([n, E]) => ({ label: `n ${n} E ${E}`, args: [new Int32Array(n!), new Int32Array(E! + 1), ints(n!, E!), n, E], outputs: [0, 1], tol: 0 })),
   gatherRows: () => ODD.map((C) => ({ label: `C ${C}`, args: [f32(30 * C), f32(7 * C), ints(30, 7), 30, C], outputs: [0], tol: 0 })),
   scatterAddRows: () => ODD.map((C) => ({ label: `C ${C}`, args: [f32(7 * C), f32(30 * C), ints(30, 7), 30, C], outputs: [0], tol: 1e-5 })),
@@ -227,6 +232,19 @@ export const CASES: Record<KernelName, () => Case[]> = {
       return { label: `E ${E} P ${P} decayed ${decayed}`, args: [Array.from({ length: E! }, record), Array.from({ length: E! }, () => f32(P!, 1e-3)), Int32Array.from({ length: E! }, () => 1 + rng.int(40)), P, E, decayed, 1e-2, 0.8, 0.95, 1e-8, 0.1, 0.6], outputs: [0], tol: 1e-5 };
     }),
 };
+
+/** attention's forward shapes (grouped ones included) over f16 keys and values. */
+function attentionHalfCases(): Case[] {
+  return [
+    [2, 17, 17, 2, 1, 17, 2], [2, 3, 20, 2, 17, 32, 2], [1, 1, 257, 1, 64, 300, 1], [2, 8, 600, 2, 64, 640, 2],
+    [1, 100, 100, 2, 33, 100, 2], [2, 40, 70, 3, 17, 80, 3], [2, 3, 20, 4, 17, 32, 2], [1, 1, 257, 6, 64, 300, 1], [2, 40, 70, 6, 17, 80, 3],
+    [1, 1, 130, 8, 64, 200, 8], // decode past two chunks of 64 keys
+  ].map(([b, tq, tk, h, d, kc, g]) => {
+    const halves = (n: number, scale: number) => Uint16Array.from(f32(n, scale), halfBits);
+    const q = f32(b! * tq! * h! * d!, 2), k = halves(b! * kc! * g! * d!, 2), v = halves(b! * kc! * g! * d!, 1);
+    return { label: `B${b} Tq${tq} Tk${tk} H${h} D${d} cap${kc} kvHeads${g}`, args: [f32(b! * tq! * h! * d!), f32(b! * h! * tq!), q, k, v, b, tq, tk, h, d, kc, 1 / Math.sqrt(d!), g], outputs: [0, 1], tol: 1e-5 };
+  });
+}
 
 function attentionCases(backward: boolean): () => Case[] {
   return () =>

@@ -70,5 +70,18 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                         const float* v, const float* out, const float* lse, int64_t B, int64_t Tq, int64_t Tk,
                         int64_t H, int64_t D, int64_t kv_cap, float scale);
+// attention over an f16 cache: k, v hold f16 bits in attention's layout. Each
+// output is bit for bit attention's over the same values as f32: the row path
+// (decoding) converts the keys and values it reads a chunk at a time into a
+// small f32 buffer and sums them as attention does; the block path (Tq ≥ 16,
+// a prompt) converts each sequence's visible keys and values, then runs attention.
+void attention_half(float* out, float* lse, const float* q, const uint16_t* k, const uint16_t* v, int64_t B,
+                    int64_t Tq, int64_t Tk, int64_t H, int64_t D, int64_t kv_cap, float scale, int64_t kv_heads = 0);
+
+// ---- f16 (ops_half.cpp): dst[i] = src[i] rounded to f16 (nearest, ties to even), and back (exact).
+void floats_to_halves(uint16_t* dst, const float* src, int64_t n);
+void halves_to_floats(float* dst, const uint16_t* src, int64_t n);
+// rows × d halves, `stride` halves apart, into dst [rows, d].
+void half_rows_to_floats(float* dst, const uint16_t* src, int64_t stride, int64_t rows, int64_t d);
 
 }  // namespace sigma

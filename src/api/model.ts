@@ -209,7 +209,8 @@ export type OpenModelOptions = OpenOptions;
  * extracted model, or a model .safetensors with tokenizer.json beside it.
  * `weights` ("bf16", "f16", "q8", "q4", "f32") converts its matrices for
  * inference at load (docs/decode.md); a model so opened generates and
- * evaluates, but cannot be trained.
+ * evaluates, but cannot be trained. `kvCache: "f16"` keeps decoding's keys
+ * and values in f16 (half the bytes; generate, chat and serve).
  */
 export async function openModel(path: string, opts: OpenModelOptions = {}): Promise<Model> {
   return Model.fromSource(openModelSource(path, opts));

@@ -191,6 +191,15 @@ export interface Backend {
    * reads key/value head ⌊h/(H/G)⌋ in place. Forward only: attentionBackward takes G = H.
    */
   attention(out: Buf, lse: Buf, q: Buf, k: Buf, v: Buf, B: number, Tq: number, Tk: number, H: number, D: number, kvCap: number, scale: number, kvHeads?: number): void;
+  /**
+   * attention over an f16 cache: k, v hold f16 bits (Uint16Array) in attention's layout, G = kvHeads key/value heads
+   * (H without grouped-query attention). Each output is attention's over the same values as f32, bit for bit on the native paths.
+   */
+  attentionHalf(out: Buf, lse: Buf, q: Buf, k: Uint16Array, v: Uint16Array, B: number, Tq: number, Tk: number, H: number, D: number, kvCap: number, scale: number, kvHeads: number): void;
+  /** dst[i] = src[i] rounded to f16 (nearest, ties to even; NaN stays NaN), as bits, i < n. */
+  toHalf(dst: Uint16Array, src: Buf, n: number): void;
+  /** dst[i] = the value of the f16 bits src[i], i < n (exact). */
+  fromHalf(dst: Buf, src: Uint16Array, n: number): void;
   /** dq += …, dk += …, dv += … (dk, dv: [B,kvCap,H,D], only the first Tk positions are touched). Uses out and lse from the forward. */
   attentionBackward(dq: Buf, dk: Buf, dv: Buf, dout: Buf, q: Buf, k: Buf, v: Buf, out: Buf, lse: Buf, B: number, Tq: number, Tk: number, H: number, D: number, kvCap: number, scale: number): void;
 
@@ -247,7 +256,7 @@ export const KERNEL_NAMES = [
   "gelu", "geluBackward", "fastGelu", "fastGeluBackward", "swiglu", "swigluBackward",
   "layerNorm", "layerNormBackward", "rmsNorm", "rmsNormBackward", "softmax", "softmaxBackward", "crossEntropy", "crossEntropyBackward",
   "embedding", "embeddingBackward",
-  "attention", "attentionBackward",
+  "attention", "attentionBackward", "attentionHalf", "toHalf", "fromHalf",
   "permuteByExpert", "gatherRows", "scatterAddRows", "combine", "combineBackward",
   "adamw", "adamwExperts",
 ] as const satisfies readonly (keyof Backend)[];

@@ -5,13 +5,26 @@
  */
 import type { Command } from "commander";
 import { quantize } from "../api/quantize.js";
-import { WEIGHT_FORMATS } from "../backend/quant.js";
+import { WEIGHT_FORMATS, type WeightFormat } from "../backend/quant.js";
+import type { OpenModelOptions } from "../api/model.js";
+import { KV_FORMATS, type KVFormat } from "../nn/attention.js";
+import { parseKVFormat } from "../serve/open.js";
 import { parseWeightFormat } from "../models/quantize.js";
 import { ensureWritableDir } from "../util/fs.js";
 
 /** The `--weights <format>` option of the inference commands (generate, eval; serve and chat take it the same way). */
 export function weightsOption(cmd: Command): Command {
   return cmd.option("--weights <format>", `weights for inference, converted at load: ${WEIGHT_FORMATS.join(", ")} (docs/decode.md; default: as stored)`, (v: string) => parseWeightFormat(v, "--weights"));
+}
+
+/** The `--kv-cache <format>` option of the decoding commands (generate, chat, serve). */
+export function kvCacheOption(cmd: Command): Command {
+  return cmd.option("--kv-cache <format>", `how decoding keeps keys and values: ${KV_FORMATS.join(", ")} (f16: half the bytes; docs/decode.md)`, (v: string) => parseKVFormat(v, "--kv-cache"), "f32");
+}
+
+/** openModel's options from the inference flags. */
+export function openOptions(o: { weights?: WeightFormat; kvCache?: KVFormat }): OpenModelOptions {
+  return { ...(o.weights ? { weights: o.weights } : {}), ...(o.kvCache ? { kvCache: o.kvCache } : {}) };
 }
 
 export function register(program: Command): void {

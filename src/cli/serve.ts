@@ -9,8 +9,9 @@ import { serve } from "../api/serve.js";
 import { newSpeculativeStats, type SpeculativeStats } from "../serve/speculative.js";
 import { SigmaError } from "../util/errors.js";
 import { streamOut } from "./output.js";
-import { weightsOption } from "./quantize.js";
+import { kvCacheOption, openOptions, weightsOption } from "./quantize.js";
 import type { WeightFormat } from "../backend/quant.js";
+import type { KVFormat } from "../nn/attention.js";
 import { FLAG_LIMITS, parseIntOpt, parseNumOpt } from "./tokenizer.js";
 
 export function register(program: Command): void {
@@ -27,10 +28,10 @@ export function register(program: Command): void {
     .option("--api-key <key>", "require Authorization: Bearer <key> on /v1/ (default: $SIGMA_API_KEY, else none)")
     .option("--draft <model>", "speculative decoding: a smaller model with the same tokenizer (opened like --ckpt, with the same --weights), or ngram (prompt lookup)")
     .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
-  weightsOption(serveCmd)
-    .action(async (o: { ckpt: string; host: string; port: number; maxBatch: number; maxQueue: number; prefillChunk: number; name?: string; apiKey?: string; weights?: WeightFormat; draft?: string; draftTokens: number }) => {
-      const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
-      const draft = o.draft === undefined || o.draft === "ngram" ? undefined : await openModel(o.draft, o.weights ? { weights: o.weights } : {});
+  kvCacheOption(weightsOption(serveCmd))
+    .action(async (o: { ckpt: string; host: string; port: number; maxBatch: number; maxQueue: number; prefillChunk: number; name?: string; apiKey?: string; weights?: WeightFormat; kvCache?: KVFormat; draft?: string; draftTokens: number }) => {
+      const model = await openModel(o.ckpt, openOptions(o));
+      const draft = o.draft === undefined || o.draft === "ngram" ? undefined : await openModel(o.draft, openOptions(o));
       const apiKey = o.apiKey ?? process.env.SIGMA_API_KEY ?? null;
       const draftTokens = o.draft !== undefined ? o.draftTokens : 0;
       const server = await serve(model, { host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue, prefillChunk: o.prefillChunk, apiKey, draftTokens, ...(draft ? { draft } : {}), ...(o.name !== undefined ? { name: o.name } : {}) });
@@ -65,13 +66,13 @@ export function register(program: Command): void {
     .option("--seed <n>", "sampling seed of the first reply (each reply takes the next)", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
     .option("--draft <model>", "speculative decoding: a smaller model with the same tokenizer (opened like --ckpt, with the same --weights), or ngram (prompt lookup)")
     .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
-  weightsOption(chatCmd)
-    .action(async (o: { ckpt: string; domain?: string; system?: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; weights?: WeightFormat; draft?: string; draftTokens: number }) => {
-      const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
+  kvCacheOption(weightsOption(chatCmd))
+    .action(async (o: { ckpt: string; domain?: string; system?: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; weights?: WeightFormat; kvCache?: KVFormat; draft?: string; draftTokens: number }) => {
+      const model = await openModel(o.ckpt, openOptions(o));
       const domains = model.domains;
       const domain = o.domain ?? domains[0]!;
       if (!domains.includes(domain)) throw new SigmaError(`Unknown domain "${domain}"; the model knows ${domains.join(", ")}`, "pass one of them with --domain");
-      const draft = o.draft === undefined ? undefined : o.draft === "ngram" ? ("ngram" as const) : await openModel(o.draft, o.weights ? { weights: o.weights } : {});
+      const draft = o.draft === undefined ? undefined : o.draft === "ngram" ? ("ngram" as const) : await openModel(o.draft, openOptions(o));
       await chatLoop(model, domains, domain, { ...o, draft });
     });
 }

@@ -4,7 +4,8 @@
  */
 import type { Command } from "commander";
 import type { WeightFormat } from "../backend/quant.js";
-import { weightsOption } from "./quantize.js";
+import type { KVFormat } from "../nn/attention.js";
+import { kvCacheOption, openOptions, weightsOption } from "./quantize.js";
 import { SigmaError } from "../util/errors.js";
 import { train, type TrainResult } from "../api/train.js";
 import { evaluate } from "../api/evaluate.js";
@@ -133,7 +134,7 @@ export function register(program: Command): void {
   weightsOption(evalCmd)
     .action(async (o: { ckpt?: string; data?: string; batches?: number; batchSize?: number; seed?: number; json?: boolean; weights?: WeightFormat }) => {
       if (o.ckpt === undefined) throw new SigmaError("required option '--ckpt <path>' not specified", "pass --ckpt <checkpoint folder or run folder>");
-      const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
+      const model = await openModel(o.ckpt, openOptions(o));
       const res = await evaluate(model, {
         ...(o.data !== undefined ? { data: o.data } : {}),
         ...(o.batches !== undefined ? { batches: o.batches } : {}),
@@ -162,10 +163,10 @@ export function register(program: Command): void {
     .option("--show-special", "print special tokens such as <|endoftext|> (hidden by default)")
     .option("--draft <model>", "speculative decoding: a smaller model with the same tokenizer (opened like --ckpt, with the same --weights), or ngram (prompt lookup)")
     .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
-  weightsOption(generateCmd)
-    .action(async ({ draft: draftPath, draftTokens, ...o }: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; stop?: string[]; showSpecial?: boolean; weights?: WeightFormat; draft?: string; draftTokens: number }) => {
-      const model = await openModel(o.ckpt, o.weights ? { weights: o.weights } : {});
-      const draft = draftPath === undefined ? undefined : draftPath === "ngram" ? ("ngram" as const) : await openModel(draftPath, o.weights ? { weights: o.weights } : {});
+  kvCacheOption(weightsOption(generateCmd))
+    .action(async ({ draft: draftPath, draftTokens, ...o }: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; stop?: string[]; showSpecial?: boolean; weights?: WeightFormat; kvCache?: KVFormat; draft?: string; draftTokens: number }) => {
+      const model = await openModel(o.ckpt, openOptions(o));
+      const draft = draftPath === undefined ? undefined : draftPath === "ngram" ? ("ngram" as const) : await openModel(draftPath, openOptions(o));
       const draftStats = newSpeculativeStats();
       const spec = draft === undefined ? {} : { draft, draftTokens, draftStats };
       const t0 = performance.now();

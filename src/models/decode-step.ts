@@ -43,7 +43,7 @@ import { getBackend } from "../backend/index.js";
 import { decodeKernels } from "../backend/decode.js";
 import { storedRows, type StoredMatrix } from "../backend/quant.js";
 import type { Backend } from "../backend/backend.js";
-import { Attention, type AttentionCache, type KVCache } from "../nn/attention.js";
+import { Attention, attendHalf, type AttentionCache, type KVCache, type LayerCache } from "../nn/attention.js";
 import { FeedForward, LayerNorm, Linear, RMSNorm, type Norm } from "../nn/layers.js";
 import { DECODE_ROWS } from "../ops/stored.js";
 import * as ops from "../ops/index.js";
@@ -89,8 +89,8 @@ interface DecodeInput {
   slice?: unknown;
 }
 interface DecodeCache {
-  layers: KVCache[];
-  query: KVCache;
+  layers: LayerCache[];
+  query: LayerCache;
   length: number;
 }
 interface DecodeOutput {
@@ -349,7 +349,7 @@ function fusedInto(outs: Float32Array[], x: Float32Array, parts: Linear[], w: Wo
  * `out` holds the output itself. q, k and v are one product when they read
  * the same input (k and v one when the queries come from elsewhere: the query layer).
  */
-function attentionInto(be: Backend, out: Float32Array, residual: Float32Array, xq: Float32Array, xkv: Float32Array, a: Attention, cache: KVCache | AttentionCache, B: number, T: number, w: Work): void {
+function attentionInto(be: Backend, out: Float32Array, residual: Float32Array, xq: Float32Array, xkv: Float32Array, a: Attention, cache: LayerCache | AttentionCache, B: number, T: number, w: Work): void {
   const [R, H, G, D] = [w.R, a.heads, a.kvHeads, a.headDim];
   const [q, k, v] = [w.q.subarray(0, R * H * D), w.k.subarray(0, R * G * D), w.v.subarray(0, R * G * D)];
   if (xq === xkv) {
@@ -373,6 +373,12 @@ function attentionInto(be: Backend, out: Float32Array, residual: Float32Array, x
     // The server's paged pool (src/serve/kv-pool.ts): it stores each sequence's keys and values and attends per sequence.
     const o = cache.attend(Tensor.from(q, [1, R, H * D]), Tensor.from(k, [1, R, G * D]), Tensor.from(v, [1, R, G * D]), H);
     w.att.set(o.data as Float32Array);
+    linearInto(out, w.att.subarray(0, R * H * D), a.o, w, null, residual);
+    return;
+  }
+  if ("half" in cache) {
+    // An f16 cache: the new rows rounded in, attention over the halves (nn/attention.ts).
+    attendHalf(cache, w.att, w.lse, q, k, v, B, T, H, D);
     linearInto(out, w.att.subarray(0, R * H * D), a.o, w, null, residual);
     return;
   }
@@ -469,7 +475,8 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
   const { tokens, domains, B, T } = input;
   const R = B * T;
   if (!enabled || isGradEnabled() || model.training || R < 1 || R > DECODE_ROWS || input.slice || tokens.length !== R || domains.length !== B) return null;
-  if (cache.layers.some((l) => !("k" in l) || l.k.dtype !== "float32") || !("k" in cache.query)) return null;
+  const f32OrHalf = (l: LayerCache) => "half" in l || l.k.dtype === "float32";
+  if (!cache.layers.every(f32OrHalf) || !f32OrHalf(cache.query)) return null;
   if (!supported(model)) return null;
   const c = model.config;
   const V = c.vocabSize;
@@ -501,7 +508,7 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
  * B sequences × T rows, or the server's pool), then the logits of every row,
  * or of the rows `pick` names (in that order).
  */
-function runRows(model: DecodeModel, w: Work, tokens: Int32Array, layers: readonly (KVCache | AttentionCache)[], query: KVCache | AttentionCache | null, B: number, T: number, pick: Int32Array | null): DecodeOutput {
+function runRows(model: DecodeModel, w: Work, tokens: Int32Array, layers: readonly (LayerCache | AttentionCache)[], query: LayerCache | AttentionCache | null, B: number, T: number, pick: Int32Array | null): DecodeOutput {
   runs++;
   const R = w.R;
   const C = model.config.width;

@@ -22,7 +22,7 @@
 import * as ops from "../ops/index.js";
 import { storedEmbedding, storedGroupedMatmul, storedLinear } from "../ops/stored.js";
 import type { StoredMatrix } from "../backend/quant.js";
-import { Attention, newKVCache, type AttentionCache, type AttentionOptions, type KVCache } from "../nn/attention.js";
+import { Attention, newHalfKVCache, newKVCache, type AttentionCache, type AttentionOptions, type KVFormat, type LayerCache } from "../nn/attention.js";
 import { FeedForward, makeNorm, type FfnOptions, type InitOptions, type Norm } from "../nn/layers.js";
 import { Module } from "../nn/module.js";
 import { recompute } from "../nn/recompute.js";
@@ -103,10 +103,10 @@ export interface ModelOutput {
   auxLoss: Tensor | null;
 }
 
-/** Per-layer KV caches for incremental decoding. */
+/** Per-layer KV caches for incremental decoding (f32, or f16: see newCache). */
 export interface ModelCache {
-  layers: KVCache[];
-  query: KVCache;
+  layers: LayerCache[];
+  query: LayerCache;
   /** Positions already processed. */
   length: number;
 }
@@ -140,7 +140,7 @@ class Block extends Module {
    * positions). Dropout (when on) applies to the attention and FFN outputs
    * before each residual add.
    */
-  forward(x: Tensor, ctx: MoeContext, cache?: KVCache | AttentionCache, dropout: DropoutSpec | null = null, positions?: Int32Array): { y: Tensor; routing: Routing | null } {
+  forward(x: Tensor, ctx: MoeContext, cache?: LayerCache | AttentionCache, dropout: DropoutSpec | null = null, positions?: Int32Array): { y: Tensor; routing: Routing | null } {
     const a = this.ln1.forward(x);
     const h = ops.add(x, drop(this.attn.forward(a, a, cache, positions), dropout, this.layer, 0));
     const n = this.ln2.forward(h);
@@ -181,7 +181,7 @@ class QueryLayer extends Module {
     this.ln2 = this.child("ln2", makeNorm(c.norm, c.width, c.layerNormEps, init.dtype));
     this.ffn = this.child("ffn", new FeedForward(c.width, c.ffnWidth, init, outStd, ffnOptions(c)));
   }
-  forward(x: Tensor, queries: Tensor, cache?: KVCache | AttentionCache, dropout: DropoutSpec | null = null, layer = 0, positions?: Int32Array): Tensor {
+  forward(x: Tensor, queries: Tensor, cache?: LayerCache | AttentionCache, dropout: DropoutSpec | null = null, layer = 0, positions?: Int32Array): Tensor {
     const h = ops.add(x, drop(this.attn.forward(queries, this.ln1.forward(x), cache, positions), dropout, layer, 0));
     return ops.add(h, drop(this.ffn.forward(this.ln2.forward(h)), dropout, layer, 1));
   }
@@ -212,6 +212,8 @@ export class PanguSigma extends Module {
    * by the output projection — and, tied, by the token lookups too.
    */
   storedOutput: StoredMatrix | null = null;
+  /** How newCache stores keys and values unless told: "f32", or "f16" (half the cache's bytes; openModel's `kvCache`). */
+  kvFormat: KVFormat = "f32";
 
   /**
    * `opts.externalExperts`: the sparse layers' experts live in an expert store
@@ -261,10 +263,18 @@ export class PanguSigma extends Module {
     return this.positionEmbedding ? ops.add(tokens, ops.embedding(this.positionEmbedding, posIds, shape)) : tokens;
   }
 
-  /** KV caches for B sequences of up to `capacity` positions; each holds the G key/value heads of its layer (G·D numbers per position). */
-  newCache(B: number, capacity = this.config.seqLen): ModelCache {
+  /**
+   * KV caches for B sequences of up to `capacity` positions; each holds the G
+   * key/value heads of its layer (G·D numbers per position), in `format`
+   * (default: the model's kvFormat, set at open with `kvCache`; f16 for float32 models only).
+   */
+  newCache(B: number, capacity = this.config.seqLen, format: KVFormat = this.kvFormat): ModelCache {
     const W = kvHeads(this.config) * headDim(this.config);
     const dtype = this.tokenEmbedding.dtype;
+    if (format === "f16") {
+      if (dtype !== "float32") throw new RangeError(`an f16 KV cache serves float32 models only (this one is ${dtype})`);
+      return { layers: this.blocks.map(() => newHalfKVCache(B, capacity, W)), query: newHalfKVCache(B, capacity, W), length: 0 };
+    }
     return { layers: this.blocks.map(() => newKVCache(B, capacity, W, dtype)), query: newKVCache(B, capacity, W, dtype), length: 0 };
   }
 

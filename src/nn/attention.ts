@@ -16,6 +16,7 @@
  *                     position they were computed at
  */
 import { noGrad } from "../autograd/tape.js";
+import { backendFor } from "../backend/index.js";
 import * as ops from "../ops/index.js";
 import { Tensor } from "../tensor/tensor.js";
 import { Linear, RMSNorm, type InitOptions } from "./layers.js";
@@ -41,6 +42,54 @@ export interface AttentionCache {
 
 export function newKVCache(B: number, capacity: number, C: number, dtype: Tensor["dtype"] = "float32"): KVCache {
   return { k: Tensor.zeros([B, capacity, C], dtype), v: Tensor.zeros([B, capacity, C], dtype), length: 0 };
+}
+
+/** How a model's KV caches store keys and values: f32, or f16 (half the bytes; decoding only). */
+export const KV_FORMATS = ["f32", "f16"] as const;
+export type KVFormat = (typeof KV_FORMATS)[number];
+
+/**
+ * One layer's cached keys and values as f16 bits: k, v [B, capacity, W]
+ * (W = G·D); `length` positions filled. Written rounded to nearest (ties to
+ * even) as rows arrive; attention reads them back exactly (backend
+ * attentionHalf), so a step costs half the cache bytes of an f32 cache and
+ * gives what attention over the rounded keys and values in f32 gives.
+ * Decoding and evaluation only: it keeps no gradient.
+ */
+export interface HalfKVCache {
+  readonly half: true;
+  readonly k: Uint16Array;
+  readonly v: Uint16Array;
+  readonly B: number;
+  readonly capacity: number;
+  readonly width: number;
+  length: number;
+}
+
+export function newHalfKVCache(B: number, capacity: number, W: number): HalfKVCache {
+  return { half: true, k: new Uint16Array(B * capacity * W), v: new Uint16Array(B * capacity * W), B, capacity, width: W, length: 0 };
+}
+
+/** A layer's cache in either format. */
+export type LayerCache = KVCache | HalfKVCache;
+
+/**
+ * Appends B sequences × T new rows of keys and values ([B·T, W] each, f32)
+ * to an f16 cache at its length (rounded to f16), then writes into `out`
+ * [B·T, H·D] the attention of q [B·T, H·D] over everything cached; lse [B·H·T] is scratch.
+ */
+export function attendHalf(cache: HalfKVCache, out: Float32Array, lse: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array, B: number, T: number, heads: number, D: number): void {
+  const { capacity: cap, width: W } = cache;
+  if (B !== cache.B) throw new RangeError(`KV cache holds ${cache.B} sequences, the step has ${B}`);
+  if (cache.length + T > cap) throw new RangeError(`KV cache full: ${cache.length} + ${T} positions exceed its capacity ${cap}`);
+  const be = backendFor(q);
+  for (let b = 0; b < B; b++) {
+    const dst = (b * cap + cache.length) * W;
+    be.toHalf(cache.k.subarray(dst, dst + T * W), k.subarray(b * T * W), T * W);
+    be.toHalf(cache.v.subarray(dst, dst + T * W), v.subarray(b * T * W), T * W);
+  }
+  cache.length += T;
+  be.attentionHalf(out, lse, q, cache.k, cache.v, B, T, cache.length, heads, D, cap, 1 / Math.sqrt(D), W / D);
 }
 
 export const ATTENTION_BIASES = ["all", "qkv", "none"] as const;
@@ -116,12 +165,21 @@ export class Attention extends Module {
    * does both itself. `positions` [B·Tq]: each row's position (rotary
    * positions only; the queries' and the keys' rows are the same positions).
    */
-  forward(xq: Tensor, xkv: Tensor, cache?: KVCache | AttentionCache, positions?: Int32Array): Tensor {
+  forward(xq: Tensor, xkv: Tensor, cache?: LayerCache | AttentionCache, positions?: Int32Array): Tensor {
     const q = this.position(this.q.forward(xq), this.qNorm, this.heads, positions);
     const k = this.position(this.k.forward(xkv), this.kNorm, this.kvHeads, positions);
     const v = this.v.forward(xkv);
     if (!cache) return this.o.forward(ops.attention(q, k, v, { heads: this.heads }));
     if ("attend" in cache) return this.o.forward(noGrad(() => cache.attend(q, k, v, this.heads)));
+    if ("half" in cache) {
+      return noGrad(() => {
+        if (q.dtype !== "float32") throw new RangeError("an f16 KV cache serves float32 models only");
+        const [B, T] = q.shape as [number, number, number];
+        const out = Tensor.zeros(q.shape);
+        attendHalf(cache, out.data as Float32Array, new Float32Array(B * this.heads * T), q.data as Float32Array, k.data as Float32Array, v.data as Float32Array, B, T, this.heads, this.headDim);
+        return this.o.forward(out);
+      });
+    }
     return noGrad(() => {
       const [B, Tn, C] = k.shape as [number, number, number];
       const cap = cache.k.dim(1);

@@ -12,17 +12,22 @@
  *     taken from the free list only as positions are written (`grow`), and
  *     all of them go back when the sequence closes (finished, stopped or
  *     cancelled).
- *   - Attention needs each sequence's keys as one [1, length, C] tensor. When
+ *   - Attention needs each sequence's keys as one [length, C] array. When
  *     its blocks are consecutive (the free list hands out ascending ids, so
- *     they usually are) the tensor is a view of the pool; otherwise the blocks
+ *     they usually are) the array is a view of the pool; otherwise the blocks
  *     are copied into a scratch buffer, reused from one call to the next.
+ *   - An f16 pool (the model's kvFormat, `--kv-cache f16`) keeps the keys and
+ *     values as f16 bits: half the bytes per position, so twice the positions
+ *     in the same memory; new rows are rounded in, attention reads them back
+ *     exactly (attentionHalf).
  *
  * `attention(layer, items)` returns an AttentionCache (src/nn/attention.ts)
  * for one layer of one step: it writes the step's new keys and values at each
  * sequence's next positions and computes each sequence's attention over its
  * own cache — R rows from sequences of any lengths in one call.
  */
-import type { AttentionCache } from "../nn/attention.js";
+import { backendFor } from "../backend/index.js";
+import type { AttentionCache, KVFormat } from "../nn/attention.js";
 import * as ops from "../ops/index.js";
 import type { DType, FloatArray } from "../tensor/dtype.js";
 import { Tensor } from "../tensor/tensor.js";
@@ -49,16 +54,16 @@ export interface StepRows {
 }
 
 export class KVPool {
-  /** Keys and values of each attention layer, [blocks · blockSize · C]. */
-  readonly k: FloatArray[];
-  readonly v: FloatArray[];
+  /** Keys and values of each attention layer, [blocks · blockSize · C]: numbers, or f16 bits when the pool is f16. */
+  readonly k: (FloatArray | Uint16Array)[];
+  readonly v: (FloatArray | Uint16Array)[];
   /** Free block ids, highest first (pop gives the lowest). */
   private readonly free: number[];
   /** Blocks reserved by open sequences but not yet in their tables. */
   private unallocated = 0;
   private open_ = new Set<KVSeq>();
   private nextId = 1;
-  private scratch: { k: FloatArray; v: FloatArray } | null = null;
+  private scratch: { k: FloatArray | Uint16Array; v: FloatArray | Uint16Array } | null = null;
 
   constructor(
     readonly layers: number,
@@ -66,14 +71,21 @@ export class KVPool {
     readonly blockSize: number,
     readonly blocks: number,
     readonly dtype: DType = "float32",
+    /** "f16": keys and values kept as f16 bits (half the bytes; float32 models only), attended with attentionHalf. */
+    readonly format: KVFormat = "f32",
   ) {
     if (!(Number.isInteger(blockSize) && blockSize >= 1)) throw new RangeError(`KVPool: blockSize ${blockSize} must be a positive integer`);
     if (!(Number.isInteger(blocks) && blocks >= 1)) throw new RangeError(`KVPool: ${blocks} blocks; needs at least 1`);
+    if (format === "f16" && dtype !== "float32") throw new RangeError(`KVPool: an f16 pool serves float32 models only (this one is ${dtype})`);
     const n = blocks * blockSize * width;
-    const alloc = (): FloatArray => (dtype === "float64" ? new Float64Array(n) : new Float32Array(n));
+    const alloc = (): FloatArray | Uint16Array => this.alloc(n);
     this.k = Array.from({ length: layers }, alloc);
     this.v = Array.from({ length: layers }, alloc);
     this.free = Array.from({ length: blocks }, (_, i) => blocks - 1 - i);
+  }
+
+  private alloc(n: number): FloatArray | Uint16Array {
+    return this.format === "f16" ? new Uint16Array(n) : this.dtype === "float64" ? new Float64Array(n) : new Float32Array(n);
   }
 
   /** Blocks that a new sequence could reserve now. */
@@ -151,26 +163,39 @@ export class KVPool {
     const bs = this.blockSize;
     const [kd, vd, qd] = [k.data, v.data, q.data];
     const out = Tensor.zeros(q.shape, q.dtype);
+    const half = this.format === "f16";
+    const be = backendFor(qd);
     for (const { seq, start, rows } of items) {
-      // Store the new keys and values at positions length…length+rows−1.
+      // Store the new keys and values at positions length…length+rows−1 (rounded to f16 in an f16 pool).
       for (let i = 0; i < rows; i++) {
         const pos = seq.length + i;
         const at = (seq.table[Math.floor(pos / bs)]! * bs + (pos % bs)) * C;
         const from = (start + i) * C;
-        this.k[layer]!.set(kd.subarray(from, from + C), at);
-        this.v[layer]!.set(vd.subarray(from, from + C), at);
+        const [kl, vl] = [this.k[layer]!, this.v[layer]!];
+        if (kl instanceof Uint16Array && vl instanceof Uint16Array) {
+          be.toHalf(kl.subarray(at, at + C), kd.subarray(from, from + C), C);
+          be.toHalf(vl.subarray(at, at + C), vd.subarray(from, from + C), C);
+        } else {
+          kl.set(kd.subarray(from, from + C), at);
+          vl.set(vd.subarray(from, from + C), at);
+        }
       }
       const keys = seq.length + rows;
       const { kc, vc } = this.cached(layer, seq, keys);
-      const qi = Tensor.from(qd.subarray(start * Cq, (start + rows) * Cq), [1, rows, Cq]);
-      const o = ops.attention(qi, kc, vc, { heads, keys });
+      const qi = qd.subarray(start * Cq, (start + rows) * Cq);
+      if (half) {
+        const D = Cq / heads;
+        be.attentionHalf(out.data.subarray(start * Cq, (start + rows) * Cq), new Float32Array(heads * rows), qi, kc as Uint16Array, vc as Uint16Array, 1, rows, keys, heads, D, keys, 1 / Math.sqrt(D), C / D);
+        continue;
+      }
+      const o = ops.attention(Tensor.from(qi, [1, rows, Cq]), Tensor.from(kc as FloatArray, [1, keys, C]), Tensor.from(vc as FloatArray, [1, keys, C]), { heads, keys });
       out.data.set(o.data, start * Cq);
     }
     return out;
   }
 
-  /** `seq`'s first `keys` positions of layer `layer` as [1, keys, C] tensors: a view when its blocks are consecutive, else a copy. */
-  private cached(layer: number, seq: KVSeq, keys: number): { kc: Tensor; vc: Tensor } {
+  /** `seq`'s first `keys` positions of layer `layer` ([keys, C] each): a view when its blocks are consecutive, else a copy. */
+  private cached(layer: number, seq: KVSeq, keys: number): { kc: FloatArray | Uint16Array; vc: FloatArray | Uint16Array } {
     const C = this.width;
     const bs = this.blockSize;
     const nb = this.blocksFor(keys);
@@ -179,13 +204,9 @@ export class KVPool {
     for (let j = 1; j < nb && consecutive; j++) consecutive = seq.table[j] === first + j;
     if (consecutive) {
       const at = first * bs * C;
-      return { kc: Tensor.from(this.k[layer]!.subarray(at, at + keys * C), [1, keys, C]), vc: Tensor.from(this.v[layer]!.subarray(at, at + keys * C), [1, keys, C]) };
+      return { kc: this.k[layer]!.subarray(at, at + keys * C), vc: this.v[layer]!.subarray(at, at + keys * C) };
     }
-    if (!this.scratch || this.scratch.k.length < keys * C) {
-      const n = nb * bs * C;
-      const alloc = (): FloatArray => (this.dtype === "float64" ? new Float64Array(n) : new Float32Array(n));
-      this.scratch = { k: alloc(), v: alloc() };
-    }
+    if (!this.scratch || this.scratch.k.length < keys * C) this.scratch = { k: this.alloc(nb * bs * C), v: this.alloc(nb * bs * C) };
     const { k, v } = this.scratch;
     for (let j = 0; j < nb; j++) {
       const n = Math.min(bs, keys - j * bs) * C;
@@ -193,6 +214,6 @@ export class KVPool {
       k.set(this.k[layer]!.subarray(at, at + n), j * bs * C);
       v.set(this.v[layer]!.subarray(at, at + n), j * bs * C);
     }
-    return { kc: Tensor.from(k.subarray(0, keys * C), [1, keys, C]), vc: Tensor.from(v.subarray(0, keys * C), [1, keys, C]) };
+    return { kc: k.subarray(0, keys * C), vc: v.subarray(0, keys * C) };
   }
 }

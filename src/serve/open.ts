@@ -30,6 +30,7 @@ import { readRegularFile } from "../util/read.js";
 import { modelFromStoreCheckpoint } from "./load-store.js";
 import { quantizeModel } from "../models/quantize.js";
 import type { WeightFormat } from "../backend/quant.js";
+import { KV_FORMATS, type KVFormat } from "../nn/attention.js";
 
 const MODEL_FILE = "model.safetensors";
 const TOKENIZER_FILE = "tokenizer.json";
@@ -84,12 +85,29 @@ export interface OpenOptions {
    * quantize` opens in its own format unless another is asked for.
    */
   weights?: WeightFormat;
+  /**
+   * How decoding caches keys and values: "f32" (the default) or "f16" (half
+   * the bytes per position, so long contexts and many sequences read and hold
+   * half as much; attention then sees keys and values rounded to f16; docs/decode.md).
+   */
+  kvCache?: KVFormat;
+}
+
+/** Checks a user's KV cache format (`where` names the flag or option in the error). */
+export function parseKVFormat(v: string, where: string): KVFormat {
+  if ((KV_FORMATS as readonly string[]).includes(v)) return v as KVFormat;
+  throw new SigmaError(`${where} "${v}" is not a KV cache format`, `use one of ${KV_FORMATS.join(", ")} (docs/decode.md)`);
 }
 
 /** Opens whatever `path` names (see the file comment), its weights converted when `opts.weights` says so. */
 export function openModelSource(path: string, opts: OpenOptions = {}): ModelSource {
+  const kv = opts.kvCache === undefined ? null : parseKVFormat(String(opts.kvCache), "kvCache");
   const src = openSource(path);
   if (opts.weights) quantizeModel(src.model, opts.weights);
+  if (kv) {
+    if (kv === "f16" && src.model.tokenEmbedding.dtype !== "float32") throw new SigmaError(`${src.path} is a ${src.model.tokenEmbedding.dtype} model; an f16 KV cache serves float32 models only`, "leave kvCache at f32");
+    src.model.kvFormat = kv;
+  }
   return src;
 }
 

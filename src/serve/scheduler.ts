@@ -224,13 +224,13 @@ export class Scheduler {
     const c = model.config;
     const blocks = positive("kvBlocks", o.kvBlocks ?? this.maxBatch * Math.ceil(c.seqLen / blockSize));
     if (blocks < Math.ceil(c.seqLen / blockSize)) throw new SigmaError(`kvBlocks ${blocks} cannot hold one sequence of the model's context (${c.seqLen} positions in blocks of ${blockSize})`, `use at least ${Math.ceil(c.seqLen / blockSize)}`);
-    this.pool = new KVPool(attentionLayers(model), model.blocks[0]!.attn.kvWidth, blockSize, blocks, model.tokenEmbedding.dtype);
+    this.pool = new KVPool(attentionLayers(model), model.blocks[0]!.attn.kvWidth, blockSize, blocks, model.tokenEmbedding.dtype, model.kvFormat);
     const dm = o.draftModel;
     if (dm) {
       checkDraftModel(model, dm);
       // As many blocks as the target's pool: whatever the target reserves, the draft can too.
       const names = dm.config.domains.map((d) => d.name);
-      this.draft = { model: dm.eval(), pool: new KVPool(attentionLayers(dm), dm.blocks[0]!.attn.kvWidth, blockSize, blocks, dm.tokenEmbedding.dtype), domainOf: c.domains.map((d) => Math.max(0, names.indexOf(d.name))) };
+      this.draft = { model: dm.eval(), pool: new KVPool(attentionLayers(dm), dm.blocks[0]!.attn.kvWidth, blockSize, blocks, dm.tokenEmbedding.dtype, dm.kvFormat), domainOf: c.domains.map((d) => Math.max(0, names.indexOf(d.name))) };
     } else this.draft = null;
     const sparse = model.blocks.flatMap((b, l) => (b.moe ? [l] : []));
     this.expertLoad = new ExpertLoad(sparse, c.experts?.count ?? 0);

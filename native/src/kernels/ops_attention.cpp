@@ -139,6 +139,50 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
   });
 }
 
+void attention_half(float* out, float* lse, const float* q, const uint16_t* k, const uint16_t* v, int64_t B,
+                    int64_t Tq, int64_t Tk, int64_t H, int64_t D, int64_t kv_cap, float scale, int64_t kv_heads) {
+  const Layout L{B, Tq, Tk, H, D, kv_cap, kv_heads > 0 ? kv_heads : H};
+  const int64_t W = L.kvd();
+  if (Tq >= kBlockMin) {
+    // A prompt: each sequence's visible keys and values as f32 (Tk·W each), then the f32 kernel.
+    std::vector<float> kf(static_cast<size_t>(Tk * W)), vf(static_cast<size_t>(Tk * W));
+    for (int64_t b = 0; b < B; ++b) {
+      halves_to_floats(kf.data(), k + b * kv_cap * W, Tk * W);
+      halves_to_floats(vf.data(), v + b * kv_cap * W, Tk * W);
+      attention(out + b * Tq * H * D, lse + b * H * Tq, q + b * Tq * H * D, kf.data(), vf.data(), 1, Tq, Tk, H, D, Tk,
+                scale, L.G);
+    }
+    return;
+  }
+  // Decoding: as attention's row path, the keys (then the values) kChunk rows at a time through an f32 buffer.
+  constexpr int64_t kChunk = 64;
+  parallel_for(B * H * Tq, grain_for(Tk * D, kMinRowWork), [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> s, buf;
+    s.resize(static_cast<size_t>(Tk));
+    buf.resize(static_cast<size_t>(kChunk * D));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t bh = t / Tq, i = t % Tq, b = bh / H, h = bh % H;
+      const int64_t n = Tk - Tq + i + 1;
+      const float* qi = q + L.q(b, i, h);
+      float m = -INFINITY;
+      for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+        const int64_t cnt = std::min(kChunk, n - j0);
+        half_rows_to_floats(buf.data(), k + L.kv(b, j0, h), W, cnt, D);
+        m = std::max(m, vdot_rows(s.data() + j0, qi, buf.data(), D, cnt, D, scale));
+      }
+      const float sum = vexp_shift(s.data(), s.data(), m, n);
+      float* o = out + L.q(b, i, h);
+      std::fill(o, o + D, 0.f);
+      for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+        const int64_t cnt = std::min(kChunk, n - j0);
+        half_rows_to_floats(buf.data(), v + L.kv(b, j0, h), W, cnt, D);
+        vaxpy_rows(o, buf.data(), D, s.data() + j0, 1.f / sum, cnt, D);
+      }
+      lse[bh * Tq + i] = m + std::log(sum);
+    }
+  });
+}
+
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                         const float* v, const float* out, const float* lse, int64_t B, int64_t Tq, int64_t Tk,
                         int64_t H, int64_t D, int64_t kv_cap, float scale) {

@@ -262,6 +262,47 @@ Napi::Value Attention(Info info) {
   sigma::attention(out, lse, q, k, v, B, Tq, Tk, H, D, cap, scale, G);
   return info.Env().Undefined();
 }
+// A Uint16Array (f16 bits) with at least `need` elements.
+uint16_t* Halves(const Args& g, size_t i, const char* name, const Need& need) {
+  void* data = nullptr;
+  size_t n = 0;
+  if (!g.typed(g.info[i], napi_uint16_array, name, "", &data, &n)) g.type_error(name, "must be a Uint16Array (f16 bits)");
+  g.check_length(name, "", n, need);
+  return static_cast<uint16_t*>(data);
+}
+// attentionHalf(out, lse, q, k, v, B, Tq, Tk, H, D, kvCap, scale, kvHeads): attention over an f16 cache (k, v: Uint16Array).
+Napi::Value AttentionHalf(Info info) {
+  Args g(info, "attentionHalf", 13);
+  const int64_t B = g.dim(5, "B"), Tq = g.dim(6, "Tq"), Tk = g.dim(7, "Tk"), H = g.dim(8, "H"), D = g.dim(9, "D"),
+                cap = g.dim(10, "kvCap"), G = g.dim(12, "kvHeads");
+  CheckAttention(g, Tq, Tk, cap, D);
+  if (G < 1 || H % G != 0) g.range_error("kvHeads", "must divide H = " + std::to_string(H) + ", got " + std::to_string(G));
+  const Need nq = prod(B, Tq, H, D), nkv = prod(B, cap, G, D), nl = prod(B, H, Tq);
+  float* out = g.f32(0, "out", nq);
+  float* lse = g.f32(1, "lse", nl);
+  const float* q = g.f32(2, "q", nq);
+  const uint16_t* k = Halves(g, 3, "k", nkv);
+  const uint16_t* v = Halves(g, 4, "v", nkv);
+  const float scale = static_cast<float>(g.num(11, "scale"));
+  if (nl.n == 0) return info.Env().Undefined();
+  sigma::attention_half(out, lse, q, k, v, B, Tq, Tk, H, D, cap, scale, G);
+  return info.Env().Undefined();
+}
+// toHalf(dst: Uint16Array, src: Float32Array, n) and fromHalf(dst: Float32Array, src: Uint16Array, n).
+Napi::Value ToHalf(Info info) {
+  Args g(info, "toHalf", 3);
+  const int64_t n = g.dim(2, "n");
+  uint16_t* dst = Halves(g, 0, "dst", Need{static_cast<uint64_t>(n)});
+  sigma::floats_to_halves(dst, g.f32(1, "src", Need{static_cast<uint64_t>(n)}), n);
+  return info.Env().Undefined();
+}
+Napi::Value FromHalf(Info info) {
+  Args g(info, "fromHalf", 3);
+  const int64_t n = g.dim(2, "n");
+  float* dst = g.f32(0, "dst", Need{static_cast<uint64_t>(n)});
+  sigma::halves_to_floats(dst, Halves(g, 1, "src", Need{static_cast<uint64_t>(n)}), n);
+  return info.Env().Undefined();
+}
 Napi::Value AttentionBackward(Info info) {
   Args g(info, "attentionBackward", 16);
   const int64_t B = g.dim(9, "B"), Tq = g.dim(10, "Tq"), Tk = g.dim(11, "Tk"), H = g.dim(12, "H"), D = g.dim(13, "D"),
@@ -335,7 +376,7 @@ void InitKernels(Napi::Env env, Napi::Object exports) {
       {"fastGelu", FastGelu}, {"fastGeluBackward", FastGeluBackward}, {"layerNorm", LayerNorm}, {"rmsNorm", RmsNorm}, {"rmsNormBackward", RmsNormBackward}, {"swiglu", Swiglu}, {"swigluBackward", SwigluBackward},
       {"layerNormBackward", LayerNormBackward}, {"softmax", Softmax}, {"softmaxBackward", SoftmaxBackward},
       {"crossEntropy", CrossEntropy}, {"crossEntropyBackward", CrossEntropyBackward}, {"embedding", Embedding},
-      {"embeddingBackward", EmbeddingBackward}, {"attention", Attention}, {"attentionBackward", AttentionBackward},
+      {"embeddingBackward", EmbeddingBackward}, {"attention", Attention}, {"attentionBackward", AttentionBackward}, {"attentionHalf", AttentionHalf}, {"toHalf", ToHalf}, {"fromHalf", FromHalf},
       {"permuteByExpert", PermuteByExpert}, {"gatherRows", GatherRows}, {"scatterAddRows", ScatterAddRows},
       {"combine", Combine}, {"combineBackward", CombineBackward}, {"adamw", AdamW}, {"adamwExperts", AdamWExperts},
   };

@@ -4,6 +4,7 @@
  * query i sits at position Tk − Tq + i and sees keys 0..Tk − Tq + i.
  */
 import type { Buf } from "../backend.js";
+import { halfBits, halfValue } from "../quant.js";
 import { need } from "./check.js";
 
 function checkSizes(kernel: string, q: Buf, k: Buf, v: Buf, B: number, Tq: number, Tk: number, H: number, D: number, kvCap: number): void {
@@ -52,6 +53,30 @@ export function attention(out: Buf, lse: Buf, q: Buf, k: Buf, v: Buf, B: number,
       }
     }
   }
+}
+
+/** attention over an f16 cache: the halves' values as f32, then attention. */
+export function attentionHalf(out: Buf, lse: Buf, q: Buf, k: Uint16Array, v: Uint16Array, B: number, Tq: number, Tk: number, H: number, D: number, kvCap: number, scale: number, kvHeads: number): void {
+  if (!(Number.isInteger(kvHeads) && kvHeads >= 1 && H % kvHeads === 0)) throw new RangeError(`attentionHalf: kvHeads must divide H = ${H}, got ${kvHeads}`);
+  const n = B * kvCap * kvHeads * D;
+  need("attentionHalf", "k", k, n);
+  need("attentionHalf", "v", v, n);
+  const [kf, vf] = [new Float32Array(n), new Float32Array(n)];
+  fromHalf(kf, k, n);
+  fromHalf(vf, v, n);
+  attention(out, lse, q, kf, vf, B, Tq, Tk, H, D, kvCap, scale, kvHeads);
+}
+
+export function toHalf(dst: Uint16Array, src: Buf, n: number): void {
+  need("toHalf", "dst", dst, n);
+  need("toHalf", "src", src, n);
+  for (let i = 0; i < n; i++) dst[i] = halfBits(src[i]!);
+}
+
+export function fromHalf(dst: Buf, src: Uint16Array, n: number): void {
+  need("fromHalf", "dst", dst, n);
+  need("fromHalf", "src", src, n);
+  for (let i = 0; i < n; i++) dst[i] = halfValue(src[i]!);
 }
 
 export function attentionBackward(dq: Buf, dk: Buf, dv: Buf, dout: Buf, q: Buf, k: Buf, v: Buf, out: Buf, lse: Buf, B: number, Tq: number, Tk: number, H: number, D: number, kvCap: number, scale: number): void {

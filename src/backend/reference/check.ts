@@ -1,7 +1,7 @@
 /** Argument checks shared by the reference kernels: the same errors the native layer gives. */
 import type { Buf, Idx } from "../backend.js";
 
-export function need(kernel: string, name: string, a: Buf | Idx, n: number): void {
+export function need(kernel: string, name: string, a: { readonly length: number }, n: number): void {
   if (a.length < n) throw new RangeError(`${kernel}: argument "${name}" has ${a.length} elements but the sizes given need ${n}`);
 }
 

@@ -5,7 +5,7 @@
  * the oracle the native kernels are tested against.
  */
 import type { Backend } from "../backend.js";
-import { attention, attentionBackward } from "./attention.js";
+import { attention, attentionBackward, attentionHalf, fromHalf, toHalf } from "./attention.js";
 import { add, addBias, addBiasBackward, axpy, fastGelu, fastGeluBackward, gelu, geluBackward, mul, scale, sumSquares, swiglu, swigluBackward } from "./elementwise.js";
 import { bmm, groupedMatmul, groupedMatmulWeightGrad, groupedMatmulWeightGradSquares, matmul } from "./matmul.js";
 import { groupedMatmulBf16, groupedMatmulWeightGradBf16, matmulBf16 } from "./matmul-bf16.js";
@@ -22,7 +22,7 @@ export const referenceBackend: Backend = {
   gelu, geluBackward, fastGelu, fastGeluBackward, swiglu, swigluBackward,
   layerNorm, layerNormBackward, rmsNorm, rmsNormBackward, softmax, softmaxBackward, crossEntropy, crossEntropyBackward,
   embedding, embeddingBackward,
-  attention, attentionBackward,
+  attention, attentionBackward, attentionHalf, toHalf, fromHalf,
   permuteByExpert, gatherRows, scatterAddRows, combine, combineBackward,
   adamw, adamwExperts,
 };
