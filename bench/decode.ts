@@ -58,6 +58,7 @@ import { parseModelConfig } from "../src/models/config.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
 import { quantizeModel, storedSites } from "../src/models/quantize.js";
 import { useDecodeStep } from "../src/models/decode-step.js";
+import { KV_FORMATS, type KVFormat } from "../src/nn/attention.js";
 import { Rng } from "../src/util/rng.js";
 import { existsSync } from "node:fs";
 import { generateIds } from "../src/serve/generate.js";
@@ -97,8 +98,8 @@ function readBandwidth(threads: number, runs = 5): number {
   return big.byteLength / (best / 1000);
 }
 
-/** Bytes one decoding step reads: used stored matrices, the f32 parameters forward reads, the KV cache (k and v of every layer up to `positions`). */
-function stepBytes(net: PanguSigma, expertsUsed: number[], B: number, positions: number): number {
+/** Bytes one decoding step reads: used stored matrices, the f32 parameters forward reads, the KV cache (k and v of every layer up to `positions`, 4 or 2 bytes a number). */
+function stepBytes(net: PanguSigma, expertsUsed: number[], B: number, positions: number, kv: KVFormat = "f32"): number {
   let bytes = 0;
   const sites = new Set(storedSites(net).map((s) => s.tensor));
   for (const s of storedSites(net)) {
@@ -114,10 +115,11 @@ function stepBytes(net: PanguSigma, expertsUsed: number[], B: number, positions:
     bytes += m ? (p.tensor.size * 4 * expertsUsed[Number(m[1]) - net.config.denseLayers]!) / net.config.experts!.count : p.tensor.size * 4;
   }
   const layers = net.blocks.length + (net.queryLayer ? 1 : 0);
-  return bytes + layers * 2 * B * positions * net.config.width * 4;
+  return bytes + layers * 2 * B * positions * net.config.width * (kv === "f16" ? 2 : 4);
 }
 
-function decodeRun(net: PanguSigma, B: number, tokens: number, rounds: number): Run {
+/** `tokens` steps of B sequences after a `prompt`-token prompt, caches in `kv`; medians of `rounds` (after a warm-up round). */
+function decodeRun(net: PanguSigma, B: number, tokens: number, rounds: number, prompt = 8, kv: KVFormat = "f32"): Run {
   const rng = new Rng(5);
   const domains = Int32Array.from({ length: B }, () => 0);
   const times: number[] = [];
@@ -127,8 +129,8 @@ function decodeRun(net: PanguSigma, B: number, tokens: number, rounds: number): 
   for (let round = 0; round < rounds + 1; round++) {
     // The machine's read bandwidth moves (a shared VM): each round is judged against the one measured just before it.
     const bw = round === 0 ? 0 : readBandwidth(THREADS, 3);
-    const cache: ModelCache = net.newCache(B, 8 + tokens + 1);
-    noGrad(() => net.forward({ tokens: Int32Array.from({ length: B * 8 }, () => rng.int(SHAPE.vocab)), domains, B, T: 8 }, cache));
+    const cache: ModelCache = net.newCache(B, prompt + tokens + 1, kv);
+    noGrad(() => net.forward({ tokens: Int32Array.from({ length: B * prompt }, () => rng.int(SHAPE.vocab)), domains, B, T: prompt }, cache));
     const used: { experts: number[]; positions: number }[] = [];
     const t0 = performance.now();
     for (let s = 0; s < tokens; s++) {
@@ -137,7 +139,7 @@ function decodeRun(net: PanguSigma, B: number, tokens: number, rounds: number): 
     }
     const ms = performance.now() - t0;
     // Counted after the clock stops: the bytes of each step from its routing.
-    const roundBytes = used.reduce((sum, u) => sum + stepBytes(net, u.experts, B, u.positions), 0);
+    const roundBytes = used.reduce((sum, u) => sum + stepBytes(net, u.experts, B, u.positions, kv), 0);
     if (round === 0) continue; // warm-up: first touches, allocator
     times.push(ms / tokens);
     bytes.push(roundBytes / tokens);
@@ -282,6 +284,36 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, ngramByFormat, model };
 }
 
+/**
+ * The KV cache in f32 and in f16 at a long context: q8 weights, a prompt of
+ * KV_PROMPT tokens, then KV_TOKENS steps (positions up to seqLen), batch 1 and
+ * 8, the two formats alternating round by round (each round a decodeRun of
+ * one measured round); medians, and f16 ÷ f32 tokens/s.
+ */
+const KV_PROMPT = 216;
+const KV_TOKENS = 32;
+function kvSection(net: PanguSigma, say: (s: string) => void, rounds: number) {
+  quantizeModel(net, "q8");
+  const runs: Record<KVFormat, { batch1: Run[]; batch8: Run[] }> = { f32: { batch1: [], batch8: [] }, f16: { batch1: [], batch8: [] } };
+  for (let r = 0; r < rounds; r++) {
+    for (const kv of r % 2 ? (["f16", "f32"] as const) : (["f32", "f16"] as const)) {
+      runs[kv].batch1.push(decodeRun(net, 1, KV_TOKENS, 1, KV_PROMPT, kv));
+      runs[kv].batch8.push(decodeRun(net, 8, KV_TOKENS >> 1, 1, KV_PROMPT, kv));
+    }
+  }
+  const summary = (xs: Run[]) => ({ tokensPerSecond: median(xs.map((x) => x.tokensPerSecond)), bytesPerStep: median(xs.map((x) => x.bytesPerStep)), bandwidthFraction: median(xs.map((x) => x.bandwidthFraction)) });
+  const out = Object.fromEntries(KV_FORMATS.map((kv) => [kv, { batch1: summary(runs[kv].batch1), batch8: summary(runs[kv].batch8) }])) as Record<KVFormat, { batch1: ReturnType<typeof summary>; batch8: ReturnType<typeof summary> }>;
+  const ratio = (b: "batch1" | "batch8") => median(runs.f16[b].map((x, i) => x.tokensPerSecond / runs.f32[b][i]!.tokensPerSecond));
+  const f16OverF32 = { batch1: ratio("batch1"), batch8: ratio("batch8") };
+  say(`\nKV cache at a long context: q8 weights, ${KV_TOKENS} steps after a ${KV_PROMPT}-token prompt, f32 and f16 caches alternating, median of ${rounds} rounds`);
+  say(table(["KV cache", "batch 1 tokens/s", "MB/token", "bandwidth fraction", "batch 8 tokens/s", "MB/step", "bandwidth fraction"], KV_FORMATS.map((kv) => {
+    const x = out[kv];
+    return [kv, x.batch1.tokensPerSecond.toFixed(1), (x.batch1.bytesPerStep / 1e6).toFixed(1), x.batch1.bandwidthFraction.toFixed(2), x.batch8.tokensPerSecond.toFixed(1), (x.batch8.bytesPerStep / 1e6).toFixed(1), x.batch8.bandwidthFraction.toFixed(2)];
+  })));
+  say(`f16 ÷ f32 KV cache tokens/s (median of the rounds' own ratios): batch 1 ${f16OverF32.batch1.toFixed(2)}×, batch 8 ${f16OverF32.batch8.toFixed(2)}×`);
+  return { weights: "q8", prompt: KV_PROMPT, tokens: KV_TOKENS, rounds, ...out, f16OverF32 };
+}
+
 /** The target's formats n-gram drafting is measured in (the headline `ngram` figure is q8's, as before). */
 const NGRAM_FORMATS: WeightFormat[] = ["f32", "bf16", "q8"];
 
@@ -404,9 +436,10 @@ export async function run(args: string[]): Promise<void> {
   const f32 = results.f32?.batch1.tokensPerSecond;
   const q8OverF32Batch1 = q8 && f32 ? q8 / f32 : null;
   if (q8OverF32Batch1 !== null) say(`\nq8 / f32 tokens/s at batch 1: ${q8OverF32Batch1.toFixed(2)}×`);
+  const kvCache = specOnly || args.includes("--no-kv") ? null : kvSection(net, say, opt("kv-rounds", 3));
   const speculative = speculativeSection(args, net, say, opt);
   if (json) {
     const cpu = b.cpuInfo();
-    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, decodeStep, intKernels, bf16Kernel, formats: results, q8OverF32Batch1, speculative } }));
+    console.log(JSON.stringify({ decode: { threads: THREADS, cpu: cpu.brand, kernels: decode.name, readBandwidthGBs: bw / 1e9, tokens, rounds, config: SHAPE, decodeStep, intKernels, bf16Kernel, formats: results, q8OverF32Batch1, kvCache, speculative } }));
   }
 }

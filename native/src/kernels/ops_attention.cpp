@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "gemm.h"
@@ -59,6 +60,73 @@ constexpr int64_t kMinRowWork = int64_t{1} << 12;
 
 // Keys visible to the last query of a block starting at query i0 with mq rows.
 inline int64_t visible(const Layout& L, int64_t i0, int64_t mq) { return L.Tk - L.Tq + i0 + mq; }
+
+// The row path (decoding: few queries). A task is one query row and a run of
+// key/value heads: it reads each cached position's keys for its heads as one
+// contiguous run (the heads side by side, ~1–2 KiB), then the values the same
+// way — a near-sequential stream the prefetchers follow, where one task per
+// head read 256 bytes every 2 KiB. Each head's numbers are those of a
+// per-head pass (vdot_heads and vaxpy_heads keep vdot_rows's and vaxpy_rows's
+// sums; the max is exact), and a query row's outputs do not depend on the
+// other rows of the call. The heads are split into as few runs as still give
+// every thread two tasks.
+struct RowSplit {
+  int64_t groups;  // runs of key/value heads per query row
+  int64_t ng;      // key/value heads per run
+  int64_t nh;      // query heads per run
+  int64_t rep;     // query heads per key/value head
+};
+RowSplit row_split(const Layout& L) {
+  const int64_t rows = L.B * L.Tq, want = 2 * static_cast<int64_t>(num_threads());
+  int64_t groups = 1;
+  while (groups < L.G && rows * groups < want) {
+    int64_t g = groups + 1;
+    while (L.G % g != 0) ++g;  // the next divisor of G
+    groups = g;
+  }
+  const int64_t rep = L.H / L.G;
+  return {groups, L.G / groups, L.G / groups * rep, rep};
+}
+struct RowTask {
+  int64_t b, i, h0, n;  // batch row, query row, first query head, visible keys
+};
+RowTask row_task(const Layout& L, const RowSplit& S, int64_t t) {
+  const int64_t row = t / S.groups, gi = t % S.groups;
+  const int64_t i = row % L.Tq;
+  return {row / L.Tq, i, gi * S.nh, L.Tk - L.Tq + i + 1};
+}
+struct RowScratch {
+  std::vector<float> s, m, inv, buf;
+};
+// One task: `kv(j0, cnt, values)` gives positions j0 … j0 + cnt − 1 of the
+// task's keys (or values) as f32 runs and their stride, taken `chunk` rows at a time.
+template <class KV>
+void decode_row(const Layout& L, const RowSplit& S, const RowTask& r, const float* q, float* out, float* lse, float scale,
+                RowScratch& w, KV&& kv, int64_t chunk = std::numeric_limits<int64_t>::max()) {
+  const int64_t n = r.n, nh = S.nh, D = L.D;
+  w.s.resize(static_cast<size_t>(nh * n));
+  w.m.assign(static_cast<size_t>(nh), -INFINITY);
+  w.inv.resize(static_cast<size_t>(nh));
+  const float* qi = q + L.q(r.b, r.i, r.h0);
+  for (int64_t j0 = 0; j0 < n; j0 += chunk) {
+    const int64_t cnt = std::min(chunk, n - j0);
+    const auto [rows, ld] = kv(j0, cnt, false);
+    vdot_heads(w.s.data() + j0, n, w.m.data(), qi, rows, ld, cnt, nh, S.rep, D, scale);
+  }
+  for (int64_t h = 0; h < nh; ++h) {
+    float* sh = w.s.data() + h * n;
+    const float sum = vexp_shift(sh, sh, w.m[h], n);
+    w.inv[h] = 1.f / sum;
+    lse[((r.b * L.H) + r.h0 + h) * L.Tq + r.i] = w.m[h] + std::log(sum);
+  }
+  float* o = out + L.q(r.b, r.i, r.h0);
+  std::fill(o, o + nh * D, 0.f);
+  for (int64_t j0 = 0; j0 < n; j0 += chunk) {
+    const int64_t cnt = std::min(chunk, n - j0);
+    const auto [rows, ld] = kv(j0, cnt, true);
+    vaxpy_heads(o, rows, ld, w.s.data() + j0, n, w.inv.data(), cnt, nh, S.rep, D);
+  }
+}
 
 // Forward of one block of queries [i0, i0+mq) of pair (b, h); s is scratch of mq × n floats.
 void attention_block(float* out, float* lse, const float* q, const float* k, const float* v, const Layout& L,
@@ -121,20 +189,15 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
     });
     return;
   }
-  parallel_for(B * H * Tq, grain_for(Tk * D, kMinRowWork), [&](int64_t t0, int64_t t1) {
-    thread_local std::vector<float> s;
-    s.resize(static_cast<size_t>(Tk));
+  const RowSplit S = row_split(L);
+  parallel_for(B * Tq * S.groups, grain_for(Tk * D * S.nh, kMinRowWork), [&](int64_t t0, int64_t t1) {
+    thread_local RowScratch w;
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t bh = t / Tq, i = t % Tq, b = bh / H, h = bh % H;
-      const int64_t last = Tk - Tq + i;
-      const float* qi = q + L.q(b, i, h);
-      // One call per run of keys (rows H·D apart), not one per key.
-      const float m = vdot_rows(s.data(), qi, k + L.kv(b, 0, h), L.kvd(), last + 1, D, scale);
-      const float sum = vexp_shift(s.data(), s.data(), m, last + 1);
-      float* o = out + L.q(b, i, h);
-      std::fill(o, o + D, 0.f);
-      vaxpy_rows(o, v + L.kv(b, 0, h), L.kvd(), s.data(), 1.f / sum, last + 1, D);
-      lse[bh * Tq + i] = m + std::log(sum);
+      const RowTask r = row_task(L, S, t);
+      // The keys and the values of the task's heads, one run per cached row, read in place.
+      decode_row(L, S, r, q, out, lse, scale, w, [&](int64_t j0, int64_t, bool values) -> std::pair<const float*, int64_t> {
+        return {(values ? v : k) + L.kv(r.b, j0, r.h0), L.kvd()};
+      });
     }
   });
 }
@@ -154,31 +217,19 @@ void attention_half(float* out, float* lse, const float* q, const uint16_t* k, c
     }
     return;
   }
-  // Decoding: as attention's row path, the keys (then the values) kChunk rows at a time through an f32 buffer.
-  constexpr int64_t kChunk = 64;
-  parallel_for(B * H * Tq, grain_for(Tk * D, kMinRowWork), [&](int64_t t0, int64_t t1) {
-    thread_local std::vector<float> s, buf;
-    s.resize(static_cast<size_t>(Tk));
-    buf.resize(static_cast<size_t>(kChunk * D));
+  // Decoding: attention's row path, the task's runs of keys (then values) converted kChunk rows at a time into an f32 buffer.
+  constexpr int64_t kChunk = 8;  // 8 rows of up to 512 halves: 16 KiB of f32, in L1
+  const RowSplit S = row_split(L);
+  parallel_for(B * Tq * S.groups, grain_for(Tk * D * S.nh, kMinRowWork), [&](int64_t t0, int64_t t1) {
+    thread_local RowScratch w;
+    const int64_t run = S.ng * D;
+    w.buf.resize(static_cast<size_t>(kChunk * run));
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t bh = t / Tq, i = t % Tq, b = bh / H, h = bh % H;
-      const int64_t n = Tk - Tq + i + 1;
-      const float* qi = q + L.q(b, i, h);
-      float m = -INFINITY;
-      for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
-        const int64_t cnt = std::min(kChunk, n - j0);
-        half_rows_to_floats(buf.data(), k + L.kv(b, j0, h), W, cnt, D);
-        m = std::max(m, vdot_rows(s.data() + j0, qi, buf.data(), D, cnt, D, scale));
-      }
-      const float sum = vexp_shift(s.data(), s.data(), m, n);
-      float* o = out + L.q(b, i, h);
-      std::fill(o, o + D, 0.f);
-      for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
-        const int64_t cnt = std::min(kChunk, n - j0);
-        half_rows_to_floats(buf.data(), v + L.kv(b, j0, h), W, cnt, D);
-        vaxpy_rows(o, buf.data(), D, s.data() + j0, 1.f / sum, cnt, D);
-      }
-      lse[bh * Tq + i] = m + std::log(sum);
+      const RowTask r = row_task(L, S, t);
+      decode_row(L, S, r, q, out, lse, scale, w, [&](int64_t j0, int64_t cnt, bool values) -> std::pair<const float*, int64_t> {
+        half_rows_to_floats(w.buf.data(), (values ? v : k) + L.kv(r.b, j0, r.h0), W, cnt, run);
+        return {w.buf.data(), run};
+      }, kChunk);
     }
   });
 }

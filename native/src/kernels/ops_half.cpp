@@ -82,7 +82,11 @@ void halves_to_floats(float* dst, const uint16_t* src, int64_t n) { from_half_ke
 
 void half_rows_to_floats(float* dst, const uint16_t* src, int64_t stride, int64_t rows, int64_t d) {
   const FromHalf f = from_half_kernel();
-  for (int64_t r = 0; r < rows; ++r) f(dst + r * d, src + r * stride, d);
+  for (int64_t r = 0; r < rows; ++r) {
+    // The rows come from memory, a run every `stride`: prefetched 8 rows ahead (the next call's first rows too).
+    for (int64_t x = 0; x < d; x += 32) __builtin_prefetch(src + (r + 8) * stride + x);
+    f(dst + r * d, src + r * stride, d);
+  }
 }
 
 }  // namespace sigma

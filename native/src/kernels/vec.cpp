@@ -76,7 +76,49 @@ SIGMA_LOOP void vaxpy_rows_loop(float* y, const float* x, int64_t stride, const 
   for (int64_t j = 0; j < n; ++j) vaxpy_loop(y, x + j * stride, w[j] * scale, d);
 }
 
+// Scores of nh query heads (q, D apart) against n cached positions (k, rows ldk
+// apart; query head h reads the run at (h / rep)·d of each row):
+// s[h·lds + j] = scale·vdot_loop(q_h, k_j,h), and m[h] = max(m[h], …) in order
+// of j — per head, vdot_rows_loop's numbers, with each row's heads read side by side.
+// Cached rows come from memory (the weights streamed since evicted them), a
+// run of a few hundred bytes every row: the loops prefetch kRowsAhead rows ahead.
+constexpr int64_t kRowsAhead = 8;
+SIGMA_LOOP void prefetch_run(const float* row, int64_t floats) {
+  for (int64_t x = 0; x < floats; x += 16) __builtin_prefetch(row + x);
+}
+
+SIGMA_LOOP void vdot_heads_loop(float* s, int64_t lds, float* m, const float* q, const float* k, int64_t ldk, int64_t n,
+                                int64_t nh, int64_t rep, int64_t d, float scale) {
+  const int64_t run = ((nh - 1) / rep + 1) * d;
+  for (int64_t j = 0; j < n; ++j) {
+    const float* kj = k + j * ldk;
+    if (j + kRowsAhead < n) prefetch_run(kj + kRowsAhead * ldk, run);
+    for (int64_t g = 0, h = 0; h < nh; ++g) {
+      for (int64_t e = 0; e < rep; ++e, ++h) {  // query heads g·rep … g·rep + rep − 1 read key head g
+        const float x = scale * vdot_loop(q + h * d, kj + g * d, d);
+        s[h * lds + j] = x;
+        m[h] = std::max(m[h], x);
+      }
+    }
+  }
+}
+
+// o_h += (p[h·ldp + j]·w[h])·v_j,h for j = 0 … n−1 in order, heads h < nh (o_h = o + h·d;
+// v rows ldv apart, head h at (h / rep)·d): per head, vaxpy_rows_loop's numbers.
+SIGMA_LOOP void vaxpy_heads_loop(float* o, const float* v, int64_t ldv, const float* p, int64_t ldp, const float* w,
+                                 int64_t n, int64_t nh, int64_t rep, int64_t d) {
+  const int64_t run = ((nh - 1) / rep + 1) * d;
+  for (int64_t j = 0; j < n; ++j) {
+    const float* vj = v + j * ldv;
+    if (j + kRowsAhead < n) prefetch_run(vj + kRowsAhead * ldv, run);
+    for (int64_t g = 0, h = 0; h < nh; ++g)
+      for (int64_t e = 0; e < rep; ++e, ++h) vaxpy_loop(o + h * d, vj + g * d, p[h * ldp + j] * w[h], d);
+  }
+}
+
 SIGMA_VERSIONS(vdot_v, vdot_loop)
+SIGMA_VERSIONS(vdot_heads_v, vdot_heads_loop)
+SIGMA_VERSIONS(vaxpy_heads_v, vaxpy_heads_loop)
 SIGMA_VERSIONS(vaxpy_v, vaxpy_loop)
 SIGMA_VERSIONS(vdot_rows_v, vdot_rows_loop)
 SIGMA_VERSIONS(vaxpy_rows_v, vaxpy_rows_loop)
@@ -92,6 +134,14 @@ float vdot_rows(float* s, const float* a, const float* b, int64_t stride, int64_
 }
 void vaxpy_rows(float* y, const float* x, int64_t stride, const float* w, float scale, int64_t n, int64_t d) {
   vaxpy_rows_v(y, x, stride, w, scale, n, d);
+}
+void vdot_heads(float* s, int64_t lds, float* m, const float* q, const float* k, int64_t ldk, int64_t n, int64_t nh,
+                int64_t rep, int64_t d, float scale) {
+  vdot_heads_v(s, lds, m, q, k, ldk, n, nh, rep, d, scale);
+}
+void vaxpy_heads(float* o, const float* v, int64_t ldv, const float* p, int64_t ldp, const float* w, int64_t n,
+                 int64_t nh, int64_t rep, int64_t d) {
+  vaxpy_heads_v(o, v, ldv, p, ldp, w, n, nh, rep, d);
 }
 void vscale(float* x, float alpha, int64_t n) { vscale_v(x, alpha, n); }
 float vsum(const float* x, int64_t n) { return vsum_v(x, n); }
