@@ -212,6 +212,10 @@ test("numeric flags: 0, negative, fractional, NaN, Infinity and huge values name
     [["extract", "--ckpt", ck, "--domain", "en", "--out", join(root, "x"), "--batches", "0"], /--batches must be an integer from 1/],
     [["extract", "--ckpt", ck, "--domain", "en", "--out", join(root, "x"), "--experts", "0"], /--experts must be an integer from 1/],
     [["upcycle", "--from", ck, "--config", cfg, "--out", join(root, "x"), "--noise", "Infinity"], /--noise must be a number from 0 to 1000/],
+    // Named formats, not numbers, but refused the same way (before the checkpoint is looked at).
+    [["generate", "--ckpt", ck, "--kv-cache", "f8"], /--kv-cache "f8" is not a KV cache format/],
+    [["serve", "--ckpt", ck, "--kv-cache", "bf16"], /--kv-cache "bf16" is not a KV cache format/],
+    [["chat", "--ckpt", ck, "--kv-cache", ""], /--kv-cache "" is not a KV cache format/],
   ];
   for (const [args, re] of cases) await refused(args, re);
 });
