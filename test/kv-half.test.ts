@@ -1,7 +1,7 @@
 // The f16 KV cache (docs/decode.md): the f16 conversions on every kernel
 // path against the TypeScript definition, bit for bit; attention over f16
 // keys and values equal to attention over their f32 values, bit for bit (a
-// decode row across the 64-key chunks, grouped heads, a prompt's blocks);
+// decode row across the 8-key chunks, grouped heads, runs of heads, a prompt's blocks);
 // a model decoding through f16 caches (forward's general path, the decode
 // step, speculative decoding) and the server's f16 pool.
 import { test } from "node:test";
@@ -84,9 +84,9 @@ test("toHalf and fromHalf: every path gives the TypeScript definition's bits (al
   });
 });
 
-test("attentionHalf on every path is attention over the halves' f32 values, bit for bit: decode rows across 64-key chunks, grouped heads, prompt blocks", { skip }, () => {
+test("attentionHalf on every path is attention over the halves' f32 values, bit for bit: decode rows across 8-key chunks, grouped heads, prompt blocks", { skip }, () => {
   // [B, Tq, Tk, H, D, cap, G]
-  const shapes = [[1, 1, 1, 1, 1, 1, 1], [2, 1, 64, 4, 16, 70, 2], [1, 1, 65, 2, 33, 65, 2], [2, 3, 129, 8, 64, 200, 8], [1, 5, 200, 6, 64, 256, 2], [2, 15, 40, 2, 17, 48, 1], [2, 16, 40, 4, 17, 48, 2], [1, 40, 100, 3, 64, 128, 3]];
+  const shapes = [[1, 1, 1, 1, 1, 1, 1], [1, 1, 300, 8, 64, 300, 1], [1, 1, 99, 6, 32, 99, 2], [2, 1, 64, 4, 16, 70, 2], [1, 1, 65, 2, 33, 65, 2], [2, 3, 129, 8, 64, 200, 8], [1, 5, 200, 6, 64, 256, 2], [2, 15, 40, 2, 17, 48, 1], [2, 16, 40, 4, 17, 48, 2], [1, 40, 100, 3, 64, 128, 3]];
   for (const [B, Tq, Tk, H, D, cap, G] of shapes as [number, number, number, number, number, number, number][]) {
     const q = f32(B * Tq * H * D, 2);
     const k16 = Uint16Array.from(f32(B * cap * G * D, 3), halfBits);

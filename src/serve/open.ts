@@ -103,11 +103,10 @@ export function parseKVFormat(v: string, where: string): KVFormat {
 export function openModelSource(path: string, opts: OpenOptions = {}): ModelSource {
   const kv = opts.kvCache === undefined ? null : parseKVFormat(String(opts.kvCache), "kvCache");
   const src = openSource(path);
+  // Before any conversion: a float64 model cannot take an f16 cache.
+  if (kv === "f16" && src.model.tokenEmbedding.dtype !== "float32") throw new SigmaError(`${src.path} is a ${src.model.tokenEmbedding.dtype} model; an f16 KV cache serves float32 models only`, "use --kv-cache f32 (kvCache: \"f32\")");
   if (opts.weights) quantizeModel(src.model, opts.weights);
-  if (kv) {
-    if (kv === "f16" && src.model.tokenEmbedding.dtype !== "float32") throw new SigmaError(`${src.path} is a ${src.model.tokenEmbedding.dtype} model; an f16 KV cache serves float32 models only`, "leave kvCache at f32");
-    src.model.kvFormat = kv;
-  }
+  if (kv) src.model.kvFormat = kv;
   return src;
 }
 

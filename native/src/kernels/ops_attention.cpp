@@ -62,44 +62,47 @@ constexpr int64_t kMinRowWork = int64_t{1} << 12;
 inline int64_t visible(const Layout& L, int64_t i0, int64_t mq) { return L.Tk - L.Tq + i0 + mq; }
 
 // The row path (decoding: few queries). A task is one query row and a run of
-// key/value heads: it reads each cached position's keys for its heads as one
-// contiguous run (the heads side by side, ~1–2 KiB), then the values the same
-// way — a near-sequential stream the prefetchers follow, where one task per
-// head read 256 bytes every 2 KiB. Each head's numbers are those of a
-// per-head pass (vdot_heads and vaxpy_heads keep vdot_rows's and vaxpy_rows's
-// sums; the max is exact), and a query row's outputs do not depend on the
-// other rows of the call. The heads are split into as few runs as still give
-// every thread two tasks.
+// query heads: it reads each cached position's keys for the run's key/value
+// heads as one contiguous run (the heads side by side, up to G·D floats),
+// then the values the same way — a near-sequential stream the prefetchers
+// follow, where one task per head read 256 bytes every 2 KiB. Each head's
+// numbers are those of a per-head pass (vdot_heads and vaxpy_heads keep
+// vdot_rows's and vaxpy_rows's sums; the max is exact), and a query row's
+// outputs do not depend on the other rows of the call. The H query heads
+// are split into as few runs as still give every thread two tasks (a run
+// may be part of one key/value head's query heads: with one key/value head,
+// batch 1 still spreads over the threads).
 struct RowSplit {
-  int64_t groups;  // runs of key/value heads per query row
-  int64_t ng;      // key/value heads per run
-  int64_t nh;      // query heads per run
-  int64_t rep;     // query heads per key/value head
+  int64_t parts;  // runs of query heads per query row (a divisor of H)
+  int64_t nh;     // query heads per run
+  int64_t rep;    // query heads per key/value head
 };
 RowSplit row_split(const Layout& L) {
   const int64_t rows = L.B * L.Tq, want = 2 * static_cast<int64_t>(num_threads());
-  int64_t groups = 1;
-  while (groups < L.G && rows * groups < want) {
-    int64_t g = groups + 1;
-    while (L.G % g != 0) ++g;  // the next divisor of G
-    groups = g;
+  int64_t parts = 1;
+  while (parts < L.H && rows * parts < want) {
+    int64_t p = parts + 1;
+    while (L.H % p != 0) ++p;  // the next divisor of H
+    parts = p;
   }
-  const int64_t rep = L.H / L.G;
-  return {groups, L.G / groups, L.G / groups * rep, rep};
+  return {parts, L.H / parts, L.H / L.G};
 }
 struct RowTask {
   int64_t b, i, h0, n;  // batch row, query row, first query head, visible keys
+  int64_t e0, width;    // h0's place among its key/value head's query heads; floats of a cached row the run reads
 };
 RowTask row_task(const Layout& L, const RowSplit& S, int64_t t) {
-  const int64_t row = t / S.groups, gi = t % S.groups;
+  const int64_t row = t / S.parts, h0 = (t % S.parts) * S.nh;
   const int64_t i = row % L.Tq;
-  return {row / L.Tq, i, gi * S.nh, L.Tk - L.Tq + i + 1};
+  const int64_t g0 = h0 / S.rep, g1 = (h0 + S.nh - 1) / S.rep;  // the run's key/value heads
+  return {row / L.Tq, i, h0, L.Tk - L.Tq + i + 1, h0 % S.rep, (g1 - g0 + 1) * L.D};
 }
 struct RowScratch {
   std::vector<float> s, m, inv, buf;
 };
 // One task: `kv(j0, cnt, values)` gives positions j0 … j0 + cnt − 1 of the
-// task's keys (or values) as f32 runs and their stride, taken `chunk` rows at a time.
+// run's keys (or values) as f32 rows (r.width floats from the run's first
+// key/value head) and their stride, taken `chunk` rows at a time.
 template <class KV>
 void decode_row(const Layout& L, const RowSplit& S, const RowTask& r, const float* q, float* out, float* lse, float scale,
                 RowScratch& w, KV&& kv, int64_t chunk = std::numeric_limits<int64_t>::max()) {
@@ -111,7 +114,7 @@ void decode_row(const Layout& L, const RowSplit& S, const RowTask& r, const floa
   for (int64_t j0 = 0; j0 < n; j0 += chunk) {
     const int64_t cnt = std::min(chunk, n - j0);
     const auto [rows, ld] = kv(j0, cnt, false);
-    vdot_heads(w.s.data() + j0, n, w.m.data(), qi, rows, ld, cnt, nh, S.rep, D, scale);
+    vdot_heads(w.s.data() + j0, n, w.m.data(), qi, rows, ld, cnt, nh, S.rep, r.e0, D, scale);
   }
   for (int64_t h = 0; h < nh; ++h) {
     float* sh = w.s.data() + h * n;
@@ -124,7 +127,7 @@ void decode_row(const Layout& L, const RowSplit& S, const RowTask& r, const floa
   for (int64_t j0 = 0; j0 < n; j0 += chunk) {
     const int64_t cnt = std::min(chunk, n - j0);
     const auto [rows, ld] = kv(j0, cnt, true);
-    vaxpy_heads(o, rows, ld, w.s.data() + j0, n, w.inv.data(), cnt, nh, S.rep, D);
+    vaxpy_heads(o, rows, ld, w.s.data() + j0, n, w.inv.data(), cnt, nh, S.rep, r.e0, D);
   }
 }
 
@@ -190,7 +193,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
     return;
   }
   const RowSplit S = row_split(L);
-  parallel_for(B * Tq * S.groups, grain_for(Tk * D * S.nh, kMinRowWork), [&](int64_t t0, int64_t t1) {
+  parallel_for(B * Tq * S.parts, grain_for(Tk * D * S.nh, kMinRowWork), [&](int64_t t0, int64_t t1) {
     thread_local RowScratch w;
     for (int64_t t = t0; t < t1; ++t) {
       const RowTask r = row_task(L, S, t);
@@ -218,17 +221,16 @@ void attention_half(float* out, float* lse, const float* q, const uint16_t* k, c
     return;
   }
   // Decoding: attention's row path, the task's runs of keys (then values) converted kChunk rows at a time into an f32 buffer.
-  constexpr int64_t kChunk = 8;  // 8 rows of up to 512 halves: 16 KiB of f32, in L1
+  constexpr int64_t kChunk = 8;  // 8 rows of a run (8·G·D f32 at most: 16 KiB at config R's width)
   const RowSplit S = row_split(L);
-  parallel_for(B * Tq * S.groups, grain_for(Tk * D * S.nh, kMinRowWork), [&](int64_t t0, int64_t t1) {
+  parallel_for(B * Tq * S.parts, grain_for(Tk * D * S.nh, kMinRowWork), [&](int64_t t0, int64_t t1) {
     thread_local RowScratch w;
-    const int64_t run = S.ng * D;
-    w.buf.resize(static_cast<size_t>(kChunk * run));
     for (int64_t t = t0; t < t1; ++t) {
       const RowTask r = row_task(L, S, t);
+      w.buf.resize(static_cast<size_t>(kChunk * r.width));
       decode_row(L, S, r, q, out, lse, scale, w, [&](int64_t j0, int64_t cnt, bool values) -> std::pair<const float*, int64_t> {
-        half_rows_to_floats(w.buf.data(), (values ? v : k) + L.kv(r.b, j0, r.h0), W, cnt, run);
-        return {w.buf.data(), run};
+        half_rows_to_floats(w.buf.data(), (values ? v : k) + L.kv(r.b, j0, r.h0), W, cnt, r.width);
+        return {w.buf.data(), r.width};
       }, kChunk);
     }
   });

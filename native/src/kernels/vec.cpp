@@ -88,17 +88,17 @@ SIGMA_LOOP void prefetch_run(const float* row, int64_t floats) {
 }
 
 SIGMA_LOOP void vdot_heads_loop(float* s, int64_t lds, float* m, const float* q, const float* k, int64_t ldk, int64_t n,
-                                int64_t nh, int64_t rep, int64_t d, float scale) {
-  const int64_t run = ((nh - 1) / rep + 1) * d;
+                                int64_t nh, int64_t rep, int64_t e0, int64_t d, float scale) {
+  const int64_t run = ((e0 + nh - 1) / rep + 1) * d;
   for (int64_t j = 0; j < n; ++j) {
     const float* kj = k + j * ldk;
     if (j + kRowsAhead < n) prefetch_run(kj + kRowsAhead * ldk, run);
-    for (int64_t g = 0, h = 0; h < nh; ++g) {
-      for (int64_t e = 0; e < rep; ++e, ++h) {  // query heads g·rep … g·rep + rep − 1 read key head g
-        const float x = scale * vdot_loop(q + h * d, kj + g * d, d);
-        s[h * lds + j] = x;
-        m[h] = std::max(m[h], x);
-      }
+    // Query head h is the e-th of key head g's rep (the run starts at the e0-th of the first one).
+    for (int64_t h = 0, g = 0, e = e0; h < nh; ++h) {
+      const float x = scale * vdot_loop(q + h * d, kj + g * d, d);
+      s[h * lds + j] = x;
+      m[h] = std::max(m[h], x);
+      if (++e == rep) e = 0, ++g;
     }
   }
 }
@@ -106,13 +106,15 @@ SIGMA_LOOP void vdot_heads_loop(float* s, int64_t lds, float* m, const float* q,
 // o_h += (p[h·ldp + j]·w[h])·v_j,h for j = 0 … n−1 in order, heads h < nh (o_h = o + h·d;
 // v rows ldv apart, head h at (h / rep)·d): per head, vaxpy_rows_loop's numbers.
 SIGMA_LOOP void vaxpy_heads_loop(float* o, const float* v, int64_t ldv, const float* p, int64_t ldp, const float* w,
-                                 int64_t n, int64_t nh, int64_t rep, int64_t d) {
-  const int64_t run = ((nh - 1) / rep + 1) * d;
+                                 int64_t n, int64_t nh, int64_t rep, int64_t e0, int64_t d) {
+  const int64_t run = ((e0 + nh - 1) / rep + 1) * d;
   for (int64_t j = 0; j < n; ++j) {
     const float* vj = v + j * ldv;
     if (j + kRowsAhead < n) prefetch_run(vj + kRowsAhead * ldv, run);
-    for (int64_t g = 0, h = 0; h < nh; ++g)
-      for (int64_t e = 0; e < rep; ++e, ++h) vaxpy_loop(o + h * d, vj + g * d, p[h * ldp + j] * w[h], d);
+    for (int64_t h = 0, g = 0, e = e0; h < nh; ++h) {
+      vaxpy_loop(o + h * d, vj + g * d, p[h * ldp + j] * w[h], d);
+      if (++e == rep) e = 0, ++g;
+    }
   }
 }
 
@@ -136,12 +138,12 @@ void vaxpy_rows(float* y, const float* x, int64_t stride, const float* w, float 
   vaxpy_rows_v(y, x, stride, w, scale, n, d);
 }
 void vdot_heads(float* s, int64_t lds, float* m, const float* q, const float* k, int64_t ldk, int64_t n, int64_t nh,
-                int64_t rep, int64_t d, float scale) {
-  vdot_heads_v(s, lds, m, q, k, ldk, n, nh, rep, d, scale);
+                int64_t rep, int64_t e0, int64_t d, float scale) {
+  vdot_heads_v(s, lds, m, q, k, ldk, n, nh, rep, e0, d, scale);
 }
 void vaxpy_heads(float* o, const float* v, int64_t ldv, const float* p, int64_t ldp, const float* w, int64_t n,
-                 int64_t nh, int64_t rep, int64_t d) {
-  vaxpy_heads_v(o, v, ldv, p, ldp, w, n, nh, rep, d);
+                 int64_t nh, int64_t rep, int64_t e0, int64_t d) {
+  vaxpy_heads_v(o, v, ldv, p, ldp, w, n, nh, rep, e0, d);
 }
 void vscale(float* x, float alpha, int64_t n) { vscale_v(x, alpha, n); }
 float vsum(const float* x, int64_t n) { return vsum_v(x, n); }

@@ -12,13 +12,14 @@ void vaxpy(float* y, const float* x, float alpha, int64_t n);
 float vdot_rows(float* s, const float* a, const float* b, int64_t stride, int64_t n, int64_t d, float scale);
 // vaxpy(y, x + j·stride, w[j]·scale, d) for j = 0 … n−1, in order.
 void vaxpy_rows(float* y, const float* x, int64_t stride, const float* w, float scale, int64_t n, int64_t d);
-// Attention's decode rows, several heads per cached row: s[h·lds + j] = scale·vdot(q + h·d, k + j·ldk + (h/rep)·d, d)
-// and m[h] = max(m[h], s[h·lds + j]) in order of j, for j < n, h < nh (each head's numbers are vdot_rows's).
+// Attention's decode rows, several heads per cached row: with g(h) = (e0 + h)/rep (query head h of the run is
+// the ((e0 + h) mod rep)-th of key head g(h)), s[h·lds + j] = scale·vdot(q + h·d, k + j·ldk + g(h)·d, d) and
+// m[h] = max(m[h], s[h·lds + j]) in order of j, for j < n, h < nh (each head's numbers are vdot_rows's).
 void vdot_heads(float* s, int64_t lds, float* m, const float* q, const float* k, int64_t ldk, int64_t n, int64_t nh,
-                int64_t rep, int64_t d, float scale);
-// vaxpy(o + h·d, v + j·ldv + (h/rep)·d, p[h·ldp + j]·w[h], d) for j = 0 … n−1 in order, h < nh (each head's are vaxpy_rows's).
+                int64_t rep, int64_t e0, int64_t d, float scale);
+// vaxpy(o + h·d, v + j·ldv + g(h)·d, p[h·ldp + j]·w[h], d) for j = 0 … n−1 in order, h < nh (each head's are vaxpy_rows's).
 void vaxpy_heads(float* o, const float* v, int64_t ldv, const float* p, int64_t ldp, const float* w, int64_t n,
-                 int64_t nh, int64_t rep, int64_t d);
+                 int64_t nh, int64_t rep, int64_t e0, int64_t d);
 // x[i] *= alpha, in place.
 void vscale(float* x, float alpha, int64_t n);
 // Σ x[i] with eight float partial sums.
