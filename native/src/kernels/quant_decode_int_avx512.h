@@ -102,10 +102,10 @@ __attribute__((always_inline)) inline void q8_block(const IntRow* w, const Quant
     const __m512 sc = halves(w[i].s + g, gr);
     for (int r = 0; r < RC; ++r) c[i][r] = _mm512_mul_ps(sc, _mm512_loadu_ps(xr[r].d + g));
   }
-#pragma GCC unroll 8
-  for (int j = 0; j < 8; ++j) {
+  // zmm j of the block (false past the block's groups).
+  auto step = [&](int j) __attribute__((always_inline)) {
     const int64_t bytes = 32 * gr - 64 * j;
-    if (bytes <= 0) break;
+    if (bytes <= 0) return false;
     for (int i = 0; i < WR; ++i) {
       const __m512i wv = weight_bytes(w[i].p + g * 32 + 64 * j, bytes);
       for (int r = 0; r < RC; ++r) {
@@ -113,6 +113,14 @@ __attribute__((always_inline)) inline void q8_block(const IntRow* w, const Quant
         acc[i][r][j & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(q8_lanes(j), c[i][r]), acc[i][r][j & 1]);
       }
     }
+    return true;
+  };
+  if constexpr (WR * RC == 1) {
+    for (int j = 0; j < 8 && step(j); ++j) {}  // GCC's own choice: faster from memory for one row, one weight row
+  } else {
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j)
+      if (!step(j)) break;
   }
 }
 
@@ -130,10 +138,9 @@ __attribute__((always_inline)) inline void q4_block(const IntRow* w, const Quant
     }
   }
   const __m512i low = _mm512_set1_epi8(15);
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
+  auto step = [&](int j) __attribute__((always_inline)) {
     const int64_t bytes = 16 * gr - 64 * j;
-    if (bytes <= 0) break;
+    if (bytes <= 0) return false;
     for (int i = 0; i < WR; ++i) {
       const __m512i v = weight_bytes(w[i].p + g * 16 + 64 * j, bytes);
       const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
@@ -144,13 +151,21 @@ __attribute__((always_inline)) inline void q4_block(const IntRow* w, const Quant
         acc[i][r][j & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(q4_lanes(j), c[i][r]), acc[i][r][j & 1]);
       }
     }
+    return true;
+  };
+  if constexpr (WR * RC == 1) {
+    for (int j = 0; j < 4 && step(j); ++j) {}
+  } else {
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j)
+      if (!step(j)) break;
   }
 }
 
 // WR weight rows with RC rows of x: y[r·ldy + i] for i < WR, r < RC.
-// `ahead`: prefetch the streams (the first pass over the rows; later passes find them in L1).
+// `ahead`: bytes ahead of each row's read position to prefetch (0: none — a later pass finds the rows in L1).
 template <bool kVnni, int WR, int RC>
-__attribute__((always_inline)) inline void row_pass(bool q4, const IntRow* w, const QuantX* xr, int64_t G, bool ahead,
+__attribute__((always_inline)) inline void row_pass(bool q4, const IntRow* w, const QuantX* xr, int64_t G, int64_t ahead,
                                                     float* y, int64_t ldy) {
   const int64_t Gfull = G / 16 * 16;
   const int64_t block_bytes = q4 ? 256 : 512;
@@ -160,7 +175,7 @@ __attribute__((always_inline)) inline void row_pass(bool q4, const IntRow* w, co
   for (int64_t g = 0; g < Gfull; g += 16) {
     if (ahead) {
       for (int i = 0; i < WR; ++i) {
-        const char* a = reinterpret_cast<const char*>(w[i].p) + g * (block_bytes / 16) + kIntAhead;
+        const char* a = reinterpret_cast<const char*>(w[i].p) + g * (block_bytes / 16) + ahead;
         for (int b = 0; b < block_bytes; b += 64) _mm_prefetch(a + b, _MM_HINT_T1);
       }
     }
@@ -184,11 +199,13 @@ __attribute__((always_inline)) inline void row_pass(bool q4, const IntRow* w, co
 // of x are shared and several rows' chains run side by side. A (weight row,
 // x row) pair gets the same operations in the same order in every kind of
 // pass, so a row's outputs do not depend on R (nor on how the weight rows
-// fall into fours). The `#pragma GCC unroll` on the blocks' loops keeps
-// acc[·][·][j & 1] in registers: without it GCC 12 left the loop rolled and
-// the accumulators in memory. Measured on Zen 4 (one thread, a matrix from
-// cache, against the one-row-a-pass kernel without the pragma): q8 with one
-// row of x 1.4–1.6× at K = 128, 512 and 2048, five rows 1.5×; q4 1.2–1.4×.
+// fall into fours). The `#pragma GCC unroll` on the blocks' loops of
+// passes over several rows keeps acc[·][·][j & 1] in registers (rolled, GCC
+// 12 left them in memory); a one-row, one-weight-row pass keeps GCC's own
+// choice, which streamed faster from memory. Measured on Zen 4 in one
+// process, kernels alternating, 2 threads, against the kernel before this
+// session: five rows of x (a k = 4 verification) q8 1.1–1.3× and q4 1.0–1.3×
+// from memory; one row at K = 128 1.2–1.3×; one row at K ≥ 512 the same.
 template <bool kVnni>
 void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K, int64_t n0,
                 int64_t n1) {
@@ -198,29 +215,39 @@ void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, i
   auto row = [&](int64_t n) {
     return IntRow{static_cast<const uint8_t*>(w.data) + n * row_bytes, w.scales + n * G, q4 ? w.mins + n * G : nullptr};
   };
+  // Prefetch distances: one row at a time streams kIntAhead ahead; a pass over several rows at once moves
+  // through the four rows together, so each row prefetches its place in a later block of four (at least
+  // kIntAhead on): "4 KiB ahead" of each of four 2 KiB rows would mostly land inside the block being read.
+  const int64_t one = kIntAhead, block = 4 * row_bytes, several = (kIntAhead + block - 1) / block * block;
+  // The first pass over the rows reads them from memory: one at a time (as before this session's change),
+  // unless they are short (K ≤ 128: four rows are one run of at most 512 bytes, and the per-row work
+  // dominates). Measured in one process, kernels alternating (2 threads, one row of x, Zen 4): four at a
+  // time streamed q8 at K = 512 and 2048 at 20.6–21.2 GB/s against one at a time's 23.6–24.0, and
+  // K = 128 at 18.0 against 15.6. Later passes find the rows in L1 and take them four (or two) at a time.
   for (int64_t n = n0; n < n1; n += 4) {
     const int64_t nw = std::min<int64_t>(4, n1 - n);
+    auto together = [&](int64_t r) { return nw == 4 && (r > 0 || G <= 4); };
     const IntRow rows[4] = {row(n), row(std::min(n + 1, n1 - 1)), row(std::min(n + 2, n1 - 1)), row(std::min(n + 3, n1 - 1))};
     int64_t r = 0;
     for (; r + 4 <= R; r += 4) {
       const QuantX xr[4] = {qx.row(r), qx.row(r + 1), qx.row(r + 2), qx.row(r + 3)};
-      for (int64_t i = 0; i < nw; ++i) row_pass<kVnni, 1, 4>(q4, rows + i, xr, G, r == 0, y + r * ldy + n + i, ldy);
+      for (int64_t i = 0; i < nw; ++i) row_pass<kVnni, 1, 4>(q4, rows + i, xr, G, r == 0 ? one : 0, y + r * ldy + n + i, ldy);
     }
     for (; r + 2 <= R; r += 2) {
       const QuantX xr[2] = {qx.row(r), qx.row(r + 1)};
-      if (nw == 4) {
-        row_pass<kVnni, 2, 2>(q4, rows, xr, G, r == 0, y + r * ldy + n, ldy);
-        row_pass<kVnni, 2, 2>(q4, rows + 2, xr, G, r == 0, y + r * ldy + n + 2, ldy);
+      if (together(r)) {
+        row_pass<kVnni, 2, 2>(q4, rows, xr, G, r == 0 ? several : 0, y + r * ldy + n, ldy);
+        row_pass<kVnni, 2, 2>(q4, rows + 2, xr, G, r == 0 ? several : 0, y + r * ldy + n + 2, ldy);
       } else {
-        for (int64_t i = 0; i < nw; ++i) row_pass<kVnni, 1, 2>(q4, rows + i, xr, G, r == 0, y + r * ldy + n + i, ldy);
+        for (int64_t i = 0; i < nw; ++i) row_pass<kVnni, 1, 2>(q4, rows + i, xr, G, r == 0 ? one : 0, y + r * ldy + n + i, ldy);
       }
     }
     if (r < R) {
       const QuantX xr[1] = {qx.row(r)};
-      if (nw == 4) {
-        row_pass<kVnni, 4, 1>(q4, rows, xr, G, r == 0, y + r * ldy + n, ldy);
+      if (together(r)) {
+        row_pass<kVnni, 4, 1>(q4, rows, xr, G, r == 0 ? several : 0, y + r * ldy + n, ldy);
       } else {
-        for (int64_t i = 0; i < nw; ++i) row_pass<kVnni, 1, 1>(q4, rows + i, xr, G, r == 0, y + r * ldy + n + i, ldy);
+        for (int64_t i = 0; i < nw; ++i) row_pass<kVnni, 1, 1>(q4, rows + i, xr, G, r == 0 ? one : 0, y + r * ldy + n + i, ldy);
       }
     }
   }
