@@ -37,7 +37,7 @@ export function register(program: Command): void {
       const server = await serve(model, { host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue, prefillChunk: o.prefillChunk, apiKey, draftTokens, ...(draft ? { draft } : {}), ...(o.name !== undefined ? { name: o.name } : {}) });
       console.log(`sigma serve: ${model.path} on ${server.url} (OpenAI API under ${server.url}/v1)`);
       const drafts = draft ? `; drafts of ${draftTokens} tokens from ${draft.path} (acceptance in /metrics)` : draftTokens ? `; n-gram drafts of ${draftTokens} tokens (acceptance in /metrics)` : "";
-      console.log(`models: ${server.models.join(", ")}${apiKey ? "; a bearer key is required" : ""}; batch ≤ ${o.maxBatch}, queue ≤ ${o.maxQueue}${drafts}`);
+      console.log(`models: ${server.models.join(", ")}${apiKey ? "; a bearer key is required" : ""}; batch ≤ ${o.maxBatch}, queue ≤ ${o.maxQueue}${o.kvCache === "f16" ? "; keys and values cached in f16" : ""}${drafts}`);
       if (o.host !== "127.0.0.1" && o.host !== "localhost" && o.host !== "::1" && !apiKey) console.log("warning: listening beyond this machine without --api-key: anyone who reaches the port can use the model");
       // Serve until asked to stop; then finish cleanly (open streams are cancelled).
       await new Promise<void>((resolve) => {
