@@ -66,8 +66,8 @@ inline int64_t visible(const Layout& L, int64_t i0, int64_t mq) { return L.Tk - 
 // heads as one contiguous run (the heads side by side, up to G·D floats),
 // then the values the same way — a near-sequential stream the prefetchers
 // follow, where one task per head read 256 bytes every 2 KiB. Each head's
-// numbers are those of a per-head pass (vdot_heads and vaxpy_heads keep
-// vdot_rows's and vaxpy_rows's sums; the max is exact), and a query row's
+// numbers are those of a per-head pass (vdot_heads and vaxpy_heads sum each
+// head with vdot and vaxpy in order of the rows; the max is exact), and a query row's
 // outputs do not depend on the other rows of the call. The H query heads
 // are split into as few runs as still give every thread two tasks (a run
 // may be part of one key/value head's query heads: with one key/value head,
@@ -100,12 +100,15 @@ RowTask row_task(const Layout& L, const RowSplit& S, int64_t t) {
 struct RowScratch {
   std::vector<float> s, m, inv, buf;
 };
+// Rows read in place from the cache are prefetched this many rows ahead.
+constexpr int64_t kRowsAhead = 8;
 // One task: `kv(j0, cnt, values)` gives positions j0 … j0 + cnt − 1 of the
 // run's keys (or values) as f32 rows (r.width floats from the run's first
-// key/value head) and their stride, taken `chunk` rows at a time.
+// key/value head) and their stride, taken `chunk` rows at a time; `ahead`:
+// the rows' prefetch distance (0 for rows the callback already brought into L1).
 template <class KV>
 void decode_row(const Layout& L, const RowSplit& S, const RowTask& r, const float* q, float* out, float* lse, float scale,
-                RowScratch& w, KV&& kv, int64_t chunk = std::numeric_limits<int64_t>::max()) {
+                RowScratch& w, KV&& kv, int64_t chunk, int64_t ahead) {
   const int64_t n = r.n, nh = S.nh, D = L.D;
   w.s.resize(static_cast<size_t>(nh * n));
   w.m.assign(static_cast<size_t>(nh), -INFINITY);
@@ -114,7 +117,7 @@ void decode_row(const Layout& L, const RowSplit& S, const RowTask& r, const floa
   for (int64_t j0 = 0; j0 < n; j0 += chunk) {
     const int64_t cnt = std::min(chunk, n - j0);
     const auto [rows, ld] = kv(j0, cnt, false);
-    vdot_heads(w.s.data() + j0, n, w.m.data(), qi, rows, ld, cnt, nh, S.rep, r.e0, D, scale);
+    vdot_heads(w.s.data() + j0, n, w.m.data(), qi, rows, ld, cnt, nh, S.rep, r.e0, D, scale, ahead);
   }
   for (int64_t h = 0; h < nh; ++h) {
     float* sh = w.s.data() + h * n;
@@ -127,7 +130,7 @@ void decode_row(const Layout& L, const RowSplit& S, const RowTask& r, const floa
   for (int64_t j0 = 0; j0 < n; j0 += chunk) {
     const int64_t cnt = std::min(chunk, n - j0);
     const auto [rows, ld] = kv(j0, cnt, true);
-    vaxpy_heads(o, rows, ld, w.s.data() + j0, n, w.inv.data(), cnt, nh, S.rep, r.e0, D);
+    vaxpy_heads(o, rows, ld, w.s.data() + j0, n, w.inv.data(), cnt, nh, S.rep, r.e0, D, ahead);
   }
 }
 
@@ -200,7 +203,7 @@ void attention(float* out, float* lse, const float* q, const float* k, const flo
       // The keys and the values of the task's heads, one run per cached row, read in place.
       decode_row(L, S, r, q, out, lse, scale, w, [&](int64_t j0, int64_t, bool values) -> std::pair<const float*, int64_t> {
         return {(values ? v : k) + L.kv(r.b, j0, r.h0), L.kvd()};
-      });
+      }, std::numeric_limits<int64_t>::max(), kRowsAhead);
     }
   });
 }
@@ -210,8 +213,10 @@ void attention_half(float* out, float* lse, const float* q, const uint16_t* k, c
   const Layout L{B, Tq, Tk, H, D, kv_cap, kv_heads > 0 ? kv_heads : H};
   const int64_t W = L.kvd();
   if (Tq >= kBlockMin) {
-    // A prompt: each sequence's visible keys and values as f32 (Tk·W each), then the f32 kernel.
-    std::vector<float> kf(static_cast<size_t>(Tk * W)), vf(static_cast<size_t>(Tk * W));
+    // A prompt: each sequence's visible keys and values as f32 (Tk·W each, grow-only buffers of the
+    // calling thread), then the f32 kernel.
+    thread_local std::vector<float> kf, vf;
+    if (kf.size() < static_cast<size_t>(Tk * W)) kf.resize(static_cast<size_t>(Tk * W)), vf.resize(static_cast<size_t>(Tk * W));
     for (int64_t b = 0; b < B; ++b) {
       halves_to_floats(kf.data(), k + b * kv_cap * W, Tk * W);
       halves_to_floats(vf.data(), v + b * kv_cap * W, Tk * W);
@@ -231,7 +236,7 @@ void attention_half(float* out, float* lse, const float* q, const uint16_t* k, c
       decode_row(L, S, r, q, out, lse, scale, w, [&](int64_t j0, int64_t cnt, bool values) -> std::pair<const float*, int64_t> {
         half_rows_to_floats(w.buf.data(), (values ? v : k) + L.kv(r.b, j0, r.h0), W, cnt, r.width);
         return {w.buf.data(), r.width};
-      }, kChunk);
+      }, kChunk, 0);  // the conversion prefetches the halves; the f32 buffer is in L1
     }
   });
 }

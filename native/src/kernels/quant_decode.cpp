@@ -132,11 +132,9 @@ void dequant_group(const QuantMatrix& w, int64_t K, int64_t n, int64_t k0, int64
       for (int64_t i = 0; i < cnt; ++i) out[i] = bf16_to_float(p[i]);
       break;
     }
-    case WeightFormat::kF16: {
-      const uint16_t* p = static_cast<const uint16_t*>(w.data) + n * stride + k0;
-      for (int64_t i = 0; i < cnt; ++i) out[i] = half_to_float(p[i]);
+    case WeightFormat::kF16:  // exact, so F16C where the path has it gives the same floats
+      halves_to_floats(out, static_cast<const uint16_t*>(w.data) + n * stride + k0, cnt);
       break;
-    }
     case WeightFormat::kQ8: {
       const int8_t* p = static_cast<const int8_t*>(w.data) + n * stride + k0;
       const float d = half_to_float(w.scales[n * quant_groups(K) + k0 / kQuantGroup]);

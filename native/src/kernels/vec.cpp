@@ -59,71 +59,50 @@ float vexp_shift_portable(float* y, const float* x, float m, int64_t n) {
   return vsum_loop(y, n);
 }
 
-// n dot products of a with rows b, b + stride, …, each times scale, into s;
-// returns their max (std::max from −∞, in order). Each is vdot_loop's sum,
-// bit for bit: one call per run of keys instead of one per key.
-SIGMA_LOOP float vdot_rows_loop(float* s, const float* a, const float* b, int64_t stride, int64_t n, int64_t d, float scale) {
-  float m = -INFINITY;
+// Attention's decode rows walk n cached rows (ld apart) and, in each, the
+// runs of nh query heads: query head h is the e-th of key/value head g's rep
+// query heads (the walk starts at the e0-th of the first), so body(j, h, run)
+// gets row j's run for head h at g·d. With `ahead` > 0 (rows read from
+// memory: the weights streamed since evicted them) it prefetches the rows'
+// runs `ahead` rows on; rows already in L1 (an f16 cache's converted
+// buffer) pass 0.
+template <class Body>
+SIGMA_LOOP void each_row_head(const float* rows, int64_t ld, int64_t n, int64_t nh, int64_t rep, int64_t e0, int64_t d,
+                              int64_t ahead, Body&& body) {
+  const int64_t run = ((e0 + nh - 1) / rep + 1) * d;
   for (int64_t j = 0; j < n; ++j) {
-    s[j] = scale * vdot_loop(a, b + j * stride, d);
-    m = std::max(m, s[j]);
+    const float* row = rows + j * ld;
+    if (ahead > 0 && j + ahead < n)
+      for (int64_t x = 0; x < run; x += 16) __builtin_prefetch(row + ahead * ld + x);
+    for (int64_t h = 0, g = 0, e = e0; h < nh; ++h) {
+      body(j, h, row + g * d);
+      if (++e == rep) e = 0, ++g;
+    }
   }
-  return m;
 }
 
-// y += (w[j]·scale)·x_j for the rows x_j = x + j·stride, j = 0 … n−1 in order (vaxpy_loop each).
-SIGMA_LOOP void vaxpy_rows_loop(float* y, const float* x, int64_t stride, const float* w, float scale, int64_t n, int64_t d) {
-  for (int64_t j = 0; j < n; ++j) vaxpy_loop(y, x + j * stride, w[j] * scale, d);
-}
-
-// Scores of nh query heads (q, D apart) against n cached positions (k, rows ldk
-// apart; query head h reads the run at (h / rep)·d of each row):
-// s[h·lds + j] = scale·vdot_loop(q_h, k_j,h), and m[h] = max(m[h], …) in order
-// of j — per head, vdot_rows_loop's numbers, with each row's heads read side by side.
-// Cached rows come from memory (the weights streamed since evicted them), a
-// run of a few hundred bytes every row: the loops prefetch kRowsAhead rows ahead.
-constexpr int64_t kRowsAhead = 8;
-SIGMA_LOOP void prefetch_run(const float* row, int64_t floats) {
-  for (int64_t x = 0; x < floats; x += 16) __builtin_prefetch(row + x);
-}
-
+// s[h·lds + j] = scale·vdot_loop(q_h, k_j,h) and m[h] = max(m[h], …) in order of j.
 SIGMA_LOOP void vdot_heads_loop(float* s, int64_t lds, float* m, const float* q, const float* k, int64_t ldk, int64_t n,
-                                int64_t nh, int64_t rep, int64_t e0, int64_t d, float scale) {
-  const int64_t run = ((e0 + nh - 1) / rep + 1) * d;
-  for (int64_t j = 0; j < n; ++j) {
-    const float* kj = k + j * ldk;
-    if (j + kRowsAhead < n) prefetch_run(kj + kRowsAhead * ldk, run);
-    // Query head h is the e-th of key head g's rep (the run starts at the e0-th of the first one).
-    for (int64_t h = 0, g = 0, e = e0; h < nh; ++h) {
-      const float x = scale * vdot_loop(q + h * d, kj + g * d, d);
-      s[h * lds + j] = x;
-      m[h] = std::max(m[h], x);
-      if (++e == rep) e = 0, ++g;
-    }
-  }
+                                int64_t nh, int64_t rep, int64_t e0, int64_t d, float scale, int64_t ahead) {
+  each_row_head(k, ldk, n, nh, rep, e0, d, ahead, [&](int64_t j, int64_t h, const float* kh) __attribute__((always_inline)) {
+    const float x = scale * vdot_loop(q + h * d, kh, d);
+    s[h * lds + j] = x;
+    m[h] = std::max(m[h], x);
+  });
 }
 
-// o_h += (p[h·ldp + j]·w[h])·v_j,h for j = 0 … n−1 in order, heads h < nh (o_h = o + h·d;
-// v rows ldv apart, head h at (h / rep)·d): per head, vaxpy_rows_loop's numbers.
+// o_h += (p[h·ldp + j]·w[h])·v_j,h for j = 0 … n−1 in order.
 SIGMA_LOOP void vaxpy_heads_loop(float* o, const float* v, int64_t ldv, const float* p, int64_t ldp, const float* w,
-                                 int64_t n, int64_t nh, int64_t rep, int64_t e0, int64_t d) {
-  const int64_t run = ((e0 + nh - 1) / rep + 1) * d;
-  for (int64_t j = 0; j < n; ++j) {
-    const float* vj = v + j * ldv;
-    if (j + kRowsAhead < n) prefetch_run(vj + kRowsAhead * ldv, run);
-    for (int64_t h = 0, g = 0, e = e0; h < nh; ++h) {
-      vaxpy_loop(o + h * d, vj + g * d, p[h * ldp + j] * w[h], d);
-      if (++e == rep) e = 0, ++g;
-    }
-  }
+                                 int64_t n, int64_t nh, int64_t rep, int64_t e0, int64_t d, int64_t ahead) {
+  each_row_head(v, ldv, n, nh, rep, e0, d, ahead, [&](int64_t j, int64_t h, const float* vh) __attribute__((always_inline)) {
+    vaxpy_loop(o + h * d, vh, p[h * ldp + j] * w[h], d);
+  });
 }
 
 SIGMA_VERSIONS(vdot_v, vdot_loop)
 SIGMA_VERSIONS(vdot_heads_v, vdot_heads_loop)
 SIGMA_VERSIONS(vaxpy_heads_v, vaxpy_heads_loop)
 SIGMA_VERSIONS(vaxpy_v, vaxpy_loop)
-SIGMA_VERSIONS(vdot_rows_v, vdot_rows_loop)
-SIGMA_VERSIONS(vaxpy_rows_v, vaxpy_rows_loop)
 SIGMA_VERSIONS(vscale_v, vscale_loop)
 SIGMA_VERSIONS(vsum_v, vsum_loop)
 
@@ -131,19 +110,13 @@ SIGMA_VERSIONS(vsum_v, vsum_loop)
 
 float vdot(const float* a, const float* b, int64_t n) { return vdot_v(a, b, n); }
 void vaxpy(float* y, const float* x, float alpha, int64_t n) { vaxpy_v(y, x, alpha, n); }
-float vdot_rows(float* s, const float* a, const float* b, int64_t stride, int64_t n, int64_t d, float scale) {
-  return vdot_rows_v(s, a, b, stride, n, d, scale);
-}
-void vaxpy_rows(float* y, const float* x, int64_t stride, const float* w, float scale, int64_t n, int64_t d) {
-  vaxpy_rows_v(y, x, stride, w, scale, n, d);
-}
 void vdot_heads(float* s, int64_t lds, float* m, const float* q, const float* k, int64_t ldk, int64_t n, int64_t nh,
-                int64_t rep, int64_t e0, int64_t d, float scale) {
-  vdot_heads_v(s, lds, m, q, k, ldk, n, nh, rep, e0, d, scale);
+                int64_t rep, int64_t e0, int64_t d, float scale, int64_t ahead) {
+  vdot_heads_v(s, lds, m, q, k, ldk, n, nh, rep, e0, d, scale, ahead);
 }
 void vaxpy_heads(float* o, const float* v, int64_t ldv, const float* p, int64_t ldp, const float* w, int64_t n,
-                 int64_t nh, int64_t rep, int64_t e0, int64_t d) {
-  vaxpy_heads_v(o, v, ldv, p, ldp, w, n, nh, rep, e0, d);
+                 int64_t nh, int64_t rep, int64_t e0, int64_t d, int64_t ahead) {
+  vaxpy_heads_v(o, v, ldv, p, ldp, w, n, nh, rep, e0, d, ahead);
 }
 void vscale(float* x, float alpha, int64_t n) { vscale_v(x, alpha, n); }
 float vsum(const float* x, int64_t n) { return vsum_v(x, n); }

@@ -8,18 +8,15 @@ namespace sigma {
 float vdot(const float* a, const float* b, int64_t n);
 // y[i] += alpha·x[i].
 void vaxpy(float* y, const float* x, float alpha, int64_t n);
-// s[j] = scale·vdot(a, b + j·stride, d) for j < n; returns max_j s[j] (−∞ for n = 0).
-float vdot_rows(float* s, const float* a, const float* b, int64_t stride, int64_t n, int64_t d, float scale);
-// vaxpy(y, x + j·stride, w[j]·scale, d) for j = 0 … n−1, in order.
-void vaxpy_rows(float* y, const float* x, int64_t stride, const float* w, float scale, int64_t n, int64_t d);
 // Attention's decode rows, several heads per cached row: with g(h) = (e0 + h)/rep (query head h of the run is
 // the ((e0 + h) mod rep)-th of key head g(h)), s[h·lds + j] = scale·vdot(q + h·d, k + j·ldk + g(h)·d, d) and
-// m[h] = max(m[h], s[h·lds + j]) in order of j, for j < n, h < nh (each head's numbers are vdot_rows's).
+// m[h] = max(m[h], s[h·lds + j]) (std::max from the caller's m, in order of j), for j < n, h < nh.
+// `ahead` > 0: prefetch the rows that many rows on (rows read from memory); 0 for rows already in L1.
 void vdot_heads(float* s, int64_t lds, float* m, const float* q, const float* k, int64_t ldk, int64_t n, int64_t nh,
-                int64_t rep, int64_t e0, int64_t d, float scale);
-// vaxpy(o + h·d, v + j·ldv + g(h)·d, p[h·ldp + j]·w[h], d) for j = 0 … n−1 in order, h < nh (each head's are vaxpy_rows's).
+                int64_t rep, int64_t e0, int64_t d, float scale, int64_t ahead);
+// vaxpy(o + h·d, v + j·ldv + g(h)·d, p[h·ldp + j]·w[h], d) for j = 0 … n−1 in order, h < nh.
 void vaxpy_heads(float* o, const float* v, int64_t ldv, const float* p, int64_t ldp, const float* w, int64_t n,
-                 int64_t nh, int64_t rep, int64_t e0, int64_t d);
+                 int64_t nh, int64_t rep, int64_t e0, int64_t d, int64_t ahead);
 // x[i] *= alpha, in place.
 void vscale(float* x, float alpha, int64_t n);
 // Σ x[i] with eight float partial sums.
