@@ -64,6 +64,8 @@ export class KVPool {
   private open_ = new Set<KVSeq>();
   private nextId = 1;
   private scratch: { k: FloatArray | Uint16Array; v: FloatArray | Uint16Array } | null = null;
+  /** The f16 path's log-sum-exp scratch (the attention's by-product, unused here), grow-only. */
+  private lse = new Float32Array(0);
 
   constructor(
     readonly layers: number,
@@ -78,9 +80,8 @@ export class KVPool {
     if (!(Number.isInteger(blocks) && blocks >= 1)) throw new RangeError(`KVPool: ${blocks} blocks; needs at least 1`);
     if (format === "f16" && dtype !== "float32") throw new RangeError(`KVPool: an f16 pool serves float32 models only (this one is ${dtype})`);
     const n = blocks * blockSize * width;
-    const alloc = (): FloatArray | Uint16Array => this.alloc(n);
-    this.k = Array.from({ length: layers }, alloc);
-    this.v = Array.from({ length: layers }, alloc);
+    this.k = Array.from({ length: layers }, () => this.alloc(n));
+    this.v = Array.from({ length: layers }, () => this.alloc(n));
     this.free = Array.from({ length: blocks }, (_, i) => blocks - 1 - i);
   }
 
@@ -163,7 +164,8 @@ export class KVPool {
     const bs = this.blockSize;
     const [kd, vd, qd] = [k.data, v.data, q.data];
     const out = Tensor.zeros(q.shape, q.dtype);
-    const half = this.format === "f16";
+    const [kl, vl] = [this.k[layer]!, this.v[layer]!];
+    const half = kl instanceof Uint16Array && vl instanceof Uint16Array;
     const be = backendFor(qd);
     for (const { seq, start, rows } of items) {
       // Store the new keys and values at positions length…length+rows−1 (rounded to f16 in an f16 pool).
@@ -171,8 +173,7 @@ export class KVPool {
         const pos = seq.length + i;
         const at = (seq.table[Math.floor(pos / bs)]! * bs + (pos % bs)) * C;
         const from = (start + i) * C;
-        const [kl, vl] = [this.k[layer]!, this.v[layer]!];
-        if (kl instanceof Uint16Array && vl instanceof Uint16Array) {
+        if (half) {
           be.toHalf(kl.subarray(at, at + C), kd.subarray(from, from + C), C);
           be.toHalf(vl.subarray(at, at + C), vd.subarray(from, from + C), C);
         } else {
@@ -185,7 +186,8 @@ export class KVPool {
       const qi = qd.subarray(start * Cq, (start + rows) * Cq);
       if (half) {
         const D = Cq / heads;
-        be.attentionHalf(out.data.subarray(start * Cq, (start + rows) * Cq), new Float32Array(heads * rows), qi, kc as Uint16Array, vc as Uint16Array, 1, rows, keys, heads, D, keys, 1 / Math.sqrt(D), C / D);
+        if (this.lse.length < heads * rows) this.lse = new Float32Array(heads * rows);
+        be.attentionHalf(out.data.subarray(start * Cq, (start + rows) * Cq), this.lse, qi, kc as Uint16Array, vc as Uint16Array, 1, rows, keys, heads, D, keys, 1 / Math.sqrt(D), C / D);
         continue;
       }
       const o = ops.attention(Tensor.from(qi, [1, rows, Cq]), Tensor.from(kc as FloatArray, [1, keys, C]), Tensor.from(vc as FloatArray, [1, keys, C]), { heads, keys });
