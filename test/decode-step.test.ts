@@ -139,14 +139,19 @@ test("decode step: Llama / Qwen blocks — RMSNorm, rotary positions, grouped he
   }
 });
 
+/** The vector kernel paths this CPU runs, within the SIGMA_KERNEL_PATH cap (the portable path sums in other orders). */
+function vectorPaths(addon: NonNullable<ReturnType<typeof loadNative>["backend"]>): ("auto" | "avx2-fma")[] {
+  const features = addon.cpuFeatures();
+  const cap = kernelPathSetting().path;
+  return [...(cap === "auto" && features.avx512f ? ["auto" as const] : []), ...(cap !== "portable" && features.avx2 && features.fma ? ["avx2-fma" as const] : [])];
+}
+
 test("decode step: a step of k + 1 positions gives each position the bits k + 1 one-position steps give (a speculative verification is plain decoding), every router and format, AVX-512 and AVX2", () => {
   const addon = loadNative().backend;
   if (!addon) return; // the TypeScript backend: no kernel paths to visit (its products are plain loops)
-  const features = addon.cpuFeatures();
   const cap = kernelPathSetting().path;
-  const paths = [...(cap === "auto" && features.avx512f ? ["auto"] : []), ...(cap !== "portable" && features.avx2 && features.fma ? ["avx2-fma"] : [])] as ("auto" | "avx2-fma")[];
   try {
-    for (const path of paths) {
+    for (const path of vectorPaths(addon)) {
       addon.setKernelPath(path);
       for (const [name, router, extra] of [
         ["topk", ROUTERS.topk!, {}],
@@ -180,11 +185,9 @@ test("router gates on a wide model: x·Wᵀ of one row and of 9–16 rows give e
   if (!addon) return;
   const rng = new Rng(5);
   const rand = (n: number) => Float32Array.from({ length: n }, () => rng.uniform() - 0.5);
-  const features = addon.cpuFeatures();
   const cap = kernelPathSetting().path;
-  const paths = [...(cap === "auto" && features.avx512f ? ["auto"] : []), ...(cap !== "portable" && features.avx2 && features.fma ? ["avx2-fma"] : [])] as ("auto" | "avx2-fma")[];
   try {
-    for (const path of paths) {
+    for (const path of vectorPaths(addon)) {
       addon.setKernelPath(path);
       for (const [E, K, M] of [[8, 1024, 12], [64, 2048, 16], [4, 4096, 9]] as const) {
         const w = rand(E * K);

@@ -15,14 +15,14 @@ import { decodeStepRuns, useDecodeStep } from "../src/models/decode-step.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
 import { quantizeModel } from "../src/models/quantize.js";
 import type { HalfKVCache, KVCache } from "../src/nn/attention.js";
-import { attentionLayers, forwardBatch, type BatchItem } from "../src/serve/batch.js";
 import { generateIds } from "../src/serve/generate.js";
-import { KVPool, type KVSeq } from "../src/serve/kv-pool.js";
+import { KVPool } from "../src/serve/kv-pool.js";
 import { openModelSource } from "../src/serve/open.js";
 import { argmax } from "../src/serve/sampling.js";
 import { speculativeIds } from "../src/serve/speculative.js";
 import { Rng } from "../src/util/rng.js";
 import { SigmaError } from "../src/util/errors.js";
+import { decodeAll, type Job } from "./serve-fixture.js";
 
 const load = loadNative();
 const native = load.backend!;
@@ -186,38 +186,13 @@ test("the server's f16 pool: greedy text alone, beside others (scattered blocks)
   quantizeModel(model, "q8");
   model.kvFormat = "f16";
   const W = model.blocks[0]!.attn.kvWidth;
-  const run = (jobs: { prompt: number[]; joins: number; steps: number }[]): { out: number[][]; scattered: boolean } => {
-    const pool = new KVPool(attentionLayers(model), W, 4, 64, "float32", "f16");
-    assert.ok(pool.k[0] instanceof Uint16Array);
-    const st = jobs.map(() => ({ seq: null as KVSeq | null, fed: false, out: [] as number[], next: -1, done: false }));
-    let scattered = false;
-    for (let step = 0; st.some((s) => !s.done); step++) {
-      const items: (BatchItem & { j: number })[] = [];
-      jobs.forEach((job, j) => {
-        const s = st[j]!;
-        if (s.done || step < job.joins) return;
-        s.seq ??= pool.open(job.prompt.length + job.steps);
-        items.push({ j, seq: s.seq!, tokens: s.fed ? [s.next] : job.prompt, domain: 1, logits: true });
-        s.fed = true;
-      });
-      if (!items.length) continue;
-      const logits = forwardBatch(model, pool, items);
-      items.forEach((it, i) => {
-        const s = st[it.j]!;
-        if (it.seq.table.some((b, x) => x > 0 && b !== it.seq.table[0]! + x)) scattered = true;
-        s.next = argmax(logits[i]!);
-        s.out.push(s.next);
-        if (s.out.length === jobs[it.j]!.steps) {
-          pool.close(it.seq);
-          s.done = true;
-        }
-      });
-    }
-    assert.equal(pool.used, 0);
-    return { out: st.map((s) => s.out), scattered };
+  const run = (js: Job[]) => {
+    const r = decodeAll(model, js, 64, 4, W, "f16");
+    assert.ok(r.pool.k[0] instanceof Uint16Array, "the pool keeps f16 bits");
+    return r;
   };
   const ids = (n: number, k: number) => Array.from({ length: n }, (_, i) => 3 + ((i * k) % 90));
-  const jobs = [{ prompt: ids(6, 7), joins: 0, steps: 14 }, { prompt: ids(3, 11), joins: 2, steps: 12 }, { prompt: ids(9, 5), joins: 3, steps: 10 }];
+  const jobs = [{ prompt: ids(6, 7), domain: 1, joins: 0, steps: 14 }, { prompt: ids(3, 11), domain: 1, joins: 2, steps: 12 }, { prompt: ids(9, 5), domain: 1, joins: 3, steps: 10 }];
   const together = run(jobs);
   assert.ok(together.scattered, "some sequence's blocks were not consecutive (the pool's copying path ran)");
   jobs.forEach((job, j) => {

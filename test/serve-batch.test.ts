@@ -10,10 +10,9 @@ import { headDim, kvHeads, parseModelConfig, type ModelConfigInput } from "../sr
 import { decodeStepRuns, useDecodeStep } from "../src/models/decode-step.js";
 import { quantizeModel } from "../src/models/quantize.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
-import { attentionLayers, forwardBatch, type BatchItem } from "../src/serve/batch.js";
-import { KVPool, type KVSeq } from "../src/serve/kv-pool.js";
+import { KVPool } from "../src/serve/kv-pool.js";
 import { generateIds } from "../src/serve/generate.js";
-import { argmax } from "../src/serve/sampling.js";
+import { decodeAll, kvWidth, type Job } from "./serve-fixture.js";
 import { Rng } from "../src/util/rng.js";
 
 type RouterInput = NonNullable<ModelConfigInput["experts"]>["router"];
@@ -34,61 +33,6 @@ function tinyModel(router: RouterInput | null, extra: Partial<ModelConfigInput> 
   const m = new PanguSigma(config);
   m.eval();
   return m;
-}
-
-interface Job {
-  prompt: number[];
-  domain: number;
-  /** Step at which the sequence joins. */
-  joins: number;
-  steps: number;
-}
-
-/**
- * Greedy decoding of `jobs` by a minimal scheduler over forwardBatch: each
- * step a joined sequence brings one token, or the next ≤ `chunk` tokens of
- * its prompt. Returns each job's generated ids and whether any sequence's
- * blocks were not consecutive in the pool (the copying path).
- */
-/** Key/value numbers per position: G·D. */
-const kvWidth = (model: PanguSigma) => kvHeads(model.config) * headDim(model.config);
-
-function decodeAll(model: PanguSigma, jobs: Job[], chunk: number, blockSize = 4, width = model.config.width): { out: number[][]; scattered: boolean } {
-  const pool = new KVPool(attentionLayers(model), width, blockSize, 64);
-  const state = jobs.map(() => ({ seq: null as KVSeq | null, fed: 0, out: [] as number[], next: -1, done: false }));
-  let scattered = false;
-  for (let step = 0; state.some((s) => !s.done); step++) {
-    const items: (BatchItem & { j: number })[] = [];
-    jobs.forEach((job, j) => {
-      const s = state[j]!;
-      if (s.done || step < job.joins) return;
-      s.seq ??= pool.open(job.prompt.length + job.steps);
-      assert.ok(s.seq, "the pool has room");
-      if (s.fed < job.prompt.length) {
-        const part = job.prompt.slice(s.fed, s.fed + chunk);
-        s.fed += part.length;
-        items.push({ j, seq: s.seq, tokens: part, domain: job.domain, logits: s.fed === job.prompt.length });
-      } else items.push({ j, seq: s.seq, tokens: [s.next], domain: job.domain, logits: true });
-    });
-    if (items.length === 0) continue;
-    const logits = forwardBatch(model, pool, items);
-    items.forEach((it, i) => {
-      const s = state[it.j]!;
-      const t = it.seq.table;
-      if (t.some((b, x) => x > 0 && b !== t[0]! + x)) scattered = true;
-      if (!logits[i]) return;
-      s.next = argmax(logits[i]!);
-      s.out.push(s.next);
-      if (s.out.length === jobs[it.j]!.steps) {
-        pool.close(it.seq);
-        s.done = true;
-      }
-    });
-  }
-  assert.equal(pool.used, 0, "every block is back");
-  assert.equal(pool.sequences, 0);
-  assert.equal(pool.available, pool.blocks);
-  return { out: state.map((s) => s.out), scattered };
 }
 
 function jobs(model: PanguSigma): Job[] {
