@@ -60,6 +60,7 @@ import { quantizeModel, storedSites } from "../src/models/quantize.js";
 import { useDecodeStep } from "../src/models/decode-step.js";
 import { KV_FORMATS, type KVFormat } from "../src/nn/attention.js";
 import { Rng } from "../src/util/rng.js";
+import { SigmaError } from "../src/util/errors.js";
 import { existsSync } from "node:fs";
 import { generateIds } from "../src/serve/generate.js";
 import { openModelSource } from "../src/serve/open.js";
@@ -387,7 +388,13 @@ function kernelSection(say: (s: string) => void, rounds: number, bw: number) {
 export async function run(args: string[]): Promise<void> {
   const json = args.includes("--json");
   const say = json ? (s: string) => console.error(s) : (s: string) => console.log(s);
-  const opt = (name: string, dflt: number) => Number(args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? dflt);
+  // Counts (rounds, tokens, k): a positive integer, or one line naming the flag (bench/main.ts prints a SigmaError so).
+  const opt = (name: string, dflt: number) => {
+    const given = args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+    const v = given === undefined ? dflt : Number(given);
+    if (!(Number.isInteger(v) && v >= 1)) throw new SigmaError(`bench decode: --${name} must be a positive integer, got ${given}`, `e.g. --${name}=${dflt}`);
+    return v;
+  };
   if (args.includes("--kernels")) {
     const decode = nativeDecodeKernels();
     if (!decode) throw new Error("bench decode needs an addon with the decode kernels (rebuild: npm run build:native)");
