@@ -7,6 +7,7 @@ import { noGrad } from "../src/autograd/tape.js";
 import { modelRouter, parseModelConfig, type RouterConfig } from "../src/models/config.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { ROUTER_KINDS } from "../src/moe/routers/index.js";
+import { Tensor } from "../src/tensor/tensor.js";
 import { Rng } from "../src/util/rng.js";
 
 /** A config of each registered kind; a new router adds one here (the first test says so). */
@@ -56,3 +57,36 @@ for (const [name, router] of Object.entries(SAMPLES)) {
     assert.equal(E % spec.devices(E), 0, "the devices divide the experts");
   });
 }
+
+// Under noGrad the learned routers score on plain buffers (learned.ts's
+// untracked path); with a gradient they go through ops. The two must route
+// alike, weights bit for bit: evaluation and decoding see what training saw.
+test("learned routers: the same experts and weights with and without a gradient", () => {
+  const cases: RouterConfig[] = [
+    SAMPLES.moge!,
+    SAMPLES.topk!,
+    { kind: "topk", k: 2, renormalize: false, auxLossCoef: 0.01, zLossCoef: 0.001, capacityFactor: null },
+  ];
+  for (const router of cases) {
+    for (const dtype of ["float32", "float64"] as const) {
+      const model = new PanguSigma(
+        parseModelConfig({ vocabSize: 23, width: 8, heads: 2, denseLayers: 1, sparseLayers: 2, seqLen: 6, ffnWidth: 12, domains: [{ name: "a", group: 0 }, { name: "b", group: 1 }], experts: { count: E, width: 5, router } }),
+        dtype,
+      );
+      const moe = model.blocks[1]!.moe!;
+      const rng = new Rng(11);
+      const x = Tensor.from(Array.from({ length: 17 * 8 }, () => rng.normal()), [17, 8], dtype);
+      const input = { x, tokenIds: new Int32Array(17), domainIds: new Int32Array(17) };
+      const tracked = moe.router.route(input);
+      assert.ok(tracked.weights.requiresGrad, `${router.kind}: with a gradient the weights are on the tape`);
+      const plain = noGrad(() => moe.router.route(input));
+      assert.ok(!plain.weights.requiresGrad);
+      const what = `${router.kind} ${JSON.stringify(router)} ${dtype}`;
+      assert.deepEqual(plain.expertIds, tracked.expertIds, what);
+      assert.deepEqual(plain.weights.data, tracked.weights.data, what);
+      assert.deepEqual(plain.counts, tracked.counts, what);
+      assert.equal(plain.auxLoss?.item(), tracked.auxLoss?.item(), what);
+      assert.equal(plain.zLoss?.item(), tracked.zLoss?.item(), what);
+    }
+  }
+});

@@ -3,17 +3,60 @@
  * balance loss, top-k selection, the router matrix, and the extraction
  * helpers.
  */
+import { isGradEnabled } from "../../autograd/tape.js";
+import { backendFor } from "../../backend/index.js";
 import * as ops from "../../ops/index.js";
 import { Tensor } from "../../tensor/tensor.js";
 import type { BatchSlice } from "../routing.js";
 import type { ModelView, RouterTensor } from "./router.js";
 
 /**
+ * Where no gradient flows back through the router (decoding, evaluation,
+ * anything under noGrad), its scores are computed by the same kernels on
+ * plain buffers, without the ops' tensors, checks and tape: the same
+ * numbers, for a few microseconds a layer instead of tens. This decides.
+ */
+const untracked = (...ts: Tensor[]): boolean => !isGradEnabled() || ts.every((t) => !t.requiresGrad);
+
+/** The router's logits x·Wᵀ [R, E] (W [E, C]) and their softmax over the experts. */
+export function gateScores(x: Tensor, w: Tensor): { logits: Tensor; probs: Tensor } {
+  if (!untracked(x, w)) {
+    const logits = ops.linear(x, w);
+    return { logits, probs: ops.softmax(logits) };
+  }
+  const [E, C] = w.shape as [number, number];
+  if (x.dim(-1) !== C || x.dtype !== w.dtype) throw new RangeError(`router: x ${x.dtype} [${x.shape.join(", ")}] does not match its matrix ${w.dtype} [${E}, ${C}]`);
+  const R = x.size / C;
+  const k = backendFor(x.data);
+  const logits = Tensor.zeros([R, E], x.dtype);
+  const probs = Tensor.zeros([R, E], x.dtype);
+  k.matmul(logits.data, x.data, w.data, R, E, C, false, true, false); // as ops.linear
+  k.softmax(probs.data, logits.data, R, E); // as ops.softmax
+  return { logits, probs };
+}
+
+/**
  * Picks entries of a [R, N] tensor: out[i] = m[rows[i]·N + cols[i]] given the
  * flat indices, as a differentiable [n] tensor.
  */
 export function pick(m: Tensor, flat: Int32Array): Tensor {
+  if (untracked(m)) {
+    const out = Tensor.zeros([flat.length], m.dtype);
+    for (let i = 0; i < flat.length; i++) out.data[i] = m.data[flat[i]!]!;
+    return out;
+  }
   return ops.reshape(ops.gatherRows(ops.reshape(m, [m.size, 1]), flat), [flat.length]);
+}
+
+/** softmax over each row of k of a flat [R·k] tensor (renormalized top-k weights), as a flat [R·k] tensor. */
+export function softmaxRows(t: Tensor, k: number): Tensor {
+  const R = t.size / k;
+  if (untracked(t)) {
+    const out = Tensor.zeros([R * k], t.dtype);
+    backendFor(t.data).softmax(out.data, t.data, R, k); // as ops.softmax
+    return out;
+  }
+  return ops.reshape(ops.softmax(ops.reshape(t, [R, k])), [R * k]);
 }
 
 /**

@@ -17,7 +17,7 @@ import { Tensor } from "../../tensor/tensor.js";
 import { SigmaError } from "../../util/errors.js";
 import { finiteField, intField } from "../../util/json.js";
 import { countPerExpert, type RouterInput, type Routing } from "../routing.js";
-import { balanceLoss, copyRows, mostUsed, pick, routerMatrix, topIndices } from "./learned.js";
+import { balanceLoss, copyRows, gateScores, mostUsed, pick, routerMatrix, topIndices } from "./learned.js";
 import { checkGroupsDivide, MAX_EXPERTS, type RouterKind, type RouterModule } from "./router.js";
 
 /** The most shared experts a MoGE layer may have. */
@@ -100,7 +100,7 @@ export class MogeRouter extends Module implements RouterModule {
     const E = this.experts;
     const per = E / this.groups;
     const k = this.groups * this.perGroup;
-    const probs = ops.softmax(ops.linear(input.x, this.weight)); // [R, E]
+    const { probs } = gateScores(input.x, this.weight); // [R, E]
     const p = probs.data;
     const expertIds = new Int32Array(R * k);
     const flat = new Int32Array(R * k);
@@ -115,7 +115,7 @@ export class MogeRouter extends Module implements RouterModule {
         });
       }
     }
-    const weights = ops.mul(pick(probs, flat), ops.reshape(ops.gatherRows(ops.reshape(this.scale, [E, 1]), expertIds), [R * k]));
+    const weights = ops.mul(pick(probs, flat), pick(this.scale, expertIds));
     const counts = countPerExpert(expertIds, E);
     return { k, expertIds, weights, auxLoss: balanceLoss(probs, counts, k, this.auxLossCoef, input.slice), zLoss: null, counts, dropped: 0 };
   }

@@ -15,7 +15,7 @@ import { SigmaError } from "../../util/errors.js";
 import { finiteField, intField } from "../../util/json.js";
 import type { Communicator } from "../../comm/comm.js";
 import { countPerExpert, type RouterInput, type Routing } from "../routing.js";
-import { balanceLoss, copyRows, mostUsed, pick, routerMatrix, topIndices } from "./learned.js";
+import { balanceLoss, copyRows, gateScores, mostUsed, pick, routerMatrix, softmaxRows, topIndices } from "./learned.js";
 import { MAX_EXPERTS, type RouterKind, type RouterModule } from "./router.js";
 
 export const TopkSchema = z
@@ -112,8 +112,7 @@ export class TopkRouter extends Module implements RouterModule {
     const R = input.x.dim(0);
     const E = this.experts;
     const { k, renormalize, auxLossCoef, zLossCoef, capacityFactor } = this.opts;
-    const logits = ops.linear(input.x, this.weight); // [R, E]
-    const probs = ops.softmax(logits);
+    const { logits, probs } = gateScores(input.x, this.weight); // [R, E]
     const p = probs.data;
     const expertIds = new Int32Array(R * k);
     const flat = new Int32Array(R * k);
@@ -126,7 +125,7 @@ export class TopkRouter extends Module implements RouterModule {
       });
     }
     // Renormalised weights p_i / Σ_chosen p_j equal a softmax over the chosen logits.
-    const weights = renormalize ? ops.reshape(ops.softmax(ops.reshape(pick(logits, flat), [R, k])), [R * k]) : pick(probs, flat);
+    const weights = renormalize ? softmaxRows(pick(logits, flat), k) : pick(probs, flat);
 
     // Capacity: first choices of all tokens are served before second choices (GShard's priority).
     // It applies in training only [ours]: at inference the set of tokens in a
