@@ -48,7 +48,12 @@
  * to a plain step, where the products are compute-bound). JSON:
  * decode.speculative = { target, prompts, tokens, draftTokens,
  * ngram: { plainTokensPerSecond, tokensPerSecond, speedup, acceptance,
- *          plainTokensPerSecondWithPrefill, tokensPerSecondWithPrefill, speedupWithPrefill },
+ *          plainTokensPerSecondWithPrefill, tokensPerSecondWithPrefill, speedupWithPrefill,
+ *          tokensPerVerification, draftCost, verifyCost, ceiling },
+ * (per verification: tokens emitted, and drafting's and verifying's time in
+ * plain steps — the plain decoding's milliseconds per token in the same
+ * rounds; ceiling = (k + 1) ÷ (draftCost + verifyCost), the speedup if every
+ * draft were kept at those costs: below 1.3, no draft of that cost can reach it),
  * ngramByFormat: { f32, bf16, q8: same }, model: same (q8 target) | null }.
  */
 import { noGrad } from "../src/autograd/tape.js";
@@ -163,6 +168,13 @@ interface SpecFigure {
   plainTokensPerSecondWithPrefill: number;
   tokensPerSecondWithPrefill: number;
   speedupWithPrefill: number;
+  /** Tokens emitted per verification (1 + the drafts kept). */
+  tokensPerVerification: number;
+  /** Drafting and verifying, per verification, in plain steps (the plain decoding's milliseconds per token, same rounds). */
+  draftCost: number;
+  verifyCost: number;
+  /** The speedup if every draft were kept at these costs: (k + 1) ÷ (draftCost + verifyCost). */
+  ceiling: number;
 }
 
 /** Texts that repeat themselves: what prompt-lookup drafting is for, each with the domain it is written in. */
@@ -209,7 +221,7 @@ function speculativeRun(net: PanguSigma, prompts: SpecPrompt[], draft: ((p: Spec
       const spec = performance.now() - t0;
       b += spec - st.prefillMs;
       bAll += spec;
-      if (round > 0) for (const k of ["steps", "proposed", "accepted", "emitted"] as const) stats[k] += st[k];
+      if (round > 0) for (const k of ["steps", "proposed", "accepted", "emitted", "draftMs", "verifyMs"] as const) stats[k] += st[k];
     }
     if (round === 0) continue; // warm-up
     plainMs.push(a);
@@ -223,9 +235,14 @@ function speculativeRun(net: PanguSigma, prompts: SpecPrompt[], draft: ((p: Spec
   // Speedups: the median of each round's own (plain and speculative timed side by side, prompt by prompt),
   // so that the machine's speed drifting between rounds cancels instead of entering a ratio of medians.
   const speedup = (plain: number[], spec: number[]) => median(plain.map((a, i) => (emittedSpec * a) / (emittedPlain * spec[i]!)));
+  // Where the time of a verification goes, in the plain decoding's steps of the same rounds.
+  const plainStepMs = plainMs.reduce((x, y) => x + y, 0) / (emittedPlain * plainMs.length);
+  const perStep = (ms: number) => ms / Math.max(1, stats.steps) / plainStepMs;
+  const [draftCost, verifyCost] = [perStep(stats.draftMs), perStep(stats.verifyMs)];
   return {
     plainTokensPerSecond: rate(emittedPlain, plainMs), tokensPerSecond: rate(emittedSpec, specMs), speedup: speedup(plainMs, specMs), acceptance: stats.proposed ? stats.accepted / stats.proposed : 0,
     plainTokensPerSecondWithPrefill: rate(emittedPlain, plainAll), tokensPerSecondWithPrefill: rate(emittedSpec, specAll), speedupWithPrefill: speedup(plainAll, specAll),
+    tokensPerVerification: stats.steps ? stats.emitted / stats.steps : 0, draftCost, verifyCost, ceiling: (k + 1) / (draftCost + verifyCost),
   };
 }
 
@@ -278,9 +295,11 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   const model = draftModel ? speculativeRun(net, prompts, (p) => ({ kind: "model", model: draftModel, domain: p.draftDomain }), tokens, rounds, k) : null;
   const rows = [...NGRAM_FORMATS.map((f) => [`ngram, ${f} target`, ngramByFormat[f]!] as const), ...(model ? [["model " + draftPath + ", q8 target", model] as const] : [])].map(([name, f]) => [
     name, f.plainTokensPerSecond.toFixed(1), f.tokensPerSecond.toFixed(1), `${f.speedup.toFixed(2)}×`, `${(100 * f.acceptance).toFixed(0)}%`, `${f.speedupWithPrefill.toFixed(2)}×`,
+    f.tokensPerVerification.toFixed(2), f.draftCost.toFixed(2), f.verifyCost.toFixed(2), `${f.ceiling.toFixed(2)}×`,
   ]);
-  say("tokens/s of decoding: after each prompt's prefill (the same forward of the prompt either way); the last column counts the prefills too");
-  say(table(["draft", "plain tokens/s", "speculative tokens/s", "speedup", "acceptance", "speedup with prefill"], rows));
+  say("tokens/s of decoding: after each prompt's prefill (the same forward of the prompt either way); 'with prefill' counts the prefills too");
+  say(`per verification: the tokens it emits, and the time drafting and verifying take in plain steps (the plain decoding's time per token); ceiling: the speedup if all ${k} drafts were kept at those costs, (k + 1) ÷ (draft + verify)`);
+  say(table(["draft", "plain tokens/s", "speculative tokens/s", "speedup", "acceptance", "speedup with prefill", "tokens/verification", "draft (steps)", "verify (steps)", "ceiling"], rows));
   if (!model) say(`model draft: skipped — ${existsSync(targetPath) ? "no --spec-draft=DIR (a trained smaller model with the demo's tokenizer)" : "no demo model (run sigma demo, or pass --spec-target=DIR and --spec-draft=DIR)"}; a draft with random weights would agree with nothing`);
   return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, ngramByFormat, model };
 }

@@ -51,9 +51,13 @@ export interface SpeculativeStats {
   emitted: number;
   /** Milliseconds spent in the prompt's forward (the prefill, before the first verification), so that decoding speed can be told apart from it. */
   prefillMs: number;
+  /** Milliseconds spent drafting (the draft model's forwards and choices, or the prompt lookup). */
+  draftMs: number;
+  /** Milliseconds spent in the target's verification forwards. */
+  verifyMs: number;
 }
 
-export const newSpeculativeStats = (): SpeculativeStats => ({ steps: 0, proposed: 0, accepted: 0, emitted: 0, prefillMs: 0 });
+export const newSpeculativeStats = (): SpeculativeStats => ({ steps: 0, proposed: 0, accepted: 0, emitted: 0, prefillMs: 0, draftMs: 0, verifyMs: 0 });
 
 /**
  * The probabilities plain sampling draws the next token from, over all V ids:
@@ -228,8 +232,13 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
     stats.prefillMs += performance.now() - t0;
     const dft: Cached | null = draft.kind === "model" ? { model: draft.model, domains: Int32Array.of(draft.domain), cache: draft.model.newCache(1), offset: 0 } : null;
 
+    // At temperature 0 every distribution is a point mass on an argmax: the
+    // draft's tokens are its argmaxes (q null: a point mass, as n-gram drafts'), and a
+    // draft is kept iff it is the target's argmax, which is also what replaces it —
+    // acceptOrResample's outcome, without building V-long distributions per row.
+    const greedy = o.temperature === 0;
     /** The draft model's k tokens and the distributions they were drawn from. */
-    const proposeByModel = (d: Cached, k: number): { xs: number[]; qs: Float64Array[] } => {
+    const proposeByModel = (d: Cached, k: number): { xs: number[]; qs: (Float64Array | null)[] } => {
       const Ld = d.model.config.seqLen;
       let missing = context.slice(d.offset + d.cache.length);
       if (d.cache.length + missing.length + k - 1 > Ld) {
@@ -239,11 +248,11 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
         k = Math.min(k, Ld - missing.length + 1);
       }
       const xs: number[] = [];
-      const qs: Float64Array[] = [];
+      const qs: (Float64Array | null)[] = [];
       let logits = feed(d, missing).at(-1)!;
       for (let i = 0; i < k; i++) {
-        const q = samplingDistribution(logits, o);
-        const x = o.temperature === 0 ? argmax(logits) : drawFrom(q, rng, 1);
+        const q = greedy ? null : samplingDistribution(logits, o);
+        const x = q ? drawFrom(q, rng, 1) : argmax(logits);
         xs.push(x);
         qs.push(q);
         if (i < k - 1) logits = feed(d, [x])[0]!;
@@ -258,19 +267,30 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       const k = Math.min(o.draftTokens, c.seqLen - tgt.cache.length - 1, o.maxTokens - emitted - 1);
       let xs: number[] = [];
       let qs: (Float64Array | null)[] = [];
+      const t1 = performance.now();
       if (k > 0 && dft) ({ xs, qs } = proposeByModel(dft, k));
       else if (k > 0) {
         xs = ngramProposal(context, k, draft.kind === "ngram" ? draft.n : undefined);
         qs = xs.map(() => null);
       }
+      const t2 = performance.now();
+      stats.draftMs += t2 - t1;
       const before = tgt.cache.length;
       const rows = feed(tgt, [context.at(-1)!, ...xs]);
+      stats.verifyMs += performance.now() - t2;
       const kept: number[] = [];
       let accepted = 0;
       for (let i = 0; ; i++) {
+        if (greedy) {
+          const best = argmax(rows[i]!);
+          kept.push(best);
+          if (i === xs.length || best !== xs[i]) break;
+          accepted++;
+          continue;
+        }
         const p = samplingDistribution(rows[i]!, o);
         if (i === xs.length) {
-          kept.push(o.temperature === 0 ? argmax(rows[i]!) : drawFrom(p, rng, 1));
+          kept.push(drawFrom(p, rng, 1));
           break;
         }
         const r = acceptOrResample(p, qs[i]!, xs[i]!, rng);
