@@ -86,6 +86,28 @@ inline __m512i weight_bytes(const uint8_t* p, int64_t bytes) {
   return _mm512_maskz_loadu_epi8(byte_mask(bytes), p);
 }
 
+// Sixteen vectors' sums at once: lane i of tree16(v) is v[i]'s sum, added
+// in _mm512_reduce_add_ps's order (GCC's: s_i = v_i + v_i+8, u_i = s_i +
+// s_i+4, then (u0 + u2) + (u1 + u3)), so it is bit for bit the sum that
+// reduction gives each vector alone — the passes over several rows of x
+// still reduce pair by pair, and a row's outputs do not depend on R. By
+// transposing as it adds it takes 46 instructions for the sixteen, where
+// the reductions take about eight each in a chain of dependent adds.
+inline __m512 tree16(const __m512 (&v)[16]) {
+  __m512 s[8], u[4], w[2];
+  for (int i = 0; i < 8; ++i)  // [v s0…s7 | v' s0…s7] for v = v[2i], v' = v[2i + 1]
+    s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+  for (int i = 0; i < 4; ++i)  // [u0…u3] of v[4i], v[4i + 1], v[4i + 2], v[4i + 3], one per 128-bit block
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0x88), _mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0xdd));
+  for (int i = 0; i < 2; ++i) {  // block k: [x u0+u2, x u1+u3, y u0+u2, y u1+u3], x = v[8i + k], y = v[8i + 4 + k]
+    const __m512d a = _mm512_castps_pd(u[2 * i]), b = _mm512_castps_pd(u[2 * i + 1]);
+    w[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  // Block k: the sums of v[k], v[4 + k], v[8 + k], v[12 + k]; lane i takes v[i]'s from lane 4·(i mod 4) + i / 4.
+  const __m512 t = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xdd));
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), t);
+}
+
 // One stored weight row: its bytes, group scales and (q4) mins.
 struct IntRow {
   const uint8_t* p;
@@ -164,11 +186,12 @@ __attribute__((always_inline)) inline void q4_block(const IntRow* w, const Quant
   }
 }
 
-// WR weight rows with RC rows of x: y[r·ldy + i] for i < WR, r < RC.
+// WR weight rows with RC rows of x; finish(i, r, v) gets each pair's 16
+// partial sums, for i < WR, r < RC.
 // `ahead`: bytes ahead of each row's read position to prefetch (0: none — a later pass finds the rows in L1).
-template <bool kVnni, int WR, int RC>
-__attribute__((always_inline)) inline void row_pass(bool q4, const IntRow* w, const QuantX* xr, int64_t G, int64_t ahead,
-                                                    float* y, int64_t ldy) {
+template <bool kVnni, int WR, int RC, class Finish>
+__attribute__((always_inline)) inline void row_sums(bool q4, const IntRow* w, const QuantX* xr, int64_t G, int64_t ahead,
+                                                    Finish&& finish) {
   const int64_t Gfull = G / 16 * 16;
   const int64_t block_bytes = q4 ? 256 : 512;
   __m512 acc[WR][RC][2], macc[WR][RC];
@@ -189,8 +212,58 @@ __attribute__((always_inline)) inline void row_pass(bool q4, const IntRow* w, co
     else q8_block<kVnni, WR, RC>(w, xr, Gfull, G - Gfull, acc);
   }
   for (int i = 0; i < WR; ++i)
-    for (int r = 0; r < RC; ++r)
-      y[r * ldy + i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[i][r][0], acc[i][r][1]), macc[i][r]));
+    for (int r = 0; r < RC; ++r) finish(i, r, _mm512_add_ps(_mm512_add_ps(acc[i][r][0], acc[i][r][1]), macc[i][r]));
+}
+
+// WR weight rows with RC rows of x: y[r·ldy + i] for i < WR, r < RC.
+template <bool kVnni, int WR, int RC>
+__attribute__((always_inline)) inline void row_pass(bool q4, const IntRow* w, const QuantX* xr, int64_t G, int64_t ahead,
+                                                    float* y, int64_t ldy) {
+  row_sums<kVnni, WR, RC>(q4, w, xr, G, ahead, [&](int i, int r, __m512 v) __attribute__((always_inline)) {
+    y[r * ldy + i] = _mm512_reduce_add_ps(v);
+  });
+}
+
+// One row of x (decoding one sequence): sixteen weight rows' sums end in one
+// tree16, bit for bit what each row's own reduction gives (checked over
+// formats, shapes 1 … 8192 × 17 … 2048 and both threads counts against the
+// kernel before). Against that kernel, in one process, alternating, 2
+// threads, Zen 4: from memory q8 and q4 ×1.08–1.14 at K ≤ 512, the same at
+// K = 2048; from cache q8 ×1.4 (K = 512) and ×2.0 (K = 128), q4 ×1.2 and
+// ×1.5. A function of its own, not inlined: inside int_kernel it changed how
+// GCC compiled the passes over several rows (5 rows of x ~10% slower).
+template <bool kVnni>
+__attribute__((noinline)) void one_row_kernel(const QuantMatrix& w, float* y, const QuantX& qx, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t G = quant_groups(K);
+  const bool q4 = w.format == WeightFormat::kQ4;
+  const int64_t row_bytes = quant_row_elements(w.format, K);
+  auto row = [&](int64_t n) {
+    return IntRow{static_cast<const uint8_t*>(w.data) + n * row_bytes, w.scales + n * G, q4 ? w.mins + n * G : nullptr};
+  };
+  const int64_t one = kIntAhead, block = 4 * row_bytes, several = (kIntAhead + block - 1) / block * block;
+  const int64_t ldy = 1;
+  // One row of x (decoding one sequence): sixteen weight rows' sums end in one tree16.
+  const QuantX xr[1] = {qx.row(0)};
+  int64_t n = n0;
+  for (; n + 16 <= n1; n += 16) {
+    __m512 v[16];
+    if (G <= 4) {
+      for (int i = 0; i < 16; i += 4) {
+        const IntRow rows[4] = {row(n + i), row(n + i + 1), row(n + i + 2), row(n + i + 3)};
+        row_sums<kVnni, 4, 1>(q4, rows, xr, G, several, [&](int k, int, __m512 s) __attribute__((always_inline)) { v[i + k] = s; });
+      }
+    } else {
+      for (int i = 0; i < 16; ++i) {
+        const IntRow one_row[1] = {row(n + i)};
+        row_sums<kVnni, 1, 1>(q4, one_row, xr, G, one, [&](int, int, __m512 s) __attribute__((always_inline)) { v[i] = s; });
+      }
+    }
+    _mm512_storeu_ps(y + n, tree16(v));
+  }
+  for (; n < n1; ++n) {
+    const IntRow one_row[1] = {row(n)};
+    row_pass<kVnni, 1, 1>(q4, one_row, xr, G, one, y + n, ldy);
+  }
 }
 
 // Weight rows are taken four at a time; each meets every row of x, four
@@ -226,6 +299,7 @@ void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, i
   // dominates). Measured in one process, kernels alternating (2 threads, one row of x, Zen 4): four at a
   // time streamed q8 at K = 512 and 2048 at 20.6–21.2 GB/s against one at a time's 23.6–24.0, and
   // K = 128 at 18.0 against 15.6. Later passes find the rows in L1 and take them four (or two) at a time.
+  if (R == 1) return one_row_kernel<kVnni>(w, y, qx, K, n0, n1);
   for (int64_t n = n0; n < n1; n += 4) {
     const int64_t nw = std::min<int64_t>(4, n1 - n);
     auto together = [&](int64_t r) { return nw == 4 && (r > 0 || G <= 4); };
