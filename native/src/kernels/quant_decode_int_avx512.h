@@ -224,6 +224,26 @@ __attribute__((always_inline)) inline void row_pass(bool q4, const IntRow* w, co
   });
 }
 
+// A stored q8/q4 matrix as the kernels below walk it: its rows, and the
+// prefetch distances. One row at a time streams kIntAhead ahead; a pass
+// over several rows at once moves through four rows together, so each row
+// prefetches its place in a later block of four (at least kIntAhead on):
+// "4 KiB ahead" of each of four 2 KiB rows would mostly land inside the
+// block being read.
+struct IntMatrix {
+  const QuantMatrix& w;
+  int64_t G, row_bytes, one, several;
+  bool q4;
+  IntMatrix(const QuantMatrix& m, int64_t K)
+      : w(m), G(quant_groups(K)), row_bytes(quant_row_elements(m.format, K)), one(kIntAhead), q4(m.format == WeightFormat::kQ4) {
+    const int64_t block = 4 * row_bytes;
+    several = (kIntAhead + block - 1) / block * block;
+  }
+  IntRow row(int64_t n) const {
+    return IntRow{static_cast<const uint8_t*>(w.data) + n * row_bytes, w.scales + n * G, q4 ? w.mins + n * G : nullptr};
+  }
+};
+
 // One row of x (decoding one sequence): sixteen weight rows' sums end in one
 // tree16, bit for bit what each row's own reduction gives (checked over
 // formats, shapes 1 … 8192 × 17 … 2048 and both threads counts against the
@@ -234,15 +254,10 @@ __attribute__((always_inline)) inline void row_pass(bool q4, const IntRow* w, co
 // GCC compiled the passes over several rows (5 rows of x ~10% slower).
 template <bool kVnni>
 __attribute__((noinline)) void one_row_kernel(const QuantMatrix& w, float* y, const QuantX& qx, int64_t K, int64_t n0, int64_t n1) {
-  const int64_t G = quant_groups(K);
-  const bool q4 = w.format == WeightFormat::kQ4;
-  const int64_t row_bytes = quant_row_elements(w.format, K);
-  auto row = [&](int64_t n) {
-    return IntRow{static_cast<const uint8_t*>(w.data) + n * row_bytes, w.scales + n * G, q4 ? w.mins + n * G : nullptr};
-  };
-  const int64_t one = kIntAhead, block = 4 * row_bytes, several = (kIntAhead + block - 1) / block * block;
-  const int64_t ldy = 1;
-  // One row of x (decoding one sequence): sixteen weight rows' sums end in one tree16.
+  const IntMatrix m(w, K);
+  const int64_t G = m.G, one = m.one, several = m.several;
+  const bool q4 = m.q4;
+  auto row = [&](int64_t n) { return m.row(n); };
   const QuantX xr[1] = {qx.row(0)};
   int64_t n = n0;
   for (; n + 16 <= n1; n += 16) {
@@ -262,7 +277,7 @@ __attribute__((noinline)) void one_row_kernel(const QuantMatrix& w, float* y, co
   }
   for (; n < n1; ++n) {
     const IntRow one_row[1] = {row(n)};
-    row_pass<kVnni, 1, 1>(q4, one_row, xr, G, one, y + n, ldy);
+    row_pass<kVnni, 1, 1>(q4, one_row, xr, G, one, y + n, 1);
   }
 }
 
@@ -278,14 +293,12 @@ __attribute__((noinline)) void one_row_kernel(const QuantMatrix& w, float* y, co
 template <bool kVnni>
 __attribute__((noinline)) void several_rows_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R,
                                                    int64_t K, int64_t n0, int64_t n1) {
-  const int64_t G = quant_groups(K);
-  const bool q4 = w.format == WeightFormat::kQ4;
-  const int64_t row_bytes = quant_row_elements(w.format, K);
-  const int64_t one = kIntAhead, block = 4 * row_bytes, several = (kIntAhead + block - 1) / block * block;
+  const IntMatrix m(w, K);
+  const int64_t G = m.G, one = m.one, several = m.several;
+  const bool q4 = m.q4;
   for (int64_t n = n0; n + 16 <= n1; n += 16) {
     IntRow rows[16];
-    for (int i = 0; i < 16; ++i)
-      rows[i] = IntRow{static_cast<const uint8_t*>(w.data) + (n + i) * row_bytes, w.scales + (n + i) * G, q4 ? w.mins + (n + i) * G : nullptr};
+    for (int i = 0; i < 16; ++i) rows[i] = m.row(n + i);
     __m512 v[4][16];
     auto store = [&](int64_t r, int rc) {
       for (int c = 0; c < rc; ++c) _mm512_storeu_ps(y + (r + c) * ldy + n, tree16(v[c]));
@@ -340,16 +353,10 @@ __attribute__((noinline)) void several_rows_kernel(const QuantMatrix& w, float* 
 template <bool kVnni>
 void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K, int64_t n0,
                 int64_t n1) {
-  const int64_t G = quant_groups(K);
-  const bool q4 = w.format == WeightFormat::kQ4;
-  const int64_t row_bytes = quant_row_elements(w.format, K);
-  auto row = [&](int64_t n) {
-    return IntRow{static_cast<const uint8_t*>(w.data) + n * row_bytes, w.scales + n * G, q4 ? w.mins + n * G : nullptr};
-  };
-  // Prefetch distances: one row at a time streams kIntAhead ahead; a pass over several rows at once moves
-  // through the four rows together, so each row prefetches its place in a later block of four (at least
-  // kIntAhead on): "4 KiB ahead" of each of four 2 KiB rows would mostly land inside the block being read.
-  const int64_t one = kIntAhead, block = 4 * row_bytes, several = (kIntAhead + block - 1) / block * block;
+  const IntMatrix m(w, K);
+  const int64_t G = m.G, one = m.one, several = m.several;
+  const bool q4 = m.q4;
+  auto row = [&](int64_t n) { return m.row(n); };
   // The first pass over the rows reads them from memory: one at a time (as before this session's change),
   // unless they are short (K ≤ 128: four rows are one run of at most 512 bytes, and the per-row work
   // dominates). Measured in one process, kernels alternating (2 threads, one row of x, Zen 4): four at a
