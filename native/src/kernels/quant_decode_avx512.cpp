@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "quant.h"
+#include "reduce_avx512.h"
 
 namespace sigma {
 namespace {
@@ -136,9 +137,9 @@ constexpr int64_t kStreamAhead = 8192;
 // rows give each row what decoding it alone gives). Tiles of NR weight rows
 // × up to 8 rows of x, one accumulator each, summed a row in another order
 // before, so three or more rows gave other last bits than one.
-template <class U, int RC>
-__attribute__((always_inline)) inline void stream_row(const QuantMatrix& w, const Row& row, int64_t K, int64_t n,
-                                                      const float* x, bool ahead, float* y, int64_t ldy) {
+// finish(r, v) gets row r of x's 16 partial sums.
+template <class U, int RC, class Finish>
+__attribute__((always_inline)) inline void stream_sums(const Row& row, int64_t K, const float* x, bool ahead, Finish&& finish) {
   const int64_t G = K / 32;
   __m512 acc[RC][2];
   for (int r = 0; r < RC; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
@@ -168,15 +169,43 @@ __attribute__((always_inline)) inline void stream_row(const QuantMatrix& w, cons
       acc[r][1] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(xr + 16), acc[r][1]);
     }
   }
-  for (int r = 0; r < RC; ++r) {
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
-    for (int64_t k = G * 32; k < K; ++k) s += quant_weight(w, K, n, k) * x[r * K + k];
-    y[r * ldy + n] = s;
+  for (int r = 0; r < RC; ++r) finish(r, _mm512_add_ps(acc[r][0], acc[r][1]));
+}
+
+// Inputs past the last whole group, added to s by the scalar definition.
+inline float add_tail(float s, const QuantMatrix& w, int64_t K, int64_t n, const float* x) {
+  for (int64_t k = K / 32 * 32; k < K; ++k) s += quant_weight(w, K, n, k) * x[k];
+  return s;
+}
+
+template <class U, int RC>
+__attribute__((always_inline)) inline void stream_row(const QuantMatrix& w, const Row& row, int64_t K, int64_t n,
+                                                      const float* x, bool ahead, float* y, int64_t ldy) {
+  stream_sums<U, RC>(row, K, x, ahead, [&](int r, __m512 v) __attribute__((always_inline)) {
+    y[r * ldy + n] = add_tail(_mm512_reduce_add_ps(v), w, K, n, x + r * K);
+  });
+}
+
+// One row of x (decoding one sequence): sixteen weight rows' sums end in one
+// tree16 (reduce_avx512.h), bit for bit what each row's own reduction gives;
+// a function of its own, so the passes over several rows compile as before.
+template <class U>
+__attribute__((noinline)) void one_row(const QuantMatrix& w, float* y, const float* x, int64_t K, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 16 <= n1; n += 16) {
+    __m512 v[16];
+    for (int i = 0; i < 16; ++i)
+      stream_sums<U, 1>(row_of(w, K, n + i), K, x, true, [&](int, __m512 t) __attribute__((always_inline)) { v[i] = t; });
+    _mm512_storeu_ps(y + n, tree16(v));
+    if (K % 32)
+      for (int i = 0; i < 16; ++i) y[n + i] = add_tail(y[n + i], w, K, n + i, x);
   }
+  for (; n < n1; ++n) stream_row<U, 1>(w, row_of(w, K, n), K, n, x, true, y, 1);
 }
 
 template <class U>
 void rows(const QuantMatrix& w, float* y, int64_t ldy, const float* x, int64_t R, int64_t K, int64_t n0, int64_t n1) {
+  if (R == 1) return one_row<U>(w, y, x, K, n0, n1);
   for (int64_t n = n0; n < n1; ++n) {
     const Row row = row_of(w, K, n);
     int64_t r = 0;
