@@ -53,7 +53,8 @@
  * (per verification: tokens emitted, and drafting's and verifying's time in
  * plain steps — the plain decoding's milliseconds per token in the same
  * rounds; ceiling = (k + 1) ÷ (draftCost + verifyCost), the speedup if every
- * draft were kept at those costs: below 1.3, no draft of that cost can reach it),
+ * draft were kept at those costs — a draft whose ceiling is below a speedup
+ * cannot reach that speedup at any acceptance),
  * ngramByFormat: { f32, bf16, q8: same }, model: same (q8 target) | null }.
  */
 import { noGrad } from "../src/autograd/tape.js";

@@ -187,8 +187,9 @@ __attribute__((always_inline)) inline void stream_row(const QuantMatrix& w, cons
 }
 
 // One row of x (decoding one sequence): sixteen weight rows' sums end in one
-// tree16 (reduce_avx512.h), bit for bit what each row's own reduction gives;
-// a function of its own, so the passes over several rows compile as before.
+// tree16 (reduce_avx512.h), bit for bit what each row's own reduction gives
+// (NaN payloads apart); a function of its own, so that the passes over
+// several rows keep their speed.
 template <class U>
 __attribute__((noinline)) void one_row(const QuantMatrix& w, float* y, const float* x, int64_t K, int64_t n0, int64_t n1) {
   int64_t n = n0;

@@ -224,7 +224,8 @@ struct IntMatrix {
 };
 
 // One row of x (decoding one sequence): sixteen weight rows' sums end in one
-// tree16, bit for bit what each row's own reduction gives (checked over
+// tree16, bit for bit what each row's own reduction gives (NaN payloads
+// apart: q8/q4 outputs of a NaN group are one NaN anyway; checked over
 // formats, shapes 1 … 8192 × 17 … 2048 and both threads counts against the
 // kernel before). Against that kernel, in one process, alternating, 2
 // threads, Zen 4: from memory q8 and q4 ×1.08–1.14 at K ≤ 512, the same at

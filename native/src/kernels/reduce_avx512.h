@@ -10,10 +10,12 @@ namespace {
 // Sixteen vectors' sums at once: lane i of tree16(v) is v[i]'s sum, added
 // in _mm512_reduce_add_ps's order (GCC's: s_i = v_i + v_i+8, u_i = s_i +
 // s_i+4, then (u0 + u2) + (u1 + u3)), so it is bit for bit the sum that
-// reduction gives each vector alone — the passes over several rows of x
-// still reduce pair by pair, and a row's outputs do not depend on R. By
-// transposing as it adds it takes 46 instructions for the sixteen, where
-// the reductions take about eight each in a chain of dependent adds.
+// reduction gives each vector alone (where two NaNs meet, the NaN that comes
+// out may be the other one: addition commutes but for NaN payloads) — a
+// kernel may reduce some rows one by one and others sixteen at a time, and
+// a row's outputs do not depend on which. By transposing as it adds it
+// takes 46 instructions for the sixteen, where the reductions take about
+// eight each in a chain of dependent adds.
 inline __m512 tree16(const __m512 (&v)[16]) {
   __m512 s[8], u[4], w[2];
   for (int i = 0; i < 8; ++i)  // [v s0…s7 | v' s0…s7] for v = v[2i], v' = v[2i + 1]

@@ -25,7 +25,8 @@ export function gateScores(x: Tensor, w: Tensor): { logits: Tensor; probs: Tenso
     return { logits, probs: ops.softmax(logits) };
   }
   const [E, C] = w.shape as [number, number];
-  if (x.dim(-1) !== C || x.dtype !== w.dtype) throw new RangeError(`router: x ${x.dtype} [${x.shape.join(", ")}] does not match its matrix ${w.dtype} [${E}, ${C}]`);
+  if (x.dtype !== w.dtype) throw new TypeError(`router: mixed dtypes ${x.dtype} and ${w.dtype}`);
+  if (x.dim(-1) !== C) throw new RangeError(`router: x [${x.shape.join(", ")}] does not end in its matrix's input size ${C} (the matrix is [${E}, ${C}])`);
   const R = x.size / C;
   const k = backendFor(x.data);
   const logits = Tensor.zeros([R, E], x.dtype);
