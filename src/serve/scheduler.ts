@@ -49,8 +49,8 @@ import { attentionLayers, forwardBatch, type BatchItem } from "./batch.js";
 import { ExpertLoad } from "./expert-load.js";
 import { KVPool, type KVSeq } from "./kv-pool.js";
 import type { ServerMetrics } from "./metrics.js";
-import { argmax, checkSampling, sampleToken, type SamplingOptions } from "./sampling.js";
-import { acceptOrResample, checkDraftModel, drawFrom, ngramProposal, samplingDistribution } from "./speculative.js";
+import { checkSampling, sampleToken, type SamplingOptions } from "./sampling.js";
+import { checkDraftModel, draftToken, judgeDraft, ngramProposal } from "./speculative.js";
 import { StopMatcher } from "./stop.js";
 
 export interface SchedulerOptions {
@@ -406,15 +406,8 @@ export class Scheduler {
       });
       const rows = forwardBatch(d.model, d.pool, batch);
       now.forEach(({ it }, i) => {
-        const row = rows[i]!;
-        // At temperature 0 the draft's q is a point mass on its argmax, which null stands for (no V-sized array per proposal).
-        if (it.s.req.temperature === 0) {
-          it.drafted.push(argmax(row));
-          it.qs.push(null);
-          return;
-        }
-        const q = samplingDistribution(row, it.s.req);
-        it.drafted.push(drawFrom(q, it.s.rng, 1));
+        const { x, q } = draftToken(rows[i]!, it.s.req, it.s.rng);
+        it.drafted.push(x);
         it.qs.push(q);
       });
     }
@@ -437,7 +430,7 @@ export class Scheduler {
     let kept = 0;
     let live = true;
     for (; kept < k && live; kept++) {
-      const { accepted, token } = acceptOrResample(samplingDistribution(row(kept), s.req), it.qs[kept] ?? null, it.drafted[kept]!, s.rng);
+      const { accepted, token } = judgeDraft(row(kept), s.req, it.qs[kept] ?? null, it.drafted[kept]!, s.rng);
       live = this.emit(s, token, row(kept), now);
       if (!accepted) break;
     }

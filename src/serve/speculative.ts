@@ -140,6 +140,32 @@ export function acceptOrResample(p: Float64Array, q: Float64Array | null, x: num
 }
 
 /**
+ * A draft model's next token from its logits, and the distribution q it was
+ * drawn from: at temperature 0 the argmax, with q null (a point mass on it,
+ * as an n-gram draft's — no V-long array per proposal); else a draw from q.
+ */
+export function draftToken(logits: ArrayLike<number>, o: SamplingOptions, rng: Rng): { x: number; q: Float64Array | null } {
+  if (o.temperature === 0) return { x: argmax(logits), q: null };
+  const q = samplingDistribution(logits, o);
+  return { x: drawFrom(q, rng, 1), q };
+}
+
+/**
+ * The rule for a drafted token x (drawn from q; null: a point mass on x)
+ * judged by the target's logits at its position: acceptOrResample against
+ * the target's sampling distribution. At temperature 0 that is a point mass
+ * on the argmax, so x is kept iff it is the argmax, which is also what
+ * replaces it — decided here without building the V-long distributions.
+ */
+export function judgeDraft(logits: ArrayLike<number>, o: SamplingOptions, q: Float64Array | null, x: number, rng: Rng): { accepted: boolean; token: number } {
+  if (o.temperature === 0) {
+    const best = argmax(logits);
+    return { accepted: best === x, token: best };
+  }
+  return acceptOrResample(samplingDistribution(logits, o), q, x, rng);
+}
+
+/**
  * Rolls a model's KV cache back to its first `length` positions: the keys and
  * values past it are left in place and overwritten by the next forward.
  */
@@ -232,11 +258,6 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
     stats.prefillMs += performance.now() - t0;
     const dft: Cached | null = draft.kind === "model" ? { model: draft.model, domains: Int32Array.of(draft.domain), cache: draft.model.newCache(1), offset: 0 } : null;
 
-    // At temperature 0 every distribution is a point mass on an argmax: the
-    // draft's tokens are its argmaxes (q null: a point mass, as n-gram drafts'), and a
-    // draft is kept iff it is the target's argmax, which is also what replaces it —
-    // acceptOrResample's outcome, without building V-long distributions per row.
-    const greedy = o.temperature === 0;
     /** The draft model's k tokens and the distributions they were drawn from. */
     const proposeByModel = (d: Cached, k: number): { xs: number[]; qs: (Float64Array | null)[] } => {
       const Ld = d.model.config.seqLen;
@@ -251,8 +272,7 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       const qs: (Float64Array | null)[] = [];
       let logits = feed(d, missing).at(-1)!;
       for (let i = 0; i < k; i++) {
-        const q = greedy ? null : samplingDistribution(logits, o);
-        const x = q ? drawFrom(q, rng, 1) : argmax(logits);
+        const { x, q } = draftToken(logits, o, rng);
         xs.push(x);
         qs.push(q);
         if (i < k - 1) logits = feed(d, [x])[0]!;
@@ -281,19 +301,11 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       const kept: number[] = [];
       let accepted = 0;
       for (let i = 0; ; i++) {
-        if (greedy) {
-          const best = argmax(rows[i]!);
-          kept.push(best);
-          if (i === xs.length || best !== xs[i]) break;
-          accepted++;
-          continue;
-        }
-        const p = samplingDistribution(rows[i]!, o);
         if (i === xs.length) {
-          kept.push(drawFrom(p, rng, 1));
+          kept.push(o.temperature === 0 ? argmax(rows[i]!) : drawFrom(samplingDistribution(rows[i]!, o), rng, 1));
           break;
         }
-        const r = acceptOrResample(p, qs[i]!, xs[i]!, rng);
+        const r = judgeDraft(rows[i]!, o, qs[i]!, xs[i]!, rng);
         kept.push(r.token);
         if (!r.accepted) break;
         accepted++;

@@ -231,7 +231,10 @@ struct IntMatrix {
 // threads, Zen 4: from memory q8 and q4 ×1.08–1.14 at K ≤ 512, the same at
 // K = 2048; from cache q8 ×1.4 (K = 512) and ×2.0 (K = 128), q4 ×1.2 and
 // ×1.5. A function of its own, not inlined: inside int_kernel it changed how
-// GCC compiled the passes over several rows (5 rows of x ~10% slower).
+// GCC compiled the passes over several rows (5 rows of x ~10% slower). It is
+// several_rows_kernel's R = 1 case written out: run through that function
+// (R at run time, or as a template constant) one row streamed 15–30% slower
+// from cache at K ≤ 512, alternating in one process.
 template <bool kVnni>
 __attribute__((noinline)) void one_row_kernel(const QuantMatrix& w, float* y, const QuantX& qx, int64_t K, int64_t n0, int64_t n1) {
   const IntMatrix m(w, K);
@@ -343,7 +346,8 @@ void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, i
   // time streamed q8 at K = 512 and 2048 at 20.6–21.2 GB/s against one at a time's 23.6–24.0, and
   // K = 128 at 18.0 against 15.6. Later passes find the rows in L1 and take them four (or two) at a time.
   if (R == 1) return one_row_kernel<kVnni>(w, y, qx, K, n0, n1);
-  // Whole blocks of sixteen weight rows take several_rows_kernel's passes; the rest (a share's last rows) these.
+  // Whole blocks of sixteen weight rows take several_rows_kernel's passes; the rest (the last rows of an
+  // expert's part of a thread's share) these.
   const int64_t whole = n0 + (n1 - n0) / 16 * 16;
   several_rows_kernel<kVnni>(w, y, ldy, qx, R, K, n0, whole);
   for (int64_t n = whole; n < n1; n += 4) {
