@@ -10,6 +10,10 @@ import { parseModelConfig } from "../src/models/config.js";
 import { saveModel } from "../src/models/io.js";
 import { PanguSigma } from "../src/models/pangu-sigma.js";
 import { openModelSource, requireTokenizer } from "../src/serve/open.js";
+import { generateIds } from "../src/serve/generate.js";
+import { noGrad } from "../src/autograd/tape.js";
+import { decodeStep } from "../src/models/decode-step.js";
+import { storedFormat, storedSites } from "../src/models/quantize.js";
 import { trainBpe, WordCounter } from "../src/tokenizer/trainer.js";
 import { toHfJson } from "../src/tokenizer/hfjson.js";
 import { SigmaError } from "../src/util/errors.js";
@@ -69,4 +73,30 @@ test("what cannot be opened is a SigmaError naming the path", () => {
   small.add("x");
   writeFileSync(join(dir, "tokenizer.json"), toHfJson(trainBpe(small, { vocabSize: 280, domains: ["en"], langs: [] })));
   assert.throws(() => openModelSource(join(dir, "model.safetensors")), sigmaError(/tokens but the model's vocabulary is/));
+});
+
+test("decodeStep (generate, chat and serve without --weights): an f32 model decodes through the decode step, as forward would", () => {
+  const dir = join(root, "decode-step");
+  model(3).save(dir);
+  const plain = openModelSource(dir).model.eval();
+  const fast = openModelSource(dir, { decodeStep: true }).model.eval();
+  assert.equal(storedFormat(plain), null);
+  assert.equal(storedFormat(fast), "f32");
+  // The step runs (it declines with null where it does not cover a model), and its logits are forward's.
+  const input = { tokens: Int32Array.of(5, 9, 2), domains: Int32Array.of(0), B: 1, T: 3 };
+  const viaStep = noGrad(() => decodeStep(fast, input, fast.newCache(1)));
+  assert.ok(viaStep, "the decode step covers the opened model");
+  const general = noGrad(() => plain.forward(input, plain.newCache(1))).logits.data;
+  viaStep.logits.data.forEach((v, i) => assert.ok(Math.abs(v - general[i]!) <= 1e-5, `logit ${i}: ${v} vs ${general[i]}`));
+  const o = { temperature: 0, topK: 0, topP: 1, seed: 1, maxTokens: 12, stopId: null };
+  assert.deepEqual([...generateIds(fast, [1, 2, 3], 0, o)], [...generateIds(plain, [1, 2, 3], 0, o)]);
+  // A format asked for wins; a weight that cannot be stored leaves the model to forward's general path.
+  assert.equal(storedFormat(openModelSource(dir, { decodeStep: true, weights: "q8" }).model), "q8");
+  const broken = new PanguSigma(config);
+  (broken.outputTable.data as Float32Array)[7] = NaN; // the last matrix converted: the others were attached by then
+  const brokenDir = join(root, "decode-step-nan");
+  new Model(broken, tok, null, 1, null, null, toHfJson(tok)).save(brokenDir);
+  const opened = openModelSource(brokenDir, { decodeStep: true }).model;
+  assert.equal(storedFormat(opened), null);
+  assert.ok(storedSites(opened).every((s) => s.current() === null), "no matrix left half converted");
 });

@@ -209,7 +209,9 @@ export type OpenModelOptions = OpenOptions;
  * extracted model, or a model .safetensors with tokenizer.json beside it.
  * `weights` ("bf16", "f16", "q8", "q4", "f32") converts its matrices for
  * inference at load (docs/decode.md); a model so opened generates and
- * evaluates, but cannot be trained. `kvCache: "f16"` keeps decoding's keys
+ * evaluates, but cannot be trained. `decodeStep: true` (what `sigma
+ * generate`, `chat` and `serve` pass without --weights) takes an f32 model's
+ * matrices as stored f32 views, so decoding runs through the decode step. `kvCache: "f16"` keeps decoding's keys
  * and values in f16 (half the bytes; generate, chat and serve).
  */
 export async function openModel(path: string, opts: OpenModelOptions = {}): Promise<Model> {

@@ -14,7 +14,7 @@ import { ensureWritableDir } from "../util/fs.js";
 
 /** The `--weights <format>` option of the inference commands (generate, eval; serve and chat take it the same way). */
 export function weightsOption(cmd: Command): Command {
-  return cmd.option("--weights <format>", `weights for inference, converted at load: ${WEIGHT_FORMATS.join(", ")} (docs/decode.md; default: as stored)`, (v: string) => parseWeightFormat(v, "--weights"));
+  return cmd.option("--weights <format>", `weights for inference, converted at load: ${WEIGHT_FORMATS.join(", ")} (docs/decode.md; default: as stored — an f32 model\'s decoding takes the f32 decode kernels)`, (v: string) => parseWeightFormat(v, "--weights"));
 }
 
 /** The `--kv-cache <format>` option of the decoding commands (generate, chat, serve). */
@@ -22,9 +22,12 @@ export function kvCacheOption(cmd: Command): Command {
   return cmd.option("--kv-cache <format>", `how decoding keeps keys and values: ${KV_FORMATS.join(", ")} (f16: half the bytes; docs/decode.md)`, (v: string) => parseKVFormat(v, "--kv-cache"), "f32");
 }
 
-/** openModel's options from the inference flags. */
-export function openOptions(o: { weights?: WeightFormat; kvCache?: KVFormat }): OpenModelOptions {
-  return { ...(o.weights ? { weights: o.weights } : {}), ...(o.kvCache ? { kvCache: o.kvCache } : {}) };
+/**
+ * openModel's options from the inference flags; `decoding` (generate, chat,
+ * serve): without --weights an f32 model decodes through the decode step.
+ */
+export function openOptions(o: { weights?: WeightFormat; kvCache?: KVFormat }, decoding = false): OpenModelOptions {
+  return { ...(o.weights ? { weights: o.weights } : decoding ? { decodeStep: true } : {}), ...(o.kvCache ? { kvCache: o.kvCache } : {}) };
 }
 
 export function register(program: Command): void {

@@ -30,8 +30,8 @@ export function register(program: Command): void {
     .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
   kvCacheOption(weightsOption(serveCmd))
     .action(async (o: { ckpt: string; host: string; port: number; maxBatch: number; maxQueue: number; prefillChunk: number; name?: string; apiKey?: string; weights?: WeightFormat; kvCache?: KVFormat; draft?: string; draftTokens: number }) => {
-      const model = await openModel(o.ckpt, openOptions(o));
-      const draft = o.draft === undefined || o.draft === "ngram" ? undefined : await openModel(o.draft, openOptions(o));
+      const model = await openModel(o.ckpt, openOptions(o, true));
+      const draft = o.draft === undefined || o.draft === "ngram" ? undefined : await openModel(o.draft, openOptions(o, true));
       const apiKey = o.apiKey ?? process.env.SIGMA_API_KEY ?? null;
       const draftTokens = o.draft !== undefined ? o.draftTokens : 0;
       const server = await serve(model, { host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue, prefillChunk: o.prefillChunk, apiKey, draftTokens, ...(draft ? { draft } : {}), ...(o.name !== undefined ? { name: o.name } : {}) });
@@ -68,11 +68,11 @@ export function register(program: Command): void {
     .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
   kvCacheOption(weightsOption(chatCmd))
     .action(async (o: { ckpt: string; domain?: string; system?: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; weights?: WeightFormat; kvCache?: KVFormat; draft?: string; draftTokens: number }) => {
-      const model = await openModel(o.ckpt, openOptions(o));
+      const model = await openModel(o.ckpt, openOptions(o, true));
       const domains = model.domains;
       const domain = o.domain ?? domains[0]!;
       if (!domains.includes(domain)) throw new SigmaError(`Unknown domain "${domain}"; the model knows ${domains.join(", ")}`, "pass one of them with --domain");
-      const draft = o.draft === undefined ? undefined : o.draft === "ngram" ? ("ngram" as const) : await openModel(o.draft, openOptions(o));
+      const draft = o.draft === undefined ? undefined : o.draft === "ngram" ? ("ngram" as const) : await openModel(o.draft, openOptions(o, true));
       await chatLoop(model, domains, domain, { ...o, draft });
     });
 }

@@ -165,8 +165,8 @@ export function register(program: Command): void {
     .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
   kvCacheOption(weightsOption(generateCmd))
     .action(async ({ draft: draftPath, draftTokens, ...o }: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; stop?: string[]; showSpecial?: boolean; weights?: WeightFormat; kvCache?: KVFormat; draft?: string; draftTokens: number }) => {
-      const model = await openModel(o.ckpt, openOptions(o));
-      const draft = draftPath === undefined ? undefined : draftPath === "ngram" ? ("ngram" as const) : await openModel(draftPath, openOptions(o));
+      const model = await openModel(o.ckpt, openOptions(o, true));
+      const draft = draftPath === undefined ? undefined : draftPath === "ngram" ? ("ngram" as const) : await openModel(draftPath, openOptions(o, true));
       const draftStats = newSpeculativeStats();
       const spec = draft === undefined ? {} : { draft, draftTokens, draftStats };
       const t0 = performance.now();

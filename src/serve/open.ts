@@ -28,7 +28,7 @@ import type { TextTokenizer } from "../tokenizer/codec.js";
 import { SigmaError } from "../util/errors.js";
 import { readRegularFile } from "../util/read.js";
 import { modelFromStoreCheckpoint } from "./load-store.js";
-import { quantizeModel } from "../models/quantize.js";
+import { quantizeModel, storedFormat, unquantizeModel } from "../models/quantize.js";
 import type { WeightFormat } from "../backend/quant.js";
 import { KV_FORMATS, type KVFormat } from "../nn/attention.js";
 
@@ -91,6 +91,14 @@ export interface OpenOptions {
    * half as much; attention then sees keys and values rounded to f16; docs/decode.md).
    */
   kvCache?: KVFormat;
+  /**
+   * Without `weights`: a float32 model's matrices are taken as f32 stored
+   * views of its own weights (no copy but q/k/v stacked), so decoding runs
+   * through the decode step (docs/decode.md#the-decode-step) — the same
+   * products, without forward's per-op machinery. A model so opened cannot be
+   * trained. The decoding commands (generate, chat, serve) set it.
+   */
+  decodeStep?: boolean;
 }
 
 /** Checks a user's KV cache format (`where` names the flag or option in the error). */
@@ -106,6 +114,15 @@ export function openModelSource(path: string, opts: OpenOptions = {}): ModelSour
   // Before any conversion: a float64 model cannot take an f16 cache.
   if (kv === "f16" && src.model.tokenEmbedding.dtype !== "float32") throw new SigmaError(`${src.path} is a ${src.model.tokenEmbedding.dtype} model; an f16 KV cache serves float32 models only`, "use --kv-cache f32 (kvCache: \"f32\")");
   if (opts.weights) quantizeModel(src.model, opts.weights);
+  else if (opts.decodeStep && storedFormat(src.model) === null && src.model.tokenEmbedding.dtype === "float32") {
+    try {
+      quantizeModel(src.model, "f32");
+    } catch (e) {
+      // A weight that is not finite cannot be stored: forward's general path takes the model as it is.
+      if (!(e instanceof SigmaError)) throw e;
+      unquantizeModel(src.model);
+    }
+  }
   if (kv) src.model.kvFormat = kv;
   return src;
 }
