@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- decode [--tokens=N] [--rounds=N] [--only=f32,q8] [--generic] [--f32-kernels] [--spec-only] [--kernels]
- *   [--spec-target=DIR] [--spec-draft=DIR] [--spec-tokens=N] [--spec-rounds=N] [--spec-k=K] [--json]`:
+ *   [--spec-target=DIR] [--spec-draft=DIR] [--spec-weights=FMT] [--spec-tokens=N] [--spec-rounds=N] [--spec-k=K] [--json]`:
  * KV-cache decoding of config R's shape (d=512, 8 heads, 2 dense + 2 sparse
  * layers, 8 experts top-2, F=2048, V=8192; random weights) with its matrices
  * in each weight format (docs/decode.md), on 2 threads.
@@ -42,7 +42,9 @@
  * R's shape with random q8 weights on repetitive token-id prompts (a random
  * model's greedy text loops, so its n-gram figure says little about text).
  * The model draft needs a trained smaller model with the target's tokenizer
- * (`--spec-draft=DIR`; `--spec-k=K` drafts per step); without one that figure is skipped (a random draft
+ * (`--spec-draft=DIR`, in q8; `--spec-k=K` drafts per step; `--spec-weights=FMT` the target's format
+ * for it, q8 by default: f32 or bf16 on a target large enough that its steps stream from memory);
+ * without a draft that figure is skipped (a random draft
  * agrees with nothing). N-gram drafting runs with the target's matrices in
  * f32, bf16 and q8 (`ngram` is q8's; a verification's rows cost more, next
  * to a plain step, where the products are compute-bound). JSON:
@@ -55,14 +57,14 @@
  * rounds; ceiling = (k + 1) ÷ (draftCost + verifyCost), the speedup if every
  * draft were kept at those costs — a draft whose ceiling is below a speedup
  * cannot reach that speedup at any acceptance),
- * ngramByFormat: { f32, bf16, q8: same }, model: same (q8 target) | null }.
+ * ngramByFormat: { f32, bf16, q8: same }, model: same | null, modelWeights: the model draft's target format }.
  */
 import { noGrad } from "../src/autograd/tape.js";
 import { WEIGHT_FORMATS, quantize, storedBytes, type StoredMatrix, type WeightFormat } from "../src/backend/quant.js";
 import { nativeDecodeKernels } from "../src/backend/decode.js";
 import { parseModelConfig } from "../src/models/config.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
-import { quantizeModel, storedSites } from "../src/models/quantize.js";
+import { parseWeightFormat, quantizeModel, storedSites } from "../src/models/quantize.js";
 import { useDecodeStep } from "../src/models/decode-step.js";
 import { KV_FORMATS, type KVFormat } from "../src/nn/attention.js";
 import { Rng } from "../src/util/rng.js";
@@ -254,6 +256,7 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   const k = opt("spec-k", 4);
   const targetPath = str("spec-target") ?? "sigma-demo";
   const draftPath = str("spec-draft");
+  const modelWeights = parseWeightFormat(str("spec-weights") ?? "q8", "bench decode: --spec-weights");
   let net: PanguSigma;
   let prompts: SpecPrompt[];
   let target: string;
@@ -293,8 +296,8 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   for (const f of NGRAM_FORMATS) ngramByFormat[f] = speculativeRun(inFormat(f), prompts, () => ({ kind: "ngram" }), tokens, rounds, k);
   if (!existsSync(targetPath)) quantizeModel(fallback, "q8");
   const ngram = ngramByFormat.q8!;
-  const model = draftModel ? speculativeRun(net, prompts, (p) => ({ kind: "model", model: draftModel, domain: p.draftDomain }), tokens, rounds, k) : null;
-  const rows = [...NGRAM_FORMATS.map((f) => [`ngram, ${f} target`, ngramByFormat[f]!] as const), ...(model ? [["model " + draftPath + ", q8 target", model] as const] : [])].map(([name, f]) => [
+  const model = draftModel ? speculativeRun(inFormat(modelWeights), prompts, (p) => ({ kind: "model", model: draftModel, domain: p.draftDomain }), tokens, rounds, k) : null;
+  const rows = [...NGRAM_FORMATS.map((f) => [`ngram, ${f} target`, ngramByFormat[f]!] as const), ...(model ? [[`model ${draftPath}, ${modelWeights} target`, model] as const] : [])].map(([name, f]) => [
     name, f.plainTokensPerSecond.toFixed(1), f.tokensPerSecond.toFixed(1), `${f.speedup.toFixed(2)}×`, `${(100 * f.acceptance).toFixed(0)}%`, `${f.speedupWithPrefill.toFixed(2)}×`,
     f.tokensPerVerification.toFixed(2), f.draftCost.toFixed(2), f.verifyCost.toFixed(2), `${f.ceiling.toFixed(2)}×`,
   ]);
@@ -302,7 +305,7 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   say(`per verification: the tokens it emits, and the time drafting and verifying take in plain steps (the plain decoding's time per token); ceiling: the speedup if all ${k} drafts were kept at those costs, (k + 1) ÷ (draft + verify)`);
   say(table(["draft", "plain tokens/s", "speculative tokens/s", "speedup", "acceptance", "speedup with prefill", "tokens/verification", "draft (steps)", "verify (steps)", "ceiling"], rows));
   if (!model) say(`model draft: skipped — ${existsSync(targetPath) ? "no --spec-draft=DIR (a trained smaller model with the demo's tokenizer)" : "no demo model (run sigma demo, or pass --spec-target=DIR and --spec-draft=DIR)"}; a draft with random weights would agree with nothing`);
-  return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, ngramByFormat, model };
+  return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, ngramByFormat, model, modelWeights };
 }
 
 /**
