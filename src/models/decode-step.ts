@@ -19,7 +19,9 @@
  *
  * It computes what forward computes, op for op on the same kernels, except
  * that residual adds happen in place: forward's logits and these agree to
- * f32 rounding (test/decode-step.test.ts holds them within 1e-5).
+ * f32 rounding (test/decode-step.test.ts holds them within 1e-5 on the
+ * f32-dequantizing kernels; q8/q4's integer kernels round each input group
+ * to int8, and an input one last bit apart can round to the next step).
  *
  * The server's batched step (src/serve/batch.ts) runs through it too
  * (decodeRows): its rows bring their own positions and domains, attention

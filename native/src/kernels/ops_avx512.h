@@ -12,6 +12,10 @@ namespace sigma::avx512 {
 // ---- vec.h primitives
 float vmax(const float* x, int64_t n);
 float vexp_shift(float* y, const float* x, float m, int64_t n);
+void vdot_heads(float* s, int64_t lds, float* m, const float* q, const float* k, int64_t ldk, int64_t n, int64_t nh,
+                int64_t rep, int64_t e0, int64_t d, float scale, int64_t ahead);
+void vaxpy_heads(float* o, const float* v, int64_t ldv, const float* p, int64_t ldp, const float* w, int64_t n, int64_t nh,
+                 int64_t rep, int64_t e0, int64_t d, int64_t ahead);
 
 // ---- rows
 void ln_row(float* y, const float* x, const float* gamma, const float* beta, int64_t C, float eps, float* mean_out,

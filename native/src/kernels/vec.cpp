@@ -112,10 +112,12 @@ float vdot(const float* a, const float* b, int64_t n) { return vdot_v(a, b, n); 
 void vaxpy(float* y, const float* x, float alpha, int64_t n) { vaxpy_v(y, x, alpha, n); }
 void vdot_heads(float* s, int64_t lds, float* m, const float* q, const float* k, int64_t ldk, int64_t n, int64_t nh,
                 int64_t rep, int64_t e0, int64_t d, float scale, int64_t ahead) {
+  if (use_avx512()) return avx512::vdot_heads(s, lds, m, q, k, ldk, n, nh, rep, e0, d, scale, ahead);
   vdot_heads_v(s, lds, m, q, k, ldk, n, nh, rep, e0, d, scale, ahead);
 }
 void vaxpy_heads(float* o, const float* v, int64_t ldv, const float* p, int64_t ldp, const float* w, int64_t n,
                  int64_t nh, int64_t rep, int64_t e0, int64_t d, int64_t ahead) {
+  if (use_avx512()) return avx512::vaxpy_heads(o, v, ldv, p, ldp, w, n, nh, rep, e0, d, ahead);
   vaxpy_heads_v(o, v, ldv, p, ldp, w, n, nh, rep, e0, d, ahead);
 }
 void vscale(float* x, float alpha, int64_t n) { vscale_v(x, alpha, n); }
