@@ -59,6 +59,19 @@ check("layerNorm", ([x, g, b]) => ops.layerNorm(x!, g!, b!), [r(4, 6), r(6), r(6
   check("crossEntropy with ignored row", ([x]) => ops.crossEntropy(x!, targets, -1), [r(5, 6)]);
 }
 {
+  // Target distributions: a softmax of other numbers per row (rows sum to 1), one of them nearly a point mass.
+  const raw = Float64Array.from({ length: 5 * 6 }, (_, i) => Math.sin(3.7 * i) * (i < 6 ? 12 : 2));
+  const p = new Float64Array(raw.length);
+  for (let row = 0; row < 5; row++) {
+    const xs = raw.subarray(row * 6, row * 6 + 6);
+    const m = Math.max(...xs);
+    const e = Array.from(xs, (x) => Math.exp(x - m));
+    const t = e.reduce((a, b) => a + b, 0);
+    e.forEach((v, j) => (p[row * 6 + j] = v / t));
+  }
+  check("softCrossEntropy (a teacher's distributions)", ([x]) => ops.softCrossEntropy(x!, p), [r(5, 6)]);
+}
+{
   const ids = Int32Array.from([3, 1, 3, 0, 3]);
   check("embedding (repeated ids)", ([t]) => ops.embedding(t!, ids, [5]), [r(4, 3)]);
 }

@@ -50,6 +50,7 @@ interface DemoOpts {
   codeSlot?: boolean;
   sharedEmbedding?: boolean;
   overwrite?: boolean;
+  teacher?: string;
 }
 
 /**
@@ -90,6 +91,8 @@ export function demoConfig(vocabSize: number, domains: string[], o: DemoOpts): T
     optim: { lr: 3e-3, minLr: 1e-4, warmupSteps: Math.min(20, Math.floor(o.steps / 10)) },
     eval: { every: 50, batches: 2 },
     checkpoint: { every: 0, keep: 1 },
+    // --teacher: a draft for speculative decoding, distilled from the model it will draft for (src/train/distill.ts).
+    ...(o.teacher ? { distill: { teacher: o.teacher } } : {}),
     seed: o.seed,
     out: o.out,
   };
@@ -120,6 +123,7 @@ export function register(program: Command): void {
     .option("--shared-embedding", "one token-embedding slot for all domains (default: one per domain, as PanGu-Σ)")
     .option("--code-slot", "two embedding slots: one for code, one shared by the other domains")
     .option("--overwrite", "replace the demo run that --out already holds")
+    .option("--teacher <ckpt>", "also learn this model's next-token distributions (distillation): a draft for speculative decoding that agrees with the model it drafts for, e.g. --width 64 --teacher sigma-demo (docs/decode.md)")
     .action(async (o: DemoOpts) => {
       const t0 = performance.now();
       ensureWritableDir(o.out, "--out");

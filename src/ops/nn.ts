@@ -86,6 +86,41 @@ export function crossEntropy(logits: Tensor, targets: Int32Array, ignoreIndex = 
 }
 
 /**
+ * Mean cross-entropy of logits [R,V] against target distributions p [R,V]
+ * (each row sums to 1): the mean over rows of −Σ_v p_v·log softmax(logits)_v
+ * = lse − Σ_v p_v·logits_v. With p a teacher's softmax it is the distillation
+ * loss (its gradient is the KL divergence's: softmax(logits) − p per row).
+ * p is a plain array (a teacher's output needs no gradient).
+ */
+export function softCrossEntropy(logits: Tensor, p: Float32Array | Float64Array): Tensor {
+  const V = logits.dim(-1);
+  const rows = rowsOf(logits);
+  if (p.length !== rows * V) throw new RangeError(`softCrossEntropy: ${p.length} target probabilities for ${rows} rows of logits ${shapeStr(logits.shape)}`);
+  const k0 = be(logits);
+  // The log-sum-exp of each row, from the fused cross-entropy kernel (its per-row loss against target 0 is not used).
+  const lse = empty(logits, [rows]);
+  k0.crossEntropy(empty(logits, [rows]).data, lse.data, logits.data, new Int32Array(rows), rows, V, -1);
+  const z = logits.data;
+  let total = 0;
+  for (let r = 0; r < rows; r++) {
+    let dot = 0;
+    for (let v = r * V; v < (r + 1) * V; v++) dot += p[v]! * z[v]!;
+    total += lse.data[r]! - dot;
+  }
+  const y = Tensor.zeros([1], logits.dtype);
+  y.data[0] = rows > 0 ? total / rows : 0;
+  record(y, [logits], (g) => {
+    if (rows === 0) return;
+    const q = empty(logits, logits.shape);
+    be(logits).softmax(q.data, z, rows, V);
+    const d = gradOf(logits).data;
+    const f = g.data[0]! / rows;
+    for (let i = 0; i < rows * V; i++) d[i]! += f * (q.data[i]! - p[i]!);
+  });
+  return y;
+}
+
+/**
  * Rows of table [rows, C] picked by ids; the result has shape [...shape, C]
  * (shape defaults to [ids.length]).
  */

@@ -130,6 +130,22 @@ export const TrainConfigSchema = z
       data: intField(1, 2 ** 20).nullable().default(null),
       expert: intField(1, 2 ** 20).default(1),
     }),
+    /**
+     * Distillation (docs/decode.md, "Drafts distilled from the target"): the
+     * model also learns a teacher's next-token distributions on the same
+     * batches — how a draft for speculative decoding is made to agree with its
+     * target. The loss is (1 − weight)·CE(data) + weight·T²·CE(softmax(teacher
+     * logits / T), model logits / T), plus the routers' losses. One process,
+     * experts in RAM.
+     */
+    distill: section({
+      /** The teacher: any model path `sigma generate --ckpt` takes, with this run's vocabulary and domain names; null = no distillation. */
+      teacher: z.string().min(1).max(4096).nullable().default(null),
+      /** The teacher's share of the loss, 0 … 1. */
+      weight: finiteField().min(0).max(1).default(0.9),
+      /** T: both distributions are softened by it (and the term scaled by T² so its gradients keep their size). */
+      temperature: finiteField().min(0.05).max(100).default(1),
+    }),
     /** Recompute each block's activations in the backward pass instead of keeping them: less memory, ~⅓ more compute. */
     recompute: z.boolean().default(false),
     /**

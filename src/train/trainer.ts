@@ -25,6 +25,7 @@ import type { Precision } from "../backend/backend.js";
 import { Evaluator, runEvalSettings, type DomainEval, checkEvalBatches } from "./evaluate.js";
 import { learningRate, scheduleOf, type Schedule } from "./schedule.js";
 import { checkRunFits } from "./memory.js";
+import { distilledLoss, openTeacher, teacherTargets, type Teacher } from "./distill.js";
 import { DataParallel, assertInSync, expertLayout, parallelPlan, sliceRows, type ExpertLayout } from "./data-parallel.js";
 import { shardOf, type ExpertShard } from "../moe/expert-parallel.js";
 import type { Tensor } from "../tensor/tensor.js";
@@ -92,6 +93,8 @@ export class Trainer {
   readonly comm: Communicator;
   /** With several ranks: this rank's rows of every micro-batch and the gradient sum (src/train/data-parallel.ts). */
   private readonly dp: { rows: { first: number; count: number }; sync: DataParallel } | null = null;
+  /** Distillation's teacher (config.distill.teacher), or null. */
+  private readonly teacher: Teacher | null = null;
   /** Expert parallel (parallel.expert > 1): the rank layout and this rank's expert shard; else null. */
   readonly expertParallel: { layout: ExpertLayout; shard: ExpertShard; params: Set<Tensor> } | null = null;
 
@@ -159,6 +162,10 @@ export class Trainer {
       }
       const names = config.model.domains.map((d) => d.name);
       checkEvalBatches(m, names, config.batchSize, config.model.seqLen, config.eval.batches, "eval.batches");
+      if (config.distill.teacher !== null) {
+        if (comm.size > 1 || this.ecss) throw new SigmaError("distillation runs in one process with the experts in RAM", "remove distill.teacher, or train without mpirun and the expert store (store.enabled false)");
+        this.teacher = openTeacher(config);
+      }
       this.domainIndex = new Map();
       for (const s of this.loader.streams) {
         const i = names.indexOf(s.name);
@@ -250,15 +257,18 @@ export class Trainer {
       // Data parallel: b holds this rank's rows of the micro-batch, and the losses are its share of the whole one's.
       const slice = dp ? { slice: { comm: this.comm, sequences: c.batchSize, first: dp.rows.first } } : {};
       const r = this.model.loss({ tokens: b.x, domains, B: b.B, T: b.T, dropoutSeed, ...slice }, b.y);
+      // Distillation: the teacher's distributions on the same tokens join the loss (src/train/distill.ts).
+      const t = this.teacher;
+      const total = t ? distilledLoss(t, { loss: r.loss, lm: r.lm, logits: r.out.logits }, teacherTargets(t, b.x, domains, b.B, b.T)) : r.loss;
       // Gradients add up over micro-batches; scaling each by 1/accum makes the sum their mean.
       // Only scalars (losses) and routing counts are read after backward, so the
       // forward's buffers can go back to the pool for the next micro-batch.
       // Data parallel: the last micro-batch's backward hands each finished gradient to the sum over ranks.
       const ep = this.expertParallel;
       const onLeafReady = dp && a === c.accumSteps - 1 ? dp.sync.beginBackward(params, gradOf, ep ? (p) => ep.params.has(p) : undefined) : undefined;
-      backward(c.accumSteps > 1 ? ops.scale(r.loss, 1 / c.accumSteps) : r.loss, undefined, { freeActivations: true, ...(onLeafReady ? { onLeafReady } : {}) });
+      backward(c.accumSteps > 1 ? ops.scale(total, 1 / c.accumSteps) : total, undefined, { freeActivations: true, ...(onLeafReady ? { onLeafReady } : {}) });
       this.ecss?.collectGrads();
-      loss += r.loss.item();
+      loss += total.item();
       lm += r.lm.item();
       r.out.routings.forEach((rt, l) => {
         if (rt.auxLoss) balance += rt.auxLoss.item();
