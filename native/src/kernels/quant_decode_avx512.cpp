@@ -22,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "decode_tail.h"
 #include "quant.h"
 #include "reduce_avx512.h"
 
@@ -171,12 +172,6 @@ __attribute__((always_inline)) inline void stream_sums(const Row& row, int64_t K
     }
   }
   for (int r = 0; r < RC; ++r) finish(r, _mm512_add_ps(acc[r][0], acc[r][1]));
-}
-
-// Inputs past the last whole group, added to s by the scalar definition.
-inline float add_tail(float s, const QuantMatrix& w, int64_t K, int64_t n, const float* x) {
-  for (int64_t k = K / 32 * 32; k < K; ++k) s += quant_weight(w, K, n, k) * x[k];
-  return s;
 }
 
 template <class U, int RC>
