@@ -91,12 +91,14 @@ function close(where: string, a: Float32Array, b: Float32Array, tol = 1e-5): voi
  * kernels quantize each group of a product's inputs to int8; forward and the
  * step differ in the last bits of some inputs (the step fuses bias and
  * residual adds), and a last-bit difference can move an input across an int8
- * rounding boundary: a jump of half a quantization step, which the next
+ * rounding boundary: a jump of a whole quantization step, which the next
  * layers carry (a top-k router's weights, then the logits, by ~1%), not a
  * rounding error. So forward and the step are compared where both compute in
  * f32 throughout; the integer kernels are held to their twin in
  * decode-kernels.test.ts, and the k + 1 rows test below runs them (there the
- * rows' inputs are the same bits).
+ * rows' inputs are the same bits). Without the addon the TypeScript twin has
+ * only the integer products, and the comparison holds there for these seeds
+ * alone.
  */
 function onF32Kernels(fn: () => void): void {
   const addon = loadNative().backend as unknown as { setDecodeIntRows(rows: number): void } | null;

@@ -12,6 +12,11 @@ import { train } from "../src/api/train.js";
 import { openModelSource } from "../src/serve/open.js";
 import { SigmaError } from "../src/util/errors.js";
 import { Rng } from "../src/util/rng.js";
+import { existsSync } from "node:fs";
+import { Model } from "../src/api/model.js";
+import { soloComm, type Communicator } from "../src/comm/comm.js";
+import { toHfJson } from "../src/tokenizer/hfjson.js";
+import { WordCounter, trainBpe } from "../src/tokenizer/trainer.js";
 import { ROUTERS, cleanup, root, tinyConfig, tinyData } from "./train-fixture.js";
 
 after(cleanup);
@@ -89,4 +94,25 @@ test("a teacher with another vocabulary or without the run's domains is refused,
   assert.throws(() => new Trainer(tinyConfig(data, join(root, "refused-dom"), null, { distill: { teacher: other.checkpoint } })), (e: unknown) => e instanceof SigmaError && /distill\.teacher .* has no domain "bi"/.test(e.message));
   const wide = tinyConfig(data, join(root, "refused-vocab"), null, { distill: { teacher: teacherRun.checkpoint } });
   assert.throws(() => new Trainer({ ...wide, model: { ...wide.model, vocabSize: 400 } }), (e: unknown) => e instanceof SigmaError && /(distill\.teacher .* vocabulary of 320 tokens|model\.vocabSize is 400)/.test(e.message));
+  // Another tokenizer of the same size: the same ids would be other tokens.
+  const model = openModelSource(teacherRun.checkpoint).model;
+  const wc = new WordCounter();
+  const letters = new Rng(13);
+  for (let i = 0; i < 400; i++) wc.add(Array.from({ length: 3 + letters.int(6) }, () => String.fromCharCode(97 + letters.int(26))).join("") + " ");
+  const otherTok = trainBpe(wc, { vocabSize: 320, domains: ["zh", "en", "bi", "code"], langs: ["zh", "en"] });
+  const otherDir = join(root, "teacher-other-tok");
+  new Model(model, otherTok, null, 1, null, null, toHfJson(otherTok)).save(otherDir);
+  assert.throws(() => new Trainer(tinyConfig(data, join(root, "refused-tok"), null, { distill: { teacher: otherDir } })), (e: unknown) => e instanceof SigmaError && /distill\.teacher .* another tokenizer than this run's data/.test(e.message));
+  // A shorter context than the run's.
+  const long = tinyConfig(data, join(root, "refused-seq"), null, { distill: { teacher: teacherRun.checkpoint } });
+  assert.throws(() => new Trainer({ ...long, model: { ...long.model, seqLen: 32 } }), (e: unknown) => e instanceof SigmaError && /reads 16 positions, fewer than this run's model\.seqLen 32/.test(e.message));
+});
+
+test("distillation with several ranks or the expert store is refused before anything is written", () => {
+  const cfg = tinyConfig(data, join(root, "refused-modes"), ROUTERS.rre!, { distill: { teacher: teacherRun.checkpoint } });
+  const twoRanks = { ...soloComm, size: 2 } as Communicator;
+  assert.throws(() => new Trainer(cfg, undefined, twoRanks), (e: unknown) => e instanceof SigmaError && /distill\.teacher is set, but this run has 2 ranks/.test(e.message));
+  const stored = tinyConfig(data, join(root, "refused-store"), ROUTERS.rre!, { distill: { teacher: teacherRun.checkpoint }, store: { enabled: true } });
+  assert.throws(() => new Trainer(stored), (e: unknown) => e instanceof SigmaError && /with the expert store/.test(e.message));
+  assert.ok(!existsSync(join(root, "refused-store", "experts.sgxs")), "no expert store was made");
 });

@@ -14,7 +14,7 @@ import { ensureWritableDir } from "../util/fs.js";
 
 /** The `--weights <format>` option of the inference commands (generate, eval; serve and chat take it the same way). */
 export function weightsOption(cmd: Command): Command {
-  return cmd.option("--weights <format>", `weights for inference, converted at load: ${WEIGHT_FORMATS.join(", ")} (docs/decode.md; default: as stored — an f32 model\'s decoding takes the f32 decode kernels)`, (v: string) => parseWeightFormat(v, "--weights"));
+  return cmd.option("--weights <format>", `weights for inference, converted at load: ${WEIGHT_FORMATS.join(", ")} (docs/decode.md; default: as stored — an f32 model's decoding takes the f32 decode kernels)`, (v: string) => parseWeightFormat(v, "--weights"));
 }
 
 /** The `--kv-cache <format>` option of the decoding commands (generate, chat, serve). */

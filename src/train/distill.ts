@@ -22,6 +22,7 @@ import type { PanguSigma } from "../models/pangu-sigma.js";
 import * as ops from "../ops/index.js";
 import { openModelSource } from "../serve/open.js";
 import type { Tensor } from "../tensor/tensor.js";
+import { sha256Hex } from "../tokenizer/hfjson.js";
 import { SigmaError } from "../util/errors.js";
 import type { TrainConfig } from "./config.js";
 
@@ -34,15 +35,25 @@ export interface Teacher {
   temperature: number;
 }
 
-/** The run's teacher (config.distill.teacher), checked against the run's model; null without one. */
-export function openTeacher(config: TrainConfig): Teacher | null {
+/**
+ * The run's teacher (config.distill.teacher), checked against the run: the
+ * same vocabulary — the same tokenizer file where the teacher has one
+ * (`dataTokenizerSha256`, the run's data's) — its domain names, and a
+ * sequence length that covers the run's; null without one.
+ */
+export function openTeacher(config: TrainConfig, dataTokenizerSha256: string): Teacher | null {
   const d = config.distill;
   if (d.teacher === null) return null;
   const src = openModelSource(d.teacher);
   const model = src.model.eval();
   const c = model.config;
-  if (c.vocabSize !== config.model.vocabSize) {
-    throw new SigmaError(`distill.teacher ${src.path} has a vocabulary of ${c.vocabSize} tokens, this run's model ${config.model.vocabSize}`, "a teacher must share the run's tokenizer: one trained on the same data folder (or its tokenizer)");
+  const share = "a teacher must share the run's tokenizer: one trained on the same data folder (or data prepared with its tokenizer)";
+  if (c.vocabSize !== config.model.vocabSize) throw new SigmaError(`distill.teacher ${src.path} has a vocabulary of ${c.vocabSize} tokens, this run's model ${config.model.vocabSize}`, share);
+  if (src.tokenizer && sha256Hex(src.tokenizer.text) !== dataTokenizerSha256) {
+    throw new SigmaError(`distill.teacher ${src.path} was trained with another tokenizer than this run's data (${config.data.dir}): the same ids would be other tokens`, share);
+  }
+  if (c.seqLen < config.model.seqLen) {
+    throw new SigmaError(`distill.teacher ${src.path} reads ${c.seqLen} positions, fewer than this run's model.seqLen ${config.model.seqLen}`, `set model.seqLen to ${c.seqLen} or less, or distil from a teacher with a longer context`);
   }
   const names = c.domains.map((x) => x.name);
   const domainOf = Int32Array.from(config.model.domains, (x) => {

@@ -33,7 +33,11 @@ import type { Tensor } from "../tensor/tensor.js";
 export interface StepResult {
   /** Optimizer steps done after this one. */
   step: number;
-  /** lm + aux, averaged over the micro-batches. */
+  /**
+   * lm + aux, averaged over the micro-batches; with distillation the loss
+   * trained on, (1 − w)·lm + w·T²·CE(teacher, model) + aux — its teacher's
+   * term holds the teacher's entropy, so it does not fall toward 0.
+   */
   loss: number;
   /** Next-token cross-entropy alone. */
   lm: number;
@@ -106,6 +110,9 @@ export class Trainer {
   constructor(readonly config: TrainConfig, model?: PanguSigma, comm: Communicator = soloComm) {
     // A run the machine cannot hold is refused before anything is allocated (src/train/memory.ts).
     checkRunFits(config);
+    // Distillation (src/train/distill.ts) runs in one process with the experts in RAM: refused before any store is made.
+    if (config.distill.teacher !== null && comm.size > 1) throw new SigmaError(`distill.teacher is set, but this run has ${comm.size} ranks: distillation runs in one process`, "run it without mpirun, or remove distill.teacher");
+    if (config.distill.teacher !== null && config.store.enabled) throw new SigmaError("distill.teacher is set with the expert store (store.enabled): distillation keeps the experts in RAM", "set store.enabled false, or remove distill.teacher");
     this.comm = comm;
     const plan = parallelPlan(config, comm.size);
     const ep = plan.expert > 1 ? trainerShard(config, comm) : null;
@@ -162,10 +169,7 @@ export class Trainer {
       }
       const names = config.model.domains.map((d) => d.name);
       checkEvalBatches(m, names, config.batchSize, config.model.seqLen, config.eval.batches, "eval.batches");
-      if (config.distill.teacher !== null) {
-        if (comm.size > 1 || this.ecss) throw new SigmaError("distillation runs in one process with the experts in RAM", "remove distill.teacher, or train without mpirun and the expert store (store.enabled false)");
-        this.teacher = openTeacher(config);
-      }
+      if (config.distill.teacher !== null) this.teacher = openTeacher(config, m.tokenizer.sha256);
       this.domainIndex = new Map();
       for (const s of this.loader.streams) {
         const i = names.indexOf(s.name);

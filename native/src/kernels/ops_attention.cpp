@@ -67,8 +67,10 @@ inline int64_t visible(const Layout& L, int64_t i0, int64_t mq) { return L.Tk - 
 // then the values the same way — a near-sequential stream the prefetchers
 // follow, where one task per head read 256 bytes every 2 KiB. Each head's
 // numbers are those of a per-head pass (vdot_heads and vaxpy_heads sum each
-// head with vdot and vaxpy in order of the rows; the max is exact), and a query row's
-// outputs do not depend on the other rows of the call. The H query heads
+// head in order of the rows; the max is exact), and a query row's outputs do
+// not depend on the other rows of the call. On AVX-512 a score is summed in
+// another order than vdot's (vec.h), so the backward, which recomputes the
+// scores with vdot, meets the forward's log-sum-exp to rounding, not to the bit. The H query heads
 // are split into as few runs as still give every thread two tasks (a run
 // may be part of one key/value head's query heads: with one key/value head,
 // batch 1 still spreads over the threads).

@@ -1,5 +1,6 @@
-// Reductions shared by the AVX-512 decode kernels (quant_decode_avx512.cpp,
-// quant_decode_int_avx512.h): included after each file's own target pragma,
+// Reductions shared by the AVX-512 kernels (quant_decode_avx512.cpp,
+// quant_decode_bf16.cpp, quant_decode_int_avx512.h, ops_avx512.cpp's
+// attention rows): included after each file's own target pragma,
 // internal to each file that includes it.
 #pragma once
 #include <immintrin.h>
