@@ -58,7 +58,7 @@ export function openTeacher(config: TrainConfig, dataTokenizerSha256: string): T
   const names = c.domains.map((x) => x.name);
   const domainOf = Int32Array.from(config.model.domains, (x) => {
     const i = names.indexOf(x.name);
-    if (i < 0) throw new SigmaError(`distill.teacher ${src.path} has no domain "${x.name}" (it has ${names.join(", ")})`, "distil from a teacher with the run's domains, or give the run the teacher's domain names");
+    if (i < 0) throw new SigmaError(`distill.teacher ${src.path} has no domain ${JSON.stringify(x.name)} (it has ${names.map((n) => JSON.stringify(n)).join(", ")})`, "distil from a teacher with the run's domains, or give the run the teacher's domain names");
     return i;
   });
   return { path: src.path, model, domainOf, weight: d.weight, temperature: d.temperature };

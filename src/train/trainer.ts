@@ -173,7 +173,8 @@ export class Trainer {
       this.domainIndex = new Map();
       for (const s of this.loader.streams) {
         const i = names.indexOf(s.name);
-        if (i < 0) throw new SigmaError(`the data samples domain "${s.name}" but model.domains has only ${names.join(", ")}`, `add "${s.name}" to model.domains, or give it weight 0 in data.weights`);
+        // Names quoted as JSON strings: a config's name may hold anything, a line break included.
+        if (i < 0) throw new SigmaError(`the data samples domain ${JSON.stringify(s.name)} but model.domains has only ${names.map((n) => JSON.stringify(n)).join(", ")}`, `add ${JSON.stringify(s.name)} to model.domains, or give it weight 0 in data.weights`);
         this.domainIndex.set(s.id, i);
       }
     } catch (e) {
