@@ -80,6 +80,14 @@ __attribute__((always_inline)) inline void dot_row(const uint16_t* p, const uint
   dot_sums<RC>(p, xb, kp, K, ahead, [&](int r, __m512 v) __attribute__((always_inline)) { y[r * ldy] = _mm512_reduce_add_ps(v); });
 }
 
+// Several rows of x take the blocks only while a block's rows sit in L1 with
+// room to spare (16 rows of K ≤ 256 bf16: 8 KiB), where the later passes find
+// them: from memory, 5 rows of x streamed 5–7% slower than row by row at
+// K = 2048 (a 64 KiB block) and 3–9% at K = 512 in three of four runs
+// (alternating, Zen 4); one row of x takes them at every K (the same speed
+// from memory, faster from cache).
+constexpr int64_t kBlockK = 256;
+
 // Whole blocks of sixteen weight rows: the same passes over the rows of x
 // (four, two, then one at a time; the first streams the block from memory,
 // later ones find it in L1/L2), each pass's sixteen sums per row of x ending
@@ -110,7 +118,7 @@ __attribute__((noinline)) void blocks(const uint16_t* base, float* y, int64_t ld
 void decode_bf16_dot(const QuantMatrix& w, float* y, int64_t ldy, const uint16_t* xb, int64_t kp, int64_t R, int64_t K,
                      int64_t n0, int64_t n1) {
   const uint16_t* base = static_cast<const uint16_t*>(w.data);
-  if (n1 - n0 >= 16) {
+  if (n1 - n0 >= 16 && (R == 1 || K <= kBlockK)) {
     blocks(base, y, ldy, xb, kp, R, K, n0, n1);
     n0 += (n1 - n0) / 16 * 16;
   }
