@@ -103,6 +103,8 @@ test("a teacher with another vocabulary or without the run's domains is refused,
   const otherDir = join(root, "teacher-other-tok");
   new Model(model, otherTok, null, 1, null, null, toHfJson(otherTok)).save(otherDir);
   assert.throws(() => new Trainer(tinyConfig(data, join(root, "refused-tok"), null, { distill: { teacher: otherDir } })), (e: unknown) => e instanceof SigmaError && /distill\.teacher .* another tokenizer than this run's data/.test(e.message));
+  // A path that holds no model: the resolver's words, naming the setting.
+  assert.throws(() => new Trainer(tinyConfig(data, join(root, "refused-path"), null, { distill: { teacher: join(root, "no-such-model") } })), (e: unknown) => e instanceof SigmaError && /^distill\.teacher: .*no-such-model does not exist/.test(e.message));
   // A shorter context than the run's.
   const long = tinyConfig(data, join(root, "refused-seq"), null, { distill: { teacher: teacherRun.checkpoint } });
   assert.throws(() => new Trainer({ ...long, model: { ...long.model, seqLen: 32 } }), (e: unknown) => e instanceof SigmaError && /reads 16 positions, fewer than this run's model\.seqLen 32/.test(e.message));

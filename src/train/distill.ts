@@ -44,7 +44,14 @@ export interface Teacher {
 export function openTeacher(config: TrainConfig, dataTokenizerSha256: string): Teacher | null {
   const d = config.distill;
   if (d.teacher === null) return null;
-  const src = openModelSource(d.teacher);
+  let src: ReturnType<typeof openModelSource>;
+  try {
+    src = openModelSource(d.teacher);
+  } catch (e) {
+    // The resolver's own words, naming the setting they came from (`sigma demo --teacher` sets it).
+    if (e instanceof SigmaError) throw new SigmaError(`distill.teacher: ${e.message.split("\n  hint: ")[0]}`, e.hint);
+    throw e;
+  }
   const model = src.model.eval();
   const c = model.config;
   const share = "a teacher must share the run's tokenizer: one trained on the same data folder (or data prepared with its tokenizer)";
