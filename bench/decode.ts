@@ -57,7 +57,9 @@
  * rounds; ceiling = (k + 1) ÷ (draftCost + verifyCost), the speedup if every
  * draft were kept at those costs — a draft whose ceiling is below a speedup
  * cannot reach that speedup at any acceptance),
- * ngramByFormat: { f32, bf16, q8: same }, model: same | null, modelWeights: the model draft's target format }.
+ * ngramByFormat: { f32, bf16, q8: same }, model: same | null, modelWeights: the model draft's target format,
+ * adaptive: { ngramByFormat, model }: the same drafts with k chosen step by step (at most k;
+ * src/serve/draft-length.ts), each figure also with draftsPerStep }.
  */
 import { noGrad } from "../src/autograd/tape.js";
 import { WEIGHT_FORMATS, quantize, storedBytes, type StoredMatrix, type WeightFormat } from "../src/backend/quant.js";
@@ -173,6 +175,8 @@ interface SpecFigure {
   speedupWithPrefill: number;
   /** Tokens emitted per verification (1 + the drafts kept). */
   tokensPerVerification: number;
+  /** Tokens drafted per step (k, less where the prompt lookup found nothing or the adaptive choice took fewer). */
+  draftsPerStep: number;
   /** Drafting and verifying, per verification, in plain steps (the plain decoding's milliseconds per token, same rounds). */
   draftCost: number;
   verifyCost: number;
@@ -200,8 +204,8 @@ interface SpecPrompt {
  * speculative: decoding tokens/s over the set (median of rounds; the
  * prefills apart, and with them) and the acceptance.
  */
-function speculativeRun(net: PanguSigma, prompts: SpecPrompt[], draft: ((p: SpecPrompt) => Draft), tokens: number, rounds: number, k: number): SpecFigure {
-  const o = { temperature: 0, topK: 0, topP: 1, seed: 1, maxTokens: tokens, stopId: null };
+function speculativeRun(net: PanguSigma, prompts: SpecPrompt[], draft: ((p: SpecPrompt) => Draft), tokens: number, rounds: number, k: number, adaptive: boolean): SpecFigure {
+  const o = { temperature: 0, topK: 0, topP: 1, seed: 1, maxTokens: tokens, stopId: null, adaptive };
   const [plainMs, specMs, plainAll, specAll]: number[][] = [[], [], [], []];
   let emittedPlain = 0;
   let emittedSpec = 0;
@@ -245,7 +249,8 @@ function speculativeRun(net: PanguSigma, prompts: SpecPrompt[], draft: ((p: Spec
   return {
     plainTokensPerSecond: rate(emittedPlain, plainMs), tokensPerSecond: rate(emittedSpec, specMs), speedup: speedup(plainMs, specMs), acceptance: stats.proposed ? stats.accepted / stats.proposed : 0,
     plainTokensPerSecondWithPrefill: rate(emittedPlain, plainAll), tokensPerSecondWithPrefill: rate(emittedSpec, specAll), speedupWithPrefill: speedup(plainAll, specAll),
-    tokensPerVerification: stats.steps ? stats.emitted / stats.steps : 0, draftCost, verifyCost, ceiling: (k + 1) / (draftCost + verifyCost),
+    tokensPerVerification: stats.steps ? stats.emitted / stats.steps : 0, draftsPerStep: stats.steps ? stats.proposed / stats.steps : 0, draftCost, verifyCost,
+    ceiling: (k + 1) / (draftCost + verifyCost),
   };
 }
 
@@ -292,20 +297,33 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   say(`\nspeculative decoding, greedy, k = ${k}, ${tokens} tokens after each of ${prompts.length} repetitive prompts, median of ${rounds} rounds; target: ${target}`);
   // n-gram drafting with the target's matrices in several formats: a verification's few rows cost more,
   // relative to a plain step, where the products are compute-bound (q8's integer kernels) than where they stream.
+  // Each draft twice on the same model: k fixed, and chosen step by step (src/serve/draft-length.ts, at most k).
   const ngramByFormat: Partial<Record<WeightFormat, SpecFigure>> = {};
-  for (const f of NGRAM_FORMATS) ngramByFormat[f] = speculativeRun(inFormat(f), prompts, () => ({ kind: "ngram" }), tokens, rounds, k);
+  const adaptiveNgram: Partial<Record<WeightFormat, SpecFigure>> = {};
+  for (const f of NGRAM_FORMATS) {
+    const m = inFormat(f);
+    ngramByFormat[f] = speculativeRun(m, prompts, () => ({ kind: "ngram" }), tokens, rounds, k, false);
+    adaptiveNgram[f] = speculativeRun(m, prompts, () => ({ kind: "ngram" }), tokens, rounds, k, true);
+  }
   if (!existsSync(targetPath)) quantizeModel(fallback, "q8");
   const ngram = ngramByFormat.q8!;
-  const model = draftModel ? speculativeRun(inFormat(modelWeights), prompts, (p) => ({ kind: "model", model: draftModel, domain: p.draftDomain }), tokens, rounds, k) : null;
-  const rows = [...NGRAM_FORMATS.map((f) => [`ngram, ${f} target`, ngramByFormat[f]!] as const), ...(model ? [[`model ${draftPath}, ${modelWeights} target`, model] as const] : [])].map(([name, f]) => [
-    name, f.plainTokensPerSecond.toFixed(1), f.tokensPerSecond.toFixed(1), `${f.speedup.toFixed(2)}×`, `${(100 * f.acceptance).toFixed(0)}%`, `${f.speedupWithPrefill.toFixed(2)}×`,
-    f.tokensPerVerification.toFixed(2), f.draftCost.toFixed(2), f.verifyCost.toFixed(2), `${f.ceiling.toFixed(2)}×`,
+  const modelTarget = draftModel ? inFormat(modelWeights) : null;
+  const modelDraft = (p: SpecPrompt): Draft => ({ kind: "model", model: draftModel!, domain: p.draftDomain });
+  const model = modelTarget ? speculativeRun(modelTarget, prompts, modelDraft, tokens, rounds, k, false) : null;
+  const adaptiveModel = modelTarget ? speculativeRun(modelTarget, prompts, modelDraft, tokens, rounds, k, true) : null;
+  const named: [string, SpecFigure, boolean][] = [];
+  for (const f of NGRAM_FORMATS) named.push([`ngram, ${f} target`, ngramByFormat[f]!, false], [`ngram, ${f} target`, adaptiveNgram[f]!, true]);
+  if (model) named.push([`model ${draftPath}, ${modelWeights} target`, model, false], [`model ${draftPath}, ${modelWeights} target`, adaptiveModel!, true]);
+  const rows = named.map(([name, f, adaptive]) => [
+    name, adaptive ? `adaptive ≤ ${k}` : `${k}`, f.draftsPerStep.toFixed(2), f.plainTokensPerSecond.toFixed(1), f.tokensPerSecond.toFixed(1), `${f.speedup.toFixed(2)}×`, `${(100 * f.acceptance).toFixed(0)}%`,
+    `${f.speedupWithPrefill.toFixed(2)}×`, f.tokensPerVerification.toFixed(2), f.draftCost.toFixed(2), f.verifyCost.toFixed(2), adaptive ? "—" : `${f.ceiling.toFixed(2)}×`,
   ]);
   say("tokens/s of decoding: after each prompt's prefill (the same forward of the prompt either way); 'with prefill' counts the prefills too");
+  say(`k: drafts asked for per step, fixed or chosen step by step from the acceptance and costs measured so far (at most ${k}; drafts/step: what was drafted)`);
   say(`per verification: the tokens it emits, and the time drafting and verifying take in plain steps (the plain decoding's time per token); ceiling: the speedup if all ${k} drafts were kept at those costs, (k + 1) ÷ (draft + verify)`);
-  say(table(["draft", "plain tokens/s", "speculative tokens/s", "speedup", "acceptance", "speedup with prefill", "tokens/verification", "draft (steps)", "verify (steps)", "ceiling"], rows));
+  say(table(["draft", "k", "drafts/step", "plain tokens/s", "speculative tokens/s", "speedup", "acceptance", "speedup with prefill", "tokens/verification", "draft (steps)", "verify (steps)", "ceiling"], rows));
   if (!model) say(`model draft: skipped — ${existsSync(targetPath) ? "no --spec-draft=DIR (a trained smaller model with the demo's tokenizer)" : "no demo model (run sigma demo, or pass --spec-target=DIR and --spec-draft=DIR)"}; a draft with random weights would agree with nothing`);
-  return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, ngramByFormat, model, modelWeights };
+  return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, ngramByFormat, model, modelWeights, adaptive: { ngramByFormat: adaptiveNgram, model: adaptiveModel } };
 }
 
 /**

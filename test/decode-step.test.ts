@@ -268,3 +268,28 @@ test("decode step: q, k, v as one product — the stored file is unchanged, and 
   const slow = run(model, false, 2, 1, 3);
   fast.logits.forEach((l, s) => close(`q8 then q4, step ${s}`, l, slow.logits[s]!));
 });
+
+test("lastOnly: each sequence's last position's logits, as the full forward gives them, on the decode step and on forward's general path", () => {
+  for (const stored of [true, false]) {
+    const model = build(ROUTERS.rre!, { embeddingSlots: 2 });
+    if (stored) quantizeModel(model, "q8");
+    const [B, T] = [2, 5];
+    const tokens = Int32Array.from({ length: B * T }, (_, i) => (i * 7 + 3) % V);
+    const domains = Int32Array.of(0, 1);
+    const prompt = (c: ModelCache) => noGrad(() => model.forward({ tokens: Int32Array.from({ length: B * 3 }, (_, i) => (i * 5 + 1) % V), domains, B, T: 3 }, c));
+    const [full, last] = [model.newCache(B), model.newCache(B)];
+    prompt(full);
+    prompt(last);
+    const runs = stored ? null : useDecodeStep(false);
+    const a = noGrad(() => model.forward({ tokens, domains, B, T }, full)).logits;
+    const b = noGrad(() => model.forward({ tokens, domains, B, T, lastOnly: true }, last)).logits;
+    if (runs !== null) useDecodeStep(runs);
+    assert.deepEqual(b.shape, [B, V]);
+    assert.equal(last.length, full.length, "every position still enters the cache");
+    for (let s = 0; s < B; s++) {
+      const want = a.data.subarray((s * T + T - 1) * V, (s * T + T) * V);
+      const got = b.data.subarray(s * V, (s + 1) * V);
+      for (let v = 0; v < V; v++) assert.ok(Math.abs(got[v]! - want[v]!) <= 1e-5 * (1 + Math.abs(want[v]!)), `${stored ? "decode step" : "forward"}, sequence ${s}, id ${v}: ${got[v]} vs ${want[v]}`);
+    }
+  }
+});

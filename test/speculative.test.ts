@@ -59,11 +59,14 @@ test("at temperature 0 speculative decoding is token for token plain decoding, f
       for (const [dn, draft] of drafts) {
         for (const k of [1, 4]) {
           const stats = newSpeculativeStats();
-          const spec = [...speculativeIds(target, prompt, domain, { ...greedy, maxTokens: 40, draftTokens: k }, draft, stats)];
+          const spec = [...speculativeIds(target, prompt, domain, { ...greedy, maxTokens: 40, draftTokens: k, adaptive: false }, draft, stats)];
           assert.deepEqual(spec, plain, `${name}, prompt ${i}, draft ${dn}, k ${k}`);
           assert.equal(stats.emitted, 40);
           if (dn === "itself" && domain === 1) assert.equal(stats.accepted, stats.proposed, "the target drafting for itself is always right");
         }
+        // k chosen step by step (the default at temperature 0): the same text.
+        const adaptive = [...speculativeIds(target, prompt, domain, { ...greedy, maxTokens: 40, draftTokens: 4 }, draft)];
+        assert.deepEqual(adaptive, plain, `${name}, prompt ${i}, draft ${dn}, adaptive k`);
       }
     }
   }
@@ -72,10 +75,10 @@ test("at temperature 0 speculative decoding is token for token plain decoding, f
 test("at temperature 0 the drafts are used: the n-gram draft on a repetitive prompt, the model draft always", () => {
   const target = build(ROUTERS.rre!);
   const stats = newSpeculativeStats();
-  [...speculativeIds(target, PROMPTS[3]!, 0, { ...greedy, maxTokens: 20, draftTokens: 4 }, { kind: "ngram" }, stats)];
+  [...speculativeIds(target, PROMPTS[3]!, 0, { ...greedy, maxTokens: 20, draftTokens: 4, adaptive: false }, { kind: "ngram" }, stats)];
   assert.ok(stats.proposed > 0 && stats.steps < 20, `ngram: ${JSON.stringify(stats)}`);
   const self = newSpeculativeStats();
-  [...speculativeIds(target, PROMPTS[0]!, 0, { ...greedy, maxTokens: 20, draftTokens: 4 }, { kind: "model", model: target, domain: 0 }, self)];
+  [...speculativeIds(target, PROMPTS[0]!, 0, { ...greedy, maxTokens: 20, draftTokens: 4, adaptive: false }, { kind: "model", model: target, domain: 0 }, self)];
   // Each step keeps 4 drafts and adds one: 20 tokens in 4 steps (the last drafts only to the 20th).
   assert.equal(self.steps, 4);
   assert.equal(self.accepted, self.proposed);

@@ -89,6 +89,7 @@ interface DecodeInput {
   B: number;
   T: number;
   slice?: unknown;
+  lastOnly?: boolean;
 }
 interface DecodeCache {
   layers: LayerCache[];
@@ -499,7 +500,8 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
       w.posIds[r] = start + t;
     }
   }
-  const out = runRows(model, w, tokens, cache.layers, cache.query, B, T, null);
+  const last = input.lastOnly && T > 1 ? Int32Array.from({ length: B }, (_, b) => b * T + T - 1) : null;
+  const out = runRows(model, w, tokens, cache.layers, cache.query, B, T, last);
   cache.length += T;
   return out;
 }

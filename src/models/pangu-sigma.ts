@@ -76,6 +76,12 @@ export interface ModelInput {
    * draws this slice of the masks the whole batch would draw.
    */
   slice?: { comm: Communicator; sequences: number; first: number };
+  /**
+   * Only each sequence's last position's logits ([B, V] instead of [B·T, V]):
+   * a prompt's prefill, which samples from its last position only, skips the
+   * output product of the others (V·C multiply-adds a position).
+   */
+  lastOnly?: boolean;
 }
 
 /** Dropout of one forward: rate and seed; each site mixes in its layer and place. */
@@ -95,7 +101,7 @@ function drop(t: Tensor, d: DropoutSpec | null, layer: number, site: number): Te
 }
 
 export interface ModelOutput {
-  /** [B·T, V]. */
+  /** [B·T, V] ([B, V] with lastOnly). */
   logits: Tensor;
   /** One routing per sparse layer, bottom to top. */
   routings: Routing[];
@@ -332,7 +338,10 @@ export class PanguSigma extends Module {
     h = this.finalNorm.forward(h);
     if (this.queryLayer) h = this.queryLayer.forward(h, ops.embedding(this.queryEmbedding!, posIds, [B, T]), cache?.query, dropout, this.blocks.length, posIds);
     if (cache) cache.length += T;
-    return { logits: this.decode(ops.reshape(h, [R, c.width]), slotOf), routings, auxLoss: aux };
+    const rows = ops.reshape(h, [R, c.width]);
+    if (!input.lastOnly || T === 1) return { logits: this.decode(rows, slotOf), routings, auxLoss: aux };
+    const last = Int32Array.from({ length: B }, (_, b) => b * T + T - 1);
+    return { logits: this.decode(ops.gatherRows(rows, last), Int32Array.from(last, (r) => slotOf[r]!)), routings, auxLoss: aux };
   }
 
   /**

@@ -34,12 +34,8 @@ export function* generateIds(model: PanguSigma, prompt: ArrayLike<number>, domai
   model.eval();
   try {
     let cache = model.newCache(1);
-    // Feed `ids` and return the logits of the last position.
-    const feed = (ids: number[]): Float32Array | Float64Array => {
-      const out = noGrad(() => model.forward({ tokens: Int32Array.from(ids), domains, B: 1, T: ids.length }, cache));
-      const V = c.vocabSize;
-      return out.logits.data.subarray((ids.length - 1) * V, ids.length * V);
-    };
+    // Feed `ids` and return the logits of the last position (the only ones computed).
+    const feed = (ids: number[]): Float32Array | Float64Array => noGrad(() => model.forward({ tokens: Int32Array.from(ids), domains, B: 1, T: ids.length, lastOnly: true }, cache)).logits.data;
     const refill = (): Float32Array | Float64Array => {
       cache = model.newCache(1);
       return feed(context.slice(-Math.max(1, Math.floor(c.seqLen / 2))));

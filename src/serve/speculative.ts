@@ -30,14 +30,22 @@ import type { ModelCache, PanguSigma } from "../models/pangu-sigma.js";
 import { SigmaError } from "../util/errors.js";
 import { Rng } from "../util/rng.js";
 import type { GenerateOptions } from "./generate.js";
+import { DraftLength } from "./draft-length.js";
 import { argmax, checkSampling, mostLikely, type SamplingOptions } from "./sampling.js";
 
 /** Where the proposals come from. */
 export type Draft = { kind: "ngram"; /** longest suffix matched (default 3) */ n?: number } | { kind: "model"; model: PanguSigma; /** index into the draft's domains */ domain: number };
 
 export interface SpeculativeOptions extends GenerateOptions {
-  /** Tokens the draft proposes per step (k ≥ 1). */
+  /** Tokens the draft proposes per step (k ≥ 1); at temperature 0 the most a step proposes (see `adaptive`). */
   draftTokens: number;
+  /**
+   * At temperature 0, choose each step's number of drafts (0 … draftTokens)
+   * from the acceptance and the costs measured so far (./draft-length.ts;
+   * default true). The text is the same either way; with sampling k is
+   * always draftTokens.
+   */
+  adaptive?: boolean;
 }
 
 /** Counters of one generation, filled as it runs. */
@@ -199,6 +207,22 @@ export function ngramProposal(context: readonly number[], k: number, n = 3): num
   return [];
 }
 
+const lengths = new WeakMap<PanguSigma, Map<PanguSigma | "ngram", DraftLength>>();
+
+/**
+ * The draft-length choice of a target with a draft: kept across generations
+ * (a chat's replies, a benchmark's prompts), since what a verification costs
+ * is the target's and the machine's, and the acceptance follows the text.
+ */
+function draftLength(target: PanguSigma, draft: Draft, max: number): DraftLength {
+  let byDraft = lengths.get(target);
+  if (!byDraft) lengths.set(target, (byDraft = new Map()));
+  const key = draft.kind === "model" ? draft.model : "ngram";
+  let l = byDraft.get(key);
+  if (!l || l.max !== max) byDraft.set(key, (l = new DraftLength(max)));
+  return l;
+}
+
 /** A model and its cache; the cache holds context[offset … offset + cache.length). */
 interface Cached {
   model: PanguSigma;
@@ -207,11 +231,11 @@ interface Cached {
   offset: number;
 }
 
-/** Feeds `ids` after the cache; returns the logits of every new position, one row each. */
-function feed(c: Cached, ids: readonly number[]): (Float32Array | Float64Array)[] {
-  const out = noGrad(() => c.model.forward({ tokens: Int32Array.from(ids), domains: c.domains, B: 1, T: ids.length }, c.cache));
+/** Feeds `ids` after the cache; returns the logits of every new position, one row each (`lastOnly`: of the last one only). */
+function feed(c: Cached, ids: readonly number[], lastOnly = false): (Float32Array | Float64Array)[] {
+  const out = noGrad(() => c.model.forward({ tokens: Int32Array.from(ids), domains: c.domains, B: 1, T: ids.length, lastOnly }, c.cache));
   const V = c.model.config.vocabSize;
-  return ids.map((_, i) => out.logits.data.subarray(i * V, (i + 1) * V));
+  return (lastOnly ? ids.slice(-1) : ids).map((_, i) => out.logits.data.subarray(i * V, (i + 1) * V));
 }
 
 /** Refuses a draft model whose vocabulary is not the target's. */
@@ -249,11 +273,11 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       tgt.cache = target.newCache(1);
       const tail = context.slice(-Math.max(1, Math.floor(c.seqLen / 2)));
       tgt.offset = context.length - tail.length;
-      if (tail.length > 1) feed(tgt, tail.slice(0, -1));
+      if (tail.length > 1) feed(tgt, tail.slice(0, -1), true);
     };
     const t0 = performance.now();
     if (context.length <= c.seqLen - 1) {
-      if (context.length > 1) feed(tgt, context.slice(0, -1));
+      if (context.length > 1) feed(tgt, context.slice(0, -1), true);
     } else restart();
     stats.prefillMs += performance.now() - t0;
     const dft: Cached | null = draft.kind === "model" ? { model: draft.model, domains: Int32Array.of(draft.domain), cache: draft.model.newCache(1), offset: 0 } : null;
@@ -270,7 +294,7 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       }
       const xs: number[] = [];
       const qs: (Float64Array | null)[] = [];
-      let logits = feed(d, missing).at(-1)!;
+      let logits = feed(d, missing, true)[0]!;
       for (let i = 0; i < k; i++) {
         const { x, q } = draftToken(logits, o, rng);
         xs.push(x);
@@ -280,11 +304,13 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       return { xs, qs };
     };
 
+    // Greedy: the text does not depend on k, so each step takes the k expected to be fastest.
+    const chooser = o.temperature === 0 && o.adaptive !== false ? draftLength(target, draft, o.draftTokens) : null;
     let emitted = 0;
     while (emitted < o.maxTokens) {
       if (tgt.cache.length + 1 > c.seqLen) restart();
       // Room for pending + k drafts in the cache, and no drafting past maxTokens (the step always adds one token of its own).
-      const k = Math.min(o.draftTokens, c.seqLen - tgt.cache.length - 1, o.maxTokens - emitted - 1);
+      const k = Math.min(chooser ? chooser.next() : o.draftTokens, c.seqLen - tgt.cache.length - 1, o.maxTokens - emitted - 1);
       let xs: number[] = [];
       let qs: (Float64Array | null)[] = [];
       const t1 = performance.now();
@@ -297,7 +323,8 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       stats.draftMs += t2 - t1;
       const before = tgt.cache.length;
       const rows = feed(tgt, [context.at(-1)!, ...xs]);
-      stats.verifyMs += performance.now() - t2;
+      const t3 = performance.now();
+      stats.verifyMs += t3 - t2;
       const kept: number[] = [];
       let accepted = 0;
       for (let i = 0; ; i++) {
@@ -313,6 +340,7 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       stats.steps++;
       stats.proposed += xs.length;
       stats.accepted += accepted;
+      chooser?.observe({ proposed: xs.length, accepted, draftMs: t2 - t1, verifyMs: t3 - t2 });
       // Roll back: the target keeps pending and the accepted drafts; the last kept token is the next pending.
       truncateCache(tgt.cache, before + 1 + accepted);
       for (const id of kept) {
