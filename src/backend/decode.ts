@@ -14,10 +14,35 @@ import { referenceDecode } from "./reference/decode.js";
 
 type Fn = (...args: unknown[]) => void;
 
+interface PackedQ8 {
+  E: number;
+  N: number;
+  packed: Uint8Array;
+  scales: Uint16Array;
+}
+
+/**
+ * q8 matrices repacked for the AVX-512 integer kernels (native/include/quant.h
+ * "q8 packed": sixteen rows side by side, so that one instruction adds four
+ * products of sixteen rows), made on a matrix's first product and kept with
+ * it: as many bytes again as its q8 weights; the row layout stays for the
+ * other paths, the dequantizer and saving.
+ */
+const packedQ8 = new WeakMap<StoredMatrix, PackedQ8>();
+
 /** The addon's decode exports, dispatched by format. */
 function nativeDecode(addon: Record<string, unknown>): DecodeKernels {
   const fn = (name: string) => addon[name] as Fn;
   const path = addon.decodePath as () => string;
+  const packs = (): boolean => typeof addon.packQ8 === "function" && (addon.decodePacksQ8 as () => boolean)();
+  const pack = (w: StoredMatrix, E: number, N: number): PackedQ8 => {
+    let p = packedQ8.get(w);
+    if (!p || p.E !== E || p.N !== N) {
+      const made = (addon.packQ8 as (...a: unknown[]) => { packed: Uint8Array; scales: Uint16Array })(w.data, w.scales, E, N, w.K);
+      packedQ8.set(w, (p = { E, N, ...made }));
+    }
+    return p;
+  };
   return {
     get name() {
       return `native/${path()}`;
@@ -29,7 +54,11 @@ function nativeDecode(addon: Record<string, unknown>): DecodeKernels {
         case "f32": return fn("decodeMatmulF32")(y, x, w.data, offsets, E, N, K, ...tail);
         case "bf16": return fn("decodeMatmulBf16")(y, x, w.data, offsets, E, N, K, ...tail);
         case "f16": return fn("decodeMatmulF16")(y, x, w.data, offsets, E, N, K, ...tail);
-        case "q8": return fn("decodeMatmulQ8")(y, x, w.data, offsets, E, N, K, w.scales, ...tail);
+        case "q8": {
+          if (!packs()) return fn("decodeMatmulQ8")(y, x, w.data, offsets, E, N, K, w.scales, ...tail);
+          const p = pack(w, E, N);
+          return fn("decodeMatmulQ8")(y, x, w.data, offsets, E, N, K, w.scales, ...(ep ? tail : [null, 0, null]), p.packed, p.scales);
+        }
         case "q4": return fn("decodeMatmulQ4")(y, x, w.data, offsets, E, N, K, w.scales, w.mins, ...tail);
       }
     },

@@ -271,6 +271,7 @@ struct DecodeJob {
   int64_t int_rows;
   QuantX qx;  // rows quantized for the experts with 1 … int_rows rows (groups == 0: none)
   const DecodeEpilogue* ep;
+  const int32_t* gneg;  // packed q8 on the AVX-512 integer path: −128 · Σ xq per row and group (else null)
 };
 
 // The epilogue (quant.h) over outputs [lo, hi) of expert e's rows r0 … r0 + R − 1 of y [·, N].
@@ -304,7 +305,12 @@ void decode_share(const DecodeJob& j, int t, int nth) {
       continue;
     }
     const QuantMatrix we = offset_rows(*j.w, j.K, e * j.N);
-    if (j.qx.groups > 0 && R <= j.int_rows) {
+    if (j.gneg && R <= j.int_rows) {
+      // q8 packed: expert e's blocks, and x's rows from r0 (gneg alongside).
+      const int64_t G = quant_groups(j.K), blocks = (j.N + 15) / 16;
+      decode_packed_avx512(j.w->packed + e * blocks * G * 512, j.w->packed_scales + e * blocks * G * 16, j.y + r0 * j.N, j.N, j.qx.row(r0),
+                           j.gneg + r0 * j.qx.groups, R, j.K, lo, hi, j.int_path == IntPath::kAvx512Vnni);
+    } else if (j.qx.groups > 0 && R <= j.int_rows) {
       const QuantX xe = j.qx.row(r0);
       float* ye = j.y + r0 * j.N;
       switch (j.int_path) {
@@ -335,6 +341,32 @@ const char* decode_int_path_name() {
 
 void set_decode_vnni(bool allow) { vnni_allowed.store(allow, std::memory_order_relaxed); }
 
+bool decode_packs_q8() {
+  const IntPath p = int_path();
+  return p == IntPath::kAvx512Vnni || p == IntPath::kAvx512Bw;
+}
+
+int64_t packed_q8_bytes(int64_t E, int64_t N, int64_t K) { return E * ((N + 15) / 16) * quant_groups(K) * 512; }
+int64_t packed_q8_scales(int64_t E, int64_t N, int64_t K) { return E * ((N + 15) / 16) * quant_groups(K) * 16; }
+
+void pack_q8(const QuantMatrix& w, int64_t E, int64_t N, int64_t K, uint8_t* packed, uint16_t* packed_scales) {
+  const int64_t G = quant_groups(K), blocks = (N + 15) / 16;
+  std::fill(packed, packed + packed_q8_bytes(E, N, K), uint8_t{0});
+  std::fill(packed_scales, packed_scales + packed_q8_scales(E, N, K), uint16_t{0});
+  const auto* q = static_cast<const uint8_t*>(w.data);
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t row = e * N + n, b = e * blocks + n / 16, i = n % 16;
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t valid = std::min<int64_t>(32, K - g * 32);  // a short group's padding stays zero
+        uint8_t* dst = packed + (b * G + g) * 512 + 4 * i;
+        for (int64_t k = 0; k < valid; ++k) dst[(k / 4) * 64 + k % 4] = q[row * G * 32 + g * 32 + k];
+        packed_scales[(b * G + g) * 16 + i] = w.scales[row * G + g];
+      }
+    }
+  }
+}
+
 const char* decode_bf16_path_name() { return bf16_dot() ? "avx512-bf16" : "f32-fma"; }
 
 void set_decode_bf16_dot(bool allow) { bf16_dot_allowed.store(allow, std::memory_order_relaxed); }
@@ -361,7 +393,7 @@ void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t
   for (int64_t e = 0; e < E; ++e) active += offsets[e + 1] > offsets[e];
   const int64_t irows = int_rows.load(std::memory_order_relaxed);
   const DecodeEpilogue* ep = epilogue && (epilogue->bias || epilogue->act != DecodeAct::kNone || epilogue->residual) ? epilogue : nullptr;
-  DecodeJob job{&w, y, x, nullptr, 0, offsets, E, N, K, active, row_kernel(), int_path(), irows, QuantX{}, ep};
+  DecodeJob job{&w, y, x, nullptr, 0, offsets, E, N, K, active, row_kernel(), int_path(), irows, QuantX{}, ep, nullptr};
   // bf16: x rounded to bf16 once, here, before the threads start (and packed for vdpbf16ps).
   if (w.format == WeightFormat::kBf16) {
     static thread_local Bf16XBuffer buffer;
@@ -400,6 +432,21 @@ void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t
       for (int64_t e = 0; e < E; ++e) {
         const int64_t r0 = offsets[e], Re = offsets[e + 1] - r0;
         if (Re > 0 && Re <= irows) quantize(x + r0 * K, Re, K, w.format, job.qx.row(r0));
+      }
+      // Packed q8 on the AVX-512 path: each group's VNNI offset, −128 · Σ xq (the sum of its eight four-byte ones).
+      if (w.packed && (job.int_path == IntPath::kAvx512Vnni || job.int_path == IntPath::kAvx512Bw)) {
+        static thread_local std::vector<int32_t> gneg;
+        const int64_t Gx = job.qx.groups;
+        if (gneg.size() < static_cast<size_t>(R * Gx)) gneg.resize(static_cast<size_t>(R * Gx));
+        for (int64_t r = 0; r < R; ++r) {
+          const int32_t* neg = job.qx.neg + r * Gx * 8;
+          for (int64_t g = 0; g < Gx; ++g) {
+            int32_t sum = 0;
+            for (int c = 0; c < 8; ++c) sum += neg[g * 8 + c];
+            gneg[r * Gx + g] = sum;
+          }
+        }
+        job.gneg = gneg.data();
       }
     }
   }
