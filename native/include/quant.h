@@ -149,8 +149,8 @@ void decode_int_portable(const QuantMatrix& w, float* y, int64_t ldy, const Quan
 
 // ------------------------------------------------------------------ q8 packed
 //
-// A q8 matrix of E experts × N rows, repacked for the AVX-512 integer kernels
-// (quant_decode_int_avx512.h): each expert's rows in blocks of 16 (ceil(N/16)
+// A q8 matrix of E experts × N rows, repacked for the AVX-512 and AVX2 integer
+// kernels (quant_decode_int_avx512.h, quant_decode_int_avx2.cpp): each expert's rows in blocks of 16 (ceil(N/16)
 // blocks, the last one's missing rows zero), a block's groups one after the
 // other, a group as 8 × 64 bytes — the q-th 64 holding bytes 4q … 4q + 3 of
 // the group in each of the block's 16 rows, row i at byte 4i — and the
@@ -160,13 +160,16 @@ void decode_int_portable(const QuantMatrix& w, float* y, int64_t ldy, const Quan
 int64_t packed_q8_bytes(int64_t E, int64_t N, int64_t K);   // of `packed`
 int64_t packed_q8_scales(int64_t E, int64_t N, int64_t K);  // of `packed_scales`
 void pack_q8(const QuantMatrix& w, int64_t E, int64_t N, int64_t K, uint8_t* packed, uint16_t* packed_scales);
-// Whether the integer kernels in use read packed q8 (the AVX-512 ones; the
-// decode product takes the row layout when a matrix comes without it).
+// Whether the integer kernels in use read packed q8 (the AVX-512 and AVX2
+// ones; the decode product takes the row layout when a matrix comes without it).
 bool decode_packs_q8();
 // y[r·ldy + n] for r < R, n in [n0, n1) of one expert's packed rows (pq, ps at
 // its first block); gneg[r·qx.groups + g] = −128 · Σ xq of group g (VNNI's offset).
 void decode_packed_avx512(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy, const QuantX& qx, const int32_t* gneg,
                           int64_t R, int64_t K, int64_t n0, int64_t n1, bool vnni);
+// The same on AVX2 (two ymm halves per block; |w| and x taking w's sign, as its row kernel).
+void decode_packed_avx2(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K,
+                        int64_t n0, int64_t n1);
 
 // ------------------------------------------------------------------ bf16 weights take bf16 activations
 //

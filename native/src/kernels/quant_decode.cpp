@@ -271,7 +271,8 @@ struct DecodeJob {
   int64_t int_rows;
   QuantX qx;  // rows quantized for the experts with 1 … int_rows rows (groups == 0: none)
   const DecodeEpilogue* ep;
-  const int32_t* gneg;  // packed q8 on the AVX-512 integer path: −128 · Σ xq per row and group (else null)
+  bool packed;          // q8 packed, on an integer path that reads it
+  const int32_t* gneg;  // with it on the AVX-512 path: −128 · Σ xq per row and group (VNNI's offset)
 };
 
 // The epilogue (quant.h) over outputs [lo, hi) of expert e's rows r0 … r0 + R − 1 of y [·, N].
@@ -305,11 +306,14 @@ void decode_share(const DecodeJob& j, int t, int nth) {
       continue;
     }
     const QuantMatrix we = offset_rows(*j.w, j.K, e * j.N);
-    if (j.gneg && R <= j.int_rows) {
-      // q8 packed: expert e's blocks, and x's rows from r0 (gneg alongside).
+    if (j.packed && R <= j.int_rows) {
+      // q8 packed: expert e's blocks, and x's rows from r0 (VNNI's offsets alongside).
       const int64_t G = quant_groups(j.K), blocks = (j.N + 15) / 16;
-      decode_packed_avx512(j.w->packed + e * blocks * G * 512, j.w->packed_scales + e * blocks * G * 16, j.y + r0 * j.N, j.N, j.qx.row(r0),
-                           j.gneg + r0 * j.qx.groups, R, j.K, lo, hi, j.int_path == IntPath::kAvx512Vnni);
+      const uint8_t* pq = j.w->packed + e * blocks * G * 512;
+      const uint16_t* ps = j.w->packed_scales + e * blocks * G * 16;
+      float* ye = j.y + r0 * j.N;
+      if (j.int_path == IntPath::kAvx2) decode_packed_avx2(pq, ps, ye, j.N, j.qx.row(r0), R, j.K, lo, hi);
+      else decode_packed_avx512(pq, ps, ye, j.N, j.qx.row(r0), j.gneg + r0 * j.qx.groups, R, j.K, lo, hi, j.int_path == IntPath::kAvx512Vnni);
     } else if (j.qx.groups > 0 && R <= j.int_rows) {
       const QuantX xe = j.qx.row(r0);
       float* ye = j.y + r0 * j.N;
@@ -343,7 +347,7 @@ void set_decode_vnni(bool allow) { vnni_allowed.store(allow, std::memory_order_r
 
 bool decode_packs_q8() {
   const IntPath p = int_path();
-  return p == IntPath::kAvx512Vnni || p == IntPath::kAvx512Bw;
+  return p == IntPath::kAvx512Vnni || p == IntPath::kAvx512Bw || p == IntPath::kAvx2;
 }
 
 int64_t packed_q8_bytes(int64_t E, int64_t N, int64_t K) { return E * ((N + 15) / 16) * quant_groups(K) * 512; }
@@ -393,7 +397,7 @@ void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t
   for (int64_t e = 0; e < E; ++e) active += offsets[e + 1] > offsets[e];
   const int64_t irows = int_rows.load(std::memory_order_relaxed);
   const DecodeEpilogue* ep = epilogue && (epilogue->bias || epilogue->act != DecodeAct::kNone || epilogue->residual) ? epilogue : nullptr;
-  DecodeJob job{&w, y, x, nullptr, 0, offsets, E, N, K, active, row_kernel(), int_path(), irows, QuantX{}, ep, nullptr};
+  DecodeJob job{&w, y, x, nullptr, 0, offsets, E, N, K, active, row_kernel(), int_path(), irows, QuantX{}, ep, false, nullptr};
   // bf16: x rounded to bf16 once, here, before the threads start (and packed for vdpbf16ps).
   if (w.format == WeightFormat::kBf16) {
     static thread_local Bf16XBuffer buffer;
@@ -433,8 +437,9 @@ void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t
         const int64_t r0 = offsets[e], Re = offsets[e + 1] - r0;
         if (Re > 0 && Re <= irows) quantize(x + r0 * K, Re, K, w.format, job.qx.row(r0));
       }
+      job.packed = w.packed && (job.int_path == IntPath::kAvx512Vnni || job.int_path == IntPath::kAvx512Bw || job.int_path == IntPath::kAvx2);
       // Packed q8 on the AVX-512 path: each group's VNNI offset, −128 · Σ xq (the sum of its eight four-byte ones).
-      if (w.packed && (job.int_path == IntPath::kAvx512Vnni || job.int_path == IntPath::kAvx512Bw)) {
+      if (job.packed && job.int_path != IntPath::kAvx2) {
         static thread_local std::vector<int32_t> gneg;
         const int64_t Gx = job.qx.groups;
         if (gneg.size() < static_cast<size_t>(R * Gx)) gneg.resize(static_cast<size_t>(R * Gx));
