@@ -49,6 +49,9 @@ test("the draft's own cost counts: a draft token as dear as a plain step is not 
   const dear = simulate(new DraftLength(4), 200, (r) => 1 + 0.05 * (r - 1), 0.5, 1).slice(50);
   assert.ok(count(cheap, 0) < 0.2 * cheap.length, `cheap draft, k chosen: ${cheap.join(" ")}`);
   assert.ok(count(dear, 0) >= 0.8 * dear.length, `dear draft, k chosen: ${dear.join(" ")}`);
+  // While k* stays 0 the probes (which pay for the draft) grow further apart: a handful in 500 steps.
+  const long = simulate(new DraftLength(4), 700, (r) => 1 + 0.05 * (r - 1), 0.5, 1).slice(200);
+  assert.ok(long.length - count(long, 0) <= 8, `dear draft, k chosen: ${long.join(" ")}`);
 });
 
 test("every k is measured again now and then, and one slow measurement does not stay", () => {

@@ -38,7 +38,10 @@
  *
  * Every PROBE_EVERY steps one step takes the k whose verification was
  * measured longest ago instead of k*, so that every estimate is measured
- * again now and then (and a₁, a₂, which cannot move while k* is 0).
+ * again now and then (and a₁, a₂, which cannot move while k* is 0). A probe
+ * costs what that k costs (a model draft's catch-up over the tokens it
+ * missed, too), so while k* stays where it is the probes grow twice as far
+ * apart each time, up to PROBE_MOST steps; a new k* brings them back.
  *
  * Used at temperature 0 only (src/serve/speculative.ts): the choice depends
  * on timings, and only greedy decoding emits the same text whatever k is;
@@ -47,8 +50,9 @@
 
 /** Weight of the history in each decayed count and mean (per observation). */
 const DECAY = 0.9;
-/** Steps at k* between two probes. */
+/** Steps at k* between two probes, at first and at most. */
 const PROBE_EVERY = 8;
+const PROBE_MOST = 128;
 /** How far a slower measurement moves an estimate. */
 const RISE = 1 / 3;
 
@@ -75,6 +79,8 @@ export class DraftLength {
   private draftPerToken = Number.NaN;
   private steps = 0;
   private sinceProbe = 0;
+  private probeEvery = PROBE_EVERY;
+  private lastBest = -1;
 
   /** `max`: the most tokens a step may draft (--draft-tokens). */
   constructor(readonly max: number) {
@@ -121,8 +127,10 @@ export class DraftLength {
       const rate = this.expectedTokens(k) / (k * d + this.verifyMs(k + 1));
       if (rate > bestRate) [best, bestRate] = [k, rate];
     }
-    if (++this.sinceProbe > PROBE_EVERY) {
+    if (best !== this.lastBest) [this.lastBest, this.probeEvery] = [best, PROBE_EVERY];
+    if (++this.sinceProbe > this.probeEvery) {
       this.sinceProbe = 0;
+      this.probeEvery = Math.min(2 * this.probeEvery, PROBE_MOST);
       let oldest = 0;
       for (let k = 1; k <= this.max; k++) if (this.seen[k + 1]! < this.seen[oldest + 1]!) oldest = k;
       return oldest;
