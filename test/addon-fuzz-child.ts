@@ -97,13 +97,14 @@ export const SIGNATURES: Record<string, Kind[]> = {
   decodeMatmulBf16: [f, f, "u16", "offsets", d, d, d, f, "int", f],
   decodeMatmulF16: [f, f, "u16", "offsets", d, d, d, f, "int", f],
   decodeMatmulQ8: [f, f, "i8", "offsets", d, d, d, "u16", f, "int", f, "u8", "u16"], // and the packed copy (packQ8)
-  decodeMatmulQ4: [f, f, "u8", "offsets", d, d, d, "u16", "u16", f, "int", f],
+  decodeMatmulQ4: [f, f, "u8", "offsets", d, d, d, "u16", "u16", f, "int", f, "u8", "u16"], // and the packed copy (packQ4)
   dequantizeBf16: [f, "u16", d, d],
   dequantizeF16: [f, "u16", d, d],
   dequantizeQ8: [f, "i8", d, d, "u16"],
   dequantizeQ4: [f, "u8", d, d, "u16", "u16"],
   packQ8: ["i8", "u16", d, d, d],
-  decodePacksQ8: [],
+  packQ4: ["u8", "u16", "u16", d, d, d],
+  decodePacks: [],
   decodePath: [],
   decodeIntPath: [],
   setDecodeVnni: [b],

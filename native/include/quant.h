@@ -33,7 +33,7 @@ struct QuantMatrix {
   const void* data = nullptr;        // float / uint16 / int8 / uint8, as above
   const uint16_t* scales = nullptr;  // q8, q4
   const uint16_t* mins = nullptr;    // q4
-  // q8 only, optional: the same weights repacked for the AVX-512 integer kernels ("q8 packed" below).
+  // q8, q4, optional: the same weights repacked for the integer kernels ("packed q8 and q4" below).
   const uint8_t* packed = nullptr;
   const uint16_t* packed_scales = nullptr;
 };
@@ -147,29 +147,31 @@ void decode_int_avx2(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& 
 void decode_int_portable(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K,
                          int64_t n0, int64_t n1);
 
-// ------------------------------------------------------------------ q8 packed
+// ------------------------------------------------------------------ packed q8 and q4
 //
-// A q8 matrix of E experts × N rows, repacked for the AVX-512 and AVX2 integer
-// kernels (quant_decode_int_avx512.h, quant_decode_int_avx2.cpp): each expert's rows in blocks of 16 (ceil(N/16)
-// blocks, the last one's missing rows zero), a block's groups one after the
-// other, a group as 8 × 64 bytes — the q-th 64 holding bytes 4q … 4q + 3 of
-// the group in each of the block's 16 rows, row i at byte 4i — and the
-// block's scales as [group][16] f16 (zero for missing rows). Bytes past K in
-// a short last group are zero. The row layout stays: the other paths, the
-// dequantizer and saving read it.
-int64_t packed_q8_bytes(int64_t E, int64_t N, int64_t K);   // of `packed`
-int64_t packed_q8_scales(int64_t E, int64_t N, int64_t K);  // of `packed_scales`
-void pack_q8(const QuantMatrix& w, int64_t E, int64_t N, int64_t K, uint8_t* packed, uint16_t* packed_scales);
-// Whether the integer kernels in use read packed q8 (the AVX-512 and AVX2
+// A q8 or q4 matrix of E experts × N rows, repacked for the AVX-512 and AVX2
+// integer kernels (quant_decode_int_avx512.h, quant_decode_int_avx2.cpp):
+// each expert's rows in blocks of 16 (ceil(N/16) blocks, the last one's
+// missing rows zero), a block's groups one after the other, a group as quads
+// of 64 bytes (q8: 8, q4: 4) — the q-th holding bytes 4q … 4q + 3 of the
+// group in each of the block's 16 rows, row i at byte 4i (q4: bytes j hold
+// elements j and j + 16 in their nibbles, as stored) — and the block's
+// factors as [group][16] f16 scales (q4: [group][32], 16 scales then 16
+// mins; zero for missing rows). Bytes past K in a short last group are zero.
+// The row layout stays: the other paths, the dequantizer and saving read it.
+int64_t packed_bytes(WeightFormat f, int64_t E, int64_t N, int64_t K);    // of `packed`
+int64_t packed_factors(WeightFormat f, int64_t E, int64_t N, int64_t K);  // of `packed_scales`
+void pack_quant(const QuantMatrix& w, int64_t E, int64_t N, int64_t K, uint8_t* packed, uint16_t* packed_scales);
+// Whether the integer kernels in use read packed q8/q4 (the AVX-512 and AVX2
 // ones; the decode product takes the row layout when a matrix comes without it).
-bool decode_packs_q8();
+bool decode_packs();
 // y[r·ldy + n] for r < R, n in [n0, n1) of one expert's packed rows (pq, ps at
-// its first block); gneg[r·qx.groups + g] = −128 · Σ xq of group g (VNNI's offset).
+// its first block); gneg[r·qx.groups + g] = −128 · Σ xq of group g (q8 with VNNI's offset).
 void decode_packed_avx512(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy, const QuantX& qx, const int32_t* gneg,
-                          int64_t R, int64_t K, int64_t n0, int64_t n1, bool vnni);
-// The same on AVX2 (two ymm halves per block; |w| and x taking w's sign, as its row kernel).
+                          int64_t R, int64_t K, int64_t n0, int64_t n1, bool q4, bool vnni);
+// The same on AVX2 (two ymm halves per block; q8 as |w| and x taking w's sign, as its row kernel).
 void decode_packed_avx2(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K,
-                        int64_t n0, int64_t n1);
+                        int64_t n0, int64_t n1, bool q4);
 
 // ------------------------------------------------------------------ bf16 weights take bf16 activations
 //

@@ -14,7 +14,7 @@ import { referenceDecode } from "./reference/decode.js";
 
 type Fn = (...args: unknown[]) => void;
 
-interface PackedQ8 {
+interface Packed {
   E: number;
   N: number;
   packed: Uint8Array;
@@ -22,24 +22,26 @@ interface PackedQ8 {
 }
 
 /**
- * q8 matrices repacked for the AVX-512 integer kernels (native/include/quant.h
- * "q8 packed": sixteen rows side by side, so that one instruction adds four
- * products of sixteen rows), made on a matrix's first product and kept with
- * it: as many bytes again as its q8 weights; the row layout stays for the
- * other paths, the dequantizer and saving.
+ * q8 and q4 matrices repacked for the AVX-512 and AVX2 integer kernels
+ * (native/include/quant.h "packed q8 and q4": sixteen rows side by side, so
+ * that one instruction adds four products of each of sixteen rows), made on
+ * a matrix's first product and kept with it: as many bytes again as its
+ * stored weights; the row layout stays for the other paths, the dequantizer
+ * and saving.
  */
-const packedQ8 = new WeakMap<StoredMatrix, PackedQ8>();
+const packedMatrices = new WeakMap<StoredMatrix, Packed>();
 
 /** The addon's decode exports, dispatched by format. */
 function nativeDecode(addon: Record<string, unknown>): DecodeKernels {
   const fn = (name: string) => addon[name] as Fn;
   const path = addon.decodePath as () => string;
-  const packs = (): boolean => typeof addon.packQ8 === "function" && (addon.decodePacksQ8 as () => boolean)();
-  const pack = (w: StoredMatrix, E: number, N: number): PackedQ8 => {
-    let p = packedQ8.get(w);
+  const packs = (): boolean => typeof addon.packQ4 === "function" && (addon.decodePacks as () => boolean)();
+  type PackFn = (...a: unknown[]) => { packed: Uint8Array; scales: Uint16Array };
+  const pack = (w: StoredMatrix, E: number, N: number): Packed => {
+    let p = packedMatrices.get(w);
     if (!p || p.E !== E || p.N !== N) {
-      const made = (addon.packQ8 as (...a: unknown[]) => { packed: Uint8Array; scales: Uint16Array })(w.data, w.scales, E, N, w.K);
-      packedQ8.set(w, (p = { E, N, ...made }));
+      const made = w.format === "q4" ? (addon.packQ4 as PackFn)(w.data, w.scales, w.mins, E, N, w.K) : (addon.packQ8 as PackFn)(w.data, w.scales, E, N, w.K);
+      packedMatrices.set(w, (p = { E, N, ...made }));
     }
     return p;
   };
@@ -59,7 +61,11 @@ function nativeDecode(addon: Record<string, unknown>): DecodeKernels {
           const p = pack(w, E, N);
           return fn("decodeMatmulQ8")(y, x, w.data, offsets, E, N, K, w.scales, ...(ep ? tail : [null, 0, null]), p.packed, p.scales);
         }
-        case "q4": return fn("decodeMatmulQ4")(y, x, w.data, offsets, E, N, K, w.scales, w.mins, ...tail);
+        case "q4": {
+          if (!packs()) return fn("decodeMatmulQ4")(y, x, w.data, offsets, E, N, K, w.scales, w.mins, ...tail);
+          const p = pack(w, E, N);
+          return fn("decodeMatmulQ4")(y, x, w.data, offsets, E, N, K, w.scales, w.mins, ...(ep ? tail : [null, 0, null]), p.packed, p.scales);
+        }
       }
     },
     dequantize(out, w) {

@@ -271,7 +271,7 @@ struct DecodeJob {
   int64_t int_rows;
   QuantX qx;  // rows quantized for the experts with 1 … int_rows rows (groups == 0: none)
   const DecodeEpilogue* ep;
-  bool packed;          // q8 packed, on an integer path that reads it
+  bool packed;          // q8/q4 packed, on an integer path that reads it
   const int32_t* gneg;  // with it on the AVX-512 path: −128 · Σ xq per row and group (VNNI's offset)
 };
 
@@ -307,13 +307,13 @@ void decode_share(const DecodeJob& j, int t, int nth) {
     }
     const QuantMatrix we = offset_rows(*j.w, j.K, e * j.N);
     if (j.packed && R <= j.int_rows) {
-      // q8 packed: expert e's blocks, and x's rows from r0 (VNNI's offsets alongside).
-      const int64_t G = quant_groups(j.K), blocks = (j.N + 15) / 16;
-      const uint8_t* pq = j.w->packed + e * blocks * G * 512;
-      const uint16_t* ps = j.w->packed_scales + e * blocks * G * 16;
+      // Packed q8/q4: expert e's blocks, and x's rows from r0 (q8's VNNI offsets alongside).
+      const bool q4 = j.w->format == WeightFormat::kQ4;
+      const uint8_t* pq = j.w->packed + e * packed_bytes(j.w->format, 1, j.N, j.K);
+      const uint16_t* ps = j.w->packed_scales + e * packed_factors(j.w->format, 1, j.N, j.K);
       float* ye = j.y + r0 * j.N;
-      if (j.int_path == IntPath::kAvx2) decode_packed_avx2(pq, ps, ye, j.N, j.qx.row(r0), R, j.K, lo, hi);
-      else decode_packed_avx512(pq, ps, ye, j.N, j.qx.row(r0), j.gneg + r0 * j.qx.groups, R, j.K, lo, hi, j.int_path == IntPath::kAvx512Vnni);
+      if (j.int_path == IntPath::kAvx2) decode_packed_avx2(pq, ps, ye, j.N, j.qx.row(r0), R, j.K, lo, hi, q4);
+      else decode_packed_avx512(pq, ps, ye, j.N, j.qx.row(r0), j.gneg ? j.gneg + r0 * j.qx.groups : nullptr, R, j.K, lo, hi, q4, j.int_path == IntPath::kAvx512Vnni);
     } else if (j.qx.groups > 0 && R <= j.int_rows) {
       const QuantX xe = j.qx.row(r0);
       float* ye = j.y + r0 * j.N;
@@ -345,27 +345,39 @@ const char* decode_int_path_name() {
 
 void set_decode_vnni(bool allow) { vnni_allowed.store(allow, std::memory_order_relaxed); }
 
-bool decode_packs_q8() {
+bool decode_packs() {
   const IntPath p = int_path();
   return p == IntPath::kAvx512Vnni || p == IntPath::kAvx512Bw || p == IntPath::kAvx2;
 }
 
-int64_t packed_q8_bytes(int64_t E, int64_t N, int64_t K) { return E * ((N + 15) / 16) * quant_groups(K) * 512; }
-int64_t packed_q8_scales(int64_t E, int64_t N, int64_t K) { return E * ((N + 15) / 16) * quant_groups(K) * 16; }
+int64_t packed_bytes(WeightFormat f, int64_t E, int64_t N, int64_t K) {
+  return E * ((N + 15) / 16) * quant_groups(K) * (f == WeightFormat::kQ4 ? 256 : 512);
+}
+int64_t packed_factors(WeightFormat f, int64_t E, int64_t N, int64_t K) {
+  return E * ((N + 15) / 16) * quant_groups(K) * (f == WeightFormat::kQ4 ? 32 : 16);
+}
 
-void pack_q8(const QuantMatrix& w, int64_t E, int64_t N, int64_t K, uint8_t* packed, uint16_t* packed_scales) {
-  const int64_t G = quant_groups(K), blocks = (N + 15) / 16;
-  std::fill(packed, packed + packed_q8_bytes(E, N, K), uint8_t{0});
-  std::fill(packed_scales, packed_scales + packed_q8_scales(E, N, K), uint16_t{0});
+void pack_quant(const QuantMatrix& w, int64_t E, int64_t N, int64_t K, uint8_t* packed, uint16_t* packed_scales) {
+  const bool q4 = w.format == WeightFormat::kQ4;
+  const int64_t G = quant_groups(K), blocks = (N + 15) / 16, group_bytes = q4 ? 16 : 32, factors = q4 ? 32 : 16;
+  std::fill(packed, packed + packed_bytes(w.format, E, N, K), uint8_t{0});
+  std::fill(packed_scales, packed_scales + packed_factors(w.format, E, N, K), uint16_t{0});
   const auto* q = static_cast<const uint8_t*>(w.data);
   for (int64_t e = 0; e < E; ++e) {
     for (int64_t n = 0; n < N; ++n) {
       const int64_t row = e * N + n, b = e * blocks + n / 16, i = n % 16;
       for (int64_t g = 0; g < G; ++g) {
         const int64_t valid = std::min<int64_t>(32, K - g * 32);  // a short group's padding stays zero
-        uint8_t* dst = packed + (b * G + g) * 512 + 4 * i;
-        for (int64_t k = 0; k < valid; ++k) dst[(k / 4) * 64 + k % 4] = q[row * G * 32 + g * 32 + k];
-        packed_scales[(b * G + g) * 16 + i] = w.scales[row * G + g];
+        uint8_t* dst = packed + (b * G + g) * (16 * group_bytes) + 4 * i;
+        const uint8_t* src = q + row * G * group_bytes + g * group_bytes;
+        for (int64_t k = 0; k < group_bytes; ++k) {
+          // q4: byte k holds elements k and k + 16; past K both nibbles are padding.
+          const uint8_t lo_ok = k < valid ? 0x0f : 0, hi_ok = k + 16 < valid ? 0xf0 : 0;
+          const uint8_t v = q4 ? static_cast<uint8_t>(src[k] & (lo_ok | hi_ok)) : (k < valid ? src[k] : 0);
+          dst[(k / 4) * 64 + k % 4] = v;
+        }
+        packed_scales[(b * G + g) * factors + i] = w.scales[row * G + g];
+        if (q4) packed_scales[(b * G + g) * factors + 16 + i] = w.mins[row * G + g];
       }
     }
   }
@@ -437,9 +449,9 @@ void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t
         const int64_t r0 = offsets[e], Re = offsets[e + 1] - r0;
         if (Re > 0 && Re <= irows) quantize(x + r0 * K, Re, K, w.format, job.qx.row(r0));
       }
-      job.packed = w.packed && (job.int_path == IntPath::kAvx512Vnni || job.int_path == IntPath::kAvx512Bw || job.int_path == IntPath::kAvx2);
-      // Packed q8 on the AVX-512 path: each group's VNNI offset, −128 · Σ xq (the sum of its eight four-byte ones).
-      if (job.packed && job.int_path != IntPath::kAvx2) {
+      job.packed = w.packed && decode_packs();
+      // Packed q8 with VNNI: each group's offset, −128 · Σ xq (the sum of its eight four-byte ones).
+      if (job.packed && w.format == WeightFormat::kQ8 && job.int_path == IntPath::kAvx512Vnni) {
         static thread_local std::vector<int32_t> gneg;
         const int64_t Gx = job.qx.groups;
         if (gneg.size() < static_cast<size_t>(R * Gx)) gneg.resize(static_cast<size_t>(R * Gx));

@@ -16,7 +16,7 @@ namespace sigma {
 void decode_int_avx512_vnni(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K,
                             int64_t n0, int64_t n1);
 void decode_packed_avx512_vnni(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy, const QuantX& qx, const int32_t* gneg,
-                               int64_t R, int64_t K, int64_t n0, int64_t n1);
+                               int64_t R, int64_t K, int64_t n0, int64_t n1, bool q4);
 
 // x per group of 32: the largest |x| (compared as bits: NaN above infinity
 // above every finite value), d = amax/127, xq = x·(127/amax) rounded to
@@ -70,9 +70,10 @@ void decode_int_avx512(const QuantMatrix& w, float* y, int64_t ldy, const QuantX
 }
 
 void decode_packed_avx512(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy, const QuantX& qx, const int32_t* gneg,
-                          int64_t R, int64_t K, int64_t n0, int64_t n1, bool vnni) {
-  if (vnni) return decode_packed_avx512_vnni(pq, ps, y, ldy, qx, gneg, R, K, n0, n1);
-  packed_kernel<false>(pq, ps, y, ldy, qx, gneg, R, K, n0, n1);
+                          int64_t R, int64_t K, int64_t n0, int64_t n1, bool q4, bool vnni) {
+  if (vnni) return decode_packed_avx512_vnni(pq, ps, y, ldy, qx, gneg, R, K, n0, n1, q4);
+  if (q4) return packed_kernel<false, true>(pq, ps, y, ldy, qx, gneg, R, K, n0, n1);
+  packed_kernel<false, false>(pq, ps, y, ldy, qx, gneg, R, K, n0, n1);
 }
 
 }  // namespace sigma

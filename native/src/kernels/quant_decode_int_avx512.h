@@ -382,7 +382,7 @@ void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, i
 }
 
 
-// ------------------------------------------------------------------ q8 repacked (quant.h, "q8 packed")
+// ------------------------------------------------------------------ q8/q4 repacked (quant.h, "packed q8 and q4")
 //
 // Sixteen weight rows side by side: lane i of the 64 bytes of quad q holds
 // bytes 4q … 4q + 3 of row i's group g, so one vpdpbusd with four bytes of
@@ -396,71 +396,91 @@ void int_kernel(const QuantMatrix& w, float* y, int64_t ldy, const QuantX& qx, i
 // Every row of x takes the same operations whatever rows share the call.
 
 // Sixteen rows' 16-lane sums of a block for RC rows of x from row r0 of qx:
-// acc[c] lane i = Σ_g c_g·dot_g of weight row i with x row r0 + c.
-template <bool kVnni, int RC>
+// acc[c] lane i = Σ_g c_g·dot_g (+ min_g·sx_g, q4) of weight row i with x row r0 + c.
+// q8: a group is 8 quads (512 bytes), its factors 16 scales; q4: 4 quads
+// (256 bytes: bytes j of a row's group hold elements j and j + 16 in their
+// low and high nibbles), its factors 16 scales then 16 mins.
+template <bool kVnni, int RC, bool kQ4>
 __attribute__((always_inline)) inline void packed_block(const uint8_t* pq, const uint16_t* ps, int64_t G, const QuantX& qx,
                                                         const int32_t* gneg, int64_t r0, bool ahead, __m512 (&acc)[RC]) {
+  constexpr int kQuads = kQ4 ? 4 : 8;
+  constexpr int kGroupBytes = 64 * kQuads, kFactors = kQ4 ? 32 : 16;
   for (int c = 0; c < RC; ++c) acc[c] = _mm512_setzero_ps();
   const int64_t Gx = qx.groups;
   for (int64_t g = 0; g < G; ++g) {
-    const uint8_t* p = pq + g * 512;
+    const uint8_t* p = pq + g * kGroupBytes;
     if (ahead)
-      for (int b = 0; b < 512; b += 64) _mm_prefetch(reinterpret_cast<const char*>(p) + kIntAhead + b, _MM_HINT_T1);
+      for (int b = 0; b < kGroupBytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(p) + kIntAhead + b, _MM_HINT_T1);
+    // q8: w[q] (+128 for VNNI, |w| and its signs otherwise); q4: w[q] the low nibbles, w[4 + q] the high ones.
     __m512i w[8];
     __mmask64 negative[8];
-    for (int q = 0; q < 8; ++q) {
+    for (int q = 0; q < kQuads; ++q) {
       const __m512i v = _mm512_loadu_si512(p + 64 * q);
-      if constexpr (kVnni) {
+      if constexpr (kQ4) {
+        w[q] = _mm512_and_si512(v, _mm512_set1_epi8(15));
+        w[4 + q] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15));
+      } else if constexpr (kVnni) {
         w[q] = _mm512_xor_si512(v, _mm512_set1_epi8(-128));  // w + 128: unsigned; gneg takes the 128·Σ xq back
       } else {
         w[q] = _mm512_abs_epi8(v);  // |w|, and xq takes w's sign
         negative[q] = _mm512_movepi8_mask(v);
       }
     }
-    const __m512 sw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps + g * 16)));
+    const __m512 sw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps + g * kFactors)));
     for (int c = 0; c < RC; ++c) {
       const int64_t r = r0 + c;
-      const int8_t* xq = qx.q + r * Gx * 32 + g * 32;
+      const int8_t* xr = qx.q + r * Gx * 32;
+      // Four bytes of x from its quantized row (q4's layout: quant_x_index) as one broadcast dword.
+      auto four = [&](int64_t i) __attribute__((always_inline)) {
+        int32_t v;
+        std::memcpy(&v, xr + quant_x_index(kQ4 ? WeightFormat::kQ4 : WeightFormat::kQ8, g, i), 4);
+        return _mm512_set1_epi32(v);
+      };
       __m512i t;
-      if constexpr (kVnni) {
-        t = _mm512_set1_epi32(gneg[r * Gx + g]);
-        for (int q = 0; q < 8; ++q) {
-          int32_t four;
-          std::memcpy(&four, xq + 4 * q, 4);
-          t = _mm512_dpbusd_epi32(t, w[q], _mm512_set1_epi32(four));
+      if constexpr (kQ4) {
+        t = _mm512_setzero_si512();
+        for (int q = 0; q < 4; ++q) {
+          t = dot4<kVnni>(t, w[q], four(4 * q));
+          t = dot4<kVnni>(t, w[4 + q], four(16 + 4 * q));
         }
+      } else if constexpr (kVnni) {
+        t = _mm512_set1_epi32(gneg[r * Gx + g]);
+        for (int q = 0; q < 8; ++q) t = _mm512_dpbusd_epi32(t, w[q], four(4 * q));
       } else {
         t = _mm512_setzero_si512();
         for (int q = 0; q < 8; ++q) {
-          int32_t four;
-          std::memcpy(&four, xq + 4 * q, 4);
-          const __m512i xb = _mm512_set1_epi32(four);
+          const __m512i xb = four(4 * q);
           const __m512i xs = _mm512_mask_sub_epi8(xb, negative[q], _mm512_setzero_si512(), xb);
           t = _mm512_add_epi32(t, _mm512_madd_epi16(_mm512_maddubs_epi16(w[q], xs), _mm512_set1_epi16(1)));
         }
       }
       acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sw, _mm512_set1_ps(qx.d[r * Gx + g])), acc[c]);
+      if constexpr (kQ4) {
+        const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps + g * kFactors + 16)));
+        acc[c] = _mm512_fmadd_ps(mn, _mm512_set1_ps(qx.sx[r * Gx + g]), acc[c]);
+      }
     }
   }
 }
 
-// y[r·ldy + n] for r < R and n in [n0, n1) of one expert's packed q8 rows
+// y[r·ldy + n] for r < R and n in [n0, n1) of one expert's packed q8/q4 rows
 // (pq, ps: its first block); whole blocks of sixteen, the lanes of a block
 // outside [n0, n1) computed but not stored. Rows of x eight at a time.
-template <bool kVnni>
+template <bool kVnni, bool kQ4>
 void packed_kernel(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy, const QuantX& qx, const int32_t* gneg,
                    int64_t R, int64_t K, int64_t n0, int64_t n1) {
   const int64_t G = quant_groups(K);
+  constexpr int64_t kGroupBytes = kQ4 ? 256 : 512, kFactors = kQ4 ? 32 : 16;
   for (int64_t b = n0 / 16; b * 16 < n1; ++b) {
-    const uint8_t* pb = pq + b * G * 512;
-    const uint16_t* sb = ps + b * G * 16;
+    const uint8_t* pb = pq + b * G * kGroupBytes;
+    const uint16_t* sb = ps + b * G * kFactors;
     const int64_t lo = std::max<int64_t>(n0 - b * 16, 0), hi = std::min<int64_t>(n1 - b * 16, 16);
     const __mmask16 keep = static_cast<__mmask16>(full_mask16(hi) & ~full_mask16(lo));
     float* yb = y + b * 16;
     auto pass = [&](auto rc, int64_t r) __attribute__((always_inline)) {
       constexpr int RC = decltype(rc)::value;
       __m512 acc[RC];
-      packed_block<kVnni, RC>(pb, sb, G, qx, gneg, r, r == 0, acc);
+      packed_block<kVnni, RC, kQ4>(pb, sb, G, qx, gneg, r, r == 0, acc);
       for (int c = 0; c < RC; ++c) _mm512_mask_storeu_ps(yb + (r + c) * ldy, keep, acc[c]);
     };
     int64_t r = 0;

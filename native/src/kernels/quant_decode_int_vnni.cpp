@@ -14,8 +14,9 @@ void decode_int_avx512_vnni(const QuantMatrix& w, float* y, int64_t ldy, const Q
 }
 
 void decode_packed_avx512_vnni(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy, const QuantX& qx, const int32_t* gneg,
-                               int64_t R, int64_t K, int64_t n0, int64_t n1) {
-  packed_kernel<true>(pq, ps, y, ldy, qx, gneg, R, K, n0, n1);
+                               int64_t R, int64_t K, int64_t n0, int64_t n1, bool q4) {
+  if (q4) return packed_kernel<true, true>(pq, ps, y, ldy, qx, gneg, R, K, n0, n1);
+  packed_kernel<true, false>(pq, ps, y, ldy, qx, gneg, R, K, n0, n1);
 }
 
 }  // namespace sigma

@@ -10,8 +10,9 @@
 //   … each may take three more: bias: Float32Array [E, N] | null, act: 0 none | 1 fastgelu | 2 gelu,
 //   residual: Float32Array [R, N] | null — the epilogue (quant.h): y += bias, y = act(y), residual += y
 //   dequantize{Bf16,F16,Q8,Q4}(out, data, rows, K[, scales[, mins]])
-//   … decodeMatmulQ8 may take two more after those: packed: Uint8Array, packedScales: Uint16Array, from
-//   packQ8(q, scales, E, N, K) → { packed, scales } (quant.h "q8 packed"; read where decodePacksQ8() is true)
+//   … decodeMatmulQ8 and Q4 may take two more after those: packed: Uint8Array, packedScales: Uint16Array, from
+//   packQ8(q, scales, E, N, K) / packQ4(q, scales, mins, E, N, K) → { packed, scales } (quant.h "packed q8 and
+//   q4"; read where decodePacks() is true)
 //   decodePath() → "avx512" | "avx2-fma" | "portable"
 //   decodeIntPath() → "avx512-vnni" | "avx512-bw" | "avx2" | "portable" (the integer kernels of q8/q4)
 //   setDecodeVnni(allow: boolean): lets the AVX-512 integer kernel use VNNI (default) or holds it off (tests)
@@ -72,8 +73,8 @@ size_t ExtraArgs(WeightFormat f) { return f == WeightFormat::kQ4 ? 2 : f == Weig
 template <WeightFormat F>
 Napi::Value DecodeMatmul(const Napi::CallbackInfo& info, const char* kernel) {
   const size_t base = 7 + ExtraArgs(F);
-  // q8 may take its packed copy after the epilogue's three (packQ8).
-  const bool with_packed = F == WeightFormat::kQ8 && info.Length() == base + 5;
+  // q8 and q4 may take their packed copy after the epilogue's three (packQ8, packQ4).
+  const bool with_packed = (F == WeightFormat::kQ8 || F == WeightFormat::kQ4) && info.Length() == base + 5;
   const bool with_epilogue = with_packed || info.Length() == base + 3;
   Args g(info, kernel, with_packed ? base + 5 : with_epilogue ? base + 3 : base);
   const int64_t E = g.dim(4, "E"), N = g.dim(5, "N"), K = g.dim(6, "K");
@@ -95,8 +96,8 @@ Napi::Value DecodeMatmul(const Napi::CallbackInfo& info, const char* kernel) {
   const float* x = g.f32(1, "x", prod(R, K));
   sigma::QuantMatrix w = Matrix(g, F, 2, 7, static_cast<uint64_t>(E) * static_cast<uint64_t>(N), K);  // < 2^62
   if (with_packed) {
-    w.packed = Typed<uint8_t>(g, base + 3, napi_uint8_array, "Uint8Array (packQ8)", "packed", Need(static_cast<uint64_t>(sigma::packed_q8_bytes(E, N, K))));
-    w.packed_scales = Typed<uint16_t>(g, base + 4, napi_uint16_array, "Uint16Array (packQ8)", "packedScales", Need(static_cast<uint64_t>(sigma::packed_q8_scales(E, N, K))));
+    w.packed = Typed<uint8_t>(g, base + 3, napi_uint8_array, "Uint8Array (packQ8, packQ4)", "packed", Need(static_cast<uint64_t>(sigma::packed_bytes(F, E, N, K))));
+    w.packed_scales = Typed<uint16_t>(g, base + 4, napi_uint16_array, "Uint16Array (packQ8, packQ4)", "packedScales", Need(static_cast<uint64_t>(sigma::packed_factors(F, E, N, K))));
   }
   sigma::DecodeEpilogue ep;
   if (with_epilogue) {
@@ -135,24 +136,28 @@ Napi::Value DeqF16(const Napi::CallbackInfo& i) { return Dequantize<WeightFormat
 Napi::Value DeqQ8(const Napi::CallbackInfo& i) { return Dequantize<WeightFormat::kQ8>(i, "dequantizeQ8"); }
 Napi::Value DeqQ4(const Napi::CallbackInfo& i) { return Dequantize<WeightFormat::kQ4>(i, "dequantizeQ4"); }
 
-// packQ8(q, scales, E, N, K) → { packed: Uint8Array, scales: Uint16Array }: the q8 matrix of E·N rows
-// repacked for the AVX-512 integer kernels (quant.h, "q8 packed").
-Napi::Value PackQ8(const Napi::CallbackInfo& info) {
-  Args g(info, "packQ8", 5);
-  const int64_t E = g.dim(2, "E"), N = g.dim(3, "N"), K = g.dim(4, "K");
-  const sigma::QuantMatrix w = Matrix(g, WeightFormat::kQ8, 0, 1, static_cast<uint64_t>(E) * static_cast<uint64_t>(N), K);
-  auto packed = Napi::Uint8Array::New(info.Env(), static_cast<size_t>(sigma::packed_q8_bytes(E, N, K)));
-  auto scales = Napi::Uint16Array::New(info.Env(), static_cast<size_t>(sigma::packed_q8_scales(E, N, K)));
-  sigma::pack_q8(w, E, N, K, packed.Data(), scales.Data());
+// packQ8(q, scales, E, N, K), packQ4(q, scales, mins, E, N, K) → { packed: Uint8Array, scales: Uint16Array }:
+// the matrix of E·N rows repacked for the integer kernels (quant.h, "packed q8 and q4").
+template <WeightFormat F>
+Napi::Value Pack(const Napi::CallbackInfo& info, const char* kernel) {
+  const size_t extra = ExtraArgs(F);
+  Args g(info, kernel, 4 + extra);
+  const int64_t E = g.dim(1 + extra, "E"), N = g.dim(2 + extra, "N"), K = g.dim(3 + extra, "K");
+  const sigma::QuantMatrix w = Matrix(g, F, 0, 1, static_cast<uint64_t>(E) * static_cast<uint64_t>(N), K);
+  auto packed = Napi::Uint8Array::New(info.Env(), static_cast<size_t>(sigma::packed_bytes(F, E, N, K)));
+  auto scales = Napi::Uint16Array::New(info.Env(), static_cast<size_t>(sigma::packed_factors(F, E, N, K)));
+  sigma::pack_quant(w, E, N, K, packed.Data(), scales.Data());
   Napi::Object out = Napi::Object::New(info.Env());
   out.Set("packed", packed);
   out.Set("scales", scales);
   return out;
 }
+Napi::Value PackQ8(const Napi::CallbackInfo& i) { return Pack<WeightFormat::kQ8>(i, "packQ8"); }
+Napi::Value PackQ4(const Napi::CallbackInfo& i) { return Pack<WeightFormat::kQ4>(i, "packQ4"); }
 
-Napi::Value DecodePacksQ8(const Napi::CallbackInfo& info) {
-  Args g(info, "decodePacksQ8", 0);
-  return Napi::Boolean::New(info.Env(), sigma::decode_packs_q8());
+Napi::Value DecodePacks(const Napi::CallbackInfo& info) {
+  Args g(info, "decodePacks", 0);
+  return Napi::Boolean::New(info.Env(), sigma::decode_packs());
 }
 
 Napi::Value DecodePath(const Napi::CallbackInfo& info) {
@@ -204,7 +209,8 @@ void InitQuant(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "dequantizeQ4", DeqQ4);
   Export(env, exports, "decodePath", DecodePath);
   Export(env, exports, "packQ8", PackQ8);
-  Export(env, exports, "decodePacksQ8", DecodePacksQ8);
+  Export(env, exports, "packQ4", PackQ4);
+  Export(env, exports, "decodePacks", DecodePacks);
   Export(env, exports, "decodeIntPath", DecodeIntPath);
   Export(env, exports, "setDecodeVnni", SetDecodeVnni);
   Export(env, exports, "setDecodeIntRows", SetDecodeIntRows);
