@@ -9,7 +9,10 @@
  * with probability a₁ and each later one, after a kept one, with a₂, that
  * is E(k) = 1 + a₁·(1 + a₂ + … + a₂^(k−1)) tokens, so
  *
- *   k* = argmax over 0 ≤ k ≤ max of  E(k) / (k·d + v(k + 1)).
+ *   k* = argmax over 0 ≤ k ≤ max of  E(k) / (k·d + v(k + 1))
+ *
+ * (the largest k within 5% of the best rate: where a few rows more cost next
+ * to nothing, noise decides between them, and longer drafts pay off in runs).
  *
  * (Two rates, not one: drafts come in runs — a prompt lookup inside a
  * repeated passage is right several times over, one outside it wrong at
@@ -55,6 +58,8 @@ const PROBE_EVERY = 8;
 const PROBE_MOST = 128;
 /** How far a slower measurement moves an estimate. */
 const RISE = 1 / 3;
+/** Rates this close to the best count as the best (the most drafts among them is taken). */
+const TIE = 0.05;
 
 /** What one step of speculative decoding did. */
 export interface DraftStep {
@@ -121,12 +126,12 @@ export class DraftLength {
   next(): number {
     const d = Number.isNaN(this.draftPerToken) ? 0 : this.draftPerToken;
     if (Number.isNaN(this.verifyMs(1))) return this.max; // nothing measured yet: the most, as a fixed k would
-    let best = 0;
-    let bestRate = -1;
-    for (let k = 0; k <= this.max; k++) {
-      const rate = this.expectedTokens(k) / (k * d + this.verifyMs(k + 1));
-      if (rate > bestRate) [best, bestRate] = [k, rate];
-    }
+    const rates = Array.from({ length: this.max + 1 }, (_, k) => this.expectedTokens(k) / (k * d + this.verifyMs(k + 1)));
+    const top = Math.max(...rates);
+    // The most drafts whose rate is within TIE of the best: where verifications stream, a few rows more cost
+    // next to nothing and their estimates differ by noise, and the longer draft is the one that pays off in a run.
+    let best = this.max;
+    while (best > 0 && rates[best]! < (1 - TIE) * top) best--;
     if (best !== this.lastBest) [this.lastBest, this.probeEvery] = [best, PROBE_EVERY];
     if (++this.sinceProbe > this.probeEvery) {
       this.sinceProbe = 0;
