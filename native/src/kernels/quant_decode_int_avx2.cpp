@@ -15,6 +15,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "packed_blocks.h"
 #include "quant.h"
 #include "reduce_avx2.h"
 
@@ -355,12 +356,7 @@ __attribute__((always_inline)) inline void packed_block_avx2(const uint8_t* pq, 
 template <bool kQ4>
 void packed_avx2(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy, const QuantX& qx, int64_t R, int64_t K, int64_t n0, int64_t n1) {
   const int64_t G = quant_groups(K);
-  constexpr int64_t kGroupBytes = kQ4 ? 256 : 512, kFactors = kQ4 ? 32 : 16;
-  for (int64_t b = n0 / 16; b * 16 < n1; ++b) {
-    const uint8_t* pb = pq + b * G * kGroupBytes;
-    const uint16_t* sb = ps + b * G * kFactors;
-    const int64_t lo = std::max<int64_t>(n0 - b * 16, 0), hi = std::min<int64_t>(n1 - b * 16, 16);
-    float* yb = y + b * 16;
+  for_each_packed_block<kQ4>(pq, ps, y, K, n0, n1, [&](const uint8_t* pb, const uint16_t* sb, float* yb, int64_t lo, int64_t hi) {
     auto pass = [&](auto rc, int64_t r) __attribute__((always_inline)) {
       constexpr int RC = decltype(rc)::value;
       __m256 acc[2][RC];
@@ -376,7 +372,7 @@ void packed_avx2(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy, c
     for (; r + 3 <= R; r += 3) pass(std::integral_constant<int, 3>{}, r);
     if (R - r == 2) pass(std::integral_constant<int, 2>{}, r);
     else if (R - r == 1) pass(std::integral_constant<int, 1>{}, r);
-  }
+  });
 }
 
 }  // namespace

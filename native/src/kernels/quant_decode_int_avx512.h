@@ -33,6 +33,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "packed_blocks.h"
 #include "quant.h"
 #include "reduce_avx512.h"
 
@@ -470,13 +471,8 @@ template <bool kVnni, bool kQ4>
 void packed_kernel(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy, const QuantX& qx, const int32_t* gneg,
                    int64_t R, int64_t K, int64_t n0, int64_t n1) {
   const int64_t G = quant_groups(K);
-  constexpr int64_t kGroupBytes = kQ4 ? 256 : 512, kFactors = kQ4 ? 32 : 16;
-  for (int64_t b = n0 / 16; b * 16 < n1; ++b) {
-    const uint8_t* pb = pq + b * G * kGroupBytes;
-    const uint16_t* sb = ps + b * G * kFactors;
-    const int64_t lo = std::max<int64_t>(n0 - b * 16, 0), hi = std::min<int64_t>(n1 - b * 16, 16);
+  for_each_packed_block<kQ4>(pq, ps, y, K, n0, n1, [&](const uint8_t* pb, const uint16_t* sb, float* yb, int64_t lo, int64_t hi) {
     const __mmask16 keep = static_cast<__mmask16>(full_mask16(hi) & ~full_mask16(lo));
-    float* yb = y + b * 16;
     auto pass = [&](auto rc, int64_t r) __attribute__((always_inline)) {
       constexpr int RC = decltype(rc)::value;
       __m512 acc[RC];
@@ -495,7 +491,7 @@ void packed_kernel(const uint8_t* pq, const uint16_t* ps, float* y, int64_t ldy,
       case 1: pass(std::integral_constant<int, 1>{}, r); break;
       default: break;
     }
-  }
+  });
 }
 
 }  // namespace
