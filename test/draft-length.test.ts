@@ -85,8 +85,14 @@ test("drafts that come in runs: the first draft's rate and the rate after a kept
 test("row counts not measured yet are estimated from their neighbours", () => {
   const dl = new DraftLength(4);
   assert.equal(dl.next(), 4, "nothing measured: the most drafts, as a fixed k");
+  // A row count's first verification pays one-time costs (packing the weights on their first product): dropped.
+  dl.observe({ proposed: 4, accepted: 4, draftMs: 0, verifyMs: 500 });
+  assert.ok(Number.isNaN(dl.verifyMs(5)));
+  assert.equal(dl.next(), 4, "still nothing measured");
   dl.observe({ proposed: 4, accepted: 4, draftMs: 0, verifyMs: 5 });
+  assert.equal(dl.verifyMs(5), 5);
   assert.equal(dl.verifyMs(1), 1, "below the only measurement: in proportion to rows");
+  dl.observe({ proposed: 0, accepted: 0, draftMs: 0, verifyMs: 2 });
   dl.observe({ proposed: 0, accepted: 0, draftMs: 0, verifyMs: 2 });
   assert.equal(dl.verifyMs(3), 3.5, "between two: linear");
   assert.throws(() => new DraftLength(0), /positive integer/);

@@ -121,7 +121,13 @@ export function storedGroupedMatmul(xs: Tensor, w: StoredMatrix, offsets: Int32A
     const r0 = offsets[e]!;
     const rows = offsets[e + 1]! - r0;
     if (rows === 0) continue;
-    product(yd.subarray(r0 * N, (r0 + rows) * N), xd.subarray(r0 * K, (r0 + rows) * K), storedRows(w, e * N, N), rows, N, K);
+    const [ye, xe] = [yd.subarray(r0 * N, (r0 + rows) * N), xd.subarray(r0 * K, (r0 + rows) * K)];
+    if (rows <= DECODE_ROWS) {
+      // The whole matrix with this expert's rows alone: a decode call over a view made here would pack it anew each time (the packed copy is kept per matrix).
+      decodeKernels().decodeMatmul(ye, xe, w, Int32Array.from({ length: E + 1 }, (_, i) => (i > e ? rows : 0)), E, N, K);
+      continue;
+    }
+    product(ye, xe, storedRows(w, e * N, N), rows, N, K);
   }
   return y;
 }

@@ -26,13 +26,14 @@
  *
  * - a₁, a₂: first drafts kept over first drafts judged, and later drafts
  *   kept over later drafts judged (up to the first rejection), counts
- *   decayed by DECAY per step so that they follow the text; a prior of one
- *   kept and one rejected each before anything is seen.
+ *   decayed by DECAY per step that drafts, so that they follow the text; a
+ *   prior of one kept and one rejected each before anything is seen.
  * - v(r): the cost of a verification of r rows, near the low edge of what
  *   it measures: a faster measurement is taken at once, a slower one moves
  *   it a third of the way (noise only ever adds time — a descheduled
  *   thread, a garbage collection, a cold first call — while a real rise, a
- *   longer context to attend over, still comes through). A row count not
+ *   longer context to attend over, still comes through); a row count's
+ *   first measurement is dropped (it pays one-time costs). A row count not
  *   measured yet is estimated from its measured neighbours: linearly between
  *   two, and optimistically outside them (as the nearest one below, or in
  *   proportion to rows under the nearest one above), so that each is tried
@@ -79,8 +80,9 @@ export class DraftLength {
   private readonly judged = [2, 2];
   /** verify[r]: the weighted mean milliseconds of a verification of r rows (NaN: none yet). */
   private readonly verify: Float64Array;
-  /** seen[r]: the step at which a verification of r rows was last measured. */
+  /** seen[r]: the step at which a verification of r rows was last measured (or probed); firsts[r]: whether one was seen. */
   private readonly seen: Float64Array;
+  private readonly firsts: Uint8Array;
   private draftPerToken = Number.NaN;
   private steps = 0;
   private sinceProbe = 0;
@@ -92,6 +94,7 @@ export class DraftLength {
     if (!(Number.isInteger(max) && max >= 1)) throw new RangeError(`DraftLength: max must be a positive integer, got ${max}`);
     this.verify = new Float64Array(max + 2).fill(Number.NaN);
     this.seen = new Float64Array(max + 2).fill(-1);
+    this.firsts = new Uint8Array(max + 2);
   }
 
   /** The estimated probability that a step's first draft is kept (which = 0), or a later one after a kept one (which = 1). */
@@ -138,6 +141,7 @@ export class DraftLength {
       this.probeEvery = Math.min(2 * this.probeEvery, PROBE_MOST);
       let oldest = 0;
       for (let k = 1; k <= this.max; k++) if (this.seen[k + 1]! < this.seen[oldest + 1]!) oldest = k;
+      this.seen[oldest + 1] = this.steps; // probed, even if the lookup then proposes fewer
       return oldest;
     }
     return best;
@@ -149,7 +153,10 @@ export class DraftLength {
     const rows = s.proposed + 1;
     this.steps++;
     if (rows < this.verify.length) {
-      this.verify[rows] = low(this.verify[rows]!, s.verifyMs);
+      // A row count's first verification is not taken: it pays one-time costs (the weights' packed copies
+      // made on their first product, buffers for that many rows) that the low edge would keep for long.
+      if (this.firsts[rows]) this.verify[rows] = low(this.verify[rows]!, s.verifyMs);
+      this.firsts[rows] = 1;
       this.seen[rows] = this.steps;
     }
     if (s.proposed === 0) return;

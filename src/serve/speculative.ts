@@ -207,19 +207,23 @@ export function ngramProposal(context: readonly number[], k: number, n = 3): num
   return [];
 }
 
-const lengths = new WeakMap<PanguSigma, Map<PanguSigma | "ngram", DraftLength>>();
+const lengths = new WeakMap<PanguSigma, { ngram: DraftLength | null; models: WeakMap<PanguSigma, DraftLength> }>();
 
 /**
  * The draft-length choice of a target with a draft: kept across generations
  * (a chat's replies, a benchmark's prompts), since what a verification costs
  * is the target's and the machine's, and the acceptance follows the text.
+ * Weakly held: neither model is kept alive by it.
  */
 function draftLength(target: PanguSigma, draft: Draft, max: number): DraftLength {
   let byDraft = lengths.get(target);
-  if (!byDraft) lengths.set(target, (byDraft = new Map()));
-  const key = draft.kind === "model" ? draft.model : "ngram";
-  let l = byDraft.get(key);
-  if (!l || l.max !== max) byDraft.set(key, (l = new DraftLength(max)));
+  if (!byDraft) lengths.set(target, (byDraft = { ngram: null, models: new WeakMap() }));
+  let l = draft.kind === "model" ? byDraft.models.get(draft.model) : byDraft.ngram;
+  if (!l || l.max !== max) {
+    l = new DraftLength(max);
+    if (draft.kind === "model") byDraft.models.set(draft.model, l);
+    else byDraft.ngram = l;
+  }
   return l;
 }
 

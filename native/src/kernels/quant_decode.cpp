@@ -367,15 +367,19 @@ void pack_quant(const QuantMatrix& w, int64_t E, int64_t N, int64_t K, uint8_t* 
     for (int64_t n = 0; n < N; ++n) {
       const int64_t row = e * N + n, b = e * blocks + n / 16, i = n % 16;
       for (int64_t g = 0; g < G; ++g) {
-        const int64_t valid = std::min<int64_t>(32, K - g * 32);  // a short group's padding stays zero
         uint8_t* dst = packed + (b * G + g) * (16 * group_bytes) + 4 * i;
         const uint8_t* src = q + row * G * group_bytes + g * group_bytes;
-        for (int64_t k = 0; k < group_bytes; ++k) {
-          // q4: byte k holds elements k and k + 16; past K both nibbles are padding.
-          const uint8_t lo_ok = k < valid ? 0x0f : 0, hi_ok = k + 16 < valid ? 0xf0 : 0;
-          const uint8_t v = q4 ? static_cast<uint8_t>(src[k] & (lo_ok | hi_ok)) : (k < valid ? src[k] : 0);
-          dst[(k / 4) * 64 + k % 4] = v;
+        const int64_t valid = std::min<int64_t>(32, K - g * 32);
+        uint8_t group[32];
+        if (valid < 32) {
+          // A short last group: its padding zero (q4: byte k holds elements k and k + 16, each kept only below K).
+          for (int64_t k = 0; k < group_bytes; ++k) {
+            const uint8_t keep = q4 ? static_cast<uint8_t>((k < valid ? 0x0f : 0) | (k + 16 < valid ? 0xf0 : 0)) : (k < valid ? 0xff : 0);
+            group[k] = static_cast<uint8_t>(src[k] & keep);
+          }
+          src = group;
         }
+        for (int64_t k = 0; k < group_bytes; k += 4) std::memcpy(dst + (k / 4) * 64, src + k, 4);
         packed_scales[(b * G + g) * factors + i] = w.scales[row * G + g];
         if (q4) packed_scales[(b * G + g) * factors + 16 + i] = w.mins[row * G + g];
       }
