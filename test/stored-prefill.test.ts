@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { noGrad } from "../src/autograd/tape.js";
 import { dequantize, quantize, WEIGHT_FORMATS } from "../src/backend/quant.js";
 import { roundedBf16 } from "../src/backend/reference/matmul-bf16.js";
-import { DECODE_ROWS, panelRows, panelScratchElements, storedLinear } from "../src/ops/stored.js";
+import { DECODE_ROWS, panelRows, panelScratchElements, storedGroupedMatmul, storedLinear } from "../src/ops/stored.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import { Rng } from "../src/util/rng.js";
 
@@ -51,4 +51,39 @@ test("stored products past DECODE_ROWS rows: the scratch holds one panel, not th
   const held = panelScratchElements();
   assert.ok(held > 0 && held <= panelRows(K) * K, `scratch of ${held} floats; a panel is ${panelRows(K) * K}`);
   assert.ok(held < N * K / 2, `scratch of ${held} floats for a ${N}×${K} matrix`);
+});
+
+test("stored expert products with one expert past DECODE_ROWS rows: each expert's rows against its own weights, in every format", () => {
+  // Experts of 20, 3, 0 and 5 rows: the first takes the panels, the others the decode kernels over the whole matrix.
+  const [E, N, K] = [4, 19, 70];
+  const rowsPer = [20, 3, 0, 5];
+  const offsets = Int32Array.from([0, ...rowsPer.map((_, i) => rowsPer.slice(0, i + 1).reduce((a, b) => a + b, 0))]);
+  const R = offsets[E]!;
+  const w = rand(E * N * K, 0.05);
+  const x = rand(R * K);
+  for (const f of WEIGHT_FORMATS) {
+    const m = quantize(f, w, E * N, K);
+    const wf = dequantize(m);
+    const xf = f === "bf16" ? (roundedBf16(x) as Float32Array) : x;
+    // Twice: the second call finds what the first made (the kernels' packed copy of the matrix).
+    for (let call = 0; call < 2; call++) {
+      const y = noGrad(() => storedGroupedMatmul(Tensor.from(x, [R, K]), m, offsets, E, N, K)).data;
+      for (let e = 0; e < E; e++) {
+        for (let r = offsets[e]!; r < offsets[e + 1]!; r++) {
+          for (let n = 0; n < N; n++) {
+            let dot = 0;
+            let mag = 0;
+            for (let k = 0; k < K; k++) {
+              dot += xf[r * K + k]! * wf[(e * N + n) * K + k]!;
+              mag += Math.abs(xf[r * K + k]! * wf[(e * N + n) * K + k]!);
+            }
+            // q8/q4 quantize x per group of 32 on the decode kernels: their error is x's rounding, ~2% of the magnitude.
+            const tol = f === "q8" || f === "q4" ? 0.02 * mag + 1e-6 : (K + 4) * 2 ** -23 * mag + 1e-30;
+            const err = Math.abs(y[r * N + n]! - dot);
+            if (!(err <= tol)) assert.fail(`${f}, expert ${e}, row ${r}, n ${n}: ${y[r * N + n]} against ${dot}`);
+          }
+        }
+      }
+    }
+  }
 });
