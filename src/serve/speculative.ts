@@ -270,21 +270,25 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
   const wasTraining = models.map((m) => m.training);
   for (const m of models) m.eval();
   try {
-    // The target's cache holds every context token but the last (`pending`), which opens the next verification forward.
+    // After a fill the target's cache holds every context token but the last (`pending`), which opens the next verification forward.
     const tgt: Cached = { model: target, domains: Int32Array.of(domain), cache: target.newCache(1), offset: 0 };
-    // As plain decoding does when the cache is full: restart from the last half of the context.
-    const restart = (): void => {
+    const dft: Cached | null = draft.kind === "model" ? { model: draft.model, domains: Int32Array.of(draft.domain), cache: draft.model.newCache(1), offset: 0 } : null;
+    // The prompt, and a restart when the cache is full, as plain decoding does them (generate.ts): the context — past
+    // seqLen its last half — in one forward, and the next token drawn from its last position. So greedy text is plain
+    // decoding's token for token from the first token on (a verification's rows are a one-row step's, but the prompt's
+    // forward is not: past DECODE_ROWS positions it takes other kernels, and a near-tie could go the other way).
+    const fill = (): number => {
       tgt.cache = target.newCache(1);
-      const tail = context.slice(-Math.max(1, Math.floor(c.seqLen / 2)));
+      const tail = context.length <= c.seqLen - 1 ? context : context.slice(-Math.max(1, Math.floor(c.seqLen / 2)));
       tgt.offset = context.length - tail.length;
-      if (tail.length > 1) feed(tgt, tail.slice(0, -1), true);
+      // A model draft restarts at the same place (it proposes from the window the target now sees).
+      if (dft && dft.offset < tgt.offset) [dft.cache, dft.offset] = [dft.model.newCache(1), tgt.offset];
+      const logits = feed(tgt, tail, true)[0]!;
+      return o.temperature === 0 ? argmax(logits) : drawFrom(samplingDistribution(logits, o), rng, 1);
     };
     const t0 = performance.now();
-    if (context.length <= c.seqLen - 1) {
-      if (context.length > 1) feed(tgt, context.slice(0, -1), true);
-    } else restart();
+    let filled: number | null = o.maxTokens > 0 ? fill() : null;
     stats.prefillMs += performance.now() - t0;
-    const dft: Cached | null = draft.kind === "model" ? { model: draft.model, domains: Int32Array.of(draft.domain), cache: draft.model.newCache(1), offset: 0 } : null;
 
     /** The draft model's k tokens and the distributions they were drawn from. */
     const proposeByModel = (d: Cached, k: number): { xs: number[]; qs: (Float64Array | null)[] } => {
@@ -312,7 +316,19 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
     const chooser = o.temperature === 0 && o.adaptive !== false ? draftLength(target, draft, o.draftTokens) : null;
     let emitted = 0;
     while (emitted < o.maxTokens) {
-      if (tgt.cache.length + 1 > c.seqLen) restart();
+      // A fill's token is emitted as plain decoding emits it; it is the next pending.
+      if (filled !== null) {
+        if (filled === o.stopId) return;
+        yield filled;
+        context.push(filled);
+        stats.emitted++;
+        filled = null;
+        if (++emitted >= o.maxTokens) return;
+      }
+      if (tgt.cache.length + 1 > c.seqLen) {
+        filled = fill();
+        continue;
+      }
       // Room for pending + k drafts in the cache, and no drafting past maxTokens (the step always adds one token of its own).
       const k = Math.min(chooser ? chooser.next() : o.draftTokens, c.seqLen - tgt.cache.length - 1, o.maxTokens - emitted - 1);
       let xs: number[] = [];
