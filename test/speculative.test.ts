@@ -65,8 +65,8 @@ test("at temperature 0 speculative decoding is token for token plain decoding, f
           assert.equal(stats.emitted, 40);
           if (dn === "itself" && domain === 1) assert.equal(stats.accepted, stats.proposed, "the target drafting for itself is always right");
         }
-        // k chosen step by step (the default at temperature 0): the same text.
-        const adaptive = [...speculativeIds(target, prompt, domain, { ...greedy, maxTokens: 40, draftTokens: 4 }, draft)];
+        // k chosen step by step (`adaptive`): the same text.
+        const adaptive = [...speculativeIds(target, prompt, domain, { ...greedy, maxTokens: 40, draftTokens: 4, adaptive: true }, draft)];
         assert.deepEqual(adaptive, plain, `${name}, prompt ${i}, draft ${dn}, adaptive k`);
       }
     }

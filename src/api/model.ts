@@ -46,7 +46,7 @@ export interface GenerateOptions {
    * (at temperature 0 it is the text of plain decoding).
    */
   draft?: Model | "ngram";
-  /** Tokens the draft proposes per step (default 4); at temperature 0 the most a step proposes: each takes the number expected to be fastest (docs/decode.md#adaptive-draft-length). */
+  /** Tokens the draft proposes per step (default 4). */
   draftTokens?: number;
   /** Filled as generation runs: draft tokens proposed and accepted, verification steps. */
   draftStats?: SpeculativeStats;

@@ -65,7 +65,7 @@ export function register(program: Command): void {
     .option("--top-p <p>", "nucleus: the most likely tokens up to this probability (1 = all)", parseNumOpt("top-p", 0, 1, { above: true }), 0.95)
     .option("--seed <n>", "sampling seed of the first reply (each reply takes the next)", parseIntOpt("seed", 0, FLAG_LIMITS.seed), 1)
     .option("--draft <model>", "speculative decoding: a smaller model with the same tokenizer (opened like --ckpt, with the same --weights), or ngram (prompt lookup)")
-    .option("--draft-tokens <k>", "tokens the draft proposes per step (at temperature 0 the most: each step takes the number expected to be fastest)", parseIntOpt("draft-tokens", 1, 64), 4);
+    .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
   kvCacheOption(weightsOption(chatCmd))
     .action(async (o: { ckpt: string; domain?: string; system?: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; weights?: WeightFormat; kvCache?: KVFormat; draft?: string; draftTokens: number }) => {
       const model = await openModel(o.ckpt, openOptions(o, true));

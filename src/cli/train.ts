@@ -162,7 +162,7 @@ export function register(program: Command): void {
     .option("--stop <text>", "stop before this text (repeat for several; the text is not printed)", (v: string, all: string[] = []) => [...all, v])
     .option("--show-special", "print special tokens such as <|endoftext|> (hidden by default)")
     .option("--draft <model>", "speculative decoding: a smaller model with the same tokenizer (opened like --ckpt, with the same --weights), or ngram (prompt lookup)")
-    .option("--draft-tokens <k>", "tokens the draft proposes per step (at temperature 0 the most: each step takes the number expected to be fastest)", parseIntOpt("draft-tokens", 1, 64), 4);
+    .option("--draft-tokens <k>", "tokens the draft proposes per step", parseIntOpt("draft-tokens", 1, 64), 4);
   kvCacheOption(weightsOption(generateCmd))
     .action(async ({ draft: draftPath, draftTokens, ...o }: { ckpt: string; domain?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; stop?: string[]; showSpecial?: boolean; weights?: WeightFormat; kvCache?: KVFormat; draft?: string; draftTokens: number }) => {
       const model = await openModel(o.ckpt, openOptions(o, true));

@@ -47,9 +47,10 @@
  * missed, too), so while k* stays where it is the probes grow twice as far
  * apart each time, up to PROBE_MOST steps; a new k* brings them back.
  *
- * Used at temperature 0 only (src/serve/speculative.ts): the choice depends
- * on timings, and only greedy decoding emits the same text whatever k is;
- * with sampling, k stays fixed so that a seed gives the same text each run.
+ * Used at temperature 0 only, when asked for (`adaptive: true`,
+ * src/serve/speculative.ts): the choice depends on timings, and only greedy
+ * decoding emits the same text whatever k is; with sampling, k stays fixed
+ * so that a seed gives the same text each run.
  */
 
 /** Weight of the history in each decayed count and mean (per observation). */
