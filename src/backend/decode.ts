@@ -56,15 +56,13 @@ function nativeDecode(addon: Record<string, unknown>): DecodeKernels {
         case "f32": return fn("decodeMatmulF32")(y, x, w.data, offsets, E, N, K, ...tail);
         case "bf16": return fn("decodeMatmulBf16")(y, x, w.data, offsets, E, N, K, ...tail);
         case "f16": return fn("decodeMatmulF16")(y, x, w.data, offsets, E, N, K, ...tail);
-        case "q8": {
-          if (!packs()) return fn("decodeMatmulQ8")(y, x, w.data, offsets, E, N, K, w.scales, ...tail);
-          const p = pack(w, E, N);
-          return fn("decodeMatmulQ8")(y, x, w.data, offsets, E, N, K, w.scales, ...(ep ? tail : [null, 0, null]), p.packed, p.scales);
-        }
+        case "q8":
         case "q4": {
-          if (!packs()) return fn("decodeMatmulQ4")(y, x, w.data, offsets, E, N, K, w.scales, w.mins, ...tail);
+          const [name, groups] = w.format === "q8" ? ["decodeMatmulQ8", [w.scales]] : ["decodeMatmulQ4", [w.scales, w.mins]];
+          if (!packs()) return fn(name)(y, x, w.data, offsets, E, N, K, ...groups, ...tail);
+          // The packed copy comes after the epilogue's three arguments (quant_napi.cpp).
           const p = pack(w, E, N);
-          return fn("decodeMatmulQ4")(y, x, w.data, offsets, E, N, K, w.scales, w.mins, ...(ep ? tail : [null, 0, null]), p.packed, p.scales);
+          return fn(name)(y, x, w.data, offsets, E, N, K, ...groups, ...(ep ? tail : [null, 0, null]), p.packed, p.scales);
         }
       }
     },

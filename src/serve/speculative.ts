@@ -289,9 +289,6 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       const logits = feed(tgt, tail, true)[0]!;
       return o.temperature === 0 ? argmax(logits) : drawFrom(samplingDistribution(logits, o), rng, 1);
     };
-    const t0 = performance.now();
-    let filled: number | null = o.maxTokens > 0 ? fill() : null;
-    stats.prefillMs += performance.now() - t0;
 
     /** The draft model's k tokens and the distributions they were drawn from. */
     const proposeByModel = (d: Cached, k: number): { xs: number[]; qs: (Float64Array | null)[] } => {
@@ -317,21 +314,9 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
 
     // Greedy and asked for: the text does not depend on k, so each step takes the k expected to be fastest.
     const chooser = o.temperature === 0 && o.adaptive === true ? draftLength(target, draft, o.draftTokens) : null;
-    let emitted = 0;
-    while (emitted < o.maxTokens) {
-      // A fill's token is emitted as plain decoding emits it; it is the next pending.
-      if (filled !== null) {
-        if (filled === o.stopId) return;
-        yield filled;
-        context.push(filled);
-        stats.emitted++;
-        filled = null;
-        if (++emitted >= o.maxTokens) return;
-      }
-      if (tgt.cache.length + 1 > c.seqLen) {
-        filled = fill();
-        continue;
-      }
+
+    /** One step: the draft's proposal verified in one forward from pending; the tokens it keeps. */
+    const verify = (emitted: number): number[] => {
       // Room for pending + k drafts in the cache, and no drafting past maxTokens (the step always adds one token of its own).
       const k = Math.min(chooser ? chooser.next() : o.draftTokens, c.seqLen - tgt.cache.length - 1, o.maxTokens - emitted - 1);
       let xs: number[] = [];
@@ -366,6 +351,20 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       chooser?.observe({ proposed: xs.length, accepted, draftMs: t2 - t1, verifyMs: t3 - t2 });
       // Roll back: the target keeps pending and the accepted drafts; the last kept token is the next pending.
       truncateCache(tgt.cache, before + 1 + accepted);
+      return kept;
+    };
+
+    let emitted = 0;
+    let fresh = true;
+    while (emitted < o.maxTokens) {
+      // The prompt's forward and each restart's give one token, as in plain decoding; verifications the rest.
+      let kept: number[];
+      if (fresh || tgt.cache.length + 1 > c.seqLen) {
+        const t0 = performance.now();
+        kept = [fill()];
+        if (fresh) stats.prefillMs += performance.now() - t0;
+        fresh = false;
+      } else kept = verify(emitted);
       for (const id of kept) {
         if (id === o.stopId) return;
         yield id;
