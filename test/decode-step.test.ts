@@ -285,6 +285,7 @@ test("lastOnly: each sequence's last position's logits, as the full forward give
     const b = noGrad(() => model.forward({ tokens, domains, B, T, lastOnly: true }, last)).logits;
     if (runs !== null) useDecodeStep(runs);
     assert.deepEqual(b.shape, [B, V]);
+    if (!stored) assert.throws(() => model.loss({ tokens, domains, B, T, lastOnly: true }, tokens), /loss: lastOnly computes each sequence's last logits only/);
     assert.equal(last.length, full.length, "every position still enters the cache");
     for (let s = 0; s < B; s++) {
       const want = a.data.subarray((s * T + T - 1) * V, (s * T + T) * V);

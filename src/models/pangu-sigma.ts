@@ -363,6 +363,7 @@ export class PanguSigma extends Module {
 
   /** Cross-entropy of next-token prediction plus the routers' auxiliary losses. */
   loss(input: ModelInput, targets: Int32Array, ignoreIndex = -1): { loss: Tensor; lm: Tensor; out: ModelOutput } {
+    if (input.lastOnly) throw new RangeError("loss: lastOnly computes each sequence's last logits only, and the loss needs every position's (leave lastOnly out)");
     const out = this.forward(input);
     let lm = ops.crossEntropy(out.logits, targets, ignoreIndex);
     if (input.slice) {
