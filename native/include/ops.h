@@ -48,6 +48,9 @@ void rms_norm(float* y, float* rstd, const float* x, const float* gamma, int64_t
 void rms_norm_backward(float* dx, float* dgamma, const float* dy, const float* x, const float* rstd, const float* gamma,
                        int64_t rows, int64_t C);
 void softmax(float* y, const float* x, int64_t rows, int64_t cols);
+// out[r] = the index of row r's largest element, the first of equals, NaNs passed over (a NaN first element: 0):
+// what a scan keeping i when x[i] > x[best] gives (src/serve/sampling.ts's argmax). One thread: rows are few.
+void argmax_rows(int32_t* out, const float* x, int64_t rows, int64_t cols);
 void softmax_backward(float* dx, const float* y, const float* dy, int64_t rows, int64_t cols);
 void cross_entropy(float* loss, float* lse, const float* logits, const int32_t* targets, int64_t rows, int64_t V,
                    int32_t ignore);

@@ -54,6 +54,8 @@ import type { Routing } from "../moe/routing.js";
 import { MoeLayer } from "../moe/layer.js";
 import { Tensor } from "../tensor/tensor.js";
 import { headDim, kvHeads, type ModelConfig } from "./config.js";
+import { denseStep } from "./dense-step.js";
+import { fused } from "./fuse.js";
 
 /**
  * What this step reads of a PanguSigma (declared here, not imported: the
@@ -209,6 +211,40 @@ function workFor(model: DecodeModel, R: number): Work {
   return w;
 }
 
+/**
+ * What supported() depends on that can change after construction: each
+ * Linear's and MoE layer's stored matrices and the output matrix
+ * (quantizeModel and unquantizeModel replace them).
+ */
+function storedStamp(model: DecodeModel): unknown[] {
+  const out: unknown[] = [model.storedOutput];
+  const attn = (a: Attention) => out.push(a.q.stored, a.k.stored, a.v.stored, a.o.stored);
+  const ffn = (f: FeedForward | null) => f && out.push(f.fc1.stored, f.fc2.stored, f.fc3?.stored);
+  for (const b of model.blocks) {
+    attn(b.attn);
+    ffn(b.ffn);
+    if (b.moe) out.push(b.moe.stored, b.moe.sharedGate?.stored);
+    ffn(b.moe?.shared ?? null);
+  }
+  if (model.queryLayer) {
+    attn(model.queryLayer.attn);
+    ffn(model.queryLayer.ffn);
+  }
+  return out;
+}
+
+const supports = new WeakMap<DecodeModel, { stamp: unknown[]; ok: boolean }>();
+
+/** supported(model), kept until a stored matrix of the model changes (it walks every layer: a few microseconds a step otherwise). */
+function supportedNow(model: DecodeModel): boolean {
+  const stamp = storedStamp(model);
+  const was = supports.get(model);
+  if (was && was.stamp.length === stamp.length && was.stamp.every((v, i) => v === stamp[i])) return was.ok;
+  const ok = supported(model);
+  supports.set(model, { stamp, ok });
+  return ok;
+}
+
 /** True when every layer of the model is one this step computes (see the file comment). */
 function supported(model: DecodeModel): boolean {
   const c = model.config as unknown as Record<string, unknown>;
@@ -272,60 +308,6 @@ function ffnInto(be: Backend, out: Float32Array, x: Float32Array, f: FeedForward
   const hid = w.f.subarray(0, n);
   linearInto(hid, x, f.fc1, w, activation(f.activation));
   linearInto(out, hid, f.fc2, w, null, residual);
-}
-
-/**
- * Projections that read the same input, as one stored matrix: their weight
- * rows stacked (the layers' own `stored` then become views of it, so the
- * weights are held once) and their biases side by side. One decode call
- * then computes all of them: a thread wakes once, and the call's fixed cost
- * is paid once, for q, k and v.
- */
-interface Fused {
-  parts: Linear[];
-  /** The views the parts hold; a part whose `stored` is another object (converted again) makes the fusion stale. */
-  views: StoredMatrix[];
-  matrix: StoredMatrix;
-  bias: Float32Array | null;
-}
-
-const fusions = new WeakMap<Linear, Fused>();
-
-function concat<A extends Float32Array | Uint16Array | Int8Array | Uint8Array>(parts: A[]): A {
-  const out = new (parts[0]!.constructor as new (n: number) => A)(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p as never, at);
-    at += p.length;
-  }
-  return out;
-}
-
-/** The fused matrix of `parts` (Linears of the same input width and format), built on first use and again when a part was converted anew. */
-function fused(parts: Linear[]): Fused {
-  const f = fusions.get(parts[0]!);
-  if (f && f.parts.length === parts.length && f.parts.every((p, i) => p === parts[i] && p.stored === f.views[i])) return f;
-  const ms = parts.map((p) => p.stored!);
-  const rows = ms.reduce((n, m) => n + m.rows, 0);
-  const matrix: StoredMatrix = {
-    format: ms[0]!.format,
-    rows,
-    K: ms[0]!.K,
-    data: concat(ms.map((m) => m.data)),
-    scales: ms[0]!.scales ? concat(ms.map((m) => m.scales!)) : null,
-    mins: ms[0]!.mins ? concat(ms.map((m) => m.mins!)) : null,
-  };
-  const views: StoredMatrix[] = [];
-  let first = 0;
-  for (const [i, p] of parts.entries()) {
-    views.push(storedRows(matrix, first, ms[i]!.rows));
-    first += ms[i]!.rows;
-    p.stored = views[i]!;
-  }
-  const bias = parts.some((p) => p.bias) ? concat(parts.map((p) => (p.bias ? (p.bias.data as Float32Array) : new Float32Array(p.outFeatures)))) : null;
-  const made = { parts, views, matrix, bias };
-  fusions.set(parts[0]!, made);
-  return made;
 }
 
 /** outs[i] [R, N_i] = x · W_iᵀ + b_i for the fused parts, in one decode call (w.f holds the side-by-side result). */
@@ -480,7 +462,7 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
   if (!enabled || isGradEnabled() || model.training || R < 1 || R > DECODE_ROWS || input.slice || tokens.length !== R || domains.length !== B) return null;
   const f32OrHalf = (l: LayerCache) => "half" in l || l.k.dtype === "float32";
   if (!cache.layers.every(f32OrHalf) || !f32OrHalf(cache.query)) return null;
-  if (!supported(model)) return null;
+  if (!supportedNow(model)) return null;
   const c = model.config;
   const V = c.vocabSize;
   const C = c.width;
@@ -501,6 +483,13 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
     }
   }
   const last = input.lastOnly && T > 1 ? Int32Array.from({ length: B }, (_, b) => b * T + T - 1) : null;
+  // A dense model's whole step in one native call (src/models/dense-step.ts), when it runs this one.
+  const logits = denseStep(model, w, cache.layers, cache.query, B, T, last ?? w.iota);
+  if (logits) {
+    runs++;
+    cache.length += T;
+    return { logits, routings: [], auxLoss: null };
+  }
   const out = runRows(model, w, tokens, cache.layers, cache.query, B, T, last);
   cache.length += T;
   return out;
@@ -592,7 +581,7 @@ export interface DecodeRows {
  */
 export function decodeRows(model: DecodeModel, rows: DecodeRows, layers: readonly AttentionCache[], query: AttentionCache | null, pick: Int32Array): DecodeOutput | null {
   const R = rows.tokens.length;
-  if (!enabled || isGradEnabled() || model.training || R < 1 || R > DECODE_ROWS || pick.length > R || !supported(model)) return null;
+  if (!enabled || isGradEnabled() || model.training || R < 1 || R > DECODE_ROWS || pick.length > R || !supportedNow(model)) return null;
   const w = workFor(model, R);
   w.embedIds.set(rows.embedIds);
   w.slotOf.set(rows.slotOf);

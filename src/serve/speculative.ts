@@ -27,6 +27,7 @@
  */
 import { noGrad } from "../autograd/tape.js";
 import type { ModelCache, PanguSigma } from "../models/pangu-sigma.js";
+import { DECODE_ROWS } from "../ops/stored.js";
 import { SigmaError } from "../util/errors.js";
 import { Rng } from "../util/rng.js";
 import type { GenerateOptions } from "./generate.js";
@@ -302,7 +303,11 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
       }
       const xs: number[] = [];
       const qs: (Float64Array | null)[] = [];
-      let logits = feed(d, missing, true)[0]!;
+      // The catch-up (a whole prompt, the first time) in pieces of DECODE_ROWS positions: each a decode step,
+      // where one forward of more rows takes the general path (a millisecond or more on a small draft, for
+      // logits that only decide what it proposes; the target's prefill stays plain decoding's own).
+      for (let at = 0; at + DECODE_ROWS < missing.length; at += DECODE_ROWS) feed(d, missing.slice(at, at + DECODE_ROWS), true);
+      let logits = feed(d, missing.slice(Math.floor((missing.length - 1) / DECODE_ROWS) * DECODE_ROWS), true)[0]!;
       for (let i = 0; i < k; i++) {
         const { x, q } = draftToken(logits, o, rng);
         xs.push(x);

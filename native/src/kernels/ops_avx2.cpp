@@ -182,4 +182,42 @@ void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n) {
   }
 }
 
+int64_t argmax_row(const float* x, int64_t n) {
+  const int64_t n8 = n / 8 * 8;
+  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 at = _mm256_castsi256_ps(_mm256_setzero_si256());
+  __m256i cur = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i step = _mm256_set1_epi32(8);
+  for (int64_t i = 0; i < n8; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 k = _mm256_cmp_ps(v, m, _CMP_GT_OQ);  // false for a NaN
+    m = _mm256_blendv_ps(m, v, k);
+    at = _mm256_blendv_ps(at, _mm256_castsi256_ps(cur), k);
+    cur = _mm256_add_epi32(cur, step);
+  }
+  float best = -std::numeric_limits<float>::infinity();
+  int64_t index = 0;
+  if (n8 > 0) {
+    alignas(32) float lm[8];
+    alignas(32) int32_t li[8];
+    _mm256_store_ps(lm, m);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(li), _mm256_castps_si256(at));
+    best = lm[0];
+    index = li[0];
+    for (int l = 1; l < 8; ++l) {
+      if (lm[l] > best || (lm[l] == best && li[l] < index)) {
+        best = lm[l];
+        index = li[l];
+      }
+    }
+  }
+  for (int64_t i = n8; i < n; ++i) {
+    if (x[i] > best) {
+      best = x[i];
+      index = i;
+    }
+  }
+  return index;
+}
+
 }  // namespace sigma::avx2

@@ -347,4 +347,32 @@ void vaxpy_heads(float* o, const float* v, int64_t ldv, const float* p, int64_t 
   if (j < n) rows(j, n - j);
 }
 
+int64_t argmax_row(const float* x, int64_t n) {
+  const int64_t n16 = n / 16 * 16;
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512i at = _mm512_setzero_si512();
+  __m512i cur = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  for (int64_t i = 0; i < n16; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __mmask16 k = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ);  // false for a NaN
+    m = _mm512_mask_mov_ps(m, k, v);
+    at = _mm512_mask_mov_epi32(at, k, cur);
+    cur = _mm512_add_epi32(cur, step);
+  }
+  float best = -std::numeric_limits<float>::infinity();
+  int64_t index = 0;
+  if (n16 > 0) {
+    best = _mm512_reduce_max_ps(m);
+    index = _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(m, _mm512_set1_ps(best), _CMP_EQ_OQ), at);
+  }
+  for (int64_t i = n16; i < n; ++i) {
+    if (x[i] > best) {
+      best = x[i];
+      index = i;
+    }
+  }
+  return index;
+}
+
 }  // namespace sigma::avx512

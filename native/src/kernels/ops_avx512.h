@@ -37,4 +37,10 @@ void ce_row_backward(float* d, const float* x, float lse, float g, int64_t n);
 void fast_gelu(float* y, const float* x, int64_t n);
 void fast_gelu_backward(float* dx, const float* x, const float* dy, int64_t n);
 
+// The first index of the largest element that is not NaN, the caller having
+// checked x[0] is not NaN (argmax_rows in ops_rows.cpp): each lane keeps its
+// first maximum and its index, then the least index among the lanes at the
+// overall maximum; the tail as the scalar scan.
+int64_t argmax_row(const float* x, int64_t n);
+
 }  // namespace sigma::avx512

@@ -163,6 +163,25 @@ void rms_norm_backward(float* dx, float* dgamma, const float* dy, const float* x
   parallel_for(C, grain_for(rows, 16384, 16), [&](int64_t c0, int64_t c1) { rms_columns_backward(dgamma, dy, x, rstd, rows, C, c0, c1); });
 }
 
+void argmax_rows(int32_t* out, const float* x, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    // A NaN first element is kept by the scan (nothing compares greater); the vector paths need x[0] a number.
+    if (cols == 0 || std::isnan(xr[0])) {
+      out[r] = 0;
+    } else if (use_avx512()) {
+      out[r] = static_cast<int32_t>(avx512::argmax_row(xr, cols));
+    } else if (use_avx2()) {
+      out[r] = static_cast<int32_t>(avx2::argmax_row(xr, cols));
+    } else {
+      int64_t best = 0;
+      for (int64_t i = 1; i < cols; ++i)
+        if (xr[i] > xr[best]) best = i;
+      out[r] = static_cast<int32_t>(best);
+    }
+  }
+}
+
 void softmax(float* y, const float* x, int64_t rows, int64_t cols) {
   const bool wide = use_avx512();
   parallel_for(rows, row_grain(cols), [&](int64_t b, int64_t e) {

@@ -17,6 +17,7 @@ namespace sigma_napi {
 void InitGemm(Napi::Env env, Napi::Object exports);
 void InitKernels(Napi::Env env, Napi::Object exports);
 void InitQuant(Napi::Env env, Napi::Object exports);
+void InitDense(Napi::Env env, Napi::Object exports);
 }  // namespace sigma_napi
 
 namespace {
@@ -121,6 +122,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   sigma_napi::InitGemm(env, exports);
   sigma_napi::InitKernels(env, exports);
   sigma_napi::InitQuant(env, exports);
+  sigma_napi::InitDense(env, exports);
   return exports;
 }
 

@@ -149,6 +149,16 @@ Napi::Value Softmax(Info info) {
   sigma::softmax(y, x, R, C);
   return info.Env().Undefined();
 }
+// argmaxRows(x: Float32Array [rows, cols], rows, cols, out: Int32Array [rows])
+Napi::Value ArgmaxRows(Info info) {
+  Args g(info, "argmaxRows", 4);
+  const int64_t R = g.dim(1, "rows"), C = g.dim(2, "cols");
+  const float* x = g.f32(0, "x", prod(R, C));
+  int32_t* out = g.i32_out(3, "out", Need(static_cast<uint64_t>(R)));
+  if (C >= (int64_t{1} << 31)) g.range_error("cols", "must be below 2^31");
+  sigma::argmax_rows(out, x, R, C);
+  return info.Env().Undefined();
+}
 Napi::Value SoftmaxBackward(Info info) {
   Args g(info, "softmaxBackward", 5);
   const int64_t R = g.dim(3, "rows"), C = g.dim(4, "cols");
@@ -374,7 +384,7 @@ void InitKernels(Napi::Env env, Napi::Object exports) {
       {"addBias", AddBias}, {"addBiasBackward", AddBiasBackward}, {"add", Add}, {"mul", Mul}, {"scale", Scale},
       {"axpy", Axpy}, {"sumSquares", SumSquares}, {"gelu", Gelu}, {"geluBackward", GeluBackward},
       {"fastGelu", FastGelu}, {"fastGeluBackward", FastGeluBackward}, {"layerNorm", LayerNorm}, {"rmsNorm", RmsNorm}, {"rmsNormBackward", RmsNormBackward}, {"swiglu", Swiglu}, {"swigluBackward", SwigluBackward},
-      {"layerNormBackward", LayerNormBackward}, {"softmax", Softmax}, {"softmaxBackward", SoftmaxBackward},
+      {"layerNormBackward", LayerNormBackward}, {"softmax", Softmax}, {"argmaxRows", ArgmaxRows}, {"softmaxBackward", SoftmaxBackward},
       {"crossEntropy", CrossEntropy}, {"crossEntropyBackward", CrossEntropyBackward}, {"embedding", Embedding},
       {"embeddingBackward", EmbeddingBackward}, {"attention", Attention}, {"attentionBackward", AttentionBackward}, {"attentionHalf", AttentionHalf}, {"toHalf", ToHalf}, {"fromHalf", FromHalf},
       {"permuteByExpert", PermuteByExpert}, {"gatherRows", GatherRows}, {"scatterAddRows", ScatterAddRows},
