@@ -30,7 +30,9 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Rng } from "../src/util/rng.js";
 
-type Kind = "f32" | "idx" | "offsets" | "i32out" | "parts" | "dim" | "num" | "int" | "bool" | "path" | "iters" | "threads" | "tile" | "block" | "bf16path" | "tuning" | "u8" | "i8" | "u16";
+type Kind = "f32" | "idx" | "offsets" | "i32out" | "parts" | "dim" | "num" | "int" | "bool" | "path" | "iters" | "threads" | "tile" | "block" | "bf16path" | "tuning" | "u8" | "i8" | "u16"
+  // The dense step's (dense_napi.cpp): a plan's dims, nums and arrays, a plan, a step's caches.
+  | "ddims" | "dnums" | "darrays" | "dplan" | "dcaches";
 
 const f = "f32" as const, d = "dim" as const, n = "num" as const, b = "bool" as const, i = "idx" as const;
 /** The argument kinds of every export this fuzz knows. An export missing here is still called (with random arguments) and reported in unknownExports. */
@@ -111,6 +113,9 @@ export const SIGNATURES: Record<string, Kind[]> = {
   decodeBf16Path: [],
   setDecodeBf16Dot: [b],
   setDecodeIntRows: ["int"],
+  argmaxRows: [f, d, d, "i32out"],
+  densePlan: ["ddims", "dnums", "darrays"],
+  denseStep: ["dplan", i, i, i, "dcaches", d, d, d, d, i, f],
 };
 /** Where the grouped kernels take E (parts and offsets are sized from it). */
 const E_AT = 4;
@@ -212,6 +217,12 @@ export function fuzz(o: Options): Summary {
 
   function plausible(kind: Kind, args: unknown[]): [unknown, string] {
     switch (kind) {
+      case "ddims":
+      case "dnums":
+      case "darrays":
+      case "dplan":
+      case "dcaches":
+        return plausibleDense(kind, args);
       case "f32":
         return [poolF32(), "f32(pool)"];
       case "idx":
@@ -261,6 +272,136 @@ export function fuzz(o: Options): Summary {
         const choice = () => ({ tile: tile(), mc: 1 + r(200), kc: 1 + r(600), nc: 1 + r(600) });
         const bucket = () => ({ large: choice(), shortK: choice(), smallMRowsNT: r(97), smallMRowsNN: r(97) });
         return [{ path: pick(["avx512", "avx2-fma", "portable"] as const), one: bucket(), many: bucket() }, "tuning"];
+      }
+    }
+  }
+
+  // The dense step: a tiny dense model's dims and arrays, every option and format drawn
+  // (dense_napi.cpp's layout; V = 4 and S = 4 slots, seqLen 8, so that idx arrays in [0, 4) are valid rows,
+  // slots and positions), and plans made from some of them, each with its block count.
+  const specs = new WeakMap<Int32Array, (ArrayBufferView | null)[]>();
+  const plans = new WeakMap<object, number>();
+  function denseSpec(): { dims: Int32Array; nums: Float64Array; arrays: (ArrayBufferView | null)[] } {
+    const [V, S, seqLen] = [4, 4, 8];
+    const C = pick([4, 8, 33]), H = pick([1, 2]), G = H === 2 && p(0.5) ? 1 : H, D = pick([2, 4]), F = pick([3, 8]), L = 1 + r(2);
+    const [rms, rope, swiglu, act, format, query, tied] = [r(2), r(2), r(2), 1 + r(2), r(5), r(2), r(2)];
+    const f32 = (n: number) => Float32Array.from({ length: n }, () => rng.uniform() - 0.5);
+    const opt = (n: number) => (p(0.5) ? f32(n) : null);
+    const mat = (rows: number, K: number): (ArrayBufferView | null)[] => {
+      const Kp = Math.ceil(K / 32) * 32, groups = rows * Math.ceil(K / 32);
+      const scales = () => Uint16Array.from({ length: groups }, () => 0x2000 + r(0x1000));
+      if (format === 0) return [f32(rows * K), null, null];
+      if (format <= 2) return [Uint16Array.from({ length: rows * K }, () => r(0x7c00)), null, null];
+      if (format === 3) return [Int8Array.from({ length: rows * Kp }, () => r(255) - 127), scales(), null];
+      return [Uint8Array.from({ length: (rows * Kp) / 2 }, () => r(256)), scales(), scales()];
+    };
+    const arrays: (ArrayBufferView | null)[] = [];
+    for (let l = 0; l < L; l++) {
+      const isQuery = query === 1 && l === L - 1;
+      const kv = (isQuery ? 0 : H * D) + 2 * G * D, f1 = swiglu ? 2 * F : F;
+      arrays.push(f32(C), rms ? null : f32(C), ...mat(kv, C), opt(kv), ...(isQuery ? mat(H * D, C) : [null, null, null]), isQuery ? opt(H * D) : null, opt(D), opt(D),
+        ...mat(C, H * D), opt(C), f32(C), rms ? null : f32(C), ...mat(f1, C), opt(f1), ...mat(C, F), opt(C));
+    }
+    arrays.push(f32(C), rms ? null : f32(C), ...mat(S * V, C), tied ? null : f32(S * V * C), rope ? null : f32(seqLen * C), query ? f32(seqLen * C) : null);
+    const dims = Int32Array.of(V, C, S, H, G, D, F, L, rms, rope, swiglu, act, format, seqLen, query, tied);
+    specs.set(dims, arrays);
+    return { dims, nums: Float64Array.of(1e-5, 10000), arrays };
+  }
+  const densePlans: object[] = [];
+  const newPlan = (): object | null => {
+    const { dims, nums, arrays } = denseSpec();
+    try {
+      const plan = (addon.densePlan as Fn)(dims, nums, arrays) as object;
+      plans.set(plan, dims[7]! + 0);
+      return plan;
+    } catch {
+      return null;
+    }
+  };
+  const anyPlan = (): object | null => {
+    if (densePlans.length < 6 || p(0.05)) {
+      const plan = typeof addon.densePlan === "function" ? newPlan() : null;
+      if (plan) densePlans.push(plan);
+      if (densePlans.length > 12) densePlans.shift();
+    }
+    return densePlans.length ? pick(densePlans) : null;
+  };
+  const cachesFor = (plan: unknown) => Array.from({ length: 2 * (plans.get(plan as object) ?? 1) }, () => new Float32Array(LEN));
+
+  function plausibleDense(kind: "ddims" | "dnums" | "darrays" | "dplan" | "dcaches", args: unknown[]): [unknown, string] {
+    switch (kind) {
+      case "ddims":
+        return [denseSpec().dims, "dims(ok)"];
+      case "dnums":
+        return [Float64Array.of(1e-5, 10000), "nums(ok)"];
+      case "darrays": {
+        const arrays = args[0] instanceof Int32Array ? specs.get(args[0]) : undefined;
+        return [arrays ? arrays.slice() : denseSpec().arrays, arrays ? "arrays(ok)" : "arrays(another model's)"];
+      }
+      case "dplan":
+        return [anyPlan(), "plan"];
+      case "dcaches":
+        return [cachesFor(args[0]), "caches(ok)"];
+    }
+  }
+
+  function hostileDense(kind: "ddims" | "dnums" | "darrays" | "dplan" | "dcaches", args: unknown[]): [unknown, string] {
+    switch (kind) {
+      case "ddims": {
+        if (p(0.3)) return hostileF32("i32");
+        const dims = denseSpec().dims;
+        const at = r(16);
+        dims[at] = pick([-1, 0, 2, 3, 17, 1 << 24, 2 ** 31 - 1, -(2 ** 31)]);
+        return [dims, `dims([${at}] bad)`];
+      }
+      case "dnums":
+        return ((v) => [v, describe(v)])(pick<unknown>([Float64Array.of(NaN, 1e4), Float64Array.of(1e-5, 0), Float64Array.of(1e-5, -1), Float64Array.of(-1, 1e4), new Float64Array(1), new Float64Array(3), Float32Array.of(1e-5, 1e4), null, [1e-5, 1e4]]));
+      case "darrays": {
+        const [ok] = plausibleDense("darrays", args);
+        const arrays = ok as unknown[];
+        const c = r(8);
+        if (c === 0) return [arrays.slice(0, r(arrays.length)), "arrays(too few)"];
+        if (c === 1) return [[...arrays, null], "arrays(too many)"];
+        const at = r(arrays.length);
+        if (c === 2) arrays[at] = null;
+        else if (c === 3) arrays[at] = hostileF32("f32")[0];
+        else if (c === 4) arrays[at] = hostileBytes(pick(["u8", "i8", "u16"] as const))[0];
+        else if (c === 5) arrays[at] = new Float32Array(4096);
+        else if (c === 6) return [new Proxy(arrays, { get: (t, k) => { detachSomething(); return Reflect.get(t, k); } }), "Proxy(arrays)"];
+        else Object.defineProperty(arrays, at, { get: () => { throw new Error("fuzz: getter threw"); } });
+        return [arrays, `arrays([${at}] hostile ${c})`];
+      }
+      case "dplan": {
+        const c = r(4);
+        if (c === 0) {
+          // A plan one of whose arrays was transferred since: refused at the step, never read.
+          const { dims, nums, arrays } = denseSpec();
+          const plan = (addon.densePlan as Fn)(dims, nums, arrays) as object;
+          plans.set(plan, dims[7]!);
+          const held = arrays.filter((a): a is Float32Array => a !== null && a.buffer instanceof ArrayBuffer);
+          detach(pick(held).buffer);
+          gc?.();
+          return [plan, "plan(an array detached)"];
+        }
+        return ((v) => [v, describe(v)])(pick<unknown>([null, undefined, {}, [], 0, "plan", () => 0, new Float32Array(4), Object.create(null)]));
+      }
+      case "dcaches": {
+        const caches: unknown[] = cachesFor(args[0]);
+        const c = r(6);
+        if (c === 0) return [caches.slice(1), "caches(too few)"];
+        if (c === 1) return [[...caches, new Float32Array(LEN)], "caches(too many)"];
+        if (c === 2) {
+          caches[r(caches.length)] = hostileF32("f32")[0];
+          return [caches, "caches(one hostile)"];
+        }
+        if (c === 3) {
+          const j = r(caches.length);
+          const own = caches[j];
+          Object.defineProperty(caches, j, { get: () => { detachSomething(); if (!ctx.reentered && p(0.5)) { ctx.reentered = true; try { (addon[ctx.name] as Fn)(...ctx.args); } catch { /* not this call's */ } } return own; } });
+          return [caches, `caches(getter at ${j})`];
+        }
+        if (c === 4) return [new Array(caches.length), "caches(holes)"];
+        return [pick<unknown>([null, new Float32Array(LEN), { length: 2 }]), "caches(not an array)"];
       }
     }
   }
@@ -488,6 +629,12 @@ export function fuzz(o: Options): Summary {
 
   function hostile(kind: Kind, args: unknown[]): [unknown, string] {
     switch (kind) {
+      case "ddims":
+      case "dnums":
+      case "darrays":
+      case "dplan":
+      case "dcaches":
+        return hostileDense(kind, args);
       case "dim":
         return hostileDim();
       case "f32":
