@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- decode [--tokens=N] [--rounds=N] [--only=f32,q8] [--generic] [--f32-kernels] [--spec-only] [--kernels]
- *   [--spec-target=DIR] [--spec-draft=DIR] [--spec-weights=FMT] [--spec-tokens=N] [--spec-rounds=N] [--spec-k=K] [--json]`:
+ *   [--spec-target=DIR] [--spec-draft=DIR] [--spec-weights=FMT] [--spec-draft-weights=FMT] [--spec-tokens=N] [--spec-rounds=N] [--spec-k=K] [--json]`:
  * KV-cache decoding of config R's shape (d=512, 8 heads, 2 dense + 2 sparse
  * layers, 8 experts top-2, F=2048, V=8192; random weights) with its matrices
  * in each weight format (docs/decode.md), on 2 threads.
@@ -42,7 +42,7 @@
  * R's shape with random q8 weights on repetitive token-id prompts (a random
  * model's greedy text loops, so its n-gram figure says little about text).
  * The model draft needs a trained smaller model with the target's tokenizer
- * (`--spec-draft=DIR`, in q8; `--spec-k=K` drafts per step; `--spec-weights=FMT` the target's format
+ * (`--spec-draft=DIR`, in q8 or `--spec-draft-weights=FMT`; `--spec-k=K` drafts per step; `--spec-weights=FMT` the target's format
  * for it, q8 by default: f32 or bf16 on a target large enough that its steps stream from memory);
  * without a draft that figure is skipped (a random draft
  * agrees with nothing). N-gram drafting runs with the target's matrices in
@@ -262,6 +262,7 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   const targetPath = str("spec-target") ?? "sigma-demo";
   const draftPath = str("spec-draft");
   const modelWeights = parseWeightFormat(str("spec-weights") ?? "q8", "bench decode: --spec-weights");
+  const draftWeights = parseWeightFormat(str("spec-draft-weights") ?? "q8", "bench decode: --spec-draft-weights");
   let net: PanguSigma;
   let prompts: SpecPrompt[];
   let target: string;
@@ -272,7 +273,7 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
     const src = openModelSource(targetPath, { weights: "q8" });
     net = src.model;
     inFormat = (f) => (f === "q8" ? net : openModelSource(targetPath, { weights: f }).model);
-    if (draftPath) draftModel = openModelSource(draftPath, { weights: "q8" }).model;
+    if (draftPath) draftModel = openModelSource(draftPath, { weights: draftWeights }).model;
     const tok = src.tokenizer!.tokenizer;
     const index = (m: PanguSigma, name: string) => Math.max(0, m.config.domains.findIndex((d) => d.name === name));
     prompts = REPETITIVE.map(({ domain, text }) => {
@@ -313,7 +314,8 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   const adaptiveModel = modelTarget ? speculativeRun(modelTarget, prompts, modelDraft, tokens, rounds, k, true) : null;
   const named: [string, SpecFigure, boolean][] = [];
   for (const f of NGRAM_FORMATS) named.push([`ngram, ${f} target`, ngramByFormat[f]!, false], [`ngram, ${f} target`, adaptiveNgram[f]!, true]);
-  if (model) named.push([`model ${draftPath}, ${modelWeights} target`, model, false], [`model ${draftPath}, ${modelWeights} target`, adaptiveModel!, true]);
+  const modelName = `model ${draftPath} (${draftWeights}), ${modelWeights} target`;
+  if (model) named.push([modelName, model, false], [modelName, adaptiveModel!, true]);
   const rows = named.map(([name, f, adaptive]) => [
     name, adaptive ? `adaptive ≤ ${k}` : `${k}`, f.draftsPerStep.toFixed(2), f.plainTokensPerSecond.toFixed(1), f.tokensPerSecond.toFixed(1), `${f.speedup.toFixed(2)}×`, `${(100 * f.acceptance).toFixed(0)}%`,
     `${f.speedupWithPrefill.toFixed(2)}×`, f.tokensPerVerification.toFixed(2), f.draftCost.toFixed(2), f.verifyCost.toFixed(2), adaptive ? "—" : `${f.ceiling.toFixed(2)}×`,
@@ -323,7 +325,7 @@ function speculativeSection(args: string[], fallback: PanguSigma, say: (s: strin
   say(`per verification: the tokens it emits, and the time drafting and verifying take in plain steps (the plain decoding's time per token); ceiling: the speedup if all ${k} drafts were kept at those costs, (k + 1) ÷ (draft + verify)`);
   say(table(["draft", "k", "drafts/step", "plain tokens/s", "speculative tokens/s", "speedup", "acceptance", "speedup with prefill", "tokens/verification", "draft (steps)", "verify (steps)", "ceiling"], rows));
   if (!model) say(`model draft: skipped — ${existsSync(targetPath) ? "no --spec-draft=DIR (a trained smaller model with the demo's tokenizer)" : "no demo model (run sigma demo, or pass --spec-target=DIR and --spec-draft=DIR)"}; a draft with random weights would agree with nothing`);
-  return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, ngramByFormat, model, modelWeights, adaptive: { ngramByFormat: adaptiveNgram, model: adaptiveModel } };
+  return { target, prompts: prompts.length, tokens, draftTokens: k, ngram, ngramByFormat, model, modelWeights, draftWeights, adaptive: { ngramByFormat: adaptiveNgram, model: adaptiveModel } };
 }
 
 /**

@@ -92,6 +92,7 @@ interface DecodeInput {
   T: number;
   slice?: unknown;
   lastOnly?: boolean;
+  logitsInto?: Float32Array;
 }
 interface DecodeCache {
   layers: LayerCache[];
@@ -484,13 +485,13 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
   }
   const last = input.lastOnly && T > 1 ? Int32Array.from({ length: B }, (_, b) => b * T + T - 1) : null;
   // A dense model's whole step in one native call (src/models/dense-step.ts), when it runs this one.
-  const logits = denseStep(model, w, cache.layers, cache.query, B, T, last ?? w.iota);
+  const logits = denseStep(model, w, cache.layers, cache.query, B, T, last ?? w.iota, input.logitsInto);
   if (logits) {
     runs++;
     cache.length += T;
     return { logits, routings: [], auxLoss: null };
   }
-  const out = runRows(model, w, tokens, cache.layers, cache.query, B, T, last);
+  const out = runRows(model, w, tokens, cache.layers, cache.query, B, T, last, input.logitsInto);
   cache.length += T;
   return out;
 }
@@ -501,7 +502,7 @@ export function decodeStep(model: DecodeModel, input: DecodeInput, cache: Decode
  * B sequences × T rows, or the server's pool), then the logits of every row,
  * or of the rows `pick` names (in that order).
  */
-function runRows(model: DecodeModel, w: Work, tokens: Int32Array, layers: readonly (LayerCache | AttentionCache)[], query: LayerCache | AttentionCache | null, B: number, T: number, pick: Int32Array | null): DecodeOutput {
+function runRows(model: DecodeModel, w: Work, tokens: Int32Array, layers: readonly (LayerCache | AttentionCache)[], query: LayerCache | AttentionCache | null, B: number, T: number, pick: Int32Array | null, into?: Float32Array): DecodeOutput {
   runs++;
   const R = w.R;
   const C = model.config.width;
@@ -560,7 +561,12 @@ function runRows(model: DecodeModel, w: Work, tokens: Int32Array, layers: readon
     w.h.set(h.subarray(0, pick.length * C));
     w.slotOf.set(slots.subarray(0, pick.length));
   }
-  return { logits: outputLogits(model, table, w, pick ? pick.length : R), routings, auxLoss: aux };
+  return { logits: outputLogits(model, table, w, pick ? pick.length : R, into), routings, auxLoss: aux };
+}
+
+/** [R, V] logits to be written in full: a view of `into` when it has room, else a new tensor. */
+export function logitsTensor(R: number, V: number, into?: Float32Array): Tensor {
+  return into && into.length >= R * V ? Tensor.from(into.length === R * V ? into : into.subarray(0, R * V), [R, V]) : Tensor.zeros([R, V]);
 }
 
 /** What the server's batched step (src/serve/batch.ts) gives for its rows: tokens, and per row the embedding row, slot, domain and position. */
@@ -590,11 +596,11 @@ export function decodeRows(model: DecodeModel, rows: DecodeRows, layers: readonl
   return runRows(model, w, rows.tokens, layers, query, 1, R, pick);
 }
 
-/** logits [R, V] = h · E_slot(r)ᵀ: one decode call over the rows grouped by slot (a new array: callers keep it). */
-function outputLogits(model: DecodeModel, table: StoredMatrix, w: Work, R: number): Tensor {
+/** logits [R, V] = h · E_slot(r)ᵀ: one decode call over the rows grouped by slot (a new array, or a view of `into`). */
+function outputLogits(model: DecodeModel, table: StoredMatrix, w: Work, R: number, into?: Float32Array): Tensor {
   const c = model.config;
   const [C, V, S] = [c.width, c.vocabSize, c.embeddingSlots];
-  const logits = Tensor.zeros([R, V]);
+  const logits = logitsTensor(R, V, into);
   const y = logits.data as Float32Array;
   const dk = decodeKernels();
   if (S === 1) {

@@ -32,9 +32,9 @@ import type { LayerCache } from "../nn/attention.js";
 import { LayerNorm, type Linear, type Norm, RMSNorm } from "../nn/layers.js";
 import type { Attention } from "../nn/attention.js";
 import type { FeedForward } from "../nn/layers.js";
-import { Tensor } from "../tensor/tensor.js";
+import type { Tensor } from "../tensor/tensor.js";
 import { headDim, kvHeads } from "./config.js";
-import type { DecodeModel } from "./decode-step.js";
+import { logitsTensor, type DecodeModel } from "./decode-step.js";
 import { fused } from "./fuse.js";
 
 /** The addon's two functions (native/src/napi/dense_napi.cpp). */
@@ -162,7 +162,7 @@ export interface DenseRows {
  * this step does not run the model or the caches (the TypeScript step then
  * runs).
  */
-export function denseStep(model: DecodeModel, rows: DenseRows, layers: readonly LayerCache[], query: LayerCache, B: number, T: number, pick: Int32Array): Tensor | null {
+export function denseStep(model: DecodeModel, rows: DenseRows, layers: readonly LayerCache[], query: LayerCache, B: number, T: number, pick: Int32Array, into?: Float32Array): Tensor | null {
   if (!enabled) return null;
   const a = addon();
   if (!a) return null;
@@ -179,7 +179,7 @@ export function denseStep(model: DecodeModel, rows: DenseRows, layers: readonly 
     arrays[2 * l + 1] = c.v.data as Float32Array;
     cap = c.k.dim(1);
   }
-  const logits = Tensor.zeros([pick.length, model.config.vocabSize]);
+  const logits = logitsTensor(pick.length, model.config.vocabSize, into);
   a.denseStep(plan.handle!, rows.embedIds, rows.slotOf, rows.posIds, arrays, length, B, T, cap, pick, logits.data as Float32Array);
   for (let l = 0; l < L; l++) (l < layers.length ? layers[l]! : query).length += T;
   runs++;

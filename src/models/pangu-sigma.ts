@@ -82,6 +82,14 @@ export interface ModelInput {
    * output product of the others (V·C multiply-adds a position).
    */
   lastOnly?: boolean;
+  /**
+   * Room for the logits (at least their rows × V floats) that the decode
+   * step writes them into, the returned logits then a view of it: a caller
+   * that reads them before its next forward (generation, speculative
+   * decoding) reuses one buffer instead of allocating V floats a row every
+   * step. The general path ignores it (read the returned logits, not this).
+   */
+  logitsInto?: Float32Array;
 }
 
 /** Dropout of one forward: rate and seed; each site mixes in its layer and place. */

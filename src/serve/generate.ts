@@ -34,8 +34,9 @@ export function* generateIds(model: PanguSigma, prompt: ArrayLike<number>, domai
   model.eval();
   try {
     let cache = model.newCache(1);
-    // Feed `ids` and return the logits of the last position (the only ones computed).
-    const feed = (ids: number[]): Float32Array | Float64Array => noGrad(() => model.forward({ tokens: Int32Array.from(ids), domains, B: 1, T: ids.length, lastOnly: true }, cache)).logits.data;
+    // Feed `ids` and return the logits of the last position (the only ones computed), read before the next feed: one buffer for all.
+    const into = new Float32Array(c.vocabSize);
+    const feed = (ids: number[]): Float32Array | Float64Array => noGrad(() => model.forward({ tokens: Int32Array.from(ids), domains, B: 1, T: ids.length, lastOnly: true, logitsInto: into }, cache)).logits.data;
     const refill = (): Float32Array | Float64Array => {
       cache = model.newCache(1);
       return feed(context.slice(-Math.max(1, Math.floor(c.seqLen / 2))));

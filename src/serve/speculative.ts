@@ -231,17 +231,18 @@ function draftLength(target: PanguSigma, draft: Draft, max: number): DraftLength
   return l;
 }
 
-/** A model and its cache; the cache holds context[offset … offset + cache.length). */
+/** A model and its cache; the cache holds context[offset … offset + cache.length). `logits`: room its forwards write their logits into. */
 interface Cached {
   model: PanguSigma;
   domains: Int32Array;
   cache: ModelCache;
   offset: number;
+  logits: Float32Array;
 }
 
-/** Feeds `ids` after the cache; returns the logits of every new position, one row each (`lastOnly`: of the last one only). */
+/** Feeds `ids` after the cache; returns the logits of every new position, one row each (`lastOnly`: of the last one only), valid until the next feed. */
 function feed(c: Cached, ids: readonly number[], lastOnly = false): (Float32Array | Float64Array)[] {
-  const out = noGrad(() => c.model.forward({ tokens: Int32Array.from(ids), domains: c.domains, B: 1, T: ids.length, lastOnly }, c.cache));
+  const out = noGrad(() => c.model.forward({ tokens: Int32Array.from(ids), domains: c.domains, B: 1, T: ids.length, lastOnly, logitsInto: c.logits }, c.cache));
   const V = c.model.config.vocabSize;
   return (lastOnly ? ids.slice(-1) : ids).map((_, i) => out.logits.data.subarray(i * V, (i + 1) * V));
 }
@@ -275,8 +276,9 @@ export function* speculativeIds(target: PanguSigma, prompt: ArrayLike<number>, d
   for (const m of models) m.eval();
   try {
     // After a fill the target's cache holds every context token but the last (`pending`), which opens the next verification forward.
-    const tgt: Cached = { model: target, domains: Int32Array.of(domain), cache: target.newCache(1), offset: 0 };
-    const dft: Cached | null = draft.kind === "model" ? { model: draft.model, domains: Int32Array.of(draft.domain), cache: draft.model.newCache(1), offset: 0 } : null;
+    // Each forward's logits are read before the next one: one buffer per model (a verification's k + 1 rows; a draft's one).
+    const tgt: Cached = { model: target, domains: Int32Array.of(domain), cache: target.newCache(1), offset: 0, logits: new Float32Array((o.draftTokens + 1) * c.vocabSize) };
+    const dft: Cached | null = draft.kind === "model" ? { model: draft.model, domains: Int32Array.of(draft.domain), cache: draft.model.newCache(1), offset: 0, logits: new Float32Array(draft.model.config.vocabSize) } : null;
     // The prompt, and a restart when the cache is full, as plain decoding does them (generate.ts): the context — past
     // seqLen its last half — in one forward, and the next token drawn from its last position. So greedy text is plain
     // decoding's token for token from the first token on (a verification's rows are a one-row step's, but the prompt's

@@ -68,6 +68,10 @@ struct Plan {
   sigma::DenseScratch scratch;
   std::vector<sigma::DenseBlock> blocks;
   std::vector<int32_t> embed, slot, pos, pick;
+  // Per step, kept to spare allocations: the arrays' pointers, the caches', the matrices.
+  std::vector<void*> ptr;
+  std::vector<float*> cache_ptr;
+  std::vector<sigma::QuantMatrix> ms;
 };
 
 // The wants of a matrix of `rows` × K starting at slot i.
@@ -285,7 +289,8 @@ Napi::Value DenseStep(const Napi::CallbackInfo& info) {
   copy(9, "pick", p.pick, npick, R);
   float* logits = g.f32(10, "logits", prod(npick, static_cast<uint64_t>(d.V)));
   const Need cache_need = prod(static_cast<uint64_t>(B), static_cast<uint64_t>(cap), static_cast<uint64_t>(d.G * d.D));
-  std::vector<float*> cache_ptr(nc);
+  std::vector<float*>& cache_ptr = p.cache_ptr;
+  cache_ptr.assign(nc, nullptr);
   for (uint32_t i = 0; i < nc; ++i) {
     void* data = nullptr;
     size_t n = 0;
@@ -296,7 +301,8 @@ Napi::Value DenseStep(const Napi::CallbackInfo& info) {
   }
   // The plan's arrays, fetched and checked again.
   const size_t total = p.refs.size();
-  std::vector<void*> ptr(total, nullptr);
+  std::vector<void*>& ptr = p.ptr;
+  ptr.assign(total, nullptr);
   for (size_t i = 0; i < total; ++i) {
     if (!p.refs[i]) continue;
     napi_value v;
@@ -313,7 +319,8 @@ Napi::Value DenseStep(const Napi::CallbackInfo& info) {
   };
   // q8 and q4: each matrix's packed copy, made once where the integer kernels read it.
   const bool packs = (p.format == WeightFormat::kQ8 || p.format == WeightFormat::kQ4) && sigma::decode_packs();
-  std::vector<sigma::QuantMatrix> ms(p.matrices.size());
+  std::vector<sigma::QuantMatrix>& ms = p.ms;
+  ms.assign(p.matrices.size(), sigma::QuantMatrix{});
   for (size_t m = 0; m < p.matrices.size(); ++m) {
     Matrix& mx = p.matrices[m];
     ms[m] = matrix(mx.slot);
