@@ -216,3 +216,25 @@ test("argmax: the addon's index is the scan's — ties (the first), NaNs (passed
     a.setKernelPath!(kernelPathSetting().path);
   }
 });
+
+test("logitsInto: the decode steps (TypeScript and native) write the logits into the caller's buffer, the same values; a short buffer or the general path leave it alone", () => {
+  for (const [name, router] of [["dense", null], ["rre", { kind: "rre", groups: 2, seed: 4 } as RouterConfig]] as const) {
+    const model = build({}, router);
+    quantizeModel(model, "q8");
+    const step = (into?: Float32Array, T = 3) => {
+      const cache = model.newCache(1);
+      return noGrad(() => model.forward({ tokens: Int32Array.from({ length: T }, (_, i) => (i * 7) % V), domains: Int32Array.of(0), B: 1, T, ...(into ? { logitsInto: into } : {}) }, cache)).logits;
+    };
+    const plain = step();
+    const into = new Float32Array(5 * V).fill(NaN);
+    const got = step(into);
+    assert.equal(got.data.buffer, into.buffer, `${name}: the logits are a view of the buffer`);
+    assert.deepEqual(Array.from(into.subarray(0, 3 * V)), Array.from(plain.data), `${name}: the same logits`);
+    assert.ok(Number.isNaN(into[3 * V]!), `${name}: nothing written past them`);
+    const short = new Float32Array(2 * V);
+    assert.notEqual(step(short).data.buffer, short.buffer, `${name}: a short buffer is not used`);
+    // Past 16 positions: forward's general path, which ignores it.
+    const long = new Float32Array(20 * V);
+    assert.notEqual(step(long, 20).data.buffer, long.buffer, `${name}: the general path makes its own`);
+  }
+});
