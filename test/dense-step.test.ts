@@ -14,8 +14,10 @@ import { WEIGHT_FORMATS } from "../src/backend/quant.js";
 import { kernelPathSetting, loadNative } from "../src/backend/native/index.js";
 import { parseModelConfig, type RouterConfig } from "../src/models/config.js";
 import { denseStepRuns, useDenseStep } from "../src/models/dense-step.js";
+import { decodeStepRuns } from "../src/models/decode-step.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
 import { quantizeModel } from "../src/models/quantize.js";
+import * as quantizeFns from "../src/backend/quant.js";
 import { argmax, argmaxScan } from "../src/serve/sampling.js";
 import type { KVCache } from "../src/nn/attention.js";
 import { Rng } from "../src/util/rng.js";
@@ -173,6 +175,8 @@ test("native dense step: densePlan and denseStep refuse bad arguments with error
   refuses(/^densePlan: argument "arrays" block 0 qNorm.gamma/, () => a.densePlan!(dims, nums, arrays.map((x, i) => (i === 10 ? new Float64Array(4) : x))));
   refuses(/^densePlan: argument "dims" G must divide H/, () => a.densePlan!(Int32Array.from(dims, (v, i) => (i === 3 ? 3 : i === 4 ? 2 : v)), nums, arrays));
   refuses(/^densePlan: argument "arrays" has 33 elements but dims need 34/, () => a.densePlan!(dims, nums, arrays.slice(1)));
+  // Sizes whose product wraps 64 bits (S·V·C = 2^16·2^24·2^24) are refused, not taken as 0 (a 1-element table then passed).
+  refuses(/^densePlan: argument "dims" make a size of .*too large/, () => a.densePlan!(Int32Array.from(dims, (v, i) => (i === 0 ? 2 ** 24 : i === 1 ? 2 ** 24 : i === 2 ? 2 ** 16 : v)), nums, arrays));
   // The plan holds the caller's arrays: one transferred since is refused at the next step, not read.
   const fc2 = arrays[22] as Float32Array;
   structuredClone(fc2.buffer, { transfer: [fc2.buffer] });
@@ -237,4 +241,32 @@ test("logitsInto: the decode steps (TypeScript and native) write the logits into
     const long = new Float32Array(20 * V);
     assert.notEqual(step(long, 20).data.buffer, long.buffer, `${name}: the general path makes its own`);
   }
+});
+
+test("native dense step: a full cache and a model converted part way are said and declined as the TypeScript step does", { skip }, () => {
+  const model = build();
+  quantizeModel(model, "q8");
+  const full = (native: boolean) => {
+    const was = useDenseStep(native);
+    try {
+      const cache = model.newCache(1, 4);
+      noGrad(() => model.forward({ tokens: Int32Array.of(1, 2, 3, 4), domains: Int32Array.of(0), B: 1, T: 4 }, cache));
+      assert.throws(() => noGrad(() => model.forward({ tokens: Int32Array.of(1), domains: Int32Array.of(0), B: 1, T: 1 }, cache)), /^RangeError: KV cache full: 4 \+ 1 positions exceed its capacity 4/);
+    } finally {
+      useDenseStep(was);
+    }
+  };
+  full(true);
+  full(false);
+  // One matrix in another format (a conversion that failed part way): neither decode step takes it (q|k|v cannot be stacked).
+  const mixed = build();
+  quantizeModel(mixed, "q8");
+  const attn = mixed.blocks[0]!.attn;
+  const { quantize } = quantizeFns;
+  attn.k.stored = quantize("bf16", attn.k.weight.data as Float32Array, attn.k.outFeatures, attn.k.inFeatures);
+  const [before, stepsBefore] = [denseStepRuns(), decodeStepRuns()];
+  const out = noGrad(() => mixed.forward({ tokens: Int32Array.of(1, 2), domains: Int32Array.of(0), B: 1, T: 2 }, mixed.newCache(1)));
+  assert.equal(denseStepRuns(), before, "the native step declined");
+  assert.equal(decodeStepRuns(), stepsBefore, "the TypeScript step declined");
+  assert.ok(Array.from(out.logits.data).every(Number.isFinite), "the general path ran");
 });

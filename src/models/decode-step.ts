@@ -224,7 +224,7 @@ function storedStamp(model: DecodeModel): unknown[] {
   for (const b of model.blocks) {
     attn(b.attn);
     ffn(b.ffn);
-    if (b.moe) out.push(b.moe.stored, b.moe.sharedGate?.stored);
+    if (b.moe) out.push(b.moe.stored, b.moe.sharedGate?.stored, b.moe.bank, b.moe.shard);
     ffn(b.moe?.shared ?? null);
   }
   if (model.queryLayer) {
@@ -256,7 +256,9 @@ function supported(model: DecodeModel): boolean {
     if (ok && !ok(value)) return false;
   }
   if (!model.storedOutput) return false;
-  const linear = (l: Linear) => l.constructor === Linear && l.stored !== null;
+  // One format throughout (a conversion that failed part way leaves several: q|k|v could not be stacked).
+  const format = model.storedOutput.format;
+  const linear = (l: Linear) => l.constructor === Linear && l.stored !== null && l.stored.format === format;
   const attention = (a: Attention) =>
     a.constructor === Attention && linear(a.q) && linear(a.k) && linear(a.v) && linear(a.o) && (a.qNorm === null || norm(a.qNorm)) && (a.kNorm === null || norm(a.kNorm));
   const ffn = (f: FeedForward) =>
@@ -268,6 +270,7 @@ function supported(model: DecodeModel): boolean {
     if (b.moe) {
       const m = b.moe;
       if (m.constructor !== MoeLayer || !m.stored || m.bank || m.shard || (m.shared && !ffn(m.shared))) return false;
+      if ([m.stored.w1, m.stored.w2, m.stored.w3].some((w) => w && w.format !== format)) return false;
       if (m.ffnKind === "swiglu" ? !m.stored.w3 : m.activation !== "fastgelu" && m.activation !== "gelu") return false;
       // The shared expert's gate stays f32 (quantizeModel keeps it): a Linear of one output, no bias.
       if (m.sharedGate && (m.sharedGate.constructor !== Linear || m.sharedGate.stored !== null || m.sharedGate.bias !== null || m.sharedGate.outFeatures !== 1)) return false;

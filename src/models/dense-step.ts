@@ -179,6 +179,8 @@ export function denseStep(model: DecodeModel, rows: DenseRows, layers: readonly 
     arrays[2 * l + 1] = c.v.data as Float32Array;
     cap = c.k.dim(1);
   }
+  // As the TypeScript step says it (attentionInto), before anything is written.
+  if (length + T > cap) throw new RangeError(`KV cache full: ${length} + ${T} positions exceed its capacity ${cap}`);
   const logits = logitsTensor(pick.length, model.config.vocabSize, into);
   a.denseStep(plan.handle!, rows.embedIds, rows.slotOf, rows.posIds, arrays, length, B, T, cap, pick, logits.data as Float32Array);
   for (let l = 0; l < L; l++) (l < layers.length ? layers[l]! : query).length += T;

@@ -5,6 +5,7 @@
  * from a seeded Rng — so a seed fixes the text. With neither cut, the draw
  * runs over the tokens in id order, without sorting them.
  */
+import { getBackend } from "../backend/index.js";
 import { loadNative } from "../backend/native/index.js";
 import { SigmaError } from "../util/errors.js";
 import type { Rng } from "../util/rng.js";
@@ -25,8 +26,8 @@ export function checkSampling(o: SamplingOptions): void {
 }
 
 export function argmax(logits: ArrayLike<number>): number {
-  // A vocabulary's row of f32 logits: the addon's argmaxRows (the same index; ~1 µs where this scan takes ~10 at V = 8192).
-  if (logits instanceof Float32Array && logits.length >= 256) {
+  // A vocabulary's row of f32 logits on the native backend: the addon's argmaxRows (the same index; ~1 µs where this scan takes ~10 at V = 8192).
+  if (logits instanceof Float32Array && logits.length >= 256 && getBackend().name === "native") {
     if (nativeArgmax === undefined) {
       const addon = loadNative().backend as unknown as { argmaxRows?: (x: Float32Array, rows: number, cols: number, out: Int32Array) => void } | null;
       nativeArgmax = typeof addon?.argmaxRows === "function" ? addon.argmaxRows.bind(addon) : null;

@@ -74,15 +74,25 @@ struct Plan {
   std::vector<sigma::QuantMatrix> ms;
 };
 
+// A size the dims make: a product of them, refused when it overflows or
+// exceeds what any typed array can hold (2^48 elements), so that an array
+// checked against it is as long as the kernel will read.
+uint64_t bounded(const Args& g, const Need& n) {
+  if (n.overflow || n.n > (uint64_t{1} << 48)) {
+    g.range_error("dims", "make a size of " + (n.overflow ? n.factors : std::to_string(n.n)) + " elements: too large for any array");
+  }
+  return n.n;
+}
+
 // The wants of a matrix of `rows` × K starting at slot i.
-void want_matrix(std::vector<Want>& w, size_t i, WeightFormat f, uint64_t rows, int64_t K, const char* what) {
+void want_matrix(const Args& g, std::vector<Want>& w, size_t i, WeightFormat f, uint64_t rows, int64_t K, const char* what) {
   const uint64_t per_row = static_cast<uint64_t>(sigma::quant_row_elements(f, K));
-  const uint64_t groups = rows * static_cast<uint64_t>(sigma::quant_groups(K));
+  const uint64_t groups = bounded(g, prod(rows, static_cast<uint64_t>(sigma::quant_groups(K))));
   const napi_typedarray_type type = f == WeightFormat::kF32 ? napi_float32_array
                                     : f == WeightFormat::kQ8 ? napi_int8_array
                                     : f == WeightFormat::kQ4 ? napi_uint8_array
                                                              : napi_uint16_array;
-  w[i] = {true, type, rows * per_row, what};
+  w[i] = {true, type, bounded(g, prod(rows, per_row)), what};
   if (f == WeightFormat::kQ8 || f == WeightFormat::kQ4) w[i + 1] = {true, napi_uint16_array, groups, what};
   if (f == WeightFormat::kQ4) w[i + 2] = {true, napi_uint16_array, groups, what};
 }
@@ -171,7 +181,7 @@ Napi::Value DensePlan(const Napi::CallbackInfo& info) {
   if (d.H % d.G) g.range_error("dims", "G must divide H");
   d.D = dim_at(g, dims.data(), 5, "D", 1, 1 << 16);
   d.F = dim_at(g, dims.data(), 6, "F", 1, big);
-  p.L = dim_at(g, dims.data(), 7, "L", 1, 1 << 12);
+  p.L = dim_at(g, dims.data(), 7, "L", 1, 1 << 20);
   d.rms = dim_at(g, dims.data(), 8, "rms", 0, 1) == 1;
   d.rope = dim_at(g, dims.data(), 9, "rope", 0, 1) == 1;
   if (d.rope && d.D % 2) g.range_error("dims", "D must be even with rotary positions");
@@ -191,26 +201,26 @@ Napi::Value DensePlan(const Napi::CallbackInfo& info) {
   const uint64_t C = d.C, HD = d.H * d.D, W = d.G * d.D, F = d.F;
   const WeightFormat f = p.format;
   p.wants.assign(total, Want{});
-  const auto f32 = [](uint64_t n) { return Want{true, napi_float32_array, n, ""}; };
+  const auto f32 = [&](const Need& n) { return Want{true, napi_float32_array, bounded(g, n), ""}; };
   for (int64_t l = 0; l < p.L; ++l) {
     const size_t b = static_cast<size_t>(l) * kBlockSlots;
     const bool query = p.query && l == p.L - 1;
-    const uint64_t kv_rows = (query ? 0 : HD) + 2 * W, f1 = d.swiglu ? 2 * F : F;
+    const uint64_t kv_rows = bounded(g, Need((query ? 0 : HD) + 2 * W)), f1 = d.swiglu ? 2 * F : F;
     p.wants[b + kLn1G] = f32(C);
     if (!d.rms) p.wants[b + kLn1B] = f32(C);
-    want_matrix(p.wants, b + kKv, f, kv_rows, d.C, "kv");
+    want_matrix(g, p.wants, b + kKv, f, kv_rows, d.C, "kv");
     p.matrices.push_back({1, static_cast<int64_t>(kv_rows), d.C, b + kKv, {}, {}});
     if (query) {
-      want_matrix(p.wants, b + kQ, f, HD, d.C, "q");
+      want_matrix(g, p.wants, b + kQ, f, HD, d.C, "q");
       p.matrices.push_back({1, static_cast<int64_t>(HD), d.C, b + kQ, {}, {}});
     }
-    want_matrix(p.wants, b + kO, f, C, static_cast<int64_t>(HD), "o");
+    want_matrix(g, p.wants, b + kO, f, C, static_cast<int64_t>(HD), "o");
     p.matrices.push_back({1, d.C, static_cast<int64_t>(HD), b + kO, {}, {}});
     p.wants[b + kLn2G] = f32(C);
     if (!d.rms) p.wants[b + kLn2B] = f32(C);
-    want_matrix(p.wants, b + kFc1, f, f1, d.C, "fc1");
+    want_matrix(g, p.wants, b + kFc1, f, f1, d.C, "fc1");
     p.matrices.push_back({1, static_cast<int64_t>(f1), d.C, b + kFc1, {}, {}});
-    want_matrix(p.wants, b + kFc2, f, C, d.F, "fc2");
+    want_matrix(g, p.wants, b + kFc2, f, C, d.F, "fc2");
     p.matrices.push_back({1, d.C, d.F, b + kFc2, {}, {}});
     // Optional ones: biases and q/k norms, checked when given.
     const std::pair<size_t, uint64_t> optional[] = {{kKvBias, kv_rows}, {kQnG, d.D}, {kKnG, d.D}, {kOBias, C}, {kFc1Bias, f1}, {kFc2Bias, C}};
@@ -227,16 +237,16 @@ Napi::Value DensePlan(const Napi::CallbackInfo& info) {
   const size_t gl = static_cast<size_t>(p.L) * kBlockSlots;
   p.wants[gl + kFinalG] = f32(C);
   if (!d.rms) p.wants[gl + kFinalB] = f32(C);
-  want_matrix(p.wants, gl + kTable, f, static_cast<uint64_t>(d.S) * d.V, d.C, "output");
+  want_matrix(g, p.wants, gl + kTable, f, bounded(g, prod(static_cast<uint64_t>(d.S), static_cast<uint64_t>(d.V))), d.C, "output");
   p.matrices.push_back({d.S, d.V, d.C, gl + kTable, {}, {}});
-  if (!tied) p.wants[gl + kTokenRows] = f32(static_cast<uint64_t>(d.S) * d.V * C);
-  if (!d.rope) p.wants[gl + kPosTable] = f32(static_cast<uint64_t>(p.seq_len) * C);
-  if (p.query) p.wants[gl + kQueryTable] = f32(static_cast<uint64_t>(p.seq_len) * C);
+  if (!tied) p.wants[gl + kTokenRows] = f32(prod(static_cast<uint64_t>(d.S), static_cast<uint64_t>(d.V), C));
+  if (!d.rope) p.wants[gl + kPosTable] = f32(prod(static_cast<uint64_t>(p.seq_len), C));
+  if (p.query) p.wants[gl + kQueryTable] = f32(prod(static_cast<uint64_t>(p.seq_len), C));
 
-  // Every array checked now, and held.
+  // Every array checked, then held (nothing held when one is refused).
+  for (size_t i = 0; i < total; ++i) fetch(g, p, i, arrays[i]);
   p.refs.assign(total, nullptr);
   for (size_t i = 0; i < total; ++i) {
-    fetch(g, p, i, arrays[i]);
     if (p.wants[i].present && napi_create_reference(g.env, arrays[i], 1, &p.refs[i]) != napi_ok) {
       for (napi_ref r : p.refs) if (r) napi_delete_reference(g.env, r);
       throw Napi::Error::New(g.env, "densePlan: could not hold the arrays");
