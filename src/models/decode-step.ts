@@ -54,36 +54,10 @@ import type { Routing } from "../moe/routing.js";
 import { MoeLayer } from "../moe/layer.js";
 import { Tensor } from "../tensor/tensor.js";
 import { headDim, kvHeads, type ModelConfig } from "./config.js";
+import { logitsTensor, type DecodeModel } from "./decode-model.js";
 import { denseStep } from "./dense-step.js";
 import { fused } from "./fuse.js";
 
-/**
- * What this step reads of a PanguSigma (declared here, not imported: the
- * model's forward calls this file).
- */
-interface DecodeBlock {
-  ln1: Norm;
-  attn: Attention;
-  ln2: Norm;
-  ffn: FeedForward | null;
-  moe: MoeLayer | null;
-}
-export interface DecodeModel {
-  /** The token lookups' table when the output matrix is untied (the lookups then read these f32 rows). */
-  readonly tokenEmbedding: Tensor;
-  /** Non-null when the output matrix is untied (storedOutput is then its stored form). */
-  readonly outputEmbedding: Tensor | null;
-  readonly config: ModelConfig;
-  readonly training: boolean;
-  readonly blocks: readonly DecodeBlock[];
-  readonly finalNorm: Norm;
-  readonly queryLayer: { ln1: Norm; attn: Attention; ln2: Norm; ffn: FeedForward } | null;
-  readonly queryEmbedding: Tensor | null;
-  /** Null with rotary positions. */
-  readonly positionEmbedding: Tensor | null;
-  readonly storedOutput: StoredMatrix | null;
-  readonly domainSlot: Int32Array;
-}
 /** PanguSigma's ModelInput, ModelCache and ModelOutput, as far as this step uses them. */
 interface DecodeInput {
   tokens: Int32Array;
@@ -565,11 +539,6 @@ function runRows(model: DecodeModel, w: Work, tokens: Int32Array, layers: readon
     w.slotOf.set(slots.subarray(0, pick.length));
   }
   return { logits: outputLogits(model, table, w, pick ? pick.length : R, into), routings, auxLoss: aux };
-}
-
-/** [R, V] logits to be written in full: a view of `into` when it has room, else a new tensor. */
-export function logitsTensor(R: number, V: number, into?: Float32Array): Tensor {
-  return into && into.length >= R * V ? Tensor.from(into.length === R * V ? into : into.subarray(0, R * V), [R, V]) : Tensor.zeros([R, V]);
 }
 
 /** What the server's batched step (src/serve/batch.ts) gives for its rows: tokens, and per row the embedding row, slot, domain and position. */

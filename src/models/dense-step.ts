@@ -34,7 +34,7 @@ import type { Attention } from "../nn/attention.js";
 import type { FeedForward } from "../nn/layers.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { headDim, kvHeads } from "./config.js";
-import { logitsTensor, type DecodeModel } from "./decode-step.js";
+import { logitsTensor, type DecodeModel } from "./decode-model.js";
 import { fused } from "./fuse.js";
 
 /** The addon's two functions (native/src/napi/dense_napi.cpp). */
