@@ -9,14 +9,14 @@ import assert from "node:assert/strict";
 import { noGrad } from "../src/autograd/tape.js";
 import { WEIGHT_FORMATS } from "../src/backend/quant.js";
 import { kernelPathSetting, loadNative } from "../src/backend/native/index.js";
-import { parseModelConfig, type RouterConfig } from "../src/models/config.js";
+import type { RouterConfig } from "../src/models/config.js";
 import { decodeStep, useDecodeStep } from "../src/models/decode-step.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
 import { encodeStoredModel, quantizeModel } from "../src/models/quantize.js";
 import { Rng } from "../src/util/rng.js";
+import { decodeTestModel, V } from "./decode-fixture.js";
 import type { KVCache, LayerCache } from "../src/nn/attention.js";
 
-const V = 37;
 const ROUTERS: Record<string, RouterConfig | null> = {
   dense: null,
   rre: { kind: "rre", groups: 2, seed: 4 },
@@ -25,33 +25,8 @@ const ROUTERS: Record<string, RouterConfig | null> = {
 };
 
 /** A model with random biases and norm parameters too (they start at 0 and 1: a missing add would go unseen). */
-function build(router: RouterConfig | null, extra: Record<string, unknown> = {}): PanguSigma {
-  const model = plain(router, extra);
-  const rng = new Rng(3);
-  for (const [name, p] of model.namedParameters()) {
-    if (/(bias|b1|b2|beta|gamma)$/.test(name)) p.tensor.data.forEach((v, i, d) => (d[i] = v + (rng.uniform() - 0.5) * 0.2));
-  }
-  return model;
-}
-
-function plain(router: RouterConfig | null, extra: Record<string, unknown>): PanguSigma {
-  return new PanguSigma(
-    parseModelConfig({
-      vocabSize: V,
-      width: 48, // K = 48: a whole group and a short one
-      heads: 3,
-      denseLayers: 1,
-      sparseLayers: router ? 2 : 0,
-      seqLen: 32,
-      ffnWidth: 40,
-      seed: 7,
-      initStd: 0.3,
-      domains: [{ name: "a", group: 0 }, { name: "b", group: 1, slot: extra.embeddingSlots ? 1 : 0 }],
-      ...(router ? { experts: { count: 4, width: 24, router } } : {}),
-      ...extra,
-    }),
-  ).eval();
-}
+const build = (router: RouterConfig | null, extra: Record<string, unknown> = {}): PanguSigma =>
+  decodeTestModel({ router, denseLayers: 1, sparseLayers: 2, seqLen: 32, jitter: 0.2 }, extra);
 
 /** Logits and routing counts of `steps` forwards of T positions per sequence after a prompt, with the decode step on or off. */
 function run(model: PanguSigma, on: boolean, B: number, T: number, steps: number): { logits: Float32Array[]; counts: number[][]; cache: ModelCache } {

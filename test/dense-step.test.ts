@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import { noGrad } from "../src/autograd/tape.js";
 import { WEIGHT_FORMATS } from "../src/backend/quant.js";
 import { kernelPathSetting, loadNative } from "../src/backend/native/index.js";
-import { parseModelConfig, type RouterConfig } from "../src/models/config.js";
+import type { RouterConfig } from "../src/models/config.js";
 import { denseStepRuns, useDenseStep } from "../src/models/dense-step.js";
 import { decodeStepRuns } from "../src/models/decode-step.js";
 import { PanguSigma, type ModelCache } from "../src/models/pangu-sigma.js";
@@ -21,35 +21,14 @@ import * as quantizeFns from "../src/backend/quant.js";
 import { argmax, argmaxScan } from "../src/serve/sampling.js";
 import type { KVCache } from "../src/nn/attention.js";
 import { Rng } from "../src/util/rng.js";
+import { decodeTestModel, V } from "./decode-fixture.js";
 
 const addon = loadNative().backend as unknown as Record<string, (...a: unknown[]) => unknown> | null;
 const skip = addon === null ? "the native addon is not built" : false;
-const V = 37;
 
-/** A dense model with random biases and norm parameters (they start at 0 and 1: a missing add would go unseen). */
-function build(extra: Record<string, unknown> = {}, router: RouterConfig | null = null): PanguSigma {
-  const model = new PanguSigma(
-    parseModelConfig({
-      vocabSize: V,
-      width: 48, // a whole group of 32 and a short one
-      heads: 3,
-      denseLayers: 2,
-      sparseLayers: router ? 1 : 0,
-      seqLen: 64,
-      ffnWidth: 40,
-      seed: 7,
-      initStd: 0.3,
-      domains: [{ name: "a", group: 0 }, { name: "b", group: 1, slot: extra.embeddingSlots ? 1 : 0 }],
-      ...(router ? { experts: { count: 4, width: 24, router } } : {}),
-      ...extra,
-    }),
-  ).eval();
-  const rng = new Rng(3);
-  for (const [name, p] of model.namedParameters()) {
-    if (/(bias|beta|gamma)$/.test(name)) p.tensor.data.forEach((v, i, d) => (d[i] = v + (rng.uniform() - 0.5) * 0.4));
-  }
-  return model;
-}
+/** A dense model (an MoE one with a router) with random biases and norm parameters (they start at 0 and 1: a missing add would go unseen). */
+const build = (extra: Record<string, unknown> = {}, router: RouterConfig | null = null): PanguSigma =>
+  decodeTestModel({ router, denseLayers: 2, sparseLayers: 1, seqLen: 64, jitter: 0.4 }, extra);
 
 /** Logits of `steps` forwards of T positions per sequence after a 5-token prompt, on the native dense step or the TypeScript one. */
 function run(model: PanguSigma, native: boolean, B: number, T: number, steps: number, lastOnly = false): { logits: Float32Array[]; cache: ModelCache; runs: number } {

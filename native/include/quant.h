@@ -64,6 +64,9 @@ struct DecodeEpilogue {
 void decode_matmul(const QuantMatrix& w, float* y, const float* x, const int32_t* offsets, int64_t E, int64_t N,
                    int64_t K, const DecodeEpilogue* epilogue = nullptr);
 
+// The matrix starting `row0` rows further (data, scales and mins; the packed copy, if any, is not offset).
+QuantMatrix quant_offset_rows(const QuantMatrix& w, int64_t K, int64_t row0);
+
 // out [rows, K] = the f32 weights of `rows` stored rows (threads over rows).
 void dequantize(const QuantMatrix& w, float* out, int64_t rows, int64_t K);
 

@@ -54,7 +54,7 @@ import type { Routing } from "../moe/routing.js";
 import { MoeLayer } from "../moe/layer.js";
 import { Tensor } from "../tensor/tensor.js";
 import { headDim, kvHeads, type ModelConfig } from "./config.js";
-import { logitsTensor, type DecodeModel } from "./decode-model.js";
+import { logitsTensor, storedKey, type DecodeModel } from "./decode-model.js";
 import { denseStep } from "./dense-step.js";
 import { fused } from "./fuse.js";
 
@@ -186,37 +186,13 @@ function workFor(model: DecodeModel, R: number): Work {
   return w;
 }
 
-/**
- * What supported() depends on that can change after construction: each
- * Linear's and MoE layer's stored matrices and the output matrix
- * (quantizeModel and unquantizeModel replace them).
- */
-function storedStamp(model: DecodeModel): unknown[] {
-  const out: unknown[] = [model.storedOutput];
-  const attn = (a: Attention) => out.push(a.q.stored, a.k.stored, a.v.stored, a.o.stored);
-  const ffn = (f: FeedForward | null) => f && out.push(f.fc1.stored, f.fc2.stored, f.fc3?.stored);
-  for (const b of model.blocks) {
-    attn(b.attn);
-    ffn(b.ffn);
-    if (b.moe) out.push(b.moe.stored, b.moe.sharedGate?.stored, b.moe.bank, b.moe.shard);
-    ffn(b.moe?.shared ?? null);
-  }
-  if (model.queryLayer) {
-    attn(model.queryLayer.attn);
-    ffn(model.queryLayer.ffn);
-  }
-  return out;
-}
+const supports = new WeakMap<object, boolean>();
 
-const supports = new WeakMap<DecodeModel, { stamp: unknown[]; ok: boolean }>();
-
-/** supported(model), kept until a stored matrix of the model changes (it walks every layer: a few microseconds a step otherwise). */
+/** supported(model), kept while the model's stored matrices stay (it walks every layer: a few microseconds a step otherwise). */
 function supportedNow(model: DecodeModel): boolean {
-  const stamp = storedStamp(model);
-  const was = supports.get(model);
-  if (was && was.stamp.length === stamp.length && was.stamp.every((v, i) => v === stamp[i])) return was.ok;
-  const ok = supported(model);
-  supports.set(model, { stamp, ok });
+  const key = storedKey(model);
+  let ok = supports.get(key);
+  if (ok === undefined) supports.set(key, (ok = supported(model)));
   return ok;
 }
 

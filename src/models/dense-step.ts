@@ -14,8 +14,8 @@
  *
  * A plan is made on a model's first step (the addon checks every weight's
  * type and size against the config once and holds the arrays) and made
- * again when a matrix was converted anew (quantizeModel): it is keyed by
- * the stored matrices and parameter arrays it was made from. The weights
+ * again when a matrix was converted anew (quantizeModel): it is kept under
+ * the key of the model's stored matrices (decode-model.ts's storedKey). The weights
  * stay the model's; each step the addon takes their pointers again and
  * checks them again. q8 and q4 matrices get a packed copy for the integer
  * kernels inside the plan (as decode.ts keeps one per matrix), made on the
@@ -34,7 +34,7 @@ import type { Attention } from "../nn/attention.js";
 import type { FeedForward } from "../nn/layers.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { headDim, kvHeads } from "./config.js";
-import { logitsTensor, type DecodeModel } from "./decode-model.js";
+import { logitsTensor, storedKey, type DecodeModel } from "./decode-model.js";
 import { fused } from "./fuse.js";
 
 /** The addon's two functions (native/src/napi/dense_napi.cpp). */
@@ -45,15 +45,8 @@ interface DenseAddon {
 
 const FORMAT_CODES: Record<WeightFormat, number> = { f32: 0, bf16: 1, f16: 2, q8: 3, q4: 4 };
 
-interface Plan {
-  /** The Linears it reads and the stored matrices they held then (and the output matrix): one converted anew makes it stale. */
-  linears: Linear[];
-  stored: (StoredMatrix | null)[];
-  output: StoredMatrix | null;
-  handle: object | null;
-}
-
-const plans = new WeakMap<DecodeModel, Plan>();
+/** The addon's plan of a model under its stored matrices' key (decode-model.ts's storedKey); null: a model it does not run. */
+const plans = new WeakMap<object, object | null>();
 
 let enabled = true;
 
@@ -78,7 +71,7 @@ const data = (t: Tensor | null): Float32Array | null => (t ? (t.data as Float32A
 const matrixArrays = (m: StoredMatrix): (ArrayBufferView | null)[] => [m.data, m.scales, m.mins];
 
 /** The plan's dims, nums and arrays for `model` (see dense_napi.cpp), or null when the model is not one it runs. */
-function describe(model: DecodeModel): { dims: Int32Array; nums: Float64Array; arrays: (ArrayBufferView | null)[]; linears: Linear[] } | null {
+function describe(model: DecodeModel): { dims: Int32Array; nums: Float64Array; arrays: (ArrayBufferView | null)[] } | null {
   const c = model.config;
   if (model.blocks.some((b) => b.moe || !b.ffn)) return null;
   const layers: { ln1: Norm; attn: Attention; ln2: Norm; ffn: FeedForward; query: boolean }[] = model.blocks.map((b) => ({ ln1: b.ln1, attn: b.attn, ln2: b.ln2, ffn: b.ffn!, query: false }));
@@ -91,7 +84,6 @@ function describe(model: DecodeModel): { dims: Int32Array; nums: Float64Array; a
   if (blockNorms.some((n) => (n instanceof RMSNorm) !== rms || !(n instanceof RMSNorm || n instanceof LayerNorm)) || norms.some((n) => n.eps !== eps)) return null;
   const format = model.storedOutput!.format;
   const arrays: (ArrayBufferView | null)[] = [];
-  const linears: Linear[] = [];
   const linear = (l: Linear): StoredMatrix => l.stored!;
   const ffnKind = layers[0]!.ffn.kind;
   const act = layers[0]!.ffn.activation;
@@ -102,7 +94,6 @@ function describe(model: DecodeModel): { dims: Int32Array; nums: Float64Array; a
     const f1 = l.ffn.fc3 ? fused([l.ffn.fc1, l.ffn.fc3]) : { matrix: linear(l.ffn.fc1), bias: data(l.ffn.fc1.bias) };
     const mats = [kv.matrix, linear(a.o), f1.matrix, linear(l.ffn.fc2), ...(l.query ? [linear(a.q)] : [])];
     if (mats.some((m) => m.format !== format)) return null;
-    linears.push(a.q, a.k, a.v, a.o, l.ffn.fc1, l.ffn.fc2, ...(l.ffn.fc3 ? [l.ffn.fc3] : []));
     const gammaBeta = (n: Norm) => [data(n.gamma), n instanceof LayerNorm ? data(n.beta) : null];
     arrays.push(
       ...gammaBeta(l.ln1),
@@ -128,24 +119,18 @@ function describe(model: DecodeModel): { dims: Int32Array; nums: Float64Array; a
     c.vocabSize, c.width, c.embeddingSlots, c.heads, kvHeads(c), headDim(c), c.ffnWidth, layers.length,
     rms ? 1 : 0, theta !== null ? 1 : 0, ffnKind === "swiglu" ? 1 : 0, act === "gelu" ? 2 : 1, FORMAT_CODES[format], c.seqLen, model.queryLayer ? 1 : 0, model.outputEmbedding ? 0 : 1,
   );
-  return { dims, nums: Float64Array.of(eps, theta ?? 10000), arrays, linears };
+  return { dims, nums: Float64Array.of(eps, theta ?? 10000), arrays };
 }
 
 /** The addon's plan for `model`, made on first use and again when it was converted anew; null when it does not run the model. */
-function planFor(a: DenseAddon, model: DecodeModel): Plan | null {
-  const was = plans.get(model);
-  if (was !== undefined && was.output === model.storedOutput) {
-    let fresh = true;
-    for (let i = 0; i < was.linears.length && fresh; i++) fresh = was.linears[i]!.stored === was.stored[i];
-    if (fresh) return was.handle ? was : null;
-  }
+function planFor(a: DenseAddon, model: DecodeModel): object | null {
+  const was = plans.get(storedKey(model));
+  if (was !== undefined) return was;
   const described = describe(model);
-  // A model it does not run is remembered as such (handle null) until it is converted anew.
-  const plan: Plan = described
-    ? { linears: described.linears, stored: described.linears.map((l) => l.stored), output: model.storedOutput, handle: a.densePlan(described.dims, described.nums, described.arrays) }
-    : { linears: [], stored: [], output: model.storedOutput, handle: null };
-  plans.set(model, plan);
-  return plan.handle ? plan : null;
+  const plan = described ? a.densePlan(described.dims, described.nums, described.arrays) : null;
+  // Under the key as it is now: describe() stacks q|k|v, which replaces the parts' stored matrices by views.
+  plans.set(storedKey(model), plan);
+  return plan;
 }
 
 /** What the TypeScript step has computed of the call before the blocks (decode-step.ts's Work). */
@@ -182,7 +167,7 @@ export function denseStep(model: DecodeModel, rows: DenseRows, layers: readonly 
   // As the TypeScript step says it (attentionInto), before anything is written.
   if (length + T > cap) throw new RangeError(`KV cache full: ${length} + ${T} positions exceed its capacity ${cap}`);
   const logits = logitsTensor(pick.length, model.config.vocabSize, into);
-  a.denseStep(plan.handle!, rows.embedIds, rows.slotOf, rows.posIds, arrays, length, B, T, cap, pick, logits.data as Float32Array);
+  a.denseStep(plan, rows.embedIds, rows.slotOf, rows.posIds, arrays, length, B, T, cap, pick, logits.data as Float32Array);
   for (let l = 0; l < L; l++) (l < layers.length ? layers[l]! : query).length += T;
   runs++;
   return logits;

@@ -150,16 +150,7 @@ void dense_step(const DenseDims& d, const DenseBlock* blocks, int64_t L, const D
     if (run.token_rows) {
       std::memcpy(row, run.token_rows + static_cast<int64_t>(run.embed[r]) * C, sizeof(float) * C);
     } else {
-      QuantMatrix one = run.table;
-      const int64_t e = run.embed[r];
-      const int64_t per_row = quant_row_elements(one.format, C);
-      const int64_t bytes = one.format == WeightFormat::kF32 ? 4 : one.format == WeightFormat::kQ8 || one.format == WeightFormat::kQ4 ? 1 : 2;
-      one.data = static_cast<const uint8_t*>(one.data) + e * per_row * bytes;
-      if (one.scales) one.scales += e * quant_groups(C);
-      if (one.mins) one.mins += e * quant_groups(C);
-      one.packed = nullptr;
-      one.packed_scales = nullptr;
-      dequantize(one, row, 1, C);
+      dequantize(quant_offset_rows(run.table, C, run.embed[r]), row, 1, C);
     }
     if (run.pos_table) add(row, row, run.pos_table + static_cast<int64_t>(run.pos[r]) * C, C);
   }
@@ -179,8 +170,6 @@ void dense_step(const DenseDims& d, const DenseBlock* blocks, int64_t L, const D
     const DenseBlock& b = blocks[l];
     float* queries = s.rows.data();
     for (int64_t r = 0; r < R; ++r) std::memcpy(queries + r * C, run.query_table + static_cast<int64_t>(run.pos[r]) * C, sizeof(float) * C);
-    h = s.h.data();
-    x = s.x.data();
     norm(d, x, stat, h, b.ln1_g, b.ln1_b, R);
     attend(d, b, h, x, queries, run, s);
     norm(d, x, stat, h, b.ln2_g, b.ln2_b, R);
@@ -188,7 +177,6 @@ void dense_step(const DenseDims& d, const DenseBlock* blocks, int64_t L, const D
   }
   // The picked rows' logits, grouped by slot (one product over the slots' tables), back in pick order.
   const int64_t P = run.P, S = d.S;
-  h = s.h.data();
   float* xs = s.rows.data();
   int32_t* offsets = s.offsets.data();
   std::fill(offsets, offsets + S + 1, 0);

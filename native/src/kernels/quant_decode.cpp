@@ -102,14 +102,17 @@ int64_t element_bytes(WeightFormat f) {
   }
 }
 
-// The matrix starting `row0` rows further.
-QuantMatrix offset_rows(const QuantMatrix& w, int64_t K, int64_t row0) {
+}  // namespace
+
+QuantMatrix quant_offset_rows(const QuantMatrix& w, int64_t K, int64_t row0) {
   QuantMatrix o = w;
   o.data = static_cast<const uint8_t*>(w.data) + row0 * quant_row_elements(w.format, K) * element_bytes(w.format);
   if (w.scales) o.scales = w.scales + row0 * quant_groups(K);
   if (w.mins) o.mins = w.mins + row0 * quant_groups(K);
   return o;
 }
+
+namespace {
 
 inline float bf16_to_float(uint16_t b) {
   const uint32_t bits = static_cast<uint32_t>(b) << 16;
@@ -305,7 +308,7 @@ void decode_share(const DecodeJob& j, int t, int nth) {
       if (a * j.N >= b1) break;
       continue;
     }
-    const QuantMatrix we = offset_rows(*j.w, j.K, e * j.N);
+    const QuantMatrix we = quant_offset_rows(*j.w, j.K, e * j.N);
     if (j.packed && R <= j.int_rows) {
       // Packed q8/q4: expert e's blocks, and x's rows from r0 (q8's VNNI offsets alongside).
       const bool q4 = j.w->format == WeightFormat::kQ4;
